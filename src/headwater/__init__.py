@@ -1,0 +1,62 @@
+"""Headwater: an event-streaming broker for Python, built on supervised Trio actors.
+
+The public face of the package. Everything a user needs is importable from here;
+the implementation lives in private ``_``-modules and subpackages.
+"""
+
+from __future__ import annotations
+
+from ._errors import ActorError as ActorError
+from ._errors import ActorFailed as ActorFailed
+from ._errors import ActorNotFound as ActorNotFound
+from ._errors import ActorRestarted as ActorRestarted
+from ._errors import ActorStopped as ActorStopped
+from ._errors import AuthenticationError as AuthenticationError
+from ._errors import BrokenError as BrokenError
+from ._errors import ClosedError as ClosedError
+from ._errors import ConfigError as ConfigError
+from ._errors import CorruptionError as CorruptionError
+from ._errors import DiskFullError as DiskFullError
+from ._errors import FsyncFailedError as FsyncFailedError
+from ._errors import HeadwaterError as HeadwaterError
+from ._errors import HeadwaterTimeoutError as HeadwaterTimeoutError
+from ._errors import IllegalTransitionError as IllegalTransitionError
+from ._errors import InvalidArgument as InvalidArgument
+from ._errors import LocalProtocolError as LocalProtocolError
+from ._errors import MailboxFull as MailboxFull
+from ._errors import NotFoundError as NotFoundError
+from ._errors import ProtocolError as ProtocolError
+from ._errors import RemoteProtocolError as RemoteProtocolError
+from ._errors import StorageError as StorageError
+from ._errors import SupervisorGaveUp as SupervisorGaveUp
+from ._errors import UsageError as UsageError
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    # errors
+    "HeadwaterError",
+    "UsageError",
+    "InvalidArgument",
+    "ConfigError",
+    "NotFoundError",
+    "IllegalTransitionError",
+    "ClosedError",
+    "HeadwaterTimeoutError",
+    "BrokenError",
+    "StorageError",
+    "FsyncFailedError",
+    "DiskFullError",
+    "CorruptionError",
+    "ActorError",
+    "ActorNotFound",
+    "ActorStopped",
+    "ActorRestarted",
+    "ActorFailed",
+    "MailboxFull",
+    "SupervisorGaveUp",
+    "ProtocolError",
+    "LocalProtocolError",
+    "RemoteProtocolError",
+    "AuthenticationError",
+]

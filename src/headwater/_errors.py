@@ -1,0 +1,287 @@
+"""The one exception tree of Headwater.
+
+Every error a user (or a remote client) can see is a subclass of
+:class:`HeadwaterError`. Each class has a stable ``code`` that the wire protocol
+carries, and a docstring that says when it happens and what to do about it.
+
+Errors are named by who is at fault, following Trio's habit:
+
+* ``UsageError`` and its children: *you* called something wrongly (bad
+  argument, unknown name, value too large). Fix the call; nothing was written.
+* ``ClosedError``: *you* (or your program) closed the thing you then used.
+* ``BrokenError`` and its children: the *peer, the disk or a part of the system*
+  broke. The operation may be retried once the cause is gone.
+* ``HeadwaterTimeoutError``: an operation did not finish in the time you allowed.
+
+Never classify an error by its message text: catch the class, or compare
+``code``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "ActorError",
+    "ActorFailed",
+    "ActorNotFound",
+    "ActorRestarted",
+    "ActorStopped",
+    "AuthenticationError",
+    "BrokenError",
+    "ClosedError",
+    "ConfigError",
+    "CorruptionError",
+    "DiskFullError",
+    "FsyncFailedError",
+    "HeadwaterError",
+    "HeadwaterTimeoutError",
+    "IllegalTransitionError",
+    "InvalidArgument",
+    "LocalProtocolError",
+    "MailboxFull",
+    "NotFoundError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "StorageError",
+    "SupervisorGaveUp",
+    "UsageError",
+    "error_class_for_code",
+]
+
+
+class HeadwaterError(Exception):
+    """Base class of every error Headwater raises on purpose.
+
+    Catch this to handle any Headwater failure. ``code`` is a stable string
+    carried by the wire protocol; ``retriable`` says whether the same operation
+    may succeed if simply tried again later.
+    """
+
+    code: ClassVar[str] = "headwater_error"
+    retriable: ClassVar[bool] = False
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --------------------------------------------------------------------------
+# "You did it": usage errors. Nothing was written or changed.
+
+
+class UsageError(HeadwaterError):
+    """A call was made wrongly. Read the message, fix the call; nothing changed."""
+
+    code = "usage_error"
+
+
+class InvalidArgument(UsageError, ValueError):
+    """An argument has the wrong type or value (the message names it and the
+    allowed range). Nothing was written; fix the argument and call again."""
+
+    code = "invalid_argument"
+
+
+class ConfigError(InvalidArgument):
+    """A configuration value is invalid or inconsistent. The message names the
+    setting and what it accepts."""
+
+    code = "config_error"
+
+
+class NotFoundError(UsageError, LookupError):
+    """The named thing (actor, topic, group, partition) does not exist. Check the
+    name, or create the thing first."""
+
+    code = "not_found"
+
+
+class IllegalTransitionError(UsageError):
+    """An operation is not allowed in the current lifecycle state of the object
+    (for example starting a child that is already running). The message names
+    the state and the operation."""
+
+    code = "illegal_transition"
+
+
+class ClosedError(HeadwaterError):
+    """The object was closed (by this program) and cannot be used any more.
+    Open a new one."""
+
+    code = "closed"
+
+
+class HeadwaterTimeoutError(HeadwaterError, TimeoutError):
+    """An operation did not complete within the timeout the caller gave. The
+    operation may or may not have taken effect; retry if it is idempotent, or
+    raise the timeout."""
+
+    code = "timeout"
+    retriable = True
+
+
+# --------------------------------------------------------------------------
+# "It broke": the peer, the disk or an internal part failed.
+
+
+class BrokenError(HeadwaterError):
+    """A peer, the disk or an internal part failed. The message says which; the
+    operation can often be retried once the cause is fixed."""
+
+    code = "broken"
+    retriable = True
+
+
+class StorageError(BrokenError):
+    """The storage layer failed (I/O error). Acknowledged data is safe; the
+    failed operation was not acknowledged and may be retried."""
+
+    code = "storage_error"
+
+
+class FsyncFailedError(StorageError):
+    """An fsync failed. Every append waiting on it failed and was *not*
+    acknowledged; the log was reopened from what is on disk. Check the disk
+    (``dmesg``), then retry."""
+
+    code = "fsync_failed"
+
+
+class DiskFullError(StorageError):
+    """The disk (or the file system quota) is full. Earlier data is still
+    readable; free some space (or lower retention) and retry: the log accepts
+    appends again without a restart."""
+
+    code = "disk_full"
+
+
+class CorruptionError(StorageError):
+    """Stored data failed its checksum somewhere other than the tail of a log.
+    Nothing was silently dropped. The message names the file and the byte
+    position; restore from a replica or open with ``repair=True`` to truncate
+    at that point deliberately."""
+
+    code = "corruption"
+    retriable = False
+
+
+# --------------------------------------------------------------------------
+# Actors and supervision.
+
+
+class ActorError(HeadwaterError):
+    """Base class of errors raised by the actor runtime."""
+
+    code = "actor_error"
+
+
+class ActorNotFound(ActorError, NotFoundError):
+    """No actor is registered at the given path. Check the path (``system.tree()``
+    prints every live path)."""
+
+    code = "actor_not_found"
+
+
+class ActorStopped(ActorError, ClosedError):
+    """The actor was stopped for good (or never started) and will not come back.
+    Messages to it are refused at once rather than hanging."""
+
+    code = "actor_stopped"
+
+
+class ActorRestarted(ActorError, BrokenError):
+    """The actor crashed and was restarted while your message was still in its
+    old mailbox; the message was dropped. Resend it if it is safe to do so."""
+
+    code = "actor_restarted"
+    retriable = True
+
+
+class ActorFailed(ActorError):
+    """The actor raised an exception that is not a :class:`HeadwaterError`
+    while handling your ``ask``. ``error_type`` and ``error_message`` carry the
+    original exception's type name and message (the same locally and
+    remotely)."""
+
+    code = "actor_failed"
+
+    def __init__(self, message: str = "", *, error_type: str = "", error_message: str = "") -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.error_message = error_message
+
+
+class MailboxFull(ActorError, BrokenError):
+    """``tell_nowait`` found the actor's bounded mailbox full. Use ``await
+    tell()`` to wait for room (backpressure), or drop the message."""
+
+    code = "mailbox_full"
+    retriable = True
+
+
+class SupervisorGaveUp(ActorError, BrokenError):
+    """A supervisor exceeded its restart intensity (more than ``max_restarts``
+    restarts within ``within`` seconds) and stopped. ``__cause__`` is the last
+    child failure. Its own supervisor decides what happens next; at the root,
+    the actor system stops with this error."""
+
+    code = "supervisor_gave_up"
+    retriable = False
+
+
+# --------------------------------------------------------------------------
+# Protocol.
+
+
+class ProtocolError(HeadwaterError):
+    """A frame or message violated the Headwater protocol."""
+
+    code = "protocol_error"
+
+
+class LocalProtocolError(ProtocolError, UsageError):
+    """*This* side tried to send something the protocol does not allow (too
+    large a frame, a type the codec cannot encode). Nothing was sent."""
+
+    code = "local_protocol_error"
+
+
+class RemoteProtocolError(ProtocolError, BrokenError):
+    """The *peer* sent something the protocol does not allow (garbage, an
+    oversized length prefix, an unknown version). The connection is closed."""
+
+    code = "remote_protocol_error"
+    retriable = False
+
+
+class AuthenticationError(HeadwaterError):
+    """The server refused the credentials (or none were given). Check the
+    token or TLS settings."""
+
+    code = "authentication_failed"
+
+
+def _all_subclasses(cls: type[HeadwaterError]) -> list[type[HeadwaterError]]:
+    found: list[type[HeadwaterError]] = []
+    stack = [cls]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        stack.extend(current.__subclasses__())
+    return found
+
+
+def error_class_for_code(code: str) -> type[HeadwaterError]:
+    """Return the :class:`HeadwaterError` subclass whose ``code`` is ``code``.
+
+    Unknown codes map to :class:`HeadwaterError` itself, so that a newer peer's
+    error still arrives as a ``HeadwaterError``.
+    """
+    for cls in _all_subclasses(HeadwaterError):
+        if cls.__dict__.get("code") == code:
+            return cls
+    return HeadwaterError

@@ -1,0 +1,5 @@
+"""headwater.client."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

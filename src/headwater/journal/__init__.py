@@ -1,0 +1,5 @@
+"""headwater.journal."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,0 +1,5 @@
+"""headwater.supervision."""
+
+from __future__ import annotations
+
+__all__: list[str] = []
