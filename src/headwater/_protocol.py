@@ -1,0 +1,391 @@
+"""The client protocol: one closed set of request and response messages.
+
+Theory of operation
+-------------------
+Every client operation is one request message answered by one response
+message (or a :class:`~headwater.HeadwaterError`). The embedded client hands
+requests to the broker's :class:`~headwater.broker.BrokerService` directly; the
+TCP client sends the same messages as CBOR frames and the server hands them to
+the same service. So the embedded and remote clients share every line of
+behaviour above the channel, and a test run against both keeps them equal.
+
+Messages are frozen attrs classes with only CBOR-friendly fields (str, int,
+bool, bytes, None, lists, tuples of those, and other messages). ``bytes`` fields
+carry journal records unchanged: the broker never re-encodes events.
+
+Version 1 of the protocol is this module. Adding an optional field with a
+default is compatible; anything else needs a new protocol version.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Durability",
+    "CreateTopic",
+    "DeleteTopic",
+    "ListTopics",
+    "DescribeTopic",
+    "TopicInfo",
+    "PartitionInfo",
+    "TopicDescription",
+    "InitProducer",
+    "ProducerIdentity",
+    "Produce",
+    "ProduceResult",
+    "Fetch",
+    "FetchResult",
+    "ListOffset",
+    "OffsetResult",
+    "JoinGroup",
+    "Heartbeat",
+    "Membership",
+    "LeaveGroup",
+    "CommitOffsets",
+    "FetchCommitted",
+    "CommittedOffsets",
+    "TopicPartition",
+    "PartitionOffset",
+    "ListGroups",
+    "DescribeGroup",
+    "GroupMember",
+    "GroupPartition",
+    "GroupDescription",
+    "GetTree",
+    "Done",
+    "REQUEST_TYPES",
+    "RESPONSE_TYPES",
+]
+
+PROTOCOL_VERSION = 1
+
+Durability = Literal["always", "interval", "never"]
+
+
+@attrs.frozen
+class TopicPartition:
+    """One partition of one topic."""
+
+    topic: str
+    partition: int
+
+
+@attrs.frozen
+class PartitionOffset:
+    """An offset for one partition of one topic (a commit, a position)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+# --------------------------------------------------------------------------
+# Admin
+
+
+@attrs.frozen
+class CreateTopic:
+    """Create a topic. ``None`` settings take the broker's defaults."""
+
+    name: str
+    partitions: int = 1
+    retention_ms: int | None = None
+    retention_bytes: int | None = None
+    compacted: bool = False
+    durability: str | None = None
+
+
+@attrs.frozen
+class DeleteTopic:
+    """Delete a topic and all its data."""
+
+    name: str
+
+
+@attrs.frozen
+class ListTopics:
+    """List every topic."""
+
+
+@attrs.frozen
+class DescribeTopic:
+    """Describe one topic: its configuration and each partition's offsets and size."""
+
+    name: str
+
+
+@attrs.frozen
+class TopicInfo:
+    """A topic's name and configuration."""
+
+    name: str
+    partitions: int
+    retention_ms: int | None
+    retention_bytes: int | None
+    compacted: bool
+    durability: str
+
+
+@attrs.frozen
+class PartitionInfo:
+    """One partition's offsets and size on disk."""
+
+    partition: int
+    earliest_offset: int
+    next_offset: int
+    size_bytes: int
+
+
+@attrs.frozen
+class TopicDescription:
+    """A topic's configuration and its partitions."""
+
+    topic: TopicInfo
+    partitions: tuple[PartitionInfo, ...]
+
+
+# --------------------------------------------------------------------------
+# Produce and fetch
+
+
+@attrs.frozen
+class InitProducer:
+    """Ask the broker for a new producer id (epoch 0) for idempotent produce."""
+
+
+@attrs.frozen
+class ProducerIdentity:
+    """A producer id and epoch assigned by the broker."""
+
+    producer_id: int
+    epoch: int
+
+
+@attrs.frozen
+class Produce:
+    """Append one batch (one journal record built by the client) to a partition."""
+
+    topic: str
+    partition: int
+    record: bytes
+
+
+@attrs.frozen
+class ProduceResult:
+    """Where a batch was stored. ``duplicate`` is true when the batch was a retry
+    of one already stored (the offsets are those of the first copy)."""
+
+    topic: str
+    partition: int
+    base_offset: int
+    append_time: int
+    duplicate: bool = False
+
+
+@attrs.frozen
+class Fetch:
+    """Read whole records of a partition from ``offset``, up to ``max_bytes``
+    (always at least one record when any exists), waiting up to ``max_wait``
+    seconds for data when there is none yet (long poll)."""
+
+    topic: str
+    partition: int
+    offset: int
+    max_bytes: int = 1 << 20
+    max_wait: float = 0.5
+
+
+@attrs.frozen
+class FetchResult:
+    """Records read by a fetch. ``records`` is a run of whole journal records;
+    ``high_watermark`` is the end of what consumers may read."""
+
+    topic: str
+    partition: int
+    records: bytes
+    high_watermark: int
+    earliest_offset: int
+
+
+@attrs.frozen
+class ListOffset:
+    """Resolve a position: ``"earliest"``, ``"latest"``, or a timestamp in
+    milliseconds (the first offset whose timestamp is at or after it)."""
+
+    topic: str
+    partition: int
+    position: str | int
+
+
+@attrs.frozen
+class OffsetResult:
+    """The offset a :class:`ListOffset` resolved to."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+# --------------------------------------------------------------------------
+# Consumer groups
+
+
+@attrs.frozen
+class JoinGroup:
+    """Join (or rejoin, with ``member_id``) a consumer group subscribed to ``topics``."""
+
+    group: str
+    topics: tuple[str, ...]
+    member_id: str | None = None
+    session_timeout: float = 10.0
+    client_id: str = ""
+
+
+@attrs.frozen
+class Heartbeat:
+    """Tell the group coordinator this member is alive; returns the membership."""
+
+    group: str
+    member_id: str
+    generation: int
+
+
+@attrs.frozen
+class Membership:
+    """A member's view of its group: generation and the partitions it owns."""
+
+    group: str
+    member_id: str
+    generation: int
+    assignment: tuple[TopicPartition, ...]
+
+
+@attrs.frozen
+class LeaveGroup:
+    """Leave a group at once (its partitions are reassigned)."""
+
+    group: str
+    member_id: str
+
+
+@attrs.frozen
+class CommitOffsets:
+    """Commit positions (the next offset to read) for a group, fenced by the
+    member's generation."""
+
+    group: str
+    member_id: str | None
+    generation: int
+    offsets: tuple[PartitionOffset, ...]
+
+
+@attrs.frozen
+class FetchCommitted:
+    """Read a group's committed offsets for some partitions (all if empty)."""
+
+    group: str
+    partitions: tuple[TopicPartition, ...] = ()
+
+
+@attrs.frozen
+class CommittedOffsets:
+    """Committed offsets of a group; partitions without a commit are absent."""
+
+    group: str
+    offsets: tuple[PartitionOffset, ...]
+
+
+@attrs.frozen
+class ListGroups:
+    """List every consumer group."""
+
+
+@attrs.frozen
+class DescribeGroup:
+    """Describe a group: members, assignment, committed offsets and lag."""
+
+    group: str
+
+
+@attrs.frozen
+class GroupMember:
+    """One member of a group and the partitions it owns."""
+
+    member_id: str
+    client_id: str
+    assignment: tuple[TopicPartition, ...]
+
+
+@attrs.frozen
+class GroupPartition:
+    """One partition as a group sees it: committed offset, end offset, lag."""
+
+    topic: str
+    partition: int
+    committed: int | None
+    end_offset: int
+    lag: int
+
+
+@attrs.frozen
+class GroupDescription:
+    """A group's state: generation, members and per-partition lag."""
+
+    group: str
+    state: str
+    generation: int
+    topics: tuple[str, ...]
+    members: tuple[GroupMember, ...]
+    partitions: tuple[GroupPartition, ...]
+
+
+@attrs.frozen
+class GetTree:
+    """Return the live supervision tree of the broker."""
+
+
+@attrs.frozen
+class Done:
+    """The response of requests that return nothing."""
+
+
+REQUEST_TYPES: tuple[type, ...] = (
+    CreateTopic,
+    DeleteTopic,
+    ListTopics,
+    DescribeTopic,
+    InitProducer,
+    Produce,
+    Fetch,
+    ListOffset,
+    JoinGroup,
+    Heartbeat,
+    LeaveGroup,
+    CommitOffsets,
+    FetchCommitted,
+    ListGroups,
+    DescribeGroup,
+    GetTree,
+)
+
+RESPONSE_TYPES: tuple[type, ...] = (
+    TopicInfo,
+    PartitionInfo,
+    TopicDescription,
+    ProducerIdentity,
+    ProduceResult,
+    FetchResult,
+    OffsetResult,
+    Membership,
+    CommittedOffsets,
+    GroupMember,
+    GroupPartition,
+    GroupDescription,
+    TopicPartition,
+    PartitionOffset,
+    Done,
+)
