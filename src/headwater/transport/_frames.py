@@ -83,10 +83,12 @@ def check_plain(value: object, depth: int = 0) -> str | None:
     short description of the first offending part.
 
     Plain means: ``str``, ``bytes``, ``int``, ``float``, ``bool``, ``None``,
-    ``list`` and ``dict`` with ``str`` keys, nested at most
+    ``list`` and ``dict`` with ``str`` keys (ints within -2**64 .. 2**64-1), nested at most
     :data:`MAX_NESTING` deep.
     """
     if isinstance(value, _PLAIN_SCALARS):
+        if type(value) is int and not -(2**64) <= value < 2**64:
+            return f"integer {value} does not fit in CBOR's 64-bit integers"
         return None
     if depth >= MAX_NESTING:
         return f"nesting deeper than {MAX_NESTING}"
