@@ -96,7 +96,7 @@ def test_pipelined_requests_answered_out_of_order() -> None:
     events = transfer(server, client)
     assert [ids[k] for k in order] == [e.id for e in events]  # type: ignore[union-attr]
     for event in events:
-        k = ids.index(event.id)  # type: ignore[union-attr]
+        k = ids.index(event.id)  # type: ignore[union-attr,arg-type]
         if k % 7 == 0:
             assert isinstance(event, ErrorReceived)
             assert isinstance(event.error, NotFoundError)
@@ -226,7 +226,7 @@ def test_wrong_token_is_refused(in_hello: bool) -> None:
 
 def test_eof_with_requests_in_flight_reports_them() -> None:
     """EOF with requests in flight is a ConnectionClosed naming them, with ConnectionLostError."""
-    client, server = connected()
+    client, _server = connected()
     a = client.send_request("x")
     b = client.send_request("y")
     client.receive_data(b"")
@@ -240,7 +240,8 @@ def test_eof_with_requests_in_flight_reports_them() -> None:
 
 
 def test_clean_eof_and_local_close() -> None:
-    """EOF between frames with nothing in flight is clean; after close(), sends raise ClosedError."""
+    """EOF between frames with nothing in flight is clean; after close(), sends raise
+    ClosedError."""
     client, server = connected()
     server.receive_data(b"")
     assert ConnectionClosed(None, ()) == server.next_event()

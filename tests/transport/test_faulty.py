@@ -57,7 +57,9 @@ async def test_stall_blocks_until_unstalled(autojump_clock: trio.testing.MockClo
         assert {"t": "later"} == await b.receive_frame()
 
 
-async def test_break_is_connection_lost_on_both_sides(autojump_clock: trio.testing.MockClock) -> None:
+async def test_break_is_connection_lost_on_both_sides(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """Breaking the stream gives ConnectionLostError here and EOF to the peer."""
     faulty, a, b = pair()
     faulty.break_stream()
@@ -68,7 +70,9 @@ async def test_break_is_connection_lost_on_both_sides(autojump_clock: trio.testi
     assert await b.receive_frame() is None
 
 
-async def test_corrupting_hook_is_remote_protocol_error(autojump_clock: trio.testing.MockClock) -> None:
+async def test_corrupting_hook_is_remote_protocol_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """Bytes corrupted in transit reach the peer as RemoteProtocolError."""
     faulty, a, b = pair()
     faulty.send_hook = lambda data: b"\x7f" + data[1:]

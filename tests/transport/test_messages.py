@@ -72,7 +72,7 @@ shapes = st.builds(
     tags=st.lists(st.text(max_size=5), max_size=3).map(tuple),
     meta=st.dictionaries(st.text(max_size=5), st.integers(-5, 5), max_size=3),
     blob=st.none() | st.binary(max_size=64),
-    extra=st.none() | st.integers() .filter(lambda v: abs(v) < 2**63) | st.text(max_size=5),
+    extra=st.none() | st.integers().filter(lambda v: abs(v) < 2**63) | st.text(max_size=5),
     flag=st.booleans(),
 )
 
@@ -84,9 +84,23 @@ def test_user_messages_round_trip(shape: Shape) -> None:
 
 
 @given(
-    st.builds(Hello, st.lists(st.integers(1, 99), min_size=1, max_size=3), st.none() | st.text(max_size=9), st.text(max_size=9))
-    | st.builds(Request, st.integers(0, 2**63), st.text(max_size=9), st.dictionaries(st.text(max_size=5), st.binary(max_size=9), max_size=3))
-    | st.builds(Response, st.integers(0, 2**63), st.dictionaries(st.text(max_size=5), st.integers(0, 9), max_size=3))
+    st.builds(
+        Hello,
+        st.lists(st.integers(1, 99), min_size=1, max_size=3),
+        st.none() | st.text(max_size=9),
+        st.text(max_size=9),
+    )
+    | st.builds(
+        Request,
+        st.integers(0, 2**63),
+        st.text(max_size=9),
+        st.dictionaries(st.text(max_size=5), st.binary(max_size=9), max_size=3),
+    )
+    | st.builds(
+        Response,
+        st.integers(0, 2**63),
+        st.dictionaries(st.text(max_size=5), st.integers(0, 9), max_size=3),
+    )
     | st.builds(ErrorFrame, st.none() | st.integers(0, 9), st.text(max_size=9), st.text(max_size=9))
 )
 def test_envelope_frames_round_trip(message: object) -> None:

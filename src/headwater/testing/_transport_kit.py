@@ -8,16 +8,21 @@ from contextlib import AbstractAsyncContextManager
 
 import trio
 
-from .._errors import ClosedError, ConnectionLostError, LocalProtocolError, RemoteProtocolError
-from ..transport._connection import (
+from headwater._errors import (
+    ClosedError,
+    ConnectionLostError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from headwater.transport._connection import (
     ClientConnection,
     HandshakeComplete,
     RequestReceived,
     ResponseReceived,
     ServerConnection,
 )
-from ..transport._frames import encode_frame
-from ..transport._stream import FramedStream
+from headwater.transport._frames import encode_frame
+from headwater.transport._stream import FramedStream
 
 __all__ = ["TRANSPORT_CHECKS", "check_transport"]
 
@@ -36,7 +41,7 @@ async def _round_trip_small(a: FramedStream, b: FramedStream) -> None:
     await a.send_frame(frame)
     assert frame == await b.receive_frame()
     await b.send_frame({"t": "y"})
-    assert {"t": "y"} == await a.receive_frame()
+    assert await a.receive_frame() == {"t": "y"}
 
 
 async def _big_payloads_both_ways(a: FramedStream, b: FramedStream) -> None:
@@ -105,7 +110,7 @@ async def _oversize_refused_locally(a: FramedStream, b: FramedStream) -> None:
     else:
         raise AssertionError("an oversize frame was sent")
     await a.send_frame({"t": "after"})
-    assert {"t": "after"} == await b.receive_frame()
+    assert await b.receive_frame() == {"t": "after"}
 
 
 async def _garbage_is_remote_error(a: FramedStream, b: FramedStream) -> None:
@@ -124,7 +129,7 @@ async def _clean_close(a: FramedStream, b: FramedStream) -> None:
     await a.send_frame({"t": "last"})
     await a.aclose()
     await a.aclose()  # idempotent
-    assert {"t": "last"} == await b.receive_frame()
+    assert await b.receive_frame() == {"t": "last"}
     assert await b.receive_frame() is None
     for call in (lambda: a.send_frame({"t": "x"}), a.receive_frame):
         try:

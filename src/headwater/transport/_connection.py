@@ -42,7 +42,7 @@ from typing import Any, Final
 
 import attrs
 
-from .._errors import (
+from headwater._errors import (
     AuthenticationError,
     ClosedError,
     ConnectionLostError,
@@ -52,6 +52,7 @@ from .._errors import (
     RemoteProtocolError,
     UnsupportedVersionError,
 )
+
 from ._frames import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
 from ._messages import (
     ENVELOPE,
@@ -145,7 +146,14 @@ class ConnectionClosed:
     unanswered: tuple[int, ...] = ()
 
 
-Event = HandshakeComplete | AuthRequired | RequestReceived | ResponseReceived | ErrorReceived | ConnectionClosed
+Event = (
+    HandshakeComplete
+    | AuthRequired
+    | RequestReceived
+    | ResponseReceived
+    | ErrorReceived
+    | ConnectionClosed
+)
 
 
 # ---- transition tables ----------------------------------------------------
@@ -325,7 +333,9 @@ class _Connection:
         if self._state == CLOSED:
             if self._closed_by_us:
                 raise ClosedError(f"cannot {event}: this connection was closed")
-            raise ConnectionLostError(f"cannot {event}: the connection is closed ({self._closed_event})")
+            raise ConnectionLostError(
+                f"cannot {event}: the connection is closed ({self._closed_event})"
+            )
         new = self._table.get((self._state, event))
         if new is None:
             raise LocalProtocolError(
@@ -400,7 +410,9 @@ class ClientConnection(_Connection):
             self._remote("recv_error")
             if message.id not in self._in_flight:
                 raise self._violation(
-                    RemoteProtocolError(f"peer sent an error for request id {message.id}, not in flight")
+                    RemoteProtocolError(
+                        f"peer sent an error for request id {message.id}, not in flight"
+                    )
                 )
             self._in_flight.discard(message.id)
             return ErrorReceived(message.id, message.code, message.message, error)
@@ -408,7 +420,9 @@ class ClientConnection(_Connection):
             self._remote("recv_res")
             if message.id not in self._in_flight:
                 raise self._violation(
-                    RemoteProtocolError(f"peer sent a response for request id {message.id}, not in flight")
+                    RemoteProtocolError(
+                        f"peer sent a response for request id {message.id}, not in flight"
+                    )
                 )
             self._in_flight.discard(message.id)
             return ResponseReceived(message.id, message.body)
@@ -481,7 +495,9 @@ class ServerConnection(_Connection):
 
     def _answer(self, event: str, request_id: int, message: object) -> None:
         if self._state == READY and request_id not in self._in_flight:
-            raise LocalProtocolError(f"request id {request_id!r} is not in flight; cannot answer it")
+            raise LocalProtocolError(
+                f"request id {request_id!r} is not in flight; cannot answer it"
+            )
         frame = encode_frame(ENVELOPE.encode(message), max_frame_size=self._max_frame_size)
         self._local(event)
         self._in_flight.discard(request_id)

@@ -40,7 +40,7 @@ from typing import Any, Final
 
 import cbor2
 
-from .._errors import InvalidArgument, LocalProtocolError, RemoteProtocolError
+from headwater._errors import InvalidArgument, LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
@@ -109,7 +109,7 @@ def check_plain(value: object, depth: int = 0) -> str | None:
     return f"value of type {type(value).__name__} is not plain CBOR"
 
 
-def _refuse_tag(decoder: object, tag: cbor2.CBORTag) -> object:
+def _refuse_tag(tag: cbor2.CBORTag, immutable: bool) -> object:
     raise RemoteProtocolError(f"frame contains CBOR semantic tag {tag.tag}; tags are not allowed")
 
 
@@ -141,13 +141,13 @@ def decode_frame_body(body: bytes) -> dict[str, Any]:
     if not isinstance(tag, str):
         if "t" not in value:
             raise RemoteProtocolError("frame has no type tag: required field 't' is missing")
-        raise RemoteProtocolError(
-            f"frame field 't' must be text, got {type(tag).__name__} {tag!r}"
-        )
+        raise RemoteProtocolError(f"frame field 't' must be text, got {type(tag).__name__} {tag!r}")
     return value
 
 
-def encode_frame(frame: Mapping[str, Any], *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+def encode_frame(
+    frame: Mapping[str, Any], *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+) -> bytes:
     """Encode ``frame`` (a map with a text ``"t"``) as length prefix + CBOR.
 
     ``bytes`` values are written as CBOR byte strings without conversion.

@@ -36,7 +36,7 @@ from typing import Any, Final, TypeVar
 import attr
 import attrs
 
-from .._errors import (
+from headwater._errors import (
     ActorFailed,
     HeadwaterError,
     InvalidArgument,
@@ -60,6 +60,9 @@ __all__ = [
     "error_from_frame",
     "error_to_frame",
 ]
+
+# attrs gives every frozen class this very __setattr__; there is no public test.
+_FROZEN_SETATTR: Final = getattr(getattr(attr, "_make", None), "_frozen_setattrs", None)
 
 PROTOCOL_VERSIONS: Final = (1,)
 """Protocol versions this code speaks, oldest first."""
@@ -178,18 +181,24 @@ class MessageRegistry:
                 f"tag {tag!r} is already registered to {self._by_tag[tag].cls.__qualname__}"
             )
         if cls in self._by_class:
-            raise InvalidArgument(f"{cls.__qualname__} is already registered as {self.tag_of(cls)!r}")
+            raise InvalidArgument(
+                f"{cls.__qualname__} is already registered as {self.tag_of(cls)!r}"
+            )
         params = getattr(cls, "__attrs_attrs__", ())
-        if getattr(cls, "__setattr__", None) is not attr._make._frozen_setattrs:
+        if getattr(cls, "__setattr__", None) is not _FROZEN_SETATTR:
             raise InvalidArgument(f"{cls.__qualname__} must be frozen (@attrs.frozen)")
         try:
             hints = typing.get_type_hints(cls)
         except Exception as exc:
-            raise InvalidArgument(f"cannot resolve annotations of {cls.__qualname__}: {exc}") from None
+            raise InvalidArgument(
+                f"cannot resolve annotations of {cls.__qualname__}: {exc}"
+            ) from None
         fields: list[tuple[str, _Check, _Check, bool, object]] = []
         for field in params:
             if field.name == "t":
-                raise InvalidArgument(f"{cls.__qualname__} has a field named 't', reserved for the tag")
+                raise InvalidArgument(
+                    f"{cls.__qualname__} has a field named 't', reserved for the tag"
+                )
             if not field.init:
                 continue
             annotation = hints.get(field.name, Any)
@@ -278,7 +287,9 @@ class MessageRegistry:
     def _decode(self, data: Mapping[str, Any], where: str, *, expect: object) -> Any:
         tag = data.get("t")
         if not isinstance(tag, str):
-            raise _FieldError(f"{where or 'message'}.t", f"expected a text tag, got {_type_name(tag)}")
+            raise _FieldError(
+                f"{where or 'message'}.t", f"expected a text tag, got {_type_name(tag)}"
+            )
         spec = self._by_tag.get(tag)
         if spec is None:
             raise _FieldError(where or "message", f"unknown message tag {tag!r} in {self.name}")

@@ -15,7 +15,8 @@ from typing import Any, Final
 
 import trio
 
-from .._errors import ClosedError, ConnectionLostError
+from headwater._errors import ClosedError, ConnectionLostError
+
 from ._frames import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
 
 __all__ = ["RECEIVE_SIZE", "FramedStream"]
@@ -35,7 +36,9 @@ class FramedStream:
     cancelling ``receive_frame`` is safe (bytes stay buffered).
     """
 
-    def __init__(self, stream: trio.abc.Stream, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    ) -> None:
         self.stream = stream
         self._decoder = FrameDecoder(max_frame_size=max_frame_size)
         self._max = max_frame_size
@@ -83,7 +86,7 @@ class FramedStream:
         """Receive some raw bytes (``b""`` at end of stream), translating errors."""
         self._check_usable()
         try:
-            return await self.stream.receive_some(RECEIVE_SIZE)
+            return bytes(await self.stream.receive_some(RECEIVE_SIZE))
         except trio.ClosedResourceError:
             raise self._closed_or_lost("receive") from None
         except trio.BrokenResourceError as exc:
