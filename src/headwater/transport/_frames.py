@@ -240,7 +240,8 @@ class FrameDecoder:
         end = start + HEADER_SIZE + length
         if len(buffer) < end:
             return None
-        body = bytes(buffer[start + HEADER_SIZE : end])
+        with memoryview(buffer) as view:  # one copy, not a slice then a copy
+            body = bytes(view[start + HEADER_SIZE : end])
         if end == len(buffer):
             buffer.clear()
             self._pos = 0
