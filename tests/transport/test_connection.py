@@ -307,3 +307,17 @@ def test_hostile_frames_close_the_server_connection(
     assert needle in str(info.value)
     assert "CLOSED" == server.state
     assert server.data_to_send().startswith(b"\x00\x00")  # an error frame is queued
+
+
+def test_server_fail_sends_a_connection_error_and_closes() -> None:
+    """fail() queues an id-less error frame; the client sees it, then the close."""
+    client, server = connected()
+    rid = client.send_request("x")
+    transfer(client, server)
+    server.fail(NotFoundError("shutting down"))
+    event, closed = transfer(server, client)
+    assert ErrorReceived(None, "not_found", "shutting down", event.error) == event  # type: ignore[union-attr]
+    assert isinstance(closed, ConnectionClosed)
+    assert (rid,) == closed.unanswered
+    with pytest.raises(ClosedError):
+        server.send_response(rid)
