@@ -36,10 +36,12 @@ def _payload(size: int, seed: int) -> bytes:
 
 
 async def _round_trip_small(a: FramedStream, b: FramedStream) -> None:
-    """Small frames arrive equal, in both directions."""
+    """Small frames arrive equal and exactly once, in both directions."""
     frame = {"t": "x", "n": 1, "s": "héllo", "b": b"\x00\x01", "l": [1, None, True], "f": 1.5}
     await a.send_frame(frame)
     assert frame == await b.receive_frame()
+    await a.send_frame({"t": "next"})  # exactly once: no duplicate, no loss
+    assert {"t": "next"} == await b.receive_frame()
     await b.send_frame({"t": "y"})
     assert await a.receive_frame() == {"t": "y"}
 
