@@ -41,7 +41,7 @@ async def _round_trip_small(a: FramedStream, b: FramedStream) -> None:
     await a.send_frame(frame)
     assert frame == await b.receive_frame()
     await a.send_frame({"t": "next"})  # exactly once: no duplicate, no loss
-    assert {"t": "next"} == await b.receive_frame()
+    assert await b.receive_frame() == {"t": "next"}
     await b.send_frame({"t": "y"})
     assert await a.receive_frame() == {"t": "y"}
 
