@@ -15,6 +15,7 @@ from ._errors import AuthenticationError as AuthenticationError
 from ._errors import BrokenError as BrokenError
 from ._errors import ClosedError as ClosedError
 from ._errors import ConfigError as ConfigError
+from ._errors import ConnectionLostError as ConnectionLostError
 from ._errors import CorruptionError as CorruptionError
 from ._errors import DiskFullError as DiskFullError
 from ._errors import FsyncFailedError as FsyncFailedError
@@ -29,6 +30,7 @@ from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import StorageError as StorageError
 from ._errors import SupervisorGaveUp as SupervisorGaveUp
+from ._errors import UnsupportedVersionError as UnsupportedVersionError
 from ._errors import UsageError as UsageError
 
 __version__ = "0.1.0.dev0"
@@ -59,4 +61,6 @@ __all__ = [
     "LocalProtocolError",
     "RemoteProtocolError",
     "AuthenticationError",
+    "UnsupportedVersionError",
+    "ConnectionLostError",
 ]

@@ -31,6 +31,7 @@ __all__ = [
     "BrokenError",
     "ClosedError",
     "ConfigError",
+    "ConnectionLostError",
     "CorruptionError",
     "DiskFullError",
     "FsyncFailedError",
@@ -45,6 +46,7 @@ __all__ = [
     "RemoteProtocolError",
     "StorageError",
     "SupervisorGaveUp",
+    "UnsupportedVersionError",
     "UsageError",
     "error_class_for_code",
 ]
@@ -256,6 +258,28 @@ class RemoteProtocolError(ProtocolError, BrokenError):
 
     code = "remote_protocol_error"
     retriable = False
+
+
+class UnsupportedVersionError(ProtocolError):
+    """The two sides share no protocol version. ``supported`` lists the
+    versions the refusing side speaks (the message names them too); upgrade the
+    older side. The connection is closed."""
+
+    code = "unsupported_version"
+    retriable = False
+
+    def __init__(self, message: str = "", *, supported: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.supported = supported
+
+
+class ConnectionLostError(BrokenError):
+    """The peer went away (reset, EOF in the middle of a frame or with requests
+    in flight, or a broken stream). Requests in flight may or may not have taken
+    effect: retry idempotent ones on a new connection."""
+
+    code = "connection_lost"
+    retriable = True
 
 
 class AuthenticationError(HeadwaterError):

@@ -1,5 +1,15 @@
-"""headwater.testing."""
+"""headwater.testing: fakes and conformance kits for Headwater's own tests and yours."""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._faulty import FaultyStream as FaultyStream
+from ._faulty import FaultyStreamStatistics as FaultyStreamStatistics
+from ._transport_kit import TRANSPORT_CHECKS as TRANSPORT_CHECKS
+from ._transport_kit import check_transport as check_transport
+
+__all__ = [
+    "FaultyStream",
+    "FaultyStreamStatistics",
+    "TRANSPORT_CHECKS",
+    "check_transport",
+]

@@ -1,5 +1,70 @@
-"""headwater.transport."""
+"""headwater.transport: the wire protocol's foundation.
+
+A sans-IO frame codec (:class:`FrameDecoder`, :func:`encode_frame`), typed
+messages (:class:`MessageRegistry` and the envelope frames), sans-IO
+connection state machines (:class:`ClientConnection`,
+:class:`ServerConnection`) and thin Trio glue (:class:`FramedStream`).
+See ``docs/protocol.md``.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._connection import DEFAULT_MAX_IN_FLIGHT as DEFAULT_MAX_IN_FLIGHT
+from ._connection import AuthRequired as AuthRequired
+from ._connection import ClientConnection as ClientConnection
+from ._connection import ConnectionClosed as ConnectionClosed
+from ._connection import ErrorReceived as ErrorReceived
+from ._connection import Event as Event
+from ._connection import HandshakeComplete as HandshakeComplete
+from ._connection import RequestReceived as RequestReceived
+from ._connection import ResponseReceived as ResponseReceived
+from ._connection import ServerConnection as ServerConnection
+from ._frames import DEFAULT_MAX_FRAME_SIZE as DEFAULT_MAX_FRAME_SIZE
+from ._frames import FrameDecoder as FrameDecoder
+from ._frames import encode_frame as encode_frame
+from ._messages import ENVELOPE as ENVELOPE
+from ._messages import PROTOCOL_VERSIONS as PROTOCOL_VERSIONS
+from ._messages import Auth as Auth
+from ._messages import AuthOk as AuthOk
+from ._messages import ErrorFrame as ErrorFrame
+from ._messages import Hello as Hello
+from ._messages import HelloOk as HelloOk
+from ._messages import MessageRegistry as MessageRegistry
+from ._messages import Request as Request
+from ._messages import Response as Response
+from ._messages import error_from_frame as error_from_frame
+from ._messages import error_to_frame as error_to_frame
+from ._stream import FramedStream as FramedStream
+
+__all__ = [
+    # framing
+    "DEFAULT_MAX_FRAME_SIZE",
+    "FrameDecoder",
+    "encode_frame",
+    # messages
+    "MessageRegistry",
+    "ENVELOPE",
+    "PROTOCOL_VERSIONS",
+    "Hello",
+    "HelloOk",
+    "Auth",
+    "AuthOk",
+    "Request",
+    "Response",
+    "ErrorFrame",
+    "error_to_frame",
+    "error_from_frame",
+    # connections
+    "DEFAULT_MAX_IN_FLIGHT",
+    "ClientConnection",
+    "ServerConnection",
+    "Event",
+    "HandshakeComplete",
+    "AuthRequired",
+    "RequestReceived",
+    "ResponseReceived",
+    "ErrorReceived",
+    "ConnectionClosed",
+    # trio glue
+    "FramedStream",
+]
