@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ._errors import ActorError as ActorError
 from ._errors import ActorFailed as ActorFailed
+from ._errors import ActorKilled as ActorKilled
 from ._errors import ActorNotFound as ActorNotFound
 from ._errors import ActorRestarted as ActorRestarted
 from ._errors import ActorStopped as ActorStopped
@@ -55,6 +56,7 @@ __all__ = [
     "ActorStopped",
     "ActorRestarted",
     "ActorFailed",
+    "ActorKilled",
     "MailboxFull",
     "SupervisorGaveUp",
     "ProtocolError",

@@ -24,6 +24,7 @@ from typing import ClassVar
 __all__ = [
     "ActorError",
     "ActorFailed",
+    "ActorKilled",
     "ActorNotFound",
     "ActorRestarted",
     "ActorStopped",
@@ -215,6 +216,14 @@ class ActorFailed(ActorError):
         super().__init__(message)
         self.error_type = error_type
         self.error_message = error_message
+
+
+class ActorKilled(ActorError, BrokenError):
+    """The actor was killed on purpose (``system.kill(path)`` or
+    ``Broker.kill(path)``, an experiment or test hook). Its supervisor treats
+    this as a crash and decides whether to restart it."""
+
+    code = "actor_killed"
 
 
 class MailboxFull(ActorError, BrokenError):

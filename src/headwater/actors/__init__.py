@@ -1,5 +1,30 @@
-"""headwater.actors."""
+"""The actor runtime: actors, refs, and the actor system.
+
+An :class:`Actor` handles messages from a bounded mailbox; an :class:`ActorRef`
+is how anyone talks to it (``tell`` / ``ask``); :func:`open_actor_system` opens
+a supervised tree of them. See :mod:`headwater.supervision` for policies.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._actor import DEFAULT_MAILBOX_SIZE as DEFAULT_MAILBOX_SIZE
+from ._actor import Actor as Actor
+from ._actor import ActorContext as ActorContext
+from ._actor import ActorRef as ActorRef
+from ._actor import LocalActorRef as LocalActorRef
+
+# isort: split
+from headwater.supervision._runtime import ActorSnapshot as ActorSnapshot
+from headwater.supervision._runtime import ActorSystem as ActorSystem
+from headwater.supervision._runtime import open_actor_system as open_actor_system
+
+__all__ = [
+    "Actor",
+    "ActorContext",
+    "ActorRef",
+    "LocalActorRef",
+    "ActorSystem",
+    "ActorSnapshot",
+    "open_actor_system",
+    "DEFAULT_MAILBOX_SIZE",
+]

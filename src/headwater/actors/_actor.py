@@ -1,0 +1,326 @@
+"""Actors, their context, and references to them.
+
+Theory of operation
+-------------------
+An :class:`Actor` is a Trio task that takes messages one at a time from a
+bounded mailbox (a Trio memory channel) and handles them. Nobody holds an actor
+directly: everyone holds an :class:`ActorRef`, which the runtime hands out.
+
+A ref does not point at one incarnation of an actor but at its *cell*: the
+slot the actor occupies in its supervisor. When the actor crashes and is
+restarted, the cell gets a new mailbox and the same ref reaches the new
+incarnation. While the cell is restarting (backoff included), ``tell`` and
+``ask`` wait for it, bounded by the caller's timeout; messages still in the old
+mailbox are dropped and their ``ask`` callers get :class:`ActorRestarted`. A
+cell that is stopped for good makes every ref to it raise :class:`ActorStopped`
+at once.
+
+``handle`` errors: an exception raised by :meth:`Actor.handle` for an ``ask``
+goes back to the caller (as itself when it is a :class:`HeadwaterError`,
+otherwise as :class:`ActorFailed` carrying the original type name and message).
+A :class:`UsageError` is the caller's fault, so the actor keeps running; any
+other exception also crashes the actor, and its supervisor decides what next.
+
+:class:`ActorRef` is an abstract interface: a remote ref (over TCP) implements
+the same methods with the same errors.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import attrs
+import outcome
+import trio
+
+from headwater._errors import (
+    ActorFailed,
+    ActorStopped,
+    HeadwaterError,
+    HeadwaterTimeoutError,
+    InvalidArgument,
+    MailboxFull,
+    UsageError,
+)
+
+if TYPE_CHECKING:
+    from headwater.supervision._runtime import ActorSystem
+
+__all__ = [
+    "DEFAULT_MAILBOX_SIZE",
+    "Actor",
+    "ActorContext",
+    "ActorRef",
+    "CellState",
+    "LocalActorRef",
+]
+
+DEFAULT_MAILBOX_SIZE: Final = 64
+"""Default mailbox capacity: small enough that a slow actor pushes back on its
+senders quickly, large enough that bursts of ``tell`` do not block at once."""
+
+CellState = Literal["starting", "running", "restarting", "stopping", "stopped", "failed"]
+
+
+def as_failure(exc: BaseException) -> HeadwaterError:
+    """The error an ``ask`` caller sees for ``exc`` raised by a handler."""
+    if isinstance(exc, HeadwaterError):
+        return exc
+    message = str(exc)
+    return ActorFailed(
+        f"the actor raised {type(exc).__name__}: {message}",
+        error_type=type(exc).__name__,
+        error_message=message,
+    )
+
+
+class _Reply:
+    """A one-shot slot for the answer to one ``ask``."""
+
+    __slots__ = ("_event", "_outcome")
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self._outcome: outcome.Outcome[Any] | None = None
+
+    def set(self, value: Any) -> None:
+        if self._outcome is None:
+            self._outcome = outcome.Value(value)
+            self._event.set()
+
+    def fail(self, exc: BaseException) -> None:
+        if self._outcome is None:
+            self._outcome = outcome.Error(exc)
+            self._event.set()
+
+    async def wait(self) -> Any:
+        await self._event.wait()
+        assert self._outcome is not None
+        return self._outcome.unwrap()
+
+
+class _Ask:
+    """Mailbox envelope of an ``ask``: the message and where to put the answer."""
+
+    __slots__ = ("message", "reply")
+
+    def __init__(self, message: Any, reply: _Reply) -> None:
+        self.message = message
+        self.reply = reply
+
+
+@attrs.define(eq=False)
+class Cell:
+    """The runtime's slot for one child of a supervisor (private to the runtime).
+
+    It outlives incarnations: refs point here. ``mailbox`` is the send side of
+    the current incarnation's mailbox, or ``None`` while no incarnation accepts
+    messages.
+    """
+
+    path: str
+    name: str
+    kind: Literal["actor", "task", "supervisor"]
+    system: ActorSystem
+    state: CellState = "starting"
+    mailbox: trio.MemorySendChannel[Any] | None = None
+    ready: trio.Event = attrs.field(factory=trio.Event)
+    incarnation: int = 0
+    restarts: int = 0
+    last_failure: str | None = None
+    ref: LocalActorRef | None = None
+
+    def set_accepting(self, mailbox: trio.MemorySendChannel[Any]) -> None:
+        self.mailbox = mailbox
+        self.state = "running"
+        self.ready.set()
+
+    def set_waiting(self, state: CellState) -> None:
+        """Stop accepting messages; senders wait for :meth:`set_accepting`."""
+        self.mailbox = None
+        self.state = state
+        if self.ready.is_set():
+            self.ready = trio.Event()
+
+    def set_gone(self, state: CellState) -> None:
+        """Stopped for good: wake every waiting sender so it raises."""
+        self.mailbox = None
+        self.state = state
+        self.ready.set()
+
+
+class ActorRef(abc.ABC):
+    """How anyone talks to an actor, wherever it runs.
+
+    Constructed only by the runtime (locally) or by a transport (remotely).
+    """
+
+    @property
+    @abc.abstractmethod
+    def path(self) -> str:
+        """The actor's path in its tree, like ``/broker/topics/orders/0``."""
+
+    @abc.abstractmethod
+    async def tell(self, message: Any, *, timeout: float | None = None) -> None:
+        """Put ``message`` in the actor's mailbox.
+
+        Blocks while the mailbox is full (backpressure) and while the actor is
+        restarting, up to ``timeout`` seconds (``None``: no limit), then raises
+        :class:`HeadwaterTimeoutError`. Raises :class:`ActorStopped` at once if
+        the actor is stopped for good. Cancellation-safe: a cancelled ``tell``
+        did not deliver the message.
+        """
+
+    @abc.abstractmethod
+    def tell_nowait(self, message: Any) -> None:
+        """Put ``message`` in the mailbox or raise :class:`MailboxFull` (also
+        while the actor restarts) or :class:`ActorStopped`. Never blocks."""
+
+    @abc.abstractmethod
+    async def ask(self, message: Any, *, timeout: float | None = 5.0) -> Any:
+        """Send ``message`` and wait for the actor's reply.
+
+        Raises the actor's :class:`HeadwaterError` as itself, any other error
+        as :class:`ActorFailed`, :class:`ActorRestarted` if the actor restarted
+        before handling it, :class:`ActorStopped` if it is stopped for good, and
+        :class:`HeadwaterTimeoutError` after ``timeout`` seconds.
+        """
+
+
+def _check_timeout(timeout: float | None) -> float:
+    if timeout is None:
+        return math.inf
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+        raise InvalidArgument(f"timeout={timeout!r} is invalid; give seconds >= 0 or None")
+    return float(timeout)
+
+
+class LocalActorRef(ActorRef):
+    """A reference to an actor in this process (see :class:`ActorRef`)."""
+
+    __slots__ = ("_cell",)
+
+    def __init__(self, cell: Cell) -> None:
+        self._cell = cell
+
+    def __repr__(self) -> str:
+        return f"<ActorRef {self._cell.path} {self._cell.state}>"
+
+    @property
+    def path(self) -> str:
+        """The actor's path."""
+        return self._cell.path
+
+    async def _deliver(self, item: Any) -> None:
+        cell = self._cell
+        while True:
+            mailbox = cell.mailbox
+            if mailbox is not None:
+                try:
+                    await mailbox.send(item)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    # The incarnation ended while we waited for room; retry on
+                    # the next one (or raise if it is gone for good).
+                    continue
+                return
+            if cell.kind != "actor":
+                raise UsageError(f"{cell.path} is a {cell.kind}, not an actor: it has no mailbox")
+            if cell.state in ("stopped", "failed", "stopping"):
+                raise ActorStopped(f"actor {cell.path} is {cell.state}; it takes no messages")
+            await cell.ready.wait()
+
+    async def tell(self, message: Any, *, timeout: float | None = None) -> None:
+        """See :meth:`ActorRef.tell`."""
+        cell = self._cell
+        mailbox = cell.mailbox
+        if timeout is None and mailbox is not None:
+            # Fast path: one channel send, no cancel scope.
+            try:
+                await mailbox.send(message)
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        seconds = _check_timeout(timeout)
+        with trio.move_on_after(seconds) as scope:
+            await self._deliver(message)
+        if scope.cancelled_caught:
+            raise HeadwaterTimeoutError(
+                f"tell to {cell.path} could not deliver within {seconds}s "
+                f"(mailbox full or actor {cell.state})"
+            )
+
+    def tell_nowait(self, message: Any) -> None:
+        """See :meth:`ActorRef.tell_nowait`."""
+        cell = self._cell
+        mailbox = cell.mailbox
+        if mailbox is None:
+            if cell.state in ("stopped", "failed", "stopping"):
+                raise ActorStopped(f"actor {cell.path} is {cell.state}; it takes no messages")
+            raise MailboxFull(f"actor {cell.path} is {cell.state}; use await tell() to wait")
+        try:
+            mailbox.send_nowait(message)
+        except trio.WouldBlock:
+            raise MailboxFull(
+                f"mailbox of {cell.path} is full; use await tell() to wait for room"
+            ) from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise MailboxFull(f"actor {cell.path} is restarting; use await tell()") from None
+
+    async def ask(self, message: Any, *, timeout: float | None = 5.0) -> Any:
+        """See :meth:`ActorRef.ask`."""
+        seconds = _check_timeout(timeout)
+        reply = _Reply()
+        with trio.move_on_after(seconds):
+            await self._deliver(_Ask(message, reply))
+            return await reply.wait()
+        raise HeadwaterTimeoutError(
+            f"ask {type(message).__name__} to {self._cell.path} got no reply within "
+            f"{seconds}s; the actor is {self._cell.state}"
+        )
+
+
+@attrs.define(eq=False)
+class ActorContext:
+    """What an actor knows of its place: path, own ref, system, and a nursery.
+
+    ``nursery`` belongs to this incarnation: tasks started in it (timers,
+    readers) are cancelled when the incarnation ends. An exception in one of
+    them crashes the actor like an exception in :meth:`Actor.handle`.
+    """
+
+    path: str
+    ref: ActorRef
+    system: ActorSystem
+    nursery: trio.Nursery
+    incarnation: int
+    _stop: Callable[[], None]
+
+    def stop(self) -> None:
+        """End this actor normally after the current message (a *normal* exit:
+        ``transient`` and ``temporary`` children are then not restarted)."""
+        self._stop()
+
+
+class Actor:
+    """Base class of actors: subclass it and override :meth:`handle`.
+
+    A new instance is made by the child's factory for every incarnation, so
+    state on ``self`` starts fresh after a restart (persist what must survive).
+    Messages are handled one at a time, in arrival order.
+    """
+
+    context: ActorContext
+
+    async def started(self) -> None:
+        """Called before the first message. Failing here counts as a crash."""
+
+    async def handle(self, message: Any) -> Any:
+        """Handle one message; the return value is the reply to an ``ask``."""
+        raise UsageError(f"{type(self).__name__} does not handle {type(message).__name__}")
+
+    async def stopping(self) -> None:
+        """Called on graceful stop (not after a crash), bounded by the child's
+        shutdown timeout."""

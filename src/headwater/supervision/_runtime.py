@@ -1,0 +1,784 @@
+"""The supervision runtime: child specs, supervisors, and the actor system.
+
+Theory of operation
+-------------------
+A supervisor is one Trio nursery and one loop. Each child runs as one task per
+*incarnation* in the supervisor's nursery; the task catches whatever ends the
+child and posts an exit report to the supervisor's exit channel instead of
+letting it tear down the nursery. The loop takes one report at a time and asks
+the pure :func:`~headwater.supervision.decide` what to do: restart (after a
+backoff), ignore (remove the child), or escalate (stop every child in reverse
+order and raise :class:`SupervisorGaveUp`, whose ``__cause__`` is the child's
+exception, so the supervisor's own supervisor sees a crash).
+
+Each child owns a :class:`~headwater.actors._actor.Cell`, the stable target of
+its refs. Cell lifecycle (``state``), as a transition table::
+
+    starting   -> running | restarting | stopped | failed
+    running    -> restarting | stopping | stopped | failed
+    restarting -> starting | running | stopped | failed
+    stopping   -> stopped
+    stopped, failed: final
+
+Graceful stop of an actor closes its mailbox (refs raise ``ActorStopped``), lets
+it finish what is queued, runs its ``stopping`` hook, and cancels it when the
+child's ``shutdown`` timeout passes. Tasks are cancelled at once; supervisors
+stop their own children first. Errors leaving nurseries are unwrapped when an
+exception group holds a single exception, so users see ``SupervisorGaveUp``
+rather than a group; this is applied everywhere in the runtime.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import attrs
+import trio
+
+from headwater._errors import (
+    ActorKilled,
+    ActorNotFound,
+    ActorRestarted,
+    ActorStopped,
+    ConfigError,
+    IllegalTransitionError,
+    InvalidArgument,
+    SupervisorGaveUp,
+    UsageError,
+)
+from headwater._logging import get_logger
+from headwater.actors._actor import (
+    DEFAULT_MAILBOX_SIZE,
+    Actor,
+    ActorContext,
+    ActorRef,
+    Cell,
+    CellState,
+    LocalActorRef,
+    _Ask,
+    as_failure,
+)
+from headwater.supervision._policy import (
+    RESTART_TYPES,
+    Backoff,
+    ChildInfo,
+    Escalate,
+    Ignore,
+    RestartPolicy,
+    RestartType,
+    Strategy,
+    decide,
+)
+
+__all__ = [
+    "ActorSnapshot",
+    "ActorSystem",
+    "ChildSpec",
+    "SupervisorSpec",
+    "open_actor_system",
+    "unwrap_group",
+]
+
+_log = get_logger("headwater.supervision")
+
+_TRANSITIONS: dict[CellState, frozenset[CellState]] = {
+    "starting": frozenset({"running", "restarting", "stopped", "failed"}),
+    "running": frozenset({"restarting", "stopping", "stopped", "failed"}),
+    "restarting": frozenset({"starting", "running", "stopped", "failed", "restarting"}),
+    "stopping": frozenset({"stopped", "stopping"}),
+    "stopped": frozenset(),
+    "failed": frozenset(),
+}
+
+
+def _check_transition(cell: Cell, new: CellState) -> None:
+    if new not in _TRANSITIONS[cell.state]:
+        raise IllegalTransitionError(
+            f"{cell.path}: cannot go from {cell.state!r} to {new!r}"
+        ) from None
+
+
+def unwrap_group(exc: BaseException) -> BaseException:
+    """Return the lone exception inside (nested) single-member exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not name or "/" in name:
+        raise InvalidArgument(f"child name {name!r} is invalid; give a non-empty str without '/'")
+    return name
+
+
+def _check_restart(restart: object) -> None:
+    if restart not in RESTART_TYPES:
+        raise ConfigError(f"restart={restart!r} is unknown; use one of {', '.join(RESTART_TYPES)}")
+
+
+def _check_shutdown(shutdown: object) -> None:
+    if isinstance(shutdown, bool) or not isinstance(shutdown, int | float) or not shutdown >= 0:
+        raise ConfigError(f"shutdown={shutdown!r} is invalid; give seconds >= 0 (or math.inf)")
+
+
+def _as_tuple(children: Any) -> tuple[ChildSpec | SupervisorSpec, ...]:
+    return tuple(children)
+
+
+ActorFactory = Callable[[], Actor] | Callable[[], Awaitable[None]]
+
+
+@attrs.frozen
+class ChildSpec:
+    """How to start (and restart) one worker child.
+
+    ``factory`` is either a callable returning a new :class:`Actor` (an actor
+    child, with a mailbox) or an ``async def`` function taking no arguments (a
+    task child: it runs until it returns, a normal exit, or raises).
+    ``shutdown`` is how long a graceful stop may take before the child is
+    cancelled; ``mailbox_size`` bounds an actor's mailbox.
+    """
+
+    name: str = attrs.field(validator=lambda _i, _a, v: _check_name(v))
+    factory: ActorFactory
+    restart: RestartType = attrs.field(
+        default="permanent", validator=lambda _i, _a, v: _check_restart(v)
+    )
+    shutdown: float = attrs.field(default=5.0, validator=lambda _i, _a, v: _check_shutdown(v))
+    mailbox_size: int = DEFAULT_MAILBOX_SIZE
+
+    def __attrs_post_init__(self) -> None:
+        if not callable(self.factory):
+            raise ConfigError(f"factory={self.factory!r} of child {self.name!r} is not callable")
+        size = self.mailbox_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ConfigError(f"mailbox_size={size!r} of child {self.name!r}; give an int >= 0")
+
+    @property
+    def kind(self) -> Literal["actor", "task"]:
+        """``"task"`` for an ``async def`` factory, else ``"actor"``."""
+        return "task" if inspect.iscoroutinefunction(self.factory) else "actor"
+
+
+@attrs.frozen
+class SupervisorSpec:
+    """A supervisor child: a policy and its own ordered children.
+
+    ``backoff`` is the base delay in seconds (or a :class:`Backoff`); restart
+    delays double up to ``backoff_max``.
+    """
+
+    name: str = attrs.field(validator=lambda _i, _a, v: _check_name(v))
+    children: tuple[ChildSpec | SupervisorSpec, ...] = attrs.field(default=(), converter=_as_tuple)
+    strategy: Strategy = "one_for_one"
+    max_restarts: int = 3
+    within: float = 5.0
+    backoff: float = 0.0
+    backoff_max: float = 30.0
+    restart: RestartType = attrs.field(
+        default="permanent", validator=lambda _i, _a, v: _check_restart(v)
+    )
+    shutdown: float = attrs.field(default=math.inf, validator=lambda _i, _a, v: _check_shutdown(v))
+
+    def __attrs_post_init__(self) -> None:
+        self.policy  # noqa: B018 -- validates the policy fields now, not at first crash
+        names = [c.name for c in self.children]
+        if len(names) != len(set(names)):
+            raise ConfigError(f"supervisor {self.name!r} has duplicate child names: {names}")
+
+    @property
+    def policy(self) -> RestartPolicy:
+        """The :class:`RestartPolicy` these fields describe."""
+        return RestartPolicy(
+            strategy=self.strategy,
+            max_restarts=self.max_restarts,
+            within=self.within,
+            backoff=Backoff(self.backoff, self.backoff_max),
+        )
+
+
+@attrs.frozen
+class ActorSnapshot:
+    """One node of the live supervision tree, as data."""
+
+    path: str
+    kind: str
+    state: str
+    restarts: int
+    incarnation: int
+    last_failure: str | None
+    children: tuple[ActorSnapshot, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The snapshot as plain dicts and lists (JSON/CBOR friendly)."""
+        return {
+            "path": self.path,
+            "kind": self.kind,
+            "state": self.state,
+            "restarts": self.restarts,
+            "incarnation": self.incarnation,
+            "last_failure": self.last_failure,
+            "children": [c.as_dict() for c in self.children],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ActorSnapshot:
+        """Rebuild a snapshot from :meth:`as_dict` output."""
+        return cls(
+            path=data["path"],
+            kind=data["kind"],
+            state=data["state"],
+            restarts=data["restarts"],
+            incarnation=data["incarnation"],
+            last_failure=data["last_failure"],
+            children=tuple(cls.from_dict(c) for c in data["children"]),
+        )
+
+    def walk(self) -> list[ActorSnapshot]:
+        """This node and every node below it, depth first."""
+        out = [self]
+        for child in self.children:
+            out.extend(child.walk())
+        return out
+
+    def render(self) -> str:
+        """Draw the tree as text, one node per line."""
+        lines: list[str] = []
+
+        def label(node: ActorSnapshot) -> str:
+            name = node.path.rsplit("/", 1)[-1] or node.path
+            text = f"{name} [{node.kind}] {node.state}"
+            if node.restarts:
+                text += f" restarts={node.restarts}"
+            if node.last_failure:
+                text += f" last_failure={node.last_failure}"
+            return text
+
+        def visit(node: ActorSnapshot, prefix: str, last: bool, top: bool) -> None:
+            if top:
+                lines.append(label(node))
+                child_prefix = ""
+            else:
+                lines.append(prefix + ("└── " if last else "├── ") + label(node))
+                child_prefix = prefix + ("    " if last else "│   ")
+            for i, child in enumerate(node.children):
+                visit(child, child_prefix, i == len(node.children) - 1, False)
+
+        visit(self, "", True, True)
+        return "\n".join(lines)
+
+
+@attrs.define(eq=False)
+class _Child:
+    """Runtime record of one child of a supervisor."""
+
+    spec: ChildSpec | SupervisorSpec
+    cell: Cell
+    scope: trio.CancelScope | None = None
+    settled: trio.Event = attrs.field(factory=trio.Event)
+    done: trio.Event = attrs.field(factory=trio.Event)
+    stopping: bool = False
+    kill_reason: str | None = None
+    mailbox: trio.MemorySendChannel[Any] | None = None
+    supervisor: _Supervisor | None = None
+
+    @property
+    def kind(self) -> Literal["actor", "task", "supervisor"]:
+        return "supervisor" if isinstance(self.spec, SupervisorSpec) else self.spec.kind
+
+
+@attrs.frozen
+class _Exit:
+    child: _Child
+    incarnation: int
+    error: BaseException | None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class _Supervisor:
+    """One incarnation of a supervisor: a nursery, its children and a loop."""
+
+    def __init__(self, system: ActorSystem, cell: Cell, spec: SupervisorSpec) -> None:
+        self.system = system
+        self.cell = cell
+        self.spec = spec
+        self.policy = spec.policy
+        self.children: list[_Child] = []
+        self.history: tuple[float, ...] = ()
+        self.lock = trio.Lock()
+        self._exits_send, self._exits_recv = trio.open_memory_channel[_Exit](math.inf)
+        self._nursery: trio.Nursery | None = None
+
+    # -- main loop -------------------------------------------------------
+
+    async def run(self, started: Callable[[], None]) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            async with self.lock:
+                for spec in self.spec.children:
+                    await self._add(spec)
+            started()
+            async for report in self._exits_recv:
+                async with self.lock:
+                    await self._on_exit(report)
+
+    async def _on_exit(self, report: _Exit) -> None:
+        child = report.child
+        if child not in self.children or child.stopping:
+            return  # stale: the child was stopped or replaced meanwhile
+        if report.incarnation != child.cell.incarnation:
+            return
+        cell = child.cell
+        error = report.error
+        log = _log.bind(actor=cell.path, incarnation=cell.incarnation)
+        if error is not None:
+            cell.last_failure = _describe(error)
+            log.warning("actor_crashed", error=cell.last_failure, exc_info=error)
+        else:
+            log.info("actor_exited")
+        decision = decide(
+            self.policy,
+            [ChildInfo(c.cell.name, c.spec.restart) for c in self.children],
+            cell.name,
+            abnormal=error is not None,
+            history=self.history,
+            now=trio.current_time(),
+        )
+        if isinstance(decision, Ignore):
+            self._remove(child, "stopped")
+            log.info("actor_stopped", reason=decision.reason)
+            return
+        if isinstance(decision, Escalate):
+            self._remove(child, "failed")
+            _log.error(
+                "supervisor_gave_up",
+                actor=self.cell.path,
+                child=cell.path,
+                reason=decision.reason,
+            )
+            await self.stop_all()
+            gave_up = SupervisorGaveUp(
+                f"supervisor {self.cell.path} gave up: {decision.reason}; "
+                f"last failure: {cell.last_failure}"
+            )
+            _log.error("supervisor_escalated", actor=self.cell.path, error=str(gave_up))
+            raise gave_up from error
+        self.history = decision.history
+        by_name = {c.cell.name: c for c in self.children}
+        for name in decision.stop:
+            await self._stop(by_name[name])
+            if name not in decision.start:
+                self._remove(by_name[name], "stopped")
+        for name in decision.start:
+            by_name[name].cell.set_waiting("restarting")
+        if decision.delay > 0:
+            await trio.sleep(decision.delay)
+        for name in decision.start:
+            target = by_name[name]
+            target.cell.restarts += 1
+            _log.info(
+                "actor_restarted",
+                actor=target.cell.path,
+                incarnation=target.cell.incarnation + 1,
+                restarts=target.cell.restarts,
+                delay=decision.delay,
+            )
+            await self._launch(target)
+
+    # -- children ----------------------------------------------------------
+
+    async def _add(self, spec: ChildSpec | SupervisorSpec) -> _Child:
+        if any(c.cell.name == spec.name for c in self.children):
+            raise IllegalTransitionError(
+                f"supervisor {self.cell.path} already has a child named {spec.name!r}"
+            )
+        path = f"{self.cell.path.rstrip('/')}/{spec.name}"
+        kind: Literal["actor", "task", "supervisor"] = (
+            "supervisor" if isinstance(spec, SupervisorSpec) else spec.kind
+        )
+        cell = Cell(path=path, name=spec.name, kind=kind, system=self.system)
+        cell.ref = LocalActorRef(cell)
+        child = _Child(spec=spec, cell=cell)
+        self.children.append(child)
+        self.system._register(cell, child)
+        await self._launch(child)
+        return child
+
+    def _remove(self, child: _Child, state: CellState) -> None:
+        if child in self.children:
+            self.children.remove(child)
+        if child.cell.state != state:
+            _check_transition(child.cell, state)
+        child.cell.set_gone(state)
+        self.system._unregister(child.cell)
+
+    async def _launch(self, child: _Child) -> None:
+        """Start one incarnation and wait until it runs (or ended)."""
+        assert self._nursery is not None
+        child.settled = trio.Event()
+        child.done = trio.Event()
+        child.stopping = False
+        child.kill_reason = None
+        child.cell.incarnation += 1
+        if child.cell.state != "starting":
+            child.cell.set_waiting("restarting")
+        self._nursery.start_soon(self._incarnation, child, child.cell.incarnation)
+        await child.settled.wait()
+
+    async def _incarnation(self, child: _Child, incarnation: int) -> None:
+        cell = child.cell
+        error: BaseException | None = None
+        graceful = False
+        try:
+            with trio.CancelScope() as scope:
+                child.scope = scope
+                try:
+                    if child.kind == "actor":
+                        graceful = await self._run_actor(child)
+                    elif child.kind == "task":
+                        assert isinstance(child.spec, ChildSpec)
+                        cell.state = "running"
+                        cell.ready.set()
+                        child.settled.set()
+                        _log.info("actor_started", actor=cell.path, incarnation=incarnation)
+                        await child.spec.factory()  # type: ignore[misc]
+                    else:
+                        assert isinstance(child.spec, SupervisorSpec)
+                        sup = _Supervisor(self.system, cell, child.spec)
+                        child.supervisor = sup
+
+                        def started() -> None:
+                            cell.state = "running"
+                            cell.ready.set()
+                            child.settled.set()
+                            _log.info("actor_started", actor=cell.path, incarnation=incarnation)
+
+                        await sup.run(started)
+                except Exception as exc:
+                    error = unwrap_group(exc)
+            if child.kill_reason is not None and error is None:
+                error = ActorKilled(f"actor {cell.path} was killed: {child.kill_reason}")
+        finally:
+            child.settled.set()
+            child.done.set()
+        if child.stopping or graceful:
+            return
+        if cell.state in ("running", "starting"):
+            cell.set_waiting("restarting")
+        self._exits_send.send_nowait(_Exit(child, incarnation, error))
+
+    async def _run_actor(self, child: _Child) -> bool:
+        """Run one actor incarnation; return True if it was stopped gracefully."""
+        spec = child.spec
+        assert isinstance(spec, ChildSpec)
+        cell = child.cell
+        actor = spec.factory()
+        if not isinstance(actor, Actor):
+            raise ConfigError(
+                f"factory of {cell.path} returned {type(actor).__name__}, not an Actor"
+            )
+        send, recv = trio.open_memory_channel[Any](spec.mailbox_size)
+        child.mailbox = send
+        current: _Ask | None = None
+        closed = False
+
+        def stop() -> None:
+            nonlocal closed
+            closed = True
+            if cell.mailbox is send:
+                cell.set_waiting("restarting")
+            send.close()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                assert cell.ref is not None
+                actor.context = ActorContext(
+                    path=cell.path,
+                    ref=cell.ref,
+                    system=self.system,
+                    nursery=nursery,
+                    incarnation=cell.incarnation,
+                    stop=stop,
+                )
+                await actor.started()
+                if not closed and not child.stopping:
+                    cell.set_accepting(send)
+                child.settled.set()
+                _log.info("actor_started", actor=cell.path, incarnation=cell.incarnation)
+                handle = actor.handle
+                async for item in recv:
+                    if type(item) is _Ask:
+                        current = item
+                        try:
+                            result = await handle(item.message)
+                        except UsageError as exc:
+                            item.reply.fail(exc)
+                        except Exception as exc:
+                            item.reply.fail(as_failure(exc))
+                            raise
+                        else:
+                            item.reply.set(result)
+                        current = None
+                    else:
+                        await handle(item)
+                if child.stopping:
+                    await actor.stopping()
+                nursery.cancel_scope.cancel()
+            return child.stopping
+        finally:
+            send.close()
+            if child.stopping:
+                lost: Exception = ActorStopped(f"actor {cell.path} stopped before handling it")
+            else:
+                lost = ActorRestarted(
+                    f"actor {cell.path} restarted before handling it; resend if safe"
+                )
+            if current is not None:
+                current.reply.fail(lost)
+            while True:
+                try:
+                    item = recv.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                if type(item) is _Ask:
+                    item.reply.fail(lost)
+            recv.close()
+
+    async def _stop(self, child: _Child) -> None:
+        """Stop one child gracefully, cancelling it after its shutdown timeout."""
+        if child.done.is_set():
+            return
+        child.stopping = True
+        cell = child.cell
+        if cell.state != "stopping":
+            cell.set_waiting("stopping")
+        with trio.move_on_after(child.spec.shutdown):
+            if child.kind == "actor":
+                if child.mailbox is not None:
+                    child.mailbox.close()
+            elif child.kind == "supervisor" and child.supervisor is not None:
+                await child.supervisor.stop_all()
+                if child.scope is not None:
+                    child.scope.cancel()
+            elif child.scope is not None:
+                child.scope.cancel()
+            await child.done.wait()
+        if not child.done.is_set():
+            _log.warning("actor_shutdown_timeout", actor=cell.path, timeout=child.spec.shutdown)
+            assert child.scope is not None
+            child.scope.cancel()
+            await child.done.wait()
+        _log.info("actor_stopped", actor=cell.path, incarnation=cell.incarnation)
+
+    async def stop_all(self) -> None:
+        """Stop every child in reverse start order and forget them."""
+        for child in reversed(list(self.children)):
+            await self._stop(child)
+            self._remove(child, "stopped")
+
+    async def start_child(self, spec: ChildSpec | SupervisorSpec) -> _Child:
+        async with self.lock:
+            if self.cell.state not in ("running", "starting"):
+                raise ActorStopped(f"supervisor {self.cell.path} is {self.cell.state}")
+            return await self._add(spec)
+
+    async def stop_child(self, child: _Child) -> None:
+        async with self.lock:
+            if child not in self.children:
+                raise ActorNotFound(f"{child.cell.path} is not running under {self.cell.path}")
+            await self._stop(child)
+            self._remove(child, "stopped")
+
+    def snapshot(self) -> tuple[ActorSnapshot, ...]:
+        return tuple(_snapshot(c) for c in self.children)
+
+
+def _snapshot(child: _Child) -> ActorSnapshot:
+    cell = child.cell
+    sub = child.supervisor.snapshot() if child.supervisor is not None else ()
+    return ActorSnapshot(
+        path=cell.path,
+        kind=cell.kind,
+        state=cell.state,
+        restarts=cell.restarts,
+        incarnation=cell.incarnation,
+        last_failure=cell.last_failure,
+        children=sub if child.kind == "supervisor" else (),
+    )
+
+
+class ActorSystem:
+    """A running tree of supervised actors; made by :func:`open_actor_system`.
+
+    Every actor has a path (``/broker/topics/orders/0``); :meth:`lookup` finds
+    its ref, :meth:`tree` shows the whole tree.
+    """
+
+    def __init__(self, name: str, root: SupervisorSpec) -> None:
+        self.name = name
+        self._root_spec = root
+        self._cells: dict[str, tuple[Cell, _Child | None]] = {}
+        self._root_cell = Cell(path="/", name="", kind="supervisor", system=self)
+        self._root_cell.ref = LocalActorRef(self._root_cell)
+        self._root = _Supervisor(self, self._root_cell, root)
+        self._cells["/"] = (self._root_cell, None)
+
+    def __repr__(self) -> str:
+        return f"<ActorSystem {self.name} {self._root_cell.state}>"
+
+    def _register(self, cell: Cell, child: _Child) -> None:
+        self._cells[cell.path] = (cell, child)
+
+    def _unregister(self, cell: Cell) -> None:
+        entry = self._cells.get(cell.path)
+        if entry is not None and entry[0] is cell:
+            del self._cells[cell.path]
+
+    def _entry(self, path: str) -> tuple[Cell, _Child | None]:
+        if not isinstance(path, str):
+            raise InvalidArgument(f"path {path!r} is not a str")
+        normal = "/" + path.strip("/") if path.strip("/") else "/"
+        try:
+            return self._cells[normal]
+        except KeyError:
+            raise ActorNotFound(
+                f"no actor at {normal!r}; system.tree() lists the live paths"
+            ) from None
+
+    def _supervisor_at(self, path: str) -> _Supervisor:
+        cell, child = self._entry(path)
+        if child is None:
+            return self._root
+        if child.kind != "supervisor" or child.supervisor is None:
+            raise InvalidArgument(f"{cell.path} is a {cell.kind}, not a supervisor")
+        return child.supervisor
+
+    def lookup(self, path: str) -> ActorRef:
+        """Return the ref of the actor at ``path`` (raises :class:`ActorNotFound`)."""
+        cell, _ = self._entry(path)
+        assert cell.ref is not None
+        return cell.ref
+
+    async def start_child(self, spec: ChildSpec | SupervisorSpec, *, parent: str = "/") -> ActorRef:
+        """Start a child under the supervisor at ``parent`` and return its ref.
+
+        Waits until the child's ``started`` hook has run.
+        """
+        if not isinstance(spec, ChildSpec | SupervisorSpec):
+            raise InvalidArgument(f"spec {spec!r} is not a ChildSpec or SupervisorSpec")
+        child = await self._supervisor_at(parent).start_child(spec)
+        assert child.cell.ref is not None
+        return child.cell.ref
+
+    async def stop_child(self, path: str) -> None:
+        """Stop the child at ``path`` for good (gracefully, then cancelled after
+        its shutdown timeout) and remove it from its supervisor."""
+        cell, child = self._entry(path)
+        if child is None:
+            raise InvalidArgument("the root supervisor is stopped by leaving open_actor_system()")
+        parent = cell.path.rsplit("/", 1)[0] or "/"
+        await self._supervisor_at(parent).stop_child(child)
+
+    async def kill(self, path: str, reason: str = "killed on request") -> None:
+        """Crash the actor at ``path`` on purpose (an experiment and test hook).
+
+        Its supervisor sees an :class:`~headwater.ActorKilled` crash and applies
+        its policy. Returns once the incarnation has ended.
+        """
+        _cell, child = self._entry(path)
+        if child is None:
+            raise InvalidArgument("the root supervisor cannot be killed; close the system")
+        if child.scope is None or child.done.is_set():
+            return
+        child.kill_reason = reason
+        child.scope.cancel()
+        await child.done.wait()
+
+    def tree(self) -> ActorSnapshot:
+        """A snapshot of the live supervision tree."""
+        return ActorSnapshot(
+            path="/",
+            kind="supervisor",
+            state=self._root_cell.state,
+            restarts=0,
+            incarnation=1,
+            last_failure=self._root_cell.last_failure,
+            children=self._root.snapshot(),
+        )
+
+    async def _run_root(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        cell = self._root_cell
+
+        def started() -> None:
+            cell.state = "running"
+            cell.ready.set()
+            task_status.started()
+
+        try:
+            await self._root.run(started)
+        except BaseException as exc:
+            if isinstance(unwrap_group(exc), SupervisorGaveUp):
+                cell.last_failure = _describe(unwrap_group(exc))
+                cell.set_gone("failed")
+            raise
+
+    async def _shutdown(self) -> None:
+        if self._root_cell.state == "running":
+            self._root_cell.set_waiting("stopping")
+            async with self._root.lock:
+                await self._root.stop_all()
+            self._root_cell.set_gone("stopped")
+
+
+@asynccontextmanager
+async def open_actor_system(
+    name: str = "headwater",
+    *,
+    strategy: Strategy = "one_for_one",
+    max_restarts: int = 3,
+    within: float = 5.0,
+    backoff: float = 0.0,
+    backoff_max: float = 30.0,
+    children: tuple[ChildSpec | SupervisorSpec, ...] = (),
+) -> AsyncIterator[ActorSystem]:
+    """Open an actor system whose root supervisor has the given policy.
+
+    ``children`` start in order before the block runs. Leaving the block stops
+    every actor in reverse start order (each within its shutdown timeout) and
+    leaves no task running. If the root supervisor gives up, the block is
+    cancelled and this raises :class:`~headwater.SupervisorGaveUp`, whose
+    ``__cause__`` is the failure that exhausted the restart intensity.
+    """
+    root = SupervisorSpec(
+        name=name,
+        children=children,
+        strategy=strategy,
+        max_restarts=max_restarts,
+        within=within,
+        backoff=backoff,
+        backoff_max=backoff_max,
+    )
+    system = ActorSystem(name, root)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(system._run_root)
+            try:
+                yield system
+            finally:
+                with trio.CancelScope(shield=True):
+                    await system._shutdown()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        lone = unwrap_group(group)
+        if lone is group:
+            raise
+        raise lone from lone.__cause__
