@@ -185,7 +185,7 @@ async def test_shutdown_order_and_timeout(autojump_clock: trio.abc.Clock) -> Non
 
 
 async def test_nested_shutdown_is_depth_first(autojump_clock: trio.abc.Clock) -> None:
-    """A supervisor's children stop (reverse order) before its later-started siblings' earlier ones."""
+    """A nested supervisor stops its own children (reverse order) in its turn."""
     rec = Recorder()
     sup = SupervisorSpec("s", [worker(rec, "s1"), worker(rec, "s2")])
     async with open_actor_system(children=(worker(rec, "a"), sup, worker(rec, "z"))):

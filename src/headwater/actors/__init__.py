@@ -12,11 +12,8 @@ from ._actor import Actor as Actor
 from ._actor import ActorContext as ActorContext
 from ._actor import ActorRef as ActorRef
 from ._actor import LocalActorRef as LocalActorRef
-
-# isort: split
-from headwater.supervision._runtime import ActorSnapshot as ActorSnapshot
-from headwater.supervision._runtime import ActorSystem as ActorSystem
-from headwater.supervision._runtime import open_actor_system as open_actor_system
+from ._system import ActorSystem as ActorSystem
+from ._system import open_actor_system as open_actor_system
 
 __all__ = [
     "Actor",
@@ -24,7 +21,6 @@ __all__ = [
     "ActorRef",
     "LocalActorRef",
     "ActorSystem",
-    "ActorSnapshot",
     "open_actor_system",
     "DEFAULT_MAILBOX_SIZE",
 ]

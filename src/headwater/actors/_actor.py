@@ -30,7 +30,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import outcome
@@ -45,9 +45,10 @@ from headwater._errors import (
     MailboxFull,
     UsageError,
 )
+from headwater.supervision._specs import DEFAULT_MAILBOX_SIZE
 
 if TYPE_CHECKING:
-    from headwater.supervision._runtime import ActorSystem
+    from headwater.actors._system import ActorSystem
 
 __all__ = [
     "DEFAULT_MAILBOX_SIZE",
@@ -58,9 +59,6 @@ __all__ = [
     "LocalActorRef",
 ]
 
-DEFAULT_MAILBOX_SIZE: Final = 64
-"""Default mailbox capacity: small enough that a slow actor pushes back on its
-senders quickly, large enough that bursts of ``tell`` do not block at once."""
 
 CellState = Literal["starting", "running", "restarting", "stopping", "stopped", "failed"]
 

@@ -18,11 +18,15 @@ from ._policy import RestartPolicy as RestartPolicy
 from ._policy import RestartType as RestartType
 from ._policy import Strategy as Strategy
 from ._policy import decide as decide
-from ._runtime import ChildSpec as ChildSpec
-from ._runtime import SupervisorSpec as SupervisorSpec
-from ._runtime import unwrap_group as unwrap_group
+from ._specs import DEFAULT_MAILBOX_SIZE as DEFAULT_MAILBOX_SIZE
+from ._specs import ActorSnapshot as ActorSnapshot
+from ._specs import ChildSpec as ChildSpec
+from ._specs import SupervisorSpec as SupervisorSpec
+from ._specs import unwrap_group as unwrap_group
 
 __all__ = [
+    "ActorSnapshot",
+    "DEFAULT_MAILBOX_SIZE",
     "Backoff",
     "ChildInfo",
     "ChildSpec",
