@@ -16,5 +16,9 @@ __all__ = ["get_logger"]
 
 
 def get_logger(name: str, **initial: Any) -> Any:
-    """Return a structlog logger bound with ``logger=name`` and ``initial``."""
-    return structlog.get_logger(name).bind(**initial)
+    """Return a lazy structlog logger with ``logger_name=name`` and ``initial`` bound.
+
+    Lazy: it takes structlog's configuration at first use, so a program may
+    configure structlog after importing Headwater.
+    """
+    return structlog.get_logger(logger_name=name, **initial)

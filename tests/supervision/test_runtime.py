@@ -273,3 +273,18 @@ async def test_start_failure_counts_as_crash(autojump_clock: trio.abc.Clock) -> 
             await trio.sleep_forever()
     assert 3 == len(attempts)
     assert isinstance(info.value.__cause__, RuntimeError)
+
+
+async def test_ref_survives_parent_supervisor_restart(autojump_clock: trio.abc.Clock) -> None:
+    """When a supervisor gives up and its parent restarts it, refs to its children
+    reach the children of the new incarnation."""
+    rec = Recorder()
+    inner = SupervisorSpec("p", [worker(rec, "a"), worker(rec, "b")], max_restarts=0)
+    async with open_actor_system(max_restarts=1, within=10.0, children=(inner,)) as system:
+        ref = system.lookup("/p/b")
+        with pytest.raises(ActorFailed):
+            await ref.ask("crash")
+        assert ("b", "hi") == await ref.ask("hi")
+        node = system.tree().children[0]
+        assert (1, 2) == (node.restarts, node.incarnation)
+        assert ["a", "b", "a", "b"] == rec.of("start")

@@ -168,14 +168,19 @@ class _Supervisor:
             log.info("actor_stopped", reason=decision.reason)
             return
         if isinstance(decision, Escalate):
-            self._remove(child, "failed")
+            # The child waits with its siblings: if our supervisor restarts us,
+            # our next incarnation takes its cell over.
+            self.children.remove(child)
+            cell.set_waiting("restarting")
             _log.error(
                 "supervisor_gave_up",
                 actor=self.cell.path,
                 child=cell.path,
                 reason=decision.reason,
             )
-            await self.stop_all()
+            # Not for good: if our supervisor restarts us, the same cells (and
+            # so every ref to them) are taken over by the new incarnation.
+            await self.stop_all(final=False)
             gave_up = SupervisorGaveUp(
                 f"supervisor {self.cell.path} gave up: {decision.reason}; "
                 f"last failure: {cell.last_failure}"
@@ -185,8 +190,9 @@ class _Supervisor:
         self.history = decision.history
         by_name = {c.cell.name: c for c in self.children}
         for name in decision.stop:
-            await self._stop(by_name[name])
-            if name not in decision.start:
+            final = name not in decision.start
+            await self._stop(by_name[name], final=final)
+            if final:
                 self._remove(by_name[name], "stopped")
         for name in decision.start:
             by_name[name].cell.set_waiting("restarting")
@@ -215,8 +221,12 @@ class _Supervisor:
         kind: Literal["actor", "task", "supervisor"] = (
             "supervisor" if isinstance(spec, SupervisorSpec) else spec.kind
         )
-        cell = Cell(path=path, name=spec.name, kind=kind, system=self.system)
-        cell.ref = LocalActorRef(cell)
+        orphan = self.system._orphan(path, kind)
+        if orphan is not None:
+            cell = orphan  # our previous incarnation's child: keep its refs valid
+        else:
+            cell = Cell(path=path, name=spec.name, kind=kind, system=self.system)
+            cell.ref = LocalActorRef(cell)
         child = _Child(spec=spec, cell=cell)
         self.children.append(child)
         self.system._register(cell, child)
@@ -230,6 +240,7 @@ class _Supervisor:
             _check_transition(child.cell, state)
         child.cell.set_gone(state)
         self.system._unregister(child.cell)
+        self.system._forget_below(child.cell.path)
 
     async def _launch(self, child: _Child) -> None:
         """Start one incarnation and wait until it runs (or ended)."""
@@ -333,7 +344,13 @@ class _Supervisor:
                         except UsageError as exc:
                             item.reply.fail(exc)
                         except Exception as exc:
+                            # Stop taking messages *before* waking the asker, so
+                            # what it sends next goes to the next incarnation.
+                            if cell.mailbox is send:
+                                cell.set_waiting("restarting")
+                            send.close()
                             item.reply.fail(as_failure(exc))
+                            current = None
                             raise
                         else:
                             item.reply.set(result)
@@ -363,7 +380,7 @@ class _Supervisor:
                     item.reply.fail(lost)
             recv.close()
 
-    async def _stop(self, child: _Child) -> None:
+    async def _stop(self, child: _Child, *, final: bool = True) -> None:
         """Stop one child gracefully, cancelling it after its shutdown timeout."""
         if child.done.is_set():
             return
@@ -376,7 +393,7 @@ class _Supervisor:
                 if child.mailbox is not None:
                     child.mailbox.close()
             elif child.kind == "supervisor" and child.supervisor is not None:
-                await child.supervisor.stop_all()
+                await child.supervisor.stop_all(final=final)
                 if child.scope is not None:
                     child.scope.cancel()
             elif child.scope is not None:
@@ -389,11 +406,19 @@ class _Supervisor:
             await child.done.wait()
         _log.info("actor_stopped", actor=cell.path, incarnation=cell.incarnation)
 
-    async def stop_all(self) -> None:
-        """Stop every child in reverse start order and forget them."""
+    async def stop_all(self, *, final: bool = True) -> None:
+        """Stop every child in reverse start order.
+
+        ``final``: stopped for good (refs raise). Otherwise the cells wait,
+        registered, for the next incarnation of this supervisor to take them.
+        """
         for child in reversed(list(self.children)):
-            await self._stop(child)
-            self._remove(child, "stopped")
+            await self._stop(child, final=final)
+            if final:
+                self._remove(child, "stopped")
+            else:
+                self.children.remove(child)
+                child.cell.set_waiting("restarting")
 
     async def start_child(self, spec: ChildSpec | SupervisorSpec) -> _Child:
         async with self.lock:
@@ -452,6 +477,24 @@ class ActorSystem:
         entry = self._cells.get(cell.path)
         if entry is not None and entry[0] is cell:
             del self._cells[cell.path]
+
+    def _orphan(self, path: str, kind: str) -> Cell | None:
+        """A registered cell at ``path`` left waiting by a restarting parent."""
+        entry = self._cells.get(path)
+        if entry is None:
+            return None
+        cell = entry[0]
+        if cell.state == "restarting" and cell.kind == kind:
+            return cell
+        raise IllegalTransitionError(f"an actor at {path} is already {cell.state}")
+
+    def _forget_below(self, path: str) -> None:
+        """Stop for good every cell below ``path`` (its supervisor is gone)."""
+        prefix = path.rstrip("/") + "/"
+        for key in [k for k in self._cells if k.startswith(prefix) and k != "/"]:
+            cell, _child = self._cells.pop(key)
+            if cell.state not in ("stopped", "failed"):
+                cell.set_gone("stopped")
 
     def _entry(self, path: str) -> tuple[Cell, _Child | None]:
         if not isinstance(path, str):
@@ -589,6 +632,7 @@ async def open_actor_system(
                 with trio.CancelScope(shield=True):
                     await system._shutdown()
                 nursery.cancel_scope.cancel()
+                system._forget_below("/")
     except BaseExceptionGroup as group:
         lone = unwrap_group(group)
         if lone is group:
