@@ -33,10 +33,23 @@ from ._errors import StorageError as StorageError
 from ._errors import SupervisorGaveUp as SupervisorGaveUp
 from ._errors import UnsupportedVersionError as UnsupportedVersionError
 from ._errors import UsageError as UsageError
+from .actors import Actor as Actor
+from .actors import ActorRef as ActorRef
+from .actors import ActorSystem as ActorSystem
+from .actors import open_actor_system as open_actor_system
+from .supervision import ChildSpec as ChildSpec
+from .supervision import SupervisorSpec as SupervisorSpec
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    # actors and supervision
+    "Actor",
+    "ActorRef",
+    "ActorSystem",
+    "ChildSpec",
+    "SupervisorSpec",
+    "open_actor_system",
     # errors
     "HeadwaterError",
     "UsageError",
