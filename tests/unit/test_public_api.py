@@ -40,9 +40,7 @@ def test_every_error_is_exported_from_top_level() -> None:
 
 def test_error_codes_are_unique_and_round_trip() -> None:
     """Each error class has its own stable code, and the code maps back to it."""
-    classes = [
-        getattr(_errors, n) for n in _errors.__all__ if inspect.isclass(getattr(_errors, n))
-    ]
+    classes = [getattr(_errors, n) for n in _errors.__all__ if inspect.isclass(getattr(_errors, n))]
     codes = [cls.code for cls in classes]
     assert len(codes) == len(set(codes))
     for cls in classes:
