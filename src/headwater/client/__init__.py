@@ -6,5 +6,26 @@ from ._codec import PendingEvent as PendingEvent
 from ._codec import decode_events as decode_events
 from ._codec import encode_events as encode_events
 from ._event import Event as Event
+from ._serializers import BytesSerializer as BytesSerializer
+from ._serializers import CborSerializer as CborSerializer
+from ._serializers import JsonSerializer as JsonSerializer
+from ._serializers import Serializer as Serializer
+from ._serializers import StrSerializer as StrSerializer
+from ._serializers import deserialize_value as deserialize_value
+from ._serializers import get_serializer as get_serializer
+from ._serializers import serialize_value as serialize_value
 
-__all__ = ["Event", "PendingEvent", "decode_events", "encode_events"]
+__all__ = [
+    "BytesSerializer",
+    "CborSerializer",
+    "Event",
+    "JsonSerializer",
+    "PendingEvent",
+    "Serializer",
+    "StrSerializer",
+    "decode_events",
+    "deserialize_value",
+    "encode_events",
+    "get_serializer",
+    "serialize_value",
+]
