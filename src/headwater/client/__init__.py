@@ -6,6 +6,10 @@ from ._codec import PendingEvent as PendingEvent
 from ._codec import decode_events as decode_events
 from ._codec import encode_events as encode_events
 from ._event import Event as Event
+from ._partitioner import Partitioner as Partitioner
+from ._partitioner import key_bytes as key_bytes
+from ._partitioner import murmur2 as murmur2
+from ._partitioner import partition_for_key as partition_for_key
 from ._serializers import BytesSerializer as BytesSerializer
 from ._serializers import CborSerializer as CborSerializer
 from ._serializers import JsonSerializer as JsonSerializer
@@ -20,6 +24,7 @@ __all__ = [
     "CborSerializer",
     "Event",
     "JsonSerializer",
+    "Partitioner",
     "PendingEvent",
     "Serializer",
     "StrSerializer",
@@ -27,5 +32,8 @@ __all__ = [
     "deserialize_value",
     "encode_events",
     "get_serializer",
+    "key_bytes",
+    "murmur2",
+    "partition_for_key",
     "serialize_value",
 ]

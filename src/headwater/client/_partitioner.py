@@ -1,0 +1,114 @@
+"""Choosing a partition for an event, as Kafka's default partitioner does.
+
+* **Keyed** events: ``(murmur2(key_bytes) & 0x7fffffff) % partitions``, where
+  ``murmur2`` is Kafka's variant (seed ``0x9747b28c``) and ``key_bytes`` is the
+  key itself, or a str key's UTF-8 bytes. So a key lands in the same partition
+  as it would in Kafka with the same partition count, and ``"k"``/``b"k"``
+  share a partition.
+* **Unkeyed** events stick to one partition per topic until the batch being
+  filled there is closed (ready to send), then move to the next partition
+  round-robin (Kafka's "sticky" partitioner, deterministic here): batches fill
+  up, and the load is spread evenly over batches.
+* An **explicit** partition is checked against the topic's partition count.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import attrs
+
+from headwater._errors import InvalidArgument, UnknownPartitionError
+
+from ._event import Key
+
+__all__ = ["Partitioner", "key_bytes", "murmur2", "partition_for_key"]
+
+_M = 0x5BD1E995
+_SEED = 0x9747B28C
+_MASK = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's 32-bit murmur2 of ``data`` as a signed int (like Java's ``int``)."""
+    length = len(data)
+    h = (_SEED ^ length) & _MASK
+    n4 = length // 4
+    for k in struct.unpack_from(f"<{n4}I", data):
+        k = (k * _M) & _MASK
+        k ^= k >> 24
+        k = (k * _M) & _MASK
+        h = ((h * _M) & _MASK) ^ k
+    tail = length & 3
+    base = n4 * 4
+    if tail:
+        if tail == 3:
+            h ^= data[base + 2] << 16
+        if tail >= 2:
+            h ^= data[base + 1] << 8
+        h ^= data[base]
+        h = (h * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    h ^= h >> 15
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+def key_bytes(key: Key) -> bytes:
+    """The bytes a key is hashed as: bytes as given, str as UTF-8."""
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    if isinstance(key, bytes | bytearray | memoryview):
+        return bytes(key)
+    raise InvalidArgument(
+        f"an event key must be bytes or str, not {type(key).__qualname__}; "
+        "convert it (for example str(key)) or leave it None"
+    )
+
+
+def partition_for_key(key: Key, partitions: int) -> int:
+    """The partition of ``key`` among ``partitions`` (Kafka's formula)."""
+    return (murmur2(key_bytes(key)) & 0x7FFFFFFF) % partitions
+
+
+@attrs.define
+class Partitioner:
+    """Picks the partition for each event of a producer (see the module docs).
+
+    Call :meth:`choose` per event and :meth:`batch_closed` when the
+    accumulator closes a batch, so unkeyed events move on to the next partition.
+    """
+
+    _sticky: dict[str, int] = attrs.field(factory=dict)
+
+    def choose(
+        self, topic: str, key: Key | None, partitions: int, partition: int | None = None
+    ) -> int:
+        """Return the partition for one event of ``topic`` (with ``partitions``
+        partitions). An explicit ``partition`` outside ``0 .. partitions - 1``
+        raises :class:`~headwater.UnknownPartitionError`; a non-int one
+        :class:`~headwater.InvalidArgument`."""
+        if partition is not None:
+            if type(partition) is not int:
+                raise InvalidArgument(
+                    f"partition must be an int, not {type(partition).__qualname__}"
+                )
+            if not 0 <= partition < partitions:
+                raise UnknownPartitionError(
+                    f"topic {topic!r} has partitions 0..{partitions - 1}; "
+                    f"there is no partition {partition}"
+                )
+            return partition
+        if key is not None:
+            return partition_for_key(key, partitions)
+        current = self._sticky.get(topic)
+        if current is None or current >= partitions:
+            current = 0
+            self._sticky[topic] = current
+        return current
+
+    def batch_closed(self, topic: str, partition: int, partitions: int) -> None:
+        """A batch for ``topic``/``partition`` was closed: if unkeyed events were
+        sticking to that partition, move them on to the next one."""
+        if self._sticky.get(topic) == partition:
+            self._sticky[topic] = (partition + 1) % partitions
