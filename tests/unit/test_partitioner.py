@@ -58,13 +58,13 @@ def test_unkeyed_sticky_round_robin():
     """Unkeyed events stick to a partition until its batch closes, then move on."""
     part = Partitioner()
     assert [0, 0] == [part.choose("t", None, 3), part.choose("t", None, 3)]
-    part.batch_closed("t", 0, 3)
+    part.batch_closed("t", 0)
     assert 1 == part.choose("t", None, 3)
-    part.batch_closed("t", 2, 3)  # not the sticky one: no move
+    part.batch_closed("t", 2)  # not the sticky one: no move
     assert 1 == part.choose("t", None, 3)
-    part.batch_closed("t", 1, 3)
+    part.batch_closed("t", 1)
     part.choose("t", None, 3)
-    part.batch_closed("t", 2, 3)
+    part.batch_closed("t", 2)
     assert 0 == part.choose("t", None, 3)
     assert 0 == part.choose("other", None, 3)
 
@@ -77,7 +77,7 @@ def test_unkeyed_spread_over_batches():
         p = part.choose("t", None, 3)
         counts[p] += 1
         if i % 10 == 9:
-            part.batch_closed("t", p, 3)
+            part.batch_closed("t", p)
     assert [100, 100, 100] == counts
 
 
@@ -85,9 +85,7 @@ def test_explicit_partition_validated():
     """An explicit partition is used as is, or refused when out of range or not int."""
     part = Partitioner()
     assert 2 == part.choose("t", b"k", 3, partition=2)
-    with pytest.raises(
-        UnknownPartitionError, match=r"0..2; there is no partition 3"
-    ):
+    with pytest.raises(UnknownPartitionError, match=r"0..2; there is no partition 3"):
         part.choose("t", None, 3, partition=3)
     with pytest.raises(UnknownPartitionError, match="-1"):
         part.choose("t", None, 3, partition=-1)

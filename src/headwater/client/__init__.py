@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from ._accumulator import Accumulator as Accumulator
+from ._accumulator import AccumulatorConfig as AccumulatorConfig
+from ._accumulator import BatchSlot as BatchSlot
+from ._accumulator import ReadyBatch as ReadyBatch
 from ._codec import PendingEvent as PendingEvent
 from ._codec import decode_events as decode_events
 from ._codec import encode_events as encode_events
@@ -20,12 +24,16 @@ from ._serializers import get_serializer as get_serializer
 from ._serializers import serialize_value as serialize_value
 
 __all__ = [
+    "Accumulator",
+    "AccumulatorConfig",
+    "BatchSlot",
     "BytesSerializer",
     "CborSerializer",
     "Event",
     "JsonSerializer",
     "Partitioner",
     "PendingEvent",
+    "ReadyBatch",
     "Serializer",
     "StrSerializer",
     "decode_events",

@@ -80,6 +80,7 @@ class Partitioner:
     """
 
     _sticky: dict[str, int] = attrs.field(factory=dict)
+    _counts: dict[str, int] = attrs.field(factory=dict)
 
     def choose(
         self, topic: str, key: Key | None, partitions: int, partition: int | None = None
@@ -101,14 +102,15 @@ class Partitioner:
             return partition
         if key is not None:
             return partition_for_key(key, partitions)
+        self._counts[topic] = partitions
         current = self._sticky.get(topic)
         if current is None or current >= partitions:
             current = 0
             self._sticky[topic] = current
         return current
 
-    def batch_closed(self, topic: str, partition: int, partitions: int) -> None:
+    def batch_closed(self, topic: str, partition: int) -> None:
         """A batch for ``topic``/``partition`` was closed: if unkeyed events were
         sticking to that partition, move them on to the next one."""
         if self._sticky.get(topic) == partition:
-            self._sticky[topic] = (partition + 1) % partitions
+            self._sticky[topic] = (partition + 1) % self._counts[topic]
