@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from ._config import DURABILITIES as DURABILITIES
+from ._config import MAX_PARTITIONS as MAX_PARTITIONS
+from ._config import MAX_TOPIC_NAME_LENGTH as MAX_TOPIC_NAME_LENGTH
+from ._config import TopicConfig as TopicConfig
+from ._config import validate_topic_name as validate_topic_name
 from ._group import TRANSITIONS as TRANSITIONS
 from ._group import GroupCoordinator as GroupCoordinator
 from ._group import GroupEvent as GroupEvent
@@ -19,15 +24,20 @@ from ._idempotence import RecordInfo as RecordInfo
 __all__ = [
     "Append",
     "BatchMetadata",
+    "DURABILITIES",
     "Duplicate",
     "GroupCoordinator",
     "GroupEvent",
     "GroupState",
+    "MAX_PARTITIONS",
+    "MAX_TOPIC_NAME_LENGTH",
     "MemberState",
     "ProducerEntry",
     "ProducerStates",
     "RecordInfo",
     "TRANSITIONS",
+    "TopicConfig",
     "apply",
     "compute_assignment",
+    "validate_topic_name",
 ]
