@@ -179,3 +179,37 @@ def test_every_event_once_in_order_with_contiguous_sequences(script):
     take(a.drain(now, force=True))
     assert sent == got
     assert 0 == a.buffered_bytes
+
+
+@pytest.mark.parametrize(
+    ("key", "headers", "timestamp", "match"),
+    [
+        ("\ud800", (), 1, "key must be valid Unicode"),
+        (None, (("\udfff", b""),), 1, "header name must be valid Unicode"),
+        (None, (), 1.5, "timestamp must be an int"),
+    ],
+)
+def test_unencodable_text_refused_at_append(key, headers, timestamp, match):
+    """Text that cannot be UTF-8 and non-int timestamps fail at append, so a
+    drain never fails to encode a batch holding other events."""
+    a = acc()
+    a.append("t", 0, 1, None, b"ok", (), now=0.0)
+    with pytest.raises(InvalidArgument, match=match):
+        a.append("t", 0, timestamp, key, b"", headers, now=0.0)
+    [batch] = a.drain(0.0, force=True)
+    assert 1 == batch.count
+
+
+def test_resequence_after_new_identity():
+    """Unacknowledged batches get the new identity and fresh contiguous sequences."""
+    a = acc(max_batch_events=2)
+    for _ in range(4):
+        a.append("t", 0, 1, None, b"", (), now=0.0)
+    old = a.drain(0.0)
+    assert [0, 2] == [b.base_sequence for b in old]
+    a.set_identity(7, 2)
+    new = [a.resequence(b) for b in old]
+    assert [(7, 2, 0), (7, 2, 2)] == [(b.producer_id, b.epoch, b.base_sequence) for b in new]
+    assert [b.payload for b in old] == [b.payload for b in new]
+    a.append("t", 0, 1, None, b"", (), now=0.0)
+    assert [4] == [b.base_sequence for b in a.drain(0.0, force=True)]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from headwater import OutOfOrderSequenceError, ProducerFencedError
+from headwater import InvalidArgument, OutOfOrderSequenceError, ProducerFencedError
 from headwater.broker import Append, Duplicate, ProducerStates, RecordInfo
 
 
@@ -131,3 +131,9 @@ def test_retries_store_each_batch_once(counts, data):
             assert (old_base, True) == log.produce(1, 0, old_seq, old_count)
     assert len(counts) == len(log.records)
     assert isinstance(log.states.check(1, 0, seq, 1), Append)
+
+
+def test_empty_batch_is_invalid():
+    """A batch claiming zero events is refused before any state lookup."""
+    with pytest.raises(InvalidArgument, match="at least one event, not 0"):
+        ProducerStates().check(1, 0, 0, 0)

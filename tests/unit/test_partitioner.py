@@ -91,3 +91,13 @@ def test_explicit_partition_validated():
         part.choose("t", None, 3, partition=-1)
     with pytest.raises(InvalidArgument, match="bool"):
         part.choose("t", None, 3, partition=True)  # type: ignore[arg-type]
+
+
+def test_bad_partition_counts_and_text_keys():
+    """Zero partitions and surrogate str keys are InvalidArgument, not crashes."""
+    with pytest.raises(InvalidArgument, match="partitions must be an int >= 1, not 0"):
+        partition_for_key(b"k", 0)
+    with pytest.raises(InvalidArgument, match="not 0"):
+        Partitioner().choose("t", None, 0)
+    with pytest.raises(InvalidArgument, match="valid Unicode"):
+        partition_for_key("\ud800", 3)

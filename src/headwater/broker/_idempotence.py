@@ -40,7 +40,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from headwater._errors import OutOfOrderSequenceError, ProducerFencedError
+from headwater._errors import InvalidArgument, OutOfOrderSequenceError, ProducerFencedError
 
 __all__ = [
     "Append",
@@ -124,6 +124,8 @@ class ProducerStates:
         Raises :class:`~headwater.ProducerFencedError` for an old epoch and
         :class:`~headwater.OutOfOrderSequenceError` for a sequence gap; changes
         nothing either way."""
+        if count < 1:
+            raise InvalidArgument(f"a batch must hold at least one event, not {count}")
         if producer_id == NO_PRODUCER_ID:
             return Append()
         where = f"{self.topic}/{self.partition}"

@@ -121,6 +121,13 @@ class _OpenBatch:
     size: int = 0
 
 
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(f"an event {what} must be valid Unicode text: {exc}") from None
+
+
 def _check_event(key: Key | None, value: bytes | None, headers: Headers) -> int:
     """Validate types; return the event's estimated encoded size."""
     size = EVENT_OVERHEAD
@@ -128,7 +135,7 @@ def _check_event(key: Key | None, value: bytes | None, headers: Headers) -> int:
         if isinstance(key, bytes):
             size += len(key)
         elif isinstance(key, str):
-            size += len(key.encode("utf-8", "surrogatepass"))
+            size += len(_utf8(key, "key"))
         else:
             raise InvalidArgument(
                 f"an event key must be bytes, str or None, not {type(key).__qualname__}"
@@ -147,7 +154,7 @@ def _check_event(key: Key | None, value: bytes | None, headers: Headers) -> int:
             or not isinstance(header[1], bytes)
         ):
             raise InvalidArgument(f"a header must be a (str, bytes) pair, not {header!r:.80}")
-        size += len(header[0]) + len(header[1]) + 2
+        size += len(_utf8(header[0], "header name")) + len(header[1]) + 2
     return size
 
 
@@ -198,6 +205,10 @@ class Accumulator:
         ``max_event_bytes``) or :class:`~headwater.InvalidArgument` (bad key,
         value or header type) without changing anything.
         """
+        if type(timestamp) is not int:
+            raise InvalidArgument(
+                f"an event timestamp must be an int (ms since the epoch), not {timestamp!r}"
+            )
         size = _check_event(key, value, headers)
         limit = self.config.max_event_bytes
         if size > limit:
@@ -271,6 +282,19 @@ class Accumulator:
             epoch=self._epoch,
             base_sequence=base_sequence,
             size_estimate=batch.size,
+        )
+
+    def resequence(self, batch: ReadyBatch) -> ReadyBatch:
+        """Return ``batch`` stamped with the current producer id/epoch and the
+        next sequence of its partition. For the producer after a new identity
+        (:meth:`set_identity`, e.g. after an out-of-order error): resequence the
+        unacknowledged batches in their original order, then resend them. Not
+        for plain retries: a retry resends the same batch unchanged."""
+        tp = (batch.topic, batch.partition)
+        base_sequence = self._next_sequence.get(tp, 0)
+        self._next_sequence[tp] = (base_sequence + batch.count) % SEQUENCE_MODULUS
+        return attrs.evolve(
+            batch, producer_id=self._producer_id, epoch=self._epoch, base_sequence=base_sequence
         )
 
     # ------------------------------------------------------------ state

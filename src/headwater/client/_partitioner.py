@@ -57,7 +57,10 @@ def murmur2(data: bytes) -> int:
 def key_bytes(key: Key) -> bytes:
     """The bytes a key is hashed as: bytes as given, str as UTF-8."""
     if isinstance(key, str):
-        return key.encode("utf-8")
+        try:
+            return key.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidArgument(f"a str key must be valid Unicode text: {exc}") from None
     if isinstance(key, bytes | bytearray | memoryview):
         return bytes(key)
     raise InvalidArgument(
@@ -68,6 +71,8 @@ def key_bytes(key: Key) -> bytes:
 
 def partition_for_key(key: Key, partitions: int) -> int:
     """The partition of ``key`` among ``partitions`` (Kafka's formula)."""
+    if type(partitions) is not int or partitions < 1:
+        raise InvalidArgument(f"partitions must be an int >= 1, not {partitions!r}")
     return (murmur2(key_bytes(key)) & 0x7FFFFFFF) % partitions
 
 
@@ -89,6 +94,8 @@ class Partitioner:
         partitions). An explicit ``partition`` outside ``0 .. partitions - 1``
         raises :class:`~headwater.UnknownPartitionError`; a non-int one
         :class:`~headwater.InvalidArgument`."""
+        if type(partitions) is not int or partitions < 1:
+            raise InvalidArgument(f"partitions must be an int >= 1, not {partitions!r}")
         if partition is not None:
             if type(partition) is not int:
                 raise InvalidArgument(
