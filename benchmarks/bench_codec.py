@@ -9,6 +9,9 @@ header):
   ``[ts_delta, key, value(, headers)]``;
 * ``kafka_v2``: Kafka RecordBatch v2 *records* (zigzag varints) in pure Python.
 
+Also the rest of the producer's client path per event (``client_path``): CBOR
+serialization of a small dict, murmur2 partitioning, accumulator append+drain.
+
 Decode always produces :class:`headwater.client.Event` objects, as a consumer
 needs. Figures: ``encode_us_per_event``, ``decode_us_per_event``,
 ``bytes_per_event`` per case, and ``ratio_kafka_v2_vs_cbor_columns`` per size.
@@ -23,6 +26,7 @@ from typing import Any
 
 import cbor2
 
+from headwater.client import Accumulator, AccumulatorConfig, Partitioner, get_serializer
 from headwater.client._codec import PendingEvent, decode_events, encode_events
 from headwater.client._event import Event
 
@@ -201,6 +205,36 @@ def measure(codec: str, value_size: int, repeats: int) -> dict[str, float]:
     }
 
 
+def client_path(value_size: int, repeats: int) -> dict[str, float]:
+    """µs per event of the rest of the producer's client path, for 1,000 events:
+    CBOR-serialize a small dict, choose a partition by a 16-byte key (murmur2),
+    and append to the accumulator then drain (which encodes the payload)."""
+    events = make_events(value_size)
+    serializer = get_serializer("cbor")
+    values = [{"id": i, "blob": e[2]} for i, e in enumerate(events)]
+
+    def serialize() -> None:
+        for v in values:
+            serializer.serialize(v)
+
+    def partition() -> None:
+        part = Partitioner()
+        for e in events:
+            part.choose("t", e[1], 12)
+
+    def accumulate() -> None:
+        acc = Accumulator(AccumulatorConfig(max_batch_events=BATCH, linger=1.0))
+        for ts, key, value, headers in events:
+            acc.append("t", 0, ts, key, value, headers, 0.0)
+        acc.drain(0.0, force=True)
+
+    return {
+        "serialize_cbor_us_per_event": _best_of(serialize, repeats) / BATCH * 1e6,
+        "partition_murmur2_us_per_event": _best_of(partition, repeats) / BATCH * 1e6,
+        "append_drain_us_per_event": _best_of(accumulate, repeats) / BATCH * 1e6,
+    }
+
+
 def run(quick: bool) -> Iterator[dict[str, Any]]:
     """Yield the codec figures (see the module docstring)."""
     repeats = 5 if quick else 30
@@ -224,6 +258,14 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
                     "value": round(value, 3),
                     "unit": units[metric],
                 }
+        for metric, value in client_path(size, repeats).items():
+            yield {
+                "bench": "codec",
+                "case": f"client_path/{label}",
+                "metric": metric,
+                "value": round(value, 3),
+                "unit": "us",
+            }
         for metric in ("encode_us_per_event", "decode_us_per_event"):
             yield {
                 "bench": "codec",

@@ -101,3 +101,13 @@ def test_bad_partition_counts_and_text_keys():
         Partitioner().choose("t", None, 0)
     with pytest.raises(InvalidArgument, match="valid Unicode"):
         partition_for_key("\ud800", 3)
+
+
+def test_key_cache_follows_partition_count():
+    """A remembered key is re-hashed when the topic's partition count changes."""
+    part = Partitioner()
+    assert partition_for_key("foobar", 7) == part.choose("t", "foobar", 7)
+    assert partition_for_key("foobar", 7) == part.choose("t", "foobar", 7)
+    assert partition_for_key("foobar", 11) == part.choose("t", "foobar", 11)
+    with pytest.raises(InvalidArgument, match="not list"):
+        part.choose("t", [1], 11)  # type: ignore[arg-type]

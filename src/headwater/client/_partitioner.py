@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import attrs
 
@@ -24,38 +25,43 @@ from ._event import Key
 
 __all__ = ["Partitioner", "key_bytes", "murmur2", "partition_for_key"]
 
-_M = 0x5BD1E995
-_SEED = 0x9747B28C
-_MASK = 0xFFFFFFFF
+#: Keys whose partition a Partitioner remembers per topic (then it starts over).
+KEY_CACHE_SIZE = 4096
+
+
+_UNPACKERS: dict[int, Callable[[bytes], tuple[int, ...]]] = {}
 
 
 def murmur2(data: bytes) -> int:
     """Kafka's 32-bit murmur2 of ``data`` as a signed int (like Java's ``int``)."""
     length = len(data)
-    h = (_SEED ^ length) & _MASK
-    n4 = length // 4
-    for k in struct.unpack_from(f"<{n4}I", data):
-        k = (k * _M) & _MASK
-        k ^= k >> 24
-        k = (k * _M) & _MASK
-        h = ((h * _M) & _MASK) ^ k
+    h = 0x9747B28C ^ length
+    n4 = length >> 2
+    unpack = _UNPACKERS.get(n4)
+    if unpack is None:
+        unpack = _UNPACKERS[n4] = struct.Struct(f"<{n4}I").unpack_from
+    for k in unpack(data):
+        k = (k * 0x5BD1E995) & 0xFFFFFFFF
+        k = ((k ^ (k >> 24)) * 0x5BD1E995) & 0xFFFFFFFF
+        h = ((h * 0x5BD1E995) & 0xFFFFFFFF) ^ k
     tail = length & 3
-    base = n4 * 4
     if tail:
+        base = n4 << 2
         if tail == 3:
             h ^= data[base + 2] << 16
         if tail >= 2:
             h ^= data[base + 1] << 8
-        h ^= data[base]
-        h = (h * _M) & _MASK
+        h = ((h ^ data[base]) * 0x5BD1E995) & 0xFFFFFFFF
     h ^= h >> 13
-    h = (h * _M) & _MASK
+    h = (h * 0x5BD1E995) & 0xFFFFFFFF
     h ^= h >> 15
-    return h - (1 << 32) if h & 0x80000000 else h
+    return h - 0x100000000 if h & 0x80000000 else h
 
 
 def key_bytes(key: Key) -> bytes:
     """The bytes a key is hashed as: bytes as given, str as UTF-8."""
+    if type(key) is bytes:
+        return key
     if isinstance(key, str):
         try:
             return key.encode("utf-8")
@@ -80,12 +86,15 @@ def partition_for_key(key: Key, partitions: int) -> int:
 class Partitioner:
     """Picks the partition for each event of a producer (see the module docs).
 
+    Keyed choices are remembered per topic (up to ``KEY_CACHE_SIZE`` keys,
+    forgotten when the partition count changes), since keys repeat.
     Call :meth:`choose` per event and :meth:`batch_closed` when the
     accumulator closes a batch, so unkeyed events move on to the next partition.
     """
 
     _sticky: dict[str, int] = attrs.field(factory=dict)
     _counts: dict[str, int] = attrs.field(factory=dict)
+    _key_cache: dict[str, tuple[int, dict[Key, int]]] = attrs.field(factory=dict)
 
     def choose(
         self, topic: str, key: Key | None, partitions: int, partition: int | None = None
@@ -108,7 +117,18 @@ class Partitioner:
                 )
             return partition
         if key is not None:
-            return partition_for_key(key, partitions)
+            cached = self._key_cache.get(topic)
+            if cached is None or cached[0] != partitions or len(cached[1]) >= KEY_CACHE_SIZE:
+                cached = self._key_cache[topic] = (partitions, {})
+            known = cached[1]
+            try:
+                return known[key]
+            except KeyError:
+                pass
+            except TypeError:  # unhashable: not a valid key anyway
+                key_bytes(key)
+            chosen = known[key] = partition_for_key(key, partitions)
+            return chosen
         self._counts[topic] = partitions
         current = self._sticky.get(topic)
         if current is None or current >= partitions:
