@@ -122,12 +122,13 @@ class Partitioner:
                 cached = self._key_cache[topic] = (partitions, {})
             known = cached[1]
             try:
-                return known[key]
-            except KeyError:
-                pass
-            except TypeError:  # unhashable: not a valid key anyway
-                key_bytes(key)
-            chosen = known[key] = partition_for_key(key, partitions)
+                hit = known.get(key)
+            except TypeError:  # unhashable: not a valid key; key_bytes says why
+                hit = None
+            if hit is not None:
+                return hit
+            chosen = partition_for_key(key, partitions)
+            known[key] = chosen
             return chosen
         self._counts[topic] = partitions
         current = self._sticky.get(topic)
