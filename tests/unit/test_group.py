@@ -246,3 +246,22 @@ def test_i4_every_partition_owned_once_and_replay_matches(script, assignor):
     events = cbor2.loads(cbor2.dumps(g.take_events()))
     replayed = GroupCoordinator.recover("g", events, now=now, assignor=assignor)
     assert g.state == replayed.state
+
+
+@given(st.integers(1, 30), st.lists(st.booleans(), min_size=1, max_size=12))
+def test_sticky_moves_only_what_it_must(partitions, joins):
+    """Equal subscriptions: on a join, existing members only lose partitions; on a
+    leave, the remaining members only gain them."""
+    g = GroupCoordinator.new("g")
+    counts = {"a": partitions}
+    alive: list[str] = []
+    for join in joins:
+        before = {mid: set(m.assignment) for mid, m in g.state.members.items()}
+        if join or not alive:
+            alive.append(g.join(["a"], counts, now=0.0).member_id)
+            for mid, owned in before.items():
+                assert set(g.state.members[mid].assignment) <= owned
+        else:
+            g.leave(alive.pop(0))
+            for mid in alive:
+                assert set(g.state.members[mid].assignment) >= before[mid]
