@@ -19,18 +19,30 @@ from ._errors import ConfigError as ConfigError
 from ._errors import ConnectionLostError as ConnectionLostError
 from ._errors import CorruptionError as CorruptionError
 from ._errors import DiskFullError as DiskFullError
+from ._errors import EventTooLarge as EventTooLarge
 from ._errors import FsyncFailedError as FsyncFailedError
 from ._errors import HeadwaterError as HeadwaterError
 from ._errors import HeadwaterTimeoutError as HeadwaterTimeoutError
 from ._errors import IllegalTransitionError as IllegalTransitionError
 from ._errors import InvalidArgument as InvalidArgument
+from ._errors import InvalidTopicName as InvalidTopicName
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import MailboxFull as MailboxFull
 from ._errors import NotFoundError as NotFoundError
+from ._errors import OffsetOutOfRangeError as OffsetOutOfRangeError
+from ._errors import OutOfOrderSequenceError as OutOfOrderSequenceError
+from ._errors import ProducerFencedError as ProducerFencedError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
+from ._errors import SerializationError as SerializationError
+from ._errors import StaleGenerationError as StaleGenerationError
 from ._errors import StorageError as StorageError
 from ._errors import SupervisorGaveUp as SupervisorGaveUp
+from ._errors import TopicExistsError as TopicExistsError
+from ._errors import UnknownGroupError as UnknownGroupError
+from ._errors import UnknownMemberError as UnknownMemberError
+from ._errors import UnknownPartitionError as UnknownPartitionError
+from ._errors import UnknownTopicError as UnknownTopicError
 from ._errors import UnsupportedVersionError as UnsupportedVersionError
 from ._errors import UsageError as UsageError
 from .actors import Actor as Actor
@@ -78,4 +90,16 @@ __all__ = [
     "AuthenticationError",
     "UnsupportedVersionError",
     "ConnectionLostError",
+    "UnknownTopicError",
+    "UnknownPartitionError",
+    "UnknownGroupError",
+    "TopicExistsError",
+    "OffsetOutOfRangeError",
+    "InvalidTopicName",
+    "EventTooLarge",
+    "SerializationError",
+    "StaleGenerationError",
+    "UnknownMemberError",
+    "OutOfOrderSequenceError",
+    "ProducerFencedError",
 ]

@@ -35,18 +35,30 @@ __all__ = [
     "ConnectionLostError",
     "CorruptionError",
     "DiskFullError",
+    "EventTooLarge",
     "FsyncFailedError",
     "HeadwaterError",
     "HeadwaterTimeoutError",
     "IllegalTransitionError",
     "InvalidArgument",
+    "InvalidTopicName",
     "LocalProtocolError",
     "MailboxFull",
     "NotFoundError",
+    "OffsetOutOfRangeError",
+    "OutOfOrderSequenceError",
+    "ProducerFencedError",
     "ProtocolError",
     "RemoteProtocolError",
+    "SerializationError",
+    "StaleGenerationError",
     "StorageError",
     "SupervisorGaveUp",
+    "TopicExistsError",
+    "UnknownGroupError",
+    "UnknownMemberError",
+    "UnknownPartitionError",
+    "UnknownTopicError",
     "UnsupportedVersionError",
     "UsageError",
     "error_class_for_code",
@@ -296,6 +308,104 @@ class AuthenticationError(HeadwaterError):
     token or TLS settings."""
 
     code = "authentication_failed"
+
+
+# --------------------------------------------------------------------------
+# Broker: topics, partitions, producers and consumer groups.
+
+
+class UnknownTopicError(NotFoundError):
+    """The named topic does not exist (never created, or deleted). The message
+    names it. Create it with ``create_topic`` first, or check the spelling."""
+
+    code = "unknown_topic"
+
+
+class UnknownPartitionError(NotFoundError):
+    """The partition number is not in ``0 .. partitions - 1`` for the topic.
+    The message names the topic, the number and the partition count."""
+
+    code = "unknown_partition"
+
+
+class UnknownGroupError(NotFoundError):
+    """The named consumer group does not exist (no member ever joined it and it
+    has no committed offsets). Check the name, or join the group first."""
+
+    code = "unknown_group"
+
+
+class TopicExistsError(UsageError):
+    """``create_topic`` named a topic that already exists. Nothing changed; use
+    the existing topic, or delete it first."""
+
+    code = "topic_exists"
+
+
+class OffsetOutOfRangeError(InvalidArgument):
+    """An offset is negative or past the partition's end (or before its earliest
+    retained offset). The message names the offset and the valid range; seek to
+    ``"earliest"`` or ``"latest"``, or to an offset inside the range."""
+
+    code = "offset_out_of_range"
+
+
+class InvalidTopicName(InvalidArgument):
+    """A topic name is empty, longer than 249 characters, ``"."`` or ``".."``, or
+    uses a character outside ``[A-Za-z0-9._-]``. Nothing was created; rename."""
+
+    code = "invalid_topic_name"
+
+
+class EventTooLarge(InvalidArgument):
+    """One event (key + value + headers, encoded) exceeds the configured maximum
+    size. The message names the size and the limit. Nothing was written: split
+    the value, or raise ``max_event_bytes``."""
+
+    code = "event_too_large"
+
+
+class SerializationError(InvalidArgument):
+    """The producer's serializer cannot encode a value (or key/header) of this
+    type; the message names the type and the serializer. Nothing was written:
+    convert the value, or pass a serializer that handles it."""
+
+    code = "serialization_error"
+
+
+class StaleGenerationError(UsageError):
+    """A commit or heartbeat carried an old group generation: the group has
+    rebalanced since this member last joined, so its assignment may have moved.
+    Nothing was committed; rejoin the group (the consumer does this by itself)
+    and commit only for partitions it still owns."""
+
+    code = "stale_generation"
+
+
+class UnknownMemberError(NotFoundError):
+    """The group coordinator does not know this member id (it left, or missed its
+    session timeout and was removed). Nothing was committed; join the group
+    again to get a new member id."""
+
+    code = "unknown_member"
+
+
+class OutOfOrderSequenceError(UsageError):
+    """A producer batch's sequence number is not the next one the partition
+    expects (a gap: an earlier batch was lost, or producer state was reset).
+    Nothing was written. The producer cannot safely continue with this id:
+    start a new producer; events since the last acknowledged batch may need
+    resending."""
+
+    code = "out_of_order_sequence"
+
+
+class ProducerFencedError(ClosedError):
+    """A newer producer with the same producer id (a higher epoch) has started,
+    so this one is a zombie and its batch was refused. Nothing was written; close
+    this producer and use the newer one."""
+
+    code = "producer_fenced"
 
 
 def _all_subclasses(cls: type[HeadwaterError]) -> list[type[HeadwaterError]]:

@@ -1,5 +1,43 @@
-"""headwater.broker."""
+"""headwater.broker: topics, partitions and consumer groups (sans-IO cores)."""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._config import DURABILITIES as DURABILITIES
+from ._config import MAX_PARTITIONS as MAX_PARTITIONS
+from ._config import MAX_TOPIC_NAME_LENGTH as MAX_TOPIC_NAME_LENGTH
+from ._config import TopicConfig as TopicConfig
+from ._config import validate_topic_name as validate_topic_name
+from ._group import TRANSITIONS as TRANSITIONS
+from ._group import GroupCoordinator as GroupCoordinator
+from ._group import GroupEvent as GroupEvent
+from ._group import GroupState as GroupState
+from ._group import MemberState as MemberState
+from ._group import apply as apply
+from ._group import compute_assignment as compute_assignment
+from ._idempotence import Append as Append
+from ._idempotence import BatchMetadata as BatchMetadata
+from ._idempotence import Duplicate as Duplicate
+from ._idempotence import ProducerEntry as ProducerEntry
+from ._idempotence import ProducerStates as ProducerStates
+from ._idempotence import RecordInfo as RecordInfo
+
+__all__ = [
+    "Append",
+    "BatchMetadata",
+    "DURABILITIES",
+    "Duplicate",
+    "GroupCoordinator",
+    "GroupEvent",
+    "GroupState",
+    "MAX_PARTITIONS",
+    "MAX_TOPIC_NAME_LENGTH",
+    "MemberState",
+    "ProducerEntry",
+    "ProducerStates",
+    "RecordInfo",
+    "TRANSITIONS",
+    "TopicConfig",
+    "apply",
+    "compute_assignment",
+    "validate_topic_name",
+]

@@ -1,0 +1,313 @@
+"""The producer's record accumulator: events in, ready batches out (sans-IO).
+
+Theory of operation
+-------------------
+The producer serializes each event, picks its partition, and calls
+:meth:`Accumulator.append` with the current time. Events collect in one *open*
+batch per (topic, partition). A batch is *closed* (queued, ready to send) when
+
+* it holds ``max_batch_events`` events, or its estimated size reaches
+  ``max_batch_bytes`` (an event that would overflow it closes it first and
+  starts a new batch), or
+* ``linger`` seconds have passed since its first event (checked by
+  :meth:`drain` with the caller's ``now``), or
+* the caller forces it (``drain(now, force=True)``: ``flush()``/close).
+
+:meth:`drain` returns closed batches as :class:`ReadyBatch` objects, each
+with its encoded payload (:func:`~headwater.client.encode_events`) and the
+journal header fields: event count, first/max timestamp, producer id, epoch and
+**base sequence**. Sequences are per partition and assigned at drain time, in
+drain order: the next batch for a partition gets ``base_sequence = previous
+base + previous count`` (wrapping at 2**31, as Kafka's do). A ReadyBatch is
+immutable: a retried batch is the same object, so it keeps its sequence and
+the broker recognises it as a duplicate (see ``broker/_idempotence.py``).
+
+:meth:`next_deadline` is the time the caller's flusher should next call
+``drain`` (the earliest linger expiry; "now" when a closed batch is waiting).
+Nothing here blocks, sleeps or reads a clock.
+
+An event larger than ``max_event_bytes`` raises
+:class:`~headwater.EventTooLarge` and a key or header of the wrong type raises
+:class:`~headwater.InvalidArgument`, before the accumulator changes at all.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable
+
+import attrs
+
+from headwater._errors import ConfigError, EventTooLarge, InvalidArgument
+
+from ._codec import PendingEvent, encode_events
+from ._event import Headers, Key
+
+__all__ = ["Accumulator", "AccumulatorConfig", "BatchSlot", "ReadyBatch"]
+
+#: Per-event bytes added to the size estimate (timestamp, CBOR framing).
+EVENT_OVERHEAD = 16
+#: Sequence numbers wrap here, as in Kafka (int32).
+SEQUENCE_MODULUS = 1 << 31
+NO_PRODUCER_ID = -1
+
+
+def _positive(name: str) -> Callable[[object, attrs.Attribute[int], int], None]:
+    def check(_inst: object, _attr: attrs.Attribute[int], value: int) -> None:
+        if type(value) is not int or value < 1:
+            raise ConfigError(f"{name} must be a positive int, not {value!r}")
+
+    return check
+
+
+def _check_linger(_inst: object, _attr: attrs.Attribute[float], value: float) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 3600:
+        raise ConfigError(f"linger must be seconds in [0, 3600), not {value!r}")
+
+
+@attrs.frozen
+class AccumulatorConfig:
+    """Batching limits: events and estimated bytes per batch, linger (seconds),
+    and the largest single event accepted (estimated bytes)."""
+
+    max_batch_events: int = attrs.field(default=1000, validator=_positive("max_batch_events"))
+    max_batch_bytes: int = attrs.field(default=1 << 20, validator=_positive("max_batch_bytes"))
+    linger: float = attrs.field(default=0.005, validator=_check_linger)
+    max_event_bytes: int = attrs.field(default=1 << 20, validator=_positive("max_event_bytes"))
+
+
+@attrs.frozen
+class BatchSlot:
+    """Where an appended event sits: its batch (``batch_id``) and index in it.
+    The event's offset is the stored batch's base offset + ``index``."""
+
+    topic: str
+    partition: int
+    batch_id: int
+    index: int
+
+
+@attrs.frozen(eq=False)
+class ReadyBatch:
+    """A closed batch, ready to be sent as one journal record. Immutable: a
+    retry resends this same object, with the same ``base_sequence``."""
+
+    batch_id: int
+    topic: str
+    partition: int
+    payload: bytes
+    count: int
+    first_timestamp: int
+    max_timestamp: int
+    producer_id: int
+    epoch: int
+    base_sequence: int
+    size_estimate: int
+
+    @property
+    def last_sequence(self) -> int:
+        """The sequence number of the batch's last event."""
+        return (self.base_sequence + self.count - 1) % SEQUENCE_MODULUS
+
+
+@attrs.define
+class _OpenBatch:
+    batch_id: int
+    topic: str
+    partition: int
+    created_at: float
+    events: list[PendingEvent] = attrs.field(factory=list)
+    size: int = 0
+
+
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(f"an event {what} must be valid Unicode text: {exc}") from None
+
+
+def _check_event(key: Key | None, value: bytes | None, headers: Headers) -> int:
+    """Validate types; return the event's estimated encoded size."""
+    size = EVENT_OVERHEAD
+    if key is not None:
+        if isinstance(key, bytes):
+            size += len(key)
+        elif isinstance(key, str):
+            size += len(_utf8(key, "key"))
+        else:
+            raise InvalidArgument(
+                f"an event key must be bytes, str or None, not {type(key).__qualname__}"
+            )
+    if value is not None:
+        if not isinstance(value, bytes):
+            raise InvalidArgument(
+                f"a serialized value must be bytes or None, not {type(value).__qualname__}"
+            )
+        size += len(value)
+    for header in headers:
+        if (
+            not isinstance(header, tuple)
+            or len(header) != 2
+            or not isinstance(header[0], str)
+            or not isinstance(header[1], bytes)
+        ):
+            raise InvalidArgument(f"a header must be a (str, bytes) pair, not {header!r:.80}")
+        size += len(_utf8(header[0], "header name")) + len(header[1]) + 2
+    return size
+
+
+@attrs.define
+class Accumulator:
+    """Per-partition batching with sequence numbers (see the module docs).
+
+    ``on_batch_closed(topic, partition)`` is called whenever a batch closes
+    (the producer's :class:`~headwater.client.Partitioner` uses it to move
+    unkeyed events on).
+    """
+
+    config: AccumulatorConfig = attrs.field(factory=AccumulatorConfig)
+    on_batch_closed: Callable[[str, int], None] | None = None
+    _producer_id: int = NO_PRODUCER_ID
+    _epoch: int = 0
+    _open: dict[tuple[str, int], _OpenBatch] = attrs.field(factory=dict)
+    _closed: deque[_OpenBatch] = attrs.field(factory=deque)
+    _next_sequence: dict[tuple[str, int], int] = attrs.field(factory=dict)
+    _ids: itertools.count[int] = attrs.field(factory=itertools.count)
+    _buffered: int = 0
+
+    # ------------------------------------------------------------ identity
+
+    def set_identity(self, producer_id: int, epoch: int) -> None:
+        """Use this producer id and epoch for batches drained from now on. A
+        change of either resets every partition's sequence to 0."""
+        if (producer_id, epoch) != (self._producer_id, self._epoch):
+            self._producer_id = producer_id
+            self._epoch = epoch
+            self._next_sequence.clear()
+
+    # ------------------------------------------------------------ append
+
+    def append(
+        self,
+        topic: str,
+        partition: int,
+        timestamp: int,
+        key: Key | None,
+        value: bytes | None,
+        headers: Headers,
+        now: float,
+    ) -> BatchSlot:
+        """Add one serialized event; return where it sits.
+
+        Raises :class:`~headwater.EventTooLarge` (size above
+        ``max_event_bytes``) or :class:`~headwater.InvalidArgument` (bad key,
+        value or header type) without changing anything.
+        """
+        if type(timestamp) is not int:
+            raise InvalidArgument(
+                f"an event timestamp must be an int (ms since the epoch), not {timestamp!r}"
+            )
+        size = _check_event(key, value, headers)
+        limit = self.config.max_event_bytes
+        if size > limit:
+            raise EventTooLarge(
+                f"event for {topic}/{partition} is about {size} bytes encoded; "
+                f"the limit (max_event_bytes) is {limit}"
+            )
+        tp = (topic, partition)
+        batch = self._open.get(tp)
+        if batch is not None and batch.size + size > self.config.max_batch_bytes:
+            self._close(tp)
+            batch = None
+        if batch is None:
+            batch = _OpenBatch(next(self._ids), topic, partition, now)
+            self._open[tp] = batch
+        index = len(batch.events)
+        batch.events.append((timestamp, key, value, headers))
+        batch.size += size
+        self._buffered += size
+        if (
+            len(batch.events) >= self.config.max_batch_events
+            or batch.size >= self.config.max_batch_bytes
+        ):
+            self._close(tp)
+        return BatchSlot(topic, partition, batch.batch_id, index)
+
+    def _close(self, tp: tuple[str, int]) -> None:
+        batch = self._open.pop(tp)
+        self._closed.append(batch)
+        if self.on_batch_closed is not None:
+            self.on_batch_closed(tp[0], tp[1])
+
+    # ------------------------------------------------------------ drain
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`drain` next has something to return: the earliest
+        linger expiry, or an already-past time if a batch is closed and
+        waiting; ``None`` when nothing is buffered."""
+        if self._closed:
+            return self._closed[0].created_at
+        if not self._open:
+            return None
+        return min(b.created_at for b in self._open.values()) + self.config.linger
+
+    def drain(self, now: float, *, force: bool = False) -> list[ReadyBatch]:
+        """Close lingered batches (all open ones with ``force``) and return every
+        closed batch, in closing order, with sequences assigned."""
+        linger = self.config.linger
+        for tp in [tp for tp, b in self._open.items() if force or now >= b.created_at + linger]:
+            self._close(tp)
+        ready: list[ReadyBatch] = []
+        while self._closed:
+            ready.append(self._finish(self._closed.popleft()))
+        return ready
+
+    def _finish(self, batch: _OpenBatch) -> ReadyBatch:
+        tp = (batch.topic, batch.partition)
+        count = len(batch.events)
+        base_sequence = self._next_sequence.get(tp, 0)
+        self._next_sequence[tp] = (base_sequence + count) % SEQUENCE_MODULUS
+        self._buffered -= batch.size
+        return ReadyBatch(
+            batch_id=batch.batch_id,
+            topic=batch.topic,
+            partition=batch.partition,
+            payload=encode_events(batch.events),
+            count=count,
+            first_timestamp=batch.events[0][0],
+            max_timestamp=max(e[0] for e in batch.events),
+            producer_id=self._producer_id,
+            epoch=self._epoch,
+            base_sequence=base_sequence,
+            size_estimate=batch.size,
+        )
+
+    def resequence(self, batch: ReadyBatch) -> ReadyBatch:
+        """Return ``batch`` stamped with the current producer id/epoch and the
+        next sequence of its partition. For the producer after a new identity
+        (:meth:`set_identity`, e.g. after an out-of-order error): resequence the
+        unacknowledged batches in their original order, then resend them. Not
+        for plain retries: a retry resends the same batch unchanged."""
+        tp = (batch.topic, batch.partition)
+        base_sequence = self._next_sequence.get(tp, 0)
+        self._next_sequence[tp] = (base_sequence + batch.count) % SEQUENCE_MODULUS
+        return attrs.evolve(
+            batch, producer_id=self._producer_id, epoch=self._epoch, base_sequence=base_sequence
+        )
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Estimated bytes of events appended but not yet drained (for
+        backpressure: stop appending above a budget)."""
+        return self._buffered
+
+    @property
+    def buffered_events(self) -> int:
+        """Events appended but not yet drained."""
+        return sum(len(b.events) for b in self._open.values()) + sum(
+            len(b.events) for b in self._closed
+        )

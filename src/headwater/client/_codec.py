@@ -1,0 +1,145 @@
+"""The payload of a journal record: a batch of events, encoded as CBOR.
+
+Theory of operation
+-------------------
+A producer batch becomes one journal record. The record's fixed header (owned
+by the journal) carries the base offset, the event count, the first and max
+timestamps, the append time and the producer id/epoch/base sequence; the
+broker validates and stores that header and never decodes the payload. The
+payload, defined here, is::
+
+    [1, ts_deltas, keys, values]              # format version 1, then columns
+    [1, ts_deltas, keys, values, headers]     # when any event has headers
+
+Each column is an array with one entry per event (columnar: measured faster
+than an array of per-event arrays, and it lets the accumulator keep columns):
+
+* ``ts_delta`` is ``timestamp - base_timestamp`` in milliseconds (an int, may
+  be negative: producers may send out of timestamp order); ``base_timestamp``
+  is the header's first timestamp, i.e. the first event's timestamp.
+* ``key`` is ``null``, a byte string, or a text string (str keys keep their
+  type; they are hashed for partitioning as their UTF-8 bytes).
+* ``value`` is a byte string (the serializer's output), or ``null`` for a
+  tombstone. An empty value is the empty byte string, never ``null``.
+* ``headers[i]`` is ``null`` (no headers) or a flat array ``[name1, value1,
+  name2, value2, ...]`` of text names and byte-string values.
+* an event's offset is ``base_offset + index``; nothing per event is stored
+  for it.
+
+Why CBOR and not Kafka's RecordBatch v2 records: measured in
+``benchmarks/bench_codec.py`` and written down in ``docs/batch-format.md``:
+cbor2's C encoder/decoder does the per-byte work, where v2 records need a
+varint loop in pure Python per field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import cbor2
+
+from headwater._errors import CorruptionError, SerializationError
+
+from ._event import Event, Headers, Key
+
+__all__ = ["PAYLOAD_VERSION", "PendingEvent", "decode_events", "encode_events"]
+
+PAYLOAD_VERSION = 1
+
+#: One event before it is stored: (timestamp ms, key, value bytes or None, headers).
+PendingEvent = tuple[int, Key | None, bytes | None, Headers]
+
+
+def encode_events(events: Sequence[PendingEvent], base_timestamp: int | None = None) -> bytes:
+    """Encode events as one batch payload (see the module docstring).
+
+    ``base_timestamp`` defaults to the first event's timestamp (what the
+    journal header's first timestamp must then be). Raises
+    :class:`~headwater.SerializationError` naming the offending type when a
+    key, value or header cannot be encoded. Pure; never blocks.
+    """
+    if not events:
+        raise SerializationError("cannot encode an empty batch: pass at least one event")
+    base = events[0][0] if base_timestamp is None else base_timestamp
+    columns: list[Any] = [
+        PAYLOAD_VERSION,
+        [e[0] - base for e in events],
+        [e[1] for e in events],
+        [e[2] for e in events],
+    ]
+    if any(e[3] for e in events):
+        columns.append([[x for pair in e[3] for x in pair] if e[3] else None for e in events])
+    try:
+        return cbor2.dumps(columns)
+    except (cbor2.CBOREncodeError, TypeError, ValueError) as exc:
+        raise SerializationError(f"cannot encode event batch: {exc}") from None
+
+
+def _corrupt(topic: str, partition: int, base_offset: int, what: str) -> CorruptionError:
+    return CorruptionError(
+        f"payload of the record at offset {base_offset} in {topic}/{partition} {what}"
+    )
+
+
+def decode_events(
+    payload: bytes,
+    *,
+    topic: str,
+    partition: int,
+    base_offset: int,
+    base_timestamp: int,
+    count: int | None = None,
+) -> list[Event]:
+    """Decode a batch payload into :class:`Event` objects.
+
+    Event ``i`` gets offset ``base_offset + i`` and timestamp ``base_timestamp
+    + ts_delta``; values stay bytes (or ``None`` for tombstones). When
+    ``count`` is given (the journal header's event count), a payload with a
+    different number of events is rejected. A malformed payload raises
+    :class:`~headwater.CorruptionError` naming the base offset.
+    """
+    try:
+        decoded = cbor2.loads(payload)
+    except (cbor2.CBORDecodeError, TypeError, ValueError) as exc:
+        raise _corrupt(topic, partition, base_offset, f"is not CBOR: {exc}") from None
+    if type(decoded) is not list or len(decoded) not in (4, 5):
+        raise _corrupt(topic, partition, base_offset, "is not an event batch")
+    if decoded[0] != PAYLOAD_VERSION:
+        raise _corrupt(
+            topic,
+            partition,
+            base_offset,
+            f"has unknown format version {decoded[0]!r} (this client reads {PAYLOAD_VERSION})",
+        )
+    deltas, keys, values = decoded[1], decoded[2], decoded[3]
+    n = len(deltas)
+    headers_col = decoded[4] if len(decoded) == 5 else None
+    if len(keys) != n or len(values) != n or (headers_col is not None and len(headers_col) != n):
+        raise _corrupt(topic, partition, base_offset, "has columns of different lengths")
+    if count is not None and n != count:
+        raise _corrupt(topic, partition, base_offset, f"holds {n} events, the header says {count}")
+    try:
+        if headers_col is None:
+            return [
+                Event(topic, partition, offset, base_timestamp + dt, key, value, ())
+                for offset, dt, key, value in zip(
+                    range(base_offset, base_offset + n), deltas, keys, values, strict=True
+                )
+            ]
+        return [
+            Event(
+                topic,
+                partition,
+                offset,
+                base_timestamp + dt,
+                key,
+                value,
+                tuple(zip(flat[::2], flat[1::2], strict=True)) if flat else (),
+            )
+            for offset, dt, key, value, flat in zip(
+                range(base_offset, base_offset + n), deltas, keys, values, headers_col, strict=True
+            )
+        ]
+    except (TypeError, ValueError) as exc:
+        raise _corrupt(topic, partition, base_offset, f"has a malformed event: {exc}") from None

@@ -1,0 +1,215 @@
+"""The producer accumulator: batching by count, bytes and linger; sequences; limits."""
+
+from __future__ import annotations
+
+import cbor2
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from headwater import ConfigError, EventTooLarge, InvalidArgument
+from headwater.client import Accumulator, AccumulatorConfig, Partitioner, decode_events
+
+
+def acc(**config):
+    """An accumulator with producer id 7, epoch 1."""
+    a = Accumulator(AccumulatorConfig(**config))
+    a.set_identity(7, 1)
+    return a
+
+
+def test_full_batch_is_ready_without_linger():
+    """A batch closes at max_batch_events and drains at once, with header fields."""
+    a = acc(max_batch_events=3, linger=10.0)
+    slots = [a.append("t", 0, 1000 + i, b"k", b"v%d" % i, (), now=0.0) for i in range(4)]
+    assert [0, 1, 2, 0] == [s.index for s in slots]
+    assert 0.0 == a.next_deadline()
+    [batch] = a.drain(now=0.0)
+    assert (3, 1000, 1002, 7, 1, 0) == (
+        batch.count,
+        batch.first_timestamp,
+        batch.max_timestamp,
+        batch.producer_id,
+        batch.epoch,
+        batch.base_sequence,
+    )
+    events = decode_events(
+        batch.payload, topic="t", partition=0, base_offset=50, base_timestamp=1000, count=3
+    )
+    assert [b"v0", b"v1", b"v2"] == [e.value for e in events]
+    assert 10.0 == a.next_deadline()  # the fourth event's batch lingers
+
+
+def test_linger_deadline_and_drain():
+    """An open batch is drained once now reaches created_at + linger."""
+    a = acc(linger=0.5)
+    assert a.next_deadline() is None
+    a.append("t", 0, 1, None, b"a", (), now=2.0)
+    a.append("t", 1, 1, None, b"b", (), now=2.25)
+    assert 2.5 == a.next_deadline()
+    assert [] == a.drain(now=2.4)
+    assert [0] == [b.partition for b in a.drain(now=2.5)]
+    assert 2.75 == a.next_deadline()
+    assert [1] == [b.partition for b in a.drain(now=3.0)]
+    assert a.next_deadline() is None
+
+
+def test_force_drains_everything():
+    """flush: force=True closes every open batch regardless of linger."""
+    a = acc(linger=100.0)
+    a.append("t", 0, 1, None, b"a", (), now=0.0)
+    a.append("u", 3, 1, None, None, (), now=0.0)
+    assert [("t", 0), ("u", 3)] == [(b.topic, b.partition) for b in a.drain(0.0, force=True)]
+    assert 0 == a.buffered_bytes == a.buffered_events
+
+
+def test_bytes_limit_closes_before_overflow():
+    """An event that would overflow max_batch_bytes starts a new batch."""
+    a = acc(max_batch_bytes=100, linger=100.0)
+    a.append("t", 0, 1, None, b"x" * 50, (), now=0.0)  # 66 estimated
+    a.append("t", 0, 1, None, b"x" * 50, (), now=0.0)  # would be 132: closes the first
+    [first] = a.drain(0.0)
+    assert 1 == first.count
+    [second] = a.drain(0.0, force=True)
+    assert (1, 1) == (second.count, second.base_sequence)
+
+
+def test_sequences_per_partition_and_identity_reset():
+    """Base sequences advance by count per partition; a new identity restarts them."""
+    a = acc(max_batch_events=2)
+    for _ in range(5):
+        a.append("t", 0, 1, None, b"", (), now=0.0)
+    a.append("t", 1, 1, None, b"", (), now=0.0)
+    batches = a.drain(0.0, force=True)
+    assert [("t", 0, 0, 1), ("t", 0, 2, 3), ("t", 0, 4, 4), ("t", 1, 0, 0)] == [
+        (b.topic, b.partition, b.base_sequence, b.last_sequence) for b in batches
+    ]
+    a.set_identity(8, 0)
+    a.append("t", 0, 1, None, b"", (), now=0.0)
+    [b] = a.drain(0.0, force=True)
+    assert (8, 0, 0) == (b.producer_id, b.epoch, b.base_sequence)
+
+
+def test_event_too_large_changes_nothing():
+    """An oversized event raises EventTooLarge naming size and limit; nothing buffered."""
+    a = acc(max_event_bytes=100)
+    with pytest.raises(EventTooLarge, match=r"about 117 bytes.*limit \(max_event_bytes\) is 100"):
+        a.append("t", 0, 1, b"k", b"x" * 100, (), now=0.0)
+    assert (0, None) == (a.buffered_events, a.next_deadline())
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "headers", "match"),
+    [
+        (7, b"", (), "key must be bytes, str or None, not int"),
+        (None, "text", (), "value must be bytes or None, not str"),
+        (None, b"", (("h", "str"),), "header must be a"),
+        (None, b"", (("h",),), "header must be a"),
+    ],
+)
+def test_bad_types_refused(key, value, headers, match):
+    """Keys, values and headers of the wrong type are InvalidArgument; nothing buffered."""
+    a = acc()
+    with pytest.raises(InvalidArgument, match=match):
+        a.append("t", 0, 1, key, value, headers, now=0.0)
+    assert 0 == a.buffered_events
+
+
+def test_bad_config():
+    """Non-positive limits and a negative linger are ConfigErrors."""
+    with pytest.raises(ConfigError, match="max_batch_events"):
+        AccumulatorConfig(max_batch_events=0)
+    with pytest.raises(ConfigError, match="linger"):
+        AccumulatorConfig(linger=-1)
+
+
+def test_partitioner_moves_on_when_batches_close():
+    """Wired to a Partitioner, unkeyed events move partition at each closed batch."""
+    part = Partitioner()
+    a = Accumulator(AccumulatorConfig(max_batch_events=2), on_batch_closed=part.batch_closed)
+    chosen = []
+    for _ in range(6):
+        p = part.choose("t", None, 3)
+        chosen.append(p)
+        a.append("t", p, 1, None, b"", (), now=0.0)
+    assert [0, 0, 1, 1, 2, 2] == chosen
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.integers(0, 2), st.integers(0, 40), st.floats(0, 1)),
+        st.tuples(st.just("drain"), st.booleans()),
+    ),
+    max_size=80,
+)
+
+
+@given(ops)
+def test_every_event_once_in_order_with_contiguous_sequences(script):
+    """Random appends/drains: each event drains once, in order per partition,
+    batches within limits, sequences contiguous per partition."""
+    a = acc(max_batch_events=4, max_batch_bytes=120, linger=0.3)
+    now = 0.0
+    sent: dict[int, list[bytes]] = {0: [], 1: [], 2: []}
+    got: dict[int, list[bytes]] = {0: [], 1: [], 2: []}
+    next_seq = {0: 0, 1: 0, 2: 0}
+    n = 0
+
+    def take(batches):
+        for b in batches:
+            assert b.base_sequence == next_seq[b.partition]
+            next_seq[b.partition] += b.count
+            assert b.count <= 4
+            assert b.size_estimate <= 120 or b.count == 1
+            _, _, _, values = cbor2.loads(b.payload)
+            got[b.partition].extend(values)
+
+    for op in script:
+        if op[0] == "append":
+            _, p, size, dt = op
+            now += dt
+            value = b"%d:" % n + b"x" * size
+            n += 1
+            sent[p].append(value)
+            a.append("t", p, n, None, value, (), now=now)
+        else:
+            take(a.drain(now, force=op[1]))
+            deadline = a.next_deadline()
+            assert deadline is None or deadline > now
+    take(a.drain(now, force=True))
+    assert sent == got
+    assert 0 == a.buffered_bytes
+
+
+@pytest.mark.parametrize(
+    ("key", "headers", "timestamp", "match"),
+    [
+        ("\ud800", (), 1, "key must be valid Unicode"),
+        (None, (("\udfff", b""),), 1, "header name must be valid Unicode"),
+        (None, (), 1.5, "timestamp must be an int"),
+    ],
+)
+def test_unencodable_text_refused_at_append(key, headers, timestamp, match):
+    """Text that cannot be UTF-8 and non-int timestamps fail at append, so a
+    drain never fails to encode a batch holding other events."""
+    a = acc()
+    a.append("t", 0, 1, None, b"ok", (), now=0.0)
+    with pytest.raises(InvalidArgument, match=match):
+        a.append("t", 0, timestamp, key, b"", headers, now=0.0)
+    [batch] = a.drain(0.0, force=True)
+    assert 1 == batch.count
+
+
+def test_resequence_after_new_identity():
+    """Unacknowledged batches get the new identity and fresh contiguous sequences."""
+    a = acc(max_batch_events=2)
+    for _ in range(4):
+        a.append("t", 0, 1, None, b"", (), now=0.0)
+    old = a.drain(0.0)
+    assert [0, 2] == [b.base_sequence for b in old]
+    a.set_identity(7, 2)
+    new = [a.resequence(b) for b in old]
+    assert [(7, 2, 0), (7, 2, 2)] == [(b.producer_id, b.epoch, b.base_sequence) for b in new]
+    assert [b.payload for b in old] == [b.payload for b in new]
+    a.append("t", 0, 1, None, b"", (), now=0.0)
+    assert [4] == [b.base_sequence for b in a.drain(0.0, force=True)]
