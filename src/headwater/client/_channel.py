@@ -1,0 +1,76 @@
+"""Channels: how a client reaches a broker, embedded or over TCP.
+
+A :class:`Channel` carries one request message (from :mod:`headwater._protocol`)
+and returns its response, or raises the :class:`~headwater.HeadwaterError` the
+broker raised. The embedded channel calls the broker's request handler
+directly; the TCP channel sends the same messages as frames. Client code above
+a channel never knows which one it has.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from headwater._errors import ClosedError, HeadwaterError, HeadwaterTimeoutError, InvalidArgument
+from headwater.actors._actor import as_failure
+
+__all__ = ["Channel", "Handler", "LocalChannel"]
+
+Handler = Callable[[Any], Awaitable[Any]]
+"""A broker's request handler: takes a request message, returns its response."""
+
+
+class Channel(abc.ABC):
+    """A path from a client to a broker (see the module docstring)."""
+
+    @abc.abstractmethod
+    async def request(self, request: Any, *, timeout: float | None = None) -> Any:
+        """Send ``request`` and return its response.
+
+        Raises the broker's :class:`HeadwaterError` as itself (anything else as
+        :class:`~headwater.ActorFailed`), :class:`HeadwaterTimeoutError` after
+        ``timeout`` seconds, :class:`ClosedError` once the channel is closed.
+        """
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Close the channel (idempotent). Requests in flight fail."""
+
+
+class LocalChannel(Channel):
+    """The embedded channel: requests go straight to ``handler`` in this task."""
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+        self._closed = False
+
+    async def request(self, request: Any, *, timeout: float | None = None) -> Any:
+        """See :meth:`Channel.request`."""
+        if self._closed:
+            raise ClosedError("this client is closed; open a new one")
+        if timeout is None:
+            seconds = math.inf
+        elif isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout >= 0:
+            seconds = float(timeout)
+        else:
+            raise InvalidArgument(f"timeout={timeout!r} is invalid; give seconds >= 0 or None")
+        with trio.move_on_after(seconds):
+            try:
+                return await self._handler(request)
+            except HeadwaterError:
+                raise
+            except Exception as exc:
+                # Same as over TCP: a non-Headwater error arrives as ActorFailed.
+                raise as_failure(exc) from exc
+        raise HeadwaterTimeoutError(
+            f"{type(request).__name__} got no response within {seconds}s"
+        )
+
+    async def aclose(self) -> None:
+        """See :meth:`Channel.aclose`."""
+        self._closed = True
