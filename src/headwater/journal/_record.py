@@ -228,7 +228,9 @@ def decode_header(
     )
 
 
-def patch_record(record: bytes | bytearray, base_offset: int, append_time: int) -> bytearray:
+def patch_record(
+    record: bytes | bytearray | memoryview, base_offset: int, append_time: int
+) -> bytearray:
     """Return a copy of a valid record with base offset and append time set and
     the CRC recomputed (the broker's only change to a client's batch)."""
     buf = bytearray(record)

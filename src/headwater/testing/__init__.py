@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from headwater.journal._files import PowerLoss as PowerLoss
+from headwater.journal._files import SimulatedFileSystem as SimulatedFileSystem
+
 from ._faulty import FaultyStream as FaultyStream
 from ._faulty import FaultyStreamStatistics as FaultyStreamStatistics
 from ._transport_kit import TRANSPORT_CHECKS as TRANSPORT_CHECKS
 from ._transport_kit import check_transport as check_transport
 
 __all__ = [
+    "SimulatedFileSystem",
+    "PowerLoss",
     "FaultyStream",
     "FaultyStreamStatistics",
     "TRANSPORT_CHECKS",

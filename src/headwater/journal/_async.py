@@ -1,0 +1,275 @@
+"""The Trio face of a log: durability policies and group commit.
+
+Theory of operation
+-------------------
+:func:`open_log` recovers a :class:`~headwater.journal.Log` and starts one
+*flusher* task beside it. Appending is split so that an actor never blocks on
+the disk while it owns its state: :meth:`AsyncLog.write` appends at once (page
+cache) and returns the stored header; :meth:`AsyncLog.wait_durable` waits until
+a sync covers it. :meth:`AsyncLog.append` does both.
+
+* ``always``: each write wakes the flusher, which fsyncs everything written so
+  far (in a worker thread on a real disk). Writes that arrive while an fsync
+  runs are covered by the next one: group commit. ``wait_durable`` returns
+  after the fsync that covers the record.
+* ``interval``: the flusher fsyncs every ``interval_ms`` if anything is
+  unsynced; ``wait_durable`` returns at once (the ack precedes the fsync).
+* ``never``: no fsync except at roll and close; ``wait_durable`` returns at once.
+
+A failed fsync is never retried into an ack. Every waiter whose record it
+covered fails with :class:`~headwater.FsyncFailedError`, the log cuts itself back
+to what the last good sync covered (those offsets were never acknowledged and
+are handed out again), and it keeps accepting appends. A full disk fails the
+write with :class:`~headwater.DiskFullError` and nothing half-written remains.
+
+Readers see ``visible_end``: under ``always`` only synced records, so a consumer
+never reads an event a power loss could take back; otherwise everything
+written. :meth:`AsyncLog.wait_for_data` lets long-polling readers sleep until
+the visible end moves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from headwater._errors import ClosedError, FsyncFailedError, StorageError
+from headwater._logging import get_logger
+from headwater.journal._files import FileSystem, RealFileSystem
+from headwater.journal._log import Log, LogConfig, SyncWork
+from headwater.journal._record import RecordHeader
+
+__all__ = ["AsyncLog", "open_log"]
+
+_log = get_logger("headwater.journal")
+
+
+class AsyncLog:
+    """A :class:`Log` driven from Trio (made by :func:`open_log`)."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.config = log.config
+        self._blocking = log.fs.blocking
+        self._wake = trio.Event()
+        self._synced = trio.Event()
+        self._data = trio.Event()
+        self._failed_through = -1
+        self._failure: BaseException | None = None
+        self._closed = False
+        self.syncs = 0
+
+    # ---------------------------------------------------------------- write
+
+    @property
+    def next_offset(self) -> int:
+        """The offset the next event will get."""
+        return self.log.next_offset
+
+    @property
+    def earliest_offset(self) -> int:
+        """The first offset still stored."""
+        return self.log.earliest_offset
+
+    @property
+    def synced_offset(self) -> int:
+        """Every offset below this is durable."""
+        return self.log.synced_offset
+
+    @property
+    def visible_end(self) -> int:
+        """Readers may read offsets below this (synced ones under ``always``)."""
+        if self.config.durability == "always":
+            return self.log.synced_offset
+        return self.log.next_offset
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"the log at {self.log.path} is closed")
+
+    def write(self, record: bytes | bytearray | memoryview) -> RecordHeader:
+        """Append ``record`` now (not yet durable); returns its stored header.
+
+        Synchronous and fast (page cache). Raises ``InvalidArgument`` for a bad
+        record, ``DiskFullError``/``StorageError`` for disk trouble.
+        """
+        self._check_open()
+        header = self.log.write(record)
+        self._wake.set()
+        if self.config.durability != "always":
+            self._notify_data()
+        return header
+
+    async def wait_durable(self, end_offset: int) -> None:
+        """Wait until every offset below ``end_offset`` is durable, as the
+        policy defines it (only ``always`` waits for an fsync). Raises
+        :class:`FsyncFailedError` if the fsync covering it failed."""
+        if self.config.durability != "always":
+            await trio.lowlevel.checkpoint()
+            return
+        while self.log.synced_offset < end_offset:
+            if end_offset <= self._failed_through:
+                raise FsyncFailedError(
+                    f"fsync of {self.log.path} failed ({self._failure}); the append was "
+                    "not acknowledged and may be retried"
+                ) from self._failure
+            self._check_open()
+            await self._synced.wait()
+
+    async def append(self, record: bytes | bytearray | memoryview) -> RecordHeader:
+        """Write ``record`` and wait until it is durable per the policy."""
+        header = self.write(record)
+        await self.wait_durable(header.next_offset)
+        return header
+
+    # ----------------------------------------------------------------- read
+
+    async def read(self, offset: int, max_bytes: int, end: int | None = None) -> bytes:
+        """Whole records from ``offset`` up to ``max_bytes`` (at least one),
+        never past ``visible_end`` (or ``end`` if smaller)."""
+        self._check_open()
+        limit = self.visible_end if end is None else min(end, self.visible_end)
+        if self._blocking and max_bytes > 64 * 1024:
+            return await trio.to_thread.run_sync(self.log.read, offset, max_bytes, limit)
+        await trio.lowlevel.checkpoint()
+        return self.log.read(offset, max_bytes, limit)
+
+    async def wait_for_data(self, offset: int) -> None:
+        """Return once ``visible_end`` is past ``offset`` (a long poll's wait).
+        Bound it with a cancel scope."""
+        while self.visible_end <= offset:
+            self._check_open()
+            await self._data.wait()
+
+    def _notify_data(self) -> None:
+        self._data.set()
+        self._data = trio.Event()
+
+    # ---------------------------------------------------------------- flush
+
+    async def _run(self, work: SyncWork) -> None:
+        if self._blocking:
+            await trio.to_thread.run_sync(self.log.run_sync, work)
+        else:
+            self.log.run_sync(work)
+
+    async def sync(self) -> None:
+        """Fsync everything written so far, now."""
+        work = self.log.prepare_sync()
+        if work is None:
+            return
+        await self._sync_once(work)
+
+    async def _sync_once(self, work: SyncWork) -> None:
+        try:
+            await self._run(work)
+        except OSError as exc:
+            self._fail(work, exc)
+            return
+        self.log.complete_sync(work)
+        self.syncs += 1
+        self._synced.set()
+        self._synced = trio.Event()
+        if self.config.durability == "always":
+            self._notify_data()
+
+    def _fail(self, work: SyncWork, exc: OSError) -> None:
+        lost_from = self.log.synced_offset
+        lost_to = self.log.next_offset
+        self._failure = exc
+        self._failed_through = max(self._failed_through, lost_to)
+        try:
+            self.log.discard_unsynced()
+        except OSError as again:
+            _log.error("journal_reopen_failed", path=self.log.path, error=str(again))
+        _log.error(
+            "journal_fsync_failed",
+            path=self.log.path,
+            error=str(exc),
+            unacknowledged_from=lost_from,
+            unacknowledged_to=lost_to,
+            policy=self.config.durability,
+        )
+        self._synced.set()
+        self._synced = trio.Event()
+
+    async def _flusher(self) -> None:
+        interval = self.config.interval_ms / 1000
+        while True:
+            if self.config.durability == "always":
+                await self._wake.wait()
+                self._wake = trio.Event()
+            else:
+                await trio.sleep(interval if self.config.durability == "interval" else 3600.0)
+                if self.config.durability == "never":
+                    continue
+            work = self.log.prepare_sync()
+            if work is not None:
+                await self._sync_once(work)
+
+    async def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._blocking:
+                await trio.to_thread.run_sync(self.log.close)
+            else:
+                self.log.close()
+        except OSError as exc:
+            self.log.abandon()
+            raise StorageError(f"closing {self.log.path} failed: {exc}") from exc
+        finally:
+            self._synced.set()
+            self._data.set()
+
+    def statistics(self) -> dict[str, Any]:
+        """Offsets, size and sync count, for observability."""
+        return {
+            "earliest_offset": self.earliest_offset,
+            "next_offset": self.next_offset,
+            "synced_offset": self.synced_offset,
+            "size_bytes": self.log.size_bytes,
+            "segments": len(self.log.segments),
+            "syncs": self.syncs,
+        }
+
+
+@asynccontextmanager
+async def open_log(
+    path: str,
+    *,
+    config: LogConfig | None = None,
+    fs: FileSystem | None = None,
+    clock: Callable[[], int] | None = None,
+    repair: bool = False,
+) -> AsyncIterator[AsyncLog]:
+    """Open (create or recover) the log at ``path`` with its flusher task.
+
+    Leaving the block syncs, writes the indexes and a clean checkpoint, and
+    closes the files. ``clock`` returns milliseconds (append times, segment
+    age); by default wall-clock time.
+    """
+    fs = fs if fs is not None else RealFileSystem()
+    clock = clock if clock is not None else (lambda: int(time.time() * 1000))
+    if fs.blocking:
+        log = await trio.to_thread.run_sync(
+            lambda: Log.open(path, fs, config, clock=clock, repair=repair)
+        )
+    else:
+        log = Log.open(path, fs, config, clock=clock, repair=repair)
+    alog = AsyncLog(log)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(alog._flusher)
+            try:
+                yield alog
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await alog._close()

@@ -1,0 +1,398 @@
+"""The file layer every journal goes through: real files, or a simulated disk.
+
+Theory of operation
+-------------------
+``kill -9`` does not test fsync: the kernel still writes the page cache after
+the process dies. Power loss has to be simulated *below* the journal. So the
+journal never calls ``os`` directly; it calls a :class:`FileSystem`:
+
+* :class:`RealFileSystem` is the ``os`` module (``O_APPEND`` files, ``pread``,
+  ``fsync``, directory fsync for new, removed and renamed entries).
+* :class:`SimulatedFileSystem` keeps, per file, the bytes as they are and the
+  bytes as of the last ``fsync``; per directory, the entries as they are and as
+  of the last directory fsync. :meth:`SimulatedFileSystem.crash` is a power
+  loss: every file goes back to its synced bytes (optionally keeping a torn
+  prefix of what was written after), and files created, removed or renamed
+  since the last directory fsync are undone. Hooks inject faults: a failing
+  fsync (``EIO``), a full disk (``ENOSPC``, with a partial write), and a crash
+  after the k-th operation, so a test can sweep the crash point over a workload.
+
+Both are synchronous. Under Trio, the async log runs the real one's slow calls
+in a worker thread and the simulated one inline (DECISIONS #1).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+from typing import Protocol
+
+import attrs
+
+__all__ = [
+    "FileSystem",
+    "PowerLoss",
+    "RealFileSystem",
+    "SimulatedFileSystem",
+]
+
+
+class FileSystem(Protocol):
+    """The operations the journal needs. Handles are opaque ints."""
+
+    blocking: bool
+    """True when calls may block on a real disk (run them in a thread)."""
+
+    def open(self, path: str) -> int:
+        """Open (creating if missing) for appending writes and positional reads."""
+        ...
+
+    def write(self, handle: int, data: bytes | bytearray | memoryview) -> None:
+        """Append all of ``data``; on error some prefix may have been written."""
+        ...
+
+    def pread(self, handle: int, size: int, offset: int) -> bytes:
+        """Read up to ``size`` bytes at ``offset``."""
+        ...
+
+    def size(self, handle: int) -> int:
+        """Current size of the open file."""
+        ...
+
+    def fsync(self, handle: int) -> None:
+        """Make the file's bytes durable."""
+        ...
+
+    def truncate(self, handle: int, size: int) -> None:
+        """Cut the file to ``size`` bytes."""
+        ...
+
+    def close(self, handle: int) -> None:
+        """Close the handle."""
+        ...
+
+    def fsync_dir(self, path: str) -> None:
+        """Make the directory's entries (creates, removes, renames) durable."""
+        ...
+
+    def listdir(self, path: str) -> list[str]:
+        """Names in a directory."""
+        ...
+
+    def exists(self, path: str) -> bool:
+        """Whether ``path`` exists."""
+        ...
+
+    def makedirs(self, path: str) -> None:
+        """Create a directory and its parents (no error if it exists)."""
+        ...
+
+    def remove(self, path: str) -> None:
+        """Remove a file."""
+        ...
+
+    def rmtree(self, path: str) -> None:
+        """Remove a directory and everything in it."""
+        ...
+
+    def rename(self, src: str, dst: str) -> None:
+        """Rename atomically, replacing ``dst``."""
+        ...
+
+
+class RealFileSystem:
+    """The real disk, through the ``os`` module."""
+
+    blocking = True
+
+    def open(self, path: str) -> int:
+        """See :class:`FileSystem`."""
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+
+    def write(self, handle: int, data: bytes | bytearray | memoryview) -> None:
+        """See :class:`FileSystem`."""
+        view = memoryview(data)
+        while view:
+            written = os.write(handle, view)
+            view = view[written:]
+
+    def pread(self, handle: int, size: int, offset: int) -> bytes:
+        """See :class:`FileSystem`."""
+        return os.pread(handle, size, offset)
+
+    def size(self, handle: int) -> int:
+        """See :class:`FileSystem`."""
+        return os.fstat(handle).st_size
+
+    def fsync(self, handle: int) -> None:
+        """See :class:`FileSystem`."""
+        os.fsync(handle)
+
+    def truncate(self, handle: int, size: int) -> None:
+        """See :class:`FileSystem`."""
+        os.ftruncate(handle, size)
+
+    def close(self, handle: int) -> None:
+        """See :class:`FileSystem`."""
+        os.close(handle)
+
+    def fsync_dir(self, path: str) -> None:
+        """See :class:`FileSystem`."""
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def listdir(self, path: str) -> list[str]:
+        """See :class:`FileSystem`."""
+        return os.listdir(path)
+
+    def exists(self, path: str) -> bool:
+        """See :class:`FileSystem`."""
+        return os.path.exists(path)
+
+    def makedirs(self, path: str) -> None:
+        """See :class:`FileSystem`."""
+        os.makedirs(path, exist_ok=True)
+
+    def remove(self, path: str) -> None:
+        """See :class:`FileSystem`."""
+        os.remove(path)
+
+    def rmtree(self, path: str) -> None:
+        """See :class:`FileSystem`."""
+        import shutil
+
+        shutil.rmtree(path)
+
+    def rename(self, src: str, dst: str) -> None:
+        """See :class:`FileSystem`."""
+        os.replace(src, dst)
+
+
+class PowerLoss(Exception):
+    """Raised by every operation of a :class:`SimulatedFileSystem` once its
+    scheduled crash point passed: the machine is "off" until :meth:`crash`."""
+
+
+@attrs.define(eq=False)
+class _SimFile:
+    data: bytearray = attrs.field(factory=bytearray)
+    synced: bytes = b""
+    # Bytes appended since the last fsync form the "tail" a crash may tear.
+
+
+def _parent(path: str) -> str:
+    return os.path.dirname(path.rstrip("/")) or "/"
+
+
+class SimulatedFileSystem:
+    """An in-memory disk that can lose power (see the module docstring).
+
+    Paths are plain strings; directories must be created with :meth:`makedirs`.
+    """
+
+    blocking = False
+
+    def __init__(self, seed: int = 0) -> None:
+        self._rng = random.Random(seed)
+        self._files: dict[str, _SimFile] = {}
+        self._dirs: set[str] = {"/"}
+        # The namespace as of the last directory fsyncs: path -> file object.
+        self._durable_files: dict[str, _SimFile] = {}
+        self._durable_dirs: set[str] = {"/"}
+        self._handles: dict[int, tuple[str, _SimFile]] = {}
+        self._next_handle = 3
+        self.ops = 0
+        self._crash_after: int | None = None
+        self._fail_fsyncs = 0
+        self._disk_full = False
+        self.fsyncs = 0
+
+    # -- fault hooks -------------------------------------------------------
+
+    def crash_after(self, ops: int | None) -> None:
+        """Make every operation after the next ``ops`` raise :class:`PowerLoss`."""
+        self._crash_after = None if ops is None else self.ops + ops
+
+    def fail_next_fsyncs(self, n: int = 1) -> None:
+        """Make the next ``n`` fsyncs fail with ``EIO`` (their bytes stay unsynced)."""
+        self._fail_fsyncs = n
+
+    def set_disk_full(self, full: bool) -> None:
+        """While full, writes store a prefix and raise ``ENOSPC``."""
+        self._disk_full = full
+
+    def crash(self, *, torn: bool = False) -> None:
+        """Power loss: keep only synced bytes and durable directory entries.
+
+        With ``torn``, a file whose unsynced bytes extend its synced ones keeps a
+        random prefix of them (a torn write). Open handles become invalid.
+        """
+        files: dict[str, _SimFile] = {}
+        for path, f in self._durable_files.items():
+            data = bytearray(f.synced)
+            if torn and len(f.data) > len(f.synced) and f.data.startswith(f.synced):
+                extra = len(f.data) - len(f.synced)
+                data += f.data[len(f.synced) : len(f.synced) + self._rng.randrange(extra + 1)]
+            files[path] = _SimFile(data=data, synced=bytes(data))
+        self._files = files
+        self._durable_files = dict(files)
+        self._dirs = set(self._durable_dirs)
+        self._handles.clear()
+        self._crash_after = None
+        self._fail_fsyncs = 0
+        self._disk_full = False
+
+    # -- operations ----------------------------------------------------------
+
+    def _op(self) -> None:
+        self.ops += 1
+        if self._crash_after is not None and self.ops > self._crash_after:
+            raise PowerLoss(f"simulated power loss at operation {self.ops}")
+
+    def _file(self, handle: int) -> _SimFile:
+        try:
+            return self._handles[handle][1]
+        except KeyError:
+            raise OSError(errno.EBADF, "bad simulated file handle") from None
+
+    def _need_dir(self, path: str) -> None:
+        if _parent(path) not in self._dirs:
+            raise FileNotFoundError(errno.ENOENT, "no such directory", _parent(path))
+
+    def open(self, path: str) -> int:
+        """See :class:`FileSystem`."""
+        self._op()
+        self._need_dir(path)
+        f = self._files.get(path)
+        if f is None:
+            f = self._files[path] = _SimFile()
+        handle = self._next_handle
+        self._next_handle += 1
+        self._handles[handle] = (path, f)
+        return handle
+
+    def write(self, handle: int, data: bytes | bytearray | memoryview) -> None:
+        """See :class:`FileSystem`."""
+        self._op()
+        f = self._file(handle)
+        if self._disk_full:
+            f.data += bytes(data)[: len(data) // 2]
+            raise OSError(errno.ENOSPC, "No space left on device (simulated)")
+        f.data += data
+
+    def pread(self, handle: int, size: int, offset: int) -> bytes:
+        """See :class:`FileSystem`."""
+        self._op()
+        return bytes(self._file(handle).data[offset : offset + size])
+
+    def size(self, handle: int) -> int:
+        """See :class:`FileSystem`."""
+        return len(self._file(handle).data)
+
+    def fsync(self, handle: int) -> None:
+        """See :class:`FileSystem`."""
+        self._op()
+        f = self._file(handle)
+        if self._fail_fsyncs:
+            self._fail_fsyncs -= 1
+            raise OSError(errno.EIO, "Input/output error (simulated fsync failure)")
+        f.synced = bytes(f.data)
+        self.fsyncs += 1
+
+    def truncate(self, handle: int, size: int) -> None:
+        """See :class:`FileSystem`."""
+        self._op()
+        f = self._file(handle)
+        del f.data[size:]
+
+    def close(self, handle: int) -> None:
+        """See :class:`FileSystem`."""
+        self._handles.pop(handle, None)
+
+    def fsync_dir(self, path: str) -> None:
+        """See :class:`FileSystem`."""
+        self._op()
+        prefix = path.rstrip("/") + "/"
+        for p in [p for p in self._durable_files if _parent(p) == path.rstrip("/")]:
+            if p not in self._files:
+                del self._durable_files[p]
+        for p, f in self._files.items():
+            if p.startswith(prefix) and _parent(p) == path.rstrip("/"):
+                self._durable_files[p] = f
+        for d in [d for d in self._durable_dirs if _parent(d) == path.rstrip("/")]:
+            if d not in self._dirs:
+                self._durable_dirs.discard(d)
+        for d in self._dirs:
+            if _parent(d) == path.rstrip("/"):
+                self._durable_dirs.add(d)
+
+    def listdir(self, path: str) -> list[str]:
+        """See :class:`FileSystem`."""
+        base = path.rstrip("/")
+        names = [p.rsplit("/", 1)[1] for p in self._files if _parent(p) == base]
+        names += [d.rsplit("/", 1)[1] for d in self._dirs if d != "/" and _parent(d) == base]
+        return sorted(names)
+
+    def exists(self, path: str) -> bool:
+        """See :class:`FileSystem`."""
+        p = path.rstrip("/") or "/"
+        return p in self._files or p in self._dirs
+
+    def makedirs(self, path: str) -> None:
+        """See :class:`FileSystem`. New directories are durable at once (the
+        journal creates them before any data)."""
+        self._op()
+        p = path.rstrip("/")
+        while p and p not in self._dirs:
+            self._dirs.add(p)
+            self._durable_dirs.add(p)
+            p = _parent(p)
+
+    def remove(self, path: str) -> None:
+        """See :class:`FileSystem`."""
+        self._op()
+        if path not in self._files:
+            raise FileNotFoundError(errno.ENOENT, "no such file", path)
+        del self._files[path]
+
+    def rmtree(self, path: str) -> None:
+        """See :class:`FileSystem`."""
+        self._op()
+        prefix = path.rstrip("/") + "/"
+        for p in [p for p in self._files if p.startswith(prefix)]:
+            del self._files[p]
+        self._dirs = {d for d in self._dirs if not (d == path.rstrip("/") or d.startswith(prefix))}
+
+    def rename(self, src: str, dst: str) -> None:
+        """See :class:`FileSystem`."""
+        self._op()
+        self._need_dir(dst)
+        try:
+            self._files[dst] = self._files.pop(src)
+        except KeyError:
+            raise FileNotFoundError(errno.ENOENT, "no such file", src) from None
+
+    def file_bytes(self, path: str) -> bytes:
+        """The current bytes of a file (for tests)."""
+        return bytes(self._files[path].data)
+
+    def corrupt(self, path: str, position: int, xor: int = 0x01) -> None:
+        """Flip bits of one byte of a file, in place and as synced (for tests)."""
+        f = self._files[path]
+        f.data[position] ^= xor
+        if position < len(f.synced):
+            synced = bytearray(f.synced)
+            synced[position] ^= xor
+            f.synced = bytes(synced)
+
+    def set_file_bytes(self, path: str, data: bytes) -> None:
+        """Replace a file's bytes, synced (for tests of damaged files)."""
+        self._need_dir(path)
+        f = self._files.setdefault(path, _SimFile())
+        f.data = bytearray(data)
+        f.synced = bytes(data)
+        self._durable_files[path] = f

@@ -1,0 +1,787 @@
+"""The segmented log: synchronous core, recovery, and indexes.
+
+Theory of operation
+-------------------
+A log is a directory of segments, each named by the offset of its first event::
+
+    00000000000000000000.log         records, back to back
+    00000000000000000000.index       sparse offset -> byte position (written at roll/close)
+    00000000000000000000.timeindex   sparse max-timestamp -> offset (written at roll/close)
+    checkpoint                       the last synced offset and position, a clean flag
+
+:class:`Log` is synchronous and does every file call through a
+:class:`~headwater.journal.FileSystem`; the Trio face (:mod:`._async`) decides
+when to sync and runs slow calls in a thread. Appends validate a record
+(header, checksum, size; never the events), give it the next offsets, patch
+it, and write it at the end of the active segment. Syncing is split in three
+(``prepare_sync`` / ``run_sync`` / ``complete_sync``) so the fsync can run in a
+worker thread while the event loop keeps appending: appends that arrive during
+one fsync share the next (group commit).
+
+Recovery (``Log.open``): rolled segments whose index files are intact are
+trusted (they were fsynced at roll). Every other segment is scanned record by
+record, checking checksums and that offsets are contiguous. The first bad
+record ends the scan. If it lies at or after the position the checkpoint says
+was synced, it is *tail* damage (a torn or unsynced write): the segment is
+truncated there and ``journal_tail_truncated`` is logged with the bytes
+dropped and why. If it lies before (*interior* damage), opening fails with
+:class:`~headwater.CorruptionError` naming the file and position, unless
+``repair=True``, which truncates there and deletes later segments, logging
+everything it removes. The checkpoint is rewritten (not fsynced) after each
+sync and fsynced at close: after a power loss it may lag by up to a few
+seconds, which widens the tail; a missing checkpoint makes the whole last
+segment tail.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import os
+import struct
+from collections.abc import Callable
+from typing import Final, Literal
+
+import attrs
+import crc32c
+
+from headwater._errors import (
+    ConfigError,
+    CorruptionError,
+    DiskFullError,
+    InvalidArgument,
+    OffsetOutOfRangeError,
+    StorageError,
+)
+from headwater._logging import get_logger
+from headwater.journal._files import FileSystem
+from headwater.journal._record import (
+    HEADER_SIZE,
+    Corrupt,
+    RecordHeader,
+    Short,
+    decode_header,
+    patch_record,
+)
+
+__all__ = ["Durability", "Log", "LogConfig", "SyncWork"]
+
+Durability = Literal["always", "interval", "never"]
+
+_log = get_logger("headwater.journal")
+
+_INDEX_ENTRY: Final = struct.Struct(">qQ")
+_CHECKPOINT: Final = struct.Struct(">qqqBI")
+_CHECKPOINT_NAME: Final = "checkpoint"
+
+
+def _positive(name: str, value: object, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name}={value!r} is invalid; give a positive int")
+
+
+@attrs.frozen
+class LogConfig:
+    """Settings of one log. Sizes in bytes, times in milliseconds."""
+
+    durability: Durability = "always"
+    interval_ms: int = 200
+    segment_bytes: int = 64 * 1024 * 1024
+    segment_ms: int | None = 7 * 24 * 3600 * 1000
+    index_interval: int = 4096
+    retention_ms: int | None = None
+    retention_bytes: int | None = None
+    max_record_bytes: int = 16 * 1024 * 1024
+
+    def __attrs_post_init__(self) -> None:
+        if self.durability not in ("always", "interval", "never"):
+            raise ConfigError(
+                f"durability={self.durability!r} is unknown; use always, interval or never"
+            )
+        _positive("interval_ms", self.interval_ms)
+        _positive("segment_bytes", self.segment_bytes)
+        _positive("segment_ms", self.segment_ms, allow_none=True)
+        _positive("index_interval", self.index_interval)
+        _positive("retention_ms", self.retention_ms, allow_none=True)
+        _positive("retention_bytes", self.retention_bytes, allow_none=True)
+        _positive("max_record_bytes", self.max_record_bytes)
+
+
+def _name(base: int, ext: str) -> str:
+    return f"{base:020d}.{ext}"
+
+
+@attrs.define(eq=False)
+class _Segment:
+    base: int
+    path: str
+    handle: int
+    size: int = 0
+    next_offset: int = 0
+    created_ms: int = 0
+    max_timestamp: int = -(2**63)
+    max_append_time: int = -(2**63)
+    index: list[tuple[int, int]] = attrs.field(factory=list)  # (offset, position)
+    times: list[tuple[int, int]] = attrs.field(factory=list)  # (max ts so far, offset)
+    indexed_at: int = -(2**62)
+    sealed: bool = False
+
+    def note(self, header: RecordHeader, position: int, interval: int) -> None:
+        if position - self.indexed_at >= interval:
+            self.index.append((header.base_offset, position))
+            self.indexed_at = position
+        if header.max_timestamp > self.max_timestamp:
+            self.max_timestamp = header.max_timestamp
+            self.times.append((header.max_timestamp, header.base_offset))
+        self.max_append_time = max(self.max_append_time, header.append_time)
+        self.next_offset = header.next_offset
+        self.size = position + header.length
+
+
+@attrs.frozen
+class SyncWork:
+    """What one sync must make durable (from :meth:`Log.prepare_sync`)."""
+
+    handles: tuple[int, ...]
+    directory: bool
+    dir_gen: int
+    target_offset: int
+    segment_base: int
+    position: int
+
+
+class Log:
+    """A segmented, checksummed, append-only log in one directory (synchronous).
+
+    Use :func:`~headwater.journal.open_log` from Trio; this class is the core
+    it drives, usable directly in synchronous code and tests.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        fs: FileSystem,
+        config: LogConfig,
+        clock: Callable[[], int],
+    ) -> None:
+        self.path = path.rstrip("/")
+        self.fs = fs
+        self.config = config
+        self.clock = clock
+        self.segments: list[_Segment] = []
+        self.synced_offset = 0
+        self._synced_position = 0
+        self._dirty: dict[int, _Segment] = {}
+        self._dir_gen = 0
+        self._dir_synced_gen = 0
+        self._checkpoint_handle: int | None = None
+        self.closed = False
+
+    # ------------------------------------------------------------------ open
+
+    @classmethod
+    def open(
+        cls,
+        path: str,
+        fs: FileSystem,
+        config: LogConfig | None = None,
+        *,
+        clock: Callable[[], int] | None = None,
+        repair: bool = False,
+    ) -> Log:
+        """Open (creating if needed) and recover the log at ``path``."""
+        import time
+
+        log = cls(path, fs, config or LogConfig(), clock or (lambda: int(time.time() * 1000)))
+        try:
+            log._recover(repair)
+        except OSError as exc:
+            raise StorageError(f"cannot open the log at {path}: {exc}") from exc
+        return log
+
+    def _read_checkpoint(self) -> tuple[int, int, int, bool] | None:
+        path = f"{self.path}/{_CHECKPOINT_NAME}"
+        if not self.fs.exists(path):
+            return None
+        handle = self.fs.open(path)
+        try:
+            data = self.fs.pread(handle, _CHECKPOINT.size, 0)
+        finally:
+            self.fs.close(handle)
+        if len(data) != _CHECKPOINT.size:
+            return None
+        offset, base, position, clean, crc = _CHECKPOINT.unpack(data)
+        if crc32c.crc32c(data[:-4]) != crc:
+            return None
+        return offset, base, position, bool(clean)
+
+    def _write_checkpoint(self, clean: bool, *, sync: bool = False) -> None:
+        active = self.segments[-1]
+        offset = self.synced_offset if not clean else active.next_offset
+        position = self._synced_position if not clean else active.size
+        body = _CHECKPOINT.pack(offset, active.base, position, int(clean), 0)[:-4]
+        data = body + struct.pack(">I", crc32c.crc32c(body))
+        if self._checkpoint_handle is None:
+            self._checkpoint_handle = self.fs.open(f"{self.path}/{_CHECKPOINT_NAME}")
+        self.fs.truncate(self._checkpoint_handle, 0)
+        self.fs.write(self._checkpoint_handle, data)
+        if sync:
+            self.fs.fsync(self._checkpoint_handle)
+
+    def _recover(self, repair: bool) -> None:
+        fs = self.fs
+        fs.makedirs(self.path)
+        bases = sorted(
+            int(name[:-4])
+            for name in fs.listdir(self.path)
+            if name.endswith(".log") and name[:-4].isdigit()
+        )
+        checkpoint = self._read_checkpoint()
+        if not bases:
+            self._new_segment(0)
+            self._synced_position = 0
+            self._flush_dir()
+            self._write_checkpoint(clean=False)
+            return
+        expected: int | None = None
+        for i, base in enumerate(bases):
+            last = i == len(bases) - 1
+            seg = _Segment(base=base, path=f"{self.path}/{_name(base, 'log')}", handle=-1)
+            seg.handle = fs.open(seg.path)
+            seg.created_ms = self.clock()
+            file_size = fs.size(seg.handle)
+            if expected is not None and base != expected:
+                reason = f"{seg.path} starts at offset {base}, but offset {expected} was expected"
+                if not repair:
+                    raise CorruptionError(
+                        f"{reason}: records are missing. Restore the files, or open with "
+                        "repair=True to delete this and every later segment"
+                    )
+                fs.close(seg.handle)
+                self._remove_segments(bases[i:])
+                _log.warning("journal_repaired", reason=reason, removed_segments=bases[i:])
+                break
+            clean_last = (
+                checkpoint is not None
+                and checkpoint[3]
+                and checkpoint[1] == base
+                and checkpoint[2] == file_size
+            )
+            trusted = (not last or clean_last) and self._load_indexes(seg, file_size)
+            if not trusted:
+                tail_from = 0
+                if last and checkpoint is not None and checkpoint[1] == base:
+                    tail_from = checkpoint[2]
+                elif last and checkpoint is not None and checkpoint[1] < base:
+                    tail_from = 0
+                elif not last:
+                    tail_from = file_size  # a rolled segment was fully synced
+                ok = self._scan(seg, file_size, tail_from, repair, bases[i + 1 :])
+                seg.sealed = not last
+                self.segments.append(seg)
+                if not ok:
+                    break
+            else:
+                seg.sealed = not last
+                self.segments.append(seg)
+            expected = seg.next_offset
+        if self.segments[-1].sealed:
+            self.segments[-1].sealed = False
+        active = self.segments[-1]
+        # Whatever recovery kept is on disk now; make it durable before use.
+        fs.fsync(active.handle)
+        self._flush_dir()
+        self.synced_offset = active.next_offset
+        self._synced_position = active.size
+        self._write_checkpoint(clean=False)
+
+    def _load_indexes(self, seg: _Segment, file_size: int) -> bool:
+        """Load a segment's index files; False if missing or damaged."""
+        entries: list[list[tuple[int, int]]] = []
+        for ext in ("index", "timeindex"):
+            path = f"{self.path}/{_name(seg.base, ext)}"
+            if not self.fs.exists(path):
+                return False
+            handle = self.fs.open(path)
+            try:
+                size = self.fs.size(handle)
+                data = self.fs.pread(handle, size, 0)
+            finally:
+                self.fs.close(handle)
+            if len(data) < 28 or (len(data) - 28) % _INDEX_ENTRY.size:
+                return False
+            body, trailer = data[:-28], data[-28:]
+            size_rec, next_off, max_ts, crc = struct.unpack(">qqqI", trailer)
+            if crc32c.crc32c(body + trailer[:-4]) != crc or size_rec != file_size:
+                return False
+            entries.append(
+                [_INDEX_ENTRY.unpack_from(body, i) for i in range(0, len(body), _INDEX_ENTRY.size)]
+            )
+            seg.next_offset = next_off
+            seg.max_timestamp = max_ts
+        seg.index = [(o, p) for o, p in entries[0]]
+        seg.times = [(t, o) for t, o in entries[1]]
+        seg.size = file_size
+        seg.indexed_at = seg.index[-1][1] if seg.index else -(2**62)
+        seg.max_append_time = self.clock()
+        return True
+
+    def _write_indexes(self, seg: _Segment) -> None:
+        for ext, rows in (("index", seg.index), ("timeindex", seg.times)):
+            body = b"".join(_INDEX_ENTRY.pack(a, b) for a, b in rows)
+            trailer = struct.pack(">qqq", seg.size, seg.next_offset, seg.max_timestamp)
+            data = body + trailer + struct.pack(">I", crc32c.crc32c(body + trailer))
+            tmp = f"{self.path}/{_name(seg.base, ext)}.tmp"
+            if self.fs.exists(tmp):
+                self.fs.remove(tmp)
+            handle = self.fs.open(tmp)
+            try:
+                self.fs.write(handle, data)
+                self.fs.fsync(handle)
+            finally:
+                self.fs.close(handle)
+            self.fs.rename(tmp, f"{self.path}/{_name(seg.base, ext)}")
+        self._dir_gen += 1
+
+    def _scan(
+        self, seg: _Segment, file_size: int, tail_from: int, repair: bool, later: list[int]
+    ) -> bool:
+        """Scan a segment, rebuilding its index; returns False if it was cut."""
+        seg.next_offset = seg.base
+        seg.size = 0
+        position = 0
+        chunk = 1 << 20
+        buf = b""
+        buf_start = 0
+        while position < file_size:
+            rel = position - buf_start
+            header = decode_header(buf, rel)
+            if isinstance(header, Short):
+                need = max(chunk, header.needed + (len(buf) - rel))
+                buf = self.fs.pread(seg.handle, need, position)
+                buf_start = position
+                header = decode_header(buf, 0)
+            if isinstance(header, Short):
+                reason = f"torn record: {header.needed} byte(s) missing at the end"
+            elif isinstance(header, Corrupt):
+                reason = header.reason
+            elif header.base_offset != seg.next_offset:
+                reason = f"offset {header.base_offset} where {seg.next_offset} was expected"
+            else:
+                seg.note(header, position, self.config.index_interval)
+                position += header.length
+                continue
+            interior = position < tail_from
+            self._damage(seg, position, reason, interior=interior, repair=repair, bases=later)
+            return not later or not interior
+        return True
+
+    def _damage(
+        self,
+        seg: _Segment,
+        position: int,
+        reason: str,
+        *,
+        interior: bool,
+        repair: bool,
+        bases: list[int],
+    ) -> None:
+        size = self.fs.size(seg.handle) if seg.handle >= 0 else 0
+        if interior and not repair:
+            raise CorruptionError(
+                f"{seg.path}: corrupt data at byte {position} ({reason}), before the last "
+                "synced position; nothing was dropped. Restore the file, or open with "
+                "repair=True to truncate there (this deletes every later record)"
+            )
+        self.fs.truncate(seg.handle, position)
+        self.fs.fsync(seg.handle)
+        _log.warning(
+            "journal_tail_truncated" if not interior else "journal_repaired",
+            file=seg.path,
+            position=position,
+            bytes_dropped=size - position,
+            reason=reason,
+        )
+        if interior and bases:
+            self._remove_segments(bases)
+            _log.warning("journal_repaired", removed_segments=bases)
+
+    def _remove_segments(self, bases: list[int]) -> None:
+        for base in bases:
+            for ext in ("log", "index", "timeindex"):
+                p = f"{self.path}/{_name(base, ext)}"
+                if self.fs.exists(p):
+                    self.fs.remove(p)
+        self._dir_gen += 1
+
+    # ----------------------------------------------------------------- write
+
+    def _new_segment(self, base: int) -> _Segment:
+        path = f"{self.path}/{_name(base, 'log')}"
+        seg = _Segment(base=base, path=path, handle=self.fs.open(path))
+        seg.next_offset = base
+        seg.created_ms = self.clock()
+        self.segments.append(seg)
+        self._dir_gen += 1
+        return seg
+
+    def _flush_dir(self) -> None:
+        gen = self._dir_gen
+        self.fs.fsync_dir(self.path)
+        self._dir_synced_gen = gen
+
+    @property
+    def next_offset(self) -> int:
+        """The offset the next appended event will get."""
+        return self.segments[-1].next_offset
+
+    @property
+    def earliest_offset(self) -> int:
+        """The first offset still stored."""
+        return self.segments[0].base
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of all segments."""
+        return sum(s.size for s in self.segments)
+
+    def validate(self, record: bytes | bytearray | memoryview) -> RecordHeader:
+        """Check a record from a client; raise :class:`InvalidArgument` if bad."""
+        if len(record) > self.config.max_record_bytes:
+            raise InvalidArgument(
+                f"batch of {len(record)} bytes exceeds max_record_bytes="
+                f"{self.config.max_record_bytes}; send smaller batches"
+            )
+        header = decode_header(record)
+        if not isinstance(header, RecordHeader):
+            raise InvalidArgument(f"invalid batch: {header}")
+        if header.length != len(record):
+            raise InvalidArgument(
+                f"invalid batch: header says {header.length} bytes, got {len(record)}"
+            )
+        return header
+
+    def write(self, record: bytes | bytearray | memoryview) -> RecordHeader:
+        """Validate and append one record; returns its stored header.
+
+        Not durable until a sync covers it. A full disk raises
+        :class:`DiskFullError` with nothing appended; other I/O errors raise
+        :class:`StorageError`.
+        """
+        if self.closed:
+            raise StorageError(f"the log at {self.path} is closed")
+        self.validate(record)
+        active = self.segments[-1]
+        now = self.clock()
+        if active.size > 0 and (
+            active.size + len(record) > self.config.segment_bytes
+            or (
+                self.config.segment_ms is not None
+                and now - active.created_ms >= self.config.segment_ms
+            )
+        ):
+            active = self._roll()
+        patched = patch_record(record, active.next_offset, now)
+        position = active.size
+        try:
+            self.fs.write(active.handle, patched)
+        except OSError as exc:
+            self._undo_partial(active, position)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(
+                    f"disk full while appending to {active.path}; free space or lower "
+                    "retention, then retry (earlier data is intact)"
+                ) from exc
+            raise StorageError(f"write to {active.path} failed: {exc}") from exc
+        header = decode_header(patched, check_crc=False)
+        assert isinstance(header, RecordHeader)
+        active.note(header, position, self.config.index_interval)
+        self._dirty[active.base] = active
+        return header
+
+    def _undo_partial(self, seg: _Segment, position: int) -> None:
+        try:
+            self.fs.truncate(seg.handle, position)
+        except OSError:
+            pass  # best effort: recovery truncates a torn tail anyway
+
+    def _roll(self) -> _Segment:
+        old = self.segments[-1]
+        old.sealed = True
+        self._dirty[old.base] = old
+        return self._new_segment(old.next_offset)
+
+    # ------------------------------------------------------------------ sync
+
+    def prepare_sync(self) -> SyncWork | None:
+        """What a sync must do now, or None if everything is synced."""
+        directory = self._dir_gen > self._dir_synced_gen
+        if not self._dirty and not directory:
+            return None
+        active = self.segments[-1]
+        return SyncWork(
+            handles=tuple(s.handle for s in self._dirty.values()),
+            directory=directory,
+            dir_gen=self._dir_gen,
+            target_offset=active.next_offset,
+            segment_base=active.base,
+            position=active.size,
+        )
+
+    def run_sync(self, work: SyncWork) -> None:
+        """Do the blocking part of a sync (may run in a worker thread)."""
+        for handle in work.handles:
+            self.fs.fsync(handle)
+        if work.directory:
+            self.fs.fsync_dir(self.path)
+
+    def complete_sync(self, work: SyncWork) -> None:
+        """Record that ``work`` is durable (on the event loop thread)."""
+        for base, seg in list(self._dirty.items()):
+            # A segment that got appends after prepare_sync stays dirty.
+            if seg.handle in work.handles and seg.next_offset <= work.target_offset:
+                del self._dirty[base]
+                if seg.sealed:
+                    self._write_indexes(seg)
+        if work.directory:
+            self._dir_synced_gen = max(self._dir_synced_gen, work.dir_gen)
+        if work.target_offset > self.synced_offset:
+            self.synced_offset = work.target_offset
+            self._synced_position = work.position
+        self._write_checkpoint(clean=False)
+
+    def sync(self) -> None:
+        """Make everything appended so far durable (synchronously)."""
+        work = self.prepare_sync()
+        if work is None:
+            return
+        try:
+            self.run_sync(work)
+        except OSError as exc:
+            raise StorageError(f"fsync of {self.path} failed: {exc}") from exc
+        self.complete_sync(work)
+
+    def discard_unsynced(self) -> int:
+        """After a failed fsync: cut every segment back to what was last synced
+        (those pages may be lost) and return the new next offset."""
+        self.truncate_to(self.synced_offset, sync=False)
+        return self.next_offset
+
+    # ------------------------------------------------------------------ read
+
+    def _segment_for(self, offset: int) -> int:
+        bases = [s.base for s in self.segments]
+        return max(0, bisect.bisect_right(bases, offset) - 1)
+
+    def _position_of(self, seg: _Segment, offset: int) -> tuple[int, RecordHeader | None]:
+        """Byte position and header of the record containing ``offset``."""
+        offsets = [o for o, _ in seg.index]
+        i = bisect.bisect_right(offsets, offset) - 1
+        position = seg.index[i][1] if i >= 0 else 0
+        while position < seg.size:
+            head = self.fs.pread(seg.handle, HEADER_SIZE, position)
+            header = decode_header(head, check_crc=False)
+            if not isinstance(header, RecordHeader):
+                raise CorruptionError(
+                    f"{seg.path}: unreadable record header at byte {position}: {header}"
+                )
+            if header.next_offset > offset:
+                return position, header
+            position += header.length
+        return position, None
+
+    def read(self, offset: int, max_bytes: int, end: int | None = None) -> bytes:
+        """Whole records from the one containing ``offset``, up to ``max_bytes``
+        (always at least one record when one exists below ``end``)."""
+        end = self.next_offset if end is None else min(end, self.next_offset)
+        if offset < self.earliest_offset or offset > self.next_offset:
+            raise OffsetOutOfRangeError(
+                f"offset {offset} is outside the log [{self.earliest_offset}, "
+                f"{self.next_offset}]; seek to earliest or latest"
+            )
+        out = bytearray()
+        while offset < end:
+            seg = self.segments[self._segment_for(offset)]
+            if offset >= seg.next_offset:
+                break
+            position, header = self._position_of(seg, offset)
+            if header is None:
+                break
+            want = max_bytes - len(out)
+            if out and want < header.length:
+                break
+            size = min(max(want, header.length), seg.size - position)
+            data = self.fs.pread(seg.handle, size, position)
+            pos = 0
+            while pos + HEADER_SIZE <= len(data):
+                h = decode_header(data, pos, check_crc=False)
+                if not isinstance(h, RecordHeader) or pos + h.length > len(data):
+                    break
+                if h.base_offset >= end or (out and len(out) + h.length > max_bytes):
+                    return bytes(out)
+                out += data[pos : pos + h.length]
+                pos += h.length
+                offset = h.next_offset
+            if pos == 0 or len(out) >= max_bytes:
+                break
+        return bytes(out)
+
+    def offset_for_time(self, timestamp: int) -> int | None:
+        """Base offset of the first record whose max timestamp is >= ``timestamp``
+        (the record holding the first event at or after it), or None."""
+        for seg in self.segments:
+            if seg.max_timestamp < timestamp or seg.size == 0:
+                continue
+            start = seg.base
+            for max_ts, off in seg.times:
+                if max_ts >= timestamp:
+                    break
+                start = off
+            position, _ = self._position_of(seg, start)
+            while position < seg.size:
+                header = decode_header(
+                    self.fs.pread(seg.handle, HEADER_SIZE, position), check_crc=False
+                )
+                assert isinstance(header, RecordHeader)
+                if header.max_timestamp >= timestamp:
+                    return header.base_offset
+                position += header.length
+        return None
+
+    def headers(self, from_offset: int | None = None) -> list[RecordHeader]:
+        """Headers of every record (from ``from_offset``), e.g. to rebuild state."""
+        out: list[RecordHeader] = []
+        for seg in self.segments:
+            if from_offset is not None and seg.next_offset <= from_offset:
+                continue
+            position = 0
+            while position < seg.size:
+                header = decode_header(
+                    self.fs.pread(seg.handle, HEADER_SIZE, position), check_crc=False
+                )
+                assert isinstance(header, RecordHeader)
+                if from_offset is None or header.next_offset > from_offset:
+                    out.append(header)
+                position += header.length
+        return out
+
+    # ------------------------------------------------- retention, truncation
+
+    def apply_retention(self, now_ms: int | None = None) -> list[int]:
+        """Delete whole old segments by age and total size; return their bases.
+        The active segment is never deleted."""
+        now = self.clock() if now_ms is None else now_ms
+        cfg = self.config
+        removed: list[int] = []
+        while len(self.segments) > 1:
+            oldest = self.segments[0]
+            if oldest.base in self._dirty:
+                break
+            too_old = cfg.retention_ms is not None and (
+                oldest.max_append_time < now - cfg.retention_ms
+            )
+            too_big = cfg.retention_bytes is not None and self.size_bytes > cfg.retention_bytes
+            if not (too_old or too_big):
+                break
+            self.segments.pop(0)
+            self.fs.close(oldest.handle)
+            for ext in ("log", "index", "timeindex"):
+                p = f"{self.path}/{_name(oldest.base, ext)}"
+                if self.fs.exists(p):
+                    self.fs.remove(p)
+            removed.append(oldest.base)
+        if removed:
+            self._flush_dir()
+            _log.info("journal_retention", path=self.path, removed_segments=removed)
+        return removed
+
+    def delete_before(self, offset: int) -> list[int]:
+        """Delete whole segments that end at or before ``offset`` (never the active one)."""
+        removed: list[int] = []
+        while len(self.segments) > 1 and self.segments[0].next_offset <= offset:
+            oldest = self.segments.pop(0)
+            self._dirty.pop(oldest.base, None)
+            self.fs.close(oldest.handle)
+            for ext in ("log", "index", "timeindex"):
+                p = f"{self.path}/{_name(oldest.base, ext)}"
+                if self.fs.exists(p):
+                    self.fs.remove(p)
+            removed.append(oldest.base)
+        if removed:
+            self._flush_dir()
+        return removed
+
+    def truncate_to(self, offset: int, *, sync: bool = True) -> None:
+        """Remove every record from the one containing ``offset`` on (so the
+        next offset becomes that record's base offset)."""
+        if offset >= self.next_offset:
+            return
+        if offset < self.earliest_offset:
+            raise OffsetOutOfRangeError(
+                f"cannot truncate to {offset}: the log starts at {self.earliest_offset}"
+            )
+        i = self._segment_for(offset)
+        for seg in self.segments[i + 1 :]:
+            self.fs.close(seg.handle)
+            for ext in ("log", "index", "timeindex"):
+                p = f"{self.path}/{_name(seg.base, ext)}"
+                if self.fs.exists(p):
+                    self.fs.remove(p)
+            self._dirty.pop(seg.base, None)
+        del self.segments[i + 1 :]
+        seg = self.segments[-1]
+        position, header = self._position_of(seg, offset)
+        self.fs.truncate(seg.handle, position)
+        for ext in ("index", "timeindex"):
+            p = f"{self.path}/{_name(seg.base, ext)}"
+            if self.fs.exists(p):
+                self.fs.remove(p)
+        seg.sealed = False
+        seg.index = [(o, p) for o, p in seg.index if p < position]
+        seg.times = [(t, o) for t, o in seg.times if o < (header.base_offset if header else offset)]
+        seg.max_timestamp = seg.times[-1][0] if seg.times else -(2**63)
+        seg.indexed_at = seg.index[-1][1] if seg.index else -(2**62)
+        seg.size = position
+        seg.next_offset = header.base_offset if header else offset
+        self.synced_offset = min(self.synced_offset, seg.next_offset)
+        self._synced_position = min(self._synced_position, position)
+        self._dirty[seg.base] = seg
+        self._dir_gen += 1
+        if sync:
+            self.sync()
+
+    # ----------------------------------------------------------------- close
+
+    def close(self) -> None:
+        """Sync, write index files and a clean checkpoint, close every file."""
+        if self.closed:
+            return
+        self.sync()
+        active = self.segments[-1]
+        self._write_indexes(active)
+        self._flush_dir()
+        self._write_checkpoint(clean=True, sync=True)
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Close every handle without syncing (after a failure or a crash)."""
+        self.closed = True
+        for seg in self.segments:
+            try:
+                self.fs.close(seg.handle)
+            except OSError:
+                pass
+        if self._checkpoint_handle is not None:
+            try:
+                self.fs.close(self._checkpoint_handle)
+            except OSError:
+                pass
+            self._checkpoint_handle = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Log {os.path.basename(self.path)} [{self.earliest_offset}, "
+            f"{self.next_offset}) synced={self.synced_offset}>"
+        )

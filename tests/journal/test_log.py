@@ -1,0 +1,252 @@
+"""The segmented log on the simulated disk: append, read, roll, indexes,
+time lookup, retention, truncation, recovery and corruption."""
+
+from __future__ import annotations
+
+import pytest
+from structlog.testing import capture_logs
+
+from headwater import CorruptionError, DiskFullError, InvalidArgument, OffsetOutOfRangeError
+from headwater.journal import (
+    HEADER_SIZE,
+    Log,
+    LogConfig,
+    RecordHeader,
+    SimulatedFileSystem,
+    encode_record,
+    iter_records,
+)
+
+DIR = "/data/topic/0"
+
+
+class Clock:
+    """A settable millisecond clock."""
+
+    def __init__(self) -> None:
+        self.now = 1_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def rec(i: int, count: int = 1, size: int = 100) -> bytes:
+    """Record number i: payload bytes derived from i, timestamp 10*i."""
+    payload = bytes([i % 251]) * size
+    return encode_record(payload, count=count, first_timestamp=10 * i, max_timestamp=10 * i + 5)
+
+
+def open_log(fs: SimulatedFileSystem, clock: Clock | None = None, **cfg: object) -> Log:
+    return Log.open(DIR, fs, LogConfig(**cfg), clock=clock or Clock())  # type: ignore[arg-type]
+
+
+def payloads(data: bytes) -> list[tuple[int, bytes]]:
+    return [(h.base_offset, bytes(r[HEADER_SIZE:])) for h, r in iter_records(data)]
+
+
+def test_append_assigns_contiguous_offsets_and_reads_whole_records() -> None:
+    """Offsets are base..base+n-1 per batch; reads start at the record holding the offset."""
+    fs = SimulatedFileSystem()
+    log = open_log(fs)
+    bases = [log.write(rec(i, count=3)).base_offset for i in range(10)]
+    assert list(range(0, 30, 3)) == bases
+    assert 30 == log.next_offset
+    got = payloads(log.read(7, 10_000))
+    assert [6, 9, 12] == [o for o, _ in got[:3]]
+    assert 8 == len(got)
+    # At least one record even when the budget is smaller than it.
+    assert 1 == len(payloads(log.read(0, 1)))
+    assert b"" == log.read(30, 100)
+    with pytest.raises(OffsetOutOfRangeError):
+        log.read(31, 100)
+
+
+def test_roll_by_size_and_age_and_reopen_with_indexes() -> None:
+    """Segments roll at the size and age limits; after close and reopen every
+    record reads back and rolled segments' index files are used."""
+    fs = SimulatedFileSystem()
+    clock = Clock()
+    log = open_log(fs, clock, segment_bytes=1000, segment_ms=60_000, index_interval=200)
+    for i in range(20):
+        log.write(rec(i))
+    log.sync()
+    assert 4 == len(log.segments)
+    clock.now += 60_000
+    log.write(rec(20))
+    assert 5 == len(log.segments)
+    log.close()
+    names = fs.listdir(DIR)
+    assert "00000000000000000000.index" in names
+    assert "00000000000000000006.log" in names
+    log = open_log(fs, clock, segment_bytes=1000, index_interval=200)
+    assert 21 == log.next_offset
+    assert list(range(21)) == [o for o, _ in payloads(log.read(0, 1 << 20))]
+    assert [(13, bytes([13]) * 100)] == payloads(log.read(13, 1))
+
+
+def test_time_lookup() -> None:
+    """offset_for_time finds the first record whose max timestamp reaches the time."""
+    fs = SimulatedFileSystem()
+    log = open_log(fs, segment_bytes=700)
+    for i in range(20):
+        log.write(rec(i))
+    assert 0 == log.offset_for_time(-5)
+    assert 7 == log.offset_for_time(71)
+    assert 7 == log.offset_for_time(75)
+    assert 8 == log.offset_for_time(76)
+    assert log.offset_for_time(10_000) is None
+
+
+def test_retention_by_size_and_age() -> None:
+    """Whole old segments go; the active one never does; earliest offset moves."""
+    fs = SimulatedFileSystem()
+    clock = Clock()
+    log = open_log(fs, clock, segment_bytes=500, retention_bytes=1200)
+    for i in range(12):
+        log.write(rec(i))
+    log.sync()
+    assert [] != log.apply_retention()
+    assert log.size_bytes <= 1200 + 500
+    assert log.earliest_offset > 0
+    with pytest.raises(OffsetOutOfRangeError):
+        log.read(0, 100)
+    log2 = open_log(SimulatedFileSystem(), clock, segment_bytes=500, retention_ms=1000)
+    for i in range(6):
+        log2.write(rec(i))
+    log2.sync()
+    assert [] == log2.apply_retention()
+    clock.now += 5_000
+    log2.write(rec(6))
+    log2.sync()
+    removed = log2.apply_retention()
+    assert removed
+    assert log2.earliest_offset == log2.segments[0].base
+
+
+def test_truncate_to() -> None:
+    """Truncation removes the record holding the offset and everything after."""
+    fs = SimulatedFileSystem()
+    log = open_log(fs, segment_bytes=500)
+    for i in range(10):
+        log.write(rec(i, count=2))
+    log.truncate_to(9)
+    assert 8 == log.next_offset
+    assert 8 == log.write(rec(99)).base_offset
+    log.close()
+    assert 9 == open_log(fs, segment_bytes=500).next_offset
+
+
+def test_bad_records_are_refused_before_writing() -> None:
+    """Garbage, a wrong checksum and an oversized batch raise InvalidArgument."""
+    fs = SimulatedFileSystem()
+    log = open_log(fs, max_record_bytes=1000)
+    good = rec(1)
+    bad = bytearray(good)
+    bad[-1] ^= 0xFF
+    for record, match in [
+        (b"junk" * 20, "invalid batch"),
+        (bytes(bad), "checksum"),
+        (rec(2, size=2000), "max_record_bytes"),
+    ]:
+        with pytest.raises(InvalidArgument, match=match):
+            log.write(record)
+    assert 0 == log.next_offset
+
+
+@pytest.mark.parametrize("keep", [0, 1, 30, 61, 62, 100, 161])
+def test_torn_tail_truncated_at_every_cut(keep: int) -> None:
+    """A last record cut anywhere (a torn, unsynced write) recovers to exactly
+    the previous records, and the loss is logged."""
+    fs = SimulatedFileSystem()
+    log = open_log(fs)
+    for i in range(3):
+        log.write(rec(i))
+    log.sync()
+    log.write(rec(3))  # unsynced
+    path = f"{DIR}/00000000000000000000.log"
+    data = fs.file_bytes(path)
+    cut = len(data) - 162 + keep
+    fs.set_file_bytes(path, data[:cut])
+    with capture_logs() as logs:
+        log = open_log(fs)
+    assert 3 == log.next_offset
+    assert [0, 1, 2] == [o for o, _ in payloads(log.read(0, 1 << 20))]
+    dropped = [e for e in logs if e["event"] == "journal_tail_truncated"]
+    assert (1 if keep else 0) == len(dropped)
+
+
+def test_bit_flip_in_unsynced_tail_is_truncated_but_interior_raises() -> None:
+    """Damage after the synced checkpoint is tail (truncated); before it, interior
+    (CorruptionError naming file and byte, unless repair=True)."""
+    for position, interior in [(3 * 162 + 70, False), (162 + 70, True)]:
+        fs = SimulatedFileSystem()
+        log = open_log(fs)
+        for i in range(3):
+            log.write(rec(i))
+        log.sync()
+        log.write(rec(3))
+        path = f"{DIR}/00000000000000000000.log"
+        fs.corrupt(path, position)
+        if interior:
+            with pytest.raises(CorruptionError, match=f"byte {162}"):
+                open_log(fs)
+            repaired = Log.open(DIR, fs, LogConfig(), clock=Clock(), repair=True)
+            assert 1 == repaired.next_offset
+        else:
+            assert 3 == open_log(fs).next_offset
+
+
+def test_missing_or_damaged_index_is_rebuilt() -> None:
+    """Index files that are missing or fail their checksum are rebuilt by a scan."""
+    fs = SimulatedFileSystem()
+    log = open_log(fs, segment_bytes=500, index_interval=100)
+    for i in range(12):
+        log.write(rec(i))
+    log.close()
+    fs.remove(f"{DIR}/00000000000000000000.index")
+    fs.corrupt(f"{DIR}/00000000000000000003.timeindex", 3)
+    log = open_log(fs, segment_bytes=500, index_interval=100)
+    assert list(range(12)) == [o for o, _ in payloads(log.read(0, 1 << 20))]
+    assert 9 == log.offset_for_time(95)
+
+
+def test_missing_segment_in_the_middle_is_interior_damage() -> None:
+    """A gap in offsets between segments is reported, never silently skipped."""
+    fs = SimulatedFileSystem()
+    log = open_log(fs, segment_bytes=500)
+    for i in range(12):
+        log.write(rec(i))
+    log.close()
+    fs.remove(f"{DIR}/00000000000000000003.log")
+    with pytest.raises(CorruptionError, match="offset 6"):
+        open_log(fs, segment_bytes=500)
+
+
+def test_disk_full_leaves_data_intact_and_recovers_without_restart() -> None:
+    """ENOSPC fails the append with DiskFullError, cuts the partial write, and
+    appends work again once space returns."""
+    fs = SimulatedFileSystem()
+    log = open_log(fs)
+    log.write(rec(0))
+    fs.set_disk_full(True)
+    with pytest.raises(DiskFullError, match="disk full"):
+        log.write(rec(1))
+    assert 1 == log.next_offset
+    fs.set_disk_full(False)
+    assert 1 == log.write(rec(2)).base_offset
+    log.sync()
+    assert [0, 1] == [o for o, _ in payloads(log.read(0, 1 << 20))]
+    assert [bytes([0]) * 100, bytes([2]) * 100] == [p for _, p in payloads(log.read(0, 1 << 20))]
+
+
+def test_headers_rebuild_producer_state() -> None:
+    """headers() lists every record's header (idempotence state is rebuilt from it)."""
+    fs = SimulatedFileSystem()
+    log = open_log(fs)
+    log.write(encode_record(b"x", count=2, producer_id=7, producer_epoch=1, base_sequence=0))
+    log.write(encode_record(b"y", count=3, producer_id=7, producer_epoch=1, base_sequence=2))
+    headers = log.headers()
+    assert all(isinstance(h, RecordHeader) for h in headers)
+    assert [(7, 0, 0), (7, 2, 2)] == [
+        (h.producer_id, h.base_sequence, h.base_offset) for h in headers
+    ]
