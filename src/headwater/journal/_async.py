@@ -58,7 +58,8 @@ class AsyncLog:
         self._wake = trio.Event()
         self._synced = trio.Event()
         self._data = trio.Event()
-        self._failed_through = -1
+        self._generation = 0
+        self._cuts: list[int] = []  # synced offset at each failed fsync
         self._failure: BaseException | None = None
         self._closed = False
         self.syncs = 0
@@ -87,6 +88,13 @@ class AsyncLog:
             return self.log.synced_offset
         return self.log.next_offset
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever a failed fsync cut the log back. Take it before
+        :meth:`write` and pass it to :meth:`wait_durable`, so a wait never
+        mistakes a re-issued offset for its own record."""
+        return self._generation
+
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError(f"the log at {self.log.path} is closed")
@@ -104,15 +112,19 @@ class AsyncLog:
             self._notify_data()
         return header
 
-    async def wait_durable(self, end_offset: int) -> None:
+    async def wait_durable(self, end_offset: int, generation: int) -> None:
         """Wait until every offset below ``end_offset`` is durable, as the
-        policy defines it (only ``always`` waits for an fsync). Raises
-        :class:`FsyncFailedError` if the fsync covering it failed."""
+        policy defines it (only ``always`` waits for an fsync). ``generation``
+        is :attr:`generation` as it was before the write. Raises
+        :class:`FsyncFailedError` if an fsync failed since then."""
         if self.config.durability != "always":
             await trio.lowlevel.checkpoint()
             return
-        while self.log.synced_offset < end_offset:
-            if end_offset <= self._failed_through:
+        while self._generation != generation or self.log.synced_offset < end_offset:
+            if self._generation != generation:
+                if end_offset <= min(self._cuts[generation:]):
+                    return  # synced before the failure: durable
+
                 raise FsyncFailedError(
                     f"fsync of {self.log.path} failed ({self._failure}); the append was "
                     "not acknowledged and may be retried"
@@ -122,8 +134,9 @@ class AsyncLog:
 
     async def append(self, record: bytes | bytearray | memoryview) -> RecordHeader:
         """Write ``record`` and wait until it is durable per the policy."""
+        generation = self._generation
         header = self.write(record)
-        await self.wait_durable(header.next_offset)
+        await self.wait_durable(header.next_offset, generation)
         return header
 
     # ----------------------------------------------------------------- read
@@ -181,7 +194,8 @@ class AsyncLog:
         lost_from = self.log.synced_offset
         lost_to = self.log.next_offset
         self._failure = exc
-        self._failed_through = max(self._failed_through, lost_to)
+        self._generation += 1
+        self._cuts.append(lost_from)
         try:
             self.log.discard_unsynced()
         except OSError as again:
