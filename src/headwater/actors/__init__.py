@@ -12,6 +12,7 @@ from ._actor import Actor as Actor
 from ._actor import ActorContext as ActorContext
 from ._actor import ActorRef as ActorRef
 from ._actor import LocalActorRef as LocalActorRef
+from ._persistent import PersistentActor as PersistentActor
 from ._system import ActorSystem as ActorSystem
 from ._system import open_actor_system as open_actor_system
 
@@ -20,6 +21,7 @@ __all__ = [
     "ActorContext",
     "ActorRef",
     "LocalActorRef",
+    "PersistentActor",
     "ActorSystem",
     "open_actor_system",
     "DEFAULT_MAILBOX_SIZE",

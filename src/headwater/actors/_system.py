@@ -61,7 +61,13 @@ from headwater.actors._actor import (
     as_failure,
 )
 from headwater.supervision._policy import ChildInfo, Escalate, Ignore, Strategy, decide
-from headwater.supervision._specs import ActorSnapshot, ChildSpec, SupervisorSpec, unwrap_group
+from headwater.supervision._specs import (
+    ActorSnapshot,
+    ChildSpec,
+    SupervisorSpec,
+    unwrap_group,
+    unwrapping_groups,
+)
 
 __all__ = ["ActorSystem", "open_actor_system"]
 
@@ -623,7 +629,7 @@ async def open_actor_system(
         backoff_max=backoff_max,
     )
     system = ActorSystem(name, root)
-    try:
+    with unwrapping_groups():
         async with trio.open_nursery() as nursery:
             await nursery.start(system._run_root)
             try:
@@ -633,8 +639,3 @@ async def open_actor_system(
                     await system._shutdown()
                 nursery.cancel_scope.cancel()
                 system._forget_below("/")
-    except BaseExceptionGroup as group:
-        lone = unwrap_group(group)
-        if lone is group:
-            raise
-        raise lone from lone.__cause__

@@ -28,9 +28,13 @@ from ._record import decode_header as decode_header
 from ._record import encode_record as encode_record
 from ._record import iter_records as iter_records
 from ._record import patch_record as patch_record
+from ._state import StateJournal as StateJournal
+from ._state import open_state_journal as open_state_journal
 
 __all__ = [
     "open_log",
+    "open_state_journal",
+    "StateJournal",
     "AsyncLog",
     "Log",
     "LogConfig",

@@ -42,6 +42,7 @@ from headwater._logging import get_logger
 from headwater.journal._files import FileSystem, RealFileSystem
 from headwater.journal._log import Log, LogConfig, SyncWork
 from headwater.journal._record import RecordHeader
+from headwater.supervision._specs import unwrapping_groups
 
 __all__ = ["AsyncLog", "open_log"]
 
@@ -278,12 +279,13 @@ async def open_log(
         log = Log.open(path, fs, config, clock=clock, repair=repair)
     alog = AsyncLog(log)
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(alog._flusher)
-            try:
-                yield alog
-            finally:
-                nursery.cancel_scope.cancel()
+        with unwrapping_groups():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(alog._flusher)
+                try:
+                    yield alog
+                finally:
+                    nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await alog._close()

@@ -221,7 +221,12 @@ class Log:
         active = self.segments[-1]
         offset = self.synced_offset if not clean else active.next_offset
         position = self._synced_position if not clean else active.size
-        body = _CHECKPOINT.pack(offset, active.base, position, int(clean), 0)[:-4]
+        self._put_checkpoint(offset, active.base, position, clean, sync=sync)
+
+    def _put_checkpoint(
+        self, offset: int, base: int, position: int, clean: bool, *, sync: bool = False
+    ) -> None:
+        body = _CHECKPOINT.pack(offset, base, position, int(clean), 0)[:-4]
         data = body + struct.pack(">I", crc32c.crc32c(body))
         if self._checkpoint_handle is None:
             self._checkpoint_handle = self.fs.open(f"{self.path}/{_CHECKPOINT_NAME}")
@@ -472,7 +477,6 @@ class Log:
         """
         if self.closed:
             raise StorageError(f"the log at {self.path} is closed")
-        self.validate(record)
         active = self.segments[-1]
         now = self.clock()
         if active.size > 0 and (
@@ -483,6 +487,7 @@ class Log:
             )
         ):
             active = self._roll()
+        validated = self.validate(record)
         patched = patch_record(record, active.next_offset, now)
         position = active.size
         try:
@@ -495,8 +500,7 @@ class Log:
                     "retention, then retry (earlier data is intact)"
                 ) from exc
             raise StorageError(f"write to {active.path} failed: {exc}") from exc
-        header = decode_header(patched, check_crc=False)
-        assert isinstance(header, RecordHeader)
+        header = attrs.evolve(validated, base_offset=active.next_offset, append_time=now)
         active.note(header, position, self.config.index_interval)
         self._dirty[active.base] = active
         return header
@@ -536,6 +540,8 @@ class Log:
             self.fs.fsync(handle)
         if work.directory:
             self.fs.fsync_dir(self.path)
+        # Not fsynced: after a power loss it may lag, which only widens the tail.
+        self._put_checkpoint(work.target_offset, work.segment_base, work.position, False)
 
     def complete_sync(self, work: SyncWork) -> None:
         """Record that ``work`` is durable (on the event loop thread)."""
@@ -550,7 +556,6 @@ class Log:
         if work.target_offset > self.synced_offset:
             self.synced_offset = work.target_offset
             self._synced_position = work.position
-        self._write_checkpoint(clean=False)
 
     def sync(self) -> None:
         """Make everything appended so far durable (synchronously)."""

@@ -8,9 +8,10 @@ as data.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
@@ -33,11 +34,28 @@ __all__ = [
     "ChildSpec",
     "SupervisorSpec",
     "unwrap_group",
+    "unwrapping_groups",
 ]
 
 DEFAULT_MAILBOX_SIZE: Final = 64
 """Default mailbox capacity: small enough that a slow actor pushes back on its
 senders quickly, large enough that bursts of ``tell`` do not block at once."""
+
+
+@contextlib.contextmanager
+def unwrapping_groups() -> Iterator[None]:
+    """Re-raise a lone exception out of (nested) single-member exception groups.
+
+    Headwater's one rule for errors leaving nurseries: users see the error,
+    not a group of one. Groups of several stay groups.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        lone = unwrap_group(group)
+        if lone is group:
+            raise
+        raise lone from lone.__cause__
 
 
 def unwrap_group(exc: BaseException) -> BaseException:
