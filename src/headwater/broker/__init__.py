@@ -1,7 +1,10 @@
-"""headwater.broker: topics, partitions and consumer groups (sans-IO cores)."""
+"""headwater.broker: the embedded broker, its actors and its sans-IO cores."""
 
 from __future__ import annotations
 
+from ._broker import DEFAULT_DATA_DIR as DEFAULT_DATA_DIR
+from ._broker import Broker as Broker
+from ._broker import open_broker as open_broker
 from ._config import DURABILITIES as DURABILITIES
 from ._config import MAX_PARTITIONS as MAX_PARTITIONS
 from ._config import MAX_TOPIC_NAME_LENGTH as MAX_TOPIC_NAME_LENGTH
@@ -20,8 +23,13 @@ from ._idempotence import Duplicate as Duplicate
 from ._idempotence import ProducerEntry as ProducerEntry
 from ._idempotence import ProducerStates as ProducerStates
 from ._idempotence import RecordInfo as RecordInfo
+from ._service import BrokerService as BrokerService
 
 __all__ = [
+    "Broker",
+    "BrokerService",
+    "DEFAULT_DATA_DIR",
+    "open_broker",
     "Append",
     "BatchMetadata",
     "DURABILITIES",

@@ -317,6 +317,17 @@ class GroupCoordinator:
             coordinator._deadlines[m.member_id] = now + m.session_timeout
         return coordinator
 
+    @classmethod
+    def from_state(
+        cls, state: GroupState, now: float, assignor: Assignor = "sticky"
+    ) -> GroupCoordinator:
+        """A coordinator for an already folded ``state`` (as replayed from a
+        journal); every member gets a fresh session deadline from ``now``."""
+        coordinator = cls(state, assignor)
+        for m in state.members.values():
+            coordinator._deadlines[m.member_id] = now + m.session_timeout
+        return coordinator
+
     # ------------------------------------------------------------ plumbing
 
     def _emit(self, event: GroupEvent) -> None:

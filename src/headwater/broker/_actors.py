@@ -1,0 +1,453 @@
+"""The broker's domain actors: partitions, the topic registry, group coordinators.
+
+Theory of operation
+-------------------
+Each actor is a thin loop around a core that has no Trio in it:
+
+* :class:`PartitionActor` owns one :class:`~headwater.journal.AsyncLog` and the
+  partition's :class:`~headwater.broker.ProducerStates`. An :class:`AppendBatch`
+  is validated (header, checksum, size: never the events), checked for
+  idempotence, and *written* at once; the reply carries the offsets and the
+  log's failure generation, and the caller waits for durability in its own
+  task. So the actor never blocks on fsync and concurrent producers share
+  fsyncs. Disk errors are returned as values, not raised: a full disk must
+  not crash (and restart) the partition.
+* :class:`TopicRegistry` is a persistent actor whose state (topics, configs,
+  the producer-id counter) is a journal of events; it starts and stops the
+  per-topic supervisors.
+* :class:`GroupActor` feeds a :class:`~headwater.broker.GroupCoordinator` and
+  persists every event it emits before replying; a timer expires sessions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from headwater._errors import HeadwaterError, TopicExistsError, UnknownTopicError
+from headwater._logging import get_logger
+from headwater._protocol import (
+    CommitOffsets,
+    CreateTopic,
+    FetchCommitted,
+    Heartbeat,
+    JoinGroup,
+    LeaveGroup,
+    PartitionInfo,
+)
+from headwater.actors._actor import Actor
+from headwater.actors._persistent import PersistentActor
+from headwater.broker._config import TopicConfig
+from headwater.broker._group import GroupCoordinator, GroupState
+from headwater.broker._group import apply as group_apply
+from headwater.broker._idempotence import Duplicate, ProducerStates, RecordInfo
+from headwater.journal._async import AsyncLog, open_log
+from headwater.journal._files import FileSystem
+from headwater.journal._log import LogConfig
+from headwater.journal._state import StateJournal, open_state_journal
+from headwater.supervision._specs import ChildSpec, SupervisorSpec
+
+__all__ = [
+    "AppendBatch",
+    "Appended",
+    "BrokerSettings",
+    "GetLog",
+    "GroupActor",
+    "PartitionActor",
+    "TopicRegistry",
+]
+
+_log = get_logger("headwater.broker")
+
+
+@attrs.frozen
+class BrokerSettings:
+    """What every broker actor needs to know: where the data lives and how."""
+
+    data_dir: str
+    fs: FileSystem
+    clock: Callable[[], int]
+    default_durability: str = "always"
+    segment_bytes: int = 64 * 1024 * 1024
+    max_batch_bytes: int = 16 * 1024 * 1024
+    interval_ms: int = 200
+
+    def partition_dir(self, topic: str, partition: int) -> str:
+        return os.path.join(self.data_dir, "topics", topic, str(partition))
+
+    def topic_dir(self, topic: str) -> str:
+        return os.path.join(self.data_dir, "topics", topic)
+
+
+# ---------------------------------------------------------------- partitions
+
+
+@attrs.frozen
+class AppendBatch:
+    """Append one record (a producer's batch) to the partition."""
+
+    record: bytes
+
+
+@attrs.frozen
+class Appended:
+    """Where a batch went; wait with ``log.wait_durable(end_offset, generation)``."""
+
+    base_offset: int
+    end_offset: int
+    append_time: int
+    duplicate: bool
+    generation: int
+    log: AsyncLog
+
+
+@attrs.frozen
+class GetLog:
+    """Ask a partition for its open log (readers use it directly)."""
+
+
+@attrs.frozen
+class DescribePartition:
+    """Ask a partition for its offsets and size."""
+
+
+@attrs.frozen
+class RunRetention:
+    """Delete whole segments past the topic's retention."""
+
+
+class PartitionActor(Actor):
+    """One partition: its log and its producers' idempotence state."""
+
+    def __init__(self, settings: BrokerSettings, config: TopicConfig, partition: int) -> None:
+        self.settings = settings
+        self.config = config
+        self.partition = partition
+        self.states = ProducerStates(config.name, partition)
+        self.log: AsyncLog | None = None
+        self._generation = -1
+
+    async def started(self) -> None:
+        """Open (recover) the log and rebuild idempotence state from its headers."""
+        cfg = LogConfig(
+            durability=self.config.durability,
+            interval_ms=self.settings.interval_ms,
+            segment_bytes=self.settings.segment_bytes,
+            retention_ms=self.config.retention_ms or None,
+            retention_bytes=self.config.retention_bytes or None,
+            max_record_bytes=self.settings.max_batch_bytes,
+        )
+        path = self.settings.partition_dir(self.config.name, self.partition)
+
+        async def hold(task_status: trio.TaskStatus[AsyncLog]) -> None:
+            async with open_log(
+                path, config=cfg, fs=self.settings.fs, clock=self.settings.clock
+            ) as log:
+                task_status.started(log)
+                await trio.sleep_forever()
+
+        self.log = await self.context.nursery.start(hold)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        assert self.log is not None
+        self.states.rebuild(
+            RecordInfo(h.producer_id, h.producer_epoch, h.base_sequence, h.count, h.base_offset)
+            for h in self.log.log.headers()
+        )
+        self._generation = self.log.generation
+
+    async def handle(self, message: Any) -> Any:
+        """Append, describe, hand out the log, or apply retention."""
+        log = self.log
+        assert log is not None
+        if type(message) is AppendBatch:
+            if log.generation != self._generation:
+                self._rebuild()  # a failed fsync cut the log back
+            try:
+                header = log.log.validate(message.record)
+                decision = self.states.check(
+                    header.producer_id, header.producer_epoch, header.base_sequence, header.count
+                )
+                if isinstance(decision, Duplicate):
+                    return Appended(
+                        decision.base_offset,
+                        decision.base_offset + header.count,
+                        0,
+                        True,
+                        log.generation,
+                        log,
+                    )
+                generation = log.generation
+                stored = log.write(message.record)
+            except HeadwaterError as exc:
+                return exc  # the caller raises it; this partition carries on
+            self.states.record(
+                stored.producer_id,
+                stored.producer_epoch,
+                stored.base_sequence,
+                stored.count,
+                stored.base_offset,
+            )
+            return Appended(
+                stored.base_offset, stored.next_offset, stored.append_time, False, generation, log
+            )
+        if isinstance(message, GetLog):
+            return log
+        if isinstance(message, DescribePartition):
+            return PartitionInfo(
+                self.partition, log.earliest_offset, log.visible_end, log.log.size_bytes
+            )
+        if isinstance(message, RunRetention):
+            return log.log.apply_retention()
+        return await super().handle(message)
+
+
+# ------------------------------------------------------------------ registry
+
+
+def _registry_apply(state: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+    topics = dict(state.get("topics", {}))
+    kind = event["type"]
+    if kind == "created":
+        topics[event["config"]["name"]] = event["config"]
+    elif kind == "deleted":
+        topics.pop(event["name"], None)
+    next_pid = state.get("next_producer_id", 1)
+    if kind == "producer_id":
+        next_pid = event["next"]
+    return {"topics": topics, "next_producer_id": next_pid}
+
+
+def topic_supervisor(settings: BrokerSettings, config: TopicConfig) -> SupervisorSpec:
+    """The supervisor of one topic: one partition actor per partition."""
+    return SupervisorSpec(
+        config.name,
+        [
+            ChildSpec(
+                str(p),
+                lambda p=p: PartitionActor(settings, config, p),
+                shutdown=30.0,
+            )
+            for p in range(config.partitions)
+        ],
+        strategy="one_for_one",
+        max_restarts=10,
+        within=10.0,
+        backoff=0.05,
+        backoff_max=2.0,
+    )
+
+
+@attrs.frozen
+class ListTopicConfigs:
+    """Ask the registry for every topic's config."""
+
+
+@attrs.frozen
+class DeleteTopicRequest:
+    """Ask the registry to delete a topic (stop its actors, remove its data)."""
+
+    name: str
+
+
+@attrs.frozen
+class NewProducerId:
+    """Ask the registry for a new producer id."""
+
+
+class TopicRegistry(PersistentActor):
+    """The persistent list of topics; starts and stops their supervisors."""
+
+    snapshot_every = 1000
+
+    def __init__(self, settings: BrokerSettings) -> None:
+        super().__init__(os.path.join(settings.data_dir, "meta", "topics"), fs=settings.fs)
+        self.settings = settings
+
+    def initial_state(self) -> dict[str, Any]:
+        return {"topics": {}, "next_producer_id": 1}
+
+    def apply(self, state: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+        return _registry_apply(state, event)
+
+    def configs(self) -> dict[str, TopicConfig]:
+        return {n: TopicConfig.from_dict(c) for n, c in self.state["topics"].items()}
+
+    async def started(self) -> None:
+        """Replay, then make sure every known topic has its supervisor running."""
+        await super().started()
+        system = self.context.system
+        for config in self.configs().values():
+            try:
+                system.lookup(f"/broker/topics/{config.name}")
+            except HeadwaterError:
+                await system.start_child(
+                    topic_supervisor(self.settings, config), parent="/broker/topics"
+                )
+
+    async def handle(self, message: Any) -> Any:
+        """Create and delete topics, list them, hand out producer ids."""
+        if isinstance(message, CreateTopic):
+            config = TopicConfig.from_request(
+                message,
+                default_durability=self.settings.default_durability,  # type: ignore[arg-type]
+            )
+            if config.name in self.state["topics"]:
+                raise TopicExistsError(
+                    f"topic {config.name!r} already exists; delete it first or pick another name"
+                )
+            await self.persist({"type": "created", "config": config.to_dict()})
+            await self.context.system.start_child(
+                topic_supervisor(self.settings, config), parent="/broker/topics"
+            )
+            _log.info("topic_created", topic=config.name, partitions=config.partitions)
+            return config
+        if isinstance(message, ListTopicConfigs):
+            return self.configs()
+        if isinstance(message, DeleteTopicRequest):
+            if message.name not in self.state["topics"]:
+                raise UnknownTopicError(f"topic {message.name!r} does not exist")
+            await self.persist({"type": "deleted", "name": message.name})
+            try:
+                await self.context.system.stop_child(f"/broker/topics/{message.name}")
+            except HeadwaterError:
+                pass
+            fs = self.settings.fs
+            path = self.settings.topic_dir(message.name)
+            if fs.exists(path):
+                if fs.blocking:
+                    await trio.to_thread.run_sync(fs.rmtree, path)
+                else:
+                    fs.rmtree(path)
+            _log.info("topic_deleted", topic=message.name)
+            return None
+        if isinstance(message, NewProducerId):
+            pid = self.state["next_producer_id"]
+            await self.persist({"type": "producer_id", "next": pid + 1})
+            return pid
+        return await super().handle(message)
+
+
+# -------------------------------------------------------------------- groups
+
+
+@attrs.frozen
+class GroupRequest:
+    """A group operation with what the coordinator needs from the broker."""
+
+    request: Any
+    partition_counts: dict[str, int]
+
+
+@attrs.frozen
+class GroupSnapshot:
+    """Ask a group actor for its coordinator's state."""
+
+
+@attrs.frozen
+class _Tick:
+    pass
+
+
+class GroupActor(Actor):
+    """One consumer group's coordinator, persisted as a journal of group events."""
+
+    def __init__(self, settings: BrokerSettings, group: str) -> None:
+        self.settings = settings
+        self.group = group
+        self.journal: StateJournal | None = None
+        self.coordinator: GroupCoordinator | None = None
+        self._timer_moved = trio.Event()
+
+    async def started(self) -> None:
+        """Replay the group's journal, then start the session timer."""
+        path = os.path.join(self.settings.data_dir, "meta", "groups", self.group)
+
+        async def hold(task_status: trio.TaskStatus[StateJournal]) -> None:
+            async with open_state_journal(
+                path,
+                apply=group_apply,
+                initial=GroupState(self.group),
+                fs=self.settings.fs,
+                snapshot_every=0,
+            ) as journal:
+                task_status.started(journal)
+                await trio.sleep_forever()
+
+        self.journal = await self.context.nursery.start(hold)
+        self.coordinator = GroupCoordinator.from_state(self.journal.state, trio.current_time())
+        self.context.nursery.start_soon(self._timer)
+
+    async def _timer(self) -> None:
+        me = self.context.ref
+        while True:
+            assert self.coordinator is not None
+            deadline = self.coordinator.next_deadline()
+            moved = self._timer_moved
+            with trio.move_on_at(
+                deadline if deadline is not None else trio.current_time() + 3600
+            ) as scope:
+                await moved.wait()
+            if moved is self._timer_moved:
+                self._timer_moved = trio.Event()
+            if scope.cancelled_caught:
+                await me.tell(_Tick())  # a session deadline passed
+
+    async def _persist(self) -> None:
+        assert self.coordinator is not None
+        assert self.journal is not None
+        events = self.coordinator.take_events()
+        if events:
+            await self.journal.persist_many(events)
+        self._timer_moved.set()
+
+    async def handle(self, message: Any) -> Any:
+        """Join, heartbeat, leave, commit, read commits, expire sessions."""
+        c = self.coordinator
+        assert c is not None
+        now = trio.current_time()
+        if isinstance(message, _Tick):
+            expired = c.tick(now)
+            if expired:
+                _log.info("group_members_expired", group=self.group, members=expired)
+            await self._persist()
+            return None
+        if isinstance(message, GroupSnapshot):
+            return c
+        if not isinstance(message, GroupRequest):
+            return await super().handle(message)
+        request = message.request
+        try:
+            if isinstance(request, JoinGroup):
+                result: Any = c.join(
+                    request.topics,
+                    message.partition_counts,
+                    now,
+                    member_id=request.member_id,
+                    client_id=request.client_id,
+                    session_timeout=request.session_timeout,
+                )
+            elif isinstance(request, Heartbeat):
+                # A topic that grew or was deleted (count 0) starts a new generation.
+                counts = {t: message.partition_counts.get(t, 0) for t in c.state.topic_partitions}
+                c.update_topics(counts)
+                result = c.heartbeat(request.member_id, request.generation, now)
+            elif isinstance(request, LeaveGroup):
+                c.leave(request.member_id)
+                result = None
+            elif isinstance(request, CommitOffsets):
+                c.commit(request.member_id, request.generation, request.offsets)
+                result = None
+            elif isinstance(request, FetchCommitted):
+                result = c.committed(request.partitions)
+            else:
+                return await super().handle(request)
+        finally:
+            # Whatever the command emitted is made durable before we answer.
+            await self._persist()
+        return result

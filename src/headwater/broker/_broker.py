@@ -1,0 +1,147 @@
+"""The embedded broker: ``open_broker(data_dir)`` and :class:`Broker`.
+
+The whole broker is one supervision tree::
+
+    /broker                      rest_for_one
+      /broker/topics             one supervisor per topic ...
+        /broker/topics/<t>         ... one PartitionActor per partition
+      /broker/groups             one GroupActor per consumer group (meta/groups/<g>)
+      /broker/registry           TopicRegistry (persistent: meta/topics)
+      /broker/maintenance        retention, every ``retention_check_interval`` s
+
+Clients reach it through :meth:`Broker.connect`, an embedded channel to the
+same request handler the TCP server uses.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from headwater._errors import ConfigError
+from headwater._logging import get_logger
+from headwater.actors._system import ActorSystem, open_actor_system
+from headwater.broker._actors import BrokerSettings, TopicRegistry
+from headwater.broker._service import BrokerService
+from headwater.journal._files import FileSystem, RealFileSystem
+from headwater.supervision._specs import ActorSnapshot, ChildSpec, SupervisorSpec
+
+__all__ = ["DEFAULT_DATA_DIR", "Broker", "open_broker"]
+
+DEFAULT_DATA_DIR = "./headwater-data"
+_log = get_logger("headwater.broker")
+
+
+class Broker:
+    """A running embedded broker (made by :func:`open_broker`)."""
+
+    def __init__(self, system: ActorSystem, service: BrokerService) -> None:
+        self.system = system
+        self.service = service
+
+    @property
+    def data_dir(self) -> str:
+        """Where this broker keeps its data."""
+        return self.service.settings.data_dir
+
+    def tree(self) -> ActorSnapshot:
+        """The live supervision tree."""
+        return self.system.tree()
+
+    async def kill(self, path: str, reason: str = "killed on request") -> None:
+        """Crash the actor at ``path`` on purpose; its supervisor restarts it."""
+        await self.system.kill(path, reason)
+
+    async def handle(self, request: Any) -> Any:
+        """Answer one protocol request (what embedded clients call)."""
+        return await self.service.handle(request)
+
+    @asynccontextmanager
+    async def connect(self, **client_options: Any) -> AsyncIterator[Any]:
+        """An embedded client of this broker (same API as a remote one)."""
+        from headwater.client._channel import LocalChannel
+        from headwater.client._client import Client
+
+        client = Client(LocalChannel(self.service.handle), **client_options)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+
+
+@asynccontextmanager
+async def open_broker(
+    data_dir: str = DEFAULT_DATA_DIR,
+    *,
+    durability: str = "always",
+    interval_ms: int = 200,
+    segment_bytes: int = 64 * 1024 * 1024,
+    max_batch_bytes: int = 16 * 1024 * 1024,
+    retention_check_interval: float = 60.0,
+    fs: FileSystem | None = None,
+    clock: Callable[[], int] | None = None,
+) -> AsyncIterator[Broker]:
+    """Open (recovering everything under ``data_dir``) an embedded broker.
+
+    ``durability`` is the default for new topics (``always``, ``interval``,
+    ``never``); ``clock`` returns milliseconds for append times and retention
+    (wall-clock time by default); ``fs`` replaces the file layer (tests).
+    Leaving the block stops every actor in order and closes every journal
+    cleanly.
+    """
+    if durability not in ("always", "interval", "never"):
+        raise ConfigError(f"durability={durability!r}; use always, interval or never")
+    if not isinstance(data_dir, str | os.PathLike):
+        raise ConfigError(f"data_dir={data_dir!r} is not a path")
+    fs = fs if fs is not None else RealFileSystem()
+    path = str(data_dir)
+    if isinstance(fs, RealFileSystem):
+        path = str(await trio.Path(path).absolute())
+    settings = BrokerSettings(
+        data_dir=path,
+        fs=fs,
+        clock=clock if clock is not None else (lambda: int(time.time() * 1000)),
+        default_durability=durability,
+        segment_bytes=segment_bytes,
+        max_batch_bytes=max_batch_bytes,
+        interval_ms=interval_ms,
+    )
+    holder: dict[str, BrokerService] = {}
+
+    async def maintenance() -> None:
+        while True:
+            await trio.sleep(retention_check_interval)
+            service = holder.get("service")
+            if service is not None:
+                await service.retention()
+
+    tree = SupervisorSpec(
+        "broker",
+        [
+            # The registry starts topic supervisors under /broker/topics, so it
+            # comes after it; rest_for_one restarts it whenever topics restarts.
+            SupervisorSpec("topics", max_restarts=10, within=10.0, shutdown=60.0),
+            SupervisorSpec("groups", max_restarts=10, within=10.0, shutdown=30.0),
+            ChildSpec("registry", lambda: TopicRegistry(settings), shutdown=30.0),
+            ChildSpec("maintenance", maintenance, shutdown=1.0),
+        ],
+        strategy="rest_for_one",
+        max_restarts=5,
+        within=10.0,
+        backoff=0.1,
+    )
+    if fs.blocking:
+        await trio.to_thread.run_sync(fs.makedirs, path)
+    else:
+        fs.makedirs(path)
+    async with open_actor_system("headwater", children=(tree,)) as system:
+        service = BrokerService(system, settings)
+        holder["service"] = service
+        await service.start()
+        _log.info("broker_started", data_dir=path, topics=len(service._topics))
+        yield Broker(system, service)

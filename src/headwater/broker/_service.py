@@ -1,0 +1,316 @@
+"""The broker's request handler: one entry point for embedded and TCP clients.
+
+Theory of operation
+-------------------
+:meth:`BrokerService.handle` takes one request message from
+:mod:`headwater._protocol` and returns its response, raising a
+:class:`~headwater.HeadwaterError` for anything refused. It runs in the
+caller's task (embedded) or in a connection's task (TCP), never inside an
+actor, so waiting for an fsync or a long poll blocks only that caller.
+
+* Admin requests go to the topic registry; group requests to the group's
+  actor (started on first use under ``/broker/groups``).
+* ``Produce`` asks the partition actor to append (a fast, non-blocking
+  write), then waits here for durability.
+* ``Fetch`` reads the partition's log directly (reads never queue behind
+  appends) and long-polls on the log's new-data signal.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import trio
+
+from headwater._errors import (
+    ClosedError,
+    HeadwaterError,
+    InvalidArgument,
+    OffsetOutOfRangeError,
+    StorageError,
+    UnknownGroupError,
+    UnknownPartitionError,
+    UnknownTopicError,
+)
+from headwater._protocol import (
+    CommitOffsets,
+    CommittedOffsets,
+    CreateTopic,
+    DeleteTopic,
+    DescribeGroup,
+    DescribeTopic,
+    Done,
+    Fetch,
+    FetchCommitted,
+    FetchResult,
+    GetTree,
+    Heartbeat,
+    InitProducer,
+    JoinGroup,
+    LeaveGroup,
+    ListGroups,
+    ListOffset,
+    ListTopics,
+    OffsetResult,
+    PartitionInfo,
+    Produce,
+    ProduceResult,
+    ProducerIdentity,
+    TopicDescription,
+    TopicInfo,
+)
+from headwater.actors._system import ActorSystem
+from headwater.broker._actors import (
+    AppendBatch,
+    Appended,
+    BrokerSettings,
+    DeleteTopicRequest,
+    DescribePartition,
+    GetLog,
+    GroupActor,
+    GroupRequest,
+    GroupSnapshot,
+    ListTopicConfigs,
+    NewProducerId,
+    RunRetention,
+)
+from headwater.broker._config import TopicConfig, validate_topic_name
+from headwater.broker._group import GroupCoordinator
+from headwater.journal._async import AsyncLog
+from headwater.supervision._specs import ChildSpec
+
+__all__ = ["BrokerService", "MAX_FETCH_WAIT"]
+
+MAX_FETCH_WAIT = 30.0
+"""The longest a fetch may long-poll, in seconds."""
+
+_GROUP_NAME_LIMIT = 249
+
+
+class BrokerService:
+    """Answers client requests for one broker (see the module docstring)."""
+
+    def __init__(self, system: ActorSystem, settings: BrokerSettings) -> None:
+        self.system = system
+        self.settings = settings
+        self._topics: dict[str, TopicConfig] = {}
+        self._logs: dict[tuple[str, int], AsyncLog] = {}
+        self._groups_lock = trio.Lock()
+
+    async def start(self) -> None:
+        """Load the topic list and start the actors of groups found on disk."""
+        registry = self.system.lookup("/broker/registry")
+        self._topics = await registry.ask(ListTopicConfigs())
+        fs = self.settings.fs
+        groups_dir = f"{self.settings.data_dir}/meta/groups"
+        if fs.exists(groups_dir):
+            for name in sorted(fs.listdir(groups_dir)):
+                await self._group(name, create=True)
+
+    # ----------------------------------------------------------- helpers
+
+    def _config(self, topic: object) -> TopicConfig:
+        name = validate_topic_name(topic)
+        try:
+            return self._topics[name]
+        except KeyError:
+            raise UnknownTopicError(
+                f"topic {name!r} does not exist; create it first (existing: "
+                f"{', '.join(sorted(self._topics)) or 'none'})"
+            ) from None
+
+    def _partition_path(self, topic: object, partition: object) -> tuple[TopicConfig, str]:
+        config = self._config(topic)
+        if isinstance(partition, bool) or not isinstance(partition, int):
+            raise InvalidArgument(f"partition {partition!r} is not an int")
+        if not 0 <= partition < config.partitions:
+            raise UnknownPartitionError(
+                f"topic {config.name!r} has partitions 0..{config.partitions - 1}, not {partition}"
+            )
+        return config, f"/broker/topics/{config.name}/{partition}"
+
+    async def _log(self, topic: str, partition: int) -> AsyncLog:
+        _config, path = self._partition_path(topic, partition)
+        log = self._logs.get((topic, partition))
+        if log is None or log._closed:
+            log = await self.system.lookup(path).ask(GetLog())
+            self._logs[(topic, partition)] = log
+        return log
+
+    async def _group(self, group: object, *, create: bool) -> Any:
+        if not isinstance(group, str) or not group or len(group) > _GROUP_NAME_LIMIT:
+            raise InvalidArgument(f"group name {group!r} is invalid; give 1..249 characters")
+        validate_topic_name(group)  # same character rules: it becomes a directory name
+        path = f"/broker/groups/{group}"
+        try:
+            return self.system.lookup(path)
+        except HeadwaterError:
+            if not create:
+                raise UnknownGroupError(f"consumer group {group!r} does not exist") from None
+        async with self._groups_lock:
+            try:
+                return self.system.lookup(path)
+            except HeadwaterError:
+                settings = self.settings
+                spec = ChildSpec(group, lambda: GroupActor(settings, group), shutdown=10.0)
+                return await self.system.start_child(spec, parent="/broker/groups")
+
+    def _counts(self) -> dict[str, int]:
+        return {name: c.partitions for name, c in self._topics.items()}
+
+    # ----------------------------------------------------------- dispatch
+
+    async def handle(self, request: Any) -> Any:
+        """Answer one request (see :mod:`headwater._protocol`)."""
+        handler = self._handlers.get(type(request))
+        if handler is None:
+            raise InvalidArgument(f"unknown request {type(request).__name__}")
+        return await handler(self, request)
+
+    async def _produce(self, r: Produce) -> ProduceResult:
+        _config, path = self._partition_path(r.topic, r.partition)
+        if not isinstance(r.record, bytes | bytearray | memoryview):
+            raise InvalidArgument(f"a produce record must be bytes, not {type(r.record).__name__}")
+        reply = await self.system.lookup(path).ask(AppendBatch(bytes(r.record)))
+        if isinstance(reply, HeadwaterError):
+            raise reply
+        assert isinstance(reply, Appended)
+        try:
+            await reply.log.wait_durable(reply.end_offset, reply.generation)
+        except ClosedError:
+            raise StorageError(
+                f"partition {r.topic}/{r.partition} restarted before the batch was synced; "
+                "retry it (idempotent producers store it once)"
+            ) from None
+        return ProduceResult(
+            r.topic, r.partition, reply.base_offset, reply.append_time, reply.duplicate
+        )
+
+    async def _fetch(self, r: Fetch) -> FetchResult:
+        if not isinstance(r.max_bytes, int) or r.max_bytes < 1:
+            raise InvalidArgument(f"max_bytes={r.max_bytes!r}; give a positive int")
+        if not isinstance(r.max_wait, int | float) or not 0 <= r.max_wait <= MAX_FETCH_WAIT:
+            raise InvalidArgument(f"max_wait={r.max_wait!r}; give 0..{MAX_FETCH_WAIT} seconds")
+        if isinstance(r.offset, bool) or not isinstance(r.offset, int):
+            raise InvalidArgument(f"offset {r.offset!r} is not an int")
+        log = await self._log(r.topic, r.partition)
+        if not log.earliest_offset <= r.offset <= log.visible_end:
+            raise OffsetOutOfRangeError(
+                f"offset {r.offset} of {r.topic}/{r.partition} is outside "
+                f"[{log.earliest_offset}, {log.visible_end}]; seek to earliest or latest"
+            )
+        data = await log.read(r.offset, r.max_bytes)
+        if not data and r.max_wait > 0:
+            with trio.move_on_after(r.max_wait):
+                await log.wait_for_data(r.offset)
+            data = await log.read(r.offset, r.max_bytes)
+        return FetchResult(r.topic, r.partition, data, log.visible_end, log.earliest_offset)
+
+    async def _list_offset(self, r: ListOffset) -> OffsetResult:
+        log = await self._log(r.topic, r.partition)
+        if r.position == "earliest":
+            offset = log.earliest_offset
+        elif r.position == "latest":
+            offset = log.visible_end
+        elif isinstance(r.position, int) and not isinstance(r.position, bool):
+            found = log.log.offset_for_time(r.position)
+            offset = log.visible_end if found is None else min(found, log.visible_end)
+        else:
+            raise InvalidArgument(
+                f"position {r.position!r}; use 'earliest', 'latest' or a timestamp in ms"
+            )
+        return OffsetResult(r.topic, r.partition, offset)
+
+    async def _create_topic(self, r: CreateTopic) -> TopicInfo:
+        config = await self.system.lookup("/broker/registry").ask(r, timeout=30)
+        self._topics[config.name] = config
+        return config.to_info()  # type: ignore[no-any-return]
+
+    async def _delete_topic(self, r: DeleteTopic) -> Done:
+        config = self._config(r.name)
+        await self.system.lookup("/broker/registry").ask(
+            DeleteTopicRequest(config.name), timeout=60
+        )
+        self._topics.pop(config.name, None)
+        for key in [k for k in self._logs if k[0] == config.name]:
+            del self._logs[key]
+        return Done()
+
+    async def _list_topics(self, r: Any) -> tuple[TopicInfo, ...]:
+        return tuple(c.to_info() for _, c in sorted(self._topics.items()))
+
+    async def _describe_topic(self, r: DescribeTopic) -> TopicDescription:
+        config = self._config(r.name)
+        infos: list[PartitionInfo] = []
+        for p in range(config.partitions):
+            ref = self.system.lookup(f"/broker/topics/{config.name}/{p}")
+            infos.append(await ref.ask(DescribePartition()))
+        return TopicDescription(config.to_info(), tuple(infos))
+
+    async def _init_producer(self, r: InitProducer) -> ProducerIdentity:
+        pid = await self.system.lookup("/broker/registry").ask(NewProducerId())
+        return ProducerIdentity(pid, 0)
+
+    async def _group_request(self, r: Any) -> Any:
+        if isinstance(r, JoinGroup):
+            if not isinstance(r.topics, tuple | list) or not r.topics:
+                raise InvalidArgument(f"topics={r.topics!r}; give one or more topic names")
+            for topic in r.topics:
+                self._config(topic)
+        ref = await self._group(r.group, create=isinstance(r, JoinGroup | CommitOffsets))
+        result = await ref.ask(GroupRequest(r, self._counts()))
+        if isinstance(r, FetchCommitted):
+            return CommittedOffsets(r.group, result)
+        return Done() if result is None else result
+
+    async def _list_groups(self, r: ListGroups) -> tuple[str, ...]:
+        groups = self.system.tree().walk()
+        prefix = "/broker/groups/"
+        return tuple(sorted(n.path[len(prefix) :] for n in groups if n.path.startswith(prefix)))
+
+    async def _describe_group(self, r: DescribeGroup) -> Any:
+        ref = await self._group(r.group, create=False)
+        coordinator: GroupCoordinator = await ref.ask(GroupSnapshot())
+        ends: dict[tuple[str, int], int] = {}
+        for topic in set(coordinator.state.topic_partitions) | {
+            t for t, _ in coordinator.state.committed
+        }:
+            if topic not in self._topics:
+                continue
+            for p in range(self._topics[topic].partitions):
+                ends[(topic, p)] = (await self._log(topic, p)).visible_end
+        return coordinator.describe(ends)
+
+    async def _tree(self, r: GetTree) -> dict[str, Any]:
+        return self.system.tree().as_dict()
+
+    async def retention(self) -> int:
+        """Apply retention to every partition now; returns segments deleted."""
+        removed = 0
+        for name, config in list(self._topics.items()):
+            for p in range(config.partitions):
+                try:
+                    ref = self.system.lookup(f"/broker/topics/{name}/{p}")
+                    removed += len(await ref.ask(RunRetention()))
+                except HeadwaterError:
+                    continue
+        return removed
+
+    _handlers: ClassVar[dict[type, Any]] = {
+        Produce: _produce,
+        Fetch: _fetch,
+        ListOffset: _list_offset,
+        CreateTopic: _create_topic,
+        DeleteTopic: _delete_topic,
+        ListTopics: _list_topics,
+        DescribeTopic: _describe_topic,
+        InitProducer: _init_producer,
+        JoinGroup: _group_request,
+        Heartbeat: _group_request,
+        LeaveGroup: _group_request,
+        CommitOffsets: _group_request,
+        FetchCommitted: _group_request,
+        ListGroups: _list_groups,
+        DescribeGroup: _describe_group,
+        GetTree: _tree,
+    }

@@ -1,0 +1,190 @@
+"""The embedded broker through its request handler (the same one TCP uses):
+topics, produce, fetch, idempotence, groups, restarts and reopen."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from headwater import (
+    InvalidArgument,
+    InvalidTopicName,
+    OffsetOutOfRangeError,
+    StaleGenerationError,
+    TopicExistsError,
+    UnknownPartitionError,
+    UnknownTopicError,
+)
+from headwater._protocol import (
+    CommitOffsets,
+    CreateTopic,
+    DeleteTopic,
+    DescribeGroup,
+    DescribeTopic,
+    Fetch,
+    FetchCommitted,
+    Heartbeat,
+    InitProducer,
+    JoinGroup,
+    LeaveGroup,
+    ListOffset,
+    ListTopics,
+    PartitionOffset,
+    Produce,
+)
+from headwater.broker import open_broker
+from headwater.journal import HEADER_SIZE, SimulatedFileSystem, encode_record, iter_records
+
+DATA = "/data"
+
+
+def batch(tag: bytes, count: int = 1, ts: int = 0, pid: int = -1, seq: int = -1) -> bytes:
+    return encode_record(
+        tag,
+        count=count,
+        first_timestamp=ts,
+        max_timestamp=ts,
+        producer_id=pid,
+        producer_epoch=0 if pid >= 0 else -1,
+        base_sequence=seq,
+    )
+
+
+def payloads(records: bytes) -> list[tuple[int, bytes]]:
+    return [(h.base_offset, bytes(r[HEADER_SIZE:])) for h, r in iter_records(records)]
+
+
+async def test_topics_produce_fetch_and_reopen(autojump_clock: trio.abc.Clock) -> None:
+    """Create, produce, fetch in order; everything survives closing and reopening."""
+    fs = SimulatedFileSystem()
+    async with open_broker(DATA, fs=fs) as broker:
+        info = await broker.handle(CreateTopic("orders", partitions=2))
+        assert (2, "always") == (info.partitions, info.durability)
+        with pytest.raises(TopicExistsError):
+            await broker.handle(CreateTopic("orders"))
+        with pytest.raises(InvalidTopicName):
+            await broker.handle(CreateTopic("bad/name"))
+        offsets = []
+        for i in range(5):
+            r = await broker.handle(Produce("orders", 1, batch(b"e%d" % i, count=2)))
+            offsets.append(r.base_offset)
+        assert [0, 2, 4, 6, 8] == offsets
+        got = await broker.handle(Fetch("orders", 1, 3, max_wait=0))
+        assert [2, 4, 6, 8] == [o for o, _ in payloads(got.records)]
+        assert 10 == got.high_watermark
+        assert ["/broker/topics/orders/0", "/broker/topics/orders/1"] == [
+            n.path for n in broker.tree().walk() if n.path.startswith("/broker/topics/orders/")
+        ]
+    async with open_broker(DATA, fs=fs) as broker:
+        assert ["orders"] == [t.name for t in await broker.handle(ListTopics())]
+        got = await broker.handle(Fetch("orders", 1, 0, max_wait=0))
+        assert [b"e0", b"e1", b"e2", b"e3", b"e4"] == [p for _, p in payloads(got.records)]
+        desc = await broker.handle(DescribeTopic("orders"))
+        assert [0, 10] == [p.next_offset for p in desc.partitions]
+
+
+async def test_bad_requests_are_typed_errors(autojump_clock: trio.abc.Clock) -> None:
+    """Unknown topics and partitions, bad offsets and garbage batches are refused
+    with specific errors, and nothing is written."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        await broker.handle(CreateTopic("t", partitions=1))
+        with pytest.raises(UnknownTopicError, match="'nope'"):
+            await broker.handle(Produce("nope", 0, batch(b"x")))
+        with pytest.raises(UnknownPartitionError, match="0..0"):
+            await broker.handle(Produce("t", 3, batch(b"x")))
+        with pytest.raises(InvalidArgument, match="invalid batch"):
+            await broker.handle(Produce("t", 0, b"garbage" * 20))
+        with pytest.raises(OffsetOutOfRangeError):
+            await broker.handle(Fetch("t", 0, 5, max_wait=0))
+        assert 0 == (await broker.handle(DescribeTopic("t"))).partitions[0].next_offset
+
+
+async def test_long_poll_fetch_wakes_on_produce(autojump_clock: trio.abc.Clock) -> None:
+    """A fetch at the end waits (up to max_wait) and returns as soon as data lands."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        await broker.handle(CreateTopic("t"))
+        results = []
+
+        async def consume() -> None:
+            results.append(await broker.handle(Fetch("t", 0, 0, max_wait=10)))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            await trio.sleep(2)
+            await broker.handle(Produce("t", 0, batch(b"late")))
+        assert [(0, b"late")] == payloads(results[0].records)
+        assert 2.0 == trio.current_time()
+        empty = await broker.handle(Fetch("t", 0, 1, max_wait=1.5))
+        assert b"" == empty.records
+        assert 3.5 == trio.current_time()
+
+
+async def test_idempotent_retry_across_partition_kill(autojump_clock: trio.abc.Clock) -> None:
+    """A retried batch (same producer id, epoch, sequence) is stored once, even
+    when the partition actor was killed in between."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        await broker.handle(CreateTopic("t"))
+        pid = (await broker.handle(InitProducer())).producer_id
+        first = await broker.handle(Produce("t", 0, batch(b"a", 2, pid=pid, seq=0)))
+        await broker.kill("/broker/topics/t/0")
+        again = await broker.handle(Produce("t", 0, batch(b"a", 2, pid=pid, seq=0)))
+        assert (0, False) == (first.base_offset, first.duplicate)
+        assert (0, True) == (again.base_offset, again.duplicate)
+        nxt = await broker.handle(Produce("t", 0, batch(b"b", 1, pid=pid, seq=2)))
+        assert 2 == nxt.base_offset
+        got = await broker.handle(Fetch("t", 0, 0, max_wait=0))
+        assert [(0, b"a"), (2, b"b")] == payloads(got.records)
+
+
+async def test_groups_join_rebalance_commit_and_fence(autojump_clock: trio.abc.Clock) -> None:
+    """Two members split partitions; a stale generation cannot commit; commits
+    survive a group actor kill and a broker reopen; a silent member expires."""
+    fs = SimulatedFileSystem()
+    async with open_broker(DATA, fs=fs) as broker:
+        await broker.handle(CreateTopic("t", partitions=4))
+        a = await broker.handle(JoinGroup("g", ("t",), session_timeout=5))
+        b = await broker.handle(JoinGroup("g", ("t",), session_timeout=5))
+        a = await broker.handle(Heartbeat("g", a.member_id, a.generation))
+        owned = sorted(a.assignment + b.assignment, key=lambda tp: tp.partition)
+        assert [0, 1, 2, 3] == [tp.partition for tp in owned]
+        assert a.generation == b.generation
+        with pytest.raises(StaleGenerationError):
+            await broker.handle(
+                CommitOffsets("g", a.member_id, a.generation - 1, (PartitionOffset("t", 0, 5),))
+            )
+        await broker.handle(
+            CommitOffsets("g", a.member_id, a.generation, (PartitionOffset("t", 0, 5),))
+        )
+        await broker.kill("/broker/groups/g")
+        got = await broker.handle(FetchCommitted("g"))
+        assert [PartitionOffset("t", 0, 5)] == list(got.offsets)
+        # b stops heartbeating; a keeps going and inherits everything.
+        for _ in range(4):
+            await trio.sleep(2)
+            a = await broker.handle(Heartbeat("g", a.member_id, a.generation))
+        assert 4 == len(a.assignment)
+        desc = await broker.handle(DescribeGroup("g"))
+        assert [a.member_id] == [m.member_id for m in desc.members]
+        await broker.handle(LeaveGroup("g", a.member_id))
+    async with open_broker(DATA, fs=fs) as broker:
+        got = await broker.handle(FetchCommitted("g"))
+        assert [PartitionOffset("t", 0, 5)] == list(got.offsets)
+
+
+async def test_list_offsets_and_delete(autojump_clock: trio.abc.Clock) -> None:
+    """earliest/latest/timestamp lookups; deleting a topic removes its actors and data."""
+    fs = SimulatedFileSystem()
+    async with open_broker(DATA, fs=fs) as broker:
+        await broker.handle(CreateTopic("t"))
+        for i in range(5):
+            await broker.handle(Produce("t", 0, batch(b"x", ts=100 * i)))
+        assert 0 == (await broker.handle(ListOffset("t", 0, "earliest"))).offset
+        assert 5 == (await broker.handle(ListOffset("t", 0, "latest"))).offset
+        assert 3 == (await broker.handle(ListOffset("t", 0, 250))).offset
+        await broker.handle(DeleteTopic("t"))
+        with pytest.raises(UnknownTopicError):
+            await broker.handle(Fetch("t", 0, 0))
+        assert not fs.exists(f"{DATA}/topics/t")
+        await trio.testing.wait_all_tasks_blocked()
+        assert [] == [n for n in broker.tree().walk() if n.path.startswith("/broker/topics/t")]
