@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+from ._channel import Channel as Channel
+from ._channel import LocalChannel as LocalChannel
+from ._client import Client as Client
+from ._consumer import Consumer as Consumer
+from ._consumer import ConsumerConfig as ConsumerConfig
+from ._consumer import Timestamp as Timestamp
+from ._producer import Producer as Producer
+from ._producer import ProducerConfig as ProducerConfig
+from ._producer import SendHandle as SendHandle
 from ._accumulator import Accumulator as Accumulator
 from ._accumulator import AccumulatorConfig as AccumulatorConfig
 from ._accumulator import BatchSlot as BatchSlot
@@ -29,13 +38,22 @@ __all__ = [
     "BatchSlot",
     "BytesSerializer",
     "CborSerializer",
+    "Channel",
+    "Client",
+    "Consumer",
+    "ConsumerConfig",
     "Event",
     "JsonSerializer",
+    "LocalChannel",
     "Partitioner",
     "PendingEvent",
+    "Producer",
+    "ProducerConfig",
     "ReadyBatch",
+    "SendHandle",
     "Serializer",
     "StrSerializer",
+    "Timestamp",
     "decode_events",
     "deserialize_value",
     "encode_events",
