@@ -57,7 +57,9 @@ class FakeBroker:
 
     # ------------------------------------------------------------ hooks
 
-    def fail_produces(self, n: int, error: Callable[[], HeadwaterError], *, after_store: bool = False) -> None:
+    def fail_produces(
+        self, n: int, error: Callable[[], HeadwaterError], *, after_store: bool = False
+    ) -> None:
         """Fail the next ``n`` produce requests with ``error()``; with
         ``after_store`` the batch is stored first (a lost response)."""
         self.produce_faults.extend((error(), after_store) for _ in range(n))
@@ -117,7 +119,11 @@ class FakeBroker:
         if r.name in self.topics:
             raise TopicExistsError(f"topic {r.name!r} exists")
         info = p.TopicInfo(
-            r.name, r.partitions, r.retention_ms, r.retention_bytes, r.compacted,
+            r.name,
+            r.partitions,
+            r.retention_ms,
+            r.retention_bytes,
+            r.compacted,
             r.durability or "always",
         )
         parts = [FakePartition(r.name, i) for i in range(r.partitions)]
@@ -204,8 +210,11 @@ class FakeBroker:
                 if header.max_timestamp < int(r.position):
                     continue
                 events = decode_events(
-                    record[HEADER_SIZE:], topic=r.topic, partition=r.partition,
-                    base_offset=header.base_offset, base_timestamp=header.first_timestamp,
+                    record[HEADER_SIZE:],
+                    topic=r.topic,
+                    partition=r.partition,
+                    base_offset=header.base_offset,
+                    base_timestamp=header.first_timestamp,
                 )
                 offset = next(e.offset for e in events if e.timestamp >= int(r.position))
                 break
@@ -223,8 +232,12 @@ class FakeBroker:
         group = self.groups.setdefault(r.group, GroupCoordinator.new(r.group))
         counts = {t: self._topic(t)[0].partitions for t in r.topics}
         return group.join(
-            r.topics, counts, trio.current_time(), member_id=r.member_id,
-            client_id=r.client_id, session_timeout=r.session_timeout,
+            r.topics,
+            counts,
+            trio.current_time(),
+            member_id=r.member_id,
+            client_id=r.client_id,
+            session_timeout=r.session_timeout,
         )
 
     def _Heartbeat(self, r: p.Heartbeat) -> p.Membership:
@@ -248,9 +261,7 @@ class FakeBroker:
         return tuple(sorted(self.groups))
 
     def _DescribeGroup(self, r: p.DescribeGroup) -> p.GroupDescription:
-        ends = {
-            (t, x.index): x.next_offset for t, (_, parts) in self.topics.items() for x in parts
-        }
+        ends = {(t, x.index): x.next_offset for t, (_, parts) in self.topics.items() for x in parts}
         return self._group(r.group).describe(ends)
 
     def _GetTree(self, r: p.GetTree) -> dict[str, Any]:

@@ -49,7 +49,9 @@ async def take(consumer: Consumer, n: int) -> list[Event]:
     return out
 
 
-async def test_from_earliest_reads_everything_in_order(client: Client, autojump_clock: object) -> None:
+async def test_from_earliest_reads_everything_in_order(
+    client: Client, autojump_clock: object
+) -> None:
     """start='earliest' reads every event; per partition in offset order."""
     async with client.consumer(["t3"]) as consumer:
         events = await take(consumer, 30)
@@ -80,7 +82,7 @@ async def test_from_timestamp(client: Client, autojump_clock: object) -> None:
     """A Timestamp or aware datetime starts at the first event at or after it."""
     async with client.consumer("t1", start=Timestamp(1012)) as consumer:
         assert 12 == (await take(consumer, 1))[0].offset
-    when = dt.datetime.fromtimestamp(1.020, tz=dt.timezone.utc)
+    when = dt.datetime.fromtimestamp(1.020, tz=dt.UTC)
     async with client.consumer("t1", start=when) as consumer:
         assert 20 == (await take(consumer, 1))[0].offset
 
@@ -105,7 +107,8 @@ async def test_assign_narrows_partitions(client: Client, autojump_clock: object)
         consumer.assign([("t3", 1)])
         events = await consumer.getmany(100, timeout=1)
         events += await consumer.getmany(100, timeout=1)
-    assert events and {1} == {e.partition for e in events}
+    assert events
+    assert {1} == {e.partition for e in events}
     assert [e.offset for e in events] == list(range(len(events)))
 
 
@@ -144,7 +147,8 @@ async def test_two_members_split_and_rebalance_on_leave(
             owned_a, owned_b = set(a.assignment()), set(b.assignment())
             assert not owned_a & owned_b
             assert {("t3", 0), ("t3", 1), ("t3", 2)} == owned_a | owned_b
-            assert owned_a and owned_b
+            assert owned_a
+            assert owned_b
             got_b = await b.getmany(100, timeout=1)
             got_b += await b.getmany(100, timeout=1)
             await b.commit()
@@ -157,9 +161,7 @@ async def test_two_members_split_and_rebalance_on_leave(
     assert list(range(30)) == values
 
 
-async def test_stale_generation_commit_is_rejected(
-    client: Client, autojump_clock: object
-) -> None:
+async def test_stale_generation_commit_is_rejected(client: Client, autojump_clock: object) -> None:
     """A member that has not seen the new generation cannot commit."""
     async with client.consumer("t3", group="g", session_timeout=60.0) as a:
         await take(a, 1)

@@ -39,13 +39,20 @@ async def client(broker: FakeBroker) -> AsyncIterator[Client]:
         yield c
 
 
-async def test_send_returns_stored_events_with_offsets(client: Client, autojump_clock: object) -> None:
+async def test_send_returns_stored_events_with_offsets(
+    client: Client, autojump_clock: object
+) -> None:
     """send returns the stored event; offsets count up from 0 per partition."""
     async with client.producer(clock=lambda: 1234) as producer:
         first = await producer.send("t1", {"id": 1}, key="k")
         second = await producer.send("t1", b"raw", headers={"h": b"v"})
     assert ("t1", 0, 0, 1234, "k", {"id": 1}) == (
-        first.topic, first.partition, first.offset, first.timestamp, first.key, first.value
+        first.topic,
+        first.partition,
+        first.offset,
+        first.timestamp,
+        first.key,
+        first.value,
     )
     assert (1, (("h", b"v"),)) == (second.offset, second.headers)
 
@@ -65,7 +72,9 @@ async def test_linger_batches_concurrent_sends(
     assert 0.5 == pytest.approx(waited)
 
 
-async def test_batches_close_by_size(client: Client, broker: FakeBroker, autojump_clock: object) -> None:
+async def test_batches_close_by_size(
+    client: Client, broker: FakeBroker, autojump_clock: object
+) -> None:
     """max_batch_events and max_batch_bytes split batches (one request each)."""
     async with client.producer(linger=10, max_batch_events=10) as producer:
         await producer.send_many("t1", range(35))
@@ -127,7 +136,10 @@ async def test_handles_fail_after_delivery_timeout(
         assert 1.0 < trio.current_time() - start <= 3.0
         broker.produce_faults.clear()
         stored = await producer.send("t1", "kept")
-    assert (0, ["kept"]) == (stored.offset, [v and v.decode()[1:] for v in broker.stored_values("t1", 0)])
+    assert (0, ["kept"]) == (
+        stored.offset,
+        [v and v.decode()[1:] for v in broker.stored_values("t1", 0)],
+    )
 
 
 async def test_non_retriable_error_fails_at_once(

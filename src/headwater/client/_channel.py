@@ -67,9 +67,7 @@ class LocalChannel(Channel):
             except Exception as exc:
                 # Same as over TCP: a non-Headwater error arrives as ActorFailed.
                 raise as_failure(exc) from exc
-        raise HeadwaterTimeoutError(
-            f"{type(request).__name__} got no response within {seconds}s"
-        )
+        raise HeadwaterTimeoutError(f"{type(request).__name__} got no response within {seconds}s")
 
     async def aclose(self) -> None:
         """See :meth:`Channel.aclose`."""

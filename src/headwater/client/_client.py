@@ -101,9 +101,10 @@ class Client:
             raise InvalidArgument(f"compacted must be a bool, not {compacted!r}")
         if durability is not None and durability not in DURABILITIES:
             raise ConfigError(f"durability must be one of {DURABILITIES}, not {durability!r}")
-        return await self._ask(
+        info: p.TopicInfo = await self._ask(
             p.CreateTopic(name, partitions, retention_ms, retention_bytes, compacted, durability)
         )
+        return info
 
     async def delete_topic(self, name: str) -> None:
         """Delete a topic and all its events."""
@@ -117,7 +118,8 @@ class Client:
     async def describe_topic(self, name: str) -> p.TopicDescription:
         """A topic's settings and each partition's offsets and size on disk."""
         validate_topic_name(name)
-        return await self._ask(p.DescribeTopic(name))
+        description: p.TopicDescription = await self._ask(p.DescribeTopic(name))
+        return description
 
     async def list_groups(self) -> list[str]:
         """Every consumer group's name."""
@@ -125,7 +127,8 @@ class Client:
 
     async def describe_group(self, group: str) -> p.GroupDescription:
         """A group's members, assignment, committed offsets and lag."""
-        return await self._ask(p.DescribeGroup(_check_group(group)))
+        description: p.GroupDescription = await self._ask(p.DescribeGroup(_check_group(group)))
+        return description
 
     async def tree(self) -> Any:
         """The broker's live supervision tree."""

@@ -98,7 +98,11 @@ def _check_start(start: object) -> str | int:
 
 def _positive(name: str) -> Any:
     def check(_inst: object, _attr: Any, value: object) -> None:
-        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < math.inf:
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not 0 < value < math.inf
+        ):
             raise ConfigError(f"{name} must be a positive number, not {value!r}")
 
     return check
@@ -118,7 +122,9 @@ class ConsumerConfig:
     prefetch: int = attrs.field(default=16, validator=_positive("prefetch"))
     session_timeout: float = attrs.field(default=10.0, validator=_positive("session_timeout"))
     auto_commit: bool = False
-    auto_commit_interval: float = attrs.field(default=5.0, validator=_positive("auto_commit_interval"))
+    auto_commit_interval: float = attrs.field(
+        default=5.0, validator=_positive("auto_commit_interval")
+    )
     request_timeout: float = attrs.field(default=30.0, validator=_positive("request_timeout"))
     deserializer: Any = None
     client_id: str = ""
@@ -173,7 +179,7 @@ class Consumer:
         self._nursery = await self._manager.__aenter__()
         try:
             if self.group is None:
-                tps = []
+                tps: list[TP] = []
                 for topic in self.topics:
                     d = await self._ask(p.DescribeTopic(topic))
                     tps.extend((topic, i) for i in range(d.topic.partitions))
@@ -268,7 +274,8 @@ class Consumer:
         tp = (topic, partition)
         if tp not in self._owned:
             raise UnknownPartitionError(
-                f"{topic}/{partition} is not assigned to this consumer; it reads {self.assignment()}"
+                f"{topic}/{partition} is not assigned to this consumer; "
+                f"it reads {self.assignment()}"
             )
         if type(offset) is not int or offset < 0:
             raise OffsetOutOfRangeError(f"seek offset {offset!r} must be an int >= 0")
@@ -327,9 +334,7 @@ class Consumer:
 
     def _deserialize(self, events: list[Event]) -> list[Event]:
         des = self._deserializer.deserialize
-        return [
-            e if e.value is None else attrs.evolve(e, value=des(e.value)) for e in events
-        ]
+        return [e if e.value is None else attrs.evolve(e, value=des(e.value)) for e in events]
 
     async def _refill(self, timeout: float = math.inf) -> bool:
         """Receive chunks until one is current; return False on timeout."""
@@ -395,7 +400,11 @@ class Consumer:
     def _apply(self, membership: p.Membership) -> None:
         old = self._membership
         self._membership = membership
-        if old is None or old.generation != membership.generation or old.member_id != membership.member_id:
+        if (
+            old is None
+            or old.generation != membership.generation
+            or old.member_id != membership.member_id
+        ):
             log.info(
                 "consumer_rebalanced",
                 group=self.group,

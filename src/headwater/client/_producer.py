@@ -58,7 +58,9 @@ def _wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _seconds(name: str, low: float = 0.0) -> Callable[[object, attrs.Attribute[float], float], None]:
+def _seconds(
+    name: str, low: float = 0.0
+) -> Callable[[object, attrs.Attribute[float], float], None]:
     def check(_inst: object, _attr: attrs.Attribute[float], value: float) -> None:
         if (
             not isinstance(value, int | float)
@@ -183,9 +185,7 @@ def _check_headers(headers: object) -> Headers:
         if isinstance(value, str):
             value = value.encode("utf-8")
         if not isinstance(name, str) or not isinstance(value, bytes):
-            raise InvalidArgument(
-                f"a header must be a (str, bytes or str) pair, not {item!r:.80}"
-            )
+            raise InvalidArgument(f"a header must be a (str, bytes or str) pair, not {item!r:.80}")
         out.append((name, value))
     return tuple(out)
 
@@ -466,7 +466,9 @@ class Producer:
                 response: p.ProduceResult = await self._channel.request(request, timeout=timeout)
             except HeadwaterError as exc:
                 attempt += 1
-                delay = min(self.config.retry_backoff * 2 ** (attempt - 1), self.config.retry_backoff_max)
+                delay = min(
+                    self.config.retry_backoff * 2 ** (attempt - 1), self.config.retry_backoff_max
+                )
                 if not exc.retriable or trio.current_time() + delay >= deadline:
                     log.warning(
                         "produce_failed",
