@@ -187,3 +187,12 @@ async def test_missed_heartbeats_rebalance(
         assert ghost.member_id not in [
             m.member_id for m in (await client.describe_group("g")).members
         ]
+
+
+async def test_seek_past_the_end_resets_to_start_rule(
+    client: Client, autojump_clock: object
+) -> None:
+    """A fetch position the partition does not have resets by the start rule."""
+    async with client.consumer("t1", start="earliest") as consumer:
+        consumer.seek("t1", 0, 500)
+        assert [0, 1] == [e.offset for e in await take(consumer, 2)]

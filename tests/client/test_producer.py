@@ -195,3 +195,33 @@ async def test_bad_admin_and_config_input(client: Client, broker: FakeBroker) ->
     with pytest.raises(HeadwaterError):
         client.consumer(["t1"], start=-4)
     assert before == broker.requests
+
+
+async def test_order_kept_across_retries_with_many_batches(
+    client: Client, broker: FakeBroker, autojump_clock: object
+) -> None:
+    """Failures in the middle of a stream of batches keep per-partition order
+    and store every event once (the lost-response retries are duplicates)."""
+    async with client.producer(max_batch_events=3, linger=0) as producer:
+        await producer.partitions_of("t1")
+        handles = []
+        for i in range(30):
+            if i % 7 == 0:
+                broker.fail_produces(1, lambda: StorageError("lost"), after_store=(i % 2 == 0))
+            handles.append(producer.send_nowait("t1", i))
+            await trio.sleep(0.001)
+        events = [await h for h in handles]
+    assert list(range(30)) == [e.offset for e in events]
+    assert [bytes([0x18, i]) if i >= 24 else bytes([i]) for i in range(30)] == (
+        broker.stored_values("t1", 0)
+    )
+
+
+async def test_send_nowait_needs_a_known_topic(client: Client, autojump_clock: object) -> None:
+    """send_nowait raises UnknownTopicError until the topic's partitions are known."""
+    async with client.producer() as producer:
+        with pytest.raises(UnknownTopicError, match="t3"):
+            producer.send_nowait("t3", 1)
+        assert 3 == await producer.partitions_of("t3")
+        handle = producer.send_nowait("t3", 1, partition=2)
+        assert (2, 0) == ((await handle).partition, handle.result().offset)

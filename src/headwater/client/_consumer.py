@@ -309,10 +309,32 @@ class Consumer:
             topic, partition = tp
             cfg = self.config
             while True:
-                result: p.FetchResult = await self._channel.request(
-                    p.Fetch(topic, partition, offset, cfg.max_bytes, cfg.max_wait),
-                    timeout=cfg.request_timeout + cfg.max_wait,
-                )
+                try:
+                    result: p.FetchResult = await self._channel.request(
+                        p.Fetch(topic, partition, offset, cfg.max_bytes, cfg.max_wait),
+                        timeout=cfg.request_timeout + cfg.max_wait,
+                    )
+                except OffsetOutOfRangeError as exc:
+                    # Retention removed it, or a seek went past the end: reset.
+                    where = self._start if isinstance(self._start, str) else "earliest"
+                    reset = await self._ask(p.ListOffset(topic, partition, where))
+                    log.warning(
+                        "consumer_offset_reset",
+                        topic=topic,
+                        partition=partition,
+                        offset=offset,
+                        reset_to=reset.offset,
+                        error=str(exc),
+                    )
+                    offset = int(reset.offset)
+                    self._positions[tp] = offset
+                    continue
+                except HeadwaterError as exc:
+                    if not exc.retriable:
+                        raise
+                    log.info("fetch_retry", topic=topic, partition=partition, error=repr(exc))
+                    await trio.sleep(0.1)
+                    continue
                 if not result.records:
                     continue
                 events: list[Event] = []
@@ -334,7 +356,12 @@ class Consumer:
 
     def _deserialize(self, events: list[Event]) -> list[Event]:
         des = self._deserializer.deserialize
-        return [e if e.value is None else attrs.evolve(e, value=des(e.value)) for e in events]
+        return [
+            e
+            if e.value is None
+            else Event(e.topic, e.partition, e.offset, e.timestamp, e.key, des(e.value), e.headers)
+            for e in events
+        ]
 
     async def _refill(self, timeout: float = math.inf) -> bool:
         """Receive chunks until one is current; return False on timeout."""
