@@ -123,8 +123,8 @@ class SendHandle:
         return self._result.done.is_set()
 
     def result(self) -> Event:
-        """The stored event, once :meth:`done` (raises its error, or
-        :class:`~headwater.UsageError`-like InvalidArgument when not done)."""
+        """The stored event, once :meth:`done`. Raises the batch's error if it
+        failed, :class:`~headwater.InvalidArgument` if it is not done yet."""
         r = self._result
         if not r.done.is_set():
             raise InvalidArgument("this event is not stored yet: await handle.wait() first")
