@@ -316,6 +316,22 @@ class Producer:
         partition: int | None,
         timestamp: int | dt.datetime | None,
     ) -> SendHandle:
+        result, index, chosen, ts, hdrs = self._enqueue(
+            topic, count, value, key, headers, partition, timestamp
+        )
+        return SendHandle(result, index, topic, chosen, ts, key, value, hdrs)
+
+    def _enqueue(
+        self,
+        topic: str,
+        count: int,
+        value: Any,
+        key: Key | None,
+        headers: Any,
+        partition: int | None,
+        timestamp: int | dt.datetime | None,
+    ) -> tuple[_BatchResult, int, int, int, Headers]:
+        """The per-event hot path: serialize, partition, append."""
         ts = self.config.clock() if timestamp is None else _timestamp_ms(timestamp)
         hdrs = _check_headers(headers) if headers else ()
         raw = None if value is None else self._serializer.serialize(value)
@@ -330,7 +346,7 @@ class Producer:
             self._wake()
         elif self._closed_batch:
             self._wake()
-        return SendHandle(result, slot.index, topic, chosen, ts, key, value, hdrs)
+        return result, slot.index, chosen, ts, hdrs
 
     def _batch_closed(self, topic: str, partition: int) -> None:
         self._partitioner.batch_closed(topic, partition)
@@ -364,15 +380,16 @@ class Producer:
         of the call is sent only for the item that fails: items before it are
         queued and sent."""
         count = await self.partitions_of(topic)
-        handles: list[SendHandle] = []
-        append = self._append
+        queued: list[tuple[tuple[_BatchResult, int, int, int, Headers], Any, Any]] = []
+        enqueue = self._enqueue
         for item in events:
             if isinstance(item, tuple):
                 if len(item) != 2:
                     raise InvalidArgument(
                         f"send_many takes values, (value, key) pairs or dicts, not {item!r:.80}"
                     )
-                handles.append(append(topic, count, item[0], item[1], None, None, None))
+                value, key = item
+                queued.append((enqueue(topic, count, value, key, None, None, None), value, key))
             elif isinstance(item, dict):
                 unknown = set(item) - {"value", "key", "headers", "partition", "timestamp"}
                 if unknown or "value" not in item:
@@ -380,28 +397,36 @@ class Producer:
                         f"a send_many dict needs 'value' and may have key, headers, partition, "
                         f"timestamp; got keys {sorted(item)}"
                     )
-                handles.append(
-                    append(
-                        topic,
-                        count,
-                        item["value"],
-                        item.get("key"),
-                        item.get("headers"),
-                        item.get("partition"),
-                        item.get("timestamp"),
+                value, key = item["value"], item.get("key")
+                queued.append(
+                    (
+                        enqueue(
+                            topic,
+                            count,
+                            value,
+                            key,
+                            item.get("headers"),
+                            item.get("partition"),
+                            item.get("timestamp"),
+                        ),
+                        value,
+                        key,
                     )
                 )
             else:
-                handles.append(append(topic, count, item, None, None, None, None))
+                queued.append((enqueue(topic, count, item, None, None, None, None), item, None))
         self._force = True
         self._wakeup.set()
-        seen: set[int] = set()
-        for h in handles:
-            r = h._result
-            if id(r) not in seen:
-                seen.add(id(r))
-                await r.done.wait()
-        return [h.result() for h in handles]
+        results = {id(q[0][0]): q[0][0] for q in queued}
+        for r in results.values():
+            await r.done.wait()
+        for r in results.values():
+            if r.error is not None:
+                raise r.error
+        return [
+            Event(topic, chosen, r.base_offset + index, ts, key, value, hdrs)
+            for (r, index, chosen, ts, hdrs), value, key in queued
+        ]
 
     async def flush(self) -> None:
         """Send every queued event now (no linger) and wait until all are
