@@ -196,3 +196,20 @@ async def test_seek_past_the_end_resets_to_start_rule(
     async with client.consumer("t1", start="earliest") as consumer:
         consumer.seek("t1", 0, 500)
         assert [0, 1] == [e.offset for e in await take(consumer, 2)]
+
+
+async def test_forgotten_member_joins_again(
+    client: Client, broker: FakeBroker, autojump_clock: object
+) -> None:
+    """A member the group dropped (as after a missed session) rejoins on its
+    next heartbeat and gets partitions again."""
+    async with client.consumer("t3", group="g", session_timeout=3.0) as consumer:
+        first = consumer.membership
+        assert first is not None
+        broker.groups["g"].leave(first.member_id)
+        await trio.sleep(1.1)
+        again = consumer.membership
+        assert again is not None
+        assert first.member_id != again.member_id
+        assert 3 == len(consumer.assignment())
+        assert 30 == len(await take(consumer, 30))
