@@ -6,14 +6,23 @@ from ._accumulator import Accumulator as Accumulator
 from ._accumulator import AccumulatorConfig as AccumulatorConfig
 from ._accumulator import BatchSlot as BatchSlot
 from ._accumulator import ReadyBatch as ReadyBatch
+from ._channel import Channel as Channel
+from ._channel import LocalChannel as LocalChannel
+from ._client import Client as Client
 from ._codec import PendingEvent as PendingEvent
 from ._codec import decode_events as decode_events
 from ._codec import encode_events as encode_events
+from ._consumer import Consumer as Consumer
+from ._consumer import ConsumerConfig as ConsumerConfig
+from ._consumer import Timestamp as Timestamp
 from ._event import Event as Event
 from ._partitioner import Partitioner as Partitioner
 from ._partitioner import key_bytes as key_bytes
 from ._partitioner import murmur2 as murmur2
 from ._partitioner import partition_for_key as partition_for_key
+from ._producer import Producer as Producer
+from ._producer import ProducerConfig as ProducerConfig
+from ._producer import SendHandle as SendHandle
 from ._serializers import BytesSerializer as BytesSerializer
 from ._serializers import CborSerializer as CborSerializer
 from ._serializers import JsonSerializer as JsonSerializer
@@ -29,13 +38,22 @@ __all__ = [
     "BatchSlot",
     "BytesSerializer",
     "CborSerializer",
+    "Channel",
+    "Client",
+    "Consumer",
+    "ConsumerConfig",
     "Event",
     "JsonSerializer",
+    "LocalChannel",
     "Partitioner",
     "PendingEvent",
+    "Producer",
+    "ProducerConfig",
     "ReadyBatch",
+    "SendHandle",
     "Serializer",
     "StrSerializer",
+    "Timestamp",
     "decode_events",
     "deserialize_value",
     "encode_events",

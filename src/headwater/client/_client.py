@@ -1,0 +1,177 @@
+"""The :class:`Client`: admin calls, producers and consumers over one Channel.
+
+The same code runs embedded (:class:`~headwater.client.LocalChannel`) and over
+TCP: everything here is request messages from :mod:`headwater._protocol`.
+Arguments are checked here, before anything is sent, so bad input raises a
+typed :class:`~headwater.HeadwaterError` naming the value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+
+from headwater import _protocol as p
+from headwater._errors import ConfigError, InvalidArgument
+from headwater.broker._config import DURABILITIES, MAX_PARTITIONS, validate_topic_name
+
+from ._channel import Channel
+from ._consumer import Consumer, ConsumerConfig, Start
+from ._producer import Producer, ProducerConfig
+
+__all__ = ["Client"]
+
+
+def _check_group(group: object) -> str:
+    if not isinstance(group, str) or not group or len(group) > 249:
+        raise InvalidArgument(f"group must be a non-empty str (up to 249 chars), not {group!r}")
+    return group
+
+
+def _optional_limit(name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or value < 0:
+        raise ConfigError(f"{name} must be an int >= 0 or None, not {value!r}")
+    return value
+
+
+class Client:
+    """A connection to one broker: admin calls, :meth:`producer` and
+    :meth:`consumer`. Use as ``async with broker.connect() as client``."""
+
+    def __init__(self, channel: Channel, *, request_timeout: float = 30.0) -> None:
+        if not isinstance(channel, Channel):
+            raise InvalidArgument(f"channel must be a Channel, not {type(channel).__qualname__}")
+        self._channel = channel
+        self._timeout = request_timeout
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the channel; producers and consumers still open fail with
+        :class:`~headwater.ClosedError`."""
+        await self._channel.aclose()
+
+    async def _ask(self, request: Any) -> Any:
+        return await self._channel.request(request, timeout=self._timeout)
+
+    # ------------------------------------------------------------ admin
+
+    async def create_topic(
+        self,
+        name: str,
+        partitions: int = 1,
+        *,
+        retention_ms: int | None = None,
+        retention_bytes: int | None = None,
+        retention: dt.timedelta | None = None,
+        compacted: bool = False,
+        durability: str | None = None,
+    ) -> p.TopicInfo:
+        """Create a topic; return its settings. ``retention`` (a timedelta)
+        is a friendlier ``retention_ms``; ``None`` limits take the broker's
+        defaults. ``durability`` is ``"always"``, ``"interval"`` or ``"never"``."""
+        validate_topic_name(name)
+        if type(partitions) is not int or not 1 <= partitions <= MAX_PARTITIONS:
+            raise InvalidArgument(
+                f"partitions must be an int in 1..{MAX_PARTITIONS}, not {partitions!r}"
+            )
+        if retention is not None:
+            if not isinstance(retention, dt.timedelta) or retention_ms is not None:
+                raise InvalidArgument(
+                    f"retention must be a timedelta (and not given with retention_ms), "
+                    f"not {retention!r}"
+                )
+            retention_ms = int(retention.total_seconds() * 1000)
+        _optional_limit("retention_ms", retention_ms)
+        _optional_limit("retention_bytes", retention_bytes)
+        if not isinstance(compacted, bool):
+            raise InvalidArgument(f"compacted must be a bool, not {compacted!r}")
+        if durability is not None and durability not in DURABILITIES:
+            raise ConfigError(f"durability must be one of {DURABILITIES}, not {durability!r}")
+        info: p.TopicInfo = await self._ask(
+            p.CreateTopic(name, partitions, retention_ms, retention_bytes, compacted, durability)
+        )
+        return info
+
+    async def delete_topic(self, name: str) -> None:
+        """Delete a topic and all its events."""
+        validate_topic_name(name)
+        await self._ask(p.DeleteTopic(name))
+
+    async def list_topics(self) -> list[p.TopicInfo]:
+        """Every topic's settings, by name."""
+        return sorted(await self._ask(p.ListTopics()), key=lambda t: t.name)
+
+    async def describe_topic(self, name: str) -> p.TopicDescription:
+        """A topic's settings and each partition's offsets and size on disk."""
+        validate_topic_name(name)
+        description: p.TopicDescription = await self._ask(p.DescribeTopic(name))
+        return description
+
+    async def list_groups(self) -> list[str]:
+        """Every consumer group's name."""
+        return list(await self._ask(p.ListGroups()))
+
+    async def describe_group(self, group: str) -> p.GroupDescription:
+        """A group's members, assignment, committed offsets and lag."""
+        description: p.GroupDescription = await self._ask(p.DescribeGroup(_check_group(group)))
+        return description
+
+    async def tree(self) -> Any:
+        """The broker's live supervision tree."""
+        return await self._ask(p.GetTree())
+
+    # ------------------------------------------------------------ clients
+
+    def producer(self, **config: Any) -> Producer:
+        """A :class:`~headwater.client.Producer` (enter it with ``async with``);
+        ``config`` are :class:`~headwater.client.ProducerConfig` fields."""
+        try:
+            settings = ProducerConfig(**config)
+        except TypeError as exc:
+            raise ConfigError(f"unknown producer setting: {exc}") from None
+        return Producer(self._channel, settings)
+
+    def consumer(
+        self,
+        topics: Iterable[str] | str,
+        *,
+        group: str | None = None,
+        start: Start = "earliest",
+        **config: Any,
+    ) -> Consumer:
+        """A :class:`~headwater.client.Consumer` of ``topics`` (enter it with
+        ``async with``). With ``group`` it joins that consumer group and
+        reads its assigned partitions; without, it reads every partition
+        (narrow with :meth:`Consumer.assign`). ``start`` (``"earliest"``,
+        ``"latest"``, an offset, an aware datetime or
+        :class:`~headwater.client.Timestamp`) applies where no offset is
+        committed. ``config`` are :class:`~headwater.client.ConsumerConfig`
+        fields."""
+        if isinstance(topics, str):
+            topics = [topics]
+        topic_list = tuple(topics)
+        if not topic_list:
+            raise InvalidArgument("consumer needs at least one topic")
+        for t in topic_list:
+            validate_topic_name(t)
+        if group is not None:
+            _check_group(group)
+        try:
+            settings = ConsumerConfig(**config)
+        except TypeError as exc:
+            raise ConfigError(f"unknown consumer setting: {exc}") from None
+        return Consumer(self._channel, topic_list, group, start, settings)

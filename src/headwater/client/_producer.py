@@ -1,0 +1,545 @@
+"""The idempotent producer: events in, acknowledged stored events out.
+
+Theory of operation
+-------------------
+``send_nowait`` serializes one event, picks its partition (the
+:class:`~headwater.client.Partitioner`) and appends it to the sans-IO
+:class:`~headwater.client.Accumulator`; it returns a :class:`SendHandle`. A
+*flusher* task sleeps until the accumulator's next deadline (linger, on
+Trio's clock), drains ready batches and queues each on its partition. One
+*sender* task per partition with queued batches sends them one at a time
+(so per-partition order is kept even across retries) as ``Produce`` requests
+carrying one journal record each.
+
+Idempotence: at start the producer asks for an id and epoch
+(``InitProducer``); every batch carries them and its base sequence. A batch
+that fails with a retriable error is resent unchanged (same sequence, so the
+broker stores it once) after an exponential backoff, until
+``delivery_timeout`` seconds after it was queued; then its handles fail with
+the last error. After a batch fails for good the producer takes a new
+identity and renumbers the batches still queued for that partition, so they
+are not refused as out of order.
+
+Per event the work is: serialize, choose a partition, append. Everything
+else (encode, header, request, result) is per batch: a batch shares one
+:class:`_BatchResult` that all its events' handles read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from headwater import _protocol as p
+from headwater._errors import ClosedError, ConfigError, HeadwaterError, InvalidArgument
+from headwater.journal._record import encode_record
+
+from ._accumulator import Accumulator, AccumulatorConfig, ReadyBatch
+from ._channel import Channel
+from ._event import Event, Headers, Key
+from ._partitioner import Partitioner
+from ._serializers import Serializer, get_serializer
+
+__all__ = ["Producer", "ProducerConfig", "SendHandle"]
+
+log = structlog.get_logger("headwater.client.producer")
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _seconds(
+    name: str, low: float = 0.0
+) -> Callable[[object, attrs.Attribute[float], float], None]:
+    def check(_inst: object, _attr: attrs.Attribute[float], value: float) -> None:
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not low <= value < math.inf
+        ):
+            raise ConfigError(f"{name} must be a number of seconds >= {low}, not {value!r}")
+
+    return check
+
+
+@attrs.frozen
+class ProducerConfig:
+    """Producer settings. ``linger`` (s), ``max_batch_events``,
+    ``max_batch_bytes`` and ``max_event_bytes`` shape batches;
+    ``delivery_timeout`` bounds retries of a batch (s after it is queued);
+    ``retry_backoff``/``retry_backoff_max`` (s) the delay between them;
+    ``request_timeout`` (s) one request. ``serializer`` turns values into
+    bytes (a name: ``"cbor"`` (default), ``"json"``, ``"str"``, ``"bytes"``,
+    or a :class:`~headwater.client.Serializer`). ``clock`` returns the event
+    timestamp in ms (default: wall time)."""
+
+    linger: float = 0.005
+    max_batch_events: int = 1000
+    max_batch_bytes: int = 1 << 20
+    max_event_bytes: int = 1 << 20
+    delivery_timeout: float = attrs.field(default=120.0, validator=_seconds("delivery_timeout"))
+    retry_backoff: float = attrs.field(default=0.05, validator=_seconds("retry_backoff"))
+    retry_backoff_max: float = attrs.field(default=2.0, validator=_seconds("retry_backoff_max"))
+    request_timeout: float = attrs.field(default=30.0, validator=_seconds("request_timeout", 0.001))
+    serializer: Any = None
+    clock: Callable[[], int] = _wall_clock_ms
+
+
+@attrs.define(eq=False)
+class _BatchResult:
+    """The outcome of one batch, shared by its events' handles."""
+
+    done: trio.Event = attrs.field(factory=trio.Event)
+    base_offset: int = -1
+    error: HeadwaterError | None = None
+
+
+@attrs.define(eq=False)
+class SendHandle:
+    """A queued event: ``await handle.wait()`` (or ``await handle``) returns the
+    stored :class:`~headwater.client.Event` or raises why it was not stored."""
+
+    _result: _BatchResult
+    _index: int
+    topic: str
+    partition: int
+    timestamp: int
+    key: Key | None
+    value: Any
+    headers: Headers
+
+    def done(self) -> bool:
+        """Whether the event's batch has been stored or has failed."""
+        return self._result.done.is_set()
+
+    def result(self) -> Event:
+        """The stored event, once :meth:`done`. Raises the batch's error if it
+        failed, :class:`~headwater.InvalidArgument` if it is not done yet."""
+        r = self._result
+        if not r.done.is_set():
+            raise InvalidArgument("this event is not stored yet: await handle.wait() first")
+        if r.error is not None:
+            raise r.error
+        return Event(
+            self.topic,
+            self.partition,
+            r.base_offset + self._index,
+            self.timestamp,
+            self.key,
+            self.value,
+            self.headers,
+        )
+
+    async def wait(self) -> Event:
+        """Wait until the event is stored; return it (or raise its error)."""
+        await self._result.done.wait()
+        return self.result()
+
+    def __await__(self) -> Any:
+        return self.wait().__await__()
+
+
+def _timestamp_ms(timestamp: object) -> int:
+    if isinstance(timestamp, dt.datetime):
+        if timestamp.tzinfo is None:
+            raise InvalidArgument(
+                f"timestamp {timestamp!r} has no timezone; pass an aware datetime "
+                "(e.g. tzinfo=datetime.timezone.utc) or ms since the epoch"
+            )
+        return int(timestamp.timestamp() * 1000)
+    if type(timestamp) is int and timestamp >= 0:
+        return timestamp
+    raise InvalidArgument(
+        f"timestamp={timestamp!r} is invalid; give ms since the epoch (an int >= 0) "
+        "or an aware datetime"
+    )
+
+
+def _check_headers(headers: object) -> Headers:
+    if headers is None:
+        return ()
+    items: Iterable[Any]
+    if isinstance(headers, Mapping):
+        items = headers.items()
+    elif isinstance(headers, list | tuple):
+        items = headers
+    else:
+        raise InvalidArgument(
+            f"headers must be a mapping or a list of (name, value) pairs, not {headers!r:.80}"
+        )
+    out = []
+    for item in items:
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise InvalidArgument(f"a header must be a (name, value) pair, not {item!r:.80}")
+        name, value = item
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        if not isinstance(name, str) or not isinstance(value, bytes):
+            raise InvalidArgument(f"a header must be a (str, bytes or str) pair, not {item!r:.80}")
+        out.append((name, value))
+    return tuple(out)
+
+
+class Producer:
+    """Sends events to a broker (see the module docs). Use it as an async
+    context manager (``async with client.producer() as producer``); leaving
+    the block flushes every queued event."""
+
+    def __init__(self, channel: Channel, config: ProducerConfig | None = None) -> None:
+        self._channel = channel
+        self.config = config = config or ProducerConfig()
+        if not callable(config.clock):
+            raise ConfigError(f"clock must be a callable returning ms, not {config.clock!r}")
+        self._serializer: Serializer = get_serializer(config.serializer)
+        self._partitioner = Partitioner()
+        self._accumulator = Accumulator(
+            AccumulatorConfig(
+                max_batch_events=config.max_batch_events,
+                max_batch_bytes=config.max_batch_bytes,
+                linger=config.linger,
+                max_event_bytes=config.max_event_bytes,
+            ),
+            on_batch_closed=self._batch_closed,
+        )
+        self._partitions: dict[str, int] = {}
+        self._results: dict[int, _BatchResult] = {}
+        self._queues: dict[tuple[str, int], deque[tuple[ReadyBatch, float]]] = {}
+        self._wakeup = trio.Event()
+        self._closed_batch = False
+        self._force = False
+        self._unfinished = 0
+        self._idle = trio.Event()
+        self._idle.set()
+        self._nursery: trio.Nursery | None = None
+        self._closed = False
+        self.identity: p.ProducerIdentity | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Producer:
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        try:
+            self.identity = await self._channel.request(
+                p.InitProducer(), timeout=self.config.request_timeout
+            )
+            self._accumulator.set_identity(self.identity.producer_id, self.identity.epoch)
+            self._nursery.start_soon(self._flusher)
+        except BaseException as exc:
+            self._nursery.cancel_scope.cancel()
+            await self._nursery_manager.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._nursery is not None
+        try:
+            if exc is None:
+                await self.flush()
+        finally:
+            self._closed = True
+            self._nursery.cancel_scope.cancel()
+            for result in self._results.values():
+                if not result.done.is_set():
+                    result.error = ClosedError("the producer closed before this event was stored")
+                    result.done.set()
+        return await self._nursery_manager.__aexit__(exc_type, exc, tb)
+
+    async def aclose(self) -> None:
+        """Flush and close (as leaving the ``async with`` block does)."""
+        if not self._closed:
+            await self.__aexit__(None, None, None)
+
+    # ------------------------------------------------------------ sending
+
+    async def partitions_of(self, topic: str) -> int:
+        """The partition count of ``topic`` (asked once, then cached)."""
+        count = self._partitions.get(topic)
+        if count is None:
+            description = await self._channel.request(
+                p.DescribeTopic(topic), timeout=self.config.request_timeout
+            )
+            count = self._partitions[topic] = description.topic.partitions
+        return count
+
+    def send_nowait(
+        self,
+        topic: str,
+        value: Any,
+        key: Key | None = None,
+        headers: Any = None,
+        partition: int | None = None,
+        timestamp: int | dt.datetime | None = None,
+    ) -> SendHandle:
+        """Queue one event and return its :class:`SendHandle` at once.
+
+        The topic's partition count must be known (:meth:`partitions_of`,
+        or any earlier :meth:`send` to it); otherwise
+        :class:`~headwater.UnknownTopicError` is raised. Bad input raises a
+        typed :class:`~headwater.HeadwaterError` and queues nothing."""
+        if self._closed or self._nursery is None:
+            raise ClosedError("this producer is closed (or not entered with `async with`)")
+        count = self._partitions.get(topic)
+        if count is None:
+            if not isinstance(topic, str):
+                raise InvalidArgument(f"topic must be a str, not {type(topic).__qualname__}")
+            from headwater._errors import UnknownTopicError
+
+            raise UnknownTopicError(
+                f"topic {topic!r} is not known to this producer yet; use `await send(...)`"
+                " or `await producer.partitions_of(topic)` first"
+            )
+        return self._append(topic, count, value, key, headers, partition, timestamp)
+
+    def _append(
+        self,
+        topic: str,
+        count: int,
+        value: Any,
+        key: Key | None,
+        headers: Any,
+        partition: int | None,
+        timestamp: int | dt.datetime | None,
+    ) -> SendHandle:
+        result, index, chosen, ts, hdrs = self._enqueue(
+            topic, count, value, key, headers, partition, timestamp
+        )
+        return SendHandle(result, index, topic, chosen, ts, key, value, hdrs)
+
+    def _enqueue(
+        self,
+        topic: str,
+        count: int,
+        value: Any,
+        key: Key | None,
+        headers: Any,
+        partition: int | None,
+        timestamp: int | dt.datetime | None,
+    ) -> tuple[_BatchResult, int, int, int, Headers]:
+        """The per-event hot path: serialize, partition, append."""
+        ts = self.config.clock() if timestamp is None else _timestamp_ms(timestamp)
+        hdrs = _check_headers(headers) if headers else ()
+        raw = None if value is None else self._serializer.serialize(value)
+        chosen = self._partitioner.choose(topic, key, count, partition)
+        slot = self._accumulator.append(topic, chosen, ts, key, raw, hdrs, trio.current_time())
+        result = self._results.get(slot.batch_id)
+        if result is None:
+            result = self._results[slot.batch_id] = _BatchResult()
+            if self._unfinished == 0:
+                self._idle = trio.Event()
+            self._unfinished += 1
+            self._wake()
+        elif self._closed_batch:
+            self._wake()
+        return result, slot.index, chosen, ts, hdrs
+
+    def _batch_closed(self, topic: str, partition: int) -> None:
+        self._partitioner.batch_closed(topic, partition)
+        self._closed_batch = True
+
+    def _wake(self) -> None:
+        self._closed_batch = False
+        self._wakeup.set()
+
+    async def send(
+        self,
+        topic: str,
+        value: Any,
+        key: Key | None = None,
+        headers: Any = None,
+        partition: int | None = None,
+        timestamp: int | dt.datetime | None = None,
+    ) -> Event:
+        """Send one event and wait until it is stored; return the stored
+        :class:`~headwater.client.Event` (its topic, partition, offset,
+        timestamp, key, value and headers)."""
+        await self.partitions_of(topic)
+        handle = self.send_nowait(topic, value, key, headers, partition, timestamp)
+        return await handle.wait()
+
+    async def send_many(self, topic: str, events: Iterable[Any]) -> list[Event]:
+        """Send many events to ``topic`` and wait until all are stored; return
+        the stored events in order. Each item is a value, a ``(value, key)``
+        pair, or a dict with ``value`` and optional ``key``, ``headers``,
+        ``partition``, ``timestamp``. Validation errors raise before anything
+        of the call is sent only for the item that fails: items before it are
+        queued and sent."""
+        count = await self.partitions_of(topic)
+        queued: list[tuple[tuple[_BatchResult, int, int, int, Headers], Any, Any]] = []
+        enqueue = self._enqueue
+        for item in events:
+            if isinstance(item, tuple):
+                if len(item) != 2:
+                    raise InvalidArgument(
+                        f"send_many takes values, (value, key) pairs or dicts, not {item!r:.80}"
+                    )
+                value, key = item
+                queued.append((enqueue(topic, count, value, key, None, None, None), value, key))
+            elif isinstance(item, dict):
+                unknown = set(item) - {"value", "key", "headers", "partition", "timestamp"}
+                if unknown or "value" not in item:
+                    raise InvalidArgument(
+                        f"a send_many dict needs 'value' and may have key, headers, partition, "
+                        f"timestamp; got keys {sorted(item)}"
+                    )
+                value, key = item["value"], item.get("key")
+                queued.append(
+                    (
+                        enqueue(
+                            topic,
+                            count,
+                            value,
+                            key,
+                            item.get("headers"),
+                            item.get("partition"),
+                            item.get("timestamp"),
+                        ),
+                        value,
+                        key,
+                    )
+                )
+            else:
+                queued.append((enqueue(topic, count, item, None, None, None, None), item, None))
+        self._force = True
+        self._wakeup.set()
+        results = {id(q[0][0]): q[0][0] for q in queued}
+        for r in results.values():
+            await r.done.wait()
+        for r in results.values():
+            if r.error is not None:
+                raise r.error
+        return [
+            Event(topic, chosen, r.base_offset + index, ts, key, value, hdrs)
+            for (r, index, chosen, ts, hdrs), value, key in queued
+        ]
+
+    async def flush(self) -> None:
+        """Send every queued event now (no linger) and wait until all are
+        stored or failed."""
+        self._force = True
+        self._wakeup.set()
+        await self._idle.wait()
+
+    # ------------------------------------------------------------ tasks
+
+    async def _flusher(self) -> None:
+        acc = self._accumulator
+        while True:
+            deadline = acc.next_deadline()
+            if not self._force:
+                with trio.move_on_at(math.inf if deadline is None else deadline):
+                    await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            force, self._force = self._force, False
+            for batch in acc.drain(trio.current_time(), force=force):
+                self._queue(batch)
+            await trio.lowlevel.checkpoint()
+
+    def _queue(self, batch: ReadyBatch) -> None:
+        tp = (batch.topic, batch.partition)
+        queue = self._queues.get(tp)
+        entry = (batch, trio.current_time() + self.config.delivery_timeout)
+        if queue is None:
+            self._queues[tp] = deque([entry])
+            assert self._nursery is not None
+            self._nursery.start_soon(self._sender, tp)
+        else:
+            queue.append(entry)
+
+    async def _sender(self, tp: tuple[str, int]) -> None:
+        queue = self._queues[tp]
+        try:
+            while queue:
+                batch, deadline = queue[0]
+                error = await self._deliver(batch, deadline)
+                queue.popleft()
+                if error is not None:
+                    await self._renumber(tp, queue)
+        finally:
+            del self._queues[tp]
+
+    async def _deliver(self, batch: ReadyBatch, deadline: float) -> HeadwaterError | None:
+        record = encode_record(
+            batch.payload,
+            count=batch.count,
+            first_timestamp=batch.first_timestamp,
+            max_timestamp=batch.max_timestamp,
+            producer_id=batch.producer_id,
+            producer_epoch=batch.epoch,
+            base_sequence=batch.base_sequence,
+        )
+        request = p.Produce(batch.topic, batch.partition, record)
+        attempt = 0
+        while True:
+            timeout = min(self.config.request_timeout, max(deadline - trio.current_time(), 0.001))
+            try:
+                response: p.ProduceResult = await self._channel.request(request, timeout=timeout)
+            except HeadwaterError as exc:
+                attempt += 1
+                delay = min(
+                    self.config.retry_backoff * 2 ** (attempt - 1), self.config.retry_backoff_max
+                )
+                if not exc.retriable or trio.current_time() + delay >= deadline:
+                    log.warning(
+                        "produce_failed",
+                        topic=batch.topic,
+                        partition=batch.partition,
+                        attempts=attempt,
+                        error=repr(exc),
+                    )
+                    self._finish(batch, -1, exc)
+                    return exc
+                log.info(
+                    "produce_retry",
+                    topic=batch.topic,
+                    partition=batch.partition,
+                    attempt=attempt,
+                    error=type(exc).__name__,
+                )
+                await trio.sleep(delay)
+                continue
+            self._finish(batch, response.base_offset, None)
+            return None
+
+    def _finish(self, batch: ReadyBatch, base_offset: int, error: HeadwaterError | None) -> None:
+        result = self._results.pop(batch.batch_id)
+        result.base_offset = base_offset
+        result.error = error
+        result.done.set()
+        self._unfinished -= 1
+        if self._unfinished == 0:
+            self._idle.set()
+
+    async def _renumber(self, tp: tuple[str, int], queue: deque[tuple[ReadyBatch, float]]) -> None:
+        """After a batch of ``tp`` failed for good, take a new identity and
+        renumber the batches still queued for ``tp`` from sequence 0."""
+        while True:
+            try:
+                identity = await self._channel.request(
+                    p.InitProducer(), timeout=self.config.request_timeout
+                )
+                break
+            except HeadwaterError as exc:
+                if not exc.retriable:
+                    raise
+                await trio.sleep(self.config.retry_backoff)
+        self.identity = identity
+        self._accumulator.set_identity(identity.producer_id, identity.epoch)
+        renumbered = [(self._accumulator.resequence(b), d) for b, d in queue]
+        queue.clear()
+        queue.extend(renumbered)
