@@ -188,3 +188,35 @@ async def test_list_offsets_and_delete(autojump_clock: trio.abc.Clock) -> None:
         assert not fs.exists(f"{DATA}/topics/t")
         await trio.testing.wait_all_tasks_blocked()
         assert [] == [n for n in broker.tree().walk() if n.path.startswith("/broker/topics/t")]
+
+
+async def test_retention_by_size_and_time(autojump_clock: trio.abc.Clock) -> None:
+    """The retention worker deletes whole old segments by size and by age; reads
+    from earliest then start at the new first offset."""
+    now = [1_000_000]
+    fs = SimulatedFileSystem()
+    async with open_broker(
+        DATA, fs=fs, segment_bytes=400, clock=lambda: now[0], retention_check_interval=5.0
+    ) as broker:
+        await broker.handle(CreateTopic("sized", retention_bytes=800))
+        await broker.handle(CreateTopic("aged", retention_ms=60_000))
+        for i in range(20):
+            await broker.handle(Produce("sized", 0, batch(b"s%03d" % i)))
+            await broker.handle(Produce("aged", 0, batch(b"a%03d" % i)))
+        await trio.sleep(6)  # one retention pass
+        sized = (await broker.handle(DescribeTopic("sized"))).partitions[0]
+        assert sized.earliest_offset > 0
+        assert sized.size_bytes <= 800 + 400
+        got = await broker.handle(Fetch("sized", 0, sized.earliest_offset, max_wait=0))
+        assert sized.earliest_offset == payloads(got.records)[0][0]
+        with pytest.raises(OffsetOutOfRangeError):
+            await broker.handle(Fetch("sized", 0, 0, max_wait=0))
+        aged = (await broker.handle(DescribeTopic("aged"))).partitions[0]
+        assert 0 == aged.earliest_offset
+        now[0] += 120_000
+        await broker.handle(Produce("aged", 0, batch(b"new")))
+        await trio.sleep(5)
+        aged = (await broker.handle(DescribeTopic("aged"))).partitions[0]
+        # 66-byte records, 6 per 400-byte segment: every segment but the active
+        # one (offsets 18..20) is past retention.
+        assert 18 == aged.earliest_offset
