@@ -76,7 +76,9 @@ from headwater.broker._actors import (
 )
 from headwater.broker._config import TopicConfig, validate_topic_name
 from headwater.broker._group import GroupCoordinator
+from headwater.client._codec import decode_events
 from headwater.journal._async import AsyncLog
+from headwater.journal._record import HEADER_SIZE, iter_records
 from headwater.supervision._specs import ChildSpec
 
 __all__ = ["BrokerService", "MAX_FETCH_WAIT"]
@@ -213,13 +215,38 @@ class BrokerService:
         elif r.position == "latest":
             offset = log.visible_end
         elif isinstance(r.position, int) and not isinstance(r.position, bool):
-            found = log.log.offset_for_time(r.position)
-            offset = log.visible_end if found is None else min(found, log.visible_end)
+            offset = self._offset_for_time(log, r.topic, r.partition, r.position)
         else:
             raise InvalidArgument(
                 f"position {r.position!r}; use 'earliest', 'latest' or a timestamp in ms"
             )
         return OffsetResult(r.topic, r.partition, offset)
+
+    def _offset_for_time(self, log: AsyncLog, topic: str, partition: int, ts: int) -> int:
+        """The first offset whose event timestamp is >= ``ts`` (else the end).
+
+        The time index finds the batch; this admin lookup (not the hot path)
+        then decodes that one batch to find the exact event, as Kafka does."""
+        found = log.log.offset_for_time(ts)
+        if found is None or found >= log.visible_end:
+            return log.visible_end
+        for header, record in iter_records(log.log.read(found, 1)):
+            try:
+                events = decode_events(
+                    bytes(record[HEADER_SIZE:]),
+                    topic=topic,
+                    partition=partition,
+                    base_offset=header.base_offset,
+                    base_timestamp=header.first_timestamp,
+                    count=header.count,
+                )
+            except HeadwaterError:
+                return found  # not our event encoding: batch precision
+            for event in events:
+                if event.timestamp >= ts:
+                    return event.offset
+            return header.next_offset
+        return found
 
     async def _create_topic(self, r: CreateTopic) -> TopicInfo:
         config = await self.system.lookup("/broker/registry").ask(r, timeout=30)
