@@ -15,10 +15,8 @@ from headwater._errors import (
     StaleGenerationError,
     UnknownPartitionError,
 )
-from headwater.client import Client, Consumer, Event, Timestamp
-
 from headwater.broker import Broker, open_broker
-from headwater.client import LocalChannel
+from headwater.client import Client, Consumer, Event, LocalChannel, Timestamp
 from headwater.journal import SimulatedFileSystem
 
 from .fake_broker import FakeBroker
