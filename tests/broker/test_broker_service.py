@@ -220,3 +220,34 @@ async def test_retention_by_size_and_time(autojump_clock: trio.abc.Clock) -> Non
         # 66-byte records, 6 per 400-byte segment: every segment but the active
         # one (offsets 18..20) is past retention.
         assert 18 == aged.earliest_offset
+
+
+async def test_group_journal_snapshots_keep_commits(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group journals snapshot (so commits do not grow them forever) and the
+    state after a reopen is the same as before."""
+    from headwater.broker._actors import GroupActor, GroupSnapshot
+    from headwater.broker._group import state_from_plain, state_to_plain
+
+    monkeypatch.setattr(GroupActor, "snapshot_every", 5)
+    fs = SimulatedFileSystem()
+    async with open_broker(DATA, fs=fs) as broker:
+        await broker.handle(CreateTopic("t", partitions=2))
+        m = await broker.handle(JoinGroup("g", ("t",), session_timeout=60))
+        for i in range(23):
+            await broker.handle(
+                CommitOffsets("g", m.member_id, m.generation, (PartitionOffset("t", i % 2, i),))
+            )
+        coordinator = await broker.system.lookup("/broker/groups/g").ask(GroupSnapshot())
+        before = coordinator.state
+        assert before == state_from_plain(state_to_plain(before))
+    assert fs.exists(f"{DATA}/meta/groups/g/snapshot")
+    async with open_broker(DATA, fs=fs) as broker:
+        got = await broker.handle(FetchCommitted("g"))
+        assert [PartitionOffset("t", 0, 22), PartitionOffset("t", 1, 21)] == list(got.offsets)
+        desc = await broker.handle(DescribeGroup("g"))
+        assert (before.generation, [m.member_id]) == (
+            desc.generation,
+            [x.member_id for x in desc.members],
+        )

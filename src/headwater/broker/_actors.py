@@ -42,7 +42,12 @@ from headwater._protocol import (
 from headwater.actors._actor import Actor
 from headwater.actors._persistent import PersistentActor
 from headwater.broker._config import TopicConfig
-from headwater.broker._group import GroupCoordinator, GroupState
+from headwater.broker._group import (
+    GroupCoordinator,
+    GroupState,
+    state_from_plain,
+    state_to_plain,
+)
 from headwater.broker._group import apply as group_apply
 from headwater.broker._idempotence import Duplicate, ProducerStates, RecordInfo
 from headwater.journal._async import AsyncLog, open_log
@@ -355,7 +360,10 @@ class _Tick:
 
 
 class GroupActor(Actor):
-    """One consumer group's coordinator, persisted as a journal of group events."""
+    """One consumer group's coordinator, persisted as a journal of group events
+    (snapshotted every ``snapshot_every`` events, so commits do not grow it forever)."""
+
+    snapshot_every = 1000
 
     def __init__(self, settings: BrokerSettings, group: str) -> None:
         self.settings = settings
@@ -374,7 +382,9 @@ class GroupActor(Actor):
                 apply=group_apply,
                 initial=GroupState(self.group),
                 fs=self.settings.fs,
-                snapshot_every=0,
+                snapshot_every=self.snapshot_every,
+                to_plain=state_to_plain,
+                from_plain=state_from_plain,
             ) as journal:
                 task_status.started(journal)
                 await trio.sleep_forever()

@@ -130,6 +130,45 @@ class GroupState:
     member_seq: int = 0
 
 
+def state_to_plain(state: GroupState) -> dict[str, Any]:
+    """A :class:`GroupState` as plain CBOR-friendly data (for snapshots)."""
+    return {
+        "group": state.group,
+        "status": state.status,
+        "generation": state.generation,
+        "members": [
+            [
+                m.member_id,
+                m.client_id,
+                list(m.topics),
+                m.session_timeout,
+                [list(tp) for tp in m.assignment],
+            ]
+            for m in state.members.values()
+        ],
+        "topic_partitions": dict(state.topic_partitions),
+        "committed": [[t, p, o] for (t, p), o in sorted(state.committed.items())],
+        "member_seq": state.member_seq,
+    }
+
+
+def state_from_plain(data: dict[str, Any]) -> GroupState:
+    """The inverse of :func:`state_to_plain`."""
+    members = {
+        m[0]: MemberState(m[0], m[1], tuple(m[2]), float(m[3]), tuple((t, p) for t, p in m[4]))
+        for m in data["members"]
+    }
+    return GroupState(
+        group=data["group"],
+        status=data["status"],
+        generation=data["generation"],
+        members=members,
+        topic_partitions=dict(data["topic_partitions"]),
+        committed={(t, p): o for t, p, o in data["committed"]},
+        member_seq=data["member_seq"],
+    )
+
+
 # --------------------------------------------------------------------------
 # Assignment
 

@@ -49,8 +49,17 @@ class StateJournal:
     """A state kept as a journal of events (made by :func:`open_state_journal`)."""
 
     def __init__(
-        self, log: AsyncLog, path: str, fs: FileSystem, apply: Apply, snapshot_every: int
+        self,
+        log: AsyncLog,
+        path: str,
+        fs: FileSystem,
+        apply: Apply,
+        snapshot_every: int,
+        to_plain: Callable[[Any], Any] = lambda state: state,
+        from_plain: Callable[[Any], Any] = lambda plain: plain,
     ) -> None:
+        self._to_plain = to_plain
+        self._from_plain = from_plain
         self.log = log
         self.path = path
         self.fs = fs
@@ -100,7 +109,7 @@ class StateJournal:
         """Write the current state as a snapshot and drop the events it covers."""
         async with self._lock:
             offset = self.log.next_offset
-            body = cbor2.dumps(self.state)
+            body = cbor2.dumps(self._to_plain(self.state))
             data = _SNAP.pack(_MAGIC, 1, offset, crc32c.crc32c(body)) + body
             if self.fs.blocking:
                 await trio.to_thread.run_sync(self._write_snapshot, data)
@@ -138,7 +147,7 @@ class StateJournal:
         body = data[_SNAP.size :]
         if magic != _MAGIC or version != 1 or crc32c.crc32c(body) != crc:
             return None
-        return offset, cbor2.loads(body)
+        return offset, self._from_plain(cbor2.loads(body))
 
     async def _replay(self, initial: Any) -> None:
         snap = self._read_snapshot()
@@ -179,12 +188,15 @@ async def open_state_journal(
     fs: FileSystem | None = None,
     snapshot_every: int = 10_000,
     segment_bytes: int = 4 * 1024 * 1024,
+    to_plain: Callable[[Any], Any] | None = None,
+    from_plain: Callable[[Any], Any] | None = None,
 ) -> AsyncIterator[StateJournal]:
     """Open the state journal at ``path``, replaying snapshot and events.
 
     ``apply(state, event) -> state`` must be pure; ``initial`` is the state of
     an empty journal. Every ``snapshot_every`` events a snapshot is taken
-    automatically (0: only when you call ``snapshot()``).
+    automatically (0: only when you call ``snapshot()``). A state that is not
+    plain CBOR data needs ``to_plain`` / ``from_plain`` for its snapshots.
     """
     fs = fs if fs is not None else RealFileSystem()
     if fs.blocking:
@@ -193,6 +205,14 @@ async def open_state_journal(
         fs.makedirs(path)
     config = LogConfig(durability="always", segment_bytes=segment_bytes, segment_ms=None)
     async with open_log(f"{path}/log", config=config, fs=fs) as log:
-        journal = StateJournal(log, path, fs, apply, snapshot_every)
+        journal = StateJournal(
+            log,
+            path,
+            fs,
+            apply,
+            snapshot_every,
+            to_plain or (lambda state: state),
+            from_plain or (lambda plain: plain),
+        )
         await journal._replay(initial)
         yield journal
