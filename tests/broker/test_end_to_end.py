@@ -93,3 +93,58 @@ async def _kill_storm() -> None:
                     if len(values) == 500:
                         break
         assert sorted(f"v{i}".encode() for i in range(500)) == sorted(values)
+
+
+async def test_compacted_topic_keeps_latest_per_key(autojump_clock: trio.abc.Clock) -> None:
+    """Compaction keeps the latest event of every key, removes superseded ones and
+    expired tombstones, never changes an offset, and survives a reopen."""
+    now = [1_000_000]
+    fs = SimulatedFileSystem()
+    opts: dict[str, Any] = {
+        "fs": fs,
+        "segment_bytes": 600,
+        "clock": lambda: now[0],
+        "retention_check_interval": 5.0,
+    }
+    async with open_broker(DATA, **opts) as broker, broker.connect() as client:
+        await client.create_topic("profiles", compacted=True)
+        async with client.producer(max_batch_events=1, clock=lambda: now[0]) as producer:
+            written = [
+                await producer.send("profiles", {"v": i}, key=f"k{i % 4}") for i in range(40)
+            ]
+            tomb = await producer.send("profiles", None, key="k0")
+            for i in range(40, 50):
+                await producer.send("profiles", {"v": i}, key=f"k{1 + i % 3}")
+        before = await _read_all(client, "profiles")
+        await trio.sleep(6)  # a maintenance pass compacts the sealed segments
+        after = await _read_all(client, "profiles")
+        assert len(after) < len(before)
+        offsets = [e.offset for e in after]
+        assert offsets == sorted(set(offsets))
+        by_offset = {e.offset: e for e in before}
+        assert all(by_offset[e.offset].value == e.value for e in after)
+        latest = {}
+        for e in before:
+            latest[e.key] = e
+        kept = {e.offset for e in after}
+        assert all(e.offset in kept for e in latest.values())
+        assert tomb.offset in kept  # still inside its grace period
+        now[0] += 25 * 3600 * 1000
+        await trio.sleep(6)
+        final = {e.offset for e in await _read_all(client, "profiles")}
+        assert written[0].offset in final  # a segment's first event always stays
+        assert tomb.offset not in final  # the tombstone is gone after its grace period
+    async with open_broker(DATA, **opts) as broker, broker.connect() as client:
+        reopened = await _read_all(client, "profiles")
+        assert [e.offset for e in reopened] == sorted({e.offset for e in reopened})
+        assert {e.key: e.value for e in reopened}["k3"] == latest["k3"].value
+
+
+async def _read_all(client: Any, topic: str) -> list[Any]:
+    events: list[Any] = []
+    async with client.consumer([topic], start="earliest") as consumer:
+        while True:
+            batch = await consumer.getmany(max_events=1000, timeout=0.5)
+            if not batch:
+                return events
+            events.extend(batch)

@@ -41,6 +41,7 @@ from headwater._protocol import (
 )
 from headwater.actors._actor import Actor
 from headwater.actors._persistent import PersistentActor
+from headwater.broker._compaction import StoredEvent, compact_segment, latest_offsets
 from headwater.broker._config import TopicConfig
 from headwater.broker._group import (
     GroupCoordinator,
@@ -50,9 +51,11 @@ from headwater.broker._group import (
 )
 from headwater.broker._group import apply as group_apply
 from headwater.broker._idempotence import Duplicate, ProducerStates, RecordInfo
+from headwater.client._codec import decode_events
 from headwater.journal._async import AsyncLog, open_log
 from headwater.journal._files import FileSystem
 from headwater.journal._log import LogConfig
+from headwater.journal._record import HEADER_SIZE, iter_records
 from headwater.journal._state import StateJournal, open_state_journal
 from headwater.supervision._specs import ChildSpec, SupervisorSpec
 
@@ -123,6 +126,11 @@ class DescribePartition:
 @attrs.frozen
 class RunRetention:
     """Delete whole segments past the topic's retention."""
+
+
+@attrs.frozen
+class RunCompaction:
+    """Compact the sealed segments of a compacted topic's partition."""
 
 
 class PartitionActor(Actor):
@@ -209,7 +217,62 @@ class PartitionActor(Actor):
             )
         if isinstance(message, RunRetention):
             return log.log.apply_retention()
+        if isinstance(message, RunCompaction):
+            return await self._compact()
         return await super().handle(message)
+
+    def _stored_events(self, base: int, end: int) -> list[StoredEvent]:
+        assert self.log is not None
+        log = self.log.log
+        out: list[StoredEvent] = []
+        offset = base
+        while offset < end:
+            data = log.read(offset, 1 << 20, end)
+            if not data:
+                break
+            for header, record in iter_records(data):
+                events = decode_events(
+                    bytes(record[HEADER_SIZE:]),
+                    topic=self.config.name,
+                    partition=self.partition,
+                    base_offset=header.base_offset,
+                    base_timestamp=header.first_timestamp,
+                    count=header.count,
+                )
+                out.extend(StoredEvent(event, header.append_time) for event in events)
+                offset = header.next_offset
+        return out
+
+    async def _compact(self) -> int:
+        """Compact every sealed segment; returns how many were rewritten."""
+        assert self.log is not None
+        if not self.config.compacted or len(self.log.log.segments) < 2:
+            return 0
+        await self.log.sync()
+        log = self.log.log
+        latest = latest_offsets(
+            s.event for s in self._stored_events(log.earliest_offset, log.next_offset)
+        )
+        rewritten = 0
+        for seg in list(log.segments[:-1]):
+            records = compact_segment(
+                self._stored_events(seg.base, seg.next_offset),
+                latest,
+                now_ms=self.settings.clock(),
+                tombstone_grace_ms=self.config.tombstone_grace_ms,
+            )
+            if records is not None:
+                log.replace_segment(seg.base, records)
+                rewritten += 1
+            await trio.lowlevel.checkpoint()
+        if rewritten:
+            _log.info(
+                "partition_compacted",
+                topic=self.config.name,
+                partition=self.partition,
+                segments=rewritten,
+            )
+        return rewritten
 
 
 # ------------------------------------------------------------------ registry

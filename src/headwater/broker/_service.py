@@ -72,6 +72,7 @@ from headwater.broker._actors import (
     GroupSnapshot,
     ListTopicConfigs,
     NewProducerId,
+    RunCompaction,
     RunRetention,
 )
 from headwater.broker._config import TopicConfig, validate_topic_name
@@ -312,13 +313,16 @@ class BrokerService:
         return self.system.tree().as_dict()
 
     async def retention(self) -> int:
-        """Apply retention to every partition now; returns segments deleted."""
+        """Apply retention (and compaction, for compacted topics) to every
+        partition now; returns the number of segments deleted."""
         removed = 0
         for name, config in list(self._topics.items()):
             for p in range(config.partitions):
                 try:
                     ref = self.system.lookup(f"/broker/topics/{name}/{p}")
                     removed += len(await ref.ask(RunRetention()))
+                    if config.compacted:
+                        await ref.ask(RunCompaction(), timeout=600)
                 except HeadwaterError:
                     continue
         return removed

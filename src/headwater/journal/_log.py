@@ -56,6 +56,7 @@ from headwater._errors import (
 from headwater._logging import get_logger
 from headwater.journal._files import FileSystem
 from headwater.journal._record import (
+    ATTR_COMPACTED,
     HEADER_SIZE,
     Corrupt,
     RecordHeader,
@@ -372,7 +373,9 @@ class Log:
                 reason = f"torn record: {header.needed} byte(s) missing at the end"
             elif isinstance(header, Corrupt):
                 reason = header.reason
-            elif header.base_offset != seg.next_offset:
+            elif header.base_offset != seg.next_offset and not (
+                header.base_offset > seg.next_offset and header.attributes & ATTR_COMPACTED
+            ):
                 reason = f"offset {header.base_offset} where {seg.next_offset} was expected"
             else:
                 seg.note(header, position, self.config.index_interval)
@@ -701,6 +704,50 @@ class Log:
             self._flush_dir()
             _log.info("journal_retention", path=self.path, removed_segments=removed)
         return removed
+
+    def replace_segment(self, base: int, records: list[bytes]) -> None:
+        """Atomically replace a sealed segment's records (compaction).
+
+        The new records must keep the segment's first and end offsets. Written
+        to a temporary file, fsynced, renamed over the segment, and the
+        directory fsynced, so a crash leaves either the old or the new file.
+        """
+        index = next((i for i, s in enumerate(self.segments) if s.base == base), None)
+        if index is None or index == len(self.segments) - 1:
+            raise InvalidArgument(f"segment {base} is not a sealed segment of {self.path}")
+        old = self.segments[index]
+        if base in self._dirty:
+            raise InvalidArgument(f"segment {base} is not synced yet; sync first")
+        tmp = f"{old.path}.compacting"
+        if self.fs.exists(tmp):
+            self.fs.remove(tmp)
+        handle = self.fs.open(tmp)
+        try:
+            for record in records:
+                self.fs.write(handle, record)
+            self.fs.fsync(handle)
+        finally:
+            self.fs.close(handle)
+        self.fs.rename(tmp, old.path)
+        for ext in ("index", "timeindex"):
+            p = f"{self.path}/{_name(base, ext)}"
+            if self.fs.exists(p):
+                self.fs.remove(p)
+        self._flush_dir()
+        self.fs.close(old.handle)
+        seg = _Segment(base=base, path=old.path, handle=self.fs.open(old.path))
+        seg.created_ms = old.created_ms
+        self._scan(seg, self.fs.size(seg.handle), self.fs.size(seg.handle), False, [])
+        if seg.next_offset != old.next_offset:
+            raise CorruptionError(
+                f"compaction of {old.path} changed its end offset "
+                f"({old.next_offset} -> {seg.next_offset})"
+            )
+        seg.sealed = True
+        seg.max_append_time = old.max_append_time
+        self.segments[index] = seg
+        self._write_indexes(seg)
+        self._flush_dir()
 
     def delete_before(self, offset: int) -> list[int]:
         """Delete whole segments that end at or before ``offset`` (never the active one)."""

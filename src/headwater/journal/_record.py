@@ -11,7 +11,8 @@ integers are big-endian::
     4      4    crc             CRC-32C of bytes 8..length (everything after it)
     8      1    magic           0x48 ("H")
     9      1    version         1
-    10     2    attributes      flags (bit 0: payload compressed; others 0)
+    10     2    attributes      flags (bit 0: payload compressed; bit 1: written by
+                                compaction, a gap in offsets may precede it)
     12     8    base_offset     offset of the first event (set by the broker)
     20     4    count           number of events, >= 1
     24     8    first_timestamp producer timestamp of the first event (ms)
@@ -46,6 +47,7 @@ import crc32c
 from headwater._errors import InvalidArgument
 
 __all__ = [
+    "ATTR_COMPACTED",
     "HEADER",
     "HEADER_SIZE",
     "MAGIC",
@@ -67,6 +69,8 @@ HEADER_SIZE: Final = HEADER.size
 MAGIC: Final = 0x48
 VERSION: Final = 1
 NO_PRODUCER: Final = -1
+ATTR_COMPACTED: Final = 0x0002
+"""Attribute bit: written by compaction; the offsets before it may have a gap."""
 MAX_RECORD_SIZE: Final = 256 * 1024 * 1024
 """No record may be larger than this (a sanity bound on the length field)."""
 
