@@ -31,6 +31,7 @@ from typing import Protocol
 import attrs
 
 __all__ = [
+    "write_file_atomically",
     "FileSystem",
     "PowerLoss",
     "RealFileSystem",
@@ -396,3 +397,22 @@ class SimulatedFileSystem:
         f.data = bytearray(data)
         f.synced = bytes(data)
         self._durable_files[path] = f
+
+
+def write_file_atomically(
+    fs: FileSystem, path: str, chunks: list[bytes] | tuple[bytes, ...]
+) -> None:
+    """Replace ``path`` with ``chunks``: write a temporary file, fsync it, rename
+    it over ``path``. A crash leaves the old or the new file, never a mix. The
+    caller fsyncs the directory to make the rename itself durable."""
+    tmp = f"{path}.tmp"
+    if fs.exists(tmp):
+        fs.remove(tmp)
+    handle = fs.open(tmp)
+    try:
+        for chunk in chunks:
+            fs.write(handle, chunk)
+        fs.fsync(handle)
+    finally:
+        fs.close(handle)
+    fs.rename(tmp, path)

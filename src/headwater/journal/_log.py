@@ -54,7 +54,7 @@ from headwater._errors import (
     StorageError,
 )
 from headwater._logging import get_logger
-from headwater.journal._files import FileSystem
+from headwater.journal._files import FileSystem, write_file_atomically
 from headwater.journal._record import (
     ATTR_COMPACTED,
     HEADER_SIZE,
@@ -74,6 +74,7 @@ _log = get_logger("headwater.journal")
 _INDEX_ENTRY: Final = struct.Struct(">qQ")
 _CHECKPOINT: Final = struct.Struct(">qqqBI")
 _CHECKPOINT_NAME: Final = "checkpoint"
+_EXTS: Final = ("log", "index", "timeindex")
 
 
 def _positive(name: str, value: object, *, allow_none: bool = False) -> None:
@@ -339,16 +340,7 @@ class Log:
             body = b"".join(_INDEX_ENTRY.pack(a, b) for a, b in rows)
             trailer = struct.pack(">qqq", seg.size, seg.next_offset, seg.max_timestamp)
             data = body + trailer + struct.pack(">I", crc32c.crc32c(body + trailer))
-            tmp = f"{self.path}/{_name(seg.base, ext)}.tmp"
-            if self.fs.exists(tmp):
-                self.fs.remove(tmp)
-            handle = self.fs.open(tmp)
-            try:
-                self.fs.write(handle, data)
-                self.fs.fsync(handle)
-            finally:
-                self.fs.close(handle)
-            self.fs.rename(tmp, f"{self.path}/{_name(seg.base, ext)}")
+            write_file_atomically(self.fs, f"{self.path}/{_name(seg.base, ext)}", [data])
         self._dir_gen += 1
 
     def _scan(
@@ -416,9 +408,10 @@ class Log:
             self._remove_segments(bases)
             _log.warning("journal_repaired", removed_segments=bases)
 
-    def _remove_segments(self, bases: list[int]) -> None:
+    def _remove_segments(self, bases: list[int], exts: tuple[str, ...] = _EXTS) -> None:
+        """Remove segment files (the directory fsync comes with the next sync)."""
         for base in bases:
-            for ext in ("log", "index", "timeindex"):
+            for ext in exts:
                 p = f"{self.path}/{_name(base, ext)}"
                 if self.fs.exists(p):
                     self.fs.remove(p)
@@ -695,10 +688,7 @@ class Log:
                 break
             self.segments.pop(0)
             self.fs.close(oldest.handle)
-            for ext in ("log", "index", "timeindex"):
-                p = f"{self.path}/{_name(oldest.base, ext)}"
-                if self.fs.exists(p):
-                    self.fs.remove(p)
+            self._remove_segments([oldest.base])
             removed.append(oldest.base)
         if removed:
             self._flush_dir()
@@ -718,21 +708,8 @@ class Log:
         old = self.segments[index]
         if base in self._dirty:
             raise InvalidArgument(f"segment {base} is not synced yet; sync first")
-        tmp = f"{old.path}.compacting"
-        if self.fs.exists(tmp):
-            self.fs.remove(tmp)
-        handle = self.fs.open(tmp)
-        try:
-            for record in records:
-                self.fs.write(handle, record)
-            self.fs.fsync(handle)
-        finally:
-            self.fs.close(handle)
-        self.fs.rename(tmp, old.path)
-        for ext in ("index", "timeindex"):
-            p = f"{self.path}/{_name(base, ext)}"
-            if self.fs.exists(p):
-                self.fs.remove(p)
+        write_file_atomically(self.fs, old.path, records)
+        self._remove_segments([base], ("index", "timeindex"))
         self._flush_dir()
         self.fs.close(old.handle)
         seg = _Segment(base=base, path=old.path, handle=self.fs.open(old.path))
@@ -756,10 +733,7 @@ class Log:
             oldest = self.segments.pop(0)
             self._dirty.pop(oldest.base, None)
             self.fs.close(oldest.handle)
-            for ext in ("log", "index", "timeindex"):
-                p = f"{self.path}/{_name(oldest.base, ext)}"
-                if self.fs.exists(p):
-                    self.fs.remove(p)
+            self._remove_segments([oldest.base])
             removed.append(oldest.base)
         if removed:
             self._flush_dir()
@@ -777,19 +751,13 @@ class Log:
         i = self._segment_for(offset)
         for seg in self.segments[i + 1 :]:
             self.fs.close(seg.handle)
-            for ext in ("log", "index", "timeindex"):
-                p = f"{self.path}/{_name(seg.base, ext)}"
-                if self.fs.exists(p):
-                    self.fs.remove(p)
+            self._remove_segments([seg.base])
             self._dirty.pop(seg.base, None)
         del self.segments[i + 1 :]
         seg = self.segments[-1]
         position, header = self._position_of(seg, offset)
         self.fs.truncate(seg.handle, position)
-        for ext in ("index", "timeindex"):
-            p = f"{self.path}/{_name(seg.base, ext)}"
-            if self.fs.exists(p):
-                self.fs.remove(p)
+        self._remove_segments([seg.base], ("index", "timeindex"))
         seg.sealed = False
         seg.index = [(o, p) for o, p in seg.index if p < position]
         seg.times = [(t, o) for t, o in seg.times if o < (header.base_offset if header else offset)]

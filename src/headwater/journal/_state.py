@@ -32,7 +32,7 @@ import trio
 from headwater._errors import CorruptionError, InvalidArgument
 from headwater._logging import get_logger
 from headwater.journal._async import AsyncLog, open_log
-from headwater.journal._files import FileSystem, RealFileSystem
+from headwater.journal._files import FileSystem, RealFileSystem, write_file_atomically
 from headwater.journal._log import LogConfig
 from headwater.journal._record import HEADER_SIZE, encode_record, iter_records
 
@@ -120,16 +120,7 @@ class StateJournal:
         _log.info("state_snapshot", path=self.path, offset=offset, bytes=len(data))
 
     def _write_snapshot(self, data: bytes) -> None:
-        tmp = f"{self.path}/snapshot.tmp"
-        if self.fs.exists(tmp):
-            self.fs.remove(tmp)
-        handle = self.fs.open(tmp)
-        try:
-            self.fs.write(handle, data)
-            self.fs.fsync(handle)
-        finally:
-            self.fs.close(handle)
-        self.fs.rename(tmp, f"{self.path}/snapshot")
+        write_file_atomically(self.fs, f"{self.path}/snapshot", [data])
         self.fs.fsync_dir(self.path)
 
     def _read_snapshot(self) -> tuple[int, Any] | None:
