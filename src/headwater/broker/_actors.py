@@ -51,11 +51,11 @@ from headwater.broker._group import (
 )
 from headwater.broker._group import apply as group_apply
 from headwater.broker._idempotence import Duplicate, ProducerStates, RecordInfo
-from headwater.client._codec import decode_events
+from headwater.client._codec import decode_record_events
 from headwater.journal._async import AsyncLog, open_log
 from headwater.journal._files import FileSystem
 from headwater.journal._log import LogConfig
-from headwater.journal._record import HEADER_SIZE, iter_records
+from headwater.journal._record import iter_records
 from headwater.journal._state import StateJournal, open_state_journal
 from headwater.supervision._specs import ChildSpec, SupervisorSpec
 
@@ -231,13 +231,8 @@ class PartitionActor(Actor):
             if not data:
                 break
             for header, record in iter_records(data):
-                events = decode_events(
-                    bytes(record[HEADER_SIZE:]),
-                    topic=self.config.name,
-                    partition=self.partition,
-                    base_offset=header.base_offset,
-                    base_timestamp=header.first_timestamp,
-                    count=header.count,
+                events = decode_record_events(
+                    header, record, topic=self.config.name, partition=self.partition
                 )
                 out.extend(StoredEvent(event, header.append_time) for event in events)
                 offset = header.next_offset

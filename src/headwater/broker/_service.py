@@ -77,9 +77,9 @@ from headwater.broker._actors import (
 )
 from headwater.broker._config import TopicConfig, validate_topic_name
 from headwater.broker._group import GroupCoordinator
-from headwater.client._codec import decode_events
+from headwater.client._codec import decode_record_events
 from headwater.journal._async import AsyncLog
-from headwater.journal._record import HEADER_SIZE, iter_records
+from headwater.journal._record import iter_records
 from headwater.supervision._specs import ChildSpec
 
 __all__ = ["BrokerService", "MAX_FETCH_WAIT"]
@@ -233,14 +233,7 @@ class BrokerService:
             return log.visible_end
         for header, record in iter_records(log.log.read(found, 1)):
             try:
-                events = decode_events(
-                    bytes(record[HEADER_SIZE:]),
-                    topic=topic,
-                    partition=partition,
-                    base_offset=header.base_offset,
-                    base_timestamp=header.first_timestamp,
-                    count=header.count,
-                )
+                events = decode_record_events(header, record, topic=topic, partition=partition)
             except HeadwaterError:
                 return found  # not our event encoding: batch precision
             for event in events:

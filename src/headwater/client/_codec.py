@@ -40,10 +40,17 @@ from typing import Any
 import cbor2
 
 from headwater._errors import CorruptionError, SerializationError
+from headwater.journal._record import HEADER_SIZE, RecordHeader
 
 from ._event import Event, Headers, Key
 
-__all__ = ["PAYLOAD_VERSION", "PendingEvent", "decode_events", "encode_events"]
+__all__ = [
+    "PAYLOAD_VERSION",
+    "PendingEvent",
+    "decode_events",
+    "decode_record_events",
+    "encode_events",
+]
 
 PAYLOAD_VERSION = 1
 
@@ -143,3 +150,17 @@ def decode_events(
         ]
     except (TypeError, ValueError) as exc:
         raise _corrupt(topic, partition, base_offset, f"has a malformed event: {exc}") from None
+
+
+def decode_record_events(
+    header: RecordHeader, record: bytes | memoryview, *, topic: str, partition: int
+) -> list[Event]:
+    """Decode the events of one journal record (its header already decoded)."""
+    return decode_events(
+        bytes(record[HEADER_SIZE:]),
+        topic=topic,
+        partition=partition,
+        base_offset=header.base_offset,
+        base_timestamp=header.first_timestamp,
+        count=header.count,
+    )

@@ -47,10 +47,10 @@ from headwater._errors import (
     UnknownMemberError,
     UnknownPartitionError,
 )
-from headwater.journal._record import HEADER_SIZE, iter_records
+from headwater.journal._record import iter_records
 
 from ._channel import Channel
-from ._codec import decode_events
+from ._codec import decode_record_events
 from ._event import Event
 from ._serializers import Serializer, get_serializer
 
@@ -339,14 +339,7 @@ class Consumer:
                     continue
                 events: list[Event] = []
                 for header, record in iter_records(result.records):
-                    decoded = decode_events(
-                        bytes(record[HEADER_SIZE:]),
-                        topic=topic,
-                        partition=partition,
-                        base_offset=header.base_offset,
-                        base_timestamp=header.first_timestamp,
-                        count=header.count,
-                    )
+                    decoded = decode_record_events(header, record, topic=topic, partition=partition)
                     if header.base_offset < offset:
                         decoded = decoded[offset - header.base_offset :]
                     events.extend(decoded)
