@@ -196,7 +196,7 @@ class PartitionActor(Actor):
                         log,
                     )
                 generation = log.generation
-                stored = log.write(message.record)
+                stored = log.write(message.record, header)
             except HeadwaterError as exc:
                 return exc  # the caller raises it; this partition carries on
             self.states.record(

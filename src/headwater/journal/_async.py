@@ -100,14 +100,16 @@ class AsyncLog:
         if self._closed:
             raise ClosedError(f"the log at {self.log.path} is closed")
 
-    def write(self, record: bytes | bytearray | memoryview) -> RecordHeader:
+    def write(
+        self, record: bytes | bytearray | memoryview, validated: RecordHeader | None = None
+    ) -> RecordHeader:
         """Append ``record`` now (not yet durable); returns its stored header.
 
         Synchronous and fast (page cache). Raises ``InvalidArgument`` for a bad
         record, ``DiskFullError``/``StorageError`` for disk trouble.
         """
         self._check_open()
-        header = self.log.write(record)
+        header = self.log.write(record, validated)
         self._wake.set()
         if self.config.durability != "always":
             self._notify_data()

@@ -464,15 +464,20 @@ class Log:
             )
         return header
 
-    def write(self, record: bytes | bytearray | memoryview) -> RecordHeader:
+    def write(
+        self, record: bytes | bytearray | memoryview, validated: RecordHeader | None = None
+    ) -> RecordHeader:
         """Validate and append one record; returns its stored header.
 
-        Not durable until a sync covers it. A full disk raises
-        :class:`DiskFullError` with nothing appended; other I/O errors raise
-        :class:`StorageError`.
+        ``validated`` is the header :meth:`validate` returned for this very
+        record, to skip checking it twice. Not durable until a sync covers it.
+        A full disk raises :class:`DiskFullError` with nothing appended; other
+        I/O errors raise :class:`StorageError`.
         """
         if self.closed:
             raise StorageError(f"the log at {self.path} is closed")
+        if validated is None:
+            validated = self.validate(record)
         active = self.segments[-1]
         now = self.clock()
         if active.size > 0 and (
@@ -483,7 +488,6 @@ class Log:
             )
         ):
             active = self._roll()
-        validated = self.validate(record)
         patched = patch_record(record, active.next_offset, now)
         position = active.size
         try:
