@@ -49,12 +49,21 @@ from .actors import Actor as Actor
 from .actors import ActorRef as ActorRef
 from .actors import ActorSystem as ActorSystem
 from .actors import open_actor_system as open_actor_system
+from .broker import Broker as Broker
+from .broker import open_broker as open_broker
+from .client import Client as Client
+from .client import Event as Event
 from .supervision import ChildSpec as ChildSpec
 from .supervision import SupervisorSpec as SupervisorSpec
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    # the broker
+    "open_broker",
+    "Broker",
+    "Client",
+    "Event",
     # actors and supervision
     "Actor",
     "ActorRef",
