@@ -64,6 +64,10 @@ class FakeBroker:
         ``after_store`` the batch is stored first (a lost response)."""
         self.produce_faults.extend((error(), after_store) for _ in range(n))
 
+    async def values(self, topic: str, partition: int) -> list[bytes | None]:
+        """:meth:`stored_values`, awaitable like the real broker's wrapper."""
+        return self.stored_values(topic, partition)
+
     def channel(self) -> LocalChannel:
         """A channel to this broker."""
         return LocalChannel(self.handle)

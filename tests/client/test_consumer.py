@@ -15,24 +15,10 @@ from headwater._errors import (
     StaleGenerationError,
     UnknownPartitionError,
 )
-from headwater.broker import Broker, open_broker
-from headwater.client import Client, Consumer, Event, LocalChannel, Timestamp
-from headwater.journal import SimulatedFileSystem
+from headwater.client import Client, Consumer, Event, Timestamp
 
 from .fake_broker import FakeBroker
-
-
-class RealBroker:
-    """The real embedded broker behind the fake's test-facing surface."""
-
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-
-    def channel(self) -> LocalChannel:
-        return LocalChannel(self.broker.handle)
-
-    async def handle(self, request: object) -> object:
-        return await self.broker.handle(request)
+from .real_broker import RealBroker, open_real_broker
 
 
 @pytest.fixture(params=["fake", "real"])
@@ -41,8 +27,8 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[FakeBroker | R
     if request.param == "fake":
         yield FakeBroker()
         return
-    async with open_broker("/data", fs=SimulatedFileSystem()) as real:
-        yield RealBroker(real)
+    async with open_real_broker() as real:
+        yield real
 
 
 @pytest.fixture

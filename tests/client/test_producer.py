@@ -1,4 +1,5 @@
-"""Producer behaviour through the public client API, against the fake broker."""
+"""Producer behaviour through the public client API, run against both the fake
+broker and the real embedded broker (simulated disk)."""
 
 from __future__ import annotations
 
@@ -22,16 +23,21 @@ from headwater._errors import (
 from headwater.client import Client
 
 from .fake_broker import FakeBroker
+from .real_broker import RealBroker, open_real_broker
+
+
+@pytest.fixture(params=["fake", "real"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[FakeBroker | RealBroker]:
+    """A fresh fake broker, or a real embedded one on a simulated disk."""
+    if request.param == "fake":
+        yield FakeBroker()
+        return
+    async with open_real_broker() as real:
+        yield real
 
 
 @pytest.fixture
-def broker() -> FakeBroker:
-    """A fresh fake broker."""
-    return FakeBroker()
-
-
-@pytest.fixture
-async def client(broker: FakeBroker) -> AsyncIterator[Client]:
+async def client(broker: FakeBroker | RealBroker) -> AsyncIterator[Client]:
     """A client of the fake broker with topics ``t1`` (1 partition) and ``t3`` (3)."""
     async with Client(broker.channel()) as c:
         await c.create_topic("t1")
@@ -58,7 +64,7 @@ async def test_send_returns_stored_events_with_offsets(
 
 
 async def test_linger_batches_concurrent_sends(
-    client: Client, broker: FakeBroker, autojump_clock: object
+    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
 ) -> None:
     """Events sent within the linger time go in one Produce request."""
     async with client.producer(linger=0.5) as producer:
@@ -73,7 +79,7 @@ async def test_linger_batches_concurrent_sends(
 
 
 async def test_batches_close_by_size(
-    client: Client, broker: FakeBroker, autojump_clock: object
+    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
 ) -> None:
     """max_batch_events and max_batch_bytes split batches (one request each)."""
     async with client.producer(linger=10, max_batch_events=10) as producer:
@@ -85,7 +91,7 @@ async def test_batches_close_by_size(
 
 
 async def test_keyed_events_keep_partition_and_order(
-    client: Client, broker: FakeBroker, autojump_clock: object
+    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
 ) -> None:
     """The same key always lands on the same partition, in send order."""
     async with client.producer(max_batch_events=7) as producer:
@@ -97,7 +103,7 @@ async def test_keyed_events_keep_partition_and_order(
         by_key.setdefault(str(e.key), set()).add(e.partition)
     assert all(1 == len(parts) for parts in by_key.values())
     for partition in range(3):
-        stored = broker.stored_values("t3", partition)
+        stored = await broker.values("t3", partition)
         sent = [e for e in events if e.partition == partition]
         assert [e.offset for e in sent] == list(range(len(sent)))
         assert len(stored) == len(sent)
@@ -111,7 +117,7 @@ async def test_unkeyed_events_spread(client: Client, autojump_clock: object) -> 
 
 
 async def test_retries_store_each_batch_once(
-    client: Client, broker: FakeBroker, autojump_clock: object
+    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
 ) -> None:
     """Lost responses and restarts are retried; the fake stores each batch once."""
     broker.fail_produces(2, lambda: ActorRestarted("restarting"))
@@ -119,12 +125,12 @@ async def test_retries_store_each_batch_once(
     async with client.producer(max_batch_events=5) as producer:
         events = await producer.send_many("t1", range(20))
     assert list(range(20)) == [e.offset for e in events]
-    assert [b"\x00", b"\x01"] == broker.stored_values("t1", 0)[:2]
-    assert 20 == len(broker.stored_values("t1", 0))
+    assert [b"\x00", b"\x01"] == (await broker.values("t1", 0))[:2]
+    assert 20 == len(await broker.values("t1", 0))
 
 
 async def test_handles_fail_after_delivery_timeout(
-    client: Client, broker: FakeBroker, autojump_clock: object
+    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
 ) -> None:
     """A partition that keeps failing fails its handles after delivery_timeout;
     the producer then carries on with the next events."""
@@ -138,12 +144,12 @@ async def test_handles_fail_after_delivery_timeout(
         stored = await producer.send("t1", "kept")
     assert (0, ["kept"]) == (
         stored.offset,
-        [v and v.decode()[1:] for v in broker.stored_values("t1", 0)],
+        [v and v.decode()[1:] for v in await broker.values("t1", 0)],
     )
 
 
 async def test_non_retriable_error_fails_at_once(
-    client: Client, broker: FakeBroker, autojump_clock: object
+    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
 ) -> None:
     """A non-retriable error fails the batch without retrying."""
     broker.fail_produces(1, lambda: InvalidArgument("bad"))
@@ -168,7 +174,11 @@ async def test_non_retriable_error_fails_at_once(
     ],
 )
 async def test_bad_input_raises_before_sending(
-    client: Client, broker: FakeBroker, autojump_clock: object, call: object, error: type
+    client: Client,
+    broker: FakeBroker | RealBroker,
+    autojump_clock: object,
+    call: object,
+    error: type,
 ) -> None:
     """Bad input raises a typed error and nothing is produced."""
     async with client.producer(max_event_bytes=1000) as producer:
@@ -177,7 +187,7 @@ async def test_bad_input_raises_before_sending(
     assert 0 == broker.requests.get("Produce", 0)
 
 
-async def test_bad_admin_and_config_input(client: Client, broker: FakeBroker) -> None:
+async def test_bad_admin_and_config_input(client: Client, broker: FakeBroker | RealBroker) -> None:
     """Admin calls and configs check arguments before any request."""
     before = dict(broker.requests)
     with pytest.raises(InvalidTopicName, match="a b"):
@@ -198,7 +208,7 @@ async def test_bad_admin_and_config_input(client: Client, broker: FakeBroker) ->
 
 
 async def test_order_kept_across_retries_with_many_batches(
-    client: Client, broker: FakeBroker, autojump_clock: object
+    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
 ) -> None:
     """Failures in the middle of a stream of batches keep per-partition order
     and store every event once (the lost-response retries are duplicates)."""
@@ -213,7 +223,7 @@ async def test_order_kept_across_retries_with_many_batches(
         events = [await h for h in handles]
     assert list(range(30)) == [e.offset for e in events]
     assert [bytes([0x18, i]) if i >= 24 else bytes([i]) for i in range(30)] == (
-        broker.stored_values("t1", 0)
+        await broker.values("t1", 0)
     )
 
 
