@@ -18,17 +18,7 @@ from headwater._errors import (
 from headwater.client import Client, Consumer, Event, Timestamp
 
 from .fake_broker import FakeBroker
-from .real_broker import RealBroker, open_real_broker
-
-
-@pytest.fixture(params=["fake", "real"])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[FakeBroker | RealBroker]:
-    """A fresh fake broker, or a real embedded one on a simulated disk."""
-    if request.param == "fake":
-        yield FakeBroker()
-        return
-    async with open_real_broker() as real:
-        yield real
+from .real_broker import RealBroker
 
 
 @pytest.fixture

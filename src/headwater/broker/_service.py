@@ -135,7 +135,7 @@ class BrokerService:
     async def _log(self, topic: str, partition: int) -> AsyncLog:
         _config, path = self._partition_path(topic, partition)
         log = self._logs.get((topic, partition))
-        if log is None or log._closed:
+        if log is None or log.closed:
             log = await self.system.lookup(path).ask(GetLog())
             self._logs[(topic, partition)] = log
         return log

@@ -90,6 +90,11 @@ class AsyncLog:
         return self.log.next_offset
 
     @property
+    def closed(self) -> bool:
+        """True once the log is closed (for example after its actor restarted)."""
+        return self._closed
+
+    @property
     def generation(self) -> int:
         """Changes whenever a failed fsync cut the log back. Take it before
         :meth:`write` and pass it to :meth:`wait_durable`, so a wait never

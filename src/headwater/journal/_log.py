@@ -75,6 +75,8 @@ _INDEX_ENTRY: Final = struct.Struct(">qQ")
 _CHECKPOINT: Final = struct.Struct(">qqqBI")
 _CHECKPOINT_NAME: Final = "checkpoint"
 _EXTS: Final = ("log", "index", "timeindex")
+# Index file trailer: segment size, next offset, max timestamp, max append time, CRC-32C.
+_TRAILER: Final = struct.Struct(">qqqqI")
 
 
 def _positive(name: str, value: object, *, allow_none: bool = False) -> None:
@@ -317,10 +319,10 @@ class Log:
                 data = self.fs.pread(handle, size, 0)
             finally:
                 self.fs.close(handle)
-            if len(data) < 28 or (len(data) - 28) % _INDEX_ENTRY.size:
+            if len(data) < _TRAILER.size or (len(data) - _TRAILER.size) % _INDEX_ENTRY.size:
                 return False
-            body, trailer = data[:-28], data[-28:]
-            size_rec, next_off, max_ts, crc = struct.unpack(">qqqI", trailer)
+            body, trailer = data[: -_TRAILER.size], data[-_TRAILER.size :]
+            size_rec, next_off, max_ts, max_append, crc = _TRAILER.unpack(trailer)
             if crc32c.crc32c(body + trailer[:-4]) != crc or size_rec != file_size:
                 return False
             entries.append(
@@ -328,17 +330,19 @@ class Log:
             )
             seg.next_offset = next_off
             seg.max_timestamp = max_ts
+            seg.max_append_time = max_append
         seg.index = [(o, p) for o, p in entries[0]]
         seg.times = [(t, o) for t, o in entries[1]]
         seg.size = file_size
         seg.indexed_at = seg.index[-1][1] if seg.index else -(2**62)
-        seg.max_append_time = self.clock()
         return True
 
     def _write_indexes(self, seg: _Segment) -> None:
         for ext, rows in (("index", seg.index), ("timeindex", seg.times)):
             body = b"".join(_INDEX_ENTRY.pack(a, b) for a, b in rows)
-            trailer = struct.pack(">qqq", seg.size, seg.next_offset, seg.max_timestamp)
+            trailer = _TRAILER.pack(
+                seg.size, seg.next_offset, seg.max_timestamp, seg.max_append_time, 0
+            )[:-4]
             data = body + trailer + struct.pack(">I", crc32c.crc32c(body + trailer))
             write_file_atomically(self.fs, f"{self.path}/{_name(seg.base, ext)}", [data])
         self._dir_gen += 1
