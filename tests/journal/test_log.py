@@ -250,3 +250,16 @@ def test_headers_rebuild_producer_state() -> None:
     assert [(7, 0, 0), (7, 2, 2)] == [
         (h.producer_id, h.base_sequence, h.base_offset) for h in headers
     ]
+
+
+def test_age_retention_survives_reopen() -> None:
+    """Segment ages come from stored append times, not from the time of reopening."""
+    fs = SimulatedFileSystem()
+    clock = Clock()
+    log = open_log(fs, clock, segment_bytes=500)
+    for i in range(12):
+        log.write(rec(i))
+    log.close()
+    clock.now += 10_000
+    log = open_log(fs, clock, segment_bytes=500, retention_ms=5_000)
+    assert [0, 3, 6] == log.apply_retention()
