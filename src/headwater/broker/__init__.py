@@ -9,6 +9,7 @@ from ._config import DURABILITIES as DURABILITIES
 from ._config import MAX_PARTITIONS as MAX_PARTITIONS
 from ._config import MAX_TOPIC_NAME_LENGTH as MAX_TOPIC_NAME_LENGTH
 from ._config import TopicConfig as TopicConfig
+from ._config import validate_group_name as validate_group_name
 from ._config import validate_topic_name as validate_topic_name
 from ._group import TRANSITIONS as TRANSITIONS
 from ._group import GroupCoordinator as GroupCoordinator
@@ -47,5 +48,6 @@ __all__ = [
     "TopicConfig",
     "apply",
     "compute_assignment",
+    "validate_group_name",
     "validate_topic_name",
 ]

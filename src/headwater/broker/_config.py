@@ -13,7 +13,7 @@ from typing import Any, Literal, cast
 
 import attrs
 
-from headwater._errors import ConfigError, InvalidTopicName
+from headwater._errors import ConfigError, InvalidArgument, InvalidTopicName
 from headwater._protocol import CreateTopic, TopicInfo
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "MAX_PARTITIONS",
     "MAX_TOPIC_NAME_LENGTH",
     "TopicConfig",
+    "validate_group_name",
     "validate_topic_name",
 ]
 
@@ -33,27 +34,38 @@ _LEGAL = re.compile(r"[A-Za-z0-9._-]+")
 Durability = Literal["always", "interval", "never"]
 
 
-def validate_topic_name(name: object) -> str:
-    """Return ``name`` if it is a legal topic name, else raise
-    :class:`~headwater.InvalidTopicName` saying which rule it breaks."""
+def _validate_name(kind: str, name: object, error: type[InvalidArgument]) -> str:
     if not isinstance(name, str):
-        raise InvalidTopicName(f"a topic name must be a str, not {type(name).__qualname__}")
+        raise error(f"a {kind} name must be a str, not {type(name).__qualname__}")
     if not name:
-        raise InvalidTopicName("a topic name cannot be empty")
+        raise error(f"a {kind} name cannot be empty")
     if len(name) > MAX_TOPIC_NAME_LENGTH:
-        raise InvalidTopicName(
-            f"topic name {name[:20]!r}... is {len(name)} characters; "
+        raise error(
+            f"{kind} name {name[:20]!r}... is {len(name)} characters; "
             f"the limit is {MAX_TOPIC_NAME_LENGTH}"
         )
     if name in (".", ".."):
-        raise InvalidTopicName(f"{name!r} is not a valid topic name")
+        raise error(f"{name!r} is not a valid {kind} name")
     if not _LEGAL.fullmatch(name):
         bad = sorted({c for c in name if not _LEGAL.fullmatch(c)})
-        raise InvalidTopicName(
-            f"topic name {name!r} contains {''.join(bad)!r}; use only letters, digits, "
+        raise error(
+            f"{kind} name {name!r} contains {''.join(bad)!r}; use only letters, digits, "
             "'.', '_' and '-'"
         )
     return name
+
+
+def validate_topic_name(name: object) -> str:
+    """Return ``name`` if it is a legal topic name, else raise
+    :class:`~headwater.InvalidTopicName` saying which rule it breaks."""
+    return _validate_name("topic", name, InvalidTopicName)
+
+
+def validate_group_name(name: object) -> str:
+    """Return ``name`` if it is a legal consumer group name (the same rules as
+    topic names: it names a directory), else raise
+    :class:`~headwater.InvalidArgument` saying which rule it breaks."""
+    return _validate_name("group", name, InvalidArgument)
 
 
 def _optional_non_negative(setting: str, value: object) -> int | None:

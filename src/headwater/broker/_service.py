@@ -75,7 +75,7 @@ from headwater.broker._actors import (
     RunCompaction,
     RunRetention,
 )
-from headwater.broker._config import TopicConfig, validate_topic_name
+from headwater.broker._config import TopicConfig, validate_group_name, validate_topic_name
 from headwater.broker._group import GroupCoordinator
 from headwater.client._codec import decode_record_events
 from headwater.journal._async import AsyncLog
@@ -86,8 +86,6 @@ __all__ = ["BrokerService", "MAX_FETCH_WAIT"]
 
 MAX_FETCH_WAIT = 30.0
 """The longest a fetch may long-poll, in seconds."""
-
-_GROUP_NAME_LIMIT = 249
 
 
 class BrokerService:
@@ -141,9 +139,7 @@ class BrokerService:
         return log
 
     async def _group(self, group: object, *, create: bool) -> Any:
-        if not isinstance(group, str) or not group or len(group) > _GROUP_NAME_LIMIT:
-            raise InvalidArgument(f"group name {group!r} is invalid; give 1..249 characters")
-        validate_topic_name(group)  # same character rules: it becomes a directory name
+        group = validate_group_name(group)
         path = f"/broker/groups/{group}"
         try:
             return self.system.lookup(path)

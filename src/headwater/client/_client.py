@@ -15,19 +15,18 @@ from typing import Any
 
 from headwater import _protocol as p
 from headwater._errors import ConfigError, InvalidArgument
-from headwater.broker._config import DURABILITIES, MAX_PARTITIONS, validate_topic_name
+from headwater.broker._config import (
+    DURABILITIES,
+    MAX_PARTITIONS,
+    validate_group_name,
+    validate_topic_name,
+)
 
 from ._channel import Channel
 from ._consumer import Consumer, ConsumerConfig, Start
 from ._producer import Producer, ProducerConfig
 
 __all__ = ["Client"]
-
-
-def _check_group(group: object) -> str:
-    if not isinstance(group, str) or not group or len(group) > 249:
-        raise InvalidArgument(f"group must be a non-empty str (up to 249 chars), not {group!r}")
-    return group
 
 
 def _optional_limit(name: str, value: object) -> int | None:
@@ -127,7 +126,9 @@ class Client:
 
     async def describe_group(self, group: str) -> p.GroupDescription:
         """A group's members, assignment, committed offsets and lag."""
-        description: p.GroupDescription = await self._ask(p.DescribeGroup(_check_group(group)))
+        description: p.GroupDescription = await self._ask(
+            p.DescribeGroup(validate_group_name(group))
+        )
         return description
 
     async def tree(self) -> Any:
@@ -169,7 +170,7 @@ class Client:
         for t in topic_list:
             validate_topic_name(t)
         if group is not None:
-            _check_group(group)
+            validate_group_name(group)
         try:
             settings = ConsumerConfig(**config)
         except TypeError as exc:
