@@ -35,6 +35,7 @@ from ._errors import ProducerFencedError as ProducerFencedError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import SerializationError as SerializationError
+from ._errors import ServerBusyError as ServerBusyError
 from ._errors import StaleGenerationError as StaleGenerationError
 from ._errors import StorageError as StorageError
 from ._errors import SupervisorGaveUp as SupervisorGaveUp
@@ -53,6 +54,7 @@ from .broker import Broker as Broker
 from .broker import open_broker as open_broker
 from .client import Client as Client
 from .client import Event as Event
+from .client import connect as connect
 from .supervision import ChildSpec as ChildSpec
 from .supervision import SupervisorSpec as SupervisorSpec
 
@@ -61,6 +63,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     # the broker
     "open_broker",
+    "connect",
     "Broker",
     "Client",
     "Event",
@@ -99,6 +102,7 @@ __all__ = [
     "AuthenticationError",
     "UnsupportedVersionError",
     "ConnectionLostError",
+    "ServerBusyError",
     "UnknownTopicError",
     "UnknownPartitionError",
     "UnknownGroupError",

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "ServerBusyError",
     "ActorError",
     "ActorFailed",
     "ActorKilled",
@@ -300,6 +301,15 @@ class ConnectionLostError(BrokenError):
     effect: retry idempotent ones on a new connection."""
 
     code = "connection_lost"
+    retriable = True
+
+
+class ServerBusyError(BrokenError):
+    """The server refused the connection or the request because it is at its
+    connection limit or shutting down. Retry later (the client reconnects with
+    backoff by itself) or raise the server's ``--max-connections``."""
+
+    code = "server_busy"
     retriable = True
 
 

@@ -19,7 +19,7 @@ default is compatible; anything else needs a new protocol version.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -56,6 +56,9 @@ __all__ = [
     "GroupPartition",
     "GroupDescription",
     "GetTree",
+    "TopicList",
+    "GroupList",
+    "TreeSnapshot",
     "Done",
     "REQUEST_TYPES",
     "RESPONSE_TYPES",
@@ -349,6 +352,29 @@ class GetTree:
 
 
 @attrs.frozen
+class TopicList:
+    """The response of :class:`ListTopics`: every topic, by name."""
+
+    topics: tuple[TopicInfo, ...]
+
+
+@attrs.frozen
+class GroupList:
+    """The response of :class:`ListGroups`: every consumer group's name."""
+
+    groups: tuple[str, ...]
+
+
+@attrs.frozen
+class TreeSnapshot:
+    """The response of :class:`GetTree`: the supervision tree as nested maps
+    (``ActorSnapshot.as_dict()``: path, name, kind, state, restarts,
+    last_failure, children)."""
+
+    root: dict[str, Any]
+
+
+@attrs.frozen
 class Done:
     """The response of requests that return nothing."""
 
@@ -387,5 +413,8 @@ RESPONSE_TYPES: tuple[type, ...] = (
     GroupDescription,
     TopicPartition,
     PartitionOffset,
+    TopicList,
+    GroupList,
+    TreeSnapshot,
     Done,
 )

@@ -77,7 +77,7 @@ async def test_topics_produce_fetch_and_reopen(autojump_clock: trio.abc.Clock) -
             n.path for n in broker.tree().walk() if n.path.startswith("/broker/topics/orders/")
         ]
     async with open_broker(DATA, fs=fs) as broker:
-        assert ["orders"] == [t.name for t in await broker.handle(ListTopics())]
+        assert ["orders"] == [t.name for t in (await broker.handle(ListTopics())).topics]
         got = await broker.handle(Fetch("orders", 1, 0, max_wait=0))
         assert [b"e0", b"e1", b"e2", b"e3", b"e4"] == [p for _, p in payloads(got.records)]
         desc = await broker.handle(DescribeTopic("orders"))

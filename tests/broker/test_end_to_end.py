@@ -10,16 +10,18 @@ from structlog.testing import capture_logs
 from headwater.broker import open_broker
 from headwater.journal import SimulatedFileSystem
 
+from .conftest import Connect
+
 DATA = "/data"
 
 
 async def test_produce_consume_in_a_group_and_resume_after_reopen(
-    autojump_clock: trio.abc.Clock,
+    autojump_clock: trio.abc.Clock, connect: Connect
 ) -> None:
     """Keyed events keep per-key order; a group consumer commits; after a broker
     reopen a new consumer in the group resumes after the commit."""
     fs = SimulatedFileSystem()
-    async with open_broker(DATA, fs=fs) as broker, broker.connect() as client:
+    async with open_broker(DATA, fs=fs) as broker, connect(broker) as client:
         await client.create_topic("orders", partitions=3)
         async with client.producer() as producer:
             first = await producer.send("orders", {"id": 0}, key="user-0")
@@ -39,7 +41,7 @@ async def test_produce_consume_in_a_group_and_resume_after_reopen(
         for e in seen:
             by_key.setdefault(e.key, []).append(e.value["id"])
         assert all(ids == sorted(ids) for ids in by_key.values())
-    async with open_broker(DATA, fs=fs) as broker, broker.connect() as client:
+    async with open_broker(DATA, fs=fs) as broker, connect(broker) as client:
         rest: list[Any] = []
         async with client.consumer(["orders"], group="billing", start="earliest") as consumer:
             with trio.move_on_after(30):
@@ -55,17 +57,17 @@ async def test_produce_consume_in_a_group_and_resume_after_reopen(
 
 
 async def test_idempotent_producer_through_partition_kills(
-    autojump_clock: trio.abc.Clock,
+    autojump_clock: trio.abc.Clock, connect: Connect
 ) -> None:
     """Killing partition actors while a producer sends stores every event exactly once."""
     with capture_logs() as logs:
-        await _kill_storm()
+        await _kill_storm(connect)
     restarted = [e for e in logs if e["event"] == "actor_restarted"]
     assert len(restarted) >= 4  # kills during a restart backoff are no-ops
 
 
-async def _kill_storm() -> None:
-    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker, broker.connect() as client:
+async def _kill_storm(connect: Connect) -> None:
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker, connect(broker) as client:
         await client.create_topic("t", partitions=2)
         async with client.producer(max_batch_events=5) as producer:
             await producer.partitions_of("t")
@@ -95,7 +97,9 @@ async def _kill_storm() -> None:
         assert sorted(f"v{i}".encode() for i in range(500)) == sorted(values)
 
 
-async def test_compacted_topic_keeps_latest_per_key(autojump_clock: trio.abc.Clock) -> None:
+async def test_compacted_topic_keeps_latest_per_key(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
     """Compaction keeps the latest event of every key, removes superseded ones and
     expired tombstones, never changes an offset, and survives a reopen."""
     now = [1_000_000]
@@ -106,7 +110,7 @@ async def test_compacted_topic_keeps_latest_per_key(autojump_clock: trio.abc.Clo
         "clock": lambda: now[0],
         "retention_check_interval": 5.0,
     }
-    async with open_broker(DATA, **opts) as broker, broker.connect() as client:
+    async with open_broker(DATA, **opts) as broker, connect(broker) as client:
         await client.create_topic("profiles", compacted=True)
         async with client.producer(max_batch_events=1, clock=lambda: now[0]) as producer:
             written = [
@@ -134,7 +138,7 @@ async def test_compacted_topic_keeps_latest_per_key(autojump_clock: trio.abc.Clo
         final = {e.offset for e in await _read_all(client, "profiles")}
         assert written[0].offset in final  # a segment's first event always stays
         assert tomb.offset not in final  # the tombstone is gone after its grace period
-    async with open_broker(DATA, **opts) as broker, broker.connect() as client:
+    async with open_broker(DATA, **opts) as broker, connect(broker) as client:
         reopened = await _read_all(client, "profiles")
         assert [e.offset for e in reopened] == sorted({e.offset for e in reopened})
         assert {e.key: e.value for e in reopened}["k3"] == latest["k3"].value

@@ -139,8 +139,8 @@ class FakeBroker:
         del self.topics[r.name]
         return p.Done()
 
-    def _ListTopics(self, r: p.ListTopics) -> tuple[p.TopicInfo, ...]:
-        return tuple(info for info, _ in self.topics.values())
+    def _ListTopics(self, r: p.ListTopics) -> p.TopicList:
+        return p.TopicList(tuple(info for info, _ in self.topics.values()))
 
     def _DescribeTopic(self, r: p.DescribeTopic) -> p.TopicDescription:
         info, parts = self._topic(r.name)
@@ -261,12 +261,12 @@ class FakeBroker:
         offsets = group.committed(r.partitions) if group is not None else ()
         return p.CommittedOffsets(r.group, offsets)
 
-    def _ListGroups(self, r: p.ListGroups) -> tuple[str, ...]:
-        return tuple(sorted(self.groups))
+    def _ListGroups(self, r: p.ListGroups) -> p.GroupList:
+        return p.GroupList(tuple(sorted(self.groups)))
 
     def _DescribeGroup(self, r: p.DescribeGroup) -> p.GroupDescription:
         ends = {(t, x.index): x.next_offset for t, (_, parts) in self.topics.items() for x in parts}
         return self._group(r.group).describe(ends)
 
-    def _GetTree(self, r: p.GetTree) -> dict[str, Any]:
-        return {"path": "/fake", "children": []}
+    def _GetTree(self, r: p.GetTree) -> p.TreeSnapshot:
+        return p.TreeSnapshot({"path": "/fake", "children": []})

@@ -24,9 +24,19 @@ from ._idempotence import Duplicate as Duplicate
 from ._idempotence import ProducerEntry as ProducerEntry
 from ._idempotence import ProducerStates as ProducerStates
 from ._idempotence import RecordInfo as RecordInfo
+from ._server import DEFAULT_PORT as DEFAULT_PORT
+from ._server import Server as Server
+from ._server import ServerConfig as ServerConfig
+from ._server import open_server as open_server
+from ._server import run_server as run_server
 from ._service import BrokerService as BrokerService
 
 __all__ = [
+    "DEFAULT_PORT",
+    "Server",
+    "ServerConfig",
+    "open_server",
+    "run_server",
     "Broker",
     "BrokerService",
     "DEFAULT_DATA_DIR",

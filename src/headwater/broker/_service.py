@@ -44,6 +44,7 @@ from headwater._protocol import (
     FetchCommitted,
     FetchResult,
     GetTree,
+    GroupList,
     Heartbeat,
     InitProducer,
     JoinGroup,
@@ -58,6 +59,8 @@ from headwater._protocol import (
     ProducerIdentity,
     TopicDescription,
     TopicInfo,
+    TopicList,
+    TreeSnapshot,
 )
 from headwater.actors._system import ActorSystem
 from headwater.broker._actors import (
@@ -253,8 +256,8 @@ class BrokerService:
             del self._logs[key]
         return Done()
 
-    async def _list_topics(self, r: Any) -> tuple[TopicInfo, ...]:
-        return tuple(c.to_info() for _, c in sorted(self._topics.items()))
+    async def _list_topics(self, r: Any) -> TopicList:
+        return TopicList(tuple(c.to_info() for _, c in sorted(self._topics.items())))
 
     async def _describe_topic(self, r: DescribeTopic) -> TopicDescription:
         config = self._config(r.name)
@@ -280,10 +283,12 @@ class BrokerService:
             return CommittedOffsets(r.group, result)
         return Done() if result is None else result
 
-    async def _list_groups(self, r: ListGroups) -> tuple[str, ...]:
+    async def _list_groups(self, r: ListGroups) -> GroupList:
         groups = self.system.tree().walk()
         prefix = "/broker/groups/"
-        return tuple(sorted(n.path[len(prefix) :] for n in groups if n.path.startswith(prefix)))
+        return GroupList(
+            tuple(sorted(n.path[len(prefix) :] for n in groups if n.path.startswith(prefix)))
+        )
 
     async def _describe_group(self, r: DescribeGroup) -> Any:
         ref = await self._group(r.group, create=False)
@@ -298,8 +303,8 @@ class BrokerService:
                 ends[(topic, p)] = (await self._log(topic, p)).visible_end
         return coordinator.describe(ends)
 
-    async def _tree(self, r: GetTree) -> dict[str, Any]:
-        return self.system.tree().as_dict()
+    async def _tree(self, r: GetTree) -> TreeSnapshot:
+        return TreeSnapshot(self.system.tree().as_dict())
 
     async def retention(self) -> int:
         """Apply retention (and compaction, for compacted topics) to every

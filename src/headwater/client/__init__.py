@@ -31,8 +31,18 @@ from ._serializers import StrSerializer as StrSerializer
 from ._serializers import deserialize_value as deserialize_value
 from ._serializers import get_serializer as get_serializer
 from ._serializers import serialize_value as serialize_value
+from ._tcp import DEFAULT_URL as DEFAULT_URL
+from ._tcp import TcpChannel as TcpChannel
+from ._tcp import connect as connect
+from ._tcp import connect_channel as connect_channel
+from ._tcp import parse_url as parse_url
 
 __all__ = [
+    "DEFAULT_URL",
+    "TcpChannel",
+    "connect",
+    "connect_channel",
+    "parse_url",
     "Accumulator",
     "AccumulatorConfig",
     "BatchSlot",

@@ -25,6 +25,15 @@ Handler = Callable[[Any], Awaitable[Any]]
 """A broker's request handler: takes a request message, returns its response."""
 
 
+def _timeout_seconds(timeout: object) -> float:
+    """``timeout`` (seconds or ``None``) as a float (``inf`` for ``None``)."""
+    if timeout is None:
+        return math.inf
+    if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout >= 0:
+        return float(timeout)
+    raise InvalidArgument(f"timeout={timeout!r} is invalid; give seconds >= 0 or None")
+
+
 class Channel(abc.ABC):
     """A path from a client to a broker (see the module docstring)."""
 
@@ -53,12 +62,7 @@ class LocalChannel(Channel):
         """See :meth:`Channel.request`."""
         if self._closed:
             raise ClosedError("this client is closed; open a new one")
-        if timeout is None:
-            seconds = math.inf
-        elif isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout >= 0:
-            seconds = float(timeout)
-        else:
-            raise InvalidArgument(f"timeout={timeout!r} is invalid; give seconds >= 0 or None")
+        seconds = _timeout_seconds(timeout)
         with trio.move_on_after(seconds):
             try:
                 return await self._handler(request)

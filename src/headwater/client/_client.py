@@ -112,7 +112,8 @@ class Client:
 
     async def list_topics(self) -> list[p.TopicInfo]:
         """Every topic's settings, by name."""
-        return sorted(await self._ask(p.ListTopics()), key=lambda t: t.name)
+        result: p.TopicList = await self._ask(p.ListTopics())
+        return sorted(result.topics, key=lambda t: t.name)
 
     async def describe_topic(self, name: str) -> p.TopicDescription:
         """A topic's settings and each partition's offsets and size on disk."""
@@ -122,7 +123,8 @@ class Client:
 
     async def list_groups(self) -> list[str]:
         """Every consumer group's name."""
-        return list(await self._ask(p.ListGroups()))
+        result: p.GroupList = await self._ask(p.ListGroups())
+        return list(result.groups)
 
     async def describe_group(self, group: str) -> p.GroupDescription:
         """A group's members, assignment, committed offsets and lag."""
@@ -131,9 +133,11 @@ class Client:
         )
         return description
 
-    async def tree(self) -> Any:
-        """The broker's live supervision tree."""
-        return await self._ask(p.GetTree())
+    async def tree(self) -> dict[str, Any]:
+        """The broker's live supervision tree, as nested maps (the shape of
+        :meth:`~headwater.supervision.ActorSnapshot.as_dict`)."""
+        result: p.TreeSnapshot = await self._ask(p.GetTree())
+        return result.root
 
     # ------------------------------------------------------------ clients
 

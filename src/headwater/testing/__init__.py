@@ -7,10 +7,12 @@ from headwater.journal._files import SimulatedFileSystem as SimulatedFileSystem
 
 from ._faulty import FaultyStream as FaultyStream
 from ._faulty import FaultyStreamStatistics as FaultyStreamStatistics
+from ._servers import connect_in_memory as connect_in_memory
 from ._transport_kit import TRANSPORT_CHECKS as TRANSPORT_CHECKS
 from ._transport_kit import check_transport as check_transport
 
 __all__ = [
+    "connect_in_memory",
     "SimulatedFileSystem",
     "PowerLoss",
     "FaultyStream",

@@ -34,9 +34,23 @@ from ._messages import Request as Request
 from ._messages import Response as Response
 from ._messages import error_from_frame as error_from_frame
 from ._messages import error_to_frame as error_to_frame
+from ._operations import OP_NAMES as OP_NAMES
+from ._operations import OPERATIONS as OPERATIONS
+from ._operations import decode_request as decode_request
+from ._operations import decode_response as decode_response
+from ._operations import encode_request as encode_request
+from ._operations import encode_response as encode_response
+from ._operations import op_name as op_name
 from ._stream import FramedStream as FramedStream
 
 __all__ = [
+    "OP_NAMES",
+    "OPERATIONS",
+    "decode_request",
+    "decode_response",
+    "encode_request",
+    "encode_response",
+    "op_name",
     # framing
     "DEFAULT_MAX_FRAME_SIZE",
     "FrameDecoder",

@@ -437,6 +437,8 @@ class ClientConnection(_Connection):
                 )
             self._version = message.version
             self._peer = message.server
+            if message.max_in_flight is not None and message.max_in_flight >= 1:
+                self._max_in_flight = min(self._max_in_flight, message.max_in_flight)
             if message.auth_required:
                 return AuthRequired(message.version, message.server)
             return HandshakeComplete(message.version, message.server, False)
@@ -563,7 +565,7 @@ class ServerConnection(_Connection):
                 authenticated = False
             self._version = max(common)
             self._peer = message.client
-            self._queue(HelloOk(self._version, self._server, needs_auth))
+            self._queue(HelloOk(self._version, self._server, needs_auth, self._max_in_flight))
             if needs_auth:
                 return None
             return HandshakeComplete(self._version, message.client, authenticated)

@@ -417,11 +417,13 @@ class Hello:
 @attrs.frozen
 class HelloOk:
     """Server -> client: the chosen version (highest common), the server's
-    description, and whether an :class:`Auth` frame must follow."""
+    description, whether an :class:`Auth` frame must follow, and the most
+    requests the server accepts in flight on this connection."""
 
     version: int
     server: str = ""
     auth_required: bool = False
+    max_in_flight: int | None = None
 
 
 @ENVELOPE.message("auth")

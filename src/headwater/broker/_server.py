@@ -1,0 +1,484 @@
+"""The TCP server: clients of other processes reach a broker through it.
+
+Theory of operation
+-------------------
+:func:`open_server` adds a ``/server`` supervisor to a running broker's actor
+system. Its ``listener`` child accepts TCP (optionally TLS) connections; each
+accepted connection becomes a ``temporary`` task child
+``/server/conn-<n>`` that speaks the protocol of :mod:`headwater.transport`
+(the sans-IO :class:`~headwater.transport.ServerConnection` does the
+handshake, authentication and pipelining rules) and hands every request to
+the broker's one request handler, :class:`BrokerService`, the very one
+embedded clients call. Requests of one connection run concurrently (up to
+``max_in_flight``), so a long poll never blocks a produce behind it.
+
+A connection that breaks the protocol gets an ``error`` frame and is closed;
+a request that fails gets an ``error`` frame for its id and the connection
+goes on; neither touches other connections or stored data. Limits: the
+number of connections (``server_busy`` beyond it), requests in flight per
+connection, the frame size, the time to finish the handshake and the idle
+time (no frame received and nothing in flight).
+
+Graceful shutdown (:meth:`Server.drain`): stop accepting, stop reading new
+requests, let the requests in flight finish (up to ``shutdown_timeout``),
+close every connection; then the broker closes its journals cleanly.
+:func:`run_server` is ``headwater serve``: it does all this on SIGINT/SIGTERM
+and returns the exit code.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import math
+import os
+import signal
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from headwater._errors import (
+    ConfigError,
+    HeadwaterError,
+    HeadwaterTimeoutError,
+    ServerBusyError,
+)
+from headwater._logging import LOG_FORMATS, configure_logging, get_logger
+from headwater.broker._broker import DEFAULT_DATA_DIR, Broker, open_broker
+from headwater.broker._config import DURABILITIES
+from headwater.supervision._specs import ChildSpec, SupervisorSpec, unwrap_group
+from headwater.transport._connection import (
+    DEFAULT_MAX_IN_FLIGHT,
+    ConnectionClosed,
+    HandshakeComplete,
+    RequestReceived,
+    ServerConnection,
+)
+from headwater.transport._frames import DEFAULT_MAX_FRAME_SIZE
+from headwater.transport._operations import decode_request, encode_response
+
+__all__ = ["DEFAULT_PORT", "Server", "ServerConfig", "open_server", "run_server"]
+
+DEFAULT_PORT = 7700
+RECEIVE_SIZE = 256 * 1024
+_log = get_logger("headwater.server")
+
+
+def _at_least(minimum: int, *, integer: bool = True) -> Any:
+    kinds: tuple[type, ...] = (int,) if integer else (int, float)
+
+    def check(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, kinds) or not value >= minimum:  # type: ignore[operator]
+            what = "an int" if integer else "a number of seconds"
+            raise ConfigError(f"{attribute.name}={value!r}; give {what} >= {minimum}")
+
+    return check
+
+
+def _optional_path(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, str | os.PathLike):
+        raise ConfigError(f"{attribute.name}={value!r} is not a file path")
+
+
+def _token(_inst: object, _attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ConfigError("auth_token must be a non-empty string (or None for no authentication)")
+
+
+@attrs.frozen
+class ServerConfig:
+    """Settings of ``headwater serve`` (every one has a command-line option).
+
+    ``port=0`` picks a free port (see :attr:`Server.port`). ``tls_cert`` and
+    ``tls_key`` (PEM files) turn on TLS; ``auth_token`` requires every client
+    to present that token. ``idle_timeout`` closes connections that send
+    nothing and wait for nothing that long; ``handshake_timeout`` bounds the
+    time from connect to a finished handshake; ``shutdown_timeout`` bounds
+    how long requests in flight may take to finish on shutdown.
+    """
+
+    data_dir: str = DEFAULT_DATA_DIR
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=DEFAULT_PORT, validator=_at_least(0))
+    durability: str = "always"
+    interval_ms: int = attrs.field(default=200, validator=_at_least(1))
+    tls_cert: str | None = attrs.field(default=None, validator=_optional_path)
+    tls_key: str | None = attrs.field(default=None, validator=_optional_path)
+    auth_token: str | None = attrs.field(default=None, validator=_token)
+    max_connections: int = attrs.field(default=1024, validator=_at_least(1))
+    max_in_flight: int = attrs.field(default=DEFAULT_MAX_IN_FLIGHT, validator=_at_least(1))
+    max_frame_size: int = attrs.field(default=DEFAULT_MAX_FRAME_SIZE, validator=_at_least(16))
+    idle_timeout: float = attrs.field(default=600.0, validator=_at_least(0, integer=False))
+    handshake_timeout: float = attrs.field(default=10.0, validator=_at_least(0, integer=False))
+    shutdown_timeout: float = attrs.field(default=10.0, validator=_at_least(0, integer=False))
+    log_format: str = "auto"
+
+    def __attrs_post_init__(self) -> None:
+        if self.durability not in DURABILITIES:
+            raise ConfigError(
+                f"durability={self.durability!r}; use one of {', '.join(DURABILITIES)}"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("TLS needs both tls_cert and tls_key (PEM files)")
+        if self.port > 65535:
+            raise ConfigError(f"port={self.port}; give 0..65535 (0 picks a free port)")
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError(f"host={self.host!r}; give an address such as 127.0.0.1")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log_format={self.log_format!r}; use one of {LOG_FORMATS}")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context, or ``None`` without TLS."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(str(self.tls_cert), str(self.tls_key))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"cannot load the TLS certificate {self.tls_cert} / key {self.tls_key}: {exc}"
+            ) from None
+        return context
+
+
+class Server:
+    """A running TCP server in front of one :class:`Broker` (see the module
+    docstring). Made by :func:`open_server`."""
+
+    def __init__(self, broker: Broker, config: ServerConfig) -> None:
+        self.broker = broker
+        self.config = config
+        self.addresses: list[tuple[str, int]] = []
+        self._ssl = config.ssl_context()
+        self._ids = itertools.count(1)
+        self._connections = 0
+        self._draining = False
+        self._receivers: set[trio.CancelScope] = set()
+        self._idle = trio.Event()
+        self._idle.set()
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (the real one when 0 was asked)."""
+        return self.addresses[0][1] if self.addresses else 0
+
+    @property
+    def connections(self) -> int:
+        """How many client connections are open."""
+        return self._connections
+
+    async def serve_stream(self, stream: trio.abc.Stream, peer: str = "memory") -> None:
+        """Serve one already-open stream as a new connection child (the listener
+        calls this for every accepted socket; tests pass memory streams)."""
+        if self._draining or self._connections >= self.config.max_connections:
+            await self._refuse(stream, peer)
+            return
+        name = f"conn-{next(self._ids)}"
+        self._connections += 1
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+
+        async def run() -> None:
+            try:
+                await self._connection(stream, peer, f"/server/{name}")
+            finally:
+                self._connections -= 1
+                if self._connections == 0:
+                    self._idle.set()
+
+        spec = ChildSpec(name, run, restart="temporary", shutdown=self.config.shutdown_timeout)
+        try:
+            await self.broker.system.start_child(spec, parent="/server")
+        except BaseException:
+            self._connections -= 1
+            if self._connections == 0:
+                self._idle.set()
+            await trio.aclose_forcefully(stream)
+            raise
+
+    async def drain(self) -> None:
+        """Stop accepting and reading new requests, let the requests in
+        flight finish (bounded by ``shutdown_timeout``), close every connection."""
+        if not self._draining:
+            self._draining = True
+            _log.info("server_draining", connections=self._connections)
+        for scope in list(self._receivers):
+            scope.cancel()
+        with trio.move_on_after(self.config.shutdown_timeout + 1.0):
+            await self._idle.wait()
+
+    # ------------------------------------------------------------ internals
+
+    async def _refuse(self, stream: trio.abc.Stream, peer: str) -> None:
+        reason = (
+            "the server is shutting down; reconnect later"
+            if self._draining
+            else f"the server has {self._connections} connections, its limit "
+            f"(max_connections={self.config.max_connections}); retry later"
+        )
+        _log.warning("connection_refused", peer=peer, reason=reason)
+        conn = ServerConnection(max_frame_size=self.config.max_frame_size)
+        conn.fail(ServerBusyError(reason))
+        with trio.move_on_after(1.0):
+            try:
+                await self._wrap(stream).send_all(conn.data_to_send())
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+        await trio.aclose_forcefully(stream)
+
+    def _wrap(self, stream: trio.abc.Stream) -> trio.abc.Stream:
+        if self._ssl is None or isinstance(stream, trio.SSLStream):
+            return stream
+        return trio.SSLStream(stream, self._ssl, server_side=True)
+
+    async def _listener(self, listeners: list[trio.SocketListener]) -> None:
+        async def accept(listener: trio.SocketListener) -> None:
+            async with listener:
+                while True:
+                    try:
+                        stream = await listener.accept()
+                    except OSError as exc:
+                        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
+                            _log.error("accept_failed", error=str(exc))
+                            await trio.sleep(0.1)
+                            continue
+                        raise
+                    try:
+                        host, port = stream.socket.getpeername()[:2]
+                        peer = f"{host}:{port}"
+                    except OSError:
+                        peer = "?"
+                    await self.serve_stream(self._wrap(stream), peer)
+
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(accept, listener)
+
+    async def _connection(self, stream: trio.abc.Stream, peer: str, path: str) -> None:
+        config = self.config
+        conn = ServerConnection(
+            token=config.auth_token,
+            server="headwater",
+            max_in_flight=config.max_in_flight,
+            max_frame_size=config.max_frame_size,
+        )
+        send_lock = trio.StrictFIFOLock()
+        log = _log.bind(actor=path, peer=peer)
+        stats = {"requests": 0, "errors": 0}
+        broken = False
+
+        async def flush() -> None:
+            nonlocal broken
+            async with send_lock:
+                data = conn.data_to_send()
+                if not data or broken:
+                    return
+                try:
+                    await stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    broken = True
+
+        async def answer(event: RequestReceived) -> None:
+            try:
+                request = decode_request(event.op, event.body)
+                response = encode_response(await self.broker.service.handle(request))
+            except HeadwaterError as exc:
+                stats["errors"] += 1
+                self._send(conn, event.id, exc)
+            except Exception as exc:  # a bug: answer it, log it, keep serving
+                stats["errors"] += 1
+                log.error("request_failed", op=event.op, exc_info=exc)
+                self._send(conn, event.id, exc)
+            else:
+                self._send(conn, event.id, response)
+            await flush()
+
+        reason = "closed by the client"
+        receiver = trio.CancelScope()
+        self._receivers.add(receiver)
+        try:
+            async with trio.open_nursery() as handlers:
+                with receiver:
+                    if self._draining:
+                        receiver.cancel()
+                    ready = False
+                    while True:
+                        if not ready:
+                            wait = config.handshake_timeout
+                        elif conn.in_flight:
+                            wait = math.inf
+                        else:
+                            wait = config.idle_timeout
+                        data: bytes | None = None
+                        with trio.move_on_after(wait):
+                            try:
+                                data = bytes(await stream.receive_some(RECEIVE_SIZE))
+                            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                                data = b""
+                        if data is None:
+                            what = "finish the handshake" if not ready else "send anything"
+                            reason = f"timed out: did not {what} within {wait}s"
+                            conn.fail(HeadwaterTimeoutError(f"connection {reason}; reconnect"))
+                            break
+                        conn.receive_data(data)
+                        closed = False
+                        while True:
+                            try:
+                                event = conn.next_event()
+                            except HeadwaterError as exc:
+                                reason = f"protocol violation: {exc}"
+                                log.warning("protocol_violation", code=exc.code, error=str(exc))
+                                closed = True
+                                break
+                            if event is None:
+                                break
+                            if isinstance(event, RequestReceived):
+                                stats["requests"] += 1
+                                handlers.start_soon(answer, event)
+                            elif isinstance(event, HandshakeComplete):
+                                ready = True
+                                log.info(
+                                    "connection_ready",
+                                    client=event.peer,
+                                    version=event.version,
+                                    authenticated=event.authenticated,
+                                )
+                            elif isinstance(event, ConnectionClosed):
+                                if event.error is not None:
+                                    reason = str(event.error)
+                                closed = True
+                                break
+                        await flush()
+                        if closed or broken:
+                            break
+                if receiver.cancelled_caught:
+                    # Draining: requests in flight may finish, up to the timeout.
+                    reason = "server shutting down"
+                    handlers.cancel_scope.deadline = trio.current_time() + config.shutdown_timeout
+                else:
+                    handlers.cancel_scope.cancel()
+            await flush()
+        finally:
+            self._receivers.discard(receiver)
+            conn.close()
+            await trio.aclose_forcefully(stream)
+            log.info("connection_closed", reason=reason, **stats)
+
+    @staticmethod
+    def _send(conn: ServerConnection, request_id: int, outcome: object) -> None:
+        try:
+            if isinstance(outcome, BaseException):
+                conn.send_error(request_id, outcome)
+            else:
+                assert isinstance(outcome, dict)
+                conn.send_response(request_id, outcome)
+        except HeadwaterError:
+            pass  # the connection closed meanwhile: nobody is left to answer
+
+
+@asynccontextmanager
+async def open_server(
+    broker: Broker, config: ServerConfig | None = None, *, listen: bool = True
+) -> AsyncIterator[Server]:
+    """Serve ``broker`` to TCP clients for the duration of the block.
+
+    With ``listen=False`` no socket is opened (connections come only from
+    :meth:`Server.serve_stream`, as in tests over memory streams). Raises
+    :class:`~headwater.ConfigError` if the address cannot be bound. Leaving
+    the block drains the server (see :meth:`Server.drain`).
+    """
+    config = config if config is not None else ServerConfig()
+    if not isinstance(config, ServerConfig):
+        raise ConfigError(f"config must be a ServerConfig, not {type(config).__name__}")
+    server = Server(broker, config)
+    system = broker.system
+    listeners: list[trio.SocketListener] = []
+    if listen:
+        try:
+            listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}; "
+                "choose another --host/--port or stop the program using it"
+            ) from None
+        server.addresses = [ln.socket.getsockname()[:2] for ln in listeners]
+    children: list[ChildSpec | SupervisorSpec] = []
+    if listeners:
+
+        async def listener() -> None:
+            await server._listener(listeners)
+
+        children.append(ChildSpec("listener", listener, shutdown=1.0))
+    await system.start_child(
+        SupervisorSpec("server", children, max_restarts=10, within=10.0, shutdown=60.0)
+    )
+    if listeners:
+        _log.info(
+            "server_listening",
+            host=config.host,
+            port=server.port,
+            tls=config.tls_cert is not None,
+            auth=config.auth_token is not None,
+            data_dir=broker.data_dir,
+        )
+    try:
+        yield server
+    finally:
+        with trio.CancelScope(shield=True):
+            server._draining = True
+            if listeners:
+                await system.stop_child("/server/listener")
+            await server.drain()
+            await system.stop_child("/server")
+            for ln in listeners:
+                await trio.aclose_forcefully(ln)
+
+
+def run_server(config: ServerConfig) -> int:
+    """``headwater serve``: open the broker and serve it until SIGINT or SIGTERM,
+    then shut down gracefully; returns the process exit code (0 after a clean
+    shutdown). A second signal during shutdown stops at once."""
+    configure_logging(config.log_format)
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with (
+                open_broker(
+                    config.data_dir, durability=config.durability, interval_ms=config.interval_ms
+                ) as broker,
+                open_server(broker, config) as server,
+            ):
+                async for signum in signals:
+                    _log.info(
+                        "shutdown_requested",
+                        signal=signal.Signals(signum).name,
+                        connections=server.connections,
+                    )
+                    break
+                async with trio.open_nursery() as nursery:
+
+                    async def second_signal() -> None:
+                        async for _ in signals:
+                            _log.warning("shutdown_forced")
+                            nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(second_signal)
+                    await server.drain()
+                    nursery.cancel_scope.cancel()
+        _log.info("server_stopped")
+
+    try:
+        trio.run(main)
+    except BaseException as exc:
+        error = unwrap_group(exc)
+        if isinstance(error, HeadwaterError):
+            _log.error("server_failed", code=error.code, error=str(error))
+            return 2 if isinstance(error, ConfigError) else 1
+        if isinstance(error, KeyboardInterrupt):
+            return 130
+        _log.error("server_failed", exc_info=error)
+        return 1
+    return 0

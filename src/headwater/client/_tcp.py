@@ -1,0 +1,483 @@
+"""The remote client: :func:`connect` and the TCP channel under it.
+
+Theory of operation
+-------------------
+:class:`TcpChannel` is a :class:`~headwater.client.Channel` that sends each
+request message as a ``req`` frame (see :mod:`headwater.transport`) and
+waits for its ``res``/``error``. One background task per channel owns the
+connection: it connects, does the handshake (and authentication), reads
+frames and wakes the request waiting on each correlation id. Many requests
+are in flight at once (pipelining), at most ``max_in_flight`` (the server's
+limit): a slot is freed only when the answer arrives, so the client never
+exceeds it even when a caller times out.
+
+When the connection drops, every request in flight fails with
+:class:`~headwater.ConnectionLostError` (retriable: its outcome is unknown)
+and the task reconnects with exponential backoff; requests made meanwhile
+wait for the new connection, up to their timeout. Producers retry failed
+batches with the same producer id and sequence numbers, so a batch whose
+answer was lost is stored once. A wrong token or an unsupported version is
+not retried: every request then fails with that error.
+"""
+
+from __future__ import annotations
+
+import ssl
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+import trio.lowlevel
+
+from headwater._errors import (
+    AuthenticationError,
+    ClosedError,
+    ConfigError,
+    ConnectionLostError,
+    HeadwaterError,
+    HeadwaterTimeoutError,
+    InvalidArgument,
+    UnsupportedVersionError,
+)
+from headwater._logging import get_logger
+from headwater.supervision._specs import unwrap_group
+from headwater.transport._connection import (
+    DEFAULT_MAX_IN_FLIGHT,
+    AuthRequired,
+    ClientConnection,
+    ConnectionClosed,
+    ErrorReceived,
+    HandshakeComplete,
+    ResponseReceived,
+)
+from headwater.transport._frames import DEFAULT_MAX_FRAME_SIZE
+from headwater.transport._operations import decode_response, encode_request
+
+from ._channel import Channel, _timeout_seconds
+from ._client import Client
+
+__all__ = [
+    "DEFAULT_URL",
+    "StreamOpener",
+    "TcpChannel",
+    "connect",
+    "connect_channel",
+    "parse_url",
+]
+
+DEFAULT_URL = "headwater://127.0.0.1:7700"
+"""Where :func:`connect` and the CLI look for a server by default."""
+
+RECEIVE_SIZE = 256 * 1024
+StreamOpener = Callable[[], Awaitable[trio.abc.Stream]]
+"""Opens a new byte stream to the server (TCP, TLS, or a memory stream in tests)."""
+
+_log = get_logger("headwater.client")
+
+
+def parse_url(url: str) -> tuple[str, int, bool]:
+    """``(host, port, tls)`` of a ``headwater://host:port`` URL
+    (``headwaters://`` means TLS; the port defaults to 7700)."""
+    if not isinstance(url, str):
+        raise InvalidArgument(f"url must be a str like {DEFAULT_URL!r}, not {url!r}")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("headwater", "headwaters"):
+        raise InvalidArgument(
+            f"url {url!r} must start with headwater:// (or headwaters:// for TLS), "
+            f"e.g. {DEFAULT_URL}"
+        )
+    try:
+        port = parts.port or 7700
+    except ValueError:
+        raise InvalidArgument(f"url {url!r} has an invalid port") from None
+    if not parts.hostname:
+        raise InvalidArgument(f"url {url!r} names no host; e.g. {DEFAULT_URL}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise InvalidArgument(f"url {url!r} must be just scheme://host:port")
+    return parts.hostname, port, parts.scheme == "headwaters"
+
+
+class _Slot:
+    """One request in flight: where its answer goes."""
+
+    __slots__ = ("abandoned", "done", "outcome")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.outcome: Any = None
+        self.abandoned = False
+
+
+class _Session:
+    """One live connection: the sans-IO state machine and its stream."""
+
+    def __init__(self, stream: trio.abc.Stream, conn: ClientConnection) -> None:
+        self.stream = stream
+        self.conn = conn
+        self.pending: dict[int, _Slot] = {}
+        # Answers free slots: never more in flight than the server accepts.
+        self.slots = trio.Semaphore(conn.max_in_flight)
+        self.send_lock = trio.StrictFIFOLock()
+        self.lost: HeadwaterError | None = None
+
+    async def flush(self) -> None:
+        async with self.send_lock:
+            data = self.conn.data_to_send()
+            if not data:
+                return
+            if self.lost is not None:
+                raise self.lost
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self.lost = ConnectionLostError(
+                    f"connection to the server lost while sending: {exc}"
+                )
+                raise self.lost from None
+
+
+class TcpChannel(Channel):
+    """A channel to a remote broker (see the module docstring).
+
+    Run :meth:`run` in a nursery (``await nursery.start(channel.run)``: it
+    returns once the first connection is up, or raises why it could not be
+    made); :func:`connect` does this for you.
+    """
+
+    def __init__(
+        self,
+        open_stream: StreamOpener,
+        *,
+        address: str = "server",
+        token: str | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        connect_timeout: float = 10.0,
+        backoff: float = 0.05,
+        backoff_max: float = 2.0,
+    ) -> None:
+        if token is not None and (not isinstance(token, str) or not token):
+            raise InvalidArgument("token must be a non-empty str or None")
+        self._open_stream = open_stream
+        self.address = address
+        self._token = token
+        self._max_frame_size = max_frame_size
+        self._connect_timeout = _timeout_seconds(connect_timeout)
+        self._backoff = (backoff, backoff_max)
+        self._max_in_flight = max_in_flight
+        self._session: _Session | None = None
+        self._connected = trio.Event()
+        self._closed = False
+        self._fatal: HeadwaterError | None = None
+        self._last_error: HeadwaterError | None = None
+        self._cancel = trio.CancelScope()
+        self.reconnects = 0
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is up right now."""
+        return self._session is not None
+
+    # ------------------------------------------------------------ requests
+
+    async def request(self, request: Any, *, timeout: float | None = None) -> Any:
+        """See :meth:`Channel.request`."""
+        seconds = _timeout_seconds(timeout)
+        op, body = encode_request(request)
+        slot: _Slot | None = None
+        with trio.move_on_after(seconds):
+            session = await self._wait_session()
+            await session.slots.acquire()
+            slot = _Slot()
+            try:
+                if session is not self._session or session.lost is not None:
+                    raise session.lost or ConnectionLostError(
+                        f"connection to {self.address} was lost; retry"
+                    )
+                request_id = session.conn.send_request(op, body)
+                session.pending[request_id] = slot
+            except BaseException:
+                session.slots.release()
+                raise
+            await session.flush()
+            await slot.done.wait()
+            outcome = slot.outcome
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return decode_response(outcome)
+        if slot is not None:
+            slot.abandoned = True
+        if self._session is None:
+            raise ConnectionLostError(
+                f"not connected to {self.address} within {seconds}s"
+                + (f" (last error: {self._last_error})" if self._last_error else "")
+            )
+        raise HeadwaterTimeoutError(
+            f"{type(request).__name__} got no response from {self.address} within {seconds}s"
+        )
+
+    async def _wait_session(self) -> _Session:
+        while True:
+            if self._closed:
+                raise ClosedError("this client is closed; open a new one")
+            if self._fatal is not None:
+                raise self._fatal
+            session = self._session
+            if session is not None and session.lost is None:
+                return session
+            await self._connected.wait()
+            if self._session is None and not self._closed and self._fatal is None:
+                await trio.lowlevel.checkpoint()  # the event was reset for the next connection
+
+    async def aclose(self) -> None:
+        """See :meth:`Channel.aclose`."""
+        if self._closed:
+            return
+        self._closed = True
+        self._connected.set()
+        session = self._session
+        if session is not None:
+            self._fail_pending(session, ClosedError("the client was closed"))
+            await trio.aclose_forcefully(session.stream)
+        self._cancel.cancel()
+
+    # ------------------------------------------------------------ connection
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep a connection up until :meth:`aclose` (see the class docstring)."""
+        with self._cancel:
+            first = True
+            failures = 0
+            while not self._closed:
+                try:
+                    session = await self._connect()
+                except HeadwaterError as exc:
+                    self._last_error = exc
+                    if first or isinstance(exc, AuthenticationError | UnsupportedVersionError):
+                        if first:
+                            raise
+                        self._fatal = exc
+                        self._connected.set()
+                        return
+                    failures += 1
+                    delay = min(self._backoff[0] * 2 ** (failures - 1), self._backoff[1])
+                    _log.info(
+                        "reconnect_failed", server=self.address, error=str(exc), retry_in=delay
+                    )
+                    await trio.sleep(delay)
+                    continue
+                if not first:
+                    self.reconnects += 1
+                    _log.info("reconnected", server=self.address, after_failures=failures)
+                failures = 0
+                self._session = session
+                self._connected.set()
+                if first:
+                    first = False
+                    task_status.started()
+                error = await self._read(session)
+                self._session = None
+                self._connected = trio.Event()
+                self._last_error = error
+                self._fail_pending(session, error)
+                await trio.aclose_forcefully(session.stream)
+                if isinstance(error, AuthenticationError | UnsupportedVersionError):
+                    self._fatal = error
+                    self._connected.set()
+                    return
+                if not self._closed:
+                    _log.info("connection_lost", server=self.address, error=str(error))
+                    await trio.sleep(self._backoff[0])
+
+    async def _connect(self) -> _Session:
+        stream: trio.abc.Stream | None = None
+        try:
+            with trio.fail_after(self._connect_timeout):
+                stream = await self._open_stream()
+                conn = ClientConnection(
+                    token=self._token,
+                    max_in_flight=self._max_in_flight,
+                    max_frame_size=self._max_frame_size,
+                )
+                session = _Session(stream, conn)
+                try:
+                    await session.flush()
+                except ConnectionLostError:
+                    pass  # a refusing server may have said why: read it below
+                while True:
+                    event = conn.next_event()
+                    if event is None:
+                        try:
+                            data = bytes(await stream.receive_some(RECEIVE_SIZE))
+                        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                            data = b""
+                        conn.receive_data(data)
+                        continue
+                    if isinstance(event, HandshakeComplete):
+                        session.slots = trio.Semaphore(conn.max_in_flight)
+                        return session
+                    if isinstance(event, AuthRequired):
+                        if self._token is None:
+                            raise AuthenticationError(
+                                f"{self.address} requires a token; pass token=... "
+                                "(or --token / --token-file on the command line)"
+                            )
+                        conn.send_auth(self._token)
+                        await session.flush()
+                    elif isinstance(event, ErrorReceived):
+                        raise event.error
+                    elif isinstance(event, ConnectionClosed):
+                        raise event.error or ConnectionLostError(
+                            f"{self.address} closed the connection during the handshake"
+                        )
+        except trio.TooSlowError:
+            error: HeadwaterError = HeadwaterTimeoutError(
+                f"could not connect to {self.address} within {self._connect_timeout}s"
+            )
+        except HeadwaterError as exc:
+            error = exc
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            error = ConnectionLostError(
+                f"cannot connect to {self.address}: {reason}; is the server running there?"
+            )
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+        raise error
+
+    async def _read(self, session: _Session) -> HeadwaterError:
+        """Read answers until the connection ends; return why it ended."""
+        conn = session.conn
+        while True:
+            try:
+                data = bytes(await session.stream.receive_some(RECEIVE_SIZE))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                return session.lost or ConnectionLostError(
+                    f"connection to {self.address} lost: {exc or type(exc).__name__}"
+                )
+            conn.receive_data(data)
+            while True:
+                try:
+                    event = conn.next_event()
+                except HeadwaterError as exc:
+                    return exc
+                if event is None:
+                    break
+                if isinstance(event, ResponseReceived):
+                    self._resolve(session, event.id, event.body)
+                elif isinstance(event, ErrorReceived):
+                    if event.id is None:
+                        return event.error
+                    self._resolve(session, event.id, event.error)
+                elif isinstance(event, ConnectionClosed):
+                    return event.error or ConnectionLostError(
+                        f"{self.address} closed the connection"
+                    )
+
+    def _resolve(self, session: _Session, request_id: int, outcome: Any) -> None:
+        slot = session.pending.pop(request_id, None)
+        if slot is None:
+            return
+        session.slots.release()
+        slot.outcome = outcome
+        slot.done.set()
+
+    def _fail_pending(self, session: _Session, error: HeadwaterError) -> None:
+        session.lost = session.lost or (
+            error
+            if isinstance(error, ConnectionLostError | ClosedError)
+            else ConnectionLostError(f"connection to {self.address} lost: {error}")
+        )
+        for request_id in list(session.pending):
+            lost = (
+                error
+                if isinstance(error, ClosedError | AuthenticationError)
+                else ConnectionLostError(
+                    f"connection to {self.address} lost with this request in flight "
+                    f"({error}); it may or may not have taken effect"
+                )
+            )
+            self._resolve(session, request_id, lost)
+
+
+def _ssl_context(tls: bool | ssl.SSLContext | str | None, wanted: bool) -> ssl.SSLContext | None:
+    if isinstance(tls, ssl.SSLContext):
+        return tls
+    if isinstance(tls, str):
+        try:
+            return ssl.create_default_context(cafile=tls)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the TLS CA file {tls!r}: {exc}") from None
+    if tls is None:
+        tls = wanted
+    if not isinstance(tls, bool):
+        raise InvalidArgument(f"tls={tls!r}; give True, False, an ssl.SSLContext or a CA file path")
+    return ssl.create_default_context() if tls else None
+
+
+@asynccontextmanager
+async def connect(
+    url: str = DEFAULT_URL,
+    *,
+    token: str | None = None,
+    tls: bool | ssl.SSLContext | str | None = None,
+    connect_timeout: float = 10.0,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    **client_options: Any,
+) -> AsyncIterator[Client]:
+    """A client of the Headwater server at ``url`` (``headwater://host:port``).
+
+    It has exactly the API of an embedded broker's ``broker.connect()``::
+
+        async with headwater.connect("headwater://127.0.0.1:7700") as client:
+            await client.create_topic("orders", partitions=3)
+
+    ``token`` authenticates (servers started with ``--auth-token-file``);
+    ``tls`` is ``True`` (verify with the system's CAs), a CA file path, or an
+    ``ssl.SSLContext`` (``headwaters://`` turns TLS on too). The connection
+    is re-made with backoff when it drops. Raises
+    :class:`~headwater.ConnectionLostError` if the server cannot be reached,
+    :class:`~headwater.AuthenticationError` for a wrong or missing token.
+    """
+    host, port, wanted = parse_url(url)
+    context = _ssl_context(tls, wanted)
+    scheme = "headwaters" if context is not None else "headwater"
+
+    async def open_stream() -> trio.abc.Stream:
+        stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+        if context is not None:
+            stream = trio.SSLStream(stream, context, server_hostname=host)
+            await stream.do_handshake()
+        return stream
+
+    channel = TcpChannel(
+        open_stream,
+        address=f"{scheme}://{host}:{port}",
+        token=token,
+        max_in_flight=max_in_flight,
+        connect_timeout=connect_timeout,
+    )
+    async with connect_channel(channel, **client_options) as client:
+        yield client
+
+
+@asynccontextmanager
+async def connect_channel(channel: TcpChannel, **client_options: Any) -> AsyncIterator[Client]:
+    """A :class:`Client` over ``channel``, with its connection task running
+    for the duration of the block (what :func:`connect` uses; tests pass a
+    channel over memory streams)."""
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(channel.run)
+            client = Client(channel, **client_options)
+            try:
+                yield client
+            finally:
+                await client.aclose()
+    except BaseException as exc:
+        error = unwrap_group(exc)
+        if error is not exc:
+            raise error from None
+        raise
