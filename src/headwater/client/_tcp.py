@@ -448,8 +448,13 @@ async def connect(
     async def open_stream() -> trio.abc.Stream:
         stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
         if context is not None:
-            stream = trio.SSLStream(stream, context, server_hostname=host)
-            await stream.do_handshake()
+            tls_stream = trio.SSLStream(stream, context, server_hostname=host)
+            try:
+                await tls_stream.do_handshake()
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+            return tls_stream
         return stream
 
     channel = TcpChannel(
