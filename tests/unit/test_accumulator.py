@@ -54,6 +54,27 @@ def test_linger_deadline_and_drain():
     assert a.next_deadline() is None
 
 
+def test_busy_partitions_keep_growing_their_batch():
+    """A lingered batch of a busy partition stays open (and out of the deadline)
+    until the partition is free; full batches and force drain regardless."""
+    a = acc(linger=0.5, max_batch_events=4)
+    a.append("t", 0, 1, None, b"a", (), now=0.0)
+    a.append("t", 1, 1, None, b"b", (), now=0.0)
+    busy = {("t", 0)}
+    assert 0.5 == a.next_deadline(busy)
+    assert [1] == [b.partition for b in a.drain(now=1.0, busy=busy)]
+    assert a.next_deadline(busy) is None
+    for i in range(2):
+        a.append("t", 0, 1, None, b"x%d" % i, (), now=1.0)
+    assert [] == a.drain(now=2.0, busy=busy)
+    [grown] = a.drain(now=2.0)
+    assert 3 == grown.count
+    for i in range(5):
+        a.append("t", 0, 1, None, b"y%d" % i, (), now=3.0)
+    assert [4] == [b.count for b in a.drain(now=3.0, busy=busy)]  # full: sent anyway
+    assert [1] == [b.count for b in a.drain(now=3.0, force=True, busy=busy)]
+
+
 def test_force_drains_everything():
     """flush: force=True closes every open batch regardless of linger."""
     a = acc(linger=100.0)

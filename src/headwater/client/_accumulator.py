@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import attrs
 
@@ -243,21 +243,35 @@ class Accumulator:
 
     # ------------------------------------------------------------ drain
 
-    def next_deadline(self) -> float | None:
+    def next_deadline(self, busy: Collection[tuple[str, int]] = ()) -> float | None:
         """When :meth:`drain` next has something to return: the earliest
-        linger expiry, or an already-past time if a batch is closed and
-        waiting; ``None`` when nothing is buffered."""
+        linger expiry of a partition not in ``busy``, or an already-past time
+        if a batch is closed and waiting; ``None`` when nothing is due."""
         if self._closed:
             return self._closed[0].created_at
-        if not self._open:
+        times = [b.created_at for tp, b in self._open.items() if tp not in busy]
+        if not times:
             return None
-        return min(b.created_at for b in self._open.values()) + self.config.linger
+        return min(times) + self.config.linger
 
-    def drain(self, now: float, *, force: bool = False) -> list[ReadyBatch]:
+    def drain(
+        self, now: float, *, force: bool = False, busy: Collection[tuple[str, int]] = ()
+    ) -> list[ReadyBatch]:
         """Close lingered batches (all open ones with ``force``) and return every
-        closed batch, in closing order, with sequences assigned."""
+        closed batch, in closing order, with sequences assigned.
+
+        Lingered batches of partitions in ``busy`` (a request in flight) stay
+        open and keep growing until the partition is free: under load this
+        makes batches as large as the round trip allows instead of queueing
+        many small ones (Kafka's sender does the same). Full batches are
+        returned regardless."""
         linger = self.config.linger
-        for tp in [tp for tp, b in self._open.items() if force or now >= b.created_at + linger]:
+        due = [
+            tp
+            for tp, b in self._open.items()
+            if force or (tp not in busy and now >= b.created_at + linger)
+        ]
+        for tp in due:
             self._close(tp)
         ready: list[ReadyBatch] = []
         while self._closed:

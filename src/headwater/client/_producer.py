@@ -440,13 +440,16 @@ class Producer:
     async def _flusher(self) -> None:
         acc = self._accumulator
         while True:
-            deadline = acc.next_deadline()
+            # Partitions with a request in flight keep their batch open (it
+            # grows meanwhile); their sender wakes us when it is done.
+            busy = self._queues.keys()
+            deadline = acc.next_deadline(busy)
             if not self._force:
                 with trio.move_on_at(math.inf if deadline is None else deadline):
                     await self._wakeup.wait()
             self._wakeup = trio.Event()
             force, self._force = self._force, False
-            for batch in acc.drain(trio.current_time(), force=force):
+            for batch in acc.drain(trio.current_time(), force=force, busy=self._queues.keys()):
                 self._queue(batch)
             await trio.lowlevel.checkpoint()
 
@@ -472,6 +475,7 @@ class Producer:
                     await self._renumber(tp, queue)
         finally:
             del self._queues[tp]
+            self._wakeup.set()  # a batch of tp may have lingered meanwhile
 
     async def _deliver(self, batch: ReadyBatch, deadline: float) -> HeadwaterError | None:
         record = encode_record(
