@@ -56,8 +56,20 @@ def serve(data_dir: str, durability: str = "always") -> Iterator[str]:
     env = dict(os.environ, PYTHONPATH=str(HERE.parent / "src"))
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "headwater", "serve", "--data-dir", data_dir]
-            + ["--port", "0", "--log-format", "json", "--durability", durability],
+            [
+                sys.executable,
+                "-m",
+                "headwater",
+                "serve",
+                "--data-dir",
+                data_dir,
+                "--port",
+                "0",
+                "--log-format",
+                "json",
+                "--durability",
+                durability,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=out,
             env=env,
