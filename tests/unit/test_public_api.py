@@ -46,3 +46,22 @@ def test_error_codes_are_unique_and_round_trip() -> None:
     for cls in classes:
         assert _errors.error_class_for_code(cls.code) is cls
     assert _errors.error_class_for_code("from_the_future") is headwater.HeadwaterError
+
+
+def test_protocol_doc_lists_every_error_code_and_operation() -> None:
+    """docs/protocol.md names every error code and every client operation, so
+    a client written from it in another language misses nothing."""
+    import inspect
+    import pathlib
+
+    import headwater._errors as errors
+    from headwater.transport import OP_NAMES
+
+    doc = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    codes = {
+        cls.code
+        for _, cls in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(cls, errors.HeadwaterError)
+    }
+    missing = sorted(c for c in codes | OP_NAMES if f"`{c}`" not in doc)
+    assert [] == missing
