@@ -34,12 +34,12 @@ varint loop in pure Python per field.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cbor2
 
-from headwater._errors import CorruptionError, SerializationError
+from headwater._errors import CorruptionError, HeadwaterError, SerializationError
 from headwater.journal._record import HEADER_SIZE, RecordHeader
 
 from ._event import Event, Headers, Key
@@ -97,11 +97,16 @@ def decode_events(
     base_offset: int,
     base_timestamp: int,
     count: int | None = None,
+    first_offset: int = 0,
+    deserialize: Callable[[bytes], Any] | None = None,
 ) -> list[Event]:
     """Decode a batch payload into :class:`Event` objects.
 
     Event ``i`` gets offset ``base_offset + i`` and timestamp ``base_timestamp
-    + ts_delta``; values stay bytes (or ``None`` for tombstones). When
+    + ts_delta``; values stay bytes (or ``None`` for tombstones), or are
+    passed through ``deserialize`` (tombstones stay ``None``). Events before
+    ``first_offset`` are skipped (a fetch starts at the record holding the
+    wanted offset). When
     ``count`` is given (the journal header's event count), a payload with a
     different number of events is rejected. A malformed payload raises
     :class:`~headwater.CorruptionError` naming the base offset.
@@ -126,13 +131,28 @@ def decode_events(
         raise _corrupt(topic, partition, base_offset, "has columns of different lengths")
     if count is not None and n != count:
         raise _corrupt(topic, partition, base_offset, f"holds {n} events, the header says {count}")
+    skip = first_offset - base_offset
+    if skip > 0:
+        deltas, keys, values = deltas[skip:], keys[skip:], values[skip:]
+        headers_col = None if headers_col is None else headers_col[skip:]
+        base_offset += skip
+        n -= skip
+    if deserialize is not None:
+        try:
+            values = [None if v is None else deserialize(v) for v in values]
+        except HeadwaterError:
+            raise
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot deserialize an event value of {topic}/{partition} near offset "
+                f"{base_offset}: {exc}; check the consumer's deserializer"
+            ) from exc
     try:
+        offsets = range(base_offset, base_offset + n)
         if headers_col is None:
             return [
                 Event(topic, partition, offset, base_timestamp + dt, key, value, ())
-                for offset, dt, key, value in zip(
-                    range(base_offset, base_offset + n), deltas, keys, values, strict=True
-                )
+                for offset, dt, key, value in zip(offsets, deltas, keys, values, strict=True)
             ]
         return [
             Event(
@@ -145,7 +165,7 @@ def decode_events(
                 tuple(zip(flat[::2], flat[1::2], strict=True)) if flat else (),
             )
             for offset, dt, key, value, flat in zip(
-                range(base_offset, base_offset + n), deltas, keys, values, headers_col, strict=True
+                offsets, deltas, keys, values, headers_col, strict=True
             )
         ]
     except (TypeError, ValueError) as exc:
@@ -153,9 +173,16 @@ def decode_events(
 
 
 def decode_record_events(
-    header: RecordHeader, record: bytes | memoryview, *, topic: str, partition: int
+    header: RecordHeader,
+    record: bytes | memoryview,
+    *,
+    topic: str,
+    partition: int,
+    first_offset: int = 0,
+    deserialize: Callable[[bytes], Any] | None = None,
 ) -> list[Event]:
-    """Decode the events of one journal record (its header already decoded)."""
+    """Decode the events of one journal record (its header already decoded);
+    see :func:`decode_events` for ``first_offset`` and ``deserialize``."""
     return decode_events(
         bytes(record[HEADER_SIZE:]),
         topic=topic,
@@ -163,4 +190,6 @@ def decode_record_events(
         base_offset=header.base_offset,
         base_timestamp=header.first_timestamp,
         count=header.count,
+        first_offset=first_offset,
+        deserialize=deserialize,
     )

@@ -47,18 +47,20 @@ from headwater._errors import (
     UnknownMemberError,
     UnknownPartitionError,
 )
-from headwater.journal._record import iter_records
+from headwater.journal._record import RecordHeader, iter_records
 
 from ._channel import Channel
 from ._codec import decode_record_events
 from ._event import Event
-from ._serializers import Serializer, get_serializer
+from ._serializers import BytesSerializer, Serializer, get_serializer
 
 __all__ = ["Consumer", "ConsumerConfig", "Start", "Timestamp"]
 
 log = structlog.get_logger("headwater.client.consumer")
 
 TP = tuple[str, int]
+# (partition, ownership token, first wanted offset, records as fetched)
+_Chunk = tuple[TP, int, int, list[tuple[RecordHeader, memoryview]]]
 
 
 @attrs.frozen
@@ -164,9 +166,7 @@ class Consumer:
         self._owned: dict[TP, _Owned] = {}
         self._positions: dict[TP, int] = {}
         self._tokens = 0
-        self._send, self._receive = trio.open_memory_channel[tuple[TP, int, list[Event]]](
-            config.prefetch
-        )
+        self._send, self._receive = trio.open_memory_channel[_Chunk](config.prefetch)
         self._buffer: deque[Event] = deque()
         self._membership: p.Membership | None = None
         self._nursery: trio.Nursery | None = None
@@ -337,24 +337,31 @@ class Consumer:
                     continue
                 if not result.records:
                     continue
-                events: list[Event] = []
-                for header, record in iter_records(result.records):
-                    decoded = decode_record_events(header, record, topic=topic, partition=partition)
-                    if header.base_offset < offset:
-                        decoded = decoded[offset - header.base_offset :]
-                    events.extend(decoded)
-                if events:
-                    offset = events[-1].offset + 1
-                    await self._send.send((tp, owned.token, events))
+                # Only headers here (checksums included): the next fetch goes
+                # out at once while the reader decodes these records.
+                records = iter_records(result.records)
+                if records:
+                    await self._send.send((tp, owned.token, offset, records))
+                    offset = records[-1][0].next_offset
 
-    def _deserialize(self, events: list[Event]) -> list[Event]:
+    def _decode(
+        self, tp: TP, start: int, records: list[tuple[RecordHeader, memoryview]]
+    ) -> list[Event]:
         des = self._deserializer.deserialize
-        return [
-            e
-            if e.value is None
-            else Event(e.topic, e.partition, e.offset, e.timestamp, e.key, des(e.value), e.headers)
-            for e in events
-        ]
+        deserialize = None if isinstance(self._deserializer, BytesSerializer) else des
+        events: list[Event] = []
+        for header, record in records:
+            events.extend(
+                decode_record_events(
+                    header,
+                    record,
+                    topic=tp[0],
+                    partition=tp[1],
+                    first_offset=start,
+                    deserialize=deserialize,
+                )
+            )
+        return events
 
     async def _refill(self, timeout: float = math.inf) -> bool:
         """Receive chunks until one is current; return False on timeout."""
@@ -362,14 +369,14 @@ class Consumer:
             raise ClosedError("this consumer is closed")
         with trio.move_on_after(timeout):
             while True:
-                tp, token, events = await self._receive.receive()
+                tp, token, start, records = await self._receive.receive()
                 owned = self._owned.get(tp)
                 if owned is None or owned.token != token:
                     continue
                 position = self._positions.get(tp, 0)
-                fresh = [e for e in events if e.offset >= position]
+                fresh = self._decode(tp, max(start, position), records)
                 if fresh:
-                    self._buffer.extend(self._deserialize(fresh))
+                    self._buffer.extend(fresh)
                     return True
         return False
 
