@@ -46,6 +46,7 @@ from ._errors import UnknownPartitionError as UnknownPartitionError
 from ._errors import UnknownTopicError as UnknownTopicError
 from ._errors import UnsupportedVersionError as UnsupportedVersionError
 from ._errors import UsageError as UsageError
+from ._logging import configure_logging as configure_logging
 from .actors import Actor as Actor
 from .actors import ActorRef as ActorRef
 from .actors import ActorSystem as ActorSystem
@@ -63,6 +64,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     # the broker
     "open_broker",
+    "configure_logging",
     "connect",
     "Broker",
     "Client",
