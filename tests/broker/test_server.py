@@ -311,3 +311,33 @@ async def test_drain_finishes_requests_in_flight(autojump_clock: trio.abc.Clock)
         assert b"" == got[0].records
         with pytest.raises((ServerBusyError, ConnectionLostError)):
             await channel.request(p.ListTopics(), timeout=1)
+
+
+async def test_a_client_that_never_reads_is_bounded_then_dropped(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A client pipelining fetches of 1 MiB without reading its socket: the
+    server holds at most max_bytes_in_flight of answers, stops reading its
+    requests, and drops it after idle_timeout; others are served meanwhile."""
+    async with (
+        serving(max_bytes_in_flight=4 << 20, idle_timeout=20) as (broker, server),
+        connect_in_memory(server) as good,
+    ):
+        await good.create_topic("big")
+        async with good.producer(serializer="bytes") as producer:
+            await producer.send_many("big", [bytes(1000)] * 20_000)  # ~20 MB
+        client_end, server_end = trio.testing.lockstep_stream_pair()
+        await server.serve_stream(server_end, "stalled")
+        conn = ClientConnection()
+        await client_end.send_all(conn.data_to_send())
+        conn.receive_data(await client_end.receive_some(65536))
+        conn.next_event()
+        for i in range(100):  # 100 x 1 MiB asked; the client never reads again
+            conn.send_request("fetch", {"topic": "big", "partition": 0, "offset": i * 1000})
+        with trio.move_on_after(5):
+            await client_end.send_all(conn.data_to_send())
+        await trio.sleep(5)
+        assert "/server/conn-2" in [n.path for n in broker.tree().walk()]
+        assert ["big"] == [t.name for t in await good.list_topics()]
+        await trio.sleep(30)
+        assert "/server/conn-2" not in [n.path for n in broker.tree().walk()]

@@ -48,8 +48,10 @@ from headwater._errors import (
     ServerBusyError,
 )
 from headwater._logging import LOG_FORMATS, configure_logging, get_logger
+from headwater._protocol import Fetch
 from headwater.broker._broker import DEFAULT_DATA_DIR, Broker, open_broker
 from headwater.broker._config import DURABILITIES
+from headwater.broker._service import MAX_FETCH_BYTES
 from headwater.supervision._specs import ChildSpec, SupervisorSpec, unwrap_group
 from headwater.transport._connection import (
     DEFAULT_MAX_IN_FLIGHT,
@@ -112,6 +114,7 @@ class ServerConfig:
     max_connections: int = attrs.field(default=1024, validator=_at_least(1))
     max_in_flight: int = attrs.field(default=DEFAULT_MAX_IN_FLIGHT, validator=_at_least(1))
     max_frame_size: int = attrs.field(default=DEFAULT_MAX_FRAME_SIZE, validator=_at_least(16))
+    max_bytes_in_flight: int = attrs.field(default=64 * 1024 * 1024, validator=_at_least(1))
     idle_timeout: float = attrs.field(default=600.0, validator=_at_least(0, integer=False))
     handshake_timeout: float = attrs.field(default=10.0, validator=_at_least(0, integer=False))
     shutdown_timeout: float = attrs.field(default=10.0, validator=_at_least(0, integer=False))
@@ -143,6 +146,37 @@ class ServerConfig:
                 f"cannot load the TLS certificate {self.tls_cert} / key {self.tls_key}: {exc}"
             ) from None
         return context
+
+
+class _ByteBudget:
+    """Bytes one connection holds for requests being handled (see
+    ``ServerConfig.max_bytes_in_flight``)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._changed = trio.Event()
+
+    def charge(self, n: int) -> None:
+        """Count ``n`` bytes already in memory (a produce batch just read)."""
+        self.used += n
+
+    async def acquire(self, n: int) -> int:
+        """Wait until ``n`` more bytes fit (one request alone always fits)."""
+        n = min(n, self.limit)
+        while self.used and self.used + n > self.limit:
+            await self._changed.wait()
+        self.used += n
+        return n
+
+    async def wait_below_limit(self) -> None:
+        while self.used >= self.limit:
+            await self._changed.wait()
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self._changed.set()
+        self._changed = trio.Event()
 
 
 class Server:
@@ -269,21 +303,32 @@ class Server:
         log = _log.bind(actor=path, peer=peer)
         stats = {"requests": 0, "errors": 0}
         broken = False
+        budget = _ByteBudget(config.max_bytes_in_flight)
+        stalled = trio.CancelScope()
+        reason = "closed by the client"
 
         async def flush() -> None:
-            nonlocal broken
+            nonlocal broken, reason
             async with send_lock:
                 data = conn.data_to_send()
                 if not data or broken:
                     return
                 try:
-                    await stream.send_all(data)
+                    with trio.fail_after(config.idle_timeout):
+                        await stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     broken = True
+                except trio.TooSlowError:
+                    broken = True
+                    reason = f"the client read nothing for {config.idle_timeout}s"
+                    log.warning("client_not_reading", seconds=config.idle_timeout)
+                    stalled.cancel()
 
-        async def answer(event: RequestReceived) -> None:
+        async def answer(event: RequestReceived, held: int) -> None:
             try:
                 request = decode_request(event.op, event.body)
+                if isinstance(request, Fetch) and type(request.max_bytes) is int:
+                    held += await budget.acquire(min(request.max_bytes, MAX_FETCH_BYTES))
                 response = encode_response(await self.broker.service.handle(request))
             except HeadwaterError as exc:
                 stats["errors"] += 1
@@ -294,73 +339,86 @@ class Server:
                 self._send(conn, event.id, exc)
             else:
                 self._send(conn, event.id, response)
-            await flush()
+            try:
+                await flush()
+            finally:
+                budget.release(held)
 
-        reason = "closed by the client"
         receiver = trio.CancelScope()
         self._receivers.add(receiver)
         try:
-            async with trio.open_nursery() as handlers:
-                with receiver:
-                    if self._draining:
-                        receiver.cancel()
-                    ready = False
-                    while True:
-                        if not ready:
-                            wait = config.handshake_timeout
-                        elif conn.in_flight:
-                            wait = math.inf
-                        else:
-                            wait = config.idle_timeout
-                        data: bytes | None = None
-                        with trio.move_on_after(wait):
-                            try:
-                                data = bytes(await stream.receive_some(RECEIVE_SIZE))
-                            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                                data = b""
-                        if data is None:
-                            what = "finish the handshake" if not ready else "send anything"
-                            reason = f"timed out: did not {what} within {wait}s"
-                            conn.fail(HeadwaterTimeoutError(f"connection {reason}; reconnect"))
-                            break
-                        conn.receive_data(data)
-                        closed = False
+            with stalled:
+                async with trio.open_nursery() as handlers:
+                    with receiver:
+                        if self._draining:
+                            receiver.cancel()
+                        ready = False
                         while True:
-                            try:
-                                event = conn.next_event()
-                            except HeadwaterError as exc:
-                                reason = f"protocol violation: {exc}"
-                                log.warning("protocol_violation", code=exc.code, error=str(exc))
-                                closed = True
+                            if not ready:
+                                wait = config.handshake_timeout
+                            elif conn.in_flight:
+                                wait = math.inf
+                            else:
+                                wait = config.idle_timeout
+                            await budget.wait_below_limit()  # backpressure on big requests
+                            data: bytes | None = None
+                            with trio.move_on_after(wait):
+                                try:
+                                    data = bytes(await stream.receive_some(RECEIVE_SIZE))
+                                except (
+                                    trio.BrokenResourceError,
+                                    trio.ClosedResourceError,
+                                    OSError,
+                                ):
+                                    data = b""
+                            if data is None:
+                                what = "finish the handshake" if not ready else "send anything"
+                                reason = f"timed out: did not {what} within {wait}s"
+                                conn.fail(HeadwaterTimeoutError(f"connection {reason}; reconnect"))
                                 break
-                            if event is None:
+                            conn.receive_data(data)
+                            closed = False
+                            while True:
+                                try:
+                                    event = conn.next_event()
+                                except HeadwaterError as exc:
+                                    reason = f"protocol violation: {exc}"
+                                    log.warning("protocol_violation", code=exc.code, error=str(exc))
+                                    closed = True
+                                    break
+                                if event is None:
+                                    break
+                                if isinstance(event, RequestReceived):
+                                    stats["requests"] += 1
+                                    record = event.body.get("record")
+                                    size = len(record) if isinstance(record, bytes) else 0
+                                    budget.charge(size)
+                                    handlers.start_soon(answer, event, size)
+                                elif isinstance(event, HandshakeComplete):
+                                    ready = True
+                                    log.info(
+                                        "connection_ready",
+                                        client=event.peer,
+                                        version=event.version,
+                                        authenticated=event.authenticated,
+                                    )
+                                elif isinstance(event, ConnectionClosed):
+                                    if event.error is not None:
+                                        reason = str(event.error)
+                                    closed = True
+                                    break
+                            await flush()
+                            if closed or broken:
                                 break
-                            if isinstance(event, RequestReceived):
-                                stats["requests"] += 1
-                                handlers.start_soon(answer, event)
-                            elif isinstance(event, HandshakeComplete):
-                                ready = True
-                                log.info(
-                                    "connection_ready",
-                                    client=event.peer,
-                                    version=event.version,
-                                    authenticated=event.authenticated,
-                                )
-                            elif isinstance(event, ConnectionClosed):
-                                if event.error is not None:
-                                    reason = str(event.error)
-                                closed = True
-                                break
-                        await flush()
-                        if closed or broken:
-                            break
-                if receiver.cancelled_caught:
-                    # Draining: requests in flight may finish, up to the timeout.
-                    reason = "server shutting down"
-                    handlers.cancel_scope.deadline = trio.current_time() + config.shutdown_timeout
-                else:
-                    handlers.cancel_scope.cancel()
-            await flush()
+                    if receiver.cancelled_caught:
+                        # Draining: requests in flight may finish, up to the timeout.
+                        reason = "server shutting down"
+                        handlers.cancel_scope.deadline = (
+                            trio.current_time() + config.shutdown_timeout
+                        )
+                    else:
+                        handlers.cancel_scope.cancel()
+                await flush()
         finally:
             self._receivers.discard(receiver)
             conn.close()

@@ -85,10 +85,14 @@ from headwater.journal._async import AsyncLog
 from headwater.journal._record import iter_records
 from headwater.supervision._specs import ChildSpec
 
-__all__ = ["BrokerService", "MAX_FETCH_WAIT"]
+__all__ = ["BrokerService", "MAX_FETCH_BYTES", "MAX_FETCH_WAIT"]
 
 MAX_FETCH_WAIT = 30.0
 """The longest a fetch may long-poll, in seconds."""
+
+MAX_FETCH_BYTES = 8 * 1024 * 1024
+"""A fetch asking for more bytes gets this many (still at least one whole
+record), so one request can never make the broker read unbounded data."""
 
 
 class BrokerService:
@@ -201,11 +205,12 @@ class BrokerService:
                 f"offset {r.offset} of {r.topic}/{r.partition} is outside "
                 f"[{log.earliest_offset}, {log.visible_end}]; seek to earliest or latest"
             )
-        data = await log.read(r.offset, r.max_bytes)
+        max_bytes = min(r.max_bytes, MAX_FETCH_BYTES)
+        data = await log.read(r.offset, max_bytes)
         if not data and r.max_wait > 0:
             with trio.move_on_after(r.max_wait):
                 await log.wait_for_data(r.offset)
-            data = await log.read(r.offset, r.max_bytes)
+            data = await log.read(r.offset, max_bytes)
         return FetchResult(r.topic, r.partition, data, log.visible_end, log.earliest_offset)
 
     async def _list_offset(self, r: ListOffset) -> OffsetResult:
