@@ -1,0 +1,252 @@
+"""Serving an actor system's actors on a stream or a TCP port.
+
+Theory of operation
+-------------------
+One connection is one :class:`~headwater.transport.ServerConnection` (the
+sans-IO handshake, auth and correlation ids) fed by a reader loop. Each
+request runs as its own task in the connection's nursery (the state machine
+bounds them by ``max_in_flight``), performs the local operation through an
+ordinary :class:`~headwater.actors.LocalActorRef` and queues its answer; a
+``tell`` is answered only after the local ``tell`` returned, so the remote
+sender feels the mailbox's backpressure. ``monitor`` is a long poll: its
+answer is the :class:`~headwater.actors.Down`, or ``demonitored``. When the
+connection ends, its nursery is cancelled: pending asks and monitors on this
+side are dropped (the client sees the connection lost).
+
+Refs looked up by a connection are remembered for its lifetime, so a ref to
+an actor stopped for good raises ``ActorStopped`` remotely as locally (a path
+never seen by the connection gives ``ActorNotFound``).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import trio
+
+from headwater._errors import (
+    ActorNotFound,
+    ClosedError,
+    ConnectionLostError,
+    HeadwaterError,
+    LocalProtocolError,
+)
+from headwater._logging import get_logger
+from headwater.actors._actor import ActorRef
+from headwater.actors._monitor import Monitor
+from headwater.actors._system import ActorSystem
+from headwater.actors._wire import (
+    ACTOR_OPS,
+    encode_reply,
+    field,
+    normalize_path,
+    timeout_field,
+)
+from headwater.transport._connection import (
+    DEFAULT_MAX_IN_FLIGHT,
+    ConnectionClosed,
+    HandshakeComplete,
+    RequestReceived,
+    ServerConnection,
+)
+from headwater.transport._messages import MessageRegistry
+from headwater.transport._stream import FramedStream
+
+__all__ = ["serve_actor_stream", "serve_actors"]
+
+_log = get_logger("headwater.actors.remote")
+
+
+class _Session:
+    """Server-side state of one connection."""
+
+    def __init__(
+        self,
+        system: ActorSystem,
+        registry: MessageRegistry,
+        conn: ServerConnection,
+        framed: FramedStream,
+    ) -> None:
+        self.system = system
+        self.registry = registry
+        self.conn = conn
+        self.framed = framed
+        self.refs: dict[str, ActorRef] = {}
+        self.monitors: dict[int, Monitor] = {}
+
+    async def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            await self.framed.send_data(data)
+
+    def resolve(self, body: dict[str, Any], op: str) -> ActorRef:
+        path = normalize_path(field(body, "path", str, op))
+        ref = self.refs.get(path)
+        if ref is None:
+            ref = self.system.lookup(path)
+            self.refs[path] = ref
+        return ref
+
+    async def handle(self, request: RequestReceived) -> None:
+        try:
+            result = await self.perform(request)
+        except Exception as exc:
+            outcome: dict[str, Any] | Exception = exc
+        else:
+            outcome = result
+        try:
+            if isinstance(outcome, Exception):
+                self.conn.send_error(request.id, outcome)
+            else:
+                try:
+                    self.conn.send_response(request.id, outcome)
+                except LocalProtocolError as exc:  # the answer is too large to send
+                    self.conn.send_error(request.id, exc)
+            await self.flush()
+        except (ClosedError, ConnectionLostError):
+            pass  # the connection ended; the reader closes the session
+
+    async def perform(self, request: RequestReceived) -> dict[str, Any]:
+        op, body = request.op, request.body
+        if op == "tell":
+            ref = self.resolve(body, op)
+            message = self.registry.decode(field(body, "msg", dict, op))
+            await ref.tell(message, timeout=timeout_field(body, op))
+            return {}
+        if op == "ask":
+            ref = self.resolve(body, op)
+            message = self.registry.decode(field(body, "msg", dict, op))
+            timeout = timeout_field(body, op)
+            reply = await ref.ask(message, timeout=timeout)
+            return encode_reply(self.registry, reply)
+        if op == "lookup":
+            return {"path": self.resolve(body, op).path}
+        if op == "monitor":
+            try:
+                ref = self.resolve(body, op)
+            except ActorNotFound as exc:
+                return {"reason": "not_found", "detail": str(exc)}
+            monitor = await ref.monitor()
+            self.monitors[request.id] = monitor
+            try:
+                down = await monitor.wait()
+            except ClosedError:
+                return {"reason": "demonitored", "detail": ""}
+            finally:
+                self.monitors.pop(request.id, None)
+            return {"reason": down.reason, "detail": down.detail}
+        assert op == "demonitor", op  # ServerConnection refuses unknown ops
+        target = field(body, "monitor", int, op)
+        found = self.monitors.pop(target, None)
+        if found is not None:
+            found.cancel()
+        return {}
+
+
+async def serve_actor_stream(
+    system: ActorSystem,
+    registry: MessageRegistry,
+    stream: trio.abc.Stream,
+    *,
+    token: str | None = None,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+) -> None:
+    """Serve ``system``'s actors to the client on one open ``stream``.
+
+    Runs the handshake (and token check, if ``token`` is set), then answers
+    ``lookup``/``tell``/``ask``/``monitor``/``demonitor`` requests until the
+    client closes the stream or breaks the protocol (it then gets an error
+    frame and the stream is closed). Never raises for the peer's faults; the
+    stream is closed on return. ``registry`` decodes user messages.
+    """
+    framed = FramedStream(stream)
+    conn = ServerConnection(
+        token=token,
+        server=f"headwater-actors/{system.name}",
+        operations=ACTOR_OPS,
+        max_in_flight=max_in_flight,
+    )
+    session = _Session(system, registry, conn, framed)
+    log = _log.bind(system=system.name)
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                while True:
+                    try:
+                        event = conn.next_event()
+                    except HeadwaterError as exc:
+                        log.warning("actor_peer_protocol_error", error=str(exc))
+                        await session.flush()  # the error frame
+                        break
+                    if event is None:
+                        await session.flush()
+                        conn.receive_data(await framed.receive_data())
+                        continue
+                    if isinstance(event, RequestReceived):
+                        nursery.start_soon(session.handle, event)
+                    elif isinstance(event, HandshakeComplete):
+                        await session.flush()
+                        log.info("actor_peer_connected", peer=event.peer)
+                    elif isinstance(event, ConnectionClosed):
+                        break
+            except (ClosedError, ConnectionLostError) as exc:
+                log.info("actor_peer_lost", error=str(exc))
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(stream)
+        for monitor in list(session.monitors.values()):
+            monitor.cancel()
+
+
+async def serve_actors(
+    system: ActorSystem,
+    registry: MessageRegistry,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on ``host:port`` and serve ``system``'s actors to every client.
+
+    Use as ``port = await nursery.start(serve_actors, system, registry)``:
+    the bound port (useful with ``port=0``) is reported through
+    ``task_status``. Each connection is served by :func:`serve_actor_stream`
+    in a task of this one's nursery; cancel the surrounding scope to stop.
+    With ``ssl_context`` every connection is wrapped in ``trio.SSLStream``;
+    with ``token`` clients must present it. Binds loopback by default.
+    """
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound: int = listeners[0].socket.getsockname()[1]
+    served: list[trio.abc.Listener[Any]] = list(listeners)
+    if ssl_context is not None:
+        served = [trio.SSLListener(lst, ssl_context, https_compatible=False) for lst in listeners]
+    handler: Callable[[trio.abc.Stream], Any] = partial(
+        _serve_one, system, registry, token=token, max_in_flight=max_in_flight
+    )
+    _log.info("actors_listening", system=system.name, host=host, port=bound)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(trio.serve_listeners, handler, served, handler_nursery=nursery))
+        task_status.started(bound)
+
+
+async def _serve_one(
+    system: ActorSystem,
+    registry: MessageRegistry,
+    stream: trio.abc.Stream,
+    *,
+    token: str | None,
+    max_in_flight: int,
+) -> None:
+    try:
+        await serve_actor_stream(
+            system, registry, stream, token=token, max_in_flight=max_in_flight
+        )
+    except (trio.BrokenResourceError, ssl.SSLError) as exc:  # a TLS handshake gone wrong
+        _log.info("actor_peer_lost", system=system.name, error=str(exc))
