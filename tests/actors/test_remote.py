@@ -96,3 +96,206 @@ async def test_local_refs_conform(autojump_clock: trio.abc.Clock) -> None:
 async def test_remote_refs_over_memory_conform(autojump_clock: trio.abc.Clock) -> None:
     """RemoteActorRef over a memory stream pair passes the same kit."""
     await check_actor_refs(memory_refs)
+
+
+@attrs.frozen
+class Unregistered:
+    """A message class the kit's registry does not know."""
+
+    n: int
+
+
+async def _target(client: ActorClient) -> ActorRef:
+    return await client.lookup("headwater://mem:1/kit/target")
+
+
+@asynccontextmanager
+async def kit_system() -> AsyncIterator[ActorSystem]:
+    """An actor system holding the kit's actors."""
+    from headwater.actors import open_actor_system
+    from headwater.supervision import ChildSpec, SupervisorSpec
+    from headwater.testing._actor_kit import _Shared, _Target
+
+    shared = _Shared()
+    kit = SupervisorSpec("kit", children=(ChildSpec("target", lambda: _Target(shared)),))
+    async with open_actor_system("kit", children=(kit,)) as system:
+        yield system
+        shared.gate.set()
+
+
+async def test_unregistered_message_is_refused_on_the_sender(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """An unregistered message (or a wrongly typed field) raises
+    LocalProtocolError before anything is sent; the ref stays usable."""
+    from headwater.testing._actor_kit import Get
+
+    async with kit_system() as system, memory_client(system) as (client, _link):
+        ref = await _target(client)
+        with pytest.raises(LocalProtocolError, match="Unregistered"):
+            await ref.tell(Unregistered(1))
+        with pytest.raises(LocalProtocolError, match="Unregistered"):
+            await ref.ask(Unregistered(1))
+        with pytest.raises(LocalProtocolError, match=r"Put\.value"):
+            await ref.tell(Put("x"))  # type: ignore[arg-type]
+        await ref.tell(Put(7))
+        assert [7] == await ref.ask(Get())
+
+
+async def test_unsendable_reply_is_a_remote_protocol_error(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A reply that is neither registered nor plain reaches the asker as
+    RemoteProtocolError naming the type."""
+    from headwater.actors import Actor, open_actor_system
+    from headwater.supervision import ChildSpec
+
+    class Odd(Actor):
+        async def handle(self, message: object) -> object:
+            return Unregistered(1)
+
+    async with (
+        open_actor_system("odd", children=(ChildSpec("odd", Odd),)) as system,
+        memory_client(system) as (client, _link),
+    ):
+        ref = await client.lookup("headwater://mem:1/odd")
+        with pytest.raises(RemoteProtocolError, match="Unregistered"):
+            await ref.ask(Put(1))
+
+
+async def test_lost_connection_fails_waiters_and_fires_monitors(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """When the link breaks: a pending ask raises ConnectionLostError, a
+    monitor fires 'unreachable', later calls raise ConnectionLostError, and a
+    new lookup reconnects."""
+    from headwater.testing._actor_kit import Echo, Sleep
+
+    async with kit_system() as system, memory_client(system) as (client, link):
+        ref = await _target(client)
+        monitor = await ref.monitor()
+        outcome: list[BaseException] = []
+
+        async def pending() -> None:
+            try:
+                await ref.ask(Sleep(3), timeout=None)
+            except ConnectionLostError as exc:
+                outcome.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pending)
+            await trio.sleep(1)
+            await link.cut()
+        assert 1 == len(outcome)
+        down = await monitor.wait()
+        assert ("unreachable", "/kit/target") == (down.reason, down.path)
+        with pytest.raises(ConnectionLostError):
+            await ref.tell(Put(1))
+        with pytest.raises(ConnectionLostError):
+            ref.tell_nowait(Put(1))
+        assert "unreachable" == (await (await ref.monitor()).wait()).reason
+        again = await _target(client)
+        assert Echo("back") == await again.ask(Echo("back"))
+
+
+async def test_refs_share_one_connection_per_peer(autojump_clock: trio.abc.Clock) -> None:
+    """Two lookups of the same host:port share one connection; another port
+    gets its own."""
+    async with kit_system() as system, memory_client(system) as (client, link):
+        await client.lookup("headwater://mem:1/kit/target")
+        await client.lookup("headwater://mem:1/kit")
+        assert 1 == len(link.streams)
+        await client.lookup("headwater://mem:2/kit/target")
+        assert 2 == len(link.streams)
+        with pytest.raises(ActorNotFound, match="/kit/none"):
+            await client.lookup("headwater://mem:1/kit/none")
+
+
+async def test_token_auth(autojump_clock: trio.abc.Clock) -> None:
+    """A server with a token refuses a client with none or a wrong one and
+    serves one with the right token."""
+    async with kit_system() as system:
+        for token in (None, "wrong"):
+            async with memory_client(system, token=token, server_token="s3cret") as (client, _):
+                with pytest.raises(AuthenticationError):
+                    await _target(client)
+        async with memory_client(system, token="s3cret", server_token="s3cret") as (client, _):
+            await (await _target(client)).tell(Put(1))
+
+
+async def test_in_flight_bound_and_tell_nowait(autojump_clock: trio.abc.Clock) -> None:
+    """With max_in_flight=3 (two request slots plus one kept for demonitor),
+    tell_nowait raises MailboxFull once both slots are taken; a cancelled
+    monitor gives its slot back."""
+    from headwater import MailboxFull
+    from headwater.testing._actor_kit import Echo, Get
+
+    async with kit_system() as system, trio.open_nursery() as nursery:
+        link = MemoryLink(system, nursery)
+        async with open_actor_client(KIT_REGISTRY, max_in_flight=3, opener=link.open) as client:
+            ref = await _target(client)
+            first = await ref.monitor()
+            second = await ref.monitor()
+            with pytest.raises(MailboxFull):
+                ref.tell_nowait(Put(1))
+            first.cancel()
+            second.cancel()
+            with trio.fail_after(5):
+                assert Echo("free") == await ref.ask(Echo("free"))
+            ref.tell_nowait(Put(2))
+            ref.tell_nowait(Put(3))
+            with pytest.raises(MailboxFull):
+                ref.tell_nowait(Put(4))
+            await trio.sleep(1)
+            assert [2, 3] == await ref.ask(Get())
+        with pytest.raises(InvalidArgument, match="max_in_flight"):
+            async with open_actor_client(KIT_REGISTRY, max_in_flight=1):
+                pass  # pragma: no cover
+        nursery.cancel_scope.cancel()
+
+
+async def test_garbage_from_a_client_ends_only_that_connection(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A peer sending garbage gets an error frame and a closed stream;
+    serve_actor_stream returns without raising."""
+    from headwater.transport import FrameDecoder
+
+    async with kit_system() as system:
+        client_end, server_end = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_actor_stream, system, KIT_REGISTRY, server_end)
+            await client_end.send_all(b"\xff\xff\xff\xffjunk")
+            decoder = FrameDecoder()
+            while True:
+                data = await client_end.receive_some(4096)
+                if not data:
+                    break
+                decoder.feed(data)
+            frame = decoder.next_frame()
+            assert frame is not None
+            assert ("error", None) == (frame["t"], frame["id"])
+
+
+def test_parse_actor_url() -> None:
+    """URLs parse to host, port and normalized path; bad ones are refused by name."""
+    assert ActorAddress("127.0.0.1", 9000, "/a/b") == parse_actor_url(
+        "headwater://127.0.0.1:9000/a/b/"
+    )
+    assert 7701 == parse_actor_url("headwater://localhost/x").port
+    assert "headwater://h:1/x" == parse_actor_url("headwater://h:1/x").url
+    for bad in ("http://h:1/x", "headwater://h:1/", "headwater:///x", "headwater://h:99999/x"):
+        with pytest.raises(InvalidArgument, match="URL"):
+            parse_actor_url(bad)
+
+
+def test_reply_encoding() -> None:
+    """Replies are registered messages or plain values; others are refused."""
+    for value in (None, 1, 2.5, "s", b"b", [1, [2]], {"k": [None]}, True):
+        assert value == decode_reply(KIT_REGISTRY, encode_reply(KIT_REGISTRY, value))
+    assert Put(3) == decode_reply(KIT_REGISTRY, encode_reply(KIT_REGISTRY, Put(3)))
+    for bad in (object(), {1: 2}, Unregistered(1), {1.5}):
+        with pytest.raises(LocalProtocolError):
+            encode_reply(KIT_REGISTRY, bad)
+    with pytest.raises(RemoteProtocolError):
+        decode_reply(KIT_REGISTRY, {})

@@ -11,10 +11,11 @@ that sends whatever the state machine queued. Callers never do I/O
 themselves, so cancelling a ``tell`` or ``ask`` (or its timeout) never
 leaves half a frame on the wire; the late answer is simply dropped.
 
-Requests in flight are bounded by a semaphore of ``max_in_flight`` slots
-(backpressure: a caller waits for a slot); a monitor holds its slot until it
-fires or is cancelled. ``tell`` completes when the far side's local ``tell``
-returned, i.e. the message is in the mailbox.
+Requests in flight are bounded by a semaphore of ``max_in_flight - 1``
+slots (backpressure: a caller waits for a slot); a monitor holds its slot
+until it fires or is cancelled. The last slot is kept for ``demonitor``
+requests, so a cancel never waits behind the monitors it would free.
+``tell`` completes when the message is in the far mailbox.
 
 When the connection is lost (EOF, reset, protocol violation), every caller
 waiting gets :class:`~headwater.ConnectionLostError`, every monitor fires
@@ -100,7 +101,9 @@ class _Channel:
             token=token, client="headwater-actors", max_in_flight=client.max_in_flight
         )
         self.token = token
-        self.slots = trio.Semaphore(client.max_in_flight)
+        # One connection slot is kept for demonitor requests, so cancelling a
+        # monitor never waits behind the monitors that fill the connection.
+        self.slots = trio.Semaphore(client.max_in_flight - 1)
         self.pending: dict[int, _Slot] = {}
         self.monitors: dict[int, Monitor] = {}
         self.demonitor_backlog: list[int] = []
@@ -145,11 +148,11 @@ class _Channel:
                 raise AuthenticationError(
                     f"{self.where} requires a token; pass token=... to open_actor_client"
                 )
-            elif isinstance(event, HandshakeComplete):
+            if isinstance(event, HandshakeComplete):
                 return
-            elif isinstance(event, ErrorReceived):
+            if isinstance(event, ErrorReceived):
                 raise event.error
-            elif isinstance(event, ConnectionClosed):
+            if isinstance(event, ConnectionClosed):
                 raise event.error or ConnectionLostError(
                     f"{self.where} closed the connection during the handshake"
                 )
@@ -219,16 +222,21 @@ class _Channel:
     def _fire_from(monitor: Monitor, result: outcome.Outcome[dict[str, Any]]) -> None:
         if isinstance(result, outcome.Error):
             error = result.error
-            reason = "not_found" if isinstance(error, ActorNotFound) else "unreachable"
-            monitor._fire(reason, str(error))
+            monitor._fire(
+                "not_found" if isinstance(error, ActorNotFound) else "unreachable", str(error)
+            )
             return
+        assert isinstance(result, outcome.Value)
         body = result.value
-        reason = body.get("reason")
-        if reason in DOWN_REASONS:
-            monitor._fire(reason, str(body.get("detail", "")))
+        for reason in DOWN_REASONS:
+            if body.get("reason") == reason:
+                monitor._fire(reason, str(body.get("detail", "")))
         # "demonitored": the monitor was cancelled on our side already
 
     # -- requests ----------------------------------------------------------------
+
+    def _is_lost(self) -> bool:
+        return self.lost is not None  # re-read after an await (mypy narrows too eagerly)
 
     def _check(self) -> None:
         if self.lost is not None:
@@ -256,7 +264,7 @@ class _Channel:
             self.slots.acquire_nowait()
         except trio.WouldBlock:
             raise MailboxFull(
-                f"{self.client.max_in_flight} requests in flight to {self.where}; "
+                f"{self.client.max_in_flight - 1} requests in flight to {self.where}; "
                 "use await tell() to wait"
             ) from None
         try:
@@ -287,7 +295,7 @@ class _Channel:
             monitor._fire("unreachable", str(self.lost))
             return monitor
         await self.slots.acquire()
-        if self.lost is not None:
+        if self._is_lost():
             self.slots.release()
             monitor._fire("unreachable", str(self.lost))
             return monitor
@@ -301,11 +309,10 @@ class _Channel:
         return monitor
 
     def _cancel_monitor(self, monitor: Monitor) -> None:
-        for request_id, known in self.monitors.items():
-            if known is monitor:
-                break
-        else:
+        ids = [rid for rid, known in self.monitors.items() if known is monitor]
+        if not ids:
             return
+        request_id = ids[0]
         if self.lost is not None:
             return
         if len(self.conn.in_flight) < self.conn.max_in_flight:
@@ -336,9 +343,7 @@ class RemoteActorRef(ActorRef):
 
     __slots__ = ("_address", "_channel", "_registry")
 
-    def __init__(
-        self, channel: _Channel, address: ActorAddress, registry: MessageRegistry
-    ) -> None:
+    def __init__(self, channel: _Channel, address: ActorAddress, registry: MessageRegistry) -> None:
         self._channel = channel
         self._address = address
         self._registry = registry
@@ -378,7 +383,9 @@ class RemoteActorRef(ActorRef):
 
     def tell_nowait(self, message: Any) -> None:
         """See :meth:`ActorRef.tell_nowait` and the class docstring."""
-        self._channel.send_nowait("tell", self._body(message, 0.0))
+        body = self._body(message, None)
+        body["nowait"] = True
+        self._channel.send_nowait("tell", body)
 
     async def ask(self, message: Any, *, timeout: float | None = 5.0) -> Any:
         """See :meth:`ActorRef.ask`; the reply must be a registered message
@@ -399,9 +406,7 @@ class RemoteActorRef(ActorRef):
         return await self._channel.monitor(self)
 
 
-async def _open_tcp(
-    host: str, port: int, ssl_context: ssl.SSLContext | None
-) -> trio.abc.Stream:
+async def _open_tcp(host: str, port: int, ssl_context: ssl.SSLContext | None) -> trio.abc.Stream:
     try:
         stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
     except OSError as exc:
@@ -409,6 +414,11 @@ async def _open_tcp(
     if ssl_context is not None:
         stream = trio.SSLStream(stream, ssl_context, server_hostname=host)
     return stream
+
+
+def _check_max_in_flight(max_in_flight: int) -> None:
+    if type(max_in_flight) is not int or max_in_flight < 2:
+        raise InvalidArgument(f"max_in_flight={max_in_flight!r} must be an int >= 2")
 
 
 class ActorClient:
@@ -427,8 +437,7 @@ class ActorClient:
         max_in_flight: int,
         opener: Opener | None,
     ) -> None:
-        if type(max_in_flight) is not int or max_in_flight < 1:
-            raise InvalidArgument(f"max_in_flight={max_in_flight!r} must be a positive int")
+        _check_max_in_flight(max_in_flight)
         self._nursery = nursery
         self.registry = registry
         self.max_in_flight = max_in_flight
@@ -495,10 +504,11 @@ async def open_actor_client(
 
     ``registry`` encodes the messages sent and decodes replies; ``token`` and
     ``ssl_context`` apply to every connection; ``max_in_flight`` (at most
-    the server's) bounds requests in flight per connection. ``opener``
+    the server's, at least 2) bounds requests in flight per connection. ``opener``
     replaces TCP: an async ``(host, port) -> trio.abc.Stream`` (tests use
     ``trio.testing.memory_stream_pair``). Leaving the block closes all.
     """
+    _check_max_in_flight(max_in_flight)
     async with trio.open_nursery() as nursery:
         client = ActorClient(
             nursery,

@@ -6,11 +6,14 @@ One connection is one :class:`~headwater.transport.ServerConnection` (the
 sans-IO handshake, auth and correlation ids) fed by a reader loop. Each
 request runs as its own task in the connection's nursery (the state machine
 bounds them by ``max_in_flight``), performs the local operation through an
-ordinary :class:`~headwater.actors.LocalActorRef` and queues its answer; a
-``tell`` is answered only after the local ``tell`` returned, so the remote
-sender feels the mailbox's backpressure. ``monitor`` is a long poll: its
-answer is the :class:`~headwater.actors.Down`, or ``demonitored``. When the
-connection ends, its nursery is cancelled: pending asks and monitors on this
+ordinary :class:`~headwater.actors.LocalActorRef` and queues its answer.
+``tell`` and ``ask`` requests are put into their target's mailbox by one
+delivery task per target path, in arrival order, so messages from one
+connection to one actor keep their order (Erlang's guarantee); an ask's reply
+is awaited in a task of its own. A ``tell`` is answered only after the
+message is in the mailbox, so the remote sender feels the backpressure.
+``monitor`` is a long poll: its answer is the :class:`~headwater.actors.Down`,
+or ``demonitored``. When the connection ends, its nursery is cancelled: pending asks and monitors on this
 side are dropped (the client sees the connection lost).
 
 Refs looked up by a connection are remembered for its lifetime, so a ref to
@@ -20,11 +23,13 @@ never seen by the connection gives ``ActorNotFound``).
 
 from __future__ import annotations
 
+import math
 import ssl
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import attrs
 import trio
 
 from headwater._errors import (
@@ -32,10 +37,13 @@ from headwater._errors import (
     ClosedError,
     ConnectionLostError,
     HeadwaterError,
+    HeadwaterTimeoutError,
     LocalProtocolError,
+    RemoteProtocolError,
+    UsageError,
 )
 from headwater._logging import get_logger
-from headwater.actors._actor import ActorRef
+from headwater.actors._actor import ActorRef, LocalActorRef, _Ask, _Reply
 from headwater.actors._monitor import Monitor
 from headwater.actors._system import ActorSystem
 from headwater.actors._wire import (
@@ -60,6 +68,16 @@ __all__ = ["serve_actor_stream", "serve_actors"]
 _log = get_logger("headwater.actors.remote")
 
 
+@attrs.frozen
+class _Delivery:
+    """A decoded ``tell`` or ``ask`` waiting for its turn at the mailbox."""
+
+    request: RequestReceived
+    ref: ActorRef
+    message: Any
+    timeout: float | None
+
+
 class _Session:
     """Server-side state of one connection."""
 
@@ -76,6 +94,7 @@ class _Session:
         self.framed = framed
         self.refs: dict[str, ActorRef] = {}
         self.monitors: dict[int, Monitor] = {}
+        self.queues: dict[str, trio.MemorySendChannel[_Delivery]] = {}
 
     async def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -90,38 +109,114 @@ class _Session:
             self.refs[path] = ref
         return ref
 
-    async def handle(self, request: RequestReceived) -> None:
+    async def answer(self, request_id: int, result: dict[str, Any] | Exception) -> None:
+        """Queue the answer to ``request_id`` and flush (errors after the
+        connection ended are ignored: the reader closes the session)."""
         try:
-            result = await self.perform(request)
-        except Exception as exc:
-            outcome: dict[str, Any] | Exception = exc
-        else:
-            outcome = result
-        try:
-            if isinstance(outcome, Exception):
-                self.conn.send_error(request.id, outcome)
+            if isinstance(result, Exception):
+                self.conn.send_error(request_id, result)
             else:
                 try:
-                    self.conn.send_response(request.id, outcome)
+                    self.conn.send_response(request_id, result)
                 except LocalProtocolError as exc:  # the answer is too large to send
-                    self.conn.send_error(request.id, exc)
+                    self.conn.send_error(request_id, exc)
             await self.flush()
         except (ClosedError, ConnectionLostError):
-            pass  # the connection ended; the reader closes the session
+            pass
+
+    def dispatch(self, request: RequestReceived, nursery: trio.Nursery) -> None:
+        """Route one request: ``tell`` and ``ask`` go, in arrival order, to
+        the delivery queue of their target; the rest run as their own task."""
+        if request.op not in ("tell", "ask"):
+            nursery.start_soon(self.handle, request)
+            return
+        try:
+            ref = self.resolve(request.body, request.op)
+            message = self.registry.decode(field(request.body, "msg", dict, request.op))
+            timeout = timeout_field(request.body, request.op)
+        except Exception as exc:
+            nursery.start_soon(self.answer, request.id, exc)
+            return
+        queue = self.queues.get(ref.path)
+        if queue is None:
+            queue, receive = trio.open_memory_channel[_Delivery](math.inf)
+            self.queues[ref.path] = queue
+            nursery.start_soon(self.deliver, receive, nursery)
+        queue.send_nowait(_Delivery(request, ref, message, timeout))
+
+    async def deliver(
+        self, receive: trio.MemoryReceiveChannel[_Delivery], nursery: trio.Nursery
+    ) -> None:
+        """Put one target's tells and asks into its mailbox in arrival order
+        (Erlang's per-pair ordering); an ask's reply is awaited aside."""
+        async for item in receive:
+            request, ref = item.request, item.ref
+            if request.op == "tell":
+                try:
+                    if request.body.get("nowait") is True:
+                        ref.tell_nowait(item.message)
+                    else:
+                        await ref.tell(item.message, timeout=item.timeout)
+                except Exception as exc:
+                    await self.answer(request.id, exc)
+                else:
+                    await self.answer(request.id, {})
+                continue
+            seconds = math.inf if item.timeout is None else item.timeout
+            deadline = trio.current_time() + seconds
+            reply = _Reply()
+            try:
+                with trio.move_on_at(deadline) as scope:
+                    await self._put(ref, _Ask(item.message, reply))
+                if scope.cancelled_caught:
+                    raise HeadwaterTimeoutError(
+                        f"ask {type(item.message).__name__} to {ref.path} could not be "
+                        f"delivered within {seconds}s (mailbox full or actor restarting)"
+                    )
+            except Exception as exc:
+                await self.answer(request.id, exc)
+            else:
+                nursery.start_soon(self.await_reply, item, reply, deadline)
+
+    @staticmethod
+    async def _put(ref: ActorRef, item: _Ask) -> None:
+        if not isinstance(ref, LocalActorRef):  # pragma: no cover - lookup gives local refs
+            raise UsageError(f"{ref!r} is not local")
+        await ref._deliver(item)
+
+    async def await_reply(self, item: _Delivery, reply: _Reply, deadline: float) -> None:
+        """Wait for an ask's reply and send it (or its error) back."""
+        result: dict[str, Any] | Exception = {}
+        got = False
+        try:
+            with trio.move_on_at(deadline):
+                value = await reply.wait()
+                got = True
+                try:
+                    result = encode_reply(self.registry, value)
+                except LocalProtocolError as exc:  # the far actor's fault, seen from the caller
+                    raise RemoteProtocolError(
+                        f"the actor at {item.ref.path} replied badly: {exc}"
+                    ) from None
+            if not got:
+                raise HeadwaterTimeoutError(
+                    f"ask {type(item.message).__name__} to {item.ref.path} got no reply "
+                    f"within {item.timeout}s"
+                )
+        except Exception as exc:
+            result = exc
+        await self.answer(item.request.id, result)
+
+    async def handle(self, request: RequestReceived) -> None:
+        """Run a ``lookup``, ``monitor`` or ``demonitor`` request."""
+        try:
+            result: dict[str, Any] | Exception = await self.perform(request)
+        except Exception as exc:
+            result = exc
+        await self.answer(request.id, result)
 
     async def perform(self, request: RequestReceived) -> dict[str, Any]:
         op, body = request.op, request.body
-        if op == "tell":
-            ref = self.resolve(body, op)
-            message = self.registry.decode(field(body, "msg", dict, op))
-            await ref.tell(message, timeout=timeout_field(body, op))
-            return {}
-        if op == "ask":
-            ref = self.resolve(body, op)
-            message = self.registry.decode(field(body, "msg", dict, op))
-            timeout = timeout_field(body, op)
-            reply = await ref.ask(message, timeout=timeout)
-            return encode_reply(self.registry, reply)
         if op == "lookup":
             return {"path": self.resolve(body, op).path}
         if op == "monitor":
@@ -186,7 +281,7 @@ async def serve_actor_stream(
                         conn.receive_data(await framed.receive_data())
                         continue
                     if isinstance(event, RequestReceived):
-                        nursery.start_soon(session.handle, event)
+                        session.dispatch(event, nursery)
                     elif isinstance(event, HandshakeComplete):
                         await session.flush()
                         log.info("actor_peer_connected", peer=event.peer)
@@ -245,8 +340,6 @@ async def _serve_one(
     max_in_flight: int,
 ) -> None:
     try:
-        await serve_actor_stream(
-            system, registry, stream, token=token, max_in_flight=max_in_flight
-        )
+        await serve_actor_stream(system, registry, stream, token=token, max_in_flight=max_in_flight)
     except (trio.BrokenResourceError, ssl.SSLError) as exc:  # a TLS handshake gone wrong
         _log.info("actor_peer_lost", system=system.name, error=str(exc))

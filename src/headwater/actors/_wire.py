@@ -121,13 +121,10 @@ def _is_plain(value: object, depth: int = 0) -> bool:
         return False
     if value is None or type(value) in (bool, int, float, str, bytes):
         return True
-    if type(value) in (list, tuple):
-        return all(_is_plain(v, depth + 1) for v in value)  # type: ignore[attr-defined]
-    if type(value) is dict:
-        return all(
-            type(k) is str and _is_plain(v, depth + 1)
-            for k, v in value.items()  # type: ignore[attr-defined]
-        )
+    if isinstance(value, list | tuple) and type(value) in (list, tuple):
+        return all(_is_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict) and type(value) is dict:
+        return all(type(k) is str and _is_plain(v, depth + 1) for k, v in value.items())
     return False
 
 
