@@ -13,8 +13,8 @@ connection to one actor keep their order (Erlang's guarantee); an ask's reply
 is awaited in a task of its own. A ``tell`` is answered only after the
 message is in the mailbox, so the remote sender feels the backpressure.
 ``monitor`` is a long poll: its answer is the :class:`~headwater.actors.Down`,
-or ``demonitored``. When the connection ends, its nursery is cancelled: pending asks and monitors on this
-side are dropped (the client sees the connection lost).
+or ``demonitored``. When the connection ends, its nursery is cancelled:
+pending asks and monitors on this side are dropped (the client sees the connection lost).
 
 Refs looked up by a connection are remembered for its lifetime, so a ref to
 an actor stopped for good raises ``ActorStopped`` remotely as locally (a path
