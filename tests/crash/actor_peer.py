@@ -8,6 +8,7 @@ repository root on ``PYTHONPATH``.
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 import trio
 
@@ -23,11 +24,7 @@ async def main(token: str | None) -> None:
         "kit", children=(ChildSpec("target", lambda: _Target(shared)),), max_restarts=100
     )
     async with open_actor_system("peer", children=(kit,)) as system, trio.open_nursery() as n:
-        port = await n.start(
-            lambda task_status: serve_actors(  # noqa: PLC3002
-                system, KIT_REGISTRY, token=token, task_status=task_status
-            )
-        )
+        port = await n.start(partial(serve_actors, system, KIT_REGISTRY, token=token))
         print(f"PORT {port}", flush=True)
         await trio.sleep_forever()
 
