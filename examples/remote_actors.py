@@ -140,11 +140,13 @@ async def pong_process(main_port: int) -> None:
     async with open_actor_client(MESSAGES) as client:
         scoreboard = await client.lookup(f"headwater://127.0.0.1:{main_port}/scoreboard")
         children = (ChildSpec("ponger", lambda: Ponger(scoreboard)),)
-        async with open_actor_system("pong", children=children) as system:
-            async with trio.open_nursery() as nursery:
-                port = await nursery.start(partial(serve_actors, system, MESSAGES))
-                print(f"PORT {port}", flush=True)
-                await trio.sleep_forever()
+        async with (
+            open_actor_system("pong", children=children) as system,
+            trio.open_nursery() as nursery,
+        ):
+            port = await nursery.start(partial(serve_actors, system, MESSAGES))
+            print(f"PORT {port}", flush=True)
+            await trio.sleep_forever()
 
 
 async def main_process() -> None:
