@@ -95,6 +95,7 @@ class _Session:
         self.refs: dict[str, ActorRef] = {}
         self.monitors: dict[int, Monitor] = {}
         self.queues: dict[str, trio.MemorySendChannel[_Delivery]] = {}
+        self.wake = trio.Event()
 
     async def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -109,9 +110,9 @@ class _Session:
             self.refs[path] = ref
         return ref
 
-    async def answer(self, request_id: int, result: dict[str, Any] | Exception) -> None:
-        """Queue the answer to ``request_id`` and flush (errors after the
-        connection ended are ignored: the reader closes the session)."""
+    def answer(self, request_id: int, result: dict[str, Any] | Exception) -> None:
+        """Queue the answer to ``request_id`` for the writer (answers after
+        the connection ended are dropped: the reader closes the session)."""
         try:
             if isinstance(result, Exception):
                 self.conn.send_error(request_id, result)
@@ -120,9 +121,19 @@ class _Session:
                     self.conn.send_response(request_id, result)
                 except LocalProtocolError as exc:  # the answer is too large to send
                     self.conn.send_error(request_id, exc)
-            await self.flush()
         except (ClosedError, ConnectionLostError):
-            pass
+            return
+        self.wake.set()
+
+    async def writer(self) -> None:
+        """Send whatever answers are queued, many per write under load."""
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake = trio.Event()
+                await self.flush()
+        except (ClosedError, ConnectionLostError):
+            pass  # the reader sees the end too
 
     def dispatch(self, request: RequestReceived, nursery: trio.Nursery) -> None:
         """Route one request: ``tell`` and ``ask`` go, in arrival order, to
@@ -135,7 +146,7 @@ class _Session:
             message = self.registry.decode(field(request.body, "msg", dict, request.op))
             timeout = timeout_field(request.body, request.op)
         except Exception as exc:
-            nursery.start_soon(self.answer, request.id, exc)
+            self.answer(request.id, exc)
             return
         queue = self.queues.get(ref.path)
         if queue is None:
@@ -158,9 +169,9 @@ class _Session:
                     else:
                         await ref.tell(item.message, timeout=item.timeout)
                 except Exception as exc:
-                    await self.answer(request.id, exc)
+                    self.answer(request.id, exc)
                 else:
-                    await self.answer(request.id, {})
+                    self.answer(request.id, {})
                 continue
             seconds = math.inf if item.timeout is None else item.timeout
             deadline = trio.current_time() + seconds
@@ -174,7 +185,7 @@ class _Session:
                         f"delivered within {seconds}s (mailbox full or actor restarting)"
                     )
             except Exception as exc:
-                await self.answer(request.id, exc)
+                self.answer(request.id, exc)
             else:
                 nursery.start_soon(self.await_reply, item, reply, deadline)
 
@@ -205,7 +216,7 @@ class _Session:
                 )
         except Exception as exc:
             result = exc
-        await self.answer(item.request.id, result)
+        self.answer(item.request.id, result)
 
     async def handle(self, request: RequestReceived) -> None:
         """Run a ``lookup``, ``monitor`` or ``demonitor`` request."""
@@ -213,7 +224,7 @@ class _Session:
             result: dict[str, Any] | Exception = await self.perform(request)
         except Exception as exc:
             result = exc
-        await self.answer(request.id, result)
+        self.answer(request.id, result)
 
     async def perform(self, request: RequestReceived) -> dict[str, Any]:
         op, body = request.op, request.body
@@ -268,6 +279,7 @@ async def serve_actor_stream(
     log = _log.bind(system=system.name)
     try:
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(session.writer)
             try:
                 while True:
                     try:
