@@ -299,3 +299,40 @@ def test_reply_encoding() -> None:
             encode_reply(KIT_REGISTRY, bad)
     with pytest.raises(RemoteProtocolError):
         decode_reply(KIT_REGISTRY, {})
+
+
+async def test_keepalive_declares_a_silent_peer_unreachable(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """An idle but healthy link stays up (pings answered); a link that goes
+    silent without closing is declared lost after 3 x keepalive, and the
+    monitor fires 'unreachable'."""
+    from headwater.testing import FaultyStream
+    from headwater.testing._actor_kit import Echo
+
+    async with kit_system() as system, trio.open_nursery() as nursery:
+        link = MemoryLink(system, nursery)
+        faulty: list[FaultyStream] = []
+
+        async def opener(host: str, port: int) -> trio.abc.Stream:
+            faulty.append(FaultyStream(await link.open(host, port)))
+            return faulty[-1]
+
+        async with open_actor_client(KIT_REGISTRY, opener=opener, keepalive=2.0) as client:
+            ref = await _target(client)
+            monitor = await ref.monitor()
+            await trio.sleep(60)  # idle: pings keep it alive
+            assert monitor.down is None
+            assert Echo("still") == await ref.ask(Echo("still"))
+            start = trio.current_time()
+            faulty[0].stall()
+            down = await monitor.wait()
+            assert "unreachable" == down.reason
+            assert "keepalive" in down.detail
+            assert 4.0 <= trio.current_time() - start <= 8.0
+            with pytest.raises(ConnectionLostError):
+                await ref.tell(Put(1))
+        with pytest.raises(InvalidArgument, match="keepalive"):
+            async with open_actor_client(KIT_REGISTRY, keepalive=0):
+                pass  # pragma: no cover
+        nursery.cancel_scope.cancel()

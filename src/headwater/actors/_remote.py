@@ -110,6 +110,7 @@ class _Channel:
         self.lost: HeadwaterError | None = None
         self._wake = trio.Event()
         self._scope = trio.CancelScope()
+        self.last_heard = trio.current_time()
 
     @property
     def where(self) -> str:
@@ -130,6 +131,8 @@ class _Channel:
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer)
+                    if self.client.keepalive is not None:
+                        nursery.start_soon(self._heartbeat, self.client.keepalive)
                     await self._reader()
                     nursery.cancel_scope.cancel()
             finally:
@@ -193,6 +196,7 @@ class _Channel:
                 event = self.conn.next_event()
                 if event is None:
                     self.conn.receive_data(await self.framed.receive_data())
+                    self.last_heard = trio.current_time()
                     continue
                 if isinstance(event, ResponseReceived):
                     self._answer(event.id, outcome.Value(event.body))
@@ -206,6 +210,24 @@ class _Channel:
                     return
         except HeadwaterError as exc:
             self._lose(exc)
+
+    async def _heartbeat(self, interval: float) -> None:
+        """Ping after ``interval`` s of silence; declare the peer unreachable
+        after ``3 * interval`` s without hearing a byte from it."""
+        while True:
+            await trio.sleep(interval)
+            silent = trio.current_time() - self.last_heard
+            if silent >= 3 * interval:
+                self._lose(
+                    ConnectionLostError(
+                        f"nothing heard from {self.where} for {silent:.1f}s "
+                        f"(keepalive={interval}s): the peer is unreachable"
+                    )
+                )
+                return
+            if silent >= interval and len(self.conn.in_flight) < self.conn.max_in_flight:
+                self.conn.send_request("ping", {})
+                self._wake.set()
 
     def _answer(self, request_id: int, result: outcome.Outcome[dict[str, Any]]) -> None:
         slot = self.pending.pop(request_id, None)
@@ -436,11 +458,13 @@ class ActorClient:
         ssl_context: ssl.SSLContext | None,
         max_in_flight: int,
         opener: Opener | None,
+        keepalive: float | None = None,
     ) -> None:
         _check_max_in_flight(max_in_flight)
         self._nursery = nursery
         self.registry = registry
         self.max_in_flight = max_in_flight
+        self.keepalive = keepalive
         self._token = token
         self._ssl_context = ssl_context
         self._opener = opener
@@ -499,6 +523,7 @@ async def open_actor_client(
     ssl_context: ssl.SSLContext | None = None,
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     opener: Opener | None = None,
+    keepalive: float | None = 5.0,
 ) -> AsyncIterator[ActorClient]:
     """Open an :class:`ActorClient`, owning its connections' tasks.
 
@@ -506,9 +531,17 @@ async def open_actor_client(
     ``ssl_context`` apply to every connection; ``max_in_flight`` (at most
     the server's, at least 2) bounds requests in flight per connection. ``opener``
     replaces TCP: an async ``(host, port) -> trio.abc.Stream`` (tests use
-    ``trio.testing.memory_stream_pair``). Leaving the block closes all.
+    ``trio.testing.memory_stream_pair``). ``keepalive`` (seconds, or
+    ``None`` for never): a connection silent that long sends a ``ping``, and
+    one silent for three times that is declared lost (its monitors fire
+    ``"unreachable"``): this catches a peer whose machine or network vanished
+    without closing the socket. Leaving the block closes all.
     """
     _check_max_in_flight(max_in_flight)
+    if keepalive is not None and (
+        isinstance(keepalive, bool) or not isinstance(keepalive, int | float) or not keepalive > 0
+    ):
+        raise InvalidArgument(f"keepalive={keepalive!r} must be seconds > 0 or None")
     async with trio.open_nursery() as nursery:
         client = ActorClient(
             nursery,
@@ -517,6 +550,7 @@ async def open_actor_client(
             ssl_context=ssl_context,
             max_in_flight=max_in_flight,
             opener=opener,
+            keepalive=keepalive,
         )
         try:
             yield client
@@ -533,6 +567,7 @@ async def connect_actor(
     token: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    keepalive: float | None = 5.0,
 ) -> AsyncIterator[RemoteActorRef]:
     """A ref to the one actor at ``url``, with its own connection::
 
@@ -542,6 +577,10 @@ async def connect_actor(
     For several refs, share connections with :func:`open_actor_client`.
     """
     async with open_actor_client(
-        registry, token=token, ssl_context=ssl_context, max_in_flight=max_in_flight
+        registry,
+        token=token,
+        ssl_context=ssl_context,
+        max_in_flight=max_in_flight,
+        keepalive=keepalive,
     ) as client:
         yield await client.lookup(url)

@@ -219,7 +219,7 @@ class _Session:
         self.answer(item.request.id, result)
 
     async def handle(self, request: RequestReceived) -> None:
-        """Run a ``lookup``, ``monitor`` or ``demonitor`` request."""
+        """Run a ``lookup``, ``ping``, ``monitor`` or ``demonitor`` request."""
         try:
             result: dict[str, Any] | Exception = await self.perform(request)
         except Exception as exc:
@@ -230,6 +230,8 @@ class _Session:
         op, body = request.op, request.body
         if op == "lookup":
             return {"path": self.resolve(body, op).path}
+        if op == "ping":
+            return {}
         if op == "monitor":
             try:
                 ref = self.resolve(body, op)

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 The actors listener speaks the ordinary Headwater envelope (handshake, auth,
 ``req``/``res``/``error`` with correlation ids; see ``docs/protocol.md``) with
-five operations, :data:`ACTOR_OPS`. This module holds the pure parts: parsing
+six operations, :data:`ACTOR_OPS`. This module holds the pure parts: parsing
 ``headwater://host:port/path`` addresses, checking request bodies (a wrong
 field is a :class:`~headwater.RemoteProtocolError` naming it) and encoding
 ``ask`` replies. A reply is either a message of the user's registry, sent as
@@ -36,7 +36,7 @@ __all__ = [
     "timeout_field",
 ]
 
-ACTOR_OPS: Final = frozenset({"lookup", "tell", "ask", "monitor", "demonitor"})
+ACTOR_OPS: Final = frozenset({"lookup", "tell", "ask", "monitor", "demonitor", "ping"})
 """The operations of the actors listener."""
 
 DEFAULT_ACTORS_PORT: Final = 7701
