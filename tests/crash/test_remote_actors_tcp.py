@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -15,9 +17,17 @@ import pytest
 import trio
 
 from headwater import ActorFailed, ActorNotFound, AuthenticationError, ConnectionLostError
-from headwater.actors import ActorRef, ActorSystem, open_actor_client, serve_actors
+from headwater.actors import (
+    ActorRef,
+    ActorSystem,
+    connect_actor,
+    open_actor_client,
+    open_actor_system,
+    serve_actors,
+)
+from headwater.supervision import ChildSpec
 from headwater.testing import KIT_REGISTRY, check_actor_refs
-from headwater.testing._actor_kit import Echo, Fail, Get, GetRef, Put
+from headwater.testing._actor_kit import Echo, Fail, Get, GetRef, Put, _Shared, _Target
 
 pytestmark = pytest.mark.crash
 
@@ -99,3 +109,65 @@ async def test_two_processes_tell_ask_errors_and_monitor_on_sigkill() -> None:
                     await ref.ask(Echo("gone"))
                 with pytest.raises(ConnectionLostError):
                     await client.lookup(url)
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_tls_and_token(tmp_path: Path) -> None:
+    """Over TLS with a token: the right client is served; a client that does
+    not trust the certificate, or has the wrong token, is refused."""
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    untrusting = ssl.create_default_context()
+    with trio.fail_after(20):
+        async with (
+            open_actor_system(
+                "tls", children=(ChildSpec("t", lambda: _Target(_Shared())),)
+            ) as system,
+            trio.open_nursery() as nursery,
+        ):
+            serve = partial(serve_actors, system, KIT_REGISTRY, token="tok", ssl_context=server_ctx)
+            port = await nursery.start(serve)
+            url = f"headwater://127.0.0.1:{port}/t"
+            async with connect_actor(url, KIT_REGISTRY, token="tok", ssl_context=client_ctx) as ref:
+                assert Echo("secret") == await ref.ask(Echo("secret"))
+            with pytest.raises(AuthenticationError):
+                async with connect_actor(url, KIT_REGISTRY, token="no", ssl_context=client_ctx):
+                    pass  # pragma: no cover
+            with pytest.raises(ConnectionLostError):
+                async with connect_actor(url, KIT_REGISTRY, token="tok", ssl_context=untrusting):
+                    pass  # pragma: no cover
+            with pytest.raises(ConnectionLostError):  # plain TCP to a TLS listener
+                async with connect_actor(url, KIT_REGISTRY, token="tok", keepalive=0.5):
+                    pass  # pragma: no cover
+            nursery.cancel_scope.cancel()

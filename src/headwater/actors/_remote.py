@@ -49,6 +49,7 @@ from headwater._logging import get_logger
 from headwater.actors._actor import ActorRef, _check_timeout
 from headwater.actors._monitor import DOWN_REASONS, Monitor
 from headwater.actors._wire import ActorAddress, decode_reply, parse_actor_url
+from headwater.supervision._specs import unwrapping_groups
 from headwater.transport._connection import (
     DEFAULT_MAX_IN_FLIGHT,
     AuthRequired,
@@ -542,21 +543,22 @@ async def open_actor_client(
         isinstance(keepalive, bool) or not isinstance(keepalive, int | float) or not keepalive > 0
     ):
         raise InvalidArgument(f"keepalive={keepalive!r} must be seconds > 0 or None")
-    async with trio.open_nursery() as nursery:
-        client = ActorClient(
-            nursery,
-            registry,
-            token=token,
-            ssl_context=ssl_context,
-            max_in_flight=max_in_flight,
-            opener=opener,
-            keepalive=keepalive,
-        )
-        try:
-            yield client
-        finally:
-            await client.aclose()
-            nursery.cancel_scope.cancel()
+    with unwrapping_groups():
+        async with trio.open_nursery() as nursery:
+            client = ActorClient(
+                nursery,
+                registry,
+                token=token,
+                ssl_context=ssl_context,
+                max_in_flight=max_in_flight,
+                opener=opener,
+                keepalive=keepalive,
+            )
+            try:
+                yield client
+            finally:
+                await client.aclose()
+                nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager
