@@ -7,6 +7,8 @@ so the remote figures pay for both ends on one core):
 * the same through a :class:`RemoteActorRef` over 127.0.0.1, one caller
   awaiting each call (``remote_*_sequential``) and 32 concurrent callers
   sharing the connection (``remote_*_pipelined_32``: pipelining);
+* the pipelined cases again with the serving system in a **second process**
+  (``*_2proc``: client and server on their own cores, the realistic setup);
 * ``ratio_remote_vs_local`` for each.
 
 A remote ``tell`` is a request answered once the message is in the mailbox,
@@ -15,7 +17,11 @@ so its rate is a round-trip rate. Runs interleave; medians are reported.
 
 from __future__ import annotations
 
+import os
+import pathlib
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -68,9 +74,43 @@ async def _drive(ref: ActorRef, n: int, callers: int, op: str) -> float:
     return each * callers / (time.perf_counter() - start)
 
 
+CHILDREN = (ChildSpec("counter", _Counter, mailbox_size=64),)
+
+
+async def _serve_forever() -> None:
+    """The second process: serve /counter, print the port, run until killed."""
+    async with (
+        open_actor_system("bench", children=CHILDREN) as system,
+        trio.open_nursery() as nursery,
+    ):
+        port = await nursery.start(partial(serve_actors, system, REGISTRY))
+        print(f"PORT {port}", flush=True)
+        await trio.sleep_forever()
+
+
+async def _measure_2proc(port: int, n: int, callers: int, op: str) -> float:
+    async with open_actor_client(REGISTRY) as client:
+        ref = await client.lookup(f"headwater://127.0.0.1:{port}/counter")
+        return await _drive(ref, n, callers, op)
+
+
+def _start_server() -> tuple[subprocess.Popen[str], int]:
+    here = pathlib.Path(__file__).resolve()
+    env = {**os.environ, "PYTHONPATH": str(here.parent.parent / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, str(here), "serve"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout is not None
+    line = ""
+    while not line.startswith("PORT "):
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the benchmark server process did not start")
+    return proc, int(line.split()[1])
+
+
 async def _measure(n: int, callers: int, op: str, remote: bool) -> float:
-    children = (ChildSpec("counter", _Counter, mailbox_size=64),)
-    async with open_actor_system("bench", children=children) as system:
+    async with open_actor_system("bench", children=CHILDREN) as system:
         if not remote:
             return await _drive(system.lookup("/counter"), n, callers, op)
         async with trio.open_nursery() as nursery:
@@ -105,9 +145,23 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
         "remote_ask_sequential": (n_remote, 1, "ask", True),
         "remote_ask_pipelined_32": (n_remote, 32, "ask", True),
     }
-    for _ in range(rounds):
-        for case, (n, callers, op, remote) in cases.items():
-            results.setdefault(case, []).append(trio.run(_measure, n, callers, op, remote))
+    two_proc = {
+        "remote_tell_pipelined_32_2proc": (n_remote * 3, 32, "tell"),
+        "remote_ask_pipelined_32_2proc": (n_remote * 3, 32, "ask"),
+    }
+    proc, port = _start_server()
+    try:
+        for _ in range(rounds):
+            for case, (n, callers, op, remote) in cases.items():
+                results.setdefault(case, []).append(trio.run(_measure, n, callers, op, remote))
+            for case, (n, callers, op) in two_proc.items():
+                rate = trio.run(_measure_2proc, port, n, callers, op)
+                results.setdefault(case, []).append(rate)
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
     medians = {case: statistics.median(rates) for case, rates in results.items()}
     for case, rate in medians.items():
         yield _figure(case, "messages_per_s", rate, "msg/s")
@@ -115,3 +169,12 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
         if case.startswith("remote_"):
             local = medians["local_tell" if "_tell_" in case else "local_ask"]
             yield _figure(case, "ratio_remote_vs_local", rate / local, "x")
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["serve"]:
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    trio.run(_serve_forever)
