@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import attrs
 import pytest
@@ -336,3 +337,51 @@ async def test_keepalive_declares_a_silent_peer_unreachable(
             async with open_actor_client(KIT_REGISTRY, keepalive=0):
                 pass  # pragma: no cover
         nursery.cancel_scope.cancel()
+
+
+async def test_silent_peers_time_out_on_both_sides(autojump_clock: trio.abc.Clock) -> None:
+    """A server that never answers the hello fails the lookup after
+    3 x keepalive; a client that never speaks, or goes idle past
+    idle_timeout, is sent a timeout error frame and closed."""
+    from headwater.transport import FrameDecoder
+
+    kept: list[trio.abc.Stream] = []
+
+    async def mute(host: str, port: int) -> trio.abc.Stream:
+        client_end, server_end = trio.testing.memory_stream_pair()
+        kept.append(server_end)  # nobody ever reads or answers it
+        return client_end
+
+    async with open_actor_client(KIT_REGISTRY, opener=mute, keepalive=1.0) as client:
+        start = trio.current_time()
+        with pytest.raises(ConnectionLostError, match="handshake"):
+            await _target(client)
+        assert 3.0 == pytest.approx(trio.current_time() - start)
+
+    async with kit_system() as system:
+        for idle, speak in ((None, False), (4.0, True)):
+            client_end, server_end = trio.testing.memory_stream_pair()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    partial(
+                        serve_actor_stream,
+                        system,
+                        KIT_REGISTRY,
+                        server_end,
+                        handshake_timeout=2.0,
+                        idle_timeout=idle,
+                    )
+                )
+                if speak:
+                    from headwater.transport import ClientConnection
+
+                    await client_end.send_all(ClientConnection().data_to_send())
+                start = trio.current_time()
+                decoder = FrameDecoder()
+                while data := await client_end.receive_some(4096):
+                    decoder.feed(data)
+                frames = []
+                while (frame := decoder.next_frame()) is not None:
+                    frames.append(frame)
+                assert ("error", "timeout") == (frames[-1]["t"], frames[-1]["code"])
+                assert (4.0 if speak else 2.0) == pytest.approx(trio.current_time() - start)

@@ -122,7 +122,15 @@ class _Channel:
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with self._scope:
             try:
-                await self._handshake()
+                limit = math.inf if self.client.keepalive is None else 3 * self.client.keepalive
+                with trio.move_on_after(limit) as scope:
+                    await self._handshake()
+                if scope.cancelled_caught:
+                    raise ConnectionLostError(
+                        f"{self.where} did not complete the handshake within {limit}s "
+                        "(3 x keepalive): the peer is unreachable or not a Headwater actors "
+                        "listener"
+                    )
             except BaseException:
                 self.client._channels.pop(self.key, None)
                 with trio.CancelScope(shield=True):

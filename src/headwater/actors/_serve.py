@@ -261,6 +261,8 @@ async def serve_actor_stream(
     *,
     token: str | None = None,
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    handshake_timeout: float | None = 10.0,
+    idle_timeout: float | None = None,
 ) -> None:
     """Serve ``system``'s actors to the client on one open ``stream``.
 
@@ -269,6 +271,11 @@ async def serve_actor_stream(
     client closes the stream or breaks the protocol (it then gets an error
     frame and the stream is closed). Never raises for the peer's faults; the
     stream is closed on return. ``registry`` decodes user messages.
+    A client that has not completed the handshake within
+    ``handshake_timeout`` seconds, or (with ``idle_timeout`` set) sends
+    nothing for that long, gets a ``timeout`` error frame and is closed;
+    clients with ``keepalive`` ping after that many idle seconds, so give
+    ``idle_timeout`` at least twice their ``keepalive``.
     """
     framed = FramedStream(stream)
     conn = ServerConnection(
@@ -292,8 +299,18 @@ async def serve_actor_stream(
                         break
                     if event is None:
                         await session.flush()
-                        conn.receive_data(await framed.receive_data())
-                        continue
+                        limit = idle_timeout if conn.state == "READY" else handshake_timeout
+                        with trio.move_on_after(math.inf if limit is None else limit):
+                            conn.receive_data(await framed.receive_data())
+                            continue
+                        log.info("actor_peer_idle", state=conn.state, timeout=limit)
+                        conn.fail(
+                            HeadwaterTimeoutError(
+                                f"nothing received for {limit}s in state {conn.state}; closing"
+                            )
+                        )
+                        await session.flush()
+                        break
                     if isinstance(event, RequestReceived):
                         session.dispatch(event, nursery)
                     elif isinstance(event, HandshakeComplete):
@@ -320,6 +337,8 @@ async def serve_actors(
     token: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    handshake_timeout: float | None = 10.0,
+    idle_timeout: float | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``host:port`` and serve ``system``'s actors to every client.
@@ -330,6 +349,7 @@ async def serve_actors(
     in a task of this one's nursery; cancel the surrounding scope to stop.
     With ``ssl_context`` every connection is wrapped in ``trio.SSLStream``;
     with ``token`` clients must present it. Binds loopback by default.
+    ``handshake_timeout`` and ``idle_timeout``: see :func:`serve_actor_stream`.
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound: int = listeners[0].socket.getsockname()[1]
@@ -337,7 +357,13 @@ async def serve_actors(
     if ssl_context is not None:
         served = [trio.SSLListener(lst, ssl_context, https_compatible=False) for lst in listeners]
     handler: Callable[[trio.abc.Stream], Any] = partial(
-        _serve_one, system, registry, token=token, max_in_flight=max_in_flight
+        _serve_one,
+        system,
+        registry,
+        token=token,
+        max_in_flight=max_in_flight,
+        handshake_timeout=handshake_timeout,
+        idle_timeout=idle_timeout,
     )
     _log.info("actors_listening", system=system.name, host=host, port=bound)
     async with trio.open_nursery() as nursery:
@@ -346,14 +372,10 @@ async def serve_actors(
 
 
 async def _serve_one(
-    system: ActorSystem,
-    registry: MessageRegistry,
-    stream: trio.abc.Stream,
-    *,
-    token: str | None,
-    max_in_flight: int,
+    system: ActorSystem, registry: MessageRegistry, stream: trio.abc.Stream, **options: Any
 ) -> None:
+    """One connection of :func:`serve_actors`: its I/O failures end it alone."""
     try:
-        await serve_actor_stream(system, registry, stream, token=token, max_in_flight=max_in_flight)
-    except (trio.BrokenResourceError, ssl.SSLError) as exc:  # a TLS handshake gone wrong
+        await serve_actor_stream(system, registry, stream, **options)
+    except (HeadwaterError, trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
         _log.info("actor_peer_lost", system=system.name, error=str(exc))
