@@ -15,6 +15,7 @@ import trio.testing
 from headwater import (
     ActorNotFound,
     AuthenticationError,
+    ClosedError,
     ConnectionLostError,
     InvalidArgument,
     LocalProtocolError,
@@ -201,7 +202,8 @@ async def test_lost_connection_fails_waiters_and_fires_monitors(
 
 async def test_refs_share_one_connection_per_peer(autojump_clock: trio.abc.Clock) -> None:
     """Two lookups of the same host:port share one connection; another port
-    gets its own."""
+    gets its own; after the client is closed, refs and lookups raise
+    ClosedError and monitors fire."""
     async with kit_system() as system, memory_client(system) as (client, link):
         await client.lookup("headwater://mem:1/kit/target")
         await client.lookup("headwater://mem:1/kit")
@@ -210,6 +212,13 @@ async def test_refs_share_one_connection_per_peer(autojump_clock: trio.abc.Clock
         assert 2 == len(link.streams)
         with pytest.raises(ActorNotFound, match="/kit/none"):
             await client.lookup("headwater://mem:1/kit/none")
+        ref = await client.lookup("headwater://mem:1/kit/target")
+        monitor = await ref.monitor()
+    with pytest.raises(ClosedError):  # we closed the client: our fault, not the peer's
+        await ref.tell(Put(1))
+    assert "unreachable" == (await monitor.wait()).reason
+    with pytest.raises(ClosedError):
+        await client.lookup("headwater://mem:1/kit/target")
 
 
 async def test_token_auth(autojump_clock: trio.abc.Clock) -> None:
