@@ -403,7 +403,10 @@ class RemoteActorRef(ActorRef):
         """See :meth:`ActorRef.tell`; returns once the message is in the
         far mailbox."""
         seconds = _check_timeout(timeout)
-        body = self._body(message, None if math.isinf(seconds) else seconds)
+        if math.isinf(seconds):  # fast path: no cancel scope
+            await self._channel.request("tell", self._body(message, None))
+            return
+        body = self._body(message, seconds)
         with trio.move_on_after(seconds) as scope:
             await self._channel.request("tell", body)
         if scope.cancelled_caught:

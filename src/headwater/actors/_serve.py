@@ -193,6 +193,15 @@ class _Session:
     async def _put(ref: ActorRef, item: _Ask) -> None:
         if not isinstance(ref, LocalActorRef):  # pragma: no cover - lookup gives local refs
             raise UsageError(f"{ref!r} is not local")
+        mailbox = ref._cell.mailbox
+        if mailbox is not None:  # fast path: room in the mailbox right now
+            try:
+                mailbox.send_nowait(item)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            else:
+                await trio.lowlevel.checkpoint()
+                return
         await ref._deliver(item)
 
     async def await_reply(self, item: _Delivery, reply: _Reply, deadline: float) -> None:
