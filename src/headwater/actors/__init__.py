@@ -2,7 +2,10 @@
 
 An :class:`Actor` handles messages from a bounded mailbox; an :class:`ActorRef`
 is how anyone talks to it (``tell`` / ``ask``); :func:`open_actor_system` opens
-a supervised tree of them. See :mod:`headwater.supervision` for policies.
+a supervised tree of them. :func:`serve_actors` offers a system's actors
+on a port and :func:`open_actor_client` / :func:`connect_actor` give
+:class:`RemoteActorRef` s to them; ``await ref.monitor()`` watches any ref.
+See :mod:`headwater.supervision` for policies.
 """
 
 from __future__ import annotations
@@ -12,9 +15,20 @@ from ._actor import Actor as Actor
 from ._actor import ActorContext as ActorContext
 from ._actor import ActorRef as ActorRef
 from ._actor import LocalActorRef as LocalActorRef
+from ._monitor import Down as Down
+from ._monitor import DownReason as DownReason
+from ._monitor import Monitor as Monitor
 from ._persistent import PersistentActor as PersistentActor
+from ._remote import ActorClient as ActorClient
+from ._remote import RemoteActorRef as RemoteActorRef
+from ._remote import connect_actor as connect_actor
+from ._remote import open_actor_client as open_actor_client
+from ._serve import serve_actor_stream as serve_actor_stream
+from ._serve import serve_actors as serve_actors
 from ._system import ActorSystem as ActorSystem
 from ._system import open_actor_system as open_actor_system
+from ._wire import ActorAddress as ActorAddress
+from ._wire import parse_actor_url as parse_actor_url
 
 __all__ = [
     "Actor",
@@ -25,4 +39,17 @@ __all__ = [
     "ActorSystem",
     "open_actor_system",
     "DEFAULT_MAILBOX_SIZE",
+    # monitors
+    "Monitor",
+    "Down",
+    "DownReason",
+    # remote actors
+    "serve_actors",
+    "serve_actor_stream",
+    "open_actor_client",
+    "connect_actor",
+    "ActorClient",
+    "RemoteActorRef",
+    "ActorAddress",
+    "parse_actor_url",
 ]

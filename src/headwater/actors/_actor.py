@@ -39,12 +39,14 @@ import trio
 from headwater._errors import (
     ActorFailed,
     ActorStopped,
+    ClosedError,
     HeadwaterError,
     HeadwaterTimeoutError,
     InvalidArgument,
     MailboxFull,
     UsageError,
 )
+from headwater.actors._monitor import Monitor
 from headwater.supervision._specs import DEFAULT_MAILBOX_SIZE
 
 if TYPE_CHECKING:
@@ -130,6 +132,7 @@ class Cell:
     restarts: int = 0
     last_failure: str | None = None
     ref: LocalActorRef | None = None
+    monitors: set[Monitor] = attrs.field(factory=set)
 
     def set_accepting(self, mailbox: trio.MemorySendChannel[Any]) -> None:
         self.mailbox = mailbox
@@ -148,6 +151,10 @@ class Cell:
         self.mailbox = None
         self.state = state
         self.ready.set()
+        monitors, self.monitors = self.monitors, set()
+        reason: Literal["stopped", "failed"] = "failed" if state == "failed" else "stopped"
+        for monitor in monitors:
+            monitor._fire(reason, self.last_failure or "")
 
 
 class ActorRef(abc.ABC):
@@ -185,6 +192,13 @@ class ActorRef(abc.ABC):
         as :class:`ActorFailed`, :class:`ActorRestarted` if the actor restarted
         before handling it, :class:`ActorStopped` if it is stopped for good, and
         :class:`HeadwaterTimeoutError` after ``timeout`` seconds.
+        """
+
+    @abc.abstractmethod
+    async def monitor(self) -> Monitor:
+        """Watch this actor: the returned :class:`Monitor` fires once when
+        it stops for good (not on a restart) or, for a remote ref, when its
+        process becomes unreachable. A target already gone fires at once.
         """
 
 
@@ -279,6 +293,17 @@ class LocalActorRef(ActorRef):
             f"{seconds}s; the actor is {self._cell.state}"
         )
 
+    async def monitor(self) -> Monitor:
+        """See :meth:`ActorRef.monitor`."""
+        await trio.lowlevel.checkpoint()
+        cell = self._cell
+        monitor = Monitor(self, cell.monitors.discard)
+        if cell.state in ("stopped", "failed"):
+            monitor._fire("failed" if cell.state == "failed" else "stopped", "already gone")
+        else:
+            cell.monitors.add(monitor)
+        return monitor
+
 
 @attrs.define(eq=False)
 class ActorContext:
@@ -300,6 +325,29 @@ class ActorContext:
         """End this actor normally after the current message (a *normal* exit:
         ``transient`` and ``temporary`` children are then not restarted)."""
         self._stop()
+
+    async def monitor(self, ref: ActorRef) -> Monitor:
+        """Monitor ``ref`` and have its :class:`~headwater.actors.Down`
+        delivered to this actor's own mailbox (Erlang's ``monitor/2``).
+
+        The delivery runs in this incarnation's nursery; when the incarnation
+        ends the monitor is cancelled. The returned monitor may also be
+        awaited or cancelled directly.
+        """
+        monitor = await ref.monitor()
+        own = self.ref
+
+        async def deliver() -> None:
+            try:
+                down = await monitor.wait()
+                await own.tell(down)
+            except ClosedError:
+                return  # cancelled, or we are stopping: nobody to tell
+            finally:
+                monitor.cancel()
+
+        self.nursery.start_soon(deliver)
+        return monitor
 
 
 class Actor:

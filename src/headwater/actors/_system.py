@@ -60,6 +60,7 @@ from headwater.actors._actor import (
     _Ask,
     as_failure,
 )
+from headwater.actors._monitor import Monitor
 from headwater.supervision._policy import ChildInfo, Escalate, Ignore, Strategy, decide
 from headwater.supervision._specs import (
     ActorSnapshot,
@@ -561,6 +562,13 @@ class ActorSystem:
         child.kill_reason = reason
         child.scope.cancel()
         await child.done.wait()
+
+    async def monitor(self, target: ActorRef | str) -> Monitor:
+        """Monitor the actor at ``target`` (a ref, local or remote, or a path
+        in this system): see :meth:`ActorRef.monitor`. A path with no actor
+        raises :class:`~headwater.ActorNotFound`."""
+        ref = self.lookup(target) if isinstance(target, str) else target
+        return await ref.monitor()
 
     def tree(self) -> ActorSnapshot:
         """A snapshot of the live supervision tree."""

@@ -5,6 +5,9 @@ from __future__ import annotations
 from headwater.journal._files import PowerLoss as PowerLoss
 from headwater.journal._files import SimulatedFileSystem as SimulatedFileSystem
 
+from ._actor_kit import ACTOR_REF_CHECKS as ACTOR_REF_CHECKS
+from ._actor_kit import KIT_REGISTRY as KIT_REGISTRY
+from ._actor_kit import check_actor_refs as check_actor_refs
 from ._faulty import FaultyStream as FaultyStream
 from ._faulty import FaultyStreamStatistics as FaultyStreamStatistics
 from ._servers import connect_in_memory as connect_in_memory
@@ -19,4 +22,7 @@ __all__ = [
     "FaultyStreamStatistics",
     "TRANSPORT_CHECKS",
     "check_transport",
+    "ACTOR_REF_CHECKS",
+    "KIT_REGISTRY",
+    "check_actor_refs",
 ]

@@ -1,0 +1,599 @@
+"""Refs to actors in other processes: :class:`RemoteActorRef` and its client.
+
+Theory of operation
+-------------------
+An :class:`ActorClient` (from :func:`open_actor_client`, which owns its
+nursery) keeps one connection per ``(host, port)``, shared by every ref to
+that peer. A connection is a sans-IO
+:class:`~headwater.transport.ClientConnection` plus two tasks: a *reader*
+that turns responses into outcomes for the waiting callers, and a *writer*
+that sends whatever the state machine queued. Callers never do I/O
+themselves, so cancelling a ``tell`` or ``ask`` (or its timeout) never
+leaves half a frame on the wire; the late answer is simply dropped.
+
+Requests in flight are bounded by a semaphore of ``max_in_flight - 1``
+slots (backpressure: a caller waits for a slot); a monitor holds its slot
+until it fires or is cancelled. The last slot is kept for ``demonitor``
+requests, so a cancel never waits behind the monitors it would free.
+``tell`` completes when the message is in the far mailbox.
+
+When the connection is lost (EOF, reset, protocol violation), every caller
+waiting gets :class:`~headwater.ConnectionLostError`, every monitor fires
+with reason ``"unreachable"``, and the connection leaves the pool: refs made
+on it keep raising ``ConnectionLostError`` (like an Erlang pid of a dead
+node); :meth:`ActorClient.lookup` makes a fresh connection.
+"""
+
+from __future__ import annotations
+
+import math
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import outcome
+import trio
+
+from headwater._errors import (
+    ActorNotFound,
+    AuthenticationError,
+    ClosedError,
+    ConnectionLostError,
+    HeadwaterError,
+    HeadwaterTimeoutError,
+    InvalidArgument,
+    MailboxFull,
+)
+from headwater._logging import get_logger
+from headwater.actors._actor import ActorRef, _check_timeout
+from headwater.actors._monitor import DOWN_REASONS, Monitor
+from headwater.actors._wire import ActorAddress, decode_reply, parse_actor_url
+from headwater.supervision._specs import unwrapping_groups
+from headwater.transport._connection import (
+    DEFAULT_MAX_IN_FLIGHT,
+    AuthRequired,
+    ClientConnection,
+    ConnectionClosed,
+    ErrorReceived,
+    HandshakeComplete,
+    ResponseReceived,
+)
+from headwater.transport._messages import MessageRegistry
+from headwater.transport._stream import FramedStream
+
+__all__ = ["ActorClient", "RemoteActorRef", "connect_actor", "open_actor_client"]
+
+_log = get_logger("headwater.actors.remote")
+
+Opener = Callable[[str, int], Awaitable[trio.abc.Stream]]
+
+
+class _Slot:
+    """Where the reader puts the outcome of one request."""
+
+    __slots__ = ("event", "result")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.result: outcome.Outcome[dict[str, Any]] | None = None
+
+    def set(self, result: outcome.Outcome[dict[str, Any]]) -> None:
+        if self.result is None:
+            self.result = result
+            self.event.set()
+
+    async def wait(self) -> dict[str, Any]:
+        await self.event.wait()
+        assert self.result is not None
+        return self.result.unwrap()
+
+
+class _Channel:
+    """One client connection to one peer, shared by refs (private)."""
+
+    def __init__(
+        self, client: ActorClient, key: tuple[str, int], framed: FramedStream, token: str | None
+    ) -> None:
+        self.client = client
+        self.key = key
+        self.framed = framed
+        self.conn = ClientConnection(
+            token=token, client="headwater-actors", max_in_flight=client.max_in_flight
+        )
+        self.token = token
+        # One connection slot is kept for demonitor requests, so cancelling a
+        # monitor never waits behind the monitors that fill the connection.
+        self.slots = trio.Semaphore(client.max_in_flight - 1)
+        self.pending: dict[int, _Slot] = {}
+        self.monitors: dict[int, Monitor] = {}
+        self.demonitor_backlog: list[int] = []
+        self.lost: HeadwaterError | None = None
+        self._wake = trio.Event()
+        self._scope = trio.CancelScope()
+        self.last_heard = trio.current_time()
+
+    @property
+    def where(self) -> str:
+        return f"headwater://{self.key[0]}:{self.key[1]}"
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with self._scope:
+            try:
+                limit = math.inf if self.client.keepalive is None else 3 * self.client.keepalive
+                with trio.move_on_after(limit) as scope:
+                    await self._handshake()
+                if scope.cancelled_caught:
+                    raise ConnectionLostError(
+                        f"{self.where} did not complete the handshake within {limit}s "
+                        "(3 x keepalive): the peer is unreachable or not a Headwater actors "
+                        "listener"
+                    )
+            except BaseException:
+                self.client._channels.pop(self.key, None)
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(self.framed.stream)
+                raise
+            task_status.started()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer)
+                    if self.client.keepalive is not None:
+                        nursery.start_soon(self._heartbeat, self.client.keepalive)
+                    await self._reader()
+                    nursery.cancel_scope.cancel()
+            finally:
+                self._lose(self.lost or ClosedError("the actor client was closed"))
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(self.framed.stream)
+
+    async def _handshake(self) -> None:
+        await self.framed.send_data(self.conn.data_to_send())
+        while True:
+            event = self.conn.next_event()
+            if event is None:
+                self.conn.receive_data(await self.framed.receive_data())
+                continue
+            if isinstance(event, AuthRequired):
+                raise AuthenticationError(
+                    f"{self.where} requires a token; pass token=... to open_actor_client"
+                )
+            if isinstance(event, HandshakeComplete):
+                return
+            if isinstance(event, ErrorReceived):
+                raise event.error
+            if isinstance(event, ConnectionClosed):
+                raise event.error or ConnectionLostError(
+                    f"{self.where} closed the connection during the handshake"
+                )
+
+    def _lose(self, error: HeadwaterError) -> None:
+        if self.lost is None:
+            if isinstance(error, ClosedError) and not isinstance(error, ConnectionLostError):
+                self.lost = error
+            else:
+                self.lost = ConnectionLostError(f"connection to {self.where} lost: {error}")
+            _log.info("actor_connection_lost", peer=self.where, error=str(error))
+        if self.client._channels.get(self.key) is self:
+            del self.client._channels[self.key]
+        for slot in self.pending.values():
+            slot.set(outcome.Error(self.lost))
+        self.pending.clear()
+        for monitor in self.monitors.values():
+            monitor._fire("unreachable", str(self.lost))
+        self.monitors.clear()
+        self._scope.cancel()
+
+    # -- tasks -------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                data = self.conn.data_to_send()
+                if data:
+                    await self.framed.send_data(data)
+        except HeadwaterError as exc:
+            self._lose(exc)
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                event = self.conn.next_event()
+                if event is None:
+                    self.conn.receive_data(await self.framed.receive_data())
+                    self.last_heard = trio.current_time()
+                    continue
+                if isinstance(event, ResponseReceived):
+                    self._answer(event.id, outcome.Value(event.body))
+                elif isinstance(event, ErrorReceived):
+                    if event.id is None:
+                        self._lose(event.error)
+                        return
+                    self._answer(event.id, outcome.Error(event.error))
+                elif isinstance(event, ConnectionClosed):
+                    self._lose(event.error or ConnectionLostError("the peer closed the connection"))
+                    return
+        except HeadwaterError as exc:
+            self._lose(exc)
+
+    async def _heartbeat(self, interval: float) -> None:
+        """Ping after ``interval`` s of silence; declare the peer unreachable
+        after ``3 * interval`` s without hearing a byte from it."""
+        while True:
+            await trio.sleep(interval)
+            silent = trio.current_time() - self.last_heard
+            if silent >= 3 * interval:
+                self._lose(
+                    ConnectionLostError(
+                        f"nothing heard from {self.where} for {silent:.1f}s "
+                        f"(keepalive={interval}s): the peer is unreachable"
+                    )
+                )
+                return
+            if silent >= interval and len(self.conn.in_flight) < self.conn.max_in_flight:
+                self.conn.send_request("ping", {})
+                self._wake.set()
+
+    def _answer(self, request_id: int, result: outcome.Outcome[dict[str, Any]]) -> None:
+        slot = self.pending.pop(request_id, None)
+        if slot is not None:
+            slot.set(result)
+        monitor = self.monitors.pop(request_id, None)
+        if monitor is not None:
+            self.slots.release()
+            self._fire_from(monitor, result)
+        while self.demonitor_backlog and len(self.conn.in_flight) < self.conn.max_in_flight:
+            self._send_demonitor(self.demonitor_backlog.pop())
+
+    @staticmethod
+    def _fire_from(monitor: Monitor, result: outcome.Outcome[dict[str, Any]]) -> None:
+        if isinstance(result, outcome.Error):
+            error = result.error
+            monitor._fire(
+                "not_found" if isinstance(error, ActorNotFound) else "unreachable", str(error)
+            )
+            return
+        assert isinstance(result, outcome.Value)
+        body = result.value
+        for reason in DOWN_REASONS:
+            if body.get("reason") == reason:
+                monitor._fire(reason, str(body.get("detail", "")))
+        # "demonitored": the monitor was cancelled on our side already
+
+    # -- requests ----------------------------------------------------------------
+
+    def _is_lost(self) -> bool:
+        return self.lost is not None  # re-read after an await (mypy narrows too eagerly)
+
+    def _check(self) -> None:
+        if self.lost is not None:
+            raise self.lost
+
+    async def request(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Send one request and wait for its answer (cancellation-safe)."""
+        self._check()
+        async with self.slots:
+            self._check()
+            request_id = self.conn.send_request(op, body)
+            slot = _Slot()
+            self.pending[request_id] = slot
+            self._wake.set()
+            try:
+                return await slot.wait()
+            finally:
+                self.pending.pop(request_id, None)
+
+    def send_nowait(self, op: str, body: dict[str, Any]) -> None:
+        """Send one request without waiting for its answer (a slot is taken
+        until it comes), or raise ``MailboxFull`` when no slot is free."""
+        self._check()
+        try:
+            self.slots.acquire_nowait()
+        except trio.WouldBlock:
+            raise MailboxFull(
+                f"{self.client.max_in_flight - 1} requests in flight to {self.where}; "
+                "use await tell() to wait"
+            ) from None
+        try:
+            request_id = self.conn.send_request(op, body)
+        except BaseException:
+            self.slots.release()
+            raise
+        slot = _Slot()
+        self.pending[request_id] = slot
+        self._wake.set()
+        self.client._nursery.start_soon(self._settle_nowait, request_id, slot, body)
+
+    async def _settle_nowait(self, request_id: int, slot: _Slot, body: dict[str, Any]) -> None:
+        try:
+            await slot.wait()
+        except HeadwaterError as exc:
+            _log.warning(
+                "remote_tell_nowait_failed", peer=self.where, path=body.get("path"), error=str(exc)
+            )
+        finally:
+            self.pending.pop(request_id, None)
+            self.slots.release()
+
+    async def monitor(self, ref: RemoteActorRef) -> Monitor:
+        """Set up a monitor on ``ref`` (a long-poll ``monitor`` request)."""
+        monitor = Monitor(ref, self._cancel_monitor)
+        if self.lost is not None:
+            monitor._fire("unreachable", str(self.lost))
+            return monitor
+        await self.slots.acquire()
+        if self._is_lost():
+            self.slots.release()
+            monitor._fire("unreachable", str(self.lost))
+            return monitor
+        try:
+            request_id = self.conn.send_request("monitor", {"path": ref.path})
+        except BaseException:
+            self.slots.release()
+            raise
+        self.monitors[request_id] = monitor
+        self._wake.set()
+        return monitor
+
+    def _cancel_monitor(self, monitor: Monitor) -> None:
+        ids = [rid for rid, known in self.monitors.items() if known is monitor]
+        if not ids:
+            return
+        request_id = ids[0]
+        if self.lost is not None:
+            return
+        if len(self.conn.in_flight) < self.conn.max_in_flight:
+            self._send_demonitor(request_id)
+        else:
+            self.demonitor_backlog.append(request_id)
+
+    def _send_demonitor(self, monitor_id: int) -> None:
+        try:
+            self.conn.send_request("demonitor", {"monitor": monitor_id})
+        except HeadwaterError:
+            return  # closed meanwhile: the server drops its monitors itself
+        self._wake.set()
+
+
+class RemoteActorRef(ActorRef):
+    """A ref to an actor in another process, reached over a connection.
+
+    Made by :meth:`ActorClient.lookup` or :func:`connect_actor`. ``tell``,
+    ``ask`` and ``monitor`` behave as on a
+    :class:`~headwater.actors.LocalActorRef` (same blocking, same errors),
+    plus :class:`~headwater.ConnectionLostError` when the peer is gone and
+    :class:`~headwater.LocalProtocolError` for a message whose class is not
+    in the registry. ``tell_nowait`` raises ``MailboxFull`` when the
+    connection has no free request slot; otherwise it sends without waiting,
+    and far-side refusals are only logged.
+    """
+
+    __slots__ = ("_address", "_channel", "_registry")
+
+    def __init__(self, channel: _Channel, address: ActorAddress, registry: MessageRegistry) -> None:
+        self._channel = channel
+        self._address = address
+        self._registry = registry
+
+    def __repr__(self) -> str:
+        return f"<RemoteActorRef {self.url}>"
+
+    @property
+    def path(self) -> str:
+        """The actor's path in its own system."""
+        return self._address.path
+
+    @property
+    def url(self) -> str:
+        """The full ``headwater://host:port/path`` address."""
+        return self._address.url
+
+    def _body(self, message: Any, timeout: float | None) -> dict[str, Any]:
+        return {
+            "path": self._address.path,
+            "msg": self._registry.encode(message),
+            "timeout": timeout,
+        }
+
+    async def tell(self, message: Any, *, timeout: float | None = None) -> None:
+        """See :meth:`ActorRef.tell`; returns once the message is in the
+        far mailbox."""
+        seconds = _check_timeout(timeout)
+        if math.isinf(seconds):  # fast path: no cancel scope
+            await self._channel.request("tell", self._body(message, None))
+            return
+        body = self._body(message, seconds)
+        with trio.move_on_after(seconds) as scope:
+            await self._channel.request("tell", body)
+        if scope.cancelled_caught:
+            raise HeadwaterTimeoutError(
+                f"tell to {self.url} could not deliver within {seconds}s "
+                "(far mailbox full, actor restarting, or too many requests in flight)"
+            )
+
+    def tell_nowait(self, message: Any) -> None:
+        """See :meth:`ActorRef.tell_nowait` and the class docstring."""
+        body = self._body(message, None)
+        body["nowait"] = True
+        self._channel.send_nowait("tell", body)
+
+    async def ask(self, message: Any, *, timeout: float | None = 5.0) -> Any:
+        """See :meth:`ActorRef.ask`; the reply must be a registered message
+        or a plain CBOR value."""
+        seconds = _check_timeout(timeout)
+        body = self._body(message, None if math.isinf(seconds) else seconds)
+        with trio.move_on_after(seconds):
+            answer = await self._channel.request("ask", body)
+            return decode_reply(self._registry, answer)
+        raise HeadwaterTimeoutError(
+            f"ask {type(message).__name__} to {self.url} got no reply within {seconds}s"
+        )
+
+    async def monitor(self) -> Monitor:
+        """See :meth:`ActorRef.monitor`; also fires with ``"unreachable"``
+        when the connection to the actor's process is lost."""
+        await trio.lowlevel.checkpoint()
+        return await self._channel.monitor(self)
+
+
+async def _open_tcp(host: str, port: int, ssl_context: ssl.SSLContext | None) -> trio.abc.Stream:
+    try:
+        stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+    except OSError as exc:
+        raise ConnectionLostError(f"cannot connect to headwater://{host}:{port}: {exc}") from None
+    if ssl_context is not None:
+        stream = trio.SSLStream(stream, ssl_context, server_hostname=host)
+    return stream
+
+
+def _check_max_in_flight(max_in_flight: int) -> None:
+    if type(max_in_flight) is not int or max_in_flight < 2:
+        raise InvalidArgument(f"max_in_flight={max_in_flight!r} must be an int >= 2")
+
+
+class ActorClient:
+    """Refs to actors served by other processes; made by :func:`open_actor_client`.
+
+    One connection per ``(host, port)`` is shared by all refs to that peer.
+    """
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        registry: MessageRegistry,
+        *,
+        token: str | None,
+        ssl_context: ssl.SSLContext | None,
+        max_in_flight: int,
+        opener: Opener | None,
+        keepalive: float | None = None,
+    ) -> None:
+        _check_max_in_flight(max_in_flight)
+        self._nursery = nursery
+        self.registry = registry
+        self.max_in_flight = max_in_flight
+        self.keepalive = keepalive
+        self._token = token
+        self._ssl_context = ssl_context
+        self._opener = opener
+        self._channels: dict[tuple[str, int], _Channel] = {}
+        self._connecting: dict[tuple[str, int], trio.Lock] = {}
+        self._closed = False
+
+    async def _channel(self, host: str, port: int) -> _Channel:
+        if self._closed:
+            raise ClosedError("this actor client was closed")
+        key = (host, port)
+        lock = self._connecting.setdefault(key, trio.Lock())
+        async with lock:
+            channel = self._channels.get(key)
+            if channel is not None and channel.lost is None:
+                return channel
+            if self._opener is not None:
+                stream = await self._opener(host, port)
+            else:
+                stream = await _open_tcp(host, port, self._ssl_context)
+            channel = _Channel(self, key, FramedStream(stream), self._token)
+            self._channels[key] = channel
+            await self._nursery.start(channel.run)
+            return channel
+
+    async def lookup(self, url: str) -> RemoteActorRef:
+        """Return a ref to the actor at ``url`` (``headwater://host:port/path``).
+
+        Connects (or reuses the connection to that peer) and checks the actor
+        exists: raises :class:`~headwater.ActorNotFound` if not,
+        :class:`~headwater.ConnectionLostError` if the peer cannot be reached,
+        :class:`~headwater.AuthenticationError` for a refused token.
+        """
+        address = parse_actor_url(url)
+        channel = await self._channel(address.host, address.port)
+        answer = await channel.request("lookup", {"path": address.path})
+        path = answer.get("path")
+        if isinstance(path, str) and path != address.path:
+            address = ActorAddress(address.host, address.port, path)
+        return RemoteActorRef(channel, address, self.registry)
+
+    async def aclose(self) -> None:
+        """Close every connection (idempotent): refs then raise
+        :class:`~headwater.ClosedError`, monitors fire ``"unreachable"``."""
+        self._closed = True
+        for channel in list(self._channels.values()):
+            channel._lose(ClosedError("the actor client was closed"))
+        await trio.lowlevel.checkpoint()
+
+
+@asynccontextmanager
+async def open_actor_client(
+    registry: MessageRegistry,
+    *,
+    token: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    opener: Opener | None = None,
+    keepalive: float | None = 5.0,
+) -> AsyncIterator[ActorClient]:
+    """Open an :class:`ActorClient`, owning its connections' tasks.
+
+    ``registry`` encodes the messages sent and decodes replies; ``token`` and
+    ``ssl_context`` apply to every connection; ``max_in_flight`` (at most
+    the server's, at least 2) bounds requests in flight per connection. ``opener``
+    replaces TCP: an async ``(host, port) -> trio.abc.Stream`` (tests use
+    ``trio.testing.memory_stream_pair``). ``keepalive`` (seconds, or
+    ``None`` for never): a connection silent that long sends a ``ping``, and
+    one silent for three times that is declared lost (its monitors fire
+    ``"unreachable"``): this catches a peer whose machine or network vanished
+    without closing the socket. Leaving the block closes all.
+    """
+    _check_max_in_flight(max_in_flight)
+    if keepalive is not None and (
+        isinstance(keepalive, bool) or not isinstance(keepalive, int | float) or not keepalive > 0
+    ):
+        raise InvalidArgument(f"keepalive={keepalive!r} must be seconds > 0 or None")
+    with unwrapping_groups():
+        async with trio.open_nursery() as nursery:
+            client = ActorClient(
+                nursery,
+                registry,
+                token=token,
+                ssl_context=ssl_context,
+                max_in_flight=max_in_flight,
+                opener=opener,
+                keepalive=keepalive,
+            )
+            try:
+                yield client
+            finally:
+                await client.aclose()
+                nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def connect_actor(
+    url: str,
+    registry: MessageRegistry,
+    *,
+    token: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    keepalive: float | None = 5.0,
+) -> AsyncIterator[RemoteActorRef]:
+    """A ref to the one actor at ``url``, with its own connection::
+
+        async with connect_actor("headwater://127.0.0.1:7701/echo", registry) as ref:
+            print(await ref.ask(Ping()))
+
+    For several refs, share connections with :func:`open_actor_client`.
+    """
+    async with open_actor_client(
+        registry,
+        token=token,
+        ssl_context=ssl_context,
+        max_in_flight=max_in_flight,
+        keepalive=keepalive,
+    ) as client:
+        yield await client.lookup(url)

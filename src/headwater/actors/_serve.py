@@ -1,0 +1,390 @@
+"""Serving an actor system's actors on a stream or a TCP port.
+
+Theory of operation
+-------------------
+One connection is one :class:`~headwater.transport.ServerConnection` (the
+sans-IO handshake, auth and correlation ids) fed by a reader loop. Each
+request runs as its own task in the connection's nursery (the state machine
+bounds them by ``max_in_flight``), performs the local operation through an
+ordinary :class:`~headwater.actors.LocalActorRef` and queues its answer.
+``tell`` and ``ask`` requests are put into their target's mailbox by one
+delivery task per target path, in arrival order, so messages from one
+connection to one actor keep their order (Erlang's guarantee); an ask's reply
+is awaited in a task of its own. A ``tell`` is answered only after the
+message is in the mailbox, so the remote sender feels the backpressure.
+``monitor`` is a long poll: its answer is the :class:`~headwater.actors.Down`,
+or ``demonitored``. When the connection ends, its nursery is cancelled:
+pending asks and monitors on this side are dropped (the client sees the connection lost).
+
+Refs looked up by a connection are remembered for its lifetime, so a ref to
+an actor stopped for good raises ``ActorStopped`` remotely as locally (a path
+never seen by the connection gives ``ActorNotFound``).
+"""
+
+from __future__ import annotations
+
+import math
+import ssl
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import attrs
+import trio
+
+from headwater._errors import (
+    ActorNotFound,
+    ClosedError,
+    ConnectionLostError,
+    HeadwaterError,
+    HeadwaterTimeoutError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    UsageError,
+)
+from headwater._logging import get_logger
+from headwater.actors._actor import ActorRef, LocalActorRef, _Ask, _Reply
+from headwater.actors._monitor import Monitor
+from headwater.actors._system import ActorSystem
+from headwater.actors._wire import (
+    ACTOR_OPS,
+    encode_reply,
+    field,
+    normalize_path,
+    timeout_field,
+)
+from headwater.transport._connection import (
+    DEFAULT_MAX_IN_FLIGHT,
+    ConnectionClosed,
+    HandshakeComplete,
+    RequestReceived,
+    ServerConnection,
+)
+from headwater.transport._messages import MessageRegistry
+from headwater.transport._stream import FramedStream
+
+__all__ = ["serve_actor_stream", "serve_actors"]
+
+_log = get_logger("headwater.actors.remote")
+
+
+@attrs.frozen
+class _Delivery:
+    """A decoded ``tell`` or ``ask`` waiting for its turn at the mailbox."""
+
+    request: RequestReceived
+    ref: ActorRef
+    message: Any
+    timeout: float | None
+
+
+class _Session:
+    """Server-side state of one connection."""
+
+    def __init__(
+        self,
+        system: ActorSystem,
+        registry: MessageRegistry,
+        conn: ServerConnection,
+        framed: FramedStream,
+    ) -> None:
+        self.system = system
+        self.registry = registry
+        self.conn = conn
+        self.framed = framed
+        self.refs: dict[str, ActorRef] = {}
+        self.monitors: dict[int, Monitor] = {}
+        self.queues: dict[str, trio.MemorySendChannel[_Delivery]] = {}
+        self.wake = trio.Event()
+
+    async def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            await self.framed.send_data(data)
+
+    def resolve(self, body: dict[str, Any], op: str) -> ActorRef:
+        path = normalize_path(field(body, "path", str, op))
+        ref = self.refs.get(path)
+        if ref is None:
+            ref = self.system.lookup(path)
+            self.refs[path] = ref
+        return ref
+
+    def answer(self, request_id: int, result: dict[str, Any] | Exception) -> None:
+        """Queue the answer to ``request_id`` for the writer (answers after
+        the connection ended are dropped: the reader closes the session)."""
+        try:
+            if isinstance(result, Exception):
+                self.conn.send_error(request_id, result)
+            else:
+                try:
+                    self.conn.send_response(request_id, result)
+                except LocalProtocolError as exc:  # the answer is too large to send
+                    self.conn.send_error(request_id, exc)
+        except (ClosedError, ConnectionLostError):
+            return
+        self.wake.set()
+
+    async def writer(self) -> None:
+        """Send whatever answers are queued, many per write under load."""
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake = trio.Event()
+                await self.flush()
+        except (ClosedError, ConnectionLostError):
+            pass  # the reader sees the end too
+
+    def dispatch(self, request: RequestReceived, nursery: trio.Nursery) -> None:
+        """Route one request: ``tell`` and ``ask`` go, in arrival order, to
+        the delivery queue of their target; the rest run as their own task."""
+        if request.op not in ("tell", "ask"):
+            nursery.start_soon(self.handle, request)
+            return
+        try:
+            ref = self.resolve(request.body, request.op)
+            message = self.registry.decode(field(request.body, "msg", dict, request.op))
+            timeout = timeout_field(request.body, request.op)
+        except Exception as exc:
+            self.answer(request.id, exc)
+            return
+        queue = self.queues.get(ref.path)
+        if queue is None:
+            queue, receive = trio.open_memory_channel[_Delivery](math.inf)
+            self.queues[ref.path] = queue
+            nursery.start_soon(self.deliver, receive, nursery)
+        queue.send_nowait(_Delivery(request, ref, message, timeout))
+
+    async def deliver(
+        self, receive: trio.MemoryReceiveChannel[_Delivery], nursery: trio.Nursery
+    ) -> None:
+        """Put one target's tells and asks into its mailbox in arrival order
+        (Erlang's per-pair ordering); an ask's reply is awaited aside."""
+        async for item in receive:
+            request, ref = item.request, item.ref
+            if request.op == "tell":
+                try:
+                    if request.body.get("nowait") is True:
+                        ref.tell_nowait(item.message)
+                    else:
+                        await ref.tell(item.message, timeout=item.timeout)
+                except Exception as exc:
+                    self.answer(request.id, exc)
+                else:
+                    self.answer(request.id, {})
+                continue
+            seconds = math.inf if item.timeout is None else item.timeout
+            deadline = trio.current_time() + seconds
+            reply = _Reply()
+            try:
+                with trio.move_on_at(deadline) as scope:
+                    await self._put(ref, _Ask(item.message, reply))
+                if scope.cancelled_caught:
+                    raise HeadwaterTimeoutError(
+                        f"ask {type(item.message).__name__} to {ref.path} could not be "
+                        f"delivered within {seconds}s (mailbox full or actor restarting)"
+                    )
+            except Exception as exc:
+                self.answer(request.id, exc)
+            else:
+                nursery.start_soon(self.await_reply, item, reply, deadline)
+
+    @staticmethod
+    async def _put(ref: ActorRef, item: _Ask) -> None:
+        if not isinstance(ref, LocalActorRef):  # pragma: no cover - lookup gives local refs
+            raise UsageError(f"{ref!r} is not local")
+        mailbox = ref._cell.mailbox
+        if mailbox is not None:  # fast path: room in the mailbox right now
+            try:
+                mailbox.send_nowait(item)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            else:
+                await trio.lowlevel.checkpoint()
+                return
+        await ref._deliver(item)
+
+    async def await_reply(self, item: _Delivery, reply: _Reply, deadline: float) -> None:
+        """Wait for an ask's reply and send it (or its error) back."""
+        result: dict[str, Any] | Exception = {}
+        got = False
+        try:
+            with trio.move_on_at(deadline):
+                value = await reply.wait()
+                got = True
+                try:
+                    result = encode_reply(self.registry, value)
+                except LocalProtocolError as exc:  # the far actor's fault, seen from the caller
+                    raise RemoteProtocolError(
+                        f"the actor at {item.ref.path} replied badly: {exc}"
+                    ) from None
+            if not got:
+                raise HeadwaterTimeoutError(
+                    f"ask {type(item.message).__name__} to {item.ref.path} got no reply "
+                    f"within {item.timeout}s"
+                )
+        except Exception as exc:
+            result = exc
+        self.answer(item.request.id, result)
+
+    async def handle(self, request: RequestReceived) -> None:
+        """Run a ``lookup``, ``ping``, ``monitor`` or ``demonitor`` request."""
+        try:
+            result: dict[str, Any] | Exception = await self.perform(request)
+        except Exception as exc:
+            result = exc
+        self.answer(request.id, result)
+
+    async def perform(self, request: RequestReceived) -> dict[str, Any]:
+        op, body = request.op, request.body
+        if op == "lookup":
+            return {"path": self.resolve(body, op).path}
+        if op == "ping":
+            return {}
+        if op == "monitor":
+            try:
+                ref = self.resolve(body, op)
+            except ActorNotFound as exc:
+                return {"reason": "not_found", "detail": str(exc)}
+            monitor = await ref.monitor()
+            self.monitors[request.id] = monitor
+            try:
+                down = await monitor.wait()
+            except ClosedError:
+                return {"reason": "demonitored", "detail": ""}
+            finally:
+                self.monitors.pop(request.id, None)
+            return {"reason": down.reason, "detail": down.detail}
+        assert op == "demonitor", op  # ServerConnection refuses unknown ops
+        target = field(body, "monitor", int, op)
+        found = self.monitors.pop(target, None)
+        if found is not None:
+            found.cancel()
+        return {}
+
+
+async def serve_actor_stream(
+    system: ActorSystem,
+    registry: MessageRegistry,
+    stream: trio.abc.Stream,
+    *,
+    token: str | None = None,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    handshake_timeout: float | None = 10.0,
+    idle_timeout: float | None = None,
+) -> None:
+    """Serve ``system``'s actors to the client on one open ``stream``.
+
+    Runs the handshake (and token check, if ``token`` is set), then answers
+    ``lookup``/``tell``/``ask``/``monitor``/``demonitor`` requests until the
+    client closes the stream or breaks the protocol (it then gets an error
+    frame and the stream is closed). Never raises for the peer's faults; the
+    stream is closed on return. ``registry`` decodes user messages.
+    A client that has not completed the handshake within
+    ``handshake_timeout`` seconds, or (with ``idle_timeout`` set) sends
+    nothing for that long, gets a ``timeout`` error frame and is closed;
+    clients with ``keepalive`` ping after that many idle seconds, so give
+    ``idle_timeout`` at least twice their ``keepalive``.
+    """
+    framed = FramedStream(stream)
+    conn = ServerConnection(
+        token=token,
+        server=f"headwater-actors/{system.name}",
+        operations=ACTOR_OPS,
+        max_in_flight=max_in_flight,
+    )
+    session = _Session(system, registry, conn, framed)
+    log = _log.bind(system=system.name)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session.writer)
+            try:
+                while True:
+                    try:
+                        event = conn.next_event()
+                    except HeadwaterError as exc:
+                        log.warning("actor_peer_protocol_error", error=str(exc))
+                        await session.flush()  # the error frame
+                        break
+                    if event is None:
+                        await session.flush()
+                        limit = idle_timeout if conn.state == "READY" else handshake_timeout
+                        with trio.move_on_after(math.inf if limit is None else limit):
+                            conn.receive_data(await framed.receive_data())
+                            continue
+                        log.info("actor_peer_idle", state=conn.state, timeout=limit)
+                        conn.fail(
+                            HeadwaterTimeoutError(
+                                f"nothing received for {limit}s in state {conn.state}; closing"
+                            )
+                        )
+                        await session.flush()
+                        break
+                    if isinstance(event, RequestReceived):
+                        session.dispatch(event, nursery)
+                    elif isinstance(event, HandshakeComplete):
+                        await session.flush()
+                        log.info("actor_peer_connected", peer=event.peer)
+                    elif isinstance(event, ConnectionClosed):
+                        break
+            except (ClosedError, ConnectionLostError) as exc:
+                log.info("actor_peer_lost", error=str(exc))
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(stream)
+        for monitor in list(session.monitors.values()):
+            monitor.cancel()
+
+
+async def serve_actors(
+    system: ActorSystem,
+    registry: MessageRegistry,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    handshake_timeout: float | None = 10.0,
+    idle_timeout: float | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on ``host:port`` and serve ``system``'s actors to every client.
+
+    Use as ``port = await nursery.start(serve_actors, system, registry)``:
+    the bound port (useful with ``port=0``) is reported through
+    ``task_status``. Each connection is served by :func:`serve_actor_stream`
+    in a task of this one's nursery; cancel the surrounding scope to stop.
+    With ``ssl_context`` every connection is wrapped in ``trio.SSLStream``;
+    with ``token`` clients must present it. Binds loopback by default.
+    ``handshake_timeout`` and ``idle_timeout``: see :func:`serve_actor_stream`.
+    """
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound: int = listeners[0].socket.getsockname()[1]
+    served: list[trio.abc.Listener[Any]] = list(listeners)
+    if ssl_context is not None:
+        served = [trio.SSLListener(lst, ssl_context, https_compatible=False) for lst in listeners]
+    handler: Callable[[trio.abc.Stream], Any] = partial(
+        _serve_one,
+        system,
+        registry,
+        token=token,
+        max_in_flight=max_in_flight,
+        handshake_timeout=handshake_timeout,
+        idle_timeout=idle_timeout,
+    )
+    _log.info("actors_listening", system=system.name, host=host, port=bound)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(trio.serve_listeners, handler, served, handler_nursery=nursery))
+        task_status.started(bound)
+
+
+async def _serve_one(
+    system: ActorSystem, registry: MessageRegistry, stream: trio.abc.Stream, **options: Any
+) -> None:
+    """One connection of :func:`serve_actors`: its I/O failures end it alone."""
+    try:
+        await serve_actor_stream(system, registry, stream, **options)
+    except (HeadwaterError, trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+        _log.info("actor_peer_lost", system=system.name, error=str(exc))
