@@ -303,3 +303,29 @@ async def test_embedded_and_remote_clients_see_the_same_data(tmp_path: Path) -> 
 
 
 _ = ssl  # TLS contexts are built from CA paths above
+
+
+async def test_actors_port_lets_another_process_watch_broker_actors(tmp_path: Path) -> None:
+    """With actors_port, a remote actor client can look up a partition actor
+    and monitor it: deleting the topic stops it for good and the monitor fires."""
+    from headwater.actors import open_actor_client
+    from headwater.broker import ServerConfig, open_server
+    from headwater.transport import MessageRegistry
+
+    config = ServerConfig(port=0, actors_port=0)
+    with trio.fail_after(30):
+        async with (
+            open_broker(str(tmp_path / "data")) as broker,
+            open_server(broker, config) as server,
+            headwater.connect(f"headwater://127.0.0.1:{server.port}") as client,
+        ):
+            assert server.actors_port
+            await client.create_topic("watched")
+            async with open_actor_client(MessageRegistry("none")) as actors:
+                url = f"headwater://127.0.0.1:{server.actors_port}/broker/topics/watched/0"
+                ref = await actors.lookup(url)
+                monitor = await ref.monitor()
+                await client.delete_topic("watched")
+                down = await monitor.wait()
+            assert "/broker/topics/watched/0" == down.path
+            assert "stopped" == down.reason

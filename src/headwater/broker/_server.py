@@ -36,6 +36,7 @@ import signal
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import attrs
@@ -49,6 +50,7 @@ from headwater._errors import (
 )
 from headwater._logging import LOG_FORMATS, configure_logging, get_logger
 from headwater._protocol import Fetch
+from headwater.actors._serve import serve_actors
 from headwater.broker._broker import DEFAULT_DATA_DIR, Broker, open_broker
 from headwater.broker._config import DURABILITIES
 from headwater.broker._service import MAX_FETCH_BYTES
@@ -61,6 +63,7 @@ from headwater.transport._connection import (
     ServerConnection,
 )
 from headwater.transport._frames import DEFAULT_MAX_FRAME_SIZE
+from headwater.transport._messages import MessageRegistry
 from headwater.transport._operations import decode_request, encode_response
 
 __all__ = ["DEFAULT_PORT", "Server", "ServerConfig", "open_server", "run_server"]
@@ -115,6 +118,7 @@ class ServerConfig:
     max_in_flight: int = attrs.field(default=DEFAULT_MAX_IN_FLIGHT, validator=_at_least(1))
     max_frame_size: int = attrs.field(default=DEFAULT_MAX_FRAME_SIZE, validator=_at_least(16))
     max_bytes_in_flight: int = attrs.field(default=64 * 1024 * 1024, validator=_at_least(1))
+    actors_port: int | None = None
     idle_timeout: float = attrs.field(default=600.0, validator=_at_least(0, integer=False))
     handshake_timeout: float = attrs.field(default=10.0, validator=_at_least(0, integer=False))
     shutdown_timeout: float = attrs.field(default=10.0, validator=_at_least(0, integer=False))
@@ -131,6 +135,10 @@ class ServerConfig:
             raise ConfigError(f"port={self.port}; give 0..65535 (0 picks a free port)")
         if not isinstance(self.host, str) or not self.host:
             raise ConfigError(f"host={self.host!r}; give an address such as 127.0.0.1")
+        if self.actors_port is not None and (
+            type(self.actors_port) is not int or not 0 <= self.actors_port <= 65535
+        ):
+            raise ConfigError(f"actors_port={self.actors_port!r}; give 0..65535 or None")
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"log_format={self.log_format!r}; use one of {LOG_FORMATS}")
 
@@ -187,6 +195,7 @@ class Server:
         self.broker = broker
         self.config = config
         self.addresses: list[tuple[str, int]] = []
+        self.actors_port: int | None = None
         self._ssl = config.ssl_context()
         self._ids = itertools.count(1)
         self._connections = 0
@@ -473,17 +482,34 @@ async def open_server(
     await system.start_child(
         SupervisorSpec("server", children, max_restarts=10, within=10.0, shutdown=60.0)
     )
-    if listeners:
-        _log.info(
-            "server_listening",
-            host=config.host,
-            port=server.port,
-            tls=config.tls_cert is not None,
-            auth=config.auth_token is not None,
-            data_dir=broker.data_dir,
-        )
     try:
-        yield server
+        async with trio.open_nursery() as nursery:
+            if listen and config.actors_port is not None:
+                server.actors_port = await nursery.start(
+                    partial(
+                        serve_actors,
+                        system,
+                        MessageRegistry("broker-actors"),
+                        host=config.host,
+                        port=config.actors_port,
+                        token=config.auth_token,
+                        ssl_context=server._ssl,
+                    )
+                )
+            if listeners:
+                _log.info(
+                    "server_listening",
+                    host=config.host,
+                    port=server.port,
+                    actors_port=server.actors_port,
+                    tls=config.tls_cert is not None,
+                    auth=config.auth_token is not None,
+                    data_dir=broker.data_dir,
+                )
+            try:
+                yield server
+            finally:
+                nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             server._draining = True
