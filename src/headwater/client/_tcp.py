@@ -22,6 +22,7 @@ not retried: every request then fails with that error.
 
 from __future__ import annotations
 
+import math
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -121,6 +122,7 @@ class _Session:
         self.slots = trio.Semaphore(conn.max_in_flight)
         self.send_lock = trio.StrictFIFOLock()
         self.lost: HeadwaterError | None = None
+        self.received_at = -math.inf  # when bytes last arrived (trio clock)
 
     async def flush(self) -> None:
         async with self.send_lock:
@@ -187,6 +189,8 @@ class TcpChannel(Channel):
         seconds = _timeout_seconds(timeout)
         op, body = encode_request(request)
         slot: _Slot | None = None
+        session: _Session | None = None
+        sent_at = math.inf
         with trio.move_on_after(seconds):
             session = await self._wait_session()
             await session.slots.acquire()
@@ -201,6 +205,7 @@ class TcpChannel(Channel):
             except BaseException:
                 session.slots.release()
                 raise
+            sent_at = trio.current_time()
             await session.flush()
             await slot.done.wait()
             outcome = slot.outcome
@@ -209,13 +214,29 @@ class TcpChannel(Channel):
             return decode_response(outcome)
         if slot is not None:
             slot.abandoned = True
-        if self._session is None:
+        dropped = ""
+        if (
+            session is not None
+            and session is self._session
+            and session.lost is None
+            and session.received_at < sent_at < math.inf
+        ):
+            # Nothing at all arrived since this request went out: the
+            # connection may be dead without a reset (a black hole, a
+            # forgotten NAT flow). Drop it so the next request reconnects.
+            session.lost = ConnectionLostError(
+                f"{self.address} sent nothing for {seconds}s with a request in flight; reconnecting"
+            )
+            dropped = "; nothing arrived meanwhile, so the connection is re-made"
+            await trio.aclose_forcefully(session.stream)
+        if sent_at == math.inf and self._session is None:
             raise ConnectionLostError(
                 f"not connected to {self.address} within {seconds}s"
                 + (f" (last error: {self._last_error})" if self._last_error else "")
             )
         raise HeadwaterTimeoutError(
             f"{type(request).__name__} got no response from {self.address} within {seconds}s"
+            + dropped
         )
 
     async def _wait_session(self) -> _Session:
@@ -329,8 +350,14 @@ class TcpChannel(Channel):
                     elif isinstance(event, ErrorReceived):
                         raise event.error
                     elif isinstance(event, ConnectionClosed):
-                        raise event.error or ConnectionLostError(
+                        if event.error is not None and not isinstance(
+                            event.error, ConnectionLostError
+                        ):
+                            raise event.error
+                        # Name the server: "peer closed ..." alone does not say which.
+                        raise ConnectionLostError(
                             f"{self.address} closed the connection during the handshake"
+                            + (f" ({event.error})" if event.error is not None else "")
                         )
         except trio.TooSlowError:
             error: HeadwaterError = HeadwaterTimeoutError(
@@ -357,6 +384,7 @@ class TcpChannel(Channel):
                 return session.lost or ConnectionLostError(
                     f"connection to {self.address} lost: {exc or type(exc).__name__}"
                 )
+            session.received_at = trio.current_time()
             conn.receive_data(data)
             while True:
                 try:

@@ -10,6 +10,11 @@ from ._actor_kit import KIT_REGISTRY as KIT_REGISTRY
 from ._actor_kit import check_actor_refs as check_actor_refs
 from ._faulty import FaultyStream as FaultyStream
 from ._faulty import FaultyStreamStatistics as FaultyStreamStatistics
+from ._proxy import Direction as Direction
+from ._proxy import NetworkFaults as NetworkFaults
+from ._proxy import Proxy as Proxy
+from ._proxy import ProxyLink as ProxyLink
+from ._proxy import open_proxy as open_proxy
 from ._servers import connect_in_memory as connect_in_memory
 from ._transport_kit import TRANSPORT_CHECKS as TRANSPORT_CHECKS
 from ._transport_kit import check_transport as check_transport
@@ -20,6 +25,11 @@ __all__ = [
     "PowerLoss",
     "FaultyStream",
     "FaultyStreamStatistics",
+    "open_proxy",
+    "Proxy",
+    "ProxyLink",
+    "NetworkFaults",
+    "Direction",
     "TRANSPORT_CHECKS",
     "check_transport",
     "ACTOR_REF_CHECKS",
