@@ -348,6 +348,9 @@ class Server:
                 self._send(conn, event.id, exc)
             else:
                 self._send(conn, event.id, response)
+                # The answer is encoded in the connection's buffer: drop this
+                # copy of the records now, not after a slow reader takes it.
+                del response, request
             try:
                 await flush()
             finally:
