@@ -199,3 +199,27 @@ async def test_a_silently_dead_connection_is_abandoned(tmp_path: Path) -> None:
                     await trio.sleep(0.01)
             assert trio.current_time() - started < 2.0
             assert 1 == c._channel.reconnects  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("group", [None, "g"])
+async def test_a_consumer_survives_a_reset_while_it_resolves_its_start(
+    tmp_path: Path, group: str | None
+) -> None:
+    """The connection resets just as a consumer's fetchers start (they first
+    ask where to start: the committed offset or the start rule): the consumer
+    retries like any fetch and reads everything, it does not fail."""
+    with trio.fail_after(20):
+        async with (
+            live_server(tmp_path) as server,
+            open_proxy(server.port) as proxy,
+            headwater.connect(proxy.url, request_timeout=1, connect_timeout=1) as c,
+        ):
+            await c.create_topic("t", partitions=2)
+            async with c.producer() as producer:
+                sent = await producer.send_many("t", [f"v{i}" for i in range(100)])
+            async with c.consumer("t", group=group, request_timeout=1, max_wait=0.1) as consumer:
+                proxy.reset_all()  # before the fetchers' first request goes out
+                got: list[str] = []
+                while len(got) < len(sent):
+                    got.extend(e.value for e in await consumer.getmany(1000, timeout=0.2))
+            assert sorted(e.value for e in sent) == sorted(got)

@@ -30,6 +30,7 @@ import datetime as dt
 import math
 from collections import deque
 from collections.abc import Iterable
+from functools import partial
 from types import TracebackType
 from typing import Any, Literal
 
@@ -301,10 +302,22 @@ class Consumer:
         result = await self._ask(p.ListOffset(tp[0], tp[1], self._start))
         return int(result.offset)
 
+    async def _retrying(self, tp: TP, what: str, ask: Any) -> int:
+        """``await ask()`` until it does not fail with a retriable error (a
+        lost connection must not kill the fetcher: fetches retry too)."""
+        while True:
+            try:
+                return int(await ask())
+            except HeadwaterError as exc:
+                if not exc.retriable:
+                    raise
+                log.info(f"{what}_retry", topic=tp[0], partition=tp[1], error=repr(exc))
+                await trio.sleep(0.1)
+
     async def _fetcher(self, tp: TP, owned: _Owned, offset: int | None) -> None:
         with owned.scope:
             if offset is None:
-                offset = await self._resolve(tp)
+                offset = await self._retrying(tp, "resolve", lambda: self._resolve(tp))
                 self._positions.setdefault(tp, offset)
             topic, partition = tp
             cfg = self.config
@@ -317,16 +330,20 @@ class Consumer:
                 except OffsetOutOfRangeError as exc:
                     # Retention removed it, or a seek went past the end: reset.
                     where = self._start if isinstance(self._start, str) else "earliest"
-                    reset = await self._ask(p.ListOffset(topic, partition, where))
+                    reset_to = await self._retrying(
+                        tp,
+                        "offset_reset",
+                        partial(self._reset_offset, topic, partition, where),
+                    )
                     log.warning(
                         "consumer_offset_reset",
                         topic=topic,
                         partition=partition,
                         offset=offset,
-                        reset_to=reset.offset,
+                        reset_to=reset_to,
                         error=str(exc),
                     )
-                    offset = int(reset.offset)
+                    offset = reset_to
                     self._positions[tp] = offset
                     continue
                 except HeadwaterError as exc:
@@ -343,6 +360,10 @@ class Consumer:
                 if records:
                     await self._send.send((tp, owned.token, offset, records))
                     offset = records[-1][0].next_offset
+
+    async def _reset_offset(self, topic: str, partition: int, where: str | int) -> int:
+        result = await self._ask(p.ListOffset(topic, partition, where))
+        return int(result.offset)
 
     def _decode(
         self, tp: TP, start: int, records: list[tuple[RecordHeader, memoryview]]
@@ -451,16 +472,25 @@ class Consumer:
     async def poll_group(self) -> None:
         """Heartbeat now and apply any rebalance (the background task does
         this every ``session_timeout / 3`` seconds)."""
-        if self.group is None or self._membership is None:
+        if self.group is None or self._nursery is None:
             return
         m = self._membership
         try:
+            if m is None:  # a rejoin failed (a lost connection): try again
+                await self._join(None)
+                return
             self._apply(await self._ask(p.Heartbeat(self.group, m.member_id, m.generation)))
         except UnknownMemberError:
+            assert m is not None
             log.info("consumer_rejoin", group=self.group, member_id=m.member_id)
             self._own(())
             self._membership = None
-            await self._join(None)
+            try:
+                await self._join(None)
+            except HeadwaterError as exc:
+                if not exc.retriable:
+                    raise
+                log.info("rejoin_failed", group=self.group, error=repr(exc))
         except HeadwaterError as exc:
             if not exc.retriable:
                 raise

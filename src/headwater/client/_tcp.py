@@ -114,8 +114,9 @@ class _Slot:
 class _Session:
     """One live connection: the sans-IO state machine and its stream."""
 
-    def __init__(self, stream: trio.abc.Stream, conn: ClientConnection) -> None:
+    def __init__(self, stream: trio.abc.Stream, conn: ClientConnection, address: str) -> None:
         self.stream = stream
+        self.address = address
         self.conn = conn
         self.pending: dict[int, _Slot] = {}
         # Answers free slots: never more in flight than the server accepts.
@@ -135,7 +136,7 @@ class _Session:
                 await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self.lost = ConnectionLostError(
-                    f"connection to the server lost while sending: {exc}"
+                    f"connection to {self.address} lost while sending: {exc}"
                 )
                 raise self.lost from None
 
@@ -322,7 +323,7 @@ class TcpChannel(Channel):
                     max_in_flight=self._max_in_flight,
                     max_frame_size=self._max_frame_size,
                 )
-                session = _Session(stream, conn)
+                session = _Session(stream, conn, self.address)
                 try:
                     await session.flush()
                 except ConnectionLostError:
