@@ -22,7 +22,6 @@ not retried: every request then fails with that error.
 
 from __future__ import annotations
 
-import math
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -123,7 +122,7 @@ class _Session:
         self.slots = trio.Semaphore(conn.max_in_flight)
         self.send_lock = trio.StrictFIFOLock()
         self.lost: HeadwaterError | None = None
-        self.received_at = -math.inf  # when bytes last arrived (trio clock)
+        self.receives = 0  # how many times bytes arrived
 
     async def flush(self) -> None:
         async with self.send_lock:
@@ -191,7 +190,7 @@ class TcpChannel(Channel):
         op, body = encode_request(request)
         slot: _Slot | None = None
         session: _Session | None = None
-        sent_at = math.inf
+        receives_before = -1
         with trio.move_on_after(seconds):
             session = await self._wait_session()
             await session.slots.acquire()
@@ -206,7 +205,7 @@ class TcpChannel(Channel):
             except BaseException:
                 session.slots.release()
                 raise
-            sent_at = trio.current_time()
+            receives_before = session.receives
             await session.flush()
             await slot.done.wait()
             outcome = slot.outcome
@@ -220,7 +219,7 @@ class TcpChannel(Channel):
             session is not None
             and session is self._session
             and session.lost is None
-            and session.received_at < sent_at < math.inf
+            and session.receives == receives_before
         ):
             # Nothing at all arrived since this request went out: the
             # connection may be dead without a reset (a black hole, a
@@ -230,7 +229,7 @@ class TcpChannel(Channel):
             )
             dropped = "; nothing arrived meanwhile, so the connection is re-made"
             await trio.aclose_forcefully(session.stream)
-        if sent_at == math.inf and self._session is None:
+        if receives_before < 0 and self._session is None:
             raise ConnectionLostError(
                 f"not connected to {self.address} within {seconds}s"
                 + (f" (last error: {self._last_error})" if self._last_error else "")
@@ -385,7 +384,7 @@ class TcpChannel(Channel):
                 return session.lost or ConnectionLostError(
                     f"connection to {self.address} lost: {exc or type(exc).__name__}"
                 )
-            session.received_at = trio.current_time()
+            session.receives += 1
             conn.receive_data(data)
             while True:
                 try:

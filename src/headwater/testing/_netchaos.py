@@ -42,6 +42,7 @@ FAULT_KINDS = (
     "half_close_up",
     "half_close_down",
     "refuse",
+    "reset_storm",
 )
 """Every fault kind :func:`inject` knows."""
 
@@ -96,6 +97,13 @@ async def inject(proxy: Proxy, kind: str, outage: float) -> float:
         return trio.current_time()
     elif kind in ("half_close_up", "half_close_down"):
         proxy.half_close_all(kind.removeprefix("half_close_"))
+        return trio.current_time()
+    elif kind == "reset_storm":
+        # A flapping network: every link reset every 50 ms for the outage.
+        end = trio.current_time() + outage
+        while trio.current_time() < end:
+            proxy.reset_all()
+            await trio.sleep(0.05)
         return trio.current_time()
     elif kind == "refuse":
         proxy.refuse = True
