@@ -69,6 +69,10 @@ class RunningServer:
         """The server process's resident memory now, in KiB."""
         return rss_kib(self.proc.pid)
 
+    def open_fds(self) -> int:
+        """How many file descriptors the server process has open now."""
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
 
 def rss_kib(pid: int) -> int:
     """``VmRSS`` of process ``pid`` in KiB (from ``/proc/<pid>/status``)."""

@@ -136,6 +136,15 @@ async def run_round(
     acked: list[Event] = []
     ack_times: list[tuple[float, float]] = []  # (send started, acknowledged)
     failed = 0
+    entered = 0  # clients inside their producer/consumer blocks
+    all_entered = trio.Event()
+
+    def enter() -> None:
+        nonlocal entered
+        entered += 1
+        if entered == producers + consumers:
+            all_entered.set()
+
     delivered: set[tuple[int, int]] = set()
     commits: list[tuple[int, int]] = []
     stop_producing = trio.Event()
@@ -153,6 +162,7 @@ async def run_round(
                     linger=0.002, request_timeout=request_timeout, delivery_timeout=deadline
                 ) as producer,
             ):
+                enter()
                 i = 0
                 while not stop_producing.is_set():
                     values = [f"p{number}-{i + k}" for k in range(batch)]
@@ -180,6 +190,7 @@ async def run_round(
                     client_id=f"c{number}",
                 ) as consumer,
             ):
+                enter()
                 while not done_consuming.is_set():
                     events = await consumer.getmany(1000, timeout=0.1)
                     delivered.update((e.partition, e.offset) for e in events)
@@ -201,6 +212,7 @@ async def run_round(
                     nursery.start_soon(produce, n)
                 for n in range(consumers):
                     nursery.start_soon(consume, n)
+                await all_entered.wait()  # faults hit running clients, not their setup
                 await trio.sleep(warmup)
                 healed = await inject(proxy, kind, outage)
                 # Recovery: from the heal until a send started after it is acknowledged.
