@@ -223,3 +223,36 @@ async def test_a_consumer_survives_a_reset_while_it_resolves_its_start(
                 while len(got) < len(sent):
                     got.extend(e.value for e in await consumer.getmany(1000, timeout=0.2))
             assert sorted(e.value for e in sent) == sorted(got)
+
+
+async def test_a_producer_under_a_lasting_black_hole_fails_clearly(tmp_path: Path) -> None:
+    """The network stays black-holed: ``send`` gives up at its delivery
+    timeout with a retriable error naming the server (no hang), and a
+    consumer's ``getmany`` keeps returning (empty) on time."""
+    async with (
+        live_server(tmp_path) as server,
+        open_proxy(server.port) as proxy,
+        headwater.connect(proxy.url, request_timeout=0.5, connect_timeout=0.5) as c,
+    ):
+        await c.create_topic("t")
+        async with (
+            c.producer(request_timeout=0.5, delivery_timeout=1.5) as producer,
+            c.consumer("t", request_timeout=0.5, max_wait=0.1) as consumer,
+        ):
+            await producer.send("t", "before")
+            assert 1 == len(await consumer.getmany(10, timeout=2))
+            proxy.faults.black_hole("both")
+            started = trio.current_time()
+            with (
+                trio.fail_after(5),
+                pytest.raises(
+                    (HeadwaterTimeoutError, ConnectionLostError),
+                    match=rf"127\.0\.0\.1:{proxy.port}",
+                ) as info,
+            ):
+                await producer.send("t", "lost in the void")
+            assert info.value.retriable
+            assert trio.current_time() - started < 3.0
+            with trio.fail_after(2):
+                assert [] == await consumer.getmany(10, timeout=0.5)
+            proxy.heal()

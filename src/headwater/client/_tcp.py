@@ -370,6 +370,11 @@ class TcpChannel(Channel):
             error = ConnectionLostError(
                 f"cannot connect to {self.address}: {reason}; is the server running there?"
             )
+        except BaseException:
+            # Cancelled (the client closed mid-handshake): do not leak the socket.
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+            raise
         if stream is not None:
             await trio.aclose_forcefully(stream)
         raise error
