@@ -256,3 +256,21 @@ async def test_a_producer_under_a_lasting_black_hole_fails_clearly(tmp_path: Pat
             with trio.fail_after(2):
                 assert [] == await consumer.getmany(10, timeout=0.5)
             proxy.heal()
+
+
+async def test_a_producer_survives_a_reset_on_its_first_send(tmp_path: Path) -> None:
+    """The connection resets just before a producer's first send to a topic
+    (which first looks up the topic's partitions): the send is retried like
+    any produce and stores the event once."""
+    with trio.fail_after(20):
+        async with (
+            live_server(tmp_path) as server,
+            open_proxy(server.port) as proxy,
+            headwater.connect(proxy.url, request_timeout=1, connect_timeout=1) as c,
+        ):
+            await c.create_topic("t", partitions=2)
+            async with c.producer(request_timeout=1) as producer:
+                proxy.reset_all()
+                stored = await producer.send("t", "first")
+            stored_events, _ = await read_back(url(server.port), "t")
+            assert [("first", stored.offset)] == [(e.value, e.offset) for e in stored_events]

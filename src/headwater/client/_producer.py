@@ -271,9 +271,25 @@ class Producer:
         """The partition count of ``topic`` (asked once, then cached)."""
         count = self._partitions.get(topic)
         if count is None:
-            description = await self._channel.request(
-                p.DescribeTopic(topic), timeout=self.config.request_timeout
-            )
+            # Retried like a produce (a lost connection must not fail a send
+            # that the produce path itself would have retried).
+            deadline = trio.current_time() + self.config.delivery_timeout
+            attempt = 0
+            while True:
+                try:
+                    description = await self._channel.request(
+                        p.DescribeTopic(topic), timeout=self.config.request_timeout
+                    )
+                    break
+                except HeadwaterError as exc:
+                    attempt += 1
+                    delay = min(
+                        self.config.retry_backoff * 2 ** (attempt - 1),
+                        self.config.retry_backoff_max,
+                    )
+                    if not exc.retriable or trio.current_time() + delay >= deadline:
+                        raise
+                    await trio.sleep(delay)
             count = self._partitions[topic] = description.topic.partitions
         return count
 
