@@ -389,6 +389,9 @@ class Producer:
         now = 0.0
         for n, item in enumerate(events):
             if not n & 255:  # read the clocks every 256 events, not per event
+                if n and not n & 1023:
+                    # Let full batches go out while the rest is encoded.
+                    await trio.lowlevel.checkpoint()
                 ts = clock()
                 now = trio.current_time()
             if isinstance(item, tuple):
