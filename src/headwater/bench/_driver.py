@@ -211,9 +211,7 @@ class HeadwaterDriver:
         """Reset the topic before a latency run."""
         self.reset()
 
-    def latency_consume(
-        self, count: int, variant: str, ready: Any, deadline_s: float
-    ) -> list[int]:
+    def latency_consume(self, count: int, variant: str, ready: Any, deadline_s: float) -> list[int]:
         """Read ``count`` events as they arrive (no group, from the start of the
         fresh topic); set ``ready`` once positioned; return receive - send (ns)."""
 
