@@ -100,7 +100,7 @@ class Plan:
 def plan_for(quick: bool) -> Plan:
     """The quick (a few minutes) or full plan."""
     if quick:
-        return Plan(3, {100: 20_000, 1024: 10_000}, 3_000, 1_000, 50_000, 120.0)
+        return Plan(3, {100: 50_000, 1024: 20_000}, 3_000, 2_000, 100_000, 120.0)
     return Plan(3, {100: 200_000, 1024: 50_000}, 20_000, 5_000, 200_000, 600.0)
 
 
