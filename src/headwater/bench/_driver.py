@@ -11,7 +11,10 @@ JetStream and Redis Streams. Each method runs its own event loop
 
 URLs: ``headwater://127.0.0.1:PORT`` (a ``headwater serve`` process, over
 TCP) or ``embedded:///ABS/PATH?durability=always`` (the embedded broker,
-opened in this process on that data directory for each call).
+opened in this process on that data directory for each call). ``opts``
+may carry ``"clock"``, a :class:`trio.abc.Clock` for each ``trio.run``, and
+``"fs"``, the embedded broker's file system (tests: a mock clock and a
+simulated file system).
 
 Payloads start with ``HDR`` = (sequence number, send time in monotonic ns),
 as the peers' do. Events go one by one through the public producer API:
@@ -86,7 +89,9 @@ class HeadwaterDriver:
             from headwater.broker import open_broker
 
             async with (
-                open_broker(self.path, durability=self.durability) as broker,
+                open_broker(
+                    self.path, durability=self.durability, fs=self.opts.get("fs")
+                ) as broker,
                 broker.connect() as client,
             ):
                 yield client
@@ -101,7 +106,7 @@ class HeadwaterDriver:
             async with self._client() as client:
                 return await fn(client)
 
-        return trio.run(main)
+        return trio.run(main, clock=self.opts.get("clock"))
 
     def info(self) -> dict[str, Any]:
         """Extra fields for the JSON lines: the client and how it is reached."""
