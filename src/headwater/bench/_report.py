@@ -42,7 +42,8 @@ def _cell(row: dict[str, Any] | None) -> str:
     if row is None:
         return "—"
     spread = row.get("spread_pct")
-    return _num(row["value"]) + (f" ±{spread / 2:.0f}%" if spread is not None else "")
+    value = f"{row['value']:.2f}" if row.get("unit") == "ms" else _num(row["value"])
+    return value + (f" ±{spread / 2:.0f}%" if spread is not None else "")
 
 
 def render_markdown(rows: list[dict[str, Any]], machine: str, command: str) -> str:
