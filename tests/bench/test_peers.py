@@ -15,7 +15,11 @@ from headwater.journal import SimulatedFileSystem
 
 def _driver(tmp_path: pathlib.Path, durability: str = "always") -> HeadwaterDriver:
     url = f"embedded:///data?durability={durability}"
-    opts = {"clock": trio.testing.MockClock(autojump_threshold=0), "fs": SimulatedFileSystem()}
+    opts = {
+        "clock": trio.testing.MockClock(autojump_threshold=0),
+        "fs": SimulatedFileSystem(),
+        "quiet_logs": False,
+    }
     return HeadwaterDriver(url, "bench", opts)
 
 
@@ -50,7 +54,7 @@ def test_driver_latency_in_process_receives_every_event(tmp_path: pathlib.Path) 
 def test_driver_rejects_unknown_urls(url: str) -> None:
     """A URL that is neither headwater:// nor embedded:///PATH raises InvalidArgument naming it."""
     with pytest.raises(InvalidArgument, match="url="):
-        HeadwaterDriver(url, "bench", {})
+        HeadwaterDriver(url, "bench", {"quiet_logs": False})
 
 
 def test_driver_rejects_unknown_modes(tmp_path: pathlib.Path) -> None:

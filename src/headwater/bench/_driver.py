@@ -14,7 +14,8 @@ TCP) or ``embedded:///ABS/PATH?durability=always`` (the embedded broker,
 opened in this process on that data directory for each call). ``opts``
 may carry ``"clock"``, a :class:`trio.abc.Clock` for each ``trio.run``, and
 ``"fs"``, the embedded broker's file system (tests: a mock clock and a
-simulated file system).
+simulated file system); ``"quiet_logs": False`` leaves structlog's
+configuration alone (by default the driver keeps only warnings, process-wide).
 
 Payloads start with ``HDR`` = (sequence number, send time in monotonic ns),
 as the peers' do. Events go one by one through the public producer API:
@@ -60,7 +61,8 @@ class HeadwaterDriver:
     module docs for URLs and modes)."""
 
     def __init__(self, url: str, topic: str, opts: dict[str, Any]) -> None:
-        _quiet_logs()
+        if opts.get("quiet_logs", True):
+            _quiet_logs()
         self.url = url
         self.topic = topic
         self.opts = opts
