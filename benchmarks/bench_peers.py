@@ -57,10 +57,11 @@ def _journal_rows(quick: bool) -> list[dict[str, Any]]:
 
 def run(quick: bool) -> Iterator[dict[str, Any]]:
     """Yield every figure and ratio, then write ``docs/benchmarks.md``."""
+    machine = machine_facts(find_bench_dir())  # before the run: the load of other work
     rows = run_peers(quick, _progress())
     yield from rows
     journal = _journal_rows(quick)
     yield from journal
     if any(r["metric"] != "skipped" for r in rows):
         command = "python benchmarks/run.py peers" + (" --quick" if quick else "")
-        write_markdown(DOC, rows + journal, machine_facts(find_bench_dir()), command)
+        write_markdown(DOC, rows + journal, machine, command)

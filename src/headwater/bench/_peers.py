@@ -145,20 +145,23 @@ def peer_python() -> pathlib.Path | None:
 
 
 def machine_facts(bench_dir: pathlib.Path | None) -> str:
-    """``machine.sh``'s output (or a few facts from this process)."""
+    """``machine.sh``'s output (or a few facts from this process), plus the
+    load average now (other work on the machine skews every figure)."""
+    load = "load average (1/5/15 min): " + " ".join(f"{x:.2f}" for x in os.getloadavg())
     if bench_dir is not None and (bench_dir / "machine.sh").is_file():
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             out = subprocess.run(
                 ["bash", str(bench_dir / "machine.sh")], capture_output=True, text=True, timeout=60
             )
             if out.stdout.strip():
-                return out.stdout.strip()
+                return out.stdout.strip() + "\n" + load
     return "\n".join(
         [
             f"date: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
             f"nproc: {os.cpu_count()}",
             f"kernel: {os.uname().release}",
             f"python: {sys.version.split()[0]}",
+            load,
         ]
     )
 
