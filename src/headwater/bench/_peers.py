@@ -31,7 +31,6 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,8 @@ from functools import partial
 from typing import Any
 
 import attrs
+
+from headwater.testing._process import server_process, subprocess_env
 
 from ._driver import HeadwaterDriver
 
@@ -169,68 +170,22 @@ def machine_facts(bench_dir: pathlib.Path | None) -> str:
 # ------------------------------------------------------------------ servers
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _serve_command(data_dir: str, port: int, durability: str) -> list[str]:
-    import importlib.util
-
-    args = ["--data-dir", data_dir, "--host", "127.0.0.1", "--port", str(port)]
-    args += ["--durability", durability, "--log-format", "json"]
-    if importlib.util.find_spec("headwater.__main__") is not None:
-        return [sys.executable, "-m", "headwater", "serve", *args]
-    # ``headwater serve`` is not on this tree yet: the function it calls.
-    code = (
-        "import sys; from headwater.broker import ServerConfig, run_server; "
-        f"sys.exit(run_server(ServerConfig(data_dir={data_dir!r}, host='127.0.0.1', "
-        f"port={port}, durability={durability!r}, log_format='json')))"
-    )
-    return [sys.executable, "-c", code]
-
-
 @contextlib.contextmanager
 def headwater_server(data_dir: str, durability: str) -> Iterator[tuple[str, int]]:
     """A ``headwater serve`` process on a free port; yields (URL, pid).
-    Stopped with SIGTERM (SIGKILL after 30 s)."""
-    port = free_port()
-    log = pathlib.Path(data_dir + ".log")
-    env = dict(os.environ, PYTHONPATH=_pythonpath())
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            _serve_command(data_dir, port, durability),
-            stdout=subprocess.DEVNULL,
-            stderr=out,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"headwater serve did not start: {log.read_text()[-2000:]}")
+    Stopped with SIGTERM (killed if it does not stop within 30 s)."""
+    with server_process(data_dir, "--durability", durability) as proc:
+        try:
+            yield proc.url, proc.pid
+        finally:
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                time.sleep(0.05)
-        yield f"headwater://127.0.0.1:{port}", proc.pid
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
+                proc.stop(signal.SIGTERM, timeout=30)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                proc.proc.kill()
 
 
 def _pythonpath() -> str:
-    return os.pathsep.join(p for p in (str(_SRC), os.environ.get("PYTHONPATH", "")) if p)
+    return subprocess_env()["PYTHONPATH"]
 
 
 # ------------------------------------------------------------------ one call
