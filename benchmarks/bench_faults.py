@@ -39,7 +39,7 @@ import trio
 
 import headwater
 from headwater.broker import ServerConfig, open_broker, open_server
-from headwater.testing._hostile import hello_frame, server_process, slow_readers
+from headwater.testing._hostile import config_server_process, hello_frame, slow_readers
 from headwater.testing._netchaos import FAULT_KINDS, check_stored, percentile, read_back, run_round
 
 BENCH = "faults"
@@ -115,7 +115,9 @@ async def _fill(url: str, topic: str, values: list[bytes]) -> None:
 def _slow_readers(folder: Path) -> Iterator[dict[str, Any]]:
     connections, budget = 8, 8 << 20
     rng = random.Random(5)
-    with server_process(folder / "slow", max_bytes_in_flight=budget, idle_timeout=2.0) as server:
+    with config_server_process(
+        folder / "slow", max_bytes_in_flight=budget, send_timeout=2.0
+    ) as server:
         trio.run(_fill, server.url, "big", [rng.randbytes(8192) for _ in range(3200)])
         base = server.rss_kib()
         peak = base
@@ -140,7 +142,7 @@ def _idle_connections(folder: Path) -> Iterator[dict[str, Any]]:
         if hard != resource.RLIM_INFINITY and hard < wanted:
             return
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    with server_process(
+    with config_server_process(
         folder / "idle", max_connections=limit, handshake_timeout=60.0, idle_timeout=60.0
     ) as server:
         base = server.rss_kib()

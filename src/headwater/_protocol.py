@@ -368,7 +368,7 @@ class GroupList:
 @attrs.frozen
 class TreeSnapshot:
     """The response of :class:`GetTree`: the supervision tree as nested maps
-    (``ActorSnapshot.as_dict()``: path, name, kind, state, restarts,
+    (``ActorSnapshot.as_dict()``: path, kind, state, restarts, incarnation,
     last_failure, children)."""
 
     root: dict[str, Any]

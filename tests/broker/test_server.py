@@ -318,9 +318,9 @@ async def test_a_client_that_never_reads_is_bounded_then_dropped(
 ) -> None:
     """A client pipelining fetches of 1 MiB without reading its socket: the
     server holds at most max_bytes_in_flight of answers, stops reading its
-    requests, and drops it after idle_timeout; others are served meanwhile."""
+    requests, and drops it after send_timeout; others are served meanwhile."""
     async with (
-        serving(max_bytes_in_flight=4 << 20, idle_timeout=20) as (broker, server),
+        serving(max_bytes_in_flight=4 << 20, send_timeout=20) as (broker, server),
         connect_in_memory(server) as good,
     ):
         await good.create_topic("big")

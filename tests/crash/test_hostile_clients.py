@@ -33,9 +33,9 @@ from headwater.client._codec import encode_events
 from headwater.journal._record import encode_record
 from headwater.testing._hostile import (
     RunningServer,
+    config_server_process,
     hello_frame,
     request_frame,
-    server_process,
     slow_readers,
 )
 from headwater.transport import OP_NAMES, encode_frame
@@ -187,7 +187,7 @@ def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """One server process for every fuzz example, with precious data in it."""
     data_dir = tmp_path_factory.mktemp("fuzz") / "data"
     rng = random.Random(4)
-    with server_process(data_dir, handshake_timeout=2.0, idle_timeout=5.0) as server:
+    with config_server_process(data_dir, handshake_timeout=2.0, idle_timeout=5.0) as server:
         trio.run(_fill, server.url, [rng.randbytes(rng.randrange(1, 300)) for _ in range(300)])
         yield server, snapshot(server)
 
@@ -236,7 +236,7 @@ def test_clients_that_vanish_mid_frame_store_nothing(tmp_path: Path) -> None:
     envelope, the record header, the payload), ended by FIN, close or RST,
     never stores anything; the server keeps serving."""
     rng = random.Random(11)
-    with server_process(tmp_path / "data", handshake_timeout=2.0) as server:
+    with config_server_process(tmp_path / "data", handshake_timeout=2.0) as server:
         trio.run(_fill, server.url, [b"v%d" % i for i in range(50)])
         before = snapshot(server)
         payload = encode_events([(1, None, rng.randbytes(2000), ())])
@@ -261,10 +261,12 @@ def test_readers_that_never_read_keep_server_memory_bounded(tmp_path: Path) -> N
     """Eight connections each pipeline 128 fetches of 1 MiB and never read a
     byte: the server's RSS grows by at most about the configured per-connection
     budget (8 MiB here) times the connections, a good client keeps working
-    meanwhile, and the readers are dropped after the idle timeout."""
+    meanwhile, and the readers are dropped after the send timeout."""
     connections, budget = 8, 8 << 20
     rng = random.Random(5)
-    with server_process(tmp_path / "data", max_bytes_in_flight=budget, idle_timeout=2.0) as server:
+    with config_server_process(
+        tmp_path / "data", max_bytes_in_flight=budget, send_timeout=2.0
+    ) as server:
         trio.run(_fill, server.url, [rng.randbytes(8192) for _ in range(3200)], 1)
         before = snapshot(server)
         base = server.rss_kib()
@@ -311,7 +313,7 @@ def test_thousands_of_idle_connections(tmp_path: Path) -> None:
     connections get a ``server_busy`` error frame."""
     idle, limit, extra = 2000, 2050, 150
     _raise_fd_limit(idle + extra + 500)
-    with server_process(
+    with config_server_process(
         tmp_path / "data", max_connections=limit, handshake_timeout=60.0, idle_timeout=60.0
     ) as server:
         trio.run(_fill, server.url, [b"v%d" % i for i in range(20)])

@@ -117,7 +117,8 @@ class ServerConfig:
     max_connections: int = attrs.field(default=1024, validator=_at_least(1))
     max_in_flight: int = attrs.field(default=DEFAULT_MAX_IN_FLIGHT, validator=_at_least(1))
     max_frame_size: int = attrs.field(default=DEFAULT_MAX_FRAME_SIZE, validator=_at_least(16))
-    max_bytes_in_flight: int = attrs.field(default=64 * 1024 * 1024, validator=_at_least(1))
+    max_bytes_in_flight: int = attrs.field(default=16 * 1024 * 1024, validator=_at_least(1))
+    send_timeout: float = attrs.field(default=60.0, validator=_at_least(0, integer=False))
     actors_port: int | None = None
     idle_timeout: float = attrs.field(default=600.0, validator=_at_least(0, integer=False))
     handshake_timeout: float = attrs.field(default=10.0, validator=_at_least(0, integer=False))
@@ -323,14 +324,14 @@ class Server:
                 if not data or broken:
                     return
                 try:
-                    with trio.fail_after(config.idle_timeout):
+                    with trio.fail_after(config.send_timeout):
                         await stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     broken = True
                 except trio.TooSlowError:
                     broken = True
-                    reason = f"the client read nothing for {config.idle_timeout}s"
-                    log.warning("client_not_reading", seconds=config.idle_timeout)
+                    reason = f"the client read nothing for {config.send_timeout}s"
+                    log.warning("client_not_reading", seconds=config.send_timeout)
                     stalled.cancel()
 
         async def answer(event: RequestReceived, held: int) -> None:
@@ -338,7 +339,9 @@ class Server:
                 request = decode_request(event.op, event.body)
                 if isinstance(request, Fetch) and type(request.max_bytes) is int:
                     held += await budget.acquire(min(request.max_bytes, MAX_FETCH_BYTES))
-                response = encode_response(await self.broker.service.handle(request))
+                self._send(
+                    conn, event.id, encode_response(await self.broker.service.handle(request))
+                )
             except HeadwaterError as exc:
                 stats["errors"] += 1
                 self._send(conn, event.id, exc)
@@ -346,11 +349,7 @@ class Server:
                 stats["errors"] += 1
                 log.error("request_failed", op=event.op, exc_info=exc)
                 self._send(conn, event.id, exc)
-            else:
-                self._send(conn, event.id, response)
-                # The answer is encoded in the connection's buffer: drop this
-                # copy of the records now, not after a slow reader takes it.
-                del response, request
+            del event  # the answer's frame is queued: hold no other copy while it is sent
             try:
                 await flush()
             finally:

@@ -205,6 +205,20 @@ class Accumulator:
         ``max_event_bytes``) or :class:`~headwater.InvalidArgument` (bad key,
         value or header type) without changing anything.
         """
+        batch_id, index = self.add(topic, partition, timestamp, key, value, headers, now)
+        return BatchSlot(topic, partition, batch_id, index)
+
+    def add(
+        self,
+        topic: str,
+        partition: int,
+        timestamp: int,
+        key: Key | None,
+        value: bytes | None,
+        headers: Headers,
+        now: float,
+    ) -> tuple[int, int]:
+        """:meth:`append` for the hot path: returns ``(batch_id, index)``."""
         if type(timestamp) is not int:
             raise InvalidArgument(
                 f"an event timestamp must be an int (ms since the epoch), not {timestamp!r}"
@@ -233,7 +247,7 @@ class Accumulator:
             or batch.size >= self.config.max_batch_bytes
         ):
             self._close(tp)
-        return BatchSlot(topic, partition, batch.batch_id, index)
+        return batch.batch_id, index
 
     def _close(self, tp: tuple[str, int]) -> None:
         batch = self._open.pop(tp)

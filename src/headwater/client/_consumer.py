@@ -210,7 +210,10 @@ class Consumer:
             self._closed = True
             self._nursery.cancel_scope.cancel()
             if self._membership is not None and self.group is not None:
-                with trio.CancelScope(shield=True), trio.move_on_after(self.config.request_timeout):
+                # Best effort and short: if the broker is unreachable, the
+                # session timeout removes this member anyway.
+                leave_timeout = min(self.config.request_timeout, 2.0)
+                with trio.CancelScope(shield=True), trio.move_on_after(leave_timeout):
                     try:
                         await self._ask(p.LeaveGroup(self.group, self._membership.member_id))
                     except HeadwaterError as err:

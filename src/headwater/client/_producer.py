@@ -332,8 +332,9 @@ class Producer:
         partition: int | None,
         timestamp: int | dt.datetime | None,
     ) -> SendHandle:
-        result, index, chosen, ts, hdrs = self._enqueue(
-            topic, count, value, key, headers, partition, timestamp
+        ts = self.config.clock() if timestamp is None else _timestamp_ms(timestamp)
+        result, index, chosen, hdrs = self._enqueue(
+            topic, count, value, key, headers, partition, ts, trio.current_time()
         )
         return SendHandle(result, index, topic, chosen, ts, key, value, hdrs)
 
@@ -345,24 +346,25 @@ class Producer:
         key: Key | None,
         headers: Any,
         partition: int | None,
-        timestamp: int | dt.datetime | None,
-    ) -> tuple[_BatchResult, int, int, int, Headers]:
-        """The per-event hot path: serialize, partition, append."""
-        ts = self.config.clock() if timestamp is None else _timestamp_ms(timestamp)
+        ts: int,
+        now: float,
+    ) -> tuple[_BatchResult, int, int, Headers]:
+        """The per-event hot path: serialize, partition, append (``ts`` is
+        the event timestamp in ms, ``now`` the Trio clock)."""
         hdrs = _check_headers(headers) if headers else ()
         raw = None if value is None else self._serializer.serialize(value)
         chosen = self._partitioner.choose(topic, key, count, partition)
-        slot = self._accumulator.append(topic, chosen, ts, key, raw, hdrs, trio.current_time())
-        result = self._results.get(slot.batch_id)
+        batch_id, index = self._accumulator.add(topic, chosen, ts, key, raw, hdrs, now)
+        result = self._results.get(batch_id)
         if result is None:
-            result = self._results[slot.batch_id] = _BatchResult()
+            result = self._results[batch_id] = _BatchResult()
             if self._unfinished == 0:
                 self._idle = trio.Event()
             self._unfinished += 1
             self._wake()
         elif self._closed_batch:
             self._wake()
-        return result, slot.index, chosen, ts, hdrs
+        return result, index, chosen, hdrs
 
     def _batch_closed(self, topic: str, partition: int) -> None:
         self._partitioner.batch_closed(topic, partition)
@@ -396,16 +398,27 @@ class Producer:
         of the call is sent only for the item that fails: items before it are
         queued and sent."""
         count = await self.partitions_of(topic)
-        queued: list[tuple[tuple[_BatchResult, int, int, int, Headers], Any, Any]] = []
+        queued: list[tuple[tuple[_BatchResult, int, int, Headers], Any, Any, int]] = []
         enqueue = self._enqueue
-        for item in events:
+        clock = self.config.clock
+        ts = 0
+        now = 0.0
+        for n, item in enumerate(events):
+            if not n & 255:  # read the clocks every 256 events, not per event
+                if n and not n & 1023:
+                    # Let full batches go out while the rest is encoded.
+                    await trio.lowlevel.checkpoint()
+                ts = clock()
+                now = trio.current_time()
             if isinstance(item, tuple):
                 if len(item) != 2:
                     raise InvalidArgument(
                         f"send_many takes values, (value, key) pairs or dicts, not {item!r:.80}"
                     )
                 value, key = item
-                queued.append((enqueue(topic, count, value, key, None, None, None), value, key))
+                queued.append(
+                    (enqueue(topic, count, value, key, None, None, ts, now), value, key, ts)
+                )
             elif isinstance(item, dict):
                 unknown = set(item) - {"value", "key", "headers", "partition", "timestamp"}
                 if unknown or "value" not in item:
@@ -414,6 +427,8 @@ class Producer:
                         f"timestamp; got keys {sorted(item)}"
                     )
                 value, key = item["value"], item.get("key")
+                given = item.get("timestamp")
+                item_ts = ts if given is None else _timestamp_ms(given)
                 queued.append(
                     (
                         enqueue(
@@ -423,14 +438,18 @@ class Producer:
                             key,
                             item.get("headers"),
                             item.get("partition"),
-                            item.get("timestamp"),
+                            item_ts,
+                            now,
                         ),
                         value,
                         key,
+                        item_ts,
                     )
                 )
             else:
-                queued.append((enqueue(topic, count, item, None, None, None, None), item, None))
+                queued.append(
+                    (enqueue(topic, count, item, None, None, None, ts, now), item, None, ts)
+                )
         self._force = True
         self._wakeup.set()
         results = {id(q[0][0]): q[0][0] for q in queued}
@@ -441,7 +460,7 @@ class Producer:
                 raise r.error
         return [
             Event(topic, chosen, r.base_offset + index, ts, key, value, hdrs)
-            for (r, index, chosen, ts, hdrs), value, key in queued
+            for (r, index, chosen, hdrs), value, key, ts in queued
         ]
 
     async def flush(self) -> None:

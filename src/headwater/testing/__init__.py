@@ -10,6 +10,9 @@ from ._actor_kit import KIT_REGISTRY as KIT_REGISTRY
 from ._actor_kit import check_actor_refs as check_actor_refs
 from ._faulty import FaultyStream as FaultyStream
 from ._faulty import FaultyStreamStatistics as FaultyStreamStatistics
+from ._process import ServerProcess as ServerProcess
+from ._process import server_process as server_process
+from ._process import subprocess_env as subprocess_env
 from ._proxy import Direction as Direction
 from ._proxy import NetworkFaults as NetworkFaults
 from ._proxy import Proxy as Proxy
@@ -20,6 +23,9 @@ from ._transport_kit import TRANSPORT_CHECKS as TRANSPORT_CHECKS
 from ._transport_kit import check_transport as check_transport
 
 __all__ = [
+    "ServerProcess",
+    "server_process",
+    "subprocess_env",
     "connect_in_memory",
     "SimulatedFileSystem",
     "PowerLoss",

@@ -1,7 +1,7 @@
 """Hostile clients against a live server process: raw frames, slow readers,
 idle crowds, and the server's memory (RSS) while they misbehave.
 
-The server runs in a child process (:func:`server_process`, the same
+The server runs in a child process (:func:`config_server_process`, the same
 :func:`~headwater.broker.run_server` that ``headwater serve`` runs), so its
 RSS is its own. The clients here are plain blocking sockets: they do exactly
 what a hostile peer does (send what they like, never read) without any of
@@ -31,7 +31,7 @@ __all__ = [
     "hello_frame",
     "request_frame",
     "rss_kib",
-    "server_process",
+    "config_server_process",
     "slow_readers",
 ]
 
@@ -84,9 +84,11 @@ def rss_kib(pid: int) -> int:
 
 
 @contextmanager
-def server_process(data_dir: Path, **config: Any) -> Iterator[RunningServer]:
+def config_server_process(data_dir: Path, **config: Any) -> Iterator[RunningServer]:
     """A server process on a free 127.0.0.1 port with ``config``
-    (:class:`~headwater.broker.ServerConfig` fields), killed at the end."""
+    (:class:`~headwater.broker.ServerConfig` fields, including those the
+    command line does not offer), killed at the end. For a plain
+    ``headwater serve`` use :func:`headwater.testing.server_process`."""
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir.parent / f"{data_dir.name}-server.log"
     settings = {"data_dir": str(data_dir), "port": 0, "log_format": "json", **config}

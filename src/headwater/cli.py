@@ -1,0 +1,751 @@
+"""The ``headwater`` command: run a server, and talk to one.
+
+::
+
+    headwater serve [--data-dir DIR] [--host H] [--port P] ...
+    headwater topics create NAME --partitions N | list | describe NAME | delete NAME
+    headwater produce TOPIC [--key-separator SEP] [--value TEXT] [--header k=v ...]
+    headwater consume TOPIC [--group G] [--from earliest|latest|OFFSET|ISO-TIME]
+                            [--follow] [--max N] [--format text|json]
+    headwater groups list | describe GROUP
+    headwater tree
+    headwater bench [--url URL | --embedded DIR]
+
+Client commands reach the server named by ``--url`` (default
+``headwater://127.0.0.1:7700``, or ``$HEADWATER_URL``). Human output is
+aligned; ``--json`` prints JSON (one object per line for streams). Errors are
+one line on stderr, ``error: <message> [<code>]``, with exit code 1 (the
+server refused), 3 (no connection) or 2 (bad usage); never a traceback for an
+expected error.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any, NoReturn, TextIO, TypeVar
+
+import click
+import trio
+
+from headwater._errors import (
+    AuthenticationError,
+    ConfigError,
+    ConnectionLostError,
+    HeadwaterError,
+    HeadwaterTimeoutError,
+    InvalidArgument,
+    ServerBusyError,
+)
+from headwater._logging import configure_logging
+from headwater.client import Client, Event, Timestamp
+from headwater.client._tcp import DEFAULT_URL, connect
+from headwater.supervision._specs import ActorSnapshot, unwrap_group
+
+__all__ = ["EXIT_CONNECTION", "EXIT_SERVER", "EXIT_USAGE", "main"]
+
+T = TypeVar("T")
+
+EXIT_SERVER = 1
+EXIT_USAGE = 2
+EXIT_CONNECTION = 3
+
+
+# --------------------------------------------------------------------------
+# Running commands: one trio.run per command, errors as one line.
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _exit_code(error: HeadwaterError) -> int:
+    if isinstance(error, ConnectionLostError | ServerBusyError | AuthenticationError):
+        return EXIT_CONNECTION
+    if isinstance(error, HeadwaterTimeoutError) and "connect" in error.message:
+        return EXIT_CONNECTION
+    if isinstance(error, ConfigError):
+        return EXIT_USAGE
+    return EXIT_SERVER
+
+
+def _run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run ``fn(*args)`` under Trio; print expected errors as one line."""
+    try:
+        return trio.run(fn, *args)
+    except BaseException as exc:  # groups from nurseries are unwrapped below
+        error = unwrap_group(exc)
+        if isinstance(error, HeadwaterError):
+            _fail(f"{error.message} [{error.code}]", _exit_code(error))
+        if isinstance(error, KeyboardInterrupt):
+            _fail("interrupted", 130)
+        if isinstance(error, BrokenPipeError):
+            sys.exit(0)  # `headwater consume ... | head`
+        raise
+
+
+Opener = Callable[[str, str | None, Any], Any]
+
+
+@asynccontextmanager
+async def _open_client(url: str, token: str | None, tls: Any) -> AsyncIterator[Client]:
+    """A client of the server at ``url`` (the one place the CLI connects)."""
+    async with connect(url, token=token, tls=tls, connect_timeout=5.0) as client:
+        yield client
+
+
+class Target:
+    """Where client commands go, from the shared options."""
+
+    def __init__(self, url: str, token: str | None, tls: Any) -> None:
+        self.url = url
+        self.token = token
+        self.tls = tls
+
+    def client(self) -> Any:
+        return _open_client(self.url, self.token, self.tls)
+
+
+def _token(token: str | None, token_file: str | None) -> str | None:
+    if token and token_file:
+        raise click.UsageError("give --token or --token-file, not both")
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                value = f.read().strip()
+        except OSError as exc:
+            raise click.UsageError(
+                f"cannot read --token-file {token_file}: {exc.strerror}"
+            ) from None
+        if not value:
+            raise click.UsageError(f"--token-file {token_file} is empty")
+        return value
+    return token or None
+
+
+def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--url, --token, --token-file, --tls, --tls-ca: build a :class:`Target`."""
+
+    @click.option(
+        "--url",
+        envvar="HEADWATER_URL",
+        default=DEFAULT_URL,
+        show_default=True,
+        help="Server to use (or $HEADWATER_URL). headwaters:// turns TLS on.",
+    )
+    @click.option("--token", default=None, help="Authentication token.")
+    @click.option(
+        "--token-file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Read the token from a file.",
+    )
+    @click.option("--tls", is_flag=True, default=False, help="Use TLS (system CAs).")
+    @click.option(
+        "--tls-ca",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Use TLS, trusting this CA file (PEM).",
+    )
+    def wrapper(
+        url: str,
+        token: str | None,
+        token_file: str | None,
+        tls: bool,
+        tls_ca: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        tls_setting: Any = tls_ca if tls_ca else (True if tls else None)
+        target = Target(url, _token(token, token_file), tls_setting)
+        return fn(target, **kwargs)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
+
+
+def _emit_json(value: Any, out: TextIO | None = None) -> None:
+    click.echo(json.dumps(value, default=str), file=out)
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    """Aligned columns: numbers right-aligned, text left-aligned."""
+    text = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in text:
+        widths = [max(w, len(v)) for w, v in zip(widths, row, strict=True)]
+    numeric = [
+        all(isinstance(row[i], int | float) or row[i] is None for row in rows) and bool(rows)
+        for i in range(len(headers))
+    ]
+
+    def line(values: list[str]) -> str:
+        cells = [
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        ]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in text])
+
+
+# --------------------------------------------------------------------------
+# The command group.
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="headwater", prog_name="headwater")
+def main() -> None:
+    """Headwater: an event-streaming broker on supervised Trio actors."""
+    # Library log lines (rebalances, retries) go to stderr, warnings and up,
+    # so stdout carries only the command's output. `serve` reconfigures.
+    configure_logging("console", level="warning")
+
+
+@main.command()
+@click.option("--data-dir", default="./headwater-data", show_default=True, help="Where data lives.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=7700, show_default=True, type=int, help="Port (0 picks a free one)."
+)
+@click.option(
+    "--durability",
+    type=click.Choice(["always", "interval", "never"]),
+    default="always",
+    show_default=True,
+    help="Default durability of new topics.",
+)
+@click.option(
+    "--interval-ms", default=200, show_default=True, type=int, help="fsync period for 'interval'."
+)
+@click.option(
+    "--tls-cert", type=click.Path(exists=True, dir_okay=False), help="TLS certificate (PEM)."
+)
+@click.option(
+    "--tls-key", type=click.Path(exists=True, dir_okay=False), help="TLS private key (PEM)."
+)
+@click.option(
+    "--auth-token-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Require this token (read from the file) from every client.",
+)
+@click.option("--max-connections", default=1024, show_default=True, type=int)
+@click.option("--max-in-flight", default=128, show_default=True, type=int, help="Per connection.")
+@click.option("--idle-timeout", default=600.0, show_default=True, type=float, help="Seconds.")
+@click.option("--handshake-timeout", default=10.0, show_default=True, type=float, help="Seconds.")
+@click.option("--shutdown-timeout", default=10.0, show_default=True, type=float, help="Seconds.")
+@click.option("--actors-port", default=None, type=int, help="Also serve the actor system here.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "console", "json"]),
+    default="auto",
+    show_default=True,
+    help="console on a terminal, json otherwise (auto).",
+)
+def serve(**options: Any) -> None:
+    """Run a broker server (Ctrl-C or SIGTERM stops it gracefully)."""
+    from headwater.broker._server import ServerConfig, run_server
+
+    token_file = options.pop("auth_token_file")
+    token = None
+    if token_file:
+        token = _token(None, token_file)
+    try:
+        config = ServerConfig(auth_token=token, **options)
+    except HeadwaterError as exc:
+        _fail(f"{exc.message} [{exc.code}]", EXIT_USAGE)
+    sys.exit(run_server(config))
+
+
+# --------------------------------------------------------------------------
+# topics
+
+
+@main.group()
+def topics() -> None:
+    """Create, list, describe and delete topics."""
+
+
+@topics.command("create")
+@click.argument("name")
+@click.option("--partitions", "-p", default=1, show_default=True, type=int)
+@click.option("--retention-ms", type=int, default=None, help="Delete segments older than this.")
+@click.option(
+    "--retention-bytes", type=int, default=None, help="Keep at most this much per partition."
+)
+@click.option("--compacted", is_flag=True, help="Keep the latest event per key.")
+@click.option("--durability", type=click.Choice(["always", "interval", "never"]), default=None)
+@json_option
+@client_options
+def topics_create(target: Target, name: str, as_json: bool, **settings: Any) -> None:
+    """Create topic NAME."""
+
+    async def run() -> Any:
+        async with target.client() as client:
+            return await client.create_topic(name, **settings)
+
+    info = _run(run)
+    if as_json:
+        _emit_json(_topic_dict(info))
+    else:
+        click.echo(f"created topic {info.name} with {info.partitions} partition(s)")
+
+
+def _topic_dict(info: Any) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "partitions": info.partitions,
+        "retention_ms": info.retention_ms,
+        "retention_bytes": info.retention_bytes,
+        "compacted": info.compacted,
+        "durability": info.durability,
+    }
+
+
+@topics.command("list")
+@json_option
+@client_options
+def topics_list(target: Target, as_json: bool) -> None:
+    """List every topic."""
+
+    async def run() -> Any:
+        async with target.client() as client:
+            return await client.list_topics()
+
+    infos = _run(run)
+    if as_json:
+        _emit_json([_topic_dict(i) for i in infos])
+        return
+    if not infos:
+        click.echo("no topics yet; create one with: headwater topics create NAME")
+        return
+    rows = [
+        [i.name, i.partitions, i.durability, "yes" if i.compacted else "no", _retention(i)]
+        for i in infos
+    ]
+    click.echo(_table(["TOPIC", "PARTITIONS", "DURABILITY", "COMPACTED", "RETENTION"], rows))
+
+
+def _retention(info: Any) -> str:
+    parts = []
+    if info.retention_ms is not None:
+        parts.append(f"{info.retention_ms / 3_600_000:g}h")
+    if info.retention_bytes is not None:
+        parts.append(_size(info.retention_bytes))
+    return ", ".join(parts) or "forever"
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+@topics.command("describe")
+@click.argument("name")
+@json_option
+@client_options
+def topics_describe(target: Target, name: str, as_json: bool) -> None:
+    """Show a topic's settings and each partition's offsets and size."""
+
+    async def run() -> Any:
+        async with target.client() as client:
+            return await client.describe_topic(name)
+
+    d = _run(run)
+    parts = [
+        {
+            "partition": p.partition,
+            "earliest_offset": p.earliest_offset,
+            "next_offset": p.next_offset,
+            "events": p.next_offset - p.earliest_offset,
+            "size_bytes": p.size_bytes,
+        }
+        for p in d.partitions
+    ]
+    if as_json:
+        _emit_json({**_topic_dict(d.topic), "partition_details": parts})
+        return
+    t = d.topic
+    click.echo(
+        f"topic {t.name}: {t.partitions} partition(s), durability {t.durability}, "
+        f"compacted {'yes' if t.compacted else 'no'}, retention {_retention(t)}"
+    )
+    rows = [
+        [
+            p["partition"],
+            p["earliest_offset"],
+            p["next_offset"],
+            p["events"],
+            _size(p["size_bytes"]),
+        ]
+        for p in parts
+    ]
+    click.echo(_table(["PARTITION", "EARLIEST", "NEXT", "EVENTS", "SIZE"], rows))
+
+
+@topics.command("delete")
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@client_options
+def topics_delete(target: Target, name: str, yes: bool, as_json: bool) -> None:
+    """Delete topic NAME and all its events."""
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"delete topic {name} and all its events?", abort=True)
+
+    async def run() -> None:
+        async with target.client() as client:
+            await client.delete_topic(name)
+
+    _run(run)
+    if as_json:
+        _emit_json({"deleted": name})
+    else:
+        click.echo(f"deleted topic {name}")
+
+
+# --------------------------------------------------------------------------
+# produce
+
+
+def _parse_headers(values: tuple[str, ...]) -> list[tuple[str, bytes]]:
+    out = []
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.UsageError(f"--header {item!r} must look like name=value")
+        out.append((name, value.encode()))
+    return out
+
+
+def _lines(stream: TextIO) -> Iterator[str]:
+    for line in stream:
+        yield line[:-1] if line.endswith("\n") else line
+
+
+@main.command()
+@click.argument("topic")
+@click.option("--value", default=None, help="Send this one value instead of reading stdin.")
+@click.option("--key", default=None, help="Key for every event.")
+@click.option("--key-separator", default=None, help="Split each line into KEY<SEP>VALUE.")
+@click.option("--header", "headers", multiple=True, help="A header name=value (repeatable).")
+@click.option("--partition", type=int, default=None, help="Send to this partition.")
+@json_option
+@client_options
+def produce(
+    target: Target,
+    topic: str,
+    value: str | None,
+    key: str | None,
+    key_separator: str | None,
+    headers: tuple[str, ...],
+    partition: int | None,
+    as_json: bool,
+) -> None:
+    """Send events to TOPIC: one per line of stdin (or --value).
+
+    Each event is acknowledged only once stored (fsynced with durability
+    'always'). Values and keys are sent as UTF-8 text.
+    """
+    header_list = _parse_headers(headers)
+    if key_separator == "":
+        raise click.UsageError("--key-separator must not be empty")
+    source: Iterator[str] = iter([value]) if value is not None else _lines(sys.stdin)
+    progress = sys.stderr.isatty() and value is None
+
+    def item(line: str) -> dict[str, Any]:
+        event_key: str | None = key
+        if key_separator is not None:
+            head, sep, rest = line.partition(key_separator)
+            if sep:
+                event_key, line = head, rest
+        out: dict[str, Any] = {"value": line, "key": event_key}
+        if header_list:
+            out["headers"] = header_list
+        if partition is not None:
+            out["partition"] = partition
+        return out
+
+    async def run() -> tuple[int, dict[int, int]]:
+        sent = 0
+        per_partition: dict[int, int] = {}
+        async with target.client() as client, client.producer(serializer="str") as producer:
+            chunk: list[dict[str, Any]] = []
+
+            async def flush() -> None:
+                nonlocal sent
+                for event in await producer.send_many(topic, chunk):
+                    per_partition[event.partition] = per_partition.get(event.partition, 0) + 1
+                sent += len(chunk)
+                chunk.clear()
+                if progress:
+                    click.echo(f"\rproduced {sent:,} events", nl=False, err=True)
+
+            for line in source:
+                chunk.append(item(line))
+                if len(chunk) >= 5000:
+                    await flush()
+            if chunk:
+                await flush()
+        if progress:
+            click.echo("", err=True)
+        return sent, per_partition
+
+    sent, per_partition = _run(run)
+    if as_json:
+        _emit_json({"topic": topic, "produced": sent, "partitions": per_partition})
+    else:
+        click.echo(f"produced {sent:,} event(s) to {topic}", err=progress)
+
+
+# --------------------------------------------------------------------------
+# consume
+
+
+def _start(value: str) -> Any:
+    """--from: earliest, latest, an offset, or an ISO-8601 time."""
+    if value in ("earliest", "latest"):
+        return value
+    if value.isdigit():
+        return int(value)
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.UsageError(
+            f"--from {value!r}: use earliest, latest, an offset, or an ISO time "
+            "like 2026-11-28T09:00:00Z"
+        ) from None
+    if when.tzinfo is None:
+        when = when.astimezone()  # local time, as typed
+    return Timestamp(int(when.timestamp() * 1000))
+
+
+def _text(data: Any) -> str:
+    if data is None:
+        return ""
+    if isinstance(data, bytes):
+        return data.decode("utf-8", errors="replace")
+    return str(data)
+
+
+def _event_json(event: Event) -> dict[str, Any]:
+    def enc(data: Any) -> Any:
+        if isinstance(data, bytes):
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError:
+                return {"base64": base64.b64encode(data).decode()}
+        return data
+
+    return {
+        "topic": event.topic,
+        "partition": event.partition,
+        "offset": event.offset,
+        "timestamp": event.timestamp,
+        "key": enc(event.key),
+        "value": enc(event.value),
+        "headers": [[n, enc(v)] for n, v in event.headers],
+    }
+
+
+@main.command()
+@click.argument("topic")
+@click.option("--group", "-g", default=None, help="Read as a member of this consumer group.")
+@click.option(
+    "--from",
+    "start",
+    default="earliest",
+    show_default=True,
+    help="earliest, latest, an OFFSET, or an ISO-8601 time (used where no offset is committed).",
+)
+@click.option("--partition", type=int, default=None, help="Read only this partition.")
+@click.option("--follow", "-f", is_flag=True, help="Keep waiting for new events.")
+@click.option("--max", "max_events", type=int, default=None, help="Stop after N events.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: the value per line; json: one object per event.",
+)
+@click.option("--print-key", is_flag=True, help="text format: print KEY<TAB>VALUE.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@client_options
+def consume(
+    target: Target,
+    topic: str,
+    group: str | None,
+    start: str,
+    partition: int | None,
+    follow: bool,
+    max_events: int | None,
+    fmt: str,
+    print_key: bool,
+    as_json: bool,
+) -> None:
+    """Print events of TOPIC: to the current end, or forever with --follow."""
+    begin = _start(start)
+    if max_events is not None and max_events < 1:
+        raise click.UsageError("--max must be at least 1")
+    if group is not None and partition is not None:
+        raise click.UsageError("--partition reads without a group; drop one of them")
+    json_out = as_json or fmt == "json"
+    out = sys.stdout
+
+    def show(event: Event) -> None:
+        if json_out:
+            out.write(json.dumps(_event_json(event)) + "\n")
+        elif print_key:
+            out.write(f"{_text(event.key)}\t{_text(event.value)}\n")
+        else:
+            out.write(_text(event.value) + "\n")
+
+    async def run() -> int:
+        shown = 0
+        async with target.client() as client:
+            description = await client.describe_topic(topic)
+            ends = {(topic, p.partition): p.next_offset for p in description.partitions}
+            if partition is not None and (topic, partition) not in ends:
+                raise InvalidArgument(
+                    f"topic {topic} has partitions 0..{len(ends) - 1}, not {partition}"
+                )
+            async with client.consumer(
+                topic, group=group, start=begin, deserializer="bytes", auto_commit=group is not None
+            ) as consumer:
+                if partition is not None:
+                    consumer.assign([(topic, partition)])
+                while True:
+                    want = 1000 if max_events is None else min(1000, max_events - shown)
+                    for event in await consumer.getmany(want, timeout=0.5):
+                        show(event)
+                        shown += 1
+                    out.flush()
+                    if max_events is not None and shown >= max_events:
+                        break
+                    if not follow and _at_end(consumer, ends):
+                        break
+                if group is not None:
+                    await consumer.commit()
+        return shown
+
+    _run(run)
+
+
+def _at_end(consumer: Any, ends: dict[tuple[str, int], int]) -> bool:
+    for tp in consumer.assignment():
+        position = consumer.position(*tp)
+        if position is None or position < ends.get(tp, 0):
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------
+# groups and tree
+
+
+@main.group()
+def groups() -> None:
+    """List consumer groups and show their lag."""
+
+
+@groups.command("list")
+@json_option
+@client_options
+def groups_list(target: Target, as_json: bool) -> None:
+    """List every consumer group."""
+
+    async def run() -> Any:
+        async with target.client() as client:
+            return await client.list_groups()
+
+    names = _run(run)
+    if as_json:
+        _emit_json(names)
+    elif not names:
+        click.echo("no consumer groups yet")
+    else:
+        click.echo("\n".join(names))
+
+
+@groups.command("describe")
+@click.argument("group")
+@json_option
+@client_options
+def groups_describe(target: Target, group: str, as_json: bool) -> None:
+    """Show a group's members, committed offsets and lag per partition."""
+
+    async def run() -> Any:
+        async with target.client() as client:
+            return await client.describe_group(group)
+
+    d = _run(run)
+    owners = {(tp.topic, tp.partition): m.member_id for m in d.members for tp in m.assignment}
+    parts = [
+        {
+            "topic": p.topic,
+            "partition": p.partition,
+            "committed": p.committed,
+            "end_offset": p.end_offset,
+            "lag": p.lag,
+            "owner": owners.get((p.topic, p.partition)),
+        }
+        for p in d.partitions
+    ]
+    if as_json:
+        _emit_json(
+            {
+                "group": d.group,
+                "state": d.state,
+                "generation": d.generation,
+                "topics": list(d.topics),
+                "members": [
+                    {"member_id": m.member_id, "client_id": m.client_id} for m in d.members
+                ],
+                "partitions": parts,
+                "total_lag": sum(p["lag"] for p in parts),
+            }
+        )
+        return
+    click.echo(
+        f"group {d.group}: {d.state}, generation {d.generation}, "
+        f"{len(d.members)} member(s), total lag {sum(p['lag'] for p in parts):,}"
+    )
+    rows = [
+        [p["topic"], p["partition"], p["committed"], p["end_offset"], p["lag"], p["owner"] or "-"]
+        for p in parts
+    ]
+    click.echo(_table(["TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "OWNER"], rows))
+
+
+@main.command()
+@json_option
+@client_options
+def tree(target: Target, as_json: bool) -> None:
+    """Draw the live supervision tree of the server."""
+
+    async def run() -> Any:
+        async with target.client() as client:
+            return await client.tree()
+
+    root = _run(run)
+    if as_json:
+        _emit_json(root)
+        return
+    try:
+        click.echo(ActorSnapshot.from_dict(root).render())
+    except (KeyError, TypeError) as exc:
+        _fail(f"the server sent a tree this client cannot draw ({exc})", EXIT_SERVER)

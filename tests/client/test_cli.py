@@ -1,0 +1,146 @@
+"""The `headwater` command in-process (click's runner) against an embedded
+broker on disk: output shapes, --json, error lines and exit codes.
+
+The CLI obtains every client through ``headwater.cli._open_client``; here it
+opens an embedded broker in a temporary directory instead of a TCP
+connection (each command is its own ``trio.run``, so each opens the broker).
+Real servers and subprocesses are in tests/crash/test_cli_process.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from headwater import cli
+from headwater.broker import open_broker
+from headwater.client import Client
+
+Run = Callable[..., Result]
+
+
+@pytest.fixture
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Run:
+    """``run(*args, input=None)``: invoke the CLI against an embedded broker."""
+    seen: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def embedded(url: str, token: str | None, tls: Any) -> AsyncIterator[Client]:
+        seen.update(url=url, token=token, tls=tls)
+        async with open_broker(str(tmp_path / "data")) as broker, broker.connect() as client:
+            yield client
+
+    monkeypatch.setattr(cli, "_open_client", embedded)
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Result:
+        result = runner.invoke(cli.main, list(args), input=input, env=env, catch_exceptions=False)
+        result.seen = dict(seen)  # type: ignore[attr-defined]
+        return result
+
+    return invoke
+
+
+def test_topics_round_trip_with_aligned_and_json_output(run: Run) -> None:
+    """create, list, describe and delete; human tables line up, --json parses."""
+    assert (
+        "created topic orders with 3 partition(s)"
+        in run("topics", "create", "orders", "-p", "3").output
+    )
+    listed = run("topics", "list").output.splitlines()
+    assert listed[0].split() == ["TOPIC", "PARTITIONS", "DURABILITY", "COMPACTED", "RETENTION"]
+    assert listed[2].split() == ["orders", "3", "always", "no", "forever"]
+    assert len(listed[0]) == len(listed[1])  # the rule under the header spans the columns
+    described = json.loads(run("topics", "describe", "orders", "--json").output)
+    assert [0, 1, 2] == [p["partition"] for p in described["partition_details"]]
+    assert {"deleted": "orders"} == json.loads(run("topics", "delete", "orders", "--json").output)
+    assert [] == json.loads(run("topics", "list", "--json").output)
+
+
+def test_produce_lines_then_consume_them_back_in_order(run: Run) -> None:
+    """stdin lines become events (keys split off); consume prints them in order."""
+    run("topics", "create", "t")
+    lines = "".join(f"k{i % 3}\tv{i}\n" for i in range(500))
+    produced = run("produce", "t", "--key-separator", "\t", "--header", "source=test", input=lines)
+    assert "produced 500 event(s) to t" in produced.output
+    text = run("consume", "t").output.splitlines()
+    assert [f"v{i}" for i in range(500)] == text
+    keyed = run("consume", "t", "--max", "2", "--print-key").output.splitlines()
+    assert ["k0\tv0", "k1\tv1"] == keyed
+    events = [
+        json.loads(line) for line in run("consume", "t", "--json", "--max", "3").output.splitlines()
+    ]
+    assert [0, 1, 2] == [e["offset"] for e in events]
+    assert [["source", "test"]] == events[0]["headers"]
+    assert "k0" == events[0]["key"]
+    assert ["v7"] == run("consume", "t", "--from", "7", "--max", "1").output.splitlines()
+    assert [] == run("consume", "t", "--from", "latest").output.splitlines()
+    assert [] == run("consume", "t", "--from", "500").output.splitlines()
+    run("produce", "t", "--value", "single")
+    assert ["single"] == run("consume", "t", "--from", "500").output.splitlines()
+
+
+def test_groups_commit_and_show_lag(run: Run) -> None:
+    """A group consumer commits what it printed; groups describe shows the lag."""
+    run("topics", "create", "t", "-p", "2")
+    run("produce", "t", input="".join(f"{i}\n" for i in range(100)))
+    assert 30 == len(run("consume", "t", "--group", "g", "--max", "30").output.splitlines())
+    assert ["g"] == run("groups", "list").output.split()
+    described = json.loads(run("groups", "describe", "g", "--json").output)
+    assert 70 == described["total_lag"]
+    assert 30 == sum(p["committed"] or 0 for p in described["partitions"])
+    human = run("groups", "describe", "g").output.splitlines()
+    assert human[1].split() == ["TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "OWNER"]
+    rest = run("consume", "t", "--group", "g").output.splitlines()
+    assert 70 == len(rest)
+
+
+def test_tree_draws_the_supervision_tree(run: Run) -> None:
+    """`tree` draws the broker's live tree; --json gives the nested maps."""
+    run("topics", "create", "t")
+    drawn = run("tree").output
+    assert "└── broker [supervisor] running" in drawn
+    assert "0 [actor] running" in drawn
+    assert "/broker" in {c["path"] for c in json.loads(run("tree", "--json").output)["children"]}
+
+
+def test_errors_are_one_line_with_a_code_and_an_exit_status(run: Run) -> None:
+    """A refused request: one stderr line naming the code, exit 1; bad usage: exit 2."""
+    result = run("consume", "missing")
+    assert 1 == result.exit_code
+    assert result.output.startswith("error: topic 'missing' does not exist")
+    assert result.output.strip().endswith("[unknown_topic]")
+    assert 1 == len(result.output.strip().splitlines())
+    bad = run("consume", "t", "--from", "yesterday")
+    assert 2 == bad.exit_code
+    assert "ISO time" in bad.output
+    assert 2 == run("produce", "t", "--header", "nonsense", input="x\n").exit_code
+    invalid = run("topics", "create", "bad name!")
+    assert 1 == invalid.exit_code
+    assert "[invalid_topic_name]" in invalid.output
+
+
+def test_url_and_token_options(run: Run, tmp_path: Path) -> None:
+    """--url / $HEADWATER_URL and --token-file reach the connection."""
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    result = run("topics", "list", "--url", "headwater://h:1", "--token-file", str(token))
+    assert {"url": "headwater://h:1", "token": "s3cret", "tls": None} == result.seen  # type: ignore[attr-defined]
+    result = run("topics", "list", "--tls", env={"HEADWATER_URL": "headwater://e:2"})
+    assert {"url": "headwater://e:2", "token": None, "tls": True} == result.seen  # type: ignore[attr-defined]
+    empty = tmp_path / "empty"
+    empty.write_text("  \n")
+    assert 2 == run("topics", "list", "--token-file", str(empty)).exit_code
+
+
+def test_no_connection_is_exit_3() -> None:
+    """Nothing listening: one line, exit 3."""
+    result = CliRunner().invoke(cli.main, ["topics", "list", "--url", "headwater://127.0.0.1:1"])
+    assert 3 == result.exit_code
+    assert "is the server running" in result.output
