@@ -25,7 +25,7 @@ import base64
 import datetime as dt
 import json
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn, TextIO, TypeVar
 
@@ -431,9 +431,58 @@ def _parse_headers(values: tuple[str, ...]) -> list[tuple[str, bytes]]:
     return out
 
 
-def _lines(stream: TextIO) -> Iterator[str]:
-    for line in stream:
-        yield line[:-1] if line.endswith("\n") else line
+class LineSplitter:
+    """Bytes in, complete lines out (sans-IO): ``feed(chunk)`` returns the
+    lines that chunk completed (without their ``\\n``), ``finish()`` the
+    unterminated last line, if any."""
+
+    def __init__(self) -> None:
+        self._rest = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The lines completed by ``data``; a partial line waits for more."""
+        if b"\n" not in data:
+            self._rest += data
+            return []
+        lines = (self._rest + data).split(b"\n")
+        self._rest = lines.pop()
+        return lines
+
+    def finish(self) -> list[bytes]:
+        """The last line if the input did not end with a newline."""
+        rest, self._rest = self._rest, b""
+        return [rest] if rest else []
+
+
+def _as_key(data: bytes) -> str | bytes:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
+
+
+#: Lines per ``send_many`` at most; a slow input is sent as it arrives.
+PRODUCE_CHUNK = 5000
+_READ_SIZE = 1 << 16
+
+
+async def _read_lines(stream: Any, send: trio.MemorySendChannel[list[bytes]]) -> None:
+    """Read ``stream`` (binary) in a thread, chunk by chunk, and pass on the
+    complete lines of each chunk: whatever a pipe has is sent at once, so
+    ``tail -f log | headwater produce t`` sends each line as it comes."""
+    read = getattr(stream, "read1", stream.read)
+    splitter = LineSplitter()
+    async with send:
+        while True:
+            data = await trio.to_thread.run_sync(read, _READ_SIZE, abandon_on_cancel=True)
+            if not data:
+                break
+            lines = splitter.feed(data)
+            if lines:
+                await send.send(lines)
+        last = splitter.finish()
+        if last:
+            await send.send(last)
 
 
 @main.command()
@@ -457,21 +506,26 @@ def produce(
 ) -> None:
     """Send events to TOPIC: one per line of stdin (or --value).
 
-    Each event is acknowledged only once stored (fsynced with durability
-    'always'). Values and keys are sent as UTF-8 text.
+    Lines are sent as they arrive (in batches when they arrive fast) and
+    acknowledged once stored (fsynced with durability 'always'). Values are
+    the lines' bytes as they are (UTF-8 text reads back as text); keys are
+    text where they are valid UTF-8.
     """
     header_list = _parse_headers(headers)
     if key_separator == "":
         raise click.UsageError("--key-separator must not be empty")
-    source: Iterator[str] = iter([value]) if value is not None else _lines(sys.stdin)
+    separator = None if key_separator is None else key_separator.encode("utf-8")
     progress = sys.stderr.isatty() and value is None
+    plain = not header_list and partition is None
 
-    def item(line: str) -> dict[str, Any]:
-        event_key: str | None = key
-        if key_separator is not None:
-            head, sep, rest = line.partition(key_separator)
+    def item(line: bytes) -> Any:
+        event_key: str | bytes | None = key
+        if separator is not None:
+            head, sep, rest = line.partition(separator)
             if sep:
-                event_key, line = head, rest
+                event_key, line = _as_key(head), rest
+        if plain:
+            return (line, event_key)
         out: dict[str, Any] = {"value": line, "key": event_key}
         if header_list:
             out["headers"] = header_list
@@ -482,24 +536,31 @@ def produce(
     async def run() -> tuple[int, dict[int, int]]:
         sent = 0
         per_partition: dict[int, int] = {}
-        async with target.client() as client, client.producer(serializer="str") as producer:
-            chunk: list[dict[str, Any]] = []
-
-            async def flush() -> None:
-                nonlocal sent
-                for event in await producer.send_many(topic, chunk):
-                    per_partition[event.partition] = per_partition.get(event.partition, 0) + 1
-                sent += len(chunk)
-                chunk.clear()
-                if progress:
-                    click.echo(f"\rproduced {sent:,} events", nl=False, err=True)
-
-            for line in source:
-                chunk.append(item(line))
-                if len(chunk) >= 5000:
-                    await flush()
-            if chunk:
-                await flush()
+        async with (
+            target.client() as client,
+            client.producer(serializer="bytes") as producer,
+            trio.open_nursery() as nursery,
+        ):
+            await producer.partitions_of(topic)  # a missing topic fails before reading
+            send, receive = trio.open_memory_channel[list[bytes]](4)
+            if value is None:
+                nursery.start_soon(_read_lines, sys.stdin.buffer, send)
+            else:
+                async with send:
+                    await send.send([value.encode("utf-8")])
+            async with receive:
+                async for lines in receive:
+                    chunk = [item(line) for line in lines]
+                    while len(chunk) < PRODUCE_CHUNK:
+                        try:
+                            chunk.extend(item(line) for line in receive.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    for event in await producer.send_many(topic, chunk):
+                        per_partition[event.partition] = per_partition.get(event.partition, 0) + 1
+                    sent += len(chunk)
+                    if progress:
+                        click.echo(f"\rproduced {sent:,} events", nl=False, err=True)
         if progress:
             click.echo("", err=True)
         return sent, per_partition

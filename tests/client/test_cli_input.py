@@ -1,0 +1,117 @@
+"""`headwater produce` input handling: lines split from arbitrary chunks,
+bytes kept as they are, a missing topic refused before stdin is read.
+
+Runs the CLI in-process against an embedded broker (as tests/client/test_cli.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from hypothesis import given
+from hypothesis import strategies as st
+
+from headwater import cli
+from headwater.broker import open_broker
+from headwater.client import Client
+
+Run = Callable[..., Result]
+
+
+@pytest.fixture
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Run:
+    """``run(*args, input=None)``: invoke the CLI against an embedded broker."""
+
+    @asynccontextmanager
+    async def embedded(url: str, token: str | None, tls: Any) -> AsyncIterator[Client]:
+        async with open_broker(str(tmp_path / "data")) as broker, broker.connect() as client:
+            yield client
+
+    monkeypatch.setattr(cli, "_open_client", embedded)
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | bytes | None = None) -> Result:
+        return runner.invoke(cli.main, list(args), input=input, catch_exceptions=False)
+
+    return invoke
+
+
+@given(st.lists(st.binary(max_size=20), max_size=20))
+def test_line_splitter_matches_splitting_the_whole_input(chunks: list[bytes]) -> None:
+    """However the input is cut into chunks, the lines are those of the whole."""
+    whole = b"".join(chunks)
+    splitter = cli.LineSplitter()
+    lines = [line for chunk in chunks for line in splitter.feed(chunk)] + splitter.finish()
+    expected = whole.split(b"\n")
+    if expected[-1] == b"":
+        expected.pop()  # a final newline ends the last line; it starts no new one
+    assert expected == lines
+
+
+def test_line_splitter_keeps_a_partial_line_until_its_newline() -> None:
+    """A line cut in two comes out once, whole, when its newline arrives."""
+    splitter = cli.LineSplitter()
+    assert [b"a"] == splitter.feed(b"a\nb")
+    assert [] == splitter.feed(b"c")
+    assert [b"bc", b""] == splitter.feed(b"\n\n")
+    assert [] == splitter.finish()
+
+
+def test_bytes_that_are_not_utf8_are_stored_as_they_are(run: Run) -> None:
+    """A line of raw bytes is one event with exactly those bytes; --json gives
+    them as base64, text output stays one line per event."""
+    run("topics", "create", "raw")
+    data = b"\xff\xfe\x00binary\ntext \xc3\xa9\nkey\xff=v\n"
+    produced = run("produce", "raw", input=data)
+    assert 0 == produced.exit_code, produced.output
+    events = [json.loads(x) for x in run("consume", "raw", "--json").output.splitlines()]
+    assert {"base64": base64.b64encode(b"\xff\xfe\x00binary").decode()} == events[0]["value"]
+    assert "text é" == events[1]["value"]
+    assert 3 == len(run("consume", "raw").output.splitlines())
+    run("topics", "create", "keyed")
+    run("produce", "keyed", "--key-separator", "=", input=data[-7:])
+    (event,) = [json.loads(x) for x in run("consume", "keyed", "--json").output.splitlines()]
+    assert {"base64": base64.b64encode(b"key\xff").decode()} == event["key"]
+    assert "v" == event["value"]
+
+
+def test_last_line_without_newline_and_empty_lines_are_events(run: Run) -> None:
+    """Empty lines are empty events; a last line without newline is sent too."""
+    run("topics", "create", "t")
+    assert "produced 3 event(s)" in run("produce", "t", input="a\n\nlast").output
+    assert ["a", "", "last"] == run("consume", "t").output.splitlines()
+    assert "produced 0 event(s)" in run("produce", "t", input="").output
+
+
+def test_headers_and_partition_apply_to_every_line(run: Run) -> None:
+    """--header and --partition reach every event of the input."""
+    run("topics", "create", "t", "-p", "3")
+    run("produce", "t", "--partition", "2", "--header", "a=1", "--header", "a=2", input="x\ny\n")
+    events = [json.loads(x) for x in run("consume", "t", "--json").output.splitlines()]
+    assert [2, 2] == [e["partition"] for e in events]
+    assert [[["a", "1"], ["a", "2"]]] * 2 == [e["headers"] for e in events]
+
+
+def test_producing_to_a_missing_topic_fails_before_reading_input(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The topic is checked first: one error line, exit 1, stdin never read
+    (so `headwater produce typo` does not sit waiting for input)."""
+    reads: list[object] = []
+
+    async def reader(stream: object, send: object) -> None:
+        reads.append(stream)
+
+    monkeypatch.setattr(cli, "_read_lines", reader)
+    result = run("produce", "nope", input="x\n")
+    assert 1 == result.exit_code
+    assert result.output.startswith("error: ")
+    assert "[unknown_topic]" in result.output
+    assert [] == reads
