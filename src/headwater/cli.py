@@ -9,7 +9,6 @@
                             [--follow] [--max N] [--format text|json]
     headwater groups list | describe GROUP
     headwater tree
-    headwater bench [--url URL | --embedded DIR]
 
 Client commands reach the server named by ``--url`` (default
 ``headwater://127.0.0.1:7700``, or ``$HEADWATER_URL``). Human output is
@@ -23,7 +22,10 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import io
 import json
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -37,9 +39,9 @@ from headwater._errors import (
     ConfigError,
     ConnectionLostError,
     HeadwaterError,
-    HeadwaterTimeoutError,
     InvalidArgument,
     ServerBusyError,
+    UsageError,
 )
 from headwater._logging import configure_logging
 from headwater.client import Client, Event, Timestamp
@@ -64,10 +66,18 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+class _NotConnected(Exception):
+    """Raised by :func:`_open_client` when no connection could be made:
+    carries the client's error, so the exit code says "connection" without
+    reading the message."""
+
+    def __init__(self, error: HeadwaterError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 def _exit_code(error: HeadwaterError) -> int:
     if isinstance(error, ConnectionLostError | ServerBusyError | AuthenticationError):
-        return EXIT_CONNECTION
-    if isinstance(error, HeadwaterTimeoutError) and "connect" in error.message:
         return EXIT_CONNECTION
     if isinstance(error, ConfigError):
         return EXIT_USAGE
@@ -80,23 +90,42 @@ def _run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return trio.run(fn, *args)
     except BaseException as exc:  # groups from nurseries are unwrapped below
         error = unwrap_group(exc)
+        if isinstance(error, _NotConnected):
+            _fail(f"{error.error.message} [{error.error.code}]", EXIT_CONNECTION)
         if isinstance(error, HeadwaterError):
             _fail(f"{error.message} [{error.code}]", _exit_code(error))
         if isinstance(error, KeyboardInterrupt):
             _fail("interrupted", 130)
         if isinstance(error, BrokenPipeError):
+            _quiet_stdout()
             sys.exit(0)  # `headwater consume ... | head`
         raise
 
 
-Opener = Callable[[str, str | None, Any], Any]
+def _quiet_stdout() -> None:
+    """The reader of stdout went away (``| head``): point stdout at
+    /dev/null so the interpreter's last flush does not complain on stderr."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass  # not a real file (tests): nothing will be flushed to a pipe
 
 
 @asynccontextmanager
 async def _open_client(url: str, token: str | None, tls: Any) -> AsyncIterator[Client]:
-    """A client of the server at ``url`` (the one place the CLI connects)."""
-    async with connect(url, token=token, tls=tls, connect_timeout=5.0) as client:
-        yield client
+    """A client of the server at ``url`` (the one place the CLI connects).
+    A failure to connect (other than bad usage, such as an unreadable CA
+    file) is raised as :class:`_NotConnected`."""
+    connected = False
+    try:
+        async with connect(url, token=token, tls=tls, connect_timeout=5.0) as client:
+            connected = True
+            yield client
+    except HeadwaterError as exc:
+        if connected or isinstance(exc, UsageError):
+            raise
+        raise _NotConnected(exc) from exc
 
 
 class Target:
@@ -138,7 +167,9 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         show_default=True,
         help="Server to use (or $HEADWATER_URL). headwaters:// turns TLS on.",
     )
-    @click.option("--token", default=None, help="Authentication token.")
+    @click.option(
+        "--token", envvar="HEADWATER_TOKEN", default=None, help="Token (or $HEADWATER_TOKEN)."
+    )
     @click.option(
         "--token-file",
         type=click.Path(dir_okay=False),
@@ -675,6 +706,12 @@ def consume(
         else:
             out.write(_text(event.value) + "\n")
 
+    # Without a group an OFFSET is where each partition starts: a partition
+    # shorter than that starts at its end and prints only offsets >= OFFSET.
+    skip_below = begin if type(begin) is int and group is None else 0
+    # Without --follow, look often whether every partition is read to its end.
+    wait = 0.5 if follow else 0.05
+
     async def run() -> int:
         shown = 0
         async with target.client() as client:
@@ -689,21 +726,41 @@ def consume(
             ) as consumer:
                 if partition is not None:
                     consumer.assign([(topic, partition)])
-                while True:
-                    want = 1000 if max_events is None else min(1000, max_events - shown)
-                    for event in await consumer.getmany(want, timeout=0.5):
-                        show(event)
-                        shown += 1
-                    out.flush()
-                    if max_events is not None and shown >= max_events:
-                        break
-                    if not follow and _at_end(consumer, ends):
-                        break
+                if skip_below:
+                    for tp in consumer.assignment():
+                        if ends[tp] < skip_below:
+                            consumer.seek(*tp, ends[tp])
+                with trio.CancelScope() as reading:
+                    async with trio.open_nursery() as nursery:
+                        # Ctrl-C or SIGTERM ends the reading; what was printed is committed.
+                        nursery.start_soon(_cancel_on_signal, reading)
+                        while True:
+                            want = 1000 if max_events is None else min(1000, max_events - shown)
+                            for event in await consumer.getmany(want, timeout=wait):
+                                if event.offset < skip_below:
+                                    continue
+                                show(event)
+                                shown += 1
+                            out.flush()
+                            if max_events is not None and shown >= max_events:
+                                break
+                            if not follow and _at_end(consumer, ends):
+                                break
+                        nursery.cancel_scope.cancel()
                 if group is not None:
                     await consumer.commit()
         return shown
 
     _run(run)
+
+
+async def _cancel_on_signal(scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` at the first SIGINT or SIGTERM (then stop listening,
+    so a second Ctrl-C interrupts whatever comes next)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
 
 
 def _at_end(consumer: Any, ends: dict[tuple[str, int], int]) -> bool:

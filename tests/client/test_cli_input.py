@@ -115,3 +115,47 @@ def test_producing_to_a_missing_topic_fails_before_reading_input(
     assert result.output.startswith("error: ")
     assert "[unknown_topic]" in result.output
     assert [] == reads
+
+
+def test_from_offset_is_per_partition_and_short_partitions_start_at_their_end(
+    run: Run,
+) -> None:
+    """--from OFFSET without a group prints offsets >= OFFSET of every partition;
+    a partition that is shorter prints nothing (it does not start over)."""
+    run("topics", "create", "t", "-p", "2")
+    run("produce", "t", "--partition", "0", input="".join(f"a{i}\n" for i in range(10)))
+    run("produce", "t", "--partition", "1", input="".join(f"b{i}\n" for i in range(3)))
+    events = [
+        json.loads(x) for x in run("consume", "t", "--from", "7", "--json").output.splitlines()
+    ]
+    assert [(0, 7), (0, 8), (0, 9)] == [(e["partition"], e["offset"]) for e in events]
+    assert [] == run("consume", "t", "--from", "50").output.splitlines()
+    assert ["b2"] == run("consume", "t", "--from", "2", "--partition", "1").output.splitlines()
+
+
+def test_from_iso_time_starts_at_the_first_event_at_or_after_it(run: Run) -> None:
+    """--from 2000-01-01T00:00:00Z reads everything; a time after the last
+    event reads nothing; a naive time is taken as local time."""
+    run("topics", "create", "t")
+    run("produce", "t", input="x\ny\n")
+    assert ["x", "y"] == run("consume", "t", "--from", "2000-01-01T00:00:00Z").output.split()
+    assert [] == run("consume", "t", "--from", "2999-01-01T00:00:00+01:00").output.split()
+    assert ["x", "y"] == run("consume", "t", "--from", "2000-01-01T00:00").output.split()
+
+
+def test_token_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """$HEADWATER_TOKEN is the default --token; --token wins over it."""
+    seen: list[str | None] = []
+
+    @asynccontextmanager
+    async def embedded(url: str, token: str | None, tls: Any) -> AsyncIterator[Client]:
+        seen.append(token)
+        async with open_broker(str(tmp_path / "data")) as broker, broker.connect() as client:
+            yield client
+
+    monkeypatch.setattr(cli, "_open_client", embedded)
+    runner = CliRunner()
+    env = {"HEADWATER_TOKEN": "from-env"}
+    assert 0 == runner.invoke(cli.main, ["groups", "list"], env=env).exit_code
+    assert 0 == runner.invoke(cli.main, ["groups", "list", "--token", "flag"], env=env).exit_code
+    assert ["from-env", "flag"] == seen
