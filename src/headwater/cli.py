@@ -56,6 +56,9 @@ EXIT_SERVER = 1
 EXIT_USAGE = 2
 EXIT_CONNECTION = 3
 
+#: Seconds the CLI waits for a connection (and its handshake) to the server.
+CONNECT_TIMEOUT = 5.0
+
 
 # --------------------------------------------------------------------------
 # Running commands: one trio.run per command, errors as one line.
@@ -119,7 +122,7 @@ async def _open_client(url: str, token: str | None, tls: Any) -> AsyncIterator[C
     file) is raised as :class:`_NotConnected`."""
     connected = False
     try:
-        async with connect(url, token=token, tls=tls, connect_timeout=5.0) as client:
+        async with connect(url, token=token, tls=tls, connect_timeout=CONNECT_TIMEOUT) as client:
             connected = True
             yield client
     except HeadwaterError as exc:
