@@ -41,6 +41,7 @@ from headwater._errors import (
     HeadwaterError,
     InvalidArgument,
     ServerBusyError,
+    UnknownGroupError,
     UsageError,
 )
 from headwater._logging import configure_logging
@@ -787,19 +788,39 @@ def groups() -> None:
 @json_option
 @client_options
 def groups_list(target: Target, as_json: bool) -> None:
-    """List every consumer group."""
+    """List every consumer group with its state, members and total lag."""
 
-    async def run() -> Any:
+    async def run() -> list[Any]:
         async with target.client() as client:
-            return await client.list_groups()
+            out = []
+            for name in sorted(await client.list_groups()):
+                try:
+                    out.append(await client.describe_group(name))
+                except UnknownGroupError:
+                    continue  # removed since it was listed
+            return out
 
-    names = _run(run)
+    described = _run(run)
+    summaries = [
+        {
+            "group": d.group,
+            "state": d.state,
+            "members": len(d.members),
+            "topics": sorted(set(d.topics) | {p.topic for p in d.partitions}),
+            "total_lag": sum(p.lag for p in d.partitions),
+        }
+        for d in described
+    ]
     if as_json:
-        _emit_json(names)
-    elif not names:
+        _emit_json(summaries)
+    elif not summaries:
         click.echo("no consumer groups yet")
     else:
-        click.echo("\n".join(names))
+        rows = [
+            [g["group"], g["state"], g["members"], ", ".join(g["topics"]), g["total_lag"]]
+            for g in summaries
+        ]
+        click.echo(_table(["GROUP", "STATE", "MEMBERS", "TOPICS", "LAG"], rows))
 
 
 @groups.command("describe")

@@ -91,7 +91,12 @@ def test_groups_commit_and_show_lag(run: Run) -> None:
     run("topics", "create", "t", "-p", "2")
     run("produce", "t", input="".join(f"{i}\n" for i in range(100)))
     assert 30 == len(run("consume", "t", "--group", "g", "--max", "30").output.splitlines())
-    assert ["g"] == run("groups", "list").output.split()
+    listed = run("groups", "list").output.splitlines()
+    assert ["GROUP", "STATE", "MEMBERS", "TOPICS", "LAG"] == listed[0].split()
+    assert ["g", "empty", "0", "t", "70"] == listed[2].split()
+    assert [{"group": "g", "state": "empty", "members": 0, "topics": ["t"], "total_lag": 70}] == (
+        json.loads(run("groups", "list", "--json").output)
+    )
     described = json.loads(run("groups", "describe", "g", "--json").output)
     assert 70 == described["total_lag"]
     assert 30 == sum(p["committed"] or 0 for p in described["partitions"])
