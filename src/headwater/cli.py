@@ -72,12 +72,13 @@ def _fail(message: str, code: int) -> NoReturn:
 
 class _NotConnected(Exception):
     """Raised by :func:`_open_client` when no connection could be made:
-    carries the client's error, so the exit code says "connection" without
-    reading the message."""
+    carries the client's error and the exit code (usage for a bad URL or CA
+    file, connection otherwise), so nothing reads the message to decide."""
 
-    def __init__(self, error: HeadwaterError) -> None:
+    def __init__(self, error: HeadwaterError, exit_code: int) -> None:
         super().__init__(error.message)
         self.error = error
+        self.exit_code = exit_code
 
 
 def _exit_code(error: HeadwaterError) -> int:
@@ -95,7 +96,7 @@ def _run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     except BaseException as exc:  # groups from nurseries are unwrapped below
         error = unwrap_group(exc)
         if isinstance(error, _NotConnected):
-            _fail(f"{error.error.message} [{error.error.code}]", EXIT_CONNECTION)
+            _fail(f"{error.error.message} [{error.error.code}]", error.exit_code)
         if isinstance(error, HeadwaterError):
             _fail(f"{error.message} [{error.code}]", _exit_code(error))
         if isinstance(error, KeyboardInterrupt):
@@ -119,17 +120,17 @@ def _quiet_stdout() -> None:
 @asynccontextmanager
 async def _open_client(url: str, token: str | None, tls: Any) -> AsyncIterator[Client]:
     """A client of the server at ``url`` (the one place the CLI connects).
-    A failure to connect (other than bad usage, such as an unreadable CA
-    file) is raised as :class:`_NotConnected`."""
+    A failure to connect is raised as :class:`_NotConnected`."""
     connected = False
     try:
         async with connect(url, token=token, tls=tls, connect_timeout=CONNECT_TIMEOUT) as client:
             connected = True
             yield client
     except HeadwaterError as exc:
-        if connected or isinstance(exc, UsageError):
+        if connected:
             raise
-        raise _NotConnected(exc) from exc
+        code = EXIT_USAGE if isinstance(exc, UsageError) else EXIT_CONNECTION
+        raise _NotConnected(exc, code) from exc
 
 
 class Target:

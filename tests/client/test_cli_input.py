@@ -159,3 +159,16 @@ def test_token_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert 0 == runner.invoke(cli.main, ["groups", "list"], env=env).exit_code
     assert 0 == runner.invoke(cli.main, ["groups", "list", "--token", "flag"], env=env).exit_code
     assert ["from-env", "flag"] == seen
+
+
+def test_a_bad_url_or_ca_file_is_a_usage_error() -> None:
+    """A URL that is not headwater://host:port, or a CA file that does not
+    load: one line and exit 2 (not 3: nothing was tried on the network)."""
+    runner = CliRunner()
+    bad_url = runner.invoke(cli.main, ["topics", "list", "--url", "http://127.0.0.1:7700"])
+    assert cli.EXIT_USAGE == bad_url.exit_code
+    assert bad_url.output.startswith("error: ")
+    assert 1 == len(bad_url.output.splitlines())
+    bad_ca = runner.invoke(cli.main, ["topics", "list", "--tls-ca", "/nonexistent/ca.pem"])
+    assert cli.EXIT_USAGE == bad_ca.exit_code
+    assert bad_ca.output.startswith("error: ")
