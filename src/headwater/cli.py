@@ -234,6 +234,97 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in text])
 
 
+_DURATION_UNITS = {
+    "ms": 1,
+    "s": 1000,
+    "m": 60_000,
+    "h": 3_600_000,
+    "d": 86_400_000,
+    "w": 604_800_000,
+}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "kib": 1 << 10,
+    "kb": 1000,
+    "m": 1 << 20,
+    "mib": 1 << 20,
+    "mb": 1000**2,
+    "g": 1 << 30,
+    "gib": 1 << 30,
+    "gb": 1000**3,
+    "t": 1 << 40,
+    "tib": 1 << 40,
+    "tb": 1000**4,
+}
+
+
+def _split_number(text: str) -> tuple[float, str] | None:
+    stripped = text.strip()
+    digits = len(stripped) - len(stripped.lstrip("0123456789."))
+    try:
+        return float(stripped[:digits]), stripped[digits:].strip().lower()
+    except ValueError:
+        return None
+
+
+def parse_duration_ms(text: str) -> int:
+    """``"500ms"``, ``"30s"``, ``"15m"``, ``"12h"``, ``"7d"``, ``"2w"`` (or
+    a plain number of ms) as milliseconds; raises :class:`InvalidArgument`
+    naming the text otherwise."""
+    parsed = _split_number(text)
+    if parsed is None or parsed[1] not in {"", *_DURATION_UNITS}:
+        raise InvalidArgument(
+            f"duration {text!r} is not understood; use a number with ms, s, m, h, d or w "
+            "(e.g. 7d, 12h, 30m)"
+        )
+    number, unit = parsed
+    return int(number * _DURATION_UNITS[unit or "ms"])
+
+
+def parse_size(text: str) -> int:
+    """``"1048576"``, ``"512KiB"``, ``"64MiB"``, ``"1GiB"`` (K/M/G/T are
+    binary too; KB/MB/GB/TB decimal) as bytes; raises
+    :class:`InvalidArgument` naming the text otherwise."""
+    parsed = _split_number(text)
+    if parsed is None or parsed[1] not in _SIZE_UNITS:
+        raise InvalidArgument(
+            f"size {text!r} is not understood; use bytes or a number with KiB, MiB, GiB, TiB "
+            "(e.g. 512MiB, 10GiB)"
+        )
+    number, unit = parsed
+    return int(number * _SIZE_UNITS[unit])
+
+
+def _duration_text(ms: int) -> str:
+    for unit in ("w", "d", "h", "m", "s"):
+        if ms and ms % _DURATION_UNITS[unit] == 0:
+            return f"{ms // _DURATION_UNITS[unit]}{unit}"
+    return f"{ms}ms"
+
+
+# Not click.ParamType[int]: that is not subscriptable before click 8.2 (we allow 8.1).
+class _Parsed(click.ParamType):  # type: ignore[type-arg]
+    """A click type from one of the parsers above (errors become usage errors)."""
+
+    def __init__(self, name: str, parse: Callable[[str], int]) -> None:
+        self.name = name
+        self._parse = parse
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return self._parse(str(value))
+        except InvalidArgument as exc:
+            self.fail(exc.message, param, ctx)
+
+
+DURATION = _Parsed("duration", parse_duration_ms)
+SIZE = _Parsed("size", parse_size)
+
+
 # --------------------------------------------------------------------------
 # The command group.
 
@@ -314,16 +405,32 @@ def topics() -> None:
 @topics.command("create")
 @click.argument("name")
 @click.option("--partitions", "-p", default=1, show_default=True, type=int)
-@click.option("--retention-ms", type=int, default=None, help="Delete segments older than this.")
 @click.option(
-    "--retention-bytes", type=int, default=None, help="Keep at most this much per partition."
+    "--retention",
+    "retention_text",
+    type=DURATION,
+    default=None,
+    help="Delete events older than this (7d, 12h, 30m; plain numbers are ms).",
+)
+@click.option("--retention-ms", type=int, default=None, help="The same in milliseconds.")
+@click.option(
+    "--retention-bytes",
+    type=SIZE,
+    default=None,
+    help="Keep at most this much per partition (bytes, or 512MiB, 10GiB).",
 )
 @click.option("--compacted", is_flag=True, help="Keep the latest event per key.")
 @click.option("--durability", type=click.Choice(["always", "interval", "never"]), default=None)
 @json_option
 @client_options
-def topics_create(target: Target, name: str, as_json: bool, **settings: Any) -> None:
+def topics_create(
+    target: Target, name: str, as_json: bool, retention_text: int | None, **settings: Any
+) -> None:
     """Create topic NAME."""
+    if retention_text is not None:
+        if settings["retention_ms"] is not None:
+            raise click.UsageError("give --retention or --retention-ms, not both")
+        settings["retention_ms"] = retention_text
 
     async def run() -> Any:
         async with target.client() as client:
@@ -374,7 +481,7 @@ def topics_list(target: Target, as_json: bool) -> None:
 def _retention(info: Any) -> str:
     parts = []
     if info.retention_ms is not None:
-        parts.append(f"{info.retention_ms / 3_600_000:g}h")
+        parts.append(_duration_text(info.retention_ms))
     if info.retention_bytes is not None:
         parts.append(_size(info.retention_bytes))
     return ", ".join(parts) or "forever"

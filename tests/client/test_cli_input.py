@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 from hypothesis import given
 from hypothesis import strategies as st
 
-from headwater import cli
+from headwater import InvalidArgument, cli
 from headwater.broker import open_broker
 from headwater.client import Client
 
@@ -172,3 +172,67 @@ def test_a_bad_url_or_ca_file_is_a_usage_error() -> None:
     bad_ca = runner.invoke(cli.main, ["topics", "list", "--tls-ca", "/nonexistent/ca.pem"])
     assert cli.EXIT_USAGE == bad_ca.exit_code
     assert bad_ca.output.startswith("error: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        ("250", 250),
+        ("500ms", 500),
+        ("30s", 30_000),
+        ("15m", 900_000),
+        ("12h", 43_200_000),
+        ("7d", 604_800_000),
+        ("2w", 1_209_600_000),
+        ("1.5h", 5_400_000),
+        (" 3 D ", 259_200_000),
+    ],
+)
+def test_durations_parse_to_milliseconds(text: str, ms: int) -> None:
+    """Durations take ms, s, m, h, d or w (any case, spaces allowed)."""
+    assert ms == cli.parse_duration_ms(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("1048576", 1 << 20),
+        ("512KiB", 512 << 10),
+        ("64MiB", 64 << 20),
+        ("10G", 10 << 30),
+        ("1GiB", 1 << 30),
+        ("2 TiB", 2 << 40),
+        ("5MB", 5_000_000),
+        ("100b", 100),
+    ],
+)
+def test_sizes_parse_to_bytes(text: str, size: int) -> None:
+    """Sizes take bytes or K/M/G/T (binary; KB/MB/GB/TB decimal)."""
+    assert size == cli.parse_size(text)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "7 days", "1.2.3h", "-5m", "h"])
+def test_bad_durations_and_sizes_name_the_text(text: str) -> None:
+    """Anything else is an InvalidArgument naming what was given."""
+    with pytest.raises(InvalidArgument, match="duration"):
+        cli.parse_duration_ms(text)
+    with pytest.raises(InvalidArgument, match="size"):
+        cli.parse_size(text.replace("h", "x"))
+
+
+def test_topics_create_takes_readable_retention(run: Run) -> None:
+    """--retention 7d and --retention-bytes 1GiB reach the topic; the table
+    shows them back in the same units; a bad one is a usage error."""
+    created = run(
+        "topics", "create", "t", "--retention", "7d", "--retention-bytes", "1GiB", "--json"
+    )
+    info = json.loads(created.output)
+    assert (604_800_000, 1 << 30) == (info["retention_ms"], info["retention_bytes"])
+    assert ["t", "1", "always", "no", "1w,", "1.0", "GiB"] == (
+        run("topics", "list").output.splitlines()[2].split()
+    )
+    bad = run("topics", "create", "u", "--retention", "soon")
+    assert 2 == bad.exit_code
+    assert "duration 'soon' is not understood" in bad.output
+    both = run("topics", "create", "u", "--retention", "1d", "--retention-ms", "5")
+    assert 2 == both.exit_code
