@@ -365,7 +365,9 @@ def main() -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="Require this token (read from the file) from every client.",
 )
-@click.option("--max-connections", default=1024, show_default=True, type=int)
+@click.option(
+    "--max-connections", default=1024, show_default=True, type=int, help="Clients at once."
+)
 @click.option("--max-in-flight", default=128, show_default=True, type=int, help="Per connection.")
 @click.option("--idle-timeout", default=600.0, show_default=True, type=float, help="Seconds.")
 @click.option("--handshake-timeout", default=10.0, show_default=True, type=float, help="Seconds.")
@@ -773,11 +775,15 @@ def _event_json(event: Event) -> dict[str, Any]:
     "start",
     default="earliest",
     show_default=True,
-    help="earliest, latest, an OFFSET, or an ISO-8601 time (used where no offset is committed).",
+    metavar="WHERE",
+    help="earliest, latest, an OFFSET (per partition), or an ISO-8601 time. "
+    "With --group: only where the group has no committed offset.",
 )
 @click.option("--partition", type=int, default=None, help="Read only this partition.")
 @click.option("--follow", "-f", is_flag=True, help="Keep waiting for new events.")
-@click.option("--max", "max_events", type=int, default=None, help="Stop after N events.")
+@click.option(
+    "--max", "max_events", type=int, default=None, metavar="N", help="Stop after N events."
+)
 @click.option(
     "--format",
     "fmt",
@@ -786,7 +792,13 @@ def _event_json(event: Event) -> dict[str, Any]:
     show_default=True,
     help="text: the value per line; json: one object per event.",
 )
-@click.option("--print-key", is_flag=True, help="text format: print KEY<TAB>VALUE.")
+@click.option("--print-key", is_flag=True, help="text format: print KEY<SEP>VALUE.")
+@click.option(
+    "--key-separator",
+    default=None,
+    metavar="SEP",
+    help="With --print-key (which it implies): put SEP between key and value [TAB].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @client_options
 def consume(
@@ -799,9 +811,20 @@ def consume(
     max_events: int | None,
     fmt: str,
     print_key: bool,
+    key_separator: str | None,
     as_json: bool,
 ) -> None:
-    """Print events of TOPIC: to the current end, or forever with --follow."""
+    """Print events of TOPIC: to the current end, or forever with --follow.
+
+    One event per line: its value as text (--print-key: key, separator,
+    value), or with --json one JSON object per event (bytes that are not
+    UTF-8 as {"base64": ...}). With --group the printed events are committed
+    to the group. Ctrl-C (or SIGTERM) ends reading cleanly: exit 0, and
+    with --group what was printed is committed.
+    """
+    if key_separator is not None:
+        print_key = True
+    separator = "\t" if key_separator is None else key_separator
     begin = _start(start)
     if max_events is not None and max_events < 1:
         raise click.UsageError("--max must be at least 1")
@@ -814,7 +837,7 @@ def consume(
         if json_out:
             out.write(json.dumps(_event_json(event)) + "\n")
         elif print_key:
-            out.write(f"{_text(event.key)}\t{_text(event.value)}\n")
+            out.write(f"{_text(event.key)}{separator}{_text(event.value)}\n")
         else:
             out.write(_text(event.value) + "\n")
 

@@ -236,3 +236,11 @@ def test_topics_create_takes_readable_retention(run: Run) -> None:
     assert "duration 'soon' is not understood" in bad.output
     both = run("topics", "create", "u", "--retention", "1d", "--retention-ms", "5")
     assert 2 == both.exit_code
+
+
+def test_consume_key_separator_implies_print_key(run: Run) -> None:
+    """consume --key-separator SEP prints KEY<SEP>VALUE (the produce format)."""
+    run("topics", "create", "t")
+    run("produce", "t", "--key-separator", "=", input="a=1\nb=2\n")
+    assert ["a=1", "b=2"] == run("consume", "t", "--key-separator", "=").output.splitlines()
+    assert ["a\t1", "b\t2"] == run("consume", "t", "--print-key").output.splitlines()
