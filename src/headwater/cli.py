@@ -24,9 +24,11 @@ import base64
 import datetime as dt
 import io
 import json
+import math
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn, TextIO, TypeVar
@@ -207,6 +209,40 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (ValueError, AttributeError):  # closed, or not a file
+        return False
+
+
+class Progress:
+    """A counter redrawn in place on stderr (``produced 12,345 events``), at
+    most every ``interval`` seconds; does nothing unless ``enabled``."""
+
+    def __init__(self, verb: str, enabled: bool, interval: float = 0.1) -> None:
+        self.verb = verb
+        self.enabled = enabled
+        self.interval = interval
+        self._last = -math.inf
+        self._width = 0
+
+    def update(self, count: int) -> None:
+        """Show ``count`` (if enabled and the last redraw is old enough)."""
+        now = time.monotonic()
+        if self.enabled and now - self._last >= self.interval:
+            self._last = now
+            text = f"{self.verb} {count:,} events"
+            self._width = max(self._width, len(text))
+            click.echo("\r" + text.ljust(self._width), nl=False, err=True)
+
+    def finish(self) -> None:
+        """Erase the counter line (the caller prints its summary)."""
+        if self.enabled and self._width:
+            click.echo("\r" + " " * self._width + "\r", nl=False, err=True)
+            self._width = 0
 
 
 def _emit_json(value: Any, out: TextIO | None = None) -> None:
@@ -660,7 +696,8 @@ def produce(
     if key_separator == "":
         raise click.UsageError("--key-separator must not be empty")
     separator = None if key_separator is None else key_separator.encode("utf-8")
-    progress = sys.stderr.isatty() and value is None
+    progress = _is_terminal(sys.stderr) and value is None
+    counter = Progress("produced", progress)
     plain = not header_list and partition is None
 
     def item(line: bytes) -> Any:
@@ -704,10 +741,8 @@ def produce(
                     for event in await producer.send_many(topic, chunk):
                         per_partition[event.partition] = per_partition.get(event.partition, 0) + 1
                     sent += len(chunk)
-                    if progress:
-                        click.echo(f"\rproduced {sent:,} events", nl=False, err=True)
-        if progress:
-            click.echo("", err=True)
+                    counter.update(sent)
+        counter.finish()
         return sent, per_partition
 
     sent, per_partition = _run(run)
@@ -877,6 +912,7 @@ def consume(
                                 show(event)
                                 shown += 1
                             out.flush()
+                            counter.update(shown)
                             if max_events is not None and shown >= max_events:
                                 break
                             if not follow and _at_end(consumer, ends):
@@ -886,7 +922,12 @@ def consume(
                     await consumer.commit()
         return shown
 
-    _run(run)
+    # Events going to a file or a pipe, a person watching stderr: count them.
+    counter = Progress("consumed", _is_terminal(sys.stderr) and not _is_terminal(out))
+    shown = _run(run)
+    counter.finish()
+    if counter.enabled:
+        click.echo(f"consumed {shown:,} event(s) from {topic}", err=True)
 
 
 async def _cancel_on_signal(scope: trio.CancelScope) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -244,3 +245,29 @@ def test_consume_key_separator_implies_print_key(run: Run) -> None:
     run("produce", "t", "--key-separator", "=", input="a=1\nb=2\n")
     assert ["a=1", "b=2"] == run("consume", "t", "--key-separator", "=").output.splitlines()
     assert ["a\t1", "b\t2"] == run("consume", "t", "--print-key").output.splitlines()
+
+
+def test_progress_counts_on_stderr_when_it_is_a_terminal(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With stderr on a terminal, produce and consume (to a file) redraw a
+    counter on stderr and end with a summary there; stdout keeps only events."""
+    monkeypatch.setattr(cli, "_is_terminal", lambda stream: stream is sys.stderr)
+    run("topics", "create", "t")
+    produced = run("produce", "t", input="".join(f"{i}\n" for i in range(3000)))
+    assert "" == produced.stdout
+    assert "\rproduced " in produced.stderr
+    assert produced.stderr.endswith("produced 3,000 event(s) to t\n")
+    consumed = run("consume", "t")
+    assert [str(i) for i in range(3000)] == consumed.stdout.splitlines()
+    assert "\rconsumed " in consumed.stderr
+    assert consumed.stderr.endswith("consumed 3,000 event(s) from t\n")
+
+
+def test_no_progress_when_stderr_is_not_a_terminal(run: Run) -> None:
+    """Scripts (stderr not a terminal) see no counter, only the summary."""
+    run("topics", "create", "t")
+    produced = run("produce", "t", input="a\nb\n")
+    assert "" == produced.stderr
+    assert "produced 2 event(s) to t\n" == produced.stdout
+    assert "" == run("consume", "t").stderr
