@@ -24,25 +24,9 @@ from typing import Any
 import trio
 
 import headwater
-from bench_tcp import HERE, _quiet, serve
+from bench_tcp import HERE, _quiet
+from headwater.testing import server_process
 from headwater.transport import ClientConnection
-
-
-def _pid_of(url: str, base: str) -> int:
-    for line in Path(base + ".log").read_text().splitlines():
-        if '"server_listening"' in line:
-            break
-    port = int(url.rsplit(":", 1)[1])
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"serve" in cmd and base.encode() in cmd:
-            return int(pid)
-    raise RuntimeError(f"no server process for {url} (port {port})")
 
 
 def _rss_mb(pid: int, field: str) -> float:
@@ -103,8 +87,8 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
     base_dir = tempfile.mkdtemp(prefix="hw-bench-mem-", dir=HERE.parent)
     try:
         base = os.path.join(base_dir, "server")
-        with serve(base) as url:
-            pid = _pid_of(url, base)
+        with server_process(base) as proc:
+            url, pid = proc.url, proc.pid
             idle = _rss_mb(pid, "VmRSS")
             yield _fig("idle", "rss_mb", idle, "MB")
             produce, consume = trio.run(_produce_consume, url, total)
@@ -112,7 +96,7 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
             yield _fig(f"produce+consume/{total >> 20}MiB", "peak_rss_mb", peak, "MB")
             yield _fig(f"produce/{total >> 20}MiB", "mb_per_s", total / 1e6 / produce, "MB/s")
             yield _fig(f"consume/{total >> 20}MiB", "mb_per_s", total / 1e6 / consume, "MB/s")
-            port = int(url.rsplit(":", 1)[1])
+            port = proc.port
             stalled = [_stall(port, 120) for _ in range(4)]
             time.sleep(3)
             held = _rss_mb(pid, "VmRSS")
@@ -120,5 +104,6 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
             yield _fig("stalled-consumers/4x120MiB-asked", "rss_over_idle_mb", held - idle, "MB")
             for sock in stalled:
                 sock.close()
+            proc.stop()
     finally:
         shutil.rmtree(base_dir, ignore_errors=True)

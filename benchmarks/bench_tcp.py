@@ -16,7 +16,6 @@ TCP events/s over embedded events/s.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import shutil
@@ -24,7 +23,6 @@ import signal
 import statistics
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -36,6 +34,7 @@ import trio
 import headwater
 from headwater.broker import open_broker
 from headwater.client import Client
+from headwater.testing import server_process
 
 HERE = pathlib.Path(__file__).resolve().parent
 Connect = Callable[[], AbstractAsyncContextManager[Client]]
@@ -52,46 +51,14 @@ def _quiet() -> None:
 @contextmanager
 def serve(data_dir: str, durability: str = "always") -> Iterator[str]:
     """A ``headwater serve`` process on a free port; yields its URL."""
-    log = pathlib.Path(data_dir + ".log")
-    env = dict(os.environ, PYTHONPATH=str(HERE.parent / "src"))
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "headwater",
-                "serve",
-                "--data-dir",
-                data_dir,
-                "--port",
-                "0",
-                "--log-format",
-                "json",
-                "--durability",
-                durability,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=out,
-            env=env,
-        )
-    try:
-        deadline = time.monotonic() + 20
-        port = 0
-        while not port:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"server did not start: {log.read_text()}")
-            for line in log.read_text().splitlines():
-                if '"server_listening"' in line:
-                    port = json.loads(line)["port"]
-            time.sleep(0.02)
-        yield f"headwater://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
+    with server_process(data_dir, "--durability", durability) as proc:
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            yield proc.url
+        finally:
+            try:
+                proc.stop(signal.SIGTERM)
+            except subprocess.TimeoutExpired:
+                proc.proc.kill()
 
 
 @asynccontextmanager

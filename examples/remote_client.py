@@ -1,7 +1,8 @@
 """A Headwater server in one process, a client in another.
 
-Starts ``headwater serve`` (as ``python -m headwater serve``) on a free
-loopback port with a throw-away data directory, then, from this process,
+Starts ``headwater serve`` (as ``python -m headwater serve``, through
+``headwater.testing.server_process``) on a free loopback port with a
+throw-away data directory, then, from this process,
 connects with ``headwater.connect(url)`` (the same client API as an embedded
 broker), creates a topic, produces 1,000 events with fsync, reads them back in
 a consumer group, prints the server's supervision tree, and stops the server
@@ -12,52 +13,14 @@ with SIGTERM (a graceful shutdown). Exits 0 in about a second::
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import tempfile
-import time
-from pathlib import Path
 
 import trio
 
 import headwater
-
-
-def start_server(data_dir: str) -> tuple[subprocess.Popen[bytes], int, Path]:
-    """``headwater serve`` on a free port; returns (process, port, log file)."""
-    log = Path(data_dir + ".log")
-    src = Path(__file__).resolve().parents[1] / "src"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "headwater",
-                "serve",
-                "--data-dir",
-                data_dir,
-                "--port",
-                "0",
-                "--log-format",
-                "json",
-            ],
-            stderr=out,
-            env=env,
-        )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        for line in log.read_text().splitlines():
-            if '"server_listening"' in line:
-                return proc, json.loads(line)["port"], log
-        if proc.poll() is not None:
-            break
-        time.sleep(0.02)
-    proc.kill()
-    raise SystemExit(f"the server did not start:\n{log.read_text()}")
+from headwater.testing import server_process
 
 
 def draw(node: dict[str, object], depth: int = 0) -> None:
@@ -90,15 +53,13 @@ async def client(url: str) -> None:
 def main() -> None:
     headwater.configure_logging("console", level="warning")  # the client's own log lines
     with tempfile.TemporaryDirectory(prefix="headwater-example-") as tmp:
-        proc, port, log = start_server(os.path.join(tmp, "data"))
-        try:
-            trio.run(client, f"headwater://127.0.0.1:{port}")
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(30)
+        # `headwater serve --port 0 ...` in a child process, killed if anything fails.
+        with server_process(os.path.join(tmp, "data")) as server:
+            trio.run(client, server.url)
+            code = server.stop(signal.SIGTERM)
         print(f"server stopped gracefully (exit code {code})")
         if code != 0:
-            print(log.read_text())
+            print(server.log.read_text())
             raise SystemExit(1)
 
 

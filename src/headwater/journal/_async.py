@@ -64,6 +64,7 @@ class AsyncLog:
         self._failure: BaseException | None = None
         self._closed = False
         self.syncs = 0
+        self._last_sync: tuple[int, int] | None = None  # (segment base, position)
 
     # ---------------------------------------------------------------- write
 
@@ -172,11 +173,24 @@ class AsyncLog:
 
     # ---------------------------------------------------------------- flush
 
+    def _small(self, work: SyncWork) -> bool:
+        """A sync of a few new bytes of the active segment only."""
+        last = self._last_sync
+        return (
+            last is not None
+            and last[0] == work.segment_base
+            and len(work.handles) <= 1
+            and not work.directory
+            and work.position - last[1] <= self.config.inline_sync_bytes
+        )
+
     async def _run(self, work: SyncWork) -> None:
-        if self._blocking:
+        if self._blocking and not self._small(work):
             await trio.to_thread.run_sync(self.log.run_sync, work)
         else:
+            await trio.lowlevel.checkpoint()
             self.log.run_sync(work)
+        self._last_sync = (work.segment_base, work.position)
 
     async def sync(self) -> None:
         """Fsync everything written so far, now."""

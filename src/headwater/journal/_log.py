@@ -88,7 +88,13 @@ def _positive(name: str, value: object, *, allow_none: bool = False) -> None:
 
 @attrs.frozen
 class LogConfig:
-    """Settings of one log. Sizes in bytes, times in milliseconds."""
+    """Settings of one log. Sizes in bytes, times in milliseconds.
+
+    ``inline_sync_bytes``: a sync of at most this many new bytes of one
+    segment runs on the event loop thread (a small fsync costs less than the
+    hand-off to a worker thread and back); larger ones run in a worker thread
+    so the loop keeps serving meanwhile.
+    """
 
     durability: Durability = "always"
     interval_ms: int = 200
@@ -98,6 +104,7 @@ class LogConfig:
     retention_ms: int | None = None
     retention_bytes: int | None = None
     max_record_bytes: int = 16 * 1024 * 1024
+    inline_sync_bytes: int = 64 * 1024
 
     def __attrs_post_init__(self) -> None:
         if self.durability not in ("always", "interval", "never"):
@@ -111,6 +118,11 @@ class LogConfig:
         _positive("retention_ms", self.retention_ms, allow_none=True)
         _positive("retention_bytes", self.retention_bytes, allow_none=True)
         _positive("max_record_bytes", self.max_record_bytes)
+        if type(self.inline_sync_bytes) is not int or self.inline_sync_bytes < 0:
+            raise ConfigError(
+                f"inline_sync_bytes={self.inline_sync_bytes!r}; give an int >= 0 (0: always "
+                "fsync in a worker thread)"
+            )
 
 
 def _name(base: int, ext: str) -> str:
