@@ -106,6 +106,10 @@ def _run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         if isinstance(error, BrokenPipeError):
             _quiet_stdout()
             sys.exit(0)  # `headwater consume ... | head`
+        if isinstance(error, OSError):  # stdin unreadable, stdout's disk full, ...
+            _fail(
+                f"{error.strerror or error}" + (f": {error.filename}" if error.filename else ""), 1
+            )
         raise
 
 
@@ -655,7 +659,10 @@ async def _read_lines(stream: Any, send: trio.MemorySendChannel[list[bytes]]) ->
     splitter = LineSplitter()
     async with send:
         while True:
-            data = await trio.to_thread.run_sync(read, _READ_SIZE, abandon_on_cancel=True)
+            try:
+                data = await trio.to_thread.run_sync(read, _READ_SIZE, abandon_on_cancel=True)
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot read the input: {exc.strerror}") from exc
             if not data:
                 break
             lines = splitter.feed(data)

@@ -7,6 +7,8 @@ Runs the CLI in-process against an embedded broker (as tests/client/test_cli.py)
 from __future__ import annotations
 
 import base64
+import errno
+import io
 import json
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -271,3 +273,23 @@ def test_no_progress_when_stderr_is_not_a_terminal(run: Run) -> None:
     assert "" == produced.stderr
     assert "produced 2 event(s) to t\n" == produced.stdout
     assert "" == run("consume", "t").stderr
+
+
+def test_an_unreadable_stdin_is_one_error_line(run: Run) -> None:
+    """An I/O error reading the input is one line and exit 1, no traceback."""
+
+    class Broken(io.BufferedIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int | None = -1) -> bytes:
+            if size == 0:
+                return b""  # click probes the stream with read(0)
+            raise OSError(errno.EIO, "Input/output error")
+
+        read1 = read
+
+    run("topics", "create", "t")
+    result = run("produce", "t", input=Broken())
+    assert 1 == result.exit_code
+    assert "error: cannot read the input: Input/output error\n" == result.output
