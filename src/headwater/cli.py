@@ -28,6 +28,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -939,7 +940,11 @@ def consume(
 
 async def _cancel_on_signal(scope: trio.CancelScope) -> None:
     """Cancel ``scope`` at the first SIGINT or SIGTERM (then stop listening,
-    so a second Ctrl-C interrupts whatever comes next)."""
+    so a second Ctrl-C interrupts whatever comes next). Signals can only be
+    caught on the main thread; elsewhere (a CLI run from a thread) it waits
+    for nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
             scope.cancel()

@@ -11,6 +11,7 @@ import errno
 import io
 import json
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -293,3 +294,14 @@ def test_an_unreadable_stdin_is_one_error_line(run: Run) -> None:
     result = run("produce", "t", input=Broken())
     assert 1 == result.exit_code
     assert "error: cannot read the input: Input/output error\n" == result.output
+
+
+def test_consume_runs_from_a_thread_too(run: Run) -> None:
+    """Off the main thread (no signal handling there) consume still works."""
+    run("topics", "create", "t")
+    run("produce", "t", input="a\nb\n")
+    results: list[Result] = []
+    thread = threading.Thread(target=lambda: results.append(run("consume", "t")))
+    thread.start()
+    thread.join(30)
+    assert ["a", "b"] == results[0].output.splitlines()
