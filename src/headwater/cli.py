@@ -30,13 +30,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn, TextIO, TypeVar
 
 import click
 import trio
 
+from headwater import __version__
 from headwater._errors import (
     AuthenticationError,
     ConfigError,
@@ -370,8 +371,43 @@ SIZE = _Parsed("size", parse_size)
 # The command group.
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="headwater", prog_name="headwater")
+#: click's "no command given: show the help" (click >= 8.2; () before that).
+_NO_ARGS: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class HeadwaterCommand(click.Group):
+    """The command group, with click's own errors (a missing argument, an
+    unknown option, an aborted confirmation) also as one ``error:`` line
+    and exit code 2 (usage) or 1."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the command line (see :meth:`click.Group.main`)."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+        except _NO_ARGS as exc:
+            exc.show()
+            sys.exit(EXIT_USAGE)
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            _fail(f"{exc.format_message()}{hint}", EXIT_USAGE)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code)
+        except click.Abort:
+            _fail("aborted", EXIT_SERVER)
+        sys.exit(result if type(result) is int else 0)
+
+
+@click.group(cls=HeadwaterCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version=__version__, prog_name="headwater")
 def main() -> None:
     """Headwater: an event-streaming broker on supervised Trio actors."""
     # Library log lines (rebalances, retries) go to stderr, warnings and up,

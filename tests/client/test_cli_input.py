@@ -22,6 +22,7 @@ from click.testing import CliRunner, Result
 from hypothesis import given
 from hypothesis import strategies as st
 
+import headwater
 from headwater import InvalidArgument, cli
 from headwater.broker import open_broker
 from headwater.client import Client
@@ -305,3 +306,33 @@ def test_consume_runs_from_a_thread_too(run: Run) -> None:
     thread.start()
     thread.join(30)
     assert ["a", "b"] == results[0].output.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["consume"], "error: Missing argument 'TOPIC'. (see 'headwater consume --help')"),
+        (["topics", "create", "t", "--bogus"], "error: No such option"),
+        (["nope"], "error: No such command 'nope'. (see 'headwater --help')"),
+        (["topics", "create", "t", "-p", "many"], "error: Invalid value for '--partitions'"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
+    """click's own usage errors come out like ours: one `error:` line, exit 2."""
+    result = CliRunner().invoke(cli.main, args, prog_name="headwater")
+    assert cli.EXIT_USAGE == result.exit_code
+    assert "" == result.stdout
+    assert 1 == len(result.stderr.splitlines())
+    assert result.stderr.startswith(message)
+
+
+def test_version_and_help_exit_0() -> None:
+    """--version prints the package version (installed or not); --help works."""
+    runner = CliRunner()
+    version = runner.invoke(cli.main, ["--version"], prog_name="headwater")
+    assert 0 == version.exit_code
+    assert f"headwater, version {headwater.__version__}\n" == version.output
+    assert 0 == runner.invoke(cli.main, ["consume", "--help"]).exit_code
+    bare = runner.invoke(cli.main, [], prog_name="headwater")
+    assert cli.EXIT_USAGE == bare.exit_code
+    assert "Commands:" in bare.output
