@@ -26,6 +26,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -1093,6 +1094,44 @@ def groups_describe(target: Target, group: str, as_json: bool) -> None:
     click.echo(_table(["TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "OWNER"], rows))
 
 
+_STATE_COLOURS = {
+    "running": "green",
+    "starting": "yellow",
+    "restarting": "yellow",
+    "stopping": "yellow",
+    "stopped": "bright_black",
+    "failed": "red",
+}
+_STATE = re.compile(r"(\[\w+\] )(\w+)")
+
+
+def color_tree(text: str) -> str:
+    """Colour the states (and restarts, failures) of a rendered tree; click
+    strips the colours when the output is not a terminal."""
+    out = []
+    for line in text.splitlines():
+        line = _STATE.sub(
+            lambda m: m.group(1) + click.style(m.group(2), fg=_STATE_COLOURS.get(m.group(2))),
+            line,
+            count=1,
+        )
+        line = re.sub(r"(restarts=\d+)", lambda m: click.style(m.group(1), fg="yellow"), line)
+        line = re.sub(r"(last_failure=.*)$", lambda m: click.style(m.group(1), fg="red"), line)
+        out.append(line)
+    return "\n".join(out)
+
+
+def tree_summary(root: ActorSnapshot) -> str:
+    """One line under the tree: how many nodes, in which states, restarts."""
+    nodes = root.walk()
+    states: dict[str, int] = {}
+    for node in nodes:
+        states[node.state] = states.get(node.state, 0) + 1
+    by_state = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    restarts = sum(node.restarts for node in nodes)
+    return f"{len(nodes)} nodes ({by_state}), {restarts} restart(s)"
+
+
 @main.command()
 @json_option
 @client_options
@@ -1108,6 +1147,8 @@ def tree(target: Target, as_json: bool) -> None:
         _emit_json(root)
         return
     try:
-        click.echo(ActorSnapshot.from_dict(root).render())
-    except (KeyError, TypeError) as exc:
+        snapshot = ActorSnapshot.from_dict(root)
+        click.echo(color_tree(snapshot.render()))  # colours only on a terminal
+        click.echo(tree_summary(snapshot))
+    except (KeyError, TypeError, AttributeError) as exc:
         _fail(f"the server sent a tree this client cannot draw ({exc})", EXIT_SERVER)

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 from hypothesis import given
@@ -26,6 +27,7 @@ import headwater
 from headwater import InvalidArgument, cli
 from headwater.broker import open_broker
 from headwater.client import Client
+from headwater.supervision._specs import ActorSnapshot
 
 Run = Callable[..., Result]
 
@@ -336,3 +338,30 @@ def test_version_and_help_exit_0() -> None:
     bare = runner.invoke(cli.main, [], prog_name="headwater")
     assert cli.EXIT_USAGE == bare.exit_code
     assert "Commands:" in bare.output
+
+
+def _snapshot() -> ActorSnapshot:
+    leaf = ActorSnapshot("/broker/topics/t/0", "actor", "restarting", 2, 3, "OSError: disk", ())
+    ok = ActorSnapshot("/broker/registry", "actor", "running", 0, 1, None, ())
+    return ActorSnapshot("/", "supervisor", "running", 0, 1, None, (leaf, ok))
+
+
+def test_tree_colours_states_and_failures_only_as_decoration() -> None:
+    """Colours mark states, restarts and failures; without them the text is
+    exactly the plain drawing (click strips them off a terminal)."""
+    drawn = _snapshot().render()
+    coloured = cli.color_tree(drawn)
+    assert drawn == click.unstyle(coloured)
+    lines = coloured.splitlines()
+    assert click.style("restarting", fg="yellow") in lines[1]
+    assert click.style("last_failure=OSError: disk", fg="red") in lines[1]
+    assert click.style("running", fg="green") in lines[2]
+
+
+def test_tree_summary_counts_nodes_states_and_restarts(run: Run) -> None:
+    """The line under the tree counts nodes by state and restarts; the
+    command prints it after the drawing (plain when not on a terminal)."""
+    assert "3 nodes (1 restarting, 2 running), 2 restart(s)" == cli.tree_summary(_snapshot())
+    output = run("tree").output
+    assert "\x1b[" not in output
+    assert output.splitlines()[-1].endswith("running), 0 restart(s)")
