@@ -46,7 +46,9 @@ from headwater._errors import (
     HeadwaterError,
     InvalidArgument,
     ServerBusyError,
+    TopicExistsError,
     UnknownGroupError,
+    UnknownTopicError,
     UsageError,
 )
 from headwater._logging import configure_logging
@@ -501,10 +503,18 @@ def topics() -> None:
 )
 @click.option("--compacted", is_flag=True, help="Keep the latest event per key.")
 @click.option("--durability", type=click.Choice(["always", "interval", "never"]), default=None)
+@click.option(
+    "--if-not-exists", is_flag=True, help="A topic of that name already there is not an error."
+)
 @json_option
 @client_options
 def topics_create(
-    target: Target, name: str, as_json: bool, retention_text: int | None, **settings: Any
+    target: Target,
+    name: str,
+    as_json: bool,
+    retention_text: int | None,
+    if_not_exists: bool,
+    **settings: Any,
 ) -> None:
     """Create topic NAME."""
     if retention_text is not None:
@@ -512,15 +522,22 @@ def topics_create(
             raise click.UsageError("give --retention or --retention-ms, not both")
         settings["retention_ms"] = retention_text
 
-    async def run() -> Any:
+    async def run() -> tuple[Any, bool]:
         async with target.client() as client:
-            return await client.create_topic(name, **settings)
+            try:
+                return await client.create_topic(name, **settings), True
+            except TopicExistsError:
+                if not if_not_exists:
+                    raise
+                return (await client.describe_topic(name)).topic, False
 
-    info = _run(run)
+    info, created = _run(run)
     if as_json:
-        _emit_json(_topic_dict(info))
-    else:
+        _emit_json({**_topic_dict(info), "created": created})
+    elif created:
         click.echo(f"created topic {info.name} with {info.partitions} partition(s)")
+    else:
+        click.echo(f"topic {info.name} exists already, with {info.partitions} partition(s)")
 
 
 def _topic_dict(info: Any) -> dict[str, Any]:
@@ -622,22 +639,31 @@ def topics_describe(target: Target, name: str, as_json: bool) -> None:
 @topics.command("delete")
 @click.argument("name")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--if-exists", is_flag=True, help="No topic of that name is not an error.")
 @json_option
 @client_options
-def topics_delete(target: Target, name: str, yes: bool, as_json: bool) -> None:
+def topics_delete(target: Target, name: str, yes: bool, if_exists: bool, as_json: bool) -> None:
     """Delete topic NAME and all its events."""
-    if not yes and sys.stdin.isatty():
+    if not yes and _is_terminal(sys.stdin):
         click.confirm(f"delete topic {name} and all its events?", abort=True)
 
-    async def run() -> None:
+    async def run() -> bool:
         async with target.client() as client:
-            await client.delete_topic(name)
+            try:
+                await client.delete_topic(name)
+            except UnknownTopicError:
+                if not if_exists:
+                    raise
+                return False
+            return True
 
-    _run(run)
+    existed = _run(run)
     if as_json:
-        _emit_json({"deleted": name})
-    else:
+        _emit_json({"deleted": name, "existed": existed})
+    elif existed:
         click.echo(f"deleted topic {name}")
+    else:
+        click.echo(f"no topic {name}; nothing to delete")
 
 
 # --------------------------------------------------------------------------

@@ -59,7 +59,8 @@ def test_topics_round_trip_with_aligned_and_json_output(run: Run) -> None:
     assert len(listed[0]) == len(listed[1])  # the rule under the header spans the columns
     described = json.loads(run("topics", "describe", "orders", "--json").output)
     assert [0, 1, 2] == [p["partition"] for p in described["partition_details"]]
-    assert {"deleted": "orders"} == json.loads(run("topics", "delete", "orders", "--json").output)
+    deleted = json.loads(run("topics", "delete", "orders", "--json").output)
+    assert {"deleted": "orders", "existed": True} == deleted
     assert [] == json.loads(run("topics", "list", "--json").output)
 
 

@@ -365,3 +365,18 @@ def test_tree_summary_counts_nodes_states_and_restarts(run: Run) -> None:
     output = run("tree").output
     assert "\x1b[" not in output
     assert output.splitlines()[-1].endswith("running), 0 restart(s)")
+
+
+def test_if_not_exists_and_if_exists_make_scripts_idempotent(run: Run) -> None:
+    """create --if-not-exists twice and delete --if-exists twice both succeed,
+    saying what happened; without the flags the second one fails."""
+    first = json.loads(run("topics", "create", "t", "-p", "2", "--if-not-exists", "--json").output)
+    assert (True, 2) == (first["created"], first["partitions"])
+    again = run("topics", "create", "t", "-p", "5", "--if-not-exists")
+    assert 0 == again.exit_code
+    assert "topic t exists already, with 2 partition(s)\n" == again.output
+    assert 1 == run("topics", "create", "t").exit_code
+    assert "deleted topic t\n" == run("topics", "delete", "t", "--if-exists").output
+    gone = json.loads(run("topics", "delete", "t", "--if-exists", "--json").output)
+    assert {"deleted": "t", "existed": False} == gone
+    assert 1 == run("topics", "delete", "t").exit_code
