@@ -14,8 +14,16 @@ Client commands reach the server named by ``--url`` (default
 ``headwater://127.0.0.1:7700``, or ``$HEADWATER_URL``). Human output is
 aligned; ``--json`` prints JSON (one object per line for streams). Errors are
 one line on stderr, ``error: <message> [<code>]``, with exit code 1 (the
-server refused), 3 (no connection) or 2 (bad usage); never a traceback for an
-expected error.
+server refused, or a local I/O error), 3 (no connection) or 2 (bad usage);
+never a traceback for an expected error. docs/cli.md is the reference.
+
+Every command is one ``trio.run``; every client comes from
+:func:`_open_client` (tests substitute an embedded broker there). ``produce``
+reads stdin in a worker thread, chunk by chunk, and sends whatever complete
+lines each chunk holds, so slow input is sent as it arrives and fast input in
+large batches. ``consume`` stops at the partition ends it saw at the start
+(or never, with ``--follow``); SIGINT/SIGTERM end it cleanly, committing what
+was printed when it reads as a group member.
 """
 
 from __future__ import annotations
@@ -686,20 +694,25 @@ class LineSplitter:
     unterminated last line, if any."""
 
     def __init__(self) -> None:
-        self._rest = b""
+        self._partial: list[bytes] = []  # pieces of a line (joined once, not per chunk)
 
     def feed(self, data: bytes) -> list[bytes]:
         """The lines completed by ``data``; a partial line waits for more."""
         if b"\n" not in data:
-            self._rest += data
+            if data:
+                self._partial.append(data)
             return []
-        lines = (self._rest + data).split(b"\n")
-        self._rest = lines.pop()
+        if self._partial:
+            self._partial.append(data)
+            data = b"".join(self._partial)
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        self._partial = [rest] if rest else []
         return lines
 
     def finish(self) -> list[bytes]:
         """The last line if the input did not end with a newline."""
-        rest, self._rest = self._rest, b""
+        rest, self._partial = b"".join(self._partial), []
         return [rest] if rest else []
 
 

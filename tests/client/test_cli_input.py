@@ -380,3 +380,12 @@ def test_if_not_exists_and_if_exists_make_scripts_idempotent(run: Run) -> None:
     gone = json.loads(run("topics", "delete", "t", "--if-exists", "--json").output)
     assert {"deleted": "t", "existed": False} == gone
     assert 1 == run("topics", "delete", "t").exit_code
+
+
+def test_line_splitter_joins_a_long_line_once() -> None:
+    """A line arriving in many chunks is joined at its end, not per chunk
+    (a 100 MB line stays linear)."""
+    splitter = cli.LineSplitter()
+    for _ in range(10_000):
+        assert [] == splitter.feed(b"x" * 1000)
+    assert [b"x" * 10_000_000] == splitter.feed(b"\n")
