@@ -960,9 +960,10 @@ def consume(
         else:
             out.write(_text(event.value) + "\n")
 
-    # Without a group an OFFSET is where each partition starts: a partition
-    # shorter than that starts at its end and prints only offsets >= OFFSET.
-    skip_below = begin if type(begin) is int and group is None else 0
+    # An OFFSET is where each partition starts (with a group: each partition
+    # the group has no committed offset for). A partition shorter than that
+    # prints only offsets >= OFFSET once they exist; it does not start over.
+    from_offset = begin if type(begin) is int else 0
     # Without --follow, look often whether every partition is read to its end.
     wait = 0.5 if follow else 0.05
 
@@ -975,15 +976,24 @@ def consume(
                 raise InvalidArgument(
                     f"topic {topic} has partitions 0..{len(ends) - 1}, not {partition}"
                 )
+            skip = dict.fromkeys(ends, from_offset)
+            if from_offset and group is not None:
+                try:
+                    committed = (await client.describe_group(group)).partitions
+                except UnknownGroupError:
+                    committed = ()
+                for p in committed:
+                    if p.committed is not None:
+                        skip.pop((p.topic, p.partition), None)
             async with client.consumer(
                 topic, group=group, start=begin, deserializer="bytes", auto_commit=group is not None
             ) as consumer:
                 if partition is not None:
                     consumer.assign([(topic, partition)])
-                if skip_below:
-                    for tp in consumer.assignment():
-                        if ends[tp] < skip_below:
-                            consumer.seek(*tp, ends[tp])
+                # (No checkpoint since the fetchers were started: they begin here.)
+                for tp in consumer.assignment():
+                    if tp in skip and ends[tp] < from_offset:
+                        consumer.seek(*tp, ends[tp])
                 with trio.CancelScope() as reading:
                     async with trio.open_nursery() as nursery:
                         # Ctrl-C or SIGTERM ends the reading; what was printed is committed.
@@ -991,7 +1001,7 @@ def consume(
                         while True:
                             want = 1000 if max_events is None else min(1000, max_events - shown)
                             for event in await consumer.getmany(want, timeout=wait):
-                                if event.offset < skip_below:
+                                if event.offset < skip.get((event.topic, event.partition), 0):
                                     continue
                                 show(event)
                                 shown += 1

@@ -389,3 +389,17 @@ def test_line_splitter_joins_a_long_line_once() -> None:
     for _ in range(10_000):
         assert [] == splitter.feed(b"x" * 1000)
     assert [b"x" * 10_000_000] == splitter.feed(b"\n")
+
+
+def test_from_offset_with_a_group_applies_where_it_has_no_commit(run: Run) -> None:
+    """--group G --from OFFSET: partitions without a committed offset start
+    at OFFSET (a shorter one does not start over); committed ones resume."""
+    run("topics", "create", "t", "-p", "2")
+    run("produce", "t", "--partition", "0", input="".join(f"a{i}\n" for i in range(10)))
+    run("produce", "t", "--partition", "1", input="".join(f"b{i}\n" for i in range(3)))
+    first = run("consume", "t", "--group", "g", "--from", "7").output.splitlines()
+    assert ["a7", "a8", "a9"] == first
+    described = json.loads(run("groups", "describe", "g", "--json").output)
+    assert 0 == described["total_lag"]
+    run("produce", "t", "--partition", "1", input="b3\n")
+    assert ["b3"] == run("consume", "t", "--group", "g", "--from", "7").output.splitlines()
