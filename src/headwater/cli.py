@@ -457,6 +457,23 @@ def main() -> None:
     "--max-connections", default=1024, show_default=True, type=int, help="Clients at once."
 )
 @click.option("--max-in-flight", default=128, show_default=True, type=int, help="Per connection.")
+@click.option(
+    "--max-bytes-in-flight",
+    default="16MiB",
+    show_default=True,
+    type=SIZE,
+    help="Request bytes buffered per connection before it stops reading.",
+)
+@click.option(
+    "--max-frame-size", default="16MiB", show_default=True, type=SIZE, help="Largest frame."
+)
+@click.option(
+    "--send-timeout",
+    default=60.0,
+    show_default=True,
+    type=float,
+    help="Seconds a client may stop reading answers before it is dropped.",
+)
 @click.option("--idle-timeout", default=600.0, show_default=True, type=float, help="Seconds.")
 @click.option("--handshake-timeout", default=10.0, show_default=True, type=float, help="Seconds.")
 @click.option("--shutdown-timeout", default=10.0, show_default=True, type=float, help="Seconds.")

@@ -403,3 +403,40 @@ def test_from_offset_with_a_group_applies_where_it_has_no_commit(run: Run) -> No
     assert 0 == described["total_lag"]
     run("produce", "t", "--partition", "1", input="b3\n")
     assert ["b3"] == run("consume", "t", "--group", "g", "--from", "7").output.splitlines()
+
+
+def test_serve_defaults_are_the_server_defaults_and_options_map_onto_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`serve` with no options builds exactly ServerConfig(); each option
+    lands in its field (sizes parsed, the token read from its file)."""
+    from headwater.broker import _server
+
+    configs: list[_server.ServerConfig] = []
+
+    def fake_run_server(config: _server.ServerConfig) -> int:
+        configs.append(config)
+        return 0
+
+    monkeypatch.setattr(_server, "run_server", fake_run_server)
+    runner = CliRunner()
+    assert 0 == runner.invoke(cli.main, ["serve"]).exit_code
+    assert _server.ServerConfig() == configs[-1]
+    token = tmp_path / "token"
+    token.write_text("  s3cret\n")
+    args = ["serve", "--port", "0", "--max-bytes-in-flight", "1MiB", "--send-timeout", "5"]
+    args += ["--auth-token-file", str(token), "--max-connections", "7", "--log-format", "json"]
+    assert 0 == runner.invoke(cli.main, args).exit_code
+    got = configs[-1]
+    assert (0, 1 << 20, 5.0, "s3cret", 7, "json") == (
+        got.port,
+        got.max_bytes_in_flight,
+        got.send_timeout,
+        got.auth_token,
+        got.max_connections,
+        got.log_format,
+    )
+    token.write_text("\n")
+    empty = runner.invoke(cli.main, ["serve", "--auth-token-file", str(token)])
+    assert cli.EXIT_USAGE == empty.exit_code
+    assert "is empty" in empty.output
