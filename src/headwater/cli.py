@@ -1030,7 +1030,7 @@ def consume(
                                 break
                         nursery.cancel_scope.cancel()
                 if group is not None:
-                    await consumer.commit()
+                    await _commit_with_retries(consumer)
         return shown
 
     # Events going to a file or a pipe, a person watching stderr: count them.
@@ -1039,6 +1039,19 @@ def consume(
     counter.finish()
     if counter.enabled:
         click.echo(f"consumed {shown:,} event(s) from {topic}", err=True)
+
+
+async def _commit_with_retries(consumer: Any, attempts: int = 5, delay: float = 0.2) -> None:
+    """Commit, retrying a retriable failure (a dropped connection the client
+    re-makes): committing the same offsets twice is harmless."""
+    for attempt in range(1, attempts + 1):
+        try:
+            await consumer.commit()
+            return
+        except HeadwaterError as exc:
+            if not exc.retriable or attempt == attempts:
+                raise
+            await trio.sleep(delay * attempt)
 
 
 async def _cancel_on_signal(scope: trio.CancelScope) -> None:

@@ -440,3 +440,35 @@ def test_serve_defaults_are_the_server_defaults_and_options_map_onto_them(
     empty = runner.invoke(cli.main, ["serve", "--auth-token-file", str(token)])
     assert cli.EXIT_USAGE == empty.exit_code
     assert "is empty" in empty.output
+
+
+class _FlakyCommits:
+    """A consumer stand-in whose first ``failures`` commits lose the connection."""
+
+    def __init__(self, failures: int, error: Exception) -> None:
+        self.failures = failures
+        self.error = error
+        self.calls = 0
+
+    async def commit(self) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+
+
+async def test_final_commit_retries_a_lost_connection(autojump_clock: Any) -> None:
+    """The last commit of `consume --group` survives a dropped connection
+    (retried with growing delays); a non-retriable error is raised at once,
+    and a connection that stays down gives up after the last attempt."""
+    lost = headwater.ConnectionLostError("peer closed the connection")
+    flaky = _FlakyCommits(2, lost)
+    await cli._commit_with_retries(flaky)
+    assert 3 == flaky.calls
+    stale = _FlakyCommits(1, headwater.StaleGenerationError("stale"))
+    with pytest.raises(headwater.StaleGenerationError):
+        await cli._commit_with_retries(stale)
+    assert 1 == stale.calls
+    down = _FlakyCommits(99, lost)
+    with pytest.raises(headwater.ConnectionLostError):
+        await cli._commit_with_retries(down, attempts=3)
+    assert 3 == down.calls
