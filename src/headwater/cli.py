@@ -9,37 +9,55 @@
                             [--follow] [--max N] [--format text|json]
     headwater groups list | describe GROUP
     headwater tree
-    headwater bench [--url URL | --embedded DIR]
 
 Client commands reach the server named by ``--url`` (default
 ``headwater://127.0.0.1:7700``, or ``$HEADWATER_URL``). Human output is
 aligned; ``--json`` prints JSON (one object per line for streams). Errors are
 one line on stderr, ``error: <message> [<code>]``, with exit code 1 (the
-server refused), 3 (no connection) or 2 (bad usage); never a traceback for an
-expected error.
+server refused, or a local I/O error), 3 (no connection) or 2 (bad usage);
+never a traceback for an expected error. docs/cli.md is the reference.
+
+Every command is one ``trio.run``; every client comes from
+:func:`_open_client` (tests substitute an embedded broker there). ``produce``
+reads stdin in a worker thread, chunk by chunk, and sends whatever complete
+lines each chunk holds, so slow input is sent as it arrives and fast input in
+large batches. ``consume`` stops at the partition ends it saw at the start
+(or never, with ``--follow``); SIGINT/SIGTERM end it cleanly, committing what
+was printed when it reads as a group member.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import io
 import json
+import math
+import os
+import re
+import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn, TextIO, TypeVar
 
 import click
 import trio
 
+from headwater import __version__
 from headwater._errors import (
     AuthenticationError,
     ConfigError,
     ConnectionLostError,
     HeadwaterError,
-    HeadwaterTimeoutError,
     InvalidArgument,
     ServerBusyError,
+    TopicExistsError,
+    UnknownGroupError,
+    UnknownTopicError,
+    UsageError,
 )
 from headwater._logging import configure_logging
 from headwater.client import Client, Event, Timestamp
@@ -54,6 +72,9 @@ EXIT_SERVER = 1
 EXIT_USAGE = 2
 EXIT_CONNECTION = 3
 
+#: Seconds the CLI waits for a connection (and its handshake) to the server.
+CONNECT_TIMEOUT = 5.0
+
 
 # --------------------------------------------------------------------------
 # Running commands: one trio.run per command, errors as one line.
@@ -64,10 +85,19 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+class _NotConnected(Exception):
+    """Raised by :func:`_open_client` when no connection could be made:
+    carries the client's error and the exit code (usage for a bad URL or CA
+    file, connection otherwise), so nothing reads the message to decide."""
+
+    def __init__(self, error: HeadwaterError, exit_code: int) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.exit_code = exit_code
+
+
 def _exit_code(error: HeadwaterError) -> int:
     if isinstance(error, ConnectionLostError | ServerBusyError | AuthenticationError):
-        return EXIT_CONNECTION
-    if isinstance(error, HeadwaterTimeoutError) and "connect" in error.message:
         return EXIT_CONNECTION
     if isinstance(error, ConfigError):
         return EXIT_USAGE
@@ -80,23 +110,46 @@ def _run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return trio.run(fn, *args)
     except BaseException as exc:  # groups from nurseries are unwrapped below
         error = unwrap_group(exc)
+        if isinstance(error, _NotConnected):
+            _fail(f"{error.error.message} [{error.error.code}]", error.exit_code)
         if isinstance(error, HeadwaterError):
             _fail(f"{error.message} [{error.code}]", _exit_code(error))
         if isinstance(error, KeyboardInterrupt):
             _fail("interrupted", 130)
         if isinstance(error, BrokenPipeError):
+            _quiet_stdout()
             sys.exit(0)  # `headwater consume ... | head`
+        if isinstance(error, OSError):  # stdin unreadable, stdout's disk full, ...
+            _fail(
+                f"{error.strerror or error}" + (f": {error.filename}" if error.filename else ""), 1
+            )
         raise
 
 
-Opener = Callable[[str, str | None, Any], Any]
+def _quiet_stdout() -> None:
+    """The reader of stdout went away (``| head``): point stdout at
+    /dev/null so the interpreter's last flush does not complain on stderr."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass  # not a real file (tests): nothing will be flushed to a pipe
 
 
 @asynccontextmanager
 async def _open_client(url: str, token: str | None, tls: Any) -> AsyncIterator[Client]:
-    """A client of the server at ``url`` (the one place the CLI connects)."""
-    async with connect(url, token=token, tls=tls, connect_timeout=5.0) as client:
-        yield client
+    """A client of the server at ``url`` (the one place the CLI connects).
+    A failure to connect is raised as :class:`_NotConnected`."""
+    connected = False
+    try:
+        async with connect(url, token=token, tls=tls, connect_timeout=CONNECT_TIMEOUT) as client:
+            connected = True
+            yield client
+    except HeadwaterError as exc:
+        if connected:
+            raise
+        code = EXIT_USAGE if isinstance(exc, UsageError) else EXIT_CONNECTION
+        raise _NotConnected(exc, code) from exc
 
 
 class Target:
@@ -138,7 +191,9 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         show_default=True,
         help="Server to use (or $HEADWATER_URL). headwaters:// turns TLS on.",
     )
-    @click.option("--token", default=None, help="Authentication token.")
+    @click.option(
+        "--token", envvar="HEADWATER_TOKEN", default=None, help="Token (or $HEADWATER_TOKEN)."
+    )
     @click.option(
         "--token-file",
         type=click.Path(dir_okay=False),
@@ -173,6 +228,40 @@ def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
 
 
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (ValueError, AttributeError):  # closed, or not a file
+        return False
+
+
+class Progress:
+    """A counter redrawn in place on stderr (``produced 12,345 events``), at
+    most every ``interval`` seconds; does nothing unless ``enabled``."""
+
+    def __init__(self, verb: str, enabled: bool, interval: float = 0.1) -> None:
+        self.verb = verb
+        self.enabled = enabled
+        self.interval = interval
+        self._last = -math.inf
+        self._width = 0
+
+    def update(self, count: int) -> None:
+        """Show ``count`` (if enabled and the last redraw is old enough)."""
+        now = time.monotonic()
+        if self.enabled and now - self._last >= self.interval:
+            self._last = now
+            text = f"{self.verb} {count:,} events"
+            self._width = max(self._width, len(text))
+            click.echo("\r" + text.ljust(self._width), nl=False, err=True)
+
+    def finish(self) -> None:
+        """Erase the counter line (the caller prints its summary)."""
+        if self.enabled and self._width:
+            click.echo("\r" + " " * self._width + "\r", nl=False, err=True)
+            self._width = 0
+
+
 def _emit_json(value: Any, out: TextIO | None = None) -> None:
     click.echo(json.dumps(value, default=str), file=out)
 
@@ -198,12 +287,138 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in text])
 
 
+_DURATION_UNITS = {
+    "ms": 1,
+    "s": 1000,
+    "m": 60_000,
+    "h": 3_600_000,
+    "d": 86_400_000,
+    "w": 604_800_000,
+}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "kib": 1 << 10,
+    "kb": 1000,
+    "m": 1 << 20,
+    "mib": 1 << 20,
+    "mb": 1000**2,
+    "g": 1 << 30,
+    "gib": 1 << 30,
+    "gb": 1000**3,
+    "t": 1 << 40,
+    "tib": 1 << 40,
+    "tb": 1000**4,
+}
+
+
+def _split_number(text: str) -> tuple[float, str] | None:
+    stripped = text.strip()
+    digits = len(stripped) - len(stripped.lstrip("0123456789."))
+    try:
+        return float(stripped[:digits]), stripped[digits:].strip().lower()
+    except ValueError:
+        return None
+
+
+def parse_duration_ms(text: str) -> int:
+    """``"500ms"``, ``"30s"``, ``"15m"``, ``"12h"``, ``"7d"``, ``"2w"`` (or
+    a plain number of ms) as milliseconds; raises :class:`InvalidArgument`
+    naming the text otherwise."""
+    parsed = _split_number(text)
+    if parsed is None or parsed[1] not in {"", *_DURATION_UNITS}:
+        raise InvalidArgument(
+            f"duration {text!r} is not understood; use a number with ms, s, m, h, d or w "
+            "(e.g. 7d, 12h, 30m)"
+        )
+    number, unit = parsed
+    return int(number * _DURATION_UNITS[unit or "ms"])
+
+
+def parse_size(text: str) -> int:
+    """``"1048576"``, ``"512KiB"``, ``"64MiB"``, ``"1GiB"`` (K/M/G/T are
+    binary too; KB/MB/GB/TB decimal) as bytes; raises
+    :class:`InvalidArgument` naming the text otherwise."""
+    parsed = _split_number(text)
+    if parsed is None or parsed[1] not in _SIZE_UNITS:
+        raise InvalidArgument(
+            f"size {text!r} is not understood; use bytes or a number with KiB, MiB, GiB, TiB "
+            "(e.g. 512MiB, 10GiB)"
+        )
+    number, unit = parsed
+    return int(number * _SIZE_UNITS[unit])
+
+
+def _duration_text(ms: int) -> str:
+    for unit in ("w", "d", "h", "m", "s"):
+        if ms and ms % _DURATION_UNITS[unit] == 0:
+            return f"{ms // _DURATION_UNITS[unit]}{unit}"
+    return f"{ms}ms"
+
+
+# Not click.ParamType[int]: that is not subscriptable before click 8.2 (we allow 8.1).
+class _Parsed(click.ParamType):  # type: ignore[type-arg]
+    """A click type from one of the parsers above (errors become usage errors)."""
+
+    def __init__(self, name: str, parse: Callable[[str], int]) -> None:
+        self.name = name
+        self._parse = parse
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return self._parse(str(value))
+        except InvalidArgument as exc:
+            self.fail(exc.message, param, ctx)
+
+
+DURATION = _Parsed("duration", parse_duration_ms)
+SIZE = _Parsed("size", parse_size)
+
+
 # --------------------------------------------------------------------------
 # The command group.
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="headwater", prog_name="headwater")
+#: click's "no command given: show the help" (click >= 8.2; () before that).
+_NO_ARGS: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class HeadwaterCommand(click.Group):
+    """The command group, with click's own errors (a missing argument, an
+    unknown option, an aborted confirmation) also as one ``error:`` line
+    and exit code 2 (usage) or 1."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the command line (see :meth:`click.Group.main`)."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+        except _NO_ARGS as exc:
+            exc.show()
+            sys.exit(EXIT_USAGE)
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            _fail(f"{exc.format_message()}{hint}", EXIT_USAGE)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code)
+        except click.Abort:
+            _fail("aborted", EXIT_SERVER)
+        sys.exit(result if type(result) is int else 0)
+
+
+@click.group(cls=HeadwaterCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version=__version__, prog_name="headwater")
 def main() -> None:
     """Headwater: an event-streaming broker on supervised Trio actors."""
     # Library log lines (rebalances, retries) go to stderr, warnings and up,
@@ -238,8 +453,27 @@ def main() -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="Require this token (read from the file) from every client.",
 )
-@click.option("--max-connections", default=1024, show_default=True, type=int)
+@click.option(
+    "--max-connections", default=1024, show_default=True, type=int, help="Clients at once."
+)
 @click.option("--max-in-flight", default=128, show_default=True, type=int, help="Per connection.")
+@click.option(
+    "--max-bytes-in-flight",
+    default="16MiB",
+    show_default=True,
+    type=SIZE,
+    help="Request bytes buffered per connection before it stops reading.",
+)
+@click.option(
+    "--max-frame-size", default="16MiB", show_default=True, type=SIZE, help="Largest frame."
+)
+@click.option(
+    "--send-timeout",
+    default=60.0,
+    show_default=True,
+    type=float,
+    help="Seconds a client may stop reading answers before it is dropped.",
+)
 @click.option("--idle-timeout", default=600.0, show_default=True, type=float, help="Seconds.")
 @click.option("--handshake-timeout", default=10.0, show_default=True, type=float, help="Seconds.")
 @click.option("--shutdown-timeout", default=10.0, show_default=True, type=float, help="Seconds.")
@@ -278,26 +512,57 @@ def topics() -> None:
 @topics.command("create")
 @click.argument("name")
 @click.option("--partitions", "-p", default=1, show_default=True, type=int)
-@click.option("--retention-ms", type=int, default=None, help="Delete segments older than this.")
 @click.option(
-    "--retention-bytes", type=int, default=None, help="Keep at most this much per partition."
+    "--retention",
+    "retention_text",
+    type=DURATION,
+    default=None,
+    help="Delete events older than this (7d, 12h, 30m; plain numbers are ms).",
+)
+@click.option("--retention-ms", type=int, default=None, help="The same in milliseconds.")
+@click.option(
+    "--retention-bytes",
+    type=SIZE,
+    default=None,
+    help="Keep at most this much per partition (bytes, or 512MiB, 10GiB).",
 )
 @click.option("--compacted", is_flag=True, help="Keep the latest event per key.")
 @click.option("--durability", type=click.Choice(["always", "interval", "never"]), default=None)
+@click.option(
+    "--if-not-exists", is_flag=True, help="A topic of that name already there is not an error."
+)
 @json_option
 @client_options
-def topics_create(target: Target, name: str, as_json: bool, **settings: Any) -> None:
+def topics_create(
+    target: Target,
+    name: str,
+    as_json: bool,
+    retention_text: int | None,
+    if_not_exists: bool,
+    **settings: Any,
+) -> None:
     """Create topic NAME."""
+    if retention_text is not None:
+        if settings["retention_ms"] is not None:
+            raise click.UsageError("give --retention or --retention-ms, not both")
+        settings["retention_ms"] = retention_text
 
-    async def run() -> Any:
+    async def run() -> tuple[Any, bool]:
         async with target.client() as client:
-            return await client.create_topic(name, **settings)
+            try:
+                return await client.create_topic(name, **settings), True
+            except TopicExistsError:
+                if not if_not_exists:
+                    raise
+                return (await client.describe_topic(name)).topic, False
 
-    info = _run(run)
+    info, created = _run(run)
     if as_json:
-        _emit_json(_topic_dict(info))
-    else:
+        _emit_json({**_topic_dict(info), "created": created})
+    elif created:
         click.echo(f"created topic {info.name} with {info.partitions} partition(s)")
+    else:
+        click.echo(f"topic {info.name} exists already, with {info.partitions} partition(s)")
 
 
 def _topic_dict(info: Any) -> dict[str, Any]:
@@ -338,7 +603,7 @@ def topics_list(target: Target, as_json: bool) -> None:
 def _retention(info: Any) -> str:
     parts = []
     if info.retention_ms is not None:
-        parts.append(f"{info.retention_ms / 3_600_000:g}h")
+        parts.append(_duration_text(info.retention_ms))
     if info.retention_bytes is not None:
         parts.append(_size(info.retention_bytes))
     return ", ".join(parts) or "forever"
@@ -399,22 +664,31 @@ def topics_describe(target: Target, name: str, as_json: bool) -> None:
 @topics.command("delete")
 @click.argument("name")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--if-exists", is_flag=True, help="No topic of that name is not an error.")
 @json_option
 @client_options
-def topics_delete(target: Target, name: str, yes: bool, as_json: bool) -> None:
+def topics_delete(target: Target, name: str, yes: bool, if_exists: bool, as_json: bool) -> None:
     """Delete topic NAME and all its events."""
-    if not yes and sys.stdin.isatty():
+    if not yes and _is_terminal(sys.stdin):
         click.confirm(f"delete topic {name} and all its events?", abort=True)
 
-    async def run() -> None:
+    async def run() -> bool:
         async with target.client() as client:
-            await client.delete_topic(name)
+            try:
+                await client.delete_topic(name)
+            except UnknownTopicError:
+                if not if_exists:
+                    raise
+                return False
+            return True
 
-    _run(run)
+    existed = _run(run)
     if as_json:
-        _emit_json({"deleted": name})
-    else:
+        _emit_json({"deleted": name, "existed": existed})
+    elif existed:
         click.echo(f"deleted topic {name}")
+    else:
+        click.echo(f"no topic {name}; nothing to delete")
 
 
 # --------------------------------------------------------------------------
@@ -431,9 +705,66 @@ def _parse_headers(values: tuple[str, ...]) -> list[tuple[str, bytes]]:
     return out
 
 
-def _lines(stream: TextIO) -> Iterator[str]:
-    for line in stream:
-        yield line[:-1] if line.endswith("\n") else line
+class LineSplitter:
+    """Bytes in, complete lines out (sans-IO): ``feed(chunk)`` returns the
+    lines that chunk completed (without their ``\\n``), ``finish()`` the
+    unterminated last line, if any."""
+
+    def __init__(self) -> None:
+        self._partial: list[bytes] = []  # pieces of a line (joined once, not per chunk)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The lines completed by ``data``; a partial line waits for more."""
+        if b"\n" not in data:
+            if data:
+                self._partial.append(data)
+            return []
+        if self._partial:
+            self._partial.append(data)
+            data = b"".join(self._partial)
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        self._partial = [rest] if rest else []
+        return lines
+
+    def finish(self) -> list[bytes]:
+        """The last line if the input did not end with a newline."""
+        rest, self._partial = b"".join(self._partial), []
+        return [rest] if rest else []
+
+
+def _as_key(data: bytes) -> str | bytes:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
+
+
+#: Lines per ``send_many`` at most; a slow input is sent as it arrives.
+PRODUCE_CHUNK = 5000
+_READ_SIZE = 1 << 16
+
+
+async def _read_lines(stream: Any, send: trio.MemorySendChannel[list[bytes]]) -> None:
+    """Read ``stream`` (binary) in a thread, chunk by chunk, and pass on the
+    complete lines of each chunk: whatever a pipe has is sent at once, so
+    ``tail -f log | headwater produce t`` sends each line as it comes."""
+    read = getattr(stream, "read1", stream.read)
+    splitter = LineSplitter()
+    async with send:
+        while True:
+            try:
+                data = await trio.to_thread.run_sync(read, _READ_SIZE, abandon_on_cancel=True)
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot read the input: {exc.strerror}") from exc
+            if not data:
+                break
+            lines = splitter.feed(data)
+            if lines:
+                await send.send(lines)
+        last = splitter.finish()
+        if last:
+            await send.send(last)
 
 
 @main.command()
@@ -457,21 +788,27 @@ def produce(
 ) -> None:
     """Send events to TOPIC: one per line of stdin (or --value).
 
-    Each event is acknowledged only once stored (fsynced with durability
-    'always'). Values and keys are sent as UTF-8 text.
+    Lines are sent as they arrive (in batches when they arrive fast) and
+    acknowledged once stored (fsynced with durability 'always'). Values are
+    the lines' bytes as they are (UTF-8 text reads back as text); keys are
+    text where they are valid UTF-8.
     """
     header_list = _parse_headers(headers)
     if key_separator == "":
         raise click.UsageError("--key-separator must not be empty")
-    source: Iterator[str] = iter([value]) if value is not None else _lines(sys.stdin)
-    progress = sys.stderr.isatty() and value is None
+    separator = None if key_separator is None else key_separator.encode("utf-8")
+    progress = _is_terminal(sys.stderr) and value is None
+    counter = Progress("produced", progress)
+    plain = not header_list and partition is None
 
-    def item(line: str) -> dict[str, Any]:
-        event_key: str | None = key
-        if key_separator is not None:
-            head, sep, rest = line.partition(key_separator)
+    def item(line: bytes) -> Any:
+        event_key: str | bytes | None = key
+        if separator is not None:
+            head, sep, rest = line.partition(separator)
             if sep:
-                event_key, line = head, rest
+                event_key, line = _as_key(head), rest
+        if plain:
+            return (line, event_key)
         out: dict[str, Any] = {"value": line, "key": event_key}
         if header_list:
             out["headers"] = header_list
@@ -482,26 +819,31 @@ def produce(
     async def run() -> tuple[int, dict[int, int]]:
         sent = 0
         per_partition: dict[int, int] = {}
-        async with target.client() as client, client.producer(serializer="str") as producer:
-            chunk: list[dict[str, Any]] = []
-
-            async def flush() -> None:
-                nonlocal sent
-                for event in await producer.send_many(topic, chunk):
-                    per_partition[event.partition] = per_partition.get(event.partition, 0) + 1
-                sent += len(chunk)
-                chunk.clear()
-                if progress:
-                    click.echo(f"\rproduced {sent:,} events", nl=False, err=True)
-
-            for line in source:
-                chunk.append(item(line))
-                if len(chunk) >= 5000:
-                    await flush()
-            if chunk:
-                await flush()
-        if progress:
-            click.echo("", err=True)
+        async with (
+            target.client() as client,
+            client.producer(serializer="bytes") as producer,
+            trio.open_nursery() as nursery,
+        ):
+            await producer.partitions_of(topic)  # a missing topic fails before reading
+            send, receive = trio.open_memory_channel[list[bytes]](4)
+            if value is None:
+                nursery.start_soon(_read_lines, sys.stdin.buffer, send)
+            else:
+                async with send:
+                    await send.send([value.encode("utf-8")])
+            async with receive:
+                async for lines in receive:
+                    chunk = [item(line) for line in lines]
+                    while len(chunk) < PRODUCE_CHUNK:
+                        try:
+                            chunk.extend(item(line) for line in receive.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    for event in await producer.send_many(topic, chunk):
+                        per_partition[event.partition] = per_partition.get(event.partition, 0) + 1
+                    sent += len(chunk)
+                    counter.update(sent)
+        counter.finish()
         return sent, per_partition
 
     sent, per_partition = _run(run)
@@ -569,11 +911,15 @@ def _event_json(event: Event) -> dict[str, Any]:
     "start",
     default="earliest",
     show_default=True,
-    help="earliest, latest, an OFFSET, or an ISO-8601 time (used where no offset is committed).",
+    metavar="WHERE",
+    help="earliest, latest, an OFFSET (per partition), or an ISO-8601 time. "
+    "With --group: only where the group has no committed offset.",
 )
 @click.option("--partition", type=int, default=None, help="Read only this partition.")
 @click.option("--follow", "-f", is_flag=True, help="Keep waiting for new events.")
-@click.option("--max", "max_events", type=int, default=None, help="Stop after N events.")
+@click.option(
+    "--max", "max_events", type=int, default=None, metavar="N", help="Stop after N events."
+)
 @click.option(
     "--format",
     "fmt",
@@ -582,7 +928,13 @@ def _event_json(event: Event) -> dict[str, Any]:
     show_default=True,
     help="text: the value per line; json: one object per event.",
 )
-@click.option("--print-key", is_flag=True, help="text format: print KEY<TAB>VALUE.")
+@click.option("--print-key", is_flag=True, help="text format: print KEY<SEP>VALUE.")
+@click.option(
+    "--key-separator",
+    default=None,
+    metavar="SEP",
+    help="With --print-key (which it implies): put SEP between key and value [TAB].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @client_options
 def consume(
@@ -595,9 +947,20 @@ def consume(
     max_events: int | None,
     fmt: str,
     print_key: bool,
+    key_separator: str | None,
     as_json: bool,
 ) -> None:
-    """Print events of TOPIC: to the current end, or forever with --follow."""
+    """Print events of TOPIC: to the current end, or forever with --follow.
+
+    One event per line: its value as text (--print-key: key, separator,
+    value), or with --json one JSON object per event (bytes that are not
+    UTF-8 as {"base64": ...}). With --group the printed events are committed
+    to the group. Ctrl-C (or SIGTERM) ends reading cleanly: exit 0, and
+    with --group what was printed is committed.
+    """
+    if key_separator is not None:
+        print_key = True
+    separator = "\t" if key_separator is None else key_separator
     begin = _start(start)
     if max_events is not None and max_events < 1:
         raise click.UsageError("--max must be at least 1")
@@ -610,9 +973,16 @@ def consume(
         if json_out:
             out.write(json.dumps(_event_json(event)) + "\n")
         elif print_key:
-            out.write(f"{_text(event.key)}\t{_text(event.value)}\n")
+            out.write(f"{_text(event.key)}{separator}{_text(event.value)}\n")
         else:
             out.write(_text(event.value) + "\n")
+
+    # An OFFSET is where each partition starts (with a group: each partition
+    # the group has no committed offset for). A partition shorter than that
+    # prints only offsets >= OFFSET once they exist; it does not start over.
+    from_offset = begin if type(begin) is int else 0
+    # Without --follow, look often whether every partition is read to its end.
+    wait = 0.5 if follow else 0.05
 
     async def run() -> int:
         shown = 0
@@ -623,26 +993,78 @@ def consume(
                 raise InvalidArgument(
                     f"topic {topic} has partitions 0..{len(ends) - 1}, not {partition}"
                 )
+            skip = dict.fromkeys(ends, from_offset)
+            if from_offset and group is not None:
+                try:
+                    committed = (await client.describe_group(group)).partitions
+                except UnknownGroupError:
+                    committed = ()
+                for p in committed:
+                    if p.committed is not None:
+                        skip.pop((p.topic, p.partition), None)
             async with client.consumer(
                 topic, group=group, start=begin, deserializer="bytes", auto_commit=group is not None
             ) as consumer:
                 if partition is not None:
                     consumer.assign([(topic, partition)])
-                while True:
-                    want = 1000 if max_events is None else min(1000, max_events - shown)
-                    for event in await consumer.getmany(want, timeout=0.5):
-                        show(event)
-                        shown += 1
-                    out.flush()
-                    if max_events is not None and shown >= max_events:
-                        break
-                    if not follow and _at_end(consumer, ends):
-                        break
+                # (No checkpoint since the fetchers were started: they begin here.)
+                for tp in consumer.assignment():
+                    if tp in skip and ends[tp] < from_offset:
+                        consumer.seek(*tp, ends[tp])
+                with trio.CancelScope() as reading:
+                    async with trio.open_nursery() as nursery:
+                        # Ctrl-C or SIGTERM ends the reading; what was printed is committed.
+                        nursery.start_soon(_cancel_on_signal, reading)
+                        while True:
+                            want = 1000 if max_events is None else min(1000, max_events - shown)
+                            for event in await consumer.getmany(want, timeout=wait):
+                                if event.offset < skip.get((event.topic, event.partition), 0):
+                                    continue
+                                show(event)
+                                shown += 1
+                            out.flush()
+                            counter.update(shown)
+                            if max_events is not None and shown >= max_events:
+                                break
+                            if not follow and _at_end(consumer, ends):
+                                break
+                        nursery.cancel_scope.cancel()
                 if group is not None:
-                    await consumer.commit()
+                    await _commit_with_retries(consumer)
         return shown
 
-    _run(run)
+    # Events going to a file or a pipe, a person watching stderr: count them.
+    counter = Progress("consumed", _is_terminal(sys.stderr) and not _is_terminal(out))
+    shown = _run(run)
+    counter.finish()
+    if counter.enabled:
+        click.echo(f"consumed {shown:,} event(s) from {topic}", err=True)
+
+
+async def _commit_with_retries(consumer: Any, attempts: int = 5, delay: float = 0.2) -> None:
+    """Commit, retrying a retriable failure (a dropped connection the client
+    re-makes): committing the same offsets twice is harmless."""
+    for attempt in range(1, attempts + 1):
+        try:
+            await consumer.commit()
+            return
+        except HeadwaterError as exc:
+            if not exc.retriable or attempt == attempts:
+                raise
+            await trio.sleep(delay * attempt)
+
+
+async def _cancel_on_signal(scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` at the first SIGINT or SIGTERM (then stop listening,
+    so a second Ctrl-C interrupts whatever comes next). Signals can only be
+    caught on the main thread; elsewhere (a CLI run from a thread) it waits
+    for nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
 
 
 def _at_end(consumer: Any, ends: dict[tuple[str, int], int]) -> bool:
@@ -666,19 +1088,39 @@ def groups() -> None:
 @json_option
 @client_options
 def groups_list(target: Target, as_json: bool) -> None:
-    """List every consumer group."""
+    """List every consumer group with its state, members and total lag."""
 
-    async def run() -> Any:
+    async def run() -> list[Any]:
         async with target.client() as client:
-            return await client.list_groups()
+            out = []
+            for name in sorted(await client.list_groups()):
+                try:
+                    out.append(await client.describe_group(name))
+                except UnknownGroupError:
+                    continue  # removed since it was listed
+            return out
 
-    names = _run(run)
+    described = _run(run)
+    summaries = [
+        {
+            "group": d.group,
+            "state": d.state,
+            "members": len(d.members),
+            "topics": sorted(set(d.topics) | {p.topic for p in d.partitions}),
+            "total_lag": sum(p.lag for p in d.partitions),
+        }
+        for d in described
+    ]
     if as_json:
-        _emit_json(names)
-    elif not names:
+        _emit_json(summaries)
+    elif not summaries:
         click.echo("no consumer groups yet")
     else:
-        click.echo("\n".join(names))
+        rows = [
+            [g["group"], g["state"], g["members"], ", ".join(g["topics"]), g["total_lag"]]
+            for g in summaries
+        ]
+        click.echo(_table(["GROUP", "STATE", "MEMBERS", "TOPICS", "LAG"], rows))
 
 
 @groups.command("describe")
@@ -731,6 +1173,44 @@ def groups_describe(target: Target, group: str, as_json: bool) -> None:
     click.echo(_table(["TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "OWNER"], rows))
 
 
+_STATE_COLOURS = {
+    "running": "green",
+    "starting": "yellow",
+    "restarting": "yellow",
+    "stopping": "yellow",
+    "stopped": "bright_black",
+    "failed": "red",
+}
+_STATE = re.compile(r"(\[\w+\] )(\w+)")
+
+
+def color_tree(text: str) -> str:
+    """Colour the states (and restarts, failures) of a rendered tree; click
+    strips the colours when the output is not a terminal."""
+    out = []
+    for line in text.splitlines():
+        line = _STATE.sub(
+            lambda m: m.group(1) + click.style(m.group(2), fg=_STATE_COLOURS.get(m.group(2))),
+            line,
+            count=1,
+        )
+        line = re.sub(r"(restarts=\d+)", lambda m: click.style(m.group(1), fg="yellow"), line)
+        line = re.sub(r"(last_failure=.*)$", lambda m: click.style(m.group(1), fg="red"), line)
+        out.append(line)
+    return "\n".join(out)
+
+
+def tree_summary(root: ActorSnapshot) -> str:
+    """One line under the tree: how many nodes, in which states, restarts."""
+    nodes = root.walk()
+    states: dict[str, int] = {}
+    for node in nodes:
+        states[node.state] = states.get(node.state, 0) + 1
+    by_state = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    restarts = sum(node.restarts for node in nodes)
+    return f"{len(nodes)} nodes ({by_state}), {restarts} restart(s)"
+
+
 @main.command()
 @json_option
 @client_options
@@ -746,6 +1226,8 @@ def tree(target: Target, as_json: bool) -> None:
         _emit_json(root)
         return
     try:
-        click.echo(ActorSnapshot.from_dict(root).render())
-    except (KeyError, TypeError) as exc:
+        snapshot = ActorSnapshot.from_dict(root)
+        click.echo(color_tree(snapshot.render()))  # colours only on a terminal
+        click.echo(tree_summary(snapshot))
+    except (KeyError, TypeError, AttributeError) as exc:
         _fail(f"the server sent a tree this client cannot draw ({exc})", EXIT_SERVER)

@@ -59,7 +59,8 @@ def test_topics_round_trip_with_aligned_and_json_output(run: Run) -> None:
     assert len(listed[0]) == len(listed[1])  # the rule under the header spans the columns
     described = json.loads(run("topics", "describe", "orders", "--json").output)
     assert [0, 1, 2] == [p["partition"] for p in described["partition_details"]]
-    assert {"deleted": "orders"} == json.loads(run("topics", "delete", "orders", "--json").output)
+    deleted = json.loads(run("topics", "delete", "orders", "--json").output)
+    assert {"deleted": "orders", "existed": True} == deleted
     assert [] == json.loads(run("topics", "list", "--json").output)
 
 
@@ -91,7 +92,12 @@ def test_groups_commit_and_show_lag(run: Run) -> None:
     run("topics", "create", "t", "-p", "2")
     run("produce", "t", input="".join(f"{i}\n" for i in range(100)))
     assert 30 == len(run("consume", "t", "--group", "g", "--max", "30").output.splitlines())
-    assert ["g"] == run("groups", "list").output.split()
+    listed = run("groups", "list").output.splitlines()
+    assert ["GROUP", "STATE", "MEMBERS", "TOPICS", "LAG"] == listed[0].split()
+    assert ["g", "empty", "0", "t", "70"] == listed[2].split()
+    assert [{"group": "g", "state": "empty", "members": 0, "topics": ["t"], "total_lag": 70}] == (
+        json.loads(run("groups", "list", "--json").output)
+    )
     described = json.loads(run("groups", "describe", "g", "--json").output)
     assert 70 == described["total_lag"]
     assert 30 == sum(p["committed"] or 0 for p in described["partitions"])
