@@ -9,6 +9,7 @@
                             [--follow] [--max N] [--format text|json]
     headwater groups list | describe GROUP
     headwater tree
+    headwater bench [--quick] [--local] [--write-docs docs/benchmarks.md]
 
 Client commands reach the server named by ``--url`` (default
 ``headwater://127.0.0.1:7700``, or ``$HEADWATER_URL``). Human output is
@@ -1231,3 +1232,100 @@ def tree(target: Target, as_json: bool) -> None:
         click.echo(tree_summary(snapshot))
     except (KeyError, TypeError, AttributeError) as exc:
         _fail(f"the server sent a tree this client cannot draw ({exc})", EXIT_SERVER)
+
+
+# --------------------------------------------------------------------------
+# bench
+
+
+def _bench_progress(label: str) -> Callable[[int, int, str], None]:
+    """The callback that draws and moves a progress bar on stderr."""
+    state: dict[str, Any] = {"bar": None}
+
+    def progress(done: int, total: int, what: str) -> None:
+        bar = state["bar"]
+        if bar is None:
+            bar = state["bar"] = click.progressbar(
+                length=total, label=label, file=sys.stderr, show_pos=True, width=30
+            )
+            bar.__enter__()
+        bar.label = f"{label}: {what}"[:70].ljust(70)
+        bar.update(done - bar.pos)
+        if done >= total:
+            bar.__exit__(None, None, None)
+
+    return progress
+
+
+def _bench_table(rows: list[dict[str, Any]]) -> str:
+    figures = [r for r in rows if r.get("metric") != "skipped"]
+    body = []
+    for r in figures:
+        value = r["value"]
+        shown = f"{value:,.2f}" if isinstance(value, float) and value < 100 else f"{value:,.0f}"
+        spread = r.get("spread_pct")
+        body.append(
+            [
+                r.get("target", ""),
+                r["case"],
+                r["metric"],
+                shown,
+                r.get("unit", ""),
+                "" if spread is None else f"±{spread:.0f}%",
+            ]
+        )
+    return _table(["TARGET", "CASE", "METRIC", "VALUE", "UNIT", "SPREAD"], body)
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="The short version (a few minutes with peers).")
+@click.option(
+    "--local",
+    is_flag=True,
+    help="Headwater alone, embedded and over TCP (no NATS/Redis needed).",
+)
+@click.option(
+    "--write-docs",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the peer tables into this markdown file (e.g. docs/benchmarks.md).",
+)
+@json_option
+def bench(quick: bool, local: bool, write_docs: str | None, as_json: bool) -> None:
+    """Measure Headwater beside NATS JetStream and Redis Streams on this machine.
+
+    Runs the shared peer benchmark (../shared/bench, or $HEADWATER_PEER_BENCH):
+    the same produce, consume and latency workload against Headwater (TCP and
+    embedded, durability always and interval) and the peers (most durable and
+    default settings), three interleaved rounds, and prints the medians and
+    the ratios (ratio_vs_best_peer, ratio_p99_vs_best_peer). Without the
+    peers (or with --local) it measures Headwater alone.
+    """
+    from headwater import bench as hwbench
+
+    rows: list[dict[str, Any]] = []
+    if not local:
+        progress = _bench_progress("peers")
+        rows = hwbench.run_peers(quick, progress if _is_terminal(sys.stderr) else None)
+        if rows and rows[0].get("case") == "all" and rows[0].get("metric") == "skipped":
+            click.echo(
+                f"note: {rows[0].get('why', 'peers unavailable')}; measuring Headwater alone",
+                err=True,
+            )
+            rows = []
+            local = True
+        elif write_docs:
+            machine = hwbench.machine_facts(hwbench.find_bench_dir())
+            command = "headwater bench" + (" --quick" if quick else "")
+            hwbench.write_markdown(write_docs, rows, machine, command)
+    if local:
+        progress = _bench_progress("headwater")
+        rows = list(hwbench.run_local(quick, progress if _is_terminal(sys.stderr) else None))
+    if as_json:
+        for row in rows:
+            _emit_json(row)
+        return
+    for row in rows:
+        if row.get("metric") == "skipped":
+            click.echo(f"skipped {row['case']}: {row.get('why', '')}", err=True)
+    click.echo(_bench_table(rows))

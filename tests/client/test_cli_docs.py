@@ -50,5 +50,6 @@ def test_the_walk_finds_the_commands() -> None:
         "topics describe",
         "topics list",
         "tree",
+        "bench",
     }
     assert expected == {path for path, _ in _commands(cli.main)}

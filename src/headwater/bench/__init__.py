@@ -2,13 +2,16 @@
 
 :class:`HeadwaterDriver` plugs Headwater into the shared peer benchmark's
 driver interface; :func:`run_peers` runs the whole comparison (the engine of
-``benchmarks/run.py peers`` and of ``headwater bench``); :func:`write_markdown`
+``benchmarks/run.py peers`` and of ``headwater bench``); :func:`run_local`
+measures Headwater alone, embedded and over TCP (``benchmarks/run.py tcp``,
+``headwater bench --local``); :func:`write_markdown`
 puts its tables into ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
 
 from ._driver import HeadwaterDriver as HeadwaterDriver
+from ._local import run_local as run_local
 from ._peers import TARGETS as TARGETS
 from ._peers import Plan as Plan
 from ._peers import Target as Target
@@ -23,6 +26,7 @@ from ._report import write_markdown as write_markdown
 __all__ = [
     "HeadwaterDriver",
     "run_peers",
+    "run_local",
     "Plan",
     "plan_for",
     "Target",
