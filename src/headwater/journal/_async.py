@@ -49,6 +49,10 @@ __all__ = ["AsyncLog", "open_log"]
 _log = get_logger("headwater.journal")
 
 
+TAIL_READ_EVENTS = 256
+"""A read starting this close to the end of the log is done on the loop thread."""
+
+
 class AsyncLog:
     """A :class:`Log` driven from Trio (made by :func:`open_log`)."""
 
@@ -155,7 +159,10 @@ class AsyncLog:
         never past ``visible_end`` (or ``end`` if smaller)."""
         self._check_open()
         limit = self.visible_end if end is None else min(end, self.visible_end)
-        if self._blocking and max_bytes > 64 * 1024:
+        # Reads of the last few records (a consumer keeping up) hit the page
+        # cache: done inline they cost less than a hop to a worker thread.
+        # Larger reads further back (catching up, maybe from disk) use one.
+        if self._blocking and max_bytes > 64 * 1024 and limit - offset > TAIL_READ_EVENTS:
             return await trio.to_thread.run_sync(self.log.read, offset, max_bytes, limit)
         await trio.lowlevel.checkpoint()
         return self.log.read(offset, max_bytes, limit)
