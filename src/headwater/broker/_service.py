@@ -198,11 +198,17 @@ class BrokerService:
                 f"offset {r.offset} of {r.topic}/{r.partition} is outside "
                 f"[{log.earliest_offset}, {log.visible_end}]; seek to earliest or latest"
             )
-        data = await log.read(r.offset, r.max_bytes)
-        if not data and r.max_wait > 0:
-            with trio.move_on_after(r.max_wait):
-                await log.wait_for_data(r.offset)
+        try:
             data = await log.read(r.offset, r.max_bytes)
+            if not data and r.max_wait > 0:
+                with trio.move_on_after(r.max_wait):
+                    await log.wait_for_data(r.offset)
+                data = await log.read(r.offset, r.max_bytes)
+        except ClosedError:
+            # The partition restarted (its log closed) under this fetch.
+            raise StorageError(
+                f"partition {r.topic}/{r.partition} restarted during the fetch; retry it"
+            ) from None
         return FetchResult(r.topic, r.partition, data, log.visible_end, log.earliest_offset)
 
     async def _list_offset(self, r: ListOffset) -> OffsetResult:

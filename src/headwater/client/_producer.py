@@ -251,14 +251,26 @@ class Producer:
         try:
             if exc is None:
                 await self.flush()
-        finally:
-            self._closed = True
-            self._nursery.cancel_scope.cancel()
-            for result in self._results.values():
-                if not result.done.is_set():
-                    result.error = ClosedError("the producer closed before this event was stored")
-                    result.done.set()
+        except BaseException as flush_error:
+            # The nursery must be exited whatever happens (a cancelled flush
+            # that skipped it corrupted Trio's nursery stack).
+            self._close_now()
+            if not await self._nursery_manager.__aexit__(
+                type(flush_error), flush_error, flush_error.__traceback__
+            ):
+                raise
+            return None
+        self._close_now()
         return await self._nursery_manager.__aexit__(exc_type, exc, tb)
+
+    def _close_now(self) -> None:
+        assert self._nursery is not None
+        self._closed = True
+        self._nursery.cancel_scope.cancel()
+        for result in self._results.values():
+            if not result.done.is_set():
+                result.error = ClosedError("the producer closed before this event was stored")
+                result.done.set()
 
     async def aclose(self) -> None:
         """Flush and close (as leaving the ``async with`` block does)."""

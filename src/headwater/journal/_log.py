@@ -202,7 +202,11 @@ class Log:
         try:
             log._recover(repair)
         except OSError as exc:
+            log.abandon()
             raise StorageError(f"cannot open the log at {path}: {exc}") from exc
+        except BaseException:
+            log.abandon()  # no handle outlives a failed open
+            raise
         return log
 
     def _read_checkpoint(self) -> tuple[int, int, int, bool] | None:
