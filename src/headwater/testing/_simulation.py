@@ -31,7 +31,6 @@ import hashlib
 import math
 import random
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -40,9 +39,11 @@ import trio
 import trio.testing
 
 from headwater import _protocol as p
-from headwater._errors import HeadwaterError
+from headwater._errors import ConnectionLostError, HeadwaterError
 from headwater.actors._system import tracing
 from headwater.broker._broker import Broker, open_broker
+from headwater.client._channel import LocalChannel
+from headwater.client._client import Client
 from headwater.client._codec import decode_record_events
 from headwater.journal._files import PowerLoss, SimulatedFileSystem
 from headwater.journal._record import iter_records
@@ -243,9 +244,24 @@ class _Simulation:
         self, r: int, rng: random.Random, power_loss: bool, died: list[BaseException]
     ) -> None:
         opened = self.now()
+        lossy = self.rng("network", r)
+
+        async def handler(request: Any) -> Any:
+            # The network between client and broker loses some produce
+            # requests and some responses (the request then took effect):
+            # retries must be stored once (idempotence).
+            if isinstance(request, p.Produce) and lossy.random() < 0.03:
+                self.faults["lost_request"] += 1
+                raise ConnectionLostError("simulated: the request was lost")
+            response = await broker.handle(request)
+            if isinstance(request, p.Produce) and lossy.random() < 0.06:
+                self.faults["lost_response"] += 1
+                raise ConnectionLostError("simulated: the response was lost")
+            return response
+
         async with (
             open_broker(DATA, fs=self.fs, clock=self.clock_ms) as broker,
-            broker.connect() as client,
+            Client(LocalChannel(handler)) as client,
         ):
             if r == 0:
                 await client.create_topic(TOPIC, partitions=self.config.partitions)
@@ -558,6 +574,3 @@ def percentile(values: list[float] | tuple[float, ...], q: float) -> float:
         return 0.0
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
-Hook = Callable[[str], None]
