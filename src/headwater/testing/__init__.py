@@ -17,12 +17,12 @@ from ._checker import Shutdown as Shutdown
 from ._checker import Violation as Violation
 from ._checker import check as check
 from ._faulty import FaultyStream as FaultyStream
+from ._faulty import FaultyStreamStatistics as FaultyStreamStatistics
 from ._simulation import SimulationConfig as SimulationConfig
 from ._simulation import SimulationResult as SimulationResult
 from ._simulation import rerun_command as rerun_command
 from ._simulation import run_seed as run_seed
 from ._simulation import simulate as simulate
-from ._faulty import FaultyStreamStatistics as FaultyStreamStatistics
 from ._transport_kit import TRANSPORT_CHECKS as TRANSPORT_CHECKS
 from ._transport_kit import check_transport as check_transport
 
