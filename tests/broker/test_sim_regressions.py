@@ -78,3 +78,24 @@ async def test_failed_close_leaves_no_file_open(autojump_clock: trio.abc.Clock) 
             log.write(encode_record(b"x", count=1))
             fs.fail_next_fsyncs(10)
     assert [] == fs.open_paths()
+
+
+async def test_group_actor_comes_back_after_its_supervisor_restarts(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Group actors are started on demand; when /broker/groups restarts they
+    are started again (adopting their cells), so group requests are served
+    instead of timing out on a cell that waits for ever (simulation seed 101:
+    a full disk crashed the group actor until its supervisor gave up)."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker, broker.connect() as client:
+        await client.create_topic("t")
+        async with client.producer() as producer:
+            await producer.send("t", b"x")
+        async with client.consumer(["t"], group="g", request_timeout=5.0) as consumer:
+            assert 1 == len(await consumer.getmany(timeout=1))
+            await consumer.commit()
+            await broker.kill("/broker/groups")
+            await consumer.commit()  # used to time out: the group cell never came back
+            await consumer.poll_group()
+        desc = await client.describe_group("g")
+        assert "g" == desc.group

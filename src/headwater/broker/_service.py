@@ -67,20 +67,19 @@ from headwater.broker._actors import (
     DeleteTopicRequest,
     DescribePartition,
     GetLog,
-    GroupActor,
     GroupRequest,
     GroupSnapshot,
     ListTopicConfigs,
     NewProducerId,
     RunCompaction,
     RunRetention,
+    group_spec,
 )
 from headwater.broker._config import TopicConfig, validate_group_name, validate_topic_name
 from headwater.broker._group import GroupCoordinator
 from headwater.client._codec import decode_record_events
 from headwater.journal._async import AsyncLog
 from headwater.journal._record import iter_records
-from headwater.supervision._specs import ChildSpec
 
 __all__ = ["BrokerService", "MAX_FETCH_WAIT"]
 
@@ -150,8 +149,7 @@ class BrokerService:
             try:
                 return self.system.lookup(path)
             except HeadwaterError:
-                settings = self.settings
-                spec = ChildSpec(group, lambda: GroupActor(settings, group), shutdown=10.0)
+                spec = group_spec(self.settings, group)
                 return await self.system.start_child(spec, parent="/broker/groups")
 
     def _counts(self) -> dict[str, int]:
