@@ -467,8 +467,9 @@ class _Simulation:
             if path.startswith(f"/broker/topics/{TOPIC}/"):
                 partition = int(path.rsplit("/", 1)[1])
         elif kind == "kill_in_fsync":
-            self.faults["kill_in_fsync"] += 1
-            self._arm_fsync_kill(broker, nursery)
+            # Counted when it lands; aimed at a partition, a group or the registry.
+            want = rng.choice(["topics", "topics", "topics", "groups", "registry"])
+            self._arm_fsync_kill(broker, nursery, want)
         elif kind == "fsync_fail":
             self.faults["fsync_fail"] += 1
             self.fs.fail_next_fsyncs(rng.randrange(1, 3))
@@ -493,13 +494,15 @@ class _Simulation:
             return
         nursery.start_soon(self._probe, client, partition, now, kind)
 
-    def _arm_fsync_kill(self, broker: Broker, nursery: trio.Nursery) -> None:
+    def _arm_fsync_kill(self, broker: Broker, nursery: trio.Nursery, want: str) -> None:
         def hook(path: str) -> None:
             target = _actor_path(path)
-            if target is None or self._fsync_kill is not None:
+            if target is None or self._fsync_kill is not None or want not in target:
                 return
             self._fsync_kill = target
             self.fs.fsync_hook = None
+            kind = target.split("/")[2] if target.count("/") >= 2 else target
+            self.faults[f"kill_in_fsync:{kind}"] += 1
 
             async def kill() -> None:
                 try:
