@@ -14,7 +14,9 @@ from ._actor import ActorRef as ActorRef
 from ._actor import LocalActorRef as LocalActorRef
 from ._persistent import PersistentActor as PersistentActor
 from ._system import ActorSystem as ActorSystem
+from ._system import TraceHook as TraceHook
 from ._system import open_actor_system as open_actor_system
+from ._system import tracing as tracing
 
 __all__ = [
     "Actor",
@@ -24,5 +26,7 @@ __all__ = [
     "PersistentActor",
     "ActorSystem",
     "open_actor_system",
+    "TraceHook",
+    "tracing",
     "DEFAULT_MAILBOX_SIZE",
 ]
