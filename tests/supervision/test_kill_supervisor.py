@@ -34,3 +34,35 @@ async def test_killed_supervisor_restarts_its_children(autojump_clock: trio.abc.
         nodes = {n.path: n for n in system.tree().walk()}
         assert "running" == nodes["/sup/echo"].state
         assert 4 == nodes["/sup"].incarnation
+
+
+class FailsToClose(Actor):
+    """Holds a resource whose cleanup fails (a journal whose last fsync fails)."""
+
+    async def started(self) -> None:
+        async def hold() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                raise OSError(5, "closing failed")
+
+        self.context.nursery.start_soon(hold)
+
+    async def handle(self, message: Any) -> Any:
+        return message
+
+
+async def test_cleanup_error_during_a_kill_is_the_childs_crash(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """An error raised while a kill unwinds surfaces at the cancel scope's
+    exit; it is the killed child's crash (restart it), never an error that
+    tears down the whole tree (simulation seed 2115: a group journal whose
+    close fsync failed took the broker down)."""
+    tree = SupervisorSpec("sup", [ChildSpec("a", FailsToClose)], max_restarts=10, within=10.0)
+    async with open_actor_system(children=(tree,), max_restarts=10, within=10.0) as system:
+        for path in ("/sup/a", "/sup", "/sup/a"):
+            await system.kill(path, "test")
+            assert 1 == await system.lookup("/sup/a").ask(1, timeout=5)
+        nodes = {n.path: n for n in system.tree().walk()}
+        assert "running" == nodes["/sup/a"].state

@@ -324,6 +324,11 @@ class _Supervisor:
                     error = unwrap_group(exc)
             if child.kill_reason is not None and error is None:
                 error = ActorKilled(f"actor {cell.path} was killed: {child.kill_reason}")
+        except Exception as exc:
+            # An error raised while the kill's cancellation unwound (a journal
+            # failing to close, say) surfaces at the scope's exit, mixed with
+            # the Cancelled it strips: it is this child's crash, not ours.
+            error = unwrap_group(exc)
         finally:
             if cell.state in ("running", "starting") and (
                 cell.kind != "actor" or cell.mailbox is None or cell.mailbox is child.mailbox

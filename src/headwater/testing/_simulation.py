@@ -183,6 +183,7 @@ class _Consumer:
         self.name = name
         self.stop = trio.Event()
         self.handle: Any = None  # the live headwater Consumer, once entered
+        self.seeks: list[tuple[float, str, int, str, int, int]] = []
 
 
 class _Simulation:
@@ -394,6 +395,7 @@ class _Simulation:
                             for tp in consumer.assignment()
                             if (pos := consumer.position(*tp)) is not None
                         }
+                        seeks = len(me.seeks)
                         try:
                             await consumer.commit()
                         except HeadwaterError:
@@ -402,6 +404,10 @@ class _Simulation:
                             self.history.commit(
                                 self.now(), GROUP, m.member_id, m.generation, positions
                             )
+                        # A seek while the commit was in flight came after the
+                        # positions it committed: it still resets the next one.
+                        for _t, member, _g, topic, partition, offset in me.seeks[seeks:]:
+                            self.history.seek(self.now(), GROUP, member, topic, partition, offset)
         except Exception as exc:
             # A consumer may give up (e.g. a timeout joining while the group
             # actor restarts); not an invariant, but counted.
@@ -448,6 +454,9 @@ class _Simulation:
             kind = rng.choice(kinds)
             await self._fault(kind, broker, client, nursery, rng)
         await trio.sleep(rng.uniform(0.5, 2.0))
+        # A clean close with injected fsync failures still pending would fail
+        # (loudly, as it should): that is a storage fault, not this round's.
+        self.fs.fail_next_fsyncs(0)
 
     async def _fault(
         self,
@@ -529,6 +538,7 @@ class _Simulation:
         offset = rng.randrange(consumer.position(topic, partition))
         consumer.seek(topic, partition, offset)
         self.history.seek(self.now(), GROUP, m.member_id, topic, partition, offset)
+        me.seeks.append((self.now(), m.member_id, m.generation, topic, partition, offset))
         self.faults["seek"] += 1
 
     # ------------------------------------------------------------ end state
