@@ -26,7 +26,9 @@ from ._remote import open_actor_client as open_actor_client
 from ._serve import serve_actor_stream as serve_actor_stream
 from ._serve import serve_actors as serve_actors
 from ._system import ActorSystem as ActorSystem
+from ._system import TraceHook as TraceHook
 from ._system import open_actor_system as open_actor_system
+from ._system import tracing as tracing
 from ._wire import ActorAddress as ActorAddress
 from ._wire import parse_actor_url as parse_actor_url
 
@@ -38,6 +40,8 @@ __all__ = [
     "PersistentActor",
     "ActorSystem",
     "open_actor_system",
+    "TraceHook",
+    "tracing",
     "DEFAULT_MAILBOX_SIZE",
     # monitors
     "Monitor",

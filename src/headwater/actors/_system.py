@@ -30,9 +30,10 @@ rather than a group; this is applied everywhere in the runtime.
 
 from __future__ import annotations
 
+import contextvars
 import math
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Literal
 
 import attrs
@@ -70,7 +71,28 @@ from headwater.supervision._specs import (
     unwrapping_groups,
 )
 
-__all__ = ["ActorSystem", "open_actor_system"]
+__all__ = ["ActorSystem", "TraceHook", "open_actor_system", "tracing"]
+
+TraceHook = Callable[[float, str, str, str], None]
+"""``hook(virtual_time, actor_path, message_type, outcome)``: called after an
+actor handled a message (outcome: the reply's type name or ``raised:<Error>``)
+and when an incarnation ends (message type ``<exit>``)."""
+
+_TRACE: contextvars.ContextVar[TraceHook | None] = contextvars.ContextVar(
+    "headwater_actor_trace", default=None
+)
+
+
+@contextmanager
+def tracing(hook: TraceHook) -> Iterator[None]:
+    """Trace every actor system opened inside this block (off by default;
+    the deterministic simulation hashes the trace)."""
+    token = _TRACE.set(hook)
+    try:
+        yield
+    finally:
+        _TRACE.reset(token)
+
 
 _log = get_logger("headwater.supervision")
 
@@ -115,6 +137,14 @@ class _Exit:
     child: _Child
     incarnation: int
     error: BaseException | None
+
+
+def _name(value: object) -> str:
+    return type(value).__name__
+
+
+def _raised(exc: BaseException) -> str:
+    return f"raised:{type(exc).__name__}"
 
 
 def _describe(exc: BaseException) -> str:
@@ -295,9 +325,29 @@ class _Supervisor:
                     error = unwrap_group(exc)
             if child.kill_reason is not None and error is None:
                 error = ActorKilled(f"actor {cell.path} was killed: {child.kill_reason}")
+        except Exception as exc:
+            # An error raised while the kill's cancellation unwound (a journal
+            # failing to close, say) surfaces at the scope's exit, mixed with
+            # the Cancelled it strips: it is this child's crash, not ours.
+            error = unwrap_group(exc)
         finally:
+            if cell.state in ("running", "starting") and (
+                cell.kind != "actor" or cell.mailbox is None or cell.mailbox is child.mailbox
+            ):
+                # Whatever ended this incarnation (a crash, or a cancellation
+                # from a killed parent), its mailbox is closed: senders must
+                # wait for the next incarnation, not spin on a dead channel.
+                cell.set_waiting("restarting")
             child.settled.set()
             child.done.set()
+        trace = self.system.trace
+        if trace is not None:
+            trace(
+                trio.current_time(),
+                cell.path,
+                "<exit>",
+                "stopped" if child.stopping or graceful else type(error).__name__,
+            )
         if child.stopping or graceful:
             return
         if cell.state in ("running", "starting"):
@@ -343,6 +393,7 @@ class _Supervisor:
                 child.settled.set()
                 _log.info("actor_started", actor=cell.path, incarnation=cell.incarnation)
                 handle = actor.handle
+                trace = self.system.trace
                 async for item in recv:
                     if type(item) is _Ask:
                         current = item
@@ -350,7 +401,21 @@ class _Supervisor:
                             result = await handle(item.message)
                         except UsageError as exc:
                             item.reply.fail(exc)
+                            if trace is not None:
+                                trace(
+                                    trio.current_time(),
+                                    cell.path,
+                                    _name(item.message),
+                                    _raised(exc),
+                                )
                         except Exception as exc:
+                            if trace is not None:
+                                trace(
+                                    trio.current_time(),
+                                    cell.path,
+                                    _name(item.message),
+                                    _raised(exc),
+                                )
                             # Stop taking messages *before* waking the asker, so
                             # what it sends next goes to the next incarnation.
                             if cell.mailbox is send:
@@ -361,9 +426,18 @@ class _Supervisor:
                             raise
                         else:
                             item.reply.set(result)
+                            if trace is not None:
+                                trace(
+                                    trio.current_time(),
+                                    cell.path,
+                                    _name(item.message),
+                                    _name(result),
+                                )
                         current = None
                     else:
                         await handle(item)
+                        if trace is not None:
+                            trace(trio.current_time(), cell.path, _name(item), "told")
                 if child.stopping:
                     await actor.stopping()
                 nursery.cancel_scope.cancel()
@@ -424,7 +498,8 @@ class _Supervisor:
             if final:
                 self._remove(child, "stopped")
             else:
-                self.children.remove(child)
+                if child in self.children:  # our own loop may have dropped it meanwhile
+                    self.children.remove(child)
                 child.cell.set_waiting("restarting")
 
     async def start_child(self, spec: ChildSpec | SupervisorSpec) -> _Child:
@@ -473,6 +548,7 @@ class ActorSystem:
         self._root_cell.ref = LocalActorRef(self._root_cell)
         self._root = _Supervisor(self, self._root_cell, root)
         self._cells["/"] = (self._root_cell, None)
+        self.trace: TraceHook | None = _TRACE.get()
 
     def __repr__(self) -> str:
         return f"<ActorSystem {self.name} {self._root_cell.state}>"

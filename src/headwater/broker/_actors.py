@@ -306,6 +306,11 @@ def topic_supervisor(settings: BrokerSettings, config: TopicConfig) -> Superviso
     )
 
 
+def group_spec(settings: BrokerSettings, group: str) -> ChildSpec:
+    """The child spec of one consumer group's actor."""
+    return ChildSpec(group, lambda: GroupActor(settings, group), shutdown=10.0)
+
+
 @attrs.frozen
 class ListTopicConfigs:
     """Ask the registry for every topic's config."""
@@ -352,6 +357,27 @@ class TopicRegistry(PersistentActor):
                 await system.start_child(
                     topic_supervisor(self.settings, config), parent="/broker/topics"
                 )
+        # Group actors are started on demand under /broker/groups; when that
+        # supervisor restarts (we restart after it: rest_for_one) they must
+        # come back too, or their cells wait for ever and every group request
+        # times out. Starting one adopts its waiting cell, so refs stay valid.
+        fs = self.settings.fs
+        groups_dir = os.path.join(self.settings.data_dir, "meta", "groups")
+        if fs.exists(groups_dir):
+            running = {
+                node.path
+                for node in system.tree().walk()
+                if node.path.startswith("/broker/groups/")
+            }
+            for name in sorted(fs.listdir(groups_dir)):
+                if f"/broker/groups/{name}" in running:
+                    continue
+                try:
+                    await system.start_child(
+                        group_spec(self.settings, name), parent="/broker/groups"
+                    )
+                except HeadwaterError as exc:  # started meanwhile by a request
+                    _log.info("group_restart_skipped", group=name, error=str(exc))
 
     async def handle(self, message: Any) -> Any:
         """Create and delete topics, list them, hand out producer ids."""

@@ -126,7 +126,17 @@ async def open_broker(
             # The registry starts topic supervisors under /broker/topics, so it
             # comes after it; rest_for_one restarts it whenever topics restarts.
             SupervisorSpec("topics", max_restarts=10, within=10.0, shutdown=60.0),
-            SupervisorSpec("groups", max_restarts=10, within=10.0, shutdown=30.0),
+            # Group actors crash on a storage error (to reload from disk);
+            # a backoff lets them ride out a full disk instead of exhausting
+            # the restart intensity in a few milliseconds.
+            SupervisorSpec(
+                "groups",
+                max_restarts=10,
+                within=10.0,
+                backoff=0.05,
+                backoff_max=2.0,
+                shutdown=30.0,
+            ),
             ChildSpec("registry", lambda: TopicRegistry(settings), shutdown=30.0),
             ChildSpec("maintenance", maintenance, shutdown=1.0),
         ],

@@ -70,20 +70,19 @@ from headwater.broker._actors import (
     DeleteTopicRequest,
     DescribePartition,
     GetLog,
-    GroupActor,
     GroupRequest,
     GroupSnapshot,
     ListTopicConfigs,
     NewProducerId,
     RunCompaction,
     RunRetention,
+    group_spec,
 )
 from headwater.broker._config import TopicConfig, validate_group_name, validate_topic_name
 from headwater.broker._group import GroupCoordinator
 from headwater.client._codec import decode_record_events
 from headwater.journal._async import AsyncLog
 from headwater.journal._record import iter_records
-from headwater.supervision._specs import ChildSpec
 
 __all__ = ["BrokerService", "MAX_FETCH_BYTES", "MAX_FETCH_WAIT"]
 
@@ -157,8 +156,7 @@ class BrokerService:
             try:
                 return self.system.lookup(path)
             except HeadwaterError:
-                settings = self.settings
-                spec = ChildSpec(group, lambda: GroupActor(settings, group), shutdown=10.0)
+                spec = group_spec(self.settings, group)
                 return await self.system.start_child(spec, parent="/broker/groups")
 
     def _counts(self) -> dict[str, int]:
@@ -206,11 +204,17 @@ class BrokerService:
                 f"[{log.earliest_offset}, {log.visible_end}]; seek to earliest or latest"
             )
         max_bytes = min(r.max_bytes, MAX_FETCH_BYTES)
-        data = await log.read(r.offset, max_bytes)
-        if not data and r.max_wait > 0:
-            with trio.move_on_after(r.max_wait):
-                await log.wait_for_data(r.offset)
+        try:
             data = await log.read(r.offset, max_bytes)
+            if not data and r.max_wait > 0:
+                with trio.move_on_after(r.max_wait):
+                    await log.wait_for_data(r.offset)
+                data = await log.read(r.offset, max_bytes)
+        except ClosedError:
+            # The partition restarted (its log closed) under this fetch.
+            raise StorageError(
+                f"partition {r.topic}/{r.partition} restarted during the fetch; retry it"
+            ) from None
         return FetchResult(r.topic, r.partition, data, log.visible_end, log.earliest_offset)
 
     async def _list_offset(self, r: ListOffset) -> OffsetResult:

@@ -203,9 +203,15 @@ class Consumer:
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._nursery is not None
+        failed: BaseException | None = None
         try:
             if self.config.auto_commit and exc is None and self._membership is not None:
                 await self.commit()
+        except BaseException as commit_error:
+            # Exit the nursery whatever happens (skipping it corrupts Trio's
+            # nursery stack); the error goes through it.
+            failed = commit_error
+            exc_type, exc, tb = type(failed), failed, failed.__traceback__
         finally:
             self._closed = True
             self._nursery.cancel_scope.cancel()
@@ -218,7 +224,10 @@ class Consumer:
                         await self._ask(p.LeaveGroup(self.group, self._membership.member_id))
                     except HeadwaterError as err:
                         log.info("leave_group_failed", group=self.group, error=repr(err))
-        return await self._manager.__aexit__(exc_type, exc, tb)
+        suppressed = await self._manager.__aexit__(exc_type, exc, tb)
+        if failed is not None and not suppressed:
+            raise failed
+        return suppressed
 
     async def _ask(self, request: Any) -> Any:
         return await self._channel.request(request, timeout=self.config.request_timeout)

@@ -230,9 +230,7 @@ class Producer:
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
         try:
-            self.identity = await self._channel.request(
-                p.InitProducer(), timeout=self.config.request_timeout
-            )
+            self.identity = await self._init_producer()
             self._accumulator.set_identity(self.identity.producer_id, self.identity.epoch)
             self._nursery.start_soon(self._flusher)
         except BaseException as exc:
@@ -240,6 +238,28 @@ class Producer:
             await self._nursery_manager.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         return self
+
+    async def _init_producer(self) -> p.ProducerIdentity:
+        """Ask for an identity, retrying retriable errors (a failed fsync of
+        the broker's registry, a restart) with backoff for up to
+        ``delivery_timeout`` seconds."""
+        deadline = trio.current_time() + self.config.delivery_timeout
+        attempt = 0
+        while True:
+            try:
+                identity: p.ProducerIdentity = await self._channel.request(
+                    p.InitProducer(), timeout=self.config.request_timeout
+                )
+                return identity
+            except HeadwaterError as exc:
+                attempt += 1
+                delay = min(
+                    self.config.retry_backoff * 2 ** (attempt - 1), self.config.retry_backoff_max
+                )
+                if not exc.retriable or trio.current_time() + delay >= deadline:
+                    raise
+                log.info("init_producer_retry", attempt=attempt, error=type(exc).__name__)
+                await trio.sleep(delay)
 
     async def __aexit__(
         self,
@@ -251,14 +271,26 @@ class Producer:
         try:
             if exc is None:
                 await self.flush()
-        finally:
-            self._closed = True
-            self._nursery.cancel_scope.cancel()
-            for result in self._results.values():
-                if not result.done.is_set():
-                    result.error = ClosedError("the producer closed before this event was stored")
-                    result.done.set()
+        except BaseException as flush_error:
+            # The nursery must be exited whatever happens (a cancelled flush
+            # that skipped it corrupted Trio's nursery stack).
+            self._close_now()
+            if not await self._nursery_manager.__aexit__(
+                type(flush_error), flush_error, flush_error.__traceback__
+            ):
+                raise
+            return None
+        self._close_now()
         return await self._nursery_manager.__aexit__(exc_type, exc, tb)
+
+    def _close_now(self) -> None:
+        assert self._nursery is not None
+        self._closed = True
+        self._nursery.cancel_scope.cancel()
+        for result in self._results.values():
+            if not result.done.is_set():
+                result.error = ClosedError("the producer closed before this event was stored")
+                result.done.set()
 
     async def aclose(self) -> None:
         """Flush and close (as leaving the ``async with`` block does)."""

@@ -266,6 +266,11 @@ class AsyncLog:
         except OSError as exc:
             self.log.abandon()
             raise StorageError(f"closing {self.log.path} failed: {exc}") from exc
+        except BaseException:
+            # A storage error raised as a HeadwaterError (or a simulated power
+            # loss) must not leak the file handles either.
+            self.log.abandon()
+            raise
         finally:
             self._synced.set()
             self._data.set()

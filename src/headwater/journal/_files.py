@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+from collections.abc import Callable
 from typing import Protocol
 
 import attrs
@@ -211,6 +212,9 @@ class SimulatedFileSystem:
         self._fail_fsyncs = 0
         self._disk_full = False
         self.fsyncs = 0
+        self.fsync_hook: Callable[[str], None] | None = None
+        """Called with the file's path as each fsync starts (a simulation
+        lands a kill while an fsync is in flight through it)."""
 
     # -- fault hooks -------------------------------------------------------
 
@@ -298,6 +302,8 @@ class SimulatedFileSystem:
         """See :class:`FileSystem`."""
         self._op()
         f = self._file(handle)
+        if self.fsync_hook is not None:
+            self.fsync_hook(self._handles[handle][0])
         if self._fail_fsyncs:
             self._fail_fsyncs -= 1
             raise OSError(errno.EIO, "Input/output error (simulated fsync failure)")
@@ -376,6 +382,11 @@ class SimulatedFileSystem:
             self._files[dst] = self._files.pop(src)
         except KeyError:
             raise FileNotFoundError(errno.ENOENT, "no such file", src) from None
+
+    def open_paths(self) -> list[str]:
+        """Paths of the files open now, one entry per open handle (a clean
+        shutdown leaves none)."""
+        return sorted(path for path, _f in self._handles.values())
 
     def file_bytes(self, path: str) -> bytes:
         """The current bytes of a file (for tests)."""

@@ -187,6 +187,7 @@ class Log:
         self.config = config
         self.clock = clock
         self.segments: list[_Segment] = []
+        self._recovering: _Segment | None = None  # opened, not yet in segments
         self.synced_offset = 0
         self._synced_position = 0
         self._dirty: dict[int, _Segment] = {}
@@ -214,7 +215,11 @@ class Log:
         try:
             log._recover(repair)
         except OSError as exc:
+            log.abandon()
             raise StorageError(f"cannot open the log at {path}: {exc}") from exc
+        except BaseException:
+            log.abandon()  # no handle outlives a failed open
+            raise
         return log
 
     def _read_checkpoint(self) -> tuple[int, int, int, bool] | None:
@@ -271,6 +276,7 @@ class Log:
             last = i == len(bases) - 1
             seg = _Segment(base=base, path=f"{self.path}/{_name(base, 'log')}", handle=-1)
             seg.handle = fs.open(seg.path)
+            self._recovering = seg
             seg.created_ms = self.clock()
             file_size = fs.size(seg.handle)
             if expected is not None and base != expected:
@@ -308,6 +314,7 @@ class Log:
                 seg.sealed = not last
                 self.segments.append(seg)
             expected = seg.next_offset
+        self._recovering = None
         if self.segments[-1].sealed:
             self.segments[-1].sealed = False
         active = self.segments[-1]
@@ -637,9 +644,18 @@ class Log:
             data = self.fs.pread(seg.handle, size, position)
             pos = 0
             while pos + HEADER_SIZE <= len(data):
-                h = decode_header(data, pos, check_crc=False)
-                if not isinstance(h, RecordHeader) or pos + h.length > len(data):
-                    break
+                h = decode_header(data, pos)
+                if isinstance(h, Short) and pos > 0:
+                    break  # the rest of this record is past the window
+                if not isinstance(h, RecordHeader):
+                    # Never serve damaged bytes, never stop short in silence
+                    # (a reader would wait at this offset for ever).
+                    reason = h.reason if isinstance(h, Corrupt) else "record runs past the file"
+                    raise CorruptionError(
+                        f"{seg.path}: corrupt record at byte {position + pos} ({reason}) "
+                        f"while reading offset {offset}; the records after it are kept. "
+                        "Restore the file, or open the log with repair=True to truncate there"
+                    )
                 if h.base_offset >= end or (out and len(out) + h.length > max_bytes):
                     return bytes(out)
                 out += data[pos : pos + h.length]
@@ -808,6 +824,12 @@ class Log:
     def abandon(self) -> None:
         """Close every handle without syncing (after a failure or a crash)."""
         self.closed = True
+        pending, self._recovering = self._recovering, None
+        if pending is not None and pending not in self.segments:
+            try:
+                self.fs.close(pending.handle)
+            except OSError:
+                pass
         for seg in self.segments:
             try:
                 self.fs.close(seg.handle)

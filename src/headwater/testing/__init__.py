@@ -8,6 +8,17 @@ from headwater.journal._files import SimulatedFileSystem as SimulatedFileSystem
 from ._actor_kit import ACTOR_REF_CHECKS as ACTOR_REF_CHECKS
 from ._actor_kit import KIT_REGISTRY as KIT_REGISTRY
 from ._actor_kit import check_actor_refs as check_actor_refs
+from ._checker import Ack as Ack
+from ._checker import Assignment as Assignment
+from ._checker import CheckReport as CheckReport
+from ._checker import Commit as Commit
+from ._checker import History as History
+from ._checker import Read as Read
+from ._checker import Seek as Seek
+from ._checker import SendFailed as SendFailed
+from ._checker import Shutdown as Shutdown
+from ._checker import Violation as Violation
+from ._checker import check as check
 from ._faulty import FaultyStream as FaultyStream
 from ._faulty import FaultyStreamStatistics as FaultyStreamStatistics
 from ._process import ServerProcess as ServerProcess
@@ -19,6 +30,11 @@ from ._proxy import Proxy as Proxy
 from ._proxy import ProxyLink as ProxyLink
 from ._proxy import open_proxy as open_proxy
 from ._servers import connect_in_memory as connect_in_memory
+from ._simulation import SimulationConfig as SimulationConfig
+from ._simulation import SimulationResult as SimulationResult
+from ._simulation import rerun_command as rerun_command
+from ._simulation import run_seed as run_seed
+from ._simulation import simulate as simulate
 from ._transport_kit import TRANSPORT_CHECKS as TRANSPORT_CHECKS
 from ._transport_kit import check_transport as check_transport
 
@@ -41,4 +57,20 @@ __all__ = [
     "ACTOR_REF_CHECKS",
     "KIT_REGISTRY",
     "check_actor_refs",
+    "Ack",
+    "Assignment",
+    "CheckReport",
+    "Commit",
+    "History",
+    "Read",
+    "Seek",
+    "SendFailed",
+    "Shutdown",
+    "Violation",
+    "check",
+    "SimulationConfig",
+    "SimulationResult",
+    "rerun_command",
+    "run_seed",
+    "simulate",
 ]
