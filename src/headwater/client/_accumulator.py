@@ -164,11 +164,13 @@ class Accumulator:
 
     ``on_batch_closed(topic, partition)`` is called whenever a batch closes
     (the producer's :class:`~headwater.client.Partitioner` uses it to move
-    unkeyed events on).
+    unkeyed events on). ``clock`` (seconds, monotonic) is read when an event
+    passed with ``now=None`` opens a batch.
     """
 
     config: AccumulatorConfig = attrs.field(factory=AccumulatorConfig)
     on_batch_closed: Callable[[str, int], None] | None = None
+    clock: Callable[[], float] | None = None
     _producer_id: int = NO_PRODUCER_ID
     _epoch: int = 0
     _open: dict[tuple[str, int], _OpenBatch] = attrs.field(factory=dict)
@@ -216,9 +218,11 @@ class Accumulator:
         key: Key | None,
         value: bytes | None,
         headers: Headers,
-        now: float,
+        now: float | None,
     ) -> tuple[int, int]:
-        """:meth:`append` for the hot path: returns ``(batch_id, index)``."""
+        """:meth:`append` for the hot path: returns ``(batch_id, index)``.
+        ``now`` may be ``None``: :attr:`clock` is then read, only if the
+        event opens a new batch (the one time it is needed)."""
         if type(timestamp) is not int:
             raise InvalidArgument(
                 f"an event timestamp must be an int (ms since the epoch), not {timestamp!r}"
@@ -236,6 +240,10 @@ class Accumulator:
             self._close(tp)
             batch = None
         if batch is None:
+            if now is None:
+                if self.clock is None:
+                    raise InvalidArgument("pass now=, or set the accumulator's clock")
+                now = self.clock()
             batch = _OpenBatch(next(self._ids), topic, partition, now)
             self._open[tp] = batch
         index = len(batch.events)

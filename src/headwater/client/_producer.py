@@ -210,6 +210,7 @@ class Producer:
                 max_event_bytes=config.max_event_bytes,
             ),
             on_batch_closed=self._batch_closed,
+            clock=trio.current_time,
         )
         self._partitions: dict[str, int] = {}
         self._results: dict[int, _BatchResult] = {}
@@ -366,7 +367,7 @@ class Producer:
     ) -> SendHandle:
         ts = self.config.clock() if timestamp is None else _timestamp_ms(timestamp)
         result, index, chosen, hdrs = self._enqueue(
-            topic, count, value, key, headers, partition, ts, trio.current_time()
+            topic, count, value, key, headers, partition, ts, None
         )
         return SendHandle(result, index, topic, chosen, ts, key, value, hdrs)
 
@@ -379,7 +380,7 @@ class Producer:
         headers: Any,
         partition: int | None,
         ts: int,
-        now: float,
+        now: float | None,
     ) -> tuple[_BatchResult, int, int, Headers]:
         """The per-event hot path: serialize, partition, append (``ts`` is
         the event timestamp in ms, ``now`` the Trio clock)."""
