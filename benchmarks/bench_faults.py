@@ -25,21 +25,23 @@ from __future__ import annotations
 
 import os
 import random
-import select
 import socket
-import struct
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cbor2
 import trio
 
 import headwater
 from headwater.broker import ServerConfig, open_broker, open_server
-from headwater.testing._hostile import config_server_process, hello_frame, slow_readers
+from headwater.testing._hostile import (
+    config_server_process,
+    count_busy,
+    hello_frame,
+    slow_readers,
+)
 from headwater.testing._netchaos import FAULT_KINDS, check_stored, percentile, read_back, run_round
 
 BENCH = "faults"
@@ -165,7 +167,7 @@ def _idle_connections(folder: Path) -> Iterator[dict[str, Any]]:
                 for _ in range(extra)
             ]
             socks.extend(extras)
-            busy = _count_busy(extras, 5.0)
+            busy = count_busy(extras, 5.0)
         finally:
             for sock in socks:
                 sock.close()
@@ -173,33 +175,6 @@ def _idle_connections(folder: Path) -> Iterator[dict[str, Any]]:
     yield figure(case, "rss_before", round(base / 1024, 1), "MiB")
     yield figure(case, "rss_with_idle", round(rss / 1024, 1), "MiB")
     yield figure(case, "refused_server_busy", busy, f"of {extra}")
-
-
-def _count_busy(socks: list[socket.socket], wait: float) -> int:
-    by_fd = {s.fileno(): s for s in socks}
-    received = dict.fromkeys(by_fd, b"")
-    poller = select.poll()
-    for fd in by_fd:
-        poller.register(fd, select.POLLIN)
-    open_fds = set(by_fd)
-    deadline = time.monotonic() + wait
-    while open_fds and time.monotonic() < deadline:
-        for fd, _ in poller.poll(200):
-            try:
-                chunk = by_fd[fd].recv(65536)
-            except OSError:
-                chunk = b""
-            received[fd] += chunk
-            if not chunk:
-                open_fds.discard(fd)
-                poller.unregister(fd)
-    busy = 0
-    for data in received.values():
-        if len(data) >= 4:
-            (length,) = struct.unpack(">I", data[:4])
-            frame = cbor2.loads(data[4 : 4 + length])
-            busy += frame.get("code") == "server_busy"
-    return busy
 
 
 def run(quick: bool) -> Iterator[dict[str, Any]]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import resource
-import select
 import socket
 import struct
 import time
@@ -34,6 +33,7 @@ from headwater.journal._record import encode_record
 from headwater.testing._hostile import (
     RunningServer,
     config_server_process,
+    count_busy,
     hello_frame,
     request_frame,
     slow_readers,
@@ -339,7 +339,7 @@ def test_thousands_of_idle_connections(tmp_path: Path) -> None:
                 for _ in range(extra)
             ]
             socks.extend(extras)
-            busy = _count_busy(extras, wait=5.0)
+            busy = count_busy(extras, wait=5.0)
             print(f"idle crowd: {idle} connections, server RSS {rss} KiB, {busy} refused busy")
             assert extra - (limit - idle) <= busy <= extra
         finally:
@@ -352,30 +352,3 @@ def test_thousands_of_idle_connections(tmp_path: Path) -> None:
         assert fds >= server.open_fds()
         assert PRECIOUS in good_client_works(server)
         assert before == snapshot(server)
-
-
-def _count_busy(socks: list[socket.socket], wait: float) -> int:
-    """How many of ``socks`` received a ``server_busy`` error frame."""
-    received = {s.fileno(): b"" for s in socks}
-    by_fd = {s.fileno(): s for s in socks}
-    open_fds = set(by_fd)
-    deadline = time.monotonic() + wait
-    poller = select.poll()
-    for fd in open_fds:
-        poller.register(fd, select.POLLIN)
-    while open_fds and time.monotonic() < deadline:
-        for fd, _ in poller.poll(200):
-            try:
-                chunk = by_fd[fd].recv(65536)
-            except OSError:
-                chunk = b""
-            received[fd] += chunk
-            if not chunk:
-                open_fds.discard(fd)
-                poller.unregister(fd)
-    busy = 0
-    for data in received.values():
-        frames = _frames(data)
-        if any(f.get("t") == "error" and f.get("code") == "server_busy" for f in frames):
-            busy += 1
-    return busy

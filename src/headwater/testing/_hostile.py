@@ -11,19 +11,17 @@ and ``benchmarks/bench_faults.py``.
 
 from __future__ import annotations
 
-import json
-import os
+import select
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from headwater import _protocol as p
-from headwater.transport._frames import encode_frame
+from headwater._errors import HeadwaterError
+from headwater.testing._process import ServerProcess, config_server_process, rss_kib
+from headwater.transport._frames import FrameDecoder, encode_frame
 from headwater.transport._operations import encode_request
 
 __all__ = [
@@ -33,92 +31,12 @@ __all__ = [
     "rss_kib",
     "config_server_process",
     "slow_readers",
+    "count_busy",
+    "read_until_closed",
 ]
 
-_SCRIPT = """
-import json, sys
-from headwater.broker._server import ServerConfig, run_server
-sys.exit(run_server(ServerConfig(**json.loads(sys.argv[1]))))
-"""
-
-
-class RunningServer:
-    """A server child process: its pid, port and log."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
-        self.proc = proc
-        self.log = log
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        """``headwater://127.0.0.1:<port>``."""
-        return f"headwater://127.0.0.1:{self.port}"
-
-    def events(self) -> list[dict[str, Any]]:
-        """The server's JSON log lines so far."""
-        out = []
-        for line in self.log.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
-
-    def rss_kib(self) -> int:
-        """The server process's resident memory now, in KiB."""
-        return rss_kib(self.proc.pid)
-
-    def open_fds(self) -> int:
-        """How many file descriptors the server process has open now."""
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
-
-
-def rss_kib(pid: int) -> int:
-    """``VmRSS`` of process ``pid`` in KiB (from ``/proc/<pid>/status``)."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-@contextmanager
-def config_server_process(data_dir: Path, **config: Any) -> Iterator[RunningServer]:
-    """A server process on a free 127.0.0.1 port with ``config``
-    (:class:`~headwater.broker.ServerConfig` fields, including those the
-    command line does not offer), killed at the end. For a plain
-    ``headwater serve`` use :func:`headwater.testing.server_process`."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log = data_dir.parent / f"{data_dir.name}-server.log"
-    settings = {"data_dir": str(data_dir), "port": 0, "log_format": "json", **config}
-    env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _SCRIPT, json.dumps(settings)],
-            stdout=out,
-            stderr=out,
-            env=env,
-        )
-    running = RunningServer(proc, log)
-    try:
-        deadline = time.monotonic() + 20
-        while not running.port:
-            for event in running.events():
-                if event.get("event") == "server_listening":
-                    running.port = int(event["port"])
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{log.read_text()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not listen within 20s:\n{log.read_text()}")
-            time.sleep(0.02)
-        yield running
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
+RunningServer = ServerProcess
+"""The server child process type (an alias of :class:`ServerProcess`)."""
 
 
 def hello_frame() -> bytes:
@@ -157,3 +75,41 @@ def slow_readers(
     finally:
         for sock in socks:
             sock.close()
+
+
+def read_until_closed(socks: list[socket.socket], wait: float) -> dict[int, bytes]:
+    """Everything each socket receives until it closes or ``wait`` seconds
+    pass, by file descriptor (one ``poll`` loop for thousands of sockets)."""
+    by_fd = {s.fileno(): s for s in socks}
+    received = dict.fromkeys(by_fd, b"")
+    open_fds = set(by_fd)
+    poller = select.poll()
+    for fd in open_fds:
+        poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + wait
+    while open_fds and time.monotonic() < deadline:
+        for fd, _ in poller.poll(200):
+            try:
+                chunk = by_fd[fd].recv(65536)
+            except OSError:
+                chunk = b""
+            received[fd] += chunk
+            if not chunk:
+                open_fds.discard(fd)
+                poller.unregister(fd)
+    return received
+
+
+def count_busy(socks: list[socket.socket], wait: float) -> int:
+    """How many of ``socks`` were refused with a ``server_busy`` error frame."""
+    busy = 0
+    for data in read_until_closed(socks, wait).values():
+        decoder = FrameDecoder(max_frame_size=1 << 20)
+        decoder.feed(data)
+        try:
+            frames = list(decoder.frames())
+        except HeadwaterError:
+            continue
+        if any(f.get("t") == "error" and f.get("code") == "server_busy" for f in frames):
+            busy += 1
+    return busy

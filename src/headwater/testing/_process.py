@@ -21,7 +21,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ServerProcess", "server_process", "subprocess_env"]
+__all__ = [
+    "ServerProcess",
+    "config_server_process",
+    "rss_kib",
+    "server_process",
+    "subprocess_env",
+]
 
 _SRC = Path(__file__).resolve().parents[2]
 
@@ -77,11 +83,71 @@ class ServerProcess:
             time.sleep(0.02)
         raise RuntimeError(f"the server did not listen within {timeout}s:\n{self.log.read_text()}")
 
+    def rss_kib(self) -> int:
+        """The server process's resident memory now, in KiB."""
+        return rss_kib(self.proc.pid)
+
+    def open_fds(self) -> int:
+        """How many file descriptors the server process has open now."""
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Send ``sig`` (SIGTERM: a graceful shutdown) and return the exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout)
+
+
+def rss_kib(pid: int) -> int:
+    """``VmRSS`` of process ``pid`` in KiB (from ``/proc/<pid>/status``)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+@contextmanager
+def _spawn(
+    command: Sequence[str], log: Path, extra_env: dict[str, str] | None
+) -> Iterator[ServerProcess]:
+    """Start ``command`` logging to ``log``; wait until it listens; kill it at the end."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=out, env=subprocess_env(extra_env)
+        )
+    running = ServerProcess(proc, log)
+    try:
+        running.wait_listening()
+        yield running
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+_CONFIG_SCRIPT = """
+import json, sys
+from headwater.broker._server import ServerConfig, run_server
+sys.exit(run_server(ServerConfig(**json.loads(sys.argv[1]))))
+"""
+
+
+@contextmanager
+def config_server_process(
+    data_dir: str | os.PathLike[str], **config: Any
+) -> Iterator[ServerProcess]:
+    """A server process on a free 127.0.0.1 port built from
+    :class:`~headwater.broker.ServerConfig` fields (including those the
+    command line does not offer), killed at the end. For a plain
+    ``headwater serve`` use :func:`server_process`."""
+    data = Path(data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    log = data.parent / f"{data.name}-server.log"
+    settings = {"data_dir": str(data), "port": 0, "log_format": "json", **config}
+    command = [sys.executable, "-c", _CONFIG_SCRIPT, json.dumps(settings)]
+    with _spawn(command, log, None) as running:
+        yield running
 
 
 @contextmanager
@@ -114,15 +180,5 @@ def server_process(
         "json",
         *args,
     ]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=out, env=subprocess_env(extra_env)
-        )
-    running = ServerProcess(proc, log)
-    try:
-        running.wait_listening()
+    with _spawn(command, log, extra_env) as running:
         yield running
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
