@@ -45,6 +45,7 @@ from headwater._errors import (
     HeadwaterError,
     InvalidArgument,
     OffsetOutOfRangeError,
+    StaleGenerationError,
     UnknownMemberError,
     UnknownPartitionError,
 )
@@ -516,7 +517,9 @@ class Consumer:
     async def commit(self) -> None:
         """Commit the position (offset after the last event handed out) of
         every owned partition to the group. A commit by a member whose
-        generation is stale raises :class:`~headwater.StaleGenerationError`."""
+        generation is stale raises :class:`~headwater.StaleGenerationError`;
+        the consumer then picks up the new generation and assignment at once
+        (as the next heartbeat would), so the next commit goes through."""
         if self.group is None:
             raise InvalidArgument("commit needs a group: create the consumer with group=...")
         offsets = tuple(
@@ -527,14 +530,18 @@ class Consumer:
         if not offsets:
             return
         m = self._membership
-        await self._ask(
-            p.CommitOffsets(
-                self.group,
-                m.member_id if m else None,
-                m.generation if m else 0,
-                offsets,
+        try:
+            await self._ask(
+                p.CommitOffsets(
+                    self.group,
+                    m.member_id if m else None,
+                    m.generation if m else 0,
+                    offsets,
+                )
             )
-        )
+        except StaleGenerationError:
+            await self.poll_group()
+            raise
 
     async def _auto_commit(self) -> None:
         while True:
