@@ -39,7 +39,8 @@ from headwater.broker import ServerConfig, open_broker, open_server
 from headwater.testing._hostile import (
     config_server_process,
     count_busy,
-    hello_frame,
+    idle_crowd,
+    raise_fd_limit,
     slow_readers,
 )
 from headwater.testing._netchaos import FAULT_KINDS, check_stored, percentile, read_back, run_round
@@ -135,26 +136,16 @@ def _slow_readers(folder: Path) -> Iterator[dict[str, Any]]:
 
 
 def _idle_connections(folder: Path) -> Iterator[dict[str, Any]]:
-    import resource
-
     idle, limit, extra = 2000, 2050, 150
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = idle + extra + 500
-    if soft < wanted:
-        if hard != resource.RLIM_INFINITY and hard < wanted:
-            return
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    if not raise_fd_limit(idle + extra + 500):
+        return
     with config_server_process(
         folder / "idle", max_connections=limit, handshake_timeout=60.0, idle_timeout=60.0
     ) as server:
         base = server.rss_kib()
         socks: list[socket.socket] = []
         try:
-            for i in range(idle):
-                sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-                if i % 2 == 0:
-                    sock.sendall(hello_frame())
-                socks.append(sock)
+            socks = idle_crowd(server.port, idle)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 ready = sum(1 for e in server.events() if e.get("event") == "connection_ready")

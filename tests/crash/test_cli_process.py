@@ -9,21 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from .server_proc import env, server
+from .server_proc import env, hw, server
 
 pytestmark = pytest.mark.crash
-
-
-def hw(url: str, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `python -m headwater ARGS --url URL`."""
-    return subprocess.run(
-        [sys.executable, "-m", "headwater", *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**env(), "HEADWATER_URL": url},
-    )
 
 
 def test_cli_round_trip_of_ten_thousand_lines(tmp_path: Path) -> None:

@@ -19,21 +19,9 @@ from click.testing import CliRunner, Result
 
 from headwater import cli
 
-from .server_proc import env, server
+from .server_proc import env, hw, server
 
 pytestmark = pytest.mark.crash
-
-
-def hw(url: str, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `python -m headwater ARGS` against ``url``."""
-    return subprocess.run(
-        [sys.executable, "-m", "headwater", *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**env(), "HEADWATER_URL": url},
-    )
 
 
 def local(url: str, *args: str) -> Result:

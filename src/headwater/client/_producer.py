@@ -240,18 +240,16 @@ class Producer:
             raise
         return self
 
-    async def _init_producer(self) -> p.ProducerIdentity:
-        """Ask for an identity, retrying retriable errors (a failed fsync of
-        the broker's registry, a restart) with backoff for up to
-        ``delivery_timeout`` seconds."""
-        deadline = trio.current_time() + self.config.delivery_timeout
+    async def _request(self, request: Any, deadline: float, what: str, **context: Any) -> Any:
+        """Send ``request``; retry retriable errors with exponential backoff
+        (``retry_backoff`` doubling up to ``retry_backoff_max``) until
+        ``deadline``, each attempt bounded by ``request_timeout``. The one
+        retry loop of the producer: identities, partition counts, batches."""
         attempt = 0
         while True:
+            timeout = min(self.config.request_timeout, max(deadline - trio.current_time(), 0.001))
             try:
-                identity: p.ProducerIdentity = await self._channel.request(
-                    p.InitProducer(), timeout=self.config.request_timeout
-                )
-                return identity
+                return await self._channel.request(request, timeout=timeout)
             except HeadwaterError as exc:
                 attempt += 1
                 delay = min(
@@ -259,8 +257,18 @@ class Producer:
                 )
                 if not exc.retriable or trio.current_time() + delay >= deadline:
                     raise
-                log.info("init_producer_retry", attempt=attempt, error=type(exc).__name__)
+                log.info(f"{what}_retry", attempt=attempt, error=type(exc).__name__, **context)
                 await trio.sleep(delay)
+
+    async def _init_producer(self) -> p.ProducerIdentity:
+        """Ask for an identity, retrying retriable errors (a failed fsync of
+        the broker's registry, a restart) with backoff for up to
+        ``delivery_timeout`` seconds."""
+        deadline = trio.current_time() + self.config.delivery_timeout
+        identity: p.ProducerIdentity = await self._request(
+            p.InitProducer(), deadline, "init_producer"
+        )
+        return identity
 
     async def __aexit__(
         self,
@@ -307,22 +315,9 @@ class Producer:
             # Retried like a produce (a lost connection must not fail a send
             # that the produce path itself would have retried).
             deadline = trio.current_time() + self.config.delivery_timeout
-            attempt = 0
-            while True:
-                try:
-                    description = await self._channel.request(
-                        p.DescribeTopic(topic), timeout=self.config.request_timeout
-                    )
-                    break
-                except HeadwaterError as exc:
-                    attempt += 1
-                    delay = min(
-                        self.config.retry_backoff * 2 ** (attempt - 1),
-                        self.config.retry_backoff_max,
-                    )
-                    if not exc.retriable or trio.current_time() + delay >= deadline:
-                        raise
-                    await trio.sleep(delay)
+            description = await self._request(
+                p.DescribeTopic(topic), deadline, "describe_topic", topic=topic
+            )
             count = self._partitions[topic] = description.topic.partitions
         return count
 
@@ -556,37 +551,15 @@ class Producer:
             base_sequence=batch.base_sequence,
         )
         request = p.Produce(batch.topic, batch.partition, record)
-        attempt = 0
-        while True:
-            timeout = min(self.config.request_timeout, max(deadline - trio.current_time(), 0.001))
-            try:
-                response: p.ProduceResult = await self._channel.request(request, timeout=timeout)
-            except HeadwaterError as exc:
-                attempt += 1
-                delay = min(
-                    self.config.retry_backoff * 2 ** (attempt - 1), self.config.retry_backoff_max
-                )
-                if not exc.retriable or trio.current_time() + delay >= deadline:
-                    log.warning(
-                        "produce_failed",
-                        topic=batch.topic,
-                        partition=batch.partition,
-                        attempts=attempt,
-                        error=repr(exc),
-                    )
-                    self._finish(batch, -1, exc)
-                    return exc
-                log.info(
-                    "produce_retry",
-                    topic=batch.topic,
-                    partition=batch.partition,
-                    attempt=attempt,
-                    error=type(exc).__name__,
-                )
-                await trio.sleep(delay)
-                continue
-            self._finish(batch, response.base_offset, None)
-            return None
+        where = {"topic": batch.topic, "partition": batch.partition}
+        try:
+            response: p.ProduceResult = await self._request(request, deadline, "produce", **where)
+        except HeadwaterError as exc:
+            log.warning("produce_failed", error=repr(exc), **where)
+            self._finish(batch, -1, exc)
+            return exc
+        self._finish(batch, response.base_offset, None)
+        return None
 
     def _finish(self, batch: ReadyBatch, base_offset: int, error: HeadwaterError | None) -> None:
         result = self._results.pop(batch.batch_id)
@@ -600,16 +573,9 @@ class Producer:
     async def _renumber(self, tp: tuple[str, int], queue: deque[tuple[ReadyBatch, float]]) -> None:
         """After a batch of ``tp`` failed for good, take a new identity and
         renumber the batches still queued for ``tp`` from sequence 0."""
-        while True:
-            try:
-                identity = await self._channel.request(
-                    p.InitProducer(), timeout=self.config.request_timeout
-                )
-                break
-            except HeadwaterError as exc:
-                if not exc.retriable:
-                    raise
-                await trio.sleep(self.config.retry_backoff)
+        identity: p.ProducerIdentity = await self._request(
+            p.InitProducer(), math.inf, "init_producer"
+        )
         self.identity = identity
         self._accumulator.set_identity(identity.producer_id, identity.epoch)
         renumbered = [(self._accumulator.resequence(b), d) for b, d in queue]

@@ -102,12 +102,11 @@ def parse_url(url: str) -> tuple[str, int, bool]:
 class _Slot:
     """One request in flight: where its answer goes."""
 
-    __slots__ = ("abandoned", "done", "outcome")
+    __slots__ = ("done", "outcome")
 
     def __init__(self) -> None:
         self.done = trio.Event()
         self.outcome: Any = None
-        self.abandoned = False
 
 
 class _Session:
@@ -188,7 +187,6 @@ class TcpChannel(Channel):
         """See :meth:`Channel.request`."""
         seconds = _timeout_seconds(timeout)
         op, body = encode_request(request)
-        slot: _Slot | None = None
         session: _Session | None = None
         receives_before = -1
         with trio.move_on_after(seconds):
@@ -212,8 +210,7 @@ class TcpChannel(Channel):
             if isinstance(outcome, BaseException):
                 raise outcome
             return decode_response(outcome)
-        if slot is not None:
-            slot.abandoned = True
+        # Timed out. The slot stays in ``pending``: a late answer frees it.
         dropped = ""
         if (
             session is not None

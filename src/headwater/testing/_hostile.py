@@ -11,6 +11,7 @@ and ``benchmarks/bench_faults.py``.
 
 from __future__ import annotations
 
+import resource
 import select
 import socket
 import time
@@ -32,6 +33,8 @@ __all__ = [
     "config_server_process",
     "slow_readers",
     "count_busy",
+    "idle_crowd",
+    "raise_fd_limit",
     "read_until_closed",
 ]
 
@@ -113,3 +116,32 @@ def count_busy(socks: list[socket.socket], wait: float) -> int:
         if any(f.get("t") == "error" and f.get("code") == "server_busy" for f in frames):
             busy += 1
     return busy
+
+
+def raise_fd_limit(wanted: int) -> bool:
+    """Raise this process's open-file soft limit to ``wanted`` if the hard
+    limit allows; return whether ``wanted`` descriptors are now available."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return True
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        return False
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return True
+
+
+def idle_crowd(port: int, n: int) -> list[socket.socket]:
+    """``n`` connections to 127.0.0.1:``port`` that then say nothing more:
+    every other one sends the hello frame first, the rest never speak."""
+    socks: list[socket.socket] = []
+    try:
+        for i in range(n):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            socks.append(sock)
+            if i % 2 == 0:
+                sock.sendall(hello_frame())
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks

@@ -208,7 +208,7 @@ class _Connection:
         self._decoder = FrameDecoder(max_frame_size=max_frame_size)
         self._max_frame_size = max_frame_size
         self._max_in_flight = _check_limit(max_in_flight)
-        self._out = bytearray()
+        self._out: list[bytes] = []  # encoded frames waiting to be sent
         self._in_flight: set[int] = set()
         self._closed_event: ConnectionClosed | None = None
         self._closed_by_us = False
@@ -239,7 +239,8 @@ class _Connection:
 
     def data_to_send(self) -> bytes:
         """Return (and forget) the bytes queued for the peer."""
-        data = bytes(self._out)
+        # One frame (the common case) is returned as is: no copy of a large batch.
+        data = b"".join(self._out)
         self._out.clear()
         return data
 
@@ -345,7 +346,9 @@ class _Connection:
         self._state = new
 
     def _queue(self, message: object) -> None:
-        self._out += encode_frame(ENVELOPE.encode(message), max_frame_size=self._max_frame_size)
+        self._out.append(
+            encode_frame(ENVELOPE.encode(message), max_frame_size=self._max_frame_size)
+        )
 
 
 class ClientConnection(_Connection):
@@ -393,7 +396,7 @@ class ClientConnection(_Connection):
         self._local("send_request")
         self._next_id += 1
         self._in_flight.add(request_id)
-        self._out += frame
+        self._out.append(frame)
         return request_id
 
     def send_auth(self, token: str) -> None:
@@ -503,7 +506,7 @@ class ServerConnection(_Connection):
         frame = encode_frame(ENVELOPE.encode(message), max_frame_size=self._max_frame_size)
         self._local(event)
         self._in_flight.discard(request_id)
-        self._out += frame
+        self._out.append(frame)
 
     def _violation(self, exc: HeadwaterError) -> HeadwaterError:
         if self._state != CLOSED:
