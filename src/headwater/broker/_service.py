@@ -33,6 +33,7 @@ from headwater._errors import (
     UnknownTopicError,
 )
 from headwater._protocol import (
+    PUSH_SINK,
     CommitOffsets,
     CommittedOffsets,
     CreateTopic,
@@ -57,6 +58,7 @@ from headwater._protocol import (
     Produce,
     ProduceResult,
     ProducerIdentity,
+    ReleasePartitions,
     TopicDescription,
     TopicInfo,
     TopicList,
@@ -287,7 +289,7 @@ class BrokerService:
             for topic in r.topics:
                 self._config(topic)
         ref = await self._group(r.group, create=isinstance(r, JoinGroup | CommitOffsets))
-        result = await ref.ask(GroupRequest(r, self._counts()))
+        result = await ref.ask(GroupRequest(r, self._counts(), PUSH_SINK.get()))
         if isinstance(r, FetchCommitted):
             return CommittedOffsets(r.group, result)
         return Done() if result is None else result
@@ -341,6 +343,7 @@ class BrokerService:
         InitProducer: _init_producer,
         JoinGroup: _group_request,
         Heartbeat: _group_request,
+        ReleasePartitions: _group_request,
         LeaveGroup: _group_request,
         CommitOffsets: _group_request,
         FetchCommitted: _group_request,

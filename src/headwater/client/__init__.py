@@ -14,6 +14,7 @@ from ._codec import decode_events as decode_events
 from ._codec import encode_events as encode_events
 from ._consumer import Consumer as Consumer
 from ._consumer import ConsumerConfig as ConsumerConfig
+from ._consumer import PartitionsCallback as PartitionsCallback
 from ._consumer import Timestamp as Timestamp
 from ._event import Event as Event
 from ._partitioner import Partitioner as Partitioner
@@ -52,6 +53,7 @@ __all__ = [
     "Client",
     "Consumer",
     "ConsumerConfig",
+    "PartitionsCallback",
     "Event",
     "JsonSerializer",
     "LocalChannel",
