@@ -263,7 +263,7 @@ async def test_max_poll_interval_leaves_then_rejoins(
             await b.getmany(100, timeout=1)
         assert 10.0 <= trio.current_time() - start <= 12.0
         assert [] == a.assignment()
-        with pytest.raises(UnknownMemberError, match="max_poll_interval=10.0"):
+        with pytest.raises(UnknownMemberError, match=r"max_poll_interval=10\.0"):
             await a.commit()
         await a.getmany(100, timeout=0)  # a joins again
         assert a.membership is not None

@@ -24,10 +24,10 @@ from headwater.broker import (
     TRANSITIONS,
     GroupCoordinator,
     GroupState,
+    _group,
     apply,
     compute_assignment,
 )
-from headwater.broker import _group
 from headwater.broker._group import state_from_plain, state_to_plain
 
 COUNTS = {"a": 3, "b": 2}

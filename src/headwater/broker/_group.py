@@ -295,7 +295,10 @@ class Assigner(Protocol):
     the elected leader assigns (``on_broker = False``: the group then waits in
     ``completing_rebalance`` for the leader's answer)."""
 
-    on_broker: bool
+    @property
+    def on_broker(self) -> bool:
+        """Whether the broker decides (else an elected member does)."""
+        ...
 
     def assign(
         self,

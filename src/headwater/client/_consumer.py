@@ -184,7 +184,7 @@ def _check_callback(name: str, value: object) -> PartitionsCallback | None:
         raise InvalidArgument(
             f"{name} must be a function taking a list of partitions, not {value!r}"
         )
-    return value  # type: ignore[return-value]
+    return value
 
 
 class Consumer:
