@@ -28,6 +28,14 @@ class Ledger:
         self.violations: list[str] = []
         self.read: dict[tuple[int, int], int] = {}
         self.members: set[str] = set()
+        self.target = 0
+        self.all_read = trio.Event()
+
+    def expect(self, n: int) -> None:
+        """Set ``all_read`` once ``n`` distinct events were read."""
+        self.target = n
+        if len(self.read) >= n:
+            self.all_read.set()
 
     def assigned(self, name: str, tps: list[tuple[str, int]]) -> None:
         for tp in tps:
@@ -48,6 +56,8 @@ class Ledger:
                 self.violations.append(f"{name} read {e.partition}@{e.offset} without owning it")
             key = (e.partition, e.offset)
             self.read[key] = self.read.get(key, 0) + 1
+        if self.target and len(self.read) >= self.target:
+            self.all_read.set()
 
 
 async def _member(
@@ -114,9 +124,9 @@ async def test_members_join_and_leave_while_others_read_and_commit(
                 for i, polls in enumerate((5, 9, 3, 7)):
                     await trio.sleep(0.7)
                     churn.start_soon(_member, client, ledger, f"c{i}", polls, trio.Event())
+            ledger.expect(total)
             with trio.fail_after(30):
-                while len(ledger.read) < total:
-                    await trio.sleep(0.1)
+                await ledger.all_read.wait()
             done.set()
         assert [] == ledger.violations
         assert {"a", "b", "c0", "c1", "c2", "c3"} == ledger.members  # every one got partitions
