@@ -233,6 +233,8 @@ class Consumer:
         self._joining = False
         self._unannounced: set[TP] = set()  # assigned, on_assigned not yet called
         self._evicted: str | None = None  # why we left the group without being asked
+        self._idle_left = False  # we left for not polling: rejoin at the next poll only
+        self._join_lock = trio.Lock()
         self._commit_lock = trio.Lock()
         self._wake: trio.CancelScope | None = None  # a poll waiting for data
         self._polling = 0
@@ -591,6 +593,7 @@ class Consumer:
             self._joining = False
         early, self._early = self._early, []
         self._evicted = None
+        self._idle_left = False
         self._on_notice(membership)
         for notice in early:
             self._on_notice(notice)
@@ -670,7 +673,16 @@ class Consumer:
         while self._needs_sync():
             if self._evicted is not None:
                 log.info("consumer_rejoin", group=self.group, reason=self._evicted)
-                await self._join()
+                self._idle_left = False
+                async with self._join_lock:
+                    if self._evicted is not None:
+                        try:
+                            await self._join()
+                        except HeadwaterError as exc:
+                            if not exc.retriable:
+                                raise
+                            log.info("rejoin_failed", group=self.group, error=repr(exc))
+                            return  # the next poll (or heartbeat) tries again
                 continue
             m = self._latest
             if m is None:
@@ -766,23 +778,28 @@ class Consumer:
         )
         self._evict(
             f"it did not ask for events for {idle:.1f}s (max_poll_interval="
-            f"{self.config.max_poll_interval}s)"
+            f"{self.config.max_poll_interval}s)",
+            idle=True,
         )
         try:
             await self._ask(p.LeaveGroup(self.group, m.member_id))
         except HeadwaterError as exc:
             log.info("leave_group_failed", group=self.group, error=repr(exc))
 
-    def _evict(self, reason: str) -> None:
+    def _evict(self, reason: str, *, idle: bool = False) -> None:
         for tp in list(self._owned):
             self._forget(tp)
         self._evicted = reason
+        self._idle_left = idle
         if self._wake is not None:
             self._wake.cancel()
 
     async def _heartbeat(self) -> None:
+        if self.group is None or self._idle_left:
+            return  # after a poll timeout the app's next poll joins again
         m = self.membership
-        if self.group is None or m is None or self._evicted is not None:
+        if m is None or self._evicted is not None:
+            await self._rejoin()  # an earlier rejoin failed: try again
             return
         try:
             self._on_notice(await self._ask(p.Heartbeat(self.group, m.member_id, m.generation)))
@@ -790,16 +807,23 @@ class Consumer:
             # The group forgot us (missed heartbeats): join again at once.
             log.info("consumer_rejoin", group=self.group, member_id=m.member_id)
             self._evict("the group removed it (missed heartbeats)")
+            await self._rejoin()
+        except HeadwaterError as exc:
+            if not exc.retriable:
+                raise
+            log.info("heartbeat_failed", group=self.group, error=repr(exc))
+
+    async def _rejoin(self) -> None:
+        """Join again unless someone else (a poll, the heartbeat task) did."""
+        async with self._join_lock:
+            if self._evicted is None and self.membership is not None:
+                return
             try:
                 await self._join()
             except HeadwaterError as exc:
                 if not exc.retriable:
                     raise
                 log.info("rejoin_failed", group=self.group, error=repr(exc))
-        except HeadwaterError as exc:
-            if not exc.retriable:
-                raise
-            log.info("heartbeat_failed", group=self.group, error=repr(exc))
 
     async def poll_group(self) -> None:
         """Heartbeat now and serve any rebalance (a poll point; the background
