@@ -28,7 +28,9 @@ async def test_two_readme_consumers_in_a_group_commit_without_errors(tmp_path: P
         async with headwater.connect(proc.url) as admin:
             await admin.create_topic("orders", partitions=3)
             async with admin.producer() as producer:
-                await producer.send_many("orders", [{"value": {"id": i}, "key": f"order-{i}"} for i in range(EVENTS)])
+                await producer.send_many(
+                    "orders", [{"value": {"id": i}, "key": f"order-{i}"} for i in range(EVENTS)]
+                )
         seen: dict[str, list[Event]] = {"a": [], "b": []}
         all_read = trio.Event()
         b_may_join = trio.Event()

@@ -518,8 +518,13 @@ class GroupActor(Actor):
             del self._sinks[mid]
         for notice in self.coordinator.take_notices():
             sink = self._sinks.get(notice.member_id)
-            if sink is not None:
+            if sink is None:
+                continue
+            try:
                 sink(notice)
+            except Exception as exc:  # a sink must never fail the group actor
+                _log.error("group_push_failed", group=self.group, exc_info=exc)
+                self._sinks.pop(notice.member_id, None)
 
     async def handle(self, message: Any) -> Any:
         """Join, heartbeat, release, leave, commit, read commits, expire members."""

@@ -25,12 +25,15 @@ import trio
 
 from headwater._errors import ClosedError, HeadwaterError, HeadwaterTimeoutError, InvalidArgument
 from headwater._protocol import PUSH_SINK, Membership
+from headwater._logging import get_logger
 from headwater.actors._actor import as_failure
 
 __all__ = ["Channel", "Handler", "LocalChannel", "PushListener"]
 
 Handler = Callable[[Any], Awaitable[Any]]
 """A broker's request handler: takes a request message, returns its response."""
+
+_log = get_logger("headwater.client")
 
 PushListener = Callable[[Membership], None]
 """Takes one pushed group notice; must not block."""
@@ -81,7 +84,10 @@ class Channel(abc.ABC):
             return
         listeners: dict[str, list[PushListener]] = self.__dict__.get("_push_listeners", {})
         for listener in list(listeners.get(message.group, ())):
-            listener(message)
+            try:
+                listener(message)
+            except Exception as exc:  # a listener's bug must not reach the broker's task
+                _log.error("push_listener_failed", group=message.group, exc_info=exc)
 
 
 class LocalChannel(Channel):
