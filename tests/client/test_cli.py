@@ -114,9 +114,12 @@ def test_groups_describe_shows_commit_metadata(run: Run, tmp_path: Path) -> None
     run("topics", "create", "t", "-p", "2")
 
     async def commit() -> None:
-        async with open_broker(str(tmp_path / "data")) as broker, broker.connect() as client:
-            async with client.consumer("t", group="g") as consumer:
-                await consumer.commit({("t", 1): 0}, metadata="snapshot 41")
+        async with (
+            open_broker(str(tmp_path / "data")) as broker,
+            broker.connect() as client,
+            client.consumer("t", group="g") as consumer,
+        ):
+            await consumer.commit({("t", 1): 0}, metadata="snapshot 41")
 
     trio.run(commit)
     described = json.loads(run("groups", "describe", "g", "--json").output)

@@ -24,8 +24,8 @@ from typing import Any
 import trio
 
 from headwater._errors import ClosedError, HeadwaterError, HeadwaterTimeoutError, InvalidArgument
-from headwater._protocol import PUSH_SINK, Membership
 from headwater._logging import get_logger
+from headwater._protocol import PUSH_SINK, Membership
 from headwater.actors._actor import as_failure
 
 __all__ = ["Channel", "Handler", "LocalChannel", "PushListener"]
