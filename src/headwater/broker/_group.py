@@ -42,6 +42,12 @@ fixes the group's protocol type (``"headwater"``; Kafka members later); a
 member of another type is refused with
 :class:`~headwater.InconsistentGroupProtocolError` while the group has members.
 
+Transactions (DECISIONS #19, later) fit this shape without a new state: a
+transactional member releases a partition only after its open transaction
+ended (commit or abort in ``on_revoked``), and the new owner's fetch of the
+committed offset will answer a retriable "unstable offset" while
+transactional offsets for it are pending.
+
 Members learn what to do from :meth:`GroupCoordinator.take_notices` (the
 memberships that changed since they were last told; the actor pushes them),
 and from every join, heartbeat and release answer (a client without push
