@@ -255,9 +255,15 @@ async def test_max_poll_interval_leaves_then_rejoins(
     the other member gets its partitions; its next commit says why it was not
     committed; its next poll joins again."""
     config = {"group": "g", "session_timeout": 3.0, "max_poll_interval": 10.0}
-    async with client.consumer("t3", **config) as a, client.consumer("t3", **config) as b:
+    revoked: list[list[tuple[str, int]]] = []
+    async with (
+        client.consumer("t3", on_revoked=revoked.append, **config) as a,
+        client.consumer("t3", **config) as b,
+    ):
         await a.getmany(100, timeout=0)  # a releases: both own partitions
-        assert a.assignment()
+        held = a.assignment()
+        assert held
+        revoked.clear()
         start = trio.current_time()
         while len(b.assignment()) < 3:  # b keeps polling; a is "hung"
             await b.getmany(100, timeout=1)
@@ -265,7 +271,8 @@ async def test_max_poll_interval_leaves_then_rejoins(
         assert [] == a.assignment()
         with pytest.raises(UnknownMemberError, match=r"max_poll_interval=10\.0"):
             await a.commit()
-        await a.getmany(100, timeout=0)  # a joins again
+        await a.getmany(100, timeout=0)  # a hears what it lost, and joins again
+        assert [held] == revoked
         assert a.membership is not None
         await b.getmany(100, timeout=0)  # b releases to the newcomer
         await a.getmany(100, timeout=1)
@@ -328,3 +335,30 @@ async def test_forgotten_member_joins_again(
         assert first.member_id != again.member_id
         assert 3 == len(consumer.assignment())
         assert 30 == len(await take(consumer, 30))
+
+
+async def test_without_push_members_follow_at_heartbeat_pace(
+    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
+) -> None:
+    """A channel that cannot take pushes (as a protocol v1 connection): the
+    members learn of the rebalance from their heartbeats, and the handover
+    still waits for the release, with every commit going through."""
+    from headwater import _protocol as p
+    from headwater.client import LocalChannel
+
+    async def no_push(request: object) -> object:
+        p.PUSH_SINK.set(None)
+        return await broker.handle(request)
+
+    async with Client(LocalChannel(no_push)) as quiet:
+        config = {"group": "g", "session_timeout": 3.0}
+        async with quiet.consumer("t3", **config) as a, quiet.consumer("t3", **config) as b:
+            start = trio.current_time()
+            while not b.assignment():
+                await a.getmany(5, timeout=0.1)
+                await a.commit()
+                await b.getmany(5, timeout=0.1)
+                await b.commit()
+            assert 1.0 <= trio.current_time() - start <= 2.5  # a heartbeat or two
+            assert not set(a.assignment()) & set(b.assignment())
+            assert 3 == len(a.assignment()) + len(b.assignment())

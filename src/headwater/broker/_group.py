@@ -408,7 +408,11 @@ def apply(state: GroupState, event: GroupEvent) -> GroupState:
         _check_transition(state, "released", "preparing_rebalance")
         mid = event["member_id"]
         gone = set(_tps(event["partitions"]))
-        m = state.members[mid]
+        m = state.members.get(mid)
+        if m is None:
+            raise IllegalTransitionError(
+                f"group {state.group!r}: event 'released' names unknown member {mid!r}"
+            )
         member = attrs.evolve(
             m,
             assignment=tuple(tp for tp in m.assignment if tp not in gone),

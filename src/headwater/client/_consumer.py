@@ -234,6 +234,7 @@ class Consumer:
         self._unannounced: set[TP] = set()  # assigned, on_assigned not yet called
         self._evicted: str | None = None  # why we left the group without being asked
         self._idle_left = False  # we left for not polling: rejoin at the next poll only
+        self._lost: set[TP] = set()  # taken from us without a release: on_revoked at a poll
         self._join_lock = trio.Lock()
         self._commit_lock = trio.Lock()
         self._wake: trio.CancelScope | None = None  # a poll waiting for data
@@ -645,7 +646,7 @@ class Consumer:
     def _needs_sync(self) -> bool:
         if self.group is None:
             return False
-        if self._evicted is not None:
+        if self._evicted is not None or self._lost:
             return True
         m = self._latest
         if m is None:
@@ -671,6 +672,11 @@ class Consumer:
         if self.group is None:
             return
         while self._needs_sync():
+            if self._lost:  # taken while we were away: tell the app (no commit possible)
+                lost = sorted(self._lost)
+                self._lost.clear()
+                await self._call(self._on_revoked, lost)
+                continue
             if self._evicted is not None:
                 log.info("consumer_rejoin", group=self.group, reason=self._evicted)
                 self._idle_left = False
@@ -787,6 +793,7 @@ class Consumer:
             log.info("leave_group_failed", group=self.group, error=repr(exc))
 
     def _evict(self, reason: str, *, idle: bool = False) -> None:
+        self._lost.update(tp for tp in self._owned if tp not in self._unannounced)
         for tp in list(self._owned):
             self._forget(tp)
         self._evicted = reason
