@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from headwater import UnknownTopicError
 from headwater.broker import open_broker
@@ -159,3 +160,77 @@ async def test_a_missing_topic_leaves_the_consumer_as_a_typed_error(
         await client.create_topic("t")
         async with client.consumer("t", group=group) as consumer:
             assert [] == await consumer.getmany(timeout=0.1)
+
+
+async def test_a_protocol_v1_client_still_works_in_a_group(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that speaks only version 1 (no pushes, no releases) joins a
+    group beside a v2 client: it connects at version 1, reads and commits;
+    its partitions move at once as in v1, and the v2 member's commits all go
+    through."""
+    from contextlib import AsyncExitStack
+    from functools import partial
+
+    from headwater.broker import open_server
+    from headwater.client import _tcp
+    from headwater.testing import connect_in_memory
+    from headwater.transport import ClientConnection
+
+    async with (
+        open_broker("/data", fs=SimulatedFileSystem()) as broker,
+        open_server(broker, listen=False) as server,
+        AsyncExitStack() as stack,
+    ):
+        with monkeypatch.context() as patch:
+            patch.setattr(_tcp, "ClientConnection", partial(ClientConnection, versions=[1]))
+            old = await stack.enter_async_context(connect_in_memory(server))
+        new = await stack.enter_async_context(connect_in_memory(server))
+        await new.create_topic(TOPIC, partitions=PARTITIONS)
+        async with new.producer() as producer:
+            await producer.send_many(TOPIC, [{"value": i, "key": f"k{i}"} for i in range(200)])
+        async with new.consumer(TOPIC, group="g") as v2:
+            first = await v2.getmany(10, timeout=1)
+            async with old.consumer(TOPIC, group="g", session_timeout=3.0) as v1:
+                await v2.getmany(10, timeout=0)  # v2 releases what the v1 member gets
+                await v2.commit()
+                got_v1: list[Any] = []
+                with trio.fail_after(10):
+                    while not got_v1:
+                        got_v1 += await v1.getmany(50, timeout=0.5)
+                await v1.commit()
+                assert v1.assignment()
+                assert not set(v1.assignment()) & set(v2.assignment())
+            rest = await v2.getmany(50, timeout=1)
+            await v2.commit()
+        assert first
+        assert rest
+        description = await new.describe_group("g")
+        assert all(x.committed is not None for x in description.partitions)
+        versions = [c._channel._session.conn.version for c in (old, new)]  # type: ignore[attr-defined]
+        assert [1, 2] == versions
+
+
+async def test_rebalance_notices_are_pushed_at_once(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """Heartbeats every 20 s, yet a member waiting in a poll releases at once
+    when a second member joins, and the second member gets its partitions at
+    once: the notices are pushed (embedded, and over TCP as protocol v2)."""
+    async with (
+        open_broker("/data", fs=SimulatedFileSystem()) as broker,
+        connect(broker) as client,
+    ):
+        await client.create_topic(TOPIC, partitions=PARTITIONS)
+        config = {"group": "g", "session_timeout": 60.0}
+        async with client.consumer(TOPIC, **config) as a, trio.open_nursery() as nursery:
+            nursery.start_soon(a.getmany, 10, 30.0)  # a waits inside a poll
+            await trio.testing.wait_all_tasks_blocked()
+            start = trio.current_time()
+            async with client.consumer(TOPIC, **config) as b:
+                await b.getmany(10, timeout=0)
+                await trio.testing.wait_all_tasks_blocked()
+                assert b.assignment()
+                assert trio.current_time() - start < 1.0  # the first heartbeat is at 20 s
+                assert 2 == len(a.assignment()) == len(b.assignment())
+            nursery.cancel_scope.cancel()
