@@ -612,12 +612,13 @@ class Consumer:
         blocks (pushes arrive on the broker's or the connection's task)."""
         if self._closed or m.group != self.group:
             return
+        if self._joining:
+            self._early.append(m)  # may be ours: sorted out when the join answers
+            return
+        if self._evicted is not None:
+            return  # about the member we were: only the next join's answer counts
         current = self._latest or self._membership
-        if current is None:
-            if self._joining:
-                self._early.append(m)  # may be ours: sorted out when the join answers
-                return
-        elif m.member_id != current.member_id or _rank(m) < _rank(current):
+        if current is not None and (m.member_id != current.member_id or _rank(m) < _rank(current)):
             return
         self._latest = m
         self._adopt(m)
