@@ -234,3 +234,21 @@ async def test_rebalance_notices_are_pushed_at_once(
                 assert trio.current_time() - start < 1.0  # the first heartbeat is at 20 s
                 assert 2 == len(a.assignment()) == len(b.assignment())
             nursery.cancel_scope.cancel()
+
+
+async def test_a_topic_deleted_under_a_reader_leaves_as_a_typed_error(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """A failure in the consumer's own tasks (its fetcher meets a deleted
+    topic) ends the block with that typed error, not an exception group."""
+    async with (
+        open_broker("/data", fs=SimulatedFileSystem()) as broker,
+        connect(broker) as client,
+    ):
+        await client.create_topic("t")
+        with pytest.raises(UnknownTopicError):
+            async with client.consumer("t") as consumer:
+                await client.delete_topic("t")
+                with trio.fail_after(10):
+                    await consumer.getmany(timeout=5)
+                    await consumer.getmany(timeout=5)

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import trio
 
 from headwater._errors import (
+    ActorNotFound,
     ClosedError,
     HeadwaterError,
     InvalidArgument,
@@ -138,11 +139,22 @@ class BrokerService:
             )
         return config, f"/broker/topics/{config.name}/{partition}"
 
+    def _partition(self, topic: str, path: str) -> Any:
+        """The ref of a partition actor. Its topic may have been deleted since
+        the caller checked it exists: that is an unknown topic, not a missing
+        actor."""
+        try:
+            return self.system.lookup(path)
+        except ActorNotFound:
+            raise UnknownTopicError(
+                f"topic {topic!r} was deleted; create it again before you use it"
+            ) from None
+
     async def _log(self, topic: str, partition: int) -> AsyncLog:
         _config, path = self._partition_path(topic, partition)
         log = self._logs.get((topic, partition))
         if log is None or log.closed:
-            log = await self.system.lookup(path).ask(GetLog())
+            log = await self._partition(topic, path).ask(GetLog())
             self._logs[(topic, partition)] = log
         return log
 
@@ -177,7 +189,7 @@ class BrokerService:
         _config, path = self._partition_path(r.topic, r.partition)
         if not isinstance(r.record, bytes | bytearray | memoryview):
             raise InvalidArgument(f"a produce record must be bytes, not {type(r.record).__name__}")
-        reply = await self.system.lookup(path).ask(AppendBatch(bytes(r.record)))
+        reply = await self._partition(r.topic, path).ask(AppendBatch(bytes(r.record)))
         if isinstance(reply, HeadwaterError):
             raise reply
         assert isinstance(reply, Appended)
@@ -274,7 +286,7 @@ class BrokerService:
         config = self._config(r.name)
         infos: list[PartitionInfo] = []
         for p in range(config.partitions):
-            ref = self.system.lookup(f"/broker/topics/{config.name}/{p}")
+            ref = self._partition(config.name, f"/broker/topics/{config.name}/{p}")
             infos.append(await ref.ask(DescribePartition()))
         return TopicDescription(config.to_info(), tuple(infos))
 
