@@ -42,6 +42,7 @@ from typing import Any
 import attrs
 import trio
 
+from headwater._aio import unwrapping_groups
 from headwater._errors import (
     ConfigError,
     HeadwaterError,
@@ -485,33 +486,34 @@ async def open_server(
         SupervisorSpec("server", children, max_restarts=10, within=10.0, shutdown=60.0)
     )
     try:
-        async with trio.open_nursery() as nursery:
-            if listen and config.actors_port is not None:
-                server.actors_port = await nursery.start(
-                    partial(
-                        serve_actors,
-                        system,
-                        MessageRegistry("broker-actors"),
-                        host=config.host,
-                        port=config.actors_port,
-                        token=config.auth_token,
-                        ssl_context=server._ssl,
+        with unwrapping_groups():
+            async with trio.open_nursery() as nursery:
+                if listen and config.actors_port is not None:
+                    server.actors_port = await nursery.start(
+                        partial(
+                            serve_actors,
+                            system,
+                            MessageRegistry("broker-actors"),
+                            host=config.host,
+                            port=config.actors_port,
+                            token=config.auth_token,
+                            ssl_context=server._ssl,
+                        )
                     )
-                )
-            if listeners:
-                _log.info(
-                    "server_listening",
-                    host=config.host,
-                    port=server.port,
-                    actors_port=server.actors_port,
-                    tls=config.tls_cert is not None,
-                    auth=config.auth_token is not None,
-                    data_dir=broker.data_dir,
-                )
-            try:
-                yield server
-            finally:
-                nursery.cancel_scope.cancel()
+                if listeners:
+                    _log.info(
+                        "server_listening",
+                        host=config.host,
+                        port=server.port,
+                        actors_port=server.actors_port,
+                        tls=config.tls_cert is not None,
+                        auth=config.auth_token is not None,
+                        data_dir=broker.data_dir,
+                    )
+                try:
+                    yield server
+                finally:
+                    nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             server._draining = True
