@@ -36,12 +36,12 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import attrs
-import structlog
 import trio
 
 from headwater import _protocol as p
 from headwater._aio import unwrapping_groups
 from headwater._errors import ClosedError, ConfigError, HeadwaterError, InvalidArgument
+from headwater._logging import get_logger
 from headwater.journal._record import encode_record
 
 from ._accumulator import Accumulator, AccumulatorConfig, ReadyBatch
@@ -52,7 +52,7 @@ from ._serializers import Serializer, get_serializer
 
 __all__ = ["Producer", "ProducerConfig", "SendHandle", "open_producer"]
 
-log = structlog.get_logger("headwater.client.producer")
+log = get_logger("headwater.client.producer")
 
 
 def _wall_clock_ms() -> int:
