@@ -31,10 +31,15 @@ async def test_serve_actors_on_a_taken_port_is_a_config_error() -> None:
 
 async def test_remote_producer_and_client_raise_typed_errors(tmp_path: Path) -> None:
     """Against a real server: a send to a missing topic leaves
-    ``async with headwater.connect(url)`` and ``client.producer()`` as
-    UnknownTopicError itself."""
-    with server(tmp_path / "data") as proc:
-        with trio.fail_after(30), pytest.raises(headwater.UnknownTopicError) as info:
+    ``client.producer()`` as UnknownTopicError itself (the client stays
+    usable), and the same error crosses ``headwater.connect(url)`` too."""
+    with server(tmp_path / "data") as proc, trio.fail_after(30):
+        async with headwater.connect(proc.url) as client:
+            with pytest.raises(headwater.UnknownTopicError) as info:
+                async with client.producer() as producer:
+                    await producer.send("no-such-topic", b"x")
+            assert type(info.value) is headwater.UnknownTopicError
+            await client.create_topic("t")
+        with pytest.raises(headwater.UnknownTopicError):
             async with headwater.connect(proc.url) as client, client.producer() as producer:
                 await producer.send("no-such-topic", b"x")
-        assert type(info.value) is headwater.UnknownTopicError
