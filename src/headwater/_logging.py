@@ -94,11 +94,30 @@ def _to_stdlib(
     return (_Event(event_dict),), kwargs
 
 
-_PROCESSORS: list[Any] = [
-    structlog.stdlib.filter_by_level,  # first: a dropped event costs one check
-    structlog.contextvars.merge_contextvars,
-    _to_stdlib,
-]
+_PROCESSORS: list[Any] = [structlog.contextvars.merge_contextvars, _to_stdlib]
+
+_METHOD_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+
+
+class _BoundLogger(structlog.stdlib.BoundLogger):
+    """structlog's stdlib logger that asks the stdlib logger's level first,
+    so an event below it costs one check (no processors, no exception)."""
+
+    def _proxy_to_logger(
+        self, method_name: str, event: str | None = None, *event_args: Any, **event_kw: Any
+    ) -> Any:
+        if not self._logger.isEnabledFor(_METHOD_LEVELS.get(method_name, logging.CRITICAL)):
+            return None
+        return super()._proxy_to_logger(method_name, event, *event_args, **event_kw)
 
 
 def get_logger(name: str, **initial: Any) -> Any:
@@ -109,14 +128,7 @@ def get_logger(name: str, **initial: Any) -> Any:
     configuration is; the stdlib logger's level and handlers decide what is
     emitted and where.
     """
-    return structlog.wrap_logger(
-        logging.getLogger(name),
-        processors=_PROCESSORS,
-        wrapper_class=structlog.stdlib.BoundLogger,
-        context_class=dict,
-        cache_logger_on_first_use=True,
-        **initial,
-    )
+    return _BoundLogger(logging.getLogger(name), _PROCESSORS, dict(initial))
 
 
 def bind_actor(path: str, incarnation: int) -> None:

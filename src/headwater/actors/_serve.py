@@ -32,6 +32,7 @@ from typing import Any
 import attrs
 import trio
 
+from headwater._aio import unwrapping_groups
 from headwater._errors import (
     ActorNotFound,
     ClosedError,
@@ -43,7 +44,6 @@ from headwater._errors import (
     RemoteProtocolError,
     UsageError,
 )
-from headwater._aio import unwrapping_groups
 from headwater._logging import get_logger
 from headwater.actors._actor import ActorRef, LocalActorRef, _Ask, _Reply
 from headwater.actors._monitor import Monitor
