@@ -25,8 +25,10 @@ an actor carry its path as ``actor``. Tests capture events as dicts with
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
+from types import FrameType
 from typing import Any, TextIO
 
 import structlog
@@ -91,7 +93,31 @@ def _to_stdlib(
     exc_info = event_dict.get("exc_info")
     if exc_info:
         kwargs["exc_info"] = exc_info
+    stacklevel = _caller_distance()
+    if stacklevel:
+        kwargs["stacklevel"] = stacklevel
     return (_Event(event_dict),), kwargs
+
+
+_INTERNAL = (os.path.dirname(structlog.__file__), __file__)
+
+
+def _caller_distance() -> int:
+    """The ``stacklevel`` that makes the record's file, line and function
+    those of the code that called the Headwater logger, not structlog's
+    (0 if that cannot be told)."""
+    frame: FrameType | None = sys._getframe(2)
+    # Find structlog's frame that calls the stdlib logger...
+    while frame is not None and frame.f_code.co_name != "_proxy_to_logger":
+        frame = frame.f_back
+    if frame is None:
+        return 0
+    level = 1
+    # ... then count frames up to the first one outside structlog and us.
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame = frame.f_back
+        level += 1
+    return level if frame is not None else 0
 
 
 _PROCESSORS: list[Any] = [structlog.contextvars.merge_contextvars, _to_stdlib]

@@ -128,14 +128,20 @@ def test_configure_logging_renders_json_lines_at_the_chosen_level() -> None:
 
 def test_a_plain_stdlib_handler_gets_readable_lines() -> None:
     """A program that only uses ``logging`` (no structlog) sees
-    ``event key=value`` messages."""
+    ``event key=value`` messages, attributed to the code that logged them
+    (not to structlog's internals)."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(
+        logging.Formatter("%(levelname)s %(name)s %(filename)s:%(funcName)s %(message)s")
+    )
     logger = logging.getLogger("headwater")
     logger.addHandler(handler)
     try:
         _log.warning("disk_slow", path="/data", ms=250)
     finally:
         logger.removeHandler(handler)
-    assert "WARNING headwater.tests disk_slow path='/data' ms=250\n" == stream.getvalue()
+    assert (
+        "WARNING headwater.tests test_logs.py:test_a_plain_stdlib_handler_gets_readable_lines "
+        "disk_slow path='/data' ms=250\n"
+    ) == stream.getvalue()
