@@ -59,10 +59,10 @@ from functools import partial
 from typing import Any, Literal
 
 import attrs
-import structlog
 import trio
 
 from headwater import _protocol as p
+from headwater._aio import unwrapping_groups
 from headwater._errors import (
     ClosedError,
     ConfigError,
@@ -73,8 +73,8 @@ from headwater._errors import (
     UnknownMemberError,
     UnknownPartitionError,
 )
+from headwater._logging import get_logger
 from headwater.journal._record import RecordHeader, iter_records
-from headwater.supervision._specs import unwrapping_groups
 
 from ._channel import Channel
 from ._codec import decode_record_events
@@ -83,7 +83,7 @@ from ._serializers import BytesSerializer, Serializer, get_serializer
 
 __all__ = ["Consumer", "ConsumerConfig", "PartitionsCallback", "Start", "Timestamp"]
 
-log = structlog.get_logger("headwater.client.consumer")
+log = get_logger("headwater.client.consumer")
 
 TP = tuple[str, int]
 # (partition, ownership token, first wanted offset, records as fetched)
