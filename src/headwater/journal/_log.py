@@ -800,7 +800,9 @@ class Log:
             start = off
         position, _ = self._position_of(seg, start)
         while position < seg.size:
-            header = decode_header(self.fs.pread(seg.handle, HEADER_SIZE, position), check_crc=False)
+            header = decode_header(
+                self.fs.pread(seg.handle, HEADER_SIZE, position), check_crc=False
+            )
             assert isinstance(header, RecordHeader)
             if header.max_timestamp >= timestamp:
                 return header.base_offset
