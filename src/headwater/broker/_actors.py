@@ -51,8 +51,8 @@ from headwater.broker._group import (
 )
 from headwater.broker._group import apply as group_apply
 from headwater.broker._idempotence import Duplicate, ProducerStates, RecordInfo
-from headwater.client._codec import decode_record_events
 from headwater.journal._async import AsyncLog, open_log
+from headwater.journal._batch import decode_record_events
 from headwater.journal._files import FileSystem
 from headwater.journal._log import LogConfig
 from headwater.journal._record import iter_records

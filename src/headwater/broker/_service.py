@@ -80,8 +80,8 @@ from headwater.broker._actors import (
 )
 from headwater.broker._config import TopicConfig, validate_group_name, validate_topic_name
 from headwater.broker._group import GroupCoordinator
-from headwater.client._codec import decode_record_events
 from headwater.journal._async import AsyncLog
+from headwater.journal._batch import decode_record_events
 from headwater.journal._record import iter_records
 
 __all__ = ["BrokerService", "MAX_FETCH_BYTES", "MAX_FETCH_WAIT"]
