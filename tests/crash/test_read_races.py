@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -19,6 +20,8 @@ import pytest
 import trio
 
 from headwater import OffsetOutOfRangeError
+from headwater._protocol import CreateTopic, Fetch, Produce
+from headwater.broker import open_broker
 from headwater.journal import (
     HEADER_SIZE,
     AsyncLog,
@@ -28,6 +31,7 @@ from headwater.journal import (
     iter_records,
     open_log,
 )
+from headwater.journal._batch import decode_record_events, encode_events
 from headwater.journal._record import ATTR_COMPACTED
 
 pytestmark = pytest.mark.crash
@@ -150,3 +154,69 @@ async def test_reads_from_the_start_survive_retention_and_compaction(tmp_path: P
     assert stats["compacted"] > 0, stats
     assert stats["reads"] > 100 * len(readers), stats
     assert len(os.listdir("/proc/self/fd")) == fds_before  # no handle leaked
+
+
+class ThreadNotingFileSystem(RealFileSystem):
+    """Real files; notes which thread renames a rewritten segment into place."""
+
+    def __init__(self) -> None:
+        self.rewrite_threads: list[bool] = []  # True: on the event loop's thread
+
+    def rename(self, src: str, dst: str) -> None:
+        if src.endswith(".log.tmp"):
+            self.rewrite_threads.append(threading.current_thread() is threading.main_thread())
+        super().rename(src, dst)
+
+
+async def test_broker_compacts_off_the_event_loop_while_fetches_read_from_the_start(
+    tmp_path: Path,
+) -> None:
+    """A compacted topic's partition rewrites its segments in worker threads
+    while fetches read the partition from offset 0 again and again: every
+    fetched event is the one produced at its offset, offsets only rise."""
+    fs = ThreadNotingFileSystem()
+    keys = 40
+
+    def event(offset: int) -> tuple[int, bytes, bytes, tuple[()]]:
+        return (offset, f"k{offset % keys}".encode(), b"%d" % offset + b"." * 60, ())
+
+    fetched = 0
+    with trio.fail_after(BOUND):
+        async with open_broker(
+            str(tmp_path), fs=fs, segment_bytes=16 * 1024, retention_check_interval=3600
+        ) as broker:
+            await broker.handle(CreateTopic("c", compacted=True))
+            for base in range(0, 8_000, 10):
+                payload = encode_events([event(o) for o in range(base, base + 10)])
+                await broker.handle(Produce("c", 0, encode_record(payload, count=10)))
+            compacted = trio.Event()
+
+            async def compact() -> None:
+                await broker.service.retention()
+                compacted.set()
+
+            async def fetch_from_start() -> None:
+                nonlocal fetched
+                passes = 0
+                while not (compacted.is_set() and passes >= 2):
+                    offset = 0
+                    while True:
+                        got = await broker.handle(Fetch("c", 0, offset, 128 * 1024, 0))
+                        if not got.records:
+                            break
+                        for header, record in iter_records(got.records):
+                            for e in decode_record_events(header, record, topic="c", partition=0):
+                                assert e.offset >= offset
+                                assert event(e.offset)[1:3] == (e.key, e.value)
+                                offset = e.offset + 1
+                                fetched += 1
+                            offset = max(offset, header.next_offset)
+                    passes += 1
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(compact)
+                nursery.start_soon(fetch_from_start)
+                nursery.start_soon(fetch_from_start)
+    assert fs.rewrite_threads  # segments were rewritten ...
+    assert not any(fs.rewrite_threads)  # ... never on the event loop's thread
+    assert fetched > 8_000

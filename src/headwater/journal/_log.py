@@ -146,6 +146,14 @@ class LogConfig:
             )
 
 
+def _segment_base(seg: _Segment) -> int:
+    return seg.base
+
+
+def _entry_offset(entry: tuple[int, int]) -> int:
+    return entry[0]
+
+
 def _name(base: int, ext: str) -> str:
     return f"{base:020d}.{ext}"
 
@@ -690,13 +698,11 @@ class Log:
     # ------------------------------------------------------------------ read
 
     def _segment_for(self, offset: int) -> int:
-        bases = [s.base for s in self.segments]
-        return max(0, bisect.bisect_right(bases, offset) - 1)
+        return max(0, bisect.bisect_right(self.segments, offset, key=_segment_base) - 1)
 
     def _position_of(self, seg: _Segment, offset: int) -> tuple[int, RecordHeader | None]:
         """Byte position and header of the record containing ``offset``."""
-        offsets = [o for o, _ in seg.index]
-        i = bisect.bisect_right(offsets, offset) - 1
+        i = bisect.bisect_right(seg.index, offset, key=_entry_offset) - 1
         position = seg.index[i][1] if i >= 0 else 0
         while position < seg.size:
             head = self.fs.pread(seg.handle, HEADER_SIZE, position)
