@@ -725,7 +725,9 @@ class Log:
         :class:`OffsetOutOfRangeError` when ``offset`` is not stored (any
         more) and :class:`ClosedError` once the log is closed."""
         end = self.next_offset if end is None else min(end, self.next_offset)
-        if offset > self.next_offset:
+        # A first check; _pin checks again under the lock (retention may run
+        # between the two when this read is in a worker thread).
+        if offset < self.earliest_offset or offset > self.next_offset:
             raise OffsetOutOfRangeError(
                 f"offset {offset} is outside the log [{self.earliest_offset}, "
                 f"{self.next_offset}]; seek to earliest or latest"
