@@ -643,13 +643,16 @@ class Log:
         with self._lock:
             if self.closed:
                 raise ClosedError(f"the log at {self.path} is closed")
-            first = self.segments[0].base
-            if offset < first:
-                raise OffsetOutOfRangeError(
-                    f"offset {offset} is before the start of the log at {self.path} "
-                    f"({first}; retention removed it); seek to earliest"
-                )
-            seg = self.segments[self._segment_for(offset)]
+            segments = self.segments
+            seg = segments[-1]
+            if offset < seg.base:  # not the active segment (a tail read)
+                first = segments[0].base
+                if offset < first:
+                    raise OffsetOutOfRangeError(
+                        f"offset {offset} is before the start of the log at {self.path} "
+                        f"({first}; retention removed it); seek to earliest"
+                    )
+                seg = segments[self._segment_for(offset)]
             seg.pins += 1
             return seg
 
