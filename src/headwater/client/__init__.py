@@ -25,6 +25,7 @@ from ._partitioner import Partitioner as Partitioner
 from ._producer import Producer as Producer
 from ._producer import ProducerConfig as ProducerConfig
 from ._producer import SendHandle as SendHandle
+from ._producer import open_producer as open_producer
 from ._serializers import BytesSerializer as BytesSerializer
 from ._serializers import CborSerializer as CborSerializer
 from ._serializers import JsonSerializer as JsonSerializer
@@ -63,6 +64,7 @@ __all__ = [
     "ProducerConfig",
     "ReadyBatch",
     "SendHandle",
+    "open_producer",
     "Serializer",
     "StrSerializer",
     "Timestamp",
