@@ -215,6 +215,12 @@ class BrokerService:
             raise StorageError(
                 f"partition {r.topic}/{r.partition} restarted during the fetch; retry it"
             ) from None
+        except OffsetOutOfRangeError:
+            # Retention removed the offset between the check above and the read.
+            raise OffsetOutOfRangeError(
+                f"offset {r.offset} of {r.topic}/{r.partition} was removed by retention; "
+                f"the partition now starts at {log.earliest_offset}: seek to earliest"
+            ) from None
         return FetchResult(r.topic, r.partition, data, log.visible_end, log.earliest_offset)
 
     async def _list_offset(self, r: ListOffset) -> OffsetResult:
