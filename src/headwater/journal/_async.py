@@ -162,7 +162,9 @@ class AsyncLog:
 
     async def read(self, offset: int, max_bytes: int, end: int | None = None) -> bytes:
         """Whole records from ``offset`` up to ``max_bytes`` (at least one),
-        never past ``visible_end`` (or ``end`` if smaller)."""
+        never past ``visible_end`` (or ``end`` if smaller). Raises
+        :class:`~headwater.OffsetOutOfRangeError` when retention removed
+        ``offset`` (even while this read waited for its worker thread)."""
         self._check_open()
         limit = self.visible_end if end is None else min(end, self.visible_end)
         # Reads of the last few records (a consumer keeping up) hit the page
