@@ -35,6 +35,10 @@ from ._errors import NotFoundError as NotFoundError
 from ._errors import OffsetOutOfRangeError as OffsetOutOfRangeError
 from ._errors import OutOfOrderSequenceError as OutOfOrderSequenceError
 from ._errors import ProducerFencedError as ProducerFencedError
+from ._errors import ConcurrentTransactionsError as ConcurrentTransactionsError
+from ._errors import InvalidTransactionStateError as InvalidTransactionStateError
+from ._errors import TransactionTimedOutError as TransactionTimedOutError
+from ._errors import UnknownTransactionalIdError as UnknownTransactionalIdError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import SerializationError as SerializationError
@@ -123,6 +127,10 @@ __all__ = [
     "UnknownMemberError",
     "OutOfOrderSequenceError",
     "ProducerFencedError",
+    "ConcurrentTransactionsError",
+    "InvalidTransactionStateError",
+    "TransactionTimedOutError",
+    "UnknownTransactionalIdError",
 ]
 
 

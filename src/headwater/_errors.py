@@ -49,6 +49,10 @@ __all__ = [
     "OffsetOutOfRangeError",
     "OutOfOrderSequenceError",
     "ProducerFencedError",
+    "ConcurrentTransactionsError",
+    "InvalidTransactionStateError",
+    "TransactionTimedOutError",
+    "UnknownTransactionalIdError",
     "ProtocolError",
     "RemoteProtocolError",
     "SerializationError",
@@ -425,6 +429,40 @@ class ProducerFencedError(ClosedError):
     this producer and use the newer one."""
 
     code = "producer_fenced"
+
+
+class TransactionTimedOutError(ClosedError):
+    """The broker aborted this producer's transaction because it stayed open
+    longer than its ``transaction_timeout``; nothing in it was committed and
+    this producer's epoch is fenced. Start a new producer with the same
+    transactional id and redo the work (raise the timeout if it was too short)."""
+
+    code = "transaction_timed_out"
+
+
+class InvalidTransactionStateError(UsageError):
+    """The transaction is not in a state where this operation is allowed (for
+    example committing when no transaction is open, or committing a
+    transaction that was aborted). Nothing was changed; the message says which
+    state it is in."""
+
+    code = "invalid_transaction_state"
+
+
+class ConcurrentTransactionsError(HeadwaterError):
+    """The previous transaction of this transactional id is still being
+    completed (its commit or abort markers are being written). Nothing was
+    changed; retry shortly (the client does this by itself)."""
+
+    code = "concurrent_transactions"
+    retriable = True
+
+
+class UnknownTransactionalIdError(NotFoundError):
+    """No producer has used this transactional id on this broker (or its state
+    expired). Check the id; ``headwater transactions list`` shows the known ones."""
+
+    code = "unknown_transactional_id"
 
 
 def _all_subclasses(cls: type[HeadwaterError]) -> list[type[HeadwaterError]]:
