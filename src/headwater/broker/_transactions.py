@@ -105,7 +105,7 @@ _IDLE = ("empty", "complete_commit", "complete_abort")
 
 #: (state, event) -> the state the event leads to. ``None`` is a transactional
 #: id the coordinator has never seen.
-TRANSITIONS: dict[tuple[str | None, str], str] = {
+TRANSITIONS: dict[tuple[str | None, str], TxnStatus] = {
     **{(s, "initialized"): "empty" for s in (None, *_IDLE, "dead")},
     **{(s, "added"): "ongoing" for s in (*_IDLE, "ongoing")},
     ("ongoing", "prepare_commit"): "prepare_commit",
@@ -215,7 +215,7 @@ def state_from_plain(data: Mapping[str, Any]) -> TxnState:
     return TxnState(out)
 
 
-def _check(tid: str, status: str | None, kind: str) -> str:
+def _check(tid: str, status: str | None, kind: str) -> TxnStatus:
     target = TRANSITIONS.get((status, kind))
     if target is None:
         raise IllegalTransitionError(
