@@ -31,7 +31,13 @@ from typing import Any
 import attrs
 import trio
 
-from headwater._errors import HeadwaterError, TopicExistsError, UnknownTopicError
+from headwater._errors import (
+    HeadwaterError,
+    InvalidArgument,
+    InvalidTransactionStateError,
+    TopicExistsError,
+    UnknownTopicError,
+)
 from headwater._logging import get_logger
 from headwater._protocol import (
     CommitOffsets,
@@ -57,11 +63,18 @@ from headwater.broker._group import (
 )
 from headwater.broker._group import apply as group_apply
 from headwater.broker._idempotence import Duplicate, ProducerStates, RecordInfo
+from headwater.broker._stable import AbortedTxn, PartitionTransactions
 from headwater.journal._async import AsyncLog, open_log
 from headwater.journal._batch import decode_record_events
 from headwater.journal._files import FileSystem
 from headwater.journal._log import LogConfig
-from headwater.journal._record import iter_records
+from headwater.journal._record import (
+    ATTR_COMMIT,
+    ATTR_CONTROL,
+    ATTR_TRANSACTIONAL,
+    encode_record,
+    iter_records,
+)
 from headwater.journal._state import StateJournal, open_state_journal
 from headwater.supervision._specs import ChildSpec, SupervisorSpec
 
@@ -130,6 +143,44 @@ class DescribePartition:
 
 
 @attrs.frozen
+class WriteMarker:
+    """The transaction coordinator's commit or abort marker for a producer's
+    transaction on this partition. Answered with :class:`Appended` (wait for
+    its durability before recording it written), or ``None`` when the
+    producer has no open transaction here (a marker re-sent after a restart)."""
+
+    producer_id: int
+    epoch: int
+    commit: bool
+
+
+@attrs.frozen
+class AdmitTransaction:
+    """The transaction coordinator added this partition to the transaction of
+    ``(producer_id, epoch)``: its transactional batches may be written here."""
+
+    producer_id: int
+    epoch: int
+
+
+@attrs.frozen
+class StableView:
+    """A partition's last stable offset and the aborted transactions at or
+    after the offset asked for (what a read_committed fetch needs)."""
+
+    last_stable_offset: int
+    high_watermark: int
+    aborted: tuple[AbortedTxn, ...]
+
+
+@attrs.frozen
+class GetStableView:
+    """Ask a partition for its :class:`StableView` from ``offset`` on."""
+
+    offset: int = 0
+
+
+@attrs.frozen
 class RunRetention:
     """Delete whole segments past the topic's retention."""
 
@@ -147,6 +198,7 @@ class PartitionActor(Actor):
         self.config = config
         self.partition = partition
         self.states = ProducerStates(config.name, partition)
+        self.txns = PartitionTransactions()
         self.log: AsyncLog | None = None
         self._generation = -1
 
@@ -174,10 +226,19 @@ class PartitionActor(Actor):
 
     def _rebuild(self) -> None:
         assert self.log is not None
+        headers = self.log.log.headers()
         self.states.rebuild(
-            RecordInfo(h.producer_id, h.producer_epoch, h.base_sequence, h.count, h.base_offset)
-            for h in self.log.log.headers()
+            RecordInfo(
+                h.producer_id,
+                h.producer_epoch,
+                h.base_sequence,
+                h.count,
+                h.base_offset,
+                bool(h.attributes & ATTR_CONTROL),
+            )
+            for h in headers
         )
+        self.txns.rebuild(headers)
         self._generation = self.log.generation
 
     async def handle(self, message: Any) -> Any:
@@ -189,6 +250,19 @@ class PartitionActor(Actor):
                 self._rebuild()  # a failed fsync cut the log back
             try:
                 header = log.log.validate(message.record)
+                if header.attributes & ATTR_CONTROL:
+                    raise InvalidArgument(
+                        "a client may not write control records (transaction markers); "
+                        "clear attribute bit 3"
+                    )
+                if header.attributes & ATTR_TRANSACTIONAL and not self.txns.may_append(
+                    header.producer_id, header.producer_epoch
+                ):
+                    raise InvalidTransactionStateError(
+                        f"{self.config.name}/{self.partition} is not in a transaction of "
+                        f"producer {header.producer_id} epoch {header.producer_epoch}; "
+                        "send through a transactional producer inside transaction()"
+                    )
                 decision = self.states.check(
                     header.producer_id, header.producer_epoch, header.base_sequence, header.count
                 )
@@ -212,8 +286,19 @@ class PartitionActor(Actor):
                 stored.count,
                 stored.base_offset,
             )
+            self.txns.observe(stored)
             return Appended(
                 stored.base_offset, stored.next_offset, stored.append_time, False, generation, log
+            )
+        if isinstance(message, AdmitTransaction):
+            self.txns.admit(message.producer_id, message.epoch)
+            return None
+        if isinstance(message, WriteMarker):
+            return self._write_marker(message)
+        if isinstance(message, GetStableView):
+            hw = log.visible_end
+            return StableView(
+                self.txns.last_stable_offset(hw), hw, tuple(self.txns.aborted(message.offset))
             )
         if isinstance(message, GetLog):
             return log
@@ -222,13 +307,52 @@ class PartitionActor(Actor):
                 self.partition, log.earliest_offset, log.visible_end, log.log.size_bytes
             )
         if isinstance(message, RunRetention):
-            return log.log.apply_retention()
+            removed = log.log.apply_retention()
+            self.txns.forget_before(log.earliest_offset)
+            return removed
         if isinstance(message, RunCompaction):
             return await self._compact()
         return await super().handle(message)
 
-    def _stored_events(self, base: int, end: int) -> list[StoredEvent]:
-        """Decode the events stored in ``[base, end)`` (blocking; any thread)."""
+    def _write_marker(self, message: WriteMarker) -> Appended | HeadwaterError | None:
+        log = self.log
+        assert log is not None
+        if log.generation != self._generation:
+            self._rebuild()
+        pid = message.producer_id
+        try:
+            self.states.fence(pid, message.epoch)
+        except HeadwaterError as exc:
+            return exc
+        if not self.txns.is_open(pid):
+            return None
+        record = encode_record(
+            b"",
+            count=1,
+            first_timestamp=self.settings.clock(),
+            attributes=ATTR_CONTROL | (ATTR_COMMIT if message.commit else 0),
+            producer_id=pid,
+            producer_epoch=message.epoch,
+        )
+        try:
+            header = log.log.validate(record)
+            generation = log.generation
+            stored = log.write(record, header)
+        except HeadwaterError as exc:
+            return exc
+        self.txns.observe(stored)
+        return Appended(
+            stored.base_offset, stored.next_offset, stored.append_time, False, generation, log
+        )
+
+    def _stored_events(
+        self, base: int, end: int, aborted: tuple[AbortedTxn, ...] | None = None
+    ) -> list[StoredEvent] | None:
+        """Decode the events stored in ``[base, end)`` (blocking; any thread),
+        leaving out markers and the batches of the ``aborted`` transactions.
+        With ``aborted=None``, ``None`` when the range holds a transactional
+        record: compaction leaves such a segment as it is (DECISIONS #18:
+        markers stay while their data does)."""
         assert self.log is not None
         log = self.log.log
         out: list[StoredEvent] = []
@@ -238,28 +362,46 @@ class PartitionActor(Actor):
             if not data:
                 break
             for header, record in iter_records(data):
+                offset = header.next_offset
+                if header.attributes & (ATTR_CONTROL | ATTR_TRANSACTIONAL):
+                    if aborted is None:
+                        return None
+                    if header.attributes & ATTR_CONTROL or any(
+                        a.producer_id == header.producer_id
+                        and a.first_offset <= header.base_offset <= a.last_offset
+                        for a in aborted
+                    ):
+                        continue
                 events = decode_record_events(
                     header, record, topic=self.config.name, partition=self.partition
                 )
                 out.extend(StoredEvent(event, header.append_time) for event in events)
-                offset = header.next_offset
         return out
 
-    def _latest(self, base: int, end: int) -> dict[bytes, int]:
-        return latest_offsets(s.event for s in self._stored_events(base, end))
+    def _latest(self, base: int, end: int, aborted: tuple[AbortedTxn, ...]) -> dict[bytes, int]:
+        # With ``aborted`` given, committed transactional events count and
+        # aborted ones do not: an aborted write never hides an older value.
+        events = self._stored_events(base, end, aborted)
+        assert events is not None
+        return latest_offsets(s.event for s in events)
 
     def _compacted(
         self, base: int, end: int, latest: dict[bytes, int], now_ms: int
     ) -> list[bytes] | None:
+        events = self._stored_events(base, end)
+        if events is None:
+            return None
         return compact_segment(
-            self._stored_events(base, end),
+            events,
             latest,
             now_ms=now_ms,
             tombstone_grace_ms=self.config.tombstone_grace_ms,
         )
 
     async def _compact(self) -> int:
-        """Compact every sealed segment; returns how many were rewritten.
+        """Compact every sealed segment below the last stable offset; returns
+        how many were rewritten (DECISIONS #18: never at or past the LSO; a
+        segment holding transactional records is kept as it is).
 
         Reading, rewriting and fsyncing run in worker threads (the log's
         pinned handles make that safe beside fetches and retention); only
@@ -269,9 +411,13 @@ class PartitionActor(Actor):
         if not self.config.compacted or len(log.log.segments) < 2:
             return 0
         await log.sync()
-        latest = await log.run_blocking(self._latest, log.earliest_offset, log.next_offset)
+        stable = self.txns.last_stable_offset(log.next_offset)
+        aborted = tuple(self.txns.aborted())
+        latest = await log.run_blocking(self._latest, log.earliest_offset, stable, aborted)
         rewritten = 0
         for base, end in log.log.sealed_segments():
+            if end > stable:
+                break
             records = await log.run_blocking(
                 self._compacted, base, end, latest, self.settings.clock()
             )

@@ -65,6 +65,8 @@ class RecordInfo:
     base_sequence: int
     count: int
     base_offset: int
+    control: bool = False
+    """A transaction marker: it raises the producer's epoch, it is no batch."""
 
 
 @attrs.frozen
@@ -170,12 +172,33 @@ class ProducerStates:
             self._producers[producer_id] = state
         state.batches.append(BatchMetadata(base_sequence, _last(base_sequence, count), base_offset))
 
+    def fence(self, producer_id: int, epoch: int) -> None:
+        """A transaction marker with ``epoch`` was written for ``producer_id``:
+        from now on its batches of a lower epoch are fenced (its remembered
+        batches stay when the epoch is the same).
+
+        Raises :class:`~headwater.ProducerFencedError` when ``epoch`` is
+        already older than the stored one."""
+        if producer_id == NO_PRODUCER_ID:
+            return
+        state = self._producers.get(producer_id)
+        if state is not None and epoch < state.epoch:
+            raise ProducerFencedError(
+                f"marker of producer {producer_id} epoch {epoch} is fenced on "
+                f"{self.topic}/{self.partition}: epoch {state.epoch} has started since"
+            )
+        if state is None or epoch > state.epoch:
+            self._producers[producer_id] = _Producer(epoch)
+
     def rebuild(self, records: Iterable[RecordInfo]) -> None:
         """Replace the state with the one implied by ``records`` (journal record
         headers in offset order), as after recovery."""
         self._producers.clear()
         for r in records:
-            self.record(r.producer_id, r.epoch, r.base_sequence, r.count, r.base_offset)
+            if r.control:
+                self.fence(r.producer_id, r.epoch)
+            else:
+                self.record(r.producer_id, r.epoch, r.base_sequence, r.count, r.base_offset)
 
     def entries(self) -> tuple[ProducerEntry, ...]:
         """A snapshot of every producer's state, by producer id."""

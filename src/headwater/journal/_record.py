@@ -12,7 +12,10 @@ integers are big-endian::
     8      1    magic           0x48 ("H")
     9      1    version         1
     10     2    attributes      flags (bit 0: payload compressed; bit 1: written by
-                                compaction, a gap in offsets may precede it)
+                                compaction, a gap in offsets may precede it; bit 2:
+                                transactional; bit 3: control record (a transaction
+                                marker, count 1, never an event); bit 4: with bit 3,
+                                a commit marker, else an abort marker)
     12     8    base_offset     offset of the first event (set by the broker)
     20     4    count           number of events, >= 1
     24     8    first_timestamp producer timestamp of the first event (ms)
@@ -47,7 +50,10 @@ import crc32c
 from headwater._errors import InvalidArgument
 
 __all__ = [
+    "ATTR_COMMIT",
     "ATTR_COMPACTED",
+    "ATTR_CONTROL",
+    "ATTR_TRANSACTIONAL",
     "HEADER",
     "HEADER_SIZE",
     "MAGIC",
@@ -71,6 +77,12 @@ VERSION: Final = 1
 NO_PRODUCER: Final = -1
 ATTR_COMPACTED: Final = 0x0002
 """Attribute bit: written by compaction; the offsets before it may have a gap."""
+ATTR_TRANSACTIONAL: Final = 0x0004
+"""Attribute bit: the batch belongs to its producer's open transaction."""
+ATTR_CONTROL: Final = 0x0008
+"""Attribute bit: a transaction marker (control record); readers never see it as an event."""
+ATTR_COMMIT: Final = 0x0010
+"""Attribute bit, with :data:`ATTR_CONTROL`: the marker commits (else it aborts)."""
 MAX_RECORD_SIZE: Final = 256 * 1024 * 1024
 """No record may be larger than this (a sanity bound on the length field)."""
 
