@@ -7,6 +7,7 @@ The whole broker is one supervision tree::
         /broker/topics/<t>         ... one PartitionActor per partition
       /broker/groups             one GroupActor per consumer group (meta/groups/<g>)
       /broker/registry           TopicRegistry (persistent: meta/topics)
+      /broker/transactions       TransactionActor (meta/__transactions/0)
       /broker/maintenance        retention, every ``retention_check_interval`` s
 
 Clients reach it through :meth:`Broker.connect`, an embedded channel to the
@@ -31,6 +32,7 @@ from headwater._logging import get_logger
 from headwater.actors._system import ActorSystem, open_actor_system
 from headwater.broker._actors import BrokerSettings, TopicRegistry
 from headwater.broker._service import BrokerService
+from headwater.broker._txn_actor import TransactionActor
 from headwater.journal._files import FileSystem, RealFileSystem
 from headwater.supervision._specs import ActorSnapshot, ChildSpec, SupervisorSpec
 
@@ -154,6 +156,8 @@ async def open_broker(
                 shutdown=30.0,
             ),
             ChildSpec("registry", lambda: TopicRegistry(settings), shutdown=30.0),
+            # After the registry (producer ids) and the topics (markers).
+            ChildSpec("transactions", lambda: TransactionActor(settings), shutdown=30.0),
             ChildSpec("maintenance", maintenance, shutdown=1.0),
         ],
         strategy="rest_for_one",

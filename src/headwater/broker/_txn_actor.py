@@ -1,0 +1,331 @@
+"""The transaction coordinator actor: a thin loop around
+:class:`~headwater.broker._transactions.TransactionCoordinator`.
+
+Theory of operation
+-------------------
+One actor, ``/broker/transactions``, owns the coordinator of state partition 0
+of ``__transactions`` (DECISIONS #25). Its state is a state journal at
+``meta/__transactions/<partition>`` whose events are the core's deltas, every
+one carrying its transactional id (``"tid"``): the journal is keyed the way an
+internal partitioned topic is, so it can move into a replicated
+``__transactions`` partition when the cluster comes (:func:`state_partition`
+already says which partition an id belongs to; there is one today).
+
+Each command runs the core, persists its events, then performs what they
+ask for, in that order:
+
+* ``AddPartitionsToTransaction`` admits ``(producer id, epoch)`` at each new
+  partition (:class:`~headwater.broker._actors.AdmitTransaction`), so only
+  transactions the coordinator knows can open one there.
+* ``EndTransaction`` persists ``prepare_commit`` / ``prepare_abort`` (the
+  decision is durable from then on), then writes a marker to each partition,
+  waits until the marker is durable, and records it written; the answer comes
+  when every marker is durable, so a committed transaction is visible to
+  read_committed readers once ``end`` returns.
+* On start, and at every timer tick, decided transactions whose markers are
+  not all recorded are driven again (a marker re-sent to a partition whose
+  transaction is already closed is answered as done): a kill -9 after the
+  decision, after some markers or after all of them ends in the same state.
+* ``InitTransactions`` for an id whose old instance left a transaction open
+  aborts it under a bumped epoch and writes its markers before answering with
+  the new identity.
+
+Group offsets in transactions are not driven here yet (the core tracks
+groups; the group coordinator has no pending-offsets store): the actor
+refuses them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zlib
+from typing import Any
+
+import attrs
+import trio
+
+from headwater._errors import (
+    ActorNotFound,
+    ClosedError,
+    ConcurrentTransactionsError,
+    HeadwaterError,
+    InvalidArgument,
+    ProducerFencedError,
+)
+from headwater._logging import get_logger
+from headwater.actors._actor import Actor
+from headwater.broker._actors import (
+    AdmitTransaction,
+    Appended,
+    BrokerSettings,
+    NewProducerId,
+    WriteMarker,
+)
+from headwater.broker._transactions import (
+    MAX_EPOCH,
+    MarkerPlan,
+    ProducerIdentity,
+    TransactionCoordinator,
+    TxnMetadata,
+    TxnState,
+    apply,
+    state_from_plain,
+    state_to_plain,
+)
+from headwater.journal._state import StateJournal, open_state_journal
+
+__all__ = [
+    "STATE_PARTITIONS",
+    "AddPartitionsToTransaction",
+    "DescribeTransaction",
+    "EndTransaction",
+    "InitTransactions",
+    "ListTransactions",
+    "TransactionActor",
+    "state_partition",
+]
+
+_log = get_logger("headwater.broker")
+
+STATE_PARTITIONS = 1
+"""Partitions of ``__transactions`` (one coordinator each); one per broker today."""
+
+
+def state_partition(transactional_id: str, partitions: int = STATE_PARTITIONS) -> int:
+    """The ``__transactions`` partition that holds ``transactional_id``'s state."""
+    return zlib.crc32(transactional_id.encode()) % partitions
+
+
+@attrs.frozen
+class InitTransactions:
+    """Give a producer of ``transactional_id`` its identity (fencing older ones)."""
+
+    transactional_id: str
+    timeout: float
+
+
+@attrs.frozen
+class AddPartitionsToTransaction:
+    """Put partitions into the producer's transaction (starting one if none is open)."""
+
+    transactional_id: str
+    producer_id: int
+    epoch: int
+    partitions: tuple[tuple[str, int], ...]
+
+
+@attrs.frozen
+class EndTransaction:
+    """Commit or abort the producer's open transaction (answers once every
+    marker is durable)."""
+
+    transactional_id: str
+    producer_id: int
+    epoch: int
+    commit: bool
+
+
+@attrs.frozen
+class DescribeTransaction:
+    """Ask for one transactional id's state."""
+
+    transactional_id: str
+
+
+@attrs.frozen
+class ListTransactions:
+    """Ask for every known transactional id's state."""
+
+
+@attrs.frozen
+class _Tick:
+    pass
+
+
+class TransactionActor(Actor):
+    """The transaction coordinator of one ``__transactions`` state partition."""
+
+    snapshot_every = 1000
+
+    def __init__(self, settings: BrokerSettings, partition: int = 0) -> None:
+        self.settings = settings
+        self.partition = partition
+        self.journal: StateJournal | None = None
+        self.core: TransactionCoordinator | None = None
+        self._timer_moved = trio.Event()
+
+    async def started(self) -> None:
+        """Replay the journal, start the timer, and drive unfinished commits."""
+        path = os.path.join(self.settings.data_dir, "meta", "__transactions", str(self.partition))
+
+        async def hold(task_status: trio.TaskStatus[StateJournal]) -> None:
+            async with open_state_journal(
+                path,
+                apply=apply,
+                initial=TxnState(),
+                fs=self.settings.fs,
+                snapshot_every=self.snapshot_every,
+                to_plain=state_to_plain,
+                from_plain=state_from_plain,
+            ) as journal:
+                task_status.started(journal)
+                await trio.sleep_forever()
+
+        self.journal = await self.context.nursery.start(hold)
+        self.core = TransactionCoordinator.from_state(self.journal.state, trio.current_time())
+        self.context.nursery.start_soon(self._timer)
+        if self.core.pending_markers():
+            self.context.ref.tell_nowait(_Tick())
+
+    async def _timer(self) -> None:
+        me = self.context.ref
+        while True:
+            assert self.core is not None
+            deadline = self.core.next_deadline()
+            if self.core.pending_markers():  # a marker write failed: retry soon
+                deadline = min(deadline or math.inf, trio.current_time() + 1.0)
+            moved = self._timer_moved
+            with trio.move_on_at(deadline if deadline is not None else math.inf) as scope:
+                await moved.wait()
+            if moved is self._timer_moved:
+                self._timer_moved = trio.Event()
+            if scope.cancelled_caught:
+                await me.tell(_Tick())
+
+    async def _persist(self) -> None:
+        assert self.core is not None
+        assert self.journal is not None
+        events = self.core.take_events()
+        if events:
+            await self.journal.persist_many(events)
+        self._timer_moved.set()
+
+    async def _drive(self, plan: MarkerPlan) -> None:
+        """Phase two of one decided transaction: every marker, made durable,
+        then recorded."""
+        assert self.core is not None
+        system = self.context.system
+        for topic, partition in plan.partitions:
+            try:
+                ref = system.lookup(f"/broker/topics/{topic}/{partition}")
+            except ActorNotFound:
+                reply: Any = None  # the topic was deleted: nothing to mark
+            else:
+                reply = await ref.ask(WriteMarker(plan.producer_id, plan.epoch, plan.commit))
+            if isinstance(reply, ProducerFencedError):
+                _log.warning(
+                    "transaction_marker_fenced",
+                    transactional_id=plan.transactional_id,
+                    topic=topic,
+                    partition=partition,
+                    error=str(reply),
+                )
+            elif isinstance(reply, HeadwaterError):
+                raise reply
+            elif isinstance(reply, Appended):
+                try:
+                    await reply.log.wait_durable(reply.end_offset, reply.generation)
+                except ClosedError:
+                    raise ConcurrentTransactionsError(
+                        f"partition {topic}/{partition} restarted while its transaction "
+                        "marker was synced; the broker retries it, retry shortly"
+                    ) from None
+            self.core.marker_written(plan.transactional_id, partitions=[(topic, partition)])
+            await self._persist()
+        if not plan.partitions:
+            self.core.marker_written(plan.transactional_id)
+            await self._persist()
+
+    async def _drive_pending(self) -> None:
+        assert self.core is not None
+        for plan in self.core.pending_markers():
+            try:
+                await self._drive(plan)
+            except HeadwaterError as exc:
+                _log.warning(
+                    "transaction_markers_retry",
+                    transactional_id=plan.transactional_id,
+                    error=str(exc),
+                )
+
+    async def handle(self, message: Any) -> Any:
+        """Init, add, end, describe and list transactions; abort timed-out ones."""
+        core = self.core
+        assert core is not None
+        now = trio.current_time()
+        if isinstance(message, _Tick):
+            aborted = core.tick(now)
+            if aborted:
+                _log.info("transactions_timed_out", transactional_ids=aborted)
+            await self._persist()
+            await self._drive_pending()
+            return None
+        if isinstance(message, DescribeTransaction):
+            return core.describe(message.transactional_id)
+        if isinstance(message, ListTransactions):
+            return [m for m in core.state.transactions.values() if m.status != "dead"]
+        try:
+            if isinstance(message, InitTransactions):
+                return await self._init(message, now)
+            if isinstance(message, AddPartitionsToTransaction):
+                return await self._add(message, now)
+            if isinstance(message, EndTransaction):
+                plan = core.end(
+                    message.transactional_id,
+                    message.producer_id,
+                    message.epoch,
+                    message.commit,
+                    now,
+                )
+                await self._persist()  # phase one: the decision is durable
+                await self._drive(plan)
+                return None
+        finally:
+            await self._persist()
+        return await super().handle(message)
+
+    async def _init(self, message: InitTransactions, now: float) -> ProducerIdentity:
+        core = self.core
+        assert core is not None
+        tid = message.transactional_id
+        meta = core.state.transactions.get(tid)
+        new_id: list[int] = []
+        if meta is None or meta.status == "dead" or meta.epoch >= MAX_EPOCH - 1:
+            registry = self.context.system.lookup("/broker/registry")
+            new_id.append(await registry.ask(NewProducerId()))
+        try:
+            return core.init_producer(tid, message.timeout, now, new_id.pop)
+        except ConcurrentTransactionsError:
+            # The old instance's transaction is aborted (or was being
+            # completed): finish it, then the new instance may start.
+            await self._persist()
+            for plan in core.pending_markers():
+                if plan.transactional_id == tid:
+                    await self._drive(plan)
+            return core.init_producer(tid, message.timeout, now, new_id.pop)
+
+    async def _add(self, message: AddPartitionsToTransaction, now: float) -> None:
+        core = self.core
+        assert core is not None
+        tid = message.transactional_id
+        partitions = [(str(t), int(p)) for t, p in message.partitions]
+        if not partitions:
+            raise InvalidArgument(f"add to {tid!r}'s transaction: name at least one partition")
+        for topic, partition in partitions:
+            try:
+                self.context.system.lookup(f"/broker/topics/{topic}/{partition}")
+            except ActorNotFound:
+                raise InvalidArgument(
+                    f"{topic}/{partition} does not exist; create the topic first"
+                ) from None
+        meta: TxnMetadata | None = core.state.transactions.get(tid)
+        known = meta.partitions if meta is not None and meta.status == "ongoing" else frozenset()
+        core.add(tid, message.producer_id, message.epoch, now, partitions=partitions)
+        await self._persist()
+        system = self.context.system
+        for topic, partition in partitions:
+            if (topic, partition) not in known:
+                ref = system.lookup(f"/broker/topics/{topic}/{partition}")
+                await ref.ask(AdmitTransaction(message.producer_id, message.epoch))
+
