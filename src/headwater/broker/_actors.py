@@ -255,14 +255,6 @@ class PartitionActor(Actor):
                         "a client may not write control records (transaction markers); "
                         "clear attribute bit 3"
                     )
-                if header.attributes & ATTR_TRANSACTIONAL and not self.txns.may_append(
-                    header.producer_id, header.producer_epoch
-                ):
-                    raise InvalidTransactionStateError(
-                        f"{self.config.name}/{self.partition} is not in a transaction of "
-                        f"producer {header.producer_id} epoch {header.producer_epoch}; "
-                        "send through a transactional producer inside transaction()"
-                    )
                 decision = self.states.check(
                     header.producer_id, header.producer_epoch, header.base_sequence, header.count
                 )
@@ -274,6 +266,14 @@ class PartitionActor(Actor):
                         True,
                         log.generation,
                         log,
+                    )
+                if header.attributes & ATTR_TRANSACTIONAL and not self.txns.may_append(
+                    header.producer_id, header.producer_epoch
+                ):
+                    raise InvalidTransactionStateError(
+                        f"{self.config.name}/{self.partition} is not in a transaction of "
+                        f"producer {header.producer_id} epoch {header.producer_epoch}; "
+                        "send through a transactional producer inside transaction()"
                     )
                 generation = log.generation
                 stored = log.write(message.record, header)

@@ -175,16 +175,16 @@ class TransactionActor(Actor):
         self.journal = await self.context.nursery.start(hold)
         self.core = TransactionCoordinator.from_state(self.journal.state, trio.current_time())
         self.context.nursery.start_soon(self._timer)
-        if self.core.pending_markers():
-            self.context.ref.tell_nowait(_Tick())
 
     async def _timer(self) -> None:
         me = self.context.ref
+        retry = 0.0  # decided transactions found on start are driven at once
         while True:
             assert self.core is not None
             deadline = self.core.next_deadline()
-            if self.core.pending_markers():  # a marker write failed: retry soon
-                deadline = min(deadline or math.inf, trio.current_time() + 1.0)
+            if self.core.pending_markers():  # unfinished, or a marker write failed
+                deadline = min(deadline or math.inf, trio.current_time() + retry)
+            retry = 1.0
             moved = self._timer_moved
             with trio.move_on_at(deadline if deadline is not None else math.inf) as scope:
                 await moved.wait()
@@ -328,4 +328,3 @@ class TransactionActor(Actor):
             if (topic, partition) not in known:
                 ref = system.lookup(f"/broker/topics/{topic}/{partition}")
                 await ref.ask(AdmitTransaction(message.producer_id, message.epoch))
-

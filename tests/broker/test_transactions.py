@@ -1,0 +1,238 @@
+"""Transactions inside the embedded broker: the coordinator actor, markers,
+the last stable offset and the aborted index, fencing, timeouts, recovery.
+
+The client API is not built yet, so these tests speak to the actors the way
+the service will: transactional batches through Produce, the coordinator
+through its messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from headwater import (
+    InvalidArgument,
+    InvalidTransactionStateError,
+    ProducerFencedError,
+    TransactionTimedOutError,
+    UnknownTransactionalIdError,
+)
+from headwater._protocol import CreateTopic, Fetch, Produce
+from headwater.broker import Broker, open_broker
+from headwater.broker._actors import GetStableView, StableView, WriteMarker
+from headwater.broker._stable import AbortedTxn, filter_records
+from headwater.broker._transactions import ProducerIdentity
+from headwater.broker._txn_actor import (
+    AddPartitionsToTransaction,
+    DescribeTransaction,
+    EndTransaction,
+    InitTransactions,
+    ListTransactions,
+)
+from headwater.journal import SimulatedFileSystem, encode_record, iter_records
+from headwater.journal._record import ATTR_COMMIT, ATTR_CONTROL, ATTR_TRANSACTIONAL
+from headwater.journal._state import open_state_journal
+
+DATA = "/data"
+
+
+def txn_batch(ident: ProducerIdentity, seq: int, count: int = 1) -> bytes:
+    return encode_record(
+        b"e%d" % seq,
+        count=count,
+        attributes=ATTR_TRANSACTIONAL,
+        producer_id=ident.producer_id,
+        producer_epoch=ident.epoch,
+        base_sequence=seq,
+    )
+
+
+async def ask(broker: Broker, message: Any) -> Any:
+    return await broker.system.lookup("/broker/transactions").ask(message)
+
+
+async def view(broker: Broker, topic: str, partition: int = 0) -> StableView:
+    ref = broker.system.lookup(f"/broker/topics/{topic}/{partition}")
+    result: StableView = await ref.ask(GetStableView())
+    return result
+
+
+async def read(broker: Broker, topic: str, *, committed: bool) -> list[tuple[int, int]]:
+    """(offset, attributes) of what a reader at the given isolation sees."""
+    v = await view(broker, topic)
+    got = await broker.handle(Fetch(topic, 0, 0, max_wait=0))
+    records = got.records
+    if committed:
+        records = b"".join(
+            bytes(r) for h, r in iter_records(records) if h.next_offset <= v.last_stable_offset
+        )
+    kept = filter_records(records, v.aborted, committed=committed)
+    return [(h.base_offset, h.attributes) for h, _ in iter_records(kept)]
+
+
+async def setup(broker: Broker) -> ProducerIdentity:
+    await broker.handle(CreateTopic("a"))
+    await broker.handle(CreateTopic("b"))
+    ident: ProducerIdentity = await ask(broker, InitTransactions("w", 10.0))
+    return ident
+
+
+async def begin(broker: Broker, ident: ProducerIdentity, seq: int = 0) -> None:
+    """Add a/0 and b/0, write two events to a/0 and one to b/0 (sequences
+    ``seq`` on a/0 and ``seq // 2`` on b/0)."""
+    await ask(
+        broker,
+        AddPartitionsToTransaction("w", ident.producer_id, ident.epoch, (("a", 0), ("b", 0))),
+    )
+    await broker.handle(Produce("a", 0, txn_batch(ident, seq, count=2)))
+    await broker.handle(Produce("b", 0, txn_batch(ident, seq // 2)))
+
+
+async def test_commit_makes_both_partitions_stable(autojump_clock: trio.abc.Clock) -> None:
+    """Open: read_committed sees nothing (LSO at the first offset),
+    read_uncommitted sees the batches; after commit both partitions hold a
+    commit marker at the next offset and read_committed sees the batches."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        ident = await setup(broker)
+        assert ProducerIdentity(1, 0) == ident
+        await broker.handle(Produce("a", 0, encode_record(b"plain", count=1)))
+        await begin(broker, ident)
+        assert StableView(1, 3, ()) == await view(broker, "a")
+        assert [(0, 0)] == await read(broker, "a", committed=True)
+        assert [(0, 0), (1, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=False)
+        assert "ongoing" == (await ask(broker, DescribeTransaction("w"))).status
+        await ask(broker, EndTransaction("w", ident.producer_id, ident.epoch, True))
+        assert StableView(4, 4, ()) == await view(broker, "a")
+        assert StableView(2, 2, ()) == await view(broker, "b")
+        assert [(0, 0), (1, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
+        got = await broker.handle(Fetch("a", 0, 3, max_wait=0))
+        [(marker, _)] = iter_records(got.records)
+        assert (3, ATTR_CONTROL | ATTR_COMMIT) == (marker.base_offset, marker.attributes)
+        meta = await ask(broker, DescribeTransaction("w"))
+        assert ("complete_commit", frozenset()) == (meta.status, meta.pending_partitions)
+
+
+async def test_abort_is_invisible_to_read_committed(autojump_clock: trio.abc.Clock) -> None:
+    """An aborted transaction enters each partition's aborted index; the next
+    transaction of the same producer commits and is seen."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        ident = await setup(broker)
+        await begin(broker, ident)
+        await ask(broker, EndTransaction("w", ident.producer_id, ident.epoch, False))
+        assert StableView(3, 3, (AbortedTxn(ident.producer_id, 0, 2),)) == await view(broker, "a")
+        assert [] == await read(broker, "a", committed=True)
+        assert [(0, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=False)
+        await begin(broker, ident, seq=2)
+        await ask(broker, EndTransaction("w", ident.producer_id, ident.epoch, True))
+        assert [(3, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
+
+
+async def test_a_new_instance_fences_the_zombie(autojump_clock: trio.abc.Clock) -> None:
+    """A second instance with the same id aborts what the first left open
+    (markers written before it gets its identity); the first one's sends and
+    its commit are then ProducerFencedError."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        zombie = await setup(broker)
+        await begin(broker, zombie)
+        fresh = await ask(broker, InitTransactions("w", 10.0))
+        assert ProducerIdentity(zombie.producer_id, 2) == fresh
+        assert (AbortedTxn(zombie.producer_id, 0, 2),) == (await view(broker, "a")).aborted
+        with pytest.raises(ProducerFencedError):
+            await broker.handle(Produce("a", 0, txn_batch(zombie, 2)))
+        with pytest.raises(ProducerFencedError):
+            await ask(broker, EndTransaction("w", zombie.producer_id, zombie.epoch, True))
+        await begin(broker, fresh)
+        await ask(broker, EndTransaction("w", fresh.producer_id, fresh.epoch, True))
+        assert [(3, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
+
+
+async def test_timeout_aborts_on_virtual_time(autojump_clock: trio.abc.Clock) -> None:
+    """A transaction open past its timeout is aborted by the broker at
+    exactly the deadline; its producer then hears TransactionTimedOutError."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        ident = await setup(broker)
+        await begin(broker, ident)
+        await trio.sleep(9.9)
+        assert "ongoing" == (await ask(broker, DescribeTransaction("w"))).status
+        await trio.sleep(0.2)
+        meta = await ask(broker, DescribeTransaction("w"))
+        assert ("complete_abort", 0) == (meta.status, meta.timed_out_epoch)
+        assert [] == await read(broker, "a", committed=True)
+        with pytest.raises(TransactionTimedOutError):
+            await ask(broker, EndTransaction("w", ident.producer_id, ident.epoch, True))
+
+
+async def test_prepare_written_before_a_crash_is_finished_on_restart(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The decision is in the journal but no marker was written (killed right
+    after phase one): the restarted coordinator writes every marker."""
+    fs = SimulatedFileSystem()
+    async with open_broker(DATA, fs=fs) as broker:
+        ident = await setup(broker)
+        await begin(broker, ident)
+    async with open_state_journal(
+        f"{DATA}/meta/__transactions/0", apply=lambda s, e: s, initial=None, fs=fs
+    ) as journal:
+        await journal.persist({"type": "prepare_commit", "tid": "w"})
+    async with open_broker(DATA, fs=fs) as broker:
+        await trio.testing.wait_all_tasks_blocked()
+        assert "complete_commit" == (await ask(broker, DescribeTransaction("w"))).status
+        assert [(0, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
+        assert StableView(2, 2, ()) == await view(broker, "b")
+
+
+async def test_open_transaction_survives_restart_then_times_out(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """After a restart the partitions rebuild the open transaction from their
+    headers (LSO held back), and the coordinator aborts it at its timeout."""
+    fs = SimulatedFileSystem()
+    async with open_broker(DATA, fs=fs) as broker:
+        ident = await setup(broker)
+        await begin(broker, ident)
+    async with open_broker(DATA, fs=fs) as broker:
+        assert 0 == (await view(broker, "a")).last_stable_offset
+        await trio.sleep(10.5)
+        assert "complete_abort" == (await ask(broker, DescribeTransaction("w"))).status
+        assert StableView(3, 3, (AbortedTxn(ident.producer_id, 0, 2),)) == await view(broker, "a")
+
+
+async def test_markers_are_idempotent_and_admission_is_required(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A re-sent marker is answered as done without a write; a transactional
+    batch for a partition the coordinator did not admit is refused."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        ident = await setup(broker)
+        with pytest.raises(InvalidTransactionStateError):
+            await broker.handle(Produce("a", 0, txn_batch(ident, 0)))
+        await begin(broker, ident)
+        await ask(broker, EndTransaction("w", ident.producer_id, ident.epoch, True))
+        ref = broker.system.lookup("/broker/topics/a/0")
+        assert await ref.ask(WriteMarker(ident.producer_id, ident.epoch, True)) is None
+        assert 3 == (await view(broker, "a")).high_watermark
+
+
+async def test_bad_requests(autojump_clock: trio.abc.Clock) -> None:
+    """Unknown ids, missing topics, ending with nothing open, and client
+    written control records are typed errors."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        ident = await setup(broker)
+        with pytest.raises(UnknownTransactionalIdError):
+            await ask(broker, DescribeTransaction("nobody"))
+        with pytest.raises(InvalidArgument):
+            await ask(
+                broker,
+                AddPartitionsToTransaction("w", ident.producer_id, ident.epoch, (("zz", 0),)),
+            )
+        with pytest.raises(InvalidTransactionStateError):
+            await ask(broker, EndTransaction("w", ident.producer_id, ident.epoch, True))
+        with pytest.raises(InvalidArgument):
+            await broker.handle(
+                Produce("a", 0, encode_record(b"", count=1, attributes=ATTR_CONTROL))
+            )
+        assert ["w"] == [m.transactional_id for m in await ask(broker, ListTransactions())]
