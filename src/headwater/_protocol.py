@@ -71,6 +71,13 @@ __all__ = [
     "GroupList",
     "TreeSnapshot",
     "Done",
+    "InitTransactions",
+    "AddPartitionsToTxn",
+    "EndTxn",
+    "DescribeTransaction",
+    "ListTransactions",
+    "TransactionDescription",
+    "TransactionList",
     "REQUEST_TYPES",
     "RESPONSE_TYPES",
 ]
@@ -160,6 +167,8 @@ class PartitionInfo:
     earliest_offset: int
     next_offset: int
     size_bytes: int
+    last_stable_offset: int = -1
+    """The first offset a read_committed reader cannot read yet (-1: not known)."""
 
 
 @attrs.frozen
@@ -219,6 +228,10 @@ class Fetch:
     offset: int
     max_bytes: int = 1 << 20
     max_wait: float = 0.5
+    isolation: str = "read_committed"
+    """``read_committed``: up to the last stable offset, without aborted
+    transactions' events; ``read_uncommitted``: up to the high watermark.
+    Transaction markers are never returned."""
 
 
 @attrs.frozen
@@ -231,6 +244,10 @@ class FetchResult:
     records: bytes
     high_watermark: int
     earliest_offset: int
+    next_offset: int = -1
+    """Where the next fetch starts (past records left out: markers, aborted
+    events); -1: after the last record returned."""
+    last_stable_offset: int = -1
 
 
 @attrs.frozen
@@ -421,6 +438,75 @@ class Done:
     """The response of requests that return nothing."""
 
 
+# --------------------------------------------------------------------------
+# Transactions
+
+
+@attrs.frozen
+class InitTransactions:
+    """Give a transactional producer its identity: the transactional id's
+    producer id with a bumped epoch, fencing older instances (after the
+    broker aborted what they left open)."""
+
+    transactional_id: str
+    timeout: float = 60.0
+
+
+@attrs.frozen
+class AddPartitionsToTxn:
+    """Put partitions into the producer's transaction before writing to them
+    (the first add starts the transaction)."""
+
+    transactional_id: str
+    producer_id: int
+    epoch: int
+    partitions: tuple[TopicPartition, ...]
+
+
+@attrs.frozen
+class EndTxn:
+    """Commit or abort the producer's open transaction; answered when every
+    partition's marker is durable."""
+
+    transactional_id: str
+    producer_id: int
+    epoch: int
+    commit: bool
+
+
+@attrs.frozen
+class DescribeTransaction:
+    """Describe one transactional id."""
+
+    transactional_id: str
+
+
+@attrs.frozen
+class ListTransactions:
+    """List every transactional id the coordinator knows."""
+
+
+@attrs.frozen
+class TransactionDescription:
+    """One transactional id: its producer identity, the state of its last
+    transaction, its timeout and the partitions of the transaction."""
+
+    transactional_id: str
+    producer_id: int
+    epoch: int
+    state: str
+    timeout: float
+    partitions: tuple[TopicPartition, ...]
+    pending_partitions: tuple[TopicPartition, ...]
+
+
+@attrs.frozen
+class TransactionList:
+    """The response of :class:`ListTransactions`."""
+
+    transactions: tuple[TransactionDescription, ...]
+
+
 REQUEST_TYPES: tuple[type, ...] = (
     CreateTopic,
     DeleteTopic,
@@ -439,6 +525,11 @@ REQUEST_TYPES: tuple[type, ...] = (
     ListGroups,
     DescribeGroup,
     GetTree,
+    InitTransactions,
+    AddPartitionsToTxn,
+    EndTxn,
+    DescribeTransaction,
+    ListTransactions,
 )
 
 RESPONSE_TYPES: tuple[type, ...] = (
@@ -460,4 +551,6 @@ RESPONSE_TYPES: tuple[type, ...] = (
     GroupList,
     TreeSnapshot,
     Done,
+    TransactionDescription,
+    TransactionList,
 )

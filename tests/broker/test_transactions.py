@@ -20,18 +20,21 @@ from headwater import (
     TransactionTimedOutError,
     UnknownTransactionalIdError,
 )
-from headwater._protocol import CreateTopic, Fetch, Produce
+from headwater._protocol import (
+    AddPartitionsToTxn,
+    CreateTopic,
+    DescribeTransaction,
+    EndTxn,
+    Fetch,
+    InitTransactions,
+    ListTransactions,
+    Produce,
+    ProducerIdentity,
+    TopicPartition,
+)
 from headwater.broker import Broker, open_broker
 from headwater.broker._actors import GetStableView, StableView, WriteMarker
 from headwater.broker._stable import AbortedTxn, filter_records
-from headwater.broker._transactions import ProducerIdentity
-from headwater.broker._txn_actor import (
-    AddPartitionsToTransaction,
-    DescribeTransaction,
-    EndTransaction,
-    InitTransactions,
-    ListTransactions,
-)
 from headwater.journal import SimulatedFileSystem, encode_record, iter_records
 from headwater.journal._record import ATTR_COMMIT, ATTR_CONTROL, ATTR_TRANSACTIONAL
 from headwater.journal._state import open_state_journal
@@ -85,7 +88,9 @@ async def begin(broker: Broker, ident: ProducerIdentity, seq: int = 0) -> None:
     ``seq`` on a/0 and ``seq // 2`` on b/0)."""
     await ask(
         broker,
-        AddPartitionsToTransaction("w", ident.producer_id, ident.epoch, (("a", 0), ("b", 0))),
+        AddPartitionsToTxn(
+            "w", ident.producer_id, ident.epoch, (TopicPartition("a", 0), TopicPartition("b", 0))
+        ),
     )
     await broker.handle(Produce("a", 0, txn_batch(ident, seq, count=2)))
     await broker.handle(Produce("b", 0, txn_batch(ident, seq // 2)))
@@ -103,8 +108,8 @@ async def test_commit_makes_both_partitions_stable(autojump_clock: trio.abc.Cloc
         assert StableView(1, 3, ()) == await view(broker, "a")
         assert [(0, 0)] == await read(broker, "a", committed=True)
         assert [(0, 0), (1, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=False)
-        assert "ongoing" == (await ask(broker, DescribeTransaction("w"))).status
-        await ask(broker, EndTransaction("w", ident.producer_id, ident.epoch, True))
+        assert "ongoing" == (await ask(broker, DescribeTransaction("w"))).state
+        await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, True))
         assert StableView(4, 4, ()) == await view(broker, "a")
         assert StableView(2, 2, ()) == await view(broker, "b")
         assert [(0, 0), (1, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
@@ -112,7 +117,7 @@ async def test_commit_makes_both_partitions_stable(autojump_clock: trio.abc.Cloc
         [(marker, _)] = iter_records(got.records)
         assert (3, ATTR_CONTROL | ATTR_COMMIT) == (marker.base_offset, marker.attributes)
         meta = await ask(broker, DescribeTransaction("w"))
-        assert ("complete_commit", frozenset()) == (meta.status, meta.pending_partitions)
+        assert ("complete_commit", ()) == (meta.state, meta.pending_partitions)
 
 
 async def test_abort_is_invisible_to_read_committed(autojump_clock: trio.abc.Clock) -> None:
@@ -121,12 +126,12 @@ async def test_abort_is_invisible_to_read_committed(autojump_clock: trio.abc.Clo
     async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
         ident = await setup(broker)
         await begin(broker, ident)
-        await ask(broker, EndTransaction("w", ident.producer_id, ident.epoch, False))
+        await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, False))
         assert StableView(3, 3, (AbortedTxn(ident.producer_id, 0, 2),)) == await view(broker, "a")
         assert [] == await read(broker, "a", committed=True)
         assert [(0, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=False)
         await begin(broker, ident, seq=2)
-        await ask(broker, EndTransaction("w", ident.producer_id, ident.epoch, True))
+        await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, True))
         assert [(3, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
 
 
@@ -143,9 +148,9 @@ async def test_a_new_instance_fences_the_zombie(autojump_clock: trio.abc.Clock) 
         with pytest.raises(ProducerFencedError):
             await broker.handle(Produce("a", 0, txn_batch(zombie, 2)))
         with pytest.raises(ProducerFencedError):
-            await ask(broker, EndTransaction("w", zombie.producer_id, zombie.epoch, True))
+            await ask(broker, EndTxn("w", zombie.producer_id, zombie.epoch, True))
         await begin(broker, fresh)
-        await ask(broker, EndTransaction("w", fresh.producer_id, fresh.epoch, True))
+        await ask(broker, EndTxn("w", fresh.producer_id, fresh.epoch, True))
         assert [(3, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
 
 
@@ -156,13 +161,13 @@ async def test_timeout_aborts_on_virtual_time(autojump_clock: trio.abc.Clock) ->
         ident = await setup(broker)
         await begin(broker, ident)
         await trio.sleep(9.9)
-        assert "ongoing" == (await ask(broker, DescribeTransaction("w"))).status
+        assert "ongoing" == (await ask(broker, DescribeTransaction("w"))).state
         await trio.sleep(0.2)
         meta = await ask(broker, DescribeTransaction("w"))
-        assert ("complete_abort", 0) == (meta.status, meta.timed_out_epoch)
+        assert ("complete_abort", 1) == (meta.state, meta.epoch)
         assert [] == await read(broker, "a", committed=True)
         with pytest.raises(TransactionTimedOutError):
-            await ask(broker, EndTransaction("w", ident.producer_id, ident.epoch, True))
+            await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, True))
 
 
 async def test_prepare_written_before_a_crash_is_finished_on_restart(
@@ -180,7 +185,7 @@ async def test_prepare_written_before_a_crash_is_finished_on_restart(
         await journal.persist({"type": "prepare_commit", "tid": "w"})
     async with open_broker(DATA, fs=fs) as broker:
         await trio.testing.wait_all_tasks_blocked()
-        assert "complete_commit" == (await ask(broker, DescribeTransaction("w"))).status
+        assert "complete_commit" == (await ask(broker, DescribeTransaction("w"))).state
         assert [(0, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
         assert StableView(2, 2, ()) == await view(broker, "b")
 
@@ -197,7 +202,7 @@ async def test_open_transaction_survives_restart_then_times_out(
     async with open_broker(DATA, fs=fs) as broker:
         assert 0 == (await view(broker, "a")).last_stable_offset
         await trio.sleep(10.5)
-        assert "complete_abort" == (await ask(broker, DescribeTransaction("w"))).status
+        assert "complete_abort" == (await ask(broker, DescribeTransaction("w"))).state
         assert StableView(3, 3, (AbortedTxn(ident.producer_id, 0, 2),)) == await view(broker, "a")
 
 
@@ -211,7 +216,7 @@ async def test_markers_are_idempotent_and_admission_is_required(
         with pytest.raises(InvalidTransactionStateError):
             await broker.handle(Produce("a", 0, txn_batch(ident, 0)))
         await begin(broker, ident)
-        await ask(broker, EndTransaction("w", ident.producer_id, ident.epoch, True))
+        await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, True))
         ref = broker.system.lookup("/broker/topics/a/0")
         assert await ref.ask(WriteMarker(ident.producer_id, ident.epoch, True)) is None
         assert 3 == (await view(broker, "a")).high_watermark
@@ -227,12 +232,14 @@ async def test_bad_requests(autojump_clock: trio.abc.Clock) -> None:
         with pytest.raises(InvalidArgument):
             await ask(
                 broker,
-                AddPartitionsToTransaction("w", ident.producer_id, ident.epoch, (("zz", 0),)),
+                AddPartitionsToTxn("w", ident.producer_id, ident.epoch, (TopicPartition("zz", 0),)),
             )
         with pytest.raises(InvalidTransactionStateError):
-            await ask(broker, EndTransaction("w", ident.producer_id, ident.epoch, True))
+            await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, True))
         with pytest.raises(InvalidArgument):
             await broker.handle(
                 Produce("a", 0, encode_record(b"", count=1, attributes=ATTR_CONTROL))
             )
-        assert ["w"] == [m.transactional_id for m in await ask(broker, ListTransactions())]
+        assert ["w"] == [
+            m.transactional_id for m in (await ask(broker, ListTransactions())).transactions
+        ]

@@ -54,6 +54,17 @@ from headwater._errors import (
     ProducerFencedError,
 )
 from headwater._logging import get_logger
+from headwater._protocol import (
+    AddPartitionsToTxn,
+    DescribeTransaction,
+    EndTxn,
+    InitTransactions,
+    ListTransactions,
+    ProducerIdentity,
+    TopicPartition,
+    TransactionDescription,
+    TransactionList,
+)
 from headwater.actors._actor import Actor
 from headwater.broker._actors import (
     AdmitTransaction,
@@ -65,7 +76,6 @@ from headwater.broker._actors import (
 from headwater.broker._transactions import (
     MAX_EPOCH,
     MarkerPlan,
-    ProducerIdentity,
     TransactionCoordinator,
     TxnMetadata,
     TxnState,
@@ -75,16 +85,7 @@ from headwater.broker._transactions import (
 )
 from headwater.journal._state import StateJournal, open_state_journal
 
-__all__ = [
-    "STATE_PARTITIONS",
-    "AddPartitionsToTransaction",
-    "DescribeTransaction",
-    "EndTransaction",
-    "InitTransactions",
-    "ListTransactions",
-    "TransactionActor",
-    "state_partition",
-]
+__all__ = ["STATE_PARTITIONS", "TransactionActor", "describe", "state_partition"]
 
 _log = get_logger("headwater.broker")
 
@@ -92,50 +93,22 @@ STATE_PARTITIONS = 1
 """Partitions of ``__transactions`` (one coordinator each); one per broker today."""
 
 
+def describe(meta: TxnMetadata) -> TransactionDescription:
+    """A transactional id's state as the protocol describes it."""
+    return TransactionDescription(
+        meta.transactional_id,
+        meta.producer_id,
+        meta.epoch,
+        meta.status,
+        meta.timeout,
+        tuple(TopicPartition(t, p) for t, p in sorted(meta.partitions)),
+        tuple(TopicPartition(t, p) for t, p in sorted(meta.pending_partitions)),
+    )
+
+
 def state_partition(transactional_id: str, partitions: int = STATE_PARTITIONS) -> int:
     """The ``__transactions`` partition that holds ``transactional_id``'s state."""
     return zlib.crc32(transactional_id.encode()) % partitions
-
-
-@attrs.frozen
-class InitTransactions:
-    """Give a producer of ``transactional_id`` its identity (fencing older ones)."""
-
-    transactional_id: str
-    timeout: float
-
-
-@attrs.frozen
-class AddPartitionsToTransaction:
-    """Put partitions into the producer's transaction (starting one if none is open)."""
-
-    transactional_id: str
-    producer_id: int
-    epoch: int
-    partitions: tuple[tuple[str, int], ...]
-
-
-@attrs.frozen
-class EndTransaction:
-    """Commit or abort the producer's open transaction (answers once every
-    marker is durable)."""
-
-    transactional_id: str
-    producer_id: int
-    epoch: int
-    commit: bool
-
-
-@attrs.frozen
-class DescribeTransaction:
-    """Ask for one transactional id's state."""
-
-    transactional_id: str
-
-
-@attrs.frozen
-class ListTransactions:
-    """Ask for every known transactional id's state."""
 
 
 @attrs.frozen
@@ -262,15 +235,21 @@ class TransactionActor(Actor):
             await self._drive_pending()
             return None
         if isinstance(message, DescribeTransaction):
-            return core.describe(message.transactional_id)
+            return describe(core.describe(message.transactional_id))
         if isinstance(message, ListTransactions):
-            return [m for m in core.state.transactions.values() if m.status != "dead"]
+            return TransactionList(
+                tuple(
+                    describe(m)
+                    for _, m in sorted(core.state.transactions.items())
+                    if m.status != "dead"
+                )
+            )
         try:
             if isinstance(message, InitTransactions):
                 return await self._init(message, now)
-            if isinstance(message, AddPartitionsToTransaction):
+            if isinstance(message, AddPartitionsToTxn):
                 return await self._add(message, now)
-            if isinstance(message, EndTransaction):
+            if isinstance(message, EndTxn):
                 plan = core.end(
                     message.transactional_id,
                     message.producer_id,
@@ -286,6 +265,10 @@ class TransactionActor(Actor):
         return await super().handle(message)
 
     async def _init(self, message: InitTransactions, now: float) -> ProducerIdentity:
+        ident = await self._init_core(message, now)
+        return ProducerIdentity(ident.producer_id, ident.epoch)
+
+    async def _init_core(self, message: InitTransactions, now: float) -> Any:
         core = self.core
         assert core is not None
         tid = message.transactional_id
@@ -305,11 +288,11 @@ class TransactionActor(Actor):
                     await self._drive(plan)
             return core.init_producer(tid, message.timeout, now, new_id.pop)
 
-    async def _add(self, message: AddPartitionsToTransaction, now: float) -> None:
+    async def _add(self, message: AddPartitionsToTxn, now: float) -> None:
         core = self.core
         assert core is not None
         tid = message.transactional_id
-        partitions = [(str(t), int(p)) for t, p in message.partitions]
+        partitions = [(tp.topic, tp.partition) for tp in message.partitions]
         if not partitions:
             raise InvalidArgument(f"add to {tid!r}'s transaction: name at least one partition")
         for topic, partition in partitions:
