@@ -33,8 +33,8 @@ from headwater._protocol import (
     TopicPartition,
 )
 from headwater.broker import Broker, open_broker
-from headwater.broker._actors import GetStableView, StableView, WriteMarker
-from headwater.broker._stable import AbortedTxn, filter_records
+from headwater.broker._actors import GetLog, GetStableView, StableView, WriteMarker
+from headwater.broker._stable import AbortedTxn
 from headwater.journal import SimulatedFileSystem, encode_record, iter_records
 from headwater.journal._record import ATTR_COMMIT, ATTR_CONTROL, ATTR_TRANSACTIONAL
 from headwater.journal._state import open_state_journal
@@ -64,16 +64,10 @@ async def view(broker: Broker, topic: str, partition: int = 0) -> StableView:
 
 
 async def read(broker: Broker, topic: str, *, committed: bool) -> list[tuple[int, int]]:
-    """(offset, attributes) of what a reader at the given isolation sees."""
-    v = await view(broker, topic)
-    got = await broker.handle(Fetch(topic, 0, 0, max_wait=0))
-    records = got.records
-    if committed:
-        records = b"".join(
-            bytes(r) for h, r in iter_records(records) if h.next_offset <= v.last_stable_offset
-        )
-    kept = filter_records(records, v.aborted, committed=committed)
-    return [(h.base_offset, h.attributes) for h, _ in iter_records(kept)]
+    """(offset, attributes) of what a fetch at the given isolation returns."""
+    isolation = "read_committed" if committed else "read_uncommitted"
+    got = await broker.handle(Fetch(topic, 0, 0, max_wait=0, isolation=isolation))
+    return [(h.base_offset, h.attributes) for h, _ in iter_records(got.records)]
 
 
 async def setup(broker: Broker) -> ProducerIdentity:
@@ -113,8 +107,10 @@ async def test_commit_makes_both_partitions_stable(autojump_clock: trio.abc.Cloc
         assert StableView(4, 4, ()) == await view(broker, "a")
         assert StableView(2, 2, ()) == await view(broker, "b")
         assert [(0, 0), (1, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
-        got = await broker.handle(Fetch("a", 0, 3, max_wait=0))
-        [(marker, _)] = iter_records(got.records)
+        got = await broker.handle(Fetch("a", 0, 3, max_wait=0, isolation="read_uncommitted"))
+        assert (b"", 4, 4) == (got.records, got.next_offset, got.last_stable_offset)
+        log = await broker.system.lookup("/broker/topics/a/0").ask(GetLog())
+        [(marker, _)] = iter_records(await log.read(3, 1 << 20))
         assert (3, ATTR_CONTROL | ATTR_COMMIT) == (marker.base_offset, marker.attributes)
         meta = await ask(broker, DescribeTransaction("w"))
         assert ("complete_commit", ()) == (meta.state, meta.pending_partitions)

@@ -303,8 +303,13 @@ class PartitionActor(Actor):
         if isinstance(message, GetLog):
             return log
         if isinstance(message, DescribePartition):
+            hw = log.visible_end
             return PartitionInfo(
-                self.partition, log.earliest_offset, log.visible_end, log.log.size_bytes
+                self.partition,
+                log.earliest_offset,
+                hw,
+                log.log.size_bytes,
+                self.txns.last_stable_offset(hw),
             )
         if isinstance(message, RunRetention):
             removed = log.log.apply_retention()

@@ -35,13 +35,16 @@ from headwater._errors import (
 )
 from headwater._protocol import (
     PUSH_SINK,
+    AddPartitionsToTxn,
     CommitOffsets,
     CommittedOffsets,
     CreateTopic,
     DeleteTopic,
     DescribeGroup,
     DescribeTopic,
+    DescribeTransaction,
     Done,
+    EndTxn,
     Fetch,
     FetchCommitted,
     FetchResult,
@@ -49,11 +52,13 @@ from headwater._protocol import (
     GroupList,
     Heartbeat,
     InitProducer,
+    InitTransactions,
     JoinGroup,
     LeaveGroup,
     ListGroups,
     ListOffset,
     ListTopics,
+    ListTransactions,
     OffsetResult,
     PartitionInfo,
     Produce,
@@ -73,22 +78,26 @@ from headwater.broker._actors import (
     DeleteTopicRequest,
     DescribePartition,
     GetLog,
+    GetStableView,
     GroupRequest,
     GroupSnapshot,
     ListTopicConfigs,
     NewProducerId,
     RunCompaction,
     RunRetention,
+    StableView,
     group_spec,
 )
 from headwater.broker._config import TopicConfig, validate_group_name, validate_topic_name
 from headwater.broker._group import GroupCoordinator
+from headwater.broker._stable import filter_records
 from headwater.journal._async import AsyncLog
 from headwater.journal._batch import decode_record_events
 from headwater.journal._record import iter_records
 
 __all__ = ["BrokerService", "MAX_FETCH_BYTES", "MAX_FETCH_WAIT"]
 
+ISOLATIONS = ("read_committed", "read_uncommitted")
 MAX_FETCH_WAIT = 30.0
 """The longest a fetch may long-poll, in seconds."""
 
@@ -217,13 +226,36 @@ class BrokerService:
                 f"offset {r.offset} of {r.topic}/{r.partition} is outside "
                 f"[{log.earliest_offset}, {log.visible_end}]; seek to earliest or latest"
             )
+        if r.isolation not in ISOLATIONS:
+            raise InvalidArgument(f"isolation={r.isolation!r}; give one of {', '.join(ISOLATIONS)}")
+        committed = r.isolation == "read_committed"
+        ref = self._partition(r.topic, f"/broker/topics/{r.topic}/{r.partition}")
         max_bytes = min(r.max_bytes, MAX_FETCH_BYTES)
+        deadline = trio.current_time() + r.max_wait
         try:
-            data = await log.read(r.offset, max_bytes)
-            if not data and r.max_wait > 0:
-                with trio.move_on_after(r.max_wait):
-                    await log.wait_for_data(r.offset)
-                data = await log.read(r.offset, max_bytes)
+            while True:
+                view: StableView = await ref.ask(GetStableView(r.offset))
+                limit = view.last_stable_offset if committed else view.high_watermark
+                if r.offset < limit:
+                    data = await log.read(r.offset, max_bytes, limit)
+                    records = iter_records(data)
+                    if records:
+                        next_offset = records[-1][0].next_offset
+                        kept = filter_records(data, view.aborted, committed=committed)
+                        return FetchResult(
+                            r.topic,
+                            r.partition,
+                            kept,
+                            view.high_watermark,
+                            log.earliest_offset,
+                            next_offset,
+                            view.last_stable_offset,
+                        )
+                if trio.current_time() >= deadline:
+                    break
+                # Wait for anything new: data, or a marker moving the LSO.
+                with trio.move_on_at(deadline):
+                    await log.wait_for_data(max(log.visible_end, r.offset))
         except ClosedError:
             # The partition restarted (its log closed) under this fetch.
             raise StorageError(
@@ -235,7 +267,15 @@ class BrokerService:
                 f"offset {r.offset} of {r.topic}/{r.partition} was removed by retention; "
                 f"the partition now starts at {log.earliest_offset}: seek to earliest"
             ) from None
-        return FetchResult(r.topic, r.partition, data, log.visible_end, log.earliest_offset)
+        return FetchResult(
+            r.topic,
+            r.partition,
+            b"",
+            view.high_watermark,
+            log.earliest_offset,
+            r.offset,
+            view.last_stable_offset,
+        )
 
     async def _list_offset(self, r: ListOffset) -> OffsetResult:
         log = await self._log(r.topic, r.partition)
@@ -300,6 +340,13 @@ class BrokerService:
         pid = await self.system.lookup("/broker/registry").ask(NewProducerId())
         return ProducerIdentity(pid, 0)
 
+    async def _transaction_request(self, r: Any) -> Any:
+        if isinstance(r, AddPartitionsToTxn):
+            for tp in r.partitions:
+                self._partition_path(tp.topic, tp.partition)
+        result = await self.system.lookup("/broker/transactions").ask(r, timeout=None)
+        return Done() if result is None else result
+
     async def _group_request(self, r: Any) -> Any:
         if isinstance(r, JoinGroup):
             if not isinstance(r.topics, tuple | list) or not r.topics:
@@ -353,6 +400,11 @@ class BrokerService:
     _handlers: ClassVar[dict[type, Any]] = {
         Produce: _produce,
         Fetch: _fetch,
+        InitTransactions: _transaction_request,
+        AddPartitionsToTxn: _transaction_request,
+        EndTxn: _transaction_request,
+        DescribeTransaction: _transaction_request,
+        ListTransactions: _transaction_request,
         ListOffset: _list_offset,
         CreateTopic: _create_topic,
         DeleteTopic: _delete_topic,
