@@ -86,7 +86,7 @@ log = get_logger("headwater.client.consumer")
 
 TP = tuple[str, int]
 # (partition, ownership token, first wanted offset, records as fetched)
-_Chunk = tuple[TP, int, int, list[tuple[RecordHeader, memoryview]]]
+_Chunk = tuple[TP, int, int, list[tuple[RecordHeader, memoryview]], int]
 
 PartitionsCallback = Callable[[list[tuple[str, int]]], Awaitable[None] | None]
 """``on_assigned`` / ``on_revoked``: called with sorted (topic, partition)
@@ -140,6 +140,13 @@ def _positive(name: str) -> Any:
     return check
 
 
+def _isolation(_inst: object, _attr: Any, value: object) -> None:
+    if value not in ("read_committed", "read_uncommitted"):
+        raise ConfigError(
+            f"isolation must be 'read_committed' or 'read_uncommitted', not {value!r}"
+        )
+
+
 @attrs.frozen
 class ConsumerConfig:
     """Consumer settings: ``max_wait`` (s a fetch waits for new data),
@@ -150,7 +157,10 @@ class ConsumerConfig:
     may take to release partitions in a rebalance), ``auto_commit`` and
     ``auto_commit_interval`` (s), ``request_timeout`` (s), ``deserializer``
     (as the producer's serializer; ``"bytes"`` reads raw values),
-    ``client_id`` (names the group member)."""
+    ``client_id`` (names the group member), ``isolation``
+    (``"read_committed"``, the default: only committed transactions' events,
+    up to the last stable offset; ``"read_uncommitted"``: every stored event,
+    open and aborted transactions' included)."""
 
     max_wait: float = attrs.field(default=0.5, validator=_positive("max_wait"))
     max_bytes: int = attrs.field(default=1 << 20, validator=_positive("max_bytes"))
@@ -164,6 +174,7 @@ class ConsumerConfig:
     request_timeout: float = attrs.field(default=30.0, validator=_positive("request_timeout"))
     deserializer: Any = None
     client_id: str = ""
+    isolation: str = attrs.field(default="read_committed", validator=_isolation)
 
 
 @attrs.define(eq=False)
@@ -434,7 +445,9 @@ class Consumer:
             while True:
                 try:
                     result: p.FetchResult = await self._channel.request(
-                        p.Fetch(topic, partition, offset, cfg.max_bytes, cfg.max_wait),
+                        p.Fetch(
+                            topic, partition, offset, cfg.max_bytes, cfg.max_wait, cfg.isolation
+                        ),
                         timeout=cfg.request_timeout + cfg.max_wait,
                     )
                 except OffsetOutOfRangeError as exc:
@@ -462,14 +475,17 @@ class Consumer:
                     log.info("fetch_retry", topic=topic, partition=partition, error=repr(exc))
                     await trio.sleep(0.1)
                     continue
-                if not result.records:
-                    continue
                 # Only headers here (checksums included): the next fetch goes
                 # out at once while the reader decodes these records.
                 records = iter_records(result.records)
-                if records:
-                    await self._send.send((tp, owned.token, offset, records))
-                    offset = records[-1][0].next_offset
+                end = result.next_offset
+                if records and end < 0:  # a server that predates transactions
+                    end = records[-1][0].next_offset
+                if end > offset:
+                    # Records the broker left out (markers, aborted events)
+                    # still move the position, so lag reaches 0.
+                    await self._send.send((tp, owned.token, offset, records, end))
+                    offset = end
 
     async def _reset_offset(self, topic: str, partition: int, where: str | int) -> int:
         result = await self._ask(p.ListOffset(topic, partition, where))
@@ -507,7 +523,7 @@ class Consumer:
                     if self._needs_sync():
                         wake.cancel()
                     try:
-                        tp, token, start, records = await self._receive.receive()
+                        tp, token, start, records, end = await self._receive.receive()
                     finally:
                         self._wake = None
                 if wake.cancelled_caught:
@@ -520,6 +536,8 @@ class Consumer:
                 if fresh:
                     self._buffer.extend(fresh)
                     return True
+                if end > position:  # only left-out records: move past them
+                    self._positions[tp] = end
         return False
 
     def _take(self, limit: int) -> list[Event]:
