@@ -234,6 +234,9 @@ class Consumer:
         self._deserializer: Serializer = get_serializer(config.deserializer)
         self._owned: dict[TP, _Owned] = {}
         self._positions: dict[TP, int] = {}
+        # Records the broker left out after a chunk's last event (markers,
+        # aborted events): once that event is taken, the position jumps on.
+        self._skips: dict[TP, tuple[int, int]] = {}
         self._tokens = 0
         self._send, self._receive = trio.open_memory_channel[_Chunk](config.prefetch)
         self._buffer: deque[Event] = deque()
@@ -402,6 +405,7 @@ class Consumer:
         if type(offset) is not int or offset < 0:
             raise OffsetOutOfRangeError(f"seek offset {offset!r} must be an int >= 0")
         self._positions[tp] = offset
+        self._skips.pop(tp, None)
         self._buffer = deque(e for e in self._buffer if (e.topic, e.partition) != tp)
         self._start_fetcher(tp, offset)
 
@@ -535,6 +539,8 @@ class Consumer:
                 fresh = self._decode(tp, max(start, position), records)
                 if fresh:
                     self._buffer.extend(fresh)
+                    if end > fresh[-1].offset + 1:
+                        self._skips[tp] = (fresh[-1].offset + 1, end)
                     return True
                 if end > position:  # only left-out records: move past them
                     self._positions[tp] = end
@@ -552,6 +558,10 @@ class Consumer:
                 and event.offset >= self._positions.get(tp, 0)
             ):
                 self._positions[tp] = event.offset + 1
+                skip = self._skips.get(tp)
+                if skip is not None and skip[0] == event.offset + 1:
+                    self._positions[tp] = skip[1]
+                    del self._skips[tp]
                 out.append(event)
         return out
 

@@ -40,10 +40,17 @@ import trio
 
 from headwater import _protocol as p
 from headwater._aio import unwrapping_groups
-from headwater._errors import ClosedError, ConfigError, HeadwaterError, InvalidArgument
+from headwater._errors import (
+    ClosedError,
+    ConfigError,
+    HeadwaterError,
+    InvalidArgument,
+    InvalidTransactionStateError,
+    ProducerFencedError,
+)
 from headwater._logging import get_logger
 from headwater.journal._batch import Event, Headers, Key
-from headwater.journal._record import encode_record
+from headwater.journal._record import ATTR_TRANSACTIONAL, encode_record
 
 from ._accumulator import Accumulator, AccumulatorConfig, ReadyBatch
 from ._channel import Channel
@@ -73,6 +80,11 @@ def _seconds(
     return check
 
 
+def _transactional_id(_inst: object, _attr: Any, value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(f"transactional_id must be a non-empty str or None, not {value!r}")
+
+
 @attrs.frozen
 class ProducerConfig:
     """Producer settings. ``linger`` (s), ``max_batch_events``,
@@ -82,7 +94,11 @@ class ProducerConfig:
     ``request_timeout`` (s) one request. ``serializer`` turns values into
     bytes (a name: ``"cbor"`` (default), ``"json"``, ``"str"``, ``"bytes"``,
     or a :class:`~headwater.client.Serializer`). ``clock`` returns the event
-    timestamp in ms (default: wall time)."""
+    timestamp in ms (default: wall time). ``transactional_id`` makes the
+    producer transactional (every send inside :meth:`Producer.transaction`;
+    a new producer with the same id fences this one), and
+    ``transaction_timeout`` (s, 0.1..900) is how long the broker lets one of
+    its transactions stay open before aborting it."""
 
     linger: float = 0.005
     max_batch_events: int = 1000
@@ -94,6 +110,10 @@ class ProducerConfig:
     request_timeout: float = attrs.field(default=30.0, validator=_seconds("request_timeout", 0.001))
     serializer: Any = None
     clock: Callable[[], int] = _wall_clock_ms
+    transactional_id: str | None = attrs.field(default=None, validator=_transactional_id)
+    transaction_timeout: float = attrs.field(
+        default=60.0, validator=_seconds("transaction_timeout", 0.1)
+    )
 
 
 @attrs.define(eq=False)
@@ -225,6 +245,9 @@ class Producer:
         self._nursery: trio.Nursery | None = None
         self._closed = False
         self.identity: p.ProducerIdentity | None = None
+        self._txn_open = False
+        self._txn_partitions: set[tuple[str, int]] = set()
+        self._txn_error: HeadwaterError | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -253,10 +276,90 @@ class Producer:
         the broker's registry, a restart) with backoff for up to
         ``delivery_timeout`` seconds."""
         deadline = trio.current_time() + self.config.delivery_timeout
-        identity: p.ProducerIdentity = await self._request(
-            p.InitProducer(), deadline, "init_producer"
+        tid = self.config.transactional_id
+        request: Any = (
+            p.InitProducer()
+            if tid is None
+            else p.InitTransactions(tid, self.config.transaction_timeout)
         )
+        identity: p.ProducerIdentity = await self._request(request, deadline, "init_producer")
         return identity
+
+    # ------------------------------------------------------------ transactions
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """``async with producer.transaction():`` groups the sends inside it
+        into one transaction over any topics and partitions: leaving the
+        block flushes and commits (read_committed consumers then see every
+        event of it, or, after an abort, none); an exception aborts and
+        propagates. A send's handle resolves when the event is stored, not
+        committed.
+
+        Raises :class:`~headwater.InvalidTransactionStateError` without a
+        ``transactional_id`` or while another transaction is open;
+        :class:`~headwater.ProducerFencedError` once a newer producer with
+        the same id started (close this one);
+        :class:`~headwater.TransactionTimedOutError` if the broker aborted
+        it after ``transaction_timeout``. If a send inside failed, the
+        transaction is aborted and that error raised."""
+        if self.config.transactional_id is None:
+            raise InvalidTransactionStateError(
+                "this producer is not transactional; open it with transactional_id=..."
+            )
+        if self._closed or self._nursery is None:
+            raise ClosedError("this producer is closed (or not entered with `async with`)")
+        if self._txn_open:
+            raise InvalidTransactionStateError(
+                "a transaction is already open on this producer; one at a time"
+            )
+        self._txn_open = True
+        self._txn_partitions = set()
+        self._txn_error = None
+        try:
+            try:
+                yield
+            except BaseException:
+                # Abort (bounded, even when cancelled); if it cannot be
+                # written the broker aborts at transaction_timeout.
+                with trio.move_on_after(self.config.request_timeout) as scope:
+                    scope.shield = True
+                    await self._end_transaction(commit=False)
+                raise
+            await self.flush()
+            error = self._failed_send()
+            if error is not None:
+                await self._end_transaction(commit=False)
+                raise error
+            await self._end_transaction(commit=True)
+        finally:
+            self._txn_open = False
+
+    def _failed_send(self) -> HeadwaterError | None:
+        """The first error of a send of the open transaction (set by senders)."""
+        return self._txn_error
+
+    async def _end_transaction(self, *, commit: bool) -> None:
+        await self.flush()
+        assert self.identity is not None
+        tid = self.config.transactional_id
+        assert tid is not None
+        failed = self._txn_error is not None
+        try:
+            if self._txn_partitions:
+                deadline = trio.current_time() + self.config.delivery_timeout
+                await self._request(
+                    p.EndTxn(tid, self.identity.producer_id, self.identity.epoch, commit),
+                    deadline,
+                    "end_txn",
+                )
+        finally:
+            self._txn_partitions = set()
+        if failed and not isinstance(self._txn_error, ProducerFencedError):
+            # A batch failed for good: take a new epoch so the next
+            # transaction starts its sequences afresh.
+            self.identity = await self._init_producer()
+            self._accumulator.set_identity(self.identity.producer_id, self.identity.epoch)
 
     def _close_now(self) -> None:
         """Stop the tasks and fail every event not stored yet."""
@@ -348,6 +451,10 @@ class Producer:
     ) -> tuple[_BatchResult, int, int, Headers]:
         """The per-event hot path: serialize, partition, append (``ts`` is
         the event timestamp in ms, ``now`` the Trio clock)."""
+        if self.config.transactional_id is not None and not self._txn_open:
+            raise InvalidTransactionStateError(
+                "a transactional producer sends only inside `async with producer.transaction():`"
+            )
         hdrs = _check_headers(headers) if headers else ()
         raw = None if value is None else self._serializer.serialize(value)
         chosen = self._partitioner.choose(topic, key, count, partition)
@@ -504,17 +611,24 @@ class Producer:
                 error = await self._deliver(batch, deadline)
                 queue.popleft()
                 if error is not None:
-                    await self._renumber(tp, queue)
+                    if self.config.transactional_id is not None:
+                        # The transaction will abort; the next one renumbers.
+                        if self._txn_error is None:
+                            self._txn_error = error
+                    else:
+                        await self._renumber(tp, queue)
         finally:
             del self._queues[tp]
             self._wakeup.set()  # a batch of tp may have lingered meanwhile
 
     async def _deliver(self, batch: ReadyBatch, deadline: float) -> HeadwaterError | None:
+        tid = self.config.transactional_id
         record = encode_record(
             batch.payload,
             count=batch.count,
             first_timestamp=batch.first_timestamp,
             max_timestamp=batch.max_timestamp,
+            attributes=0 if tid is None else ATTR_TRANSACTIONAL,
             producer_id=batch.producer_id,
             producer_epoch=batch.epoch,
             base_sequence=batch.base_sequence,
@@ -522,6 +636,13 @@ class Producer:
         request = p.Produce(batch.topic, batch.partition, record)
         where = {"topic": batch.topic, "partition": batch.partition}
         try:
+            tp = (batch.topic, batch.partition)
+            if tid is not None and tp not in self._txn_partitions:
+                add = p.AddPartitionsToTxn(
+                    tid, batch.producer_id, batch.epoch, (p.TopicPartition(*tp),)
+                )
+                await self._request(add, deadline, "add_partitions_to_txn", **where)
+                self._txn_partitions.add(tp)
             response: p.ProduceResult = await self._request(request, deadline, "produce", **where)
         except HeadwaterError as exc:
             log.warning("produce_failed", error=repr(exc), **where)

@@ -1,0 +1,132 @@
+"""Transactions through the client, embedded and over the TCP protocol:
+commit visible, abort and open invisible to read_committed, fencing,
+timeouts, bad input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from headwater import (
+    ConfigError,
+    InvalidTransactionStateError,
+    ProducerFencedError,
+    TransactionTimedOutError,
+)
+from headwater.broker import open_broker
+from headwater.client import Client
+from headwater.journal import SimulatedFileSystem
+
+from .conftest import Connect
+
+DATA = "/data"
+
+
+class Boom(Exception):
+    pass
+
+
+async def read_all(client: Client, isolation: str = "read_committed") -> list[Any]:
+    """Every event of topics a and b a consumer at ``isolation`` sees."""
+    seen: list[Any] = []
+    async with client.consumer(["a", "b"], isolation=isolation, max_wait=0.05) as consumer:
+        while True:
+            batch = await consumer.getmany(timeout=0.5)
+            if not batch:
+                break
+            seen.extend(batch)
+    return sorted((e.topic, e.value) for e in seen)
+
+
+async def test_commit_abort_and_open(autojump_clock: trio.abc.Clock, connect: Connect) -> None:
+    """A committed transaction over two topics is seen whole; an aborted one
+    is never seen by read_committed; an open one is seen only by
+    read_uncommitted; the consumer's position passes the markers."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker, connect(broker) as client:
+        await client.create_topic("a")
+        await client.create_topic("b")
+        async with client.producer(transactional_id="w") as producer:
+            async with producer.transaction():
+                await producer.send("a", "a1")
+                await producer.send("b", "b1")
+            with pytest.raises(Boom):
+                async with producer.transaction():
+                    await producer.send("a", "a-aborted")
+                    raise Boom
+            assert [("a", "a1"), ("b", "b1")] == await read_all(client)
+            async with producer.transaction():
+                await producer.send("a", "a2")
+                assert [("a", "a1"), ("b", "b1")] == await read_all(client)
+                assert [("a", "a-aborted"), ("a", "a1"), ("a", "a2"), ("b", "b1")] == sorted(
+                    await read_all(client, "read_uncommitted")
+                )
+        assert [("a", "a1"), ("a", "a2"), ("b", "b1")] == await read_all(client)
+        desc = await client.describe_topic("a")
+        # a1, commit, aborted, abort, a2, commit
+        assert (6, 6) == (desc.partitions[0].next_offset, desc.partitions[0].last_stable_offset)
+        async with client.consumer(["a"], max_wait=0.05) as consumer:
+            events = await consumer.getmany(timeout=0.5)
+            assert ["a1", "a2"] == [e.value for e in events]
+            await consumer.getmany(timeout=0.5)
+            assert 6 == consumer.position("a", 0)
+
+
+async def test_a_second_instance_fences_the_first(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """Two instances with one transactional id: the newer one aborts what the
+    older left open, and the older one's commit is ProducerFencedError."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker, connect(broker) as client:
+        await client.create_topic("a")
+        await client.create_topic("b")
+        async with client.producer(transactional_id="w") as zombie:
+            with pytest.raises(ProducerFencedError):
+                async with zombie.transaction():
+                    await zombie.send("a", "zombie")
+                    async with client.producer(transactional_id="w") as fresh:
+                        async with fresh.transaction():
+                            await fresh.send("b", "fresh")
+        assert [("b", "fresh")] == await read_all(client)
+
+
+async def test_timeout_aborts(autojump_clock: trio.abc.Clock, connect: Connect) -> None:
+    """A transaction left open past transaction_timeout is aborted by the
+    broker; leaving the block then raises TransactionTimedOutError and
+    nothing of it is seen."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker, connect(broker) as client:
+        await client.create_topic("a")
+        await client.create_topic("b")
+        async with client.producer(transactional_id="w", transaction_timeout=1.0) as producer:
+            with pytest.raises(TransactionTimedOutError):
+                async with producer.transaction():
+                    await producer.send("a", "slow")
+                    await trio.sleep(2.0)
+        assert [] == await read_all(client)
+
+
+async def test_bad_input(autojump_clock: trio.abc.Clock, connect: Connect) -> None:
+    """Sending outside a transaction, a second transaction while one is open,
+    transaction() without a transactional id and a bad id are typed errors."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker, connect(broker) as client:
+        await client.create_topic("a")
+        await client.create_topic("b")
+        with pytest.raises(ConfigError):
+            client.producer(transactional_id="")
+        with pytest.raises(ConfigError):
+            client.consumer(["a"], isolation="dirty")
+        async with client.producer(transactional_id="w") as producer:
+            with pytest.raises(InvalidTransactionStateError):
+                await producer.send("a", "outside")
+            async with producer.transaction():
+                with pytest.raises(InvalidTransactionStateError):
+                    async with producer.transaction():
+                        pass
+                await producer.send("a", "inside")
+        async with client.producer() as plain:
+            with pytest.raises(InvalidTransactionStateError):
+                async with plain.transaction():
+                    pass
+        assert [("a", "inside")] == await read_all(client)
