@@ -86,9 +86,11 @@ async def test_a_second_instance_fences_the_first(
             with pytest.raises(ProducerFencedError):
                 async with zombie.transaction():
                     await zombie.send("a", "zombie")
-                    async with client.producer(transactional_id="w") as fresh:
-                        async with fresh.transaction():
-                            await fresh.send("b", "fresh")
+                    async with (
+                        client.producer(transactional_id="w") as fresh,
+                        fresh.transaction(),
+                    ):
+                        await fresh.send("b", "fresh")
         assert [("b", "fresh")] == await read_all(client)
 
 
