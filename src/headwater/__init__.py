@@ -51,6 +51,7 @@ from ._errors import UnknownMemberError as UnknownMemberError
 from ._errors import UnknownPartitionError as UnknownPartitionError
 from ._errors import UnknownTopicError as UnknownTopicError
 from ._errors import UnknownTransactionalIdError as UnknownTransactionalIdError
+from ._errors import UnstableOffsetError as UnstableOffsetError
 from ._errors import UnsupportedVersionError as UnsupportedVersionError
 from ._errors import UsageError as UsageError
 from ._logging import configure_logging as configure_logging
@@ -131,6 +132,7 @@ __all__ = [
     "InvalidTransactionStateError",
     "TransactionTimedOutError",
     "UnknownTransactionalIdError",
+    "UnstableOffsetError",
 ]
 
 

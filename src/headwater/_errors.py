@@ -53,6 +53,7 @@ __all__ = [
     "InvalidTransactionStateError",
     "TransactionTimedOutError",
     "UnknownTransactionalIdError",
+    "UnstableOffsetError",
     "ProtocolError",
     "RemoteProtocolError",
     "SerializationError",
@@ -455,6 +456,15 @@ class ConcurrentTransactionsError(HeadwaterError):
     changed; retry shortly (the client does this by itself)."""
 
     code = "concurrent_transactions"
+    retriable = True
+
+
+class UnstableOffsetError(HeadwaterError):
+    """A transaction holds offsets for this partition of the group that are
+    not committed or aborted yet, so its committed offset is not known.
+    Nothing was read; retry shortly (the consumer does this by itself)."""
+
+    code = "unstable_offset"
     retriable = True
 
 

@@ -74,6 +74,7 @@ __all__ = [
     "InitTransactions",
     "AddPartitionsToTxn",
     "EndTxn",
+    "SendOffsetsToTxn",
     "DescribeTransaction",
     "ListTransactions",
     "TransactionDescription",
@@ -464,6 +465,22 @@ class AddPartitionsToTxn:
 
 
 @attrs.frozen
+class SendOffsetsToTxn:
+    """Commit a group's consumer positions as part of the producer's open
+    transaction: held pending (the group's committed offset for those
+    partitions answers ``unstable_offset`` meanwhile) and committed with it.
+    Fenced by the member's ownership like ``commit_offsets``."""
+
+    transactional_id: str
+    producer_id: int
+    epoch: int
+    group: str
+    member_id: str | None
+    generation: int
+    offsets: tuple[PartitionOffset, ...]
+
+
+@attrs.frozen
 class EndTxn:
     """Commit or abort the producer's open transaction; answered when every
     partition's marker is durable."""
@@ -498,6 +515,7 @@ class TransactionDescription:
     timeout: float
     partitions: tuple[TopicPartition, ...]
     pending_partitions: tuple[TopicPartition, ...]
+    groups: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -527,6 +545,7 @@ REQUEST_TYPES: tuple[type, ...] = (
     GetTree,
     InitTransactions,
     AddPartitionsToTxn,
+    SendOffsetsToTxn,
     EndTxn,
     DescribeTransaction,
     ListTransactions,

@@ -4,6 +4,7 @@ timeouts, bad input."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -132,3 +133,55 @@ async def test_bad_input(autojump_clock: trio.abc.Clock, connect: Connect) -> No
                 async with plain.transaction():
                     pass
         assert [("a", "inside")] == await read_all(client)
+
+
+async def _copy_round(client: Client, abort: bool) -> list[str]:
+    """One read-process-write round in group "copier": read what is there,
+    write it to a and b, send the offsets, commit (or abort)."""
+    got: list[str] = []
+    async with (
+        client.consumer(["in"], group="copier", max_wait=0.05) as consumer,
+        client.producer(transactional_id="copier-0") as producer,
+    ):
+        events = await consumer.getmany(timeout=1.0)
+        with pytest.raises(Boom) if abort else contextlib.nullcontext():
+            async with producer.transaction():
+                for e in events:
+                    await producer.send("a", e.value)
+                    await producer.send("b", e.value)
+                m = consumer.membership
+                assert m is not None
+                await producer.send_offsets(
+                    "copier",
+                    {(e.topic, e.partition): e.offset + 1 for e in events},
+                    generation=m.generation,
+                    member_id=m.member_id,
+                )
+                got = [e.value for e in events]
+                if abort:
+                    raise Boom
+    return got
+
+
+async def test_offsets_commit_with_the_transaction(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """send_offsets: an aborted round leaves the group's offset where it was
+    (the next round reads the same input again); a committed round moves it
+    with the outputs, so each input's effect is in the read_committed output
+    exactly once."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker, connect(broker) as client:
+        for topic in ("in", "a", "b"):
+            await client.create_topic(topic)
+        async with client.producer() as plain:
+            await plain.send_many("in", ["x0", "x1", "x2"])
+        assert ["x0", "x1", "x2"] == await _copy_round(client, abort=True)
+        assert [] == await read_all(client)
+        assert ["x0", "x1", "x2"] == await _copy_round(client, abort=False)
+        async with client.producer() as plain:
+            await plain.send("in", "x3")
+        assert ["x3"] == await _copy_round(client, abort=False)
+        expected = [("a", f"x{i}") for i in range(4)] + [("b", f"x{i}") for i in range(4)]
+        assert expected == await read_all(client)
+        desc = await client.describe_group("copier")
+        assert [4] == [p.committed for p in desc.partitions]

@@ -298,13 +298,19 @@ def test_every_transition_of_the_table_is_taken():
     try:
         g = GroupCoordinator.new("g")
         g.commit(None, 0, [po("a", 0, 1)])  # empty/committed
+        g.txn_commit(9, None, 0, [po("a", 0, 1)])  # .../txn_offsets
+        g.complete_txn(9, True)  # .../txn_completed
         g.update_topics({"a": 3})  # empty/topics_changed
         m1 = g.join(["a"], COUNTS, now=0.0, rebalance_timeout=30.0)  # empty/joined ...
         g.commit(m1.member_id, 1, [po("a", 0, 2)])  # stable/committed
+        g.txn_commit(9, m1.member_id, 1, [po("a", 0, 2)])  # .../txn_offsets
+        g.complete_txn(9, True)  # .../txn_completed
         g.update_topics({"a": 4})  # stable/topics_changed
         m2 = g.join(["a"], COUNTS, now=0.0, rebalance_timeout=30.0)  # stable/joined
         m3 = g.join(["a"], COUNTS, now=0.0, rebalance_timeout=30.0)  # preparing/joined
         g.commit(m1.member_id, 2, [po("a", 0, 3)])  # preparing/committed
+        g.txn_commit(9, m1.member_id, 2, [po("a", 0, 3)])  # .../txn_offsets
+        g.complete_txn(9, True)  # .../txn_completed
         g.update_topics({"a": 5})  # preparing/topics_changed
         g.leave(m3.member_id)  # preparing/left
         release_all(g, m1.member_id)  # preparing/released, rebalanced, stabilized
@@ -316,6 +322,8 @@ def test_every_transition_of_the_table_is_taken():
         a = k.join(["a"], COUNTS, now=0.0)
         assert "completing_rebalance" == k.state.status
         k.commit(a.member_id, 1, [po("a", 0, 1)])  # completing/committed
+        k.txn_commit(9, a.member_id, 1, [po("a", 0, 1)])  # .../txn_offsets
+        k.complete_txn(9, True)  # .../txn_completed
         k.update_topics({"a": 4})  # completing/topics_changed
         b = k.join(["a"], COUNTS, now=0.0)  # completing/joined
         k.leave(b.member_id)  # completing/left
@@ -497,3 +505,34 @@ def test_sticky_moves_only_what_it_must(partitions, joins):
             g.leave(alive.pop(0))
             for mid in alive:
                 assert set(g.state.members[mid].assignment) >= before[mid]
+
+
+def test_transactional_offsets_are_pending_until_the_transaction_ends():
+    """Offsets sent in a transaction are held per producer: the committed
+    offset of their partitions is UnstableOffsetError meanwhile; a commit
+    makes them committed, an abort drops them; ownership fences them like
+    commit(); replay and snapshots keep the pending ones."""
+    from headwater import UnstableOffsetError
+
+    g = GroupCoordinator.new("g")
+    m = g.join(["a"], COUNTS, now=0.0)
+    g.commit(m.member_id, 1, [po("a", 0, 3)])
+    g.txn_commit(7, m.member_id, 1, [po("a", 0, 5, "t")])
+    g.txn_commit(8, m.member_id, 1, [po("a", 1, 2)])
+    with pytest.raises(UnstableOffsetError, match="a/0"):
+        g.committed([TopicPartition("a", 0)])
+    with pytest.raises(UnstableOffsetError):
+        g.committed()
+    with pytest.raises(StaleGenerationError):
+        g.txn_commit(7, m.member_id, 2, [])
+    events = list(g.take_events())
+    replayed = GroupState("g")
+    for event in events:
+        replayed = apply(replayed, cbor2.loads(cbor2.dumps(event)))
+    assert replayed == g.state
+    assert g.state == state_from_plain(cbor2.loads(cbor2.dumps(state_to_plain(g.state))))
+    g.complete_txn(7, True)
+    g.complete_txn(8, False)
+    g.complete_txn(8, False)  # retried: nothing pending, nothing emitted
+    assert ["txn_completed", "txn_completed"] == [e["type"] for e in g.take_events()]
+    assert (po("a", 0, 5, "t"),) == g.committed()

@@ -48,6 +48,7 @@ from headwater._protocol import (
     LeaveGroup,
     Membership,
     PartitionInfo,
+    PartitionOffset,
     PushSink,
     ReleasePartitions,
 )
@@ -605,6 +606,25 @@ class GroupRequest:
 
 
 @attrs.frozen
+class TxnOffsets:
+    """The transaction coordinator passes on offsets sent in a transaction
+    (held pending until :class:`CompleteTxnOffsets`)."""
+
+    producer_id: int
+    member_id: str | None
+    generation: int
+    offsets: tuple[PartitionOffset, ...]
+
+
+@attrs.frozen
+class CompleteTxnOffsets:
+    """The transaction of ``producer_id`` ended: commit or drop its offsets."""
+
+    producer_id: int
+    commit: bool
+
+
+@attrs.frozen
 class GroupSnapshot:
     """Ask a group actor for its coordinator's state."""
 
@@ -702,6 +722,18 @@ class GroupActor(Actor):
             return None
         if isinstance(message, GroupSnapshot):
             return c
+        if isinstance(message, TxnOffsets):
+            try:
+                c.txn_commit(
+                    message.producer_id, message.member_id, message.generation, message.offsets
+                )
+            finally:
+                await self._persist()
+            return None
+        if isinstance(message, CompleteTxnOffsets):
+            c.complete_txn(message.producer_id, message.commit)
+            await self._persist()
+            return None
         if not isinstance(message, GroupRequest):
             return await super().handle(message)
         request = message.request

@@ -78,6 +78,7 @@ from headwater._errors import (
     StaleGenerationError,
     UnknownMemberError,
     UnknownPartitionError,
+    UnstableOffsetError,
 )
 from headwater._protocol import (
     GroupDescription,
@@ -127,6 +128,8 @@ TRANSITIONS: dict[tuple[str, str], frozenset[str]] = {
     ("preparing_rebalance", "rebalanced"): frozenset({"completing_rebalance"}),
     ("completing_rebalance", "stabilized"): frozenset({"stable"}),
     **{(s, "committed"): frozenset({s}) for s in _LIVE},
+    **{(s, "txn_offsets"): frozenset({s}) for s in _LIVE},
+    **{(s, "txn_completed"): frozenset({s}) for s in _LIVE},
     ("empty", "deleted"): frozenset({"dead"}),
 }
 
@@ -169,6 +172,9 @@ class GroupState:
     protocol_type: str | None = None
     target: Mapping[str, tuple[TP, ...]] = attrs.field(factory=dict)
     metadata: Mapping[TP, str] = attrs.field(factory=dict)
+    pending: Mapping[int, tuple[tuple[Any, ...], ...]] = attrs.field(factory=dict)
+    """Offsets sent in open transactions, by producer id: rows of
+    (topic, partition, offset[, metadata]), committed with the transaction."""
 
 
 def _tps(rows: Iterable[Iterable[Any]]) -> tuple[TP, ...]:
@@ -199,6 +205,7 @@ def state_to_plain(state: GroupState) -> dict[str, Any]:
         "protocol_type": state.protocol_type,
         "target": {m: [list(tp) for tp in tps] for m, tps in state.target.items()},
         "metadata": [[t, p, s] for (t, p), s in sorted(state.metadata.items())],
+        "pending": [[pid, [list(r) for r in rows]] for pid, rows in sorted(state.pending.items())],
     }
 
 
@@ -223,6 +230,7 @@ def state_from_plain(data: dict[str, Any]) -> GroupState:
         protocol_type=data.get("protocol_type", "headwater" if members else None),
         target={m: _tps(tps) for m, tps in data.get("target", {}).items()},
         metadata={(t, p): s for t, p, s in data.get("metadata", [])},
+        pending={int(pid): tuple(tuple(r) for r in rows) for pid, rows in data.get("pending", [])},
     )
 
 
@@ -346,6 +354,20 @@ def _check_transition(state: GroupState, kind: str, target: str) -> None:
         ) from None
 
 
+def _with_offsets(state: GroupState, rows: Iterable[Any]) -> GroupState:
+    committed = dict(state.committed)
+    metadata = dict(state.metadata)
+    for row in rows:
+        topic, partition, offset = row[0], row[1], row[2]
+        committed[(topic, partition)] = offset
+        text = row[3] if len(row) > 3 else ""
+        if text:
+            metadata[(topic, partition)] = text
+        else:
+            metadata.pop((topic, partition), None)
+    return attrs.evolve(state, committed=committed, metadata=metadata)
+
+
 def apply(state: GroupState, event: GroupEvent) -> GroupState:
     """Return the state after ``event`` (pure: ``state`` is not changed).
 
@@ -438,17 +460,20 @@ def apply(state: GroupState, event: GroupEvent) -> GroupState:
         return attrs.evolve(state, status="stable")
     if kind == "committed":
         _check_transition(state, "committed", state.status)
-        committed = dict(state.committed)
-        metadata = dict(state.metadata)
-        for row in event["offsets"]:
-            topic, partition, offset = row[0], row[1], row[2]
-            committed[(topic, partition)] = offset
-            text = row[3] if len(row) > 3 else ""
-            if text:
-                metadata[(topic, partition)] = text
-            else:
-                metadata.pop((topic, partition), None)
-        return attrs.evolve(state, committed=committed, metadata=metadata)
+        return _with_offsets(state, event["offsets"])
+    if kind == "txn_offsets":
+        _check_transition(state, "txn_offsets", state.status)
+        pid = int(event["producer_id"])
+        rows = {(r[0], r[1]): tuple(r) for r in state.pending.get(pid, ())}
+        rows.update({(r[0], r[1]): tuple(r) for r in event["offsets"]})
+        return attrs.evolve(state, pending={**state.pending, pid: tuple(rows.values())})
+    if kind == "txn_completed":
+        _check_transition(state, "txn_completed", state.status)
+        pending = dict(state.pending)
+        sent = pending.pop(int(event["producer_id"]), ())
+        if event["commit"]:
+            state = _with_offsets(state, sent)
+        return attrs.evolve(state, pending=pending)
     if kind == "deleted":
         _check_transition(state, "deleted", "dead")
         return attrs.evolve(state, status="dead")
@@ -786,6 +811,29 @@ class GroupCoordinator:
         self._plan(now)
         return self.state.status != "empty"
 
+    def txn_commit(
+        self,
+        producer_id: int,
+        member_id: str | None,
+        generation: int,
+        offsets: Iterable[PartitionOffset],
+    ) -> None:
+        """Hold offsets sent in ``producer_id``'s open transaction (checked
+        like :meth:`commit`, fenced by ownership); they become committed when
+        :meth:`complete_txn` commits it, and until then :meth:`committed`
+        answers :class:`~headwater.UnstableOffsetError` for their partitions
+        (DECISIONS #19)."""
+        self._check_alive()
+        rows = self._commit_rows(member_id, generation, offsets)
+        if rows:
+            self._emit({"type": "txn_offsets", "producer_id": producer_id, "offsets": rows})
+
+    def complete_txn(self, producer_id: int, commit: bool) -> None:
+        """The transaction of ``producer_id`` ended: commit or drop its
+        offsets (idempotent: nothing pending, nothing done)."""
+        if producer_id in self.state.pending:
+            self._emit({"type": "txn_completed", "producer_id": producer_id, "commit": commit})
+
     def commit(
         self, member_id: str | None, generation: int, offsets: Iterable[PartitionOffset]
     ) -> None:
@@ -799,6 +847,13 @@ class GroupCoordinator:
         themselves). Negative offsets raise
         :class:`~headwater.OffsetOutOfRangeError`. All or nothing."""
         self._check_alive()
+        rows = self._commit_rows(member_id, generation, offsets)
+        if rows:
+            self._emit({"type": "committed", "offsets": rows})
+
+    def _commit_rows(
+        self, member_id: str | None, generation: int, offsets: Iterable[PartitionOffset]
+    ) -> list[list[Any]]:
         owned: set[TP] | None = None
         if member_id is not None or self.state.members:
             member = self._member(member_id, "commit")
@@ -831,8 +886,7 @@ class GroupCoordinator:
             if po.metadata:
                 row.append(po.metadata)
             rows.append(row)
-        if rows:
-            self._emit({"type": "committed", "offsets": rows})
+        return rows
 
     def delete(self) -> None:
         """Delete the group (only when it has no members)."""
@@ -846,6 +900,14 @@ class GroupCoordinator:
         empty); partitions without a commit are absent."""
         s = self.state
         wanted = [(tp.topic, tp.partition) for tp in partitions]
+        if s.pending:
+            unstable = {(r[0], r[1]) for rows in s.pending.values() for r in rows}
+            hit = sorted(unstable.intersection(wanted) if wanted else unstable)
+            if hit:
+                raise UnstableOffsetError(
+                    f"group {s.group!r} has offsets for {', '.join(f'{t}/{p}' for t, p in hit)} "
+                    "in an open transaction; retry once it ends"
+                )
         items = (
             [(tp, s.committed[tp]) for tp in wanted if tp in s.committed]
             if wanted

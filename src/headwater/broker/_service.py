@@ -65,6 +65,7 @@ from headwater._protocol import (
     ProduceResult,
     ProducerIdentity,
     ReleasePartitions,
+    SendOffsetsToTxn,
     TopicDescription,
     TopicInfo,
     TopicList,
@@ -344,6 +345,8 @@ class BrokerService:
         if isinstance(r, AddPartitionsToTxn):
             for tp in r.partitions:
                 self._partition_path(tp.topic, tp.partition)
+        if isinstance(r, SendOffsetsToTxn):
+            await self._group(r.group, create=True)
         result = await self.system.lookup("/broker/transactions").ask(r, timeout=None)
         return Done() if result is None else result
 
@@ -403,6 +406,7 @@ class BrokerService:
         InitTransactions: _transaction_request,
         AddPartitionsToTxn: _transaction_request,
         EndTxn: _transaction_request,
+        SendOffsetsToTxn: _transaction_request,
         DescribeTransaction: _transaction_request,
         ListTransactions: _transaction_request,
         ListOffset: _list_offset,

@@ -30,9 +30,11 @@ ask for, in that order:
   aborts it under a bumped epoch and writes its markers before answering with
   the new identity.
 
-Group offsets in transactions are not driven here yet (the core tracks
-groups; the group coordinator has no pending-offsets store): the actor
-refuses them.
+* ``SendOffsetsToTxn`` adds the group to the transaction, then hands the
+  offsets to the group's actor (held pending there); phase two completes
+  them in each group (:class:`~headwater.broker._actors.CompleteTxnOffsets`)
+  like a marker. Both run inside this actor's turn, so a new instance's init
+  cannot slip between the epoch check and the group's write.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from headwater._protocol import (
     InitTransactions,
     ListTransactions,
     ProducerIdentity,
+    SendOffsetsToTxn,
     TopicPartition,
     TransactionDescription,
     TransactionList,
@@ -70,7 +73,9 @@ from headwater.broker._actors import (
     AdmitTransaction,
     Appended,
     BrokerSettings,
+    CompleteTxnOffsets,
     NewProducerId,
+    TxnOffsets,
     WriteMarker,
 )
 from headwater.broker._transactions import (
@@ -103,6 +108,7 @@ def describe(meta: TxnMetadata) -> TransactionDescription:
         meta.timeout,
         tuple(TopicPartition(t, p) for t, p in sorted(meta.partitions)),
         tuple(TopicPartition(t, p) for t, p in sorted(meta.pending_partitions)),
+        tuple(sorted(meta.groups)),
     )
 
 
@@ -206,7 +212,16 @@ class TransactionActor(Actor):
                     ) from None
             self.core.marker_written(plan.transactional_id, partitions=[(topic, partition)])
             await self._persist()
-        if not plan.partitions:
+        for group in plan.groups:
+            try:
+                ref = system.lookup(f"/broker/groups/{group}")
+            except ActorNotFound:
+                pass  # the group was deleted: nothing to complete
+            else:
+                await ref.ask(CompleteTxnOffsets(plan.producer_id, plan.commit))
+            self.core.marker_written(plan.transactional_id, groups=[group])
+            await self._persist()
+        if not plan.partitions and not plan.groups:
             self.core.marker_written(plan.transactional_id)
             await self._persist()
 
@@ -249,6 +264,25 @@ class TransactionActor(Actor):
                 return await self._init(message, now)
             if isinstance(message, AddPartitionsToTxn):
                 return await self._add(message, now)
+            if isinstance(message, SendOffsetsToTxn):
+                core.add(
+                    message.transactional_id,
+                    message.producer_id,
+                    message.epoch,
+                    now,
+                    groups=[message.group],
+                )
+                await self._persist()
+                ref = self.context.system.lookup(f"/broker/groups/{message.group}")
+                await ref.ask(
+                    TxnOffsets(
+                        message.producer_id,
+                        message.member_id,
+                        message.generation,
+                        message.offsets,
+                    )
+                )
+                return None
             if isinstance(message, EndTxn):
                 plan = core.end(
                     message.transactional_id,

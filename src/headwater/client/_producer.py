@@ -248,6 +248,7 @@ class Producer:
         self._txn_open = False
         self._txn_partitions: set[tuple[str, int]] = set()
         self._txn_error: HeadwaterError | None = None
+        self._txn_groups = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -315,6 +316,7 @@ class Producer:
             )
         self._txn_open = True
         self._txn_partitions = set()
+        self._txn_groups = False
         self._txn_error = None
         try:
             try:
@@ -335,6 +337,59 @@ class Producer:
         finally:
             self._txn_open = False
 
+    async def send_offsets(
+        self,
+        group: str,
+        offsets: Mapping[tuple[str, int], int],
+        *,
+        generation: int = -1,
+        member_id: str | None = None,
+        metadata: str = "",
+    ) -> None:
+        """Commit ``group``'s positions ({(topic, partition): next offset to
+        read}) as part of the open transaction: they become the group's
+        committed offsets if and only if the transaction commits. Pass the
+        consumer's ``member_id`` and ``generation`` (its ``membership``); a
+        member may send offsets only for partitions it owns, like
+        ``commit()``. Until the transaction ends, reading the group's
+        committed offset for these partitions answers a retriable
+        :class:`~headwater.UnstableOffsetError` (consumers wait it out).
+
+        Raises :class:`~headwater.InvalidTransactionStateError` outside
+        :meth:`transaction`, :class:`~headwater.StaleGenerationError` /
+        :class:`~headwater.UnknownMemberError` as ``commit()`` does, and
+        :class:`~headwater.ProducerFencedError` once a newer instance started."""
+        tid = self.config.transactional_id
+        if tid is None or not self._txn_open:
+            raise InvalidTransactionStateError(
+                "send_offsets works only inside `async with producer.transaction():` "
+                "of a producer with a transactional_id"
+            )
+        if not isinstance(offsets, Mapping):
+            raise InvalidArgument(
+                f"offsets must map (topic, partition) to an offset, not {offsets!r:.80}"
+            )
+        rows = tuple(
+            p.PartitionOffset(topic, partition, offset, metadata)
+            for (topic, partition), offset in sorted(offsets.items())
+        )
+        assert self.identity is not None
+        deadline = trio.current_time() + self.config.delivery_timeout
+        await self._request(
+            p.SendOffsetsToTxn(
+                tid,
+                self.identity.producer_id,
+                self.identity.epoch,
+                group,
+                member_id,
+                generation,
+                rows,
+            ),
+            deadline,
+            "send_offsets",
+        )
+        self._txn_groups = True
+
     def _failed_send(self) -> HeadwaterError | None:
         """The first error of a send of the open transaction (set by senders)."""
         return self._txn_error
@@ -346,7 +401,7 @@ class Producer:
         assert tid is not None
         failed = self._txn_error is not None
         try:
-            if self._txn_partitions:
+            if self._txn_partitions or self._txn_groups:
                 deadline = trio.current_time() + self.config.delivery_timeout
                 await self._request(
                     p.EndTxn(tid, self.identity.producer_id, self.identity.epoch, commit),
@@ -355,6 +410,7 @@ class Producer:
                 )
         finally:
             self._txn_partitions = set()
+            self._txn_groups = False
         if failed and not isinstance(self._txn_error, ProducerFencedError):
             # A batch failed for good: take a new epoch so the next
             # transaction starts its sequences afresh.
