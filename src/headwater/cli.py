@@ -632,7 +632,9 @@ def _size(n: int) -> str:
 @json_option
 @client_options
 def topics_describe(target: Target, name: str, as_json: bool) -> None:
-    """Show a topic's settings and each partition's offsets and size."""
+    """Show a topic's settings and each partition's offsets and size
+    (STABLE: the last stable offset, where read_committed readers stop while
+    a transaction is open)."""
 
     async def run() -> Any:
         async with target.client() as client:
@@ -644,6 +646,7 @@ def topics_describe(target: Target, name: str, as_json: bool) -> None:
             "partition": p.partition,
             "earliest_offset": p.earliest_offset,
             "next_offset": p.next_offset,
+            "last_stable_offset": p.last_stable_offset,
             "events": p.next_offset - p.earliest_offset,
             "size_bytes": p.size_bytes,
         }
@@ -662,12 +665,13 @@ def topics_describe(target: Target, name: str, as_json: bool) -> None:
             p["partition"],
             p["earliest_offset"],
             p["next_offset"],
+            p["last_stable_offset"],
             p["events"],
             _size(p["size_bytes"]),
         ]
         for p in parts
     ]
-    click.echo(_table(["PARTITION", "EARLIEST", "NEXT", "EVENTS", "SIZE"], rows))
+    click.echo(_table(["PARTITION", "EARLIEST", "NEXT", "STABLE", "EVENTS", "SIZE"], rows))
 
 
 @topics.command("delete")
@@ -927,6 +931,14 @@ def _event_json(event: Event) -> dict[str, Any]:
 @click.option("--partition", type=int, default=None, help="Read only this partition.")
 @click.option("--follow", "-f", is_flag=True, help="Keep waiting for new events.")
 @click.option(
+    "--isolation",
+    type=click.Choice(["read_committed", "read_uncommitted"]),
+    default="read_committed",
+    show_default=True,
+    help="read_committed: only committed transactions' events; "
+    "read_uncommitted: open and aborted ones too.",
+)
+@click.option(
     "--max", "max_events", type=int, default=None, metavar="N", help="Stop after N events."
 )
 @click.option(
@@ -953,6 +965,7 @@ def consume(
     start: str,
     partition: int | None,
     follow: bool,
+    isolation: str,
     max_events: int | None,
     fmt: str,
     print_key: bool,
@@ -997,7 +1010,15 @@ def consume(
         shown = 0
         async with target.client() as client:
             description = await client.describe_topic(topic)
-            ends = {(topic, p.partition): p.next_offset for p in description.partitions}
+            # The end a read_committed reader can reach is the last stable offset.
+            ends = {
+                (topic, p.partition): (
+                    p.last_stable_offset
+                    if isolation == "read_committed" and p.last_stable_offset >= 0
+                    else p.next_offset
+                )
+                for p in description.partitions
+            }
             if partition is not None and (topic, partition) not in ends:
                 raise InvalidArgument(
                     f"topic {topic} has partitions 0..{len(ends) - 1}, not {partition}"
@@ -1012,7 +1033,12 @@ def consume(
                     if p.committed is not None:
                         skip.pop((p.topic, p.partition), None)
             async with client.consumer(
-                topic, group=group, start=begin, deserializer="bytes", auto_commit=group is not None
+                topic,
+                group=group,
+                start=begin,
+                deserializer="bytes",
+                auto_commit=group is not None,
+                isolation=isolation,
             ) as consumer:
                 if partition is not None:
                     consumer.assign([(topic, partition)])
