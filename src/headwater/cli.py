@@ -1215,6 +1215,74 @@ def groups_describe(target: Target, group: str, as_json: bool) -> None:
     click.echo(_table(headers, rows))
 
 
+@main.group()
+def transactions() -> None:
+    """Inspect transactional producers: list, describe."""
+
+
+def _txn_dict(t: Any) -> dict[str, Any]:
+    return {
+        "transactional_id": t.transactional_id,
+        "producer_id": t.producer_id,
+        "epoch": t.epoch,
+        "state": t.state,
+        "timeout": t.timeout,
+        "partitions": [f"{tp.topic}/{tp.partition}" for tp in t.partitions],
+        "pending_partitions": [f"{tp.topic}/{tp.partition}" for tp in t.pending_partitions],
+        "groups": list(t.groups),
+    }
+
+
+@transactions.command("list")
+@json_option
+@client_options
+def transactions_list(target: Target, as_json: bool) -> None:
+    """List every transactional id with its producer id, epoch and state."""
+
+    async def run() -> list[Any]:
+        async with target.client() as client:
+            return list(await client.list_transactions())
+
+    found = [_txn_dict(t) for t in _run(run)]
+    if as_json:
+        _emit_json(found)
+    elif not found:
+        click.echo("no transactional producers yet")
+    else:
+        rows = [
+            [t["transactional_id"], t["producer_id"], t["epoch"], t["state"], t["timeout"]]
+            for t in found
+        ]
+        click.echo(_table(["TRANSACTIONAL ID", "PRODUCER", "EPOCH", "STATE", "TIMEOUT"], rows))
+
+
+@transactions.command("describe")
+@click.argument("transactional_id")
+@json_option
+@client_options
+def transactions_describe(target: Target, transactional_id: str, as_json: bool) -> None:
+    """Show one transactional id: producer, state, and the partitions and
+    groups of its transaction (with markers still to write)."""
+
+    async def run() -> Any:
+        async with target.client() as client:
+            return await client.describe_transaction(transactional_id)
+
+    t = _txn_dict(_run(run))
+    if as_json:
+        _emit_json(t)
+        return
+    click.echo(
+        f"transaction {t['transactional_id']}: {t['state']}, producer {t['producer_id']} "
+        f"epoch {t['epoch']}, timeout {t['timeout']:g}s"
+    )
+    pending = set(t["pending_partitions"])
+    rows = [[tp, "pending" if tp in pending else "-"] for tp in t["partitions"]]
+    rows += [[f"group {g}", "-"] for g in t["groups"]]
+    if rows:
+        click.echo(_table(["IN TRANSACTION", "MARKER"], rows))
+
+
 _STATE_COLOURS = {
     "running": "green",
     "starting": "yellow",

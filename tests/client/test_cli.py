@@ -174,3 +174,60 @@ def test_no_connection_is_exit_3() -> None:
     result = CliRunner().invoke(cli.main, ["topics", "list", "--url", "headwater://127.0.0.1:1"])
     assert 3 == result.exit_code
     assert "is the server running" in result.output
+
+
+def test_transactions_list_describe_and_stable_offset(run: Run, tmp_path: Path) -> None:
+    """`transactions list|describe` show a transactional id; `topics describe`
+    shows the LSO held back by an open transaction; `consume` stops there by
+    default and prints the open events with --isolation read_uncommitted;
+    an unknown id is a typed error line."""
+    import trio
+
+    run("topics", "create", "t")
+
+    async def leave_open() -> None:
+        from headwater import _protocol as p
+        from headwater.journal import encode_record
+        from headwater.journal._batch import encode_events
+        from headwater.journal._record import ATTR_TRANSACTIONAL
+
+        async with open_broker(str(tmp_path / "data")) as broker, broker.connect() as client:
+            async with client.producer(serializer="str") as plain:
+                await plain.send("t", "before", key="k")
+            async with client.producer(
+                transactional_id="w", transaction_timeout=900, serializer="str"
+            ) as prod, prod.transaction():
+                await prod.send("t", "committed")
+            # What a producer killed inside its next transaction leaves behind.
+            ident = await broker.handle(p.InitTransactions("w", 900.0))
+            tp = (p.TopicPartition("t", 0),)
+            await broker.handle(p.AddPartitionsToTxn("w", ident.producer_id, ident.epoch, tp))
+            record = encode_record(
+                encode_events([(0, None, b"open", ())]),
+                count=1,
+                attributes=ATTR_TRANSACTIONAL,
+                producer_id=ident.producer_id,
+                producer_epoch=ident.epoch,
+                base_sequence=0,
+            )
+            await broker.handle(p.Produce("t", 0, record))
+
+    trio.run(leave_open)
+    listed = run("transactions", "list").output.splitlines()
+    assert ("w", "1", "ongoing") == (
+        listed[2].split()[0],
+        listed[2].split()[2],
+        listed[2].split()[3],
+    )
+    described = json.loads(run("transactions", "describe", "w", "--json").output)
+    assert ("ongoing", ["t/0"]) == (described["state"], described["partitions"])
+    part = json.loads(run("topics", "describe", "t", "--json").output)["partition_details"][0]
+    assert (4, 3) == (part["next_offset"], part["last_stable_offset"])
+    assert "STABLE" in run("topics", "describe", "t").output.splitlines()[1]
+    assert ["before", "committed"] == run("consume", "t").output.splitlines()
+    assert ["before", "committed", "open"] == run(
+        "consume", "t", "--isolation", "read_uncommitted"
+    ).output.splitlines()
+    missing = run("transactions", "describe", "nobody")
+    assert 1 == missing.exit_code
+    assert missing.output.startswith("error: transactional id 'nobody' is not known here")

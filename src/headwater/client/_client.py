@@ -134,6 +134,25 @@ class Client:
         )
         return description
 
+    async def list_transactions(self) -> list[p.TransactionDescription]:
+        """Every transactional id the broker knows, with its producer
+        identity and the state of its last transaction."""
+        result: p.TransactionList = await self._ask(p.ListTransactions())
+        return list(result.transactions)
+
+    async def describe_transaction(self, transactional_id: str) -> p.TransactionDescription:
+        """One transactional id's producer identity, state, timeout and the
+        partitions and groups of its transaction; an unknown id raises
+        :class:`~headwater.UnknownTransactionalIdError`."""
+        if not isinstance(transactional_id, str) or not transactional_id:
+            raise InvalidArgument(
+                f"transactional id must be a non-empty str, not {transactional_id!r}"
+            )
+        description: p.TransactionDescription = await self._ask(
+            p.DescribeTransaction(transactional_id)
+        )
+        return description
+
     async def tree(self) -> dict[str, Any]:
         """The broker's live supervision tree, as nested maps (the shape of
         :meth:`~headwater.supervision.ActorSnapshot.as_dict`)."""
