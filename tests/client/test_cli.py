@@ -194,9 +194,12 @@ def test_transactions_list_describe_and_stable_offset(run: Run, tmp_path: Path) 
         async with open_broker(str(tmp_path / "data")) as broker, broker.connect() as client:
             async with client.producer(serializer="str") as plain:
                 await plain.send("t", "before", key="k")
-            async with client.producer(
-                transactional_id="w", transaction_timeout=900, serializer="str"
-            ) as prod, prod.transaction():
+            async with (
+                client.producer(
+                    transactional_id="w", transaction_timeout=900, serializer="str"
+                ) as prod,
+                prod.transaction(),
+            ):
                 await prod.send("t", "committed")
             # What a producer killed inside its next transaction leaves behind.
             ident = await broker.handle(p.InitTransactions("w", 900.0))
