@@ -64,7 +64,7 @@ from headwater.broker._group import (
 )
 from headwater.broker._group import apply as group_apply
 from headwater.broker._idempotence import Duplicate, ProducerStates, RecordInfo
-from headwater.broker._stable import AbortedTxn, PartitionTransactions
+from headwater.broker._stable import AbortedTxn, PartitionTransactions, StableCell
 from headwater.journal._async import AsyncLog, open_log
 from headwater.journal._batch import decode_record_events
 from headwater.journal._files import FileSystem
@@ -175,6 +175,13 @@ class StableView:
 
 
 @attrs.frozen
+class GetStableCell:
+    """Ask a partition for its open log and the
+    :class:`~headwater.broker._stable.StableCell` it publishes its
+    transaction state in (fetches read both directly), as one answer."""
+
+
+@attrs.frozen
 class GetStableView:
     """Ask a partition for its :class:`StableView` from ``offset`` on."""
 
@@ -200,6 +207,8 @@ class PartitionActor(Actor):
         self.partition = partition
         self.states = ProducerStates(config.name, partition)
         self.txns = PartitionTransactions()
+        self.stable = StableCell()
+        self._published = -1
         self.log: AsyncLog | None = None
         self._generation = -1
 
@@ -240,7 +249,14 @@ class PartitionActor(Actor):
             for h in headers
         )
         self.txns.rebuild(headers)
+        self._publish()
         self._generation = self.log.generation
+
+    def _publish(self) -> None:
+        """Hand readers a new snapshot when the transaction state changed."""
+        if self.txns.version != self._published:
+            self.stable.snapshot = self.txns.snapshot()
+            self._published = self.txns.version
 
     async def handle(self, message: Any) -> Any:
         """Append, describe, hand out the log, or apply retention."""
@@ -288,9 +304,12 @@ class PartitionActor(Actor):
                 stored.base_offset,
             )
             self.txns.observe(stored)
+            self._publish()
             return Appended(
                 stored.base_offset, stored.next_offset, stored.append_time, False, generation, log
             )
+        if isinstance(message, GetStableCell):
+            return log, self.stable
         if isinstance(message, AdmitTransaction):
             self.txns.admit(message.producer_id, message.epoch)
             return None
@@ -315,6 +334,7 @@ class PartitionActor(Actor):
         if isinstance(message, RunRetention):
             removed = log.log.apply_retention()
             self.txns.forget_before(log.earliest_offset)
+            self._publish()
             return removed
         if isinstance(message, RunCompaction):
             return await self._compact()
@@ -347,6 +367,7 @@ class PartitionActor(Actor):
         except HeadwaterError as exc:
             return exc
         self.txns.observe(stored)
+        self._publish()
         return Appended(
             stored.base_offset, stored.next_offset, stored.append_time, False, generation, log
         )

@@ -78,23 +78,21 @@ from headwater.broker._actors import (
     BrokerSettings,
     DeleteTopicRequest,
     DescribePartition,
-    GetLog,
-    GetStableView,
+    GetStableCell,
     GroupRequest,
     GroupSnapshot,
     ListTopicConfigs,
     NewProducerId,
     RunCompaction,
     RunRetention,
-    StableView,
     group_spec,
 )
 from headwater.broker._config import TopicConfig, validate_group_name, validate_topic_name
 from headwater.broker._group import GroupCoordinator
-from headwater.broker._stable import filter_records
+from headwater.broker._stable import StableCell, filter_records
 from headwater.journal._async import AsyncLog
 from headwater.journal._batch import decode_record_events
-from headwater.journal._record import iter_records
+from headwater.journal._record import ATTR_CONTROL, iter_records
 
 __all__ = ["BrokerService", "MAX_FETCH_BYTES", "MAX_FETCH_WAIT"]
 
@@ -115,6 +113,7 @@ class BrokerService:
         self.settings = settings
         self._topics: dict[str, TopicConfig] = {}
         self._logs: dict[tuple[str, int], AsyncLog] = {}
+        self._cells: dict[tuple[str, int], StableCell] = {}
         self._groups_lock = trio.Lock()
 
     async def start(self) -> None:
@@ -164,7 +163,9 @@ class BrokerService:
         _config, path = self._partition_path(topic, partition)
         log = self._logs.get((topic, partition))
         if log is None or log.closed:
-            log = await self._partition(topic, path).ask(GetLog())
+            # One ask: a second would queue behind a compaction.
+            log, cell = await self._partition(topic, path).ask(GetStableCell())
+            self._cells[(topic, partition)] = cell
             self._logs[(topic, partition)] = log
         return log
 
@@ -230,27 +231,33 @@ class BrokerService:
         if r.isolation not in ISOLATIONS:
             raise InvalidArgument(f"isolation={r.isolation!r}; give one of {', '.join(ISOLATIONS)}")
         committed = r.isolation == "read_committed"
-        ref = self._partition(r.topic, f"/broker/topics/{r.topic}/{r.partition}")
+        cell = self._cells[(r.topic, r.partition)]
         max_bytes = min(r.max_bytes, MAX_FETCH_BYTES)
         deadline = trio.current_time() + r.max_wait
         try:
             while True:
-                view: StableView = await ref.ask(GetStableView(r.offset))
-                limit = view.last_stable_offset if committed else view.high_watermark
+                # No hop to the partition's actor: its published snapshot.
+                snapshot = cell.snapshot
+                hw = log.visible_end
+                lso = snapshot.last_stable_offset(hw)
+                limit = lso if committed else hw
                 if r.offset < limit:
                     data = await log.read(r.offset, max_bytes, limit)
                     records = iter_records(data)
                     if records:
                         next_offset = records[-1][0].next_offset
-                        kept = filter_records(data, view.aborted, committed=committed)
+                        kept = data
+                        if snapshot.aborted or any(h.attributes & ATTR_CONTROL for h, _ in records):
+                            aborted = snapshot.aborted_from(r.offset) if committed else ()
+                            kept = filter_records(data, aborted, committed=committed)
                         return FetchResult(
                             r.topic,
                             r.partition,
                             kept,
-                            view.high_watermark,
+                            hw,
                             log.earliest_offset,
                             next_offset,
-                            view.last_stable_offset,
+                            lso,
                         )
                 if trio.current_time() >= deadline:
                     break
@@ -268,14 +275,15 @@ class BrokerService:
                 f"offset {r.offset} of {r.topic}/{r.partition} was removed by retention; "
                 f"the partition now starts at {log.earliest_offset}: seek to earliest"
             ) from None
+        hw = log.visible_end
         return FetchResult(
             r.topic,
             r.partition,
             b"",
-            view.high_watermark,
+            hw,
             log.earliest_offset,
             r.offset,
-            view.last_stable_offset,
+            cell.snapshot.last_stable_offset(hw),
         )
 
     async def _list_offset(self, r: ListOffset) -> OffsetResult:

@@ -44,7 +44,14 @@ from headwater.journal._record import (
     iter_records,
 )
 
-__all__ = ["AbortedTxn", "MarkerResult", "PartitionTransactions", "filter_records"]
+__all__ = [
+    "AbortedTxn",
+    "MarkerResult",
+    "PartitionTransactions",
+    "StableCell",
+    "StableSnapshot",
+    "filter_records",
+]
 
 
 @attrs.frozen
@@ -66,6 +73,37 @@ class MarkerResult:
     offset: int
 
 
+@attrs.frozen
+class StableSnapshot:
+    """What readers need of a partition's transactions, frozen: the first
+    offset of its oldest open transaction (``None``: none open) and its
+    aborted index."""
+
+    first_unstable: int | None = None
+    aborted: tuple[AbortedTxn, ...] = ()
+
+    def last_stable_offset(self, high_watermark: int) -> int:
+        """The first offset a read_committed reader may not read yet."""
+        if self.first_unstable is None:
+            return high_watermark
+        return min(self.first_unstable, high_watermark)
+
+    def aborted_from(self, start: int) -> tuple[AbortedTxn, ...]:
+        """Aborted transactions that may hold records at or after ``start``."""
+        i = bisect.bisect_left(self.aborted, start, key=lambda a: a.last_offset)
+        return self.aborted[i:]
+
+
+@attrs.define(eq=False)
+class StableCell:
+    """Where a partition publishes its :class:`StableSnapshot` for fetches,
+    which read it without a hop to the partition's actor (and so never wait
+    behind an append or a compaction). Only the partition replaces
+    ``snapshot``; readers take the frozen value."""
+
+    snapshot: StableSnapshot = attrs.field(factory=StableSnapshot)
+
+
 @attrs.define
 class PartitionTransactions:
     """Open transactions and aborted index of one partition (see module docs)."""
@@ -73,6 +111,12 @@ class PartitionTransactions:
     _open: dict[int, int] = attrs.field(factory=dict)  # producer id -> first offset
     _aborted: list[AbortedTxn] = attrs.field(factory=list)  # by marker offset
     _admitted: dict[int, int] = attrs.field(factory=dict)  # producer id -> epoch
+    version: int = 0
+    """Bumped whenever the open set or the aborted index changes."""
+
+    def snapshot(self) -> StableSnapshot:
+        """The current state, frozen for readers."""
+        return StableSnapshot(min(self._open.values(), default=None), tuple(self._aborted))
 
     def admit(self, producer_id: int, epoch: int) -> None:
         """The coordinator added this partition to ``producer_id``'s
@@ -94,16 +138,20 @@ class PartitionTransactions:
         if attributes & ATTR_CONTROL:
             first = self._open.pop(pid, None)
             self._admitted.pop(pid, None)
-            if first is not None and not attributes & ATTR_COMMIT:
-                self._aborted.append(AbortedTxn(pid, first, header.base_offset))
-        elif attributes & ATTR_TRANSACTIONAL:
-            self._open.setdefault(pid, header.base_offset)
+            if first is not None:
+                self.version += 1
+                if not attributes & ATTR_COMMIT:
+                    self._aborted.append(AbortedTxn(pid, first, header.base_offset))
+        elif attributes & ATTR_TRANSACTIONAL and pid not in self._open:
+            self._open[pid] = header.base_offset
+            self.version += 1
 
     def rebuild(self, headers: Iterable[RecordHeader]) -> None:
         """Replace the state with the one implied by ``headers`` (in offset order)."""
         self._open.clear()
         self._aborted.clear()
         self._admitted.clear()
+        self.version += 1
         for header in headers:
             self.observe(header)
 
@@ -127,7 +175,9 @@ class PartitionTransactions:
     def forget_before(self, offset: int) -> None:
         """Drop index entries wholly below ``offset`` (retention removed them)."""
         i = bisect.bisect_left(self._aborted, offset, key=lambda a: a.last_offset)
-        del self._aborted[:i]
+        if i:
+            del self._aborted[:i]
+            self.version += 1
 
 
 def filter_records(data: bytes, aborted: Iterable[AbortedTxn], *, committed: bool) -> bytes:
