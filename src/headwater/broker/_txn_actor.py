@@ -181,10 +181,14 @@ class TransactionActor(Actor):
         self._timer_moved.set()
 
     async def _drive(self, plan: MarkerPlan) -> None:
-        """Phase two of one decided transaction: every marker, made durable,
-        then recorded."""
+        """Phase two of one decided transaction: every marker written, all
+        made durable together (the partitions' fsyncs run side by side),
+        then recorded in one journal write; then every group's offsets."""
         assert self.core is not None
         system = self.context.system
+        written: list[tuple[str, int]] = []
+        waits: list[tuple[str, int, Appended]] = []
+        failure: HeadwaterError | None = None
         for topic, partition in plan.partitions:
             try:
                 ref = system.lookup(f"/broker/topics/{topic}/{partition}")
@@ -201,17 +205,35 @@ class TransactionActor(Actor):
                     error=str(reply),
                 )
             elif isinstance(reply, HeadwaterError):
-                raise reply
+                failure = failure or reply
+                continue
             elif isinstance(reply, Appended):
-                try:
-                    await reply.log.wait_durable(reply.end_offset, reply.generation)
-                except ClosedError:
-                    raise ConcurrentTransactionsError(
-                        f"partition {topic}/{partition} restarted while its transaction "
-                        "marker was synced; the broker retries it, retry shortly"
-                    ) from None
-            self.core.marker_written(plan.transactional_id, partitions=[(topic, partition)])
+                waits.append((topic, partition, reply))
+                continue
+            written.append((topic, partition))
+
+        async def durable(topic: str, partition: int, reply: Appended) -> None:
+            nonlocal failure
+            try:
+                await reply.log.wait_durable(reply.end_offset, reply.generation)
+            except ClosedError:
+                failure = failure or ConcurrentTransactionsError(
+                    f"partition {topic}/{partition} restarted while its transaction "
+                    "marker was synced; the broker retries it, retry shortly"
+                )
+            except HeadwaterError as exc:
+                failure = failure or exc
+            else:
+                written.append((topic, partition))
+
+        async with trio.open_nursery() as nursery:
+            for topic, partition, reply in waits:
+                nursery.start_soon(durable, topic, partition, reply)
+        if written:
+            self.core.marker_written(plan.transactional_id, partitions=written)
             await self._persist()
+        if failure is not None:
+            raise failure  # the rest is retried (pending_markers)
         for group in plan.groups:
             try:
                 ref = system.lookup(f"/broker/groups/{group}")
