@@ -185,3 +185,24 @@ async def test_offsets_commit_with_the_transaction(
         assert expected == await read_all(client)
         desc = await client.describe_group("copier")
         assert [4] == [p.committed for p in desc.partitions]
+
+
+async def test_group_lag_is_measured_against_the_last_stable_offset(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """An open transaction does not count as lag: a group that read every
+    committed event has lag 0 while another producer's transaction is open."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker, connect(broker) as client:
+        await client.create_topic("a")
+        await client.create_topic("b")
+        async with client.producer(transactional_id="w") as producer:
+            async with producer.transaction():
+                await producer.send("a", "committed")
+            async with client.consumer("a", group="g", max_wait=0.05) as consumer:
+                assert ["committed"] == [e.value for e in await consumer.getmany(timeout=1.0)]
+                await consumer.getmany(timeout=0.2)  # moves past the marker
+                await consumer.commit()
+            async with producer.transaction():
+                await producer.send("a", "open")
+                desc = await client.describe_group("g")
+                assert [(2, 2, 0)] == [(p.committed, p.end_offset, p.lag) for p in desc.partitions]

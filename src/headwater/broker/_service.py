@@ -387,7 +387,11 @@ class BrokerService:
             if topic not in self._topics:
                 continue
             for p in range(self._topics[topic].partitions):
-                ends[(topic, p)] = (await self._log(topic, p)).visible_end
+                # Lag is measured against the last stable offset (DECISIONS #21).
+                log = await self._log(topic, p)
+                ends[(topic, p)] = self._cells[(topic, p)].snapshot.last_stable_offset(
+                    log.visible_end
+                )
         return coordinator.describe(ends)
 
     async def _tree(self, r: GetTree) -> TreeSnapshot:
