@@ -206,3 +206,53 @@ async def test_group_lag_is_measured_against_the_last_stable_offset(
                 await producer.send("a", "open")
                 desc = await client.describe_group("g")
                 assert [(2, 2, 0)] == [(p.committed, p.end_offset, p.lag) for p in desc.partitions]
+
+
+async def test_compaction_ignores_aborted_values_and_stops_at_the_lso(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """DECISIONS #18: an aborted write of a key never makes compaction drop the
+    key's committed value; nothing at or past the last stable offset is
+    compacted while a transaction is open."""
+    fs = SimulatedFileSystem()
+    opts: dict[str, Any] = {"fs": fs, "segment_bytes": 600, "retention_check_interval": 5.0}
+    async with open_broker(DATA, **opts) as broker, connect(broker) as client:
+        await client.create_topic("a", compacted=True)
+        await client.create_topic("b")
+        async with client.producer(max_batch_events=1) as plain:
+            for i in range(3):  # a segment's first event always stays: not v1
+                await plain.send("a", i, key=f"filler-{i % 2}")
+            kept = await plain.send("a", "v1", key="k")
+            for i in range(10):
+                await plain.send("a", i, key=f"filler-{i % 2}")
+        async with client.producer(transactional_id="w", max_batch_events=1) as producer:
+            with pytest.raises(Boom):
+                async with producer.transaction():
+                    await producer.send("a", "v2-aborted", key="k")
+                    raise Boom
+            async with client.producer(max_batch_events=1) as plain:
+                for i in range(10):
+                    await plain.send("a", i, key=f"filler-{i % 2}")
+            async with producer.transaction():
+                await producer.send("a", "open", key="k")
+                async with client.producer(max_batch_events=1) as plain:
+                    for i in range(10):
+                        await plain.send("a", i, key=f"filler-{i % 2}")
+                before = await read_all_of(client, "a", "read_uncommitted")
+                await trio.sleep(6)  # a maintenance pass compacts
+                after = await read_all_of(client, "a", "read_uncommitted")
+                values = {e.offset: e.value for e in after}
+                assert "v1" == values[kept.offset]
+                open_offset = next(e.offset for e in before if e.value == "open")
+                assert [e.offset for e in before if e.offset >= open_offset] == [
+                    e.offset for e in after if e.offset >= open_offset
+                ]
+                assert len(after) < len(before)  # something below the LSO was compacted
+
+
+async def read_all_of(client: Client, topic: str, isolation: str) -> list[Any]:
+    out: list[Any] = []
+    async with client.consumer(topic, isolation=isolation, max_wait=0.05) as consumer:
+        while batch := await consumer.getmany(timeout=0.5):
+            out.extend(batch)
+    return out
