@@ -8,6 +8,7 @@ import trio
 import trio.testing
 
 from headwater import (
+    DataDirLockedError,
     InvalidArgument,
     InvalidTopicName,
     OffsetOutOfRangeError,
@@ -251,3 +252,25 @@ async def test_group_journal_snapshots_keep_commits(
             desc.generation,
             [x.member_id for x in desc.members],
         )
+
+
+async def test_one_broker_per_simulated_data_dir(autojump_clock: trio.abc.Clock) -> None:
+    """The simulated disk has the data-directory lock too: a second broker on
+    the same directory of the same disk is refused while the first is open;
+    another directory, another disk, or after the first closes (or a power
+    loss) is fine."""
+    fs = SimulatedFileSystem()
+    async with open_broker(DATA, fs=fs):
+        with pytest.raises(DataDirLockedError) as info:
+            async with open_broker(DATA, fs=fs):
+                pass  # pragma: no cover - must not open
+        assert DATA == info.value.path
+        async with open_broker("/other", fs=fs), open_broker(DATA, fs=SimulatedFileSystem()):
+            pass
+    async with open_broker(DATA, fs=fs):
+        pass
+    handle = fs.lock(DATA + "/.lock")
+    fs.crash()  # a power loss ends the holder
+    async with open_broker(DATA, fs=fs):
+        pass
+    fs.close(handle)
