@@ -144,7 +144,13 @@ async def _open_client(url: str, token: str | None, tls: Any) -> AsyncIterator[C
     A failure to connect is raised as :class:`_NotConnected`."""
     connected = False
     try:
-        async with connect(url, token=token, tls=tls, connect_timeout=CONNECT_TIMEOUT) as client:
+        async with connect(
+            url,
+            token=token,
+            tls=tls,
+            connect_timeout=CONNECT_TIMEOUT,
+            on_reconnect=_reconnect_notice(url),
+        ) as client:
             connected = True
             yield client
     except HeadwaterError as exc:
@@ -152,6 +158,24 @@ async def _open_client(url: str, token: str | None, tls: Any) -> AsyncIterator[C
             raise
         code = EXIT_USAGE if isinstance(exc, UsageError) else EXIT_CONNECTION
         raise _NotConnected(exc, code) from exc
+
+
+def _reconnect_notice(url: str) -> Callable[[int, HeadwaterError | None], None]:
+    """What the CLI says on stderr while the server is unreachable: one line
+    when a series of reconnection attempts starts, one when it is back (so
+    a command waiting for the server does not look frozen)."""
+
+    def notice(attempt: int, error: HeadwaterError | None) -> None:
+        if error is None:
+            click.echo(f"reconnected to {url} after {attempt} failed attempt(s)", err=True)
+        elif attempt == 1:
+            click.echo(
+                f"reconnecting to {url} (attempt {attempt}: {error}); "
+                "still trying, with backoff",
+                err=True,
+            )
+
+    return notice
 
 
 class Target:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,47 @@ def test_ctrl_c_during_startup_prints_no_traceback() -> None:
                     process.wait(10)
             assert 130 == process.returncode, err
             assert "error: interrupted\n" == err
+
+
+def test_sigterm_with_the_server_gone_exits_within_the_flush_timeout(tmp_path: Path) -> None:
+    """The server dies (kill -9) under a running `produce`: the next lines
+    cannot be stored, stderr says "reconnecting to ..." once, and SIGTERM
+    ends the command within --flush-timeout, exit 143, counting the events
+    read that were not acknowledged. The same for a `consume --follow`."""
+    with server(tmp_path / "data") as srv:
+        assert 0 == hw(srv.url, "topics", "create", "t").returncode
+        producer = spawn(srv.url, "produce", "t", "--flush-timeout", "1.5", stdin=subprocess.PIPE)
+        consumer = spawn(srv.url, "consume", "t", "--follow")
+        try:
+            assert producer.stdin is not None
+            assert consumer.stdout is not None
+            producer.stdin.write("one\n")
+            producer.stdin.flush()
+            assert "one\n" == consumer.stdout.readline()  # stored, and read back
+            srv.proc.kill()
+            srv.proc.wait(10)
+            producer.stdin.write("two\nthree\n")
+            producer.stdin.flush()
+            assert producer.stderr is not None
+            notice = producer.stderr.readline()
+            assert notice.startswith(f"reconnecting to {srv.url} (attempt 1: "), notice
+            producer.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            _out, err = producer.communicate(timeout=30)
+            took = time.monotonic() - signalled
+            consumer.send_signal(signal.SIGTERM)
+            _out, consumer_err = consumer.communicate(timeout=30)
+        finally:
+            for process in (producer, consumer):
+                if process.poll() is None:
+                    process.kill()
+                    process.wait(10)
+    assert 143 == producer.returncode, err
+    assert took < 1.5 + 2.0, took
+    assert "reconnecting" not in err  # once per series: said already
+    assert "produced 1 event(s) to t" in err
+    assert (
+        "stopped by SIGTERM: 2 event(s) read were not acknowledged within "
+        "--flush-timeout 1.5s" in err
+    )
+    assert 1 == consumer_err.count(f"reconnecting to {srv.url} (attempt 1: "), consumer_err

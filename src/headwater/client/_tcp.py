@@ -60,6 +60,7 @@ from ._client import Client
 
 __all__ = [
     "DEFAULT_URL",
+    "ReconnectListener",
     "StreamOpener",
     "TcpChannel",
     "connect",
@@ -73,6 +74,11 @@ DEFAULT_URL = "headwater://127.0.0.1:7700"
 RECEIVE_SIZE = 256 * 1024
 StreamOpener = Callable[[], Awaitable[trio.abc.Stream]]
 """Opens a new byte stream to the server (TCP, TLS, or a memory stream in tests)."""
+ReconnectListener = Callable[[int, HeadwaterError | None], None]
+"""``on_reconnect(attempt, error)``: attempt ``attempt`` (1, 2, ... in each
+series) to re-make a lost connection failed with ``error``; or, with
+``error=None``, the connection is back after ``attempt`` failed attempts.
+Called on the channel's task: it must not block."""
 
 _log = get_logger("headwater.client")
 
@@ -158,6 +164,7 @@ class TcpChannel(Channel):
         connect_timeout: float = 10.0,
         backoff: float = 0.05,
         backoff_max: float = 2.0,
+        on_reconnect: ReconnectListener | None = None,
     ) -> None:
         if token is not None and (not isinstance(token, str) or not token):
             raise InvalidArgument("token must be a non-empty str or None")
@@ -174,6 +181,7 @@ class TcpChannel(Channel):
         self._fatal: HeadwaterError | None = None
         self._last_error: HeadwaterError | None = None
         self._cancel = trio.CancelScope()
+        self._on_reconnect = on_reconnect
         self.reconnects = 0
 
     @property
@@ -284,11 +292,15 @@ class TcpChannel(Channel):
                     _log.info(
                         "reconnect_failed", server=self.address, error=str(exc), retry_in=delay
                     )
+                    if self._on_reconnect is not None:
+                        self._on_reconnect(failures, exc)
                     await trio.sleep(delay)
                     continue
                 if not first:
                     self.reconnects += 1
                     _log.info("reconnected", server=self.address, after_failures=failures)
+                    if failures and self._on_reconnect is not None:
+                        self._on_reconnect(failures, None)
                 failures = 0
                 self._session = session
                 self._connected.set()
@@ -455,6 +467,7 @@ async def connect(
     tls: bool | ssl.SSLContext | str | None = None,
     connect_timeout: float = 10.0,
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    on_reconnect: ReconnectListener | None = None,
     **client_options: Any,
 ) -> AsyncIterator[Client]:
     """A client of the Headwater server at ``url`` (``headwater://host:port``).
@@ -467,7 +480,9 @@ async def connect(
     ``token`` authenticates (servers started with ``--auth-token-file``);
     ``tls`` is ``True`` (verify with the system's CAs), a CA file path, or an
     ``ssl.SSLContext`` (``headwaters://`` turns TLS on too). The connection
-    is re-made with backoff when it drops. Raises
+    is re-made with backoff when it drops (``on_reconnect``, a
+    :data:`ReconnectListener`, hears of each failed attempt and of the
+    return). Raises
     :class:`~headwater.ConnectionLostError` if the server cannot be reached,
     :class:`~headwater.AuthenticationError` for a wrong or missing token.
     """
@@ -493,6 +508,7 @@ async def connect(
         token=token,
         max_in_flight=max_in_flight,
         connect_timeout=connect_timeout,
+        on_reconnect=on_reconnect,
     )
     async with connect_channel(channel, **client_options) as client:
         yield client
