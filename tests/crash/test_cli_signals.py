@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -94,6 +95,9 @@ def test_sigterm_with_the_server_gone_exits_within_the_flush_timeout(tmp_path: P
         assert 0 == hw(srv.url, "topics", "create", "t").returncode
         producer = spawn(srv.url, "produce", "t", "--flush-timeout", "1.5", stdin=subprocess.PIPE)
         consumer = spawn(srv.url, "consume", "t", "--follow")
+        # Bound the blocking readline()s below: kill both if they hang.
+        watchdog = threading.Timer(60, lambda: (producer.kill(), consumer.kill()))
+        watchdog.start()
         try:
             assert producer.stdin is not None
             assert consumer.stdout is not None
@@ -114,6 +118,7 @@ def test_sigterm_with_the_server_gone_exits_within_the_flush_timeout(tmp_path: P
             consumer.send_signal(signal.SIGTERM)
             _out, consumer_err = consumer.communicate(timeout=30)
         finally:
+            watchdog.cancel()
             for process in (producer, consumer):
                 if process.poll() is None:
                     process.kill()
