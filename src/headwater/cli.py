@@ -170,8 +170,7 @@ def _reconnect_notice(url: str) -> Callable[[int, HeadwaterError | None], None]:
             click.echo(f"reconnected to {url} after {attempt} failed attempt(s)", err=True)
         elif attempt == 1:
             click.echo(
-                f"reconnecting to {url} (attempt {attempt}: {error}); "
-                "still trying, with backoff",
+                f"reconnecting to {url} (attempt {attempt}: {error}); still trying, with backoff",
                 err=True,
             )
 

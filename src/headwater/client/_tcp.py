@@ -39,6 +39,7 @@ from headwater._errors import (
     HeadwaterError,
     HeadwaterTimeoutError,
     InvalidArgument,
+    RemoteProtocolError,
     UnsupportedVersionError,
 )
 from headwater._logging import get_logger
@@ -332,17 +333,23 @@ class TcpChannel(Channel):
                     max_frame_size=self._max_frame_size,
                 )
                 session = _Session(stream, conn, self.address)
+                first = bytearray()  # the server's first bytes: who is it?
                 try:
                     await session.flush()
                 except ConnectionLostError:
                     pass  # a refusing server may have said why: read it below
                 while True:
-                    event = conn.next_event()
+                    try:
+                        event = conn.next_event()
+                    except RemoteProtocolError as exc:
+                        raise _not_headwater(self.address, first, exc) from None
                     if event is None:
                         try:
                             data = bytes(await stream.receive_some(RECEIVE_SIZE))
                         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                             data = b""
+                        if len(first) < 8:
+                            first += data[: 8 - len(first)]
                         conn.receive_data(data)
                         continue
                     if isinstance(event, HandshakeComplete):
@@ -363,22 +370,33 @@ class TcpChannel(Channel):
                             event.error, ConnectionLostError
                         ):
                             raise event.error
+                        if first:  # it said something, then hung up: whose protocol?
+                            raise _not_headwater(self.address, first, event.error)
                         # Name the server: "peer closed ..." alone does not say which.
                         raise ConnectionLostError(
-                            f"{self.address} closed the connection during the handshake"
-                            + (f" ({event.error})" if event.error is not None else "")
+                            f"{self.address} closed the connection during the handshake "
+                            "without answering (a server that expects TLS does that: "
+                            "then use headwaters:// or --tls)"
                         )
         except trio.TooSlowError:
             error: HeadwaterError = HeadwaterTimeoutError(
                 f"could not connect to {self.address} within {self._connect_timeout}s"
+                if stream is None
+                else f"could not connect to {self.address}: it accepted the connection but did "
+                f"not answer the Headwater handshake within {self._connect_timeout}s; is it a "
+                "Headwater server (an HTTP server waits like this)? check the port"
             )
         except HeadwaterError as exc:
             error = exc
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            error = ConnectionLostError(
-                f"cannot connect to {self.address}: {reason}; is the server running there?"
-            )
+            tls_error = _tls_failure(self.address, exc)
+            if tls_error is not None:
+                error = tls_error
+            else:
+                reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+                error = ConnectionLostError(
+                    f"cannot connect to {self.address}: {reason}; is the server running there?"
+                )
         except BaseException:
             # Cancelled (the client closed mid-handshake): do not leak the socket.
             if stream is not None:
@@ -442,6 +460,48 @@ class TcpChannel(Channel):
                 )
             )
             self._resolve(session, request_id, lost)
+
+
+# --------------------------------------------------------------------- handshake
+# Who answered, when the Headwater handshake fails: the first bytes of the
+# server's reply say whether it was an HTTP server or a TLS one.
+
+
+def _not_headwater(
+    address: str, first: bytes | bytearray, cause: HeadwaterError | None
+) -> HeadwaterError:
+    """The error for a server whose handshake reply is not Headwater's,
+    named by what its first bytes look like."""
+    if isinstance(cause, AuthenticationError | UnsupportedVersionError):
+        return cause
+    head = bytes(first[:8])
+    if head.startswith((b"HTTP/", b"<!DOC", b"<html", b"<HTML")):
+        what = "it answered in HTTP; check the port (Headwater's default is 7700)"
+    elif len(head) >= 2 and head[0] in (0x15, 0x16) and head[1] == 0x03:
+        what = "it speaks TLS; use headwaters:// (or --tls, --tls-ca)"
+    else:
+        what = f"its reply starts with {head!r}, not a Headwater frame; check the host and port"
+    return RemoteProtocolError(f"{address} is not a Headwater server: {what}")
+
+
+def _tls_failure(address: str, exc: BaseException) -> HeadwaterError | None:
+    """The error for a TLS handshake that failed (``None`` if ``exc`` is not
+    one): a certificate that is not trusted, or a server without TLS."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ssl.SSLError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return ConnectionLostError(
+            f"TLS: the certificate of {address} is not trusted "
+            f"({cause.verify_message or cause.reason}); pass its CA with --tls-ca (tls=...)"
+        )
+    reason = cause.reason or type(cause).__name__
+    return RemoteProtocolError(
+        f"TLS handshake with {address} failed ({reason}): the server does not speak TLS "
+        "there; use headwater:// without --tls for a plain server"
+    )
 
 
 def _ssl_context(tls: bool | ssl.SSLContext | str | None, wanted: bool) -> ssl.SSLContext | None:
