@@ -128,8 +128,9 @@ def test_the_cli_says_it_in_one_line(http_url: str) -> None:
     line saying the server did not answer the Headwater handshake."""
     result = hw(http_url, "topics", "list")
     assert 3 == result.returncode
-    assert [
+    expected = (
         f"error: could not connect to {http_url}: it accepted the connection but did not "
         "answer the Headwater handshake within 5.0s; is it a Headwater server (an HTTP "
         "server waits like this)? check the port [timeout]"
-    ] == result.stderr.splitlines()
+    )
+    assert [expected] == result.stderr.splitlines()
