@@ -206,15 +206,26 @@ def _token(token: str | None, token_file: str | None) -> str | None:
     return token or None
 
 
+def resolve_url(url: str | None) -> str:
+    """The server a client command talks to (DECISIONS #26): the command's
+    ``--url``, else the one given before the command (``headwater --url X
+    topics list``), else ``$HEADWATER_URL``, else :data:`DEFAULT_URL`."""
+    if url:
+        return url
+    context = click.get_current_context(silent=True)
+    before = context.find_root().params.get("url") if context is not None else None
+    return before or os.environ.get("HEADWATER_URL") or DEFAULT_URL
+
+
 def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--url, --token, --token-file, --tls, --tls-ca: build a :class:`Target`."""
 
     @click.option(
         "--url",
-        envvar="HEADWATER_URL",
-        default=DEFAULT_URL,
-        show_default=True,
-        help="Server to use (or $HEADWATER_URL). headwaters:// turns TLS on.",
+        default=None,
+        metavar="URL",
+        help="Server to use; headwaters:// turns TLS on. Default: the --url given "
+        f"before the command, else $HEADWATER_URL, else {DEFAULT_URL}.",
     )
     @click.option(
         "--token", envvar="HEADWATER_TOKEN", default=None, help="Token (or $HEADWATER_TOKEN)."
@@ -233,7 +244,7 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         help="Use TLS, trusting this CA file (PEM).",
     )
     def wrapper(
-        url: str,
+        url: str | None,
         token: str | None,
         token_file: str | None,
         tls: bool,
@@ -241,7 +252,7 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         **kwargs: Any,
     ) -> Any:
         tls_setting: Any = tls_ca if tls_ca else (True if tls else None)
-        target = Target(url, _token(token, token_file), tls_setting)
+        target = Target(resolve_url(url), _token(token, token_file), tls_setting)
         return fn(target, **kwargs)
 
     wrapper.__name__ = fn.__name__
@@ -444,7 +455,14 @@ class HeadwaterCommand(click.Group):
 
 @click.group(cls=HeadwaterCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version=__version__, prog_name="headwater")
-def main() -> None:
+@click.option(
+    "--url",
+    default=None,
+    metavar="URL",
+    help="Server for the client commands (a command's own --url wins; "
+    f"else $HEADWATER_URL, else {DEFAULT_URL}).",
+)
+def main(url: str | None) -> None:
     """Headwater: an event-streaming broker on supervised Trio actors."""
     # Library log lines (rebalances, retries) go to stderr, warnings and up,
     # so stdout carries only the command's output. `serve` reconfigures.
