@@ -274,3 +274,22 @@ async def test_one_broker_per_simulated_data_dir(autojump_clock: trio.abc.Clock)
     async with open_broker(DATA, fs=fs):
         pass
     fs.close(handle)
+
+
+async def test_unknown_topic_names_a_few_others_and_ascii_is_said(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """An unknown topic's error lists at most five existing names and counts
+    the rest; a non-ASCII name is refused saying ASCII."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        for i in range(40):
+            await broker.handle(CreateTopic(f"t{i:02d}", 1))
+        with pytest.raises(UnknownTopicError) as info:
+            await broker.handle(DescribeTopic("nope"))
+        assert (
+            "topic 'nope' does not exist; create it first "
+            "(existing: t00, t01, t02, t03, t04 and 35 more)"
+        ) == str(info.value)
+        with pytest.raises(InvalidTopicName) as bad:
+            await broker.handle(CreateTopic("café", 1))
+        assert "contains 'é'; use only ASCII letters (A-Z, a-z), digits" in str(bad.value)
