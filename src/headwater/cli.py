@@ -5,14 +5,16 @@
     headwater serve [--data-dir DIR] [--host H] [--port P] ...
     headwater topics create NAME --partitions N | list | describe NAME | delete NAME
     headwater produce TOPIC [--key-separator SEP] [--value TEXT] [--header k=v ...]
+                            [--max-event-bytes SIZE] [--flush-timeout S]
     headwater consume TOPIC [--group G] [--from earliest|latest|OFFSET|ISO-TIME]
                             [--follow] [--max N] [--format text|json]
     headwater groups list | describe GROUP
     headwater tree
     headwater bench [--quick] [--local] [--write-docs docs/benchmarks.md]
 
-Client commands reach the server named by ``--url`` (default
-``headwater://127.0.0.1:7700``, or ``$HEADWATER_URL``). Human output is
+Client commands reach the server named by ``--url`` (given after the
+command, or before it: ``headwater --url X topics list``; else
+``$HEADWATER_URL``, else ``headwater://127.0.0.1:7700``). Human output is
 aligned; ``--json`` prints JSON (one object per line for streams). Errors are
 one line on stderr, ``error: <message> [<code>]``, with exit code 1 (the
 server refused, or a local I/O error), 3 (no connection) or 2 (bad usage);
@@ -22,7 +24,11 @@ Every command is one ``trio.run``; every client comes from
 :func:`_open_client` (tests substitute an embedded broker there). ``produce``
 reads stdin in a worker thread, chunk by chunk, and sends whatever complete
 lines each chunk holds, so slow input is sent as it arrives and fast input in
-large batches. ``consume`` stops at the partition ends it saw at the start
+large batches; it reads the file descriptor with ``os.read`` (a read left
+blocked at exit holds no lock), and Ctrl-C or SIGTERM stops the reading,
+stores what was read (within ``--flush-timeout``) and exits 130 or 143. While
+the server is unreachable the client says so once per series of attempts.
+``consume`` stops at the partition ends it saw at the start
 (or never, with ``--follow``); SIGINT/SIGTERM end it cleanly, committing what
 was printed when it reads as a group member.
 """
