@@ -23,13 +23,11 @@ acknowledgement (durability ``always``).
 
 from __future__ import annotations
 
-import logging
 import pathlib
 import sys
 import tempfile
 from typing import Any
 
-import structlog
 import trio
 
 try:
@@ -80,7 +78,6 @@ async def commit_limits(consumer: Any, limits: dict[int, int]) -> None:
 
 
 async def main(data_dir: str) -> int:
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     print(f"data directory: {data_dir}")
     async with open_broker(data_dir) as broker, broker.connect() as client:
         await client.create_topic("orders", partitions=3)
