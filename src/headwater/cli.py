@@ -454,7 +454,9 @@ class HeadwaterCommand(click.Group):
             _fail(f"{exc.format_message()}{hint}", EXIT_USAGE)
         except click.ClickException as exc:
             _fail(exc.format_message(), exc.exit_code)
-        except click.Abort:
+        except click.Abort as exc:
+            if isinstance(exc.__cause__, KeyboardInterrupt):  # Ctrl-C outside trio.run
+                _fail("interrupted", 130)
             _fail("aborted", EXIT_SERVER)
         sys.exit(result if type(result) is int else 0)
 

@@ -496,3 +496,19 @@ def test_the_event_size_limit_is_in_the_help(run: Run) -> None:
     text = " ".join(run("produce", "--help").output.split())
     assert "--max-event-bytes SIZE" in text
     assert "[default: 1MiB]" in text
+
+
+def test_ctrl_c_before_the_command_runs_is_exit_130(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the command is still preparing (before its trio.run):
+    "error: interrupted", exit 130, like Ctrl-C anywhere else (not click's
+    "aborted", exit 1)."""
+
+    def interrupted(values: tuple[str, ...]) -> list[tuple[str, bytes]]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_parse_headers", interrupted)
+    result = run("produce", "t", input="x\n")
+    assert 130 == result.exit_code
+    assert "error: interrupted\n" == result.output.lstrip("\n")
