@@ -109,10 +109,17 @@ async def test_tls_to_a_plain_server_and_an_untrusted_certificate_are_named(
         assert "use headwaters:// or --tls" in str(plain_client.value)
 
 
+class _JoiningHTTPServer(http.server.ThreadingHTTPServer):
+    """Closing waits for the request threads: no socket outlives the test."""
+
+    daemon_threads = False
+    block_on_close = True
+
+
 @pytest.fixture
 def http_url() -> Iterator[str]:
     """A real HTTP server (http.server) on a free loopback port."""
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    httpd = _JoiningHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
