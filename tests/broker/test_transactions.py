@@ -239,3 +239,25 @@ async def test_bad_requests(autojump_clock: trio.abc.Clock) -> None:
         assert ["w"] == [
             m.transactional_id for m in (await ask(broker, ListTransactions())).transactions
         ]
+
+
+async def test_an_admission_ends_with_its_transaction(autojump_clock: trio.abc.Clock) -> None:
+    """A partition added to a transaction but never written to: after the
+    commit, a transactional batch there without a new add is refused (it
+    would open a transaction the coordinator does not know about)."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        ident = await setup(broker)
+        await ask(
+            broker,
+            AddPartitionsToTxn(
+                "w",
+                ident.producer_id,
+                ident.epoch,
+                (TopicPartition("a", 0), TopicPartition("b", 0)),
+            ),
+        )
+        await broker.handle(Produce("a", 0, txn_batch(ident, 0)))
+        await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, True))
+        assert StableView(0, 0, ()) == await view(broker, "b")
+        with pytest.raises(InvalidTransactionStateError):
+            await broker.handle(Produce("b", 0, txn_batch(ident, 0)))

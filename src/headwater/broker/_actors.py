@@ -351,6 +351,7 @@ class PartitionActor(Actor):
         except HeadwaterError as exc:
             return exc
         if not self.txns.is_open(pid):
+            self.txns.revoke(pid)  # added to the transaction, never written to
             return None
         record = encode_record(
             b"",

@@ -123,6 +123,11 @@ class PartitionTransactions:
         transaction under ``epoch``: its transactional batches may open one."""
         self._admitted[producer_id] = epoch
 
+    def revoke(self, producer_id: int) -> None:
+        """A marker came for a producer with nothing open here: its
+        admission ends with its transaction."""
+        self._admitted.pop(producer_id, None)
+
     def may_append(self, producer_id: int, epoch: int) -> bool:
         """Whether a transactional batch of ``(producer_id, epoch)`` may be
         written: its transaction is open here, or the coordinator admitted it.

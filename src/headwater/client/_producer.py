@@ -694,11 +694,20 @@ class Producer:
         try:
             tp = (batch.topic, batch.partition)
             if tid is not None and tp not in self._txn_partitions:
+                # Every partition of the topic at once: one coordinator write
+                # per topic and transaction instead of one per partition (a
+                # partition never written to gets no marker).
+                count = self._partitions.get(batch.topic, batch.partition + 1)
+                tps = {(batch.topic, n) for n in range(count)} - self._txn_partitions
+                tps.add(tp)
                 add = p.AddPartitionsToTxn(
-                    tid, batch.producer_id, batch.epoch, (p.TopicPartition(*tp),)
+                    tid,
+                    batch.producer_id,
+                    batch.epoch,
+                    tuple(p.TopicPartition(*x) for x in sorted(tps)),
                 )
                 await self._request(add, deadline, "add_partitions_to_txn", **where)
-                self._txn_partitions.add(tp)
+                self._txn_partitions.update(tps)
             response: p.ProduceResult = await self._request(request, deadline, "produce", **where)
         except HeadwaterError as exc:
             log.warning("produce_failed", error=repr(exc), **where)
