@@ -481,6 +481,12 @@ def main() -> None:
 @click.option("--shutdown-timeout", default=10.0, show_default=True, type=float, help="Seconds.")
 @click.option("--actors-port", default=None, type=int, help="Also serve the actor system here.")
 @click.option(
+    "--kafka-port",
+    default=None,
+    type=int,
+    help="Also serve Kafka clients here (off by default; same host, TLS and token).",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["auto", "console", "json"]),
     default="auto",
