@@ -18,10 +18,9 @@ watermark as the last stable offset until transactions exist (DECISIONS #21).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import Any
-
-import struct
 
 import trio
 from kio.schema.errors import ErrorCode
@@ -75,7 +74,6 @@ from headwater._protocol import (
     TopicPartition,
 )
 from headwater.broker._service import MAX_FETCH_WAIT
-
 from headwater.client._codec import decode_record_events
 from headwater.journal._record import iter_records
 
@@ -386,9 +384,7 @@ class KafkaHandler:
             "throttle_time": 0,
             "error_code": ErrorCode.none,
             "session_id": 0,
-            "responses": [
-                {"topic": name, "partitions": parts} for name, parts in topics.items()
-            ],
+            "responses": [{"topic": name, "partitions": parts} for name, parts in topics.items()],
         }
 
     # ------------------------------------------------------------- ListOffsets
@@ -504,13 +500,17 @@ class KafkaHandler:
             if info is None:
                 code, message = ErrorCode.unknown_topic_or_partition, f"no topic {t.name!r}"
             elif t.count == info.partitions:
-                code, message = ErrorCode.invalid_partitions, (
-                    f"topic {t.name!r} already has {info.partitions} partitions"
+                code, message = (
+                    ErrorCode.invalid_partitions,
+                    (f"topic {t.name!r} already has {info.partitions} partitions"),
                 )
             else:
-                code, message = ErrorCode.invalid_partitions, (
-                    "Headwater cannot add partitions to an existing topic yet; create a new "
-                    "topic with more partitions"
+                code, message = (
+                    ErrorCode.invalid_partitions,
+                    (
+                        "Headwater cannot add partitions to an existing topic yet; create a new "
+                        "topic with more partitions"
+                    ),
                 )
             out.append({"name": t.name, "error_code": code, "error_message": message})
         return {"throttle_time": 0, "results": out}
@@ -541,8 +541,9 @@ class KafkaHandler:
                 items = {"broker.id": str(NODE_ID), "auto.create.topics.enable": "false"}
             else:
                 items = {}
-                code, message = ErrorCode.invalid_request, (
-                    f"resource type {res.resource_type} is not supported (topic 2, broker 4)"
+                code, message = (
+                    ErrorCode.invalid_request,
+                    (f"resource type {res.resource_type} is not supported (topic 2, broker 4)"),
                 )
             keys = res.configuration_keys
             for name, value in items.items():
@@ -615,7 +616,8 @@ class KafkaHandler:
     async def _offset_commit(self, r: KafkaRequest) -> dict[str, Any]:
         body = r.body
         member = body.member_id or None
-        generation = body.generation_id if body.generation_id >= 0 else 0
+        gen = body.generation_id_or_member_epoch
+        generation = gen if gen >= 0 else 0
         offsets = tuple(
             PartitionOffset(t.name, p.partition_index, p.committed_offset)
             for t in body.topics
@@ -801,4 +803,3 @@ def consumer_assignment(assignment: tuple[TopicPartition, ...]) -> bytes:
             out += struct.pack(">i", p)
     out += struct.pack(">i", -1)
     return bytes(out)
-

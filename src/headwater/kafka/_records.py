@@ -211,9 +211,7 @@ def _xerial_snappy(data: bytes) -> bytes:
 # decode
 
 
-def _decode_records(
-    buf: bytes, count: int, base_timestamp: int
-) -> tuple[list[KafkaRecord], int]:
+def _decode_records(buf: bytes, count: int, base_timestamp: int) -> tuple[list[KafkaRecord], int]:
     records: list[KafkaRecord] = []
     pos = 0
     end = len(buf)

@@ -74,10 +74,10 @@ SUPPORTED: Final[Mapping[int, tuple[str, int, int]]] = {
     16: ("ListGroups", 0, 2),
     17: ("SaslHandshake", 0, 1),
     18: ("ApiVersions", 0, 3),
-    19: ("CreateTopics", 0, 4),
-    20: ("DeleteTopics", 0, 3),
+    19: ("CreateTopics", 2, 4),
+    20: ("DeleteTopics", 1, 3),
     22: ("InitProducerId", 0, 1),
-    32: ("DescribeConfigs", 0, 3),
+    32: ("DescribeConfigs", 1, 3),
     36: ("SaslAuthenticate", 0, 1),
     37: ("CreatePartitions", 0, 1),
 }
@@ -228,7 +228,8 @@ class KafkaConnection:
         out.write(struct.pack(">i", request.correlation_id))
         if type(body).__flexible__ and request.api_key != API_VERSIONS_KEY:
             out.write(b"\0")  # response header v1: no tagged fields
-        _writer(type(body))(out, body)
+        writer: Any = _writer(type(body))  # type: ignore[arg-type]
+        writer(out, body)
         data = out.getbuffer()
         struct.pack_into(">i", data, 0, len(data) - 4)
         return bytes(data)
