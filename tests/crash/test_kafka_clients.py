@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -29,6 +30,7 @@ import trustme
 import headwater
 from headwater import _protocol as p
 
+from ..kafka.conftest import frame
 from . import kafka_clients as kc
 from .server_proc import ServerProcess, server
 
@@ -219,26 +221,66 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return paths
 
 
-@pytest.mark.parametrize("kind", kc.CLIENTS)
-def test_sasl_plain_over_tls(tmp_path: Path, tls_files: dict[str, str], kind: str) -> None:
-    """With a token and TLS every client works over SASL_SSL with the token as
-    the PLAIN password; a wrong password is refused and nothing is created."""
-    token = tmp_path / "token"
+@pytest.fixture(scope="module")
+def secure_server(
+    tmp_path_factory: pytest.TempPathFactory, tls_files: dict[str, str]
+) -> Iterator[ServerProcess]:
+    folder = tmp_path_factory.mktemp("kafka-secure")
+    token = folder / "token"
     token.write_text("s3cret\n")
     args = ["--tls-cert", tls_files["cert"], "--tls-key", tls_files["key"]]
-    with server(tmp_path / "data", *KAFKA, *args, "--auth-token-file", str(token)) as proc:
-        bootstrap = proc.kafka_bootstrap
-        good = kc.security(kind, token="s3cret", cafile=tls_files["ca"])
-        kc.create_topic(kind, bootstrap, "secure", 1, **good)
-        kc.produce(kind, bootstrap, "secure", rows_for("s", 3), **good)
-        assert 3 == len(kc.consume(kind, bootstrap, "secure", 1, 3, **good))
-        bad = kc.security("kafka-python", token="wrong", cafile=tls_files["ca"])
-        with pytest.raises(Exception):  # noqa: B017, PT011 - each client has its own error type
-            admin = kafka.KafkaAdminClient(
-                bootstrap_servers=bootstrap, request_timeout_ms=3000, **bad
-            )
-            admin.close()
-        assert any(e.get("event") == "kafka_authentication_failed" for e in proc.events())
+    with server(folder / "data", *KAFKA, *args, "--auth-token-file", str(token)) as proc:
+        yield proc
+
+
+@pytest.mark.parametrize("kind", kc.CLIENTS)
+def test_sasl_plain_over_tls(
+    secure_server: ServerProcess, tls_files: dict[str, str], kind: str
+) -> None:
+    """With a token and TLS every client works over SASL_SSL with the token
+    as the PLAIN password."""
+    bootstrap = secure_server.kafka_bootstrap
+    good = kc.security(kind, token="s3cret", cafile=tls_files["ca"])
+    topic = f"secure-{kind}"
+    kc.create_topic(kind, bootstrap, topic, 1, **good)
+    kc.produce(kind, bootstrap, topic, rows_for("s", 3), **good)
+    assert 3 == len(kc.consume(kind, bootstrap, topic, 1, 3, **good))
+
+
+def _read_frame(sock: ssl.SSLSocket) -> bytes:
+    data = b""
+    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+    return data
+
+
+def test_sasl_wrong_password_or_no_sasl_is_refused(
+    secure_server: ServerProcess, tls_files: dict[str, str]
+) -> None:
+    """A wrong PLAIN password gets SASL_AUTHENTICATION_FAILED and the
+    connection closes; a Metadata request before authenticating closes it."""
+    context = ssl.create_default_context(cafile=tls_files["ca"])
+    address = ("127.0.0.1", secure_server.kafka_port or 0)
+    with (
+        socket.create_connection(address, timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as sock,
+    ):
+        sock.sendall(frame(17, 1, {"mechanism": "PLAIN"}))
+        assert b"" != _read_frame(sock)
+        sock.sendall(frame(36, 1, {"auth_bytes": b"\0me\0wrong"}))
+        answer = _read_frame(sock)
+        assert 58 == int.from_bytes(answer[8:10], "big")  # SASL_AUTHENTICATION_FAILED
+        assert b"" == sock.recv(100)
+    with (
+        socket.create_connection(address, timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as sock,
+    ):
+        sock.sendall(frame(3, 1, {"topics": None}))
+        assert b"" == _read_frame(sock)
+    assert any(e.get("event") == "kafka_authentication_failed" for e in secure_server.events())
 
 
 def test_garbage_first_then_a_real_client(kafka_server: ServerProcess) -> None:
