@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, NamedTuple
 
 import attrs
 import cramjam
@@ -84,9 +84,9 @@ class KafkaCorruptBatch(InvalidArgument):
     code = "kafka_corrupt_batch"
 
 
-@attrs.frozen
-class KafkaRecord:
-    """One record of a batch: absolute timestamp (ms), key, value, headers."""
+class KafkaRecord(NamedTuple):
+    """One record of a batch: absolute timestamp (ms), key, value, headers
+    (a named tuple: measured cheaper to build per record than an attrs class)."""
 
     timestamp: int
     key: bytes | None
@@ -128,6 +128,10 @@ class KafkaBatch:
 
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
     """Zig-zag varint at ``pos``: (value, next position)."""
+    if pos < len(buf):
+        b = buf[pos]
+        if b < 0x80:
+            return (b >> 1) ^ -(b & 1), pos + 1
     result = 0
     shift = 0
     n = len(buf)
@@ -145,13 +149,30 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
     return (result >> 1) ^ -(result & 1), pos
 
 
-def _write_varint(out: bytearray, value: int) -> None:
+def _zigzag_bytes(value: int) -> bytes:
+    out = bytearray()
+    _write_varint_slow(out, value)
+    return bytes(out)
+
+
+def _write_varint_slow(out: bytearray, value: int) -> None:
     v = (value << 1) ^ (value >> 63)
     v &= 0xFFFFFFFFFFFFFFFF
     while v > 0x7F:
         out.append((v & 0x7F) | 0x80)
         v >>= 7
     out.append(v)
+
+
+_SMALL: Final = 1 << 13
+_VARINTS: Final = [_zigzag_bytes(v) for v in range(_SMALL)]
+
+
+def _write_varint(out: bytearray, value: int) -> None:
+    if 0 <= value < _SMALL:
+        out += _VARINTS[value]
+    else:
+        _write_varint_slow(out, value)
 
 
 def _read_bytes(buf: bytes, pos: int) -> tuple[bytes | None, int]:
@@ -211,45 +232,107 @@ def _xerial_snappy(data: bytes) -> bytes:
 # decode
 
 
+def _tail(buf: bytes, pos: int, first: int) -> tuple[int, int]:
+    """The rest of a varint whose first byte ``first`` had its high bit set:
+    (raw unsigned value, next position)."""
+    result = first & 0x7F
+    shift = 7
+    n = len(buf)
+    while True:
+        if pos >= n:
+            raise KafkaCorruptBatch("a varint runs past the end of the batch")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise KafkaCorruptBatch("a varint is longer than 10 bytes")
+
+
 def _decode_records(buf: bytes, count: int, base_timestamp: int) -> tuple[list[KafkaRecord], int]:
+    # Hot path (every produced record): varints are read inline, one byte
+    # being the common case; _tail reads longer ones. Measured about twice
+    # as fast as a call per field.
     records: list[KafkaRecord] = []
+    append = records.append
     pos = 0
     end = len(buf)
-    read_varint = _read_varint
+    tail = _tail
     read_bytes = _read_bytes
     max_ts = base_timestamp
-    for _ in range(count):
-        length, pos = read_varint(buf, pos)
-        start = pos
-        if length < 6 or start + length > end:
-            raise KafkaCorruptBatch(f"a record of {length} bytes does not fit in its batch")
-        pos += 1  # record attributes (unused)
-        ts_delta, pos = read_varint(buf, pos)
-        _offset_delta, pos = read_varint(buf, pos)
-        key, pos = read_bytes(buf, pos)
-        value, pos = read_bytes(buf, pos)
-        n_headers, pos = read_varint(buf, pos)
-        headers: KafkaHeaders = ()
-        if n_headers:
-            if n_headers < 0 or n_headers > length:
-                raise KafkaCorruptBatch(f"a record claims {n_headers} headers")
-            items: list[tuple[str, bytes | None]] = []
-            for _h in range(n_headers):
-                name, pos = read_bytes(buf, pos)
-                hvalue, pos = read_bytes(buf, pos)
-                if name is None:
-                    raise KafkaCorruptBatch("a header has a null name")
-                try:
-                    items.append((name.decode("utf-8"), hvalue))
-                except UnicodeDecodeError:
-                    raise KafkaCorruptBatch("a header name is not UTF-8") from None
-            headers = tuple(items)
-        if pos != start + length:
-            raise KafkaCorruptBatch("a record's fields do not add up to its length")
-        ts = base_timestamp + ts_delta
-        if ts > max_ts:
-            max_ts = ts
-        records.append(KafkaRecord(ts, key, value, headers))
+    try:
+        for _ in range(count):
+            v = buf[pos]
+            pos += 1
+            if v & 0x80:
+                v, pos = tail(buf, pos, v)
+            length = (v >> 1) ^ -(v & 1)
+            start = pos
+            if length < 6 or start + length > end:
+                raise KafkaCorruptBatch(f"a record of {length} bytes does not fit in its batch")
+            pos += 1  # record attributes (unused)
+            v = buf[pos]
+            pos += 1
+            if v & 0x80:
+                v, pos = tail(buf, pos, v)
+            ts = base_timestamp + ((v >> 1) ^ -(v & 1))
+            v = buf[pos]
+            pos += 1
+            if v & 0x80:
+                v, pos = tail(buf, pos, v)  # offset delta: offsets are assigned on append
+            v = buf[pos]
+            pos += 1
+            if v & 0x80:
+                v, pos = tail(buf, pos, v)
+            n = (v >> 1) ^ -(v & 1)
+            if n == -1:
+                key = None
+            elif n < 0 or pos + n > end:
+                raise KafkaCorruptBatch(f"a key of {n} bytes does not fit in the record")
+            else:
+                key = buf[pos : pos + n]
+                pos += n
+            v = buf[pos]
+            pos += 1
+            if v & 0x80:
+                v, pos = tail(buf, pos, v)
+            n = (v >> 1) ^ -(v & 1)
+            if n == -1:
+                value = None
+            elif n < 0 or pos + n > end:
+                raise KafkaCorruptBatch(f"a value of {n} bytes does not fit in the record")
+            else:
+                value = buf[pos : pos + n]
+                pos += n
+            v = buf[pos]
+            pos += 1
+            if v & 0x80:
+                v, pos = tail(buf, pos, v)
+            n_headers = (v >> 1) ^ -(v & 1)
+            headers: KafkaHeaders = ()
+            if n_headers:
+                if n_headers < 0 or n_headers > length:
+                    raise KafkaCorruptBatch(f"a record claims {n_headers} headers")
+                items: list[tuple[str, bytes | None]] = []
+                for _h in range(n_headers):
+                    name, pos = read_bytes(buf, pos)
+                    hvalue, pos = read_bytes(buf, pos)
+                    if name is None:
+                        raise KafkaCorruptBatch("a header has a null name")
+                    try:
+                        items.append((name.decode("utf-8"), hvalue))
+                    except UnicodeDecodeError:
+                        raise KafkaCorruptBatch("a header name is not UTF-8") from None
+                headers = tuple(items)
+            if pos != start + length:
+                raise KafkaCorruptBatch("a record's fields do not add up to its length")
+            if ts > max_ts:
+                max_ts = ts
+            append(KafkaRecord(ts, key, value, headers))
+    except IndexError:
+        raise KafkaCorruptBatch("a record runs past the end of its batch") from None
     if pos != end:
         raise KafkaCorruptBatch(f"{end - pos} bytes follow the last record of a batch")
     return records, max_ts
