@@ -45,8 +45,9 @@ def _fig(case: str, metric: str, value: float, unit: str) -> dict[str, Any]:
 
 
 def _create(bootstrap: str, topic: str) -> None:
-    from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
+
+    from kafka import KafkaAdminClient
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
@@ -183,10 +184,8 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
     try:
         with server_process(os.path.join(base, "data"), "--kafka-port", "0") as proc:
             bootstrap = f"127.0.0.1:{proc.kafka_port}"
-            n = 0
-            for _ in range(rounds):
+            for n in range(1, rounds + 1):
                 values = [os.urandom(100) for _ in range(count)]
-                n += 1
                 results["headwater"].append(
                     trio.run(throughput, lambda: connect(proc.url), values, f"hw{n}")
                 )

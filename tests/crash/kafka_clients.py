@@ -10,10 +10,11 @@ from typing import Any
 
 import aiokafka
 import confluent_kafka as ck
-import kafka
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin import NewTopic as CNewTopic
 from kafka.admin import NewTopic
+
+import kafka
 
 CLIENTS = ["kafka-python", "aiokafka", "confluent-kafka"]
 

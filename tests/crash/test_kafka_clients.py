@@ -22,15 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import cbor2
-import kafka
 import pytest
 import trio
 import trustme
 
 import headwater
+import kafka
 from headwater import _protocol as p
+from tests.kafka.conftest import frame
 
-from ..kafka.conftest import frame
 from . import kafka_clients as kc
 from .server_proc import ServerProcess, server
 
