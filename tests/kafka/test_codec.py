@@ -5,12 +5,13 @@ decoder (only typed violations or valid requests, never a crash)."""
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 
 import cramjam
 import crc32c
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 
@@ -214,12 +215,22 @@ def fuzz_one(data: bytes) -> None:
         pass
 
 
+#: CI runs the fuzzers briefly; HEADWATER_FUZZ_EXAMPLES=100000 is the soak.
+FUZZ = settings(
+    max_examples=int(os.environ.get("HEADWATER_FUZZ_EXAMPLES", "200")),
+    deadline=None,
+    derandomize=os.environ.get("HEADWATER_FUZZ_EXAMPLES") is None,
+)
+
+
+@FUZZ
 @given(st.binary(max_size=300))
 def test_fuzz_garbage(data: bytes) -> None:
     """Random bytes never crash the decoder."""
     fuzz_one(data)
 
 
+@FUZZ
 @given(st.sampled_from([(18, 3), (3, 8), (0, 8), (1, 11), (8, 7), (19, 4)]), st.data())
 def test_fuzz_mutated_valid_requests(key_version: tuple[int, int], data: st.DataObject) -> None:
     """Valid frames with random bytes flipped, cut or appended never crash the decoder."""
@@ -239,3 +250,20 @@ def test_fuzz_mutated_valid_requests(key_version: tuple[int, int], data: st.Data
     fuzz_one(bytes(raw[:cut]))
     payload = bytes(raw[:cut]) + data.draw(st.binary(max_size=20))
     fuzz_one(struct.pack(">i", len(payload) - 4) + payload[4:])
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_record_batches_with_valid_crc(data: st.DataObject) -> None:
+    """Mutated batches whose CRC is fixed up (so the record framing itself is
+    exercised) decode or raise KafkaCorruptBatch, never anything else."""
+    codec = data.draw(st.sampled_from([0, 1, 4]))
+    raw = bytearray(kafka_python_batch(codec))
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(21, len(raw) - 1))
+        raw[pos] = data.draw(st.integers(0, 255))
+    struct.pack_into(">I", raw, 17, crc32c.crc32c(bytes(raw[21:])))
+    try:
+        decode_batches(bytes(raw))
+    except KafkaCorruptBatch:
+        pass
