@@ -11,6 +11,7 @@ bounded.
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import ssl
@@ -32,7 +33,7 @@ from headwater import _protocol as p
 from tests.kafka.conftest import frame
 
 from . import kafka_clients as kc
-from .server_proc import ServerProcess, server
+from .server_proc import ServerProcess, hw, server
 
 pytestmark = pytest.mark.crash
 
@@ -127,8 +128,8 @@ def test_seek_by_timestamp(kafka_server: ServerProcess, kind: str) -> None:
 
 
 async def test_cross_protocol_both_ways(kafka_server: ServerProcess) -> None:
-    """kafka-python's records reach a Headwater consumer with the same key,
-    value, headers and timestamp; a Headwater producer's events (str key
+    """kafka-python's records reach a Headwater consumer and `headwater
+    consume` with the same key, value, headers and timestamp; a Headwater producer's events (str key
     included) reach kafka-python the same way."""
     bootstrap = kafka_server.kafka_bootstrap
     rows = [(b"k1", b"v1", [("h", b"x"), ("e", b"")], T0), (None, b"v2", [], T0 + 1)]
@@ -142,6 +143,23 @@ async def test_cross_protocol_both_ways(kafka_server: ServerProcess) -> None:
                     events.extend(await consumer.getmany(10, timeout=1))
         assert [(k, v, tuple(h), ts) for k, v, h, ts in rows] == [
             (e.key, e.value, e.headers, e.timestamp) for e in events
+        ]
+        printed = await trio.to_thread.run_sync(
+            lambda: hw(kafka_server.url, "consume", "cross", "--json", "--max", "2")
+        )
+        assert 0 == printed.returncode, printed.stderr
+        assert [
+            {
+                "offset": 0,
+                "timestamp": T0,
+                "key": "k1",
+                "value": "v1",
+                "headers": [["h", "x"], ["e", ""]],
+            },
+            {"offset": 1, "timestamp": T0 + 1, "key": None, "value": "v2", "headers": []},
+        ] == [
+            {k: v for k, v in json.loads(line).items() if k not in ("topic", "partition")}
+            for line in printed.stdout.splitlines()
         ]
         async with client.producer(serializer="bytes") as producer:
             await producer.send(
