@@ -28,6 +28,7 @@ __all__ = [
     "Durability",
     "CreateTopic",
     "DeleteTopic",
+    "AddPartitions",
     "ListTopics",
     "DescribeTopic",
     "TopicInfo",
@@ -107,6 +108,16 @@ class DeleteTopic:
     """Delete a topic and all its data."""
 
     name: str
+
+
+@attrs.frozen
+class AddPartitions:
+    """Grow a topic to ``partitions`` partitions (more than it has). Keys map
+    to partitions by count, so a keyed event may go to a new partition
+    afterwards; existing events stay where they are."""
+
+    name: str
+    partitions: int
 
 
 @attrs.frozen
@@ -382,6 +393,7 @@ class Done:
 REQUEST_TYPES: tuple[type, ...] = (
     CreateTopic,
     DeleteTopic,
+    AddPartitions,
     ListTopics,
     DescribeTopic,
     InitProducer,

@@ -10,7 +10,14 @@ import pytest
 import trio
 from kio.schema.errors import ErrorCode
 
-from headwater._protocol import CommitOffsets, Fetch, FetchCommitted, PartitionOffset, Produce
+from headwater._protocol import (
+    CommitOffsets,
+    DescribeTopic,
+    Fetch,
+    FetchCommitted,
+    PartitionOffset,
+    Produce,
+)
 from headwater.client._codec import decode_record_events, encode_events
 from headwater.journal import encode_record, iter_records
 from headwater.kafka import SUPPORTED, decode_batches, encode_batch
@@ -249,7 +256,7 @@ async def test_list_offsets_earliest_latest_and_by_time(client: Client) -> None:
 async def test_admin_create_describe_delete(client: Client) -> None:
     """CreateTopics honours partitions and cleanup.policy/retention configs,
     refuses duplicates and replication > 1; DescribeConfigs reports them;
-    DeleteTopics removes the topic; CreatePartitions says it cannot yet."""
+    CreatePartitions grows it; DeleteTopics removes the topic."""
     r = await create(client, "adm", 2, **{"cleanup.policy": "compact", "retention.ms": "1000"})
     assert ErrorCode.none == r.topics[0].error_code
     assert ErrorCode.topic_already_exists == (await create(client, "adm")).topics[0].error_code
@@ -295,7 +302,7 @@ async def test_admin_create_describe_delete(client: Client) -> None:
             "validate_only": False,
         },
     )
-    assert ErrorCode.invalid_partitions == r.results[0].error_code
+    assert ErrorCode.none == r.results[0].error_code  # grown from 2 to 4
     for version in (1, 3):
         r = await client.call(20, version, {"topic_names": ["adm", "ghost"], "timeout": 1000})
         assert [
@@ -344,3 +351,52 @@ async def test_committed_offsets_are_shared_with_headwater(client: Client, broke
     assert ["grp"] == [g.group_id for g in r.groups]
     r = await client.call(15, 4, {"groups": ["grp"], "include_authorized_operations": False})
     assert ("grp", ErrorCode.none) == (r.groups[0].group_id, r.groups[0].error_code)
+
+
+async def test_create_partitions_grows_a_topic_shared_with_headwater(
+    client: Client, broker: Any
+) -> None:
+    """CreatePartitions grows a topic (new partitions take produces and are in
+    Metadata and Headwater's topic list, also after a reopen); shrinking or
+    an unknown topic is refused."""
+    await create(client, "grow", 2)
+
+    async def grow(name: str, count: int, version: int = 1) -> ErrorCode:
+        r = await client.call(
+            37,
+            version,
+            {
+                "topics": [{"name": name, "count": count, "assignments": None}],
+                "timeout": 1000,
+                "validate_only": False,
+            },
+        )
+        return r.results[0].error_code  # type: ignore[no-any-return]
+
+    assert ErrorCode.none == await grow("grow", 4)
+    assert ErrorCode.invalid_partitions == await grow("grow", 3, version=0)
+    assert ErrorCode.unknown_topic_or_partition == await grow("ghost", 3)
+    r = await client.call(3, 8, {"topics": [{"name": "grow"}], "allow_auto_topic_creation": False})
+    assert [0, 1, 2, 3] == [p.partition_index for p in r.topics[0].partitions]
+    r = await client.call(0, 8, produce_values("grow", 3, encode_batch(0, ROWS)))
+    assert ErrorCode.none == r.responses[0].partition_responses[0].error_code
+    info = await broker.handle(DescribeTopic("grow"))
+    assert [0, 0, 0, 3] == [part.next_offset for part in info.partitions]
+
+
+async def test_added_partitions_survive_a_reopen() -> None:
+    """A grown topic reopens with every partition serving, the new ones too."""
+    from headwater._protocol import AddPartitions, CreateTopic
+    from headwater.broker import open_broker
+    from headwater.journal import SimulatedFileSystem
+
+    fs = SimulatedFileSystem()
+    async with open_broker("/d", fs=fs) as b:
+        await b.handle(CreateTopic("g", partitions=1))
+        info = await b.handle(AddPartitions("g", 3))
+        assert 3 == info.partitions
+        await b.handle(Produce("g", 2, encode_record(b"x", count=1)))
+    async with open_broker("/d", fs=fs) as b:
+        described = await b.handle(DescribeTopic("g"))
+        assert [0, 0, 1] == [part.next_offset for part in described.partitions]
+        await b.handle(Produce("g", 2, encode_record(b"y", count=1)))

@@ -33,6 +33,7 @@ from headwater._errors import (
     UnknownTopicError,
 )
 from headwater._protocol import (
+    AddPartitions,
     CommitOffsets,
     CommittedOffsets,
     CreateTopic,
@@ -265,6 +266,14 @@ class BrokerService:
             del self._logs[key]
         return Done()
 
+    async def _add_partitions(self, r: AddPartitions) -> TopicInfo:
+        config = self._config(r.name)
+        grown = await self.system.lookup("/broker/registry").ask(
+            AddPartitions(config.name, r.partitions), timeout=30
+        )
+        self._topics[config.name] = grown
+        return grown.to_info()  # type: ignore[no-any-return]
+
     async def _list_topics(self, r: Any) -> TopicList:
         return TopicList(tuple(c.to_info() for _, c in sorted(self._topics.items())))
 
@@ -336,6 +345,7 @@ class BrokerService:
         ListOffset: _list_offset,
         CreateTopic: _create_topic,
         DeleteTopic: _delete_topic,
+        AddPartitions: _add_partitions,
         ListTopics: _list_topics,
         DescribeTopic: _describe_topic,
         InitProducer: _init_producer,

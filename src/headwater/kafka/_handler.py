@@ -48,6 +48,7 @@ from headwater._errors import (
 )
 from headwater._logging import get_logger
 from headwater._protocol import (
+    AddPartitions,
     CommitOffsets,
     CommittedOffsets,
     CreateTopic,
@@ -494,24 +495,18 @@ class KafkaHandler:
 
     async def _create_partitions(self, r: KafkaRequest) -> dict[str, Any]:
         out = []
-        topics = await self._topics()
         for t in r.body.topics:
-            info = topics.get(t.name)
-            if info is None:
-                code, message = ErrorCode.unknown_topic_or_partition, f"no topic {t.name!r}"
-            elif t.count == info.partitions:
-                code, message = (
-                    ErrorCode.invalid_partitions,
-                    (f"topic {t.name!r} already has {info.partitions} partitions"),
-                )
-            else:
-                code, message = (
-                    ErrorCode.invalid_partitions,
-                    (
-                        "Headwater cannot add partitions to an existing topic yet; create a new "
-                        "topic with more partitions"
-                    ),
-                )
+            code, message = ErrorCode.none, None
+            try:
+                if t.assignments:
+                    raise InvalidArgument("manual replica assignments are not supported")
+                if not r.body.validate_only:
+                    await self._call(AddPartitions(t.name, t.count))
+            except HeadwaterError as exc:
+                code = error_code(exc)
+                if code is ErrorCode.invalid_request:
+                    code = ErrorCode.invalid_partitions
+                message = str(exc)
             out.append({"name": t.name, "error_code": code, "error_message": message})
         return {"throttle_time": 0, "results": out}
 
