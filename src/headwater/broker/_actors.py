@@ -452,7 +452,7 @@ class TopicRegistry(PersistentActor):
             await self.context.system.start_child(
                 ChildSpec(
                     str(p),
-                    lambda p=p: PartitionActor(self.settings, grown, p),  # type: ignore[misc]
+                    lambda p=p: PartitionActor(self.settings, grown, p),
                     shutdown=30.0,
                 ),
                 parent=f"/broker/topics/{message.name}",
