@@ -267,3 +267,30 @@ def test_fuzz_record_batches_with_valid_crc(data: st.DataObject) -> None:
         decode_batches(bytes(raw))
     except KafkaCorruptBatch:
         pass
+
+
+def test_consumer_protocol_bytes_match_kafka_python() -> None:
+    """Subscriptions and assignments as kafka-python's consumer writes them
+    decode to the topics and partitions; ours decode in kafka-python."""
+    from kafka.protocol.old.consumer_protocol import (
+        ConsumerProtocolMemberAssignment_v0 as Assignment,
+    )
+    from kafka.protocol.old.consumer_protocol import (
+        ConsumerProtocolMemberMetadata_v0 as Metadata,
+    )
+
+    from headwater._protocol import TopicPartition
+    from headwater.kafka._consumer_protocol import (
+        decode_assignment,
+        decode_subscription,
+        encode_assignment,
+    )
+
+    metadata = Metadata(0, ["a", "b"], b"").encode()
+    assert ("a", "b") == decode_subscription(metadata)
+    assigned = Assignment(0, [("a", [0, 2]), ("b", [1])], b"").encode()
+    tps = (TopicPartition("a", 0), TopicPartition("a", 2), TopicPartition("b", 1))
+    assert tps == decode_assignment(assigned)
+    back = Assignment.decode(encode_assignment(tps))
+    assert [("a", [0, 2]), ("b", [1])] == [(t, list(p)) for t, p in back.assigned_partitions]
+    assert () == decode_assignment(b"")

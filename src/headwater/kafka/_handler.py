@@ -18,7 +18,6 @@ watermark as the last stable offset until transactions exist (DECISIONS #21).
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -78,6 +77,7 @@ from headwater.broker._service import MAX_FETCH_WAIT
 from headwater.client._codec import decode_record_events
 from headwater.journal._record import iter_records
 
+from ._consumer_protocol import encode_assignment
 from ._records import KafkaCorruptBatch, decode_batches
 from ._translate import batch_to_record, records_to_kafka
 from ._wire import SUPPORTED, KafkaRequest, build, response_class
@@ -719,7 +719,7 @@ class KafkaHandler:
                             "client_id": m.client_id,
                             "client_host": "",
                             "member_metadata": b"",
-                            "member_assignment": consumer_assignment(m.assignment),
+                            "member_assignment": encode_assignment(m.assignment),
                         }
                         for m in desc.members
                     ],
@@ -783,18 +783,3 @@ _STATES = {
 
 def _group_state(state: str) -> str:
     return _STATES.get(state, state[:1].upper() + state[1:] if state else "Empty")
-
-
-def consumer_assignment(assignment: tuple[TopicPartition, ...]) -> bytes:
-    """Kafka's ConsumerProtocol assignment (v0) bytes for a partition list."""
-    by_topic: dict[str, list[int]] = {}
-    for tp in assignment:
-        by_topic.setdefault(tp.topic, []).append(tp.partition)
-    out = bytearray(struct.pack(">hi", 0, len(by_topic)))
-    for topic, parts in by_topic.items():
-        name = topic.encode("utf-8")
-        out += struct.pack(">h", len(name)) + name + struct.pack(">i", len(parts))
-        for p in parts:
-            out += struct.pack(">i", p)
-    out += struct.pack(">i", -1)
-    return bytes(out)
