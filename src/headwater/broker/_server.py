@@ -515,6 +515,7 @@ async def open_server(
             ssl_context=server._ssl,
             auth_token=config.auth_token,
             max_connections=config.max_connections,
+            max_frame_size=config.max_frame_size,
             idle_timeout=config.idle_timeout,
             shutdown_timeout=config.shutdown_timeout,
         )
