@@ -386,3 +386,22 @@ def test_kill9_under_acks_all_loses_nothing_acknowledged(tmp_path: Path) -> None
     for offset, value in before.items():
         assert value == stored[offset]
     assert sent == [value for *_x, value, _h in got], "every sent record stored once, in order"
+
+
+def test_wildcard_host_advertises_the_address_the_client_reached(tmp_path: Path) -> None:
+    """Listening on 0.0.0.0, Metadata advertises the local address of each
+    connection (127.0.0.1 here), so clients reconnect where they came in."""
+    from kio.schema.metadata.v8.response import MetadataResponse
+    from kio.serial import entity_reader
+
+    proc_args = ["--host", "0.0.0.0", *KAFKA]
+    with server(tmp_path / "data", *proc_args) as proc:
+        port = proc.kafka_port
+        assert port is not None
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(frame(3, 8, {"topics": None, "allow_auto_topic_creation": False}))
+            data = b""
+            while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+                data += sock.recv(65536)
+        response, _size = entity_reader(MetadataResponse)(data, 8)
+        assert [(0, "127.0.0.1", port)] == [(b.node_id, b.host, b.port) for b in response.brokers]
