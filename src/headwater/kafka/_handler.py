@@ -74,7 +74,7 @@ from headwater._protocol import (
     TopicPartition,
 )
 from headwater.broker._service import MAX_FETCH_WAIT
-from headwater.client._codec import decode_record_events
+from headwater.journal._batch import decode_record_events
 from headwater.journal._record import iter_records
 
 from ._consumer_protocol import encode_assignment

@@ -22,7 +22,7 @@ from typing import Any
 
 import cbor2
 
-from headwater.client._codec import PAYLOAD_VERSION, decode_record_events, encode_events
+from headwater.journal._batch import PAYLOAD_VERSION, decode_record_events, encode_events
 from headwater.journal._record import HEADER_SIZE, RecordHeader, encode_record, iter_records
 
 from ._records import KafkaBatch, encode_batch
