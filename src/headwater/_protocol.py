@@ -57,6 +57,8 @@ __all__ = [
     "Membership",
     "ReleasePartitions",
     "LeaveGroup",
+    "SyncGroup",
+    "MemberAssignment",
     "CommitOffsets",
     "FetchCommitted",
     "CommittedOffsets",
@@ -320,6 +322,26 @@ class ReleasePartitions:
 
 
 @attrs.frozen
+class MemberAssignment:
+    """The partitions an elected leader gives one member (in :class:`SyncGroup`)."""
+
+    member_id: str
+    partitions: tuple[TopicPartition, ...]
+
+
+@attrs.frozen
+class SyncGroup:
+    """The elected leader's assignment for ``generation`` (Kafka members, whose
+    leader assigns on its client): ``assignment`` pairs member ids with their
+    partitions. Returns the leader's :class:`Membership`; the group is stable."""
+
+    group: str
+    member_id: str
+    generation: int
+    assignment: tuple[MemberAssignment, ...]
+
+
+@attrs.frozen
 class LeaveGroup:
     """Leave a group at once (its partitions are reassigned)."""
 
@@ -446,6 +468,7 @@ REQUEST_TYPES: tuple[type, ...] = (
     Heartbeat,
     ReleasePartitions,
     LeaveGroup,
+    SyncGroup,
     CommitOffsets,
     FetchCommitted,
     ListGroups,
@@ -454,6 +477,7 @@ REQUEST_TYPES: tuple[type, ...] = (
 )
 
 RESPONSE_TYPES: tuple[type, ...] = (
+    MemberAssignment,
     TopicInfo,
     PartitionInfo,
     TopicDescription,

@@ -50,6 +50,7 @@ from headwater._protocol import (
     PartitionInfo,
     PushSink,
     ReleasePartitions,
+    SyncGroup,
 )
 from headwater.actors._actor import Actor
 from headwater.actors._persistent import PersistentActor
@@ -614,6 +615,13 @@ class GroupActor(Actor):
                 self._adopt_sink(result, message.sink)
             elif isinstance(request, ReleasePartitions):
                 result = c.release(request.member_id, request.partitions, now)
+            elif isinstance(request, SyncGroup):
+                result = c.sync(
+                    request.member_id,
+                    request.generation,
+                    {a.member_id: a.partitions for a in request.assignment},
+                    now,
+                )
             elif isinstance(request, LeaveGroup):
                 c.leave(request.member_id, now)
                 result = None
