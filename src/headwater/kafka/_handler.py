@@ -32,6 +32,7 @@ from headwater._errors import (
     EventTooLarge,
     HeadwaterError,
     HeadwaterTimeoutError,
+    InconsistentGroupProtocolError,
     InvalidArgument,
     InvalidTopicName,
     OffsetOutOfRangeError,
@@ -78,6 +79,7 @@ from headwater.journal._batch import decode_record_events
 from headwater.journal._record import iter_records
 
 from ._consumer_protocol import encode_assignment
+from ._groups import KafkaGroupApis, KafkaGroups
 from ._records import KafkaCorruptBatch, decode_batches
 from ._translate import batch_to_record, records_to_kafka
 from ._wire import SUPPORTED, KafkaRequest, build, response_class
@@ -105,6 +107,7 @@ _ERRORS: list[tuple[type[BaseException], ErrorCode]] = [
     (StaleGenerationError, ErrorCode.illegal_generation),
     (UnknownMemberError, ErrorCode.unknown_member_id),
     (UnknownGroupError, ErrorCode.group_id_not_found),
+    (InconsistentGroupProtocolError, ErrorCode.inconsistent_group_protocol),
     (AuthenticationError, ErrorCode.sasl_authentication_failed),
     (StorageError, ErrorCode.kafka_storage_error),
     (HeadwaterTimeoutError, ErrorCode.request_timed_out),
@@ -130,10 +133,28 @@ class KafkaHandler:
     ``host`` and ``port`` are what Metadata and FindCoordinator advertise
     (the address this connection reached)."""
 
-    def __init__(self, service: Any, *, host: str, port: int) -> None:
+    def __init__(
+        self, service: Any, *, host: str, port: int, groups: KafkaGroups | None = None
+    ) -> None:
         self.service = service
         self.host = host
         self.port = port
+        self.groups = groups if groups is not None else KafkaGroups()
+
+    def _group_apis(self, r: KafkaRequest) -> KafkaGroupApis:
+        return KafkaGroupApis(self.service, self.groups, r.client_id)
+
+    async def _join_group(self, r: KafkaRequest) -> dict[str, Any]:
+        return {"throttle_time": 0, **await self._group_apis(r).join(r.body)}
+
+    async def _sync_group(self, r: KafkaRequest) -> dict[str, Any]:
+        return {"throttle_time": 0, **await self._group_apis(r).sync(r.body)}
+
+    async def _heartbeat(self, r: KafkaRequest) -> dict[str, Any]:
+        return {"throttle_time": 0, **await self._group_apis(r).heartbeat(r.body)}
+
+    async def _leave_group(self, r: KafkaRequest) -> dict[str, Any]:
+        return {"throttle_time": 0, **await self._group_apis(r).leave(r.body)}
 
     async def handle(self, request: KafkaRequest) -> Any:
         """The response body for ``request`` (``None``: send nothing)."""
@@ -749,6 +770,10 @@ class KafkaHandler:
         8: _offset_commit,
         9: _offset_fetch,
         10: _find_coordinator,
+        11: _join_group,
+        12: _heartbeat,
+        13: _leave_group,
+        14: _sync_group,
         15: _describe_groups,
         16: _list_groups,
         17: _sasl_handshake,

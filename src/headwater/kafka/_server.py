@@ -37,6 +37,7 @@ from headwater._errors import HeadwaterError
 from headwater._logging import get_logger
 from headwater.supervision._specs import ChildSpec
 
+from ._groups import KafkaGroups
 from ._handler import KafkaHandler, error_code
 from ._wire import API_NAMES, KafkaConnection, KafkaProtocolViolation, build, response_class
 
@@ -84,6 +85,7 @@ class KafkaServer:
         self.idle_timeout = idle_timeout
         self.shutdown_timeout = shutdown_timeout
         self.connections = 0
+        self.groups = KafkaGroups()
         self._ids = itertools.count(1)
 
     async def accept_loop(self, listeners: list[trio.SocketListener]) -> None:
@@ -142,7 +144,7 @@ class KafkaServer:
         """Serve one Kafka connection until the client leaves or breaks the
         protocol (then the stream is closed)."""
         conn = KafkaConnection(max_frame_size=self.max_frame_size)
-        handler = KafkaHandler(self.service, host=advertised, port=self.port)
+        handler = KafkaHandler(self.service, host=advertised, port=self.port, groups=self.groups)
         log = _log.bind(peer=peer)
         authenticated = self.auth_token is None
         handshaken = False
