@@ -327,3 +327,85 @@ def offsets_for_time(kind: str, bootstrap: str, topic: str, ts: int) -> int | No
     finally:
         consumer.close()
     return None if found[tp] is None else found[tp].offset
+
+
+def group_member(
+    kind: str,
+    bootstrap: str,
+    topic: str,
+    group: str,
+    name: str,
+    stop: Any,
+    report: dict[str, tuple[int, list[int]]],
+) -> None:
+    """Consume ``topic`` as a member of ``group`` until ``stop`` is set,
+    committing after each batch; ``report[name]`` is (records read, the
+    partitions assigned now). Short heartbeats keep rebalances quick."""
+    if kind == "confluent-kafka":
+        consumer = ck.Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group,
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 300,
+            }
+        )
+        consumer.subscribe([topic])
+        n = 0
+        try:
+            while not stop.is_set():
+                msg = consumer.poll(0.2)
+                if msg is not None and msg.error() is None:
+                    n += 1
+                    consumer.commit(msg, asynchronous=False)
+                report[name] = (n, sorted(tp.partition for tp in consumer.assignment()))
+        finally:
+            consumer.close()
+        return
+    if kind == "aiokafka":
+
+        async def run() -> None:
+            consumer = aiokafka.AIOKafkaConsumer(
+                topic,
+                bootstrap_servers=bootstrap,
+                group_id=group,
+                auto_offset_reset="earliest",
+                enable_auto_commit=False,
+                session_timeout_ms=6000,
+                heartbeat_interval_ms=300,
+            )
+            await consumer.start()
+            n = 0
+            try:
+                while not stop.is_set():
+                    batch = await consumer.getmany(timeout_ms=200)
+                    n += sum(len(r) for r in batch.values())
+                    if batch:
+                        await consumer.commit()
+                    report[name] = (n, sorted(tp.partition for tp in consumer.assignment()))
+            finally:
+                await consumer.stop()
+
+        asyncio.run(run())
+        return
+    consumer = kafka.KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=300,
+    )
+    n = 0
+    try:
+        while not stop.is_set():
+            batch = consumer.poll(200)
+            n += sum(len(r) for r in batch.values())
+            if batch:
+                consumer.commit()
+            report[name] = (n, sorted(tp.partition for tp in consumer.assignment()))
+    finally:
+        consumer.close()

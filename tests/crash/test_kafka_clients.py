@@ -405,3 +405,65 @@ def test_wildcard_host_advertises_the_address_the_client_reached(tmp_path: Path)
                 data += sock.recv(65536)
         response, _size = entity_reader(MetadataResponse)(data, 8)
         assert [(0, "127.0.0.1", port)] == [(b.node_id, b.host, b.port) for b in response.brokers]
+
+
+def _wait_for(check: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("kind", kc.CLIENTS)
+async def test_group_of_two_commits_then_a_third_joins(
+    kafka_server: ServerProcess, kind: str
+) -> None:
+    """Two members of a Kafka group split the partitions, read everything and
+    commit; a third member joining rebalances the group to three disjoint
+    shares; the commits are Headwater's; a Headwater member is refused while
+    Kafka members are in the group."""
+    bootstrap = kafka_server.kafka_bootstrap
+    topic, group = f"grp-{kind}", f"g-{kind}"
+    kc.create_topic("kafka-python", bootstrap, topic, 4)
+    kc.produce("kafka-python", bootstrap, topic, rows_for(topic, 200))
+    stop = threading.Event()
+    report: dict[str, tuple[int, list[int]]] = {}
+
+    def member(name: str) -> threading.Thread:
+        thread = threading.Thread(
+            target=kc.group_member, args=(kind, bootstrap, topic, group, name, stop, report)
+        )
+        thread.start()
+        return thread
+
+    def shares(names: list[str]) -> list[list[int]]:
+        return [report.get(n, (0, []))[1] for n in names]
+
+    def disjoint_cover(names: list[str]) -> bool:
+        parts = [p for share in shares(names) for p in share]
+        return sorted(parts) == [0, 1, 2, 3] and all(shares(names))
+
+    threads = [member("m1"), member("m2")]
+    try:
+        await trio.to_thread.run_sync(
+            lambda: _wait_for(
+                lambda: (
+                    disjoint_cover(["m1", "m2"]) and sum(report[n][0] for n in ("m1", "m2")) >= 200
+                )
+            )
+        )
+        async with headwater.connect(kafka_server.url, connect_timeout=10) as client:
+            with pytest.raises(headwater.InconsistentGroupProtocolError):
+                await client._channel.request(p.JoinGroup(group, (topic,)))
+        threads.append(member("m3"))
+        await trio.to_thread.run_sync(lambda: _wait_for(lambda: disjoint_cover(["m1", "m2", "m3"])))
+    finally:
+        stop.set()
+        for thread in threads:
+            await trio.to_thread.run_sync(thread.join, 20)
+    async with headwater.connect(kafka_server.url, connect_timeout=10) as client:
+        committed = await client._channel.request(p.FetchCommitted(group))
+    ends = {0: 0, 1: 0, 2: 0, 3: 0}
+    for _p, offset, *_rest in kc.consume("kafka-python", bootstrap, topic, 4, 200):
+        ends[_p] = max(ends[_p], offset + 1)
+    assert ends == {o.partition: o.offset for o in committed.offsets}

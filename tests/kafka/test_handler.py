@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from kio.schema.errors import ErrorCode
 
 from headwater._protocol import (
@@ -17,6 +18,7 @@ from headwater._protocol import (
     FetchCommitted,
     PartitionOffset,
     Produce,
+    TopicPartition,
 )
 from headwater.client._codec import decode_record_events, encode_events
 from headwater.journal import encode_record, iter_records
@@ -400,3 +402,110 @@ async def test_added_partitions_survive_a_reopen() -> None:
         described = await b.handle(DescribeTopic("g"))
         assert [0, 0, 1] == [part.next_offset for part in described.partitions]
         await b.handle(Produce("g", 2, encode_record(b"y", count=1)))
+
+
+def _subscription(*topics: str) -> bytes:
+    from kafka.protocol.old.consumer_protocol import ConsumerProtocolMemberMetadata_v0
+
+    return bytes(ConsumerProtocolMemberMetadata_v0(0, list(topics), b"").encode())
+
+
+async def test_group_join_sync_heartbeat_leave(client: Client) -> None:
+    """Kafka group membership: the first member leads and assigns; a second
+    joining makes the first one's heartbeat say REBALANCE_IN_PROGRESS; both
+    rejoin into the next generation, the leader's assignment reaches the
+    follower; a non-consumer protocol is refused; leaving works."""
+    from headwater.kafka._consumer_protocol import decode_assignment, encode_assignment
+
+    await create(client, "gt", 2)
+
+    def join_values(member: str) -> dict[str, Any]:
+        return {
+            "group_id": "kg",
+            "session_timeout": 10_000,
+            "rebalance_timeout": 10_000,
+            "member_id": member,
+            "group_instance_id": None,
+            "protocol_type": "consumer",
+            "protocols": [{"name": "range", "metadata": _subscription("gt")}],
+        }
+
+    a = await client.call(11, 5, join_values(""))
+    assert (ErrorCode.none, a.member_id) == (a.error_code, a.leader)
+    assert [a.member_id] == [m.member_id for m in a.members]
+    mine = encode_assignment((TopicPartition("gt", 0), TopicPartition("gt", 1)))
+    sync = {
+        "group_id": "kg",
+        "generation_id": a.generation_id,
+        "member_id": a.member_id,
+        "group_instance_id": None,
+        "assignments": [{"member_id": a.member_id, "assignment": mine}],
+    }
+    assert mine == (await client.call(14, 3, sync)).assignment
+
+    async def heartbeat(member: str, generation: int) -> ErrorCode:
+        r = await client.call(
+            12,
+            3,
+            {
+                "group_id": "kg",
+                "generation_id": generation,
+                "member_id": member,
+                "group_instance_id": None,
+            },
+        )
+        return r.error_code  # type: ignore[no-any-return]
+
+    assert ErrorCode.none == await heartbeat(a.member_id, a.generation_id)
+    answers: dict[str, Any] = {}
+
+    async def join_as(key: str, member: str) -> None:
+        answers[key] = await client.call(11, 5, join_values(member))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(join_as, "b", "")
+        await trio.testing.wait_all_tasks_blocked()
+        assert ErrorCode.rebalance_in_progress == await heartbeat(a.member_id, a.generation_id)
+        nursery.start_soon(join_as, "a", a.member_id)
+    a2, b = answers["a"], answers["b"]
+    assert a2.generation_id == b.generation_id > a.generation_id
+    assert a2.leader == b.leader == a2.member_id
+    assert (2, 0) == (len(a2.members), len(b.members))
+    shares = {
+        a2.member_id: encode_assignment((TopicPartition("gt", 0),)),
+        b.member_id: encode_assignment((TopicPartition("gt", 1),)),
+    }
+    got: dict[str, bytes] = {}
+
+    async def sync_as(member: str, assignments: list[dict[str, Any]]) -> None:
+        r = await client.call(
+            14,
+            3,
+            {
+                **sync,
+                "generation_id": b.generation_id,
+                "member_id": member,
+                "assignments": assignments,
+            },
+        )
+        got[member] = r.assignment
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sync_as, b.member_id, [])
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(
+            sync_as,
+            a2.member_id,
+            [{"member_id": m, "assignment": x} for m, x in shares.items()],
+        )
+    assert shares == got
+    assert (TopicPartition("gt", 1),) == decode_assignment(got[b.member_id])
+    assert ErrorCode.none == await heartbeat(b.member_id, b.generation_id)
+    r = await client.call(11, 5, {**join_values(""), "protocol_type": "connect"})
+    assert ErrorCode.inconsistent_group_protocol == r.error_code
+    r = await client.call(
+        13,
+        3,
+        {"group_id": "kg", "members": [{"member_id": b.member_id, "group_instance_id": None}]},
+    )
+    assert [ErrorCode.none] == [m.error_code for m in r.members]

@@ -726,20 +726,24 @@ class KafkaHandler:
             except HeadwaterError as exc:
                 out.append({"error_code": error_code(exc), "group_id": group, "members": []})
                 continue
+            kafka = self.groups.group(group)
+            protocol = kafka.protocol if kafka.metadata else ""
             out.append(
                 {
                     "error_code": ErrorCode.none,
                     "group_id": group,
                     "group_state": _group_state(desc.state),
                     "protocol_type": "consumer",
-                    "protocol_data": "range" if desc.members else "",
+                    "protocol_data": protocol,
                     "members": [
                         {
                             "member_id": m.member_id,
                             "group_instance_id": None,
                             "client_id": m.client_id,
                             "client_host": "",
-                            "member_metadata": b"",
+                            "member_metadata": dict(kafka.metadata.get(m.member_id, ())).get(
+                                protocol, b""
+                            ),
                             "member_assignment": encode_assignment(m.assignment),
                         }
                         for m in desc.members
