@@ -274,7 +274,9 @@ class JoinGroup:
     """Join (or rejoin, with ``member_id``) a consumer group subscribed to
     ``topics``. ``rebalance_timeout`` (the consumer's ``max_poll_interval``)
     bounds how long the member may take to release partitions in a rebalance;
-    ``protocol_type`` is the kind of member (one kind per group)."""
+    ``protocol_type`` is the kind of member (one kind per group);
+    ``rebalance`` asks for a rebalance even when nothing changed (a Kafka
+    leader rejoining does, as with Kafka's coordinator)."""
 
     group: str
     topics: tuple[str, ...]
@@ -283,6 +285,7 @@ class JoinGroup:
     client_id: str = ""
     rebalance_timeout: float | None = None
     protocol_type: str = "headwater"
+    rebalance: bool = False
 
 
 @attrs.frozen

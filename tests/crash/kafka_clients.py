@@ -9,12 +9,14 @@ import time
 from typing import Any
 
 import aiokafka
+import aiokafka.errors
 import confluent_kafka as ck
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin import NewTopic as CNewTopic
 from kafka.admin import NewTopic
 
 import kafka
+import kafka.errors
 
 CLIENTS = ["kafka-python", "aiokafka", "confluent-kafka"]
 
@@ -359,7 +361,10 @@ def group_member(
                 msg = consumer.poll(0.2)
                 if msg is not None and msg.error() is None:
                     n += 1
-                    consumer.commit(msg, asynchronous=False)
+                    try:
+                        consumer.commit(msg, asynchronous=False)
+                    except ck.KafkaException:
+                        pass  # a rebalance took the partition: its new owner commits
                 report[name] = (n, sorted(tp.partition for tp in consumer.assignment()))
         finally:
             consumer.close()
@@ -383,7 +388,10 @@ def group_member(
                     batch = await consumer.getmany(timeout_ms=200)
                     n += sum(len(r) for r in batch.values())
                     if batch:
-                        await consumer.commit()
+                        try:
+                            await consumer.commit()
+                        except aiokafka.errors.CommitFailedError:
+                            pass  # a rebalance took the partition: its new owner commits
                     report[name] = (n, sorted(tp.partition for tp in consumer.assignment()))
             finally:
                 await consumer.stop()
@@ -405,7 +413,10 @@ def group_member(
             batch = consumer.poll(200)
             n += sum(len(r) for r in batch.values())
             if batch:
-                consumer.commit()
+                try:
+                    consumer.commit()
+                except kafka.errors.CommitFailedError:
+                    pass  # a rebalance took the partition: its new owner commits
             report[name] = (n, sorted(tp.partition for tp in consumer.assignment()))
     finally:
         consumer.close()

@@ -605,6 +605,7 @@ class GroupActor(Actor):
                     session_timeout=request.session_timeout,
                     rebalance_timeout=request.rebalance_timeout,
                     protocol_type=request.protocol_type,
+                    force=request.rebalance,
                 )
                 self._adopt_sink(result, message.sink)
             elif isinstance(request, Heartbeat):

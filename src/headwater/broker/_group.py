@@ -664,12 +664,14 @@ class GroupCoordinator:
         session_timeout: float = 10.0,
         rebalance_timeout: float | None = None,
         protocol_type: str = "headwater",
+        force: bool = False,
     ) -> Membership:
         """Add a member (``member_id=None``: a new id is assigned) or rejoin
         as ``member_id``. ``partition_counts`` gives the partition count of
         each subscribed topic (the caller checked they exist). A new member,
         a changed subscription or changed partition counts plan a rebalance;
-        a plain rejoin only renews the session. The answer may say
+        a plain rejoin only renews the session (unless ``force``: then it
+        plans a rebalance too). The answer may say
         ``preparing_rebalance`` with no partitions yet: the member then waits
         for its notice (or its next heartbeat)."""
         self._check_alive()
@@ -705,6 +707,7 @@ class GroupCoordinator:
                 and old.session_timeout == session_timeout
                 and old.rebalance_timeout == rebalance
                 and unchanged
+                and not force
             ):
                 self._deadlines[member_id] = now + session_timeout
                 return self._told_now(member_id)

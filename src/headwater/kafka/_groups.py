@@ -141,12 +141,23 @@ class KafkaGroupApis:
         session = body.session_timeout.total_seconds()
         rebalance = getattr(body, "rebalance_timeout", body.session_timeout).total_seconds()
         try:
+            protocols = tuple((p.name, bytes(p.metadata)) for p in body.protocols)
+            force = False
             if body.member_id:
                 # Eager protocol: a member rejoining gave up everything it owned.
                 m = await self._call(group, Heartbeat(group, body.member_id, 0))
                 if m.assignment:
                     await self._call(
                         group, ReleasePartitions(group, body.member_id, m.generation, m.assignment)
+                    )
+                # As Kafka's coordinator: the leader rejoining a stable group, or a
+                # member whose subscription changed, starts a rebalance.
+                if m.state == "stable":
+                    state = self.groups.group(group)
+                    before: GroupDescription = await self.service.handle(DescribeGroup(group))
+                    leader = min((x.member_id for x in before.members), default=None)
+                    force = body.member_id == leader or (
+                        state.metadata.get(body.member_id) != protocols
                     )
             joined: Membership = await self._call(
                 group,
@@ -158,11 +169,12 @@ class KafkaGroupApis:
                     client_id=self.client_id,
                     rebalance_timeout=rebalance,
                     protocol_type="kafka",
+                    rebalance=force,
                 ),
             )
             member = joined.member_id
             state = self.groups.group(group)
-            state.metadata[member] = tuple((p.name, bytes(p.metadata)) for p in body.protocols)
+            state.metadata[member] = protocols
             self.groups.poke(group)
             m = await self._wait(
                 group, member, lambda m: m.state in _STABLE_OR_SYNCING, max(rebalance, 1.0)
