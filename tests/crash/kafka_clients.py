@@ -11,12 +11,12 @@ from typing import Any
 import aiokafka
 import aiokafka.errors
 import confluent_kafka as ck
+import kafka.errors
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin import NewTopic as CNewTopic
 from kafka.admin import NewTopic
 
 import kafka
-import kafka.errors
 
 CLIENTS = ["kafka-python", "aiokafka", "confluent-kafka"]
 
