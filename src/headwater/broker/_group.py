@@ -28,9 +28,11 @@ removed), nobody else gets that partition. Partitions that do not move stay
 with their owners, who keep reading and committing them. When no release is
 outstanding the rebalance completes: the generation is bumped and every
 member learns its new assignment (``rebalanced``; with the broker as
-assigner ``stabilized`` follows at once: a future Kafka front end plugs an
-"elected leader assigns" :class:`Assigner` in here and waits in
-``completing_rebalance`` for the leader's SyncGroup).
+assigner ``stabilized`` follows at once; for Kafka members the elected
+leader assigns (:class:`LeaderAssigner`: the target is empty, so owners give
+up everything, as in Kafka's eager protocol) and the group waits in
+``completing_rebalance`` until the leader's assignment arrives through
+:meth:`GroupCoordinator.sync`, the ``synced`` event).
 
 So a partition is never owned by two members, and commits are fenced by
 **ownership**, not by generation equality: a known member may commit the
@@ -38,7 +40,7 @@ partitions it owns now (a commit for a partition it does not own raises
 :class:`~headwater.StaleGenerationError`). A member that follows the notices
 therefore never sees that error. A member the coordinator removed gets
 :class:`~headwater.UnknownMemberError` and joins again. The first member
-fixes the group's protocol type (``"headwater"``; Kafka members later); a
+fixes the group's protocol type (``"headwater"`` or ``"kafka"``); a
 member of another type is refused with
 :class:`~headwater.InconsistentGroupProtocolError` while the group has members.
 
@@ -299,8 +301,8 @@ def compute_assignment(
 
 class Assigner(Protocol):
     """Who decides a group's assignment. The broker assigns for Headwater
-    members (:class:`BrokerAssigner`); a Kafka front end will add one where
-    the elected leader assigns (``on_broker = False``: the group then waits in
+    members (:class:`BrokerAssigner`), the elected leader for Kafka members
+    (:class:`LeaderAssigner`, ``on_broker = False``: the group then waits in
     ``completing_rebalance`` for the leader's answer)."""
 
     @property
