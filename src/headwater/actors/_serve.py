@@ -44,6 +44,7 @@ from headwater._errors import (
 )
 from headwater._logging import get_logger
 from headwater.actors._actor import ActorRef, LocalActorRef, _Ask, _Reply
+from headwater.actors._links import EXIT_REASONS, Exit, ExitReason, Proc
 from headwater.actors._monitor import Monitor
 from headwater.actors._system import ActorSystem
 from headwater.actors._wire import (
@@ -66,6 +67,25 @@ from headwater.transport._stream import FramedStream
 __all__ = ["serve_actor_stream", "serve_actors"]
 
 _log = get_logger("headwater.actors.remote")
+
+
+class _LinkPoll:
+    """A far ``link`` request waiting for its target incarnation to end."""
+
+    def __init__(self, proc: Proc) -> None:
+        self.proc = proc
+        self.event = trio.Event()
+        self.result: dict[str, Any] = {"reason": "demonitored", "detail": ""}
+        proc.watchers.add(self)
+
+    def __call__(self, reason: ExitReason, detail: str) -> None:
+        if not self.event.is_set():
+            self.result = {"reason": reason, "detail": detail}
+            self.event.set()
+
+    def cancel(self) -> None:
+        self.proc.watchers.discard(self)
+        self.event.set()
 
 
 @attrs.frozen
@@ -93,7 +113,7 @@ class _Session:
         self.conn = conn
         self.framed = framed
         self.refs: dict[str, ActorRef] = {}
-        self.monitors: dict[int, Monitor] = {}
+        self.monitors: dict[int, Monitor | _LinkPoll] = {}
         self.queues: dict[str, trio.MemorySendChannel[_Delivery]] = {}
         self.wake = trio.Event()
 
@@ -241,6 +261,46 @@ class _Session:
             return {"path": self.resolve(body, op).path}
         if op == "ping":
             return {}
+        if op == "get_tree":
+            return {"tree": self.system.tree().as_dict()}
+        if op == "inspect":
+            ref = self.resolve(body, op)
+            value = await ref.inspect(timeout=timeout_field(body, op))
+            try:
+                return encode_reply(self.registry, value)
+            except LocalProtocolError as exc:
+                raise RemoteProtocolError(f"the actor at {ref.path} inspected badly: {exc}") from None
+        if op == "kill":
+            path = normalize_path(field(body, "path", str, op))
+            reason = body.get("reason", "killed on request over the actors listener")
+            if not isinstance(reason, str):
+                raise RemoteProtocolError("kill: field 'reason' must be text")
+            await self.system.kill(path, reason)
+            return {}
+        if op == "link":
+            ref = self.resolve(body, op)
+            if not isinstance(ref, LocalActorRef):  # pragma: no cover - lookup gives local refs
+                raise UsageError(f"{ref!r} is not local")
+            poll = _LinkPoll(await ref._proc())
+            self.monitors[request.id] = poll
+            try:
+                await poll.event.wait()
+            finally:
+                self.monitors.pop(request.id, None)
+                poll.proc.watchers.discard(poll)
+            return poll.result
+        if op == "exit":
+            ref = self.resolve(body, op)
+            origin = field(body, "from", str, op)
+            reason = field(body, "reason", str, op)
+            if reason not in EXIT_REASONS:
+                raise RemoteProtocolError(f"exit: unknown reason {reason!r}")
+            detail = body.get("detail", "")
+            assert isinstance(ref, LocalActorRef)
+            proc = ref._cell.proc
+            if proc is not None:
+                proc.signal(Exit(None, origin, reason, str(detail)))
+            return {}
         if op == "monitor":
             try:
                 ref = self.resolve(body, op)
@@ -276,7 +336,8 @@ async def serve_actor_stream(
     """Serve ``system``'s actors to the client on one open ``stream``.
 
     Runs the handshake (and token check, if ``token`` is set), then answers
-    ``lookup``/``tell``/``ask``/``monitor``/``demonitor`` requests until the
+    the requests of ``docs/protocol.md`` section 11 (``lookup``, ``tell``,
+    ``ask``, ``monitor``, ``inspect``, ``get_tree``, ``kill``, ``link``, ...) until the
     client closes the stream or breaks the protocol (it then gets an error
     frame and the stream is closed). Never raises for the peer's faults; the
     stream is closed on return. ``registry`` decodes user messages.
