@@ -144,6 +144,7 @@ class Cell:
     high_water: int = 0
     mailbox_size: int | None = None
     proc: Proc | None = None
+    last_exit: tuple[int, str, str] | None = None  # (incarnation, reason, detail)
 
     def set_accepting(self, mailbox: trio.MemorySendChannel[Any]) -> None:
         self.mailbox = mailbox

@@ -47,6 +47,7 @@ import trio
 
 from headwater._errors import (
     ActorNotFound,
+    ActorStopped,
     AuthenticationError,
     ClosedError,
     ConnectionLostError,
@@ -415,13 +416,16 @@ class _RemoteLink:
         self.scope = trio.CancelScope()
         self.channel: _Channel | None = None
 
-    async def run(self, channel: _Channel) -> None:
+    async def run(self, channel: _Channel, incarnation: object) -> None:
         self.channel = channel
         ref, proc = self.ref, self.proc
         reason: ExitReason
+        body: dict[str, Any] = {"path": ref.path}
+        if type(incarnation) is int:
+            body["incarnation"] = incarnation  # the one we link to, even if it ends meanwhile
         with self.scope:
             try:
-                answer = await channel.poll("link", {"path": ref.path})
+                answer = await channel.poll("link", body)
             except ConnectionLostError as exc:
                 reason, detail = "unreachable", str(exc)
             except ActorNotFound as exc:  # gone between the check and the poll
@@ -570,10 +574,15 @@ class RemoteActorRef(ActorRef):
 
     async def _link_from(self, proc: Proc, nursery: trio.Nursery) -> None:
         channel = await self._live()
-        await channel.request("lookup", {"path": self.path})  # ActorNotFound: nothing to link
+        found = await channel.request("lookup", {"path": self.path})  # ActorNotFound: no link
+        if found.get("state") in ("stopped", "failed", "stopping"):
+            raise ActorStopped(
+                f"cannot link to {self.url}: it is {found['state']} (Erlang would say "
+                "noproc); monitor it instead to learn that it is gone"
+            )
         link = _RemoteLink(self, proc)
         proc.watchers.add(link)
-        nursery.start_soon(link.run, channel)
+        nursery.start_soon(link.run, channel, found.get("incarnation"))
 
     def _unlink_from(self, proc: Proc) -> None:
         for watcher in list(proc.watchers):

@@ -258,7 +258,12 @@ class _Session:
     async def perform(self, request: RequestReceived) -> dict[str, Any]:
         op, body = request.op, request.body
         if op == "lookup":
-            return {"path": self.resolve(body, op).path}
+            ref = self.resolve(body, op)
+            found: dict[str, Any] = {"path": ref.path}
+            if isinstance(ref, LocalActorRef):
+                found["incarnation"] = ref._cell.incarnation
+                found["state"] = ref._cell.state
+            return found
         if op == "ping":
             return {}
         if op == "get_tree":
@@ -281,6 +286,15 @@ class _Session:
             ref = self.resolve(body, op)
             if not isinstance(ref, LocalActorRef):  # pragma: no cover - lookup gives local refs
                 raise UsageError(f"{ref!r} is not local")
+            seen = body.get("incarnation")
+            cell = ref._cell
+            if type(seen) is int and (
+                cell.incarnation > seen or cell.proc is None or not cell.proc.alive
+            ):
+                # The incarnation the caller saw has ended already.
+                last = cell.last_exit
+                if last is not None and last[0] >= seen:
+                    return {"reason": last[1], "detail": last[2]}
             poll = _LinkPoll(await ref._proc())
             self.monitors[request.id] = poll
             try:

@@ -390,6 +390,7 @@ class _Supervisor:
             reason, detail = "killed", str(error)
         else:
             reason, detail = "failed", _describe(error)
+        child.cell.last_exit = (child.cell.incarnation, reason, detail)
         proc.end(reason, detail)
 
     async def _run_actor(self, child: _Child) -> bool:
@@ -598,6 +599,8 @@ def _snapshot(child: _Child) -> ActorSnapshot:
     cell = child.cell
     sub = child.supervisor.snapshot() if child.supervisor is not None else ()
     mailbox = cell.mailbox
+    depth = mailbox.statistics().current_buffer_used if mailbox is not None else 0
+    cell.high_water = max(cell.high_water, depth)
     return ActorSnapshot(
         path=cell.path,
         kind=cell.kind,
@@ -606,7 +609,7 @@ def _snapshot(child: _Child) -> ActorSnapshot:
         incarnation=cell.incarnation,
         last_failure=cell.last_failure,
         children=sub if child.kind == "supervisor" else (),
-        mailbox_depth=mailbox.statistics().current_buffer_used if mailbox is not None else 0,
+        mailbox_depth=depth,
         mailbox_high_water=cell.high_water,
         mailbox_size=cell.mailbox_size,
         handled=cell.handled,
