@@ -146,7 +146,9 @@ async def test_otp_link_table(
         await _exit_a(pair, how)
         node = pair.near.tree().children[-1]
         if trap:
-            assert [(pair.a.path, reason)] == [(e.path.rsplit(":1", 1)[-1], e.reason) for e in EXITS]
+            assert [(pair.a.path, reason)] == [
+                (e.path.rsplit(":1", 1)[-1], e.reason) for e in EXITS
+            ]
             assert 0 == node.restarts
         elif reason == "normal":
             assert ([], 0) == (EXITS, node.restarts)
@@ -154,7 +156,7 @@ async def test_otp_link_table(
             assert [] == EXITS
             assert 1 == node.restarts
             assert node.last_failure is not None
-            assert node.last_failure.startswith(f"LinkedExit: actor /b failed because linked")
+            assert node.last_failure.startswith("LinkedExit: actor /b failed because linked")
             assert f"({reason}" in node.last_failure
 
 
@@ -215,7 +217,8 @@ async def test_lost_connection_is_an_unreachable_exit(autojump_clock: trio.abc.C
                 assert 0 == node.restarts
             else:
                 assert 1 == node.restarts
-                assert node.last_failure is not None and "unreachable" in node.last_failure
+                assert node.last_failure is not None
+                assert "unreachable" in node.last_failure
 
 
 async def test_linking_to_a_dead_ref_is_a_typed_error(autojump_clock: trio.abc.Clock) -> None:

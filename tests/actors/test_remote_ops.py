@@ -39,7 +39,7 @@ async def test_remote_inspect_tree_and_kill(autojump_clock: trio.abc.Clock) -> N
         await client.kill("headwater://mem:1/kit/target", "poke")
         await trio.testing.wait_all_tasks_blocked()
         node = system.tree().walk()[2]
-        assert (1, f"ActorKilled: actor /kit/target was killed: poke") == (
+        assert (1, "ActorKilled: actor /kit/target was killed: poke") == (
             node.restarts,
             node.last_failure,
         )
@@ -98,7 +98,8 @@ async def test_reconnect_monitor_fires_unreachable_once_then_up(
         link.refuse = True
         await link.cut()
         down = await monitor.wait()
-        assert isinstance(down, Down) and "unreachable" == down.reason
+        assert isinstance(down, Down)
+        assert "unreachable" == down.reason
         assert "unreachable" == (await plain.wait()).reason
         with pytest.raises(ClosedError, match="reconnect=True"):
             await plain.wait_up()
@@ -107,9 +108,11 @@ async def test_reconnect_monitor_fires_unreachable_once_then_up(
         link.refuse = False
         start = trio.current_time()
         up = await monitor.wait_up()
-        assert isinstance(up, Up) and "/kit/target" == up.path
+        assert isinstance(up, Up)
+        assert "/kit/target" == up.path
         assert trio.current_time() - start <= 5.0  # within the backoff cap
-        assert up.monitor.active and up.monitor.reconnect
+        assert up.monitor.active
+        assert up.monitor.reconnect
         await system.stop_child("/kit/target")
         assert "stopped" == (await up.monitor.wait()).reason
 

@@ -75,7 +75,9 @@ async def test_watchdog_names_the_actor_that_held_the_loop(
         entry["actor"],
         entry["threshold"],
     )
-    assert entry["stack"].endswith("in handle\n    dog.poll()  # ... and the thread, seeing the probe wait, samples the stack")
+    assert entry["stack"].endswith(
+        "in handle\n    dog.poll()  # ... and the thread, seeing the probe wait, samples the stack"
+    )
     assert WatchdogStatistics(threshold=0.1, blocked=1, longest=0.5) == dog.statistics()
 
 
@@ -85,9 +87,11 @@ async def test_watchdog_is_configurable_and_can_be_switched_off(
     """Default threshold 0.1 s; a float sets it; None switches it off; a bad
     threshold is a ConfigError; a watchdog serves one system only."""
     async with open_actor_system() as system:
-        assert system.watchdog is not None and 0.1 == system.watchdog.threshold
+        assert system.watchdog is not None
+        assert 0.1 == system.watchdog.threshold
     async with open_actor_system(watchdog=0.25) as system:
-        assert system.watchdog is not None and 0.25 == system.watchdog.threshold
+        assert system.watchdog is not None
+        assert 0.25 == system.watchdog.threshold
     async with open_actor_system(watchdog=None) as system:
         assert system.watchdog is None
     for bad in (0, -1.0, float("inf"), "fast", True):

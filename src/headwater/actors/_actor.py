@@ -47,7 +47,7 @@ from headwater._errors import (
     MailboxFull,
     UsageError,
 )
-from headwater.actors._links import Exit, Proc
+from headwater.actors._links import Proc
 from headwater.actors._monitor import Monitor
 from headwater.actors._timers import Timer, check_delay
 from headwater.supervision._specs import DEFAULT_MAILBOX_SIZE
@@ -228,13 +228,12 @@ class ActorRef(abc.ABC):
         to show.
         """
 
-
     async def _link_from(self, proc: Proc, nursery: trio.Nursery) -> None:
         """Link the incarnation ``proc`` (whose nursery is ``nursery``) to
         this ref's actor (runtime hook behind ``ActorContext.link``)."""
         raise UsageError(f"{type(self).__name__} does not support links")
 
-    def _unlink_from(self, proc: Proc) -> None:
+    def _unlink_from(self, proc: Proc) -> None:  # noqa: B027 -- optional hook, no-op by default
         """Undo :meth:`_link_from` (idempotent)."""
 
 

@@ -274,7 +274,9 @@ class _Session:
             try:
                 return encode_reply(self.registry, value)
             except LocalProtocolError as exc:
-                raise RemoteProtocolError(f"the actor at {ref.path} inspected badly: {exc}") from None
+                raise RemoteProtocolError(
+                    f"the actor at {ref.path} inspected badly: {exc}"
+                ) from None
         if op == "kill":
             path = normalize_path(field(body, "path", str, op))
             reason = body.get("reason", "killed on request over the actors listener")
@@ -331,9 +333,9 @@ class _Session:
             return {"reason": down.reason, "detail": down.detail}
         assert op == "demonitor", op  # ServerConnection refuses unknown ops
         target = field(body, "monitor", int, op)
-        found = self.monitors.pop(target, None)
-        if found is not None:
-            found.cancel()
+        watch = self.monitors.pop(target, None)
+        if watch is not None:
+            watch.cancel()
         return {}
 
 

@@ -40,6 +40,7 @@ from headwater._errors import (
     HeadwaterTimeoutError,
     InvalidArgument,
     UnsupportedVersionError,
+    WrongListenerError,
 )
 from headwater._logging import get_logger
 from headwater.supervision._specs import unwrap_group
@@ -273,7 +274,9 @@ class TcpChannel(Channel):
                     session = await self._connect()
                 except HeadwaterError as exc:
                     self._last_error = exc
-                    if first or isinstance(exc, AuthenticationError | UnsupportedVersionError):
+                    if first or isinstance(
+                        exc, AuthenticationError | UnsupportedVersionError | WrongListenerError
+                    ):
                         if first:
                             raise
                         self._fatal = exc
@@ -334,6 +337,13 @@ class TcpChannel(Channel):
                         conn.receive_data(data)
                         continue
                     if isinstance(event, HandshakeComplete):
+                        if event.peer.startswith("headwater-actors"):
+                            raise WrongListenerError(
+                                f"{self.address} is an application's actors listener "
+                                f"({event.peer}), not a broker; for its tree use "
+                                "headwater tree --url headwater+actors://"
+                                + self.address.split("://", 1)[-1]
+                            )
                         session.slots = trio.Semaphore(conn.max_in_flight)
                         return session
                     if isinstance(event, AuthRequired):
