@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import structlog
@@ -78,7 +78,7 @@ async def test_watchdog_names_the_blocking_actor_on_the_real_clock() -> None:
 class Linker(Actor):
     """Traps exits and records them."""
 
-    exits: list[Exit] = []
+    exits: ClassVar[list[Exit]] = []
 
     async def started(self) -> None:
         self.context.trap_exits = True
@@ -116,7 +116,8 @@ async def test_remote_monitor_and_link_across_a_killed_and_restarted_peer() -> N
             assert ["unreachable"] == [e.reason for e in Linker.exits]
             async with peer_process(port=port):
                 up = await monitor.wait_up()
-                assert "/kit/target" == up.path and up.monitor.active
+                assert "/kit/target" == up.path
+                assert up.monitor.active
                 assert [] == await ref.ask(Get())  # a fresh peer: a fresh actor
             assert "unreachable" == (await up.monitor.wait()).reason
             assert 1 == len(Linker.exits)  # the link fired once; links do not come back
@@ -168,14 +169,17 @@ async def test_cli_tree_kill_inspect_against_a_real_actors_process(tmp_path: Any
         tree = json.loads(as_json.stdout)
         pipeline = next(c for c in tree["children"] if c["path"] == "/pipeline")
         parser = next(c for c in pipeline["children"] if c["path"] == "/pipeline/parser")
-        assert 1 == parser["restarts"] and "ActorKilled" in parser["last_failure"]
+        assert 1 == parser["restarts"]
+        assert "ActorKilled" in parser["last_failure"]
         assert {"mailbox_depth", "mailbox_high_water", "handled"} <= set(parser)
         missing = await trio.to_thread.run_sync(_hw, "actors", "inspect", "/nope", "--url", url)
-        assert 1 == missing.returncode and "[actor_not_found]" in missing.stderr
+        assert 1 == missing.returncode
+        assert "[actor_not_found]" in missing.stderr
         as_broker = await trio.to_thread.run_sync(
             _hw, "tree", "--url", url.replace("headwater+actors", "headwater")
         )
-        assert 2 == as_broker.returncode and "[wrong_listener]" in as_broker.stderr
+        assert 2 == as_broker.returncode
+        assert "[wrong_listener]" in as_broker.stderr
         with server(tmp_path / "data") as broker:
             wrong = await trio.to_thread.run_sync(
                 _hw,
