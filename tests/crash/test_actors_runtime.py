@@ -189,7 +189,8 @@ async def test_cli_tree_kill_inspect_against_a_real_actors_process(tmp_path: Any
                 "--url",
                 broker.url.replace("headwater", "headwater+actors"),
             )
-        assert 2 == wrong.returncode and "[wrong_listener]" in wrong.stderr, wrong.stderr
+        assert 2 == wrong.returncode, wrong.stderr
+        assert "[wrong_listener]" in wrong.stderr
     finally:
         lab.kill()
         await trio.to_thread.run_sync(lab.wait)
