@@ -20,7 +20,9 @@ about a quarter of the ``tell`` rate when measured):
    the culprit; the stack is logged with it.
 
 The measured duration is how long the probe waited, so it is at most one
-poll interval shorter than the block. The thread never touches Trio state
+poll interval shorter than the block. A late probe whose sample finds the
+loop idle in Trio's I/O wait is not reported: the OS did not run the
+process (a loaded machine), no handler held the loop. The thread never touches Trio state
 other than through ``run_sync_soon``. Under ``MockClock`` the loop is not
 blocked in real time; tests make a watchdog with ``thread=False`` and
 ``clock=`` the mock clock's ``current_time`` and call :meth:`poll` by hand
@@ -98,6 +100,8 @@ class LoopWatchdog:
         self._lock = threading.Lock()
         self._probe_sent: float | None = None
         self._sample: tuple[str | None, str] | None = None
+        self._sampled = False
+        self._idle = False
         self._blocked = 0
         self._longest = 0.0
         self._token: trio.lowlevel.TrioToken | None = None
@@ -159,16 +163,24 @@ class LoopWatchdog:
             if self._probe_sent is None:
                 self._probe_sent = now
                 post = True
-            elif self._sample is None and now - self._probe_sent >= self.threshold:
+            elif not self._sampled and now - self._probe_sent >= self.threshold:
+                self._sampled = True
                 self._sample = self._take_sample()
+                self._idle = self._sample is None
         if post:
             token.run_sync_soon(self._probe, now)
 
-    def _take_sample(self) -> tuple[str | None, str]:
+    def _take_sample(self) -> tuple[str | None, str] | None:
         """The actor path (if an actor's handler is running) and the stack of
-        the loop thread, innermost frame last."""
+        the loop thread, innermost frame last; ``None`` when the loop thread
+        is idle in Trio's I/O wait (the probe is late because the OS did not
+        run the process, not because a handler holds the loop)."""
         assert self._loop_thread is not None
         frame: FrameType | None = sys._current_frames().get(self._loop_thread)
+        if frame is not None and frame.f_code.co_name == "get_events" and (
+            "trio" in frame.f_code.co_filename
+        ):
+            return None
         chain: list[FrameType] = []
         path: str | None = None
         while frame is not None:
@@ -193,8 +205,9 @@ class LoopWatchdog:
         with self._lock:
             self._probe_sent = None
             sample, self._sample = self._sample, None
+            idle, self._idle, self._sampled = self._idle, False, False
             waited = now - sent
-            blocked = waited >= self.threshold
+            blocked = waited >= self.threshold and not idle
             if blocked:
                 self._blocked += 1
                 self._longest = max(self._longest, waited)
