@@ -36,7 +36,6 @@ import time
 from functools import partial
 from typing import Any
 
-import structlog
 import trio
 
 try:
@@ -186,7 +185,18 @@ def main() -> None:
     parser.add_argument("--serve", action="store_true", help="serve until Ctrl-C")
     parser.add_argument("--port", type=int, default=7701, help="actors port (0: any free one)")
     args = parser.parse_args()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+
+    # Show the runtime's warnings and errors (crashes, give-ups, a blocked
+    # loop) as one line each: Headwater logs through the stdlib logger
+    # "headwater" (level WARNING by default), so a handler is enough.
+    def drop_traceback(record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        return True
+
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("[%(levelname)-7s] %(message)s"))
+    handler.addFilter(drop_traceback)
+    logging.getLogger("headwater").addHandler(handler)
     print(f"headwater {headwater.__version__}")
     try:
         trio.run(serve if args.serve else demo, *([args.port] if args.serve else []))

@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import pytest
-import structlog
 import trio
 import trio.testing
 
@@ -21,6 +20,7 @@ from headwater.actors import (
     open_actor_system,
 )
 from headwater.supervision import ChildSpec
+from headwater.testing import capture_logs
 
 CLOCK: list[trio.testing.MockClock] = []
 
@@ -58,7 +58,7 @@ async def test_watchdog_names_the_actor_that_held_the_loop(
     CLOCK[:] = [autojump_clock]
     dog = LoopWatchdog(0.1, clock=autojump_clock.current_time, thread=False)
     children = (ChildSpec("blocker", Blocker), ChildSpec("polite", Polite))
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         async with open_actor_system(children=children, watchdog=dog) as system:
             await system.lookup("/polite").ask(0.5)
             await trio.testing.wait_all_tasks_blocked()
@@ -131,7 +131,7 @@ async def test_blocking_actor_runs_in_a_thread_and_the_watchdog_stays_quiet() ->
         ChildSpec("polite", Polite),
     )
     dog = LoopWatchdog(0.05, thread=False)
-    with structlog.testing.capture_logs() as logs, trio.fail_after(10):
+    with capture_logs() as logs, trio.fail_after(10):
         async with open_actor_system(children=children, watchdog=dog) as system:
             async with trio.open_nursery() as nursery:
 

@@ -14,7 +14,6 @@ import time
 from typing import Any, ClassVar
 
 import pytest
-import structlog
 import trio
 
 from headwater import ConnectionLostError
@@ -26,7 +25,7 @@ from headwater.actors import (
     open_actor_system,
 )
 from headwater.supervision import ChildSpec
-from headwater.testing import KIT_REGISTRY
+from headwater.testing import KIT_REGISTRY, capture_logs
 from headwater.testing._actor_kit import Get, Put
 
 from .server_proc import ROOT, env, server
@@ -56,7 +55,7 @@ async def test_watchdog_names_the_blocking_actor_on_the_real_clock() -> None:
     loop_blocked with its path, a duration near 0.3 s and its stack; the
     same sleep in a BlockingActor's thread logs nothing."""
     children = (ChildSpec("sleepy", Sleepy), ChildSpec("threaded", Threaded))
-    with structlog.testing.capture_logs() as logs, trio.fail_after(20):
+    with capture_logs() as logs, trio.fail_after(20):
         async with open_actor_system(children=children, watchdog=0.1) as system:
             await trio.sleep(0.2)
             await system.lookup("/threaded").ask(0.3)

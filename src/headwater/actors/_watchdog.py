@@ -177,8 +177,10 @@ class LoopWatchdog:
         run the process, not because a handler holds the loop)."""
         assert self._loop_thread is not None
         frame: FrameType | None = sys._current_frames().get(self._loop_thread)
-        if frame is not None and frame.f_code.co_name == "get_events" and (
-            "trio" in frame.f_code.co_filename
+        if (
+            frame is not None
+            and frame.f_code.co_name == "get_events"
+            and ("trio" in frame.f_code.co_filename)
         ):
             return None
         chain: list[FrameType] = []
