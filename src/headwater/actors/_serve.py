@@ -439,6 +439,11 @@ async def serve_actors(
     with ``token`` clients must present it. Binds loopback by default.
     ``handshake_timeout`` and ``idle_timeout``: see :func:`serve_actor_stream`.
     Raises :class:`~headwater.ConfigError` if the address cannot be bound.
+
+    The listener's URL is ``headwater+actors://HOST:PORT``: give it to
+    ``headwater tree --url ...`` to draw this system's tree, and to
+    ``headwater actors kill|inspect PATH --url ...``; refs to its actors are
+    ``headwater://HOST:PORT/PATH`` (or ``headwater+actors://HOST:PORT/PATH``).
     """
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
