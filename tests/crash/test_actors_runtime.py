@@ -56,7 +56,9 @@ async def test_watchdog_names_the_blocking_actor_on_the_real_clock() -> None:
     same sleep in a BlockingActor's thread logs nothing."""
     children = (ChildSpec("sleepy", Sleepy), ChildSpec("threaded", Threaded))
     with capture_logs() as logs, trio.fail_after(20):
-        async with open_actor_system(children=children, watchdog=0.1) as system:
+        async with open_actor_system(children=children) as system:  # on by default here
+            assert system.watchdog is not None
+            assert 0.1 == system.watchdog.threshold
             await trio.sleep(0.2)
             await system.lookup("/threaded").ask(0.3)
             await trio.sleep(0.2)

@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import attrs
 import trio
+import trio.testing
 
 from headwater._errors import (
     ActorKilled,
@@ -830,7 +831,7 @@ async def open_actor_system(
     backoff: float = 0.0,
     backoff_max: float = 30.0,
     children: tuple[ChildSpec | SupervisorSpec, ...] = (),
-    watchdog: float | LoopWatchdog | None = DEFAULT_WATCHDOG_THRESHOLD,
+    watchdog: float | LoopWatchdog | Literal["auto"] | None = "auto",
     blocking_threads: int = DEFAULT_BLOCKING_THREADS,
 ) -> AsyncIterator[ActorSystem]:
     """Open an actor system whose root supervisor has the given policy.
@@ -840,7 +841,11 @@ async def open_actor_system(
     switches it off; or a :class:`~headwater.actors.LoopWatchdog`): a step
     that holds the Trio loop longer is logged as ``loop_blocked`` with the
     actor and stack that held it. ``blocking_threads`` bounds the worker
-    threads of :class:`~headwater.actors.BlockingActor` handlers. Leaving the block stops
+    threads of :class:`~headwater.actors.BlockingActor` handlers.
+    The default ``watchdog="auto"`` means 0.1 s on a real clock and off under
+    ``trio.testing.MockClock``: the watchdog measures real time, and its
+    probes would perturb a deterministic schedule (pass a threshold or a
+    ``LoopWatchdog`` to have it anyway). Leaving the block stops
     every actor in reverse start order (each within its shutdown timeout) and
     leaves no task running. If the root supervisor gives up, the block is
     cancelled and this raises :class:`~headwater.SupervisorGaveUp`, whose
@@ -855,7 +860,11 @@ async def open_actor_system(
         backoff=backoff,
         backoff_max=backoff_max,
     )
-    if watchdog is None or isinstance(watchdog, LoopWatchdog):
+    dog: LoopWatchdog | None
+    if watchdog == "auto":
+        mock = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+        dog = None if mock else LoopWatchdog(DEFAULT_WATCHDOG_THRESHOLD)
+    elif watchdog is None or isinstance(watchdog, LoopWatchdog):
         dog = watchdog
     else:
         dog = LoopWatchdog(watchdog)
