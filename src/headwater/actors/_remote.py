@@ -699,21 +699,23 @@ class ActorClient:
             self._nursery.start_soon(self._await_return, monitor.ref, monitor)
 
     async def _await_return(self, ref: RemoteActorRef, monitor: Monitor) -> None:
+        missing = 0
         while monitor.up is None and not monitor._is_cancelled():
             try:
-                channel = await ref._live(wait=True)
+                channel = await ref._live(wait=True)  # waits out the reconnect backoff
                 await channel.request("lookup", {"path": ref.path})
                 fresh = await channel.monitor(ref, reconnect=True)
-            except (ConnectionLostError, ActorNotFound):
-                # Not back yet (or its actor not yet started): try again after
-                # the backoff (the next _live waits for it).
-                key = (ref._address.host, ref._address.port)
-                if key not in self._retry:
-                    failures = 1
-                    self._retry[key] = (
-                        failures,
-                        trio.current_time() + self.reconnect_backoff.delay(failures),
-                    )
+            except ConnectionLostError:
+                # Not back yet: the next _live waits for the next attempt (and
+                # if the connection was made but dropped at once, back off here).
+                missing += 1
+                if (ref._address.host, ref._address.port) not in self._retry:
+                    await trio.sleep(self.reconnect_backoff.delay(missing))
+                continue
+            except ActorNotFound:
+                # Its process is back but the actor is not (yet): back off too.
+                missing += 1
+                await trio.sleep(self.reconnect_backoff.delay(missing))
                 continue
             except ClosedError:
                 return

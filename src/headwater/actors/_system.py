@@ -426,7 +426,10 @@ class _Supervisor:
                 incarnation = cell.incarnation
 
                 def deliver(exit: Exit) -> None:
-                    nursery.start_soon(_tell_exit, own, exit)
+                    try:
+                        nursery.start_soon(_tell_exit, own, exit)
+                    except RuntimeError:
+                        pass  # this incarnation is ending too: nobody to tell
 
                 def crash(exit: Exit) -> None:
                     if child.scope is None or cell.incarnation != incarnation:
