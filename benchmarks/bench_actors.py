@@ -139,7 +139,7 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
     yield _figure(
         "ask/watchdog_off", "round_trips_per_s", statistics.median(wall["ask_off"]), "req/s"
     )
-    # The watchdog's price is CPU (a thread waking every threshold / 4 and a
+    # The watchdog's price is CPU (a thread waking every threshold / 2 and a
     # probe on the loop); on a shared, loaded machine wall-clock ratios swing
     # 0.6-2.0 from run to run, so the headline ratio divides CPU-time rates
     # (process_time: both threads) and the wall-clock one is reported beside.
