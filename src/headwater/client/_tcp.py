@@ -298,7 +298,14 @@ class TcpChannel(Channel):
                 if first:
                     first = False
                     task_status.started()
-                error = await self._read(session)
+                try:
+                    error = await self._read(session)
+                except BaseException:
+                    # Cancelled: aclose() closes the session it sees, but one
+                    # that ran while this task held a finished handshake saw
+                    # none, so close the stream here too (else the socket leaks).
+                    await trio.aclose_forcefully(session.stream)
+                    raise
                 self._session = None
                 self._connected = trio.Event()
                 self._last_error = error
