@@ -497,9 +497,12 @@ class ActorClient:
                 stream = await self._opener(host, port)
             else:
                 stream = await _open_tcp(host, port, self._ssl_context)
+            if self._closed:  # closed while connecting: its nursery may be gone
+                await trio.aclose_forcefully(stream)
+                raise ClosedError("this actor client was closed")
             channel = _Channel(self, key, FramedStream(stream), self._token)
             self._channels[key] = channel
-            await self._nursery.start(channel.run)
+            await self._nursery.start(channel.run)  # run() closes the stream if it fails
             return channel
 
     async def lookup(self, url: str) -> RemoteActorRef:
