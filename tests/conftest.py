@@ -6,7 +6,6 @@ the CI machine has 2 shared cores); set ``HYPOTHESIS_PROFILE=dev`` for more.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 from collections.abc import Iterator
@@ -40,13 +39,3 @@ def _restore_logging() -> Iterator[None]:
     logger.handlers[:] = handlers
     logger.setLevel(level)
     logger.propagate = propagate
-
-
-@pytest.fixture(autouse=True)
-def _collect_garbage() -> Iterator[None]:
-    """Run the garbage collector after each test, so an object the test
-    leaked in a reference cycle (an unclosed socket's ResourceWarning, an
-    un-awaited coroutine) fails *this* test, not whichever later test happens
-    to be running when the collector next runs."""
-    yield
-    gc.collect()
