@@ -511,7 +511,8 @@ class ActorClient:
         Connects (or reuses the connection to that peer) and checks the actor
         exists: raises :class:`~headwater.ActorNotFound` if not,
         :class:`~headwater.ConnectionLostError` if the peer cannot be reached,
-        :class:`~headwater.AuthenticationError` for a refused token.
+        :class:`~headwater.AuthenticationError` for a refused token,
+        :class:`~headwater.ClosedError` once the client is closed.
         """
         address = parse_actor_url(url)
         channel = await self._channel(address.host, address.port)
