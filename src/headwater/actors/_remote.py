@@ -484,9 +484,12 @@ class ActorClient:
         self._connecting: dict[tuple[str, int], trio.Lock] = {}
         self._closed = False
 
-    async def _channel(self, host: str, port: int) -> _Channel:
+    def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("this actor client was closed")
+
+    async def _channel(self, host: str, port: int) -> _Channel:
+        self._check_open()
         key = (host, port)
         lock = self._connecting.setdefault(key, trio.Lock())
         async with lock:
@@ -497,9 +500,11 @@ class ActorClient:
                 stream = await self._opener(host, port)
             else:
                 stream = await _open_tcp(host, port, self._ssl_context)
-            if self._closed:  # closed while connecting: its nursery may be gone
+            try:
+                self._check_open()  # closed while connecting: its nursery may be gone
+            except ClosedError:
                 await trio.aclose_forcefully(stream)
-                raise ClosedError("this actor client was closed")
+                raise
             channel = _Channel(self, key, FramedStream(stream), self._token)
             self._channels[key] = channel
             await self._nursery.start(channel.run)  # run() closes the stream if it fails
