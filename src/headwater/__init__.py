@@ -33,6 +33,7 @@ from ._errors import InconsistentGroupProtocolError as InconsistentGroupProtocol
 from ._errors import InvalidArgument as InvalidArgument
 from ._errors import InvalidTopicName as InvalidTopicName
 from ._errors import InvalidTransactionStateError as InvalidTransactionStateError
+from ._errors import LinkedExit as LinkedExit
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import MailboxFull as MailboxFull
 from ._errors import NotFoundError as NotFoundError
@@ -56,6 +57,7 @@ from ._errors import UnknownTransactionalIdError as UnknownTransactionalIdError
 from ._errors import UnstableOffsetError as UnstableOffsetError
 from ._errors import UnsupportedVersionError as UnsupportedVersionError
 from ._errors import UsageError as UsageError
+from ._errors import WrongListenerError as WrongListenerError
 from ._logging import configure_logging as configure_logging
 from .actors import Actor as Actor
 from .actors import ActorRef as ActorRef
@@ -91,6 +93,7 @@ __all__ = [
     # errors
     "HeadwaterError",
     "UsageError",
+    "WrongListenerError",
     "InvalidArgument",
     "ConfigError",
     "NotFoundError",
@@ -112,6 +115,7 @@ __all__ = [
     "ActorKilled",
     "MailboxFull",
     "SupervisorGaveUp",
+    "LinkedExit",
     "ProtocolError",
     "LocalProtocolError",
     "RemoteProtocolError",

@@ -53,5 +53,7 @@ def test_the_walk_finds_the_commands() -> None:
         "bench",
         "transactions describe",
         "transactions list",
+        "actors inspect",
+        "actors kill",
     }
     assert expected == {path for path, _ in _commands(cli.main)}

@@ -37,7 +37,7 @@ import math
 import os
 import signal
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -58,6 +58,7 @@ from headwater.actors._serve import serve_actors
 from headwater.broker._broker import DEFAULT_DATA_DIR, Broker, open_broker
 from headwater.broker._config import DURABILITIES
 from headwater.broker._service import MAX_FETCH_BYTES
+from headwater.kafka._server import KafkaServer, kafka_listener_spec
 from headwater.supervision._specs import ChildSpec, SupervisorSpec, unwrap_group
 from headwater.transport._connection import (
     DEFAULT_MAX_IN_FLIGHT,
@@ -127,6 +128,7 @@ class ServerConfig:
     max_bytes_in_flight: int = attrs.field(default=16 * 1024 * 1024, validator=_at_least(1))
     send_timeout: float = attrs.field(default=60.0, validator=_at_least(0, integer=False))
     actors_port: int | None = None
+    kafka_port: int | None = None
     idle_timeout: float = attrs.field(default=600.0, validator=_at_least(0, integer=False))
     handshake_timeout: float = attrs.field(default=10.0, validator=_at_least(0, integer=False))
     shutdown_timeout: float = attrs.field(default=10.0, validator=_at_least(0, integer=False))
@@ -148,6 +150,10 @@ class ServerConfig:
             type(self.actors_port) is not int or not 0 <= self.actors_port <= 65535
         ):
             raise ConfigError(f"actors_port={self.actors_port!r}; give 0..65535 or None")
+        if self.kafka_port is not None and (
+            type(self.kafka_port) is not int or not 0 <= self.kafka_port <= 65535
+        ):
+            raise ConfigError(f"kafka_port={self.kafka_port!r}; give 0..65535 or None")
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"log_format={self.log_format!r}; use one of {LOG_FORMATS}")
         if self.log_level not in LOG_LEVELS:
@@ -207,6 +213,7 @@ class Server:
         self.config = config
         self.addresses: list[tuple[str, int]] = []
         self.actors_port: int | None = None
+        self.kafka_port: int | None = None
         self._ssl = config.ssl_context()
         self._ids = itertools.count(1)
         self._connections = 0
@@ -235,21 +242,29 @@ class Server:
         self._connections += 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
 
-        async def run() -> None:
-            try:
-                await self._connection(stream, peer, f"/server/{name}")
-            finally:
+        released = False
+
+        def release() -> None:
+            # The count drops before the socket closes: a client that sees the
+            # port free again (its fd gone) must also find a free slot.
+            nonlocal released
+            if not released:
+                released = True
                 self._connections -= 1
                 if self._connections == 0:
                     self._idle.set()
+
+        async def run() -> None:
+            try:
+                await self._connection(stream, peer, f"/server/{name}", release)
+            finally:
+                release()
 
         spec = ChildSpec(name, run, restart="temporary", shutdown=self.config.shutdown_timeout)
         try:
             await self.broker.system.start_child(spec, parent="/server")
         except BaseException:
-            self._connections -= 1
-            if self._connections == 0:
-                self._idle.set()
+            release()
             await trio.aclose_forcefully(stream)
             raise
 
@@ -276,12 +291,15 @@ class Server:
         _log.warning("connection_refused", peer=peer, reason=reason)
         conn = ServerConnection(max_frame_size=self.config.max_frame_size)
         conn.fail(ServerBusyError(reason))
-        with trio.move_on_after(1.0):
-            try:
+        try:
+            with trio.move_on_after(1.0):
                 await self._wrap(stream).send_all(conn.data_to_send())
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
-        await trio.aclose_forcefully(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            # Also when cancelled (the listener stopped by a drain mid-refusal):
+            # an unclosed socket leaks its descriptor until the collector runs.
+            await trio.aclose_forcefully(stream)
 
     def _wrap(self, stream: trio.abc.Stream) -> trio.abc.Stream:
         if self._ssl is None or isinstance(stream, trio.SSLStream):
@@ -311,7 +329,9 @@ class Server:
             for listener in listeners:
                 nursery.start_soon(accept, listener)
 
-    async def _connection(self, stream: trio.abc.Stream, peer: str, path: str) -> None:
+    async def _connection(
+        self, stream: trio.abc.Stream, peer: str, path: str, release: Callable[[], None]
+    ) -> None:
         config = self.config
         conn = ServerConnection(
             token=config.auth_token,
@@ -472,6 +492,7 @@ class Server:
         finally:
             self._receivers.discard(receiver)
             conn.close()
+            release()
             await trio.aclose_forcefully(stream)
             log.info("connection_closed", reason=reason, **stats)
 
@@ -520,6 +541,31 @@ async def open_server(
             await server._listener(listeners)
 
         children.append(ChildSpec("listener", listener, shutdown=1.0))
+    kafka_listeners: list[trio.SocketListener] = []
+    if listen and config.kafka_port is not None:
+        try:
+            kafka_listeners = await trio.open_tcp_listeners(config.kafka_port, host=config.host)
+        except OSError as exc:
+            for ln in listeners:
+                await trio.aclose_forcefully(ln)
+            raise ConfigError(
+                f"cannot listen for Kafka clients on {config.host}:{config.kafka_port}: "
+                f"{exc.strerror or exc}; choose another --kafka-port or stop the program using it"
+            ) from None
+        server.kafka_port = kafka_listeners[0].socket.getsockname()[1]
+        kafka = KafkaServer(
+            system,
+            broker.service,
+            host=config.host,
+            port=server.kafka_port,
+            ssl_context=server._ssl,
+            auth_token=config.auth_token,
+            max_connections=config.max_connections,
+            max_frame_size=config.max_frame_size,
+            idle_timeout=config.idle_timeout,
+            shutdown_timeout=config.shutdown_timeout,
+        )
+        children.append(kafka_listener_spec(kafka, kafka_listeners))
     await system.start_child(
         SupervisorSpec("server", children, max_restarts=10, within=10.0, shutdown=60.0)
     )
@@ -544,6 +590,7 @@ async def open_server(
                         host=config.host,
                         port=server.port,
                         actors_port=server.actors_port,
+                        kafka_port=server.kafka_port,
                         tls=config.tls_cert is not None,
                         auth=config.auth_token is not None,
                         data_dir=broker.data_dir,
@@ -557,9 +604,11 @@ async def open_server(
             server._draining = True
             if listeners:
                 await system.stop_child("/server/listener")
+            if kafka_listeners:
+                await system.stop_child("/server/kafka")
             await server.drain()
             await system.stop_child("/server")
-            for ln in listeners:
+            for ln in [*listeners, *kafka_listeners]:
                 await trio.aclose_forcefully(ln)
 
 
