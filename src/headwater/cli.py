@@ -638,6 +638,8 @@ def topics_describe(target: Target, name: str, as_json: bool) -> None:
             "next_offset": p.next_offset,
             "events": p.next_offset - p.earliest_offset,
             "size_bytes": p.size_bytes,
+            "state": p.state,
+            "error": p.error,
         }
         for p in d.partitions
     ]
@@ -656,10 +658,14 @@ def topics_describe(target: Target, name: str, as_json: bool) -> None:
             p["next_offset"],
             p["events"],
             _size(p["size_bytes"]),
+            p["state"],
         ]
         for p in parts
     ]
-    click.echo(_table(["PARTITION", "EARLIEST", "NEXT", "EVENTS", "SIZE"], rows))
+    click.echo(_table(["PARTITION", "EARLIEST", "NEXT", "EVENTS", "SIZE", "STATE"], rows))
+    for p in parts:
+        if p["error"]:
+            click.echo(f"partition {p['partition']} {p['state']}: {p['error']}")
 
 
 @topics.command("delete")
