@@ -269,6 +269,8 @@ class Log:
         fs = self.fs
         fs.makedirs(self.path)
         self._gaps = read_gaps(fs, self.path)
+        if self._gaps:
+            _log.info("journal_gaps", path=self.path, gaps=[list(g) for g in self._gaps])
         bases = sorted(
             int(name[:-4])
             for name in fs.listdir(self.path)
