@@ -4,12 +4,17 @@ with a real server process is in tests/crash/test_failed_partition_process.py.""
 
 from __future__ import annotations
 
+import fcntl
+import os
+from pathlib import Path
+
 import pytest
 import trio
 
-from headwater import CorruptionError
+from headwater import CorruptionError, UsageError
 from headwater import _protocol as p
 from headwater.broker import open_broker
+from headwater.broker._repair import repair_data_dir
 from headwater.journal import SimulatedFileSystem
 from headwater.journal._record import HEADER_SIZE, encode_record, iter_records
 from headwater.supervision import ActorSnapshot
@@ -76,3 +81,53 @@ async def test_damaged_partition_is_failed_and_the_others_serve(
         assert 3 == nodes["/broker/topics/t/1"].restarts
         fetched = await client._ask(p.Fetch("t", 2, 0, 1 << 20, 0))
         assert [0, 1, 2, 3] == [h.base_offset for h, _ in iter_records(fetched.records)]
+
+
+async def test_stray_garbage_log_file_fails_once_and_repair_removes_it(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """A garbage ``.log`` file in a partition directory: the partition is
+    parked as failed after 3 restarts and stays so (no restart loop), the
+    other partitions serve; the repair removes that file only and the next
+    broker serves every event."""
+    fs = SimulatedFileSystem()
+    async with open_broker(DATA, fs=fs) as broker, connect(broker) as client:
+        await client.create_topic("t", partitions=2)
+        async with client.producer() as producer:
+            for i in range(5):
+                await producer.send("t", f"v{i}".encode(), partition=0)
+    stray = f"{DATA}/topics/t/0/{99:020d}.log"
+    handle = fs.open(stray)
+    fs.write(handle, b"\x00garbage" * 40)
+    fs.close(handle)
+    async with open_broker(DATA, fs=fs) as broker, connect(broker) as client:
+        await trio.sleep(60)
+        node = next(n for n in broker.tree().walk() if n.path == "/broker/topics/t/0")
+        assert ("failed", 3) == (node.state, node.restarts)
+        assert node.last_failure is not None
+        assert stray in node.last_failure
+        stored = await client._ask(p.Produce("t", 1, encode_record(b"ok", count=1)))
+        assert 0 == stored.base_offset
+    results = repair_data_dir(DATA, apply=True, fs=fs)
+    assert [("t", 0, ["stray"]), ("t", 1, [])] == [
+        (r.topic, r.partition, [d.kind for d in r.report.damages]) for r in results
+    ]
+    assert not fs.exists(stray)
+    async with open_broker(DATA, fs=fs) as broker, connect(broker) as client:
+        fetched = await client._ask(p.Fetch("t", 0, 0, 1 << 20, 0))
+        assert 5 == sum(h.count for h, _ in iter_records(fetched.records))
+
+
+def test_repair_refuses_a_data_directory_in_use(tmp_path: Path) -> None:
+    """While another process holds the data directory's lock (a running
+    broker), repair refuses in one line and changes nothing."""
+    (tmp_path / "topics").mkdir()
+    fd = os.open(tmp_path / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        os.write(fd, b"4242")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(UsageError, match="in use \\(pid 4242\\); stop the broker"):
+            repair_data_dir(str(tmp_path), apply=True)
+    finally:
+        os.close(fd)
+    assert [] == repair_data_dir(str(tmp_path), apply=True)

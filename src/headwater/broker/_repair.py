@@ -9,11 +9,14 @@ offline, on files: the broker must be stopped.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 
 import attrs
 
-from headwater._errors import ConfigError, UnknownPartitionError, UnknownTopicError
+from headwater._errors import ConfigError, UnknownPartitionError, UnknownTopicError, UsageError
 from headwater.journal._files import FileSystem, RealFileSystem
 from headwater.journal._repair import RepairReport, repair_log
 
@@ -31,6 +34,30 @@ class PartitionRepair:
 
 def _numbers(fs: FileSystem, path: str) -> list[int]:
     return sorted(int(n) for n in fs.listdir(path) if n.isdigit())
+
+
+LOCK_FILE = ".lock"
+"""The lock file a running broker holds in its data directory (an ``flock``)."""
+
+
+@contextlib.contextmanager
+def _offline(data_dir: str) -> Iterator[None]:
+    """Hold the data directory's lock while repairing: refuse if a broker
+    holds it (the kernel drops a dead broker's lock, so none goes stale)."""
+    path = os.path.join(data_dir, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise UsageError(
+                f"data directory {data_dir} is in use (pid {holder}); stop the broker "
+                "before repairing"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def repair_data_dir(
@@ -61,17 +88,25 @@ def repair_data_dir(
             )
         names = [topic]
     out: list[PartitionRepair] = []
-    for name in names:
-        tdir = os.path.join(topics_dir, name)
-        parts = _numbers(fs, tdir)
-        if partition is not None:
-            if partition not in parts:
-                raise UnknownPartitionError(
-                    f"topic {name!r} has no partition {partition} in {tdir} "
-                    f"(there: {', '.join(map(str, parts)) or 'none'})"
-                )
-            parts = [partition]
-        for p in parts:
-            report = repair_log(os.path.join(tdir, str(p)), fs, apply=apply)
-            out.append(PartitionRepair(name, p, report))
+    with _offline(data_dir) if isinstance(fs, RealFileSystem) else contextlib.nullcontext():
+        for name in names:
+            out.extend(_repair_topic(fs, topics_dir, name, partition, apply))
     return out
+
+
+def _repair_topic(
+    fs: FileSystem, topics_dir: str, name: str, partition: int | None, apply: bool
+) -> list[PartitionRepair]:
+    tdir = os.path.join(topics_dir, name)
+    parts = _numbers(fs, tdir)
+    if partition is not None:
+        if partition not in parts:
+            raise UnknownPartitionError(
+                f"topic {name!r} has no partition {partition} in {tdir} "
+                f"(there: {', '.join(map(str, parts)) or 'none'})"
+            )
+        parts = [partition]
+    return [
+        PartitionRepair(name, p, repair_log(os.path.join(tdir, str(p)), fs, apply=apply))
+        for p in parts
+    ]
