@@ -162,3 +162,20 @@ def test_repair_true_on_open_is_the_same_repair() -> None:
     fs.remove(seg(6).replace(".log", ".index"))
     log = Log.open(DIR, fs, LogConfig(segment_bytes=500), clock=lambda: 1000, repair=True)
     assert [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11] == offsets(log)
+
+
+def test_an_unsynced_torn_tail_needs_no_repair() -> None:
+    """Damage after the last synced position (a torn write after a crash) is
+    reported as tail, is not counted as needing repair, and the log still
+    opens without repair (truncating it, as ever)."""
+    fs = SimulatedFileSystem()
+    log = open_log(fs)
+    log.write(rec(0))
+    log.sync()
+    log.write(rec(1))
+    log.abandon()
+    fs.corrupt(seg(0), REC + 20)
+    report = repair_log(DIR, fs, apply=False)
+    assert ["tail"] == [d.kind for d in report.damages]
+    assert report.clean
+    assert 1 == open_log(fs).next_offset
