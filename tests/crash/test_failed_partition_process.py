@@ -34,11 +34,10 @@ def test_damaged_partition_fails_alone_then_repair_serves_again(tmp_path: Path) 
     with server(data) as proc:
         url = proc.url
         assert 0 == hw(url, "topics", "create", "t", "--partitions", "3").returncode
-        for batch in range(3):
-            for q in range(3):
-                lines = "".join(f"p{q}-b{batch}-{i}\n" for i in range(5))
-                done = hw(url, "produce", "t", "--partition", str(q), input=lines)
-                assert 0 == done.returncode, done.stderr
+        for q, batch in [(0, 0), (1, 0), (1, 1), (1, 2), (2, 0)]:
+            lines = "".join(f"p{q}-b{batch}-{i}\n" for i in range(5))
+            done = hw(url, "produce", "t", "--partition", str(q), input=lines)
+            assert 0 == done.returncode, done.stderr
         proc.stop(signal.SIGKILL)
     segment = data / "topics" / "t" / "1" / f"{0:020d}.log"
     records = iter_records(segment.read_bytes())
@@ -72,12 +71,13 @@ def test_damaged_partition_fails_alone_then_repair_serves_again(tmp_path: Path) 
         assert "headwater repair" in refused.stderr
         assert "[corruption]" in refused.stderr
         assert took < 10, took  # an answer, not a client timeout
+        print(f"produce to the failed partition answered in {took:.2f} s")
         for q in (0, 2):
             ok = hw(url, "produce", "t", "--partition", str(q), "--value", f"after-{q}")
             assert 0 == ok.returncode, ok.stderr
         read = hw(url, "consume", "t", "--partition", "2")
         assert 0 == read.returncode, read.stderr
-        assert 16 == len(read.stdout.splitlines())
+        assert 6 == len(read.stdout.splitlines())
         assert read.stdout.splitlines()[-1] == "after-2"
         proc.stop()
 
