@@ -12,7 +12,14 @@ import trio
 import trio.testing
 from structlog.testing import capture_logs
 
-from headwater import ActorFailed, ActorKilled, ActorStopped, CorruptionError, SupervisorGaveUp
+from headwater import (
+    ActorFailed,
+    ActorKilled,
+    ActorStopped,
+    ConfigError,
+    CorruptionError,
+    SupervisorGaveUp,
+)
 from headwater.actors import Actor, open_actor_system
 from headwater.supervision import ChildSpec, SupervisorSpec
 
@@ -358,6 +365,8 @@ async def test_on_give_up_fail_parks_the_child_and_siblings_serve(
         async def handle(self, message: Any) -> Any:
             raise ValueError("odd")
 
+    with pytest.raises(ConfigError, match="on_give_up='park'"):
+        ChildSpec("0", Damaged, on_give_up="park")  # type: ignore[arg-type]
     sup = SupervisorSpec(
         "t",
         [
