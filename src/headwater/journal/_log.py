@@ -601,7 +601,12 @@ class Log:
 
     def _segment_for(self, offset: int) -> int:
         bases = [s.base for s in self.segments]
-        return max(0, bisect.bisect_right(bases, offset) - 1)
+        index = max(0, bisect.bisect_right(bases, offset) - 1)
+        if offset >= self.segments[index].next_offset and index + 1 < len(self.segments):
+            # In a gap a repair left at the end of a segment: the offsets
+            # there went with the damage, so the next segment holds what follows.
+            index += 1
+        return index
 
     def _position_of(self, seg: _Segment, offset: int) -> tuple[int, RecordHeader | None]:
         """Byte position and header of the record containing ``offset``."""
@@ -631,13 +636,9 @@ class Log:
             )
         out = bytearray()
         while offset < end:
-            index = self._segment_for(offset)
-            seg = self.segments[index]
+            seg = self.segments[self._segment_for(offset)]
             if offset >= seg.next_offset:
-                if index + 1 == len(self.segments):
-                    break
-                offset = self.segments[index + 1].base  # a gap a repair left
-                continue
+                break
             position, header = self._position_of(seg, offset)
             if header is None:
                 break
@@ -658,8 +659,7 @@ class Log:
                     raise CorruptionError(
                         f"{seg.path}: corrupt record at byte {position + pos} ({reason}) "
                         f"while reading offset {offset}; the records after it are kept. "
-                        "Restore the file, or run `headwater repair` on the stopped broker "
-                        "(it drops only the damaged records)"
+                        "Restore the file, or open the log with repair=True to truncate there"
                     )
                 if h.base_offset >= end or (out and len(out) + h.length > max_bytes):
                     return bytes(out)
