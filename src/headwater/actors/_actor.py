@@ -132,9 +132,9 @@ class Cell:
     incarnation: int = 0
     restarts: int = 0
     last_failure: str | None = None
+    failure: BaseException | None = None  # the error a parked ("failed") cell answers with
     ref: LocalActorRef | None = None
     monitors: set[Monitor] = attrs.field(factory=set)
-    failure: BaseException | None = None  # the error a parked ("failed") cell answers with
 
     def set_accepting(self, mailbox: trio.MemorySendChannel[Any]) -> None:
         self.mailbox = mailbox
