@@ -408,3 +408,38 @@ async def test_on_give_up_fail_parks_the_child_and_siblings_serve(
                 await system.lookup("/t/2").ask("crash")
             assert ("2", "hi") == await system.lookup("/t/2").ask("hi")
         assert "running" == system.tree().walk()[0].state
+
+
+async def test_a_parked_child_gets_a_new_start_when_its_supervisor_restarts(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Parked is final for its supervisor's incarnation only: when the
+    supervisor itself is restarted by its parent, the parked child is started
+    again, and the old ref reaches it."""
+    rec = Recorder()
+    opens: list[float] = []
+
+    class Flaky(Actor):
+        async def started(self) -> None:
+            opens.append(trio.current_time())
+            if len(opens) <= 2:
+                raise CorruptionError("damaged")
+
+        async def handle(self, message: Any) -> Any:
+            return ("p", message)
+
+    inner = SupervisorSpec(
+        "inner", [ChildSpec("p", Flaky, on_give_up="fail"), worker(rec, "w")], max_restarts=1
+    )
+    async with open_actor_system(max_restarts=1, children=(inner,)) as system:
+        ref = system.lookup("/inner/p")
+        with pytest.raises(CorruptionError):
+            await ref.ask("x", timeout=None)
+        assert 2 == len(opens)
+        for _ in range(2):  # w exhausts inner's intensity: the root restarts inner
+            with pytest.raises(ActorFailed):
+                await system.lookup("/inner/w").ask("crash")
+            await trio.testing.wait_all_tasks_blocked()
+        assert 3 == len(opens)
+        assert ("p", "x") == await ref.ask("x")
+        assert "running" == next(n for n in system.tree().walk() if n.path == "/inner/p").state
