@@ -131,3 +131,35 @@ def test_repair_refuses_a_data_directory_in_use(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert [] == repair_data_dir(str(tmp_path), apply=True)
+
+
+async def test_a_group_whose_journal_is_damaged_fails_alone(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A consumer group whose state journal cannot be read is parked as
+    failed like a partition: its requests get the CorruptionError at once,
+    other groups and every topic serve, and the broker stays up (it used to
+    restart the group for ever, or give up the whole broker)."""
+    fs = SimulatedFileSystem()
+    commit = p.PartitionOffset("t", 0, 1)
+    async with open_broker(DATA, fs=fs) as broker:
+        await broker.handle(p.CreateTopic("t", 1, None, None, False, None))
+        await broker.handle(p.Produce("t", 0, encode_record(b"x", count=1)))
+        for group in ("g", "h"):
+            await broker.handle(p.CommitOffsets(group, None, -1, (commit,)))
+    journal = f"{DATA}/meta/groups/g/log/{0:020d}.log"
+    fs.corrupt(journal, HEADER_SIZE + 3)
+    fs.remove(journal.replace(".log", ".index"))
+    async with open_broker(DATA, fs=fs) as broker:
+        with trio.fail_after(5):
+            with pytest.raises(CorruptionError, match="corrupt data at byte 0"):
+                await broker.handle(p.FetchCommitted("g", ()))
+        await trio.sleep(120)
+        node = next(n for n in broker.tree().walk() if n.path == "/broker/groups/g")
+        assert "failed" == node.state
+        assert "running" == broker.tree().walk()[0].state
+        fetched = await broker.handle(p.FetchCommitted("h", ()))
+        assert (commit,) == fetched.offsets
+        assert (
+            1 == (await broker.handle(p.Produce("t", 0, encode_record(b"y", count=1)))).base_offset
+        )

@@ -333,8 +333,10 @@ def topic_supervisor(settings: BrokerSettings, config: TopicConfig) -> Superviso
 
 
 def group_spec(settings: BrokerSettings, group: str) -> ChildSpec:
-    """The child spec of one consumer group's actor."""
-    return ChildSpec(group, lambda: GroupActor(settings, group), shutdown=10.0)
+    """The child spec of one consumer group's actor. A group that keeps
+    crashing (its journal cannot be read, say) is parked as ``failed`` like a
+    partition: its requests get its last error, the other groups serve."""
+    return ChildSpec(group, lambda: GroupActor(settings, group), shutdown=10.0, on_give_up="fail")
 
 
 @attrs.frozen

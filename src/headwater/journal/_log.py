@@ -299,8 +299,9 @@ class Log:
                 raise CorruptionError(
                     f"{seg.path} starts at offset {base}, but offset {expected} was expected: "
                     "records are missing (or the file does not belong here). Restore the "
-                    f"files, or run `headwater repair` on {self.path} (it keeps every valid "
-                    "record and reports the missing offsets as a gap)"
+                    "files, or repair the log (`headwater repair` for a partition, "
+                    "repair_log() in code): it keeps every valid record and reports the "
+                    "missing offsets as a gap"
                 )
             clean_last = (
                 checkpoint is not None
@@ -417,9 +418,9 @@ class Log:
         if interior:
             raise CorruptionError(
                 f"{seg.path}: corrupt data at byte {position} ({reason}), before the last "
-                "synced position; nothing was dropped. Restore the file, or run `headwater "
-                f"repair` on {self.path} (it drops only the damaged records and reports "
-                "their offsets as a gap)"
+                "synced position; nothing was dropped. Restore the file, or repair the log "
+                "(`headwater repair` for a partition, repair_log() in code): it drops only "
+                "the damaged records and reports their offsets as a gap"
             )
         self.fs.truncate(seg.handle, position)
         self.fs.fsync(seg.handle)
