@@ -162,26 +162,29 @@ class PartitionActor(Actor):
         path = self.settings.partition_dir(self.config.name, self.partition)
 
         async def hold(task_status: trio.TaskStatus[AsyncLog]) -> None:
-            async with open_log(
-                path, config=cfg, fs=self.settings.fs, clock=self.settings.clock
-            ) as log:
-                task_status.started(log)
-                await trio.sleep_forever()
+            try:
+                async with open_log(
+                    path, config=cfg, fs=self.settings.fs, clock=self.settings.clock
+                ) as log:
+                    task_status.started(log)
+                    await trio.sleep_forever()
+            except CorruptionError as exc:
+                raise self._cannot_open(exc) from exc
 
-        try:
-            self.log = await self.context.nursery.start(hold)
-        except CorruptionError as exc:
-            # Restarting cannot mend damaged files: say which partition and
-            # how to repair it. After the restarts its supervisor parks it as
-            # failed (on_give_up="fail") and every request gets this error.
-            raise CorruptionError(
-                f"partition {self.config.name}/{self.partition} cannot open: {exc} -- "
-                f"stop the broker and run `headwater repair --data-dir "
-                f"{self.settings.data_dir} --topic {self.config.name} "
-                f"--partition {self.partition}` (it drops only the damaged records), "
-                "or restore the file"
-            ) from exc
+        self.log = await self.context.nursery.start(hold)
         self._rebuild()
+
+    def _cannot_open(self, exc: CorruptionError) -> CorruptionError:
+        # Restarting cannot mend damaged files: say which partition and how
+        # to repair it. After its restarts the supervisor parks it as failed
+        # (on_give_up="fail") and every request gets this error.
+        return CorruptionError(
+            f"partition {self.config.name}/{self.partition} cannot open: {exc} -- "
+            f"stop the broker and run `headwater repair --data-dir "
+            f"{self.settings.data_dir} --topic {self.config.name} "
+            f"--partition {self.partition}` (it drops only the damaged records), "
+            "or restore the file"
+        )
 
     def _rebuild(self) -> None:
         assert self.log is not None
