@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from structlog.testing import capture_logs
 
 from headwater import (
     ActorFailed,
@@ -22,6 +21,7 @@ from headwater import (
 )
 from headwater.actors import Actor, open_actor_system
 from headwater.supervision import ChildSpec, SupervisorSpec
+from headwater.testing import capture_logs
 
 
 class Recorder:
