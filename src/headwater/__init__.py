@@ -6,6 +6,8 @@ the implementation lives in private ``_``-modules and subpackages.
 
 from __future__ import annotations
 
+from typing import Any as _Any
+
 from ._errors import ActorError as ActorError
 from ._errors import ActorFailed as ActorFailed
 from ._errors import ActorKilled as ActorKilled
@@ -53,8 +55,10 @@ from .actors import ActorSystem as ActorSystem
 from .actors import open_actor_system as open_actor_system
 from .broker import Broker as Broker
 from .broker import open_broker as open_broker
+from .broker._broker import set_embedded_client_factory as _set_embedded_client_factory
 from .client import Client as Client
 from .client import Event as Event
+from .client import LocalChannel as _LocalChannel
 from .client import connect as connect
 from .supervision import ChildSpec as ChildSpec
 from .supervision import SupervisorSpec as SupervisorSpec
@@ -118,3 +122,12 @@ __all__ = [
     "OutOfOrderSequenceError",
     "ProducerFencedError",
 ]
+
+
+def _embedded_client(handle: _Any, **options: _Any) -> Client:
+    """The client :meth:`Broker.connect` hands out: the broker sits below the
+    client (DESIGN.md's layer order), so this root module wires them."""
+    return Client(_LocalChannel(handle), **options)
+
+
+_set_embedded_client_factory(_embedded_client)

@@ -29,7 +29,7 @@ from headwater.broker._config import validate_topic_name
 from headwater.broker._group import GroupCoordinator
 from headwater.broker._idempotence import Duplicate, ProducerStates
 from headwater.client._channel import LocalChannel
-from headwater.client._codec import decode_events
+from headwater.journal._batch import decode_events
 from headwater.journal._record import HEADER_SIZE, RecordHeader, decode_header, patch_record
 
 

@@ -56,8 +56,8 @@ from headwater.broker._group import (
 )
 from headwater.broker._group import apply as group_apply
 from headwater.broker._idempotence import Duplicate, ProducerStates, RecordInfo
-from headwater.client._codec import decode_record_events
 from headwater.journal._async import AsyncLog, open_log
+from headwater.journal._batch import decode_record_events
 from headwater.journal._files import FileSystem
 from headwater.journal._log import LogConfig
 from headwater.journal._record import iter_records
@@ -242,6 +242,7 @@ class PartitionActor(Actor):
         return await super().handle(message)
 
     def _stored_events(self, base: int, end: int) -> list[StoredEvent]:
+        """Decode the events stored in ``[base, end)`` (blocking; any thread)."""
         assert self.log is not None
         log = self.log.log
         out: list[StoredEvent] = []
@@ -258,28 +259,39 @@ class PartitionActor(Actor):
                 offset = header.next_offset
         return out
 
-    async def _compact(self) -> int:
-        """Compact every sealed segment; returns how many were rewritten."""
-        assert self.log is not None
-        if not self.config.compacted or len(self.log.log.segments) < 2:
-            return 0
-        await self.log.sync()
-        log = self.log.log
-        latest = latest_offsets(
-            s.event for s in self._stored_events(log.earliest_offset, log.next_offset)
+    def _latest(self, base: int, end: int) -> dict[bytes, int]:
+        return latest_offsets(s.event for s in self._stored_events(base, end))
+
+    def _compacted(
+        self, base: int, end: int, latest: dict[bytes, int], now_ms: int
+    ) -> list[bytes] | None:
+        return compact_segment(
+            self._stored_events(base, end),
+            latest,
+            now_ms=now_ms,
+            tombstone_grace_ms=self.config.tombstone_grace_ms,
         )
+
+    async def _compact(self) -> int:
+        """Compact every sealed segment; returns how many were rewritten.
+
+        Reading, rewriting and fsyncing run in worker threads (the log's
+        pinned handles make that safe beside fetches and retention); only
+        swapping each new segment in runs on the event loop."""
+        log = self.log
+        assert log is not None
+        if not self.config.compacted or len(log.log.segments) < 2:
+            return 0
+        await log.sync()
+        latest = await log.run_blocking(self._latest, log.earliest_offset, log.next_offset)
         rewritten = 0
-        for seg in list(log.segments[:-1]):
-            records = compact_segment(
-                self._stored_events(seg.base, seg.next_offset),
-                latest,
-                now_ms=self.settings.clock(),
-                tombstone_grace_ms=self.config.tombstone_grace_ms,
+        for base, end in log.log.sealed_segments():
+            records = await log.run_blocking(
+                self._compacted, base, end, latest, self.settings.clock()
             )
             if records is not None:
-                log.replace_segment(seg.base, records)
+                await log.replace_segment(base, records)
                 rewritten += 1
-            await trio.lowlevel.checkpoint()
         if rewritten:
             _log.info(
                 "partition_compacted",

@@ -80,8 +80,8 @@ from headwater.broker._actors import (
 )
 from headwater.broker._config import TopicConfig, validate_group_name, validate_topic_name
 from headwater.broker._group import GroupCoordinator
-from headwater.client._codec import decode_record_events
 from headwater.journal._async import AsyncLog
+from headwater.journal._batch import decode_record_events
 from headwater.journal._record import iter_records
 from headwater.supervision._specs import ActorSnapshot
 
@@ -215,6 +215,12 @@ class BrokerService:
             # The partition restarted (its log closed) under this fetch.
             raise StorageError(
                 f"partition {r.topic}/{r.partition} restarted during the fetch; retry it"
+            ) from None
+        except OffsetOutOfRangeError:
+            # Retention removed the offset between the check above and the read.
+            raise OffsetOutOfRangeError(
+                f"offset {r.offset} of {r.topic}/{r.partition} was removed by retention; "
+                f"the partition now starts at {log.earliest_offset}: seek to earliest"
             ) from None
         return FetchResult(r.topic, r.partition, data, log.visible_end, log.earliest_offset)
 

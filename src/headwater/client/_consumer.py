@@ -49,11 +49,10 @@ from headwater._errors import (
     UnknownMemberError,
     UnknownPartitionError,
 )
+from headwater.journal._batch import Event, decode_record_events
 from headwater.journal._record import RecordHeader, iter_records
 
 from ._channel import Channel
-from ._codec import decode_record_events
-from ._event import Event
 from ._serializers import BytesSerializer, Serializer, get_serializer
 
 __all__ = ["Consumer", "ConsumerConfig", "Start", "Timestamp"]
