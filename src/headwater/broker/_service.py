@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import trio
 
 from headwater._errors import (
+    ActorNotFound,
     ClosedError,
     HeadwaterError,
     InvalidArgument,
@@ -33,6 +34,7 @@ from headwater._errors import (
     UnknownTopicError,
 )
 from headwater._protocol import (
+    PUSH_SINK,
     CommitOffsets,
     CommittedOffsets,
     CreateTopic,
@@ -57,6 +59,7 @@ from headwater._protocol import (
     Produce,
     ProduceResult,
     ProducerIdentity,
+    ReleasePartitions,
     TopicDescription,
     TopicInfo,
     TopicList,
@@ -137,11 +140,22 @@ class BrokerService:
             )
         return config, f"/broker/topics/{config.name}/{partition}"
 
+    def _partition(self, topic: str, path: str) -> Any:
+        """The ref of a partition actor. Its topic may have been deleted since
+        the caller checked it exists: that is an unknown topic, not a missing
+        actor."""
+        try:
+            return self.system.lookup(path)
+        except ActorNotFound:
+            raise UnknownTopicError(
+                f"topic {topic!r} was deleted; create it again before you use it"
+            ) from None
+
     async def _log(self, topic: str, partition: int) -> AsyncLog:
         _config, path = self._partition_path(topic, partition)
         log = self._logs.get((topic, partition))
         if log is None or log.closed:
-            log = await self.system.lookup(path).ask(GetLog())
+            log = await self._partition(topic, path).ask(GetLog())
             self._logs[(topic, partition)] = log
         return log
 
@@ -176,7 +190,7 @@ class BrokerService:
         _config, path = self._partition_path(r.topic, r.partition)
         if not isinstance(r.record, bytes | bytearray | memoryview):
             raise InvalidArgument(f"a produce record must be bytes, not {type(r.record).__name__}")
-        reply = await self.system.lookup(path).ask(AppendBatch(bytes(r.record)))
+        reply = await self._partition(r.topic, path).ask(AppendBatch(bytes(r.record)))
         if isinstance(reply, HeadwaterError):
             raise reply
         assert isinstance(reply, Appended)
@@ -281,7 +295,7 @@ class BrokerService:
         for p in range(config.partitions):
             path = f"/broker/topics/{config.name}/{p}"
             try:
-                infos.append(await self.system.lookup(path).ask(DescribePartition()))
+                infos.append(await self._partition(config.name, path).ask(DescribePartition()))
             except HeadwaterError:
                 # A partition parked as failed (its files cannot be opened)
                 # is described with its reason; the others answer as usual.
@@ -305,7 +319,7 @@ class BrokerService:
             for topic in r.topics:
                 self._config(topic)
         ref = await self._group(r.group, create=isinstance(r, JoinGroup | CommitOffsets))
-        result = await ref.ask(GroupRequest(r, self._counts()))
+        result = await ref.ask(GroupRequest(r, self._counts(), PUSH_SINK.get()))
         if isinstance(r, FetchCommitted):
             return CommittedOffsets(r.group, result)
         return Done() if result is None else result
@@ -364,6 +378,7 @@ class BrokerService:
         InitProducer: _init_producer,
         JoinGroup: _group_request,
         Heartbeat: _group_request,
+        ReleasePartitions: _group_request,
         LeaveGroup: _group_request,
         CommitOffsets: _group_request,
         FetchCommitted: _group_request,
