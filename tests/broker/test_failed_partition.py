@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from headwater import CorruptionError, UsageError
+from headwater import CorruptionError, DataDirLockedError
 from headwater import _protocol as p
 from headwater.broker import open_broker
 from headwater.broker._repair import repair_data_dir
@@ -126,7 +126,7 @@ def test_repair_refuses_a_data_directory_in_use(tmp_path: Path) -> None:
     try:
         os.write(fd, b"4242")
         fcntl.flock(fd, fcntl.LOCK_EX)
-        with pytest.raises(UsageError, match="in use \\(pid 4242\\); stop the broker"):
+        with pytest.raises(DataDirLockedError, match=r"process 4242 holds .*; stop it"):
             repair_data_dir(str(tmp_path), apply=True)
     finally:
         os.close(fd)

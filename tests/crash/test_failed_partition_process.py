@@ -75,6 +75,10 @@ def test_damaged_partition_fails_alone_then_repair_serves_again(tmp_path: Path) 
         for q in (0, 2):
             ok = hw(url, "produce", "t", "--partition", str(q), "--value", f"after-{q}")
             assert 0 == ok.returncode, ok.stderr
+        busy = hw("", "repair", "--data-dir", str(data))
+        assert 1 == busy.returncode
+        assert "is in use by a broker" in busy.stderr
+        assert "[data_dir_locked]" in busy.stderr
         read = hw(url, "consume", "t", "--partition", "2")
         assert 0 == read.returncode, read.stderr
         assert 6 == len(read.stdout.splitlines())

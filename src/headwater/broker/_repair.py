@@ -10,14 +10,19 @@ offline, on files: the broker must be stopped.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from collections.abc import Iterator
 
 import attrs
 
-from headwater._errors import ConfigError, UnknownPartitionError, UnknownTopicError, UsageError
-from headwater.journal._files import FileSystem, RealFileSystem
+from headwater._errors import (
+    ConfigError,
+    DataDirLockedError,
+    UnknownPartitionError,
+    UnknownTopicError,
+)
+from headwater.broker._broker import LOCK_FILE
+from headwater.journal._files import FileSystem, LockHeld, RealFileSystem
 from headwater.journal._repair import RepairReport, repair_log
 
 __all__ = ["PartitionRepair", "repair_data_dir"]
@@ -36,28 +41,25 @@ def _numbers(fs: FileSystem, path: str) -> list[int]:
     return sorted(int(n) for n in fs.listdir(path) if n.isdigit())
 
 
-LOCK_FILE = ".lock"
-"""The lock file a running broker holds in its data directory (an ``flock``)."""
-
-
 @contextlib.contextmanager
-def _offline(data_dir: str) -> Iterator[None]:
-    """Hold the data directory's lock while repairing: refuse if a broker
-    holds it (the kernel drops a dead broker's lock, so none goes stale)."""
+def _offline(fs: FileSystem, data_dir: str) -> Iterator[None]:
+    """Hold the data directory's lock (the one a running broker holds) while
+    repairing, or raise :class:`~headwater.DataDirLockedError`."""
     path = os.path.join(data_dir, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-            raise UsageError(
-                f"data directory {data_dir} is in use (pid {holder}); stop the broker "
-                "before repairing"
-            ) from None
+        handle = fs.lock(path)
+    except LockHeld as exc:
+        holder = f"process {exc.pid}" if exc.pid is not None else "another process"
+        raise DataDirLockedError(
+            f"data directory {data_dir} is in use by a broker ({holder} holds {path}); "
+            "stop it before repairing",
+            path=data_dir,
+            pid=exc.pid,
+        ) from None
+    try:
         yield
     finally:
-        os.close(fd)
+        fs.close(handle)
 
 
 def repair_data_dir(
@@ -88,7 +90,7 @@ def repair_data_dir(
             )
         names = [topic]
     out: list[PartitionRepair] = []
-    with _offline(data_dir) if isinstance(fs, RealFileSystem) else contextlib.nullcontext():
+    with _offline(fs, data_dir):
         for name in names:
             out.extend(_repair_topic(fs, topics_dir, name, partition, apply))
     return out
