@@ -52,5 +52,7 @@ def test_the_walk_finds_the_commands() -> None:
         "tree",
         "repair",
         "bench",
+        "actors inspect",
+        "actors kill",
     }
     assert expected == {path for path, _ in _commands(cli.main)}
