@@ -88,6 +88,7 @@ from headwater.broker._group import GroupCoordinator
 from headwater.journal._async import AsyncLog
 from headwater.journal._batch import decode_record_events
 from headwater.journal._record import iter_records
+from headwater.supervision._specs import ActorSnapshot
 
 __all__ = ["BrokerService", "MAX_FETCH_BYTES", "MAX_FETCH_WAIT"]
 
@@ -302,9 +303,20 @@ class BrokerService:
         config = self._config(r.name)
         infos: list[PartitionInfo] = []
         for p in range(config.partitions):
-            ref = self._partition(config.name, f"/broker/topics/{config.name}/{p}")
-            infos.append(await ref.ask(DescribePartition()))
+            path = f"/broker/topics/{config.name}/{p}"
+            try:
+                infos.append(await self._partition(config.name, path).ask(DescribePartition()))
+            except HeadwaterError:
+                # A partition parked as failed (its files cannot be opened)
+                # is described with its reason; the others answer as usual.
+                node = self._node(path)
+                if node is None or node.state != "failed":
+                    raise
+                infos.append(PartitionInfo(p, 0, 0, 0, "failed", node.last_failure))
         return TopicDescription(config.to_info(), tuple(infos))
+
+    def _node(self, path: str) -> ActorSnapshot | None:
+        return next((n for n in self.system.tree().walk() if n.path == path), None)
 
     async def _init_producer(self, r: InitProducer) -> ProducerIdentity:
         pid = await self.system.lookup("/broker/registry").ask(NewProducerId())
@@ -339,7 +351,12 @@ class BrokerService:
             if topic not in self._topics:
                 continue
             for p in range(self._topics[topic].partitions):
-                ends[(topic, p)] = (await self._log(topic, p)).visible_end
+                try:
+                    ends[(topic, p)] = (await self._log(topic, p)).visible_end
+                except HeadwaterError:
+                    node = self._node(f"/broker/topics/{topic}/{p}")
+                    if node is None or node.state != "failed":
+                        raise
         return coordinator.describe(ends)
 
     async def _tree(self, r: GetTree) -> TreeSnapshot:
