@@ -52,7 +52,7 @@ from .actors import ActorRef as ActorRef
 from .actors import ActorSystem as ActorSystem
 from .actors import open_actor_system as open_actor_system
 from .broker import Broker as Broker
-from .broker import open_broker as open_broker
+from .web import open_broker as open_broker
 from .client import Client as Client
 from .client import Event as Event
 from .client import connect as connect

@@ -22,6 +22,7 @@ Each actor is a thin loop around a core that has no Trio in it:
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +52,7 @@ from headwater.broker._group import (
 )
 from headwater.broker._group import apply as group_apply
 from headwater.broker._idempotence import Duplicate, ProducerStates, RecordInfo
+from headwater.broker._stats import BrokerStats
 from headwater.client._codec import decode_record_events
 from headwater.journal._async import AsyncLog, open_log
 from headwater.journal._files import FileSystem
@@ -83,6 +85,7 @@ class BrokerSettings:
     segment_bytes: int = 64 * 1024 * 1024
     max_batch_bytes: int = 16 * 1024 * 1024
     interval_ms: int = 200
+    stats: BrokerStats = attrs.field(factory=BrokerStats, eq=False, repr=False)
 
     def partition_dir(self, topic: str, partition: int) -> str:
         return os.path.join(self.data_dir, "topics", topic, str(partition))
@@ -163,8 +166,23 @@ class PartitionActor(Actor):
                 task_status.started(log)
                 await trio.sleep_forever()
 
+        began = time.perf_counter()
         self.log = await self.context.nursery.start(hold)
+        stats = self.settings.stats
+        self.log.sync_latency = stats.fsync_latency
+        self.log.sync_batch = stats.fsync_batch
         self._rebuild()
+        seconds = time.perf_counter() - began
+        stats.recovery_seconds[(self.config.name, self.partition)] = seconds
+        _log.info(
+            "partition_recovered",
+            topic=self.config.name,
+            partition=self.partition,
+            seconds=round(seconds, 4),
+            next_offset=self.log.next_offset,
+            segments=len(self.log.log.segments),
+            size_bytes=self.log.log.size_bytes,
+        )
 
     def _rebuild(self) -> None:
         assert self.log is not None

@@ -18,6 +18,8 @@ actor, so waiting for an fsync or a long poll blocks only that caller.
 
 from __future__ import annotations
 
+import re
+import time
 from typing import Any, ClassVar
 
 import trio
@@ -80,6 +82,7 @@ from headwater.broker._actors import (
 )
 from headwater.broker._config import TopicConfig, validate_group_name, validate_topic_name
 from headwater.broker._group import GroupCoordinator
+from headwater.broker._stats import count_events
 from headwater.client._codec import decode_record_events
 from headwater.journal._async import AsyncLog
 from headwater.journal._record import iter_records
@@ -103,6 +106,7 @@ class BrokerService:
         self._topics: dict[str, TopicConfig] = {}
         self._logs: dict[tuple[str, int], AsyncLog] = {}
         self._groups_lock = trio.Lock()
+        self.stats = settings.stats
 
     async def start(self) -> None:
         """Load the topic list and start the actors of groups found on disk."""
@@ -159,6 +163,38 @@ class BrokerService:
                 spec = group_spec(self.settings, group)
                 return await self.system.start_child(spec, parent="/broker/groups")
 
+    def topic_configs(self) -> dict[str, TopicConfig]:
+        """Every topic's config, by name (a copy)."""
+        return dict(self._topics)
+
+    async def log_statistics(self, topic: str, partition: int) -> dict[str, Any]:
+        """Offsets, size, segments and sync count of one partition's log
+        (:meth:`AsyncLog.statistics`); raises the partition's error when it
+        is not serving."""
+        return (await self._log(topic, partition)).statistics()
+
+    async def read_events(
+        self, topic: str, partition: int, offset: int, limit: int
+    ) -> tuple[list[Any], int, int]:
+        """Up to ``limit`` stored events from ``offset`` (values as stored
+        bytes), with the partition's earliest and end offsets: the console's
+        browser. Not counted as client fetches."""
+        log = await self._log(topic, partition)
+        start = max(offset, log.earliest_offset)
+        events: list[Any] = []
+        while len(events) < limit and start < log.visible_end:
+            data = await log.read(start, 256 * 1024)
+            if not data:
+                break
+            for header, record in iter_records(data):
+                for event in decode_record_events(
+                    header, record, topic=topic, partition=partition
+                ):
+                    if event.offset >= start and len(events) < limit:
+                        events.append(event)
+                start = header.next_offset
+        return events, log.earliest_offset, log.visible_end
+
     def _counts(self) -> dict[str, int]:
         return {name: c.partitions for name, c in self._topics.items()}
 
@@ -169,7 +205,14 @@ class BrokerService:
         handler = self._handlers.get(type(request))
         if handler is None:
             raise InvalidArgument(f"unknown request {type(request).__name__}")
-        return await handler(self, request)
+        began = time.perf_counter()
+        failed = True
+        try:
+            result = await handler(self, request)
+            failed = False
+            return result
+        finally:
+            self.stats.request(_OP_NAMES[type(request)], time.perf_counter() - began, failed=failed)
 
     async def _produce(self, r: Produce) -> ProduceResult:
         _config, path = self._partition_path(r.topic, r.partition)
@@ -186,6 +229,10 @@ class BrokerService:
                 f"partition {r.topic}/{r.partition} restarted before the batch was synced; "
                 "retry it (idempotent producers store it once)"
             ) from None
+        if not reply.duplicate:
+            counters = self.stats.partition(r.topic, r.partition)
+            counters.produced_events += reply.end_offset - reply.base_offset
+            counters.produced_bytes += len(r.record)
         return ProduceResult(
             r.topic, r.partition, reply.base_offset, reply.append_time, reply.duplicate
         )
@@ -215,6 +262,10 @@ class BrokerService:
             raise StorageError(
                 f"partition {r.topic}/{r.partition} restarted during the fetch; retry it"
             ) from None
+        if data:
+            counters = self.stats.partition(r.topic, r.partition)
+            counters.fetched_events += count_events(data)
+            counters.fetched_bytes += len(data)
         return FetchResult(r.topic, r.partition, data, log.visible_end, log.earliest_offset)
 
     async def _list_offset(self, r: ListOffset) -> OffsetResult:
@@ -263,6 +314,7 @@ class BrokerService:
         self._topics.pop(config.name, None)
         for key in [k for k in self._logs if k[0] == config.name]:
             del self._logs[key]
+        self.stats.forget_topic(config.name)
         return Done()
 
     async def _list_topics(self, r: Any) -> TopicList:
@@ -348,3 +400,9 @@ class BrokerService:
         DescribeGroup: _describe_group,
         GetTree: _tree,
     }
+
+
+_OP_NAMES = {
+    kind: re.sub(r"(?<!^)(?=[A-Z])", "_", kind.__name__).lower()
+    for kind in BrokerService._handlers
+}
