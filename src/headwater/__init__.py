@@ -52,12 +52,12 @@ from .actors import ActorRef as ActorRef
 from .actors import ActorSystem as ActorSystem
 from .actors import open_actor_system as open_actor_system
 from .broker import Broker as Broker
-from .web import open_broker as open_broker
 from .client import Client as Client
 from .client import Event as Event
 from .client import connect as connect
 from .supervision import ChildSpec as ChildSpec
 from .supervision import SupervisorSpec as SupervisorSpec
+from .web import open_broker as open_broker
 
 __version__ = "0.1.0.dev0"
 

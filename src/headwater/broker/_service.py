@@ -187,9 +187,7 @@ class BrokerService:
             if not data:
                 break
             for header, record in iter_records(data):
-                for event in decode_record_events(
-                    header, record, topic=topic, partition=partition
-                ):
+                for event in decode_record_events(header, record, topic=topic, partition=partition):
                     if event.offset >= start and len(events) < limit:
                         events.append(event)
                 start = header.next_offset
@@ -403,6 +401,5 @@ class BrokerService:
 
 
 _OP_NAMES = {
-    kind: re.sub(r"(?<!^)(?=[A-Z])", "_", kind.__name__).lower()
-    for kind in BrokerService._handlers
+    kind: re.sub(r"(?<!^)(?=[A-Z])", "_", kind.__name__).lower() for kind in BrokerService._handlers
 }

@@ -202,9 +202,7 @@ class HttpApp:
                     {
                         "offset": e.offset,
                         "timestamp": e.timestamp,
-                        "key": render_bytes(
-                            e.key.encode() if isinstance(e.key, str) else e.key
-                        ),
+                        "key": render_bytes(e.key.encode() if isinstance(e.key, str) else e.key),
                         "value": render_bytes(e.value),
                         "headers": [
                             [str(k), render_bytes(v.encode() if isinstance(v, str) else v)]

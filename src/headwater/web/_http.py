@@ -117,10 +117,10 @@ async def serve_http_connection(
             event = conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            data = b""
+            data: bytes | bytearray = b""
             with trio.move_on_after(idle_timeout):
                 data = await stream.receive_some(16384)
-            conn.receive_data(data)  # b"" (idle or closed) ends the connection
+            conn.receive_data(bytes(data))  # b"" (idle or closed) ends the connection
 
     async def respond(response: Response, head_only: bool) -> None:
         headers = [
@@ -129,15 +129,16 @@ async def serve_http_connection(
             *_SECURITY_HEADERS,
             *response.headers,
         ]
+        reason = _reason(response.status)
         if isinstance(response.body, bytes):
             headers.append(("Content-Length", str(len(response.body))))
-            await send(h11.Response(status_code=response.status, headers=headers, reason=_reason(response.status)))
+            await send(h11.Response(status_code=response.status, headers=headers, reason=reason))
             if not head_only:
                 await send(h11.Data(data=response.body))
             await send(h11.EndOfMessage())
             return
         chunks = response.body
-        await send(h11.Response(status_code=response.status, headers=headers, reason=_reason(response.status)))
+        await send(h11.Response(status_code=response.status, headers=headers, reason=reason))
         try:
             async for chunk in chunks:
                 await send(h11.Data(data=chunk))

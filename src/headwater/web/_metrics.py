@@ -109,7 +109,9 @@ def _families(view: BrokerView) -> Iterable[Metric]:
             "headwater_topic_fetched_bytes_total", "Batch bytes returned by fetches.", ["topic"]
         ),
     }
-    log_bytes = GaugeMetricFamily("headwater_topic_log_bytes", "Log size on disk.", labels=["topic"])
+    log_bytes = GaugeMetricFamily(
+        "headwater_topic_log_bytes", "Log size on disk.", labels=["topic"]
+    )
     log_segments = GaugeMetricFamily(
         "headwater_topic_log_segments", "Segment files.", labels=["topic"]
     )
@@ -218,7 +220,9 @@ def _families(view: BrokerView) -> Iterable[Metric]:
         "headwater_group_lag", "Events behind the log end, per partition.", labels=["group", *tp]
     )
     topic_lag = GaugeMetricFamily(
-        "headwater_group_topic_lag", "Events behind the log end, per topic.", labels=["group", "topic"]
+        "headwater_group_topic_lag",
+        "Events behind the log end, per topic.",
+        labels=["group", "topic"],
     )
     members = GaugeMetricFamily("headwater_group_members", "Live members.", labels=["group"])
     generation = GaugeMetricFamily("headwater_group_generation", "Generation.", labels=["group"])
@@ -285,7 +289,8 @@ def _families(view: BrokerView) -> Iterable[Metric]:
     yield hw
     yield hd
     yield GaugeMetricFamily(
-        "headwater_ready", "1 when every partition serves or is failed.",
+        "headwater_ready",
+        "1 when every partition serves or is failed.",
         value=1 if readiness(view)["ready"] else 0,
     )
 

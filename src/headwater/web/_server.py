@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import attrs
 import trio
@@ -91,9 +92,7 @@ async def open_http(
             except OSError:
                 peer = "?"
             nursery.start_soon(
-                lambda s=stream, p=peer: serve_http_connection(
-                    s, app, peer=p, idle_timeout=idle_timeout
-                )
+                partial(serve_http_connection, stream, app, peer=peer, idle_timeout=idle_timeout)
             )
 
     async def listener() -> None:
