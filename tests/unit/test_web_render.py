@@ -16,7 +16,7 @@ def test_each_kind_is_recognised() -> None:
         (cbor2.dumps("<script>alert(1)</script>"), "cbor", "<script>alert(1)</script>"),
         (b'{"a": 1}', "json", '{"a": 1}'),
         (b"hello world", "text", "hello world"),
-        (b"7", "text", "7"),  # one digit is text, not the CBOR int -24
+        (b"7", "json", "7"),  # one digit is a JSON number, not the CBOR int -24
         (b"\xff\x00\x10", "bytes", "ff 00 10"),
     ]
     assert [(kind, text) for _, kind, text in cases] == [
