@@ -139,14 +139,21 @@ async def test_per_partition_series_switch_off_above_the_limit(
         await broker.handle(CreateTopic("a", partitions=2))
         await broker.handle(Produce("a", 1, batch(b"z", 5)))
         m = await scrape(broker)
-        assert 5.0 == m[("headwater_partition_produced_events_total", (("partition", "1"), ("topic", "a")))]
+        assert (
+            5.0
+            == m[
+                ("headwater_partition_produced_events_total", (("partition", "1"), ("topic", "a")))
+            ]
+        )
         assert 1.0 == m[("headwater_per_partition_series", ())]
         await broker.handle(CreateTopic("b", partitions=1))
         m = await scrape(broker)
         assert 0.0 == m[("headwater_per_partition_series", ())]
         assert not [name for name, _ in m if name.startswith("headwater_partition_produced")]
         assert not [
-            labels for name, labels in m if name == "headwater_actor_restarts_total"
+            labels
+            for name, labels in m
+            if name == "headwater_actor_restarts_total"
             and dict(labels)["path"].startswith("/broker/topics/a/")
         ]
         assert 5.0 == m[("headwater_topic_produced_events_total", (("topic", "a"),))]
