@@ -129,18 +129,20 @@ def consume_in_two_steps(url: str, half_done: threading.Event, go_on: threading.
 
     async def main() -> None:
         with trio.fail_after(60):
-            async with headwater.connect(url, token=TOKEN) as client:
-                async with client.consumer("orders", group="billing") as consumer:
-                    seen = 0
-                    async for _event in consumer:
-                        seen += 1
-                        if seen == EVENTS // 2:
-                            await consumer.commit()
-                            half_done.set()
-                            await trio.to_thread.run_sync(go_on.wait)
-                        if seen == EVENTS + 1:
-                            await consumer.commit()
-                            return
+            async with (
+                headwater.connect(url, token=TOKEN) as client,
+                client.consumer("orders", group="billing") as consumer,
+            ):
+                seen = 0
+                async for _event in consumer:
+                    seen += 1
+                    if seen == EVENTS // 2:
+                        await consumer.commit()
+                        half_done.set()
+                        await trio.to_thread.run_sync(go_on.wait)
+                    if seen == EVENTS + 1:
+                        await consumer.commit()
+                        return
 
     trio.run(main)
 

@@ -107,7 +107,7 @@ async def test_group_lag_per_partition(autojump_clock: trio.abc.Clock) -> None:
                 await producer.send("orders", i)
         async with client.consumer("orders", group="billing") as consumer:
             seen = 0
-            async for event in consumer:
+            async for _event in consumer:
                 seen += 1
                 if seen == 3:
                     await consumer.commit()
