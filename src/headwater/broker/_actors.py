@@ -51,6 +51,7 @@ from headwater.broker._group import (
     state_to_plain,
 )
 from headwater.broker._group import apply as group_apply
+from headwater.broker._grouplog import group_changes
 from headwater.broker._idempotence import Duplicate, ProducerStates, RecordInfo
 from headwater.broker._stats import BrokerStats
 from headwater.client._codec import decode_record_events
@@ -493,6 +494,7 @@ class GroupActor(Actor):
 
         self.journal = await self.context.nursery.start(hold)
         self.coordinator = GroupCoordinator.from_state(self.journal.state, trio.current_time())
+        self._logged_state = self.coordinator.state
         self.context.nursery.start_soon(self._timer)
 
     async def _timer(self) -> None:
@@ -516,7 +518,16 @@ class GroupActor(Actor):
         events = self.coordinator.take_events()
         if events:
             await self.journal.persist_many(events)
+            self._log_changes()
         self._timer_moved.set()
+
+    def _log_changes(self) -> None:
+        """Log joins, leaves, state changes and rebalances, now durable."""
+        assert self.coordinator is not None
+        state = self.coordinator.state
+        for event, fields in group_changes(self._logged_state, state):
+            _log.info(event, group=self.group, **fields)
+        self._logged_state = state
 
     async def handle(self, message: Any) -> Any:
         """Join, heartbeat, leave, commit, read commits, expire sessions."""
