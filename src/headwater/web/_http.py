@@ -18,13 +18,15 @@ from __future__ import annotations
 import http
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import h11
 import trio
 
 from headwater._logging import get_logger
+
+if TYPE_CHECKING:
+    import h11
 
 __all__ = ["MAX_BODY", "Request", "Response", "serve_http_connection"]
 
@@ -105,6 +107,8 @@ async def serve_http_connection(
 ) -> None:
     """Serve HTTP/1.1 requests on ``stream`` with ``handler`` until the client
     closes, falls idle or breaks the protocol; then close the stream."""
+    import h11  # imported on first use: `import headwater` stays quick for the CLI
+
     conn = h11.Connection(h11.SERVER)
 
     async def send(event: Any) -> None:

@@ -10,19 +10,13 @@ nothing between scrapes.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING, Any
 
 from headwater._stats import LATENCY_BUCKETS, Histogram
 from headwater.web._snapshot import MAX_PARTITION_SERIES, BrokerView, actor_kind, readiness
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 __all__ = ["CONTENT_TYPE", "METRIC_NAMES", "render_metrics"]
 
@@ -71,6 +65,8 @@ METRIC_NAMES = (
 
 
 def _histogram(name: str, doc: str, h: Histogram, labels: dict[str, str] | None = None) -> Metric:
+    from prometheus_client.core import HistogramMetricFamily
+
     family = HistogramMetricFamily(name, doc, labels=list(labels or {}))
     buckets = [(_bound(b), float(n)) for b, n in h.cumulative()]
     family.add_metric(list((labels or {}).values()), buckets, h.sum)
@@ -81,7 +77,10 @@ def _bound(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
-class _ViewCollector(Collector):
+class _ViewCollector:
+    """A prometheus-client collector of one view (duck-typed: the library
+    is imported on first scrape, so `import headwater` stays quick)."""
+
     def __init__(self, view: BrokerView) -> None:
         self.view = view
 
@@ -90,6 +89,12 @@ class _ViewCollector(Collector):
 
 
 def _families(view: BrokerView) -> Iterable[Metric]:
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+
     per_partition = view.partition_count <= MAX_PARTITION_SERIES
 
     def counter(name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
@@ -297,6 +302,8 @@ def _families(view: BrokerView) -> Iterable[Metric]:
 
 def render_metrics(view: BrokerView) -> bytes:
     """``view`` in Prometheus text format, from a registry of its own."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_ViewCollector(view))
     data: Any = generate_latest(registry)
