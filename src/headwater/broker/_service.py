@@ -193,6 +193,18 @@ class BrokerService:
                 start = header.next_offset
         return events, log.earliest_offset, log.visible_end
 
+    async def group_descriptions(self) -> list[tuple[str, Any]]:
+        """``(name, description)`` of every group, the description being the
+        error when it cannot be described now. For observers: not counted as
+        client requests."""
+        out: list[tuple[str, Any]] = []
+        for name in (await self._list_groups(ListGroups())).groups:
+            try:
+                out.append((name, await self._describe_group(DescribeGroup(name))))
+            except HeadwaterError as exc:
+                out.append((name, exc))
+        return out
+
     def _counts(self) -> dict[str, int]:
         return {name: c.partitions for name, c in self._topics.items()}
 

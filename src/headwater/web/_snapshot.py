@@ -15,7 +15,6 @@ from typing import Any
 import attrs
 
 from headwater._errors import HeadwaterError
-from headwater._protocol import DescribeGroup, ListGroups
 from headwater.broker._broker import Broker
 from headwater.supervision._specs import ActorSnapshot
 
@@ -144,17 +143,11 @@ async def gather(broker: Broker) -> BrokerView:
             }
         )
     groups: list[dict[str, Any]] = []
-    try:
-        names = (await service.handle(ListGroups())).groups
-    except HeadwaterError:
-        names = ()
-    for group in names:
-        try:
-            description = await service.handle(DescribeGroup(group))
-        except HeadwaterError as exc:
-            groups.append({"group": group, "state": "unavailable", "error": str(exc)})
-            continue
-        groups.append(_group_json(description))
+    for group, description in await service.group_descriptions():
+        if isinstance(description, HeadwaterError):
+            groups.append({"group": group, "state": "unavailable", "error": str(description)})
+        else:
+            groups.append(_group_json(description))
     return BrokerView(
         taken_at=time.time(),
         topics=topics,
