@@ -18,14 +18,12 @@ acknowledgement (durability ``always``).
 
 from __future__ import annotations
 
-import logging
 import pathlib
 import sys
 import tempfile
 import time
 from typing import Any
 
-import structlog
 import trio
 
 try:
@@ -63,7 +61,6 @@ async def commit_owned(consumer: Any) -> None:
 
 
 async def main(data_dir: str) -> int:
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     print(f"data directory: {data_dir}")
     async with open_broker(data_dir) as broker, broker.connect() as client:
         await client.create_topic("orders", partitions=3)

@@ -17,7 +17,6 @@ monitor the ponger, then ``SIGKILL``\\ s the pong process: the watcher receives
 
 from __future__ import annotations
 
-import logging
 import os
 import pathlib
 import signal
@@ -27,7 +26,6 @@ from functools import partial
 from typing import Any
 
 import attrs
-import structlog
 import trio
 
 try:
@@ -195,15 +193,7 @@ async def main_process() -> None:
     print("main: done")
 
 
-def _quiet_logs() -> None:
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
-        processors=[structlog.dev.ConsoleRenderer(colors=False)],
-    )
-
-
 if __name__ == "__main__":
-    _quiet_logs()
     assert headwater
     if len(sys.argv) == 3 and sys.argv[1] == "pong":
         trio.run(pong_process, int(sys.argv[2]))

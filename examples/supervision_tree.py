@@ -23,7 +23,6 @@ import pathlib
 import sys
 from typing import Any
 
-import structlog
 import trio
 
 try:
@@ -65,19 +64,16 @@ def stage(name: str) -> ChildSpec:
 
 async def main() -> int:
     # Show the runtime's warnings and errors (crashes, give-ups, escalations)
-    # as one line each, without tracebacks.
-    def drop_traceback(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
-        event.pop("exc_info", None)
-        return event
+    # as one line each, without tracebacks: Headwater logs through the stdlib
+    # logger "headwater" (level WARNING by default), so a handler is enough.
+    def drop_traceback(record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        return True
 
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        processors=[
-            structlog.processors.add_log_level,
-            drop_traceback,
-            structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()),
-        ],
-    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("[%(levelname)-7s] %(message)s"))
+    handler.addFilter(drop_traceback)
+    logging.getLogger("headwater").addHandler(handler)
     pipeline = SupervisorSpec(
         "pipeline",
         [stage("reader"), stage("parser"), stage("writer")],

@@ -6,6 +6,7 @@ the CI machine has 2 shared cores); set ``HYPOTHESIS_PROFILE=dev`` for more.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
@@ -25,10 +26,16 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True)
-def _restore_structlog() -> Iterator[None]:
-    """Tests that run the CLI configure structlog (level, renderer); put the
-    configuration back so later tests' ``capture_logs`` see every event."""
+def _restore_logging() -> Iterator[None]:
+    """Tests that run the CLI configure structlog and the ``headwater``
+    stdlib logger (handler, level); put both back so later tests start from
+    the library defaults (a NullHandler, level WARNING)."""
     saved = structlog.get_config()
+    logger = logging.getLogger("headwater")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
     yield
     structlog.reset_defaults()
     structlog.configure(**saved)
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate

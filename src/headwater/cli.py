@@ -61,7 +61,7 @@ from headwater._errors import (
     UnknownTopicError,
     UsageError,
 )
-from headwater._logging import configure_logging
+from headwater._logging import configure_logging, configure_structlog_for_cli
 from headwater.client import Client, Event, Timestamp
 from headwater.client._tcp import DEFAULT_URL, connect
 from headwater.supervision._specs import ActorSnapshot, unwrap_group
@@ -425,6 +425,7 @@ def main() -> None:
     """Headwater: an event-streaming broker on supervised Trio actors."""
     # Library log lines (rebalances, retries) go to stderr, warnings and up,
     # so stdout carries only the command's output. `serve` reconfigures.
+    configure_structlog_for_cli()
     configure_logging("console", level="warning")
 
 
@@ -494,7 +495,14 @@ def main() -> None:
     type=click.Choice(["auto", "console", "json"]),
     default="auto",
     show_default=True,
-    help="console on a terminal, json otherwise (auto).",
+    help="console on a terminal, json otherwise (auto); log lines go to stderr.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Least severe log lines written to stderr.",
 )
 def serve(**options: Any) -> None:
     """Run a broker server (Ctrl-C or SIGTERM stops it gracefully)."""

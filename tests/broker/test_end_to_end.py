@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import trio
-from structlog.testing import capture_logs
 
 from headwater.broker import open_broker
 from headwater.journal import SimulatedFileSystem
+from headwater.testing import capture_logs
 
 from .conftest import Connect
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import structlog
 import trio
 
 from headwater.broker import open_broker
 from headwater.journal import SimulatedFileSystem
+from headwater.testing import capture_logs
 
 
 async def test_join_and_leave_are_logged(autojump_clock: trio.abc.Clock) -> None:
     """A consumer joining then leaving a group gives member_joined, rebalanced
     and member_left lines naming the group, the member and the counts."""
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         async with (
             open_broker("/data", fs=SimulatedFileSystem()) as broker,
             broker.connect() as client,

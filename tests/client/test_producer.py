@@ -10,6 +10,7 @@ import trio
 
 from headwater._errors import (
     ActorRestarted,
+    ClosedError,
     ConfigError,
     EventTooLarge,
     HeadwaterError,
@@ -20,7 +21,7 @@ from headwater._errors import (
     UnknownPartitionError,
     UnknownTopicError,
 )
-from headwater.client import Client
+from headwater.client import Client, ProducerConfig, open_producer
 
 from .fake_broker import FakeBroker
 from .real_broker import RealBroker
@@ -225,3 +226,33 @@ async def test_send_nowait_needs_a_known_topic(client: Client, autojump_clock: o
         assert 3 == await producer.partitions_of("t3")
         handle = producer.send_nowait("t3", 1, partition=2)
         assert (2, 0) == ((await handle).partition, handle.result().offset)
+
+
+async def test_aclose_inside_the_block_flushes_and_closes(
+    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
+) -> None:
+    """``aclose()`` flushes and closes at once (idempotent); later sends raise
+    ClosedError and leaving the block does not flush again or raise."""
+    async with client.producer(linger=10.0) as producer:
+        await producer.partitions_of("t1")
+        handle = producer.send_nowait("t1", b"queued")
+        await producer.aclose()
+        await producer.aclose()
+        assert 0 == (await handle.wait()).offset
+        with pytest.raises(ClosedError):
+            producer.send_nowait("t1", b"late")
+    assert 1 == broker.requests["Produce"]
+
+
+async def test_open_producer_over_a_channel(
+    broker: FakeBroker | RealBroker, autojump_clock: object
+) -> None:
+    """``open_producer(channel)`` is what ``client.producer()`` returns: it
+    checks settings at once and owns the producer's tasks for the block."""
+    channel = broker.channel()
+    with pytest.raises(ConfigError, match="linger"):
+        open_producer(channel, ProducerConfig(linger=-1))
+    async with Client(channel) as c:
+        await c.create_topic("t1")
+    async with open_producer(broker.channel()) as producer:
+        assert 0 == (await producer.send("t1", b"x")).offset

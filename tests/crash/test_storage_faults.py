@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from structlog.testing import capture_logs
 
 from headwater import CorruptionError, DiskFullError
 from headwater import _protocol as p
@@ -34,6 +33,7 @@ from headwater.journal import (
     encode_record,
     iter_records,
 )
+from headwater.testing import capture_logs
 
 pytestmark = pytest.mark.crash
 

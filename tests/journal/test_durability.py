@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from structlog.testing import capture_logs
 
 from headwater import FsyncFailedError, StorageError
 from headwater.journal import (
@@ -18,6 +17,7 @@ from headwater.journal import (
     iter_records,
     open_log,
 )
+from headwater.testing import capture_logs
 
 DIR = "/d/log"
 

@@ -4,7 +4,6 @@ time lookup, retention, truncation, recovery and corruption."""
 from __future__ import annotations
 
 import pytest
-from structlog.testing import capture_logs
 
 from headwater import CorruptionError, DiskFullError, InvalidArgument, OffsetOutOfRangeError
 from headwater.journal import (
@@ -16,6 +15,7 @@ from headwater.journal import (
     encode_record,
     iter_records,
 )
+from headwater.testing import capture_logs
 
 DIR = "/data/topic/0"
 

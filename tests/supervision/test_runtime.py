@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from structlog.testing import capture_logs
 
 from headwater import ActorFailed, ActorKilled, ActorStopped, SupervisorGaveUp
 from headwater.actors import Actor, open_actor_system
 from headwater.supervision import ChildSpec, SupervisorSpec
+from headwater.testing import capture_logs
 
 
 class Recorder:

@@ -32,9 +32,11 @@ from typing import Any
 import attrs
 import trio
 
+from headwater._aio import unwrapping_groups
 from headwater._errors import (
     ActorNotFound,
     ClosedError,
+    ConfigError,
     ConnectionLostError,
     HeadwaterError,
     HeadwaterTimeoutError,
@@ -359,8 +361,15 @@ async def serve_actors(
     With ``ssl_context`` every connection is wrapped in ``trio.SSLStream``;
     with ``token`` clients must present it. Binds loopback by default.
     ``handshake_timeout`` and ``idle_timeout``: see :func:`serve_actor_stream`.
+    Raises :class:`~headwater.ConfigError` if the address cannot be bound.
     """
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve actors on {host}:{port}: {exc.strerror or exc}; "
+            "choose another host/port or stop the program using it"
+        ) from None
     bound: int = listeners[0].socket.getsockname()[1]
     served: list[trio.abc.Listener[Any]] = list(listeners)
     if ssl_context is not None:
@@ -375,9 +384,12 @@ async def serve_actors(
         idle_timeout=idle_timeout,
     )
     _log.info("actors_listening", system=system.name, host=host, port=bound)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(partial(trio.serve_listeners, handler, served, handler_nursery=nursery))
-        task_status.started(bound)
+    with unwrapping_groups():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                partial(trio.serve_listeners, handler, served, handler_nursery=nursery)
+            )
+            task_status.started(bound)
 
 
 async def _serve_one(

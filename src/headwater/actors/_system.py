@@ -50,7 +50,7 @@ from headwater._errors import (
     SupervisorGaveUp,
     UsageError,
 )
-from headwater._logging import get_logger
+from headwater._logging import bind_actor, get_logger
 from headwater.actors._actor import (
     Actor,
     ActorContext,
@@ -294,6 +294,7 @@ class _Supervisor:
 
     async def _incarnation(self, child: _Child, incarnation: int) -> None:
         cell = child.cell
+        bind_actor(cell.path, incarnation)  # this task's (the actor's) log lines carry them
         error: BaseException | None = None
         graceful = False
         try:

@@ -14,8 +14,8 @@ TCP) or ``embedded:///ABS/PATH?durability=always`` (the embedded broker,
 opened in this process on that data directory for each call). ``opts``
 may carry ``"clock"``, a :class:`trio.abc.Clock` for each ``trio.run``, and
 ``"fs"``, the embedded broker's file system (tests: a mock clock and a
-simulated file system); ``"quiet_logs": False`` leaves structlog's
-configuration alone (by default the driver keeps only warnings, process-wide).
+simulated file system); ``"quiet_logs": False`` leaves the ``headwater``
+logger's level alone (by default the driver keeps only warnings, process-wide).
 
 Payloads start with ``HDR`` = (sequence number, send time in monotonic ns),
 as the peers' do. Events go one by one through the public producer API:
@@ -48,12 +48,11 @@ T = TypeVar("T")
 
 
 def _quiet_logs() -> None:
-    """Keep the broker's info logs out of the benchmark's output."""
+    """Keep the broker's info logs out of the benchmark's output (the
+    ``headwater`` logger's level; its default is WARNING already)."""
     import logging
 
-    import structlog
-
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logging.getLogger("headwater").setLevel(logging.WARNING)
 
 
 class HeadwaterDriver:

@@ -42,13 +42,14 @@ from typing import Any
 import attrs
 import trio
 
+from headwater._aio import unwrapping_groups
 from headwater._errors import (
     ConfigError,
     HeadwaterError,
     HeadwaterTimeoutError,
     ServerBusyError,
 )
-from headwater._logging import LOG_FORMATS, configure_logging, get_logger
+from headwater._logging import LOG_FORMATS, LOG_LEVELS, configure_logging, get_logger
 from headwater._protocol import Fetch
 from headwater.actors._serve import serve_actors
 from headwater.broker._broker import DEFAULT_DATA_DIR, Broker, open_broker
@@ -104,6 +105,9 @@ class ServerConfig:
     nothing and wait for nothing that long; ``handshake_timeout`` bounds the
     time from connect to a finished handshake; ``shutdown_timeout`` bounds
     how long requests in flight may take to finish on shutdown.
+    ``log_format`` (``auto``, ``console``, ``json``) and ``log_level``
+    (``debug``, ``info``, ``warning``, ``error``) shape the log lines
+    ``serve`` writes to stderr.
     """
 
     data_dir: str = DEFAULT_DATA_DIR
@@ -124,6 +128,7 @@ class ServerConfig:
     handshake_timeout: float = attrs.field(default=10.0, validator=_at_least(0, integer=False))
     shutdown_timeout: float = attrs.field(default=10.0, validator=_at_least(0, integer=False))
     log_format: str = "auto"
+    log_level: str = "info"
 
     def __attrs_post_init__(self) -> None:
         if self.durability not in DURABILITIES:
@@ -142,6 +147,8 @@ class ServerConfig:
             raise ConfigError(f"actors_port={self.actors_port!r}; give 0..65535 or None")
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"log_format={self.log_format!r}; use one of {LOG_FORMATS}")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log_level={self.log_level!r}; use one of {LOG_LEVELS}")
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The server's TLS context, or ``None`` without TLS."""
@@ -493,33 +500,34 @@ async def open_server(
         SupervisorSpec("server", children, max_restarts=10, within=10.0, shutdown=60.0)
     )
     try:
-        async with trio.open_nursery() as nursery:
-            if listen and config.actors_port is not None:
-                server.actors_port = await nursery.start(
-                    partial(
-                        serve_actors,
-                        system,
-                        MessageRegistry("broker-actors"),
-                        host=config.host,
-                        port=config.actors_port,
-                        token=config.auth_token,
-                        ssl_context=server._ssl,
+        with unwrapping_groups():
+            async with trio.open_nursery() as nursery:
+                if listen and config.actors_port is not None:
+                    server.actors_port = await nursery.start(
+                        partial(
+                            serve_actors,
+                            system,
+                            MessageRegistry("broker-actors"),
+                            host=config.host,
+                            port=config.actors_port,
+                            token=config.auth_token,
+                            ssl_context=server._ssl,
+                        )
                     )
-                )
-            if listeners:
-                _log.info(
-                    "server_listening",
-                    host=config.host,
-                    port=server.port,
-                    actors_port=server.actors_port,
-                    tls=config.tls_cert is not None,
-                    auth=config.auth_token is not None,
-                    data_dir=broker.data_dir,
-                )
-            try:
-                yield server
-            finally:
-                nursery.cancel_scope.cancel()
+                if listeners:
+                    _log.info(
+                        "server_listening",
+                        host=config.host,
+                        port=server.port,
+                        actors_port=server.actors_port,
+                        tls=config.tls_cert is not None,
+                        auth=config.auth_token is not None,
+                        data_dir=broker.data_dir,
+                    )
+                try:
+                    yield server
+                finally:
+                    nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             server._draining = True
@@ -544,7 +552,7 @@ def run_server(config: ServerConfig, front_ends: Sequence[FrontEnd] = ()) -> int
     ``front_ends`` open beside the TCP server, after it, and close before it
     (the CLI passes the HTTP front end here: the broker layer never imports
     the front ends above it)."""
-    configure_logging(config.log_format)
+    configure_logging(config.log_format, level=config.log_level)
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

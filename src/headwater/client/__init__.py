@@ -23,6 +23,7 @@ from ._partitioner import partition_for_key as partition_for_key
 from ._producer import Producer as Producer
 from ._producer import ProducerConfig as ProducerConfig
 from ._producer import SendHandle as SendHandle
+from ._producer import open_producer as open_producer
 from ._serializers import BytesSerializer as BytesSerializer
 from ._serializers import CborSerializer as CborSerializer
 from ._serializers import JsonSerializer as JsonSerializer
@@ -61,6 +62,7 @@ __all__ = [
     "ProducerConfig",
     "ReadyBatch",
     "SendHandle",
+    "open_producer",
     "Serializer",
     "StrSerializer",
     "Timestamp",

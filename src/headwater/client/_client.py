@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any
 
@@ -24,7 +25,7 @@ from headwater.broker._config import (
 
 from ._channel import Channel
 from ._consumer import Consumer, ConsumerConfig, Start
-from ._producer import Producer, ProducerConfig
+from ._producer import Producer, ProducerConfig, open_producer
 
 __all__ = ["Client"]
 
@@ -141,14 +142,17 @@ class Client:
 
     # ------------------------------------------------------------ clients
 
-    def producer(self, **config: Any) -> Producer:
-        """A :class:`~headwater.client.Producer` (enter it with ``async with``);
-        ``config`` are :class:`~headwater.client.ProducerConfig` fields."""
+    def producer(self, **config: Any) -> AbstractAsyncContextManager[Producer]:
+        """A :class:`~headwater.client.Producer`, as ``async with
+        client.producer() as producer`` (the block owns its tasks; leaving it
+        flushes). ``config`` are :class:`~headwater.client.ProducerConfig`
+        fields, checked here: a bad one raises
+        :class:`~headwater.ConfigError` before anything is sent."""
         try:
             settings = ProducerConfig(**config)
         except TypeError as exc:
             raise ConfigError(f"unknown producer setting: {exc}") from None
-        return Producer(self._channel, settings)
+        return open_producer(self._channel, settings)
 
     def consumer(
         self,

@@ -31,16 +31,17 @@ import datetime as dt
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from types import TracebackType
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import attrs
-import structlog
 import trio
 
 from headwater import _protocol as p
+from headwater._aio import unwrapping_groups
 from headwater._errors import ClosedError, ConfigError, HeadwaterError, InvalidArgument
+from headwater._logging import get_logger
 from headwater.journal._record import encode_record
 
 from ._accumulator import Accumulator, AccumulatorConfig, ReadyBatch
@@ -49,9 +50,9 @@ from ._event import Event, Headers, Key
 from ._partitioner import Partitioner
 from ._serializers import Serializer, get_serializer
 
-__all__ = ["Producer", "ProducerConfig", "SendHandle"]
+__all__ = ["Producer", "ProducerConfig", "SendHandle", "open_producer"]
 
-log = structlog.get_logger("headwater.client.producer")
+log = get_logger("headwater.client.producer")
 
 
 def _wall_clock_ms() -> int:
@@ -191,9 +192,9 @@ def _check_headers(headers: object) -> Headers:
 
 
 class Producer:
-    """Sends events to a broker (see the module docs). Use it as an async
-    context manager (``async with client.producer() as producer``); leaving
-    the block flushes every queued event."""
+    """Sends events to a broker (see the module docs). Get one with ``async
+    with client.producer() as producer`` (:func:`open_producer`), which owns
+    its tasks; leaving the block flushes every queued event."""
 
     def __init__(self, channel: Channel, config: ProducerConfig | None = None) -> None:
         self._channel = channel
@@ -227,19 +228,6 @@ class Producer:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> Producer:
-        self._nursery_manager = trio.open_nursery()
-        self._nursery = await self._nursery_manager.__aenter__()
-        try:
-            self.identity = await self._init_producer()
-            self._accumulator.set_identity(self.identity.producer_id, self.identity.epoch)
-            self._nursery.start_soon(self._flusher)
-        except BaseException as exc:
-            self._nursery.cancel_scope.cancel()
-            await self._nursery_manager.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        return self
-
     async def _request(self, request: Any, deadline: float, what: str, **context: Any) -> Any:
         """Send ``request``; retry retriable errors with exponential backoff
         (``retry_backoff`` doubling up to ``retry_backoff_max``) until
@@ -270,29 +258,8 @@ class Producer:
         )
         return identity
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._nursery is not None
-        try:
-            if exc is None:
-                await self.flush()
-        except BaseException as flush_error:
-            # The nursery must be exited whatever happens (a cancelled flush
-            # that skipped it corrupted Trio's nursery stack).
-            self._close_now()
-            if not await self._nursery_manager.__aexit__(
-                type(flush_error), flush_error, flush_error.__traceback__
-            ):
-                raise
-            return None
-        self._close_now()
-        return await self._nursery_manager.__aexit__(exc_type, exc, tb)
-
     def _close_now(self) -> None:
+        """Stop the tasks and fail every event not stored yet."""
         assert self._nursery is not None
         self._closed = True
         self._nursery.cancel_scope.cancel()
@@ -302,9 +269,11 @@ class Producer:
                 result.done.set()
 
     async def aclose(self) -> None:
-        """Flush and close (as leaving the ``async with`` block does)."""
-        if not self._closed:
-            await self.__aexit__(None, None, None)
+        """Flush and close, as leaving the ``async with`` block does (the
+        block then ends at once). Idempotent."""
+        if not self._closed and self._nursery is not None:
+            await self.flush()
+            self._close_now()
 
     # ------------------------------------------------------------ sending
 
@@ -581,3 +550,40 @@ class Producer:
         renumbered = [(self._accumulator.resequence(b), d) for b, d in queue]
         queue.clear()
         queue.extend(renumbered)
+
+
+def open_producer(
+    channel: Channel, config: ProducerConfig | None = None
+) -> AbstractAsyncContextManager[Producer]:
+    """A :class:`Producer` over ``channel`` whose tasks (the flusher and one
+    sender per busy partition) live in a nursery the ``async with`` block
+    owns. The settings are checked at once (a bad one raises
+    :class:`~headwater.ConfigError` here, before the block).
+
+    Entering takes the producer's identity (retried like a produce). Leaving
+    the block normally flushes every queued event and waits until each is
+    stored or failed; leaving it with an error (or a cancellation) fails the
+    events not stored yet with :class:`~headwater.ClosedError`. Errors come
+    out as themselves, never as an ``ExceptionGroup`` of one: a typed
+    :class:`~headwater.HeadwaterError` from a send, from the flush or from a
+    background task, or whatever the block raised.
+    """
+    return _running(Producer(channel, config))
+
+
+@asynccontextmanager
+async def _running(producer: Producer) -> AsyncIterator[Producer]:
+    with unwrapping_groups():
+        async with trio.open_nursery() as nursery:
+            producer._nursery = nursery
+            try:
+                producer.identity = await producer._init_producer()
+                producer._accumulator.set_identity(
+                    producer.identity.producer_id, producer.identity.epoch
+                )
+                nursery.start_soon(producer._flusher)
+                yield producer
+                if not producer._closed:
+                    await producer.flush()
+            finally:
+                producer._close_now()

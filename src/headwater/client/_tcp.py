@@ -31,6 +31,7 @@ from typing import Any
 import trio
 import trio.lowlevel
 
+from headwater._aio import unwrapping_groups
 from headwater._errors import (
     AuthenticationError,
     ClosedError,
@@ -42,7 +43,6 @@ from headwater._errors import (
     UnsupportedVersionError,
 )
 from headwater._logging import get_logger
-from headwater.supervision._specs import unwrap_group
 from headwater.transport._connection import (
     DEFAULT_MAX_IN_FLIGHT,
     AuthRequired,
@@ -503,7 +503,7 @@ async def connect_channel(channel: TcpChannel, **client_options: Any) -> AsyncIt
     """A :class:`Client` over ``channel``, with its connection task running
     for the duration of the block (what :func:`connect` uses; tests pass a
     channel over memory streams)."""
-    try:
+    with unwrapping_groups():
         async with trio.open_nursery() as nursery:
             await nursery.start(channel.run)
             client = Client(channel, **client_options)
@@ -511,8 +511,3 @@ async def connect_channel(channel: TcpChannel, **client_options: Any) -> AsyncIt
                 yield client
             finally:
                 await client.aclose()
-    except BaseException as exc:
-        error = unwrap_group(exc)
-        if error is not exc:
-            raise error from None
-        raise

@@ -8,14 +8,15 @@ as data.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
 
+from headwater._aio import unwrap_group as unwrap_group
+from headwater._aio import unwrapping_groups as unwrapping_groups
 from headwater._errors import ConfigError, InvalidArgument
 from headwater.supervision._policy import (
     RESTART_TYPES,
@@ -40,29 +41,6 @@ __all__ = [
 DEFAULT_MAILBOX_SIZE: Final = 64
 """Default mailbox capacity: small enough that a slow actor pushes back on its
 senders quickly, large enough that bursts of ``tell`` do not block at once."""
-
-
-@contextlib.contextmanager
-def unwrapping_groups() -> Iterator[None]:
-    """Re-raise a lone exception out of (nested) single-member exception groups.
-
-    Headwater's one rule for errors leaving nurseries: users see the error,
-    not a group of one. Groups of several stay groups.
-    """
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        lone = unwrap_group(group)
-        if lone is group:
-            raise
-        raise lone from lone.__cause__
-
-
-def unwrap_group(exc: BaseException) -> BaseException:
-    """Return the lone exception inside (nested) single-member exception groups."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 def _check_name(name: object) -> str:

@@ -21,6 +21,7 @@ from ._checker import Violation as Violation
 from ._checker import check as check
 from ._faulty import FaultyStream as FaultyStream
 from ._faulty import FaultyStreamStatistics as FaultyStreamStatistics
+from ._logs import capture_logs as capture_logs
 from ._process import ServerProcess as ServerProcess
 from ._process import server_process as server_process
 from ._process import subprocess_env as subprocess_env
@@ -43,6 +44,7 @@ __all__ = [
     "server_process",
     "subprocess_env",
     "connect_in_memory",
+    "capture_logs",
     "SimulatedFileSystem",
     "PowerLoss",
     "FaultyStream",

@@ -24,6 +24,8 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
+from headwater._logging import configure_structlog_for_cli
+
 from ._simulation import SimulationConfig, SimulationResult, percentile, rerun_command, run_seed
 
 __all__ = ["main", "soak"]
@@ -92,9 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.environ.get("PYTHONHASHSEED") != "0" and argv is None:
         os.environ["PYTHONHASHSEED"] = "0"
         os.execv(sys.executable, [sys.executable, "-m", "headwater.testing.soak", *sys.argv[1:]])
-    import structlog
-
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    # A command-line program: structlog loggers that follow the global
+    # configuration go through the (silenced) stdlib loggers too.
+    configure_structlog_for_cli()
+    logging.getLogger("headwater").setLevel(logging.CRITICAL)
     seeds = [args.seed] if args.seed is not None else range(args.start, args.start + args.seeds)
     config = SimulationConfig(rounds=args.rounds)
     started = time.perf_counter()
