@@ -34,6 +34,7 @@ from headwater._errors import (
     UnknownPartitionError,
     UnknownTopicError,
 )
+from headwater._logging import get_logger
 from headwater._protocol import (
     CommitOffsets,
     CommittedOffsets,
@@ -91,6 +92,8 @@ __all__ = ["BrokerService", "MAX_FETCH_BYTES", "MAX_FETCH_WAIT"]
 
 MAX_FETCH_WAIT = 30.0
 """The longest a fetch may long-poll, in seconds."""
+
+_requests_log = get_logger("headwater.broker.requests")
 
 MAX_FETCH_BYTES = 8 * 1024 * 1024
 """A fetch asking for more bytes gets this many (still at least one whole
@@ -222,7 +225,10 @@ class BrokerService:
             failed = False
             return result
         finally:
-            self.stats.request(_OP_NAMES[type(request)], time.perf_counter() - began, failed=failed)
+            seconds = time.perf_counter() - began
+            op = _OP_NAMES[type(request)]
+            self.stats.request(op, seconds, failed=failed)
+            _requests_log.debug("request", op=op, seconds=round(seconds, 6), failed=failed)
 
     async def _produce(self, r: Produce) -> ProduceResult:
         _config, path = self._partition_path(r.topic, r.partition)
