@@ -84,3 +84,42 @@ async def test_bad_http_ports_are_config_errors(tmp_path: Path) -> None:
             with pytest.raises(ConfigError, match="choose another --http-port"):
                 async with headwater.open_broker(str(tmp_path / "b"), http_port=port):
                     pass
+
+
+async def test_connections_beyond_the_limit_get_503(tmp_path: Path) -> None:
+    """With max_connections=1, a second connection gets 503 and is closed,
+    while the first keeps being served; once it closes, new ones are served."""
+    import trio
+
+    from headwater.broker import open_broker
+    from headwater.web import open_http
+
+    async def read_all(stream: trio.SocketStream) -> bytes:
+        got = b""
+        while True:
+            data = await stream.receive_some(4096)
+            if not data:
+                return got
+            got += data
+
+    request = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+    with trio.fail_after(20):
+        async with (
+            open_broker(str(tmp_path / "d")) as broker,
+            open_http(broker, port=0, max_connections=1) as http,
+        ):
+            first = await trio.open_tcp_stream("127.0.0.1", http.port)
+            await first.send_all(request)
+            assert (await first.receive_some(4096)).startswith(b"HTTP/1.1 200 ")
+            second = await trio.open_tcp_stream("127.0.0.1", http.port)
+            async with second:
+                assert (await read_all(second)).startswith(b"HTTP/1.1 503 ")
+            await first.send_all(request)
+            assert (await first.receive_some(4096)).startswith(b"HTTP/1.1 200 ")
+            await first.aclose()
+            while http.connections:
+                await trio.sleep(0.01)
+            third = await trio.open_tcp_stream("127.0.0.1", http.port)
+            async with third:
+                await third.send_all(request[:-2] + b"Connection: close\r\n\r\n")
+                assert (await read_all(third)).startswith(b"HTTP/1.1 200 ")

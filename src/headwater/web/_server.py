@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 
 import attrs
 import trio
@@ -40,12 +39,30 @@ class HttpServer:
     host: str
     port: int
     app: HttpApp
+    connections: int = 0
 
     @property
     def url(self) -> str:
         """The console's address."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
+
+
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+    b"Connection: close\r\nRetry-After: 1\r\nContent-Length: 44\r\n\r\n"
+    b"too many HTTP connections; close some tabs\r\n"
+)
+
+
+async def _refuse(stream: trio.SocketStream, peer: str, limit: int) -> None:
+    _log.warning("http_connection_refused", peer=peer, max_connections=limit)
+    with trio.move_on_after(1.0):
+        try:
+            await stream.send_all(_BUSY)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+    await trio.aclose_forcefully(stream)
 
 
 @asynccontextmanager
@@ -57,13 +74,21 @@ async def open_http(
     token: str | None = None,
     stream_interval: float = 1.0,
     idle_timeout: float = 60.0,
+    max_connections: int = 256,
 ) -> AsyncIterator[HttpServer]:
     """Serve ``/metrics``, ``/healthz``, ``/readyz``, the JSON API and the
     console for ``broker`` on ``host:port`` (``port=0`` picks a free port) for
     the duration of the block. ``token`` (the broker protocol's token) is
-    required for everything but the health endpoints."""
+    required for everything but the health endpoints. Beyond
+    ``max_connections`` open connections (live consoles hold one each), new
+    ones get ``503`` and are closed; a connection silent for ``idle_timeout``
+    seconds is closed."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ConfigError(f"http_port={port!r}; give 0..65535 (0 picks a free port)")
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+        raise ConfigError(f"max_connections={max_connections!r}; give an int >= 1")
+    if max_connections < 1:
+        raise ConfigError(f"max_connections={max_connections}; give an int >= 1")
     if token is not None and (not isinstance(token, str) or not token.strip()):
         raise ConfigError("the HTTP token must be a non-empty string (or None)")
     try:
@@ -91,9 +116,17 @@ async def open_http(
                 peer = "{}:{}".format(*stream.socket.getpeername()[:2])
             except OSError:
                 peer = "?"
-            nursery.start_soon(
-                partial(serve_http_connection, stream, app, peer=peer, idle_timeout=idle_timeout)
-            )
+            if server.connections >= max_connections:
+                nursery.start_soon(_refuse, stream, peer, max_connections)
+                continue
+            server.connections += 1
+            nursery.start_soon(serve, stream, peer)
+
+    async def serve(stream: trio.SocketStream, peer: str) -> None:
+        try:
+            await serve_http_connection(stream, app, peer=peer, idle_timeout=idle_timeout)
+        finally:
+            server.connections -= 1
 
     async def listener() -> None:
         async with trio.open_nursery() as nursery:
