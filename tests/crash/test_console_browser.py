@@ -224,6 +224,11 @@ def test_console_live_view(broker_process: dict[str, Any], tmp_path: Path) -> No
             assert SCRIPT == cell.text_content()
             assert "&lt;script&gt;" in cell.inner_html()
             assert 0 == page.locator("#events-table script").count()
+            # For the picture: the newest few events, the script value among them.
+            end = page.evaluate("state.browse.end")
+            page.fill("#browse-offset", str(max(0, end - 6)))
+            page.click("#browse-form button[type=submit]")
+            expect(page.locator("#events-table tbody tr")).to_have_count(min(6, end))
             page.screenshot(path=str(shot_dir / "console-topics.png"))
             assert [] == dialogs
         finally:
