@@ -3,7 +3,7 @@
 Compares, for 1,000-event batches of 100 B and 1 KiB values (16-byte keys, one
 header):
 
-* ``cbor_columns``: Headwater's format (``headwater.client._codec``), columnar
+* ``cbor_columns``: Headwater's format (``headwater.journal._batch``), columnar
   CBOR ``[1, deltas, keys, values(, headers)]``;
 * ``cbor_rows``: one CBOR array of compact per-event arrays
   ``[ts_delta, key, value(, headers)]``;
@@ -27,8 +27,7 @@ from typing import Any
 import cbor2
 
 from headwater.client import Accumulator, AccumulatorConfig, Partitioner, get_serializer
-from headwater.client._codec import PendingEvent, decode_events, encode_events
-from headwater.client._event import Event
+from headwater.journal._batch import Event, PendingEvent, decode_events, encode_events
 
 BATCH = 1000
 BASE_TS = 1_764_000_000_000

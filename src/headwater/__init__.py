@@ -6,6 +6,8 @@ the implementation lives in private ``_``-modules and subpackages.
 
 from __future__ import annotations
 
+from typing import Any as _Any
+
 from ._errors import ActorError as ActorError
 from ._errors import ActorFailed as ActorFailed
 from ._errors import ActorKilled as ActorKilled
@@ -24,6 +26,7 @@ from ._errors import FsyncFailedError as FsyncFailedError
 from ._errors import HeadwaterError as HeadwaterError
 from ._errors import HeadwaterTimeoutError as HeadwaterTimeoutError
 from ._errors import IllegalTransitionError as IllegalTransitionError
+from ._errors import InconsistentGroupProtocolError as InconsistentGroupProtocolError
 from ._errors import InvalidArgument as InvalidArgument
 from ._errors import InvalidTopicName as InvalidTopicName
 from ._errors import LocalProtocolError as LocalProtocolError
@@ -52,8 +55,10 @@ from .actors import ActorRef as ActorRef
 from .actors import ActorSystem as ActorSystem
 from .actors import open_actor_system as open_actor_system
 from .broker import Broker as Broker
+from .broker._broker import set_embedded_client_factory as _set_embedded_client_factory
 from .client import Client as Client
 from .client import Event as Event
+from .client import LocalChannel as _LocalChannel
 from .client import connect as connect
 from .supervision import ChildSpec as ChildSpec
 from .supervision import SupervisorSpec as SupervisorSpec
@@ -114,7 +119,17 @@ __all__ = [
     "EventTooLarge",
     "SerializationError",
     "StaleGenerationError",
+    "InconsistentGroupProtocolError",
     "UnknownMemberError",
     "OutOfOrderSequenceError",
     "ProducerFencedError",
 ]
+
+
+def _embedded_client(handle: _Any, **options: _Any) -> Client:
+    """The client :meth:`Broker.connect` hands out: the broker sits below the
+    client (DESIGN.md's layer order), so this root module wires them."""
+    return Client(_LocalChannel(handle), **options)
+
+
+_set_embedded_client_factory(_embedded_client)

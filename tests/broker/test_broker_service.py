@@ -3,6 +3,8 @@ topics, produce, fetch, idempotence, groups, restarts and reopen."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
@@ -138,7 +140,7 @@ async def test_idempotent_retry_across_partition_kill(autojump_clock: trio.abc.C
 
 
 async def test_groups_join_rebalance_commit_and_fence(autojump_clock: trio.abc.Clock) -> None:
-    """Two members split partitions; a stale generation cannot commit; commits
+    """Two members split partitions; a member cannot commit another's partition; commits
     survive a group actor kill and a broker reopen; a silent member expires."""
     fs = SimulatedFileSystem()
     async with open_broker(DATA, fs=fs) as broker:
@@ -149,16 +151,17 @@ async def test_groups_join_rebalance_commit_and_fence(autojump_clock: trio.abc.C
         owned = sorted(a.assignment + b.assignment, key=lambda tp: tp.partition)
         assert [0, 1, 2, 3] == [tp.partition for tp in owned]
         assert a.generation == b.generation
-        with pytest.raises(StaleGenerationError):
+        mine, theirs = a.assignment[0].partition, b.assignment[0].partition
+        with pytest.raises(StaleGenerationError, match="does not own"):
             await broker.handle(
-                CommitOffsets("g", a.member_id, a.generation - 1, (PartitionOffset("t", 0, 5),))
+                CommitOffsets("g", a.member_id, a.generation, (PartitionOffset("t", theirs, 5),))
             )
         await broker.handle(
-            CommitOffsets("g", a.member_id, a.generation, (PartitionOffset("t", 0, 5),))
+            CommitOffsets("g", a.member_id, a.generation, (PartitionOffset("t", mine, 5),))
         )
         await broker.kill("/broker/groups/g")
         got = await broker.handle(FetchCommitted("g"))
-        assert [PartitionOffset("t", 0, 5)] == list(got.offsets)
+        assert [PartitionOffset("t", mine, 5)] == list(got.offsets)
         # b stops heartbeating; a keeps going and inherits everything.
         for _ in range(4):
             await trio.sleep(2)
@@ -169,7 +172,7 @@ async def test_groups_join_rebalance_commit_and_fence(autojump_clock: trio.abc.C
         await broker.handle(LeaveGroup("g", a.member_id))
     async with open_broker(DATA, fs=fs) as broker:
         got = await broker.handle(FetchCommitted("g"))
-        assert [PartitionOffset("t", 0, 5)] == list(got.offsets)
+        assert [PartitionOffset("t", mine, 5)] == list(got.offsets)
 
 
 async def test_list_offsets_and_delete(autojump_clock: trio.abc.Clock) -> None:
@@ -205,8 +208,10 @@ async def test_retention_by_size_and_time(autojump_clock: trio.abc.Clock) -> Non
             await broker.handle(Produce("aged", 0, batch(b"a%03d" % i)))
         await trio.sleep(6)  # one retention pass
         sized = (await broker.handle(DescribeTopic("sized"))).partitions[0]
-        assert sized.earliest_offset > 0
-        assert sized.size_bytes <= 800 + 400
+        # 66-byte records, 6 per 400-byte segment: 20 records fill segments
+        # 0, 6, 12 and 18 (1,320 bytes); dropping 0 (924) and 6 (528) gets
+        # under retention_bytes=800.
+        assert (12, 20, 8 * 66) == (sized.earliest_offset, sized.next_offset, sized.size_bytes)
         got = await broker.handle(Fetch("sized", 0, sized.earliest_offset, max_wait=0))
         assert sized.earliest_offset == payloads(got.records)[0][0]
         with pytest.raises(OffsetOutOfRangeError):
@@ -251,3 +256,31 @@ async def test_group_journal_snapshots_keep_commits(
             desc.generation,
             [x.member_id for x in desc.members],
         )
+
+
+async def test_fetch_overtaken_by_retention_is_out_of_range_naming_the_partition(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention removing the offset between the fetch's range check and its
+    read (a catch-up read in a worker thread) gives a typed out-of-range
+    error naming the topic, the partition and where it now starts."""
+    from headwater.journal import AsyncLog
+
+    read = AsyncLog.read
+
+    async def retention_first(self: AsyncLog, *args: Any, **kwargs: Any) -> bytes:
+        self.log.apply_retention()
+        return await read(self, *args, **kwargs)
+
+    async with open_broker(
+        DATA, fs=SimulatedFileSystem(), segment_bytes=400, retention_check_interval=3600
+    ) as broker:
+        await broker.handle(CreateTopic("sized", retention_bytes=800))
+        for i in range(20):
+            await broker.handle(Produce("sized", 0, batch(b"s%03d" % i)))
+        monkeypatch.setattr(AsyncLog, "read", retention_first)
+        with pytest.raises(OffsetOutOfRangeError) as info:
+            await broker.handle(Fetch("sized", 0, 0, max_wait=0))
+    assert "offset 0 of sized/0 was removed by retention" in str(info.value)
+    assert "now starts at 12" in str(info.value)
+    assert DATA not in str(info.value)

@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from headwater import ClosedError, CorruptionError, StorageError
+from headwater._protocol import ListOffset
 from headwater.broker import open_broker
 from headwater.journal import LogConfig, SimulatedFileSystem, encode_record, open_log
 from headwater.journal._log import Log
@@ -53,7 +54,9 @@ async def test_producer_cancelled_while_flushing_exits_cleanly(
         with pytest.raises(ClosedError):
             await handle
         async with client.producer() as producer:  # the client still works
-            assert 0 <= (await producer.send("t", b"y")).offset
+            # "x" was never sent (its linger had not run out): "y" is first.
+            assert 0 == (await producer.send("t", b"y")).offset
+        assert 1 == (await broker.handle(ListOffset("t", 0, "latest"))).offset
 
 
 def test_failed_open_leaves_no_file_open() -> None:

@@ -11,8 +11,8 @@ from headwater import _protocol as p
 from headwater._errors import HeadwaterError
 from headwater.broker import Broker, open_broker
 from headwater.client import LocalChannel
-from headwater.client._codec import decode_record_events
 from headwater.journal import SimulatedFileSystem, iter_records
+from headwater.journal._batch import decode_record_events
 
 
 class RealBroker:

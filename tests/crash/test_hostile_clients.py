@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 import headwater
 from headwater import _protocol as p
 from headwater.client import Event
-from headwater.client._codec import encode_events
+from headwater.journal._batch import encode_events
 from headwater.journal._record import encode_record
 from headwater.testing._hostile import (
     RunningServer,

@@ -16,7 +16,10 @@ Each actor is a thin loop around a core that has no Trio in it:
   the producer-id counter) is a journal of events; it starts and stops the
   per-topic supervisors.
 * :class:`GroupActor` feeds a :class:`~headwater.broker.GroupCoordinator` and
-  persists every event it emits before replying; a timer expires sessions.
+  persists every event it emits before replying; a timer expires sessions and
+  rebalance timeouts. After each change it pushes the coordinator's notices
+  (a changed :class:`~headwater.Membership`) to the members' clients, through
+  the sink each member's last join or heartbeat came with.
 """
 
 from __future__ import annotations
@@ -38,7 +41,10 @@ from headwater._protocol import (
     Heartbeat,
     JoinGroup,
     LeaveGroup,
+    Membership,
     PartitionInfo,
+    PushSink,
+    ReleasePartitions,
 )
 from headwater.actors._actor import Actor
 from headwater.actors._persistent import PersistentActor
@@ -54,8 +60,8 @@ from headwater.broker._group import apply as group_apply
 from headwater.broker._grouplog import group_changes
 from headwater.broker._idempotence import Duplicate, ProducerStates, RecordInfo
 from headwater.broker._stats import BrokerStats
-from headwater.client._codec import decode_record_events
 from headwater.journal._async import AsyncLog, open_log
+from headwater.journal._batch import decode_record_events
 from headwater.journal._files import FileSystem
 from headwater.journal._log import LogConfig
 from headwater.journal._record import iter_records
@@ -241,6 +247,7 @@ class PartitionActor(Actor):
         return await super().handle(message)
 
     def _stored_events(self, base: int, end: int) -> list[StoredEvent]:
+        """Decode the events stored in ``[base, end)`` (blocking; any thread)."""
         assert self.log is not None
         log = self.log.log
         out: list[StoredEvent] = []
@@ -257,28 +264,39 @@ class PartitionActor(Actor):
                 offset = header.next_offset
         return out
 
-    async def _compact(self) -> int:
-        """Compact every sealed segment; returns how many were rewritten."""
-        assert self.log is not None
-        if not self.config.compacted or len(self.log.log.segments) < 2:
-            return 0
-        await self.log.sync()
-        log = self.log.log
-        latest = latest_offsets(
-            s.event for s in self._stored_events(log.earliest_offset, log.next_offset)
+    def _latest(self, base: int, end: int) -> dict[bytes, int]:
+        return latest_offsets(s.event for s in self._stored_events(base, end))
+
+    def _compacted(
+        self, base: int, end: int, latest: dict[bytes, int], now_ms: int
+    ) -> list[bytes] | None:
+        return compact_segment(
+            self._stored_events(base, end),
+            latest,
+            now_ms=now_ms,
+            tombstone_grace_ms=self.config.tombstone_grace_ms,
         )
+
+    async def _compact(self) -> int:
+        """Compact every sealed segment; returns how many were rewritten.
+
+        Reading, rewriting and fsyncing run in worker threads (the log's
+        pinned handles make that safe beside fetches and retention); only
+        swapping each new segment in runs on the event loop."""
+        log = self.log
+        assert log is not None
+        if not self.config.compacted or len(log.log.segments) < 2:
+            return 0
+        await log.sync()
+        latest = await log.run_blocking(self._latest, log.earliest_offset, log.next_offset)
         rewritten = 0
-        for seg in list(log.segments[:-1]):
-            records = compact_segment(
-                self._stored_events(seg.base, seg.next_offset),
-                latest,
-                now_ms=self.settings.clock(),
-                tombstone_grace_ms=self.config.tombstone_grace_ms,
+        for base, end in log.log.sealed_segments():
+            records = await log.run_blocking(
+                self._compacted, base, end, latest, self.settings.clock()
             )
             if records is not None:
-                log.replace_segment(seg.base, records)
+                await log.replace_segment(base, records)
                 rewritten += 1
-            await trio.lowlevel.checkpoint()
         if rewritten:
             _log.info(
                 "partition_compacted",
@@ -446,10 +464,12 @@ class TopicRegistry(PersistentActor):
 
 @attrs.frozen
 class GroupRequest:
-    """A group operation with what the coordinator needs from the broker."""
+    """A group operation with what the coordinator needs from the broker, and
+    where the requesting client takes pushed notices (``None``: it cannot)."""
 
     request: Any
     partition_counts: dict[str, int]
+    sink: PushSink | None = None
 
 
 @attrs.frozen
@@ -474,6 +494,7 @@ class GroupActor(Actor):
         self.journal: StateJournal | None = None
         self.coordinator: GroupCoordinator | None = None
         self._timer_moved = trio.Event()
+        self._sinks: dict[str, PushSink] = {}
 
     async def started(self) -> None:
         """Replay the group's journal, then start the session timer."""
@@ -520,6 +541,23 @@ class GroupActor(Actor):
             await self.journal.persist_many(events)
             self._log_changes()
         self._timer_moved.set()
+        self._notify()
+
+    def _notify(self) -> None:
+        """Push every changed membership to its member (made durable first)."""
+        assert self.coordinator is not None
+        members = self.coordinator.state.members
+        for mid in [mid for mid in self._sinks if mid not in members]:
+            del self._sinks[mid]
+        for notice in self.coordinator.take_notices():
+            sink = self._sinks.get(notice.member_id)
+            if sink is None:
+                continue
+            try:
+                sink(notice)
+            except Exception as exc:  # a sink must never fail the group actor
+                _log.error("group_push_failed", group=self.group, exc_info=exc)
+                self._sinks.pop(notice.member_id, None)
 
     def _log_changes(self) -> None:
         """Log joins, leaves, state changes and rebalances, now durable."""
@@ -530,7 +568,7 @@ class GroupActor(Actor):
         self._logged_state = state
 
     async def handle(self, message: Any) -> Any:
-        """Join, heartbeat, leave, commit, read commits, expire sessions."""
+        """Join, heartbeat, release, leave, commit, read commits, expire members."""
         c = self.coordinator
         assert c is not None
         now = trio.current_time()
@@ -554,14 +592,20 @@ class GroupActor(Actor):
                     member_id=request.member_id,
                     client_id=request.client_id,
                     session_timeout=request.session_timeout,
+                    rebalance_timeout=request.rebalance_timeout,
+                    protocol_type=request.protocol_type,
                 )
+                self._adopt_sink(result, message.sink)
             elif isinstance(request, Heartbeat):
-                # A topic that grew or was deleted (count 0) starts a new generation.
+                # A topic that grew or was deleted (count 0) plans a rebalance.
                 counts = {t: message.partition_counts.get(t, 0) for t in c.state.topic_partitions}
-                c.update_topics(counts)
+                c.update_topics(counts, now)
                 result = c.heartbeat(request.member_id, request.generation, now)
+                self._adopt_sink(result, message.sink)
+            elif isinstance(request, ReleasePartitions):
+                result = c.release(request.member_id, request.partitions, now)
             elif isinstance(request, LeaveGroup):
-                c.leave(request.member_id)
+                c.leave(request.member_id, now)
                 result = None
             elif isinstance(request, CommitOffsets):
                 c.commit(request.member_id, request.generation, request.offsets)
@@ -574,3 +618,10 @@ class GroupActor(Actor):
             # Whatever the command emitted is made durable before we answer.
             await self._persist()
         return result
+
+    def _adopt_sink(self, membership: Membership, sink: PushSink | None) -> None:
+        """Pushes for this member go where its latest join or heartbeat came from."""
+        if sink is not None:
+            self._sinks[membership.member_id] = sink
+        else:
+            self._sinks.pop(membership.member_id, None)

@@ -10,14 +10,17 @@ The whole broker is one supervision tree::
       /broker/maintenance        retention, every ``retention_check_interval`` s
 
 Clients reach it through :meth:`Broker.connect`, an embedded channel to the
-same request handler the TCP server uses.
+same request handler the TCP server uses. The client sits above the broker
+(DESIGN.md's layer order), so the broker does not import it: the package root
+(``headwater/__init__.py``) installs the factory that builds the embedded
+client with :func:`set_embedded_client_factory`.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -35,6 +38,19 @@ __all__ = ["DEFAULT_DATA_DIR", "Broker", "open_broker"]
 
 DEFAULT_DATA_DIR = "./headwater-data"
 _log = get_logger("headwater.broker")
+
+#: Builds an embedded client from a request handler and client options; it
+#: must have ``async aclose()``. Installed by the package root.
+EmbeddedClientFactory = Callable[..., Any]
+_client_factory: EmbeddedClientFactory | None = None
+
+
+def set_embedded_client_factory(factory: EmbeddedClientFactory) -> None:
+    """Install how :meth:`Broker.connect` builds its client:
+    ``factory(handle, **client_options)`` where ``handle`` answers one
+    protocol request. ``import headwater`` does this for you."""
+    global _client_factory
+    _client_factory = factory
 
 
 class Broker:
@@ -67,10 +83,10 @@ class Broker:
     @asynccontextmanager
     async def connect(self, **client_options: Any) -> AsyncIterator[Any]:
         """An embedded client of this broker (same API as a remote one)."""
-        from headwater.client._channel import LocalChannel
-        from headwater.client._client import Client
-
-        client = Client(LocalChannel(self.service.handle), **client_options)
+        if _client_factory is None:
+            raise ConfigError("no embedded client is installed; import headwater first")
+        handle: Callable[[Any], Awaitable[Any]] = self.service.handle
+        client = _client_factory(handle, **client_options)
         try:
             yield client
         finally:

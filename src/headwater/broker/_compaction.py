@@ -27,9 +27,7 @@ from collections.abc import Iterable, Sequence
 
 import attrs
 
-from headwater.client._codec import encode_events
-from headwater.client._event import Event
-from headwater.client._partitioner import key_bytes
+from headwater.journal._batch import Event, encode_events, key_bytes
 from headwater.journal._record import ATTR_COMPACTED, encode_record
 
 __all__ = ["StoredEvent", "compact_segment", "latest_offsets"]

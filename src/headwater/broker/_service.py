@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import trio
 
 from headwater._errors import (
+    ActorNotFound,
     ClosedError,
     HeadwaterError,
     InvalidArgument,
@@ -36,6 +37,7 @@ from headwater._errors import (
 )
 from headwater._logging import get_logger
 from headwater._protocol import (
+    PUSH_SINK,
     CommitOffsets,
     CommittedOffsets,
     CreateTopic,
@@ -60,6 +62,7 @@ from headwater._protocol import (
     Produce,
     ProduceResult,
     ProducerIdentity,
+    ReleasePartitions,
     TopicDescription,
     TopicInfo,
     TopicList,
@@ -84,8 +87,8 @@ from headwater.broker._actors import (
 from headwater.broker._config import TopicConfig, validate_group_name, validate_topic_name
 from headwater.broker._group import GroupCoordinator
 from headwater.broker._stats import count_events
-from headwater.client._codec import decode_record_events
 from headwater.journal._async import AsyncLog
+from headwater.journal._batch import decode_record_events
 from headwater.journal._record import iter_records
 
 __all__ = ["BrokerService", "MAX_FETCH_BYTES", "MAX_FETCH_WAIT"]
@@ -143,11 +146,22 @@ class BrokerService:
             )
         return config, f"/broker/topics/{config.name}/{partition}"
 
+    def _partition(self, topic: str, path: str) -> Any:
+        """The ref of a partition actor. Its topic may have been deleted since
+        the caller checked it exists: that is an unknown topic, not a missing
+        actor."""
+        try:
+            return self.system.lookup(path)
+        except ActorNotFound:
+            raise UnknownTopicError(
+                f"topic {topic!r} was deleted; create it again before you use it"
+            ) from None
+
     async def _log(self, topic: str, partition: int) -> AsyncLog:
         _config, path = self._partition_path(topic, partition)
         log = self._logs.get((topic, partition))
         if log is None or log.closed:
-            log = await self.system.lookup(path).ask(GetLog())
+            log = await self._partition(topic, path).ask(GetLog())
             self._logs[(topic, partition)] = log
         return log
 
@@ -234,7 +248,7 @@ class BrokerService:
         _config, path = self._partition_path(r.topic, r.partition)
         if not isinstance(r.record, bytes | bytearray | memoryview):
             raise InvalidArgument(f"a produce record must be bytes, not {type(r.record).__name__}")
-        reply = await self.system.lookup(path).ask(AppendBatch(bytes(r.record)))
+        reply = await self._partition(r.topic, path).ask(AppendBatch(bytes(r.record)))
         if isinstance(reply, HeadwaterError):
             raise reply
         assert isinstance(reply, Appended)
@@ -277,6 +291,12 @@ class BrokerService:
             # The partition restarted (its log closed) under this fetch.
             raise StorageError(
                 f"partition {r.topic}/{r.partition} restarted during the fetch; retry it"
+            ) from None
+        except OffsetOutOfRangeError:
+            # Retention removed the offset between the check above and the read.
+            raise OffsetOutOfRangeError(
+                f"offset {r.offset} of {r.topic}/{r.partition} was removed by retention; "
+                f"the partition now starts at {log.earliest_offset}: seek to earliest"
             ) from None
         if data:
             counters = self.stats.partition(r.topic, r.partition)
@@ -340,7 +360,7 @@ class BrokerService:
         config = self._config(r.name)
         infos: list[PartitionInfo] = []
         for p in range(config.partitions):
-            ref = self.system.lookup(f"/broker/topics/{config.name}/{p}")
+            ref = self._partition(config.name, f"/broker/topics/{config.name}/{p}")
             infos.append(await ref.ask(DescribePartition()))
         return TopicDescription(config.to_info(), tuple(infos))
 
@@ -355,7 +375,7 @@ class BrokerService:
             for topic in r.topics:
                 self._config(topic)
         ref = await self._group(r.group, create=isinstance(r, JoinGroup | CommitOffsets))
-        result = await ref.ask(GroupRequest(r, self._counts()))
+        result = await ref.ask(GroupRequest(r, self._counts(), PUSH_SINK.get()))
         if isinstance(r, FetchCommitted):
             return CommittedOffsets(r.group, result)
         return Done() if result is None else result
@@ -409,6 +429,7 @@ class BrokerService:
         InitProducer: _init_producer,
         JoinGroup: _group_request,
         Heartbeat: _group_request,
+        ReleasePartitions: _group_request,
         LeaveGroup: _group_request,
         CommitOffsets: _group_request,
         FetchCommitted: _group_request,

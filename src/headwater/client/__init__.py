@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+# The stored batch format lives below the broker (DESIGN.md's layer order).
+from headwater.journal._batch import Event as Event
+from headwater.journal._batch import PendingEvent as PendingEvent
+from headwater.journal._batch import decode_events as decode_events
+from headwater.journal._batch import encode_events as encode_events
+from headwater.journal._batch import key_bytes as key_bytes
+from headwater.journal._batch import murmur2 as murmur2
+from headwater.journal._batch import partition_for_key as partition_for_key
+
 from ._accumulator import Accumulator as Accumulator
 from ._accumulator import AccumulatorConfig as AccumulatorConfig
 from ._accumulator import BatchSlot as BatchSlot
@@ -9,17 +18,11 @@ from ._accumulator import ReadyBatch as ReadyBatch
 from ._channel import Channel as Channel
 from ._channel import LocalChannel as LocalChannel
 from ._client import Client as Client
-from ._codec import PendingEvent as PendingEvent
-from ._codec import decode_events as decode_events
-from ._codec import encode_events as encode_events
 from ._consumer import Consumer as Consumer
 from ._consumer import ConsumerConfig as ConsumerConfig
+from ._consumer import PartitionsCallback as PartitionsCallback
 from ._consumer import Timestamp as Timestamp
-from ._event import Event as Event
 from ._partitioner import Partitioner as Partitioner
-from ._partitioner import key_bytes as key_bytes
-from ._partitioner import murmur2 as murmur2
-from ._partitioner import partition_for_key as partition_for_key
 from ._producer import Producer as Producer
 from ._producer import ProducerConfig as ProducerConfig
 from ._producer import SendHandle as SendHandle
@@ -53,6 +56,7 @@ __all__ = [
     "Client",
     "Consumer",
     "ConsumerConfig",
+    "PartitionsCallback",
     "Event",
     "JsonSerializer",
     "LocalChannel",

@@ -40,9 +40,7 @@ from collections.abc import Callable, Collection
 import attrs
 
 from headwater._errors import ConfigError, EventTooLarge, InvalidArgument
-
-from ._codec import PendingEvent, encode_events
-from ._event import Headers, Key
+from headwater.journal._batch import Headers, Key, PendingEvent, encode_events
 
 __all__ = ["Accumulator", "AccumulatorConfig", "BatchSlot", "ReadyBatch"]
 

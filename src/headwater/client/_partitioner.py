@@ -4,7 +4,9 @@
   ``murmur2`` is Kafka's variant (seed ``0x9747b28c``) and ``key_bytes`` is the
   key itself, or a str key's UTF-8 bytes. So a key lands in the same partition
   as it would in Kafka with the same partition count, and ``"k"``/``b"k"``
-  share a partition.
+  share a partition. (The hash itself, ``murmur2``, ``key_bytes`` and
+  ``partition_for_key``, lives with the stored batch format in
+  :mod:`headwater.journal._batch`; the broker's compaction uses it too.)
 * **Unkeyed** events stick to one partition per topic until the batch being
   filled there is closed (ready to send), then move to the next partition
   round-robin (Kafka's "sticky" partitioner, deterministic here): batches fill
@@ -14,72 +16,18 @@
 
 from __future__ import annotations
 
-import struct
-from collections.abc import Callable
-
 import attrs
 
 from headwater._errors import InvalidArgument, UnknownPartitionError
-
-from ._event import Key
+from headwater.journal._batch import Key as Key
+from headwater.journal._batch import key_bytes as key_bytes
+from headwater.journal._batch import murmur2 as murmur2
+from headwater.journal._batch import partition_for_key as partition_for_key
 
 __all__ = ["Partitioner", "key_bytes", "murmur2", "partition_for_key"]
 
 #: Keys whose partition a Partitioner remembers per topic (then it starts over).
 KEY_CACHE_SIZE = 4096
-
-
-_UNPACKERS: dict[int, Callable[[bytes], tuple[int, ...]]] = {}
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's 32-bit murmur2 of ``data`` as a signed int (like Java's ``int``)."""
-    length = len(data)
-    h = 0x9747B28C ^ length
-    n4 = length >> 2
-    unpack = _UNPACKERS.get(n4)
-    if unpack is None:
-        unpack = _UNPACKERS[n4] = struct.Struct(f"<{n4}I").unpack_from
-    for k in unpack(data):
-        k = (k * 0x5BD1E995) & 0xFFFFFFFF
-        k = ((k ^ (k >> 24)) * 0x5BD1E995) & 0xFFFFFFFF
-        h = ((h * 0x5BD1E995) & 0xFFFFFFFF) ^ k
-    tail = length & 3
-    if tail:
-        base = n4 << 2
-        if tail == 3:
-            h ^= data[base + 2] << 16
-        if tail >= 2:
-            h ^= data[base + 1] << 8
-        h = ((h ^ data[base]) * 0x5BD1E995) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * 0x5BD1E995) & 0xFFFFFFFF
-    h ^= h >> 15
-    return h - 0x100000000 if h & 0x80000000 else h
-
-
-def key_bytes(key: Key) -> bytes:
-    """The bytes a key is hashed as: bytes as given, str as UTF-8."""
-    if type(key) is bytes:
-        return key
-    if isinstance(key, str):
-        try:
-            return key.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InvalidArgument(f"a str key must be valid Unicode text: {exc}") from None
-    if isinstance(key, bytes | bytearray | memoryview):
-        return bytes(key)
-    raise InvalidArgument(
-        f"an event key must be bytes or str, not {type(key).__qualname__}; "
-        "convert it (for example str(key)) or leave it None"
-    )
-
-
-def partition_for_key(key: Key, partitions: int) -> int:
-    """The partition of ``key`` among ``partitions`` (Kafka's formula)."""
-    if type(partitions) is not int or partitions < 1:
-        raise InvalidArgument(f"partitions must be an int >= 1, not {partitions!r}")
-    return (murmur2(key_bytes(key)) & 0x7FFFFFFF) % partitions
 
 
 @attrs.define

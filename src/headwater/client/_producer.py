@@ -42,11 +42,11 @@ from headwater import _protocol as p
 from headwater._aio import unwrapping_groups
 from headwater._errors import ClosedError, ConfigError, HeadwaterError, InvalidArgument
 from headwater._logging import get_logger
+from headwater.journal._batch import Event, Headers, Key
 from headwater.journal._record import encode_record
 
 from ._accumulator import Accumulator, AccumulatorConfig, ReadyBatch
 from ._channel import Channel
-from ._event import Event, Headers, Key
 from ._partitioner import Partitioner
 from ._serializers import Serializer, get_serializer
 

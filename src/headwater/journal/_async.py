@@ -22,6 +22,10 @@ to what the last good sync covered (those offsets were never acknowledged and
 are handed out again), and it keeps accepting appends. A full disk fails the
 write with :class:`~headwater.DiskFullError` and nothing half-written remains.
 
+Reads far from the tail and compaction's rewrites run in worker threads; the
+:class:`Log` reference-counts its segment handles, so retention, compaction
+and close on the loop thread never pull a file out from under them.
+
 Readers see ``visible_end``: under ``always`` only synced records, so a consumer
 never reads an event a power loss could take back; otherwise everything
 written. :meth:`AsyncLog.wait_for_data` lets long-polling readers sleep until
@@ -33,7 +37,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -48,6 +52,8 @@ from headwater.supervision._specs import unwrapping_groups
 __all__ = ["AsyncLog", "open_log"]
 
 _log = get_logger("headwater.journal")
+
+_T = TypeVar("_T")
 
 
 TAIL_READ_EVENTS = 256
@@ -164,7 +170,9 @@ class AsyncLog:
 
     async def read(self, offset: int, max_bytes: int, end: int | None = None) -> bytes:
         """Whole records from ``offset`` up to ``max_bytes`` (at least one),
-        never past ``visible_end`` (or ``end`` if smaller)."""
+        never past ``visible_end`` (or ``end`` if smaller). Raises
+        :class:`~headwater.OffsetOutOfRangeError` when retention removed
+        ``offset`` (even while this read waited for its worker thread)."""
         self._check_open()
         limit = self.visible_end if end is None else min(end, self.visible_end)
         # Reads of the last few records (a consumer keeping up) hit the page
@@ -174,6 +182,27 @@ class AsyncLog:
             return await trio.to_thread.run_sync(self.log.read, offset, max_bytes, limit)
         await trio.lowlevel.checkpoint()
         return self.log.read(offset, max_bytes, limit)
+
+    async def run_blocking(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn(*args)``, which reads this log (thread-safe :meth:`Log.read`)
+        or rewrites its files: in a worker thread on a real disk, inline on
+        the simulated one. Not cancellable while it runs."""
+        self._check_open()
+        if self._blocking:
+            return await trio.to_thread.run_sync(fn, *args)
+        await trio.lowlevel.checkpoint()
+        return fn(*args)
+
+    async def replace_segment(self, base: int, records: list[bytes]) -> None:
+        """Compaction: write, fsync and index the new content of sealed
+        segment ``base`` off the event loop, then swap it in. Readers of the
+        old file finish undisturbed; retention skips the segment meanwhile."""
+        with trio.CancelScope(shield=True):
+            # Shielded so a cancel cannot drop the new segment's open handle
+            # (the worker thread cannot be abandoned anyway).
+            seg = await self.run_blocking(self.log.rewrite_segment, base, records)
+            self.log.install_segment(seg)
+        await trio.lowlevel.checkpoint()
 
     async def wait_for_data(self, offset: int) -> None:
         """Return once ``visible_end`` is past ``offset`` (a long poll's wait).

@@ -31,6 +31,25 @@ everything it removes. The checkpoint is rewritten (not fsynced) after each
 sync and fsynced at close: after a power loss it may lag by up to a few
 seconds, which widens the tail; a missing checkpoint makes the whole last
 segment tail.
+
+File handles have one owner
+---------------------------
+Catch-up reads run :meth:`Log.read` in worker threads while the owner (the
+event loop thread: appends, rolls, retention, truncation, installing a
+compacted segment, close) removes and replaces segments. A segment's handle is
+therefore *reference counted*: a reader pins the segment it reads (under the
+log's short ``_lock``, which also guards every change to ``segments``) and
+unpins it when done. Taking a segment out of the log retires it; its handle is
+closed at once if no reader holds it, else by the last reader to unpin. So a
+read never sees a closed or reused descriptor: it reads the file it pinned
+(POSIX keeps an unlinked or renamed-over file readable through an open
+handle), or, if its offset went to retention before it pinned, gets
+:class:`~headwater.OffsetOutOfRangeError`. The owner never waits for readers.
+
+Compaction is split the same way: :meth:`Log.rewrite_segment` writes,
+fsyncs, renames and indexes the new file (blocking, safe in a worker thread:
+it marks the segment busy so retention leaves it alone), and
+:meth:`Log.install_segment` swaps it in on the owner's thread.
 """
 
 from __future__ import annotations
@@ -39,6 +58,7 @@ import bisect
 import errno
 import os
 import struct
+import threading
 from collections.abc import Callable
 from typing import Final, Literal
 
@@ -46,6 +66,7 @@ import attrs
 import crc32c
 
 from headwater._errors import (
+    ClosedError,
     ConfigError,
     CorruptionError,
     DiskFullError,
@@ -125,6 +146,14 @@ class LogConfig:
             )
 
 
+def _segment_base(seg: _Segment) -> int:
+    return seg.base
+
+
+def _entry_offset(entry: tuple[int, int]) -> int:
+    return entry[0]
+
+
 def _name(base: int, ext: str) -> str:
     return f"{base:020d}.{ext}"
 
@@ -143,6 +172,10 @@ class _Segment:
     times: list[tuple[int, int]] = attrs.field(factory=list)  # (max ts so far, offset)
     indexed_at: int = -(2**62)
     sealed: bool = False
+    # Guarded by Log._lock (see "File handles have one owner"):
+    pins: int = 0  # readers using the handle now
+    retired: bool = False  # out of the log: the last reader closes the handle
+    busy: bool = False  # being rewritten by compaction: retention skips it
 
     def note(self, header: RecordHeader, position: int, interval: int) -> None:
         if position - self.indexed_at >= interval:
@@ -195,6 +228,8 @@ class Log:
         self._dir_synced_gen = 0
         self._checkpoint_handle: int | None = None
         self.closed = False
+        # Guards ``segments`` and the pin counts; held only for a few lines.
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ open
 
@@ -357,6 +392,10 @@ class Log:
         return True
 
     def _write_indexes(self, seg: _Segment) -> None:
+        self._write_index_files(seg)
+        self._dir_gen += 1
+
+    def _write_index_files(self, seg: _Segment) -> None:
         for ext, rows in (("index", seg.index), ("timeindex", seg.times)):
             body = b"".join(_INDEX_ENTRY.pack(a, b) for a, b in rows)
             trailer = _TRAILER.pack(
@@ -364,7 +403,6 @@ class Log:
             )[:-4]
             data = body + trailer + struct.pack(">I", crc32c.crc32c(body + trailer))
             write_file_atomically(self.fs, f"{self.path}/{_name(seg.base, ext)}", [data])
-        self._dir_gen += 1
 
     def _scan(
         self, seg: _Segment, file_size: int, tail_from: int, repair: bool, later: list[int]
@@ -447,7 +485,8 @@ class Log:
         seg = _Segment(base=base, path=path, handle=self.fs.open(path))
         seg.next_offset = base
         seg.created_ms = self.clock()
-        self.segments.append(seg)
+        with self._lock:
+            self.segments.append(seg)
         self._dir_gen += 1
         return seg
 
@@ -597,16 +636,76 @@ class Log:
         self.truncate_to(self.synced_offset, sync=False)
         return self.next_offset
 
+    # ------------------------------------------------------- handle owners
+
+    def _pin(self, offset: int) -> _Segment:
+        """Pin the segment holding ``offset`` (any thread); :meth:`_unpin` it."""
+        with self._lock:
+            if self.closed:
+                raise ClosedError(f"the log at {self.path} is closed")
+            segments = self.segments
+            seg = segments[-1]
+            if offset < seg.base:  # not the active segment (a tail read)
+                first = segments[0].base
+                if offset < first:
+                    raise OffsetOutOfRangeError(
+                        f"offset {offset} is before the start of the log at {self.path} "
+                        f"({first}; retention removed it); seek to earliest"
+                    )
+                seg = segments[self._segment_for(offset)]
+            seg.pins += 1
+            return seg
+
+    def _pin_all(self) -> list[_Segment]:
+        """Pin every segment (any thread); :meth:`_unpin` each."""
+        with self._lock:
+            if self.closed:
+                raise ClosedError(f"the log at {self.path} is closed")
+            for seg in self.segments:
+                seg.pins += 1
+            return list(self.segments)
+
+    def _unpin(self, seg: _Segment) -> None:
+        with self._lock:
+            seg.pins -= 1
+            last = seg.retired and seg.pins == 0
+        if last:
+            self._close_handle(seg)
+
+    def _retire_locked(self, segments: list[_Segment]) -> list[_Segment]:
+        """Mark segments (already out of ``segments``) retired; returns those
+        no reader holds, to close once the lock is released."""
+        for seg in segments:
+            seg.retired = True
+        return [seg for seg in segments if seg.pins == 0]
+
+    def _close_handle(self, seg: _Segment) -> None:
+        handle, seg.handle = seg.handle, -1
+        if handle >= 0:
+            try:
+                self.fs.close(handle)
+            except OSError:
+                pass
+
+    def _drop_segments(self, start: int, stop: int | None = None) -> list[_Segment]:
+        """Take ``segments[start:stop]`` out of the log (owner thread),
+        closing the handles no reader holds."""
+        with self._lock:
+            gone = self.segments[start:stop]
+            del self.segments[start:stop]
+            closable = self._retire_locked(gone)
+        for seg in closable:
+            self._close_handle(seg)
+        return gone
+
     # ------------------------------------------------------------------ read
 
     def _segment_for(self, offset: int) -> int:
-        bases = [s.base for s in self.segments]
-        return max(0, bisect.bisect_right(bases, offset) - 1)
+        return max(0, bisect.bisect_right(self.segments, offset, key=_segment_base) - 1)
 
     def _position_of(self, seg: _Segment, offset: int) -> tuple[int, RecordHeader | None]:
         """Byte position and header of the record containing ``offset``."""
-        offsets = [o for o, _ in seg.index]
-        i = bisect.bisect_right(offsets, offset) - 1
+        i = bisect.bisect_right(seg.index, offset, key=_entry_offset) - 1
         position = seg.index[i][1] if i >= 0 else 0
         while position < seg.size:
             head = self.fs.pread(seg.handle, HEADER_SIZE, position)
@@ -622,8 +721,15 @@ class Log:
 
     def read(self, offset: int, max_bytes: int, end: int | None = None) -> bytes:
         """Whole records from the one containing ``offset``, up to ``max_bytes``
-        (always at least one record when one exists below ``end``)."""
+        (always at least one record when one exists below ``end``).
+
+        Safe in a worker thread while the owner appends, applies retention,
+        compacts or closes (see "File handles have one owner"). Raises
+        :class:`OffsetOutOfRangeError` when ``offset`` is not stored (any
+        more) and :class:`ClosedError` once the log is closed."""
         end = self.next_offset if end is None else min(end, self.next_offset)
+        # A first check; _pin checks again under the lock (retention may run
+        # between the two when this read is in a worker thread).
         if offset < self.earliest_offset or offset > self.next_offset:
             raise OffsetOutOfRangeError(
                 f"offset {offset} is outside the log [{self.earliest_offset}, "
@@ -631,90 +737,123 @@ class Log:
             )
         out = bytearray()
         while offset < end:
-            seg = self.segments[self._segment_for(offset)]
-            if offset >= seg.next_offset:
-                break
-            position, header = self._position_of(seg, offset)
-            if header is None:
-                break
-            want = max_bytes - len(out)
-            if out and want < header.length:
-                break
-            size = min(max(want, header.length), seg.size - position)
-            data = self.fs.pread(seg.handle, size, position)
-            pos = 0
-            while pos + HEADER_SIZE <= len(data):
-                h = decode_header(data, pos)
-                if isinstance(h, Short) and pos > 0:
-                    break  # the rest of this record is past the window
-                if not isinstance(h, RecordHeader):
-                    # Never serve damaged bytes, never stop short in silence
-                    # (a reader would wait at this offset for ever).
-                    reason = h.reason if isinstance(h, Corrupt) else "record runs past the file"
-                    raise CorruptionError(
-                        f"{seg.path}: corrupt record at byte {position + pos} ({reason}) "
-                        f"while reading offset {offset}; the records after it are kept. "
-                        "Restore the file, or open the log with repair=True to truncate there"
-                    )
-                if h.base_offset >= end or (out and len(out) + h.length > max_bytes):
-                    return bytes(out)
-                out += data[pos : pos + h.length]
-                pos += h.length
-                offset = h.next_offset
-            if pos == 0 or len(out) >= max_bytes:
+            try:
+                seg = self._pin(offset)
+            except (OffsetOutOfRangeError, ClosedError):
+                if not out:
+                    raise
+                break  # retention or close overtook this read: return what it got
+            try:
+                if offset >= seg.next_offset:
+                    break
+                offset, more = self._read_segment(seg, offset, end, max_bytes, out)
+            finally:
+                self._unpin(seg)
+            if not more:
                 break
         return bytes(out)
+
+    def _read_segment(
+        self, seg: _Segment, offset: int, end: int, max_bytes: int, out: bytearray
+    ) -> tuple[int, bool]:
+        """Append records of pinned ``seg`` from ``offset`` to ``out``;
+        returns the next offset and whether to go on to the next segment."""
+        position, header = self._position_of(seg, offset)
+        if header is None:
+            return offset, False
+        want = max_bytes - len(out)
+        if out and want < header.length:
+            return offset, False
+        size = min(max(want, header.length), seg.size - position)
+        data = self.fs.pread(seg.handle, size, position)
+        pos = 0
+        while pos + HEADER_SIZE <= len(data):
+            h = decode_header(data, pos)
+            if isinstance(h, Short) and pos > 0:
+                break  # the rest of this record is past the window
+            if not isinstance(h, RecordHeader):
+                # Never serve damaged bytes, never stop short in silence
+                # (a reader would wait at this offset for ever).
+                reason = h.reason if isinstance(h, Corrupt) else "record runs past the file"
+                raise CorruptionError(
+                    f"{seg.path}: corrupt record at byte {position + pos} ({reason}) "
+                    f"while reading offset {offset}; the records after it are kept. "
+                    "Restore the file, or open the log with repair=True to truncate there"
+                )
+            if h.base_offset >= end or (out and len(out) + h.length > max_bytes):
+                return offset, False
+            out += data[pos : pos + h.length]
+            pos += h.length
+            offset = h.next_offset
+        return offset, pos > 0 and len(out) < max_bytes
 
     def offset_for_time(self, timestamp: int) -> int | None:
         """Base offset of the first record whose max timestamp is >= ``timestamp``
         (the record holding the first event at or after it), or None."""
-        for seg in self.segments:
-            if seg.max_timestamp < timestamp or seg.size == 0:
-                continue
-            start = seg.base
-            for max_ts, off in seg.times:
-                if max_ts >= timestamp:
-                    break
-                start = off
-            position, _ = self._position_of(seg, start)
-            while position < seg.size:
-                header = decode_header(
-                    self.fs.pread(seg.handle, HEADER_SIZE, position), check_crc=False
-                )
-                assert isinstance(header, RecordHeader)
-                if header.max_timestamp >= timestamp:
-                    return header.base_offset
-                position += header.length
+        pinned = self._pin_all()
+        try:
+            for seg in pinned:
+                found = self._offset_for_time_in(seg, timestamp)
+                if found is not None:
+                    return found
+            return None
+        finally:
+            for seg in pinned:
+                self._unpin(seg)
+
+    def _offset_for_time_in(self, seg: _Segment, timestamp: int) -> int | None:
+        if seg.max_timestamp < timestamp or seg.size == 0:
+            return None
+        start = seg.base
+        for max_ts, off in seg.times:
+            if max_ts >= timestamp:
+                break
+            start = off
+        position, _ = self._position_of(seg, start)
+        while position < seg.size:
+            header = decode_header(
+                self.fs.pread(seg.handle, HEADER_SIZE, position), check_crc=False
+            )
+            assert isinstance(header, RecordHeader)
+            if header.max_timestamp >= timestamp:
+                return header.base_offset
+            position += header.length
         return None
 
     def headers(self, from_offset: int | None = None) -> list[RecordHeader]:
         """Headers of every record (from ``from_offset``), e.g. to rebuild state."""
         out: list[RecordHeader] = []
-        for seg in self.segments:
-            if from_offset is not None and seg.next_offset <= from_offset:
-                continue
-            position = 0
-            while position < seg.size:
-                header = decode_header(
-                    self.fs.pread(seg.handle, HEADER_SIZE, position), check_crc=False
-                )
-                assert isinstance(header, RecordHeader)
-                if from_offset is None or header.next_offset > from_offset:
-                    out.append(header)
-                position += header.length
+        pinned = self._pin_all()
+        try:
+            for seg in pinned:
+                if from_offset is not None and seg.next_offset <= from_offset:
+                    continue
+                position = 0
+                while position < seg.size:
+                    header = decode_header(
+                        self.fs.pread(seg.handle, HEADER_SIZE, position), check_crc=False
+                    )
+                    assert isinstance(header, RecordHeader)
+                    if from_offset is None or header.next_offset > from_offset:
+                        out.append(header)
+                    position += header.length
+        finally:
+            for seg in pinned:
+                self._unpin(seg)
         return out
 
     # ------------------------------------------------- retention, truncation
 
     def apply_retention(self, now_ms: int | None = None) -> list[int]:
         """Delete whole old segments by age and total size; return their bases.
-        The active segment is never deleted."""
+        The active segment is never deleted, nor one being compacted. Readers
+        holding a deleted segment finish their read (owner thread only)."""
         now = self.clock() if now_ms is None else now_ms
         cfg = self.config
         removed: list[int] = []
         while len(self.segments) > 1:
             oldest = self.segments[0]
-            if oldest.base in self._dirty:
+            if oldest.base in self._dirty or oldest.busy:
                 break
             too_old = cfg.retention_ms is not None and (
                 oldest.max_append_time < now - cfg.retention_ms
@@ -722,8 +861,7 @@ class Log:
             too_big = cfg.retention_bytes is not None and self.size_bytes > cfg.retention_bytes
             if not (too_old or too_big):
                 break
-            self.segments.pop(0)
-            self.fs.close(oldest.handle)
+            self._drop_segments(0, 1)
             self._remove_segments([oldest.base])
             removed.append(oldest.base)
         if removed:
@@ -732,43 +870,96 @@ class Log:
         return removed
 
     def replace_segment(self, base: int, records: list[bytes]) -> None:
-        """Atomically replace a sealed segment's records (compaction).
+        """Atomically replace a sealed segment's records (compaction):
+        :meth:`rewrite_segment` then :meth:`install_segment`, on this thread."""
+        self.install_segment(self.rewrite_segment(base, records))
+
+    def rewrite_segment(self, base: int, records: list[bytes]) -> _Segment:
+        """Write ``records`` as the new content of sealed segment ``base``;
+        returns the new segment for :meth:`install_segment`.
 
         The new records must keep the segment's first and end offsets. Written
         to a temporary file, fsynced, renamed over the segment, and the
         directory fsynced, so a crash leaves either the old or the new file.
+        Blocking: run it in a worker thread. Readers keep reading the old file
+        (their pinned handle) until the new one is installed; retention skips
+        the segment meanwhile. One rewrite per log at a time.
         """
-        index = next((i for i, s in enumerate(self.segments) if s.base == base), None)
-        if index is None or index == len(self.segments) - 1:
-            raise InvalidArgument(f"segment {base} is not a sealed segment of {self.path}")
-        old = self.segments[index]
-        if base in self._dirty:
-            raise InvalidArgument(f"segment {base} is not synced yet; sync first")
-        write_file_atomically(self.fs, old.path, records)
-        self._remove_segments([base], ("index", "timeindex"))
-        self._flush_dir()
-        self.fs.close(old.handle)
-        seg = _Segment(base=base, path=old.path, handle=self.fs.open(old.path))
-        seg.created_ms = old.created_ms
-        self._scan(seg, self.fs.size(seg.handle), self.fs.size(seg.handle), False, [])
-        if seg.next_offset != old.next_offset:
-            raise CorruptionError(
-                f"compaction of {old.path} changed its end offset "
-                f"({old.next_offset} -> {seg.next_offset})"
-            )
-        seg.sealed = True
-        seg.max_append_time = old.max_append_time
-        self.segments[index] = seg
-        self._write_indexes(seg)
-        self._flush_dir()
+        with self._lock:
+            index = next((i for i, s in enumerate(self.segments) if s.base == base), None)
+            if index is None or index == len(self.segments) - 1:
+                raise InvalidArgument(f"segment {base} is not a sealed segment of {self.path}")
+            old = self.segments[index]
+            if base in self._dirty:
+                raise InvalidArgument(f"segment {base} is not synced yet; sync first")
+            if old.busy:
+                raise InvalidArgument(f"segment {base} of {self.path} is being compacted")
+            old.busy = True
+        try:
+            return self._rewrite(old, records)
+        finally:
+            with self._lock:
+                old.busy = False
+
+    def _rewrite(self, old: _Segment, records: list[bytes]) -> _Segment:
+        # Touches only this segment's files and explicit directory fsyncs:
+        # the owner's counters (_dir_gen, _dirty) stay the owner's.
+        fs = self.fs
+        write_file_atomically(fs, old.path, records)
+        for ext in ("index", "timeindex"):
+            path = f"{self.path}/{_name(old.base, ext)}"
+            if fs.exists(path):
+                fs.remove(path)
+        fs.fsync_dir(self.path)
+        seg = _Segment(base=old.base, path=old.path, handle=fs.open(old.path))
+        try:
+            seg.created_ms = old.created_ms
+            size = fs.size(seg.handle)
+            self._scan(seg, size, size, False, [])
+            if seg.next_offset != old.next_offset:
+                raise CorruptionError(
+                    f"compaction of {old.path} changed its end offset "
+                    f"({old.next_offset} -> {seg.next_offset})"
+                )
+            seg.sealed = True
+            seg.max_append_time = old.max_append_time
+            self._write_index_files(seg)
+            fs.fsync_dir(self.path)
+        except BaseException:
+            self._close_handle(seg)
+            raise
+        return seg
+
+    def install_segment(self, seg: _Segment) -> None:
+        """Put a segment from :meth:`rewrite_segment` in place of the old one
+        (owner thread). The old handle closes when its last reader is done."""
+        with self._lock:
+            index = next((i for i, s in enumerate(self.segments) if s.base == seg.base), None)
+            stale = self.closed or index is None or index == len(self.segments) - 1
+            if not stale:
+                assert index is not None
+                old = self.segments[index]
+                self.segments[index] = seg
+                closable = self._retire_locked([old])
+        if stale:  # closed meanwhile (retention skips busy segments)
+            self._close_handle(seg)
+            if self.closed:
+                raise ClosedError(f"the log at {self.path} closed during compaction")
+            raise InvalidArgument(f"segment {seg.base} left {self.path} during its rewrite")
+        for gone in closable:
+            self._close_handle(gone)
+
+    def sealed_segments(self) -> list[tuple[int, int]]:
+        """``(first offset, end offset)`` of every sealed, synced segment:
+        the ones :meth:`rewrite_segment` accepts."""
+        return [(s.base, s.next_offset) for s in self.segments[:-1] if s.base not in self._dirty]
 
     def delete_before(self, offset: int) -> list[int]:
         """Delete whole segments that end at or before ``offset`` (never the active one)."""
         removed: list[int] = []
         while len(self.segments) > 1 and self.segments[0].next_offset <= offset:
-            oldest = self.segments.pop(0)
+            (oldest,) = self._drop_segments(0, 1)
             self._dirty.pop(oldest.base, None)
-            self.fs.close(oldest.handle)
             self._remove_segments([oldest.base])
             removed.append(oldest.base)
         if removed:
@@ -785,11 +976,9 @@ class Log:
                 f"cannot truncate to {offset}: the log starts at {self.earliest_offset}"
             )
         i = self._segment_for(offset)
-        for seg in self.segments[i + 1 :]:
-            self.fs.close(seg.handle)
+        for seg in self._drop_segments(i + 1):
             self._remove_segments([seg.base])
             self._dirty.pop(seg.base, None)
-        del self.segments[i + 1 :]
         seg = self.segments[-1]
         position, header = self._position_of(seg, offset)
         self.fs.truncate(seg.handle, position)
@@ -822,19 +1011,16 @@ class Log:
         self.abandon()
 
     def abandon(self) -> None:
-        """Close every handle without syncing (after a failure or a crash)."""
-        self.closed = True
+        """Close every handle without syncing (after a failure or a crash).
+        A segment a reader still holds is closed when that read ends."""
+        with self._lock:
+            self.closed = True
+            closable = self._retire_locked(list(self.segments))
         pending, self._recovering = self._recovering, None
         if pending is not None and pending not in self.segments:
-            try:
-                self.fs.close(pending.handle)
-            except OSError:
-                pass
-        for seg in self.segments:
-            try:
-                self.fs.close(seg.handle)
-            except OSError:
-                pass
+            closable.append(pending)
+        for seg in closable:
+            self._close_handle(seg)
         if self._checkpoint_handle is not None:
             try:
                 self.fs.close(self._checkpoint_handle)

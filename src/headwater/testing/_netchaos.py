@@ -26,8 +26,8 @@ import attrs
 import trio
 
 from headwater._errors import HeadwaterError
-from headwater.client._event import Event
 from headwater.client._tcp import connect
+from headwater.journal._batch import Event
 
 from ._proxy import Proxy, open_proxy
 

@@ -44,7 +44,7 @@ from headwater.actors._system import tracing
 from headwater.broker._broker import Broker, open_broker
 from headwater.client._channel import LocalChannel
 from headwater.client._client import Client
-from headwater.client._codec import decode_record_events
+from headwater.journal._batch import decode_record_events
 from headwater.journal._files import PowerLoss, SimulatedFileSystem
 from headwater.journal._record import iter_records
 
