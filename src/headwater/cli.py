@@ -541,6 +541,12 @@ def main(url: str | None) -> None:
     "--http-host", default="127.0.0.1", show_default=True, help="Address of the HTTP listener."
 )
 @click.option(
+    "--kafka-port",
+    default=None,
+    type=int,
+    help="Also serve Kafka clients here (off by default; same host, TLS and token).",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["auto", "console", "json"]),
     default="auto",

@@ -38,6 +38,7 @@ from headwater._errors import (
 from headwater._logging import get_logger
 from headwater._protocol import (
     PUSH_SINK,
+    AddPartitions,
     CommitOffsets,
     CommittedOffsets,
     CreateTopic,
@@ -63,6 +64,7 @@ from headwater._protocol import (
     ProduceResult,
     ProducerIdentity,
     ReleasePartitions,
+    SyncGroup,
     TopicDescription,
     TopicInfo,
     TopicList,
@@ -353,6 +355,14 @@ class BrokerService:
         self.stats.forget_topic(config.name)
         return Done()
 
+    async def _add_partitions(self, r: AddPartitions) -> TopicInfo:
+        config = self._config(r.name)
+        grown = await self.system.lookup("/broker/registry").ask(
+            AddPartitions(config.name, r.partitions), timeout=30
+        )
+        self._topics[config.name] = grown
+        return grown.to_info()  # type: ignore[no-any-return]
+
     async def _list_topics(self, r: Any) -> TopicList:
         return TopicList(tuple(c.to_info() for _, c in sorted(self._topics.items())))
 
@@ -424,6 +434,7 @@ class BrokerService:
         ListOffset: _list_offset,
         CreateTopic: _create_topic,
         DeleteTopic: _delete_topic,
+        AddPartitions: _add_partitions,
         ListTopics: _list_topics,
         DescribeTopic: _describe_topic,
         InitProducer: _init_producer,
@@ -431,6 +442,7 @@ class BrokerService:
         Heartbeat: _group_request,
         ReleasePartitions: _group_request,
         LeaveGroup: _group_request,
+        SyncGroup: _group_request,
         CommitOffsets: _group_request,
         FetchCommitted: _group_request,
         ListGroups: _list_groups,
