@@ -31,6 +31,7 @@ from ._errors import IllegalTransitionError as IllegalTransitionError
 from ._errors import InconsistentGroupProtocolError as InconsistentGroupProtocolError
 from ._errors import InvalidArgument as InvalidArgument
 from ._errors import InvalidTopicName as InvalidTopicName
+from ._errors import LinkedExit as LinkedExit
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import MailboxFull as MailboxFull
 from ._errors import NotFoundError as NotFoundError
@@ -51,6 +52,7 @@ from ._errors import UnknownPartitionError as UnknownPartitionError
 from ._errors import UnknownTopicError as UnknownTopicError
 from ._errors import UnsupportedVersionError as UnsupportedVersionError
 from ._errors import UsageError as UsageError
+from ._errors import WrongListenerError as WrongListenerError
 from ._logging import configure_logging as configure_logging
 from .actors import Actor as Actor
 from .actors import ActorRef as ActorRef
@@ -86,6 +88,7 @@ __all__ = [
     # errors
     "HeadwaterError",
     "UsageError",
+    "WrongListenerError",
     "InvalidArgument",
     "ConfigError",
     "NotFoundError",
@@ -107,6 +110,7 @@ __all__ = [
     "ActorKilled",
     "MailboxFull",
     "SupervisorGaveUp",
+    "LinkedExit",
     "ProtocolError",
     "LocalProtocolError",
     "RemoteProtocolError",

@@ -283,12 +283,15 @@ class Server:
         _log.warning("connection_refused", peer=peer, reason=reason)
         conn = ServerConnection(max_frame_size=self.config.max_frame_size)
         conn.fail(ServerBusyError(reason))
-        with trio.move_on_after(1.0):
-            try:
+        try:
+            with trio.move_on_after(1.0):
                 await self._wrap(stream).send_all(conn.data_to_send())
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
-        await trio.aclose_forcefully(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            # Also when cancelled (the listener stopped by a drain mid-refusal):
+            # an unclosed socket leaks its descriptor until the collector runs.
+            await trio.aclose_forcefully(stream)
 
     def _wrap(self, stream: trio.abc.Stream) -> trio.abc.Stream:
         if self._ssl is None or isinstance(stream, trio.SSLStream):

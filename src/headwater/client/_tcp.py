@@ -44,6 +44,7 @@ from headwater._errors import (
     InvalidArgument,
     RemoteProtocolError,
     UnsupportedVersionError,
+    WrongListenerError,
 )
 from headwater._logging import get_logger
 from headwater.transport._connection import (
@@ -285,7 +286,9 @@ class TcpChannel(Channel):
                     session = await self._connect()
                 except HeadwaterError as exc:
                     self._last_error = exc
-                    if first or isinstance(exc, AuthenticationError | UnsupportedVersionError):
+                    if first or isinstance(
+                        exc, AuthenticationError | UnsupportedVersionError | WrongListenerError
+                    ):
                         if first:
                             raise
                         self._fatal = exc
@@ -300,18 +303,26 @@ class TcpChannel(Channel):
                         self._on_reconnect(failures, exc)
                     await trio.sleep(delay)
                     continue
-                if not first:
-                    self.reconnects += 1
-                    _log.info("reconnected", server=self.address, after_failures=failures)
-                    if failures and self._on_reconnect is not None:
-                        self._on_reconnect(failures, None)
-                failures = 0
-                self._session = session
-                self._connected.set()
-                if first:
-                    first = False
-                    task_status.started()
-                error = await self._read(session)
+                try:
+                    if not first:
+                        self.reconnects += 1
+                        _log.info("reconnected", server=self.address, after_failures=failures)
+                        if failures and self._on_reconnect is not None:
+                            self._on_reconnect(failures, None)
+                    failures = 0
+                    self._session = session
+                    self._connected.set()
+                    if first:
+                        first = False
+                        task_status.started()
+                    error = await self._read(session)
+                except BaseException:
+                    # Cancelled (aclose() closes the session it sees, but one
+                    # that ran while this task held a finished handshake saw
+                    # none) or a raising listener: close the stream here too,
+                    # else the socket leaks.
+                    await trio.aclose_forcefully(session.stream)
+                    raise
                 self._session = None
                 self._connected = trio.Event()
                 self._last_error = error
@@ -356,6 +367,13 @@ class TcpChannel(Channel):
                         conn.receive_data(data)
                         continue
                     if isinstance(event, HandshakeComplete):
+                        if event.peer.startswith("headwater-actors"):
+                            raise WrongListenerError(
+                                f"{self.address} is an application's actors listener "
+                                f"({event.peer}), not a broker; for its tree use "
+                                "headwater tree --url headwater+actors://"
+                                + self.address.split("://", 1)[-1]
+                            )
                         session.slots = trio.Semaphore(conn.max_in_flight)
                         return session
                     if isinstance(event, AuthRequired):
