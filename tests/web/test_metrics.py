@@ -183,3 +183,16 @@ async def test_restarts_and_readiness_follow_a_killed_partition(
         m = await scrape(broker)
         assert 1.0 == m[("headwater_actor_restarts_total", (("path", "/broker/topics/orders/1"),))]
         assert 0.0 == m[("headwater_actor_restarts_total", (("path", "/broker/topics/orders/0"),))]
+
+
+async def test_mailbox_figures_per_actor_kind(autojump_clock: trio.abc.Clock) -> None:
+    """Messages handled and mailbox high-water marks are summed per actor kind
+    from the tree snapshot: 5 appends to one partition are 5 handled messages."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        await broker.handle(CreateTopic("orders", partitions=2))
+        for _ in range(5):
+            await broker.handle(Produce("orders", 0, batch(b"x", 1)))
+        m = await scrape(broker)
+        assert 5.0 == m[("headwater_messages_handled_total", (("kind", "partition"),))]
+        assert 1.0 == m[("headwater_mailbox_high_water", (("kind", "partition"),))]
+        assert 0.0 == m[("headwater_mailbox_depth", (("kind", "partition"),))]
