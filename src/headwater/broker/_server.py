@@ -242,21 +242,29 @@ class Server:
         self._connections += 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
 
-        async def run() -> None:
-            try:
-                await self._connection(stream, peer, f"/server/{name}")
-            finally:
+        released = False
+
+        def release() -> None:
+            # The count drops before the socket closes: a client that sees the
+            # port free again (its fd gone) must also find a free slot.
+            nonlocal released
+            if not released:
+                released = True
                 self._connections -= 1
                 if self._connections == 0:
                     self._idle.set()
+
+        async def run() -> None:
+            try:
+                await self._connection(stream, peer, f"/server/{name}", release)
+            finally:
+                release()
 
         spec = ChildSpec(name, run, restart="temporary", shutdown=self.config.shutdown_timeout)
         try:
             await self.broker.system.start_child(spec, parent="/server")
         except BaseException:
-            self._connections -= 1
-            if self._connections == 0:
-                self._idle.set()
+            release()
             await trio.aclose_forcefully(stream)
             raise
 
@@ -321,7 +329,9 @@ class Server:
             for listener in listeners:
                 nursery.start_soon(accept, listener)
 
-    async def _connection(self, stream: trio.abc.Stream, peer: str, path: str) -> None:
+    async def _connection(
+        self, stream: trio.abc.Stream, peer: str, path: str, release: Callable[[], None]
+    ) -> None:
         config = self.config
         conn = ServerConnection(
             token=config.auth_token,
@@ -490,6 +500,7 @@ class Server:
             broker_stats.connection_closed(path)
             self._receivers.discard(receiver)
             conn.close()
+            release()
             await trio.aclose_forcefully(stream)
             log.info("connection_closed", reason=reason, **stats)
 
