@@ -50,6 +50,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, NoReturn, TextIO, TypeVar
 
 import attrs
@@ -534,6 +535,15 @@ def main(url: str | None) -> None:
 @click.option("--shutdown-timeout", default=10.0, show_default=True, type=float, help="Seconds.")
 @click.option("--actors-port", default=None, type=int, help="Also serve the actor system here.")
 @click.option(
+    "--http-port",
+    default=None,
+    type=click.IntRange(0, 65535),
+    help="Serve /metrics, /healthz, /readyz and the web console here (off by default).",
+)
+@click.option(
+    "--http-host", default="127.0.0.1", show_default=True, help="Address of the HTTP listener."
+)
+@click.option(
     "--kafka-port",
     default=None,
     type=int,
@@ -558,6 +568,8 @@ def serve(**options: Any) -> None:
     from headwater.broker._server import ServerConfig, run_server
 
     token_file = options.pop("auth_token_file")
+    http_port = options.pop("http_port")
+    http_host = options.pop("http_host")
     token = None
     if token_file:
         token = _token(None, token_file)
@@ -565,7 +577,12 @@ def serve(**options: Any) -> None:
         config = ServerConfig(auth_token=token, **options)
     except HeadwaterError as exc:
         _fail(f"{exc.message} [{exc.code}]", EXIT_USAGE)
-    sys.exit(run_server(config))
+    front_ends: list[Any] = []
+    if http_port is not None:
+        from headwater.web import open_http
+
+        front_ends.append(partial(open_http, port=http_port, host=http_host, token=token))
+    sys.exit(run_server(config, front_ends))
 
 
 # --------------------------------------------------------------------------

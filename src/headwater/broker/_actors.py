@@ -25,6 +25,7 @@ Each actor is a thin loop around a core that has no Trio in it:
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -64,7 +65,9 @@ from headwater.broker._group import (
     state_to_plain,
 )
 from headwater.broker._group import apply as group_apply
+from headwater.broker._grouplog import group_changes
 from headwater.broker._idempotence import Duplicate, ProducerStates, RecordInfo
+from headwater.broker._stats import BrokerStats
 from headwater.journal._async import AsyncLog, open_log
 from headwater.journal._batch import decode_record_events
 from headwater.journal._files import FileSystem
@@ -97,6 +100,7 @@ class BrokerSettings:
     segment_bytes: int = 64 * 1024 * 1024
     max_batch_bytes: int = 16 * 1024 * 1024
     interval_ms: int = 200
+    stats: BrokerStats = attrs.field(factory=BrokerStats, eq=False, repr=False)
 
     def partition_dir(self, topic: str, partition: int) -> str:
         return os.path.join(self.data_dir, "topics", topic, str(partition))
@@ -180,8 +184,23 @@ class PartitionActor(Actor):
             except CorruptionError as exc:
                 raise self._cannot_open(exc) from exc
 
+        began = time.perf_counter()
         self.log = await self.context.nursery.start(hold)
+        stats = self.settings.stats
+        self.log.sync_latency = stats.fsync_latency
+        self.log.sync_batch = stats.fsync_batch
         self._rebuild()
+        seconds = time.perf_counter() - began
+        stats.recovery_seconds[(self.config.name, self.partition)] = seconds
+        _log.info(
+            "partition_recovered",
+            topic=self.config.name,
+            partition=self.partition,
+            seconds=round(seconds, 4),
+            next_offset=self.log.next_offset,
+            segments=len(self.log.log.segments),
+            size_bytes=self.log.log.size_bytes,
+        )
 
     def _cannot_open(self, exc: CorruptionError) -> CorruptionError:
         # Restarting cannot mend damaged files: say which partition and how
@@ -563,6 +582,7 @@ class GroupActor(Actor):
 
         self.journal = await self.context.nursery.start(hold)
         self.coordinator = GroupCoordinator.from_state(self.journal.state, trio.current_time())
+        self._logged_state = self.coordinator.state
         self.context.nursery.start_soon(self._timer)
 
     async def _timer(self) -> None:
@@ -586,6 +606,7 @@ class GroupActor(Actor):
         events = self.coordinator.take_events()
         if events:
             await self.journal.persist_many(events)
+            self._log_changes()
         self._timer_moved.set()
         self._notify()
 
@@ -604,6 +625,14 @@ class GroupActor(Actor):
             except Exception as exc:  # a sink must never fail the group actor
                 _log.error("group_push_failed", group=self.group, exc_info=exc)
                 self._sinks.pop(notice.member_id, None)
+
+    def _log_changes(self) -> None:
+        """Log joins, leaves, state changes and rebalances, now durable."""
+        assert self.coordinator is not None
+        state = self.coordinator.state
+        for event, fields in group_changes(self._logged_state, state):
+            _log.info(event, group=self.group, **fields)
+        self._logged_state = state
 
     async def handle(self, message: Any) -> Any:
         """Join, heartbeat, release, leave, commit, read commits, expire members."""

@@ -61,6 +61,9 @@ class Broker:
     def __init__(self, system: ActorSystem, service: BrokerService) -> None:
         self.system = system
         self.service = service
+        #: The port of the HTTP front end, when ``headwater.open_broker`` (or
+        #: :func:`headwater.web.open_http`) opened one on this broker.
+        self.http_port: int | None = None
 
     @property
     def data_dir(self) -> str:
