@@ -18,6 +18,7 @@ from headwater.broker._repair import repair_data_dir
 from headwater.journal import SimulatedFileSystem
 from headwater.journal._record import HEADER_SIZE, encode_record, iter_records
 from headwater.supervision import ActorSnapshot
+from headwater.testing import capture_logs
 
 from .conftest import Connect
 
@@ -163,3 +164,22 @@ async def test_a_group_whose_journal_is_damaged_fails_alone(
         assert (
             1 == (await broker.handle(p.Produce("t", 0, encode_record(b"y", count=1)))).base_offset
         )
+
+
+async def test_a_consumer_of_the_whole_topic_reads_the_healthy_partitions(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """A consumer of every partition of a topic with a failed partition gets
+    every event of the healthy ones (it used to stop with CorruptionError); the
+    damaged partition stalls alone and is reported once at warning."""
+    fs = await _damaged_broker_files(connect)
+    async with open_broker(DATA, fs=fs) as broker, connect(broker) as client:
+        seen: list[tuple[int, int]] = []
+        with capture_logs() as logs:
+            async with client.consumer(["t"], start="earliest") as consumer:
+                with trio.move_on_after(10):
+                    async for event in consumer:
+                        seen.append((event.partition, event.offset))  # noqa: PERF401
+        assert [(q, o) for q in (0, 2) for o in range(4)] == sorted(seen)
+        warned = [e for e in logs if e["event"] == "consumer_partition_damaged"]
+        assert [1] == [e["partition"] for e in warned]

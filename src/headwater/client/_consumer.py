@@ -66,6 +66,7 @@ from headwater._aio import unwrapping_groups
 from headwater._errors import (
     ClosedError,
     ConfigError,
+    CorruptionError,
     HeadwaterError,
     InvalidArgument,
     OffsetOutOfRangeError,
@@ -430,14 +431,27 @@ class Consumer:
     async def _retrying(self, tp: TP, what: str, ask: Any) -> int:
         """``await ask()`` until it does not fail with a retriable error (a
         lost connection must not kill the fetcher: fetches retry too)."""
+        damaged = 0
         while True:
             try:
                 return int(await ask())
+            except CorruptionError as exc:
+                await self._stall_damaged(tp, damaged, exc)
+                damaged += 1
             except HeadwaterError as exc:
                 if not exc.retriable:
                     raise
                 log.info(f"{what}_retry", topic=tp[0], partition=tp[1], error=repr(exc))
                 await trio.sleep(0.1)
+
+    async def _stall_damaged(self, tp: TP, attempt: int, exc: CorruptionError) -> None:
+        """Wait before asking a damaged (failed) partition again. It stalls
+        alone, as an offline partition does in Kafka: the others keep flowing,
+        its lag grows, and it resumes once an operator repaired it. Warned once
+        per stall; retried with backoff (0.5 s doubling to 30 s)."""
+        if attempt == 0:
+            log.warning("consumer_partition_damaged", topic=tp[0], partition=tp[1], error=str(exc))
+        await trio.sleep(min(0.5 * 2**attempt, 30.0))
 
     async def _fetcher(self, tp: TP, owned: _Owned, offset: int | None) -> None:
         with owned.scope:
@@ -446,6 +460,7 @@ class Consumer:
                 self._positions.setdefault(tp, offset)
             topic, partition = tp
             cfg = self.config
+            damaged = 0  # fetches in a row refused because the partition is damaged
             while True:
                 try:
                     result: p.FetchResult = await self._channel.request(
@@ -454,6 +469,10 @@ class Consumer:
                         ),
                         timeout=cfg.request_timeout + cfg.max_wait,
                     )
+                except CorruptionError as exc:
+                    await self._stall_damaged(tp, damaged, exc)
+                    damaged += 1
+                    continue
                 except OffsetOutOfRangeError as exc:
                     # Retention removed it, or a seek went past the end: reset.
                     where = self._start if isinstance(self._start, str) else "earliest"
@@ -479,6 +498,7 @@ class Consumer:
                     log.info("fetch_retry", topic=topic, partition=partition, error=repr(exc))
                     await trio.sleep(0.1)
                     continue
+                damaged = 0
                 # Only headers here (checksums included): the next fetch goes
                 # out at once while the reader decodes these records.
                 records = iter_records(result.records)
