@@ -480,3 +480,57 @@ async def test_group_of_two_commits_then_a_third_joins(
     for _p, offset, *_rest in kc.consume("kafka-python", bootstrap, topic, 4, 200):
         ends[_p] = max(ends[_p], offset + 1)
     assert ends == {o.partition: o.offset for o in committed.offsets}
+
+
+def _read_to_end_kafka_python(
+    bootstrap: str, topic: str, isolation: str
+) -> tuple[list[bytes], int]:
+    """kafka-python reads partition 0 from the start until its position stops
+    moving; returns the values read and the final position."""
+    tp = kafka.TopicPartition(topic, 0)
+    consumer = kafka.KafkaConsumer(bootstrap_servers=bootstrap, isolation_level=isolation)
+    try:
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        values: list[bytes] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=300).values():
+                values.extend(r.value for r in records)
+            if consumer.position(tp) >= 6 and len(values) >= 3:
+                break
+        return values, consumer.position(tp)
+    finally:
+        consumer.close()
+
+
+async def test_kafka_reader_steps_over_transaction_markers_and_aborted_events(
+    kafka_server: ServerProcess,
+) -> None:
+    """A topic written by Headwater transactions (commit, then abort, markers
+    last): kafka-python with read_committed gets the committed values and its
+    position reaches the end of the log (past the trailing marker), where it
+    used to stop short of the markers; read_uncommitted sees the aborted value
+    too."""
+    bootstrap = kafka_server.kafka_bootstrap
+    async with headwater.connect(kafka_server.url, connect_timeout=10) as client:
+        await client.create_topic("txn-kafka")
+        async with client.producer(transactional_id="kt", serializer="bytes") as producer:
+            async with producer.transaction():  # offsets 0, 1; marker 2
+                await producer.send("txn-kafka", b"a", partition=0)
+                await producer.send("txn-kafka", b"b", partition=0)
+            with pytest.raises(KeyError):
+                async with producer.transaction():  # offset 3; marker 4
+                    await producer.send("txn-kafka", b"aborted", partition=0)
+                    raise KeyError("abort")
+            async with producer.transaction():  # offset 5; marker 6
+                await producer.send("txn-kafka", b"c", partition=0)
+    committed = await trio.to_thread.run_sync(
+        lambda: _read_to_end_kafka_python(bootstrap, "txn-kafka", "read_committed")
+    )
+    assert ([b"a", b"b", b"c"], 7) == committed
+    everything = await trio.to_thread.run_sync(
+        lambda: _read_to_end_kafka_python(bootstrap, "txn-kafka", "read_uncommitted")
+    )
+    assert [b"a", b"b", b"aborted", b"c"] == everything[0]
+    assert 7 == everything[1]

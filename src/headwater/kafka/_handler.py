@@ -80,7 +80,7 @@ from headwater.journal._record import iter_records
 
 from ._consumer_protocol import encode_assignment
 from ._groups import KafkaGroupApis, KafkaGroups
-from ._records import KafkaCorruptBatch, decode_batches
+from ._records import KafkaCorruptBatch, control_batch, decode_batches
 from ._translate import batch_to_record, records_to_kafka
 from ._wire import SUPPORTED, KafkaRequest, build, response_class
 
@@ -326,11 +326,24 @@ class KafkaHandler:
     # ------------------------------------------------------------- Fetch
 
     async def _fetch_partition(
-        self, topic: str, partition: int, offset: int, max_bytes: int, wait: float
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        max_bytes: int,
+        wait: float,
+        isolation: str = "read_uncommitted",
     ) -> tuple[FetchResult | None, ErrorCode, int, int]:
         try:
             result: FetchResult = await self._call(
-                Fetch(topic, partition, offset, max_bytes=max(1, max_bytes), max_wait=wait)
+                Fetch(
+                    topic,
+                    partition,
+                    offset,
+                    max_bytes=max(1, max_bytes),
+                    max_wait=wait,
+                    isolation=isolation,
+                )
             )
         except HeadwaterError as exc:
             return None, error_code(exc), -1, -1
@@ -346,6 +359,9 @@ class KafkaHandler:
         total_max = body.max_bytes if body.max_bytes > 0 else 1 << 30
         max_wait = min(max(body.max_wait.total_seconds(), 0.0), MAX_FETCH_WAIT)
         min_bytes = max(body.min_bytes, 0)
+        # Fetch v4+ says; older versions read uncommitted, as in Kafka.
+        level = int(getattr(body, "isolation_level", 0))
+        isolation = "read_committed" if level == 1 else "read_uncommitted"
 
         async def read_all() -> tuple[dict[tuple[str, int], Any], int]:
             out: dict[tuple[str, int], Any] = {}
@@ -356,7 +372,7 @@ class KafkaHandler:
                 if limit <= 0 and size:
                     out[(topic, partition)] = (None, ErrorCode.none, -2, -2)
                     continue
-                got = await self._fetch_partition(topic, partition, offset, limit, 0)
+                got = await self._fetch_partition(topic, partition, offset, limit, 0, isolation)
                 out[(topic, partition)] = got
                 if got[0] is not None:
                     n = len(got[0].records)
@@ -371,31 +387,43 @@ class KafkaHandler:
             async with trio.open_nursery() as nursery:
 
                 async def wait_one(topic: str, partition: int, offset: int) -> None:
-                    got = await self._fetch_partition(topic, partition, offset, 1, max_wait)
-                    if got[0] is None or got[0].records:
+                    got = await self._fetch_partition(
+                        topic, partition, offset, 1, max_wait, isolation
+                    )
+                    if got[0] is None or got[0].records or _skipped_to(got[0], offset) > offset:
                         nursery.cancel_scope.cancel()
 
                 for topic, partition, offset, _m in wanted:
                     nursery.start_soon(wait_one, topic, partition, offset)
             results, size = await read_all()
         topics: dict[str, list[dict[str, Any]]] = {}
-        for topic, partition, _offset, _m in wanted:
+        for topic, partition, offset, _m in wanted:
             result, code, hw, start = results[(topic, partition)]
+            lso = hw
             if hw == -2:  # skipped for the byte budget: report the partition, no data
                 records = b""
-                hw = start = -1
+                hw = lso = start = -1
             else:
                 records = (
                     records_to_kafka(result.records, topic=topic, partition=partition)
                     if result is not None and result.records
                     else b""
                 )
+                if result is not None:
+                    if result.last_stable_offset >= 0:
+                        lso = result.last_stable_offset
+                    skipped_to = _skipped_to(result, offset)
+                    if skipped_to > _end_of(result, offset):
+                        # Markers (and aborted events) at the end were left out
+                        # broker-side: a control batch ending just before
+                        # ``skipped_to`` lets Kafka clients step over them.
+                        records += control_batch(skipped_to - 1)
             topics.setdefault(topic, []).append(
                 {
                     "partition_index": partition,
                     "error_code": code,
                     "high_watermark": hw,
-                    "last_stable_offset": hw,  # no transactions yet (DECISIONS #21)
+                    "last_stable_offset": lso,
                     "log_start_offset": start,
                     "aborted_transactions": [],
                     "preferred_read_replica": -1,
@@ -812,3 +840,16 @@ _STATES = {
 
 def _group_state(state: str) -> str:
     return _STATES.get(state, state[:1].upper() + state[1:] if state else "Empty")
+
+
+def _end_of(result: FetchResult, offset: int) -> int:
+    """The offset after the last record a fetch returned (``offset`` if none)."""
+    end = offset
+    for header, _record in iter_records(result.records):
+        end = header.base_offset + header.count
+    return end
+
+
+def _skipped_to(result: FetchResult, offset: int) -> int:
+    """Where the next fetch starts, past records the broker left out."""
+    return result.next_offset if result.next_offset >= 0 else _end_of(result, offset)

@@ -55,6 +55,7 @@ __all__ = [
     "KafkaBatch",
     "KafkaCorruptBatch",
     "KafkaRecord",
+    "control_batch",
     "decode_batches",
     "encode_batch",
 ]
@@ -446,3 +447,13 @@ def encode_batch(
     )
     crc = crc32c.crc32c(tail)
     return _PREFIX.pack(base_offset, len(tail) + 9, -1, 2) + _U32.pack(crc) + tail
+
+
+def control_batch(offset: int, *, commit: bool = True) -> bytes:
+    """A control batch (one transaction marker record) at ``offset``: Kafka
+    clients never return it and move their position past it. The broker
+    leaves its own markers out of fetches; the Kafka front end adds one of
+    these where a fetch skipped records at its end, so clients step over them."""
+    key = struct.pack(">hh", 0, 1 if commit else 0)  # version 0, COMMIT / ABORT
+    value = struct.pack(">hi", 0, 0)  # version 0, coordinator epoch
+    return encode_batch(offset, [(0, key, value, ())], attributes=ATTR_CONTROL | ATTR_TRANSACTIONAL)
