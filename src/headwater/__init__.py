@@ -33,7 +33,10 @@ from ._errors import MailboxFull as MailboxFull
 from ._errors import NotFoundError as NotFoundError
 from ._errors import OffsetOutOfRangeError as OffsetOutOfRangeError
 from ._errors import OutOfOrderSequenceError as OutOfOrderSequenceError
+from ._errors import LockLostError as LockLostError
 from ._errors import ProducerFencedError as ProducerFencedError
+from ._errors import SubscriptionBusyError as SubscriptionBusyError
+from ._errors import SubscriptionConflictError as SubscriptionConflictError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import SerializationError as SerializationError
@@ -121,6 +124,9 @@ __all__ = [
     "UnknownMemberError",
     "OutOfOrderSequenceError",
     "ProducerFencedError",
+    "LockLostError",
+    "SubscriptionBusyError",
+    "SubscriptionConflictError",
 ]
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "IllegalTransitionError",
     "InvalidArgument",
     "InvalidTopicName",
+    "LockLostError",
     "LocalProtocolError",
     "MailboxFull",
     "NotFoundError",
@@ -54,6 +55,8 @@ __all__ = [
     "SerializationError",
     "StaleGenerationError",
     "StorageError",
+    "SubscriptionBusyError",
+    "SubscriptionConflictError",
     "SupervisorGaveUp",
     "TopicExistsError",
     "UnknownGroupError",
@@ -416,6 +419,33 @@ class ProducerFencedError(ClosedError):
     this producer and use the newer one."""
 
     code = "producer_fenced"
+
+
+class LockLostError(UsageError):
+    """An ack, nack, reject or extend named an event this consumer of a share
+    subscription does not hold: never delivered to it, or its lock (the
+    subscription's ``ack_timeout``) expired and the event went back to be
+    delivered again. Nothing changed for that event; it will be (or was)
+    redelivered, so make processing idempotent or extend slow jobs in time."""
+
+    code = "lock_lost"
+
+
+class SubscriptionConflictError(UsageError):
+    """A share subscription request conflicts with what exists: the name is a
+    consumer group (or a group name is a share subscription; they share one
+    namespace), or the topic, mode or settings differ from the subscription's
+    (fixed when it was created). Use another name, or the existing settings."""
+
+    code = "subscription_conflict"
+
+
+class SubscriptionBusyError(UsageError):
+    """An ``exclusive`` share subscription already has a live consumer, so a
+    second one is refused. Close the first, wait for its session to expire,
+    or use mode ``shared``."""
+
+    code = "subscription_busy"
 
 
 def _all_subclasses(cls: type[HeadwaterError]) -> list[type[HeadwaterError]]:
