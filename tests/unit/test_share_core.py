@@ -85,7 +85,8 @@ def test_lock_timeout_redelivers_after_list_backoff_then_dead_letters() -> None:
     assert [(0, 1)] == h.acquire("a", 1, now=0)
     assert 100 == h.core.next_deadline(0)
     h.fold(h.core.expire(99))
-    assert 1 == len(h.state.entries) and "acquired" == h.state.entries[0].state
+    assert 1 == len(h.state.entries)
+    assert "acquired" == h.state.entries[0].state
     h.fold(h.core.expire(100))
     assert ("available", 110) == (h.state.entries[0].state, h.state.entries[0].visible_at)
     assert 110 == h.core.next_deadline(100)

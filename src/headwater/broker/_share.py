@@ -106,9 +106,7 @@ class ShareSettings:
 
     def __attrs_post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ConfigError(
-                f"mode={self.mode!r} is not supported; use one of {', '.join(MODES)}"
-            )
+            raise ConfigError(f"mode={self.mode!r} is not supported; use one of {', '.join(MODES)}")
         _int("ack_timeout_ms", self.ack_timeout_ms, 1)
         _int("max_deliveries", self.max_deliveries, 1)
         _int("backoff_base_ms", self.backoff_base_ms, 0)
@@ -345,9 +343,7 @@ class ShareCore:
         floor = self.state.floor
         entries = self.state.entries
         for o in [
-            o
-            for o in self.loaded
-            if o < floor or (o in entries and entries[o].state in _SETTLED)
+            o for o in self.loaded if o < floor or (o in entries and entries[o].state in _SETTLED)
         ]:
             del self.loaded[o]
         if self.read_end < floor:
@@ -453,7 +449,10 @@ class ShareCore:
                 continue  # a double ack: a no-op
             if entry is None or entry.state != ACQUIRED or entry.consumer != consumer:
                 refused.append(
-                    (offset, "not held by this consumer (never delivered to it, or its lock expired)")
+                    (
+                        offset,
+                        "not held by this consumer (never delivered to it, or its lock expired)",
+                    )
                 )
                 continue
             if offset in seen:
@@ -471,13 +470,9 @@ class ShareCore:
         if acks:
             deltas.append({"t": "ack", "o": acks})
         if extends:
-            deltas.append(
-                {"t": "extend", "o": extends, "x": now + self.settings.ack_timeout_ms}
-            )
+            deltas.append({"t": "extend", "o": extends, "x": now + self.settings.ack_timeout_ms})
         if rejects:
-            deltas.append(
-                {"t": "dead", "o": [o for o, _ in rejects], "e": [e for _, e in rejects]}
-            )
+            deltas.append({"t": "dead", "o": [o for o, _ in rejects], "e": [e for _, e in rejects]})
         for (delay, error), offsets in nacks.items():
             deltas.extend(self._fail(offsets, now, error, delay))
         return deltas, refused

@@ -1,0 +1,299 @@
+"""Share subscriptions end to end: embedded and over the protocol (MockClock,
+simulated disk). The broker's clock follows Trio's, so lock timeouts and
+backoffs run on virtual time."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from headwater import (
+    InvalidArgument,
+    LockLostError,
+    SubscriptionBusyError,
+    SubscriptionConflictError,
+)
+from headwater._aio import unwrapping_groups
+from headwater.broker import open_broker
+from headwater.client import ExponentialBackoff
+from headwater.journal import SimulatedFileSystem
+
+from .conftest import Connect
+
+DATA = "/data"
+
+
+def _clock() -> int:
+    return int(trio.current_time() * 1000)
+
+
+def _broker(fs: SimulatedFileSystem) -> Any:
+    return open_broker(DATA, fs=fs, clock=_clock)
+
+
+async def _produce(client: Any, topic: str, n: int, partitions: int = 2) -> None:
+    await client.create_topic(topic, partitions=partitions)
+    async with client.producer() as producer:
+        await producer.send_many(topic, [({"i": i}, f"k{i}") for i in range(n)])
+
+
+async def test_shared_deals_every_event_once_fairly(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """4 consumers with equal credit, acking each event: every event is acked
+    exactly once, no consumer sits idle, and the deal is fair."""
+    fs = SimulatedFileSystem()
+    async with _broker(fs) as broker, connect(broker) as client:
+        await _produce(client, "jobs", 400)
+        seen: list[tuple[str, int]] = []
+
+        async def worker(wid: str) -> None:
+            async with client.subscribe("jobs", "q", max_unacked=5) as sub:
+                async for event in sub:
+                    seen.append((wid, event.value["i"]))
+                    assert 1 == event.delivery_count
+                    await trio.sleep(0.01)
+                    await sub.ack(event)
+                    if len(seen) >= 400:
+                        return
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for w in "abcd":
+                    nursery.start_soon(worker, w)
+        assert list(range(400)) == sorted(i for _, i in seen)
+        per_worker = Counter(w for w, _ in seen)
+        assert set(per_worker) == set("abcd")
+        assert max(per_worker.values()) - min(per_worker.values()) <= 10
+        desc = await client.describe_group("q")
+        assert ("jobs", "shared", "jobs.q.dlq") == (desc.topic, desc.mode, desc.dead_letter_topic)
+        assert 400 == sum(p.acked for p in desc.partitions)
+        assert 0 == sum(p.backlog + p.in_flight + p.dead_lettered for p in desc.partitions)
+
+
+async def test_lock_timeout_redelivers_with_backoff_then_dead_letters_with_headers(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """An event never acked is redelivered after ack_timeout + the backoff,
+    counting up, and after max_deliveries lands in the DLQ with hw.dlq.* headers."""
+    fs = SimulatedFileSystem()
+    async with _broker(fs) as broker, connect(broker) as client:
+        await _produce(client, "jobs", 1, partitions=1)
+        times: list[tuple[float, int]] = []
+        async with client.subscribe(
+            "jobs", "q", ack_timeout=2.0, max_deliveries=3, backoff=[1.0, 5.0], max_wait=1.0
+        ) as sub:
+            t0 = trio.current_time()
+            with trio.move_on_after(30):
+                async for event in sub:
+                    times.append((round(trio.current_time() - t0, 3), event.delivery_count))
+        # delivered at 0; lock ends at 2 + backoff 1 -> 3; lock ends 5 + backoff 5 -> 10
+        assert [(0.0, 1), (3.0, 2), (10.0, 3)] == times
+        async with client.consumer("jobs.q.dlq", deserializer="cbor") as dlq:
+            dead = await dlq.getmany(10, timeout=5)
+        assert 1 == len(dead)
+        headers = dict(dead[0].headers)
+        assert ({"i": 0}, "k0") == (dead[0].value, dead[0].key)
+        assert {
+            "hw.dlq.topic": b"jobs",
+            "hw.dlq.partition": b"0",
+            "hw.dlq.offset": b"0",
+            "hw.dlq.delivery_count": b"3",
+            "hw.dlq.error": b"ack timeout",
+            "hw.dlq.subscription": b"q",
+        } == headers
+        desc = await client.describe_group("q")
+        assert (1, 2, 0, 1) == (
+            desc.partitions[0].dead_lettered,
+            desc.partitions[0].redelivered,
+            desc.partitions[0].acked,
+            desc.partitions[0].ack_floor,
+        )
+
+
+async def test_nack_with_delay_and_exponential_backoff_and_reject(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """nack(delay=) waits that long; nack() waits the exponential backoff;
+    reject() dead-letters at once with the error text."""
+    fs = SimulatedFileSystem()
+    async with _broker(fs) as broker, connect(broker) as client:
+        await _produce(client, "jobs", 2, partitions=1)
+        log: list[tuple[float, int, int]] = []
+        async with client.subscribe(
+            "jobs", "q", backoff=ExponentialBackoff(base=0.5, max=1.5), max_deliveries=9
+        ) as sub:
+            t0 = trio.current_time()
+            async for event in sub:
+                log.append((round(trio.current_time() - t0, 3), event.offset, event.delivery_count))
+                if event.offset == 1:
+                    await sub.reject(event, error="bad payload")
+                elif event.delivery_count == 1:
+                    await sub.nack(event, delay=7.0)
+                elif event.delivery_count < 5:
+                    await sub.nack(event)
+                else:
+                    await sub.ack(event)
+                    break
+        # offset 0: 0 -> nack(7) -> 7 -> +0.5 -> 7.5... backoff n=2: 1.0, n=3: 1.5, n=4: 1.5
+        assert [
+            (0.0, 0, 1),
+            (0.0, 1, 1),
+            (7.0, 0, 2),
+            (8.0, 0, 3),
+            (9.5, 0, 4),
+            (11.0, 0, 5),
+        ] == log
+        async with client.consumer("jobs.q.dlq") as dlq:
+            [dead] = await dlq.getmany(10, timeout=5)
+        assert b"bad payload" == dict(dead.headers)["hw.dlq.error"]
+        assert b"1" == dict(dead.headers)["hw.dlq.delivery_count"]
+
+
+async def test_flow_control_never_more_than_max_unacked(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """A consumer holding max_unacked events gets no more until it settles one."""
+    fs = SimulatedFileSystem()
+    async with _broker(fs) as broker, connect(broker) as client:
+        await _produce(client, "jobs", 50)
+        async with client.subscribe("jobs", "q", max_unacked=3) as sub:
+            held = [await sub.__anext__(), await sub.__anext__(), await sub.__anext__()]
+            with trio.move_on_after(5) as scope:
+                await sub.__anext__()
+            assert scope.cancelled_caught
+            desc = await client.describe_group("q")
+            assert 3 == sum(p.in_flight for p in desc.partitions)
+            await sub.ack(held[0])
+            with trio.fail_after(5):
+                await sub.__anext__()
+
+
+async def test_bad_input_is_refused_with_typed_errors(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """Foreign/expired acks, double acks, mode change, exclusive second
+    consumer, group-name clash, unknown mode, max_deliveries < 1."""
+    fs = SimulatedFileSystem()
+    async with _broker(fs) as broker, connect(broker) as client:
+        await _produce(client, "jobs", 5, partitions=1)
+        async with client.subscribe("jobs", "q", ack_timeout=1.0, max_unacked=1) as a:
+            first = await a.__anext__()
+            await a.ack(first)
+            await a.ack(first)  # a double ack is a no-op
+            second = await a.__anext__()
+            await trio.sleep(3)  # the lock expires
+            with pytest.raises(LockLostError, match="jobs/0 offsets 1"):
+                await a.nack(second)
+        with pytest.raises(SubscriptionConflictError, match="mode='shared' \\(not 'exclusive'\\)"):
+            async with client.subscribe("jobs", "q", mode="exclusive", ack_timeout=1.0):
+                pass
+        async with client.subscribe("jobs", "x", mode="exclusive"):
+            with pytest.raises(SubscriptionBusyError, match="exclusive"):
+                async with client.subscribe("jobs", "x", mode="exclusive"):
+                    pass
+        async with client.subscribe("jobs", "x", mode="exclusive"):
+            pass  # the first left: a new consumer is admitted
+        async with client.consumer("jobs", group="g") as consumer:
+            await consumer.getmany(1, timeout=1)
+        with pytest.raises(SubscriptionConflictError, match="consumer group"):
+            async with client.subscribe("jobs", "g"):
+                pass
+        with (
+            pytest.raises(SubscriptionConflictError, match="share subscription"),
+            unwrapping_groups(),  # the consumer's __aenter__ raises a group of one today
+        ):
+            async with client.consumer("jobs", group="q") as consumer:
+                await consumer.getmany(1, timeout=1)
+        with pytest.raises(InvalidArgument, match="mode='round_robin'"):
+            client.subscribe("jobs", "y", mode="round_robin")
+        with pytest.raises(InvalidArgument, match="max_deliveries"):
+            client.subscribe("jobs", "y", max_deliveries=0)
+        assert {"g", "q", "x"} <= set(await client.list_groups())
+
+
+async def test_restart_keeps_counts_and_never_redelivers_acked(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """Across a broker reopen: acked events stay acked, an in-flight event
+    comes back with its count one higher, the subscription resumes."""
+    fs = SimulatedFileSystem()
+    async with _broker(fs) as broker, connect(broker) as client:
+        await _produce(client, "jobs", 10, partitions=1)
+        async with client.subscribe("jobs", "q", max_unacked=4, ack_timeout=5.0) as sub:
+            got = [await sub.__anext__() for _ in range(4)]
+            await sub.ack_many(got[:3])
+            broker_gone = got[3]
+    async with _broker(fs) as broker, connect(broker) as client:
+        seen: list[tuple[int, int]] = []
+        async with client.subscribe("jobs", "q", max_unacked=4, ack_timeout=5.0) as sub:
+            with trio.move_on_after(30):
+                async for event in sub:
+                    seen.append((event.offset, event.delivery_count))
+                    await sub.ack(event)
+                    if len(seen) == 7:
+                        break
+        assert 3 == broker_gone.offset
+        assert [(3, 2)] == [s for s in seen if s[0] == 3]
+        assert list(range(3, 10)) == sorted(o for o, _ in seen)
+        desc = await client.describe_group("q")
+        assert (10, 10) == (desc.partitions[0].ack_floor, desc.partitions[0].acked)
+
+
+async def test_killing_share_actors_loses_and_repeats_nothing_acked(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """A kill storm on the share partition actors while 8 workers drain a
+    2-partition topic: each event is acked exactly once in the subscription's
+    own accounting, none lost, delivery counts never go back."""
+    n = 2000
+    fs = SimulatedFileSystem()
+    async with _broker(fs) as broker, connect(broker) as client:
+        await _produce(client, "jobs", n)
+        acked: Counter[int] = Counter()
+        last_count: dict[tuple[int, int], int] = {}
+        done = trio.Event()
+
+        async def worker() -> None:
+            async with client.subscribe("jobs", "q", max_unacked=20, ack_timeout=2.0) as sub:
+                while not done.is_set():
+                    with trio.move_on_after(1):
+                        event = await sub.__anext__()
+                        key = (event.partition, event.offset)
+                        assert event.delivery_count > last_count.get(key, 0)
+                        last_count[key] = event.delivery_count
+                        try:
+                            await sub.ack(event)
+                        except Exception:
+                            continue
+                        acked[event.value["i"]] += 1
+
+        async def killer() -> None:
+            for round_ in range(10):
+                await trio.sleep(0.7)
+                await broker.kill(f"/broker/shares/q/{round_ % 2}")
+
+        async def watch() -> None:
+            while True:
+                await trio.sleep(1)
+                desc = await client.describe_group("q")
+                if sum(p.acked for p in desc.partitions) == n:
+                    done.set()
+                    return
+
+        with trio.fail_after(600):
+            async with trio.open_nursery() as nursery:
+                for _ in range(8):
+                    nursery.start_soon(worker)
+                nursery.start_soon(killer)
+                nursery.start_soon(watch)
+        desc = await client.describe_group("q")
+        assert n == sum(p.acked for p in desc.partitions)
+        assert [n // 2, n - n // 2] == sorted(p.ack_floor for p in desc.partitions) or n == sum(
+            p.ack_floor for p in desc.partitions
+        )
+        assert set(range(n)) == set(acked)
