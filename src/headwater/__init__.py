@@ -26,6 +26,7 @@ from ._errors import FsyncFailedError as FsyncFailedError
 from ._errors import HeadwaterError as HeadwaterError
 from ._errors import HeadwaterTimeoutError as HeadwaterTimeoutError
 from ._errors import IllegalTransitionError as IllegalTransitionError
+from ._errors import InconsistentGroupProtocolError as InconsistentGroupProtocolError
 from ._errors import InvalidArgument as InvalidArgument
 from ._errors import InvalidTopicName as InvalidTopicName
 from ._errors import LocalProtocolError as LocalProtocolError
@@ -121,6 +122,7 @@ __all__ = [
     "EventTooLarge",
     "SerializationError",
     "StaleGenerationError",
+    "InconsistentGroupProtocolError",
     "UnknownMemberError",
     "OutOfOrderSequenceError",
     "ProducerFencedError",

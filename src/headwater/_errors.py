@@ -54,6 +54,7 @@ __all__ = [
     "RemoteProtocolError",
     "SerializationError",
     "StaleGenerationError",
+    "InconsistentGroupProtocolError",
     "StorageError",
     "SubscriptionBusyError",
     "SubscriptionConflictError",
@@ -393,6 +394,14 @@ class StaleGenerationError(UsageError):
     and commit only for partitions it still owns."""
 
     code = "stale_generation"
+
+
+class InconsistentGroupProtocolError(UsageError):
+    """A member tried to join a group whose live members speak another group
+    protocol (Headwater consumers and Kafka consumers cannot share a group).
+    Nothing changed; use another group name, or wait until the group is empty."""
+
+    code = "inconsistent_group_protocol"
 
 
 class UnknownMemberError(NotFoundError):

@@ -14,17 +14,27 @@ bool, bytes, None, lists, tuples of those, and other messages). ``bytes`` fields
 carry journal records unchanged: the broker never re-encodes events.
 
 Version 1 of the protocol is this module. Adding an optional field with a
-default is compatible; anything else needs a new protocol version.
+default is compatible; anything else needs a new protocol version. Version 2
+adds server-pushed notices (see ``docs/protocol.md``): :class:`Membership` is
+pushed to group members when their group starts or completes a rebalance.
+
+:data:`PUSH_SINK` is how a front end tells the broker where pushes for the
+request being handled go: the embedded channel and the server connection set
+it around each request; the broker reads it when a member joins or heartbeats.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, Literal
 
 import attrs
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "PUSH_SINK",
+    "PushSink",
     "Durability",
     "CreateTopic",
     "DeleteTopic",
@@ -44,6 +54,7 @@ __all__ = [
     "JoinGroup",
     "Heartbeat",
     "Membership",
+    "ReleasePartitions",
     "LeaveGroup",
     "CommitOffsets",
     "FetchCommitted",
@@ -76,7 +87,14 @@ __all__ = [
     "SHARE_RESPONSE_TYPES",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+
+PushSink = Callable[[Any], None]
+"""Delivers one pushed message to a client; never blocks, never raises."""
+
+PUSH_SINK: ContextVar[PushSink | None] = ContextVar("headwater_push_sink", default=None)
+"""Where pushes for the client of the request being handled go (``None``: the
+client cannot take pushes; it learns from its heartbeats)."""
 
 Durability = Literal["always", "interval", "never"]
 
@@ -96,6 +114,7 @@ class PartitionOffset:
     topic: str
     partition: int
     offset: int
+    metadata: str = ""
 
 
 # --------------------------------------------------------------------------
@@ -251,13 +270,18 @@ class OffsetResult:
 
 @attrs.frozen
 class JoinGroup:
-    """Join (or rejoin, with ``member_id``) a consumer group subscribed to ``topics``."""
+    """Join (or rejoin, with ``member_id``) a consumer group subscribed to
+    ``topics``. ``rebalance_timeout`` (the consumer's ``max_poll_interval``)
+    bounds how long the member may take to release partitions in a rebalance;
+    ``protocol_type`` is the kind of member (one kind per group)."""
 
     group: str
     topics: tuple[str, ...]
     member_id: str | None = None
     session_timeout: float = 10.0
     client_id: str = ""
+    rebalance_timeout: float | None = None
+    protocol_type: str = "headwater"
 
 
 @attrs.frozen
@@ -271,12 +295,29 @@ class Heartbeat:
 
 @attrs.frozen
 class Membership:
-    """A member's view of its group: generation and the partitions it owns."""
+    """A member's view of its group: generation, the partitions it owns, the
+    group's state, and the partitions it must release (run ``on_revoked``,
+    commit, then :class:`ReleasePartitions`) before the rebalance under way can
+    hand them to another member. Answers join, heartbeat and release requests,
+    and is pushed as a group notice (protocol v2)."""
 
     group: str
     member_id: str
     generation: int
     assignment: tuple[TopicPartition, ...]
+    state: str = "stable"
+    release: tuple[TopicPartition, ...] = ()
+
+
+@attrs.frozen
+class ReleasePartitions:
+    """A member gave up ``partitions`` in a rebalance (it committed what it
+    wanted first); returns its :class:`Membership`."""
+
+    group: str
+    member_id: str
+    generation: int
+    partitions: tuple[TopicPartition, ...]
 
 
 @attrs.frozen
@@ -344,6 +385,7 @@ class GroupPartition:
     committed: int | None
     end_offset: int
     lag: int
+    metadata: str = ""
 
 
 @attrs.frozen
@@ -402,6 +444,7 @@ REQUEST_TYPES: tuple[type, ...] = (
     ListOffset,
     JoinGroup,
     Heartbeat,
+    ReleasePartitions,
     LeaveGroup,
     CommitOffsets,
     FetchCommitted,

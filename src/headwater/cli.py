@@ -1137,7 +1137,8 @@ def groups_list(target: Target, as_json: bool) -> None:
 @json_option
 @client_options
 def groups_describe(target: Target, group: str, as_json: bool) -> None:
-    """Show a group's members, committed offsets and lag per partition."""
+    """Show a group's members, committed offsets (with their metadata) and lag
+    per partition."""
 
     async def run() -> Any:
         async with target.client() as client:
@@ -1153,6 +1154,7 @@ def groups_describe(target: Target, group: str, as_json: bool) -> None:
             "end_offset": p.end_offset,
             "lag": p.lag,
             "owner": owners.get((p.topic, p.partition)),
+            "metadata": p.metadata,
         }
         for p in d.partitions
     ]
@@ -1179,7 +1181,12 @@ def groups_describe(target: Target, group: str, as_json: bool) -> None:
         [p["topic"], p["partition"], p["committed"], p["end_offset"], p["lag"], p["owner"] or "-"]
         for p in parts
     ]
-    click.echo(_table(["TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "OWNER"], rows))
+    headers = ["TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "OWNER"]
+    if any(p["metadata"] for p in parts):  # the text stored with commit(metadata=...)
+        headers.append("METADATA")
+        for row, p in zip(rows, parts, strict=True):
+            row.append(p["metadata"] or "-")
+    click.echo(_table(headers, rows))
 
 
 _STATE_COLOURS = {

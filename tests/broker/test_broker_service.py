@@ -140,7 +140,7 @@ async def test_idempotent_retry_across_partition_kill(autojump_clock: trio.abc.C
 
 
 async def test_groups_join_rebalance_commit_and_fence(autojump_clock: trio.abc.Clock) -> None:
-    """Two members split partitions; a stale generation cannot commit; commits
+    """Two members split partitions; a member cannot commit another's partition; commits
     survive a group actor kill and a broker reopen; a silent member expires."""
     fs = SimulatedFileSystem()
     async with open_broker(DATA, fs=fs) as broker:
@@ -151,16 +151,17 @@ async def test_groups_join_rebalance_commit_and_fence(autojump_clock: trio.abc.C
         owned = sorted(a.assignment + b.assignment, key=lambda tp: tp.partition)
         assert [0, 1, 2, 3] == [tp.partition for tp in owned]
         assert a.generation == b.generation
-        with pytest.raises(StaleGenerationError):
+        mine, theirs = a.assignment[0].partition, b.assignment[0].partition
+        with pytest.raises(StaleGenerationError, match="does not own"):
             await broker.handle(
-                CommitOffsets("g", a.member_id, a.generation - 1, (PartitionOffset("t", 0, 5),))
+                CommitOffsets("g", a.member_id, a.generation, (PartitionOffset("t", theirs, 5),))
             )
         await broker.handle(
-            CommitOffsets("g", a.member_id, a.generation, (PartitionOffset("t", 0, 5),))
+            CommitOffsets("g", a.member_id, a.generation, (PartitionOffset("t", mine, 5),))
         )
         await broker.kill("/broker/groups/g")
         got = await broker.handle(FetchCommitted("g"))
-        assert [PartitionOffset("t", 0, 5)] == list(got.offsets)
+        assert [PartitionOffset("t", mine, 5)] == list(got.offsets)
         # b stops heartbeating; a keeps going and inherits everything.
         for _ in range(4):
             await trio.sleep(2)
@@ -171,7 +172,7 @@ async def test_groups_join_rebalance_commit_and_fence(autojump_clock: trio.abc.C
         await broker.handle(LeaveGroup("g", a.member_id))
     async with open_broker(DATA, fs=fs) as broker:
         got = await broker.handle(FetchCommitted("g"))
-        assert [PartitionOffset("t", 0, 5)] == list(got.offsets)
+        assert [PartitionOffset("t", mine, 5)] == list(got.offsets)
 
 
 async def test_list_offsets_and_delete(autojump_clock: trio.abc.Clock) -> None:

@@ -51,6 +51,7 @@ class FakeBroker:
 
     topics: dict[str, tuple[p.TopicInfo, list[FakePartition]]] = attrs.field(factory=dict)
     groups: dict[str, GroupCoordinator] = attrs.field(factory=dict)
+    sinks: dict[str, p.PushSink] = attrs.field(factory=dict)
     requests: dict[str, int] = attrs.field(factory=dict)
     produce_faults: list[tuple[HeadwaterError, bool]] = attrs.field(factory=list)
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
@@ -97,7 +98,14 @@ class FakeBroker:
         for group in self.groups.values():
             group.tick(now)
         method = getattr(self, "_" + name)
-        result = method(request)
+        try:
+            result = method(request)
+            if isinstance(request, p.JoinGroup | p.Heartbeat):
+                sink = p.PUSH_SINK.get()
+                if sink is not None:
+                    self.sinks[result.member_id] = sink
+        finally:
+            self._push_notices()
         if isinstance(result, p.FetchResult) and not result.records and request.max_wait > 0:
             part = self._partition(request.topic, request.partition)
             with trio.move_on_after(request.max_wait):
@@ -105,6 +113,14 @@ class FakeBroker:
             result = method(request)
         await trio.lowlevel.checkpoint()
         return result
+
+    def _push_notices(self) -> None:
+        """Push each group's changed memberships, as the real group actor does."""
+        for group in self.groups.values():
+            for notice in group.take_notices():
+                sink = self.sinks.get(notice.member_id)
+                if sink is not None:
+                    sink(notice)
 
     def _topic(self, name: str) -> tuple[p.TopicInfo, list[FakePartition]]:
         try:
@@ -242,13 +258,18 @@ class FakeBroker:
             member_id=r.member_id,
             client_id=r.client_id,
             session_timeout=r.session_timeout,
+            rebalance_timeout=r.rebalance_timeout,
+            protocol_type=r.protocol_type,
         )
 
     def _Heartbeat(self, r: p.Heartbeat) -> p.Membership:
         return self._group(r.group).heartbeat(r.member_id, r.generation, trio.current_time())
 
+    def _ReleasePartitions(self, r: p.ReleasePartitions) -> p.Membership:
+        return self._group(r.group).release(r.member_id, r.partitions, trio.current_time())
+
     def _LeaveGroup(self, r: p.LeaveGroup) -> p.Done:
-        self._group(r.group).leave(r.member_id)
+        self._group(r.group).leave(r.member_id, trio.current_time())
         return p.Done()
 
     def _CommitOffsets(self, r: p.CommitOffsets) -> p.Done:

@@ -107,6 +107,30 @@ def test_groups_commit_and_show_lag(run: Run) -> None:
     assert 70 == len(rest)
 
 
+def test_groups_describe_shows_commit_metadata(run: Run, tmp_path: Path) -> None:
+    """The text stored with commit(metadata=...) is shown per partition."""
+    import trio
+
+    run("topics", "create", "t", "-p", "2")
+
+    async def commit() -> None:
+        async with (
+            open_broker(str(tmp_path / "data")) as broker,
+            broker.connect() as client,
+            client.consumer("t", group="g") as consumer,
+        ):
+            await consumer.commit({("t", 1): 0}, metadata="snapshot 41")
+
+    trio.run(commit)
+    described = json.loads(run("groups", "describe", "g", "--json").output)
+    assert [(1, 0, "snapshot 41")] == [
+        (p["partition"], p["committed"], p["metadata"]) for p in described["partitions"]
+    ]
+    human = run("groups", "describe", "g").output.splitlines()
+    assert "METADATA" == human[1].split()[-1]
+    assert human[3].endswith("snapshot 41")
+
+
 def test_tree_draws_the_supervision_tree(run: Run) -> None:
     """`tree` draws the broker's live tree; --json gives the nested maps."""
     run("topics", "create", "t")

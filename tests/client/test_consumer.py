@@ -12,8 +12,10 @@ import trio
 
 from headwater._errors import (
     InvalidArgument,
-    StaleGenerationError,
+    OffsetOutOfRangeError,
+    UnknownMemberError,
     UnknownPartitionError,
+    UnknownTopicError,
 )
 from headwater.client import Client, Consumer, Event, Timestamp
 
@@ -135,38 +137,158 @@ async def test_auto_commit(client: Client, autojump_clock: object) -> None:
 async def test_two_members_split_and_rebalance_on_leave(
     client: Client, autojump_clock: object
 ) -> None:
-    """Two members split the partitions; when one leaves the other takes all
-    and reads the leaver's partitions from its committed offsets."""
+    """Two members split the partitions once the first one polls (and so
+    releases); when one leaves the other takes all and reads the leaver's
+    partitions from its committed offsets."""
     config = {"group": "g", "session_timeout": 6.0}
     async with client.consumer("t3", **config) as a:
+        assert 3 == len(a.assignment())
         async with client.consumer("t3", **config) as b:
-            await trio.sleep(3)  # a heartbeat: a sees the new generation
+            assert [] == b.assignment()  # a still owns everything: it has not released
+            assert [] == await a.getmany(100, timeout=0)  # a poll: a releases
+            got_b = await b.getmany(100, timeout=1)
             owned_a, owned_b = set(a.assignment()), set(b.assignment())
             assert not owned_a & owned_b
             assert {("t3", 0), ("t3", 1), ("t3", 2)} == owned_a | owned_b
             assert owned_a
             assert owned_b
-            got_b = await b.getmany(100, timeout=1)
             got_b += await b.getmany(100, timeout=1)
             await b.commit()
-        await trio.sleep(3)
-        assert [("t3", 0), ("t3", 1), ("t3", 2)] == a.assignment()
         rest = await a.getmany(100, timeout=1)
+        assert [("t3", 0), ("t3", 1), ("t3", 2)] == a.assignment()
         for _ in range(5):
             rest += await a.getmany(100, timeout=1)
     values = sorted(e.value for e in got_b + rest)
     assert list(range(30)) == values
 
 
-async def test_stale_generation_commit_is_rejected(client: Client, autojump_clock: object) -> None:
-    """A member that has not seen the new generation cannot commit."""
+async def test_commit_after_a_second_member_joined_goes_through(
+    client: Client, autojump_clock: object
+) -> None:
+    """Issue 11 point 8: the first member commits after a second joined and
+    before it heard of the rebalance: the commit goes through (it still owns
+    its partitions until it releases them), and so does every later one."""
     async with client.consumer("t3", group="g", session_timeout=60.0) as a:
-        await take(a, 1)
-        async with client.consumer("t3", group="g", session_timeout=60.0):
-            with pytest.raises(StaleGenerationError):
-                await a.commit()
-            # The failed commit fetched the new generation: no heartbeat needed.
+        first = await a.getmany(5, timeout=1)
+        assert 5 == len(first)
+        async with client.consumer("t3", group="g", session_timeout=60.0) as b:
+            await a.commit()  # used to raise StaleGenerationError
+            more = await a.getmany(100, timeout=1)
             await a.commit()
+            got_b = await b.getmany(100, timeout=1)
+            await b.commit()
+            assert got_b
+            assert not {(e.partition, e.offset) for e in got_b} & {
+                (e.partition, e.offset) for e in first + more
+            }
+    committed = {x.partition: x.committed for x in (await client.describe_group("g")).partitions}
+    assert [0, 1, 2] == sorted(committed)
+    assert all(c is not None for c in committed.values())
+
+
+async def test_callbacks_run_in_order_around_a_handover(
+    client: Client, autojump_clock: object
+) -> None:
+    """on_revoked runs on the old owner (and can commit) before the new
+    owner's on_assigned; the new owner starts at that commit. Sync and async
+    callbacks both work."""
+    calls: list[tuple[str, str, list[tuple[str, int]]]] = []
+
+    async def revoked_a(tps: list[tuple[str, int]]) -> None:
+        calls.append(("a", "revoked", tps))
+        await a.commit()
+
+    async with client.consumer(
+        "t3",
+        group="g",
+        on_assigned=lambda tps: calls.append(("a", "assigned", tps)),
+        on_revoked=revoked_a,
+    ) as a:
+        got_a = await a.getmany(100, timeout=1)
+        async with client.consumer(
+            "t3",
+            group="g",
+            on_assigned=lambda tps: calls.append(("b", "assigned", tps)),
+            on_revoked=lambda tps: calls.append(("b", "revoked", tps)),
+        ) as b:
+            await a.getmany(100, timeout=0)
+            got_b = await b.getmany(100, timeout=1)
+            moved = calls[1][2]
+            assert [
+                ("a", "assigned", [("t3", 0), ("t3", 1), ("t3", 2)]),
+                ("a", "revoked", moved),
+                ("b", "assigned", moved),
+            ] == calls
+            # Everything a read of the moved partitions was committed by a:
+            # b starts after it, reading nothing twice.
+            assert not {(e.partition, e.offset) for e in got_a} & {
+                (e.partition, e.offset) for e in got_b
+            }
+        assert ("b", "revoked", moved) == calls[3]
+
+
+async def test_explicit_commit_with_metadata(
+    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
+) -> None:
+    """commit(offsets=..., metadata=...) stores exactly those positions and
+    the text; bad offsets are typed errors; partitions not owned are skipped."""
+    async with client.consumer("t3", group="g") as consumer:
+        await consumer.commit({("t3", 0): 5, ("t3", 2): 7}, metadata="batch 12")
+        with pytest.raises(OffsetOutOfRangeError):
+            await consumer.commit({("t3", 0): -1})
+        with pytest.raises(InvalidArgument, match="not one of this consumer's topics"):
+            await consumer.commit({("t1", 0): 1})
+        with pytest.raises(InvalidArgument, match="metadata"):
+            await consumer.commit(metadata=b"x")  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument, match="pairs"):
+            await consumer.commit({"t3": 1})  # type: ignore[dict-item]
+    description = await client.describe_group("g")
+    assert [(0, 5, "batch 12"), (2, 7, "batch 12")] == [
+        (x.partition, x.committed, x.metadata) for x in description.partitions
+    ]
+
+
+async def test_max_poll_interval_leaves_then_rejoins(
+    client: Client, autojump_clock: object
+) -> None:
+    """A member whose app stops polling leaves after max_poll_interval, so
+    the other member gets its partitions; its next commit says why it was not
+    committed; its next poll joins again."""
+    config = {"group": "g", "session_timeout": 3.0, "max_poll_interval": 10.0}
+    revoked: list[list[tuple[str, int]]] = []
+    async with (
+        client.consumer("t3", on_revoked=revoked.append, **config) as a,
+        client.consumer("t3", **config) as b,
+    ):
+        await a.getmany(100, timeout=0)  # a releases: both own partitions
+        held = a.assignment()
+        assert held
+        revoked.clear()
+        start = trio.current_time()
+        while len(b.assignment()) < 3:  # b keeps polling; a is "hung"
+            await b.getmany(100, timeout=1)
+        assert 10.0 <= trio.current_time() - start <= 12.0
+        assert [] == a.assignment()
+        with pytest.raises(UnknownMemberError, match=r"max_poll_interval=10\.0"):
+            await a.commit()
+        await a.getmany(100, timeout=0)  # a hears what it lost, and joins again
+        assert [held] == revoked
+        assert a.membership is not None
+        await b.getmany(100, timeout=0)  # b releases to the newcomer
+        await a.getmany(100, timeout=1)
+        assert a.assignment()
+        assert not set(a.assignment()) & set(b.assignment())
+        await a.commit()
+
+
+async def test_missing_topic_is_a_typed_error(client: Client, autojump_clock: object) -> None:
+    """The error leaves ``async with client.consumer(...)`` as itself."""
+    with pytest.raises(UnknownTopicError):
+        async with client.consumer("no-such-topic", group="g"):
+            pass  # pragma: no cover
+    with pytest.raises(UnknownTopicError):
+        async with client.consumer("no-such-topic"):
+            pass  # pragma: no cover
 
 
 async def test_missed_heartbeats_rebalance(
@@ -177,10 +299,11 @@ async def test_missed_heartbeats_rebalance(
         from headwater import _protocol as p
 
         ghost = await broker.handle(p.JoinGroup("g", ("t3",), None, 3.0))
-        await trio.sleep(1.1)
+        await a.getmany(100, timeout=0)  # a poll: a releases what the ghost gets
         assert len(a.assignment()) < 3
-        await trio.sleep(5)
-        assert [("t3", 0), ("t3", 1), ("t3", 2)] == a.assignment()
+        with trio.fail_after(5):
+            while len(a.assignment()) < 3:  # the ghost's session expires
+                await a.getmany(100, timeout=1)
         assert ghost.member_id not in [
             m.member_id for m in (await client.describe_group("g")).members
         ]
@@ -196,19 +319,46 @@ async def test_seek_past_the_end_resets_to_start_rule(
 
 
 async def test_forgotten_member_joins_again(
-    client: Client, broker: FakeBroker, autojump_clock: object
+    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
 ) -> None:
     """A member the group dropped (as after a missed session) rejoins on its
     next heartbeat and gets partitions again."""
-    if not isinstance(broker, FakeBroker):
-        pytest.skip("reaches into the fake's group state")
+    from headwater import _protocol as p
+
     async with client.consumer("t3", group="g", session_timeout=3.0) as consumer:
         first = consumer.membership
         assert first is not None
-        broker.groups["g"].leave(first.member_id)
-        await trio.sleep(1.1)
+        await broker.handle(p.LeaveGroup("g", first.member_id))  # as if it had expired
+        await consumer.poll_group()  # the heartbeat hears so: it joins again
         again = consumer.membership
         assert again is not None
         assert first.member_id != again.member_id
         assert 3 == len(consumer.assignment())
         assert 30 == len(await take(consumer, 30))
+
+
+async def test_without_push_members_follow_at_heartbeat_pace(
+    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
+) -> None:
+    """A channel that cannot take pushes (as a protocol v1 connection): the
+    members learn of the rebalance from their heartbeats, and the handover
+    still waits for the release, with every commit going through."""
+    from headwater import _protocol as p
+    from headwater.client import LocalChannel
+
+    async def no_push(request: object) -> object:
+        p.PUSH_SINK.set(None)
+        return await broker.handle(request)
+
+    async with Client(LocalChannel(no_push)) as quiet:
+        config = {"group": "g", "session_timeout": 3.0}
+        async with quiet.consumer("t3", **config) as a, quiet.consumer("t3", **config) as b:
+            start = trio.current_time()
+            while not b.assignment():
+                await a.getmany(5, timeout=0.1)
+                await a.commit()
+                await b.getmany(5, timeout=0.1)
+                await b.commit()
+            assert 1.0 <= trio.current_time() - start <= 2.5  # a heartbeat or two
+            assert not set(a.assignment()) & set(b.assignment())
+            assert 3 == len(a.assignment()) + len(b.assignment())

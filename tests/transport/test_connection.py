@@ -24,6 +24,8 @@ from headwater.transport import (
     ErrorReceived,
     Event,
     HandshakeComplete,
+    Push,
+    PushReceived,
     Request,
     RequestReceived,
     Response,
@@ -49,8 +51,8 @@ def transfer(src: Conn, dst: Conn) -> list[Event]:
 def connected(**server_kwargs: object) -> tuple[ClientConnection, ServerConnection]:
     client = ClientConnection(client="c")
     server = ServerConnection(server="s", **server_kwargs)  # type: ignore[arg-type]
-    assert [HandshakeComplete(1, "c", False)] == transfer(client, server)
-    assert [HandshakeComplete(1, "s", False)] == transfer(server, client)
+    assert [HandshakeComplete(2, "c", False)] == transfer(client, server)
+    assert [HandshakeComplete(2, "s", False)] == transfer(server, client)
     return client, server
 
 
@@ -174,7 +176,7 @@ def test_token_in_hello_authenticates() -> None:
     """The right token in hello completes the handshake authenticated."""
     client = ClientConnection(token="t0k")
     server = ServerConnection(token="t0k")
-    assert [HandshakeComplete(1, "headwater-python", True)] == transfer(client, server)
+    assert [HandshakeComplete(2, "headwater-python", True)] == transfer(client, server)
 
 
 def test_auth_gating_with_a_separate_auth_frame() -> None:
@@ -183,12 +185,12 @@ def test_auth_gating_with_a_separate_auth_frame() -> None:
     server = ServerConnection(token="t0k")
     assert [] == transfer(client, server)
     assert "AWAIT_AUTH" == server.state
-    assert [AuthRequired(1, "headwater")] == transfer(server, client)
+    assert [AuthRequired(2, "headwater")] == transfer(server, client)
     with pytest.raises(LocalProtocolError):
         client.send_request("x")
     client.send_auth("t0k")
-    assert [HandshakeComplete(1, "headwater-python", True)] == transfer(client, server)
-    assert [HandshakeComplete(1, "headwater", True)] == transfer(server, client)
+    assert [HandshakeComplete(2, "headwater-python", True)] == transfer(client, server)
+    assert [HandshakeComplete(2, "headwater", True)] == transfer(server, client)
     client.send_request("x")
     assert "x" == transfer(client, server)[0].op  # type: ignore[union-attr]
 
@@ -321,3 +323,34 @@ def test_server_fail_sends_a_connection_error_and_closes() -> None:
     assert (rid,) == closed.unanswered
     with pytest.raises(ClosedError):
         server.send_response(rid)
+
+
+def test_version_2_server_pushes_and_the_client_sees_them() -> None:
+    """From version 2 the server may push frames the client did not ask for;
+    they take no correlation id and do not disturb requests in flight."""
+    client, server = connected()
+    request_id = client.send_request("op", {})
+    transfer(client, server)
+    server.send_push("group", {"t": "membership", "x": 1})
+    server.send_response(request_id, {"ok": True})
+    assert [
+        PushReceived("group", {"t": "membership", "x": 1}),
+        ResponseReceived(request_id, {"ok": True}),
+    ] == transfer(server, client)
+    assert server.can_push
+
+
+def test_version_1_peers_never_push() -> None:
+    """A v1 client gets version 1: the server cannot push to it, and a v1
+    client that receives a push frame closes as the peer's fault."""
+    client = ClientConnection(versions=[1])
+    server = ServerConnection()
+    assert [HandshakeComplete(1, "headwater-python", False)] == transfer(client, server)
+    transfer(server, client)
+    assert not server.can_push
+    with pytest.raises(LocalProtocolError, match="version 1"):
+        server.send_push("group", {})
+    client.receive_data(encode_frame(ENVELOPE.encode(Push("group", {}))))
+    with pytest.raises(RemoteProtocolError, match="version 1"):
+        client.next_event()
+    assert "CLOSED" == client.state

@@ -16,7 +16,10 @@ Each actor is a thin loop around a core that has no Trio in it:
   the producer-id counter) is a journal of events; it starts and stops the
   per-topic supervisors.
 * :class:`GroupActor` feeds a :class:`~headwater.broker.GroupCoordinator` and
-  persists every event it emits before replying; a timer expires sessions.
+  persists every event it emits before replying; a timer expires sessions and
+  rebalance timeouts. After each change it pushes the coordinator's notices
+  (a changed :class:`~headwater.Membership`) to the members' clients, through
+  the sink each member's last join or heartbeat came with.
 """
 
 from __future__ import annotations
@@ -37,7 +40,10 @@ from headwater._protocol import (
     Heartbeat,
     JoinGroup,
     LeaveGroup,
+    Membership,
     PartitionInfo,
+    PushSink,
+    ReleasePartitions,
 )
 from headwater.actors._actor import Actor
 from headwater.actors._persistent import PersistentActor
@@ -439,10 +445,12 @@ class TopicRegistry(PersistentActor):
 
 @attrs.frozen
 class GroupRequest:
-    """A group operation with what the coordinator needs from the broker."""
+    """A group operation with what the coordinator needs from the broker, and
+    where the requesting client takes pushed notices (``None``: it cannot)."""
 
     request: Any
     partition_counts: dict[str, int]
+    sink: PushSink | None = None
 
 
 @attrs.frozen
@@ -467,6 +475,7 @@ class GroupActor(Actor):
         self.journal: StateJournal | None = None
         self.coordinator: GroupCoordinator | None = None
         self._timer_moved = trio.Event()
+        self._sinks: dict[str, PushSink] = {}
 
     async def started(self) -> None:
         """Replay the group's journal, then start the session timer."""
@@ -511,9 +520,26 @@ class GroupActor(Actor):
         if events:
             await self.journal.persist_many(events)
         self._timer_moved.set()
+        self._notify()
+
+    def _notify(self) -> None:
+        """Push every changed membership to its member (made durable first)."""
+        assert self.coordinator is not None
+        members = self.coordinator.state.members
+        for mid in [mid for mid in self._sinks if mid not in members]:
+            del self._sinks[mid]
+        for notice in self.coordinator.take_notices():
+            sink = self._sinks.get(notice.member_id)
+            if sink is None:
+                continue
+            try:
+                sink(notice)
+            except Exception as exc:  # a sink must never fail the group actor
+                _log.error("group_push_failed", group=self.group, exc_info=exc)
+                self._sinks.pop(notice.member_id, None)
 
     async def handle(self, message: Any) -> Any:
-        """Join, heartbeat, leave, commit, read commits, expire sessions."""
+        """Join, heartbeat, release, leave, commit, read commits, expire members."""
         c = self.coordinator
         assert c is not None
         now = trio.current_time()
@@ -537,14 +563,20 @@ class GroupActor(Actor):
                     member_id=request.member_id,
                     client_id=request.client_id,
                     session_timeout=request.session_timeout,
+                    rebalance_timeout=request.rebalance_timeout,
+                    protocol_type=request.protocol_type,
                 )
+                self._adopt_sink(result, message.sink)
             elif isinstance(request, Heartbeat):
-                # A topic that grew or was deleted (count 0) starts a new generation.
+                # A topic that grew or was deleted (count 0) plans a rebalance.
                 counts = {t: message.partition_counts.get(t, 0) for t in c.state.topic_partitions}
-                c.update_topics(counts)
+                c.update_topics(counts, now)
                 result = c.heartbeat(request.member_id, request.generation, now)
+                self._adopt_sink(result, message.sink)
+            elif isinstance(request, ReleasePartitions):
+                result = c.release(request.member_id, request.partitions, now)
             elif isinstance(request, LeaveGroup):
-                c.leave(request.member_id)
+                c.leave(request.member_id, now)
                 result = None
             elif isinstance(request, CommitOffsets):
                 c.commit(request.member_id, request.generation, request.offsets)
@@ -557,3 +589,10 @@ class GroupActor(Actor):
             # Whatever the command emitted is made durable before we answer.
             await self._persist()
         return result
+
+    def _adopt_sink(self, membership: Membership, sink: PushSink | None) -> None:
+        """Pushes for this member go where its latest join or heartbeat came from."""
+        if sink is not None:
+            self._sinks[membership.member_id] = sink
+        else:
+            self._sinks.pop(membership.member_id, None)

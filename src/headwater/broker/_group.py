@@ -1,63 +1,78 @@
-"""The consumer-group coordinator core: members, generations, assignment, commits.
+"""The consumer-group coordinator core: members, rebalances, assignment, commits.
 
 Theory of operation
 -------------------
-One :class:`GroupCoordinator` per group (owned by the group actor) computes the
-partition assignment itself; members do not run an assignor. Any membership
-change (a member joins, changes its subscription, leaves, or misses its
-session timeout) or a change of the subscribed topics' partition counts
-**bumps the generation and recomputes the whole assignment at once**. So the
-group is always either ``empty`` (no members; commits without a member id are
-allowed, for consumers that assign partitions themselves) or ``stable`` (every
-partition of every subscribed topic owned by exactly one member: I4).
+One :class:`GroupCoordinator` per group (owned by the group actor). It has no
+Trio in it: every call that needs time takes ``now`` (seconds on the actor's
+clock), and :meth:`GroupCoordinator.next_deadline` says when to call
+:meth:`GroupCoordinator.tick` next.
 
-A member learns of a new generation from its next heartbeat (which answers
-with the current generation and the member's assignment). Until then its view
-is stale, and its commits are refused with
-:class:`~headwater.StaleGenerationError`: a partition that moved to another
-member can be committed only by its new owner, which starts from the last
-committed offset (at-least-once delivery; never a lost commit). A member the
-coordinator no longer knows (it left or expired) gets
-:class:`~headwater.UnknownMemberError` and must join again.
+The group moves through Kafka's states (:data:`TRANSITIONS`)::
 
-Time is never read here: every call that needs it takes ``now`` (seconds on
-the actor's clock). Each member's session deadline is ``now +
-session_timeout``, renewed by join and heartbeat; :meth:`GroupCoordinator.tick`
-removes expired members and :meth:`GroupCoordinator.next_deadline` says when
-to call it next. Deadlines are not persisted: after recovery every member gets
-a fresh session from the recovery time, as after a Kafka coordinator failover.
+    empty --joined--> preparing_rebalance --rebalanced--> completing_rebalance
+                        ^        |  ^                            |
+                        |        |  +-- planned / released       | stabilized
+                        |        +--left (last member)--> empty  v
+                        +---- joined / left / topics_changed -- stable
+    empty --deleted--> dead
 
-Persistence is event sourcing. Every change is first computed as a plain,
-CBOR-encodable event (a dict of str, int, float, lists and dicts) that records
-its *outcome* (including the new generation and assignment), then applied with
-the pure :func:`apply`. The actor persists :meth:`GroupCoordinator.take_events`
-before replying; recovery replays them through :func:`apply`
-(:meth:`GroupCoordinator.recover`). Replaying never recomputes an assignment.
+Any membership change (a member joins, changes its subscription, leaves or
+times out) or a change of the subscribed topics' partition counts *plans* a
+rebalance: the group's :class:`Assigner` computes the target assignment from
+the current ownership (sticky), and every member that owns a partition the
+target gives to someone else is asked to **release** it (``release`` in its
+:class:`~headwater.Membership`, pushed to it at once). Until the member
+releases (its ``on_revoked`` ran and its final commit went through:
+:meth:`GroupCoordinator.release`) or its rebalance timeout passes (it is then
+removed), nobody else gets that partition. Partitions that do not move stay
+with their owners, who keep reading and committing them. When no release is
+outstanding the rebalance completes: the generation is bumped and every
+member learns its new assignment (``rebalanced``; with the broker as
+assigner ``stabilized`` follows at once: a future Kafka front end plugs an
+"elected leader assigns" :class:`Assigner` in here and waits in
+``completing_rebalance`` for the leader's SyncGroup).
 
-Group lifecycle (:data:`TRANSITIONS`; anything else raises
-:class:`~headwater.IllegalTransitionError`)::
+So a partition is never owned by two members, and commits are fenced by
+**ownership**, not by generation equality: a known member may commit the
+partitions it owns now (a commit for a partition it does not own raises
+:class:`~headwater.StaleGenerationError`). A member that follows the notices
+therefore never sees that error. A member the coordinator removed gets
+:class:`~headwater.UnknownMemberError` and joins again. The first member
+fixes the group's protocol type (``"headwater"``; Kafka members later); a
+member of another type is refused with
+:class:`~headwater.InconsistentGroupProtocolError` while the group has members.
 
-    state    event            next state
-    -------  ---------------  ----------------------------------------
-    empty    joined           stable
-    stable   joined           stable
-    stable   left             stable, or empty when the last member left
-    empty    committed        empty
-    stable   committed        stable
-    empty    topics_changed   empty
-    stable   topics_changed   stable
-    empty    deleted          dead
+Transactions (DECISIONS #19, later) fit this shape without a new state: a
+transactional member releases a partition only after its open transaction
+ended (commit or abort in ``on_revoked``), and the new owner's fetch of the
+committed offset will answer a retriable "unstable offset" while
+transactional offsets for it are pending.
+
+Members learn what to do from :meth:`GroupCoordinator.take_notices` (the
+memberships that changed since they were last told; the actor pushes them),
+and from every join, heartbeat and release answer (a client without push
+still follows, at heartbeat pace).
+
+Persistence is event sourcing (state may later live in an internal
+``__groups`` topic: DECISIONS #25). Every change is a plain CBOR-encodable
+event that records its *outcome* (the target and the new assignment
+included), applied with the pure :func:`apply`; the actor persists
+:meth:`GroupCoordinator.take_events` before replying, and recovery replays
+them through :func:`apply`. Replaying never recomputes an assignment.
+Deadlines (sessions, rebalance timeouts) are not persisted: after recovery
+every member gets fresh ones from the recovery time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import attrs
 
 from headwater._errors import (
     IllegalTransitionError,
+    InconsistentGroupProtocolError,
     InvalidArgument,
     OffsetOutOfRangeError,
     StaleGenerationError,
@@ -75,6 +90,8 @@ from headwater._protocol import (
 
 __all__ = [
     "TRANSITIONS",
+    "Assigner",
+    "BrokerAssigner",
     "GroupCoordinator",
     "GroupEvent",
     "GroupState",
@@ -83,43 +100,64 @@ __all__ = [
     "compute_assignment",
 ]
 
-GroupStatus = Literal["empty", "stable", "dead"]
-Assignor = Literal["sticky", "range"]
+GroupStatus = Literal["empty", "preparing_rebalance", "completing_rebalance", "stable", "dead"]
+AssignorName = Literal["sticky", "range"]
+Assignor = AssignorName
 #: A persisted change: a CBOR-encodable dict with a ``"type"`` key.
 GroupEvent = dict[str, Any]
 TP = tuple[str, int]
 
+_REBALANCING = ("preparing_rebalance", "completing_rebalance")
+_LIVE = ("empty", "preparing_rebalance", "completing_rebalance", "stable")
+
+#: (state, event) -> the states the event may lead to.
 TRANSITIONS: dict[tuple[str, str], frozenset[str]] = {
-    ("empty", "joined"): frozenset({"stable"}),
-    ("stable", "joined"): frozenset({"stable"}),
-    ("stable", "left"): frozenset({"stable", "empty"}),
-    ("empty", "committed"): frozenset({"empty"}),
-    ("stable", "committed"): frozenset({"stable"}),
+    **{(s, "joined"): frozenset({"preparing_rebalance"}) for s in _LIVE},
+    **{
+        (s, "left"): frozenset({"preparing_rebalance", "empty"})
+        for s in ("preparing_rebalance", "completing_rebalance", "stable")
+    },
     ("empty", "topics_changed"): frozenset({"empty"}),
-    ("stable", "topics_changed"): frozenset({"stable"}),
+    **{
+        (s, "topics_changed"): frozenset({"preparing_rebalance"})
+        for s in ("preparing_rebalance", "completing_rebalance", "stable")
+    },
+    ("preparing_rebalance", "planned"): frozenset({"preparing_rebalance"}),
+    ("preparing_rebalance", "released"): frozenset({"preparing_rebalance"}),
+    ("preparing_rebalance", "rebalanced"): frozenset({"completing_rebalance"}),
+    ("completing_rebalance", "stabilized"): frozenset({"stable"}),
+    **{(s, "committed"): frozenset({s}) for s in _LIVE},
     ("empty", "deleted"): frozenset({"dead"}),
 }
 
 MIN_SESSION_TIMEOUT = 0.1
 MAX_SESSION_TIMEOUT = 3600.0
+DEFAULT_REBALANCE_TIMEOUT = 300.0
+LEGACY_REBALANCE_TIMEOUT = 0.0
+PROTOCOL_TYPES = ("headwater", "kafka")
 
 
 @attrs.frozen
 class MemberState:
-    """One member as persisted: id, client id, subscription, session timeout
-    and the partitions it owns in the current generation."""
+    """One member as persisted: id, client id, subscription, session timeout,
+    rebalance timeout, the partitions it owns now and those it was asked to
+    release in the rebalance under way."""
 
     member_id: str
     client_id: str
     topics: tuple[str, ...]
     session_timeout: float
     assignment: tuple[TP, ...] = ()
+    rebalance_timeout: float = DEFAULT_REBALANCE_TIMEOUT
+    release: tuple[TP, ...] = ()
 
 
 @attrs.frozen
 class GroupState:
     """A group's persisted state. Treat the mappings as read-only: :func:`apply`
-    returns a new state and never changes an old one."""
+    returns a new state and never changes an old one. ``target`` is the
+    assignment the rebalance under way will hand out; ``metadata`` the text
+    stored with each committed offset."""
 
     group: str
     status: GroupStatus = "empty"
@@ -128,6 +166,13 @@ class GroupState:
     topic_partitions: Mapping[str, int] = attrs.field(factory=dict)
     committed: Mapping[TP, int] = attrs.field(factory=dict)
     member_seq: int = 0
+    protocol_type: str | None = None
+    target: Mapping[str, tuple[TP, ...]] = attrs.field(factory=dict)
+    metadata: Mapping[TP, str] = attrs.field(factory=dict)
+
+
+def _tps(rows: Iterable[Iterable[Any]]) -> tuple[TP, ...]:
+    return tuple((str(t), int(p)) for t, p in rows)
 
 
 def state_to_plain(state: GroupState) -> dict[str, Any]:
@@ -143,21 +188,30 @@ def state_to_plain(state: GroupState) -> dict[str, Any]:
                 list(m.topics),
                 m.session_timeout,
                 [list(tp) for tp in m.assignment],
+                m.rebalance_timeout,
+                [list(tp) for tp in m.release],
             ]
             for m in state.members.values()
         ],
         "topic_partitions": dict(state.topic_partitions),
         "committed": [[t, p, o] for (t, p), o in sorted(state.committed.items())],
         "member_seq": state.member_seq,
+        "protocol_type": state.protocol_type,
+        "target": {m: [list(tp) for tp in tps] for m, tps in state.target.items()},
+        "metadata": [[t, p, s] for (t, p), s in sorted(state.metadata.items())],
     }
 
 
 def state_from_plain(data: dict[str, Any]) -> GroupState:
-    """The inverse of :func:`state_to_plain`."""
-    members = {
-        m[0]: MemberState(m[0], m[1], tuple(m[2]), float(m[3]), tuple((t, p) for t, p in m[4]))
-        for m in data["members"]
-    }
+    """The inverse of :func:`state_to_plain` (also reads snapshots written
+    before rebalances had states of their own)."""
+    members = {}
+    for m in data["members"]:
+        rebalance_timeout = float(m[5]) if len(m) > 5 else DEFAULT_REBALANCE_TIMEOUT
+        release = _tps(m[6]) if len(m) > 6 else ()
+        members[m[0]] = MemberState(
+            m[0], m[1], tuple(m[2]), float(m[3]), _tps(m[4]), rebalance_timeout, release
+        )
     return GroupState(
         group=data["group"],
         status=data["status"],
@@ -166,6 +220,9 @@ def state_from_plain(data: dict[str, Any]) -> GroupState:
         topic_partitions=dict(data["topic_partitions"]),
         committed={(t, p): o for t, p, o in data["committed"]},
         member_seq=data["member_seq"],
+        protocol_type=data.get("protocol_type", "headwater" if members else None),
+        target={m: _tps(tps) for m, tps in data.get("target", {}).items()},
+        metadata={(t, p): s for t, p, s in data.get("metadata", [])},
     )
 
 
@@ -238,6 +295,44 @@ def compute_assignment(
     return {m: tuple(sorted(owned[m])) for m in order}
 
 
+class Assigner(Protocol):
+    """Who decides a group's assignment. The broker assigns for Headwater
+    members (:class:`BrokerAssigner`); a Kafka front end will add one where
+    the elected leader assigns (``on_broker = False``: the group then waits in
+    ``completing_rebalance`` for the leader's answer)."""
+
+    @property
+    def on_broker(self) -> bool:
+        """Whether the broker decides (else an elected member does)."""
+        ...
+
+    def assign(
+        self,
+        members: Mapping[str, tuple[str, ...]],
+        topic_partitions: Mapping[str, int],
+        previous: Mapping[str, Iterable[TP]],
+    ) -> dict[str, tuple[TP, ...]]:
+        """The target assignment (member id -> partitions)."""
+        ...
+
+
+@attrs.frozen
+class BrokerAssigner:
+    """The broker computes the assignment with :func:`compute_assignment`."""
+
+    assignor: AssignorName = "sticky"
+    on_broker: bool = True
+
+    def assign(
+        self,
+        members: Mapping[str, tuple[str, ...]],
+        topic_partitions: Mapping[str, int],
+        previous: Mapping[str, Iterable[TP]],
+    ) -> dict[str, tuple[TP, ...]]:
+        """See :class:`Assigner`."""
+        return compute_assignment(members, topic_partitions, previous, self.assignor)
+
+
 # --------------------------------------------------------------------------
 # Events and the pure apply
 
@@ -251,15 +346,6 @@ def _check_transition(state: GroupState, kind: str, target: str) -> None:
         ) from None
 
 
-def _with_assignment(
-    members: dict[str, MemberState], assignment: Mapping[str, list[list[Any]]]
-) -> dict[str, MemberState]:
-    return {
-        mid: attrs.evolve(m, assignment=tuple((t, p) for t, p in assignment.get(mid, [])))
-        for mid, m in members.items()
-    }
-
-
 def apply(state: GroupState, event: GroupEvent) -> GroupState:
     """Return the state after ``event`` (pure: ``state`` is not changed).
 
@@ -268,20 +354,25 @@ def apply(state: GroupState, event: GroupEvent) -> GroupState:
     :class:`~headwater.InvalidArgument` for an unknown event type."""
     kind = event.get("type")
     if kind == "joined":
-        _check_transition(state, "joined", "stable")
+        _check_transition(state, "joined", "preparing_rebalance")
         m = event["member"]
+        old = state.members.get(m["member_id"])
         member = MemberState(
-            m["member_id"], m["client_id"], tuple(m["topics"]), float(m["session_timeout"])
+            m["member_id"],
+            m["client_id"],
+            tuple(m["topics"]),
+            float(m["session_timeout"]),
+            old.assignment if old is not None else (),
+            float(m.get("rebalance_timeout", DEFAULT_REBALANCE_TIMEOUT)),
+            old.release if old is not None else (),
         )
-        members = dict(state.members)
-        members[member.member_id] = member
         return attrs.evolve(
             state,
-            status="stable",
-            generation=event["generation"],
-            members=_with_assignment(members, event["assignment"]),
+            status="preparing_rebalance",
+            members={**state.members, member.member_id: member},
             topic_partitions={**state.topic_partitions, **event["topic_partitions"]},
             member_seq=event["member_seq"],
+            protocol_type=event.get("protocol_type", state.protocol_type or "headwater"),
         )
     if kind == "left":
         members = dict(state.members)
@@ -290,28 +381,74 @@ def apply(state: GroupState, event: GroupEvent) -> GroupState:
                 f"group {state.group!r}: event 'left' names unknown member {event['member_id']!r}"
             )
         del members[event["member_id"]]
-        target: GroupStatus = "stable" if members else "empty"
-        _check_transition(state, "left", target)
+        left: GroupStatus = "preparing_rebalance" if members else "empty"
+        _check_transition(state, "left", left)
+        target = {mid: tps for mid, tps in state.target.items() if mid in members}
         return attrs.evolve(
             state,
-            status=target,
-            generation=event["generation"],
-            members=_with_assignment(members, event["assignment"]),
+            status=left,
+            members=members,
+            target=target if members else {},
+            protocol_type=state.protocol_type if members else None,
         )
+    if kind == "topics_changed":
+        changed: GroupStatus = "empty" if state.status == "empty" else "preparing_rebalance"
+        _check_transition(state, "topics_changed", changed)
+        return attrs.evolve(state, status=changed, topic_partitions=dict(event["topic_partitions"]))
+    if kind == "planned":
+        _check_transition(state, "planned", "preparing_rebalance")
+        target = {mid: _tps(tps) for mid, tps in event["target"].items()}
+        members = {}
+        for mid, m in state.members.items():
+            mine = set(target.get(mid, ()))
+            release = tuple(tp for tp in m.assignment if tp not in mine)
+            members[mid] = attrs.evolve(m, release=release)
+        return attrs.evolve(state, target=target, members=members)
+    if kind == "released":
+        _check_transition(state, "released", "preparing_rebalance")
+        mid = event["member_id"]
+        gone = set(_tps(event["partitions"]))
+        m = state.members.get(mid)
+        if m is None:
+            raise IllegalTransitionError(
+                f"group {state.group!r}: event 'released' names unknown member {mid!r}"
+            )
+        member = attrs.evolve(
+            m,
+            assignment=tuple(tp for tp in m.assignment if tp not in gone),
+            release=tuple(tp for tp in m.release if tp not in gone),
+        )
+        return attrs.evolve(state, members={**state.members, mid: member})
+    if kind == "rebalanced":
+        _check_transition(state, "rebalanced", "completing_rebalance")
+        assignment = {mid: _tps(tps) for mid, tps in event["assignment"].items()}
+        members = {
+            mid: attrs.evolve(m, assignment=assignment.get(mid, ()), release=())
+            for mid, m in state.members.items()
+        }
+        return attrs.evolve(
+            state,
+            status="completing_rebalance",
+            generation=event["generation"],
+            members=members,
+            target={},
+        )
+    if kind == "stabilized":
+        _check_transition(state, "stabilized", "stable")
+        return attrs.evolve(state, status="stable")
     if kind == "committed":
         _check_transition(state, "committed", state.status)
         committed = dict(state.committed)
-        for topic, partition, offset in event["offsets"]:
+        metadata = dict(state.metadata)
+        for row in event["offsets"]:
+            topic, partition, offset = row[0], row[1], row[2]
             committed[(topic, partition)] = offset
-        return attrs.evolve(state, committed=committed)
-    if kind == "topics_changed":
-        _check_transition(state, "topics_changed", state.status)
-        return attrs.evolve(
-            state,
-            generation=event["generation"],
-            topic_partitions=dict(event["topic_partitions"]),
-            members=_with_assignment(dict(state.members), event["assignment"]),
-        )
+            text = row[3] if len(row) > 3 else ""
+            if text:
+                metadata[(topic, partition)] = text
+            else:
+                metadata.pop((topic, partition), None)
+        return attrs.evolve(state, committed=committed, metadata=metadata)
     if kind == "deleted":
         _check_transition(state, "deleted", "dead")
         return attrs.evolve(state, status="dead")
@@ -322,49 +459,67 @@ def apply(state: GroupState, event: GroupEvent) -> GroupState:
 # The coordinator
 
 
-def _assignment_wire(assignment: Mapping[str, tuple[TP, ...]]) -> dict[str, list[list[Any]]]:
+def _wire(assignment: Mapping[str, Iterable[TP]]) -> dict[str, list[list[Any]]]:
     return {m: [[t, p] for t, p in tps] for m, tps in assignment.items()}
+
+
+def _check_timeout(name: str, value: object) -> float:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not MIN_SESSION_TIMEOUT <= value <= MAX_SESSION_TIMEOUT
+    ):
+        raise InvalidArgument(
+            f"{name} must be in [{MIN_SESSION_TIMEOUT}, {MAX_SESSION_TIMEOUT}] seconds, "
+            f"not {value!r}"
+        )
+    return float(value)
 
 
 @attrs.define
 class GroupCoordinator:
     """One group's coordinator (see the module docs). Commands validate, emit
-    an event, apply it, and queue it for :meth:`take_events`; they raise
+    events, apply them, and queue them for :meth:`take_events`; they raise
     without changing anything when the request is refused."""
 
     state: GroupState
-    assignor: Assignor = "sticky"
+    assigner: Assigner = attrs.field(factory=BrokerAssigner)
     _deadlines: dict[str, float] = attrs.field(factory=dict)
+    _rebalance_deadlines: dict[str, float] = attrs.field(factory=dict)
     _outbox: list[GroupEvent] = attrs.field(factory=list)
+    _told: dict[str, Membership] = attrs.field(factory=dict)
 
     @classmethod
-    def new(cls, group: str, assignor: Assignor = "sticky") -> GroupCoordinator:
+    def new(cls, group: str, assignor: AssignorName = "sticky") -> GroupCoordinator:
         """A coordinator for a group with no history."""
-        return cls(GroupState(group), assignor)
+        return cls(GroupState(group), BrokerAssigner(assignor))
 
     @classmethod
     def recover(
-        cls, group: str, events: Iterable[GroupEvent], now: float, assignor: Assignor = "sticky"
+        cls,
+        group: str,
+        events: Iterable[GroupEvent],
+        now: float,
+        assignor: AssignorName = "sticky",
     ) -> GroupCoordinator:
-        """Rebuild from persisted events; every member gets a fresh session
-        deadline from ``now``."""
+        """Rebuild from persisted events; every member gets fresh deadlines
+        from ``now``."""
         state = GroupState(group)
         for event in events:
             state = apply(state, event)
-        coordinator = cls(state, assignor)
-        for m in state.members.values():
-            coordinator._deadlines[m.member_id] = now + m.session_timeout
-        return coordinator
+        return cls.from_state(state, now, assignor)
 
     @classmethod
     def from_state(
-        cls, state: GroupState, now: float, assignor: Assignor = "sticky"
+        cls, state: GroupState, now: float, assignor: AssignorName = "sticky"
     ) -> GroupCoordinator:
         """A coordinator for an already folded ``state`` (as replayed from a
-        journal); every member gets a fresh session deadline from ``now``."""
-        coordinator = cls(state, assignor)
+        journal); every member gets fresh deadlines from ``now``."""
+        coordinator = cls(state, BrokerAssigner(assignor))
         for m in state.members.values():
             coordinator._deadlines[m.member_id] = now + m.session_timeout
+            if m.release:
+                coordinator._rebalance_deadlines[m.member_id] = now + m.rebalance_timeout
         return coordinator
 
     # ------------------------------------------------------------ plumbing
@@ -379,35 +534,89 @@ class GroupCoordinator:
         events, self._outbox = self._outbox, []
         return events
 
+    def take_notices(self) -> list[Membership]:
+        """The memberships that changed since each member was last told (by a
+        notice or by an answer): push them to their members."""
+        out = []
+        for mid in sorted(self.state.members):
+            view = self.membership(mid)
+            if self._told.get(mid) != view:
+                self._told[mid] = view
+                out.append(view)
+        for mid in [mid for mid in self._told if mid not in self.state.members]:
+            del self._told[mid]
+        return out
+
     def _check_alive(self) -> None:
         if self.state.status == "dead":
             raise IllegalTransitionError(f"group {self.state.group!r} was deleted")
 
-    def _rebalance(
-        self, members: Mapping[str, tuple[str, ...]], topic_partitions: Mapping[str, int]
-    ) -> dict[str, list[list[Any]]]:
-        previous = {mid: m.assignment for mid, m in self.state.members.items()}
-        return _assignment_wire(
-            compute_assignment(members, topic_partitions, previous, self.assignor)
-        )
-
-    def _membership(self, member_id: str) -> Membership:
+    def membership(self, member_id: str) -> Membership:
+        """What ``member_id`` should know now: generation, owned partitions,
+        the group state and the partitions it must release."""
         member = self.state.members[member_id]
         return Membership(
             self.state.group,
             member_id,
             self.state.generation,
             tuple(TopicPartition(t, p) for t, p in member.assignment),
+            state=self.state.status,
+            release=tuple(TopicPartition(t, p) for t, p in member.release),
         )
+
+    def _told_now(self, member_id: str) -> Membership:
+        view = self.membership(member_id)
+        self._told[member_id] = view
+        return view
 
     def _member(self, member_id: str | None, action: str) -> MemberState:
         member = self.state.members.get(member_id) if member_id is not None else None
         if member is None:
             raise UnknownMemberError(
-                f"group {self.state.group!r} has no member {member_id!r} (it left or missed "
-                f"its session timeout); join the group again before you {action}"
+                f"group {self.state.group!r} has no member {member_id!r} (it left, missed its "
+                f"session timeout or did not release its partitions within its rebalance "
+                f"timeout); join the group again before you {action}"
             )
         return member
+
+    def _plan(self, now: float) -> None:
+        """Compute the target assignment, ask for releases, complete if none."""
+        if self.state.status != "preparing_rebalance":
+            return
+        subs = {mid: m.topics for mid, m in self.state.members.items()}
+        owned = {mid: m.assignment for mid, m in self.state.members.items()}
+        target = self.assigner.assign(subs, self.state.topic_partitions, owned)
+        self._emit({"type": "planned", "target": _wire(target)})
+        for mid, m in list(self.state.members.items()):
+            if m.release and m.rebalance_timeout == LEGACY_REBALANCE_TIMEOUT:
+                self._emit(
+                    {
+                        "type": "released",
+                        "member_id": mid,
+                        "partitions": [list(tp) for tp in m.release],
+                    }
+                )
+        for mid, m in self.state.members.items():
+            if m.release:
+                self._rebalance_deadlines.setdefault(mid, now + m.rebalance_timeout)
+            else:
+                self._rebalance_deadlines.pop(mid, None)
+        self._complete()
+
+    def _complete(self) -> None:
+        s = self.state
+        if s.status != "preparing_rebalance" or any(m.release for m in s.members.values()):
+            return
+        self._emit(
+            {
+                "type": "rebalanced",
+                "generation": s.generation + 1,
+                "assignment": _wire(s.target),
+            }
+        )
+        self._rebalance_deadlines.clear()
+        if self.assigner.on_broker:
+            self._emit({"type": "stabilized"})
 
     # ------------------------------------------------------------ commands
 
@@ -420,12 +629,16 @@ class GroupCoordinator:
         member_id: str | None = None,
         client_id: str = "",
         session_timeout: float = 10.0,
+        rebalance_timeout: float | None = None,
+        protocol_type: str = "headwater",
     ) -> Membership:
         """Add a member (``member_id=None``: a new id is assigned) or rejoin
         as ``member_id``. ``partition_counts`` gives the partition count of
         each subscribed topic (the caller checked they exist). A new member,
-        a changed subscription or changed partition counts start a new
-        generation; a plain rejoin only renews the session."""
+        a changed subscription or changed partition counts plan a rebalance;
+        a plain rejoin only renews the session. The answer may say
+        ``preparing_rebalance`` with no partitions yet: the member then waits
+        for its notice (or its next heartbeat)."""
         self._check_alive()
         topic_list = tuple(sorted(set(topics)))
         if not topic_list or not all(isinstance(t, str) and t for t in topic_list):
@@ -433,18 +646,35 @@ class GroupCoordinator:
         missing = [t for t in topic_list if t not in partition_counts]
         if missing:
             raise InvalidArgument(f"partition counts missing for topics {missing}")
-        if not MIN_SESSION_TIMEOUT <= session_timeout <= MAX_SESSION_TIMEOUT:
+        session_timeout = _check_timeout("session_timeout", session_timeout)
+        # A member that does not say its rebalance timeout (a protocol v1
+        # client) does not release: its partitions move at once, as before.
+        rebalance = (
+            LEGACY_REBALANCE_TIMEOUT
+            if rebalance_timeout is None
+            else _check_timeout("rebalance_timeout (max_poll_interval)", rebalance_timeout)
+        )
+        if protocol_type not in PROTOCOL_TYPES:
             raise InvalidArgument(
-                f"session_timeout must be in [{MIN_SESSION_TIMEOUT}, {MAX_SESSION_TIMEOUT}] "
-                f"seconds, not {session_timeout!r}"
+                f"protocol_type={protocol_type!r}; use one of {', '.join(PROTOCOL_TYPES)}"
+            )
+        if self.state.members and self.state.protocol_type not in (None, protocol_type):
+            raise InconsistentGroupProtocolError(
+                f"group {self.state.group!r} has {self.state.protocol_type} members; a "
+                f"{protocol_type} member cannot join it: use another group name"
             )
         counts = {t: partition_counts[t] for t in topic_list}
         if member_id is not None:
             old = self._member(member_id, "rejoin")
             unchanged = all(self.state.topic_partitions.get(t) == n for t, n in counts.items())
-            if old.topics == topic_list and old.session_timeout == session_timeout and unchanged:
+            if (
+                old.topics == topic_list
+                and old.session_timeout == session_timeout
+                and old.rebalance_timeout == rebalance
+                and unchanged
+            ):
                 self._deadlines[member_id] = now + session_timeout
-                return self._membership(member_id)
+                return self._told_now(member_id)
             seq = self.state.member_seq
         else:
             seq = self.state.member_seq + 1
@@ -452,9 +682,6 @@ class GroupCoordinator:
             while member_id in self.state.members:  # a client id that looks like ours
                 seq += 1
                 member_id = f"{client_id or 'consumer'}-{seq}"
-        subs = {mid: m.topics for mid, m in self.state.members.items()}
-        subs[member_id] = topic_list
-        all_counts = {**self.state.topic_partitions, **counts}
         self._emit(
             {
                 "type": "joined",
@@ -462,21 +689,22 @@ class GroupCoordinator:
                     "member_id": member_id,
                     "client_id": client_id,
                     "topics": list(topic_list),
-                    "session_timeout": float(session_timeout),
+                    "session_timeout": session_timeout,
+                    "rebalance_timeout": rebalance,
                 },
-                "generation": self.state.generation + 1,
-                "assignment": self._rebalance(subs, all_counts),
                 "topic_partitions": counts,
                 "member_seq": seq,
+                "protocol_type": protocol_type,
             }
         )
         self._deadlines[member_id] = now + session_timeout
-        return self._membership(member_id)
+        self._plan(now)
+        return self._told_now(member_id)
 
     def heartbeat(self, member_id: str, generation: int, now: float) -> Membership:
-        """Renew the member's session and return its current membership. A stale
-        ``generation`` is answered with the new one (adopt its assignment);
-        an unknown member raises :class:`~headwater.UnknownMemberError`."""
+        """Renew the member's session and return what it should know now (a
+        rebalance under way, partitions to release, a new assignment). An
+        unknown member raises :class:`~headwater.UnknownMemberError`."""
         self._check_alive()
         self._member(member_id, "heartbeat")
         if generation > self.state.generation:
@@ -485,79 +713,101 @@ class GroupCoordinator:
                 f"generation {generation} does not exist"
             )
         self._deadlines[member_id] = now + self.state.members[member_id].session_timeout
-        return self._membership(member_id)
+        return self._told_now(member_id)
 
-    def leave(self, member_id: str) -> None:
-        """Remove a member at once; its partitions go to the others."""
+    def release(
+        self, member_id: str, partitions: Iterable[TopicPartition], now: float
+    ) -> Membership:
+        """The member gave up ``partitions`` (its ``on_revoked`` ran and its
+        final commit went through). Partitions it does not own, or a release
+        outside a rebalance, are ignored (the answer says what it owns). When
+        no release is outstanding any more, the rebalance completes."""
+        self._check_alive()
+        member = self._member(member_id, "release partitions")
+        self._deadlines[member_id] = now + member.session_timeout
+        owned = set(member.assignment)
+        gone = sorted({(tp.topic, tp.partition) for tp in partitions} & owned)
+        if gone and self.state.status == "preparing_rebalance":
+            self._emit({"type": "released", "member_id": member_id, "partitions": gone})
+            if not self.state.members[member_id].release:
+                self._rebalance_deadlines.pop(member_id, None)
+            if any(tp not in member.release for tp in gone):
+                self._plan(now)  # it gave up more than asked: those need an owner
+            else:
+                self._complete()
+        return self._told_now(member_id)
+
+    def leave(self, member_id: str, now: float = 0.0) -> None:
+        """Remove a member at once (it released what it owned); its partitions
+        go to the others."""
         self._check_alive()
         self._member(member_id, "leave")
-        self._remove(member_id, "left")
+        self._remove(member_id, "left", now)
 
-    def _remove(self, member_id: str, reason: str) -> None:
-        subs = {mid: m.topics for mid, m in self.state.members.items() if mid != member_id}
-        self._emit(
-            {
-                "type": "left",
-                "member_id": member_id,
-                "reason": reason,
-                "generation": self.state.generation + 1,
-                "assignment": self._rebalance(subs, self.state.topic_partitions),
-            }
-        )
+    def _remove(self, member_id: str, reason: str, now: float) -> None:
+        self._emit({"type": "left", "member_id": member_id, "reason": reason})
         self._deadlines.pop(member_id, None)
+        self._rebalance_deadlines.pop(member_id, None)
+        self._told.pop(member_id, None)
+        self._plan(now)
 
     def tick(self, now: float) -> list[str]:
-        """Remove every member whose session deadline is at or before ``now``;
-        return their ids (in deadline order)."""
-        expired = sorted((d, mid) for mid, d in self._deadlines.items() if d <= now)
-        for _, mid in expired:
-            self._remove(mid, "expired")
-        return [mid for _, mid in expired]
+        """Remove every member whose session deadline, or whose rebalance
+        timeout while it holds partitions to release, is at or before
+        ``now``; return their ids (in deadline order)."""
+        expired = sorted(
+            [(d, mid, "expired") for mid, d in self._deadlines.items() if d <= now]
+            + [
+                (d, mid, "rebalance_timeout")
+                for mid, d in self._rebalance_deadlines.items()
+                if d <= now
+            ]
+        )
+        gone: list[str] = []
+        for _, mid, reason in expired:
+            if mid in self.state.members and mid not in gone:
+                self._remove(mid, reason, now)
+                gone.append(mid)
+        return gone
 
     def next_deadline(self) -> float | None:
-        """The earliest member session deadline (``None`` with no members)."""
-        return min(self._deadlines.values(), default=None)
+        """The earliest session or rebalance deadline (``None`` with no members)."""
+        return min([*self._deadlines.values(), *self._rebalance_deadlines.values()], default=None)
 
-    def update_topics(self, partition_counts: Mapping[str, int]) -> bool:
+    def update_topics(self, partition_counts: Mapping[str, int], now: float = 0.0) -> bool:
         """Tell the group the current partition counts of its subscribed topics
-        (a deleted topic has 0). Returns whether that started a new generation."""
+        (a deleted topic has 0). Returns whether that planned a rebalance."""
         self._check_alive()
         counts = dict(self.state.topic_partitions)
         counts.update(partition_counts)
         if counts == self.state.topic_partitions:
             return False
-        subs = {mid: m.topics for mid, m in self.state.members.items()}
-        self._emit(
-            {
-                "type": "topics_changed",
-                "topic_partitions": counts,
-                "generation": self.state.generation + 1,
-                "assignment": self._rebalance(subs, counts),
-            }
-        )
-        return True
+        self._emit({"type": "topics_changed", "topic_partitions": counts})
+        self._plan(now)
+        return self.state.status != "empty"
 
     def commit(
         self, member_id: str | None, generation: int, offsets: Iterable[PartitionOffset]
     ) -> None:
-        """Store committed offsets (the next offset to read per partition).
+        """Store committed offsets (the next offset to read per partition) and
+        their metadata.
 
-        With members, only a known member at the current generation may commit
-        (else :class:`~headwater.UnknownMemberError` /
+        With members, only a known member may commit, and only partitions it
+        owns now (else :class:`~headwater.UnknownMemberError` /
         :class:`~headwater.StaleGenerationError`). An empty group accepts
         commits with ``member_id=None`` (consumers that assign partitions
         themselves). Negative offsets raise
         :class:`~headwater.OffsetOutOfRangeError`. All or nothing."""
         self._check_alive()
+        owned: set[TP] | None = None
         if member_id is not None or self.state.members:
-            self._member(member_id, "commit")
-            if generation != self.state.generation:
+            member = self._member(member_id, "commit")
+            if generation > self.state.generation:
                 raise StaleGenerationError(
-                    f"member {member_id!r} of group {self.state.group!r} committed with "
-                    f"generation {generation}, but the group is at generation "
-                    f"{self.state.generation} (it rebalanced): rejoin, then commit "
-                    "only the partitions you still own"
+                    f"group {self.state.group!r} is at generation {self.state.generation}; "
+                    f"generation {generation} does not exist"
                 )
+            owned = set(member.assignment)
         rows: list[list[Any]] = []
         for po in offsets:
             if type(po.offset) is not int or po.offset < 0:
@@ -569,7 +819,18 @@ class GroupCoordinator:
                 raise UnknownPartitionError(
                     f"cannot commit for partition {po.partition!r} of {po.topic!r}"
                 )
-            rows.append([po.topic, po.partition, po.offset])
+            if not isinstance(po.metadata, str):
+                raise InvalidArgument(f"commit metadata must be text, not {po.metadata!r:.80}")
+            if owned is not None and (po.topic, po.partition) not in owned:
+                raise StaleGenerationError(
+                    f"member {member_id!r} of group {self.state.group!r} does not own "
+                    f"{po.topic}/{po.partition} (generation {self.state.generation}; it moved "
+                    "in a rebalance): commit only the partitions you own"
+                )
+            row: list[Any] = [po.topic, po.partition, po.offset]
+            if po.metadata:
+                row.append(po.metadata)
+            rows.append(row)
         if rows:
             self._emit({"type": "committed", "offsets": rows})
 
@@ -581,15 +842,18 @@ class GroupCoordinator:
     # ------------------------------------------------------------ queries
 
     def committed(self, partitions: Iterable[TopicPartition] = ()) -> tuple[PartitionOffset, ...]:
-        """Committed offsets for ``partitions`` (all when empty); partitions
-        without a commit are absent."""
+        """Committed offsets (with metadata) for ``partitions`` (all when
+        empty); partitions without a commit are absent."""
+        s = self.state
         wanted = [(tp.topic, tp.partition) for tp in partitions]
         items = (
-            [(tp, self.state.committed[tp]) for tp in wanted if tp in self.state.committed]
+            [(tp, s.committed[tp]) for tp in wanted if tp in s.committed]
             if wanted
-            else sorted(self.state.committed.items())
+            else sorted(s.committed.items())
         )
-        return tuple(PartitionOffset(t, p, off) for (t, p), off in items)
+        return tuple(
+            PartitionOffset(t, p, off, s.metadata.get((t, p), "")) for (t, p), off in items
+        )
 
     def describe(self, end_offsets: Mapping[TP, int]) -> GroupDescription:
         """The group's members, assignment, commits and lag. ``end_offsets``
@@ -603,7 +867,16 @@ class GroupCoordinator:
         for t, p in sorted(tps):
             committed = s.committed.get((t, p))
             end = end_offsets.get((t, p), 0)
-            partitions.append(GroupPartition(t, p, committed, end, max(0, end - (committed or 0))))
+            partitions.append(
+                GroupPartition(
+                    t,
+                    p,
+                    committed,
+                    end,
+                    max(0, end - (committed or 0)),
+                    metadata=s.metadata.get((t, p), ""),
+                )
+            )
         return GroupDescription(
             group=s.group,
             state=s.status,

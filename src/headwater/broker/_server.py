@@ -10,7 +10,10 @@ accepted connection becomes a ``temporary`` task child
 handshake, authentication and pipelining rules) and hands every request to
 the broker's one request handler, :class:`BrokerService`, the very one
 embedded clients call. Requests of one connection run concurrently (up to
-``max_in_flight``), so a long poll never blocks a produce behind it.
+``max_in_flight``), so a long poll never blocks a produce behind it. On a
+protocol v2 connection each request carries the connection's push sink
+(:data:`~headwater._protocol.PUSH_SINK`): group notices for members that
+joined through it are queued as ``push`` frames and sent by a pusher task.
 
 A connection that breaks the protocol gets an ``error`` frame and is closed;
 a request that fails gets an ``error`` frame for its id and the connection
@@ -50,7 +53,7 @@ from headwater._errors import (
     ServerBusyError,
 )
 from headwater._logging import LOG_FORMATS, LOG_LEVELS, configure_logging, get_logger
-from headwater._protocol import Fetch
+from headwater._protocol import PUSH_SINK, Fetch
 from headwater.actors._serve import serve_actors
 from headwater.broker._broker import DEFAULT_DATA_DIR, Broker, open_broker
 from headwater.broker._config import DURABILITIES
@@ -341,7 +344,28 @@ class Server:
                     log.warning("client_not_reading", seconds=config.send_timeout)
                     stalled.cancel()
 
+        pushed = trio.Event()
+
+        def push(message: object) -> None:
+            """The push sink of this connection (protocol v2): queue, then wake
+            the pusher. Never blocks; a closed connection drops the notice."""
+            nonlocal pushed
+            try:
+                conn.send_push("group", encode_response(message))
+            except HeadwaterError:
+                return
+            pushed.set()
+
+        async def pusher() -> None:
+            nonlocal pushed
+            while True:
+                await pushed.wait()
+                pushed = trio.Event()
+                await flush()
+
         async def answer(event: RequestReceived, held: int) -> None:
+            if conn.can_push:
+                PUSH_SINK.set(push)
             try:
                 request = decode_request(event.op, event.body)
                 if isinstance(request, Fetch) and type(request.max_bytes) is int:
@@ -367,6 +391,13 @@ class Server:
         try:
             with stalled:
                 async with trio.open_nursery() as handlers:
+                    pushing = trio.CancelScope()
+
+                    async def run_pusher() -> None:
+                        with pushing:
+                            await pusher()
+
+                    handlers.start_soon(run_pusher)
                     with receiver:
                         if self._draining:
                             receiver.cancel()
@@ -428,6 +459,7 @@ class Server:
                             await flush()
                             if closed or broken:
                                 break
+                    pushing.cancel()
                     if receiver.cancelled_caught:
                         # Draining: requests in flight may finish, up to the timeout.
                         reason = "server shutting down"

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import trio
 
 from headwater._errors import (
+    ActorNotFound,
     ClosedError,
     HeadwaterError,
     InvalidArgument,
@@ -34,6 +35,7 @@ from headwater._errors import (
     UnknownTopicError,
 )
 from headwater._protocol import (
+    PUSH_SINK,
     CommitOffsets,
     CommittedOffsets,
     CreateTopic,
@@ -58,6 +60,7 @@ from headwater._protocol import (
     Produce,
     ProduceResult,
     ProducerIdentity,
+    ReleasePartitions,
     ShareAck,
     ShareFetch,
     ShareLeave,
@@ -144,11 +147,22 @@ class BrokerService:
             )
         return config, f"/broker/topics/{config.name}/{partition}"
 
+    def _partition(self, topic: str, path: str) -> Any:
+        """The ref of a partition actor. Its topic may have been deleted since
+        the caller checked it exists: that is an unknown topic, not a missing
+        actor."""
+        try:
+            return self.system.lookup(path)
+        except ActorNotFound:
+            raise UnknownTopicError(
+                f"topic {topic!r} was deleted; create it again before you use it"
+            ) from None
+
     async def _log(self, topic: str, partition: int) -> AsyncLog:
         _config, path = self._partition_path(topic, partition)
         log = self._logs.get((topic, partition))
         if log is None or log.closed:
-            log = await self.system.lookup(path).ask(GetLog())
+            log = await self._partition(topic, path).ask(GetLog())
             self._logs[(topic, partition)] = log
         return log
 
@@ -196,7 +210,7 @@ class BrokerService:
         _config, path = self._partition_path(r.topic, r.partition)
         if not isinstance(r.record, bytes | bytearray | memoryview):
             raise InvalidArgument(f"a produce record must be bytes, not {type(r.record).__name__}")
-        reply = await self.system.lookup(path).ask(AppendBatch(bytes(r.record)))
+        reply = await self._partition(r.topic, path).ask(AppendBatch(bytes(r.record)))
         if isinstance(reply, HeadwaterError):
             raise reply
         assert isinstance(reply, Appended)
@@ -299,7 +313,7 @@ class BrokerService:
         config = self._config(r.name)
         infos: list[PartitionInfo] = []
         for p in range(config.partitions):
-            ref = self.system.lookup(f"/broker/topics/{config.name}/{p}")
+            ref = self._partition(config.name, f"/broker/topics/{config.name}/{p}")
             infos.append(await ref.ask(DescribePartition()))
         return TopicDescription(config.to_info(), tuple(infos))
 
@@ -314,7 +328,7 @@ class BrokerService:
             for topic in r.topics:
                 self._config(topic)
         ref = await self._group(r.group, create=isinstance(r, JoinGroup | CommitOffsets))
-        result = await ref.ask(GroupRequest(r, self._counts()))
+        result = await ref.ask(GroupRequest(r, self._counts(), PUSH_SINK.get()))
         if isinstance(r, FetchCommitted):
             return CommittedOffsets(r.group, result)
         return Done() if result is None else result
@@ -370,6 +384,7 @@ class BrokerService:
         InitProducer: _init_producer,
         JoinGroup: _group_request,
         Heartbeat: _group_request,
+        ReleasePartitions: _group_request,
         LeaveGroup: _group_request,
         CommitOffsets: _group_request,
         FetchCommitted: _group_request,

@@ -20,6 +20,7 @@ from ._channel import LocalChannel as LocalChannel
 from ._client import Client as Client
 from ._consumer import Consumer as Consumer
 from ._consumer import ConsumerConfig as ConsumerConfig
+from ._consumer import PartitionsCallback as PartitionsCallback
 from ._consumer import Timestamp as Timestamp
 from ._partitioner import Partitioner as Partitioner
 from ._producer import Producer as Producer
@@ -61,6 +62,7 @@ __all__ = [
     "ExponentialBackoff",
     "SharedEvent",
     "Subscription",
+    "PartitionsCallback",
     "Event",
     "JsonSerializer",
     "LocalChannel",

@@ -5,6 +5,13 @@ and returns its response, or raises the :class:`~headwater.HeadwaterError` the
 broker raised. The embedded channel calls the broker's request handler
 directly; the TCP channel sends the same messages as frames. Client code above
 a channel never knows which one it has.
+
+A channel also delivers what the broker *pushes* (group notices: a
+:class:`~headwater.Membership`) to the listeners registered for that group
+(:meth:`Channel.add_push_listener`). The embedded channel passes its own
+dispatcher to the broker as :data:`~headwater._protocol.PUSH_SINK`; the TCP
+channel dispatches ``push`` frames (protocol v2). A channel that cannot push
+simply never calls the listeners: consumers then learn at heartbeat pace.
 """
 
 from __future__ import annotations
@@ -17,12 +24,19 @@ from typing import Any
 import trio
 
 from headwater._errors import ClosedError, HeadwaterError, HeadwaterTimeoutError, InvalidArgument
+from headwater._logging import get_logger
+from headwater._protocol import PUSH_SINK, Membership
 from headwater.actors._actor import as_failure
 
-__all__ = ["Channel", "Handler", "LocalChannel"]
+__all__ = ["Channel", "Handler", "LocalChannel", "PushListener"]
 
 Handler = Callable[[Any], Awaitable[Any]]
 """A broker's request handler: takes a request message, returns its response."""
+
+_log = get_logger("headwater.client")
+
+PushListener = Callable[[Membership], None]
+"""Takes one pushed group notice; must not block."""
 
 
 def _timeout_seconds(timeout: object) -> float:
@@ -50,6 +64,31 @@ class Channel(abc.ABC):
     async def aclose(self) -> None:
         """Close the channel (idempotent). Requests in flight fail."""
 
+    def add_push_listener(self, group: str, listener: PushListener) -> None:
+        """Call ``listener`` with every group notice pushed for ``group``."""
+        listeners: dict[str, list[PushListener]] = self.__dict__.setdefault("_push_listeners", {})
+        listeners.setdefault(group, []).append(listener)
+
+    def remove_push_listener(self, group: str, listener: PushListener) -> None:
+        """Stop calling ``listener`` (no error if it was not registered)."""
+        listeners: dict[str, list[PushListener]] = self.__dict__.get("_push_listeners", {})
+        if listener in listeners.get(group, []):
+            listeners[group].remove(listener)
+            if not listeners[group]:
+                del listeners[group]
+
+    def deliver_push(self, message: object) -> None:
+        """Hand a pushed message to its listeners (what a channel calls when
+        the broker pushes; unknown kinds are ignored)."""
+        if not isinstance(message, Membership):
+            return
+        listeners: dict[str, list[PushListener]] = self.__dict__.get("_push_listeners", {})
+        for listener in list(listeners.get(message.group, ())):
+            try:
+                listener(message)
+            except Exception as exc:  # a listener's bug must not reach the broker's task
+                _log.error("push_listener_failed", group=message.group, exc_info=exc)
+
 
 class LocalChannel(Channel):
     """The embedded channel: requests go straight to ``handler`` in this task."""
@@ -64,6 +103,7 @@ class LocalChannel(Channel):
             raise ClosedError("this client is closed; open a new one")
         seconds = _timeout_seconds(timeout)
         with trio.move_on_after(seconds):
+            token = PUSH_SINK.set(self.deliver_push)
             try:
                 return await self._handler(request)
             except HeadwaterError:
@@ -71,6 +111,8 @@ class LocalChannel(Channel):
             except Exception as exc:
                 # Same as over TCP: a non-Headwater error arrives as ActorFailed.
                 raise as_failure(exc) from exc
+            finally:
+                PUSH_SINK.reset(token)
         raise HeadwaterTimeoutError(f"{type(request).__name__} got no response within {seconds}s")
 
     async def aclose(self) -> None:

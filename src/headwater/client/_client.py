@@ -24,7 +24,7 @@ from headwater.broker._config import (
 )
 
 from ._channel import Channel
-from ._consumer import Consumer, ConsumerConfig, Start
+from ._consumer import Consumer, ConsumerConfig, PartitionsCallback, Start
 from ._producer import Producer, ProducerConfig, open_producer
 from ._share import ExponentialBackoff, Subscription, build_request, open_subscription
 
@@ -161,16 +161,24 @@ class Client:
         *,
         group: str | None = None,
         start: Start = "earliest",
+        on_assigned: PartitionsCallback | None = None,
+        on_revoked: PartitionsCallback | None = None,
         **config: Any,
-    ) -> Consumer:
-        """A :class:`~headwater.client.Consumer` of ``topics`` (enter it with
-        ``async with``). With ``group`` it joins that consumer group and
-        reads its assigned partitions; without, it reads every partition
-        (narrow with :meth:`Consumer.assign`). ``start`` (``"earliest"``,
-        ``"latest"``, an offset, an aware datetime or
-        :class:`~headwater.client.Timestamp`) applies where no offset is
-        committed. ``config`` are :class:`~headwater.client.ConsumerConfig`
-        fields."""
+    ) -> AbstractAsyncContextManager[Consumer]:
+        """A :class:`~headwater.client.Consumer` of ``topics``, as an async
+        context manager (``async with client.consumer(...) as consumer``)
+        that owns its tasks and raises failures as the typed
+        :class:`~headwater.HeadwaterError` itself. With ``group`` it joins
+        that consumer group and reads its assigned partitions; without, it
+        reads every partition (narrow with :meth:`Consumer.assign`).
+        ``start`` (``"earliest"``, ``"latest"``, an offset, an aware datetime
+        or :class:`~headwater.client.Timestamp`) applies only where the group
+        has no committed offset. ``on_assigned`` / ``on_revoked`` (sync or
+        async, called with a list of (topic, partition)) run at a poll when
+        the group gives or takes partitions: flush state in ``on_revoked``
+        (a ``commit()`` there still goes through). ``config`` are
+        :class:`~headwater.client.ConsumerConfig` fields. Bad arguments
+        raise here, before anything is sent."""
         if isinstance(topics, str):
             topics = [topics]
         topic_list = tuple(topics)
@@ -184,7 +192,16 @@ class Client:
             settings = ConsumerConfig(**config)
         except TypeError as exc:
             raise ConfigError(f"unknown consumer setting: {exc}") from None
-        return Consumer(self._channel, topic_list, group, start, settings)
+        consumer = Consumer(
+            self._channel,
+            topic_list,
+            group,
+            start,
+            settings,
+            on_assigned=on_assigned,
+            on_revoked=on_revoked,
+        )
+        return consumer.open()
 
     def subscribe(
         self,

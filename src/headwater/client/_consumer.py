@@ -15,30 +15,54 @@ skipped (records start at their base offset).
 Each chunk carries its partition's *token*; :meth:`seek` and a rebalance
 bump the token and restart the fetcher, so stale chunks are dropped on
 receipt. :meth:`position` is the offset after the last event handed to the
-caller; :meth:`commit` commits those positions.
+caller; :meth:`commit` commits those positions (or explicit ones).
 
-With a group: ``JoinGroup`` on entry, a heartbeat task every
-``session_timeout / 3`` seconds, and a rebalance when the membership's
-generation changes (revoked partitions' fetchers stop and their positions
-are dropped; new ones start from the committed offset or ``start``). A member
-the group forgot (missed heartbeats) joins again. ``LeaveGroup`` on exit.
+With a group (see ``broker/_group.py`` for the coordinator's side):
+``JoinGroup`` on entry, then the member learns what to do from
+:class:`~headwater.Membership` notices: pushed by the broker at once
+(protocol v2, and embedded), and answered to every heartbeat (every
+``session_timeout / 3`` s; the fallback for v1 servers). A notice may
+
+* ask it to **release** partitions: done at the app's next *poll* (a call of
+  ``__anext__``/``getmany``, or at once if the app is waiting inside one),
+  as in Kafka, so that ``on_revoked`` and the final commit see only events
+  the app has finished with: stop the fetchers, call ``on_revoked``, commit
+  (with ``auto_commit``), then ``ReleasePartitions``. The coordinator hands
+  the partition to its next owner only after that (or after the member's
+  ``max_poll_interval``), so no partition is read by two members at once and
+  commits never meet a stale generation;
+* give it **new partitions** (after a completed rebalance): their fetchers
+  start at once; ``on_assigned`` runs at the next poll, before any of their
+  events is handed out.
+
+A member that does not poll for ``max_poll_interval`` seconds leaves the group
+(its heartbeat task notices; a hung handler cannot hold partitions forever);
+its next :meth:`commit` raises :class:`~headwater.UnknownMemberError` (those
+offsets belong to the new owners now) and its next poll joins again. A member
+the group forgot (missed heartbeats) joins again at once. ``LeaveGroup`` on
+exit, after ``on_revoked`` (and the auto-commit) for what it owned.
+
+:meth:`Client.consumer` returns :meth:`Consumer.open`, an async context
+manager that owns the consumer's nursery and raises a failure as the typed
+:class:`~headwater.HeadwaterError` itself (never an exception group).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from functools import partial
-from types import TracebackType
 from typing import Any, Literal
 
 import attrs
-import structlog
 import trio
 
 from headwater import _protocol as p
+from headwater._aio import unwrapping_groups
 from headwater._errors import (
     ClosedError,
     ConfigError,
@@ -49,19 +73,24 @@ from headwater._errors import (
     UnknownMemberError,
     UnknownPartitionError,
 )
+from headwater._logging import get_logger
 from headwater.journal._batch import Event, decode_record_events
 from headwater.journal._record import RecordHeader, iter_records
 
 from ._channel import Channel
 from ._serializers import BytesSerializer, Serializer, get_serializer
 
-__all__ = ["Consumer", "ConsumerConfig", "Start", "Timestamp"]
+__all__ = ["Consumer", "ConsumerConfig", "PartitionsCallback", "Start", "Timestamp"]
 
-log = structlog.get_logger("headwater.client.consumer")
+log = get_logger("headwater.client.consumer")
 
 TP = tuple[str, int]
 # (partition, ownership token, first wanted offset, records as fetched)
 _Chunk = tuple[TP, int, int, list[tuple[RecordHeader, memoryview]]]
+
+PartitionsCallback = Callable[[list[tuple[str, int]]], Awaitable[None] | None]
+"""``on_assigned`` / ``on_revoked``: called with sorted (topic, partition)
+pairs; a plain function or a coroutine function."""
 
 
 @attrs.frozen
@@ -115,7 +144,10 @@ def _positive(name: str) -> Any:
 class ConsumerConfig:
     """Consumer settings: ``max_wait`` (s a fetch waits for new data),
     ``max_bytes`` (per fetch), ``prefetch`` (decoded chunks buffered),
-    ``session_timeout`` (s, groups), ``auto_commit`` and
+    ``session_timeout`` (s, groups: a member that stops heartbeating that
+    long is removed), ``max_poll_interval`` (s, groups: a member whose app
+    does not ask for events that long leaves the group, and the longest it
+    may take to release partitions in a rebalance), ``auto_commit`` and
     ``auto_commit_interval`` (s), ``request_timeout`` (s), ``deserializer``
     (as the producer's serializer; ``"bytes"`` reads raw values),
     ``client_id`` (names the group member)."""
@@ -124,6 +156,7 @@ class ConsumerConfig:
     max_bytes: int = attrs.field(default=1 << 20, validator=_positive("max_bytes"))
     prefetch: int = attrs.field(default=16, validator=_positive("prefetch"))
     session_timeout: float = attrs.field(default=10.0, validator=_positive("session_timeout"))
+    max_poll_interval: float = attrs.field(default=300.0, validator=_positive("max_poll_interval"))
     auto_commit: bool = False
     auto_commit_interval: float = attrs.field(
         default=5.0, validator=_positive("auto_commit_interval")
@@ -139,9 +172,24 @@ class _Owned:
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
 
+def _rank(m: p.Membership) -> tuple[int, int]:
+    """Notices may arrive out of order: a later generation wins; within one,
+    a rebalance under way is newer than the stable state before it."""
+    return (m.generation, 0 if m.state == "stable" else 1)
+
+
+def _check_callback(name: str, value: object) -> PartitionsCallback | None:
+    if value is not None and not callable(value):
+        raise InvalidArgument(
+            f"{name} must be a function taking a list of partitions, not {value!r}"
+        )
+    return value
+
+
 class Consumer:
-    """Reads events (see the module docs). Use as an async context manager,
-    then ``async for event in consumer`` or :meth:`getmany`."""
+    """Reads events (see the module docs). Open it with ``async with
+    client.consumer(...) as consumer``, then ``async for event in consumer``
+    or :meth:`getmany`."""
 
     def __init__(
         self,
@@ -150,6 +198,9 @@ class Consumer:
         group: str | None,
         start: Start,
         config: ConsumerConfig | None = None,
+        *,
+        on_assigned: PartitionsCallback | None = None,
+        on_revoked: PartitionsCallback | None = None,
     ) -> None:
         self._channel = channel
         self.topics = topics
@@ -163,71 +214,104 @@ class Consumer:
         else:
             self._start = _check_start(start)
             self._start_offset = False
+        self._on_assigned = _check_callback("on_assigned", on_assigned)
+        self._on_revoked = _check_callback("on_revoked", on_revoked)
+        if group is None and (on_assigned is not None or on_revoked is not None):
+            raise InvalidArgument(
+                "on_assigned/on_revoked need a group: without one, you choose the partitions"
+            )
         self._deserializer: Serializer = get_serializer(config.deserializer)
         self._owned: dict[TP, _Owned] = {}
         self._positions: dict[TP, int] = {}
         self._tokens = 0
         self._send, self._receive = trio.open_memory_channel[_Chunk](config.prefetch)
         self._buffer: deque[Event] = deque()
-        self._membership: p.Membership | None = None
+        self._membership: p.Membership | None = None  # the view this member acts on
+        self._latest: p.Membership | None = None  # the newest notice received
+        self._early: list[p.Membership] = []  # notices that came before our join answer
+        self._joining = False
+        self._unannounced: set[TP] = set()  # assigned, on_assigned not yet called
+        self._evicted: str | None = None  # why we left the group without being asked
+        self._idle_left = False  # we left for not polling: rejoin at the next poll only
+        self._lost: set[TP] = set()  # taken from us without a release: on_revoked at a poll
+        self._join_lock = trio.Lock()
+        self._commit_lock = trio.Lock()
+        self._wake: trio.CancelScope | None = None  # a poll waiting for data
+        self._polling = 0
+        self._last_poll = 0.0
         self._nursery: trio.Nursery | None = None
         self._closed = False
 
     # ------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> Consumer:
-        self._manager = trio.open_nursery()
-        self._nursery = await self._manager.__aenter__()
-        try:
-            if self.group is None:
-                tps: list[TP] = []
-                for topic in self.topics:
-                    d = await self._ask(p.DescribeTopic(topic))
-                    tps.extend((topic, i) for i in range(d.topic.partitions))
-                self._own(tps)
-            else:
-                await self._join(None)
-                self._nursery.start_soon(self._heartbeats)
-            if self.config.auto_commit:
-                self._nursery.start_soon(self._auto_commit)
-        except BaseException as exc:
-            self._nursery.cancel_scope.cancel()
-            await self._manager.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._nursery is not None
-        failed: BaseException | None = None
-        try:
-            if self.config.auto_commit and exc is None and self._membership is not None:
-                await self.commit()
-        except BaseException as commit_error:
-            # Exit the nursery whatever happens (skipping it corrupts Trio's
-            # nursery stack); the error goes through it.
-            failed = commit_error
-            exc_type, exc, tb = type(failed), failed, failed.__traceback__
-        finally:
-            self._closed = True
-            self._nursery.cancel_scope.cancel()
-            if self._membership is not None and self.group is not None:
-                # Best effort and short: if the broker is unreachable, the
-                # session timeout removes this member anyway.
-                leave_timeout = min(self.config.request_timeout, 2.0)
-                with trio.CancelScope(shield=True), trio.move_on_after(leave_timeout):
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[Consumer]:
+        """Run the consumer for the duration of the block (it owns its
+        nursery); what :meth:`Client.consumer` returns. A failure leaves as
+        the typed :class:`~headwater.HeadwaterError` itself."""
+        if self._nursery is not None or self._closed:
+            raise InvalidArgument("this consumer was already opened; ask the client for a new one")
+        with unwrapping_groups():
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._last_poll = trio.current_time()
+                if self.group is not None:
+                    self._channel.add_push_listener(self.group, self._on_notice)
+                clean = False
+                try:
+                    await self._begin()
+                    yield self
+                    clean = True
+                finally:
                     try:
-                        await self._ask(p.LeaveGroup(self.group, self._membership.member_id))
-                    except HeadwaterError as err:
-                        log.info("leave_group_failed", group=self.group, error=repr(err))
-        suppressed = await self._manager.__aexit__(exc_type, exc, tb)
-        if failed is not None and not suppressed:
-            raise failed
-        return suppressed
+                        with trio.CancelScope(shield=not clean):
+                            await self._end(clean=clean)
+                    finally:
+                        self._closed = True
+                        if self.group is not None:
+                            self._channel.remove_push_listener(self.group, self._on_notice)
+                        nursery.cancel_scope.cancel()
+
+    async def _begin(self) -> None:
+        assert self._nursery is not None
+        if self.group is None:
+            tps: list[TP] = []
+            for topic in self.topics:
+                d = await self._ask(p.DescribeTopic(topic))
+                tps.extend((topic, i) for i in range(d.topic.partitions))
+            self._own(tps)
+        else:
+            await self._join()
+            await self._sync()
+            self._nursery.start_soon(self._heartbeats)
+        if self.config.auto_commit:
+            self._nursery.start_soon(self._auto_commit)
+
+    async def _end(self, *, clean: bool) -> None:
+        """Clean exit: on_revoked and the auto-commit for what we own, then
+        leave. Otherwise just leave (best effort, short: if the broker is
+        unreachable, the session timeout removes this member anyway)."""
+        m = self.membership
+        if self.group is None or m is None or self._evicted is not None:
+            return
+        try:
+            if clean:
+                owned = sorted(self._owned)
+                for tp in owned:
+                    self._stop(tp)
+                if owned:
+                    await self._call(self._on_revoked, owned)
+                if self.config.auto_commit:
+                    await self.commit()
+        finally:
+            leave_timeout = min(self.config.request_timeout, 2.0)
+            with trio.move_on_after(leave_timeout):
+                try:
+                    await self._channel.request(
+                        p.LeaveGroup(self.group, m.member_id), timeout=leave_timeout
+                    )
+                except HeadwaterError as err:
+                    log.info("leave_group_failed", group=self.group, error=repr(err))
 
     async def _ask(self, request: Any) -> Any:
         return await self._channel.request(request, timeout=self.config.request_timeout)
@@ -238,10 +322,23 @@ class Consumer:
         """Make the owned set exactly ``tps``: stop the others, start new ones."""
         wanted = set(tps)
         for tp in [tp for tp in self._owned if tp not in wanted]:
-            self._owned.pop(tp).scope.cancel()
-            self._positions.pop(tp, None)
+            self._forget(tp)
         for tp in sorted(wanted - set(self._owned)):
             self._start_fetcher(tp, None)
+
+    def _stop(self, tp: TP) -> None:
+        """Stop reading ``tp`` (its position stays, for a last commit)."""
+        owned = self._owned.get(tp)
+        if owned is not None:
+            owned.scope.cancel()
+            owned.token = -1  # chunks already fetched are dropped on receipt
+        self._buffer = deque(e for e in self._buffer if (e.topic, e.partition) != tp)
+
+    def _forget(self, tp: TP) -> None:
+        self._stop(tp)
+        self._owned.pop(tp, None)
+        self._positions.pop(tp, None)
+        self._unannounced.discard(tp)
 
     def _start_fetcher(self, tp: TP, offset: int | None) -> None:
         old = self._owned.get(tp)
@@ -259,33 +356,34 @@ class Consumer:
                 f"this consumer is in group {self.group!r}, which assigns its partitions; "
                 "create it without group= to assign partitions yourself"
             )
-        tps = []
-        for item in partitions:
-            if (
-                not isinstance(item, tuple | p.TopicPartition)
-                or len(attrs.astuple(item) if isinstance(item, p.TopicPartition) else item) != 2
-            ):
-                raise InvalidArgument(f"assign takes (topic, partition) pairs, not {item!r:.80}")
-            topic, partition = (
-                (item.topic, item.partition) if isinstance(item, p.TopicPartition) else item
-            )
-            if topic not in self.topics:
-                raise InvalidArgument(
-                    f"topic {topic!r} is not one of this consumer's topics {list(self.topics)}"
-                )
-            if type(partition) is not int or partition < 0:
-                raise UnknownPartitionError(f"partition {partition!r} of {topic!r} is invalid")
-            tps.append((topic, partition))
+        tps = [self._check_tp(item, "assign") for item in partitions]
         self._own(tps)
+
+    def _check_tp(self, item: object, what: str) -> TP:
+        if (
+            not isinstance(item, tuple | p.TopicPartition)
+            or len(attrs.astuple(item) if isinstance(item, p.TopicPartition) else item) != 2
+        ):
+            raise InvalidArgument(f"{what} takes (topic, partition) pairs, not {item!r:.80}")
+        topic, partition = (
+            (item.topic, item.partition) if isinstance(item, p.TopicPartition) else item
+        )
+        if topic not in self.topics:
+            raise InvalidArgument(
+                f"topic {topic!r} is not one of this consumer's topics {list(self.topics)}"
+            )
+        if type(partition) is not int or partition < 0:
+            raise UnknownPartitionError(f"partition {partition!r} of {topic!r} is invalid")
+        return topic, partition
 
     def assignment(self) -> list[tuple[str, int]]:
         """The (topic, partition) pairs this consumer reads now, sorted."""
-        return sorted(self._owned)
+        return sorted(tp for tp, owned in self._owned.items() if owned.token >= 0)
 
     def seek(self, topic: str, partition: int, offset: int) -> None:
         """Read ``topic``/``partition`` from ``offset`` next (an owned partition)."""
         tp = (topic, partition)
-        if tp not in self._owned:
+        if tp not in self._owned or self._owned[tp].token < 0:
             raise UnknownPartitionError(
                 f"{topic}/{partition} is not assigned to this consumer; "
                 f"it reads {self.assignment()}"
@@ -397,12 +495,23 @@ class Consumer:
         return events
 
     async def _refill(self, timeout: float = math.inf) -> bool:
-        """Receive chunks until one is current; return False on timeout."""
+        """Receive chunks until one is current; return False on timeout. A
+        group notice wakes the wait, so a rebalance is served at once."""
         if self._closed:
             raise ClosedError("this consumer is closed")
         with trio.move_on_after(timeout):
             while True:
-                tp, token, start, records = await self._receive.receive()
+                await self._sync()
+                with trio.CancelScope() as wake:
+                    self._wake = wake
+                    if self._needs_sync():
+                        wake.cancel()
+                    try:
+                        tp, token, start, records = await self._receive.receive()
+                    finally:
+                        self._wake = None
+                if wake.cancelled_caught:
+                    continue
                 owned = self._owned.get(tp)
                 if owned is None or owned.token != token:
                     continue
@@ -413,134 +522,419 @@ class Consumer:
                     return True
         return False
 
-    def __aiter__(self) -> Consumer:
-        return self
-
-    async def __anext__(self) -> Event:
-        while True:
-            while self._buffer:
-                event = self._buffer.popleft()
-                tp = (event.topic, event.partition)
-                if tp in self._owned and event.offset >= self._positions.get(tp, 0):
-                    self._positions[tp] = event.offset + 1
-                    return event
-            await self._refill()
-
-    async def getmany(self, max_events: int = 1000, timeout: float = 1.0) -> list[Event]:
-        """Up to ``max_events`` events, waiting up to ``timeout`` seconds for
-        the first one (returns ``[]`` if none arrive)."""
-        if type(max_events) is not int or max_events < 1:
-            raise InvalidArgument(f"max_events must be an int >= 1, not {max_events!r}")
-        if not self._buffer:
-            await self._refill(timeout)
+    def _take(self, limit: int) -> list[Event]:
         out: list[Event] = []
-        while self._buffer and len(out) < max_events:
+        while self._buffer and len(out) < limit:
             event = self._buffer.popleft()
             tp = (event.topic, event.partition)
-            if tp in self._owned and event.offset >= self._positions.get(tp, 0):
+            owned = self._owned.get(tp)
+            if (
+                owned is not None
+                and owned.token >= 0
+                and event.offset >= self._positions.get(tp, 0)
+            ):
                 self._positions[tp] = event.offset + 1
                 out.append(event)
         return out
 
+    def __aiter__(self) -> Consumer:
+        return self
+
+    async def __anext__(self) -> Event:
+        self._polling += 1
+        try:
+            await self._sync()
+            while True:
+                got = self._take(1)
+                if got:
+                    return got[0]
+                await self._refill()
+        finally:
+            self._polling -= 1
+            self._last_poll = trio.current_time()
+
+    async def getmany(self, max_events: int = 1000, timeout: float = 1.0) -> list[Event]:
+        """Up to ``max_events`` events, waiting up to ``timeout`` seconds for
+        the first one (returns ``[]`` if none arrive). A group rebalance is
+        served here (see the module docs)."""
+        if type(max_events) is not int or max_events < 1:
+            raise InvalidArgument(f"max_events must be an int >= 1, not {max_events!r}")
+        self._polling += 1
+        try:
+            await self._sync()
+            if not self._buffer:
+                await self._refill(timeout)
+            return self._take(max_events)
+        finally:
+            self._polling -= 1
+            self._last_poll = trio.current_time()
+
     # ------------------------------------------------------------ groups
 
-    async def _join(self, member_id: str | None) -> None:
+    async def _join(self) -> None:
+        """Join as a new member (the group plans a rebalance; the answer may
+        carry no partitions yet: they come with a notice)."""
         assert self.group is not None
-        membership = await self._ask(
-            p.JoinGroup(
-                self.group,
-                tuple(sorted(set(self.topics))),
-                member_id,
-                self.config.session_timeout,
-                self.config.client_id,
+        self._membership = None
+        self._latest = None
+        self._joining = True
+        try:
+            membership: p.Membership = await self._ask(
+                p.JoinGroup(
+                    self.group,
+                    tuple(sorted(set(self.topics))),
+                    None,
+                    self.config.session_timeout,
+                    self.config.client_id,
+                    rebalance_timeout=self.config.max_poll_interval,
+                )
             )
+        finally:
+            self._joining = False
+        early, self._early = self._early, []
+        self._evicted = None
+        self._idle_left = False
+        self._on_notice(membership)
+        for notice in early:
+            self._on_notice(notice)
+        log.info(
+            "consumer_joined",
+            group=self.group,
+            member_id=membership.member_id,
+            generation=membership.generation,
+            state=membership.state,
         )
-        self._apply(membership)
 
-    def _apply(self, membership: p.Membership) -> None:
-        old = self._membership
-        self._membership = membership
-        if (
-            old is None
-            or old.generation != membership.generation
-            or old.member_id != membership.member_id
-        ):
-            log.info(
-                "consumer_rebalanced",
-                group=self.group,
-                member_id=membership.member_id,
-                generation=membership.generation,
-                partitions=len(membership.assignment),
+    def _on_notice(self, m: p.Membership) -> None:
+        """A membership arrived (push, heartbeat or answer): remember the
+        newest, start fetchers for new partitions, wake a waiting poll. Never
+        blocks (pushes arrive on the broker's or the connection's task)."""
+        if self._closed or m.group != self.group:
+            return
+        if self._joining:
+            self._early.append(m)  # may be ours: sorted out when the join answers
+            return
+        if self._evicted is not None:
+            return  # about the member we were: only the next join's answer counts
+        current = self._latest or self._membership
+        if current is not None and (m.member_id != current.member_id or _rank(m) < _rank(current)):
+            return
+        self._latest = m
+        self._adopt(m)
+        if self._wake is not None:
+            self._wake.cancel()
+
+    def _missing(self, m: p.Membership) -> list[TP]:
+        """Partitions a stable membership gives us that we do not read yet."""
+        if m.state != "stable":
+            return []
+        releasing = {(tp.topic, tp.partition) for tp in m.release}
+        running = set(self.assignment())
+        return sorted({(tp.topic, tp.partition) for tp in m.assignment} - releasing - running)
+
+    def _adopt(self, m: p.Membership) -> None:
+        """Start reading newly assigned partitions (on_assigned comes at the
+        next poll, before any of their events is handed out)."""
+        if self._nursery is None:
+            return
+        for tp in self._missing(m):
+            if tp in self._owned:  # stopped for a release, and given back
+                self._positions.pop(tp, None)
+            self._start_fetcher(tp, None)
+            self._unannounced.add(tp)
+
+    def _needs_sync(self) -> bool:
+        if self.group is None:
+            return False
+        if self._evicted is not None or self._lost:
+            return True
+        m = self._latest
+        if m is None:
+            return bool(self._unannounced)
+        owned = set(self.assignment())
+        if {(tp.topic, tp.partition) for tp in m.release} & owned:
+            return True
+        if m.state == "stable" and owned - {(tp.topic, tp.partition) for tp in m.assignment}:
+            return True
+        return bool(self._unannounced or self._missing(m)) or m != self._membership
+
+    async def _call(self, callback: PartitionsCallback | None, tps: list[TP]) -> None:
+        if callback is None or not tps:
+            return
+        result = callback(list(tps))
+        if inspect.isawaitable(result):
+            await result
+
+    async def _sync(self) -> None:
+        """Serve the group at a poll point: rejoin if we were removed,
+        release what the rebalance asks for, drop what we lost, announce
+        what we got."""
+        if self.group is None:
+            return
+        while self._needs_sync():
+            if self._lost:  # taken while we were away: tell the app (no commit possible)
+                lost = sorted(self._lost)
+                self._lost.clear()
+                await self._call(self._on_revoked, lost)
+                continue
+            if self._evicted is not None:
+                log.info("consumer_rejoin", group=self.group, reason=self._evicted)
+                self._idle_left = False
+                async with self._join_lock:
+                    if self._evicted is not None:
+                        try:
+                            await self._join()
+                        except HeadwaterError as exc:
+                            if not exc.retriable:
+                                raise
+                            log.info("rejoin_failed", group=self.group, error=repr(exc))
+                            return  # the next poll (or heartbeat) tries again
+                continue
+            m = self._latest
+            if m is None:
+                announce = sorted(self._unannounced)
+                self._unannounced.clear()
+                await self._call(self._on_assigned, announce)
+                continue
+            owned = set(self.assignment())
+            release = sorted({(tp.topic, tp.partition) for tp in m.release} & owned)
+            if release:
+                await self._release(m, release)
+                continue
+            if m.state == "stable":
+                lost = sorted(owned - {(tp.topic, tp.partition) for tp in m.assignment})
+                if lost:
+                    # Taken without our release (we missed the rebalance
+                    # timeout): no commit is possible for these any more.
+                    log.warning("consumer_partitions_lost", group=self.group, partitions=lost)
+                    for tp in lost:
+                        self._forget(tp)
+                    await self._call(self._on_revoked, lost)
+            self._adopt(m)
+            if self._membership != m:
+                if self._membership is None or m.generation != self._membership.generation:
+                    log.info(
+                        "consumer_rebalanced",
+                        group=self.group,
+                        member_id=m.member_id,
+                        generation=m.generation,
+                        state=m.state,
+                        partitions=len(m.assignment),
+                    )
+                self._membership = m
+            announce = sorted(tp for tp in self._unannounced if tp in self._owned)
+            self._unannounced.clear()
+            await self._call(self._on_assigned, announce)
+
+    async def _release(self, m: p.Membership, release: list[TP]) -> None:
+        """Stop reading ``release``, let the app flush (on_revoked), commit
+        (auto_commit), then tell the coordinator, which may now hand them on."""
+        assert self.group is not None
+        for tp in release:
+            self._stop(tp)
+        callback_error: BaseException | None = None
+        try:
+            await self._call(self._on_revoked, release)
+        except Exception as exc:  # the app's bug: release anyway, then raise it
+            callback_error = exc
+        if self.config.auto_commit and callback_error is None:
+            await self._commit_positions(release)
+        async with self._commit_lock:
+            answer = await self._ask(
+                p.ReleasePartitions(
+                    self.group,
+                    m.member_id,
+                    m.generation,
+                    tuple(p.TopicPartition(t, n) for t, n in release),
+                )
             )
-            self._own((tp.topic, tp.partition) for tp in membership.assignment)
+        for tp in release:
+            owned = self._owned.get(tp)
+            if owned is not None and owned.token < 0:  # not given back meanwhile
+                self._forget(tp)
+        log.info("consumer_released", group=self.group, partitions=release)
+        self._on_notice(answer)
+        if callback_error is not None:
+            raise callback_error
 
     async def _heartbeats(self) -> None:
         assert self.group is not None
         interval = self.config.session_timeout / 3
         while True:
             await trio.sleep(interval)
-            await self.poll_group()
+            idle = trio.current_time() - self._last_poll
+            if self._polling == 0 and idle > self.config.max_poll_interval:
+                if self._evicted is None and self.membership is not None:
+                    await self._leave_idle(idle)
+                continue
+            await self._heartbeat()
 
-    async def poll_group(self) -> None:
-        """Heartbeat now and apply any rebalance (the background task does
-        this every ``session_timeout / 3`` seconds)."""
-        if self.group is None or self._nursery is None:
-            return
-        m = self._membership
+    async def _leave_idle(self, idle: float) -> None:
+        """The app has not polled for max_poll_interval: give the partitions
+        up (no commit: what it was handed may not be processed)."""
+        m = self.membership
+        assert m is not None
+        assert self.group is not None
+        log.warning(
+            "consumer_poll_timeout",
+            group=self.group,
+            member_id=m.member_id,
+            idle=idle,
+            max_poll_interval=self.config.max_poll_interval,
+        )
+        self._evict(
+            f"it did not ask for events for {idle:.1f}s (max_poll_interval="
+            f"{self.config.max_poll_interval}s)",
+            idle=True,
+        )
         try:
-            if m is None:  # a rejoin failed (a lost connection): try again
-                await self._join(None)
-                return
-            self._apply(await self._ask(p.Heartbeat(self.group, m.member_id, m.generation)))
+            await self._ask(p.LeaveGroup(self.group, m.member_id))
+        except HeadwaterError as exc:
+            log.info("leave_group_failed", group=self.group, error=repr(exc))
+
+    def _evict(self, reason: str, *, idle: bool = False) -> None:
+        self._lost.update(tp for tp in self._owned if tp not in self._unannounced)
+        for tp in list(self._owned):
+            self._forget(tp)
+        self._evicted = reason
+        self._idle_left = idle
+        if self._wake is not None:
+            self._wake.cancel()
+
+    async def _heartbeat(self) -> None:
+        if self.group is None or self._idle_left:
+            return  # after a poll timeout the app's next poll joins again
+        m = self.membership
+        if m is None or self._evicted is not None:
+            await self._rejoin()  # an earlier rejoin failed: try again
+            return
+        try:
+            self._on_notice(await self._ask(p.Heartbeat(self.group, m.member_id, m.generation)))
         except UnknownMemberError:
-            assert m is not None
+            # The group forgot us (missed heartbeats): join again at once.
             log.info("consumer_rejoin", group=self.group, member_id=m.member_id)
-            self._own(())
-            self._membership = None
-            try:
-                await self._join(None)
-            except HeadwaterError as exc:
-                if not exc.retriable:
-                    raise
-                log.info("rejoin_failed", group=self.group, error=repr(exc))
+            self._evict("the group removed it (missed heartbeats)")
+            await self._rejoin()
         except HeadwaterError as exc:
             if not exc.retriable:
                 raise
             log.info("heartbeat_failed", group=self.group, error=repr(exc))
 
+    async def _rejoin(self) -> None:
+        """Join again unless someone else (a poll, the heartbeat task) did."""
+        async with self._join_lock:
+            if self._evicted is None and self.membership is not None:
+                return
+            try:
+                await self._join()
+            except HeadwaterError as exc:
+                if not exc.retriable:
+                    raise
+                log.info("rejoin_failed", group=self.group, error=repr(exc))
+
+    async def poll_group(self) -> None:
+        """Heartbeat now and serve any rebalance (a poll point; the background
+        task heartbeats every ``session_timeout / 3`` seconds)."""
+        if self.group is None or self._nursery is None:
+            return
+        self._polling += 1
+        try:
+            if self._evicted is None:
+                await self._heartbeat()
+            await self._sync()
+        finally:
+            self._polling -= 1
+            self._last_poll = trio.current_time()
+
     @property
     def membership(self) -> p.Membership | None:
-        """The group membership (member id, generation, assignment), if any."""
-        return self._membership
+        """The newest group membership heard (member id, generation, group
+        state, assignment), if any; the consumer acts on it at its next poll."""
+        return self._latest or self._membership
 
-    async def commit(self) -> None:
-        """Commit the position (offset after the last event handed out) of
-        every owned partition to the group. A commit by a member whose
-        generation is stale raises :class:`~headwater.StaleGenerationError`;
-        the consumer then picks up the new generation and assignment at once
-        (as the next heartbeat would), so the next commit goes through."""
+    async def commit(
+        self,
+        offsets: Mapping[tuple[str, int], int] | None = None,
+        *,
+        metadata: str = "",
+    ) -> None:
+        """Commit positions to the group: by default the position (offset after
+        the last event handed out) of every partition this member owns; or
+        the explicit ``offsets`` ({(topic, partition): next offset to read}).
+        ``metadata`` (text) is stored with each offset and shown by
+        ``headwater groups describe``.
+
+        In the normal flow this never raises: a partition is taken from this
+        member only after it released it at a poll, so it commits what it
+        owns (explicit offsets for partitions it no longer owns are skipped
+        and logged). After the member left the group for not polling within
+        ``max_poll_interval``, it raises :class:`~headwater.UnknownMemberError`:
+        those partitions have new owners, and nothing was committed."""
         if self.group is None:
             raise InvalidArgument("commit needs a group: create the consumer with group=...")
-        offsets = tuple(
-            p.PartitionOffset(t, part, off)
-            for (t, part), off in sorted(self._positions.items())
-            if (t, part) in self._owned
-        )
-        if not offsets:
-            return
-        m = self._membership
-        try:
-            await self._ask(
-                p.CommitOffsets(
-                    self.group,
-                    m.member_id if m else None,
-                    m.generation if m else 0,
-                    offsets,
+        if not isinstance(metadata, str):
+            raise InvalidArgument(f"metadata must be text, not {metadata!r:.80}")
+        if offsets is None:
+            wanted = {tp: off for tp, off in self._positions.items() if tp in self._owned}
+        else:
+            if not isinstance(offsets, Mapping):
+                raise InvalidArgument(
+                    f"offsets must map (topic, partition) to an offset, not {offsets!r:.80}"
                 )
+            wanted = {}
+            for key, off in offsets.items():
+                tp = self._check_tp(key, "commit offsets")
+                if type(off) is not int or off < 0:
+                    raise OffsetOutOfRangeError(
+                        f"cannot commit offset {off!r} for {tp[0]}/{tp[1]}: offsets are ints >= 0"
+                    )
+                wanted[tp] = off
+        if self._evicted is not None:
+            raise UnknownMemberError(
+                f"not committed: this consumer left group {self.group!r} because {self._evicted}; "
+                "its partitions went to other members, who resume from the last commit. It "
+                "joins again at its next poll"
             )
-        except StaleGenerationError:
-            await self.poll_group()
-            raise
+        skipped = sorted(tp for tp in wanted if tp not in self._owned)
+        if skipped:
+            log.warning("commit_skipped_not_owned", group=self.group, partitions=skipped)
+        await self._commit_positions(
+            sorted(tp for tp in wanted if tp in self._owned), wanted, metadata
+        )
+
+    async def _commit_positions(
+        self, tps: list[TP], offsets: Mapping[TP, int] | None = None, metadata: str = ""
+    ) -> None:
+        assert self.group is not None
+        source = self._positions if offsets is None else offsets
+        rows = tuple(
+            p.PartitionOffset(t, n, source[(t, n)], metadata) for t, n in tps if (t, n) in source
+        )
+        if not rows:
+            return
+        async with self._commit_lock:
+            m = self.membership
+            try:
+                await self._ask(
+                    p.CommitOffsets(
+                        self.group,
+                        m.member_id if m else None,
+                        m.generation if m else 0,
+                        rows,
+                    )
+                )
+            except StaleGenerationError:
+                # Not the normal flow (we missed a rebalance timeout): learn
+                # the current assignment at once, then say so.
+                self._polling += 1
+                try:
+                    await self._heartbeat()
+                finally:
+                    self._polling -= 1
+                raise
+            except UnknownMemberError:
+                self._evict("the group removed it")
+                raise
 
     async def _auto_commit(self) -> None:
         while True:

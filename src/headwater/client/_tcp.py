@@ -17,7 +17,9 @@ and the task reconnects with exponential backoff; requests made meanwhile
 wait for the new connection, up to their timeout. Producers retry failed
 batches with the same producer id and sequence numbers, so a batch whose
 answer was lost is stored once. A wrong token or an unsupported version is
-not retried: every request then fails with that error.
+not retried: every request then fails with that error. On a protocol v2
+connection the reader also hands ``push`` frames (group notices) to the
+channel's push listeners.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from headwater.transport._connection import (
     ConnectionClosed,
     ErrorReceived,
     HandshakeComplete,
+    PushReceived,
     ResponseReceived,
 )
 from headwater.transport._frames import DEFAULT_MAX_FRAME_SIZE
@@ -401,10 +404,24 @@ class TcpChannel(Channel):
                     if event.id is None:
                         return event.error
                     self._resolve(session, event.id, event.error)
+                elif isinstance(event, PushReceived):
+                    self._pushed(event)
                 elif isinstance(event, ConnectionClosed):
                     return event.error or ConnectionLostError(
                         f"{self.address} closed the connection"
                     )
+
+    def _pushed(self, event: PushReceived) -> None:
+        """A push frame (protocol v2): hand group notices to their listeners."""
+        if event.kind != "group":
+            _log.info("push_ignored", server=self.address, kind=event.kind)
+            return
+        try:
+            message = decode_response(event.body)
+        except HeadwaterError as exc:
+            _log.warning("push_undecodable", server=self.address, error=str(exc))
+            return
+        self.deliver_push(message)
 
     def _resolve(self, session: _Session, request_id: int, outcome: Any) -> None:
         slot = session.pending.pop(request_id, None)

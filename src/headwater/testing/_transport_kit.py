@@ -22,6 +22,7 @@ from headwater.transport._connection import (
     ServerConnection,
 )
 from headwater.transport._frames import encode_frame
+from headwater.transport._messages import PROTOCOL_VERSIONS
 from headwater.transport._stream import FramedStream
 
 __all__ = ["TRANSPORT_CHECKS", "check_transport"]
@@ -181,7 +182,9 @@ async def _protocol_session(a: FramedStream, b: FramedStream) -> None:
             conn.receive_data(await framed.receive_data())
 
     await a.send_data(client.data_to_send())
-    assert HandshakeComplete(1, "headwater-python", True) == await pump(b, server)
+    assert HandshakeComplete(PROTOCOL_VERSIONS[-1], "headwater-python", True) == await pump(
+        b, server
+    )
     await b.send_data(server.data_to_send())
     assert isinstance(await pump(a, client), HandshakeComplete)
     ids = [client.send_request("echo", {"i": i}) for i in range(20)]

@@ -16,6 +16,7 @@ from ._connection import ConnectionClosed as ConnectionClosed
 from ._connection import ErrorReceived as ErrorReceived
 from ._connection import Event as Event
 from ._connection import HandshakeComplete as HandshakeComplete
+from ._connection import PushReceived as PushReceived
 from ._connection import RequestReceived as RequestReceived
 from ._connection import ResponseReceived as ResponseReceived
 from ._connection import ServerConnection as ServerConnection
@@ -24,12 +25,14 @@ from ._frames import FrameDecoder as FrameDecoder
 from ._frames import encode_frame as encode_frame
 from ._messages import ENVELOPE as ENVELOPE
 from ._messages import PROTOCOL_VERSIONS as PROTOCOL_VERSIONS
+from ._messages import PUSH_VERSION as PUSH_VERSION
 from ._messages import Auth as Auth
 from ._messages import AuthOk as AuthOk
 from ._messages import ErrorFrame as ErrorFrame
 from ._messages import Hello as Hello
 from ._messages import HelloOk as HelloOk
 from ._messages import MessageRegistry as MessageRegistry
+from ._messages import Push as Push
 from ._messages import Request as Request
 from ._messages import Response as Response
 from ._messages import error_from_frame as error_from_frame
@@ -59,6 +62,9 @@ __all__ = [
     "MessageRegistry",
     "ENVELOPE",
     "PROTOCOL_VERSIONS",
+    "PUSH_VERSION",
+    "Push",
+    "PushReceived",
     "Hello",
     "HelloOk",
     "Auth",

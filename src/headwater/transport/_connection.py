@@ -17,12 +17,19 @@ HELLO_SENT                               picks the highest common version
 AUTH_SENT   <------  ``auth_ok``
 READY       ``req`` (id, op, body) ->    READY
             <- ``res`` / ``error`` (id)
+            <- ``push`` (kind, body)      (version 2 only: ``send_push``)
 
 Both sides count the correlation ids in flight: the client refuses to send
 more than ``max_in_flight`` (``LocalProtocolError``: wait for a response),
 the server refuses a peer that sends more, or reuses an id in flight
 (``RemoteProtocolError``). A response or error for an id that is not in
 flight is a ``RemoteProtocolError``. Responses may come in any order.
+
+From version 2 the server may also *push* frames the client did not ask for
+(:meth:`ServerConnection.send_push`; the client sees :class:`PushReceived`).
+A push never answers a request and takes no correlation id; on a version 1
+connection ``send_push`` is a ``LocalProtocolError`` and a received push a
+``RemoteProtocolError``.
 
 Legal moves are the ``_CLIENT`` and ``_SERVER`` transition tables below;
 anything else is refused with ``LocalProtocolError`` if *we* tried it (a
@@ -57,11 +64,13 @@ from ._frames import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
 from ._messages import (
     ENVELOPE,
     PROTOCOL_VERSIONS,
+    PUSH_VERSION,
     Auth,
     AuthOk,
     ErrorFrame,
     Hello,
     HelloOk,
+    Push,
     Request,
     Response,
     error_from_frame,
@@ -76,6 +85,7 @@ __all__ = [
     "ErrorReceived",
     "Event",
     "HandshakeComplete",
+    "PushReceived",
     "RequestReceived",
     "ResponseReceived",
     "ServerConnection",
@@ -137,6 +147,16 @@ class ErrorReceived:
 
 
 @attrs.frozen
+class PushReceived:
+    """(Client, protocol v2) the server pushed ``body`` of ``kind`` (for
+    subscription ``sub``, if any)."""
+
+    kind: str
+    body: dict[str, Any]
+    sub: int | None = None
+
+
+@attrs.frozen
 class ConnectionClosed:
     """The connection is closed. ``error`` is ``None`` for a clean close;
     ``unanswered`` lists request ids that were still in flight (their outcome
@@ -152,6 +172,7 @@ Event = (
     | RequestReceived
     | ResponseReceived
     | ErrorReceived
+    | PushReceived
     | ConnectionClosed
 )
 
@@ -175,6 +196,7 @@ _CLIENT: Final[dict[tuple[str, str], str]] = {
     (READY, "send_request"): READY,
     (READY, "recv_res"): READY,
     (READY, "recv_error"): READY,
+    (READY, "recv_push"): READY,
 }
 _SERVER: Final[dict[tuple[str, str], str]] = {
     (AWAIT_HELLO, "recv_hello"): READY,
@@ -183,6 +205,7 @@ _SERVER: Final[dict[tuple[str, str], str]] = {
     (READY, "recv_req"): READY,
     (READY, "send_response"): READY,
     (READY, "send_error"): READY,
+    (READY, "send_push"): READY,
 }
 # From any state: "recv_error_conn", "eof", "close", a violation -> CLOSED.
 
@@ -429,6 +452,16 @@ class ClientConnection(_Connection):
                 )
             self._in_flight.discard(message.id)
             return ResponseReceived(message.id, message.body)
+        if isinstance(message, Push):
+            self._remote("recv_push")
+            if self._version < PUSH_VERSION:
+                raise self._violation(
+                    RemoteProtocolError(
+                        f"peer pushed a {message.kind!r} frame on a protocol version "
+                        f"{self._version} connection (pushes need version {PUSH_VERSION})"
+                    )
+                )
+            return PushReceived(message.kind, message.body, message.sub)
         if isinstance(message, HelloOk):
             self._remote("recv_hello_ok_auth" if message.auth_required else "recv_hello_ok")
             if message.version not in self._versions:
@@ -489,6 +522,31 @@ class ServerConnection(_Connection):
         """Queue the failure of request ``request_id`` as an error frame (see
         :func:`error_to_frame` for how ``error`` is described)."""
         self._answer("send_error", request_id, error_to_frame(request_id, error))
+
+    @property
+    def can_push(self) -> bool:
+        """Whether the negotiated version lets the server push (version 2+)."""
+        return self._state == READY and self._version >= PUSH_VERSION
+
+    def send_push(
+        self, kind: str, body: Mapping[str, Any] | None = None, sub: int | None = None
+    ) -> None:
+        """Queue a pushed frame (protocol version 2 and later; see the module docs).
+
+        Raises :class:`~headwater.LocalProtocolError` on a version 1
+        connection or before the handshake, :class:`~headwater.ClosedError`
+        once closed."""
+        if self._state == READY and self._version < PUSH_VERSION:
+            raise LocalProtocolError(
+                f"cannot push on a protocol version {self._version} connection "
+                f"(pushes need version {PUSH_VERSION})"
+            )
+        frame = encode_frame(
+            ENVELOPE.encode(Push(kind, dict(body or {}), sub)),
+            max_frame_size=self._max_frame_size,
+        )
+        self._local("send_push")
+        self._out.append(frame)
 
     def fail(self, error: HeadwaterError) -> None:
         """Queue a connection-level error frame (no id) and close."""

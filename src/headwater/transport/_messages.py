@@ -21,7 +21,8 @@ classes (nested as their own tagged maps). Anything else is refused when the
 class is registered, not when the first message is sent.
 
 :data:`ENVELOPE` holds the protocol's own frames (``hello``, ``hello_ok``,
-``auth``, ``auth_ok``, ``req``, ``res``, ``error``); user registries (for
+``auth``, ``auth_ok``, ``req``, ``res``, ``error``, and from version 2
+``push``); user registries (for
 remote actor messages) are separate and are carried inside request bodies,
 so a user tag can never collide with an envelope tag.
 """
@@ -49,6 +50,8 @@ from headwater._errors import (
 __all__ = [
     "ENVELOPE",
     "PROTOCOL_VERSIONS",
+    "PUSH_VERSION",
+    "Push",
     "Auth",
     "AuthOk",
     "ErrorFrame",
@@ -64,8 +67,11 @@ __all__ = [
 # attrs gives every frozen class this very __setattr__; there is no public test.
 _FROZEN_SETATTR: Final = getattr(getattr(attr, "_make", None), "_frozen_setattrs", None)
 
-PROTOCOL_VERSIONS: Final = (1,)
-"""Protocol versions this code speaks, oldest first."""
+PROTOCOL_VERSIONS: Final = (1, 2)
+"""Protocol versions this code speaks, oldest first (2 adds ``push``)."""
+
+PUSH_VERSION: Final = 2
+"""The first protocol version with server-pushed frames."""
 
 T = TypeVar("T")
 _Check = Callable[[object, str], object]  # returns the (possibly converted) value or raises
@@ -399,7 +405,7 @@ def _dict_enc(inner: _Check) -> _Check:
 # The envelope: the protocol's own frames.
 
 ENVELOPE: Final = MessageRegistry("envelope", version=PROTOCOL_VERSIONS[-1])
-"""The registry of the protocol's own frames (version 1)."""
+"""The registry of the protocol's own frames (versions 1 and 2)."""
 
 
 @ENVELOPE.message("hello")
@@ -458,6 +464,20 @@ class Response:
 
     id: int
     body: dict[str, Any] = attrs.field(factory=dict)
+
+
+@ENVELOPE.message("push")
+@attrs.frozen
+class Push:
+    """Server -> client, protocol v2 only: a message the client did not ask
+    for. ``kind`` says what it is (``"group"``: a group notice, whose ``body``
+    is a tagged ``membership`` map); ``sub`` names the subscription it belongs
+    to for kinds that take credit (pushed fetches, next), ``None`` otherwise.
+    See docs/protocol.md for the credit rules."""
+
+    kind: str
+    body: dict[str, Any] = attrs.field(factory=dict)
+    sub: int | None = None
 
 
 @ENVELOPE.message("error")
