@@ -34,6 +34,7 @@ import trio
 from headwater._errors import (
     ClosedError,
     HeadwaterError,
+    StorageError,
     SubscriptionBusyError,
     UnknownMemberError,
 )
@@ -93,12 +94,33 @@ class Acquire:
 
 
 @attrs.frozen
+class Durable:
+    """Where the deltas of one request end in the state journal: the caller
+    awaits ``log.wait_durable(end, generation)`` before answering."""
+
+    log: AsyncLog
+    end: int
+    generation: int
+
+    async def wait(self) -> None:
+        """Return once the deltas are fsynced (raises a storage error if the
+        fsync failed: nothing of that request may be acted on)."""
+        try:
+            await self.log.wait_durable(self.end, self.generation)
+        except ClosedError:
+            raise StorageError(
+                "the share subscription restarted before its state was synced; retry"
+            ) from None
+
+
+@attrs.frozen
 class Acquired:
-    """Events handed out (already persisted as delivered), and the signal to
-    wait on when there were none."""
+    """Events handed out (counted as delivered once ``durable`` waits), and
+    the signal to wait on when there were none."""
 
     records: list[ShareRecord]
     signal: trio.Event
+    durable: Durable | None
 
 
 @attrs.frozen
@@ -147,6 +169,7 @@ class SharePartitionActor(Actor):
         self.log: AsyncLog | None = None
         self.changed = trio.Event()
         self._timer_moved = trio.Event()
+        self._generation = -1
         self._clock: Callable[[], int] = settings.clock
 
     # ---------------------------------------------------------------- start
@@ -171,6 +194,7 @@ class SharePartitionActor(Actor):
                 await trio.sleep_forever()
 
         self.journal = await self.context.nursery.start(hold)
+        self._generation = self.journal.log.generation
         self.core = ShareCore(self.share, self.journal.state)
         log = await self._get_log()
         if not self.core.state.started:
@@ -191,14 +215,29 @@ class SharePartitionActor(Actor):
         self.changed.set()
         self.changed = trio.Event()
 
-    async def _persist(self, deltas: list[dict[str, Any]]) -> None:
-        assert self.journal is not None
+    async def _persist(self, deltas: list[dict[str, Any]]) -> Durable | None:
+        """Append and apply ``deltas`` without waiting for the fsync (so the
+        requests of many consumers share one); the caller waits on the
+        returned :class:`Durable` before anything leaves the broker."""
+        journal = self.journal
+        assert journal is not None
         assert self.core is not None
+        if journal.log.generation != self._generation:
+            # A failed fsync cut the journal back: memory is ahead of disk.
+            raise StorageError(
+                f"share state of {self.topic}/{self.partition} failed to sync; reloading it"
+            )
+        durable = None
         if deltas:
-            await self.journal.persist_many(deltas)
-            self.core.state = self.journal.state
+            end, generation = journal.write_nowait(deltas)
+            durable = Durable(journal.log, end, generation)
+            self.core.state = journal.state
             self.core.forget_settled()
+            if journal.snapshot_due:
+                await journal.log.wait_durable(end, generation)
+                await journal.snapshot()
         self._timer_moved.set()
+        return durable
 
     # ----------------------------------------------------------- the window
 
@@ -328,7 +367,7 @@ class SharePartitionActor(Actor):
         if type(message) is Acquire:
             await self._fill()
             deltas, got = core.acquire(message.consumer, message.max_events, now)
-            await self._persist(deltas)
+            durable = await self._persist(deltas)
             records = []
             for d in got:
                 e: Event = d.payload
@@ -344,12 +383,12 @@ class SharePartitionActor(Actor):
                         d.delivery_count,
                     )
                 )
-            return Acquired(records, self.changed)
+            return Acquired(records, self.changed, durable)
         if type(message) is Settle:
             deltas, refused = core.settle(message.consumer, message.items, now)
-            await self._persist(deltas)
+            durable = await self._persist(deltas)
             await self._after_change()
-            return refused
+            return refused, durable
         if isinstance(message, _Tick):
             await self._persist(core.expire(now))
             await self._after_change()

@@ -29,6 +29,7 @@ from headwater._errors import (
     SubscriptionConflictError,
     TopicExistsError,
     UnknownGroupError,
+    UnknownMemberError,
 )
 from headwater._protocol import (
     CreateTopic,
@@ -245,6 +246,9 @@ class ShareService:
                 reply: Acquired = await refs[(turn + i) % len(refs)].ask(
                     Acquire(r.consumer_id, want)
                 )
+                if reply.durable is not None:
+                    # Counted on disk before it leaves the broker.
+                    await reply.durable.wait()
                 records.extend(reply.records)
                 signals.append(reply.signal)
             if records or trio.current_time() >= deadline:
@@ -256,6 +260,12 @@ class ShareService:
         """Apply a consumer's outcomes, partition by partition."""
         name = validate_group_name(r.name)
         settings = await self._running(name)
+        try:  # settling is a sign of life too (a consumer busy acking fetches nothing)
+            await self.broker.system.lookup(f"/broker/shares/{name}/members").ask(
+                Seen(r.consumer_id)
+            )
+        except UnknownMemberError:
+            pass  # its session expired: what it still holds was released
         refs = self._partitions(name, settings)
         by_partition: dict[int, list[tuple[int, str, int | None, str | None]]] = {}
         for o in r.outcomes:
@@ -270,7 +280,9 @@ class ShareService:
             )
         refused_any: list[tuple[int, list[tuple[int, str]]]] = []
         for p, items in sorted(by_partition.items()):
-            refused = await refs[p].ask(Settle(r.consumer_id, items))
+            refused, durable = await refs[p].ask(Settle(r.consumer_id, items))
+            if durable is not None:
+                await durable.wait()
             if refused:
                 refused_any.append((p, refused))
         for p, refused in refused_any:
