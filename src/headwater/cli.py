@@ -955,7 +955,7 @@ def _event_json(event: Event) -> dict[str, Any]:
 )
 @click.option(
     "--mode",
-    type=click.Choice(["shared", "exclusive"]),
+    type=click.Choice(["shared", "exclusive", "failover"]),
     default="shared",
     show_default=True,
     help="With --subscription: the mode a new subscription gets.",

@@ -318,3 +318,40 @@ async def test_killing_share_actors_loses_and_repeats_nothing_acked(
         }
         # (a kill that lands while the actor is still restarting counts once)
         assert all(r >= 4 for r in restarts.values()), restarts
+
+
+async def test_failover_one_active_consumer_then_takeover(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """failover: only the first live consumer is dealt events; when it leaves,
+    the standby takes over at once with what the first still held (counted
+    as a second delivery)."""
+    fs = SimulatedFileSystem()
+    async with _broker(fs) as broker, connect(broker) as client:
+        await _produce(client, "jobs", 20, partitions=2)
+        opts: dict[str, Any] = {"mode": "failover", "max_unacked": 5, "max_wait": 0.5}
+        async with client.subscribe("jobs", "f", **opts) as standby:
+            async with client.subscribe("jobs", "f", **opts) as second:
+                assert [] == await second.getmany(5, timeout=2)  # a standby now
+                first_held = await standby.getmany(5, timeout=2)
+                assert 5 == len(first_held)
+            # ``second`` left; ``standby`` stays active and acks what it holds.
+            await standby.ack_many(first_held)
+            async with client.subscribe("jobs", "f", **opts) as third:
+                assert [] == await third.getmany(5, timeout=2)
+                held = await standby.getmany(5, timeout=2)
+                assert 5 == len(held)
+                await standby.aclose()  # leaves: the 5 it held go back at once
+                t0 = trio.current_time()
+                taken = []
+                while len(taken) < 10:
+                    batch = await third.getmany(5, timeout=5)
+                    taken += batch
+                    await third.ack_many(batch)
+                assert trio.current_time() - t0 <= 1.0
+                again = {(e.partition, e.offset): e.delivery_count for e in taken}
+                assert {(e.partition, e.offset): 2 for e in held} == {
+                    k: v for k, v in again.items() if v == 2
+                }
+        desc = await client.describe_group("f")
+        assert ("failover", 15) == (desc.mode, sum(p.acked for p in desc.partitions))

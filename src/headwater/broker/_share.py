@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 #: The subscription modes this broker implements.
-MODES: Final = ("shared", "exclusive")
+MODES: Final = ("shared", "exclusive", "failover")
 
 ACQUIRED: Final = "acquired"
 AVAILABLE: Final = "available"

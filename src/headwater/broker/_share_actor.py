@@ -422,7 +422,8 @@ class Join:
 
 @attrs.frozen
 class Seen:
-    """A consumer is alive (raises UnknownMemberError for one not joined)."""
+    """A consumer is alive (raises UnknownMemberError for one not joined);
+    answers whether it may be dealt events now (``failover``: only the active one)."""
 
     consumer_id: str
 
@@ -440,8 +441,10 @@ class ListMembers:
 
 
 class ShareMembersActor(Actor):
-    """The live consumers of one share subscription (in memory) and its mode's
-    admission rule: ``exclusive`` refuses a second live consumer."""
+    """The live consumers of one share subscription (in memory, in join order)
+    and its mode's rules: ``exclusive`` refuses a second live consumer;
+    ``failover`` deals only to the consumer that joined first among the live
+    ones (the next takes over when it leaves or its session expires)."""
 
     def __init__(self, name: str, share: ShareSettings) -> None:
         self.name = name
@@ -508,7 +511,8 @@ class ShareMembersActor(Actor):
                     f"{self.name!r} (its session expired); subscribe again"
                 )
             self.members[message.consumer_id] = (now, entry[1])
-            return None
+            # failover: only the longest-joined live consumer is dealt events
+            return self.share.mode != "failover" or next(iter(self.members)) == message.consumer_id
         if isinstance(message, Leave):
             if self.members.pop(message.consumer_id, None) is not None:
                 self._moved.set()

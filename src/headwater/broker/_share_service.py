@@ -229,8 +229,12 @@ class ShareService:
         if not isinstance(r.max_wait, int | float) or not 0 <= r.max_wait <= 30:
             raise InvalidArgument(f"max_wait={r.max_wait!r}; give 0..30 seconds")
         settings = await self._running(name)
-        await self.broker.system.lookup(f"/broker/shares/{name}/members").ask(Seen(r.consumer_id))
+        members = self.broker.system.lookup(f"/broker/shares/{name}/members")
+        active = await members.ask(Seen(r.consumer_id))
         if r.max_events == 0:
+            return ShareBatch(name, ())
+        if not active:  # a failover standby: nothing until it takes over
+            await trio.sleep(r.max_wait)
             return ShareBatch(name, ())
         refs = self._partitions(name, settings)
         deadline = trio.current_time() + r.max_wait
