@@ -955,7 +955,7 @@ def _event_json(event: Event) -> dict[str, Any]:
 )
 @click.option(
     "--mode",
-    type=click.Choice(["shared", "exclusive", "failover"]),
+    type=click.Choice(["shared", "exclusive", "failover", "key_shared"]),
     default="shared",
     show_default=True,
     help="With --subscription: the mode a new subscription gets.",

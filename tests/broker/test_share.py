@@ -355,3 +355,86 @@ async def test_failover_one_active_consumer_then_takeover(
                 }
         desc = await client.describe_group("f")
         assert ("failover", 15) == (desc.mode, sum(p.acked for p in desc.partitions))
+
+
+async def test_session_expiry_releases_held_events_and_frees_exclusive(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """A consumer that goes silent (no fetch, no ack) is dropped after its
+    session timeout: what it held is dealt again at once (count 2) and an
+    exclusive subscription admits a new consumer."""
+    from headwater import _protocol as p
+
+    fs = SimulatedFileSystem()
+    async with _broker(fs) as broker, connect(broker) as client:
+        await _produce(client, "jobs", 3, partitions=1)
+        joined = await client._ask(
+            p.ShareSubscribe("jobs", "x", mode="exclusive", session_timeout=2.0)
+        )
+        batch = await client._ask(p.ShareFetch("x", joined.consumer_id, 3, 0.0))
+        assert [0, 1, 2] == [r.offset for r in batch.records]
+        with pytest.raises(SubscriptionBusyError):
+            async with client.subscribe("jobs", "x", mode="exclusive", session_timeout=2.0):
+                pass
+        await trio.sleep(2.5)
+        async with client.subscribe("jobs", "x", mode="exclusive", session_timeout=2.0) as sub:
+            t0 = trio.current_time()
+            again = await sub.getmany(3, timeout=5)
+            assert trio.current_time() - t0 < 0.1
+        assert [(0, 2), (1, 2), (2, 2)] == [(e.offset, e.delivery_count) for e in again]
+
+
+async def test_key_shared_keeps_per_key_order_and_stickiness_across_churn(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """key_shared: each key's events are processed in offset order (the next
+    waits for the previous ack), and while membership is stable a key is
+    handled by one consumer only; consumers joining and leaving move keys
+    but never break the order."""
+    fs = SimulatedFileSystem()
+    async with _broker(fs) as broker, connect(broker) as client:
+        await client.create_topic("jobs", partitions=2)
+        async with client.producer() as producer:
+            await producer.send_many("jobs", [(i, f"k{i % 12}") for i in range(600)])
+        processed: list[tuple[str, int, str, int]] = []  # (key, value, consumer, phase)
+        phase = 0
+        done = trio.Event()
+
+        async def worker(wid: str, stop: trio.Event) -> None:
+            opts: dict[str, Any] = {"mode": "key_shared", "max_unacked": 4, "max_wait": 0.2}
+            async with client.subscribe("jobs", "ks", **opts) as sub:
+                while not stop.is_set() and not done.is_set():
+                    for event in await sub.getmany(4, timeout=0.3):
+                        await trio.sleep(0.01)
+                        processed.append((event.key, event.value, wid, phase))
+                        await sub.ack(event)
+                    if len(processed) >= 600:
+                        done.set()
+
+        stops = {w: trio.Event() for w in ("a", "b", "c", "d")}
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(worker, "a", stops["a"])
+                nursery.start_soon(worker, "b", stops["b"])
+                await trio.sleep(3)
+                phase = 1
+                nursery.start_soon(worker, "c", stops["c"])
+                await trio.sleep(3)
+                phase = 2
+                stops["a"].set()
+                nursery.start_soon(worker, "d", stops["d"])
+                await done.wait()
+        by_key: dict[str, list[int]] = {}
+        for key, value, _, _ in processed:
+            by_key.setdefault(key, []).append(value)
+        assert 600 == len(processed)
+        assert all(values == sorted(values) for values in by_key.values())
+        assert 12 == len(by_key)
+        # Stickiness: in phase 0 (a and b only) each key was handled by one consumer.
+        owners: dict[str, set[str]] = {}
+        for key, _, wid, ph in processed:
+            if ph == 0:
+                owners.setdefault(key, set()).add(wid)
+        assert owners
+        assert all(1 == len(who) for who in owners.values())
+        assert {"a", "b"} == set().union(*owners.values())

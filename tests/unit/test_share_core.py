@@ -241,3 +241,39 @@ def test_unknown_outcome_and_bad_delay() -> None:
         h.core.settle("a", [(0, "maybe", None, None)], 0)
     with pytest.raises(InvalidArgument, match="delay=-1"):
         h.core.settle("a", [(0, "nack", -1, None)], 0)
+
+
+def test_key_shared_deals_a_key_to_its_owner_in_order() -> None:
+    """key_shared: an event goes only to its key's owner, and the next event
+    of a key waits until the earlier one is settled; keys without an owner
+    change stay put when a consumer leaves (only the leaver's keys move)."""
+    settings = ShareSettings("t", mode="key_shared")
+    state = ShareState()
+    core = ShareCore(settings, state, key_of=lambda payload: payload)
+    keys = [b"a", b"b", b"a", b"c", b"b", b"a", None]
+    core.load(enumerate(keys), len(keys))
+    members = ("c1", "c2", "c3")
+    owners = {k: core.owner(k, members) for k in (b"a", b"b", b"c")}
+    got: dict[str, list[int]] = {}
+    for m in members:
+        deltas, chosen = core.acquire(m, 10, 0, members)
+        for d in deltas:
+            apply_delta(state, d)
+        got[m] = [c.offset for c in chosen]
+    first = {0: b"a", 1: b"b", 3: b"c"}
+    for m, offsets in got.items():
+        assert {o for o in offsets if o in first} == {o for o, k in first.items() if owners[k] == m}
+    assert 6 in {o for offsets in got.values() for o in offsets}  # no key: anyone
+    assert not {2, 4, 5} & {o for offsets in got.values() for o in offsets}
+    owner_a = owners[b"a"]
+    deltas, _ = core.settle(owner_a, [(0, "ack", None, None)], 1)
+    for d in deltas:
+        apply_delta(state, d)
+    core.forget_settled()
+    deltas, chosen = core.acquire(owner_a, 10, 1, members)
+    assert 2 in [c.offset for c in chosen]
+    assert 5 not in [c.offset for c in chosen]
+    for leaver in members:  # only the leaver's keys move
+        remaining = tuple(m for m in members if m != leaver)
+        for k, o in owners.items():
+            assert o == core.owner(k, remaining) or o == leaver

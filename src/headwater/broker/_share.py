@@ -44,12 +44,13 @@ actor reads the log and feeds them in with :meth:`ShareCore.load`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import attrs
 
 from headwater._errors import ConfigError, InvalidArgument, LockLostError
+from headwater.journal._batch import murmur2
 
 __all__ = [
     "MODES",
@@ -63,7 +64,7 @@ __all__ = [
 ]
 
 #: The subscription modes this broker implements.
-MODES: Final = ("shared", "exclusive", "failover")
+MODES: Final = ("shared", "exclusive", "failover", "key_shared")
 
 ACQUIRED: Final = "acquired"
 AVAILABLE: Final = "available"
@@ -312,11 +313,32 @@ class ShareCore:
     ``state`` is read, never written, here: the caller folds the returned
     deltas in with :func:`apply_delta` once they are durable."""
 
-    def __init__(self, settings: ShareSettings, state: ShareState) -> None:
+    def __init__(
+        self,
+        settings: ShareSettings,
+        state: ShareState,
+        key_of: Callable[[Any], bytes | None] = lambda payload: None,
+    ) -> None:
         self.settings = settings
         self.state = state
         self.loaded: dict[int, Any] = {}
         self.read_end = state.floor
+        self.key_of = key_of
+        self._members: tuple[str, ...] = ()
+        self._owners: dict[bytes, str] = {}
+
+    def owner(self, key: bytes, members: tuple[str, ...]) -> str:
+        """``key_shared``: the live consumer that owns ``key`` (rendezvous
+        hashing over ``members``, so a key moves only when its owner leaves
+        or a newcomer outranks it)."""
+        if members != self._members:
+            self._members = members
+            self._owners = {}
+        found = self._owners.get(key)
+        if found is None:
+            found = max(members, key=lambda m: (murmur2(key + b"\0" + m.encode()), m))
+            self._owners[key] = found
+        return found
 
     # --------------------------------------------------------------- window
 
@@ -362,16 +384,30 @@ class ShareCore:
     # ----------------------------------------------------------- decisions
 
     def acquire(
-        self, consumer: str, max_events: int, now: int
+        self, consumer: str, max_events: int, now: int, members: tuple[str, ...] = ()
     ) -> tuple[list[dict[str, Any]], list[Delivery]]:
         """Choose up to ``max_events`` deliverable offsets (lowest first) for
-        ``consumer``; returns the ``deliver`` delta and the deliveries."""
+        ``consumer``; returns the ``deliver`` delta and the deliveries.
+
+        ``key_shared`` (with the live ``members``): an event with a key goes
+        only to the key's owner, and only once every earlier event of its key
+        in this partition is settled, so each key is processed in order."""
         if max_events <= 0:
             return [], []
         entries = self.state.entries
         chosen: list[Delivery] = []
+        keyed = self.settings.mode == "key_shared" and consumer in members
+        blocked: set[bytes] = set()
         for offset, payload in self.loaded.items():
             entry = entries.get(offset)
+            if keyed:
+                key = self.key_of(payload)
+                if key is not None:
+                    if key in blocked:
+                        continue
+                    blocked.add(key)  # later events of this key wait for this one
+                    if self.owner(key, members) != consumer:
+                        continue
             if entry is None:
                 chosen.append(Delivery(offset, payload, 1))
             elif entry.state == AVAILABLE and entry.visible_at <= now:

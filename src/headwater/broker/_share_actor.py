@@ -51,7 +51,7 @@ from headwater.broker._share import (
     state_to_plain,
 )
 from headwater.journal._async import AsyncLog
-from headwater.journal._batch import Event, decode_record_events, encode_events
+from headwater.journal._batch import Event, decode_record_events, encode_events, key_bytes
 from headwater.journal._record import encode_record, iter_records
 from headwater.journal._state import StateJournal, open_state_journal
 from headwater.supervision._specs import ChildSpec, SupervisorSpec
@@ -87,10 +87,12 @@ def dead_letter_topic(topic: str, name: str) -> str:
 
 @attrs.frozen
 class Acquire:
-    """Hand up to ``max_events`` ready events to ``consumer``."""
+    """Hand up to ``max_events`` ready events to ``consumer`` (``members``:
+    the live consumers, for ``key_shared``)."""
 
     consumer: str
     max_events: int
+    members: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -151,6 +153,10 @@ class _Tick:
 # ------------------------------------------------------------------ partition
 
 
+def _event_key(event: Event) -> bytes | None:
+    return None if event.key is None else key_bytes(event.key)
+
+
 class SharePartitionActor(Actor):
     """One partition of one share subscription (module docstring)."""
 
@@ -195,7 +201,7 @@ class SharePartitionActor(Actor):
 
         self.journal = await self.context.nursery.start(hold)
         self._generation = self.journal.log.generation
-        self.core = ShareCore(self.share, self.journal.state)
+        self.core = ShareCore(self.share, self.journal.state, _event_key)
         log = await self._get_log()
         if not self.core.state.started:
             floor = log.earliest_offset if self.share.start == "earliest" else log.visible_end
@@ -366,7 +372,7 @@ class SharePartitionActor(Actor):
         now = self._clock()
         if type(message) is Acquire:
             await self._fill()
-            deltas, got = core.acquire(message.consumer, message.max_events, now)
+            deltas, got = core.acquire(message.consumer, message.max_events, now, message.members)
             durable = await self._persist(deltas)
             records = []
             for d in got:
@@ -423,7 +429,8 @@ class Join:
 @attrs.frozen
 class Seen:
     """A consumer is alive (raises UnknownMemberError for one not joined);
-    answers whether it may be dealt events now (``failover``: only the active one)."""
+    answers ``(active, live consumers)``: whether it may be dealt events now
+    (``failover``: only the active one), and who is live (``key_shared``)."""
 
     consumer_id: str
 
@@ -512,7 +519,10 @@ class ShareMembersActor(Actor):
                 )
             self.members[message.consumer_id] = (now, entry[1])
             # failover: only the longest-joined live consumer is dealt events
-            return self.share.mode != "failover" or next(iter(self.members)) == message.consumer_id
+            active = self.share.mode != "failover" or next(iter(self.members)) == (
+                message.consumer_id
+            )
+            return active, tuple(sorted(self.members))
         if isinstance(message, Leave):
             if self.members.pop(message.consumer_id, None) is not None:
                 self._moved.set()

@@ -230,7 +230,7 @@ class ShareService:
             raise InvalidArgument(f"max_wait={r.max_wait!r}; give 0..30 seconds")
         settings = await self._running(name)
         members = self.broker.system.lookup(f"/broker/shares/{name}/members")
-        active = await members.ask(Seen(r.consumer_id))
+        active, live = await members.ask(Seen(r.consumer_id))
         if r.max_events == 0:
             return ShareBatch(name, ())
         if not active:  # a failover standby: nothing until it takes over
@@ -248,7 +248,7 @@ class ShareService:
                 if want <= 0:
                     break
                 reply: Acquired = await refs[(turn + i) % len(refs)].ask(
-                    Acquire(r.consumer_id, want)
+                    Acquire(r.consumer_id, want, live)
                 )
                 if reply.durable is not None:
                     # Counted on disk before it leaves the broker.

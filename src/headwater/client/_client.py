@@ -225,8 +225,9 @@ class Client:
 
         The broker deals events to every consumer of ``name`` one by one;
         settle each with ``ack`` / ``nack`` / ``reject``. ``mode`` is
-        ``"shared"``, ``"exclusive"`` (one live consumer) or ``"failover"``
-        (one active consumer, the next takes over); ``start`` where a
+        ``"shared"``, ``"exclusive"`` (one live consumer), ``"failover"``
+        (one active consumer, the next takes over) or ``"key_shared"`` (a
+        key's events go to one consumer, in order); ``start`` where a
         new subscription begins; ``max_unacked`` how many events this
         consumer holds at most; ``ack_timeout`` (s) the lock of a delivery;
         ``max_deliveries`` before the dead-letter topic

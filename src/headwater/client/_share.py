@@ -45,7 +45,7 @@ from ._serializers import BytesSerializer, get_serializer
 
 __all__ = ["ExponentialBackoff", "SharedEvent", "Subscription", "open_subscription"]
 
-MODES = ("shared", "exclusive", "failover")
+MODES = ("shared", "exclusive", "failover", "key_shared")
 
 
 @attrs.frozen
