@@ -438,3 +438,35 @@ async def test_key_shared_keeps_per_key_order_and_stickiness_across_churn(
         assert owners
         assert all(1 == len(who) for who in owners.values())
         assert {"a", "b"} == set().union(*owners.values())
+
+
+async def test_delayed_delivery_holds_until_deliver_at_across_a_restart(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """An event sent with deliver_after=60 s is not dealt before then, even
+    across a broker reopen; events behind it are not held up."""
+    fs = SimulatedFileSystem()
+    async with _broker(fs) as broker, connect(broker) as client:
+        await client.create_topic("jobs", partitions=1)
+        t0 = trio.current_time()
+        async with client.producer(clock=_clock) as producer:
+            await producer.send("jobs", "later", deliver_after=60)
+            await producer.send("jobs", "now")
+            at = 1000 * (t0 + 90)
+            await producer.send("jobs", "at", deliver_at=int(at))
+        async with client.subscribe("jobs", "d") as sub:
+            first = await sub.getmany(10, timeout=10)
+            assert ["now"] == [e.value for e in first]
+            await sub.ack_many(first)
+    async with _broker(fs) as broker, connect(broker) as client:
+        got: list[tuple[str, float]] = []
+        async with client.subscribe("jobs", "d") as sub:
+            while len(got) < 2:
+                for e in await sub.getmany(10, timeout=100):
+                    got.append((e.value, round(trio.current_time() - t0, 1)))
+                    await sub.ack(e)
+        assert [("later", 60.0), ("at", 90.0)] == got
+    with pytest.raises(InvalidArgument, match="deliver_at or deliver_after"):
+        async with _broker(fs) as broker, broker.connect() as client:
+            async with client.producer() as producer:
+                await producer.send("jobs", 1, deliver_at=5, deliver_after=5)

@@ -318,12 +318,15 @@ class ShareCore:
         settings: ShareSettings,
         state: ShareState,
         key_of: Callable[[Any], bytes | None] = lambda payload: None,
+        not_before_of: Callable[[Any], int | None] = lambda payload: None,
     ) -> None:
         self.settings = settings
         self.state = state
         self.loaded: dict[int, Any] = {}
         self.read_end = state.floor
         self.key_of = key_of
+        self.not_before_of = not_before_of
+        self.not_before: dict[int, int] = {}  # loaded offset -> deliver_at (ms)
         self._members: tuple[str, ...] = ()
         self._owners: dict[bytes, str] = {}
 
@@ -358,6 +361,9 @@ class ShareCore:
             if entry is not None and entry.state in _SETTLED:
                 continue
             self.loaded[offset] = payload
+            not_before = self.not_before_of(payload)
+            if not_before is not None:
+                self.not_before[offset] = not_before
         self.read_end = max(self.read_end, end)
 
     def forget_settled(self) -> None:
@@ -368,6 +374,7 @@ class ShareCore:
             o for o in self.loaded if o < floor or (o in entries and entries[o].state in _SETTLED)
         ]:
             del self.loaded[o]
+            self.not_before.pop(o, None)
         if self.read_end < floor:
             self.read_end = floor
 
@@ -408,6 +415,8 @@ class ShareCore:
                     blocked.add(key)  # later events of this key wait for this one
                     if self.owner(key, members) != consumer:
                         continue
+            if self.not_before.get(offset, 0) > now:
+                continue  # produced with deliver_at: not yet
             if entry is None:
                 chosen.append(Delivery(offset, payload, 1))
             elif entry.state == AVAILABLE and entry.visible_at <= now:
@@ -552,6 +561,9 @@ class ShareCore:
             else:
                 continue
             if best is None or t < best:
+                best = t
+        for t in self.not_before.values():
+            if t > now and (best is None or t < best):
                 best = t
         return best
 

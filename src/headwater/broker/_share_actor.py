@@ -157,6 +157,17 @@ def _event_key(event: Event) -> bytes | None:
     return None if event.key is None else key_bytes(event.key)
 
 
+def _deliver_at(event: Event) -> int | None:
+    """The ``hw.deliver_at`` header (docs/batch-format.md), if any."""
+    for name, value in event.headers:
+        if name == "hw.deliver_at":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # not ours: deliver normally
+    return None
+
+
 class SharePartitionActor(Actor):
     """One partition of one share subscription (module docstring)."""
 
@@ -201,7 +212,7 @@ class SharePartitionActor(Actor):
 
         self.journal = await self.context.nursery.start(hold)
         self._generation = self.journal.log.generation
-        self.core = ShareCore(self.share, self.journal.state, _event_key)
+        self.core = ShareCore(self.share, self.journal.state, _event_key, _deliver_at)
         log = await self._get_log()
         if not self.core.state.started:
             floor = log.earliest_offset if self.share.start == "earliest" else log.visible_end
