@@ -466,7 +466,6 @@ async def test_delayed_delivery_holds_until_deliver_at_across_a_restart(
                     got.append((e.value, round(trio.current_time() - t0, 1)))
                     await sub.ack(e)
         assert [("later", 60.0), ("at", 90.0)] == got
-    with pytest.raises(InvalidArgument, match="deliver_at or deliver_after"):
-        async with _broker(fs) as broker, broker.connect() as client:
-            async with client.producer() as producer:
-                await producer.send("jobs", 1, deliver_at=5, deliver_after=5)
+    async with _broker(fs) as broker, broker.connect() as client, client.producer() as producer:
+        with pytest.raises(InvalidArgument, match="deliver_at or deliver_after"):
+            await producer.send("jobs", 1, deliver_at=5, deliver_after=5)
