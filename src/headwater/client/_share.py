@@ -47,6 +47,9 @@ __all__ = ["ExponentialBackoff", "SharedEvent", "Subscription", "open_subscripti
 
 MODES = ("shared", "exclusive", "failover", "key_shared")
 
+#: How long leaving a subscription may take (seconds) before it is given up.
+LEAVE_TIMEOUT = 2.0
+
 
 @attrs.frozen
 class SharedEvent(Event):
@@ -316,9 +319,12 @@ class Subscription:
             return
         try:
             if self._membership is not None:
-                with trio.CancelScope(shield=True), trio.move_on_after(self._timeout):
+                # Best effort, briefly: if the broker is gone, what this
+                # consumer holds goes back when its session expires instead.
+                bound = min(self._timeout, LEAVE_TIMEOUT)
+                with trio.CancelScope(shield=True), trio.move_on_after(bound):
                     await self._channel.request(
-                        p.ShareLeave(self.name, self.consumer_id), timeout=self._timeout
+                        p.ShareLeave(self.name, self.consumer_id), timeout=bound
                     )
         except HeadwaterError:
             pass
