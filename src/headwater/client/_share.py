@@ -47,6 +47,9 @@ __all__ = ["ExponentialBackoff", "SharedEvent", "Subscription", "open_subscripti
 
 MODES = ("shared", "exclusive", "failover", "key_shared")
 
+#: How many times a fetch or an ack is tried on a retriable error.
+RETRIES = 5
+
 #: How long leaving a subscription may take (seconds) before it is given up.
 LEAVE_TIMEOUT = 2.0
 
@@ -193,14 +196,28 @@ class Subscription:
         consumer_id = None if self._membership is None else self._membership.consumer_id
         self._membership = await self._ask(attrs.evolve(self._request, consumer_id=consumer_id))
 
+    async def _retrying(self, request: Any, extra: float = 0.0) -> Any:
+        """``_ask``, retrying a retriable failure (a restarting share actor, a
+        dropped connection) a few times with a short backoff. Only for
+        requests whose repetition is harmless: a fetch (what a lost answer
+        delivered comes back after the lock) and an ack (a second is a no-op)."""
+        for attempt in range(1, RETRIES + 1):
+            try:
+                return await self._ask(request, extra)
+            except HeadwaterError as exc:
+                if not exc.retriable or attempt == RETRIES:
+                    raise
+                await trio.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def _fetch(self, max_events: int, max_wait: float) -> p.ShareBatch:
         try:
-            batch: p.ShareBatch = await self._ask(
+            batch: p.ShareBatch = await self._retrying(
                 p.ShareFetch(self.name, self.consumer_id, max_events, max_wait), max_wait
             )
         except UnknownMemberError:
             await self._join()
-            batch = await self._ask(
+            batch = await self._retrying(
                 p.ShareFetch(self.name, self.consumer_id, max_events, max_wait), max_wait
             )
         return batch
@@ -277,8 +294,12 @@ class Subscription:
             raise InvalidArgument(f"error must be a str, not {error!r}")
         keys = [self._key(e) for e in events]
         outcomes = tuple(p.ShareOutcome(pt, off, outcome, delay_ms, error) for pt, off in keys)
+        request = p.ShareAck(self.name, self.consumer_id, outcomes)
         try:
-            await self._ask(p.ShareAck(self.name, self.consumer_id, outcomes))
+            if outcome == "ack":
+                await self._retrying(request)
+            else:
+                await self._ask(request)
         finally:
             if outcome != "extend":
                 for key in keys:
