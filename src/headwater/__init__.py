@@ -20,6 +20,8 @@ from ._errors import ClosedError as ClosedError
 from ._errors import ConfigError as ConfigError
 from ._errors import ConnectionLostError as ConnectionLostError
 from ._errors import CorruptionError as CorruptionError
+from ._errors import DataDirError as DataDirError
+from ._errors import DataDirLockedError as DataDirLockedError
 from ._errors import DiskFullError as DiskFullError
 from ._errors import EventTooLarge as EventTooLarge
 from ._errors import FsyncFailedError as FsyncFailedError
@@ -98,6 +100,8 @@ __all__ = [
     "FsyncFailedError",
     "DiskFullError",
     "CorruptionError",
+    "DataDirError",
+    "DataDirLockedError",
     "ActorError",
     "ActorNotFound",
     "ActorStopped",

@@ -35,6 +35,8 @@ __all__ = [
     "ConfigError",
     "ConnectionLostError",
     "CorruptionError",
+    "DataDirError",
+    "DataDirLockedError",
     "DiskFullError",
     "EventTooLarge",
     "FsyncFailedError",
@@ -187,6 +189,34 @@ class CorruptionError(StorageError):
 
     code = "corruption"
     retriable = False
+
+
+class DataDirError(StorageError):
+    """The data directory cannot be used: the path is a file (or lies under
+    one), the file system is read-only, or access is denied. ``path`` is the
+    directory and the message carries the OS error. Nothing was written; point
+    the broker (``--data-dir``) at a writable directory."""
+
+    code = "data_dir_error"
+    retriable = False
+
+    def __init__(self, message: str = "", *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class DataDirLockedError(DataDirError):
+    """Another broker holds the data directory (two brokers on one directory
+    would each truncate the other's acknowledged events). ``path`` names the
+    directory and ``pid`` the holder's process id (``None`` if it could not be
+    read). Stop the other broker, or use another directory. The lock is the
+    kernel's (``flock``): it goes when its process dies, even by ``kill -9``."""
+
+    code = "data_dir_locked"
+
+    def __init__(self, message: str = "", *, path: str = "", pid: int | None = None) -> None:
+        super().__init__(message, path=path)
+        self.pid = pid
 
 
 # --------------------------------------------------------------------------

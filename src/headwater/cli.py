@@ -5,14 +5,16 @@
     headwater serve [--data-dir DIR] [--host H] [--port P] ...
     headwater topics create NAME --partitions N | list | describe NAME | delete NAME
     headwater produce TOPIC [--key-separator SEP] [--value TEXT] [--header k=v ...]
+                            [--max-event-bytes SIZE] [--flush-timeout S]
     headwater consume TOPIC [--group G] [--from earliest|latest|OFFSET|ISO-TIME]
                             [--follow] [--max N] [--format text|json]
     headwater groups list | describe GROUP
     headwater tree
     headwater bench [--quick] [--local] [--write-docs docs/benchmarks.md]
 
-Client commands reach the server named by ``--url`` (default
-``headwater://127.0.0.1:7700``, or ``$HEADWATER_URL``). Human output is
+Client commands reach the server named by ``--url`` (given after the
+command, or before it: ``headwater --url X topics list``; else
+``$HEADWATER_URL``, else ``headwater://127.0.0.1:7700``). Human output is
 aligned; ``--json`` prints JSON (one object per line for streams). Errors are
 one line on stderr, ``error: <message> [<code>]``, with exit code 1 (the
 server refused, or a local I/O error), 3 (no connection) or 2 (bad usage);
@@ -22,7 +24,11 @@ Every command is one ``trio.run``; every client comes from
 :func:`_open_client` (tests substitute an embedded broker there). ``produce``
 reads stdin in a worker thread, chunk by chunk, and sends whatever complete
 lines each chunk holds, so slow input is sent as it arrives and fast input in
-large batches. ``consume`` stops at the partition ends it saw at the start
+large batches; it reads the file descriptor with ``os.read`` (a read left
+blocked at exit holds no lock), and Ctrl-C or SIGTERM stops the reading,
+stores what was read (within ``--flush-timeout``) and exits 130 or 143. While
+the server is unreachable the client says so once per series of attempts.
+``consume`` stops at the partition ends it saw at the start
 (or never, with ``--follow``); SIGINT/SIGTERM end it cleanly, committing what
 was printed when it reads as a group member.
 """
@@ -52,6 +58,7 @@ from headwater._errors import (
     AuthenticationError,
     ConfigError,
     ConnectionLostError,
+    EventTooLarge,
     HeadwaterError,
     InvalidArgument,
     ServerBusyError,
@@ -144,7 +151,13 @@ async def _open_client(url: str, token: str | None, tls: Any) -> AsyncIterator[C
     A failure to connect is raised as :class:`_NotConnected`."""
     connected = False
     try:
-        async with connect(url, token=token, tls=tls, connect_timeout=CONNECT_TIMEOUT) as client:
+        async with connect(
+            url,
+            token=token,
+            tls=tls,
+            connect_timeout=CONNECT_TIMEOUT,
+            on_reconnect=_reconnect_notice(url),
+        ) as client:
             connected = True
             yield client
     except HeadwaterError as exc:
@@ -152,6 +165,23 @@ async def _open_client(url: str, token: str | None, tls: Any) -> AsyncIterator[C
             raise
         code = EXIT_USAGE if isinstance(exc, UsageError) else EXIT_CONNECTION
         raise _NotConnected(exc, code) from exc
+
+
+def _reconnect_notice(url: str) -> Callable[[int, HeadwaterError | None], None]:
+    """What the CLI says on stderr while the server is unreachable: one line
+    when a series of reconnection attempts starts, one when it is back (so
+    a command waiting for the server does not look frozen)."""
+
+    def notice(attempt: int, error: HeadwaterError | None) -> None:
+        if error is None:
+            click.echo(f"reconnected to {url} after {attempt} failed attempt(s)", err=True)
+        elif attempt == 1:
+            click.echo(
+                f"reconnecting to {url} (attempt {attempt}: {error}); still trying, with backoff",
+                err=True,
+            )
+
+    return notice
 
 
 class Target:
@@ -183,15 +213,26 @@ def _token(token: str | None, token_file: str | None) -> str | None:
     return token or None
 
 
+def resolve_url(url: str | None) -> str:
+    """The server a client command talks to (DECISIONS #26): the command's
+    ``--url``, else the one given before the command (``headwater --url X
+    topics list``), else ``$HEADWATER_URL``, else :data:`DEFAULT_URL`."""
+    if url:
+        return url
+    context = click.get_current_context(silent=True)
+    before = context.find_root().params.get("url") if context is not None else None
+    return before or os.environ.get("HEADWATER_URL") or DEFAULT_URL
+
+
 def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--url, --token, --token-file, --tls, --tls-ca: build a :class:`Target`."""
 
     @click.option(
         "--url",
-        envvar="HEADWATER_URL",
-        default=DEFAULT_URL,
-        show_default=True,
-        help="Server to use (or $HEADWATER_URL). headwaters:// turns TLS on.",
+        default=None,
+        metavar="URL",
+        help="Server to use; headwaters:// turns TLS on. Default: the --url given "
+        f"before the command, else $HEADWATER_URL, else {DEFAULT_URL}.",
     )
     @click.option(
         "--token", envvar="HEADWATER_TOKEN", default=None, help="Token (or $HEADWATER_TOKEN)."
@@ -210,7 +251,7 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         help="Use TLS, trusting this CA file (PEM).",
     )
     def wrapper(
-        url: str,
+        url: str | None,
         token: str | None,
         token_file: str | None,
         tls: bool,
@@ -218,7 +259,7 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         **kwargs: Any,
     ) -> Any:
         tls_setting: Any = tls_ca if tls_ca else (True if tls else None)
-        target = Target(url, _token(token, token_file), tls_setting)
+        target = Target(resolve_url(url), _token(token, token_file), tls_setting)
         return fn(target, **kwargs)
 
     wrapper.__name__ = fn.__name__
@@ -414,14 +455,23 @@ class HeadwaterCommand(click.Group):
             _fail(f"{exc.format_message()}{hint}", EXIT_USAGE)
         except click.ClickException as exc:
             _fail(exc.format_message(), exc.exit_code)
-        except click.Abort:
+        except click.Abort as exc:
+            if isinstance(exc.__cause__, KeyboardInterrupt):  # Ctrl-C outside trio.run
+                _fail("interrupted", 130)
             _fail("aborted", EXIT_SERVER)
         sys.exit(result if type(result) is int else 0)
 
 
 @click.group(cls=HeadwaterCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version=__version__, prog_name="headwater")
-def main() -> None:
+@click.option(
+    "--url",
+    default=None,
+    metavar="URL",
+    help="Server for the client commands (a command's own --url wins; "
+    f"else $HEADWATER_URL, else {DEFAULT_URL}).",
+)
+def main(url: str | None) -> None:
     """Headwater: an event-streaming broker on supervised Trio actors."""
     # Library log lines (rebalances, retries) go to stderr, warnings and up,
     # so stdout carries only the command's output. `serve` reconfigures.
@@ -755,26 +805,100 @@ PRODUCE_CHUNK = 5000
 _READ_SIZE = 1 << 16
 
 
-async def _read_lines(stream: Any, send: trio.MemorySendChannel[list[bytes]]) -> None:
+class _Counts:
+    """How far ``produce`` got: lines read from the input (handed on to be
+    sent) and events acknowledged as stored."""
+
+    def __init__(self) -> None:
+        self.read = 0
+        self.stored = 0
+
+
+def _raw_reader(stream: Any) -> Callable[[int], bytes]:
+    """A read function for ``stream`` that takes no lock: ``os.read`` on its
+    file descriptor. A read left blocked in a worker thread at exit (Ctrl-C
+    while stdin waits) then holds nothing the interpreter needs to flush
+    (a buffered file's lock there aborts Python). Streams without a file
+    descriptor (tests) are read as they are."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return getattr(stream, "read1", stream.read)  # type: ignore[no-any-return]
+    return lambda size: os.read(fd, size)
+
+
+async def _read_lines(
+    stream: Any,
+    send: trio.MemorySendChannel[list[bytes]],
+    reading: trio.CancelScope | None = None,
+    counts: _Counts | None = None,
+) -> None:
     """Read ``stream`` (binary) in a thread, chunk by chunk, and pass on the
     complete lines of each chunk: whatever a pipe has is sent at once, so
-    ``tail -f log | headwater produce t`` sends each line as it comes."""
-    read = getattr(stream, "read1", stream.read)
+    ``tail -f log | headwater produce t`` sends each line as it comes.
+    Cancelling ``reading`` ends the input as its end would (the lines read
+    so far, a last partial one included, are still passed on)."""
+    read = _raw_reader(stream)
     splitter = LineSplitter()
+    counts = counts if counts is not None else _Counts()
     async with send:
-        while True:
-            try:
-                data = await trio.to_thread.run_sync(read, _READ_SIZE, abandon_on_cancel=True)
-            except OSError as exc:
-                raise OSError(exc.errno, f"cannot read the input: {exc.strerror}") from exc
-            if not data:
-                break
-            lines = splitter.feed(data)
-            if lines:
-                await send.send(lines)
+        with reading if reading is not None else trio.CancelScope():
+            while True:
+                try:
+                    data = await trio.to_thread.run_sync(read, _READ_SIZE, abandon_on_cancel=True)
+                except OSError as exc:
+                    raise OSError(exc.errno, f"cannot read the input: {exc.strerror}") from exc
+                if not data:
+                    break
+                lines = splitter.feed(data)
+                if lines:
+                    counts.read += len(lines)
+                    await send.send(lines)
         last = splitter.finish()
         if last:
+            counts.read += 1
             await send.send(last)
+
+
+class _Stopped:
+    """The signal that stopped ``produce`` (none yet: ``signum`` is None)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+
+async def _stop_on_signals(
+    reading: trio.CancelScope, flushing: trio.CancelScope, flush_timeout: float, stopped: _Stopped
+) -> None:
+    """At the first SIGINT or SIGTERM stop reading the input and give what
+    was read ``flush_timeout`` seconds to be stored; at a second, give up
+    at once. (Signals are caught only on the main thread; elsewhere this
+    waits for nothing.)"""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if stopped.signum is None:
+                stopped.signum = signum
+                reading.cancel()
+                flushing.deadline = trio.current_time() + flush_timeout
+            else:
+                flushing.cancel()
+
+
+class _Numbered:
+    """The items of one ``send_many`` call, remembering how many were taken
+    (so an item the producer refuses is known by its position)."""
+
+    def __init__(self, lines: list[bytes], make: Callable[[bytes], Any]) -> None:
+        self.lines = lines
+        self.make = make
+        self.taken = 0
+
+    def __iter__(self) -> Any:
+        for line in self.lines:
+            self.taken += 1
+            yield self.make(line)
 
 
 @main.command()
@@ -784,6 +908,22 @@ async def _read_lines(stream: Any, send: trio.MemorySendChannel[list[bytes]]) ->
 @click.option("--key-separator", default=None, help="Split each line into KEY<SEP>VALUE.")
 @click.option("--header", "headers", multiple=True, help="A header name=value (repeatable).")
 @click.option("--partition", type=int, default=None, help="Send to this partition.")
+@click.option(
+    "--max-event-bytes",
+    type=SIZE,
+    default="1MiB",
+    show_default=True,
+    help="Largest event (key, value and headers, encoded); a longer line stops "
+    "produce with its line number. The server's --max-frame-size bounds it too.",
+)
+@click.option(
+    "--flush-timeout",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds to store what was read after Ctrl-C or SIGTERM; then exit, "
+    "counting the events not acknowledged.",
+)
 @json_option
 @client_options
 def produce(
@@ -794,6 +934,8 @@ def produce(
     key_separator: str | None,
     headers: tuple[str, ...],
     partition: int | None,
+    max_event_bytes: int,
+    flush_timeout: float,
     as_json: bool,
 ) -> None:
     """Send events to TOPIC: one per line of stdin (or --value).
@@ -801,15 +943,25 @@ def produce(
     Lines are sent as they arrive (in batches when they arrive fast) and
     acknowledged once stored (fsynced with durability 'always'). Values are
     the lines' bytes as they are (UTF-8 text reads back as text); keys are
-    text where they are valid UTF-8.
+    text where they are valid UTF-8. An event may be at most
+    --max-event-bytes (1MiB) encoded. Ctrl-C or SIGTERM stops reading,
+    stores what was read (for at most --flush-timeout seconds) and exits
+    130 (143 for SIGTERM).
     """
     header_list = _parse_headers(headers)
     if key_separator == "":
         raise click.UsageError("--key-separator must not be empty")
+    if max_event_bytes < 1:
+        raise click.UsageError("--max-event-bytes must be at least 1 byte")
+    if not 0 <= flush_timeout < math.inf:
+        raise click.UsageError("--flush-timeout must be a number of seconds >= 0")
     separator = None if key_separator is None else key_separator.encode("utf-8")
     progress = _is_terminal(sys.stderr) and value is None
     counter = Progress("produced", progress)
     plain = not header_list and partition is None
+    counts = _Counts()
+    stopped = _Stopped()
+    per_partition: dict[int, int] = {}
 
     def item(line: bytes) -> Any:
         event_key: str | bytes | None = key
@@ -826,41 +978,79 @@ def produce(
             out["partition"] = partition
         return out
 
-    async def run() -> tuple[int, dict[int, int]]:
-        sent = 0
-        per_partition: dict[int, int] = {}
-        async with (
-            target.client() as client,
-            client.producer(serializer="bytes") as producer,
-            trio.open_nursery() as nursery,
-        ):
-            await producer.partitions_of(topic)  # a missing topic fails before reading
-            send, receive = trio.open_memory_channel[list[bytes]](4)
-            if value is None:
-                nursery.start_soon(_read_lines, sys.stdin.buffer, send)
-            else:
-                async with send:
-                    await send.send([value.encode("utf-8")])
-            async with receive:
-                async for lines in receive:
-                    chunk = [item(line) for line in lines]
-                    while len(chunk) < PRODUCE_CHUNK:
-                        try:
-                            chunk.extend(item(line) for line in receive.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                    for event in await producer.send_many(topic, chunk):
-                        per_partition[event.partition] = per_partition.get(event.partition, 0) + 1
-                    sent += len(chunk)
-                    counter.update(sent)
-        counter.finish()
-        return sent, per_partition
+    async def send_lines(producer: Any, lines: list[bytes]) -> None:
+        first_line = counts.stored + 1  # lines are stored in order, each once
+        numbered = _Numbered(lines, item)
+        try:
+            stored = await producer.send_many(topic, numbered)
+        except EventTooLarge as exc:
+            await producer.flush()  # the lines before it were queued: store them
+            counts.stored += numbered.taken - 1
+            raise EventTooLarge(
+                f"line {first_line + numbered.taken - 1} of the input is too large: "
+                f"{exc.message} (--max-event-bytes); the {counts.stored:,} event(s) "
+                "before it were stored, nothing after it was sent"
+            ) from None
+        for event in stored:
+            per_partition[event.partition] = per_partition.get(event.partition, 0) + 1
+        counts.stored += len(lines)
+        counter.update(counts.stored)
 
-    sent, per_partition = _run(run)
+    async def run() -> bool:
+        """Send everything; False if the flush after a signal ran out of time."""
+        with trio.CancelScope() as flushing:  # gets a deadline at a signal
+            async with (
+                target.client() as client,
+                client.producer(
+                    serializer="bytes",
+                    max_event_bytes=max_event_bytes,
+                    max_batch_bytes=max(1 << 20, max_event_bytes),
+                ) as producer,
+                trio.open_nursery() as nursery,
+            ):
+                await producer.partitions_of(topic)  # a missing topic fails before reading
+                reading = trio.CancelScope()
+                nursery.start_soon(_stop_on_signals, reading, flushing, flush_timeout, stopped)
+                send, receive = trio.open_memory_channel[list[bytes]](4)
+                if value is None:
+                    nursery.start_soon(_read_lines, sys.stdin.buffer, send, reading, counts)
+                else:
+                    counts.read = 1
+                    async with send:
+                        await send.send([value.encode("utf-8")])
+                async with receive:
+                    async for lines in receive:
+                        chunk = list(lines)
+                        while len(chunk) < PRODUCE_CHUNK:
+                            try:
+                                chunk.extend(receive.receive_nowait())
+                            except (trio.WouldBlock, trio.EndOfChannel):
+                                break
+                        await send_lines(producer, chunk)
+                nursery.cancel_scope.cancel()
+        return not flushing.cancelled_caught
+
+    try:
+        flushed = _run(run)
+    finally:
+        counter.finish()
+    if stopped.signum is not None:
+        name = signal.Signals(stopped.signum).name
+        click.echo(f"produced {counts.stored:,} event(s) to {topic}", err=True)
+        if flushed:
+            click.echo(f"stopped by {name}: every event read was stored", err=True)
+        else:
+            click.echo(
+                f"stopped by {name}: {counts.read - counts.stored:,} event(s) read were not "
+                f"acknowledged within --flush-timeout {flush_timeout:g}s (they may or may "
+                "not be stored)",
+                err=True,
+            )
+        sys.exit(128 + stopped.signum)
     if as_json:
-        _emit_json({"topic": topic, "produced": sent, "partitions": per_partition})
+        _emit_json({"topic": topic, "produced": counts.stored, "partitions": per_partition})
     else:
-        click.echo(f"produced {sent:,} event(s) to {topic}", err=progress)
+        click.echo(f"produced {counts.stored:,} event(s) to {topic}", err=progress)
 
 
 # --------------------------------------------------------------------------

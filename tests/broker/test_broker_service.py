@@ -10,6 +10,7 @@ import trio
 import trio.testing
 
 from headwater import (
+    DataDirLockedError,
     InvalidArgument,
     InvalidTopicName,
     OffsetOutOfRangeError,
@@ -256,6 +257,47 @@ async def test_group_journal_snapshots_keep_commits(
             desc.generation,
             [x.member_id for x in desc.members],
         )
+
+
+async def test_one_broker_per_simulated_data_dir(autojump_clock: trio.abc.Clock) -> None:
+    """The simulated disk has the data-directory lock too: a second broker on
+    the same directory of the same disk is refused while the first is open;
+    another directory, another disk, or after the first closes (or a power
+    loss) is fine."""
+    fs = SimulatedFileSystem()
+    async with open_broker(DATA, fs=fs):
+        with pytest.raises(DataDirLockedError) as info:
+            async with open_broker(DATA, fs=fs):
+                pass  # pragma: no cover - must not open
+        assert DATA == info.value.path
+        async with open_broker("/other", fs=fs), open_broker(DATA, fs=SimulatedFileSystem()):
+            pass
+    async with open_broker(DATA, fs=fs):
+        pass
+    handle = fs.lock(DATA + "/.lock")
+    fs.crash()  # a power loss ends the holder
+    async with open_broker(DATA, fs=fs):
+        pass
+    fs.close(handle)
+
+
+async def test_unknown_topic_names_a_few_others_and_ascii_is_said(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """An unknown topic's error lists at most five existing names and counts
+    the rest; a non-ASCII name is refused saying ASCII."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        for i in range(40):
+            await broker.handle(CreateTopic(f"t{i:02d}", 1))
+        with pytest.raises(UnknownTopicError) as info:
+            await broker.handle(DescribeTopic("nope"))
+        assert (
+            "topic 'nope' does not exist; create it first "
+            "(existing: t00, t01, t02, t03, t04 and 35 more)"
+        ) == str(info.value)
+        with pytest.raises(InvalidTopicName) as bad:
+            await broker.handle(CreateTopic("café", 1))
+        assert "contains 'é'; use only ASCII letters (A-Z, a-z), digits" in str(bad.value)
 
 
 async def test_fetch_overtaken_by_retention_is_out_of_range_naming_the_partition(

@@ -21,6 +21,7 @@ from click.testing import CliRunner, Result
 from headwater import cli
 from headwater.broker import open_broker
 from headwater.client import Client
+from headwater.client._tcp import DEFAULT_URL
 
 Run = Callable[..., Result]
 
@@ -167,6 +168,22 @@ def test_url_and_token_options(run: Run, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.write_text("  \n")
     assert 2 == run("topics", "list", "--token-file", str(empty)).exit_code
+
+
+def test_url_before_the_command_and_its_order(run: Run) -> None:
+    """`headwater --url X topics list` works; the command's --url wins over
+    the group's, which wins over $HEADWATER_URL, which wins over the default
+    (DECISIONS #26)."""
+    env = {"HEADWATER_URL": "headwater://env:3"}
+    group = run("--url", "headwater://group:1", "topics", "list", env=env)
+    assert 0 == group.exit_code, group.output
+    assert "headwater://group:1" == group.seen["url"]  # type: ignore[attr-defined]
+    both = run("--url", "headwater://group:1", "topics", "list", "--url", "headwater://cmd:2")
+    assert "headwater://cmd:2" == both.seen["url"]  # type: ignore[attr-defined]
+    assert "headwater://env:3" == run("groups", "list", env=env).seen["url"]  # type: ignore[attr-defined]
+    plain = run("tree", env={"HEADWATER_URL": ""})
+    assert DEFAULT_URL == plain.seen["url"]  # type: ignore[attr-defined]
+    assert "--url URL" in run("--help").output
 
 
 def test_no_connection_is_exit_3() -> None:

@@ -472,3 +472,43 @@ async def test_final_commit_retries_a_lost_connection(autojump_clock: Any) -> No
     with pytest.raises(headwater.ConnectionLostError):
         await cli._commit_with_retries(down, attempts=3)
     assert 3 == down.calls
+
+
+def test_an_over_size_line_is_named_with_the_events_stored_before_it(run: Run) -> None:
+    """A line over --max-event-bytes: exit 1, one error line naming its line
+    number and how many events before it were stored; those are stored,
+    nothing after it is."""
+    run("topics", "create", "t")
+    lines = ["a", "b", "c", "x" * 2000, "d"]
+    result = run("produce", "t", "--max-event-bytes", "1000", input="\n".join(lines) + "\n")
+    assert 1 == result.exit_code
+    (line,) = result.output.splitlines()
+    assert line.startswith("error: line 4 of the input is too large: ")
+    assert "the limit (max_event_bytes) is 1000" in line
+    assert "the 3 event(s) before it were stored" in line
+    assert line.endswith("[event_too_large]")
+    assert ["a", "b", "c"] == run("consume", "t").output.splitlines()
+    assert 0 == run("produce", "t", "--max-event-bytes", "4KiB", input=lines[3]).exit_code
+
+
+def test_the_event_size_limit_is_in_the_help(run: Run) -> None:
+    """`produce --help` names --max-event-bytes and its default."""
+    text = " ".join(run("produce", "--help").output.split())
+    assert "--max-event-bytes SIZE" in text
+    assert "[default: 1MiB]" in text
+
+
+def test_ctrl_c_before_the_command_runs_is_exit_130(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the command is still preparing (before its trio.run):
+    "error: interrupted", exit 130, like Ctrl-C anywhere else (not click's
+    "aborted", exit 1)."""
+
+    def interrupted(values: tuple[str, ...]) -> list[tuple[str, bytes]]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_parse_headers", interrupted)
+    result = run("produce", "t", input="x\n")
+    assert 130 == result.exit_code
+    assert "error: interrupted\n" == result.output.lstrip("\n")

@@ -20,25 +20,27 @@ client with :func:`set_embedded_client_factory`.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
-from headwater._errors import ConfigError
+from headwater._errors import ConfigError, DataDirError, DataDirLockedError
 from headwater._logging import get_logger
 from headwater.actors._system import ActorSystem, open_actor_system
 from headwater.broker._actors import BrokerSettings, TopicRegistry
 from headwater.broker._service import BrokerService
-from headwater.journal._files import FileSystem, RealFileSystem
+from headwater.journal._files import FileSystem, LockHeld, RealFileSystem
 from headwater.supervision._specs import ActorSnapshot, ChildSpec, SupervisorSpec
 
 __all__ = ["DEFAULT_DATA_DIR", "Broker", "open_broker"]
 
 DEFAULT_DATA_DIR = "./headwater-data"
+T = TypeVar("T")
 _log = get_logger("headwater.broker")
 
 #: Builds an embedded client from a request handler and client options; it
@@ -111,6 +113,15 @@ async def open_broker(
     (wall-clock time by default); ``fs`` replaces the file layer (tests).
     Leaving the block stops every actor in order and closes every journal
     cleanly.
+
+    The broker holds an exclusive lock on ``data_dir`` (``<data_dir>/.lock``,
+    an ``flock`` the kernel drops when the process dies, even by ``kill -9``)
+    until the block ends: a second broker on the same directory, in this
+    process or another, gets :class:`~headwater.DataDirLockedError` naming the
+    holder's pid. A directory that cannot be used (a file, a read-only file
+    system, no permission) raises :class:`~headwater.DataDirError` before
+    anything starts. With a simulated ``fs`` the lock lives in that object's
+    memory (one per simulated disk).
     """
     if durability not in ("always", "interval", "never"):
         raise ConfigError(f"durability={durability!r}; use always, interval or never")
@@ -172,13 +183,62 @@ async def open_broker(
         within=10.0,
         backoff=0.1,
     )
-    if fs.blocking:
-        await trio.to_thread.run_sync(fs.makedirs, path)
+    lock = await _claim_data_dir(fs, path)
+    try:
+        async with open_actor_system("headwater", children=(tree,)) as system:
+            service = BrokerService(system, settings)
+            holder["service"] = service
+            await service.start()
+            _log.info("broker_started", data_dir=path, topics=len(service._topics))
+            yield Broker(system, service)
+    finally:
+        fs.close(lock)
+
+
+#: The lock file in every data directory (holds the broker's pid).
+LOCK_FILE = ".lock"
+
+
+async def _claim_data_dir(fs: FileSystem, path: str) -> int:
+    """Create ``path`` if needed and take its lock (``<path>/.lock``), or
+    raise :class:`DataDirLockedError` (another broker has it) or
+    :class:`DataDirError` (a file, a read-only file system, no permission).
+    Returns the lock's handle: closing it releases the lock."""
+
+    async def call(fn: Callable[..., T], *args: Any) -> T:
+        if fs.blocking:
+            return await trio.to_thread.run_sync(fn, *args)
+        return fn(*args)
+
+    try:
+        await call(fs.makedirs, path)
+        handle = await call(fs.lock, os.path.join(path, LOCK_FILE))
+    except LockHeld as exc:
+        holder = f"process {exc.pid}" if exc.pid is not None else "another process"
+        raise DataDirLockedError(
+            f"data directory {path} is in use by another broker ({holder} holds "
+            f"{os.path.join(path, LOCK_FILE)}); stop it, or use another data directory",
+            path=path,
+            pid=exc.pid,
+        ) from None
+    except OSError as exc:
+        raise _unusable(path, exc) from None
+    if isinstance(fs, RealFileSystem) and not os.access(path, os.W_OK | os.X_OK):
+        fs.close(handle)
+        raise _unusable(path, PermissionError(errno.EACCES, os.strerror(errno.EACCES), path))
+    return handle
+
+
+def _unusable(path: str, exc: OSError) -> DataDirError:
+    if exc.errno == errno.EEXIST:
+        reason = "it is a file, not a directory"
     else:
-        fs.makedirs(path)
-    async with open_actor_system("headwater", children=(tree,)) as system:
-        service = BrokerService(system, settings)
-        holder["service"] = service
-        await service.start()
-        _log.info("broker_started", data_dir=path, topics=len(service._topics))
-        yield Broker(system, service)
+        name = errno.errorcode.get(exc.errno or 0, "")
+        reason = f"{exc.strerror or exc}" + (f" ({name})" if name else "")
+        if exc.filename and str(exc.filename) != path:
+            reason += f" at {exc.filename}"
+    return DataDirError(
+        f"cannot use {path} as the data directory: {reason}; "
+        "point the broker at a writable directory",
+        path=path,
+    )

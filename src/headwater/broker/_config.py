@@ -49,8 +49,8 @@ def _validate_name(kind: str, name: object, error: type[InvalidArgument]) -> str
     if not _LEGAL.fullmatch(name):
         bad = sorted({c for c in name if not _LEGAL.fullmatch(c)})
         raise error(
-            f"{kind} name {name!r} contains {''.join(bad)!r}; use only letters, digits, "
-            "'.', '_' and '-'"
+            f"{kind} name {name!r} contains {''.join(bad)!r}; use only ASCII letters "
+            "(A-Z, a-z), digits, '.', '_' and '-'"
         )
     return name
 

@@ -134,7 +134,7 @@ class BrokerService:
         except KeyError:
             raise UnknownTopicError(
                 f"topic {name!r} does not exist; create it first (existing: "
-                f"{', '.join(sorted(self._topics)) or 'none'})"
+                f"{_some(sorted(self._topics))})"
             ) from None
 
     def _partition_path(self, topic: object, partition: object) -> tuple[TopicConfig, str]:
@@ -396,3 +396,11 @@ class BrokerService:
         ShareAck: lambda self, r: self.shares.ack(r),
         ShareLeave: lambda self, r: self.shares.leave(r),
     }
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    """``a, b, c, d, e and 35 more``: a few names, and how many others."""
+    if not names:
+        return "none"
+    head = ", ".join(names[:shown])
+    return head if len(names) <= shown else f"{head} and {len(names) - shown} more"

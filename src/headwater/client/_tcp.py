@@ -42,6 +42,7 @@ from headwater._errors import (
     HeadwaterError,
     HeadwaterTimeoutError,
     InvalidArgument,
+    RemoteProtocolError,
     UnsupportedVersionError,
 )
 from headwater._logging import get_logger
@@ -63,6 +64,7 @@ from ._client import Client
 
 __all__ = [
     "DEFAULT_URL",
+    "ReconnectListener",
     "StreamOpener",
     "TcpChannel",
     "connect",
@@ -76,6 +78,11 @@ DEFAULT_URL = "headwater://127.0.0.1:7700"
 RECEIVE_SIZE = 256 * 1024
 StreamOpener = Callable[[], Awaitable[trio.abc.Stream]]
 """Opens a new byte stream to the server (TCP, TLS, or a memory stream in tests)."""
+ReconnectListener = Callable[[int, HeadwaterError | None], None]
+"""``on_reconnect(attempt, error)``: attempt ``attempt`` (1, 2, ... in each
+series) to re-make a lost connection failed with ``error``; or, with
+``error=None``, the connection is back after ``attempt`` failed attempts.
+Called on the channel's task: it must not block."""
 
 _log = get_logger("headwater.client")
 
@@ -161,6 +168,7 @@ class TcpChannel(Channel):
         connect_timeout: float = 10.0,
         backoff: float = 0.05,
         backoff_max: float = 2.0,
+        on_reconnect: ReconnectListener | None = None,
     ) -> None:
         if token is not None and (not isinstance(token, str) or not token):
             raise InvalidArgument("token must be a non-empty str or None")
@@ -177,6 +185,7 @@ class TcpChannel(Channel):
         self._fatal: HeadwaterError | None = None
         self._last_error: HeadwaterError | None = None
         self._cancel = trio.CancelScope()
+        self._on_reconnect = on_reconnect
         self.reconnects = 0
 
     @property
@@ -287,11 +296,15 @@ class TcpChannel(Channel):
                     _log.info(
                         "reconnect_failed", server=self.address, error=str(exc), retry_in=delay
                     )
+                    if self._on_reconnect is not None:
+                        self._on_reconnect(failures, exc)
                     await trio.sleep(delay)
                     continue
                 if not first:
                     self.reconnects += 1
                     _log.info("reconnected", server=self.address, after_failures=failures)
+                    if failures and self._on_reconnect is not None:
+                        self._on_reconnect(failures, None)
                 failures = 0
                 self._session = session
                 self._connected.set()
@@ -323,17 +336,23 @@ class TcpChannel(Channel):
                     max_frame_size=self._max_frame_size,
                 )
                 session = _Session(stream, conn, self.address)
+                first = bytearray()  # the server's first bytes: who is it?
                 try:
                     await session.flush()
                 except ConnectionLostError:
                     pass  # a refusing server may have said why: read it below
                 while True:
-                    event = conn.next_event()
+                    try:
+                        event = conn.next_event()
+                    except RemoteProtocolError as exc:
+                        raise _not_headwater(self.address, first, exc) from None
                     if event is None:
                         try:
                             data = bytes(await stream.receive_some(RECEIVE_SIZE))
                         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                             data = b""
+                        if len(first) < 8:
+                            first += data[: 8 - len(first)]
                         conn.receive_data(data)
                         continue
                     if isinstance(event, HandshakeComplete):
@@ -354,22 +373,33 @@ class TcpChannel(Channel):
                             event.error, ConnectionLostError
                         ):
                             raise event.error
+                        if first:  # it said something, then hung up: whose protocol?
+                            raise _not_headwater(self.address, first, event.error)
                         # Name the server: "peer closed ..." alone does not say which.
                         raise ConnectionLostError(
-                            f"{self.address} closed the connection during the handshake"
-                            + (f" ({event.error})" if event.error is not None else "")
+                            f"{self.address} closed the connection during the handshake "
+                            "without answering (a server that expects TLS does that: "
+                            "then use headwaters:// or --tls)"
                         )
         except trio.TooSlowError:
             error: HeadwaterError = HeadwaterTimeoutError(
                 f"could not connect to {self.address} within {self._connect_timeout}s"
+                if stream is None
+                else f"could not connect to {self.address}: it accepted the connection but did "
+                f"not answer the Headwater handshake within {self._connect_timeout}s; is it a "
+                "Headwater server (an HTTP server waits like this)? check the port"
             )
         except HeadwaterError as exc:
             error = exc
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            error = ConnectionLostError(
-                f"cannot connect to {self.address}: {reason}; is the server running there?"
-            )
+            tls_error = _tls_failure(self.address, exc)
+            if tls_error is not None:
+                error = tls_error
+            else:
+                reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+                error = ConnectionLostError(
+                    f"cannot connect to {self.address}: {reason}; is the server running there?"
+                )
         except BaseException:
             # Cancelled (the client closed mid-handshake): do not leak the socket.
             if stream is not None:
@@ -449,6 +479,48 @@ class TcpChannel(Channel):
             self._resolve(session, request_id, lost)
 
 
+# --------------------------------------------------------------------- handshake
+# Who answered, when the Headwater handshake fails: the first bytes of the
+# server's reply say whether it was an HTTP server or a TLS one.
+
+
+def _not_headwater(
+    address: str, first: bytes | bytearray, cause: HeadwaterError | None
+) -> HeadwaterError:
+    """The error for a server whose handshake reply is not Headwater's,
+    named by what its first bytes look like."""
+    if isinstance(cause, AuthenticationError | UnsupportedVersionError):
+        return cause
+    head = bytes(first[:8])
+    if head.startswith((b"HTTP/", b"<!DOC", b"<html", b"<HTML")):
+        what = "it answered in HTTP; check the port (Headwater's default is 7700)"
+    elif len(head) >= 2 and head[0] in (0x15, 0x16) and head[1] == 0x03:
+        what = "it speaks TLS; use headwaters:// (or --tls, --tls-ca)"
+    else:
+        what = f"its reply starts with {head!r}, not a Headwater frame; check the host and port"
+    return RemoteProtocolError(f"{address} is not a Headwater server: {what}")
+
+
+def _tls_failure(address: str, exc: BaseException) -> HeadwaterError | None:
+    """The error for a TLS handshake that failed (``None`` if ``exc`` is not
+    one): a certificate that is not trusted, or a server without TLS."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ssl.SSLError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return ConnectionLostError(
+            f"TLS: the certificate of {address} is not trusted "
+            f"({cause.verify_message or cause.reason}); pass its CA with --tls-ca (tls=...)"
+        )
+    reason = cause.reason or type(cause).__name__
+    return RemoteProtocolError(
+        f"TLS handshake with {address} failed ({reason}): the server does not speak TLS "
+        "there; use headwater:// without --tls for a plain server"
+    )
+
+
 def _ssl_context(tls: bool | ssl.SSLContext | str | None, wanted: bool) -> ssl.SSLContext | None:
     if isinstance(tls, ssl.SSLContext):
         return tls
@@ -472,6 +544,7 @@ async def connect(
     tls: bool | ssl.SSLContext | str | None = None,
     connect_timeout: float = 10.0,
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    on_reconnect: ReconnectListener | None = None,
     **client_options: Any,
 ) -> AsyncIterator[Client]:
     """A client of the Headwater server at ``url`` (``headwater://host:port``).
@@ -484,7 +557,9 @@ async def connect(
     ``token`` authenticates (servers started with ``--auth-token-file``);
     ``tls`` is ``True`` (verify with the system's CAs), a CA file path, or an
     ``ssl.SSLContext`` (``headwaters://`` turns TLS on too). The connection
-    is re-made with backoff when it drops. Raises
+    is re-made with backoff when it drops (``on_reconnect``, a
+    :data:`ReconnectListener`, hears of each failed attempt and of the
+    return). Raises
     :class:`~headwater.ConnectionLostError` if the server cannot be reached,
     :class:`~headwater.AuthenticationError` for a wrong or missing token.
     """
@@ -510,6 +585,7 @@ async def connect(
         token=token,
         max_in_flight=max_in_flight,
         connect_timeout=connect_timeout,
+        on_reconnect=on_reconnect,
     )
     async with connect_channel(channel, **client_options) as client:
         yield client

@@ -24,6 +24,7 @@ in a worker thread and the simulated one inline (DECISIONS #1).
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import random
 from collections.abc import Callable
@@ -34,6 +35,7 @@ import attrs
 __all__ = [
     "write_file_atomically",
     "FileSystem",
+    "LockHeld",
     "PowerLoss",
     "RealFileSystem",
     "SimulatedFileSystem",
@@ -101,6 +103,22 @@ class FileSystem(Protocol):
     def rename(self, src: str, dst: str) -> None:
         """Rename atomically, replacing ``dst``."""
         ...
+
+    def lock(self, path: str) -> int:
+        """Take the exclusive lock named by ``path`` without waiting, and
+        record this process's id in it. The lock lasts until :meth:`close` of
+        the returned handle, or the death of the process (even ``kill -9``).
+        Raises :class:`LockHeld` when another holder has it."""
+        ...
+
+
+class LockHeld(BlockingIOError):
+    """:meth:`FileSystem.lock` found the lock taken; ``pid`` is the holder's
+    process id as recorded in the lock (``None`` if unreadable)."""
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        super().__init__(errno.EWOULDBLOCK, "locked by another process", path)
+        self.pid = pid
 
 
 class RealFileSystem:
@@ -173,6 +191,38 @@ class RealFileSystem:
         """See :class:`FileSystem`."""
         os.replace(src, dst)
 
+    def lock(self, path: str) -> int:
+        """See :class:`FileSystem`: ``flock(LOCK_EX | LOCK_NB)`` on the file
+        (created if missing), which the kernel drops when the process dies.
+        ``flock`` locks belong to the open file, so a second ``lock`` of the
+        same path in the same process is refused too."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = _parse_pid(os.pread(fd, 32, 0))
+            finally:
+                os.close(fd)
+            raise LockHeld(path, holder) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+
+def _parse_pid(data: bytes) -> int | None:
+    try:
+        return int(data.strip() or b"x")
+    except ValueError:
+        return None
+
 
 class PowerLoss(Exception):
     """Raised by every operation of a :class:`SimulatedFileSystem` once its
@@ -206,6 +256,8 @@ class SimulatedFileSystem:
         self._durable_files: dict[str, _SimFile] = {}
         self._durable_dirs: set[str] = {"/"}
         self._handles: dict[int, tuple[str, _SimFile]] = {}
+        # Locks (see lock()): held path -> handle, in memory only, no file.
+        self._locks: dict[str, int] = {}
         self._next_handle = 3
         self.ops = 0
         self._crash_after: int | None = None
@@ -247,6 +299,7 @@ class SimulatedFileSystem:
         self._durable_files = dict(files)
         self._dirs = set(self._durable_dirs)
         self._handles.clear()
+        self._locks.clear()  # the power loss ended every process holding one
         self._crash_after = None
         self._fail_fsyncs = 0
         self._disk_full = False
@@ -319,6 +372,20 @@ class SimulatedFileSystem:
     def close(self, handle: int) -> None:
         """See :class:`FileSystem`."""
         self._handles.pop(handle, None)
+        for path, held in list(self._locks.items()):
+            if held == handle:
+                del self._locks[path]
+
+    def lock(self, path: str) -> int:
+        """See :class:`FileSystem`. The simulated lock lives in memory (no
+        file is created); :meth:`crash` releases every lock, as a power loss
+        ends the processes that held them."""
+        if path in self._locks:
+            raise LockHeld(path, os.getpid())
+        handle = self._next_handle
+        self._next_handle += 1
+        self._locks[path] = handle
+        return handle
 
     def fsync_dir(self, path: str) -> None:
         """See :class:`FileSystem`."""
