@@ -195,6 +195,8 @@ async def test_bad_input_is_refused_with_typed_errors(
         with pytest.raises(SubscriptionConflictError, match="mode='shared' \\(not 'exclusive'\\)"):
             async with client.subscribe("jobs", "q", mode="exclusive", ack_timeout=1.0):
                 pass
+        async with client.subscribe("jobs", "q", start="latest", ack_timeout=1.0):
+            pass  # start= only applies when a subscription is created
         async with client.subscribe("jobs", "x", mode="exclusive"):
             with pytest.raises(SubscriptionBusyError, match="exclusive"):
                 async with client.subscribe("jobs", "x", mode="exclusive"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import cbor2
 import trio
 
@@ -197,11 +198,12 @@ class ShareService:
                     except TopicExistsError:
                         pass
                 await self._save(name, settings)
-            elif existing != settings:
+            elif existing != attrs.evolve(settings, start=existing.start):
+                # (``start`` only matters when the subscription is created)
                 diff = [
                     f"{k}={v!r} (not {getattr(settings, k)!r})"
                     for k, v in existing.to_dict().items()
-                    if v != settings.to_dict()[k]
+                    if v != settings.to_dict()[k] and k != "start"
                 ]
                 raise SubscriptionConflictError(
                     f"share subscription {name!r} exists with {', '.join(diff)}; its "
