@@ -471,3 +471,21 @@ async def test_delayed_delivery_holds_until_deliver_at_across_a_restart(
     async with _broker(fs) as broker, broker.connect() as client, client.producer() as producer:
         with pytest.raises(InvalidArgument, match="deliver_at or deliver_after"):
             await producer.send("jobs", 1, deliver_at=5, deliver_after=5)
+
+
+async def test_deleting_the_topic_drops_its_subscriptions(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """A subscription's state lives with its topic: deleting the topic removes
+    the subscription; a new topic of that name starts a fresh one."""
+    fs = SimulatedFileSystem()
+    async with _broker(fs) as broker, connect(broker) as client:
+        await _produce(client, "jobs", 4, partitions=1)
+        async with client.subscribe("jobs", "q") as sub:
+            await sub.ack_many(await sub.getmany(4, timeout=2))
+        await client.delete_topic("jobs")
+        assert "q" not in await client.list_groups()
+        await _produce(client, "jobs", 2, partitions=1)
+        async with client.subscribe("jobs", "q", mode="exclusive") as sub:
+            again = await sub.getmany(4, timeout=2)
+        assert [(0, 1), (1, 1)] == [(e.offset, e.delivery_count) for e in again]

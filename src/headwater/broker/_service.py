@@ -298,6 +298,9 @@ class BrokerService:
 
     async def _delete_topic(self, r: DeleteTopic) -> Done:
         config = self._config(r.name)
+        # Share subscriptions keep their state with the topic's partitions:
+        # they go with it (stopped first, so no journal is open on a deleted file).
+        await self.shares.drop_topic(config.name)
         await self.system.lookup("/broker/registry").ask(
             DeleteTopicRequest(config.name), timeout=60
         )

@@ -161,6 +161,29 @@ class ShareService:
             if settings is not None and settings.topic in self.broker._topics:
                 await self._running(name)
 
+    async def drop_topic(self, topic: str) -> list[str]:
+        """Stop and remove every subscription of ``topic`` (it is being
+        deleted); returns their names."""
+        dropped = []
+        fs = self.broker.settings.fs
+        async with self._lock:
+            for name in self.names():
+                settings = self._load(name)
+                if settings is None or settings.topic != topic:
+                    continue
+                try:
+                    await self.broker.system.stop_child(f"/broker/shares/{name}")
+                except HeadwaterError:
+                    pass  # not running
+                directory = self._dir(name)
+                if fs.blocking:
+                    await trio.to_thread.run_sync(fs.rmtree, directory)
+                else:
+                    fs.rmtree(directory)
+                self._configs.pop(name, None)
+                dropped.append(name)
+        return dropped
+
     # ---------------------------------------------------------- requests
 
     async def subscribe(self, r: ShareSubscribe) -> ShareMembership:
