@@ -31,6 +31,7 @@ from ._errors import IllegalTransitionError as IllegalTransitionError
 from ._errors import InconsistentGroupProtocolError as InconsistentGroupProtocolError
 from ._errors import InvalidArgument as InvalidArgument
 from ._errors import InvalidTopicName as InvalidTopicName
+from ._errors import LinkedExit as LinkedExit
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import LockLostError as LockLostError
 from ._errors import MailboxFull as MailboxFull
@@ -54,6 +55,7 @@ from ._errors import UnknownPartitionError as UnknownPartitionError
 from ._errors import UnknownTopicError as UnknownTopicError
 from ._errors import UnsupportedVersionError as UnsupportedVersionError
 from ._errors import UsageError as UsageError
+from ._errors import WrongListenerError as WrongListenerError
 from ._logging import configure_logging as configure_logging
 from .actors import Actor as Actor
 from .actors import ActorRef as ActorRef
@@ -89,6 +91,7 @@ __all__ = [
     # errors
     "HeadwaterError",
     "UsageError",
+    "WrongListenerError",
     "InvalidArgument",
     "ConfigError",
     "NotFoundError",
@@ -110,6 +113,7 @@ __all__ = [
     "ActorKilled",
     "MailboxFull",
     "SupervisorGaveUp",
+    "LinkedExit",
     "ProtocolError",
     "LocalProtocolError",
     "RemoteProtocolError",

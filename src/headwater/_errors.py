@@ -45,6 +45,7 @@ __all__ = [
     "IllegalTransitionError",
     "InvalidArgument",
     "InvalidTopicName",
+    "LinkedExit",
     "LockLostError",
     "LocalProtocolError",
     "MailboxFull",
@@ -68,6 +69,7 @@ __all__ = [
     "UnknownTopicError",
     "UnsupportedVersionError",
     "UsageError",
+    "WrongListenerError",
     "error_class_for_code",
 ]
 
@@ -289,6 +291,27 @@ class SupervisorGaveUp(ActorError, BrokenError):
 
     code = "supervisor_gave_up"
     retriable = False
+
+
+class LinkedExit(ActorError, BrokenError):
+    """An actor failed because an actor linked to it (``ctx.link``) exited
+    with a reason other than ``"normal"`` (failed, killed or unreachable),
+    and it does not trap exits. Its supervisor treats this as a crash. To
+    receive such exits as ``Exit`` messages instead, set ``ctx.trap_exits =
+    True``."""
+
+    code = "linked_exit"
+
+
+class WrongListenerError(UsageError):
+    """The URL reaches the wrong kind of Headwater listener: a broker's client
+    port where an application's actors listener (``serve_actors``,
+    ``headwater+actors://host:port``) was expected, or the other way round.
+    Check the port: the broker's client port serves topics and ``headwater
+    tree``; the actors port serves ``headwater tree --url
+    headwater+actors://...`` and ``headwater actors kill|inspect``."""
+
+    code = "wrong_listener"
 
 
 # --------------------------------------------------------------------------

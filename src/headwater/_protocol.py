@@ -38,6 +38,7 @@ __all__ = [
     "Durability",
     "CreateTopic",
     "DeleteTopic",
+    "AddPartitions",
     "ListTopics",
     "DescribeTopic",
     "TopicInfo",
@@ -56,6 +57,8 @@ __all__ = [
     "Membership",
     "ReleasePartitions",
     "LeaveGroup",
+    "SyncGroup",
+    "MemberAssignment",
     "CommitOffsets",
     "FetchCommitted",
     "CommittedOffsets",
@@ -138,6 +141,16 @@ class DeleteTopic:
     """Delete a topic and all its data."""
 
     name: str
+
+
+@attrs.frozen
+class AddPartitions:
+    """Grow a topic to ``partitions`` partitions (more than it has). Keys map
+    to partitions by count, so a keyed event may go to a new partition
+    afterwards; existing events stay where they are."""
+
+    name: str
+    partitions: int
 
 
 @attrs.frozen
@@ -273,7 +286,9 @@ class JoinGroup:
     """Join (or rejoin, with ``member_id``) a consumer group subscribed to
     ``topics``. ``rebalance_timeout`` (the consumer's ``max_poll_interval``)
     bounds how long the member may take to release partitions in a rebalance;
-    ``protocol_type`` is the kind of member (one kind per group)."""
+    ``protocol_type`` is the kind of member (one kind per group);
+    ``rebalance`` asks for a rebalance even when nothing changed (a Kafka
+    leader rejoining does, as with Kafka's coordinator)."""
 
     group: str
     topics: tuple[str, ...]
@@ -282,6 +297,7 @@ class JoinGroup:
     client_id: str = ""
     rebalance_timeout: float | None = None
     protocol_type: str = "headwater"
+    rebalance: bool = False
 
 
 @attrs.frozen
@@ -318,6 +334,26 @@ class ReleasePartitions:
     member_id: str
     generation: int
     partitions: tuple[TopicPartition, ...]
+
+
+@attrs.frozen
+class MemberAssignment:
+    """The partitions an elected leader gives one member (in :class:`SyncGroup`)."""
+
+    member_id: str
+    partitions: tuple[TopicPartition, ...]
+
+
+@attrs.frozen
+class SyncGroup:
+    """The elected leader's assignment for ``generation`` (Kafka members, whose
+    leader assigns on its client): ``assignment`` pairs member ids with their
+    partitions. Returns the leader's :class:`Membership`; the group is stable."""
+
+    group: str
+    member_id: str
+    generation: int
+    assignment: tuple[MemberAssignment, ...]
 
 
 @attrs.frozen
@@ -436,6 +472,7 @@ class Done:
 REQUEST_TYPES: tuple[type, ...] = (
     CreateTopic,
     DeleteTopic,
+    AddPartitions,
     ListTopics,
     DescribeTopic,
     InitProducer,
@@ -446,6 +483,7 @@ REQUEST_TYPES: tuple[type, ...] = (
     Heartbeat,
     ReleasePartitions,
     LeaveGroup,
+    SyncGroup,
     CommitOffsets,
     FetchCommitted,
     ListGroups,
@@ -454,6 +492,7 @@ REQUEST_TYPES: tuple[type, ...] = (
 )
 
 RESPONSE_TYPES: tuple[type, ...] = (
+    MemberAssignment,
     TopicInfo,
     PartitionInfo,
     TopicDescription,

@@ -9,7 +9,8 @@
     headwater consume TOPIC [--group G] [--from earliest|latest|OFFSET|ISO-TIME]
                             [--follow] [--max N] [--format text|json]
     headwater groups list | describe GROUP
-    headwater tree
+    headwater tree [--url headwater+actors://HOST:PORT]
+    headwater actors kill PATH | inspect PATH [--url headwater+actors://HOST:PORT]
     headwater bench [--quick] [--local] [--write-docs docs/benchmarks.md]
 
 Client commands reach the server named by ``--url`` (given after the
@@ -531,6 +532,12 @@ def main(url: str | None) -> None:
 @click.option("--handshake-timeout", default=10.0, show_default=True, type=float, help="Seconds.")
 @click.option("--shutdown-timeout", default=10.0, show_default=True, type=float, help="Seconds.")
 @click.option("--actors-port", default=None, type=int, help="Also serve the actor system here.")
+@click.option(
+    "--kafka-port",
+    default=None,
+    type=int,
+    help="Also serve Kafka clients here (off by default; same host, TLS and token).",
+)
 @click.option(
     "--log-format",
     type=click.Choice(["auto", "console", "json"]),
@@ -1540,9 +1547,13 @@ def tree_summary(root: ActorSnapshot) -> str:
 @json_option
 @client_options
 def tree(target: Target, as_json: bool) -> None:
-    """Draw the live supervision tree of the server."""
+    """Draw the live supervision tree of the server, or of an application's
+    actors listener with --url headwater+actors://HOST:PORT (serve_actors)."""
 
     async def run() -> Any:
+        if target.url.startswith(ACTORS_SCHEME):
+            async with _open_actors(target) as (client, _host):
+                return (await client.tree(target.url)).as_dict()
         async with target.client() as client:
             return await client.tree()
 
@@ -1556,6 +1567,144 @@ def tree(target: Target, as_json: bool) -> None:
         click.echo(tree_summary(snapshot))
     except (KeyError, TypeError, AttributeError) as exc:
         _fail(f"the server sent a tree this client cannot draw ({exc})", EXIT_SERVER)
+
+
+# --------------------------------------------------------------------------
+# actors: an application's actors listener (serve_actors)
+
+ACTORS_SCHEME = "headwater+actors://"
+DEFAULT_ACTORS_URL = "headwater+actors://127.0.0.1:7701"
+
+
+@asynccontextmanager
+async def _open_actors(target: Target) -> AsyncIterator[tuple[Any, str]]:
+    """An actor client connected to the listener at ``target.url``, and the
+    ``host:port`` it reached. Failing to connect raises :class:`_NotConnected`
+    (a broker's port is a :class:`~headwater.WrongListenerError`, exit 2)."""
+    from headwater.actors import open_actor_client
+    from headwater.actors._wire import parse_listener_url
+    from headwater.client._tcp import _ssl_context
+    from headwater.transport import MessageRegistry
+
+    try:
+        host, port = parse_listener_url(target.url)
+        context = _ssl_context(target.tls, False)
+    except HeadwaterError as exc:
+        raise _NotConnected(exc, EXIT_USAGE) from exc
+    async with open_actor_client(
+        MessageRegistry("headwater-cli"), token=target.token, ssl_context=context, keepalive=None
+    ) as client:
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                await client.tree(target.url)  # connects, checks the listener's kind
+        except trio.TooSlowError:
+            raise _NotConnected(
+                ConnectionLostError(f"no answer from {target.url} within {CONNECT_TIMEOUT}s"),
+                EXIT_CONNECTION,
+            ) from None
+        except HeadwaterError as exc:
+            code = EXIT_USAGE if isinstance(exc, UsageError) else EXIT_CONNECTION
+            if isinstance(exc, AuthenticationError | ConnectionLostError):
+                code = EXIT_CONNECTION
+            raise _NotConnected(exc, code) from exc
+        yield client, f"{host}:{port}"
+
+
+def actors_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--url (an actors listener), --token, --token-file, --tls, --tls-ca."""
+
+    @click.option(
+        "--url",
+        envvar="HEADWATER_ACTORS_URL",
+        default=DEFAULT_ACTORS_URL,
+        show_default=True,
+        help="Actors listener (serve_actors) to use (or $HEADWATER_ACTORS_URL).",
+    )
+    @click.option(
+        "--token", envvar="HEADWATER_TOKEN", default=None, help="Token (or $HEADWATER_TOKEN)."
+    )
+    @click.option(
+        "--token-file", type=click.Path(dir_okay=False), default=None, help="Read the token."
+    )
+    @click.option("--tls", is_flag=True, default=False, help="Use TLS (system CAs).")
+    @click.option(
+        "--tls-ca", type=click.Path(dir_okay=False), default=None, help="Trust this CA (PEM)."
+    )
+    def wrapper(
+        url: str,
+        token: str | None,
+        token_file: str | None,
+        tls: bool,
+        tls_ca: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        tls_setting: Any = tls_ca if tls_ca else (True if tls else None)
+        return fn(Target(url, _token(token, token_file), tls_setting), **kwargs)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+@main.group()
+def actors() -> None:
+    """Poke an application's actors (its serve_actors listener): kill, inspect.
+
+    The tree of such an application: headwater tree --url headwater+actors://HOST:PORT.
+    """
+
+
+def _actor_url(target: Target, host_port: str, path: str) -> str:
+    clean = "/" + path.strip("/")
+    if clean == "/":
+        raise click.UsageError("give an actor path like /workers/echo")
+    return f"headwater://{host_port}{clean}"
+
+
+@actors.command("kill")
+@click.argument("path")
+@click.option("--reason", default="killed from the command line", show_default=True)
+@json_option
+@actors_options
+def actors_kill(target: Target, path: str, reason: str, as_json: bool) -> None:
+    """Crash the actor at PATH on purpose; its supervisor applies its policy
+    (restart, give up, ...). Watch it with headwater tree --url ..."""
+
+    async def run() -> str:
+        async with _open_actors(target) as (client, host_port):
+            url = _actor_url(target, host_port, path)
+            await client.kill(url, reason)
+            return url
+
+    url = _run(run)
+    if as_json:
+        _emit_json({"killed": "/" + path.strip("/"), "url": url})
+    else:
+        click.echo(f"killed {'/' + path.strip('/')}")
+
+
+@actors.command("inspect")
+@click.argument("path")
+@json_option
+@actors_options
+def actors_inspect(target: Target, path: str, as_json: bool) -> None:
+    """Show what the actor at PATH says of itself (its inspect(): by default
+    its public attributes), read between two of its messages."""
+
+    async def run() -> Any:
+        async with _open_actors(target) as (client, host_port):
+            ref = await client.lookup(_actor_url(target, host_port, path))
+            return await ref.inspect(timeout=CONNECT_TIMEOUT)
+
+    shown = _run(run)
+    if as_json:
+        _emit_json(shown)
+    elif isinstance(shown, dict):
+        width = max((len(str(k)) for k in shown), default=0)
+        for key, value in shown.items():
+            click.echo(f"{str(key).ljust(width)}  {value}")
+    else:
+        click.echo(str(shown))
 
 
 # --------------------------------------------------------------------------

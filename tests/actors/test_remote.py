@@ -53,8 +53,14 @@ class MemoryLink:
     nursery: trio.Nursery
     token: str | None = None
     streams: list[trio.abc.Stream] = attrs.field(factory=list)
+    refuse: bool = False
+    attempts: int = 0
 
     async def open(self, host: str, port: int) -> trio.abc.Stream:
+        self.attempts += 1
+        await trio.lowlevel.checkpoint()
+        if self.refuse:
+            raise ConnectionLostError(f"connection refused by {host}:{port} (test)")
         client_end, server_end = trio.testing.memory_stream_pair()
         self.streams.append(client_end)
         self.nursery.start_soon(
@@ -169,9 +175,9 @@ async def test_lost_connection_fails_waiters_and_fires_monitors(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     """When the link breaks: a pending ask raises ConnectionLostError, a
-    monitor fires 'unreachable', later calls raise ConnectionLostError, and a
-    new lookup reconnects."""
-    from headwater.testing._actor_kit import Echo, Sleep
+    monitor fires 'unreachable', tell_nowait raises ConnectionLostError, and
+    the ref's next awaited use reconnects (as does a new lookup)."""
+    from headwater.testing._actor_kit import Echo, Get, Sleep
 
     async with kit_system() as system, memory_client(system) as (client, link):
         ref = await _target(client)
@@ -192,12 +198,46 @@ async def test_lost_connection_fails_waiters_and_fires_monitors(
         down = await monitor.wait()
         assert ("unreachable", "/kit/target") == (down.reason, down.path)
         with pytest.raises(ConnectionLostError):
-            await ref.tell(Put(1))
-        with pytest.raises(ConnectionLostError):
             ref.tell_nowait(Put(1))
-        assert "unreachable" == (await (await ref.monitor()).wait()).reason
+        assert 1 == len(link.streams)
+        await ref.tell(Put(1))  # reconnects
+        assert 2 == len(link.streams)
+        assert [1] == await ref.ask(Get())
+        assert (await ref.monitor()).active
         again = await _target(client)
         assert Echo("back") == await again.ask(Echo("back"))
+
+
+async def test_reconnect_backs_off_while_the_peer_is_away(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """While the peer refuses connections, a lost ref tries once at once,
+    then at most once per backoff delay (0.1, 0.2, 0.4 s ...); inside a delay
+    it raises ConnectionLostError without trying; once the peer is back the
+    next use reconnects."""
+    from headwater.testing._actor_kit import Get
+
+    async with kit_system() as system, memory_client(system) as (client, link):
+        ref = await _target(client)
+        await link.cut()
+        await trio.testing.wait_all_tasks_blocked()
+        link.refuse = True
+        attempts_before = link.attempts
+        start = trio.current_time()
+        tried_at: list[float] = []
+        for i in range(12):
+            await trio.sleep_until(start + i * 0.03)
+            seen = link.attempts
+            with pytest.raises(ConnectionLostError):
+                await ref.tell(Put(1))
+            if link.attempts > seen:
+                tried_at.append(round(trio.current_time() - start, 3))
+        assert [0.0, 0.12, 0.33] == tried_at  # due at 0.0, then 0.1 and 0.12 + 0.2
+        assert 3 == link.attempts - attempts_before
+        link.refuse = False
+        await trio.sleep(1.0)
+        await ref.tell(Put(2))
+        assert [2] == await ref.ask(Get())
 
 
 async def test_refs_share_one_connection_per_peer(autojump_clock: trio.abc.Clock) -> None:
@@ -340,8 +380,8 @@ async def test_keepalive_declares_a_silent_peer_unreachable(
             assert "unreachable" == down.reason
             assert "keepalive" in down.detail
             assert 4.0 <= trio.current_time() - start <= 8.0
-            with pytest.raises(ConnectionLostError):
-                await ref.tell(Put(1))
+            await ref.tell(Put(1))  # the next use reconnects on a fresh stream
+            assert 2 == len(faulty)
         with pytest.raises(InvalidArgument, match="keepalive"):
             async with open_actor_client(KIT_REGISTRY, keepalive=0):
                 pass  # pragma: no cover

@@ -51,5 +51,7 @@ def test_the_walk_finds_the_commands() -> None:
         "topics list",
         "tree",
         "bench",
+        "actors inspect",
+        "actors kill",
     }
     assert expected == {path for path, _ in _commands(cli.main)}

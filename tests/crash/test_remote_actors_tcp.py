@@ -56,11 +56,11 @@ async def test_remote_refs_over_tcp_conform() -> None:
 
 @asynccontextmanager
 async def peer_process(
-    token: str | None = None,
+    token: str | None = None, port: int = 0
 ) -> AsyncIterator[tuple[subprocess.Popen[str], int]]:
     """A peer process serving the kit's actors; yields it and its port."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
-    args = [sys.executable, "-m", "tests.crash.actor_peer", *([token] if token else [])]
+    args = [sys.executable, "-m", "tests.crash.actor_peer", token or "-", str(port)]
     proc = subprocess.Popen(  # noqa: ASYNC220 -- a short spawn, then read through a thread
         args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )

@@ -320,7 +320,7 @@ def test_every_transition_of_the_table_is_taken():
         b = k.join(["a"], COUNTS, now=0.0)  # completing/joined
         k.leave(b.member_id)  # completing/left
         assert "completing_rebalance" == k.state.status
-        k._emit({"type": "stabilized"})  # what the leader's SyncGroup will do
+        k.sync(a.member_id, k.state.generation, {}, 0.0)  # completing/synced: the leader's
         k.leave(a.member_id)  # stable/left -> empty
     finally:
         _group.apply = real_apply  # type: ignore[assignment]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import abc
 import math
+import reprlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -46,7 +47,9 @@ from headwater._errors import (
     MailboxFull,
     UsageError,
 )
+from headwater.actors._links import Proc
 from headwater.actors._monitor import Monitor
+from headwater.actors._timers import Timer, check_delay
 from headwater.supervision._specs import DEFAULT_MAILBOX_SIZE
 
 if TYPE_CHECKING:
@@ -60,6 +63,10 @@ __all__ = [
     "CellState",
     "LocalActorRef",
 ]
+
+INSPECT: Any = object()
+"""The message of an ``inspect`` envelope: the actor loop answers it with
+``actor.inspect()`` instead of calling ``handle``."""
 
 
 CellState = Literal["starting", "running", "restarting", "stopping", "stopped", "failed"]
@@ -133,6 +140,11 @@ class Cell:
     last_failure: str | None = None
     ref: LocalActorRef | None = None
     monitors: set[Monitor] = attrs.field(factory=set)
+    handled: int = 0
+    high_water: int = 0
+    mailbox_size: int | None = None
+    proc: Proc | None = None
+    last_exit: tuple[int, str, str] | None = None  # (incarnation, reason, detail)
 
     def set_accepting(self, mailbox: trio.MemorySendChannel[Any]) -> None:
         self.mailbox = mailbox
@@ -195,11 +207,34 @@ class ActorRef(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def monitor(self) -> Monitor:
+    async def monitor(self, *, reconnect: bool = False) -> Monitor:
         """Watch this actor: the returned :class:`Monitor` fires once when
         it stops for good (not on a restart) or, for a remote ref, when its
         process becomes unreachable. A target already gone fires at once.
+        ``reconnect`` (remote refs): after ``"unreachable"``, keep trying and
+        report the actor's return (:meth:`Monitor.wait_up`).
         """
+
+    @abc.abstractmethod
+    async def inspect(self, *, timeout: float | None = 5.0) -> Any:
+        """Return the actor's own :meth:`Actor.inspect` output (Erlang's
+        ``sys:get_state``): by default a dict of its public attributes, each
+        a repr cut short.
+
+        The request goes through the mailbox like an ``ask``, so it sees the
+        state between two messages. Raises like :meth:`ask`
+        (:class:`ActorStopped`, :class:`HeadwaterTimeoutError`, ...) and
+        :class:`UsageError` for a task or supervisor, which have no state
+        to show.
+        """
+
+    async def _link_from(self, proc: Proc, nursery: trio.Nursery) -> None:
+        """Link the incarnation ``proc`` (whose nursery is ``nursery``) to
+        this ref's actor (runtime hook behind ``ActorContext.link``)."""
+        raise UsageError(f"{type(self).__name__} does not support links")
+
+    def _unlink_from(self, proc: Proc) -> None:  # noqa: B027 -- optional hook, no-op by default
+        """Undo :meth:`_link_from` (idempotent)."""
 
 
 def _check_timeout(timeout: float | None) -> float:
@@ -293,11 +328,41 @@ class LocalActorRef(ActorRef):
             f"{seconds}s; the actor is {self._cell.state}"
         )
 
-    async def monitor(self) -> Monitor:
-        """See :meth:`ActorRef.monitor`."""
+    async def inspect(self, *, timeout: float | None = 5.0) -> Any:
+        """See :meth:`ActorRef.inspect`."""
+        return await self.ask(INSPECT, timeout=timeout)
+
+    async def _proc(self) -> Proc:
+        """The live incarnation behind this ref, waiting while it restarts;
+        raises :class:`ActorStopped` if the actor is gone for good."""
+        cell = self._cell
+        while True:
+            if cell.proc is not None and cell.proc.alive:
+                return cell.proc
+            if cell.kind != "actor":
+                raise UsageError(f"{cell.path} is a {cell.kind}, not an actor: link to an actor")
+            if cell.state in ("stopped", "failed", "stopping"):
+                raise ActorStopped(
+                    f"cannot link to {cell.path}: it is {cell.state} (Erlang would say noproc); "
+                    "monitor it instead to learn that it is gone"
+                )
+            await cell.ready.wait()
+            await trio.lowlevel.checkpoint()
+
+    async def _link_from(self, proc: Proc, nursery: trio.Nursery) -> None:
+        proc.link(await self._proc())
+
+    def _unlink_from(self, proc: Proc) -> None:
+        target = self._cell.proc
+        if target is not None:
+            proc.unlink(target)
+
+    async def monitor(self, *, reconnect: bool = False) -> Monitor:
+        """See :meth:`ActorRef.monitor` (a local actor is never unreachable,
+        so ``reconnect`` changes nothing here)."""
         await trio.lowlevel.checkpoint()
         cell = self._cell
-        monitor = Monitor(self, cell.monitors.discard)
+        monitor = Monitor(self, cell.monitors.discard, reconnect=reconnect)
         if cell.state in ("stopped", "failed"):
             monitor._fire("failed" if cell.state == "failed" else "stopped", "already gone")
         else:
@@ -312,6 +377,8 @@ class ActorContext:
     ``nursery`` belongs to this incarnation: tasks started in it (timers,
     readers) are cancelled when the incarnation ends. An exception in one of
     them crashes the actor like an exception in :meth:`Actor.handle`.
+    Timers (:meth:`send_after`, :meth:`send_interval`) and links
+    (:meth:`link`) belong to the incarnation too.
     """
 
     path: str
@@ -320,34 +387,122 @@ class ActorContext:
     nursery: trio.Nursery
     incarnation: int
     _stop: Callable[[], None]
+    _proc: Proc
 
     def stop(self) -> None:
         """End this actor normally after the current message (a *normal* exit:
         ``transient`` and ``temporary`` children are then not restarted)."""
         self._stop()
 
-    async def monitor(self, ref: ActorRef) -> Monitor:
+    # -- timers --------------------------------------------------------------
+
+    def send_after(self, delay: float, message: Any) -> Timer:
+        """Tell ``message`` to this actor once, ``delay`` seconds from now
+        (Erlang's ``erlang:send_after``, Akka's ``startSingleTimer``).
+
+        Returns a :class:`Timer` (``cancel()`` it to drop the message). The
+        timer is cancelled when this incarnation ends (stop or restart). The
+        message is put in the mailbox with ``await tell()``: a full mailbox
+        delays it (backpressure). ``delay`` must be a finite number >= 0, else
+        :class:`InvalidArgument`. Never blocks.
+        """
+        seconds = check_delay("delay", delay, zero_ok=True)
+        timer = Timer(self.path, seconds, None)
+        self.nursery.start_soon(timer._run, self.ref, message)
+        return timer
+
+    def send_interval(self, period: float, message: Any) -> Timer:
+        """Tell ``message`` to this actor every ``period`` seconds, first one
+        period from now (Akka's ``startTimerAtFixedRate``); fire times stay
+        on the grid ``start + n * period`` even if a delivery waited.
+
+        Returns a :class:`Timer`; cancelled with the incarnation. ``period``
+        must be a finite number > 0, else :class:`InvalidArgument`. Never
+        blocks.
+        """
+        seconds = check_delay("period", period, zero_ok=False)
+        timer = Timer(self.path, seconds, seconds)
+        self.nursery.start_soon(timer._run, self.ref, message)
+        return timer
+
+    # -- links ---------------------------------------------------------------
+
+    @property
+    def trap_exits(self) -> bool:
+        """Whether exit signals from linked actors arrive as
+        :class:`~headwater.actors.Exit` messages (``True``) or make this
+        actor fail when their reason is not ``"normal"`` (``False``, the
+        default): Erlang's ``process_flag(trap_exit, ...)``. Set it in
+        ``started()``; it lasts for this incarnation."""
+        return self._proc.trap_exits
+
+    @trap_exits.setter
+    def trap_exits(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise InvalidArgument(f"trap_exits={value!r}; give True or False")
+        self._proc.trap_exits = value
+
+    async def link(self, ref: ActorRef) -> None:
+        """Link this incarnation with the actor behind ``ref``, local or
+        remote (Erlang's ``link/1``; see :mod:`headwater.actors._links`).
+
+        When either ends, the other gets an exit signal: with
+        :attr:`trap_exits` it arrives as an :class:`~headwater.actors.Exit`
+        message; otherwise any reason but ``"normal"`` makes the receiver
+        fail with :class:`~headwater.LinkedExit`. A lost connection to a
+        remote actor is reason ``"unreachable"``. Waits while the target
+        restarts; raises :class:`~headwater.ActorStopped` if it is stopped
+        for good (a dead ref) and :class:`~headwater.ActorNotFound` for a
+        remote path that does not exist.
+        """
+        if not isinstance(ref, ActorRef):
+            raise InvalidArgument(f"link({ref!r}): give an ActorRef")
+        if not self._proc.alive:
+            raise ActorStopped(f"actor {self.path} is ending; it cannot link any more")
+        await ref._link_from(self._proc, self.nursery)
+
+    async def unlink(self, ref: ActorRef) -> None:
+        """Remove a link made by :meth:`link` (idempotent). A signal already
+        delivered as an :class:`~headwater.actors.Exit` message stays in
+        the mailbox."""
+        await trio.lowlevel.checkpoint()
+        ref._unlink_from(self._proc)
+
+    async def monitor(self, ref: ActorRef, *, reconnect: bool = False) -> Monitor:
         """Monitor ``ref`` and have its :class:`~headwater.actors.Down`
         delivered to this actor's own mailbox (Erlang's ``monitor/2``).
 
+        With ``reconnect=True`` (remote refs), an ``"unreachable"`` down is
+        followed by an :class:`~headwater.actors.Up` message when the actor
+        answers again, and the watch goes on (each loss gives one ``Down``).
         The delivery runs in this incarnation's nursery; when the incarnation
-        ends the monitor is cancelled. The returned monitor may also be
-        awaited or cancelled directly.
+        ends the monitor is cancelled. The returned (first) monitor may also
+        be awaited or cancelled directly.
         """
-        monitor = await ref.monitor()
+        first = await ref.monitor(reconnect=reconnect)
         own = self.ref
 
         async def deliver() -> None:
+            monitor = first
             try:
-                down = await monitor.wait()
-                await own.tell(down)
-            except ClosedError:
-                return  # cancelled, or we are stopping: nobody to tell
+                while True:
+                    try:
+                        down = await monitor.wait()
+                        await own.tell(down)
+                        if not (reconnect and down.reason == "unreachable"):
+                            return
+                        up = await monitor.wait_up()
+                        await own.tell(up)
+                    except ClosedError:
+                        return  # cancelled, or we are stopping: nobody to tell
+                    finally:
+                        monitor.cancel()
+                    monitor = up.monitor
             finally:
                 monitor.cancel()
 
         self.nursery.start_soon(deliver)
-        return monitor
+        return first
 
 
 class Actor:
@@ -370,3 +525,22 @@ class Actor:
     async def stopping(self) -> None:
         """Called on graceful stop (not after a crash), bounded by the child's
         shutdown timeout."""
+
+    def inspect(self) -> Any:
+        """What ``await ref.inspect()`` (and ``headwater actors inspect``)
+        shows of this actor, between two messages.
+
+        By default: a dict of the public attributes on ``self`` (names not
+        starting with ``_``, ``context`` left out), each value as a repr cut
+        to 200 characters. Override it to show something else; for remote
+        callers return a plain CBOR value (dicts, lists, str, numbers) or a
+        registered message.
+        """
+        shown = reprlib.Repr()
+        shown.maxstring = shown.maxother = 200
+        shown.maxlist = shown.maxdict = shown.maxset = shown.maxtuple = 20
+        return {
+            name: shown.repr(value)[:200]
+            for name, value in sorted(vars(self).items())
+            if not name.startswith("_") and name != "context"
+        }

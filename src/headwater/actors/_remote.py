@@ -19,9 +19,19 @@ requests, so a cancel never waits behind the monitors it would free.
 
 When the connection is lost (EOF, reset, protocol violation), every caller
 waiting gets :class:`~headwater.ConnectionLostError`, every monitor fires
-with reason ``"unreachable"``, and the connection leaves the pool: refs made
-on it keep raising ``ConnectionLostError`` (like an Erlang pid of a dead
-node); :meth:`ActorClient.lookup` makes a fresh connection.
+with reason ``"unreachable"``, every link delivers an exit with reason
+``"unreachable"``, and the connection leaves the pool. A ref whose
+connection was lost *reconnects on its next use*: one attempt at once, then
+(while attempts fail) at most one per backoff delay, ``min(base * 2 ** (n -
+1), max)`` seconds after the n-th failed attempt (``reconnect_backoff``,
+``reconnect_backoff_max``); a use inside the delay raises
+``ConnectionLostError`` saying when the next attempt is due. A monitor made
+with ``reconnect=True`` keeps trying in the background after its
+``"unreachable"`` and reports the actor's return (:class:`Up`).
+
+The client checks during the handshake that the far side is an actors
+listener (``server: "headwater-actors/..."``); a broker's client port gives
+:class:`~headwater.WrongListenerError`.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import trio
 
 from headwater._errors import (
     ActorNotFound,
+    ActorStopped,
     AuthenticationError,
     ClosedError,
     ConnectionLostError,
@@ -44,12 +55,21 @@ from headwater._errors import (
     HeadwaterTimeoutError,
     InvalidArgument,
     MailboxFull,
+    RemoteProtocolError,
+    WrongListenerError,
 )
 from headwater._logging import get_logger
 from headwater.actors._actor import ActorRef, _check_timeout
-from headwater.actors._monitor import DOWN_REASONS, Monitor
-from headwater.actors._wire import ActorAddress, decode_reply, parse_actor_url
-from headwater.supervision._specs import unwrapping_groups
+from headwater.actors._links import EXIT_REASONS, Exit, ExitReason, Proc
+from headwater.actors._monitor import DOWN_REASONS, Monitor, Up
+from headwater.actors._wire import (
+    ActorAddress,
+    decode_reply,
+    parse_actor_url,
+    parse_listener_url,
+)
+from headwater.supervision._policy import Backoff
+from headwater.supervision._specs import ActorSnapshot, unwrapping_groups
 from headwater.transport._connection import (
     DEFAULT_MAX_IN_FLIGHT,
     AuthRequired,
@@ -161,6 +181,13 @@ class _Channel:
                     f"{self.where} requires a token; pass token=... to open_actor_client"
                 )
             if isinstance(event, HandshakeComplete):
+                if not event.peer.startswith("headwater-actors"):
+                    raise WrongListenerError(
+                        f"{self.where} is not an actors listener (it says it is "
+                        f"{event.peer!r}: a broker's client port?); give the port the "
+                        "application passed to serve_actors (--actors-port), like "
+                        "headwater+actors://127.0.0.1:7701"
+                    )
                 return
             if isinstance(event, ErrorReceived):
                 raise event.error
@@ -183,6 +210,7 @@ class _Channel:
         self.pending.clear()
         for monitor in self.monitors.values():
             monitor._fire("unreachable", str(self.lost))
+            self.client._watch_for_return(monitor)
         self.monitors.clear()
         self._scope.cancel()
 
@@ -273,6 +301,22 @@ class _Channel:
         if self.lost is not None:
             raise self.lost
 
+    async def poll(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Like :meth:`request` for a long poll (``link``): when cancelled
+        before the answer, the far side is told to drop it (``demonitor``)."""
+        self._check()
+        async with self.slots:
+            self._check()
+            request_id = self.conn.send_request(op, body)
+            slot = _Slot()
+            self.pending[request_id] = slot
+            self._wake.set()
+            try:
+                return await slot.wait()
+            finally:
+                if self.pending.pop(request_id, None) is not None and self.lost is None:
+                    self._send_demonitor(request_id)
+
     async def request(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
         """Send one request and wait for its answer (cancellation-safe)."""
         self._check()
@@ -319,16 +363,18 @@ class _Channel:
             self.pending.pop(request_id, None)
             self.slots.release()
 
-    async def monitor(self, ref: RemoteActorRef) -> Monitor:
+    async def monitor(self, ref: RemoteActorRef, *, reconnect: bool = False) -> Monitor:
         """Set up a monitor on ``ref`` (a long-poll ``monitor`` request)."""
-        monitor = Monitor(ref, self._cancel_monitor)
+        monitor = Monitor(ref, self._cancel_monitor, reconnect=reconnect)
         if self.lost is not None:
             monitor._fire("unreachable", str(self.lost))
+            self.client._watch_for_return(monitor)
             return monitor
         await self.slots.acquire()
         if self._is_lost():
             self.slots.release()
             monitor._fire("unreachable", str(self.lost))
+            self.client._watch_for_return(monitor)
             return monitor
         try:
             request_id = self.conn.send_request("monitor", {"path": ref.path})
@@ -359,23 +405,81 @@ class _Channel:
         self._wake.set()
 
 
+class _RemoteLink:
+    """A link from a local incarnation to a remote actor (see ``_links``):
+    a ``link`` long poll brings the far exit here; our exit goes there as an
+    ``exit`` request."""
+
+    def __init__(self, ref: RemoteActorRef, proc: Proc) -> None:
+        self.ref = ref
+        self.proc = proc
+        self.scope = trio.CancelScope()
+        self.channel: _Channel | None = None
+
+    async def run(self, channel: _Channel, incarnation: object) -> None:
+        self.channel = channel
+        ref, proc = self.ref, self.proc
+        reason: ExitReason
+        body: dict[str, Any] = {"path": ref.path}
+        if type(incarnation) is int:
+            body["incarnation"] = incarnation  # the one we link to, even if it ends meanwhile
+        with self.scope:
+            try:
+                answer = await channel.poll("link", body)
+            except ConnectionLostError as exc:
+                reason, detail = "unreachable", str(exc)
+            except ActorNotFound as exc:  # gone between the check and the poll
+                reason, detail = "normal", str(exc)
+            except ClosedError:
+                return  # our client closed: we are ending too
+            else:
+                found = answer.get("reason")
+                if found not in EXIT_REASONS:
+                    return  # "demonitored": unlinked
+                reason, detail = found, str(answer.get("detail", ""))
+            proc.watchers.discard(self)
+            proc.signal(Exit(ref, ref.url, reason, detail))
+
+    def cancel(self) -> None:
+        self.proc.watchers.discard(self)
+        self.scope.cancel()
+
+    def __call__(self, reason: ExitReason, detail: str) -> None:
+        """Our incarnation ended: stop polling, tell the far actor."""
+        self.scope.cancel()
+        channel = self.channel
+        if channel is None or channel.lost is not None:
+            return
+        try:
+            channel.send_nowait(
+                "exit",
+                {"path": self.ref.path, "from": self.proc.path, "reason": reason, "detail": detail},
+            )
+        except HeadwaterError as exc:
+            _log.warning("remote_exit_not_sent", peer=channel.where, error=str(exc))
+
+
 class RemoteActorRef(ActorRef):
     """A ref to an actor in another process, reached over a connection.
 
     Made by :meth:`ActorClient.lookup` or :func:`connect_actor`. ``tell``,
-    ``ask`` and ``monitor`` behave as on a
+    ``ask``, ``monitor``, ``inspect`` and links behave as on a
     :class:`~headwater.actors.LocalActorRef` (same blocking, same errors),
     plus :class:`~headwater.ConnectionLostError` when the peer is gone and
     :class:`~headwater.LocalProtocolError` for a message whose class is not
-    in the registry. ``tell_nowait`` raises ``MailboxFull`` when the
-    connection has no free request slot; otherwise it sends without waiting,
-    and far-side refusals are only logged.
+    in the registry. After a lost connection the next use reconnects (with
+    backoff; see the module docstring). ``tell_nowait`` raises
+    ``MailboxFull`` when the connection has no free request slot and
+    ``ConnectionLostError`` while it is lost (it never reconnects: it cannot
+    wait); otherwise it sends without waiting, and far-side refusals are
+    only logged.
     """
 
-    __slots__ = ("_address", "_channel", "_registry")
+    __slots__ = ("_address", "_channel", "_client", "_registry")
 
     def __init__(self, channel: _Channel, address: ActorAddress, registry: MessageRegistry) -> None:
         self._channel = channel
+        self._client = channel.client
         self._address = address
         self._registry = registry
 
@@ -392,6 +496,15 @@ class RemoteActorRef(ActorRef):
         """The full ``headwater://host:port/path`` address."""
         return self._address.url
 
+    async def _live(self, *, wait: bool = False) -> _Channel:
+        """The connection to use: the current one, or a new one if it was lost."""
+        channel = self._channel
+        if channel.lost is None:
+            return channel
+        channel = await self._client._reconnect(self._address, channel.lost, wait=wait)
+        self._channel = channel
+        return channel
+
     def _body(self, message: Any, timeout: float | None) -> dict[str, Any]:
         return {
             "path": self._address.path,
@@ -404,11 +517,12 @@ class RemoteActorRef(ActorRef):
         far mailbox."""
         seconds = _check_timeout(timeout)
         if math.isinf(seconds):  # fast path: no cancel scope
-            await self._channel.request("tell", self._body(message, None))
+            channel = self._channel if self._channel.lost is None else await self._live()
+            await channel.request("tell", self._body(message, None))
             return
         body = self._body(message, seconds)
         with trio.move_on_after(seconds) as scope:
-            await self._channel.request("tell", body)
+            await (await self._live()).request("tell", body)
         if scope.cancelled_caught:
             raise HeadwaterTimeoutError(
                 f"tell to {self.url} could not deliver within {seconds}s "
@@ -427,17 +541,53 @@ class RemoteActorRef(ActorRef):
         seconds = _check_timeout(timeout)
         body = self._body(message, None if math.isinf(seconds) else seconds)
         with trio.move_on_after(seconds):
-            answer = await self._channel.request("ask", body)
+            answer = await (await self._live()).request("ask", body)
             return decode_reply(self._registry, answer)
         raise HeadwaterTimeoutError(
             f"ask {type(message).__name__} to {self.url} got no reply within {seconds}s"
         )
 
-    async def monitor(self) -> Monitor:
+    async def inspect(self, *, timeout: float | None = 5.0) -> Any:
+        """See :meth:`ActorRef.inspect` (the far actor's ``inspect()``
+        must return a plain CBOR value or a registered message)."""
+        seconds = _check_timeout(timeout)
+        body = {"path": self.path, "timeout": None if math.isinf(seconds) else seconds}
+        with trio.move_on_after(seconds):
+            answer = await (await self._live()).request("inspect", body)
+            return decode_reply(self._registry, answer)
+        raise HeadwaterTimeoutError(f"inspect of {self.url} got no answer within {seconds}s")
+
+    async def monitor(self, *, reconnect: bool = False) -> Monitor:
         """See :meth:`ActorRef.monitor`; also fires with ``"unreachable"``
-        when the connection to the actor's process is lost."""
+        when the connection to the actor's process is lost. With
+        ``reconnect=True`` it then keeps trying and reports the actor's
+        return through :meth:`Monitor.wait_up`."""
         await trio.lowlevel.checkpoint()
-        return await self._channel.monitor(self)
+        try:
+            channel = await self._live()
+        except ConnectionLostError as exc:
+            monitor = Monitor(self, reconnect=reconnect)
+            monitor._fire("unreachable", str(exc))
+            self._client._watch_for_return(monitor)
+            return monitor
+        return await channel.monitor(self, reconnect=reconnect)
+
+    async def _link_from(self, proc: Proc, nursery: trio.Nursery) -> None:
+        channel = await self._live()
+        found = await channel.request("lookup", {"path": self.path})  # ActorNotFound: no link
+        if found.get("state") in ("stopped", "failed", "stopping"):
+            raise ActorStopped(
+                f"cannot link to {self.url}: it is {found['state']} (Erlang would say "
+                "noproc); monitor it instead to learn that it is gone"
+            )
+        link = _RemoteLink(self, proc)
+        proc.watchers.add(link)
+        nursery.start_soon(link.run, channel, found.get("incarnation"))
+
+    def _unlink_from(self, proc: Proc) -> None:
+        for watcher in list(proc.watchers):
+            if isinstance(watcher, _RemoteLink) and watcher.ref is self:
+                watcher.cancel()
 
 
 async def _open_tcp(host: str, port: int, ssl_context: ssl.SSLContext | None) -> trio.abc.Stream:
@@ -471,6 +621,7 @@ class ActorClient:
         max_in_flight: int,
         opener: Opener | None,
         keepalive: float | None = None,
+        reconnect_backoff: Backoff | None = None,
     ) -> None:
         _check_max_in_flight(max_in_flight)
         self._nursery = nursery
@@ -483,6 +634,9 @@ class ActorClient:
         self._channels: dict[tuple[str, int], _Channel] = {}
         self._connecting: dict[tuple[str, int], trio.Lock] = {}
         self._closed = False
+        self.reconnect_backoff = reconnect_backoff or Backoff(0.1, 5.0)
+        # (failed attempts in a row, earliest time of the next) per peer
+        self._retry: dict[tuple[str, int], tuple[int, float]] = {}
 
     async def _channel(self, host: str, port: int) -> _Channel:
         if self._closed:
@@ -501,6 +655,102 @@ class ActorClient:
             self._channels[key] = channel
             await self._nursery.start(channel.run)
             return channel
+
+    async def _reconnect(
+        self, address: ActorAddress, cause: HeadwaterError, *, wait: bool = False
+    ) -> _Channel:
+        """A live connection to ``address``'s peer for a ref whose connection
+        was lost (``cause``), honouring the reconnect backoff: inside the
+        delay, raise ``ConnectionLostError`` (or sleep, with ``wait``)."""
+        if self._closed or (
+            isinstance(cause, ClosedError) and not isinstance(cause, ConnectionLostError)
+        ):
+            raise ClosedError("this actor client was closed") from None
+        key = (address.host, address.port)
+        live = self._channels.get(key)
+        if live is not None and live.lost is None:
+            return live
+        failures, next_at = self._retry.get(key, (0, -math.inf))
+        now = trio.current_time()
+        if now < next_at:
+            if not wait:
+                raise ConnectionLostError(
+                    f"connection to {address.url} lost ({cause}); the next reconnect "
+                    f"attempt is due in {next_at - now:.3f}s"
+                )
+            await trio.sleep_until(next_at)
+        try:
+            channel = await self._channel(address.host, address.port)
+        except ConnectionLostError as exc:
+            failures += 1
+            delay = self.reconnect_backoff.delay(failures)
+            self._retry[key] = (failures, trio.current_time() + delay)
+            raise ConnectionLostError(
+                f"cannot reconnect to {address.url} ({exc}); next attempt in {delay:.3f}s"
+            ) from None
+        self._retry.pop(key, None)
+        _log.info("actor_reconnected", peer=channel.where, after_failures=failures)
+        return channel
+
+    def _watch_for_return(self, monitor: Monitor) -> None:
+        """For a ``reconnect=True`` monitor that fired ``"unreachable"``:
+        keep reconnecting in the background and fire its ``Up``."""
+        if monitor.reconnect and not self._closed and isinstance(monitor.ref, RemoteActorRef):
+            self._nursery.start_soon(self._await_return, monitor.ref, monitor)
+
+    async def _await_return(self, ref: RemoteActorRef, monitor: Monitor) -> None:
+        missing = 0
+        while monitor.up is None and not monitor._is_cancelled():
+            try:
+                channel = await ref._live(wait=True)  # waits out the reconnect backoff
+                await channel.request("lookup", {"path": ref.path})
+                fresh = await channel.monitor(ref, reconnect=True)
+            except ConnectionLostError:
+                # Not back yet: the next _live waits for the next attempt (and
+                # if the connection was made but dropped at once, back off here).
+                missing += 1
+                if (ref._address.host, ref._address.port) not in self._retry:
+                    await trio.sleep(self.reconnect_backoff.delay(missing))
+                continue
+            except ActorNotFound:
+                # Its process is back but the actor is not (yet): back off too.
+                missing += 1
+                await trio.sleep(self.reconnect_backoff.delay(missing))
+                continue
+            except ClosedError:
+                return
+            if monitor._is_cancelled():
+                fresh.cancel()
+                return
+            _log.info("actor_reachable_again", actor=ref.url)
+            monitor._fire_up(Up(ref, ref.path, fresh))
+
+    async def tree(self, url: str) -> ActorSnapshot:
+        """The supervision tree of the system served at ``url``
+        (``headwater+actors://host:port``), as ``headwater tree`` shows it.
+
+        Raises :class:`~headwater.WrongListenerError` if ``url`` is a
+        broker's port, :class:`~headwater.ConnectionLostError` if nothing
+        answers there."""
+        host, port = parse_listener_url(url)
+        channel = await self._channel(host, port)
+        answer = await channel.request("get_tree", {})
+        tree = answer.get("tree")
+        if not isinstance(tree, dict):
+            raise RemoteProtocolError("get_tree: the answer has no 'tree' map")
+        try:
+            return ActorSnapshot.from_dict(tree)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RemoteProtocolError(f"get_tree: the tree cannot be read ({exc})") from None
+
+    async def kill(self, url: str, reason: str = "killed on request") -> None:
+        """Crash the actor at ``url`` (``headwater://host:port/path``) on
+        purpose, as ``system.kill`` does there (an experiment hook); returns
+        once its incarnation ended. Raises :class:`~headwater.ActorNotFound`
+        for an unknown path."""
+        address = parse_actor_url(url)
+        channel = await self._channel(address.host, address.port)
+        await channel.request("kill", {"path": address.path, "reason": reason})
 
     async def lookup(self, url: str) -> RemoteActorRef:
         """Return a ref to the actor at ``url`` (``headwater://host:port/path``).
@@ -536,6 +786,8 @@ async def open_actor_client(
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     opener: Opener | None = None,
     keepalive: float | None = 5.0,
+    reconnect_backoff: float = 0.1,
+    reconnect_backoff_max: float = 5.0,
 ) -> AsyncIterator[ActorClient]:
     """Open an :class:`ActorClient`, owning its connections' tasks.
 
@@ -547,7 +799,10 @@ async def open_actor_client(
     ``None`` for never): a connection silent that long sends a ``ping``, and
     one silent for three times that is declared lost (its monitors fire
     ``"unreachable"``): this catches a peer whose machine or network vanished
-    without closing the socket. Leaving the block closes all.
+    without closing the socket. ``reconnect_backoff`` and
+    ``reconnect_backoff_max`` (seconds) pace the reconnects of refs whose
+    connection was lost (see the module docstring). Leaving the block
+    closes all.
     """
     _check_max_in_flight(max_in_flight)
     if keepalive is not None and (
@@ -564,6 +819,7 @@ async def open_actor_client(
                 max_in_flight=max_in_flight,
                 opener=opener,
                 keepalive=keepalive,
+                reconnect_backoff=Backoff(reconnect_backoff, reconnect_backoff_max),
             )
             try:
                 yield client

@@ -46,6 +46,7 @@ from headwater._errors import (
 )
 from headwater._logging import get_logger
 from headwater.actors._actor import ActorRef, LocalActorRef, _Ask, _Reply
+from headwater.actors._links import EXIT_REASONS, Exit, ExitReason, Proc
 from headwater.actors._monitor import Monitor
 from headwater.actors._system import ActorSystem
 from headwater.actors._wire import (
@@ -68,6 +69,25 @@ from headwater.transport._stream import FramedStream
 __all__ = ["serve_actor_stream", "serve_actors"]
 
 _log = get_logger("headwater.actors.remote")
+
+
+class _LinkPoll:
+    """A far ``link`` request waiting for its target incarnation to end."""
+
+    def __init__(self, proc: Proc) -> None:
+        self.proc = proc
+        self.event = trio.Event()
+        self.result: dict[str, Any] = {"reason": "demonitored", "detail": ""}
+        proc.watchers.add(self)
+
+    def __call__(self, reason: ExitReason, detail: str) -> None:
+        if not self.event.is_set():
+            self.result = {"reason": reason, "detail": detail}
+            self.event.set()
+
+    def cancel(self) -> None:
+        self.proc.watchers.discard(self)
+        self.event.set()
 
 
 @attrs.frozen
@@ -95,7 +115,7 @@ class _Session:
         self.conn = conn
         self.framed = framed
         self.refs: dict[str, ActorRef] = {}
-        self.monitors: dict[int, Monitor] = {}
+        self.monitors: dict[int, Monitor | _LinkPoll] = {}
         self.queues: dict[str, trio.MemorySendChannel[_Delivery]] = {}
         self.wake = trio.Event()
 
@@ -240,8 +260,64 @@ class _Session:
     async def perform(self, request: RequestReceived) -> dict[str, Any]:
         op, body = request.op, request.body
         if op == "lookup":
-            return {"path": self.resolve(body, op).path}
+            ref = self.resolve(body, op)
+            found: dict[str, Any] = {"path": ref.path}
+            if isinstance(ref, LocalActorRef):
+                found["incarnation"] = ref._cell.incarnation
+                found["state"] = ref._cell.state
+            return found
         if op == "ping":
+            return {}
+        if op == "get_tree":
+            return {"tree": self.system.tree().as_dict()}
+        if op == "inspect":
+            ref = self.resolve(body, op)
+            value = await ref.inspect(timeout=timeout_field(body, op))
+            try:
+                return encode_reply(self.registry, value)
+            except LocalProtocolError as exc:
+                raise RemoteProtocolError(
+                    f"the actor at {ref.path} inspected badly: {exc}"
+                ) from None
+        if op == "kill":
+            path = normalize_path(field(body, "path", str, op))
+            reason = body.get("reason", "killed on request over the actors listener")
+            if not isinstance(reason, str):
+                raise RemoteProtocolError("kill: field 'reason' must be text")
+            await self.system.kill(path, reason)
+            return {}
+        if op == "link":
+            ref = self.resolve(body, op)
+            if not isinstance(ref, LocalActorRef):  # pragma: no cover - lookup gives local refs
+                raise UsageError(f"{ref!r} is not local")
+            seen = body.get("incarnation")
+            cell = ref._cell
+            if type(seen) is int and (
+                cell.incarnation > seen or cell.proc is None or not cell.proc.alive
+            ):
+                # The incarnation the caller saw has ended already.
+                last = cell.last_exit
+                if last is not None and last[0] >= seen:
+                    return {"reason": last[1], "detail": last[2]}
+            poll = _LinkPoll(await ref._proc())
+            self.monitors[request.id] = poll
+            try:
+                await poll.event.wait()
+            finally:
+                self.monitors.pop(request.id, None)
+                poll.proc.watchers.discard(poll)
+            return poll.result
+        if op == "exit":
+            ref = self.resolve(body, op)
+            origin = field(body, "from", str, op)
+            reason = field(body, "reason", str, op)
+            if reason not in EXIT_REASONS:
+                raise RemoteProtocolError(f"exit: unknown reason {reason!r}")
+            detail = body.get("detail", "")
+            assert isinstance(ref, LocalActorRef)
+            proc = ref._cell.proc
+            if proc is not None:
+                proc.signal(Exit(None, origin, reason, str(detail)))
             return {}
         if op == "monitor":
             try:
@@ -259,9 +335,9 @@ class _Session:
             return {"reason": down.reason, "detail": down.detail}
         assert op == "demonitor", op  # ServerConnection refuses unknown ops
         target = field(body, "monitor", int, op)
-        found = self.monitors.pop(target, None)
-        if found is not None:
-            found.cancel()
+        watch = self.monitors.pop(target, None)
+        if watch is not None:
+            watch.cancel()
         return {}
 
 
@@ -278,7 +354,8 @@ async def serve_actor_stream(
     """Serve ``system``'s actors to the client on one open ``stream``.
 
     Runs the handshake (and token check, if ``token`` is set), then answers
-    ``lookup``/``tell``/``ask``/``monitor``/``demonitor`` requests until the
+    the requests of ``docs/protocol.md`` section 11 (``lookup``, ``tell``,
+    ``ask``, ``monitor``, ``inspect``, ``get_tree``, ``kill``, ``link``, ...) until the
     client closes the stream or breaks the protocol (it then gets an error
     frame and the stream is closed). Never raises for the peer's faults; the
     stream is closed on return. ``registry`` decodes user messages.
@@ -362,6 +439,11 @@ async def serve_actors(
     with ``token`` clients must present it. Binds loopback by default.
     ``handshake_timeout`` and ``idle_timeout``: see :func:`serve_actor_stream`.
     Raises :class:`~headwater.ConfigError` if the address cannot be bound.
+
+    The listener's URL is ``headwater+actors://HOST:PORT``: give it to
+    ``headwater tree --url ...`` to draw this system's tree, and to
+    ``headwater actors kill|inspect PATH --url ...``; refs to its actors are
+    ``headwater://HOST:PORT/PATH`` (or ``headwater+actors://HOST:PORT/PATH``).
     """
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)

@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import contextvars
 import math
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Literal
 
 import attrs
 import trio
+import trio.testing
 
 from headwater._errors import (
     ActorKilled,
@@ -45,13 +47,16 @@ from headwater._errors import (
     ActorRestarted,
     ActorStopped,
     ConfigError,
+    HeadwaterError,
     IllegalTransitionError,
     InvalidArgument,
+    LinkedExit,
     SupervisorGaveUp,
     UsageError,
 )
 from headwater._logging import bind_actor, get_logger
 from headwater.actors._actor import (
+    INSPECT,
     Actor,
     ActorContext,
     ActorRef,
@@ -61,17 +66,25 @@ from headwater.actors._actor import (
     _Ask,
     as_failure,
 )
+from headwater.actors._links import Exit, ExitReason, Proc
 from headwater.actors._monitor import Monitor
+from headwater.actors._watchdog import DEFAULT_WATCHDOG_THRESHOLD, LoopWatchdog
 from headwater.supervision._policy import ChildInfo, Escalate, Ignore, Strategy, decide
 from headwater.supervision._specs import (
     ActorSnapshot,
+    ChildCount,
+    ChildEntry,
     ChildSpec,
     SupervisorSpec,
     unwrap_group,
     unwrapping_groups,
 )
 
-__all__ = ["ActorSystem", "TraceHook", "open_actor_system", "tracing"]
+__all__ = ["DEFAULT_BLOCKING_THREADS", "ActorSystem", "TraceHook", "open_actor_system", "tracing"]
+
+DEFAULT_BLOCKING_THREADS = 8
+"""Worker threads per system for :class:`~headwater.actors.BlockingActor`
+handlers (Akka's default dispatcher for blocking work is a bounded pool too)."""
 
 TraceHook = Callable[[float, str, str, str], None]
 """``hook(virtual_time, actor_path, message_type, outcome)``: called after an
@@ -123,8 +136,9 @@ class _Child:
     settled: trio.Event = attrs.field(factory=trio.Event)
     done: trio.Event = attrs.field(factory=trio.Event)
     stopping: bool = False
-    kill_reason: str | None = None
+    kill_error: HeadwaterError | None = None
     mailbox: trio.MemorySendChannel[Any] | None = None
+    proc: Proc | None = None
     supervisor: _Supervisor | None = None
 
     @property
@@ -264,6 +278,8 @@ class _Supervisor:
         else:
             cell = Cell(path=path, name=spec.name, kind=kind, system=self.system)
             cell.ref = LocalActorRef(cell)
+        if isinstance(spec, ChildSpec) and kind == "actor":
+            cell.mailbox_size = spec.mailbox_size
         child = _Child(spec=spec, cell=cell)
         self.children.append(child)
         self.system._register(cell, child)
@@ -285,7 +301,7 @@ class _Supervisor:
         child.settled = trio.Event()
         child.done = trio.Event()
         child.stopping = False
-        child.kill_reason = None
+        child.kill_error = None
         child.cell.incarnation += 1
         if child.cell.state != "starting":
             child.cell.set_waiting("restarting")
@@ -297,6 +313,7 @@ class _Supervisor:
         bind_actor(cell.path, incarnation)  # this task's (the actor's) log lines carry them
         error: BaseException | None = None
         graceful = False
+        completed = False
         try:
             with trio.CancelScope() as scope:
                 child.scope = scope
@@ -324,14 +341,17 @@ class _Supervisor:
                         await sup.run(started)
                 except Exception as exc:
                     error = unwrap_group(exc)
-            if child.kill_reason is not None and error is None:
-                error = ActorKilled(f"actor {cell.path} was killed: {child.kill_reason}")
+            if child.kill_error is not None and error is None:
+                error = child.kill_error
+            completed = True
         except Exception as exc:
             # An error raised while the kill's cancellation unwound (a journal
             # failing to close, say) surfaces at the scope's exit, mixed with
             # the Cancelled it strips: it is this child's crash, not ours.
             error = unwrap_group(exc)
+            completed = True
         finally:
+            self._end_proc(child, error, completed)
             if cell.state in ("running", "starting") and (
                 cell.kind != "actor" or cell.mailbox is None or cell.mailbox is child.mailbox
             ):
@@ -355,6 +375,26 @@ class _Supervisor:
             cell.set_waiting("restarting")
         self._exits_send.send_nowait(_Exit(child, incarnation, error))
 
+    @staticmethod
+    def _end_proc(child: _Child, error: BaseException | None, completed: bool) -> None:
+        """Send the incarnation's exit signal to its links (OTP's table)."""
+        proc, child.proc = child.proc, None
+        if proc is None:
+            return
+        if child.cell.proc is proc:
+            child.cell.proc = None
+        reason: ExitReason
+        if error is None:
+            # Returned or stopped: normal. Cancelled from outside (a killed
+            # parent): killed with it.
+            reason, detail = ("normal" if completed or child.stopping else "killed"), ""
+        elif isinstance(error, ActorKilled):
+            reason, detail = "killed", str(error)
+        else:
+            reason, detail = "failed", _describe(error)
+        child.cell.last_exit = (child.cell.incarnation, reason, detail)
+        proc.end(reason, detail)
+
     async def _run_actor(self, child: _Child) -> bool:
         """Run one actor incarnation; return True if it was stopped gracefully."""
         spec = child.spec
@@ -377,16 +417,41 @@ class _Supervisor:
                 cell.set_waiting("restarting")
             send.close()
 
+        frame = sys._getframe()
+        frames = self.system._frames
         try:
             async with trio.open_nursery() as nursery:
                 assert cell.ref is not None
+                own = cell.ref
+                incarnation = cell.incarnation
+
+                def deliver(exit: Exit) -> None:
+                    try:
+                        nursery.start_soon(_tell_exit, own, exit)
+                    except RuntimeError:
+                        pass  # this incarnation is ending too: nobody to tell
+
+                def crash(exit: Exit) -> None:
+                    if child.scope is None or cell.incarnation != incarnation:
+                        return
+                    child.kill_error = LinkedExit(
+                        f"actor {cell.path} failed because linked actor {exit.path} exited "
+                        f"({exit.reason}{': ' + exit.detail if exit.detail else ''}); "
+                        "set ctx.trap_exits = True to receive Exit messages instead"
+                    )
+                    child.scope.cancel()
+
+                proc = Proc(cell.path, own, deliver, crash)
+                child.proc = cell.proc = proc
+                frames[frame] = cell.path
                 actor.context = ActorContext(
                     path=cell.path,
-                    ref=cell.ref,
+                    ref=own,
                     system=self.system,
                     nursery=nursery,
-                    incarnation=cell.incarnation,
+                    incarnation=incarnation,
                     stop=stop,
+                    proc=proc,
                 )
                 await actor.started()
                 if not closed and not child.stopping:
@@ -395,11 +460,18 @@ class _Supervisor:
                 _log.info("actor_started", actor=cell.path, incarnation=cell.incarnation)
                 handle = actor.handle
                 trace = self.system.trace
+                buffer = recv._state.data  # the queued items (for the high-water mark)
                 async for item in recv:
+                    cell.handled += 1
+                    if len(buffer) >= cell.high_water:
+                        cell.high_water = len(buffer) + 1
                     if type(item) is _Ask:
                         current = item
                         try:
-                            result = await handle(item.message)
+                            if item.message is INSPECT:
+                                result = actor.inspect()
+                            else:
+                                result = await handle(item.message)
                         except UsageError as exc:
                             item.reply.fail(exc)
                             if trace is not None:
@@ -444,6 +516,7 @@ class _Supervisor:
                 nursery.cancel_scope.cancel()
             return child.stopping
         finally:
+            frames.pop(frame, None)
             send.close()
             if child.stopping:
                 lost: Exception = ActorStopped(f"actor {cell.path} stopped before handling it")
@@ -520,9 +593,19 @@ class _Supervisor:
         return tuple(_snapshot(c) for c in self.children)
 
 
+async def _tell_exit(ref: ActorRef, exit: Exit) -> None:
+    try:
+        await ref.tell(exit)
+    except ActorStopped:
+        pass  # ending too: nobody to tell
+
+
 def _snapshot(child: _Child) -> ActorSnapshot:
     cell = child.cell
     sub = child.supervisor.snapshot() if child.supervisor is not None else ()
+    mailbox = cell.mailbox
+    depth = mailbox.statistics().current_buffer_used if mailbox is not None else 0
+    cell.high_water = max(cell.high_water, depth)
     return ActorSnapshot(
         path=cell.path,
         kind=cell.kind,
@@ -531,6 +614,10 @@ def _snapshot(child: _Child) -> ActorSnapshot:
         incarnation=cell.incarnation,
         last_failure=cell.last_failure,
         children=sub if child.kind == "supervisor" else (),
+        mailbox_depth=depth,
+        mailbox_high_water=cell.high_water,
+        mailbox_size=cell.mailbox_size,
+        handled=cell.handled,
     )
 
 
@@ -541,8 +628,21 @@ class ActorSystem:
     its ref, :meth:`tree` shows the whole tree.
     """
 
-    def __init__(self, name: str, root: SupervisorSpec) -> None:
+    def __init__(
+        self,
+        name: str,
+        root: SupervisorSpec,
+        *,
+        watchdog: LoopWatchdog | None = None,
+        blocking_threads: int = DEFAULT_BLOCKING_THREADS,
+    ) -> None:
         self.name = name
+        self.watchdog = watchdog
+        """The :class:`LoopWatchdog` of this system, or ``None`` when off."""
+        self.blocking_limiter = trio.CapacityLimiter(blocking_threads)
+        """Bounds the worker threads of this system's
+        :class:`~headwater.actors.BlockingActor` handlers."""
+        self._frames: dict[Any, str] = {}
         self._root_spec = root
         self._cells: dict[str, tuple[Cell, _Child | None]] = {}
         self._root_cell = Cell(path="/", name="", kind="supervisor", system=self)
@@ -636,7 +736,7 @@ class ActorSystem:
             raise InvalidArgument("the root supervisor cannot be killed; close the system")
         if child.scope is None or child.done.is_set():
             return
-        child.kill_reason = reason
+        child.kill_error = ActorKilled(f"actor {child.cell.path} was killed: {reason}")
         child.scope.cancel()
         await child.done.wait()
 
@@ -647,8 +747,47 @@ class ActorSystem:
         ref = self.lookup(target) if isinstance(target, str) else target
         return await ref.monitor()
 
+    def which_children(self, path: str = "/") -> tuple[ChildEntry, ...]:
+        """The children of the supervisor at ``path``, in start order (OTP's
+        ``which_children``). Raises :class:`~headwater.ActorNotFound` for an
+        unknown path and :class:`~headwater.InvalidArgument` for a path that
+        is not a supervisor."""
+        supervisor = self._supervisor_at(path)
+        return tuple(
+            ChildEntry(
+                name=c.cell.name,
+                path=c.cell.path,
+                kind=c.cell.kind,
+                state=c.cell.state,
+                restart=c.spec.restart,
+                ref=c.cell.ref,
+            )
+            for c in supervisor.children
+        )
+
+    def count_children(self, path: str = "/") -> ChildCount:
+        """OTP's ``count_children`` for the supervisor at ``path``: how many
+        children, how many running, how many supervisors and workers. Errors
+        as :meth:`which_children`."""
+        children = self._supervisor_at(path).children
+        supervisors = sum(1 for c in children if c.kind == "supervisor")
+        return ChildCount(
+            specs=len(children),
+            active=sum(1 for c in children if c.cell.state == "running"),
+            supervisors=supervisors,
+            workers=len(children) - supervisors,
+        )
+
+    async def inspect(self, path: str, *, timeout: float | None = 5.0) -> Any:
+        """``await self.lookup(path).inspect()``: the actor's
+        :meth:`~headwater.actors.Actor.inspect` output. An unknown path
+        raises :class:`~headwater.ActorNotFound`."""
+        return await self.lookup(path).inspect(timeout=timeout)
+
     def tree(self) -> ActorSnapshot:
-        """A snapshot of the live supervision tree."""
+        """A snapshot of the live supervision tree, with each actor's mailbox
+        depth and high-water mark, messages handled, restarts and last
+        failure."""
         return ActorSnapshot(
             path="/",
             kind="supervisor",
@@ -695,10 +834,21 @@ async def open_actor_system(
     backoff: float = 0.0,
     backoff_max: float = 30.0,
     children: tuple[ChildSpec | SupervisorSpec, ...] = (),
+    watchdog: float | LoopWatchdog | Literal["auto"] | None = "auto",
+    blocking_threads: int = DEFAULT_BLOCKING_THREADS,
 ) -> AsyncIterator[ActorSystem]:
     """Open an actor system whose root supervisor has the given policy.
 
-    ``children`` start in order before the block runs. Leaving the block stops
+    ``children`` start in order before the block runs. ``watchdog`` is the
+    blocked-loop watchdog's threshold in seconds (default 0.1; ``None``
+    switches it off; or a :class:`~headwater.actors.LoopWatchdog`): a step
+    that holds the Trio loop longer is logged as ``loop_blocked`` with the
+    actor and stack that held it. ``blocking_threads`` bounds the worker
+    threads of :class:`~headwater.actors.BlockingActor` handlers.
+    The default ``watchdog="auto"`` means 0.1 s on a real clock and off under
+    ``trio.testing.MockClock``: the watchdog measures real time, and its
+    probes would perturb a deterministic schedule (pass a threshold or a
+    ``LoopWatchdog`` to have it anyway). Leaving the block stops
     every actor in reverse start order (each within its shutdown timeout) and
     leaves no task running. If the root supervisor gives up, the block is
     cancelled and this raises :class:`~headwater.SupervisorGaveUp`, whose
@@ -713,14 +863,34 @@ async def open_actor_system(
         backoff=backoff,
         backoff_max=backoff_max,
     )
-    system = ActorSystem(name, root)
-    with unwrapping_groups():
-        async with trio.open_nursery() as nursery:
-            await nursery.start(system._run_root)
-            try:
-                yield system
-            finally:
-                with trio.CancelScope(shield=True):
-                    await system._shutdown()
-                nursery.cancel_scope.cancel()
-                system._forget_below("/")
+    dog: LoopWatchdog | None
+    if watchdog == "auto":
+        mock = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+        dog = None if mock else LoopWatchdog(DEFAULT_WATCHDOG_THRESHOLD)
+    elif watchdog is None or isinstance(watchdog, LoopWatchdog):
+        dog = watchdog
+    else:
+        dog = LoopWatchdog(watchdog)
+    if (
+        isinstance(blocking_threads, bool)
+        or not isinstance(blocking_threads, int)
+        or blocking_threads < 1
+    ):
+        raise ConfigError(f"blocking_threads={blocking_threads!r} is invalid; give an int >= 1")
+    system = ActorSystem(name, root, watchdog=dog, blocking_threads=blocking_threads)
+    if dog is not None:
+        dog._start(system._frames)
+    try:
+        with unwrapping_groups():
+            async with trio.open_nursery() as nursery:
+                await nursery.start(system._run_root)
+                try:
+                    yield system
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await system._shutdown()
+                    nursery.cancel_scope.cancel()
+                    system._forget_below("/")
+    finally:
+        if dog is not None:
+            dog._close()

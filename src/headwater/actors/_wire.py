@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 The actors listener speaks the ordinary Headwater envelope (handshake, auth,
 ``req``/``res``/``error`` with correlation ids; see ``docs/protocol.md``) with
-six operations, :data:`ACTOR_OPS`. This module holds the pure parts: parsing
+the operations of :data:`ACTOR_OPS`. This module holds the pure parts: parsing
 ``headwater://host:port/path`` addresses, checking request bodies (a wrong
 field is a :class:`~headwater.RemoteProtocolError` naming it) and encoding
 ``ask`` replies. A reply is either a message of the user's registry, sent as
@@ -33,10 +33,25 @@ __all__ = [
     "field",
     "normalize_path",
     "parse_actor_url",
+    "parse_listener_url",
     "timeout_field",
 ]
 
-ACTOR_OPS: Final = frozenset({"lookup", "tell", "ask", "monitor", "demonitor", "ping"})
+ACTOR_OPS: Final = frozenset(
+    {
+        "lookup",
+        "tell",
+        "ask",
+        "monitor",
+        "demonitor",
+        "ping",
+        "inspect",
+        "get_tree",
+        "kill",
+        "link",
+        "exit",
+    }
+)
 """The operations of the actors listener."""
 
 DEFAULT_ACTORS_PORT: Final = 7701
@@ -63,8 +78,38 @@ class ActorAddress:
         return f"headwater://{self.host}:{self.port}{self.path}"
 
 
+ACTORS_SCHEMES: Final = ("headwater", "headwater+actors")
+"""URL schemes naming an actors listener; ``headwater+actors://`` says so
+unambiguously (the CLI needs it to tell an application from a broker)."""
+
+
+def parse_listener_url(url: str) -> tuple[str, int]:
+    """``(host, port)`` of an actors listener URL,
+    ``headwater+actors://host:port`` (``headwater://`` is accepted too; the
+    handshake then checks the kind). Raises
+    :class:`~headwater.InvalidArgument` for another scheme or a malformed URL."""
+    if not isinstance(url, str):
+        raise InvalidArgument(f"actors URL {url!r} is not a str")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidArgument(f"actors URL {url!r} is malformed: {exc}") from None
+    if parts.scheme not in ACTORS_SCHEMES or not parts.hostname:
+        raise InvalidArgument(
+            f"actors URL {url!r} must look like headwater+actors://127.0.0.1:7701"
+        )
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        raise InvalidArgument(
+            f"actors URL {url!r} must be just headwater+actors://host:port; give the "
+            "actor path as its own argument"
+        )
+    return parts.hostname, DEFAULT_ACTORS_PORT if port is None else port
+
+
 def parse_actor_url(url: str) -> ActorAddress:
-    """Parse ``headwater://host:port/path/to/actor`` (port defaults to 7701).
+    """Parse ``headwater://host:port/path/to/actor`` (port defaults to 7701;
+    ``headwater+actors://`` is the same).
 
     Raises :class:`~headwater.InvalidArgument` naming the URL for another
     scheme, a missing host, a bad port or a missing actor path.
@@ -76,7 +121,7 @@ def parse_actor_url(url: str) -> ActorAddress:
         port = parts.port
     except ValueError as exc:
         raise InvalidArgument(f"actor URL {url!r} is malformed: {exc}") from None
-    if parts.scheme != "headwater":
+    if parts.scheme not in ACTORS_SCHEMES:
         raise InvalidArgument(
             f"actor URL {url!r} must start with headwater:// (like headwater://127.0.0.1:7701/a)"
         )

@@ -31,9 +31,15 @@ from typing import Any
 import attrs
 import trio
 
-from headwater._errors import HeadwaterError, TopicExistsError, UnknownTopicError
+from headwater._errors import (
+    HeadwaterError,
+    InvalidArgument,
+    TopicExistsError,
+    UnknownTopicError,
+)
 from headwater._logging import get_logger
 from headwater._protocol import (
+    AddPartitions,
     CommitOffsets,
     CreateTopic,
     FetchCommitted,
@@ -44,11 +50,12 @@ from headwater._protocol import (
     PartitionInfo,
     PushSink,
     ReleasePartitions,
+    SyncGroup,
 )
 from headwater.actors._actor import Actor
 from headwater.actors._persistent import PersistentActor
 from headwater.broker._compaction import StoredEvent, compact_segment, latest_offsets
-from headwater.broker._config import TopicConfig
+from headwater.broker._config import MAX_PARTITIONS, TopicConfig
 from headwater.broker._group import (
     GroupCoordinator,
     GroupState,
@@ -298,6 +305,8 @@ def _registry_apply(state: dict[str, Any], event: dict[str, Any]) -> dict[str, A
         topics[event["config"]["name"]] = event["config"]
     elif kind == "deleted":
         topics.pop(event["name"], None)
+    elif kind == "partitions_added":
+        topics[event["name"]] = {**topics[event["name"]], "partitions": event["partitions"]}
     next_pid = state.get("next_producer_id", 1)
     if kind == "producer_id":
         next_pid = event["next"]
@@ -414,6 +423,8 @@ class TopicRegistry(PersistentActor):
             )
             _log.info("topic_created", topic=config.name, partitions=config.partitions)
             return config
+        if isinstance(message, AddPartitions):
+            return await self._add_partitions(message)
         if isinstance(message, ListTopicConfigs):
             return self.configs()
         if isinstance(message, DeleteTopicRequest):
@@ -438,6 +449,35 @@ class TopicRegistry(PersistentActor):
             await self.persist({"type": "producer_id", "next": pid + 1})
             return pid
         return await super().handle(message)
+
+    async def _add_partitions(self, message: AddPartitions) -> TopicConfig:
+        """Grow a topic: persist the new count, then start the new partitions'
+        actors under the topic's supervisor."""
+        current = self.configs().get(message.name)
+        if current is None:
+            raise UnknownTopicError(f"topic {message.name!r} does not exist")
+        count = message.partitions
+        if type(count) is not int or not current.partitions < count <= MAX_PARTITIONS:
+            raise InvalidArgument(
+                f"topic {message.name!r} has {current.partitions} partitions; a topic can "
+                f"only grow: give a count in {current.partitions + 1}..{MAX_PARTITIONS}, "
+                f"not {count!r}"
+            )
+        grown = attrs.evolve(current, partitions=count)
+        await self.persist(
+            {"type": "partitions_added", "name": message.name, "partitions": grown.partitions}
+        )
+        for p in range(current.partitions, grown.partitions):
+            await self.context.system.start_child(
+                ChildSpec(
+                    str(p),
+                    lambda p=p: PartitionActor(self.settings, grown, p),
+                    shutdown=30.0,
+                ),
+                parent=f"/broker/topics/{message.name}",
+            )
+        _log.info("partitions_added", topic=message.name, partitions=grown.partitions)
+        return grown
 
 
 # -------------------------------------------------------------------- groups
@@ -565,6 +605,7 @@ class GroupActor(Actor):
                     session_timeout=request.session_timeout,
                     rebalance_timeout=request.rebalance_timeout,
                     protocol_type=request.protocol_type,
+                    force=request.rebalance,
                 )
                 self._adopt_sink(result, message.sink)
             elif isinstance(request, Heartbeat):
@@ -575,6 +616,13 @@ class GroupActor(Actor):
                 self._adopt_sink(result, message.sink)
             elif isinstance(request, ReleasePartitions):
                 result = c.release(request.member_id, request.partitions, now)
+            elif isinstance(request, SyncGroup):
+                result = c.sync(
+                    request.member_id,
+                    request.generation,
+                    {a.member_id: a.partitions for a in request.assignment},
+                    now,
+                )
             elif isinstance(request, LeaveGroup):
                 c.leave(request.member_id, now)
                 result = None

@@ -28,9 +28,11 @@ removed), nobody else gets that partition. Partitions that do not move stay
 with their owners, who keep reading and committing them. When no release is
 outstanding the rebalance completes: the generation is bumped and every
 member learns its new assignment (``rebalanced``; with the broker as
-assigner ``stabilized`` follows at once: a future Kafka front end plugs an
-"elected leader assigns" :class:`Assigner` in here and waits in
-``completing_rebalance`` for the leader's SyncGroup).
+assigner ``stabilized`` follows at once; for Kafka members the elected
+leader assigns (:class:`LeaderAssigner`: the target is empty, so owners give
+up everything, as in Kafka's eager protocol) and the group waits in
+``completing_rebalance`` until the leader's assignment arrives through
+:meth:`GroupCoordinator.sync`, the ``synced`` event).
 
 So a partition is never owned by two members, and commits are fenced by
 **ownership**, not by generation equality: a known member may commit the
@@ -38,7 +40,7 @@ partitions it owns now (a commit for a partition it does not own raises
 :class:`~headwater.StaleGenerationError`). A member that follows the notices
 therefore never sees that error. A member the coordinator removed gets
 :class:`~headwater.UnknownMemberError` and joins again. The first member
-fixes the group's protocol type (``"headwater"``; Kafka members later); a
+fixes the group's protocol type (``"headwater"`` or ``"kafka"``); a
 member of another type is refused with
 :class:`~headwater.InconsistentGroupProtocolError` while the group has members.
 
@@ -92,6 +94,7 @@ __all__ = [
     "TRANSITIONS",
     "Assigner",
     "BrokerAssigner",
+    "LeaderAssigner",
     "GroupCoordinator",
     "GroupEvent",
     "GroupState",
@@ -126,6 +129,7 @@ TRANSITIONS: dict[tuple[str, str], frozenset[str]] = {
     ("preparing_rebalance", "released"): frozenset({"preparing_rebalance"}),
     ("preparing_rebalance", "rebalanced"): frozenset({"completing_rebalance"}),
     ("completing_rebalance", "stabilized"): frozenset({"stable"}),
+    ("completing_rebalance", "synced"): frozenset({"stable"}),
     **{(s, "committed"): frozenset({s}) for s in _LIVE},
     ("empty", "deleted"): frozenset({"dead"}),
 }
@@ -297,8 +301,8 @@ def compute_assignment(
 
 class Assigner(Protocol):
     """Who decides a group's assignment. The broker assigns for Headwater
-    members (:class:`BrokerAssigner`); a Kafka front end will add one where
-    the elected leader assigns (``on_broker = False``: the group then waits in
+    members (:class:`BrokerAssigner`), the elected leader for Kafka members
+    (:class:`LeaderAssigner`, ``on_broker = False``: the group then waits in
     ``completing_rebalance`` for the leader's answer)."""
 
     @property
@@ -331,6 +335,25 @@ class BrokerAssigner:
     ) -> dict[str, tuple[TP, ...]]:
         """See :class:`Assigner`."""
         return compute_assignment(members, topic_partitions, previous, self.assignor)
+
+
+@attrs.frozen
+class LeaderAssigner:
+    """Kafka members: the elected leader assigns on its client. The broker's
+    target is empty (every member gives up what it owns: Kafka's eager
+    protocol), and the group waits in ``completing_rebalance`` until the
+    leader's assignment arrives (:meth:`GroupCoordinator.sync`)."""
+
+    on_broker: bool = False
+
+    def assign(
+        self,
+        members: Mapping[str, tuple[str, ...]],
+        topic_partitions: Mapping[str, int],
+        previous: Mapping[str, Iterable[TP]],
+    ) -> dict[str, tuple[TP, ...]]:
+        """See :class:`Assigner`: nothing, until the leader says."""
+        return dict.fromkeys(members, ())
 
 
 # --------------------------------------------------------------------------
@@ -436,6 +459,14 @@ def apply(state: GroupState, event: GroupEvent) -> GroupState:
     if kind == "stabilized":
         _check_transition(state, "stabilized", "stable")
         return attrs.evolve(state, status="stable")
+    if kind == "synced":
+        _check_transition(state, "synced", "stable")
+        assignment = {mid: _tps(tps) for mid, tps in event["assignment"].items()}
+        members = {
+            mid: attrs.evolve(m, assignment=assignment.get(mid, ()))
+            for mid, m in state.members.items()
+        }
+        return attrs.evolve(state, status="stable", members=members)
     if kind == "committed":
         _check_transition(state, "committed", state.status)
         committed = dict(state.committed)
@@ -579,13 +610,17 @@ class GroupCoordinator:
             )
         return member
 
+    def _assigner(self) -> Assigner:
+        """The broker assigns for Headwater members, the elected leader for Kafka's."""
+        return LeaderAssigner() if self.state.protocol_type == "kafka" else self.assigner
+
     def _plan(self, now: float) -> None:
         """Compute the target assignment, ask for releases, complete if none."""
         if self.state.status != "preparing_rebalance":
             return
         subs = {mid: m.topics for mid, m in self.state.members.items()}
         owned = {mid: m.assignment for mid, m in self.state.members.items()}
-        target = self.assigner.assign(subs, self.state.topic_partitions, owned)
+        target = self._assigner().assign(subs, self.state.topic_partitions, owned)
         self._emit({"type": "planned", "target": _wire(target)})
         for mid, m in list(self.state.members.items()):
             if m.release and m.rebalance_timeout == LEGACY_REBALANCE_TIMEOUT:
@@ -615,7 +650,7 @@ class GroupCoordinator:
             }
         )
         self._rebalance_deadlines.clear()
-        if self.assigner.on_broker:
+        if self._assigner().on_broker:
             self._emit({"type": "stabilized"})
 
     # ------------------------------------------------------------ commands
@@ -631,12 +666,14 @@ class GroupCoordinator:
         session_timeout: float = 10.0,
         rebalance_timeout: float | None = None,
         protocol_type: str = "headwater",
+        force: bool = False,
     ) -> Membership:
         """Add a member (``member_id=None``: a new id is assigned) or rejoin
         as ``member_id``. ``partition_counts`` gives the partition count of
         each subscribed topic (the caller checked they exist). A new member,
         a changed subscription or changed partition counts plan a rebalance;
-        a plain rejoin only renews the session. The answer may say
+        a plain rejoin only renews the session (unless ``force``: then it
+        plans a rebalance too). The answer may say
         ``preparing_rebalance`` with no partitions yet: the member then waits
         for its notice (or its next heartbeat)."""
         self._check_alive()
@@ -672,6 +709,7 @@ class GroupCoordinator:
                 and old.session_timeout == session_timeout
                 and old.rebalance_timeout == rebalance
                 and unchanged
+                and not force
             ):
                 self._deadlines[member_id] = now + session_timeout
                 return self._told_now(member_id)
@@ -735,6 +773,50 @@ class GroupCoordinator:
                 self._plan(now)  # it gave up more than asked: those need an owner
             else:
                 self._complete()
+        return self._told_now(member_id)
+
+    def sync(
+        self,
+        member_id: str,
+        generation: int,
+        assignment: Mapping[str, Iterable[TopicPartition]],
+        now: float,
+    ) -> Membership:
+        """The elected leader's assignment for ``generation`` (Kafka's
+        SyncGroup): every member owns what it says from now on and the group
+        is stable. Members it does not know are ignored; a partition given
+        twice, or one of a topic nobody subscribes to, is refused. A sync for
+        another generation raises :class:`~headwater.StaleGenerationError`;
+        one when the group is already stable at this generation changes
+        nothing."""
+        self._check_alive()
+        member = self._member(member_id, "sync")
+        self._deadlines[member_id] = now + member.session_timeout
+        s = self.state
+        if generation != s.generation or s.status not in ("completing_rebalance", "stable"):
+            raise StaleGenerationError(
+                f"group {s.group!r} is {s.status} at generation {s.generation}, not ready "
+                f"for an assignment of generation {generation}: join the group again"
+            )
+        if s.status == "completing_rebalance":
+            seen: set[TP] = set()
+            wire: dict[str, list[list[Any]]] = {}
+            for mid, tps in assignment.items():
+                if mid not in s.members:
+                    continue
+                rows = []
+                for tp in tps:
+                    key = (tp.topic, tp.partition)
+                    if key in seen or not 0 <= tp.partition < s.topic_partitions.get(tp.topic, 0):
+                        raise InvalidArgument(
+                            f"the assignment for group {s.group!r} gives {tp.topic}/"
+                            f"{tp.partition} twice or names a partition the group does not "
+                            "subscribe to; fix the client's assignor"
+                        )
+                    seen.add(key)
+                    rows.append([tp.topic, tp.partition])
+                wire[mid] = rows
+            self._emit({"type": "synced", "assignment": wire})
         return self._told_now(member_id)
 
     def leave(self, member_id: str, now: float = 0.0) -> None:

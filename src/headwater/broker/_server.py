@@ -58,6 +58,7 @@ from headwater.actors._serve import serve_actors
 from headwater.broker._broker import DEFAULT_DATA_DIR, Broker, open_broker
 from headwater.broker._config import DURABILITIES
 from headwater.broker._service import MAX_FETCH_BYTES
+from headwater.kafka._server import KafkaServer, kafka_listener_spec
 from headwater.supervision._specs import ChildSpec, SupervisorSpec, unwrap_group
 from headwater.transport._connection import (
     DEFAULT_MAX_IN_FLIGHT,
@@ -127,6 +128,7 @@ class ServerConfig:
     max_bytes_in_flight: int = attrs.field(default=16 * 1024 * 1024, validator=_at_least(1))
     send_timeout: float = attrs.field(default=60.0, validator=_at_least(0, integer=False))
     actors_port: int | None = None
+    kafka_port: int | None = None
     idle_timeout: float = attrs.field(default=600.0, validator=_at_least(0, integer=False))
     handshake_timeout: float = attrs.field(default=10.0, validator=_at_least(0, integer=False))
     shutdown_timeout: float = attrs.field(default=10.0, validator=_at_least(0, integer=False))
@@ -148,6 +150,10 @@ class ServerConfig:
             type(self.actors_port) is not int or not 0 <= self.actors_port <= 65535
         ):
             raise ConfigError(f"actors_port={self.actors_port!r}; give 0..65535 or None")
+        if self.kafka_port is not None and (
+            type(self.kafka_port) is not int or not 0 <= self.kafka_port <= 65535
+        ):
+            raise ConfigError(f"kafka_port={self.kafka_port!r}; give 0..65535 or None")
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"log_format={self.log_format!r}; use one of {LOG_FORMATS}")
         if self.log_level not in LOG_LEVELS:
@@ -207,6 +213,7 @@ class Server:
         self.config = config
         self.addresses: list[tuple[str, int]] = []
         self.actors_port: int | None = None
+        self.kafka_port: int | None = None
         self._ssl = config.ssl_context()
         self._ids = itertools.count(1)
         self._connections = 0
@@ -520,6 +527,31 @@ async def open_server(
             await server._listener(listeners)
 
         children.append(ChildSpec("listener", listener, shutdown=1.0))
+    kafka_listeners: list[trio.SocketListener] = []
+    if listen and config.kafka_port is not None:
+        try:
+            kafka_listeners = await trio.open_tcp_listeners(config.kafka_port, host=config.host)
+        except OSError as exc:
+            for ln in listeners:
+                await trio.aclose_forcefully(ln)
+            raise ConfigError(
+                f"cannot listen for Kafka clients on {config.host}:{config.kafka_port}: "
+                f"{exc.strerror or exc}; choose another --kafka-port or stop the program using it"
+            ) from None
+        server.kafka_port = kafka_listeners[0].socket.getsockname()[1]
+        kafka = KafkaServer(
+            system,
+            broker.service,
+            host=config.host,
+            port=server.kafka_port,
+            ssl_context=server._ssl,
+            auth_token=config.auth_token,
+            max_connections=config.max_connections,
+            max_frame_size=config.max_frame_size,
+            idle_timeout=config.idle_timeout,
+            shutdown_timeout=config.shutdown_timeout,
+        )
+        children.append(kafka_listener_spec(kafka, kafka_listeners))
     await system.start_child(
         SupervisorSpec("server", children, max_restarts=10, within=10.0, shutdown=60.0)
     )
@@ -544,6 +576,7 @@ async def open_server(
                         host=config.host,
                         port=server.port,
                         actors_port=server.actors_port,
+                        kafka_port=server.kafka_port,
                         tls=config.tls_cert is not None,
                         auth=config.auth_token is not None,
                         data_dir=broker.data_dir,
@@ -557,9 +590,11 @@ async def open_server(
             server._draining = True
             if listeners:
                 await system.stop_child("/server/listener")
+            if kafka_listeners:
+                await system.stop_child("/server/kafka")
             await server.drain()
             await system.stop_child("/server")
-            for ln in listeners:
+            for ln in [*listeners, *kafka_listeners]:
                 await trio.aclose_forcefully(ln)
 
 

@@ -36,6 +36,7 @@ from headwater._errors import (
 )
 from headwater._protocol import (
     PUSH_SINK,
+    AddPartitions,
     CommitOffsets,
     CommittedOffsets,
     CreateTopic,
@@ -65,6 +66,7 @@ from headwater._protocol import (
     ShareFetch,
     ShareLeave,
     ShareSubscribe,
+    SyncGroup,
     TopicDescription,
     TopicInfo,
     TopicList,
@@ -309,6 +311,14 @@ class BrokerService:
             del self._logs[key]
         return Done()
 
+    async def _add_partitions(self, r: AddPartitions) -> TopicInfo:
+        config = self._config(r.name)
+        grown = await self.system.lookup("/broker/registry").ask(
+            AddPartitions(config.name, r.partitions), timeout=30
+        )
+        self._topics[config.name] = grown
+        return grown.to_info()  # type: ignore[no-any-return]
+
     async def _list_topics(self, r: Any) -> TopicList:
         return TopicList(tuple(c.to_info() for _, c in sorted(self._topics.items())))
 
@@ -382,6 +392,7 @@ class BrokerService:
         ListOffset: _list_offset,
         CreateTopic: _create_topic,
         DeleteTopic: _delete_topic,
+        AddPartitions: _add_partitions,
         ListTopics: _list_topics,
         DescribeTopic: _describe_topic,
         InitProducer: _init_producer,
@@ -389,6 +400,7 @@ class BrokerService:
         Heartbeat: _group_request,
         ReleasePartitions: _group_request,
         LeaveGroup: _group_request,
+        SyncGroup: _group_request,
         CommitOffsets: _group_request,
         FetchCommitted: _group_request,
         ListGroups: _list_groups,

@@ -112,6 +112,13 @@ class Client:
         validate_topic_name(name)
         await self._ask(p.DeleteTopic(name))
 
+    async def add_partitions(self, name: str, partitions: int) -> p.TopicInfo:
+        """Grow topic ``name`` to ``partitions`` partitions (a topic never
+        shrinks). Keyed events may map to a new partition afterwards."""
+        validate_topic_name(name)
+        info: p.TopicInfo = await self._ask(p.AddPartitions(name, partitions))
+        return info
+
     async def list_topics(self) -> list[p.TopicInfo]:
         """Every topic's settings, by name."""
         result: p.TopicList = await self._ask(p.ListTopics())

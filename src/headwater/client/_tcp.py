@@ -44,6 +44,7 @@ from headwater._errors import (
     InvalidArgument,
     RemoteProtocolError,
     UnsupportedVersionError,
+    WrongListenerError,
 )
 from headwater._logging import get_logger
 from headwater.transport._connection import (
@@ -285,7 +286,9 @@ class TcpChannel(Channel):
                     session = await self._connect()
                 except HeadwaterError as exc:
                     self._last_error = exc
-                    if first or isinstance(exc, AuthenticationError | UnsupportedVersionError):
+                    if first or isinstance(
+                        exc, AuthenticationError | UnsupportedVersionError | WrongListenerError
+                    ):
                         if first:
                             raise
                         self._fatal = exc
@@ -356,6 +359,13 @@ class TcpChannel(Channel):
                         conn.receive_data(data)
                         continue
                     if isinstance(event, HandshakeComplete):
+                        if event.peer.startswith("headwater-actors"):
+                            raise WrongListenerError(
+                                f"{self.address} is an application's actors listener "
+                                f"({event.peer}), not a broker; for its tree use "
+                                "headwater tree --url headwater+actors://"
+                                + self.address.split("://", 1)[-1]
+                            )
                         session.slots = trio.Semaphore(conn.max_in_flight)
                         return session
                     if isinstance(event, AuthRequired):

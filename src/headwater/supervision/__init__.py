@@ -20,6 +20,8 @@ from ._policy import Strategy as Strategy
 from ._policy import decide as decide
 from ._specs import DEFAULT_MAILBOX_SIZE as DEFAULT_MAILBOX_SIZE
 from ._specs import ActorSnapshot as ActorSnapshot
+from ._specs import ChildCount as ChildCount
+from ._specs import ChildEntry as ChildEntry
 from ._specs import ChildSpec as ChildSpec
 from ._specs import SupervisorSpec as SupervisorSpec
 from ._specs import unwrap_group as unwrap_group
@@ -28,6 +30,8 @@ __all__ = [
     "ActorSnapshot",
     "DEFAULT_MAILBOX_SIZE",
     "Backoff",
+    "ChildCount",
+    "ChildEntry",
     "ChildInfo",
     "ChildSpec",
     "Decision",

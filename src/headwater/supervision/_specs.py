@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAILBOX_SIZE",
     "ActorSnapshot",
+    "ChildCount",
+    "ChildEntry",
     "ChildSpec",
     "SupervisorSpec",
     "unwrap_group",
@@ -137,7 +139,14 @@ class SupervisorSpec:
 
 @attrs.frozen
 class ActorSnapshot:
-    """One node of the live supervision tree, as data."""
+    """One node of the live supervision tree, as data.
+
+    Besides state and restarts, actors carry their mailbox figures:
+    ``mailbox_depth`` (messages waiting now), ``mailbox_high_water`` (the most
+    ever waiting at once, over all incarnations), ``mailbox_size`` (its
+    capacity; ``None`` for tasks and supervisors) and ``handled`` (messages
+    handled, over all incarnations).
+    """
 
     path: str
     kind: str
@@ -146,6 +155,10 @@ class ActorSnapshot:
     incarnation: int
     last_failure: str | None
     children: tuple[ActorSnapshot, ...] = ()
+    mailbox_depth: int = 0
+    mailbox_high_water: int = 0
+    mailbox_size: int | None = None
+    handled: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The snapshot as plain dicts and lists (JSON/CBOR friendly)."""
@@ -156,12 +169,17 @@ class ActorSnapshot:
             "restarts": self.restarts,
             "incarnation": self.incarnation,
             "last_failure": self.last_failure,
+            "mailbox_depth": self.mailbox_depth,
+            "mailbox_high_water": self.mailbox_high_water,
+            "mailbox_size": self.mailbox_size,
+            "handled": self.handled,
             "children": [c.as_dict() for c in self.children],
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ActorSnapshot:
-        """Rebuild a snapshot from :meth:`as_dict` output."""
+        """Rebuild a snapshot from :meth:`as_dict` output (the mailbox figures
+        default to zero when an older peer did not send them)."""
         return cls(
             path=data["path"],
             kind=data["kind"],
@@ -170,6 +188,10 @@ class ActorSnapshot:
             incarnation=data["incarnation"],
             last_failure=data["last_failure"],
             children=tuple(cls.from_dict(c) for c in data["children"]),
+            mailbox_depth=int(data.get("mailbox_depth", 0)),
+            mailbox_high_water=int(data.get("mailbox_high_water", 0)),
+            mailbox_size=data.get("mailbox_size"),
+            handled=int(data.get("handled", 0)),
         )
 
     def walk(self) -> list[ActorSnapshot]:
@@ -186,6 +208,11 @@ class ActorSnapshot:
         def label(node: ActorSnapshot) -> str:
             name = node.path.rsplit("/", 1)[-1] or node.path
             text = f"{name} [{node.kind}] {node.state}"
+            if node.kind == "actor" and node.mailbox_size is not None:
+                text += (
+                    f" mailbox={node.mailbox_depth}/{node.mailbox_size}"
+                    f" hw={node.mailbox_high_water} handled={node.handled}"
+                )
             if node.restarts:
                 text += f" restarts={node.restarts}"
             if node.last_failure:
@@ -204,3 +231,28 @@ class ActorSnapshot:
 
         visit(self, "", True, True)
         return "\n".join(lines)
+
+
+@attrs.frozen
+class ChildEntry:
+    """One child of a supervisor, as ``ActorSystem.which_children`` lists it
+    (OTP's ``which_children``): its name, path, kind (``"actor"``, ``"task"``
+    or ``"supervisor"``), cell state, restart type and ref."""
+
+    name: str
+    path: str
+    kind: str
+    state: str
+    restart: str
+    ref: Any = attrs.field(eq=False, repr=False)
+
+
+@attrs.frozen
+class ChildCount:
+    """OTP's ``count_children``: ``specs`` children in all, ``active`` of them
+    running, ``supervisors`` and ``workers`` (actors and tasks) among them."""
+
+    specs: int
+    active: int
+    supervisors: int
+    workers: int

@@ -47,11 +47,19 @@ class ServerProcess:
         self.proc = proc
         self.log = log
         self.port = 0
+        self.kafka_port: int | None = None
 
     @property
     def pid(self) -> int:
         """The server's process id."""
         return self.proc.pid
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """``127.0.0.1:KAFKA_PORT`` for Kafka clients (serve with ``--kafka-port``)."""
+        if self.kafka_port is None:
+            raise RuntimeError("this server has no Kafka listener; start it with --kafka-port")
+        return f"127.0.0.1:{self.kafka_port}"
 
     @property
     def url(self) -> str:
@@ -77,6 +85,8 @@ class ServerProcess:
             for event in self.events():
                 if event.get("event") == "server_listening" and isinstance(event.get("port"), int):
                     self.port = event["port"]
+                    kafka = event.get("kafka_port")
+                    self.kafka_port = kafka if isinstance(kafka, int) else None
                     return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the server exited early:\n{self.log.read_text()}")

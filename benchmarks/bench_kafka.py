@@ -1,0 +1,218 @@
+"""Kafka clients against Headwater's Kafka port, beside Headwater's own client.
+
+One real ``headwater serve --kafka-port`` process (durability ``always``).
+In each round, interleaved: Headwater's TCP client (``send_many``, then one
+consumer), then kafka-python, aiokafka and confluent-kafka (librdkafka), each
+producing N events of 100 B with ``acks=all`` and idempotence (timed until
+every event is acknowledged) and consuming them back from the start with a
+hand-assigned consumer. Figures are medians over rounds;
+``ratio_vs_headwater_protocol`` is each Kafka client's rate over the
+Headwater client's rate in the same round.
+
+It also measures the edge translation (DECISIONS #14) in process: µs per
+event to turn a Kafka RecordBatch v2 into the stored CBOR batch (produce
+path) and a stored batch back into a RecordBatch v2 (fetch path), for
+1,000-event batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import trio
+
+from headwater.bench._local import throughput
+from headwater.client._tcp import connect
+from headwater.testing._process import server_process
+
+HERE = pathlib.Path(__file__).resolve().parent
+CLIENTS = ["kafka-python", "aiokafka", "confluent-kafka"]
+
+
+def _fig(case: str, metric: str, value: float, unit: str) -> dict[str, Any]:
+    return {"bench": "kafka", "case": case, "metric": metric, "value": value, "unit": unit}
+
+
+def _create(bootstrap: str, topic: str) -> None:
+    from kafka.admin import NewTopic
+
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        admin.close()
+
+
+def kafka_python(bootstrap: str, topic: str, values: list[bytes]) -> tuple[float, float]:
+    """(produce seconds, consume seconds) with kafka-python."""
+    import kafka
+
+    producer = kafka.KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+    )
+    start = time.perf_counter()
+    for v in values:
+        producer.send(topic, v)
+    producer.flush()
+    produce = time.perf_counter() - start
+    producer.close()
+    consumer = kafka.KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    consumer.assign([kafka.TopicPartition(topic, 0)])
+    got = 0
+    start = time.perf_counter()
+    while got < len(values):
+        got += sum(len(r) for r in consumer.poll(1000, max_records=100_000).values())
+    consume = time.perf_counter() - start
+    consumer.close()
+    return produce, consume
+
+
+def aiokafka_client(bootstrap: str, topic: str, values: list[bytes]) -> tuple[float, float]:
+    """(produce seconds, consume seconds) with aiokafka."""
+    import aiokafka
+
+    async def run() -> tuple[float, float]:
+        producer = aiokafka.AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        )
+        await producer.start()
+        start = time.perf_counter()
+        futures = [await producer.send(topic, v) for v in values]
+        await asyncio.gather(*futures)
+        produce = time.perf_counter() - start
+        await producer.stop()
+        consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers=bootstrap)
+        await consumer.start()
+        consumer.assign([aiokafka.TopicPartition(topic, 0)])
+        consumer.seek(aiokafka.TopicPartition(topic, 0), 0)
+        got = 0
+        start = time.perf_counter()
+        while got < len(values):
+            batch = await consumer.getmany(timeout_ms=1000, max_records=100_000)
+            got += sum(len(r) for r in batch.values())
+        consume = time.perf_counter() - start
+        await consumer.stop()
+        return produce, consume
+
+    return asyncio.run(run())
+
+
+def confluent(bootstrap: str, topic: str, values: list[bytes]) -> tuple[float, float]:
+    """(produce seconds, consume seconds) with confluent-kafka (librdkafka)."""
+    import confluent_kafka as ck
+
+    producer = ck.Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
+    start = time.perf_counter()
+    for v in values:
+        producer.produce(topic, v)
+        producer.poll(0)
+    producer.flush(60)
+    produce = time.perf_counter() - start
+    consumer = ck.Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "bench", "enable.auto.commit": False}
+    )
+    consumer.assign([ck.TopicPartition(topic, 0, ck.OFFSET_BEGINNING)])
+    got = 0
+    start = time.perf_counter()
+    while got < len(values):
+        got += len(consumer.consume(10_000, 1.0))
+    consume = time.perf_counter() - start
+    consumer.close()
+    return produce, consume
+
+
+DRIVERS = {"kafka-python": kafka_python, "aiokafka": aiokafka_client, "confluent-kafka": confluent}
+
+
+def translation(count: int = 1000, size: int = 100) -> tuple[float, float]:
+    """µs per event (best of 30: the machine is shared) to turn a Kafka batch
+    into a stored record, and a stored record into a Kafka batch."""
+    from headwater.journal._record import patch_record
+    from headwater.kafka import batch_to_record, decode_batches, encode_batch, records_to_kafka
+
+    rows = [(1_700_000_000_000 + i, None, os.urandom(size), ()) for i in range(count)]
+    wire = encode_batch(0, rows)
+    stored = bytes(patch_record(batch_to_record(decode_batches(wire)[0]), 0, 0))
+
+    def best(step: Any) -> float:
+        times = []
+        for _ in range(30):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        return min(times) / count * 1e6
+
+    inbound = best(lambda: batch_to_record(decode_batches(wire)[0]))
+    outbound = best(lambda: records_to_kafka(stored, topic="t", partition=0))
+    return inbound, outbound
+
+
+def run(quick: bool) -> Iterator[dict[str, Any]]:
+    """Yield events/s per client and the ratios to Headwater's own client."""
+    import logging
+
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    inbound, outbound = translation()
+    yield _fig("translate/100B/kafka_to_stored", "us_per_event", inbound, "us")
+    yield _fig("translate/100B/stored_to_kafka", "us_per_event", outbound, "us")
+    rounds = 2 if quick else 5
+    count = 20_000 if quick else 200_000
+    base = tempfile.mkdtemp(prefix="hw-bench-kafka-", dir=str(HERE.parent))
+    results: dict[str, list[tuple[float, float]]] = {k: [] for k in ["headwater", *CLIENTS]}
+    try:
+        with server_process(os.path.join(base, "data"), "--kafka-port", "0") as proc:
+            bootstrap = f"127.0.0.1:{proc.kafka_port}"
+            for n in range(1, rounds + 1):
+                values = [os.urandom(100) for _ in range(count)]
+                results["headwater"].append(
+                    trio.run(throughput, lambda: connect(proc.url), values, f"hw{n}")
+                )
+                for kind in CLIENTS:
+                    topic = f"{kind}-{n}"
+                    _create(bootstrap, topic)
+                    results[kind].append(DRIVERS[kind](bootstrap, topic, values))
+            try:
+                proc.stop(signal.SIGTERM)
+            except subprocess.TimeoutExpired:
+                proc.proc.kill()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    for kind, runs in results.items():
+        for i, phase in enumerate(("produce", "consume")):
+            rate = statistics.median(count / r[i] for r in runs)
+            case = f"{phase}/100B/{'always/' if phase == 'produce' else ''}{kind}"
+            yield _fig(case, "events_per_s", rate, "events/s")
+            if kind != "headwater":
+                ratio = statistics.median(
+                    hw[i] / r[i] for r, hw in zip(runs, results["headwater"], strict=True)
+                )
+                yield _fig(case, "ratio_vs_headwater_protocol", ratio, "x")
+
+
+if __name__ == "__main__":
+    import json
+
+    for figure in run(quick="--quick" in sys.argv):
+        print(json.dumps(figure))
