@@ -62,7 +62,6 @@ from .actors import ActorRef as ActorRef
 from .actors import ActorSystem as ActorSystem
 from .actors import open_actor_system as open_actor_system
 from .broker import Broker as Broker
-from .broker import open_broker as open_broker
 from .broker._broker import set_embedded_client_factory as _set_embedded_client_factory
 from .client import Client as Client
 from .client import Event as Event
@@ -70,6 +69,7 @@ from .client import LocalChannel as _LocalChannel
 from .client import connect as connect
 from .supervision import ChildSpec as ChildSpec
 from .supervision import SupervisorSpec as SupervisorSpec
+from .web import open_broker as open_broker
 
 __version__ = "0.1.0.dev0"
 

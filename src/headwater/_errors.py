@@ -186,8 +186,11 @@ class DiskFullError(StorageError):
 class CorruptionError(StorageError):
     """Stored data failed its checksum somewhere other than the tail of a log.
     Nothing was silently dropped. The message names the file and the byte
-    position; restore from a replica or open with ``repair=True`` to truncate
-    at that point deliberately."""
+    position; restore the file, or run ``headwater repair`` on the stopped
+    broker's data directory (``Log.open(..., repair=True)`` in code), which
+    drops only the damaged records and leaves their offsets as a gap. A broker
+    partition that cannot open for this reason is parked as ``failed`` and
+    answers every request with this error; the rest of the broker serves."""
 
     code = "corruption"
     retriable = False
@@ -285,12 +288,21 @@ class MailboxFull(ActorError, BrokenError):
 
 class SupervisorGaveUp(ActorError, BrokenError):
     """A supervisor exceeded its restart intensity (more than ``max_restarts``
-    restarts within ``within`` seconds) and stopped. ``__cause__`` is the last
-    child failure. Its own supervisor decides what happens next; at the root,
-    the actor system stops with this error."""
+    crashes within ``within`` seconds of running time, backoff left out) and
+    stopped. ``child`` names the child whose crash exceeded it and
+    ``restarts`` counts that child's own restarts in the window;
+    ``__cause__`` is its failure. The supervisor's own supervisor decides
+    what happens next; at the root, the actor system stops with this error.
+    Find and fix the cause named in the message (or give the child
+    ``on_give_up="fail"`` to park it instead of giving up)."""
 
     code = "supervisor_gave_up"
     retriable = False
+
+    def __init__(self, message: str = "", *, child: str = "", restarts: int = 0) -> None:
+        super().__init__(message)
+        self.child = child
+        self.restarts = restarts
 
 
 class LinkedExit(ActorError, BrokenError):

@@ -179,12 +179,19 @@ class TopicInfo:
 
 @attrs.frozen
 class PartitionInfo:
-    """One partition's offsets and size on disk."""
+    """One partition's offsets and size on disk.
+
+    ``state`` is ``serving``, or ``failed`` for a partition parked after its
+    files could not be opened (``error`` then says why, naming file and byte;
+    the offsets and size are 0), or ``restarting``.
+    """
 
     partition: int
     earliest_offset: int
     next_offset: int
     size_bytes: int
+    state: str = "serving"
+    error: str | None = None
 
 
 @attrs.frozen

@@ -11,6 +11,7 @@
     headwater groups list | describe GROUP
     headwater tree [--url headwater+actors://HOST:PORT]
     headwater actors kill PATH | inspect PATH [--url headwater+actors://HOST:PORT]
+    headwater repair [--data-dir DIR] [--topic T --partition N] [--yes]
     headwater bench [--quick] [--local] [--write-docs docs/benchmarks.md]
 
 Client commands reach the server named by ``--url`` (given after the
@@ -49,8 +50,10 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, NoReturn, TextIO, TypeVar
 
+import attrs
 import click
 import trio
 
@@ -533,6 +536,15 @@ def main(url: str | None) -> None:
 @click.option("--shutdown-timeout", default=10.0, show_default=True, type=float, help="Seconds.")
 @click.option("--actors-port", default=None, type=int, help="Also serve the actor system here.")
 @click.option(
+    "--http-port",
+    default=None,
+    type=click.IntRange(0, 65535),
+    help="Serve /metrics, /healthz, /readyz and the web console here (off by default).",
+)
+@click.option(
+    "--http-host", default="127.0.0.1", show_default=True, help="Address of the HTTP listener."
+)
+@click.option(
     "--kafka-port",
     default=None,
     type=int,
@@ -557,6 +569,8 @@ def serve(**options: Any) -> None:
     from headwater.broker._server import ServerConfig, run_server
 
     token_file = options.pop("auth_token_file")
+    http_port = options.pop("http_port")
+    http_host = options.pop("http_host")
     token = None
     if token_file:
         token = _token(None, token_file)
@@ -564,7 +578,12 @@ def serve(**options: Any) -> None:
         config = ServerConfig(auth_token=token, **options)
     except HeadwaterError as exc:
         _fail(f"{exc.message} [{exc.code}]", EXIT_USAGE)
-    sys.exit(run_server(config))
+    front_ends: list[Any] = []
+    if http_port is not None:
+        from headwater.web import open_http
+
+        front_ends.append(partial(open_http, port=http_port, host=http_host, token=token))
+    sys.exit(run_server(config, front_ends))
 
 
 # --------------------------------------------------------------------------
@@ -704,6 +723,8 @@ def topics_describe(target: Target, name: str, as_json: bool) -> None:
             "next_offset": p.next_offset,
             "events": p.next_offset - p.earliest_offset,
             "size_bytes": p.size_bytes,
+            "state": p.state,
+            "error": p.error,
         }
         for p in d.partitions
     ]
@@ -722,10 +743,14 @@ def topics_describe(target: Target, name: str, as_json: bool) -> None:
             p["next_offset"],
             p["events"],
             _size(p["size_bytes"]),
+            p["state"],
         ]
         for p in parts
     ]
-    click.echo(_table(["PARTITION", "EARLIEST", "NEXT", "EVENTS", "SIZE"], rows))
+    click.echo(_table(["PARTITION", "EARLIEST", "NEXT", "EVENTS", "SIZE", "STATE"], rows))
+    for p in parts:
+        if p["error"]:
+            click.echo(f"partition {p['partition']} {p['state']}: {p['error']}")
 
 
 @topics.command("delete")
@@ -1567,6 +1592,69 @@ def tree(target: Target, as_json: bool) -> None:
         click.echo(tree_summary(snapshot))
     except (KeyError, TypeError, AttributeError) as exc:
         _fail(f"the server sent a tree this client cannot draw ({exc})", EXIT_SERVER)
+
+
+# --------------------------------------------------------------------------
+# repair
+
+
+@main.command()
+@click.option("--data-dir", default="./headwater-data", show_default=True, help="Where data lives.")
+@click.option("--topic", default=None, help="Only this topic.")
+@click.option("--partition", type=int, default=None, help="Only this partition (needs --topic).")
+@click.option("--yes", "-y", is_flag=True, help="Repair; without it, only report.")
+@json_option
+def repair(
+    data_dir: str, topic: str | None, partition: int | None, yes: bool, as_json: bool
+) -> None:
+    """Find damaged records in a stopped broker's data directory; with --yes,
+    drop them.
+
+    Only the damaged records go: the offsets they held become a gap that
+    readers skip, and every valid record after the damage keeps its offset.
+    Without --yes nothing is changed and the exit status is 1 if anything is
+    damaged. Stop the broker first.
+    """
+    from headwater.broker._repair import repair_data_dir
+
+    async def run() -> Any:
+        return await trio.to_thread.run_sync(
+            lambda: repair_data_dir(data_dir, topic=topic, partition=partition, apply=yes)
+        )
+
+    results = _run(run)
+    damaged = [r for r in results if not r.report.clean]
+    if as_json:
+        _emit_json(
+            [
+                {
+                    "topic": r.topic,
+                    "partition": r.partition,
+                    "repaired": r.report.applied and not r.report.clean,
+                    "gaps": [list(g) for g in r.report.gaps],
+                    "damages": [attrs.asdict(d) for d in r.report.damages],
+                }
+                for r in results
+            ]
+        )
+    else:
+        for r in damaged:
+            verb = "repaired" if yes else "damaged"
+            click.echo(f"{r.topic}/{r.partition}: {verb}")
+            for d in r.report.damages:
+                click.echo(f"  {d.describe()}")
+        checked = f"{len(results)} partition(s) checked"
+        if not damaged:
+            click.echo(f"{checked}: no damage found")
+        elif yes:
+            click.echo(f"{checked}: {len(damaged)} repaired")
+        else:
+            click.echo(
+                f"{checked}: {len(damaged)} damaged; nothing was changed. "
+                "Run again with --yes to drop the damaged records"
+            )
+    if damaged and not yes:
+        sys.exit(EXIT_SERVER)
 
 
 # --------------------------------------------------------------------------

@@ -434,3 +434,36 @@ async def test_silent_peers_time_out_on_both_sides(autojump_clock: trio.abc.Cloc
                     frames.append(frame)
                 assert ("error", "timeout") == (frames[-1]["t"], frames[-1]["code"])
                 assert (4.0 if speak else 2.0) == pytest.approx(trio.current_time() - start)
+
+
+async def test_a_lookup_connecting_as_the_client_closes_closes_its_stream(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A lookup from a task outside the client's block whose connection
+    opens only after the client closed raises ClosedError and closes that
+    stream (it used to leak it: its nursery was gone)."""
+    release = trio.Event()
+    far_ends: list[trio.abc.Stream] = []
+    failures: list[BaseException] = []
+
+    async def slow(host: str, port: int) -> trio.abc.Stream:
+        await release.wait()
+        client_end, server_end = trio.testing.memory_stream_pair()
+        far_ends.append(server_end)
+        return client_end
+
+    async with trio.open_nursery() as outside:
+        async with open_actor_client(KIT_REGISTRY, opener=slow) as client:
+
+            async def look() -> None:
+                try:
+                    await client.lookup("headwater://peer:1/kit/target")
+                except ClosedError as exc:
+                    failures.append(exc)
+
+            outside.start_soon(look)
+            await trio.testing.wait_all_tasks_blocked()
+        release.set()
+    assert 1 == len(failures)
+    with trio.fail_after(5):
+        assert b"" == await far_ends[0].receive_some(1024)

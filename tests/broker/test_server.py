@@ -341,3 +341,21 @@ async def test_a_client_that_never_reads_is_bounded_then_dropped(
         assert ["big"] == [t.name for t in await good.list_topics()]
         await trio.sleep(30)
         assert "/server/conn-2" not in [n.path for n in broker.tree().walk()]
+
+
+async def test_a_refusal_cancelled_midway_still_closes_the_stream(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A connection refused while the listener is being cancelled (a drain
+    stopping it mid-refusal) is still closed: an unclosed socket would leak
+    its descriptor and warn whenever the collector finds it."""
+    async with (
+        serving(max_connections=1) as (_broker, server),
+        connect_in_memory(server),
+    ):
+        client_end, server_end = trio.testing.memory_stream_pair()
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await server.serve_stream(server_end, "refused")
+        with trio.fail_after(5):
+            assert b"" == await client_end.receive_some(65536)

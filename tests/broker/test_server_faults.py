@@ -126,3 +126,67 @@ async def test_a_slow_but_live_connection_is_kept(autojump_clock: trio.testing.M
             assert "re-made" not in str(info.value)
             nursery.cancel_scope.cancel()
         assert 1 == len(streams)
+
+
+class _PausingStream(trio.abc.Stream):
+    """Hands out its first received chunk only once ``resume`` is set, in a
+    shielded wait: the reader is then scheduled with data in hand even if
+    cancelled meanwhile (how a real socket read that completed in the same
+    scheduler batch as a cancel behaves)."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.received = trio.Event()
+        self.resume = trio.Event()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        data = bytes(await self.inner.receive_some(max_bytes))
+        if not self.received.is_set():
+            self.received.set()
+            with trio.CancelScope(shield=True):
+                await self.resume.wait()
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:  # pragma: no cover - not used by the client
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_client_closed_as_its_handshake_completes_closes_the_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """aclose() runs while the handshake's last answer is already read but
+    not yet handled (no session to close yet): the connection task still
+    closes the stream it just opened (a real socket would leak and warn)."""
+    streams: list[_PausingStream] = []
+    client_ends: list[trio.abc.Stream] = []
+    async with (
+        open_broker("/data", fs=SimulatedFileSystem()) as broker,
+        open_server(broker, ServerConfig(), listen=False) as server,
+    ):
+
+        async def open_stream() -> trio.abc.Stream:
+            client_end, server_end = trio.testing.memory_stream_pair()
+            await server.serve_stream(server_end, "pausing")
+            client_ends.append(client_end)
+            streams.append(_PausingStream(client_end))
+            return streams[-1]
+
+        channel = TcpChannel(open_stream, address="memory", connect_timeout=1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(channel.run)
+            await trio.testing.wait_all_tasks_blocked()
+            assert streams, "the channel never connected"
+            await streams[0].received.wait()
+            await channel.aclose()
+            streams[0].resume.set()
+        with pytest.raises(trio.ClosedResourceError):
+            await client_ends[0].send_all(b"x")

@@ -489,3 +489,21 @@ async def test_deleting_the_topic_drops_its_subscriptions(
         async with client.subscribe("jobs", "q", mode="exclusive") as sub:
             again = await sub.getmany(4, timeout=2)
         assert [(0, 1), (1, 1)] == [(e.offset, e.delivery_count) for e in again]
+
+
+async def test_observers_show_a_share_subscription_like_a_group(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The web snapshot and /metrics list a share subscription beside the
+    groups (its backlog as lag) instead of failing on it."""
+    from headwater.web import gather, render_metrics
+
+    fs = SimulatedFileSystem()
+    async with _broker(fs) as broker, broker.connect() as client:
+        await _produce(client, "jobs", 6, partitions=2)
+        async with client.subscribe("jobs", "q") as sub:
+            await sub.ack_many(await sub.getmany(2, timeout=2))
+        view = await gather(broker)
+        [group] = [g for g in view.groups if g["group"] == "q"]
+        assert ("share (shared)", 4) == (group["state"], group["lag"])
+        assert b"q" in render_metrics(view)

@@ -50,6 +50,7 @@ def test_the_walk_finds_the_commands() -> None:
         "topics describe",
         "topics list",
         "tree",
+        "repair",
         "bench",
         "actors inspect",
         "actors kill",

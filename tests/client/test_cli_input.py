@@ -413,15 +413,18 @@ def test_serve_defaults_are_the_server_defaults_and_options_map_onto_them(
     from headwater.broker import _server
 
     configs: list[_server.ServerConfig] = []
+    fronts: list[list[Any]] = []
 
-    def fake_run_server(config: _server.ServerConfig) -> int:
+    def fake_run_server(config: _server.ServerConfig, front_ends: Any = ()) -> int:
         configs.append(config)
+        fronts.append(list(front_ends))
         return 0
 
     monkeypatch.setattr(_server, "run_server", fake_run_server)
     runner = CliRunner()
     assert 0 == runner.invoke(cli.main, ["serve"]).exit_code
     assert _server.ServerConfig() == configs[-1]
+    assert [] == fronts[-1]  # no HTTP front end unless asked
     token = tmp_path / "token"
     token.write_text("  s3cret\n")
     args = ["serve", "--port", "0", "--max-bytes-in-flight", "1MiB", "--send-timeout", "5"]
@@ -436,6 +439,12 @@ def test_serve_defaults_are_the_server_defaults_and_options_map_onto_them(
         got.max_connections,
         got.log_format,
     )
+    # --http-port adds the HTTP front end, with the same token.
+    args = ["serve", "--http-port", "0", "--http-host", "::1", "--auth-token-file", str(token)]
+    assert 0 == runner.invoke(cli.main, args).exit_code
+    (front,) = fronts[-1]
+    assert {"port": 0, "host": "::1", "token": "s3cret"} == front.keywords
+    assert 2 == runner.invoke(cli.main, ["serve", "--http-port", "70000"]).exit_code
     token.write_text("\n")
     empty = runner.invoke(cli.main, ["serve", "--auth-token-file", str(token)])
     assert cli.EXIT_USAGE == empty.exit_code

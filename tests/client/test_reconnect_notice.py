@@ -70,3 +70,40 @@ def test_the_cli_says_it_once_per_series(capsys: pytest.CaptureFixture[str]) -> 
     )
     back = "reconnected to headwater://h:1 after 3 failed attempt(s)"
     assert [again, back, again] == capsys.readouterr().err.splitlines()
+
+
+async def test_a_listener_that_raises_on_the_return_leaves_no_stream_open(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The listener raises when it hears the return: that error ends the
+    channel, and the stream just connected is closed (not leaked)."""
+    refusing = {"left": 0}
+    streams: list[trio.abc.Stream] = []
+
+    async with (
+        open_broker("/data", fs=SimulatedFileSystem()) as broker,
+        open_server(broker, ServerConfig(), listen=False) as server,
+    ):
+
+        async def open_stream() -> trio.abc.Stream:
+            if refusing["left"]:
+                refusing["left"] -= 1
+                raise OSError(111, "Connection refused")
+            client_end, server_end = trio.testing.memory_stream_pair()
+            await server.serve_stream(server_end, "memory")
+            streams.append(client_end)
+            return client_end
+
+        def listener(attempt: int, error: HeadwaterError | None) -> None:
+            if error is None:
+                raise RuntimeError("listener bug")
+
+        channel = TcpChannel(open_stream, address="memory", on_reconnect=listener)
+        with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="listener bug")):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(channel.run)
+                refusing["left"] = 1
+                await streams[-1].aclose()  # the connection drops
+        assert 2 == len(streams)
+        with pytest.raises(trio.ClosedResourceError):
+            await streams[-1].send_all(b"x")

@@ -16,25 +16,27 @@ pytestmark = pytest.mark.crash
 
 @asynccontextmanager
 async def tcp_pair() -> AsyncIterator[tuple[FramedStream, FramedStream]]:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    listener = listeners[0]
-    port = listener.socket.getsockname()[1]
-    async with trio.open_nursery() as nursery:
-        accepted: list[trio.abc.Stream] = []
-
-        async def accept_one() -> None:
-            accepted.append(await listener.accept())
-
-        nursery.start_soon(accept_one)
-        client = await trio.open_tcp_stream("127.0.0.1", port)
-    await listener.aclose()
-    a = FramedStream(client, max_frame_size=4 << 20)
-    b = FramedStream(accepted[0], max_frame_size=4 << 20)
+    accepted: list[trio.SocketStream] = []
+    opened: list[trio.SocketStream] = []
     try:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        async with listeners[0] as listener:
+            port = listener.socket.getsockname()[1]
+            async with trio.open_nursery() as nursery:
+
+                async def accept_one() -> None:
+                    accepted.append(await listener.accept())
+
+                nursery.start_soon(accept_one)
+                opened.append(await trio.open_tcp_stream("127.0.0.1", port))
+        a = FramedStream(opened[0], max_frame_size=4 << 20)
+        b = FramedStream(accepted[0], max_frame_size=4 << 20)
         yield a, b
     finally:
-        await a.aclose()
-        await b.aclose()
+        # Synchronous closes: every socket is closed even when cancelled
+        # (an awaited close re-raises the cancel and skips the next one).
+        for stream in (*opened, *accepted):
+            stream.socket.close()
 
 
 async def test_loopback_tcp_conforms() -> None:

@@ -191,7 +191,10 @@ def test_bit_flip_in_unsynced_tail_is_truncated_but_interior_raises() -> None:
             with pytest.raises(CorruptionError, match=f"byte {162}"):
                 open_log(fs)
             repaired = Log.open(DIR, fs, LogConfig(), clock=Clock(), repair=True)
-            assert 1 == repaired.next_offset
+            # DECISIONS #16: only the damaged record goes; its offset is a gap.
+            assert 4 == repaired.next_offset
+            assert [0, 2, 3] == [o for o, _ in payloads(repaired.read(0, 1 << 20))]
+            assert [2, 3] == [o for o, _ in payloads(repaired.read(1, 1 << 20))]
         else:
             assert 3 == open_log(fs).next_offset
 

@@ -11,7 +11,14 @@ import pytest
 import trio
 import trio.testing
 
-from headwater import ActorFailed, ActorKilled, ActorStopped, SupervisorGaveUp
+from headwater import (
+    ActorFailed,
+    ActorKilled,
+    ActorStopped,
+    ConfigError,
+    CorruptionError,
+    SupervisorGaveUp,
+)
 from headwater.actors import Actor, open_actor_system
 from headwater.supervision import ChildSpec, SupervisorSpec
 from headwater.testing import capture_logs
@@ -288,3 +295,151 @@ async def test_ref_survives_parent_supervisor_restart(autojump_clock: trio.abc.C
         node = system.tree().children[0]
         assert (1, 2) == (node.restarts, node.incarnation)
         assert ["a", "b", "a", "b"] == rec.of("start")
+
+
+async def test_backoff_longer_than_the_window_still_gives_up(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """DECISIONS #16: time in backoff is not running time. A child crashing at
+    every start with a backoff (1 s, doubling) longer than within/max_restarts
+    restarts exactly 3 times, then its supervisor gives up (it used to restart
+    for ever: a damaged partition restarted 86 times)."""
+    starts: list[float] = []
+
+    async def broken() -> None:
+        starts.append(trio.current_time())
+        raise OSError(errno.EIO, "cannot open")
+
+    with trio.fail_after(120), pytest.raises(SupervisorGaveUp) as info:
+        async with open_actor_system(max_restarts=3, within=1.0, backoff=1.0) as system:
+            await system.start_child(ChildSpec("p", broken))
+            await trio.sleep_forever()
+    assert [0.0, 1.0, 3.0, 7.0] == starts
+    assert ("/p", 3) == (info.value.child, info.value.restarts)
+
+
+async def test_gave_up_names_the_crashing_child_and_its_own_restarts(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Point 4: under one_for_all, a crash of a then two of c exhaust the
+    intensity at c's crash: the error names c and counts c's own restart (1),
+    not the supervisor's (2)."""
+    rec = Recorder()
+    sup = SupervisorSpec(
+        "sup",
+        [worker(rec, "a"), worker(rec, "b"), worker(rec, "c")],
+        strategy="one_for_all",
+        max_restarts=2,
+        within=10.0,
+    )
+    with pytest.raises(SupervisorGaveUp) as info:
+        async with open_actor_system(max_restarts=0, children=(sup,)) as system:
+            for who in ("a", "c", "c"):
+                with pytest.raises(ActorFailed):
+                    await system.lookup(f"/sup/{who}").ask("crash")
+                await trio.testing.wait_all_tasks_blocked()
+            await trio.sleep_forever()
+    cause = info.value.__cause__
+    assert isinstance(cause, SupervisorGaveUp)
+    assert ("/sup/c", 1) == (cause.child, cause.restarts)
+    assert "child 'c' failed after 1 restart(s) of its own (2 in this supervisor" in str(cause)
+    assert "last failure of /sup/c: OSError: [Errno 5] c crashed" in str(cause)
+
+
+async def test_on_give_up_fail_parks_the_child_and_siblings_serve(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A child with on_give_up="fail" that exhausts the intensity is parked as
+    failed: asks and tells raise its last error at once (a HeadwaterError as
+    itself, others as ActorFailed), the tree says failed with the reason, the
+    supervisor does not give up and its siblings keep serving and restarting."""
+    rec = Recorder()
+    attempts: list[float] = []
+
+    class Damaged(Actor):
+        async def started(self) -> None:
+            attempts.append(trio.current_time())
+            raise CorruptionError("/d/0.log: corrupt data at byte 162")
+
+    class Odd(Actor):
+        async def handle(self, message: Any) -> Any:
+            raise ValueError("odd")
+
+    with pytest.raises(ConfigError, match="on_give_up='park'"):
+        ChildSpec("0", Damaged, on_give_up="park")  # type: ignore[arg-type]
+    sup = SupervisorSpec(
+        "t",
+        [
+            ChildSpec("0", Damaged, on_give_up="fail"),
+            ChildSpec("1", Odd, on_give_up="fail"),
+            worker(rec, "2"),
+        ],
+        max_restarts=3,
+        within=10.0,
+        backoff=0.1,
+    )
+    async with open_actor_system(children=(sup,)) as system:
+        ref = system.lookup("/t/0")
+        with trio.fail_after(5):  # waits out the restarts, then fails at once
+            with pytest.raises(CorruptionError, match="byte 162"):
+                await ref.ask("hello", timeout=None)
+        assert pytest.approx([0.0, 0.1, 0.3, 0.7]) == attempts
+        start = trio.current_time()
+        for _ in range(3):
+            with pytest.raises(CorruptionError, match="byte 162"):
+                await ref.ask("again")
+            with pytest.raises(CorruptionError):
+                await ref.tell("again")
+            with pytest.raises(CorruptionError):
+                ref.tell_nowait("again")
+        assert start == trio.current_time()
+        for _ in range(5):  # 4 crashes (3 restarts), then the parked answer
+            with pytest.raises(ActorFailed, match="odd") as odd:
+                await system.lookup("/t/1").ask("x")
+            assert "ValueError" == odd.value.error_type
+        nodes = {n.path: n for n in system.tree().walk()}
+        assert "failed" == nodes["/t/0"].state
+        assert nodes["/t/0"].last_failure == "CorruptionError: /d/0.log: corrupt data at byte 162"
+        assert "failed" == nodes["/t/1"].state
+        assert "running" == nodes["/t"].state
+        # The parked children's crashes no longer count: the sibling restarts.
+        for _ in range(3):
+            with pytest.raises(ActorFailed):
+                await system.lookup("/t/2").ask("crash")
+            assert ("2", "hi") == await system.lookup("/t/2").ask("hi")
+        assert "running" == system.tree().walk()[0].state
+
+
+async def test_a_parked_child_gets_a_new_start_when_its_supervisor_restarts(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Parked is final for its supervisor's incarnation only: when the
+    supervisor itself is restarted by its parent, the parked child is started
+    again, and the old ref reaches it."""
+    rec = Recorder()
+    opens: list[float] = []
+
+    class Flaky(Actor):
+        async def started(self) -> None:
+            opens.append(trio.current_time())
+            if len(opens) <= 2:
+                raise CorruptionError("damaged")
+
+        async def handle(self, message: Any) -> Any:
+            return ("p", message)
+
+    inner = SupervisorSpec(
+        "inner", [ChildSpec("p", Flaky, on_give_up="fail"), worker(rec, "w")], max_restarts=1
+    )
+    async with open_actor_system(max_restarts=1, children=(inner,)) as system:
+        ref = system.lookup("/inner/p")
+        with pytest.raises(CorruptionError):
+            await ref.ask("x", timeout=None)
+        assert 2 == len(opens)
+        for _ in range(2):  # w exhausts inner's intensity: the root restarts inner
+            with pytest.raises(ActorFailed):
+                await system.lookup("/inner/w").ask("crash")
+            await trio.testing.wait_all_tasks_blocked()
+        assert 3 == len(opens)
+        assert ("p", "x") == await ref.ask("x")
+        assert "running" == next(n for n in system.tree().walk() if n.path == "/inner/p").state

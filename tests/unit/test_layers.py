@@ -14,7 +14,7 @@ higher one. Layers, top to bottom::
     journal
     actors, supervision
     transport
-    _protocol, _errors, _logging, _aio
+    _protocol, _errors, _logging, _aio, _stats
 
 The stored batch format (``Event``, the payload codec, key hashing) lives in
 ``headwater.journal._batch``, below the broker that stores and compacts it.
@@ -42,7 +42,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # top to bottom; a module's
     ("journal", ("headwater.journal",)),
     ("actors, supervision", ("headwater.actors", "headwater.supervision")),
     ("transport", ("headwater.transport",)),
-    ("base", ("headwater._protocol", "headwater._errors", "headwater._logging", "headwater._aio")),
+    (
+        "base",
+        (
+            "headwater._protocol",
+            "headwater._errors",
+            "headwater._logging",
+            "headwater._aio",
+            "headwater._stats",
+        ),
+    ),
 ]
 #: Package facades that re-export a higher layer sit with it: the root
 #: re-exports everything; headwater.broker's __init__ re-exports the server.

@@ -28,6 +28,7 @@ the same methods with the same errors.
 from __future__ import annotations
 
 import abc
+import copy
 import math
 import reprlib
 from collections.abc import Callable
@@ -138,6 +139,7 @@ class Cell:
     incarnation: int = 0
     restarts: int = 0
     last_failure: str | None = None
+    failure: BaseException | None = None  # the error a parked ("failed") cell answers with
     ref: LocalActorRef | None = None
     monitors: set[Monitor] = attrs.field(factory=set)
     handled: int = 0
@@ -155,6 +157,7 @@ class Cell:
         """Stop accepting messages; senders wait for :meth:`set_accepting`."""
         self.mailbox = None
         self.state = state
+        self.failure = None
         if self.ready.is_set():
             self.ready = trio.Event()
 
@@ -162,11 +165,28 @@ class Cell:
         """Stopped for good: wake every waiting sender so it raises."""
         self.mailbox = None
         self.state = state
+        self.failure = None
         self.ready.set()
         monitors, self.monitors = self.monitors, set()
         reason: Literal["stopped", "failed"] = "failed" if state == "failed" else "stopped"
         for monitor in monitors:
             monitor._fire(reason, self.last_failure or "")
+
+    def set_failed(self, failure: BaseException) -> None:
+        """Parked for good after giving up: every message is answered by
+        raising (a copy of) ``failure``; monitors fire."""
+        self.set_gone("failed")
+        self.failure = failure
+
+    def failure_error(self) -> HeadwaterError:
+        """The error a sender to this parked cell gets: a fresh copy of the
+        last failure as :func:`as_failure` maps it (a copy, so concurrent
+        raises do not grow one shared traceback)."""
+        assert self.failure is not None
+        error = copy.copy(as_failure(self.failure))
+        error.__traceback__ = None
+        error.__cause__ = error.__context__ = None
+        return error
 
 
 class ActorRef(abc.ABC):
@@ -187,7 +207,8 @@ class ActorRef(abc.ABC):
         Blocks while the mailbox is full (backpressure) and while the actor is
         restarting, up to ``timeout`` seconds (``None``: no limit), then raises
         :class:`HeadwaterTimeoutError`. Raises :class:`ActorStopped` at once if
-        the actor is stopped for good. Cancellation-safe: a cancelled ``tell``
+        the actor is stopped for good, and its last error at once if it was
+        parked as failed (``on_give_up="fail"``). Cancellation-safe: a cancelled ``tell``
         did not deliver the message.
         """
 
@@ -202,7 +223,8 @@ class ActorRef(abc.ABC):
 
         Raises the actor's :class:`HeadwaterError` as itself, any other error
         as :class:`ActorFailed`, :class:`ActorRestarted` if the actor restarted
-        before handling it, :class:`ActorStopped` if it is stopped for good, and
+        before handling it, :class:`ActorStopped` if it is stopped for good,
+        its last error (the same way) if it was parked as failed, and
         :class:`HeadwaterTimeoutError` after ``timeout`` seconds.
         """
 
@@ -275,6 +297,8 @@ class LocalActorRef(ActorRef):
                 return
             if cell.kind != "actor":
                 raise UsageError(f"{cell.path} is a {cell.kind}, not an actor: it has no mailbox")
+            if cell.state == "failed" and cell.failure is not None:
+                raise cell.failure_error()
             if cell.state in ("stopped", "failed", "stopping"):
                 raise ActorStopped(f"actor {cell.path} is {cell.state}; it takes no messages")
             await cell.ready.wait()
@@ -304,6 +328,8 @@ class LocalActorRef(ActorRef):
         cell = self._cell
         mailbox = cell.mailbox
         if mailbox is None:
+            if cell.state == "failed" and cell.failure is not None:
+                raise cell.failure_error()
             if cell.state in ("stopped", "failed", "stopping"):
                 raise ActorStopped(f"actor {cell.path} is {cell.state}; it takes no messages")
             raise MailboxFull(f"actor {cell.path} is {cell.state}; use await tell() to wait")

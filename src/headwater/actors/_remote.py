@@ -638,9 +638,12 @@ class ActorClient:
         # (failed attempts in a row, earliest time of the next) per peer
         self._retry: dict[tuple[str, int], tuple[int, float]] = {}
 
-    async def _channel(self, host: str, port: int) -> _Channel:
+    def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("this actor client was closed")
+
+    async def _channel(self, host: str, port: int) -> _Channel:
+        self._check_open()
         key = (host, port)
         lock = self._connecting.setdefault(key, trio.Lock())
         async with lock:
@@ -651,9 +654,14 @@ class ActorClient:
                 stream = await self._opener(host, port)
             else:
                 stream = await _open_tcp(host, port, self._ssl_context)
+            try:
+                self._check_open()  # closed while connecting: its nursery may be gone
+            except ClosedError:
+                await trio.aclose_forcefully(stream)
+                raise
             channel = _Channel(self, key, FramedStream(stream), self._token)
             self._channels[key] = channel
-            await self._nursery.start(channel.run)
+            await self._nursery.start(channel.run)  # run() closes the stream if it fails
             return channel
 
     async def _reconnect(
@@ -758,7 +766,8 @@ class ActorClient:
         Connects (or reuses the connection to that peer) and checks the actor
         exists: raises :class:`~headwater.ActorNotFound` if not,
         :class:`~headwater.ConnectionLostError` if the peer cannot be reached,
-        :class:`~headwater.AuthenticationError` for a refused token.
+        :class:`~headwater.AuthenticationError` for a refused token,
+        :class:`~headwater.ClosedError` once the client is closed.
         """
         address = parse_actor_url(url)
         channel = await self._channel(address.host, address.port)

@@ -9,7 +9,10 @@ letting it tear down the nursery. The loop takes one report at a time and asks
 the pure :func:`~headwater.supervision.decide` what to do: restart (after a
 backoff), ignore (remove the child), or escalate (stop every child in reverse
 order and raise :class:`SupervisorGaveUp`, whose ``__cause__`` is the child's
-exception, so the supervisor's own supervisor sees a crash).
+exception, so the supervisor's own supervisor sees a crash). A child whose
+spec says ``on_give_up="fail"`` does not escalate: it is parked in the final
+``failed`` state, answering every message with its last error, its crashes
+leave the supervisor's history, and its siblings run on.
 
 Each child owns a :class:`~headwater.actors._actor.Cell`, the stable target of
 its refs. Cell lifecycle (``state``), as a transition table::
@@ -18,7 +21,8 @@ its refs. Cell lifecycle (``state``), as a transition table::
     running    -> restarting | stopping | stopped | failed
     restarting -> starting | running | stopped | failed
     stopping   -> stopped
-    stopped, failed: final
+    failed     -> stopped | restarting   (a parked child, with its supervisor)
+    stopped: final
 
 Graceful stop of an actor closes its mailbox (refs raise ``ActorStopped``), lets
 it finish what is queued, runs its ``stopping`` hook, and cancels it when the
@@ -69,7 +73,7 @@ from headwater.actors._actor import (
 from headwater.actors._links import Exit, ExitReason, Proc
 from headwater.actors._monitor import Monitor
 from headwater.actors._watchdog import DEFAULT_WATCHDOG_THRESHOLD, LoopWatchdog
-from headwater.supervision._policy import ChildInfo, Escalate, Ignore, Strategy, decide
+from headwater.supervision._policy import ChildInfo, Crash, Escalate, Ignore, Strategy, decide
 from headwater.supervision._specs import (
     ActorSnapshot,
     ChildCount,
@@ -115,7 +119,9 @@ _TRANSITIONS: dict[CellState, frozenset[CellState]] = {
     "restarting": frozenset({"starting", "running", "stopped", "failed", "restarting"}),
     "stopping": frozenset({"stopped", "stopping"}),
     "stopped": frozenset(),
-    "failed": frozenset(),
+    # Only a child parked by on_give_up="fail" leaves "failed": stopped for
+    # good with its supervisor, or taken over when its supervisor restarts.
+    "failed": frozenset({"stopped", "restarting"}),
 }
 
 
@@ -153,6 +159,10 @@ class _Exit:
     error: BaseException | None
 
 
+def _parks(child: _Child) -> bool:
+    return isinstance(child.spec, ChildSpec) and child.spec.on_give_up == "fail"
+
+
 def _name(value: object) -> str:
     return type(value).__name__
 
@@ -174,7 +184,7 @@ class _Supervisor:
         self.spec = spec
         self.policy = spec.policy
         self.children: list[_Child] = []
-        self.history: tuple[float, ...] = ()
+        self.history: tuple[Crash, ...] = ()
         self.lock = trio.Lock()
         self._exits_send, self._exits_recv = trio.open_memory_channel[_Exit](math.inf)
         self._nursery: trio.Nursery | None = None
@@ -208,7 +218,11 @@ class _Supervisor:
             log.info("actor_exited")
         decision = decide(
             self.policy,
-            [ChildInfo(c.cell.name, c.spec.restart) for c in self.children],
+            [
+                ChildInfo(c.cell.name, c.spec.restart, _parks(c))
+                for c in self.children
+                if c.cell.state != "failed"
+            ],
             cell.name,
             abnormal=error is not None,
             history=self.history,
@@ -217,6 +231,9 @@ class _Supervisor:
         if isinstance(decision, Ignore):
             self._remove(child, "stopped")
             log.info("actor_stopped", reason=decision.reason)
+            return
+        if isinstance(decision, Escalate) and _parks(child):
+            self._park(child, error, decision)
             return
         if isinstance(decision, Escalate):
             # The child waits with its siblings: if our supervisor restarts us,
@@ -234,7 +251,9 @@ class _Supervisor:
             await self.stop_all(final=False)
             gave_up = SupervisorGaveUp(
                 f"supervisor {self.cell.path} gave up: {decision.reason}; "
-                f"last failure: {cell.last_failure}"
+                f"last failure of {cell.path}: {cell.last_failure}",
+                child=cell.path,
+                restarts=decision.restarts,
             )
             _log.error("supervisor_escalated", actor=self.cell.path, error=str(gave_up))
             raise gave_up from error
@@ -260,6 +279,24 @@ class _Supervisor:
                 delay=decision.delay,
             )
             await self._launch(target)
+
+    def _park(self, child: _Child, error: BaseException | None, decision: Escalate) -> None:
+        """Give up on one child only: park it as failed (``on_give_up="fail"``)."""
+        cell = child.cell
+        if error is None:
+            error = ActorStopped(
+                f"actor {cell.path} kept exiting and was parked as failed: {decision.reason}"
+            )
+        _check_transition(cell, "failed")
+        cell.set_failed(error)
+        # Its crashes no longer count against the siblings' intensity.
+        self.history = tuple(c for c in self.history if c.child != cell.name)
+        _log.error(
+            "actor_failed",
+            actor=cell.path,
+            reason=decision.reason,
+            error=cell.last_failure,
+        )
 
     # -- children ----------------------------------------------------------
 

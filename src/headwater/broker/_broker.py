@@ -63,6 +63,9 @@ class Broker:
     def __init__(self, system: ActorSystem, service: BrokerService) -> None:
         self.system = system
         self.service = service
+        #: The port of the HTTP front end, when ``headwater.open_broker`` (or
+        #: :func:`headwater.web.open_http`) opened one on this broker.
+        self.http_port: int | None = None
 
     @property
     def data_dir(self) -> str:
@@ -156,14 +159,14 @@ async def open_broker(
             # comes after it; rest_for_one restarts it whenever topics restarts.
             SupervisorSpec("topics", max_restarts=10, within=10.0, shutdown=60.0),
             # Group actors crash on a storage error (to reload from disk);
-            # a backoff lets them ride out a full disk instead of exhausting
-            # the restart intensity in a few milliseconds.
+            # one that crashes 6 times within 10 s of running time (backoff
+            # left out) is parked as failed (group_spec), never the broker.
             SupervisorSpec(
                 "groups",
-                max_restarts=10,
+                max_restarts=5,
                 within=10.0,
                 backoff=0.05,
-                backoff_max=2.0,
+                backoff_max=0.4,
                 shutdown=30.0,
             ),
             # Share subscriptions (one supervisor each, started on first use).

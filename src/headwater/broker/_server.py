@@ -37,8 +37,8 @@ import math
 import os
 import signal
 import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -242,21 +242,29 @@ class Server:
         self._connections += 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
 
-        async def run() -> None:
-            try:
-                await self._connection(stream, peer, f"/server/{name}")
-            finally:
+        released = False
+
+        def release() -> None:
+            # The count drops before the socket closes: a client that sees the
+            # port free again (its fd gone) must also find a free slot.
+            nonlocal released
+            if not released:
+                released = True
                 self._connections -= 1
                 if self._connections == 0:
                     self._idle.set()
+
+        async def run() -> None:
+            try:
+                await self._connection(stream, peer, f"/server/{name}", release)
+            finally:
+                release()
 
         spec = ChildSpec(name, run, restart="temporary", shutdown=self.config.shutdown_timeout)
         try:
             await self.broker.system.start_child(spec, parent="/server")
         except BaseException:
-            self._connections -= 1
-            if self._connections == 0:
-                self._idle.set()
+            release()
             await trio.aclose_forcefully(stream)
             raise
 
@@ -283,12 +291,15 @@ class Server:
         _log.warning("connection_refused", peer=peer, reason=reason)
         conn = ServerConnection(max_frame_size=self.config.max_frame_size)
         conn.fail(ServerBusyError(reason))
-        with trio.move_on_after(1.0):
-            try:
+        try:
+            with trio.move_on_after(1.0):
                 await self._wrap(stream).send_all(conn.data_to_send())
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
-        await trio.aclose_forcefully(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            # Also when cancelled (the listener stopped by a drain mid-refusal):
+            # an unclosed socket leaks its descriptor until the collector runs.
+            await trio.aclose_forcefully(stream)
 
     def _wrap(self, stream: trio.abc.Stream) -> trio.abc.Stream:
         if self._ssl is None or isinstance(stream, trio.SSLStream):
@@ -318,7 +329,9 @@ class Server:
             for listener in listeners:
                 nursery.start_soon(accept, listener)
 
-    async def _connection(self, stream: trio.abc.Stream, peer: str, path: str) -> None:
+    async def _connection(
+        self, stream: trio.abc.Stream, peer: str, path: str, release: Callable[[], None]
+    ) -> None:
         config = self.config
         conn = ServerConnection(
             token=config.auth_token,
@@ -329,6 +342,8 @@ class Server:
         send_lock = trio.StrictFIFOLock()
         log = _log.bind(actor=path, peer=peer)
         stats = {"requests": 0, "errors": 0}
+        broker_stats = self.broker.service.stats
+        entry = broker_stats.connection_opened(path, peer)
         broken = False
         budget = _ByteBudget(config.max_bytes_in_flight)
         stalled = trio.CancelScope()
@@ -382,9 +397,11 @@ class Server:
                 )
             except HeadwaterError as exc:
                 stats["errors"] += 1
+                entry.errors += 1
                 self._send(conn, event.id, exc)
             except Exception as exc:  # a bug: answer it, log it, keep serving
                 stats["errors"] += 1
+                entry.errors += 1
                 log.error("request_failed", op=event.op, exc_info=exc)
                 self._send(conn, event.id, exc)
             del event  # the answer's frame is queued: hold no other copy while it is sent
@@ -446,12 +463,15 @@ class Server:
                                     break
                                 if isinstance(event, RequestReceived):
                                     stats["requests"] += 1
+                                    entry.requests += 1
                                     record = event.body.get("record")
                                     size = len(record) if isinstance(record, bytes) else 0
                                     budget.charge(size)
                                     handlers.start_soon(answer, event, size)
                                 elif isinstance(event, HandshakeComplete):
                                     ready = True
+                                    entry.client = event.peer
+                                    entry.authenticated = event.authenticated
                                     log.info(
                                         "connection_ready",
                                         client=event.peer,
@@ -477,8 +497,10 @@ class Server:
                         handlers.cancel_scope.cancel()
                 await flush()
         finally:
+            broker_stats.connection_closed(path)
             self._receivers.discard(receiver)
             conn.close()
+            release()
             await trio.aclose_forcefully(stream)
             log.info("connection_closed", reason=reason, **stats)
 
@@ -598,10 +620,19 @@ async def open_server(
                 await trio.aclose_forcefully(ln)
 
 
-def run_server(config: ServerConfig) -> int:
+FrontEnd = Callable[[Broker], AbstractAsyncContextManager[Any]]
+"""Opens one more front end (such as :func:`headwater.web.open_http`) on a
+running broker, for as long as its block lasts."""
+
+
+def run_server(config: ServerConfig, front_ends: Sequence[FrontEnd] = ()) -> int:
     """``headwater serve``: open the broker and serve it until SIGINT or SIGTERM,
     then shut down gracefully; returns the process exit code (0 after a clean
-    shutdown). A second signal during shutdown stops at once."""
+    shutdown). A second signal during shutdown stops at once.
+
+    ``front_ends`` open beside the TCP server, after it, and close before it
+    (the CLI passes the HTTP front end here: the broker layer never imports
+    the front ends above it)."""
     configure_logging(config.log_format, level=config.log_level)
 
     async def main() -> None:
@@ -611,7 +642,10 @@ def run_server(config: ServerConfig) -> int:
                     config.data_dir, durability=config.durability, interval_ms=config.interval_ms
                 ) as broker,
                 open_server(broker, config) as server,
+                AsyncExitStack() as stack,
             ):
+                for front_end in front_ends:
+                    await stack.enter_async_context(front_end(broker))
                 async for signum in signals:
                     _log.info(
                         "shutdown_requested",

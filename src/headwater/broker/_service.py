@@ -18,6 +18,8 @@ actor, so waiting for an fsync or a long poll blocks only that caller.
 
 from __future__ import annotations
 
+import re
+import time
 from typing import Any, ClassVar
 
 import trio
@@ -34,6 +36,7 @@ from headwater._errors import (
     UnknownPartitionError,
     UnknownTopicError,
 )
+from headwater._logging import get_logger
 from headwater._protocol import (
     PUSH_SINK,
     AddPartitions,
@@ -91,14 +94,18 @@ from headwater.broker._actors import (
 from headwater.broker._config import TopicConfig, validate_group_name, validate_topic_name
 from headwater.broker._group import GroupCoordinator
 from headwater.broker._share_service import ShareService
+from headwater.broker._stats import count_events
 from headwater.journal._async import AsyncLog
 from headwater.journal._batch import decode_record_events
 from headwater.journal._record import iter_records
+from headwater.supervision._specs import ActorSnapshot
 
 __all__ = ["BrokerService", "MAX_FETCH_BYTES", "MAX_FETCH_WAIT"]
 
 MAX_FETCH_WAIT = 30.0
 """The longest a fetch may long-poll, in seconds."""
+
+_requests_log = get_logger("headwater.broker.requests")
 
 MAX_FETCH_BYTES = 8 * 1024 * 1024
 """A fetch asking for more bytes gets this many (still at least one whole
@@ -115,6 +122,7 @@ class BrokerService:
         self._logs: dict[tuple[str, int], AsyncLog] = {}
         self._groups_lock = trio.Lock()
         self.shares = ShareService(self)
+        self.stats = settings.stats
 
     async def start(self) -> None:
         """Load the topic list and start the actors of groups found on disk."""
@@ -196,6 +204,48 @@ class BrokerService:
         except HeadwaterError:
             return self.settings.fs.exists(f"{self.settings.data_dir}/meta/groups/{name}")
 
+    def topic_configs(self) -> dict[str, TopicConfig]:
+        """Every topic's config, by name (a copy)."""
+        return dict(self._topics)
+
+    async def log_statistics(self, topic: str, partition: int) -> dict[str, Any]:
+        """Offsets, size, segments and sync count of one partition's log
+        (:meth:`AsyncLog.statistics`); raises the partition's error when it
+        is not serving."""
+        return (await self._log(topic, partition)).statistics()
+
+    async def read_events(
+        self, topic: str, partition: int, offset: int, limit: int
+    ) -> tuple[list[Any], int, int]:
+        """Up to ``limit`` stored events from ``offset`` (values as stored
+        bytes), with the partition's earliest and end offsets: the console's
+        browser. Not counted as client fetches."""
+        log = await self._log(topic, partition)
+        start = max(offset, log.earliest_offset)
+        events: list[Any] = []
+        while len(events) < limit and start < log.visible_end:
+            data = await log.read(start, 256 * 1024)
+            if not data:
+                break
+            for header, record in iter_records(data):
+                for event in decode_record_events(header, record, topic=topic, partition=partition):
+                    if event.offset >= start and len(events) < limit:
+                        events.append(event)
+                start = header.next_offset
+        return events, log.earliest_offset, log.visible_end
+
+    async def group_descriptions(self) -> list[tuple[str, Any]]:
+        """``(name, description)`` of every group, the description being the
+        error when it cannot be described now. For observers: not counted as
+        client requests."""
+        out: list[tuple[str, Any]] = []
+        for name in (await self._list_groups(ListGroups())).groups:
+            try:
+                out.append((name, await self._describe_group(DescribeGroup(name))))
+            except HeadwaterError as exc:
+                out.append((name, exc))
+        return out
+
     def _counts(self) -> dict[str, int]:
         return {name: c.partitions for name, c in self._topics.items()}
 
@@ -206,7 +256,17 @@ class BrokerService:
         handler = self._handlers.get(type(request))
         if handler is None:
             raise InvalidArgument(f"unknown request {type(request).__name__}")
-        return await handler(self, request)
+        began = time.perf_counter()
+        failed = True
+        try:
+            result = await handler(self, request)
+            failed = False
+            return result
+        finally:
+            seconds = time.perf_counter() - began
+            op = _OP_NAMES[type(request)]
+            self.stats.request(op, seconds, failed=failed)
+            _requests_log.debug("request", op=op, seconds=round(seconds, 6), failed=failed)
 
     async def _produce(self, r: Produce) -> ProduceResult:
         _config, path = self._partition_path(r.topic, r.partition)
@@ -223,6 +283,10 @@ class BrokerService:
                 f"partition {r.topic}/{r.partition} restarted before the batch was synced; "
                 "retry it (idempotent producers store it once)"
             ) from None
+        if not reply.duplicate:
+            counters = self.stats.partition(r.topic, r.partition)
+            counters.produced_events += reply.end_offset - reply.base_offset
+            counters.produced_bytes += len(r.record)
         return ProduceResult(
             r.topic, r.partition, reply.base_offset, reply.append_time, reply.duplicate
         )
@@ -258,6 +322,10 @@ class BrokerService:
                 f"offset {r.offset} of {r.topic}/{r.partition} was removed by retention; "
                 f"the partition now starts at {log.earliest_offset}: seek to earliest"
             ) from None
+        if data:
+            counters = self.stats.partition(r.topic, r.partition)
+            counters.fetched_events += count_events(data)
+            counters.fetched_bytes += len(data)
         return FetchResult(r.topic, r.partition, data, log.visible_end, log.earliest_offset)
 
     async def _list_offset(self, r: ListOffset) -> OffsetResult:
@@ -309,6 +377,7 @@ class BrokerService:
         self._topics.pop(config.name, None)
         for key in [k for k in self._logs if k[0] == config.name]:
             del self._logs[key]
+        self.stats.forget_topic(config.name)
         return Done()
 
     async def _add_partitions(self, r: AddPartitions) -> TopicInfo:
@@ -326,9 +395,20 @@ class BrokerService:
         config = self._config(r.name)
         infos: list[PartitionInfo] = []
         for p in range(config.partitions):
-            ref = self._partition(config.name, f"/broker/topics/{config.name}/{p}")
-            infos.append(await ref.ask(DescribePartition()))
+            path = f"/broker/topics/{config.name}/{p}"
+            try:
+                infos.append(await self._partition(config.name, path).ask(DescribePartition()))
+            except HeadwaterError:
+                # A partition parked as failed (its files cannot be opened)
+                # is described with its reason; the others answer as usual.
+                node = self._node(path)
+                if node is None or node.state != "failed":
+                    raise
+                infos.append(PartitionInfo(p, 0, 0, 0, "failed", node.last_failure))
         return TopicDescription(config.to_info(), tuple(infos))
+
+    def _node(self, path: str) -> ActorSnapshot | None:
+        return next((n for n in self.system.tree().walk() if n.path == path), None)
 
     async def _init_producer(self, r: InitProducer) -> ProducerIdentity:
         pid = await self.system.lookup("/broker/registry").ask(NewProducerId())
@@ -365,7 +445,12 @@ class BrokerService:
             if topic not in self._topics:
                 continue
             for p in range(self._topics[topic].partitions):
-                ends[(topic, p)] = (await self._log(topic, p)).visible_end
+                try:
+                    ends[(topic, p)] = (await self._log(topic, p)).visible_end
+                except HeadwaterError:
+                    node = self._node(f"/broker/topics/{topic}/{p}")
+                    if node is None or node.state != "failed":
+                        raise
         return coordinator.describe(ends)
 
     async def _tree(self, r: GetTree) -> TreeSnapshot:
@@ -419,3 +504,8 @@ def _some(names: list[str], shown: int = 5) -> str:
         return "none"
     head = ", ".join(names[:shown])
     return head if len(names) <= shown else f"{head} and {len(names) - shown} more"
+
+
+_OP_NAMES = {
+    kind: re.sub(r"(?<!^)(?=[A-Z])", "_", kind.__name__).lower() for kind in BrokerService._handlers
+}

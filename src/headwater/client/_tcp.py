@@ -303,18 +303,26 @@ class TcpChannel(Channel):
                         self._on_reconnect(failures, exc)
                     await trio.sleep(delay)
                     continue
-                if not first:
-                    self.reconnects += 1
-                    _log.info("reconnected", server=self.address, after_failures=failures)
-                    if failures and self._on_reconnect is not None:
-                        self._on_reconnect(failures, None)
-                failures = 0
-                self._session = session
-                self._connected.set()
-                if first:
-                    first = False
-                    task_status.started()
-                error = await self._read(session)
+                try:
+                    if not first:
+                        self.reconnects += 1
+                        _log.info("reconnected", server=self.address, after_failures=failures)
+                        if failures and self._on_reconnect is not None:
+                            self._on_reconnect(failures, None)
+                    failures = 0
+                    self._session = session
+                    self._connected.set()
+                    if first:
+                        first = False
+                        task_status.started()
+                    error = await self._read(session)
+                except BaseException:
+                    # Cancelled (aclose() closes the session it sees, but one
+                    # that ran while this task held a finished handshake saw
+                    # none) or a raising listener: close the stream here too,
+                    # else the socket leaks.
+                    await trio.aclose_forcefully(session.stream)
+                    raise
                 self._session = None
                 self._connected = trio.Event()
                 self._last_error = error

@@ -28,6 +28,9 @@ from ._record import decode_header as decode_header
 from ._record import encode_record as encode_record
 from ._record import iter_records as iter_records
 from ._record import patch_record as patch_record
+from ._repair import Damage as Damage
+from ._repair import RepairReport as RepairReport
+from ._repair import repair_log as repair_log
 from ._state import StateJournal as StateJournal
 from ._state import open_state_journal as open_state_journal
 
@@ -50,6 +53,9 @@ __all__ = [
     "RecordHeader",
     "Short",
     "Corrupt",
+    "Damage",
+    "RepairReport",
+    "repair_log",
     "HEADER_SIZE",
     "NO_PRODUCER",
 ]

@@ -43,6 +43,7 @@ import trio
 
 from headwater._errors import ClosedError, FsyncFailedError, StorageError
 from headwater._logging import get_logger
+from headwater._stats import SIZE_BUCKETS, Histogram
 from headwater.journal._files import FileSystem, RealFileSystem
 from headwater.journal._log import Log, LogConfig, SyncWork
 from headwater.journal._record import RecordHeader
@@ -74,6 +75,12 @@ class AsyncLog:
         self._failure: BaseException | None = None
         self._closed = False
         self.syncs = 0
+        # Observability: fsync latency and appends per fsync (group-commit
+        # batch size). An owner may replace both with histograms it shares
+        # across logs (the broker does, so they outlive partition restarts).
+        self.sync_latency = Histogram()
+        self.sync_batch = Histogram(SIZE_BUCKETS)
+        self._unsynced_writes = 0
         self._last_sync: tuple[int, int] | None = None  # (segment base, position)
 
     # ---------------------------------------------------------------- write
@@ -126,6 +133,7 @@ class AsyncLog:
         """
         self._check_open()
         header = self.log.write(record, validated)
+        self._unsynced_writes += 1
         self._wake.set()
         if self.config.durability != "always":
             self._notify_data()
@@ -236,11 +244,16 @@ class AsyncLog:
         await self._sync_once(work)
 
     async def _sync_once(self, work: SyncWork) -> None:
+        writes, self._unsynced_writes = self._unsynced_writes, 0
+        began = time.perf_counter()
         try:
             await self._run(work)
         except OSError as exc:
             self._fail(work, exc)
             return
+        self.sync_latency.observe(time.perf_counter() - began)
+        if writes:
+            self.sync_batch.observe(writes)
         self.log.complete_sync(work)
         self.syncs += 1
         self._synced.set()

@@ -26,8 +26,10 @@ was synced, it is *tail* damage (a torn or unsynced write): the segment is
 truncated there and ``journal_tail_truncated`` is logged with the bytes
 dropped and why. If it lies before (*interior* damage), opening fails with
 :class:`~headwater.CorruptionError` naming the file and position, unless
-``repair=True``, which truncates there and deletes later segments, logging
-everything it removes. The checkpoint is rewritten (not fsynced) after each
+``repair=True``, which first runs :func:`~headwater.journal.repair_log`: it
+drops only the damaged records and records the offsets they held as a gap
+(the ``gaps`` file) that recovery accepts and readers skip, keeping every
+valid record after the damage (DECISIONS #16). The checkpoint is rewritten (not fsynced) after each
 sync and fsynced at close: after a power loss it may lag by up to a few
 seconds, which widens the tail; a missing checkpoint makes the whole last
 segment tail.
@@ -76,6 +78,7 @@ from headwater._errors import (
 )
 from headwater._logging import get_logger
 from headwater.journal._files import FileSystem, write_file_atomically
+from headwater.journal._gaps import covered, read_gaps
 from headwater.journal._record import (
     ATTR_COMPACTED,
     HEADER_SIZE,
@@ -227,6 +230,7 @@ class Log:
         self._dir_gen = 0
         self._dir_synced_gen = 0
         self._checkpoint_handle: int | None = None
+        self._gaps: list[tuple[int, int]] = []  # offset gaps left by a repair
         self.closed = False
         # Guards ``segments`` and the pin counts; held only for a few lines.
         self._lock = threading.Lock()
@@ -248,7 +252,12 @@ class Log:
 
         log = cls(path, fs, config or LogConfig(), clock or (lambda: int(time.time() * 1000)))
         try:
-            log._recover(repair)
+            if repair:
+                from headwater.journal._repair import repair_log
+
+                fs.makedirs(log.path)
+                repair_log(log.path, fs, apply=True)
+            log._recover()
         except OSError as exc:
             log.abandon()
             raise StorageError(f"cannot open the log at {path}: {exc}") from exc
@@ -291,9 +300,12 @@ class Log:
         if sync:
             self.fs.fsync(self._checkpoint_handle)
 
-    def _recover(self, repair: bool) -> None:
+    def _recover(self) -> None:
         fs = self.fs
         fs.makedirs(self.path)
+        self._gaps = read_gaps(fs, self.path)
+        if self._gaps:
+            _log.info("journal_gaps", path=self.path, gaps=[list(g) for g in self._gaps])
         bases = sorted(
             int(name[:-4])
             for name in fs.listdir(self.path)
@@ -314,17 +326,18 @@ class Log:
             self._recovering = seg
             seg.created_ms = self.clock()
             file_size = fs.size(seg.handle)
-            if expected is not None and base != expected:
-                reason = f"{seg.path} starts at offset {base}, but offset {expected} was expected"
-                if not repair:
-                    raise CorruptionError(
-                        f"{reason}: records are missing. Restore the files, or open with "
-                        "repair=True to delete this and every later segment"
-                    )
-                fs.close(seg.handle)
-                self._remove_segments(bases[i:])
-                _log.warning("journal_repaired", reason=reason, removed_segments=bases[i:])
-                break
+            if (
+                expected is not None
+                and base != expected
+                and not (base > expected and covered(self._gaps, expected, base))
+            ):
+                raise CorruptionError(
+                    f"{seg.path} starts at offset {base}, but offset {expected} was expected: "
+                    "records are missing (or the file does not belong here). Restore the "
+                    "files, or repair the log (`headwater repair` for a partition, "
+                    "repair_log() in code): it keeps every valid record and reports the "
+                    "missing offsets as a gap"
+                )
             clean_last = (
                 checkpoint is not None
                 and checkpoint[3]
@@ -340,11 +353,9 @@ class Log:
                     tail_from = 0
                 elif not last:
                     tail_from = file_size  # a rolled segment was fully synced
-                ok = self._scan(seg, file_size, tail_from, repair, bases[i + 1 :])
+                self._scan(seg, file_size, tail_from)
                 seg.sealed = not last
                 self.segments.append(seg)
-                if not ok:
-                    break
             else:
                 seg.sealed = not last
                 self.segments.append(seg)
@@ -404,10 +415,9 @@ class Log:
             data = body + trailer + struct.pack(">I", crc32c.crc32c(body + trailer))
             write_file_atomically(self.fs, f"{self.path}/{_name(seg.base, ext)}", [data])
 
-    def _scan(
-        self, seg: _Segment, file_size: int, tail_from: int, repair: bool, later: list[int]
-    ) -> bool:
-        """Scan a segment, rebuilding its index; returns False if it was cut."""
+    def _scan(self, seg: _Segment, file_size: int, tail_from: int) -> None:
+        """Scan a segment, rebuilding its index; tail damage is cut, interior
+        damage raises :class:`CorruptionError`."""
         seg.next_offset = seg.base
         seg.size = 0
         position = 0
@@ -427,47 +437,38 @@ class Log:
             elif isinstance(header, Corrupt):
                 reason = header.reason
             elif header.base_offset != seg.next_offset and not (
-                header.base_offset > seg.next_offset and header.attributes & ATTR_COMPACTED
+                header.base_offset > seg.next_offset
+                and (
+                    header.attributes & ATTR_COMPACTED
+                    or covered(self._gaps, seg.next_offset, header.base_offset)
+                )
             ):
                 reason = f"offset {header.base_offset} where {seg.next_offset} was expected"
             else:
                 seg.note(header, position, self.config.index_interval)
                 position += header.length
                 continue
-            interior = position < tail_from
-            self._damage(seg, position, reason, interior=interior, repair=repair, bases=later)
-            return not later or not interior
-        return True
+            self._damage(seg, position, reason, interior=position < tail_from)
+            return
 
-    def _damage(
-        self,
-        seg: _Segment,
-        position: int,
-        reason: str,
-        *,
-        interior: bool,
-        repair: bool,
-        bases: list[int],
-    ) -> None:
+    def _damage(self, seg: _Segment, position: int, reason: str, *, interior: bool) -> None:
         size = self.fs.size(seg.handle) if seg.handle >= 0 else 0
-        if interior and not repair:
+        if interior:
             raise CorruptionError(
                 f"{seg.path}: corrupt data at byte {position} ({reason}), before the last "
-                "synced position; nothing was dropped. Restore the file, or open with "
-                "repair=True to truncate there (this deletes every later record)"
+                "synced position; nothing was dropped. Restore the file, or repair the log "
+                "(`headwater repair` for a partition, repair_log() in code): it drops only "
+                "the damaged records and reports their offsets as a gap"
             )
         self.fs.truncate(seg.handle, position)
         self.fs.fsync(seg.handle)
         _log.warning(
-            "journal_tail_truncated" if not interior else "journal_repaired",
+            "journal_tail_truncated",
             file=seg.path,
             position=position,
             bytes_dropped=size - position,
             reason=reason,
         )
-        if interior and bases:
-            self._remove_segments(bases)
-            _log.warning("journal_repaired", removed_segments=bases)
 
     def _remove_segments(self, bases: list[int], exts: tuple[str, ...] = _EXTS) -> None:
         """Remove segment files (the directory fsync comes with the next sync)."""
@@ -701,7 +702,12 @@ class Log:
     # ------------------------------------------------------------------ read
 
     def _segment_for(self, offset: int) -> int:
-        return max(0, bisect.bisect_right(self.segments, offset, key=_segment_base) - 1)
+        index = max(0, bisect.bisect_right(self.segments, offset, key=_segment_base) - 1)
+        if offset >= self.segments[index].next_offset and index + 1 < len(self.segments):
+            # In a gap a repair left at the end of a segment: the offsets
+            # there went with the damage, so the next segment holds what follows.
+            index += 1
+        return index
 
     def _position_of(self, seg: _Segment, offset: int) -> tuple[int, RecordHeader | None]:
         """Byte position and header of the record containing ``offset``."""
@@ -778,7 +784,8 @@ class Log:
                 raise CorruptionError(
                     f"{seg.path}: corrupt record at byte {position + pos} ({reason}) "
                     f"while reading offset {offset}; the records after it are kept. "
-                    "Restore the file, or open the log with repair=True to truncate there"
+                    "Restore the file, or repair the log (`headwater repair` for a partition, "
+                    "on the stopped broker): it drops only the damaged records"
                 )
             if h.base_offset >= end or (out and len(out) + h.length > max_bytes):
                 return offset, False
@@ -915,7 +922,7 @@ class Log:
         try:
             seg.created_ms = old.created_ms
             size = fs.size(seg.handle)
-            self._scan(seg, size, size, False, [])
+            self._scan(seg, size, size)
             if seg.next_offset != old.next_offset:
                 raise CorruptionError(
                     f"compaction of {old.path} changed its end offset "

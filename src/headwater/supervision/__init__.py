@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ._policy import Backoff as Backoff
 from ._policy import ChildInfo as ChildInfo
+from ._policy import Crash as Crash
 from ._policy import Decision as Decision
 from ._policy import Escalate as Escalate
 from ._policy import Ignore as Ignore
@@ -23,6 +24,7 @@ from ._specs import ActorSnapshot as ActorSnapshot
 from ._specs import ChildCount as ChildCount
 from ._specs import ChildEntry as ChildEntry
 from ._specs import ChildSpec as ChildSpec
+from ._specs import GiveUp as GiveUp
 from ._specs import SupervisorSpec as SupervisorSpec
 from ._specs import unwrap_group as unwrap_group
 
@@ -34,8 +36,10 @@ __all__ = [
     "ChildEntry",
     "ChildInfo",
     "ChildSpec",
+    "Crash",
     "Decision",
     "Escalate",
+    "GiveUp",
     "Ignore",
     "Restart",
     "RestartPolicy",

@@ -35,6 +35,7 @@ __all__ = [
     "ChildCount",
     "ChildEntry",
     "ChildSpec",
+    "GiveUp",
     "SupervisorSpec",
     "unwrap_group",
     "unwrapping_groups",
@@ -54,6 +55,16 @@ def _check_name(name: object) -> str:
 def _check_restart(restart: object) -> None:
     if restart not in RESTART_TYPES:
         raise ConfigError(f"restart={restart!r} is unknown; use one of {', '.join(RESTART_TYPES)}")
+
+
+GiveUp = Literal["escalate", "fail"]
+"""What a child's supervisor does when the child exhausts its restart
+intensity: ``escalate`` (give up itself) or ``fail`` (park the child)."""
+
+
+def _check_give_up(value: object) -> None:
+    if value not in ("escalate", "fail"):
+        raise ConfigError(f"on_give_up={value!r} is unknown; use 'escalate' or 'fail'")
 
 
 def _check_shutdown(shutdown: object) -> None:
@@ -77,6 +88,17 @@ class ChildSpec:
     task child: it runs until it returns, a normal exit, or raises).
     ``shutdown`` is how long a graceful stop may take before the child is
     cancelled; ``mailbox_size`` bounds an actor's mailbox.
+
+    ``on_give_up`` says what happens when this child's crash exceeds its
+    supervisor's restart intensity: ``"escalate"`` (the default, Erlang's
+    rule) makes the supervisor give up; ``"fail"`` parks the child in the
+    final ``failed`` state instead, where every ``tell`` and ``ask`` to it
+    raises its last error (a :class:`~headwater.HeadwaterError` as itself,
+    anything else as :class:`~headwater.ActorFailed`) while its siblings run
+    on. Such a child's intensity (the supervisor's ``max_restarts`` within
+    ``within``) counts its own crashes only, and they do not count toward its
+    siblings', as if it had a supervisor of its own.
+    A broker partition whose files cannot be opened is parked this way.
     """
 
     name: str = attrs.field(validator=lambda _i, _a, v: _check_name(v))
@@ -86,6 +108,9 @@ class ChildSpec:
     )
     shutdown: float = attrs.field(default=5.0, validator=lambda _i, _a, v: _check_shutdown(v))
     mailbox_size: int = DEFAULT_MAILBOX_SIZE
+    on_give_up: GiveUp = attrs.field(
+        default="escalate", validator=lambda _i, _a, v: _check_give_up(v)
+    )
 
     def __attrs_post_init__(self) -> None:
         if not callable(self.factory):
