@@ -64,8 +64,8 @@ async def test_share_subscription_survives_sigkill_rounds(tmp_path: Path) -> Non
                     async with client.producer() as producer:
                         await producer.send_many("work", list(range(EVENTS)))
             last = round_no == ROUNDS
-            if last:
-                assert 0 < len(acked) < EVENTS  # the kills landed while work remained
+            if round_no == 1:
+                assert 0 < len(acked) < EVENTS  # the first kill landed mid-work
             with trio.fail_after(120):
                 async with trio.open_nursery() as nursery:
                     for _ in range(8):
