@@ -35,6 +35,7 @@ from ._errors import InvalidTopicName as InvalidTopicName
 from ._errors import InvalidTransactionStateError as InvalidTransactionStateError
 from ._errors import LinkedExit as LinkedExit
 from ._errors import LocalProtocolError as LocalProtocolError
+from ._errors import LockLostError as LockLostError
 from ._errors import MailboxFull as MailboxFull
 from ._errors import NotFoundError as NotFoundError
 from ._errors import OffsetOutOfRangeError as OffsetOutOfRangeError
@@ -46,6 +47,8 @@ from ._errors import SerializationError as SerializationError
 from ._errors import ServerBusyError as ServerBusyError
 from ._errors import StaleGenerationError as StaleGenerationError
 from ._errors import StorageError as StorageError
+from ._errors import SubscriptionBusyError as SubscriptionBusyError
+from ._errors import SubscriptionConflictError as SubscriptionConflictError
 from ._errors import SupervisorGaveUp as SupervisorGaveUp
 from ._errors import TopicExistsError as TopicExistsError
 from ._errors import TransactionTimedOutError as TransactionTimedOutError
@@ -141,6 +144,9 @@ __all__ = [
     "TransactionTimedOutError",
     "UnknownTransactionalIdError",
     "UnstableOffsetError",
+    "LockLostError",
+    "SubscriptionBusyError",
+    "SubscriptionConflictError",
 ]
 
 

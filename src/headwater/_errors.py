@@ -46,6 +46,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidTopicName",
     "LinkedExit",
+    "LockLostError",
     "LocalProtocolError",
     "MailboxFull",
     "NotFoundError",
@@ -63,6 +64,8 @@ __all__ = [
     "StaleGenerationError",
     "InconsistentGroupProtocolError",
     "StorageError",
+    "SubscriptionBusyError",
+    "SubscriptionConflictError",
     "SupervisorGaveUp",
     "TopicExistsError",
     "UnknownGroupError",
@@ -538,6 +541,33 @@ class UnknownTransactionalIdError(NotFoundError):
     expired). Check the id; ``headwater transactions list`` shows the known ones."""
 
     code = "unknown_transactional_id"
+
+
+class LockLostError(UsageError):
+    """An ack, nack, reject or extend named an event this consumer of a share
+    subscription does not hold: never delivered to it, or its lock (the
+    subscription's ``ack_timeout``) expired and the event went back to be
+    delivered again. Nothing changed for that event; it will be (or was)
+    redelivered, so make processing idempotent or extend slow jobs in time."""
+
+    code = "lock_lost"
+
+
+class SubscriptionConflictError(UsageError):
+    """A share subscription request conflicts with what exists: the name is a
+    consumer group (or a group name is a share subscription; they share one
+    namespace), or the topic, mode or settings differ from the subscription's
+    (fixed when it was created). Use another name, or the existing settings."""
+
+    code = "subscription_conflict"
+
+
+class SubscriptionBusyError(UsageError):
+    """An ``exclusive`` share subscription already has a live consumer, so a
+    second one is refused. Close the first, wait for its session to expire,
+    or use mode ``shared``."""
+
+    code = "subscription_busy"
 
 
 def _all_subclasses(cls: type[HeadwaterError]) -> list[type[HeadwaterError]]:

@@ -84,6 +84,18 @@ __all__ = [
     "TransactionList",
     "REQUEST_TYPES",
     "RESPONSE_TYPES",
+    "ShareSubscribe",
+    "ShareMembership",
+    "ShareFetch",
+    "ShareRecord",
+    "ShareBatch",
+    "ShareOutcome",
+    "ShareAck",
+    "ShareLeave",
+    "SharePartitionState",
+    "ShareDescription",
+    "SHARE_REQUEST_TYPES",
+    "SHARE_RESPONSE_TYPES",
 ]
 
 PROTOCOL_VERSION = 2
@@ -619,3 +631,145 @@ RESPONSE_TYPES: tuple[type, ...] = (
     TransactionDescription,
     TransactionList,
 )
+
+
+# --------------------------------------------------------------------------
+# Share subscriptions (docs/protocol.md, "Share subscriptions")
+
+
+@attrs.frozen
+class ShareSubscribe:
+    """Join (creating on first use) the share subscription ``name`` of
+    ``topic``. The settings are fixed by the first subscribe; a later one
+    with different settings is refused (``subscription_conflict``).
+    ``consumer_id`` rejoins as the same consumer."""
+
+    topic: str
+    name: str
+    mode: str = "shared"
+    start: str = "earliest"
+    ack_timeout_ms: int = 30_000
+    max_deliveries: int = 5
+    backoff_ms: tuple[int, ...] = ()
+    backoff_base_ms: int = 0
+    backoff_max_ms: int = 60_000
+    window: int = 1000
+    session_timeout: float = 10.0
+    client_id: str = ""
+    consumer_id: str | None = None
+
+
+@attrs.frozen
+class ShareMembership:
+    """The answer to :class:`ShareSubscribe`: who this consumer is."""
+
+    name: str
+    topic: str
+    consumer_id: str
+    mode: str
+    partitions: int
+
+
+@attrs.frozen
+class ShareFetch:
+    """Take up to ``max_events`` events (the consumer's free credit), waiting
+    up to ``max_wait`` seconds when none is ready. Each returned event is
+    locked to this consumer until the subscription's ack timeout. A fetch
+    also keeps the consumer's session alive."""
+
+    name: str
+    consumer_id: str
+    max_events: int
+    max_wait: float = 0.5
+
+
+@attrs.frozen
+class ShareRecord:
+    """One delivered event; ``headers`` is a flat list ``[name, value, ...]``."""
+
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | str | None
+    value: bytes | None
+    headers: Any
+    delivery_count: int
+
+
+@attrs.frozen
+class ShareBatch:
+    """The answer to :class:`ShareFetch`."""
+
+    name: str
+    records: tuple[ShareRecord, ...]
+
+
+@attrs.frozen
+class ShareOutcome:
+    """What a consumer did with one event: ``ack``, ``nack`` (redeliver after
+    the backoff, or ``delay_ms``), ``reject`` (dead-letter now) or
+    ``extend`` (renew the lock). ``error`` is kept for the dead-letter headers."""
+
+    partition: int
+    offset: int
+    outcome: str
+    delay_ms: int | None = None
+    error: str | None = None
+
+
+@attrs.frozen
+class ShareAck:
+    """Settle events this consumer holds; answered with :class:`Done` or
+    ``lock_lost`` naming the events it no longer holds (the rest applied)."""
+
+    name: str
+    consumer_id: str
+    outcomes: tuple[ShareOutcome, ...]
+
+
+@attrs.frozen
+class ShareLeave:
+    """Leave a share subscription; events this consumer holds go back at once."""
+
+    name: str
+    consumer_id: str
+
+
+@attrs.frozen
+class SharePartitionState:
+    """One partition of a share subscription, for ``groups describe``."""
+
+    partition: int
+    ack_floor: int
+    end_offset: int
+    backlog: int
+    in_flight: int
+    waiting: int
+    acked: int
+    redelivered: int
+    dead_lettered: int
+
+
+@attrs.frozen
+class ShareDescription:
+    """The answer to :class:`DescribeGroup` for a share subscription."""
+
+    name: str
+    topic: str
+    mode: str
+    dead_letter_topic: str
+    consumers: tuple[str, ...]
+    partitions: tuple[SharePartitionState, ...]
+
+
+SHARE_REQUEST_TYPES: tuple[type, ...] = (ShareSubscribe, ShareFetch, ShareAck, ShareLeave)
+SHARE_RESPONSE_TYPES: tuple[type, ...] = (
+    ShareMembership,
+    ShareRecord,
+    ShareBatch,
+    ShareOutcome,
+    SharePartitionState,
+    ShareDescription,
+)
+REQUEST_TYPES = (*REQUEST_TYPES, *SHARE_REQUEST_TYPES)
+RESPONSE_TYPES = (*RESPONSE_TYPES, *SHARE_RESPONSE_TYPES)

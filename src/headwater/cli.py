@@ -72,6 +72,7 @@ from headwater._errors import (
     UsageError,
 )
 from headwater._logging import configure_logging, configure_structlog_for_cli
+from headwater._protocol import ShareDescription
 from headwater.client import Client, Event, Timestamp
 from headwater.client._tcp import DEFAULT_URL, connect
 from headwater.supervision._specs import ActorSnapshot, unwrap_group
@@ -1179,6 +1180,26 @@ def _event_json(event: Event) -> dict[str, Any]:
     help="With --print-key (which it implies): put SEP between key and value [TAB].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option(
+    "--subscription",
+    "-s",
+    default=None,
+    metavar="NAME",
+    help="Read as a consumer of this share subscription (created on first use).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["shared", "exclusive", "failover", "key_shared"]),
+    default="shared",
+    show_default=True,
+    help="With --subscription: the mode a new subscription gets.",
+)
+@click.option(
+    "--ack",
+    is_flag=True,
+    help="With --subscription: acknowledge each printed event (without it, "
+    "printed events go back to the subscription when this command ends).",
+)
 @client_options
 def consume(
     target: Target,
@@ -1193,6 +1214,9 @@ def consume(
     print_key: bool,
     key_separator: str | None,
     as_json: bool,
+    subscription: str | None,
+    mode: str,
+    ack: bool,
 ) -> None:
     """Print events of TOPIC: to the current end, or forever with --follow.
 
@@ -1212,6 +1236,10 @@ def consume(
         raise click.UsageError("--partition reads without a group; drop one of them")
     json_out = as_json or fmt == "json"
     out = sys.stdout
+    if subscription is None and ack:
+        raise click.UsageError("--ack acknowledges events of a --subscription; add one")
+    if subscription is not None and (group is not None or partition is not None):
+        raise click.UsageError("--subscription reads without --group or --partition")
 
     def show(event: Event) -> None:
         if json_out:
@@ -1220,6 +1248,40 @@ def consume(
             out.write(f"{_text(event.key)}{separator}{_text(event.value)}\n")
         else:
             out.write(_text(event.value) + "\n")
+
+    async def run_shared() -> int:
+        assert subscription is not None
+        if start not in ("earliest", "latest"):
+            raise click.UsageError("--from with --subscription is earliest or latest")
+        shown = 0
+        async with (
+            target.client() as client,
+            client.subscribe(
+                topic,
+                subscription,
+                mode=mode,
+                start=start,
+                deserializer="bytes",
+                max_unacked=1000 if max_events is None else min(1000, max_events),
+            ) as sub,
+        ):
+            with trio.CancelScope() as reading:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_cancel_on_signal, reading)
+                    while max_events is None or shown < max_events:
+                        want = 1000 if max_events is None else max_events - shown
+                        events = await sub.getmany(want, timeout=0.5 if follow else 0.2)
+                        for event in events:
+                            show(event)
+                        out.flush()
+                        if ack and events:
+                            await sub.ack_many(events)
+                        shown += len(events)
+                        counter.update(shown)
+                        if not events and not follow:
+                            break
+                    nursery.cancel_scope.cancel()
+        return shown
 
     # An OFFSET is where each partition starts (with a group: each partition
     # the group has no committed offset for). A partition shorter than that
@@ -1292,7 +1354,7 @@ def consume(
 
     # Events going to a file or a pipe, a person watching stderr: count them.
     counter = Progress("consumed", _is_terminal(sys.stderr) and not _is_terminal(out))
-    shown = _run(run)
+    shown = _run(run if subscription is None else run_shared)
     counter.finish()
     if counter.enabled:
         click.echo(f"consumed {shown:,} event(s) from {topic}", err=True)
@@ -1358,8 +1420,16 @@ def groups_list(target: Target, as_json: bool) -> None:
             return out
 
     described = _run(run)
-    summaries = [
+    summaries: list[dict[str, Any]] = [
         {
+            "group": d.name,
+            "state": f"share ({d.mode})",
+            "members": len(d.consumers),
+            "topics": [d.topic],
+            "total_lag": sum(p.backlog for p in d.partitions),
+        }
+        if isinstance(d, ShareDescription)
+        else {
             "group": d.group,
             "state": d.state,
             "members": len(d.members),
@@ -1374,7 +1444,7 @@ def groups_list(target: Target, as_json: bool) -> None:
         click.echo("no consumer groups yet")
     else:
         rows = [
-            [g["group"], g["state"], g["members"], ", ".join(g["topics"]), g["total_lag"]]
+            [g["group"], g["state"], g["members"], ", ".join(map(str, g["topics"])), g["total_lag"]]
             for g in summaries
         ]
         click.echo(_table(["GROUP", "STATE", "MEMBERS", "TOPICS", "LAG"], rows))
@@ -1393,6 +1463,9 @@ def groups_describe(target: Target, group: str, as_json: bool) -> None:
             return await client.describe_group(group)
 
     d = _run(run)
+    if isinstance(d, ShareDescription):
+        _describe_share(d, as_json)
+        return
     owners = {(tp.topic, tp.partition): m.member_id for m in d.members for tp in m.assignment}
     parts = [
         {
@@ -1503,6 +1576,52 @@ def transactions_describe(target: Target, transactional_id: str, as_json: bool) 
     rows += [[f"group {g}", "-"] for g in t["groups"]]
     if rows:
         click.echo(_table(["IN TRANSACTION", "MARKER"], rows))
+
+
+def _describe_share(d: ShareDescription, as_json: bool) -> None:
+    """Print a share subscription: per partition backlog, in-flight,
+    waiting, acked, redelivered and dead-lettered counts."""
+    parts = [
+        {
+            "partition": p.partition,
+            "ack_floor": p.ack_floor,
+            "end_offset": p.end_offset,
+            "backlog": p.backlog,
+            "in_flight": p.in_flight,
+            "waiting": p.waiting,
+            "acked": p.acked,
+            "redelivered": p.redelivered,
+            "dead_lettered": p.dead_lettered,
+        }
+        for p in d.partitions
+    ]
+    totals = {
+        k: sum(int(p[k]) for p in parts)
+        for k in ("backlog", "in_flight", "waiting", "acked", "redelivered", "dead_lettered")
+    }
+    if as_json:
+        _emit_json(
+            {
+                "subscription": d.name,
+                "kind": "share",
+                "topic": d.topic,
+                "mode": d.mode,
+                "dead_letter_topic": d.dead_letter_topic,
+                "consumers": list(d.consumers),
+                "partitions": parts,
+                **{f"total_{k}": v for k, v in totals.items()},
+            }
+        )
+        return
+    click.echo(
+        f"share subscription {d.name} of {d.topic}: {d.mode}, {len(d.consumers)} consumer(s), "
+        f"backlog {totals['backlog']:,}, in flight {totals['in_flight']:,}, "
+        f"redelivered {totals['redelivered']:,}, dead-lettered {totals['dead_lettered']:,} "
+        f"(to {d.dead_letter_topic})"
+    )
+    headers = ["PARTITION", "ACK FLOOR", "END", "BACKLOG", "IN FLIGHT", "WAITING", "ACKED"]
+    headers += ["REDELIVERED", "DEAD-LETTERED"]
+    click.echo(_table(headers, [list(p.values()) for p in parts]))
 
 
 _STATE_COLOURS = {

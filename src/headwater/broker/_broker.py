@@ -6,6 +6,8 @@ The whole broker is one supervision tree::
       /broker/topics             one supervisor per topic ...
         /broker/topics/<t>         ... one PartitionActor per partition
       /broker/groups             one GroupActor per consumer group (meta/groups/<g>)
+      /broker/shares/<name>      one supervisor per share subscription: members and
+                                 one SharePartitionActor per partition (meta/shares/<name>)
       /broker/registry           TopicRegistry (persistent: meta/topics)
       /broker/transactions       TransactionActor (meta/__transactions/0)
       /broker/maintenance        retention, every ``retention_check_interval`` s
@@ -167,6 +169,15 @@ async def open_broker(
                 within=10.0,
                 backoff=0.05,
                 backoff_max=0.4,
+                shutdown=30.0,
+            ),
+            # Share subscriptions (one supervisor each, started on first use).
+            SupervisorSpec(
+                "shares",
+                max_restarts=10,
+                within=10.0,
+                backoff=0.05,
+                backoff_max=2.0,
                 shutdown=30.0,
             ),
             ChildSpec("registry", lambda: TopicRegistry(settings), shutdown=30.0),

@@ -31,6 +31,7 @@ from headwater._errors import (
     InvalidArgument,
     OffsetOutOfRangeError,
     StorageError,
+    SubscriptionConflictError,
     UnknownGroupError,
     UnknownPartitionError,
     UnknownTopicError,
@@ -70,6 +71,10 @@ from headwater._protocol import (
     ProducerIdentity,
     ReleasePartitions,
     SendOffsetsToTxn,
+    ShareAck,
+    ShareFetch,
+    ShareLeave,
+    ShareSubscribe,
     SyncGroup,
     TopicDescription,
     TopicInfo,
@@ -94,6 +99,7 @@ from headwater.broker._actors import (
 )
 from headwater.broker._config import TopicConfig, validate_group_name, validate_topic_name
 from headwater.broker._group import GroupCoordinator
+from headwater.broker._share_service import ShareService
 from headwater.broker._stable import StableCell, filter_records
 from headwater.broker._stats import count_events
 from headwater.journal._async import AsyncLog
@@ -124,6 +130,7 @@ class BrokerService:
         self._logs: dict[tuple[str, int], AsyncLog] = {}
         self._cells: dict[tuple[str, int], StableCell] = {}
         self._groups_lock = trio.Lock()
+        self.shares = ShareService(self)
         self.stats = settings.stats
 
     async def start(self) -> None:
@@ -135,6 +142,7 @@ class BrokerService:
         if fs.exists(groups_dir):
             for name in sorted(fs.listdir(groups_dir)):
                 await self._group(name, create=True)
+        await self.shares.start()
 
     # ----------------------------------------------------------- helpers
 
@@ -187,12 +195,25 @@ class BrokerService:
         except HeadwaterError:
             if not create:
                 raise UnknownGroupError(f"consumer group {group!r} does not exist") from None
+        if self.shares.exists(group):
+            raise SubscriptionConflictError(
+                f"{group!r} is a share subscription; consumer groups and share "
+                "subscriptions share one namespace, so pick another group name"
+            )
         async with self._groups_lock:
             try:
                 return self.system.lookup(path)
             except HeadwaterError:
                 spec = group_spec(self.settings, group)
                 return await self.system.start_child(spec, parent="/broker/groups")
+
+    def is_group(self, name: str) -> bool:
+        """Whether ``name`` is a consumer group (running or on disk)."""
+        try:
+            self.system.lookup(f"/broker/groups/{name}")
+            return True
+        except HeadwaterError:
+            return self.settings.fs.exists(f"{self.settings.data_dir}/meta/groups/{name}")
 
     def topic_configs(self) -> dict[str, TopicConfig]:
         """Every topic's config, by name (a copy)."""
@@ -396,6 +417,9 @@ class BrokerService:
 
     async def _delete_topic(self, r: DeleteTopic) -> Done:
         config = self._config(r.name)
+        # Share subscriptions keep their state with the topic's partitions:
+        # they go with it (stopped first, so no journal is open on a deleted file).
+        await self.shares.drop_topic(config.name)
         await self.system.lookup("/broker/registry").ask(
             DeleteTopicRequest(config.name), timeout=60
         )
@@ -463,11 +487,13 @@ class BrokerService:
     async def _list_groups(self, r: ListGroups) -> GroupList:
         groups = self.system.tree().walk()
         prefix = "/broker/groups/"
-        return GroupList(
-            tuple(sorted(n.path[len(prefix) :] for n in groups if n.path.startswith(prefix)))
-        )
+        names = {n.path[len(prefix) :] for n in groups if n.path.startswith(prefix)}
+        names = {n for n in names if "/" not in n}
+        return GroupList(tuple(sorted(names | set(self.shares.names()))))
 
     async def _describe_group(self, r: DescribeGroup) -> Any:
+        if self.shares.exists(validate_group_name(r.group)):
+            return await self.shares.describe(r.group)
         ref = await self._group(r.group, create=False)
         coordinator: GroupCoordinator = await ref.ask(GroupSnapshot())
         ends: dict[tuple[str, int], int] = {}
@@ -533,6 +559,10 @@ class BrokerService:
         ListGroups: _list_groups,
         DescribeGroup: _describe_group,
         GetTree: _tree,
+        ShareSubscribe: lambda self, r: self.shares.subscribe(r),
+        ShareFetch: lambda self, r: self.shares.fetch(r),
+        ShareAck: lambda self, r: self.shares.ack(r),
+        ShareLeave: lambda self, r: self.shares.leave(r),
     }
 
 

@@ -32,7 +32,7 @@ second file to keep consistent with the log.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import attrs
 
@@ -185,26 +185,36 @@ class PartitionTransactions:
             self.version += 1
 
 
+def aborted_by_producer(aborted: Iterable[AbortedTxn]) -> dict[int, list[AbortedTxn]]:
+    """The aborted index grouped by producer id, as :func:`is_hidden` takes it."""
+    ranges: dict[int, list[AbortedTxn]] = {}
+    for a in aborted:
+        ranges.setdefault(a.producer_id, []).append(a)
+    return ranges
+
+
+def is_hidden(header: RecordHeader, aborted: Mapping[int, list[AbortedTxn]]) -> bool:
+    """Whether a read_committed reader skips this record: a control record
+    (marker), or a batch of an aborted transaction (``aborted`` by producer id)."""
+    attributes = header.attributes
+    if attributes & ATTR_CONTROL:
+        return True
+    return bool(attributes & ATTR_TRANSACTIONAL) and any(
+        a.first_offset <= header.base_offset <= a.last_offset
+        for a in aborted.get(header.producer_id, ())
+    )
+
+
 def filter_records(data: bytes, aborted: Iterable[AbortedTxn], *, committed: bool) -> bytes:
     """Keep what a reader may see of a run of whole records: never a control
     record; with ``committed``, no batch of an aborted transaction either.
     Whole records are kept or dropped from their headers (no event decoded);
     ``data`` itself is returned when nothing is dropped."""
-    ranges: dict[int, list[AbortedTxn]] = {}
-    if committed:
-        for a in aborted:
-            ranges.setdefault(a.producer_id, []).append(a)
+    ranges = aborted_by_producer(aborted) if committed else {}
     kept: list[memoryview] = []
     dropped = False
     for header, record in iter_records(data):
-        attributes = header.attributes
-        if attributes & ATTR_CONTROL:
-            dropped = True
-            continue
-        if attributes & ATTR_TRANSACTIONAL and any(
-            a.first_offset <= header.base_offset <= a.last_offset
-            for a in ranges.get(header.producer_id, ())
-        ):
+        if is_hidden(header, ranges):
             dropped = True
             continue
         kept.append(record)

@@ -35,6 +35,9 @@ from ._serializers import StrSerializer as StrSerializer
 from ._serializers import deserialize_value as deserialize_value
 from ._serializers import get_serializer as get_serializer
 from ._serializers import serialize_value as serialize_value
+from ._share import ExponentialBackoff as ExponentialBackoff
+from ._share import SharedEvent as SharedEvent
+from ._share import Subscription as Subscription
 from ._tcp import DEFAULT_URL as DEFAULT_URL
 from ._tcp import TcpChannel as TcpChannel
 from ._tcp import connect as connect
@@ -56,6 +59,9 @@ __all__ = [
     "Client",
     "Consumer",
     "ConsumerConfig",
+    "ExponentialBackoff",
+    "SharedEvent",
+    "Subscription",
     "PartitionsCallback",
     "Event",
     "JsonSerializer",

@@ -9,7 +9,7 @@ typed :class:`~headwater.HeadwaterError` naming the value.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any
@@ -26,6 +26,7 @@ from headwater.broker._config import (
 from ._channel import Channel
 from ._consumer import Consumer, ConsumerConfig, PartitionsCallback, Start
 from ._producer import Producer, ProducerConfig, open_producer
+from ._share import ExponentialBackoff, Subscription, build_request, open_subscription
 
 __all__ = ["Client"]
 
@@ -227,3 +228,59 @@ class Client:
             on_revoked=on_revoked,
         )
         return consumer.open()
+
+    def subscribe(
+        self,
+        topic: str,
+        name: str,
+        *,
+        mode: str = "shared",
+        start: str = "earliest",
+        max_unacked: int = 100,
+        ack_timeout: float = 30.0,
+        max_deliveries: int = 5,
+        backoff: Sequence[float] | ExponentialBackoff = (),
+        window: int = 1000,
+        session_timeout: float = 10.0,
+        max_wait: float = 0.5,
+        deserializer: Any = None,
+        client_id: str = "",
+    ) -> AbstractAsyncContextManager[Subscription]:
+        """Join the share subscription ``name`` of ``topic`` (created on first
+        use), as ``async with client.subscribe(...) as subscription``.
+
+        The broker deals events to every consumer of ``name`` one by one;
+        settle each with ``ack`` / ``nack`` / ``reject``. ``mode`` is
+        ``"shared"``, ``"exclusive"`` (one live consumer), ``"failover"``
+        (one active consumer, the next takes over) or ``"key_shared"`` (a
+        key's events go to one consumer, in order); ``start`` where a
+        new subscription begins; ``max_unacked`` how many events this
+        consumer holds at most; ``ack_timeout`` (s) the lock of a delivery;
+        ``max_deliveries`` before the dead-letter topic
+        ``<topic>.<name>.dlq``; ``backoff`` before a redelivery (a list of
+        seconds, or :class:`~headwater.client.ExponentialBackoff`);
+        ``window`` how many offsets past the ack floor may be in play. The
+        subscription's settings are fixed by its first subscriber; a
+        different one raises :class:`~headwater.SubscriptionConflictError`."""
+        validate_topic_name(topic)
+        validate_group_name(name)
+        request = build_request(
+            topic,
+            name,
+            mode=mode,
+            start=start,
+            ack_timeout=ack_timeout,
+            max_deliveries=max_deliveries,
+            backoff=backoff,
+            window=window,
+            session_timeout=session_timeout,
+            client_id=client_id,
+        )
+        return open_subscription(
+            self._channel,
+            request,
+            max_unacked=max_unacked,
+            max_wait=max_wait,
+            deserializer=deserializer,
+            request_timeout=self._timeout,
+        )

@@ -211,6 +211,42 @@ def _check_headers(headers: object) -> Headers:
     return tuple(out)
 
 
+def _with_deliver_at(
+    headers: Any, deliver_at: int | dt.datetime | None, deliver_after: Any, now_ms: int
+) -> Any:
+    """``headers`` plus the reserved ``hw.deliver_at`` header (ms since the
+    epoch, ASCII) when a not-before time is given (docs/batch-format.md)."""
+    if deliver_at is None and deliver_after is None:
+        return headers
+    if deliver_at is not None and deliver_after is not None:
+        raise InvalidArgument("give deliver_at or deliver_after, not both")
+    if deliver_after is not None:
+        if isinstance(deliver_after, dt.timedelta):
+            seconds = deliver_after.total_seconds()
+        elif isinstance(deliver_after, int | float) and not isinstance(deliver_after, bool):
+            seconds = float(deliver_after)
+        else:
+            raise InvalidArgument(
+                f"deliver_after={deliver_after!r}; give seconds >= 0 or a timedelta"
+            )
+        if not 0 <= seconds < 10**9:
+            raise InvalidArgument(f"deliver_after={deliver_after!r}; give seconds >= 0")
+        at = now_ms + int(seconds * 1000)
+    else:
+        try:
+            at = _timestamp_ms(deliver_at)
+        except InvalidArgument:
+            raise InvalidArgument(
+                f"deliver_at={deliver_at!r}; give ms since the epoch or an aware datetime"
+            ) from None
+    return (*_check_headers(headers), (DELIVER_AT_HEADER, str(at).encode()))
+
+
+#: The reserved header carrying an event's not-before time for share
+#: subscriptions (docs/batch-format.md).
+DELIVER_AT_HEADER = "hw.deliver_at"
+
+
 class Producer:
     """Sends events to a broker (see the module docs). Get one with ``async
     with client.producer() as producer`` (:func:`open_producer`), which owns
@@ -457,8 +493,12 @@ class Producer:
         headers: Any = None,
         partition: int | None = None,
         timestamp: int | dt.datetime | None = None,
+        *,
+        deliver_at: int | dt.datetime | None = None,
+        deliver_after: float | dt.timedelta | None = None,
     ) -> SendHandle:
         """Queue one event and return its :class:`SendHandle` at once.
+        ``deliver_at`` / ``deliver_after``: see :meth:`send`.
 
         The topic's partition count must be known (:meth:`partitions_of`,
         or any earlier :meth:`send` to it); otherwise
@@ -476,6 +516,8 @@ class Producer:
                 f"topic {topic!r} is not known to this producer yet; use `await send(...)`"
                 " or `await producer.partitions_of(topic)` first"
             )
+        if deliver_at is not None or deliver_after is not None:
+            headers = _with_deliver_at(headers, deliver_at, deliver_after, self.config.clock())
         return self._append(topic, count, value, key, headers, partition, timestamp)
 
     def _append(
@@ -542,12 +584,29 @@ class Producer:
         headers: Any = None,
         partition: int | None = None,
         timestamp: int | dt.datetime | None = None,
+        *,
+        deliver_at: int | dt.datetime | None = None,
+        deliver_after: float | dt.timedelta | None = None,
     ) -> Event:
         """Send one event and wait until it is stored; return the stored
         :class:`~headwater.client.Event` (its topic, partition, offset,
-        timestamp, key, value and headers)."""
+        timestamp, key, value and headers).
+
+        ``deliver_at`` (ms since the epoch or an aware datetime) or
+        ``deliver_after`` (seconds or a timedelta from now): share
+        subscriptions do not deliver the event before then (plain consumers
+        read it at once, with the ``hw.deliver_at`` header)."""
         await self.partitions_of(topic)
-        handle = self.send_nowait(topic, value, key, headers, partition, timestamp)
+        handle = self.send_nowait(
+            topic,
+            value,
+            key,
+            headers,
+            partition,
+            timestamp,
+            deliver_at=deliver_at,
+            deliver_after=deliver_after,
+        )
         return await handle.wait()
 
     async def send_many(self, topic: str, events: Iterable[Any]) -> list[Event]:

@@ -105,6 +105,32 @@ class StateJournal:
             await self.snapshot()
         return self.state
 
+    def write_nowait(self, events: list[Any]) -> tuple[int, int]:
+        """Append ``events`` and apply them at once, *without* waiting for
+        the fsync; returns ``(end_offset, generation)`` for
+        ``log.wait_durable``. For an actor that must not block on the disk
+        (appends of concurrent callers then share one fsync): nothing may
+        act on the new state outside the process before ``wait_durable``
+        returns, and when the log's generation moved (a failed fsync) the
+        in-memory state is ahead of the disk and the journal must be
+        reopened. Never blocks."""
+        records = [self._encode(e) for e in events]
+        generation = self.log.generation
+        end = self.log.next_offset
+        for record in records:
+            end = self.log.write(record).next_offset
+        state = self.state
+        for event in events:
+            state = self._apply(state, event)
+        self.state = state
+        self._since_snapshot += len(events)
+        return end, generation
+
+    @property
+    def snapshot_due(self) -> bool:
+        """Whether ``snapshot_every`` events were written since the last snapshot."""
+        return bool(self.snapshot_every) and self._since_snapshot >= self.snapshot_every
+
     async def snapshot(self) -> None:
         """Write the current state as a snapshot and drop the events it covers."""
         async with self._lock:

@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 
 from headwater._errors import HeadwaterError
+from headwater._protocol import ShareDescription
 from headwater.broker._broker import Broker
 from headwater.supervision._specs import ActorSnapshot
 
@@ -163,7 +164,37 @@ async def gather(broker: Broker) -> BrokerView:
     )
 
 
+def _share_json(d: ShareDescription) -> dict[str, Any]:
+    """A share subscription in the shape of a group (its backlog as lag)."""
+    partitions = [
+        {
+            "topic": d.topic,
+            "partition": p.partition,
+            "committed": p.ack_floor,
+            "end_offset": p.end_offset,
+            "lag": p.backlog,
+            "owner": None,
+            "in_flight": p.in_flight,
+            "acked": p.acked,
+            "redelivered": p.redelivered,
+            "dead_lettered": p.dead_lettered,
+        }
+        for p in d.partitions
+    ]
+    return {
+        "group": d.name,
+        "state": f"share ({d.mode})",
+        "generation": 0,
+        "topics": [d.topic],
+        "members": [{"member_id": c, "client_id": "", "assignment": []} for c in d.consumers],
+        "partitions": partitions,
+        "lag": sum(p["lag"] for p in partitions),
+    }
+
+
 def _group_json(description: Any) -> dict[str, Any]:
+    if isinstance(description, ShareDescription):
+        return _share_json(description)
     owners: dict[tuple[str, int], str] = {}
     members = []
     for m in description.members:

@@ -1,0 +1,93 @@
+"""Share subscriptions against a real server process killed with SIGKILL.
+
+Rounds of (start, 8 workers acking over TCP, SIGKILL at a random moment).
+Across rounds: the subscription's own accounting ends with every event acked
+exactly once (acked count == events == ack floor), an event a worker saw
+acked (the ack answered) is never delivered again, and an event's delivery
+count never goes back. ``HEADWATER_SHARE_KILL_ROUNDS`` sets the rounds
+(default 3) and ``HEADWATER_SHARE_KILL_EVENTS`` the events (default 5,000).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from pathlib import Path
+
+import pytest
+import trio
+
+import headwater
+from headwater import HeadwaterError
+
+from .server_proc import server
+
+pytestmark = pytest.mark.crash
+
+ROUNDS = int(os.environ.get("HEADWATER_SHARE_KILL_ROUNDS", "3"))
+EVENTS = int(os.environ.get("HEADWATER_SHARE_KILL_EVENTS", "5000"))
+
+
+async def worker(url: str, acked: set[int], counts: dict[int, int], seen_twice: list[int]) -> None:
+    try:
+        async with (
+            headwater.connect(url, connect_timeout=5) as client,
+            client.subscribe("work", "q", max_unacked=20, ack_timeout=3.0) as sub,
+        ):
+            while True:
+                events = await sub.getmany(20, timeout=0.5)
+                for event in events:
+                    i = event.value
+                    if i in acked:
+                        seen_twice.append(i)
+                    assert event.delivery_count > counts.get(i, 0), (i, event.delivery_count)
+                    counts[i] = event.delivery_count
+                await sub.ack_many(events)  # each event acked; one request
+                acked.update(e.value for e in events)
+    except* HeadwaterError:
+        pass  # the server went away: this round is over
+
+
+async def test_share_subscription_survives_sigkill_rounds(tmp_path: Path) -> None:
+    """See the module docstring."""
+    rng = random.Random(11)
+    data_dir = tmp_path / "data"
+    acked: set[int] = set()
+    counts: dict[int, int] = {}
+    seen_twice: list[int] = []
+    for round_no in range(ROUNDS + 1):
+        with server(data_dir, log_name=f"round{round_no}.log") as proc:
+            if round_no == 0:
+                async with headwater.connect(proc.url) as client:
+                    await client.create_topic("work", partitions=2)
+                    async with client.producer() as producer:
+                        await producer.send_many("work", list(range(EVENTS)))
+            last = round_no == ROUNDS
+            if round_no == 1:
+                assert 0 < len(acked) < EVENTS  # the first kill landed mid-work
+            with trio.fail_after(120):
+                async with trio.open_nursery() as nursery:
+                    for _ in range(8):
+                        nursery.start_soon(worker, proc.url, acked, counts, seen_twice)
+                    if last:
+                        async with headwater.connect(proc.url) as client:
+                            while True:
+                                await trio.sleep(0.5)
+                                d = await client.describe_group("q")
+                                if sum(p.acked for p in d.partitions) == EVENTS:
+                                    break
+                        nursery.cancel_scope.cancel()
+                    else:
+                        await trio.sleep(rng.uniform(0.5, 1.5))
+                        code = await trio.to_thread.run_sync(proc.stop, signal.SIGKILL)
+                        assert -signal.SIGKILL == code
+                        nursery.cancel_scope.cancel()
+            if last:
+                async with headwater.connect(proc.url) as client:
+                    d = await client.describe_group("q")
+    assert EVENTS == sum(p.acked for p in d.partitions)
+    assert EVENTS == sum(p.ack_floor for p in d.partitions)
+    assert 0 == sum(p.dead_lettered + p.in_flight for p in d.partitions)
+    assert [] == seen_twice  # an answered ack is never followed by a redelivery
+    assert set(range(EVENTS)) == set(counts)
