@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import trio
-
 from headwater.actors._actor import Actor
 from headwater.journal._files import FileSystem
-from headwater.journal._state import StateJournal, open_state_journal
+from headwater.journal._state import StateJournal, start_state_journal
 
 __all__ = ["PersistentActor"]
 
@@ -60,18 +58,14 @@ class PersistentActor(Actor):
     async def started(self) -> None:
         """Open and replay the journal; subclasses call ``await super().started()``."""
 
-        async def hold(task_status: trio.TaskStatus[StateJournal]) -> None:
-            async with open_state_journal(
-                self.journal_dir,
-                apply=self.apply,
-                initial=self.initial_state(),
-                fs=self._fs,
-                snapshot_every=self.snapshot_every,
-            ) as journal:
-                task_status.started(journal)
-                await trio.sleep_forever()
-
-        self._journal = await self.context.nursery.start(hold)
+        self._journal = await start_state_journal(
+            self.context.nursery,
+            self.journal_dir,
+            apply=self.apply,
+            initial=self.initial_state(),
+            fs=self._fs,
+            snapshot_every=self.snapshot_every,
+        )
 
     async def persist(self, event: Any) -> Any:
         """Append ``event`` durably and apply it; returns the new state."""

@@ -82,7 +82,7 @@ from headwater.journal._record import (
     encode_record,
     iter_records,
 )
-from headwater.journal._state import StateJournal, open_state_journal
+from headwater.journal._state import StateJournal, start_state_journal
 from headwater.supervision._specs import ChildSpec, SupervisorSpec
 
 __all__ = [
@@ -755,20 +755,16 @@ class GroupActor(Actor):
         """Replay the group's journal, then start the session timer."""
         path = os.path.join(self.settings.data_dir, "meta", "groups", self.group)
 
-        async def hold(task_status: trio.TaskStatus[StateJournal]) -> None:
-            async with open_state_journal(
-                path,
-                apply=group_apply,
-                initial=GroupState(self.group),
-                fs=self.settings.fs,
-                snapshot_every=self.snapshot_every,
-                to_plain=state_to_plain,
-                from_plain=state_from_plain,
-            ) as journal:
-                task_status.started(journal)
-                await trio.sleep_forever()
-
-        self.journal = await self.context.nursery.start(hold)
+        self.journal = await start_state_journal(
+            self.context.nursery,
+            path,
+            apply=group_apply,
+            initial=GroupState(self.group),
+            fs=self.settings.fs,
+            snapshot_every=self.snapshot_every,
+            to_plain=state_to_plain,
+            from_plain=state_from_plain,
+        )
         self.coordinator = GroupCoordinator.from_state(self.journal.state, trio.current_time())
         self._logged_state = self.coordinator.state
         self.context.nursery.start_soon(self._timer)

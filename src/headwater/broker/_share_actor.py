@@ -54,7 +54,7 @@ from headwater.broker._stable import StableCell, aborted_by_producer, is_hidden
 from headwater.journal._async import AsyncLog
 from headwater.journal._batch import Event, decode_record_events, encode_events, key_bytes
 from headwater.journal._record import encode_record, iter_records
-from headwater.journal._state import StateJournal, open_state_journal
+from headwater.journal._state import StateJournal, start_state_journal
 from headwater.supervision._specs import ChildSpec, SupervisorSpec
 
 __all__ = [
@@ -199,20 +199,16 @@ class SharePartitionActor(Actor):
             self.settings.partition_dir(self.topic, self.partition), "shares", self.name
         )
 
-        async def hold(task_status: trio.TaskStatus[StateJournal]) -> None:
-            async with open_state_journal(
-                path,
-                apply=apply_delta,
-                initial=ShareState(),
-                fs=self.settings.fs,
-                snapshot_every=self.snapshot_every,
-                to_plain=state_to_plain,
-                from_plain=state_from_plain,
-            ) as journal:
-                task_status.started(journal)
-                await trio.sleep_forever()
-
-        self.journal = await self.context.nursery.start(hold)
+        self.journal = await start_state_journal(
+            self.context.nursery,
+            path,
+            apply=apply_delta,
+            initial=ShareState(),
+            fs=self.settings.fs,
+            snapshot_every=self.snapshot_every,
+            to_plain=state_to_plain,
+            from_plain=state_from_plain,
+        )
         self._generation = self.journal.log.generation
         self.core = ShareCore(self.share, self.journal.state, _event_key, _deliver_at)
         log = await self._get_log()

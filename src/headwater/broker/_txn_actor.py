@@ -88,7 +88,7 @@ from headwater.broker._transactions import (
     state_from_plain,
     state_to_plain,
 )
-from headwater.journal._state import StateJournal, open_state_journal
+from headwater.journal._state import StateJournal, start_state_journal
 
 __all__ = ["STATE_PARTITIONS", "TransactionActor", "describe", "state_partition"]
 
@@ -138,20 +138,16 @@ class TransactionActor(Actor):
         """Replay the journal, start the timer, and drive unfinished commits."""
         path = os.path.join(self.settings.data_dir, "meta", "__transactions", str(self.partition))
 
-        async def hold(task_status: trio.TaskStatus[StateJournal]) -> None:
-            async with open_state_journal(
-                path,
-                apply=apply,
-                initial=TxnState(),
-                fs=self.settings.fs,
-                snapshot_every=self.snapshot_every,
-                to_plain=state_to_plain,
-                from_plain=state_from_plain,
-            ) as journal:
-                task_status.started(journal)
-                await trio.sleep_forever()
-
-        self.journal = await self.context.nursery.start(hold)
+        self.journal = await start_state_journal(
+            self.context.nursery,
+            path,
+            apply=apply,
+            initial=TxnState(),
+            fs=self.settings.fs,
+            snapshot_every=self.snapshot_every,
+            to_plain=state_to_plain,
+            from_plain=state_from_plain,
+        )
         self.core = TransactionCoordinator.from_state(self.journal.state, trio.current_time())
         self.context.nursery.start_soon(self._timer)
 

@@ -36,7 +36,7 @@ from headwater.journal._files import FileSystem, RealFileSystem, write_file_atom
 from headwater.journal._log import LogConfig
 from headwater.journal._record import HEADER_SIZE, encode_record, iter_records
 
-__all__ = ["StateJournal", "open_state_journal"]
+__all__ = ["StateJournal", "open_state_journal", "start_state_journal"]
 
 _log = get_logger("headwater.journal")
 _SNAP: Final = struct.Struct(">4sBqI")
@@ -233,3 +233,18 @@ async def open_state_journal(
         )
         await journal._replay(initial)
         yield journal
+
+
+async def start_state_journal(nursery: trio.Nursery, path: str, **options: Any) -> StateJournal:
+    """Open the state journal at ``path`` (as :func:`open_state_journal`, same
+    keyword ``options``) for as long as ``nursery`` runs, and return it once
+    replayed. Actors pass their incarnation's nursery, so the journal closes
+    cleanly when the actor stops or restarts."""
+
+    async def hold(task_status: trio.TaskStatus[StateJournal]) -> None:
+        async with open_state_journal(path, **options) as journal:
+            task_status.started(journal)
+            await trio.sleep_forever()
+
+    journal: StateJournal = await nursery.start(hold)
+    return journal
