@@ -113,6 +113,7 @@ async def test_tree_carries_mailbox_depth_high_water_handled_and_restarts(
         assert "counter [actor] running mailbox=0/8 hw=6 handled=8 restarts=1" in (
             system.tree().render()
         )
+        assert "counter [actor] running restarts=1" in system.tree().render(stats=False)
 
 
 async def test_inspect_shows_public_attributes_or_the_actors_own_view(

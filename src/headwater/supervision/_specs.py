@@ -226,14 +226,16 @@ class ActorSnapshot:
             out.extend(child.walk())
         return out
 
-    def render(self) -> str:
-        """Draw the tree as text, one node per line."""
+    def render(self, *, stats: bool = True) -> str:
+        """Draw the tree as text, one node per line. ``stats=False`` leaves out
+        the mailbox figures (depth, high-water mark, messages handled), which
+        vary from run to run with timing."""
         lines: list[str] = []
 
         def label(node: ActorSnapshot) -> str:
             name = node.path.rsplit("/", 1)[-1] or node.path
             text = f"{name} [{node.kind}] {node.state}"
-            if node.kind == "actor" and node.mailbox_size is not None:
+            if stats and node.kind == "actor" and node.mailbox_size is not None:
                 text += (
                     f" mailbox={node.mailbox_depth}/{node.mailbox_size}"
                     f" hw={node.mailbox_high_water} handled={node.handled}"
