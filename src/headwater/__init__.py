@@ -40,6 +40,8 @@ from ._errors import MailboxFull as MailboxFull
 from ._errors import NotFoundError as NotFoundError
 from ._errors import OffsetOutOfRangeError as OffsetOutOfRangeError
 from ._errors import OutOfOrderSequenceError as OutOfOrderSequenceError
+from ._errors import PipelineError as PipelineError
+from ._errors import ProcessingError as ProcessingError
 from ._errors import ProducerFencedError as ProducerFencedError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
@@ -146,6 +148,8 @@ __all__ = [
     "UnstableOffsetError",
     "LockLostError",
     "SubscriptionBusyError",
+    "PipelineError",
+    "ProcessingError",
     "SubscriptionConflictError",
 ]
 
