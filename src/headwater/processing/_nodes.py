@@ -380,6 +380,10 @@ class Aggregator:
     fold: Callable[[Any, Any], Any]
     merge: Callable[[Any, Any], Any] | None
 
+    fold_async: bool = attrs.field(
+        default=attrs.Factory(lambda self: is_async(self.fold), takes_self=True)
+    )
+
     async def apply(self, acc: Any, value: Any) -> Any:
         """``acc`` folded with ``value`` (``acc`` may be MISSING)."""
         if acc is MISSING:
@@ -387,7 +391,7 @@ class Aggregator:
                 return value
             acc = self.initial()
         out = self.fold(acc, value)
-        if inspect.isawaitable(out):
+        if self.fold_async:
             out = await out
         return out
 
@@ -573,6 +577,7 @@ class WindowedAggregateProc(Proc):
         self._stream_mark: float | None = None
         self._wall_mark: float | None = None
         self._inclusive = isinstance(windows, Tumbling | Hopping)
+        self._kind = windows.kind
         store.on_restore = self._restored
 
     # -------------------------------------------------------------- restore
@@ -620,9 +625,9 @@ class WindowedAggregateProc(Proc):
             late_record(self.task, self.late_topic, self.name, key, value, ts, self.watermark)
             return
         try:
-            if isinstance(self.windows, Session):
+            if self._kind == "session":
                 await self._session(key, value, ts)
-            elif isinstance(self.windows, Sliding):
+            elif self._kind == "sliding":
                 await self._sliding(key, value, ts)
             else:
                 for start, end in self.windows.windows_for(ts):
@@ -655,11 +660,15 @@ class WindowedAggregateProc(Proc):
             acc, max_ts = old[0], max(old[1], ts)
         new = await self._fold(acc, value)
         self.store.put(wkey, [new, max_ts], ts)
-        await self._emit(self.children, Windowed(key, start, end), new, ts)
+        await self._emit(self.children, key, start, end, new, ts)
 
-    async def _emit(self, children: list[Proc], key: Windowed, value: Any, ts: float) -> None:
-        for child in children:
-            await child.push(key, value, ts)
+    async def _emit(
+        self, children: list[Proc], key: Any, start: float, end: float, value: Any, ts: float
+    ) -> None:
+        if children:
+            windowed = Windowed(key, start, end)
+            for child in children:
+                await child.push(windowed, value, ts)
 
     async def _session(self, key: Any, value: Any, ts: float) -> None:
         assert isinstance(self.windows, Session)
@@ -677,13 +686,13 @@ class WindowedAggregateProc(Proc):
             self.store.delete((key, s, e), ts)
             sessions.remove((s, e))
             if (s, e) != (start, end):
-                await self._emit(self.children, Windowed(key, s, e), None, ts)
+                await self._emit(self.children, key, s, e, None, ts)
         sessions.append((start, end))
         sessions.sort()
         self._sessions[key] = sessions
         self.store.put((key, start, end), [new, max_ts], ts)
         heapq.heappush(self._heap, (self.windows.close_time(end), next(self._seq), key, start, end))
-        await self._emit(self.children, Windowed(key, start, end), new, ts)
+        await self._emit(self.children, key, start, end, new, ts)
 
     async def _combine(self, a: Any, b: Any) -> Any:
         try:
@@ -710,7 +719,7 @@ class WindowedAggregateProc(Proc):
                 continue
             new = await self._fold(old[0], value)
             self.store.put(wkey, [new, max(old[1], ts)], ts)
-            await self._emit(self.children, Windowed(key, end - size, end), new, ts)
+            await self._emit(self.children, key, end - size, end, new, ts)
         # this event's own window [ts - size, ts]
         wkey = (key, ts - size, ts)
         if wkey in self.store.data:
@@ -727,7 +736,7 @@ class WindowedAggregateProc(Proc):
             heapq.heappush(
                 self._heap, (self.windows.close_time(ts), next(self._seq), key, ts - size, ts)
             )
-        await self._emit(self.children, Windowed(key, ts - size, ts), new, ts)
+        await self._emit(self.children, key, ts - size, ts, new, ts)
 
     # -------------------------------------------------------------- closing
 
@@ -751,7 +760,7 @@ class WindowedAggregateProc(Proc):
                     self._sessions.pop(key, None)
             elif isinstance(self.windows, Sliding):
                 self._prune(key, watermark)
-            await self._emit(self.final, Windowed(key, start, end), entry[0], entry[1])
+            await self._emit(self.final, key, start, end, entry[0], entry[1])
 
     def _prune(self, key: Any, watermark: float) -> None:
         assert isinstance(self.windows, Sliding)
