@@ -38,12 +38,16 @@ job = Job("page-views")
 
 
 async def demo() -> None:
-    """Views at 1-61 s of event time (one of them too late), then 2 idle
-    minutes of wall time close the last minute."""
+    """Views at 1-71 s of event time (one of them too late), then 2 idle
+    minutes of wall time close the second minute."""
     from headwater.processing import TestDriver
 
     driver = TestDriver(job)
-    for t, page in [(1, "/home"), (20, "/home"), (30, "/about"), (61, "/home"), (5, "/about")]:
+    views = [(1, "/home"), (20, "/home"), (30, "/about"), (65, "/home")]
+    views += [(55, "/about")]  # out of order, but its minute is open until 70 (grace)
+    views += [(71, "/about")]  # event time 71: the first minute closes
+    views += [(5, "/about")]  # too late: its minute has closed
+    for t, page in views:
         await driver.pipe("page-views", {"page": page, "user": "u"}, timestamp=t)
     await driver.advance(120)
     for record in driver.output("page-views-per-minute"):
@@ -51,7 +55,7 @@ async def demo() -> None:
         print(f"{record.key!r} minute starting {start:.0f}s: {record.value!r} views")
     for record in driver.output("page-views-views-late"):
         print(f"late (beyond the 10 s grace): {record.value!r}")
-    assert [(b"/home", b"2"), (b"/about", b"1"), (b"/home", b"1")] == [
+    assert [(b"/home", b"2"), (b"/about", b"2"), (b"/home", b"1"), (b"/about", b"1")] == [
         (r.key, r.value) for r in driver.output("page-views-per-minute")
     ]
     assert 1 == len(driver.output("page-views-views-late"))

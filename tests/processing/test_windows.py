@@ -187,3 +187,24 @@ def test_misconfigured_windows_are_refused_when_built(make: Any, match: str) -> 
     """Each bad window raises PipelineError naming what to fix."""
     with pytest.raises(PipelineError, match=match):
         make()
+
+
+async def test_out_of_order_events_in_an_open_window_count_even_without_grace() -> None:
+    """grace=0 still counts an earlier event whose window is open (5, 7,
+    then 3 all in [0,10)); only events whose windows have closed are late."""
+    job, _ = windowed_count(tumbling(10, grace=0))
+    driver = TestDriver(job)
+    await pipe(driver, [("a", 5), ("a", 7), ("a", 3), ("a", 10), ("a", 4)])
+    assert [("a", 0, 10, 3)] == results(driver)
+    assert 1 == len(driver.output("w-win-late"))
+
+
+async def test_hopping_counts_a_late_event_in_its_windows_still_open() -> None:
+    """size 10 every 5, grace 0: at watermark 12 an event at 8 misses the
+    closed [0,10) but counts in the open [5,15); at 16 an event at 9 has no
+    open window left and is late."""
+    job, _ = windowed_count(hopping(10, 5, grace=0))
+    driver = TestDriver(job)
+    await pipe(driver, [("a", 7), ("a", 12), ("a", 8), ("a", 16), ("a", 9)])
+    assert [("a", 0, 10, 1), ("a", 5, 15, 3)] == results(driver)
+    assert 1 == len(driver.output("w-win-late"))

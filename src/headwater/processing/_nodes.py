@@ -577,7 +577,6 @@ class WindowedAggregateProc(Proc):
         self._stream_mark: float | None = None
         self._wall_mark: float | None = None
         self._inclusive = isinstance(windows, Tumbling | Hopping)
-        self._kind = windows.kind
         store.on_restore = self._restored
 
     # -------------------------------------------------------------- restore
@@ -621,16 +620,26 @@ class WindowedAggregateProc(Proc):
                 SerializationError("the event has no key: group_by/key_by before windowing"),
             )
             return
-        if ts < self.watermark - self.windows.grace:
-            late_record(self.task, self.late_topic, self.name, key, value, ts, self.watermark)
-            return
+        windows = self.windows
+        wm = self.watermark
         try:
-            if self._kind == "session":
+            if isinstance(windows, Session):
+                if ts + windows.gap + windows.grace < wm:  # its session would be closed
+                    late_record(self.task, self.late_topic, self.name, key, value, ts, wm)
+                    return
                 await self._session(key, value, ts)
-            elif self._kind == "sliding":
+            elif isinstance(windows, Sliding):
+                if ts + windows.grace < wm:  # its own window [ts - size, ts] is closed
+                    late_record(self.task, self.late_topic, self.name, key, value, ts, wm)
+                    return
                 await self._sliding(key, value, ts)
             else:
-                for start, end in self.windows.windows_for(ts):
+                grace = windows.grace
+                open_windows = [w for w in windows.windows_for(ts) if w[1] + grace > wm]
+                if not open_windows:  # every window holding it has closed
+                    late_record(self.task, self.late_topic, self.name, key, value, ts, wm)
+                    return
+                for start, end in open_windows:
                     await self._update(key, start, end, value, ts)
         except _Failed:
             return

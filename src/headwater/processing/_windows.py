@@ -14,12 +14,13 @@ clock while idle when the window has ``wall_clock=True``).
 
 Rules, the same for every kind:
 
-* An event is **late** when its time is before ``watermark - grace``; it goes
-  to the window's late topic and counts in no window.
 * A window **closes** (its ``.final()`` result is emitted, its state dropped)
   once the watermark reaches ``end + grace`` (tumbling, hopping) or passes
   ``end + grace`` (sliding) / ``end + gap + grace`` (session), whose ends are
   included in the window.
+* An event is **late** when its window has closed (tumbling, hopping: every
+  window holding it; sliding: its own window; session: a session of it
+  alone); it goes to the window's late topic and counts in no window.
 """
 
 from __future__ import annotations
