@@ -152,3 +152,15 @@ async def test_timestamp_extractor_sets_event_time() -> None:
     driver = TestDriver(job)
     await driver.pipe("in", {"t": 42.5}, timestamp=1.0)
     assert 42.5 == driver.output("out")[0].timestamp
+
+
+async def test_a_topic_read_twice_feeds_both_pipelines() -> None:
+    """Two job.stream() of one topic (different serdes) both see each event."""
+    job = Job("j")
+    job.stream("in", value=str).map(str.upper).to("upper")
+    job.stream("in", value=int).count(name="n")
+    driver = TestDriver(job, {"in": 2})
+    await driver.pipe("in", "7", key="k")
+    assert [(b"k", b"7")] == [(r.key, r.value) for r in driver.output("upper")]
+    assert {b"k": 1} == driver.table("n")
+    assert 1 == len(driver.topology.subtopologies)

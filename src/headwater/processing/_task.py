@@ -157,15 +157,15 @@ class Task:
         self.output: list[OutRecord] = []
         self.current: InRecord | None = None
         self._dead_lettered = False
-        self._sources: dict[str, SourceProc] = {}
+        self._sources: dict[str, list[SourceProc]] = {}
         self._stores: dict[str, Store] = {}
         self._punctuators: list[Punctuator] = []
 
     # ---------------------------------------------------------- building
 
     def add_source(self, topic: str, source: SourceProc) -> None:
-        """(Building only) route records of ``topic`` to ``source``."""
-        self._sources[topic] = source
+        """(Building only) route records of ``topic`` to ``source`` (too)."""
+        self._sources.setdefault(topic, []).append(source)
 
     def add_store(self, store: Store) -> None:
         """(Building only) own ``store`` and its changelog partition."""
@@ -192,8 +192,8 @@ class Task:
     async def process(self, record: InRecord) -> None:
         """Run one input record through the pipeline. Outputs collect until
         :meth:`take_output`."""
-        source = self._sources.get(record.topic)
-        if source is None:
+        sources = self._sources.get(record.topic)
+        if sources is None:
             raise InvalidArgument(
                 f"task {self.task_id} of job {self.job!r} does not read topic "
                 f"{record.topic!r}: it reads {sorted(self._sources)}"
@@ -201,7 +201,8 @@ class Task:
         self.current = record
         self._dead_lettered = False
         try:
-            await source.receive(record)
+            for source in sources:
+                await source.receive(record)
         finally:
             self.current = None
 
