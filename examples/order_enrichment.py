@@ -59,7 +59,7 @@ async def demo() -> None:
     for key, value in driver.read("orders-enriched", key=str, value="json"):
         print(key, value)
     names = [v["customer_name"] for _k, v in driver.read("orders-enriched", value="json")]
-    assert ["Ada", "Grace", None] == names
+    assert names == ["Ada", "Grace", None]
 
 
 if __name__ == "__main__":

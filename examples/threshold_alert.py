@@ -65,8 +65,8 @@ async def demo() -> None:
     driver = TestDriver(job)
     for t, sensor, celsius in [(0, "s1", 65), (10, "s1", 72), (20, "s1", 78), (21, "s2", 20)]:
         await driver.pipe("readings", {"celsius": celsius}, key=sensor, timestamp=t)
-    assert 1 == len(ALERTS), ALERTS
-    assert [b"s1"] == [r.key for r in driver.output("alerts")]
+    assert len(ALERTS) == 1, ALERTS
+    assert [r.key for r in driver.output("alerts")] == [b"s1"]
 
 
 if __name__ == "__main__":

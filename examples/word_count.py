@@ -45,7 +45,7 @@ async def demo() -> None:
         await driver.pipe("text", line)
     for word, count in driver.read("word-counts", key=str, value=str):
         print(f"{word}\t{count}")
-    assert "3" == dict(driver.read("word-counts", key=str, value=str))["the"]
+    assert dict(driver.read("word-counts", key=str, value=str))["the"] == "3"
 
 
 if __name__ == "__main__":
