@@ -62,7 +62,7 @@ async def run(
     build: Callable[[], Job], evs: list[tuple[str, str, int, bool]], restarts: bool
 ) -> list[object]:
     job = build()
-    driver = TestDriver(job, {t: 2 for t in job.source_topics})
+    driver = TestDriver(job, dict.fromkeys(job.source_topics, 2))
     for topic, key, t, restart in evs:
         if topic in job.source_topics:
             await driver.pipe(topic, f"{key}{t}", key=key, timestamp=float(t))
