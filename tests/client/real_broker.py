@@ -1,5 +1,6 @@
 """The real embedded broker with a test-facing surface: request counts and
 injected produce faults in front of it."""
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable

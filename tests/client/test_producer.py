@@ -243,9 +243,7 @@ async def test_aclose_inside_the_block_flushes_and_closes(
     assert 1 == broker.requests["Produce"]
 
 
-async def test_open_producer_over_a_channel(
-    broker: RealBroker, autojump_clock: object
-) -> None:
+async def test_open_producer_over_a_channel(broker: RealBroker, autojump_clock: object) -> None:
     """``open_producer(channel)`` is what ``client.producer()`` returns: it
     checks settings at once and owns the producer's tasks for the block."""
     channel = broker.channel()
