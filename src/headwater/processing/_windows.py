@@ -66,6 +66,16 @@ def _grace(what: str, value: object) -> float:
     return float(value)
 
 
+def _index(t: float, step: float) -> int:
+    """The k with ``k*step <= t < (k+1)*step`` as floats compute them."""
+    k = math.floor(t / step)
+    if k * step > t:
+        k -= 1
+    elif (k + 1) * step <= t:
+        k += 1
+    return k
+
+
 @attrs.frozen
 class Tumbling:
     """Fixed, non-overlapping windows of ``size`` seconds (see :func:`tumbling`)."""
@@ -77,8 +87,8 @@ class Tumbling:
 
     def windows_for(self, t: float) -> list[tuple[float, float]]:
         """The one window ``[start, end)`` holding event time ``t``."""
-        start = math.floor(t / self.size) * self.size
-        return [(start, start + self.size)]
+        k = _index(t, self.size)
+        return [(k * self.size, (k + 1) * self.size)]
 
     def close_time(self, end: float) -> float:
         """When (in watermark time) a window ending at ``end`` closes."""
@@ -98,14 +108,12 @@ class Hopping:
 
     def windows_for(self, t: float) -> list[tuple[float, float]]:
         """Every window ``[start, end)`` holding event time ``t``, oldest first."""
-        last = math.floor(t / self.advance)
-        out = []
-        k = last
-        while k * self.advance + self.size > t:
-            out.append((k * self.advance, k * self.advance + self.size))
-            k -= 1
-        out.reverse()
-        return out
+        last = _index(t, self.advance)
+        count = round(self.size / self.advance)
+        return [
+            (k * self.advance, (k + count) * self.advance)
+            for k in range(last - count + 1, last + 1)
+        ]
 
     def close_time(self, end: float) -> float:
         """When (in watermark time) a window ending at ``end`` closes."""
