@@ -543,6 +543,7 @@ def late_record(
         task.fail(name, exc)
         return
     task.output.append(out)
+    task.late_events += 1
 
 
 # ------------------------------------------------------------------ windows
