@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pathlib
 import sys
+from collections import deque
 from typing import Any
 
 try:
@@ -28,7 +29,7 @@ except ImportError:  # run from a checkout without installing
 from headwater.processing import Job, Windowed, sliding
 
 LIMIT = 70.0
-ALERTS: list[str] = []
+ALERTS: deque[str] = deque(maxlen=100)  # the latest alerts, for the demo
 
 
 def alert(window: Windowed, average: float) -> None:
