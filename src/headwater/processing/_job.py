@@ -334,9 +334,10 @@ class Job:
                 if x.store is not None:
                     changelog = self._changelog(x.store)
                     internal.append(InternalTopic(changelog, count, "changelog", True))
-                    tables[x.store] = _table_info(x.store, changelog, count, x.windowed)
-                if x.kind in ("window", "join") and x.writes is None and x.store is not None:
-                    late.append(f"{self.name}-{x.store}-late")
+                    if x.kind != "join":  # a join's buffers are no table to query
+                        tables[x.store] = _table_info(x.store, changelog, count, x.windowed)
+                    if x.kind in ("window", "join"):
+                        late.append(f"{self.name}-{x.store}-late")
         sinks = sorted({x.name[3:-1] for x in nodes if x.kind == "sink"})
         topo_groups = [{x.id for x in g} for g in comps]
 
