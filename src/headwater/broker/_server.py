@@ -89,6 +89,11 @@ def _at_least(minimum: int, *, integer: bool = True) -> Any:
     return check
 
 
+def _optional_at_least_1(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{attribute.name}={value!r}; give an int >= 1 (or None for the default)")
+
+
 def _optional_path(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not isinstance(value, str | os.PathLike):
         raise ConfigError(f"{attribute.name}={value!r} is not a file path")
@@ -111,7 +116,9 @@ class ServerConfig:
     how long requests in flight may take to finish on shutdown.
     ``log_format`` (``auto``, ``console``, ``json``) and ``log_level``
     (``debug``, ``info``, ``warning``, ``error``) shape the log lines
-    ``serve`` writes to stderr.
+    ``serve`` writes to stderr. ``max_open_files`` caps the segment files the
+    partitions keep open (``None``: 4,096; see
+    :func:`~headwater.broker.open_broker`).
     """
 
     data_dir: str = DEFAULT_DATA_DIR
@@ -134,6 +141,7 @@ class ServerConfig:
     shutdown_timeout: float = attrs.field(default=10.0, validator=_at_least(0, integer=False))
     log_format: str = "auto"
     log_level: str = "info"
+    max_open_files: int | None = attrs.field(default=None, validator=_optional_at_least_1)
 
     def __attrs_post_init__(self) -> None:
         if self.durability not in DURABILITIES:
@@ -639,7 +647,11 @@ def run_server(config: ServerConfig, front_ends: Sequence[FrontEnd] = ()) -> int
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with (
                 open_broker(
-                    config.data_dir, durability=config.durability, interval_ms=config.interval_ms
+                    config.data_dir,
+                    durability=config.durability,
+                    interval_ms=config.interval_ms,
+                    max_open_files=config.max_open_files,
+                    reserve_fds=config.max_connections,
                 ) as broker,
                 open_server(broker, config) as server,
                 AsyncExitStack() as stack,

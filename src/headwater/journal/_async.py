@@ -44,6 +44,7 @@ import trio
 from headwater._errors import ClosedError, FsyncFailedError, StorageError
 from headwater._logging import get_logger
 from headwater._stats import SIZE_BUCKETS, Histogram
+from headwater.journal._fdcache import FileCache
 from headwater.journal._files import FileSystem, RealFileSystem
 from headwater.journal._log import Log, LogConfig, SyncWork
 from headwater.journal._record import RecordHeader
@@ -133,6 +134,7 @@ class AsyncLog:
         """
         self._check_open()
         header = self.log.write(record, validated)
+        self.log.files.trim()
         self._unsynced_writes += 1
         self._wake.set()
         if self.config.durability != "always":
@@ -179,19 +181,25 @@ class AsyncLog:
         # cache: done inline they cost less than a hop to a worker thread.
         # Larger reads further back (catching up, maybe from disk) use one.
         if self._blocking and max_bytes > 64 * 1024 and limit - offset > TAIL_READ_EVENTS:
-            return await trio.to_thread.run_sync(self.log.read, offset, max_bytes, limit)
-        await trio.lowlevel.checkpoint()
-        return self.log.read(offset, max_bytes, limit)
+            data = await trio.to_thread.run_sync(self.log.read, offset, max_bytes, limit)
+        else:
+            await trio.lowlevel.checkpoint()
+            data = self.log.read(offset, max_bytes, limit)
+        self.log.files.trim()  # a read may have reopened a closed segment file
+        return data
 
     async def run_blocking(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run ``fn(*args)``, which reads this log (thread-safe :meth:`Log.read`)
         or rewrites its files: in a worker thread on a real disk, inline on
         the simulated one. Not cancellable while it runs."""
         self._check_open()
-        if self._blocking:
-            return await trio.to_thread.run_sync(fn, *args)
-        await trio.lowlevel.checkpoint()
-        return fn(*args)
+        try:
+            if self._blocking:
+                return await trio.to_thread.run_sync(fn, *args)
+            await trio.lowlevel.checkpoint()
+            return fn(*args)
+        finally:
+            self.log.files.trim()
 
     async def replace_segment(self, base: int, records: list[bytes]) -> None:
         """Compaction: write, fsync and index the new content of sealed
@@ -337,21 +345,26 @@ async def open_log(
     fs: FileSystem | None = None,
     clock: Callable[[], int] | None = None,
     repair: bool = False,
+    files: FileCache | None = None,
 ) -> AsyncIterator[AsyncLog]:
     """Open (create or recover) the log at ``path`` with its flusher task.
 
     Leaving the block syncs, writes the indexes and a clean checkpoint, and
     closes the files. ``clock`` returns milliseconds (append times, segment
-    age); by default wall-clock time.
+    age); by default wall-clock time. ``files`` is a
+    :class:`~headwater.journal.FileCache` shared by many logs to cap the
+    segment files they keep open; enter every log sharing it from the same
+    Trio run (its owner thread).
     """
     fs = fs if fs is not None else RealFileSystem()
     clock = clock if clock is not None else (lambda: int(time.time() * 1000))
     if fs.blocking:
         log = await trio.to_thread.run_sync(
-            lambda: Log.open(path, fs, config, clock=clock, repair=repair)
+            lambda: Log.open(path, fs, config, clock=clock, repair=repair, files=files)
         )
     else:
-        log = Log.open(path, fs, config, clock=clock, repair=repair)
+        log = Log.open(path, fs, config, clock=clock, repair=repair, files=files)
+    log.files.trim()
     alog = AsyncLog(log)
     try:
         with unwrapping_groups():

@@ -1,0 +1,147 @@
+"""Cost as the partition count grows: 100, 1,000 and 10,000 partitions.
+
+Each size runs against its own real ``headwater serve`` process (durability
+``always``, a fresh data directory), with the partitions spread over topics
+of 100 partitions each. Per size:
+
+* ``rss_kib_per_idle_partition``: the server's resident memory with the
+  partitions created and idle, minus the same server's before any topic was
+  created, divided by the partition count (``created``); the same after a
+  kill -9 and recovery, before any client touched them (``recovered``).
+* ``open_fds``: the server's open file descriptors with every partition idle
+  (``/proc/PID/fd``), and after the produce phase.
+* ``produce_events_per_s``: 100 B events spread evenly over every partition,
+  the same shape at every size (each round gives every partition
+  ``PER_ROUND`` events, so batches are equally full), through one TCP
+  producer; ``ratio_vs_100`` is the figure over the 100-partition one from
+  the same run (goal >= 0.8 at 10,000).
+* ``startup_s`` after a clean stop (SIGTERM) and ``recovery_s`` after
+  ``kill -9`` (SIGKILL) of the server: from spawning ``headwater serve`` on
+  the same directory until it listens and every topic's description (which
+  asks every partition) answers (goal < 30 s at 10,000).
+
+``--quick`` runs the same three sizes with fewer events (20,000 per size, a
+round per 20 events per partition being at least one round); the full run
+sends 200,000 per size. The machine's load shows in absolute figures: read
+the ratios.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import headwater
+from bench_tcp import HERE, _quiet
+from headwater.testing import server_process
+
+SIZES = (100, 1_000, 10_000)
+PER_TOPIC = 100
+PER_ROUND = 20
+PAYLOAD = os.urandom(100)
+
+
+def _fig(case: str, metric: str, value: float, unit: str) -> dict[str, Any]:
+    return {"bench": "scale", "case": case, "metric": metric, "value": value, "unit": unit}
+
+
+def _settle(proc: Any, seconds: float = 1.0) -> tuple[int, int]:
+    """RSS (KiB) and open fds once the server is idle."""
+    time.sleep(seconds)
+    return proc.rss_kib(), proc.open_fds()
+
+
+async def _create(url: str, partitions: int) -> None:
+    async with headwater.connect(url) as client:
+        for t in range(partitions // PER_TOPIC):
+            await client.create_topic(f"t{t:03d}", partitions=PER_TOPIC)
+
+
+async def _describe_all(url: str, partitions: int) -> None:
+    async with headwater.connect(url) as client:
+        for t in range(partitions // PER_TOPIC):
+            await client.describe_topic(f"t{t:03d}")
+
+
+async def _produce(url: str, partitions: int, events: int) -> float:
+    topics = partitions // PER_TOPIC
+    rounds = max(1, events // (partitions * PER_ROUND))
+    async with (
+        headwater.connect(url) as client,
+        client.producer(serializer="bytes", linger=0.005) as producer,
+    ):
+        for t in range(topics):
+            await producer.partitions_of(f"t{t:03d}")
+        began = time.perf_counter()
+        for _ in range(rounds):
+            for t in range(topics):
+                topic = f"t{t:03d}"
+                for p in range(PER_TOPIC):
+                    for _ in range(PER_ROUND):
+                        producer.send_nowait(topic, PAYLOAD, partition=p)
+                await trio.lowlevel.checkpoint()
+            await producer.flush()
+        return rounds * partitions * PER_ROUND / (time.perf_counter() - began)
+
+
+def _restart(data: Path, log: Path, partitions: int) -> tuple[float, Any]:
+    """Spawn a server on ``data``; seconds until every partition answered."""
+    began = time.perf_counter()
+    manager = server_process(data, log_path=log)
+    proc = manager.__enter__()
+    trio.run(_describe_all, proc.url, partitions)
+    return time.perf_counter() - began, (manager, proc)
+
+
+def run(quick: bool) -> Iterator[dict[str, Any]]:
+    """Yield memory, fds, throughput and restart times per partition count."""
+    _quiet()
+    events = 20_000 if quick else 200_000
+    base_dir = tempfile.mkdtemp(prefix="hw-bench-scale-", dir=HERE.parent)
+    first_rate: float | None = None
+    try:
+        for n in SIZES:
+            case = f"partitions={n}"
+            data = Path(base_dir) / f"data-{n}"
+            with server_process(data, log_path=Path(base_dir) / f"{n}-a.log") as proc:
+                rss0, fds0 = _settle(proc, 0.5)
+                began = time.perf_counter()
+                trio.run(_create, proc.url, n)
+                yield _fig(case, "create_s", time.perf_counter() - began, "s")
+                rss1, fds1 = _settle(proc)
+                yield _fig(case + "/created", "rss_kib_per_idle_partition", (rss1 - rss0) / n, "KiB")
+                yield _fig(case + "/created", "open_fds", fds1, "fds")
+                rate = trio.run(_produce, proc.url, n, events)
+                yield _fig(case, "produce_events_per_s", rate, "events/s")
+                if first_rate is None:
+                    first_rate = rate
+                yield _fig(case, "ratio_vs_100", rate / first_rate, "x")
+                rss2, fds2 = _settle(proc)
+                yield _fig(case + "/after-produce", "rss_kib", rss2, "KiB")
+                yield _fig(case + "/after-produce", "open_fds", fds2, "fds")
+                proc.stop(signal.SIGTERM, timeout=120)
+            seconds, (manager, proc) = _restart(data, Path(base_dir) / f"{n}-b.log", n)
+            yield _fig(case, "startup_s", seconds, "s")
+            proc.stop(signal.SIGKILL)
+            manager.__exit__(None, None, None)
+            seconds, (manager, proc) = _restart(data, Path(base_dir) / f"{n}-c.log", n)
+            try:
+                yield _fig(case, "recovery_s", seconds, "s")
+                rss3, fds3 = _settle(proc)
+                yield _fig(
+                    case + "/recovered", "rss_kib_per_idle_partition", (rss3 - rss0) / n, "KiB"
+                )
+                yield _fig(case + "/recovered", "open_fds", fds3, "fds")
+            finally:
+                manager.__exit__(None, None, None)
+            shutil.rmtree(data, ignore_errors=True)
+    finally:
+        shutil.rmtree(base_dir, ignore_errors=True)
