@@ -309,7 +309,7 @@ class AsyncLog:
             return
         self._closed = True
         try:
-            if self._blocking:
+            if self._blocking and not self.log.untouched:
                 await trio.to_thread.run_sync(self.log.close)
             else:
                 self.log.close()

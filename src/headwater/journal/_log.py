@@ -1100,7 +1100,7 @@ class Log:
         """Sync, write index files and a clean checkpoint, close every file."""
         if self.closed:
             return
-        if self._clean_at == (self.next_offset, self._dir_gen) and not self._dirty:
+        if self.untouched:
             # Nothing changed since recovery found a clean checkpoint: its
             # index files and checkpoint still describe the files.
             self.abandon()
@@ -1111,6 +1111,12 @@ class Log:
         self._flush_dir()
         self._write_checkpoint(clean=True, sync=True)
         self.abandon()
+
+    @property
+    def untouched(self) -> bool:
+        """Nothing changed since recovery found a clean checkpoint, so
+        :meth:`close` has nothing to write (it only closes handles)."""
+        return self._clean_at == (self.next_offset, self._dir_gen) and not self._dirty
 
     def abandon(self) -> None:
         """Close every handle without syncing (after a failure or a crash).

@@ -167,15 +167,19 @@ def server_process(
     log_path: str | os.PathLike[str] | None = None,
     port: int = 0,
     extra_env: dict[str, str] | None = None,
+    wrapper: Sequence[str] = (),
 ) -> Iterator[ServerProcess]:
     """``headwater serve --data-dir DATA_DIR ARGS`` on 127.0.0.1, ready to use.
 
     The log goes to ``log_path`` (default: ``DATA_DIR.log`` beside the data
     directory). The process is killed when the block ends if it still runs.
+    ``wrapper`` goes before the command (``["prlimit", "--nofile=400"]`` runs
+    the server under a lower file-descriptor limit).
     """
     data = Path(data_dir)
     log = Path(log_path) if log_path is not None else data.with_name(data.name + ".log")
     command: Sequence[str] = [
+        *wrapper,
         sys.executable,
         "-m",
         "headwater",

@@ -1,0 +1,97 @@
+"""A real server with more partitions than its file-descriptor limit allows
+open at once: it serves them all (closing idle segment files beyond its cap,
+which it fitted to ``RLIMIT_NOFILE`` and said so), and after ``kill -9`` it
+recovers every acknowledged event, partitions with closed files included.
+
+Before segment files were capped, every partition held two descriptors
+(its active segment and its checkpoint) for good: 600 partitions under a
+limit of 400 ran out of descriptors."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import headwater
+from headwater.testing import server_process
+
+pytestmark = pytest.mark.crash
+
+LIMIT = 400
+TOPICS = 3
+PER_TOPIC = 200
+EVENTS = 3
+WRAPPER = ["prlimit", f"--nofile={LIMIT}:{LIMIT}"]
+
+
+async def produce(url: str, first: int) -> None:
+    async with headwater.connect(url) as client:
+        if first == 0:
+            for t in range(TOPICS):
+                await client.create_topic(f"wide{t}", partitions=PER_TOPIC)
+        async with client.producer(serializer="bytes") as producer:
+            for t in range(TOPICS):
+                await producer.partitions_of(f"wide{t}")
+            for i in range(first, first + EVENTS):
+                for t in range(TOPICS):
+                    for p in range(PER_TOPIC):
+                        producer.send_nowait(f"wide{t}", b"%d-%d-%d" % (t, p, i), partition=p)
+            await producer.flush()
+
+
+async def read_all(url: str, per_partition: int) -> dict[tuple[int, int], list[bytes]]:
+    got: dict[tuple[int, int], list[bytes]] = {}
+    async with headwater.connect(url) as client:
+        for t in range(TOPICS):
+            desc = await client.describe_topic(f"wide{t}")
+            assert [per_partition] * PER_TOPIC == [p.next_offset for p in desc.partitions]
+            async with client.consumer(f"wide{t}", deserializer="bytes") as consumer:
+                count = 0
+                while count < PER_TOPIC * per_partition:
+                    for event in await consumer.getmany(10_000, timeout=5):
+                        got.setdefault((t, event.partition), []).append(event.value)
+                        count += 1
+    return got
+
+
+def run(fn: Any, *args: Any) -> Any:
+    """``trio.run(fn, *args)`` bounded by 120 s of real time."""
+
+    async def bounded() -> Any:
+        with trio.fail_after(120):
+            return await fn(*args)
+
+    return trio.run(bounded)
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
+def test_600_partitions_under_a_limit_of_400_descriptors_survive_kill_9(tmp_path: Path) -> None:
+    """Serve 600 partitions with RLIMIT_NOFILE=400, kill -9, recover, read
+    back every event, write again to partitions whose files were closed."""
+    data = tmp_path / "data"
+    args = ("--max-connections", "16")
+    with server_process(data, *args, log_path=tmp_path / "a.log", wrapper=WRAPPER) as proc:
+        run(produce, proc.url, 0)
+        assert proc.open_fds() < LIMIT
+        low = [e for e in proc.events() if e.get("event") == "fd_limit_low"]
+        assert 1 == len(low)
+        assert LIMIT == low[0]["rlimit_nofile"]
+        assert low[0]["max_open_files"] < LIMIT
+        proc.stop(signal.SIGKILL)
+    with server_process(data, *args, log_path=tmp_path / "b.log", wrapper=WRAPPER) as proc:
+        got = run(read_all, proc.url, EVENTS)
+        expected = {
+            (t, p): [b"%d-%d-%d" % (t, p, i) for i in range(EVENTS)]
+            for t in range(TOPICS)
+            for p in range(PER_TOPIC)
+        }
+        assert expected == got
+        run(produce, proc.url, EVENTS)
+        got = run(read_all, proc.url, 2 * EVENTS)
+        assert [b"2-199-%d" % i for i in range(2 * EVENTS)] == got[(2, 199)]
+        assert proc.open_fds() < LIMIT
