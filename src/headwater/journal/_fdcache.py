@@ -93,20 +93,23 @@ class FileCache:
         cap = self.max_open
         if cap is None or len(self._open) <= cap:
             return 0
-        victims: list[tuple[Log, int]] = []
+        victims: list[tuple[_Segment, Log, int]] = []
         with self.lock:
             excess = len(self._open) - cap
-            for seg, log in list(self._open.items()):
+            # From the least recently used on; usually the first is idle, so
+            # this stops after a step or two (never a copy of the whole LRU).
+            for seg, log in self._open.items():
                 if excess <= 0:
                     break
                 if seg.pins or seg.busy or log._dirty.get(seg.base) is seg or seg.handle < 0:
                     continue
-                victims.append((log, seg.handle))
+                victims.append((seg, log, seg.handle))
+                excess -= 1
+            for seg, _log, _handle in victims:
                 seg.handle = -1
                 del self._open[seg]
-                excess -= 1
             self.evicted += len(victims)
-        for log, handle in victims:
+        for _seg, log, handle in victims:
             try:
                 log.fs.close(handle)
             except OSError:
