@@ -95,7 +95,7 @@ async def _produce(url: str, partitions: int, events: int) -> float:
 def _restart(data: Path, log: Path, partitions: int) -> tuple[float, Any]:
     """Spawn a server on ``data``; seconds until every partition answered."""
     began = time.perf_counter()
-    manager = server_process(data, log_path=log)
+    manager = server_process(data, log_path=log, start_timeout=300)
     proc = manager.__enter__()
     trio.run(_describe_all, proc.url, partitions)
     return time.perf_counter() - began, (manager, proc)
@@ -111,7 +111,8 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
         for n in SIZES:
             case = f"partitions={n}"
             data = Path(base_dir) / f"data-{n}"
-            with server_process(data, log_path=Path(base_dir) / f"{n}-a.log") as proc:
+            first = server_process(data, log_path=Path(base_dir) / f"{n}-a.log", start_timeout=300)
+            with first as proc:
                 rss0, fds0 = _settle(proc, 0.5)
                 began = time.perf_counter()
                 trio.run(_create, proc.url, n)

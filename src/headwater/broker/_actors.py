@@ -221,17 +221,8 @@ class PartitionActor(Actor):
         self._published = -1
         self.log: AsyncLog | None = None
         self._generation = -1
-        self._ready = trio.Event()
 
     async def started(self) -> None:
-        """Start recovering the log in the background: messages wait for it,
-        while the supervisor goes on starting the other partitions (their
-        recoveries overlap, so 10,000 partitions start in seconds). A log
-        that cannot open crashes this actor as before."""
-        self.settings.stats.recovering.add((self.config.name, self.partition))
-        self.context.nursery.start_soon(self._recover)
-
-    async def _recover(self) -> None:
         """Open (recover) the log and rebuild idempotence state from its headers."""
         cfg = LogConfig(
             durability=self.config.durability,
@@ -265,8 +256,6 @@ class PartitionActor(Actor):
         self._rebuild()
         seconds = time.perf_counter() - began
         stats.recovery_seconds[(self.config.name, self.partition)] = seconds
-        stats.recovering.discard((self.config.name, self.partition))
-        self._ready.set()
         _log.info(
             "partition_recovered",
             topic=self.config.name,
@@ -317,9 +306,6 @@ class PartitionActor(Actor):
     async def handle(self, message: Any) -> Any:
         """Append, describe, hand out the log, or apply retention."""
         log = self.log
-        if log is None or not self._ready.is_set():
-            await self._ready.wait()  # still recovering
-            log = self.log
         assert log is not None
         if type(message) is AppendBatch:
             if log.generation != self._generation:

@@ -74,8 +74,6 @@ class BrokerStats:
         self.connections: dict[str, ConnectionStats] = {}
         self.connections_total = 0
         self.recovery_seconds: dict[tuple[str, int], float] = {}
-        #: Partitions started whose logs are still being recovered.
-        self.recovering: set[tuple[str, int]] = set()
         self.fsync_latency = Histogram()
         self.fsync_batch = Histogram(SIZE_BUCKETS)
 
@@ -102,7 +100,6 @@ class BrokerStats:
             del self.partitions[key]
         for key in [k for k in self.recovery_seconds if k[0] == topic]:
             del self.recovery_seconds[key]
-        self.recovering = {k for k in self.recovering if k[0] != topic}
 
     def connection_opened(self, path: str, peer: str) -> ConnectionStats:
         """Record a new client connection."""

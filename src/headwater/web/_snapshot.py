@@ -102,8 +102,6 @@ async def gather(broker: Broker) -> BrokerView:
             path = f"/broker/topics/{name}/{p}"
             node = nodes.get(path)
             state = node.state if node is not None else "missing"
-            if state == "running" and (name, p) in stats.recovering:
-                state = "recovering"  # started, its log not open yet: not serving
             counters = stats.partitions.get((name, p))
             entry: dict[str, Any] = {
                 "partition": p,
