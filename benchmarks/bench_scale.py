@@ -7,23 +7,26 @@ of 100 partitions each. Per size:
 * ``rss_kib_per_idle_partition``: the server's resident memory with the
   partitions created and idle, minus the same server's before any topic was
   created, divided by the partition count (``created``); the same after a
-  kill -9 and recovery, before any client touched them (``recovered``).
+  kill -9 and recovery, before any client touched them (``recovered``; the
+  baseline is the first server's).
 * ``open_fds``: the server's open file descriptors with every partition idle
-  (``/proc/PID/fd``), and after the produce phase.
+  (``/proc/PID/fd``), after the produce phase and after recovery; and
+  ``idle_cpu_percent``, the idle server's CPU use over 2 s.
 * ``produce_events_per_s``: 100 B events spread evenly over every partition,
-  the same shape at every size (each round gives every partition
-  ``PER_ROUND`` events, so batches are equally full), through one TCP
-  producer; ``ratio_vs_100`` is the figure over the 100-partition one from
-  the same run (goal >= 0.8 at 10,000).
+  the same shape at every size: each round gives every partition
+  ``PER_ROUND`` (10) events through one TCP producer and waits for all of
+  them, so batches are equally full and each is one fsync at every size. A
+  first round warms up (first opens and syncs) and is not timed.
+  ``ratio_vs_100`` is the figure over the 100-partition one of the same run
+  (goal >= 0.8 at 10,000).
 * ``startup_s`` after a clean stop (SIGTERM) and ``recovery_s`` after
   ``kill -9`` (SIGKILL) of the server: from spawning ``headwater serve`` on
   the same directory until it listens and every topic's description (which
-  asks every partition) answers (goal < 30 s at 10,000).
+  asks every partition) has answered (goal < 30 s at 10,000).
 
-``--quick`` runs the same three sizes with fewer events (20,000 per size, a
-round per 20 events per partition being at least one round); the full run
-sends 200,000 per size. The machine's load shows in absolute figures: read
-the ratios.
+``--quick`` sends 100,000 timed events per size (at 10,000 partitions that is
+one round after the warm-up); the full run 500,000. On a shared machine the
+absolute figures move with its load: read the ratios.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from headwater.testing import server_process
 
 SIZES = (100, 1_000, 10_000)
 PER_TOPIC = 100
-PER_ROUND = 20
+PER_ROUND = 10
 PAYLOAD = os.urandom(100)
 
 
@@ -53,10 +56,22 @@ def _fig(case: str, metric: str, value: float, unit: str) -> dict[str, Any]:
     return {"bench": "scale", "case": case, "metric": metric, "value": value, "unit": unit}
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _settle(proc: Any, seconds: float = 1.0) -> tuple[int, int]:
     """RSS (KiB) and open fds once the server is idle."""
     time.sleep(seconds)
     return proc.rss_kib(), proc.open_fds()
+
+
+def _idle_cpu(proc: Any, seconds: float = 2.0) -> float:
+    """The server's CPU use while idle, in percent of one core."""
+    before = _cpu_seconds(proc.pid)
+    time.sleep(seconds)
+    return 100 * (_cpu_seconds(proc.pid) - before) / seconds
 
 
 async def _create(url: str, partitions: int) -> None:
@@ -73,7 +88,7 @@ async def _describe_all(url: str, partitions: int) -> None:
 
 async def _produce(url: str, partitions: int, events: int) -> float:
     topics = partitions // PER_TOPIC
-    rounds = max(1, events // (partitions * PER_ROUND))
+    rounds = max(2, events // (partitions * PER_ROUND))
     async with (
         headwater.connect(url) as client,
         client.producer(serializer="bytes", linger=0.005) as producer,
@@ -81,7 +96,9 @@ async def _produce(url: str, partitions: int, events: int) -> float:
         for t in range(topics):
             await producer.partitions_of(f"t{t:03d}")
         began = time.perf_counter()
-        for _ in range(rounds):
+        for n in range(rounds + 1):
+            if n == 1:
+                began = time.perf_counter()  # round 0 warms up: first syncs, first opens
             for t in range(topics):
                 topic = f"t{t:03d}"
                 for p in range(PER_TOPIC):
@@ -104,7 +121,7 @@ def _restart(data: Path, log: Path, partitions: int) -> tuple[float, Any]:
 def run(quick: bool) -> Iterator[dict[str, Any]]:
     """Yield memory, fds, throughput and restart times per partition count."""
     _quiet()
-    events = 20_000 if quick else 200_000
+    events = 100_000 if quick else 500_000
     base_dir = tempfile.mkdtemp(prefix="hw-bench-scale-", dir=HERE.parent)
     first_rate: float | None = None
     try:
@@ -113,13 +130,15 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
             data = Path(base_dir) / f"data-{n}"
             first = server_process(data, log_path=Path(base_dir) / f"{n}-a.log", start_timeout=300)
             with first as proc:
-                rss0, fds0 = _settle(proc, 0.5)
+                rss0, _fds0 = _settle(proc, 0.5)
                 began = time.perf_counter()
                 trio.run(_create, proc.url, n)
                 yield _fig(case, "create_s", time.perf_counter() - began, "s")
                 rss1, fds1 = _settle(proc)
-                yield _fig(case + "/created", "rss_kib_per_idle_partition", (rss1 - rss0) / n, "KiB")
+                per_partition = (rss1 - rss0) / n
+                yield _fig(case + "/created", "rss_kib_per_idle_partition", per_partition, "KiB")
                 yield _fig(case + "/created", "open_fds", fds1, "fds")
+                yield _fig(case + "/created", "idle_cpu_percent", _idle_cpu(proc), "%")
                 rate = trio.run(_produce, proc.url, n, events)
                 yield _fig(case, "produce_events_per_s", rate, "events/s")
                 if first_rate is None:

@@ -26,7 +26,8 @@ def payloads(records: bytes) -> list[bytes]:
 
 def open_partition_files(fs: SimulatedFileSystem) -> int:
     """Segment files of partitions open now (state journals not counted)."""
-    return sum(1 for path, _ in fs._handles.values() if path.startswith(DATA + "/topics/") and path.endswith(".log"))
+    paths = [path for path, _ in fs._handles.values()]
+    return sum(1 for p in paths if p.startswith(DATA + "/topics/") and p.endswith(".log"))
 
 
 async def test_more_partitions_than_open_files(autojump_clock: trio.abc.Clock) -> None:

@@ -9,6 +9,8 @@ nothing changed writes nothing."""
 from __future__ import annotations
 
 import pytest
+import trio
+import trio.testing
 
 from headwater.journal import (
     HEADER_SIZE,
@@ -18,6 +20,7 @@ from headwater.journal import (
     SimulatedFileSystem,
     encode_record,
     iter_records,
+    open_log,
 )
 from headwater.journal._record import ATTR_COMPACTED
 
@@ -35,9 +38,7 @@ def open_segments(fs: SimulatedFileSystem) -> list[str]:
     return sorted(path for path, _ in fs._handles.values() if path.endswith(".log"))
 
 
-def open_logs(
-    fs: SimulatedFileSystem, files: FileCache, count: int, **cfg: object
-) -> list[Log]:
+def open_logs(fs: SimulatedFileSystem, files: FileCache, count: int, **cfg: object) -> list[Log]:
     config = LogConfig(segment_bytes=600, **cfg)  # type: ignore[arg-type]
     return [Log.open(f"/d/{i}", fs, config, clock=lambda: 1_000, files=files) for i in range(count)]
 
@@ -200,3 +201,28 @@ def test_a_bad_cap_is_a_config_error() -> None:
     for bad in (0, -1, True, 1.5):
         with pytest.raises(ConfigError, match="max_open_files"):
             FileCache(bad)  # type: ignore[arg-type]
+
+
+async def test_an_idle_interval_log_has_no_timer(autojump_clock: trio.abc.Clock) -> None:
+    """Under ``interval`` the flusher sleeps only after a write: 10 idle
+    seconds take no task step, and a write is fsynced ``interval_ms`` later."""
+    steps: list[str] = []
+
+    class Count(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            if task.name.endswith("_flusher"):
+                steps.append(task.name)
+
+    fs = SimulatedFileSystem()
+    async with open_log(
+        "/d/i", fs=fs, config=LogConfig(durability="interval", interval_ms=200)
+    ) as log:
+        await trio.testing.wait_all_tasks_blocked()
+        trio.lowlevel.add_instrument(Count())
+        await trio.sleep(10)
+        assert [] == steps
+        log.write(rec(0))
+        await trio.sleep(0.199)
+        assert 0 == log.synced_offset
+        await trio.sleep(0.002)
+        assert 1 == log.synced_offset

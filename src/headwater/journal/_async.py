@@ -12,8 +12,10 @@ a sync covers it. :meth:`AsyncLog.append` does both.
   far (in a worker thread on a real disk). Writes that arrive while an fsync
   runs are covered by the next one: group commit. ``wait_durable`` returns
   after the fsync that covers the record.
-* ``interval``: the flusher fsyncs every ``interval_ms`` if anything is
-  unsynced; ``wait_durable`` returns at once (the ack precedes the fsync).
+* ``interval``: the flusher fsyncs ``interval_ms`` after the first write
+  since its last sync (so at least every ``interval_ms`` while writes come,
+  and an idle log has no timer); ``wait_durable`` returns at once (the ack
+  precedes the fsync).
 * ``never``: no fsync except at roll and close; ``wait_durable`` returns at once.
 
 A failed fsync is never retried into an ack. Every waiter whose record it
@@ -296,10 +298,16 @@ class AsyncLog:
             if self.config.durability == "always":
                 await self._wake.wait()
                 self._wake = trio.Event()
+            elif self.config.durability == "interval":
+                # Sleep only once something was written: an idle partition's
+                # flusher costs nothing (10,000 timers firing 5 times a
+                # second would keep an idle broker busy).
+                await self._wake.wait()
+                self._wake = trio.Event()
+                await trio.sleep(interval)
             else:
-                await trio.sleep(interval if self.config.durability == "interval" else 3600.0)
-                if self.config.durability == "never":
-                    continue
+                await trio.sleep(3600.0)
+                continue
             work = self.log.prepare_sync()
             if work is not None:
                 await self._sync_once(work)
