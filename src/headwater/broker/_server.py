@@ -32,6 +32,7 @@ and returns the exit code.
 from __future__ import annotations
 
 import errno
+import gc
 import itertools
 import math
 import os
@@ -640,10 +641,26 @@ def run_server(config: ServerConfig, front_ends: Sequence[FrontEnd] = ()) -> int
 
     ``front_ends`` open beside the TCP server, after it, and close before it
     (the CLI passes the HTTP front end here: the broker layer never imports
-    the front ends above it)."""
+    the front ends above it).
+
+    The cyclic garbage collector is paused while the broker starts and its
+    long-lived objects (actors, logs, indexes) are then frozen out of later
+    collections (``gc.freeze``): with 10,000 partitions, full collections
+    over a heap that grows during start-up took over half of it (18 s
+    against 6-9 s with the collector paused, measured in one process)."""
     configure_logging(config.log_format, level=config.log_level)
 
+    collecting = gc.isenabled()
+
     async def main() -> None:
+        gc.disable()
+        try:
+            await serve()
+        finally:
+            if collecting:
+                gc.enable()
+
+    async def serve() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with (
                 open_broker(
@@ -656,6 +673,9 @@ def run_server(config: ServerConfig, front_ends: Sequence[FrontEnd] = ()) -> int
                 open_server(broker, config) as server,
                 AsyncExitStack() as stack,
             ):
+                gc.freeze()  # what start-up built lives as long as the server
+                if collecting:
+                    gc.enable()
                 for front_end in front_ends:
                     await stack.enter_async_context(front_end(broker))
                 async for signum in signals:
