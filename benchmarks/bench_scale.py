@@ -1,8 +1,8 @@
 """Cost as the partition count grows: 100, 1,000 and 10,000 partitions.
 
 Each size runs against its own real ``headwater serve`` process (durability
-``always``, a fresh data directory), with the partitions spread over topics
-of 100 partitions each. Per size:
+``always``, or ``$HEADWATER_SCALE_DURABILITY``; a fresh data directory),
+with the partitions spread over topics of 100 partitions each. Per size:
 
 * ``rss_kib_per_idle_partition``: the server's resident memory with the
   partitions created and idle, minus the same server's before any topic was
@@ -52,12 +52,15 @@ from bench_tcp import HERE, _quiet
 from headwater.testing import server_process
 
 SIZES = (100, 1_000, 10_000)
+DURABILITY = os.environ.get("HEADWATER_SCALE_DURABILITY", "always")
 PER_TOPIC = 100
 PER_ROUND = 10
 PAYLOAD = os.urandom(100)
 
 
 def _fig(case: str, metric: str, value: float, unit: str) -> dict[str, Any]:
+    if DURABILITY != "always":
+        case += f"/{DURABILITY}"
     return {"bench": "scale", "case": case, "metric": metric, "value": value, "unit": unit}
 
 
@@ -128,7 +131,7 @@ async def _produce(url: str, partitions: int, events: int) -> tuple[float, float
 def _restart(data: Path, log: Path, partitions: int) -> tuple[float, Any]:
     """Spawn a server on ``data``; seconds until every partition answered."""
     began = time.perf_counter()
-    manager = server_process(data, log_path=log, start_timeout=300)
+    manager = server_process(data, "--durability", DURABILITY, log_path=log, start_timeout=300)
     proc = manager.__enter__()
     trio.run(_describe_all, proc.url, partitions)
     return time.perf_counter() - began, (manager, proc)
@@ -144,7 +147,13 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
         for n in SIZES:
             case = f"partitions={n}"
             data = Path(base_dir) / f"data-{n}"
-            first = server_process(data, log_path=Path(base_dir) / f"{n}-a.log", start_timeout=300)
+            first = server_process(
+                data,
+                "--durability",
+                DURABILITY,
+                log_path=Path(base_dir) / f"{n}-a.log",
+                start_timeout=300,
+            )
             with first as proc:
                 rss0, _fds0 = _settle(proc, 0.5)
                 began = time.perf_counter()

@@ -226,3 +226,31 @@ async def test_an_idle_interval_log_has_no_timer(autojump_clock: trio.abc.Clock)
         assert 0 == log.synced_offset
         await trio.sleep(0.002)
         assert 1 == log.synced_offset
+
+
+def test_inline_recovery_gives_up_before_changing_anything() -> None:
+    """Log.open(inline_budget=) opens a log its checkpoint covers without
+    fsync; one needing a scan past the budget, an fsync or a new file raises
+    Deferred and leaves every file as it was (the thread then recovers it)."""
+    from headwater.journal._log import Deferred
+
+    fs = SimulatedFileSystem()
+    with pytest.raises(Deferred):
+        Log.open("/d/new", fs, inline_budget=1 << 20)
+    (log,) = open_logs(fs, FileCache(), 1)
+    write_synced(log, 0, 5)
+    log.abandon()  # killed with everything synced: covered
+    (log,) = [Log.open("/d/0", fs, LogConfig(segment_bytes=600), inline_budget=1 << 20)]
+    assert 5 == log.next_offset
+    log.write(rec(5))  # unsynced when killed: recovery must fsync
+    log.abandon()
+    before = {path: bytes(f.data) for path, f in fs._files.items()}
+    fsyncs = fs.fsyncs
+    with pytest.raises(Deferred):
+        Log.open("/d/0", fs, LogConfig(segment_bytes=600), inline_budget=1 << 20)
+    assert (before, fsyncs) == ({p: bytes(f.data) for p, f in fs._files.items()}, fs.fsyncs)
+    with pytest.raises(Deferred):
+        Log.open("/d/0", fs, LogConfig(segment_bytes=600), inline_budget=100)  # too much to scan
+    log = Log.open("/d/0", fs, LogConfig(segment_bytes=600))
+    assert 6 == log.next_offset
+    assert [] == [h for h in fs._handles.values() if h[0].endswith("checkpoint")]

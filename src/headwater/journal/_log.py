@@ -92,6 +92,13 @@ from headwater.journal._record import (
 
 __all__ = ["Durability", "Log", "LogConfig", "SyncWork"]
 
+
+class Deferred(Exception):
+    """Recovery would exceed its inline budget: run it in a worker thread."""
+
+
+_SEGMENT_COST: Final = 4096  # budget bytes one segment's listing and index files count for
+
 Durability = Literal["always", "interval", "never"]
 
 _log = get_logger("headwater.journal")
@@ -242,6 +249,7 @@ class Log:
         # untouched on a clean checkpoint: close() then has nothing to write.
         self._clean_at: tuple[int, int] | None = None
         self._recovery_cut = False
+        self._inline_budget: int | None = None  # see Log.open(inline_budget=)
 
     # ------------------------------------------------------------------ open
 
@@ -255,20 +263,29 @@ class Log:
         clock: Callable[[], int] | None = None,
         repair: bool = False,
         files: FileCache | None = None,
+        inline_budget: int | None = None,
     ) -> Log:
         """Open (creating if needed) and recover the log at ``path``.
 
         ``files``: the :class:`FileCache` that counts (and caps) the segment
         files this log keeps open, shared with other logs; by default one of
         its own without a cap. Recovery leaves at most the active segment
-        open (none when the cache is full); the others open on first use."""
+        open (none when the cache is full); the others open on first use.
+
+        ``inline_budget`` (bytes): give up with :class:`Deferred` (nothing
+        changed on disk) as soon as recovery would scan more than that, fsync,
+        or change a file; the caller then runs it in a worker thread. The
+        Trio face opens the common case (a covered checkpoint, a small tail)
+        on the event loop this way, saving a thread hop per log."""
         import time
 
         log = cls(
             path, fs, config or LogConfig(), clock or (lambda: int(time.time() * 1000)), files
         )
         try:
+            log._inline_budget = inline_budget
             if repair:
+                log._spend(None)
                 from headwater.journal._repair import repair_log
 
                 fs.makedirs(log.path)
@@ -333,6 +350,7 @@ class Log:
         )
         checkpoint = self._read_checkpoint()
         if not bases:
+            self._spend(None)  # a new log: files to create, a directory to fsync
             self._new_segment(0)
             self._synced_position = 0
             self._flush_dir()
@@ -364,6 +382,7 @@ class Log:
                 and checkpoint[1] == base
                 and checkpoint[2] == file_size
             )
+            self._spend(_SEGMENT_COST)
             trusted = (not last or clean_last) and self._load_indexes(seg, file_size)
             if not trusted:
                 tail_from = 0
@@ -373,6 +392,7 @@ class Log:
                     tail_from = 0
                 elif not last:
                     tail_from = file_size  # a rolled segment was fully synced
+                self._spend(file_size)
                 self._scan(seg, file_size, tail_from)
                 seg.sealed = not last
                 self.segments.append(seg)
@@ -392,11 +412,22 @@ class Log:
             if checkpoint is not None and checkpoint[3]:
                 self._clean_at = (active.next_offset, self._dir_gen)
         else:
+            self._spend(None)
             # Whatever recovery kept is on disk now; make it durable before use.
             fs.fsync(active.handle)
             self._flush_dir()
             self._write_checkpoint(clean=False)
         self._release_recovered()
+
+    def _spend(self, cost: int | None) -> None:
+        """Count ``cost`` bytes of recovery work against the inline budget
+        (``None``: work that must not run inline: an fsync, a file change)."""
+        budget = self._inline_budget
+        if budget is None:
+            return
+        if cost is None or cost > budget:
+            raise Deferred(self.path)
+        self._inline_budget = budget - cost
 
     @staticmethod
     def _synced_through(checkpoint: tuple[int, int, int, bool] | None, active: _Segment) -> bool:
@@ -503,6 +534,7 @@ class Log:
             return
 
     def _damage(self, seg: _Segment, position: int, reason: str, *, interior: bool) -> None:
+        self._spend(None)  # truncating and fsyncing: not inline
         size = self.fs.size(seg.handle) if seg.handle >= 0 else 0
         if interior:
             raise CorruptionError(
