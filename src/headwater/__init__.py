@@ -37,6 +37,7 @@ from ._errors import LinkedExit as LinkedExit
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import LockLostError as LockLostError
 from ._errors import MailboxFull as MailboxFull
+from ._errors import MemberInstanceInUseError as MemberInstanceInUseError
 from ._errors import NotFoundError as NotFoundError
 from ._errors import OffsetOutOfRangeError as OffsetOutOfRangeError
 from ._errors import OutOfOrderSequenceError as OutOfOrderSequenceError
@@ -144,6 +145,7 @@ __all__ = [
     "TransactionTimedOutError",
     "UnknownTransactionalIdError",
     "UnstableOffsetError",
+    "MemberInstanceInUseError",
     "LockLostError",
     "SubscriptionBusyError",
     "SubscriptionConflictError",

@@ -58,6 +58,7 @@ __all__ = [
     "TransactionTimedOutError",
     "UnknownTransactionalIdError",
     "UnstableOffsetError",
+    "MemberInstanceInUseError",
     "ProtocolError",
     "RemoteProtocolError",
     "SerializationError",
@@ -533,6 +534,18 @@ class UnstableOffsetError(HeadwaterError):
     Nothing was read; retry shortly (the consumer does this by itself)."""
 
     code = "unstable_offset"
+    retriable = True
+
+
+class MemberInstanceInUseError(UsageError):
+    """Another live member of the group holds this ``group_instance_id``
+    (static membership: ``headwater run --instance N``): it still heartbeats,
+    so this member was refused and nothing changed. Stop the other copy, or
+    give this one another instance id. A copy restarted after a crash is
+    admitted once the dead copy's session ends (the message says within how
+    many seconds), so retrying is right for a restart (retriable)."""
+
+    code = "member_instance_in_use"
     retriable = True
 
 

@@ -313,7 +313,10 @@ class JoinGroup:
     bounds how long the member may take to release partitions in a rebalance;
     ``protocol_type`` is the kind of member (one kind per group);
     ``rebalance`` asks for a rebalance even when nothing changed (a Kafka
-    leader rejoining does, as with Kafka's coordinator)."""
+    leader rejoining does, as with Kafka's coordinator). ``instance_id``
+    makes the member static (Kafka's ``group.instance.id``): one live member
+    per instance id; a copy restarted after a crash takes over the dead
+    copy's partitions in place, without a rebalance (docs/protocol.md)."""
 
     group: str
     topics: tuple[str, ...]
@@ -323,6 +326,7 @@ class JoinGroup:
     rebalance_timeout: float | None = None
     protocol_type: str = "headwater"
     rebalance: bool = False
+    instance_id: str | None = None
 
 
 @attrs.frozen
@@ -430,11 +434,13 @@ class DescribeGroup:
 
 @attrs.frozen
 class GroupMember:
-    """One member of a group and the partitions it owns."""
+    """One member of a group and the partitions it owns (``instance_id``: a
+    static member's instance id)."""
 
     member_id: str
     client_id: str
     assignment: tuple[TopicPartition, ...]
+    instance_id: str | None = None
 
 
 @attrs.frozen

@@ -858,6 +858,7 @@ class GroupActor(Actor):
                     rebalance_timeout=request.rebalance_timeout,
                     protocol_type=request.protocol_type,
                     force=request.rebalance,
+                    instance_id=request.instance_id,
                 )
                 self._adopt_sink(result, message.sink)
             elif isinstance(request, Heartbeat):

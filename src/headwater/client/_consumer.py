@@ -148,6 +148,14 @@ def _isolation(_inst: object, _attr: Any, value: object) -> None:
         )
 
 
+def _instance_id(_inst: object, _attr: Any, value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value or len(value) > 255):
+        raise ConfigError(
+            "group_instance_id must be a non-empty str of at most 255 characters, "
+            f"not {value!r:.80}"
+        )
+
+
 @attrs.frozen
 class ConsumerConfig:
     """Consumer settings: ``max_wait`` (s a fetch waits for new data),
@@ -161,7 +169,11 @@ class ConsumerConfig:
     ``client_id`` (names the group member), ``isolation``
     (``"read_committed"``, the default: only committed transactions' events,
     up to the last stable offset; ``"read_uncommitted"``: every stored event,
-    open and aborted transactions' included)."""
+    open and aborted transactions' included), ``group_instance_id``
+    (groups: makes this member static, as Kafka's ``group.instance.id``:
+    while a live member of the group holds the same id, joining raises
+    :class:`~headwater.MemberInstanceInUseError`; a copy restarted after a
+    crash takes over the dead copy's partitions without a rebalance)."""
 
     max_wait: float = attrs.field(default=0.5, validator=_positive("max_wait"))
     max_bytes: int = attrs.field(default=1 << 20, validator=_positive("max_bytes"))
@@ -176,6 +188,7 @@ class ConsumerConfig:
     deserializer: Any = None
     client_id: str = ""
     isolation: str = attrs.field(default="read_committed", validator=_isolation)
+    group_instance_id: str | None = attrs.field(default=None, validator=_instance_id)
 
 
 @attrs.define(eq=False)
@@ -635,6 +648,7 @@ class Consumer:
                     self.config.session_timeout,
                     self.config.client_id,
                     rebalance_timeout=self.config.max_poll_interval,
+                    instance_id=self.config.group_instance_id,
                 )
             )
         finally:
