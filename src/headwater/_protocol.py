@@ -316,7 +316,9 @@ class JoinGroup:
     leader rejoining does, as with Kafka's coordinator). ``instance_id``
     makes the member static (Kafka's ``group.instance.id``): one live member
     per instance id; a copy restarted after a crash takes over the dead
-    copy's partitions in place, without a rebalance (docs/protocol.md)."""
+    copy's partitions in place, without a rebalance (docs/protocol.md).
+    ``assignor`` (``"sticky"``, ``"range"``; ``None``: the broker's) is
+    fixed by the group's first live member."""
 
     group: str
     topics: tuple[str, ...]
@@ -327,6 +329,7 @@ class JoinGroup:
     protocol_type: str = "headwater"
     rebalance: bool = False
     instance_id: str | None = None
+    assignor: str | None = None
 
 
 @attrs.frozen

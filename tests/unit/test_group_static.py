@@ -158,3 +158,27 @@ def test_bad_instance_ids():
     for bad in ("", "x" * 256, 7):
         with pytest.raises(InvalidArgument, match="instance_id"):
             g.join(["t"], COUNTS, now=0.0, instance_id=bad)  # type: ignore[arg-type]
+
+
+def test_the_first_member_fixes_the_assignor_and_range_co_partitions():
+    """A group whose first member asks for the range assignor gives
+    partition p of every co-partitioned topic to one member (what a stream
+    processing task needs); a member asking for another assignor is
+    refused while the group has members; the choice survives replay."""
+    from headwater import InconsistentGroupProtocolError
+
+    counts = {"s": 4, "r": 4}
+    g = GroupCoordinator.new("job")
+    a = g.join(["s", "r"], counts, now=0.0, assignor="range", rebalance_timeout=30.0)
+    b = g.join(["s", "r"], counts, now=0.0, assignor="range", rebalance_timeout=30.0)
+    g.release(a.member_id, g.membership(a.member_id).release, now=0.0)
+    for mid in (a.member_id, b.member_id):
+        mine = g.state.members[mid].assignment
+        assert {p for t, p in mine if t == "s"} == {p for t, p in mine if t == "r"}
+        assert 4 == len(mine)
+    with pytest.raises(InconsistentGroupProtocolError, match="range"):
+        g.join(["s", "r"], counts, now=0.0, assignor="sticky")
+    assert "range" == GroupCoordinator.recover("job", g.take_events(), now=1.0).state.assignor
+    assert "range" == state_from_plain(state_to_plain(g.state)).assignor
+    with pytest.raises(InvalidArgument, match="assignor"):
+        g.join(["s"], counts, now=0.0, assignor="roundrobin")  # type: ignore[arg-type]

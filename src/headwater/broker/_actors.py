@@ -859,6 +859,7 @@ class GroupActor(Actor):
                     protocol_type=request.protocol_type,
                     force=request.rebalance,
                     instance_id=request.instance_id,
+                    assignor=request.assignor,  # type: ignore[arg-type]  # checked by join
                 )
                 self._adopt_sink(result, message.sink)
             elif isinstance(request, Heartbeat):

@@ -204,6 +204,9 @@ class GroupState:
     pending: Mapping[int, tuple[tuple[Any, ...], ...]] = attrs.field(factory=dict)
     """Offsets sent in open transactions, by producer id: rows of
     (topic, partition, offset[, metadata]), committed with the transaction."""
+    assignor: AssignorName | None = None
+    """The assignor the first live member asked for (``None``: the
+    coordinator's own); fixed while the group has members."""
 
 
 def _tps(rows: Iterable[Iterable[Any]]) -> tuple[TP, ...]:
@@ -236,6 +239,7 @@ def state_to_plain(state: GroupState) -> dict[str, Any]:
         "target": {m: [list(tp) for tp in tps] for m, tps in state.target.items()},
         "metadata": [[t, p, s] for (t, p), s in sorted(state.metadata.items())],
         "pending": [[pid, [list(r) for r in rows]] for pid, rows in sorted(state.pending.items())],
+        "assignor": state.assignor,
     }
 
 
@@ -269,6 +273,7 @@ def state_from_plain(data: dict[str, Any]) -> GroupState:
         target={m: _tps(tps) for m, tps in data.get("target", {}).items()},
         metadata={(t, p): s for t, p, s in data.get("metadata", [])},
         pending={int(pid): tuple(tuple(r) for r in rows) for pid, rows in data.get("pending", [])},
+        assignor=data.get("assignor"),
     )
 
 
@@ -453,6 +458,9 @@ def apply(state: GroupState, event: GroupEvent) -> GroupState:
             topic_partitions={**state.topic_partitions, **event["topic_partitions"]},
             member_seq=event["member_seq"],
             protocol_type=event.get("protocol_type", state.protocol_type or "headwater"),
+            assignor=event.get("assignor", state.assignor)
+            if state.members
+            else event.get("assignor"),
         )
     if kind == "left":
         members = dict(state.members)
@@ -470,6 +478,7 @@ def apply(state: GroupState, event: GroupEvent) -> GroupState:
             members=members,
             target=target if members else {},
             protocol_type=state.protocol_type if members else None,
+            assignor=state.assignor if members else None,
         )
     if kind == "replaced":
         _check_transition(state, "replaced", state.status)
@@ -699,9 +708,18 @@ class GroupCoordinator:
             )
         return member
 
+    def assigner_name(self) -> str:
+        """The name of the coordinator's own assignor (when members ask for none)."""
+        return str(getattr(self.assigner, "assignor", "custom"))
+
     def _assigner(self) -> Assigner:
-        """The broker assigns for Headwater members, the elected leader for Kafka's."""
-        return LeaderAssigner() if self.state.protocol_type == "kafka" else self.assigner
+        """The broker assigns for Headwater members (with the assignor the
+        first member asked for, if any), the elected leader for Kafka's."""
+        if self.state.protocol_type == "kafka":
+            return LeaderAssigner()
+        if self.state.assignor is not None:
+            return BrokerAssigner(self.state.assignor)
+        return self.assigner
 
     def _plan(self, now: float) -> None:
         """Compute the target assignment, ask for releases, complete if none."""
@@ -757,6 +775,7 @@ class GroupCoordinator:
         protocol_type: str = "headwater",
         force: bool = False,
         instance_id: str | None = None,
+        assignor: AssignorName | None = None,
     ) -> Membership:
         """Add a member (``member_id=None``: a new id is assigned) or rejoin
         as ``member_id``. ``partition_counts`` gives the partition count of
@@ -770,8 +789,21 @@ class GroupCoordinator:
         ``instance_id`` makes the member static (see the module docs): a
         live holder of the same id refuses this join with
         :class:`~headwater.MemberInstanceInUseError`; a holder whose session
-        ended is replaced in place."""
+        ended is replaced in place. ``assignor`` (``"sticky"`` or
+        ``"range"``; ``None``: the coordinator's) is fixed by the first live
+        member; another one is refused with
+        :class:`~headwater.InconsistentGroupProtocolError`. A stream
+        processing job asks for ``"range"``: with equal subscriptions it
+        gives partition ``p`` of every co-partitioned input to one member."""
         self._check_alive()
+        if assignor is not None and assignor not in ("sticky", "range"):
+            raise InvalidArgument(f"assignor={assignor!r}; use 'sticky' or 'range'")
+        if assignor is not None and self.state.members and self.state.assignor != assignor:
+            raise InconsistentGroupProtocolError(
+                f"group {self.state.group!r} assigns with the "
+                f"{self.state.assignor or self.assigner_name()} assignor; a member asking for "
+                f"{assignor!r} cannot join it: use another group name"
+            )
         if instance_id is not None and (
             not isinstance(instance_id, str) or not instance_id or len(instance_id) > 255
         ):
@@ -850,6 +882,7 @@ class GroupCoordinator:
                 "topic_partitions": counts,
                 "member_seq": seq,
                 "protocol_type": protocol_type,
+                **({"assignor": assignor} if assignor is not None else {}),
             }
         )
         self._deadlines[member_id] = now + session_timeout

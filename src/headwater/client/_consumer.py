@@ -156,6 +156,11 @@ def _instance_id(_inst: object, _attr: Any, value: object) -> None:
         )
 
 
+def _assignor(_inst: object, _attr: Any, value: object) -> None:
+    if value not in (None, "sticky", "range"):
+        raise ConfigError(f"assignor must be 'sticky', 'range' or None, not {value!r:.80}")
+
+
 @attrs.frozen
 class ConsumerConfig:
     """Consumer settings: ``max_wait`` (s a fetch waits for new data),
@@ -173,7 +178,11 @@ class ConsumerConfig:
     (groups: makes this member static, as Kafka's ``group.instance.id``:
     while a live member of the group holds the same id, joining raises
     :class:`~headwater.MemberInstanceInUseError`; a copy restarted after a
-    crash takes over the dead copy's partitions without a rebalance)."""
+    crash takes over the dead copy's partitions without a rebalance),
+    ``assignor`` (groups: ``"sticky"`` or ``"range"``, fixed by the group's
+    first member; ``None``, the default, is the broker's sticky assignor;
+    ``"range"`` gives partition ``p`` of every subscribed topic with the
+    same partition count to one member, as stream processing needs)."""
 
     max_wait: float = attrs.field(default=0.5, validator=_positive("max_wait"))
     max_bytes: int = attrs.field(default=1 << 20, validator=_positive("max_bytes"))
@@ -189,6 +198,7 @@ class ConsumerConfig:
     client_id: str = ""
     isolation: str = attrs.field(default="read_committed", validator=_isolation)
     group_instance_id: str | None = attrs.field(default=None, validator=_instance_id)
+    assignor: str | None = attrs.field(default=None, validator=_assignor)
 
 
 @attrs.define(eq=False)
@@ -649,6 +659,7 @@ class Consumer:
                     self.config.client_id,
                     rebalance_timeout=self.config.max_poll_interval,
                     instance_id=self.config.group_instance_id,
+                    assignor=self.config.assignor,
                 )
             )
         finally:
