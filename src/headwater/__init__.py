@@ -16,6 +16,7 @@ from ._errors import ActorRestarted as ActorRestarted
 from ._errors import ActorStopped as ActorStopped
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import BrokenError as BrokenError
+from ._errors import ChangelogMissingError as ChangelogMissingError
 from ._errors import ClosedError as ClosedError
 from ._errors import ConcurrentTransactionsError as ConcurrentTransactionsError
 from ._errors import ConfigError as ConfigError
@@ -146,6 +147,7 @@ __all__ = [
     "UnknownTransactionalIdError",
     "UnstableOffsetError",
     "MemberInstanceInUseError",
+    "ChangelogMissingError",
     "LockLostError",
     "SubscriptionBusyError",
     "SubscriptionConflictError",

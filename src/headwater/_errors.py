@@ -59,6 +59,7 @@ __all__ = [
     "UnknownTransactionalIdError",
     "UnstableOffsetError",
     "MemberInstanceInUseError",
+    "ChangelogMissingError",
     "ProtocolError",
     "RemoteProtocolError",
     "SerializationError",
@@ -547,6 +548,18 @@ class MemberInstanceInUseError(UsageError):
 
     code = "member_instance_in_use"
     retriable = True
+
+
+class ChangelogMissingError(StorageError):
+    """A stream-processing job's changelog topic (``<job>-<store>-changelog``)
+    is gone while the job's group has committed input offsets: starting would
+    rebuild its tables empty and resume the input where it stopped, so every
+    count would be silently wrong. Nothing was processed. Restore the topic
+    (from a backup), or start over on purpose under a new job name (or after
+    deleting the group's offsets)."""
+
+    code = "changelog_missing"
+    retriable = False
 
 
 class UnknownTransactionalIdError(NotFoundError):
