@@ -42,6 +42,8 @@ from ._errors import MemberInstanceInUseError as MemberInstanceInUseError
 from ._errors import NotFoundError as NotFoundError
 from ._errors import OffsetOutOfRangeError as OffsetOutOfRangeError
 from ._errors import OutOfOrderSequenceError as OutOfOrderSequenceError
+from ._errors import PipelineError as PipelineError
+from ._errors import ProcessingError as ProcessingError
 from ._errors import ProducerFencedError as ProducerFencedError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
@@ -150,6 +152,8 @@ __all__ = [
     "ChangelogMissingError",
     "LockLostError",
     "SubscriptionBusyError",
+    "PipelineError",
+    "ProcessingError",
     "SubscriptionConflictError",
 ]
 

@@ -596,6 +596,44 @@ class SubscriptionBusyError(UsageError):
     code = "subscription_busy"
 
 
+class PipelineError(ConfigError):
+    """A stream-processing pipeline is built wrongly: a window without a
+    positive size, a negative grace, a session window over an aggregate with no
+    ``merge``, a join of streams whose inputs are not co-partitioned, two stores
+    with one name. Raised while the pipeline is built or when its topology is
+    made, before any event is read. The message names the operator and the fix."""
+
+    code = "pipeline_error"
+
+
+class ProcessingError(HeadwaterError):
+    """A stream-processing job with ``on_error="stop"`` stopped because a user
+    function (or a deserializer) raised on an event. The message names the job,
+    the operator, and the event's topic, partition and offset; ``__cause__`` is
+    the original exception. Fix the function or the data (or choose
+    ``on_error="dead_letter"``) and run the job again: nothing of the failed
+    batch was committed, so it is processed again."""
+
+    code = "processing_error"
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        job: str = "",
+        operator: str = "",
+        topic: str = "",
+        partition: int = -1,
+        offset: int = -1,
+    ) -> None:
+        super().__init__(message)
+        self.job = job
+        self.operator = operator
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+
+
 def _all_subclasses(cls: type[HeadwaterError]) -> list[type[HeadwaterError]]:
     found: list[type[HeadwaterError]] = []
     stack = [cls]

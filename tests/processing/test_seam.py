@@ -1,0 +1,70 @@
+"""The seam: a word count through map/filter/flat_map/group_by/count/to on
+the TestDriver, and the Topology the runner sees."""
+
+from __future__ import annotations
+
+from headwater.processing import InRecord, InternalTopic, Job, OutRecord, TaskId, TestDriver
+
+
+def word_count() -> Job:
+    job = Job("wc")
+    (
+        job.stream("text", value=str)
+        .map(str.lower)
+        .flat_map(str.split)
+        .filter(lambda w: w != "the")
+        .group_by(lambda w: w)
+        .count(name="counts")
+        .to_stream()
+        .to("word-counts")
+    )
+    return job
+
+
+async def test_word_count_on_the_driver() -> None:
+    """Counts per word, as decimal text keyed by the word; 'the' filtered."""
+    driver = TestDriver(word_count(), {"text": 2})
+    await driver.pipe("text", "The cat sat", key="a")
+    await driver.pipe("text", "the CAT ran", key="b")
+    assert [("cat", 1), ("sat", 1), ("cat", 2), ("ran", 1)] == driver.read(
+        "word-counts", key=str, value=int
+    )
+    assert {"cat": 2, "sat": 1, "ran": 1} == driver.table("counts")
+
+
+def test_topology_names_the_topics_and_tasks() -> None:
+    """Sources, internal topics (repartition, compacted changelog), sinks,
+    tasks per (sub-topology, partition)."""
+    topo = word_count().topology({"text": 3})
+    assert ("text",) == topo.source_topics
+    assert (
+        InternalTopic("wc-repartition-0-repartition", 3, "repartition", False),
+        InternalTopic("wc-counts-changelog", 3, "changelog", True),
+    ) == topo.internal_topics
+    assert ("text", "wc-repartition-0-repartition") == topo.input_topics
+    assert ("word-counts",) == topo.sink_topics
+    assert topo.dead_letter_topic is None
+    assert TaskId(1, 2) == topo.task_id("wc-repartition-0-repartition", 2)
+    assert 6 == len(topo.task_ids())
+    assert "wc-counts-changelog" == topo.tables["counts"].changelog_topic
+
+
+async def test_a_task_by_hand_gives_sink_and_changelog_records() -> None:
+    """What the runner does: process, take_output, restore a fresh task."""
+    topo = word_count().topology({"text": 1})
+    task = topo.task(TaskId(1, 0))
+    assert {"wc-counts-changelog": 0} == task.changelog_partitions
+    rec = InRecord("wc-repartition-0-repartition", 0, 0, b"cat", b"\x63cat", {"hw.key": b"s"}, 5.0)
+    await task.process(rec)
+    await task.process(rec)
+    out = task.take_output()
+    assert [
+        OutRecord("word-counts", b"cat", b"1", {}, 5.0, None),
+        OutRecord("word-counts", b"cat", b"2", {}, 5.0, None),
+    ] == out[:2]
+    (changelog,) = out[2:]
+    assert ("wc-counts-changelog", 0) == (changelog.topic, changelog.partition)
+    fresh = topo.task(TaskId(1, 0))
+    fresh.restore("wc-counts-changelog", changelog.key, changelog.value)
+    await fresh.process(rec)
+    assert b"3" == fresh.take_output()[0].value
