@@ -64,6 +64,7 @@ __all__ = [
     "state_to_plain",
 ]
 
+
 def dead_letter_headers(
     *,
     topic: str,

@@ -78,7 +78,7 @@ from headwater._errors import (
     UnknownTopicError,
 )
 from headwater._logging import get_logger
-from headwater.actors import open_actor_system
+from headwater.actors import ActorSystem, open_actor_system
 from headwater.client import Client
 from headwater.processing._task import InRecord, OutRecord, Task, TaskId, Topology
 from headwater.supervision import ChildSpec, SupervisorSpec
@@ -216,6 +216,8 @@ class JobRunner:
         self.stopped = trio.Event()
         self.ready = trio.Event()
         """Set once the first incarnation owns its partitions and restored them."""
+        self.system: ActorSystem | None = None
+        """The job's actor system (``/job`` supervisor, ``/job/worker``)."""
 
     def statistics(self) -> RunStats:
         """The counters now."""
@@ -426,8 +428,9 @@ class JobRunner:
                 )
             self._tasks[task_id] = task
             self._pending.discard(task_id)
-            self._count(restores=1)
-            log.info("job_task_restored", job=self.name, task=str(task_id), records=restored)
+            if task.changelog_partitions:
+                self._count(restores=1)
+                log.info("job_task_restored", job=self.name, task=str(task_id), records=restored)
 
     async def _restore(self, task: Task) -> int:
         """Feed the task its changelog partitions (read_committed, oldest
@@ -601,6 +604,7 @@ async def open_job_runner(
     )
     with unwrapping_groups():
         async with open_actor_system(f"job-{runner.name}", watchdog=None) as system:
+            runner.system = system
             await system.start_child(spec)
             async with trio.open_nursery() as nursery:
 
