@@ -35,7 +35,9 @@ async def test_word_count_on_the_driver() -> None:
 def test_topology_names_the_topics_and_tasks() -> None:
     """Sources, internal topics (repartition, compacted changelog), sinks,
     tasks per (sub-topology, partition)."""
-    topo = word_count().topology({"text": 3})
+    job = word_count()
+    assert ("text",) == job.source_topics
+    topo = job.topology({"text": 3})
     assert ("text",) == topo.source_topics
     assert (
         InternalTopic("wc-repartition-0-repartition", 3, "repartition", False),

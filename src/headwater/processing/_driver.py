@@ -38,9 +38,8 @@ class TestDriver:
 
     def __init__(self, job: Job, partitions: Mapping[str, int] | None = None) -> None:
         counts = dict(partitions or {})
-        for node in job._nodes:
-            if node.topic is not None and not node.repartition:
-                counts.setdefault(node.topic, 1)
+        for topic in job.source_topics:
+            counts.setdefault(topic, 1)
         self.job = job
         self.topology: Topology = job.topology(counts)
         self._logs: dict[str, list[OutRecord]] = {}

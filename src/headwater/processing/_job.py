@@ -153,6 +153,15 @@ class Job:
     def __repr__(self) -> str:
         return f"Job({self.name!r}, processing={self.processing!r}, on_error={self.on_error!r})"
 
+    @property
+    def source_topics(self) -> tuple[str, ...]:
+        """The user topics the job reads (streams and tables), in the order
+        they were added: the topics whose partition counts
+        :meth:`topology` needs."""
+        return tuple(
+            dict.fromkeys(x.topic for x in self._nodes if x.topic is not None and not x.repartition)
+        )
+
     # ---------------------------------------------------------------- naming
 
     def _name(self, kind: str, name: str | None) -> str:
