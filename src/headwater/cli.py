@@ -43,6 +43,7 @@ import base64
 import datetime as dt
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -1694,6 +1695,9 @@ def run(
     from headwater.processing._runner import RunConfig
 
     configure_logging(log_format, level=log_level)
+    if log_level == "info":  # the job's lines; the broker's and actors' only when they matter
+        for name in ("headwater.supervision", "headwater.broker", "headwater.server"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     context = click.get_current_context(silent=True)
     before = context.find_root().params.get("url") if context is not None else None
     chosen = url or before or os.environ.get("HEADWATER_URL") or None
@@ -1706,6 +1710,7 @@ def run(
             session_timeout=session_timeout,
             restore_timeout=restore_timeout,
             batch_events=batch_events,
+            wait_for_topics=True,
         )
     except HeadwaterError as exc:
         _fail(f"{exc.message} [{exc.code}]", EXIT_USAGE)

@@ -39,6 +39,7 @@ from headwater._errors import (
     InvalidTransactionStateError,
     TopicExistsError,
     UnknownTopicError,
+    UnstableOffsetError,
 )
 from headwater._logging import get_logger
 from headwater._protocol import (
@@ -884,7 +885,12 @@ class GroupActor(Actor):
                 c.commit(request.member_id, request.generation, request.offsets)
                 result = None
             elif isinstance(request, FetchCommitted):
-                result = c.committed(request.partitions)
+                try:
+                    result = c.committed(request.partitions)
+                except UnstableOffsetError as exc:
+                    # A refusal the caller retries, not a fault of the group:
+                    # answered as a value (raising would crash this actor).
+                    result = exc
             else:
                 return await super().handle(request)
         finally:

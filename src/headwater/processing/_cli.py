@@ -139,17 +139,23 @@ def run_command(
     got: list[int] = []
 
     async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_signals, nursery.cancel_scope, got)
-            async with (
-                _broker_client(target, say, open_remote) as client,
-                open_job_runner(job, client, config),
-            ):
-                say(
-                    f"running job {job.name!r} as instance {config.instance} "
-                    f"({job.processing}); Ctrl-C stops it"
-                )
-                await trio.sleep_forever()
+        # A signal stops the job only: it leaves its group and aborts its
+        # open batch while the (embedded) broker is still up, then the
+        # broker closes cleanly.
+        async with (
+            _broker_client(target, say, open_remote) as client,
+            trio.open_nursery() as nursery,
+        ):
+            stop = trio.CancelScope()
+            nursery.start_soon(_signals, stop, got)
+            with stop:
+                async with open_job_runner(job, client, config):
+                    say(
+                        f"running job {job.name!r} as instance {config.instance} "
+                        f"({job.processing}); Ctrl-C stops it"
+                    )
+                    await trio.sleep_forever()
+            nursery.cancel_scope.cancel()
 
     trio.run(main)
     if got:

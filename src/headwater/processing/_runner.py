@@ -133,7 +133,10 @@ class RunConfig:
     transaction of a vanished copy; ``restore_timeout`` (s) bounds the
     restore of one task; ``max_restarts`` within ``within`` (s of running
     time) and ``backoff`` (s, doubling) are the worker's restart policy;
-    ``wall_clock`` returns seconds since the epoch (window close deadlines)."""
+    ``wall_clock`` returns seconds since the epoch (window close deadlines);
+    ``wait_for_topics`` makes a missing source topic a wait (logged once)
+    instead of :class:`~headwater.UnknownTopicError` (``headwater run``
+    waits: the job may start before its input exists)."""
 
     instance: int = attrs.field(default=0, validator=_instance)
     session_timeout: float = attrs.field(default=10.0, validator=_positive("session_timeout"))
@@ -149,6 +152,7 @@ class RunConfig:
     within: float = 60.0
     backoff: float = 0.5
     wall_clock: Callable[[], float] = time.time
+    wait_for_topics: bool = False
 
 
 @attrs.frozen
@@ -275,14 +279,7 @@ class JobRunner:
         client = self.client
         counts: dict[str, int] = {}
         for topic in _source_topics(self.job):
-            try:
-                description = await client.describe_topic(topic)
-            except UnknownTopicError:
-                raise UnknownTopicError(
-                    f"job {self.name!r} reads topic {topic!r}, which does not exist: create it "
-                    f"(headwater topics create {topic} --partitions N) and run the job again"
-                ) from None
-            counts[topic] = description.topic.partitions
+            counts[topic] = await self._partitions_of_source(topic)
         topology: Topology = self.job.topology(counts)
         self.topology = topology
         existing = {t.name: t.partitions for t in await client.list_topics()}
@@ -312,6 +309,29 @@ class JobRunner:
             if topic not in existing and topic not in {t.name for t in topology.internal_topics}:
                 await self._create(topic, width, False)
         return topology
+
+    async def _partitions_of_source(self, topic: str) -> int:
+        said = False
+        while True:
+            try:
+                description = await self.client.describe_topic(topic)
+                return description.topic.partitions
+            except UnknownTopicError:
+                if not self.config.wait_for_topics:
+                    raise UnknownTopicError(
+                        f"job {self.name!r} reads topic {topic!r}, which does not exist: create "
+                        f"it (headwater topics create {topic} --partitions N) and run the job "
+                        "again"
+                    ) from None
+                if not said:
+                    said = True
+                    log.warning(
+                        "job_waiting_for_topic",
+                        job=self.name,
+                        topic=topic,
+                        hint=f"create it: headwater topics create {topic} --partitions N",
+                    )
+                await trio.sleep(1.0)
 
     def _output_topics(self, topology: Topology) -> list[str]:
         topics = [*topology.sink_topics, *topology.late_topics]
