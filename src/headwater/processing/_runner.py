@@ -460,8 +460,6 @@ class JobRunner:
             description = await self.client.describe_topic(topic)
             info = description.partitions[partition]
             end = info.last_stable_offset if info.last_stable_offset >= 0 else info.next_offset
-            if end <= info.earliest_offset:
-                continue
             started = trio.current_time()
             last_said = started
             log.info(
@@ -470,8 +468,12 @@ class JobRunner:
                 task=str(task.task_id),
                 topic=topic,
                 partition=partition,
+                earliest_offset=info.earliest_offset,
                 end_offset=end,
+                high_watermark=info.next_offset,
             )
+            if end <= info.earliest_offset:
+                continue
             async with self.client.consumer(
                 topic, start="earliest", deserializer="bytes", max_wait=0.1
             ) as consumer:
