@@ -153,7 +153,7 @@ async def test_word_count_two_copies_one_sigkilled_and_restarted_is_exact(
                 assert at_kill < end  # mid-stream
                 zero = start_copy(proc.url, 0, tmp_path / "copy0-restarted.log")
                 copies.append(zero)
-                while not (await committed_inputs(client))[2]:  # noqa: ASYNC110
+                while not (await committed_inputs(client))[2]:
                     assert zero.poll() is None, (tmp_path / "copy0-restarted.log").read_text()
                     assert one.poll() is None, (tmp_path / "copy1.log").read_text()
                     await trio.sleep(0.2)
@@ -212,7 +212,7 @@ async def test_embedded_run_says_its_mode_and_ctrl_c_exits_130(tmp_path: Path) -
     job = run_embedded("--port", "0")
     try:
         with trio.fail_after(30):
-            while "running job 'word-count'" not in log.read_text():  # noqa: ASYNC110
+            while "running job 'word-count'" not in log.read_text():
                 assert job.poll() is None, log.read_text()
                 await trio.sleep(0.1)
         text = log.read_text()
@@ -237,7 +237,7 @@ async def test_embedded_run_says_its_mode_and_ctrl_c_exits_130(tmp_path: Path) -
         again = run_embedded()
         try:
             with trio.fail_after(30):
-                while log.read_text().count("running job 'word-count'") < 2:  # noqa: ASYNC110
+                while log.read_text().count("running job 'word-count'") < 2:
                     assert again.poll() is None, log.read_text()
                     await trio.sleep(0.1)
             assert 2 == log.read_text().count(f"headwater run: embedded broker on {data}")
