@@ -479,12 +479,13 @@ class JobRunner:
             ) as consumer:
                 consumer.assign([(topic, partition)])
                 while (consumer.position(topic, partition) or 0) < end:
+                    before = total
                     for event in await consumer.getmany(max_events=5000, timeout=0.2):
                         if event.offset >= end:
                             break
                         task.restore(topic, _key_bytes(event.key), event.value)
                         total += 1
-                        self._count(restored_records=1)
+                    self._count(restored_records=total - before)
                     now = trio.current_time()
                     if now - last_said >= 1.0:
                         last_said = now
