@@ -8,7 +8,7 @@ customers). In the same run, on the same events:
 * ``map-filter``: a stateless job (``map`` then ``filter`` keeping ~90%,
   written to a topic);
 * ``windowed count``: a keyed count per customer in 10-second tumbling
-  event-time windows (re-keyed through a repartition topic, a changelog per
+  event-time windows with 30 s grace (re-keyed through a repartition topic, a changelog per
   window store, one result per closed window),
 
 each job for ``exactly_once`` (one transaction per batch of up to 1,000
@@ -59,7 +59,7 @@ def _windowed_count(name: str, processing: str) -> Job:
     (
         job.stream("in", timestamp=lambda v: float(v[:10]))
         .group_by(lambda v: v[11:15])
-        .window(tumbling(10.0, grace=0.0))
+        .window(tumbling(10.0, grace=30.0))
         .count()
         .final()
         .to(f"{name}-out")

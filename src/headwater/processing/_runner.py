@@ -522,6 +522,11 @@ class JobRunner:
             if deadline is not None:
                 timeout = max(0.0, min(timeout, deadline - cfg.wall_clock()))
             events = await consumer.getmany(max_events=cfg.batch_events, timeout=timeout)
+            while events and len(events) < cfg.batch_events:  # fill the batch from what is here
+                more = await consumer.getmany(cfg.batch_events - len(events), timeout=0)
+                if not more:
+                    break
+                events += more
             if self._pending:
                 await self._restore_pending(topology)
             if not self.ready.is_set() and not self._pending:
