@@ -39,6 +39,8 @@ async def test_dead_letter_policy_sends_the_event_with_hw_dlq_headers() -> None:
     } == dict(dead.headers)
     assert dead.headers["hw.dlq.operator"].startswith(b"map(")
     assert "f.dlq" == driver.topology.dead_letter_topic
+    (stats,) = driver.statistics().values()
+    assert (3, 1, 0, 0) == (stats.processed, stats.dead_letters, stats.late_events, stats.restored)
 
 
 async def test_stop_policy_raises_processing_error_naming_the_place() -> None:
@@ -138,6 +140,8 @@ async def test_changelog_restore_rebuilds_the_same_state() -> None:
     before = (driver.table("c"), driver.table("w"))
     await driver.restart()
     assert before == (driver.table("c"), driver.table("w"))
+    restored = sum(s.restored for s in driver.statistics().values())
+    assert restored == sum(len(driver.output(t)) for t in ("r-c-changelog", "r-w-changelog"))
     for key in ("k0", "k1", "k2", "k3"):
         await driver.pipe("in", b"x", key=key, timestamp=30.0)
     assert 9 == counts["k0"]

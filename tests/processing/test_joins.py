@@ -81,6 +81,8 @@ async def test_windowed_stream_stream_join_pairs_events_within_the_window() -> N
     await driver.pipe("views", "old", key="ad", timestamp=114)  # < 130 - 10 - 5
     assert [(b"ad", b"old")] == [(r.key, r.value) for r in driver.output("ads-vc-late")]
     assert ["v1+c1", "v2+c1", "v2+c2"] == [v for _k, v in driver.read("matched", value=str)]
+    assert ("ads-vc-late",) == driver.topology.late_topics
+    assert {} == driver.topology.tables
 
 
 async def test_stream_join_state_survives_a_restart() -> None:

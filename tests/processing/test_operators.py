@@ -152,3 +152,49 @@ async def test_timestamp_extractor_sets_event_time() -> None:
     driver = TestDriver(job)
     await driver.pipe("in", {"t": 42.5}, timestamp=1.0)
     assert 42.5 == driver.output("out")[0].timestamp
+
+
+async def test_a_topic_read_twice_feeds_both_pipelines() -> None:
+    """Two job.stream() of one topic (different serdes) both see each event."""
+    job = Job("j")
+    job.stream("in", value=str).map(str.upper).to("upper")
+    job.stream("in", value=int).count(name="n")
+    driver = TestDriver(job, {"in": 2})
+    await driver.pipe("in", "7", key="k")
+    assert [(b"k", b"7")] == [(r.key, r.value) for r in driver.output("upper")]
+    assert {b"k": 1} == driver.table("n")
+    assert 1 == len(driver.topology.subtopologies)
+
+
+async def test_async_reduce_and_async_joiner() -> None:
+    """Aggregations and joiners may be async def too."""
+    job = Job("j")
+
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    async def pair(v: int, total: int) -> str:
+        return f"{v}/{total}"
+
+    s = job.stream("in", key=str, value=int)
+    totals = s.reduce(add, name="t")
+    job.stream("q", key=str, value=int).join(totals, pair).to("out", value=str)
+    driver = TestDriver(job)
+    await driver.pipe("in", 2, key="a")
+    await driver.pipe("in", 3, key="a")
+    await driver.pipe("q", 1, key="a")
+    assert [("a", "1/5")] == driver.read("out", key=str, value=str)
+
+
+def test_window_arithmetic_with_fractional_sizes() -> None:
+    """Windows start at or before t and an event is in size/advance
+    hopping windows, also where t / size rounds."""
+    from headwater.processing import hopping, tumbling
+
+    for i in range(1000):
+        t = i * 0.1
+        ((start, end),) = tumbling(0.1, grace=0).windows_for(t)
+        assert start <= t < end
+        windows = hopping(0.3, 0.1, grace=0).windows_for(t)
+        assert 3 == len(windows)
+        assert all(start <= t for start, _end in windows)

@@ -3,7 +3,18 @@ the TestDriver, and the Topology the runner sees."""
 
 from __future__ import annotations
 
-from headwater.processing import InRecord, InternalTopic, Job, OutRecord, TaskId, TestDriver
+import pytest
+
+from headwater import InvalidArgument, ProcessingError
+from headwater.processing import (
+    InRecord,
+    InternalTopic,
+    Job,
+    OutRecord,
+    TaskId,
+    TestDriver,
+    tumbling,
+)
 
 
 def word_count() -> Job:
@@ -70,3 +81,36 @@ async def test_a_task_by_hand_gives_sink_and_changelog_records() -> None:
     fresh.restore("wc-counts-changelog", changelog.key, changelog.value)
     await fresh.process(rec)
     assert b"3" == fresh.take_output()[0].value
+
+
+async def test_the_seam_refuses_what_a_task_does_not_own() -> None:
+    """Unknown topics, partitions and changelogs are typed errors."""
+    topo = word_count().topology({"text": 2})
+    with pytest.raises(InvalidArgument, match="does not read topic 'nope'"):
+        topo.task_id("nope", 0)
+    with pytest.raises(InvalidArgument, match="not partition 2"):
+        topo.task_id("text", 2)
+    task = topo.task(TaskId(0, 0))
+    with pytest.raises(InvalidArgument, match="does not read topic"):
+        await task.process(InRecord("other", 0, 0, None, b"x"))
+    with pytest.raises(InvalidArgument, match="no changelog"):
+        task.restore("wc-counts-changelog", b"k", b"v")
+
+
+async def test_a_failure_during_a_wall_clock_close_stops_the_job(autojump_clock: object) -> None:
+    """A function failing on a result emitted by punctuate: ProcessingError
+    that says it happened at a wall-clock window close."""
+    job = Job("p")
+    (
+        job.stream("in", key=str)
+        .window(tumbling(10, grace=0, wall_clock=True))
+        .count()
+        .final()
+        .map(lambda n: n // 0)
+        .to("out")
+    )
+    driver = TestDriver(job)
+    await driver.pipe("in", b"x", key="a", timestamp=1)
+    with pytest.raises(ProcessingError, match="wall-clock window close") as info:
+        await driver.advance(20)
+    assert ("p", "", -1) == (info.value.job, info.value.topic, info.value.offset)

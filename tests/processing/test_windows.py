@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from headwater import PipelineError
 from headwater.processing import Job, TestDriver, Windowed, hopping, session, sliding, tumbling
@@ -187,3 +189,57 @@ def test_misconfigured_windows_are_refused_when_built(make: Any, match: str) -> 
     """Each bad window raises PipelineError naming what to fix."""
     with pytest.raises(PipelineError, match=match):
         make()
+
+
+async def test_out_of_order_events_in_an_open_window_count_even_without_grace() -> None:
+    """grace=0 still counts an earlier event whose window is open (5, 7,
+    then 3 all in [0,10)); only events whose windows have closed are late."""
+    job, _ = windowed_count(tumbling(10, grace=0))
+    driver = TestDriver(job)
+    await pipe(driver, [("a", 5), ("a", 7), ("a", 3), ("a", 10), ("a", 4)])
+    assert [("a", 0, 10, 3)] == results(driver)
+    assert 1 == len(driver.output("w-win-late"))
+
+
+async def test_hopping_counts_a_late_event_in_its_windows_still_open() -> None:
+    """size 10 every 5, grace 0: at watermark 12 an event at 8 misses the
+    closed [0,10) but counts in the open [5,15); at 16 an event at 9 has no
+    open window left and is late."""
+    job, _ = windowed_count(hopping(10, 5, grace=0))
+    driver = TestDriver(job)
+    await pipe(driver, [("a", 7), ("a", 12), ("a", 8), ("a", 16), ("a", 9)])
+    assert [("a", 0, 10, 1), ("a", 5, 15, 3)] == results(driver)
+    assert 1 == len(driver.output("w-win-late"))
+
+
+@given(
+    evs=st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 60)), max_size=50),
+    hop=st.booleans(),
+    grace=st.integers(0, 8),
+)
+def test_tumbling_and_hopping_finals_equal_a_direct_computation(
+    evs: list[tuple[str, int]], hop: bool, grace: int
+) -> None:
+    """For random out-of-order events, the final counts and the late events
+    are what the rules compute directly."""
+    spec = hopping(10, 5, grace=grace) if hop else tumbling(10, grace=grace)
+    wm = -float("inf")
+    counts: dict[tuple[str, float, float], int] = {}
+    late = 0
+    for key, t in evs:
+        open_windows = [w for w in spec.windows_for(t) if w[1] + grace > wm]
+        if not open_windows:
+            late += 1
+        for start, end in open_windows:
+            counts[(key, start, end)] = counts.get((key, start, end), 0) + 1
+        wm = max(wm, t)
+
+    async def run() -> tuple[list[tuple[str, float, float, int]], int]:
+        job, _ = windowed_count(spec)
+        driver = TestDriver(job)
+        await pipe(driver, [*evs, ("flush", 1000)])
+        got = [r for r in results(driver) if r[0] != "flush"]
+        return sorted(got), len(driver.output("w-win-late"))
+
+    expected = sorted((k, s, e, n) for (k, s, e), n in counts.items())
+    assert (expected, late) == trio.run(run)

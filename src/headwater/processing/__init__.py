@@ -25,6 +25,7 @@ from headwater.processing._task import OutRecord as OutRecord
 from headwater.processing._task import TableInfo as TableInfo
 from headwater.processing._task import Task as Task
 from headwater.processing._task import TaskId as TaskId
+from headwater.processing._task import TaskStatistics as TaskStatistics
 from headwater.processing._task import Topology as Topology
 from headwater.processing._windows import Hopping as Hopping
 from headwater.processing._windows import Session as Session
@@ -54,6 +55,7 @@ __all__ = [
     "Topology",
     "Task",
     "TaskId",
+    "TaskStatistics",
     "InRecord",
     "OutRecord",
     "InternalTopic",

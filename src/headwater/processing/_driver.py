@@ -20,7 +20,14 @@ from headwater._errors import InvalidArgument
 from headwater.journal._batch import partition_for_key
 from headwater.processing._job import Job, Table, WindowedTable
 from headwater.processing._serde import SerdeSpec, auto_bytes, serde
-from headwater.processing._task import InRecord, OutRecord, Task, TaskId, Topology
+from headwater.processing._task import (
+    InRecord,
+    OutRecord,
+    Task,
+    TaskId,
+    TaskStatistics,
+    Topology,
+)
 
 __all__ = ["TestDriver"]
 
@@ -201,6 +208,10 @@ class TestDriver:
                 else Table(self.job, node, table)
             )
         return dict(table.items())
+
+    def statistics(self) -> dict[TaskId, TaskStatistics]:
+        """Each task's counters (processed, dead letters, late events, restored)."""
+        return {tid: task.statistics() for tid, task in self._tasks.items()}
 
     # ------------------------------------------------------------ failures
 

@@ -260,6 +260,10 @@ class Job:
             if ra != rb:
                 parent[max(ra, rb)] = min(ra, rb)
 
+        by_topic: dict[str, int] = {}
+        for node in nodes:
+            if node.topic is not None:  # one topic read twice: one task reads it
+                union(by_topic.setdefault(node.topic, node.id), node.id)
         for node in nodes:
             for child, _slot in node.children:
                 union(node.id, child.id)
@@ -319,7 +323,7 @@ class Job:
         all_counts: dict[str, int] = dict(counts)
         for i, group in enumerate(comps):
             count = resolved[i]
-            topics = tuple(x.topic for x in group if x.topic is not None)
+            topics = tuple(dict.fromkeys(x.topic for x in group if x.topic is not None))
             subtopologies.append(topics)
             for x in group:
                 x.partitions = count
@@ -330,9 +334,10 @@ class Job:
                 if x.store is not None:
                     changelog = self._changelog(x.store)
                     internal.append(InternalTopic(changelog, count, "changelog", True))
-                    tables[x.store] = _table_info(x.store, changelog, count, x.windowed)
-                if x.kind in ("window", "join") and x.writes is None and x.store is not None:
-                    late.append(f"{self.name}-{x.store}-late")
+                    if x.kind != "join":  # a join's buffers are no table to query
+                        tables[x.store] = _table_info(x.store, changelog, count, x.windowed)
+                    if x.kind in ("window", "join"):
+                        late.append(f"{self.name}-{x.store}-late")
         sinks = sorted({x.name[3:-1] for x in nodes if x.kind == "sink"})
         topo_groups = [{x.id for x in g} for g in comps]
 

@@ -9,6 +9,7 @@ and the record goes no further down that path.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import heapq
 import inspect
@@ -380,6 +381,10 @@ class Aggregator:
     fold: Callable[[Any, Any], Any]
     merge: Callable[[Any, Any], Any] | None
 
+    fold_async: bool = attrs.field(
+        default=attrs.Factory(lambda self: is_async(self.fold), takes_self=True)
+    )
+
     async def apply(self, acc: Any, value: Any) -> Any:
         """``acc`` folded with ``value`` (``acc`` may be MISSING)."""
         if acc is MISSING:
@@ -387,7 +392,7 @@ class Aggregator:
                 return value
             acc = self.initial()
         out = self.fold(acc, value)
-        if inspect.isawaitable(out):
+        if self.fold_async:
             out = await out
         return out
 
@@ -538,6 +543,7 @@ def late_record(
         task.fail(name, exc)
         return
     task.output.append(out)
+    task.late_events += 1
 
 
 # ------------------------------------------------------------------ windows
@@ -585,10 +591,13 @@ class WindowedAggregateProc(Proc):
         if len(key) == 4:  # a sliding window's event
             k, t, seq, _ = key
             events = self._events.setdefault(k, [])
-            events[:] = [e for e in events if e[1] != seq]
+            i = bisect.bisect_left(events, (t, seq), key=_event_order)
+            if i < len(events) and _event_order(events[i]) == (t, seq):
+                del events[i]
             if value is not None:
-                events.append((t, seq, value))
-                events.sort(key=lambda e: (e[0], e[1]))
+                events.insert(i, (t, seq, value))
+            if not events:
+                del self._events[k]
             self._event_seq = max(self._event_seq, seq + 1)
             return
         k, start, end = key
@@ -616,16 +625,26 @@ class WindowedAggregateProc(Proc):
                 SerializationError("the event has no key: group_by/key_by before windowing"),
             )
             return
-        if ts < self.watermark - self.windows.grace:
-            late_record(self.task, self.late_topic, self.name, key, value, ts, self.watermark)
-            return
+        windows = self.windows
+        wm = self.watermark
         try:
-            if isinstance(self.windows, Session):
+            if isinstance(windows, Session):
+                if ts + windows.gap + windows.grace < wm:  # its session would be closed
+                    late_record(self.task, self.late_topic, self.name, key, value, ts, wm)
+                    return
                 await self._session(key, value, ts)
-            elif isinstance(self.windows, Sliding):
+            elif isinstance(windows, Sliding):
+                if ts + windows.grace < wm:  # its own window [ts - size, ts] is closed
+                    late_record(self.task, self.late_topic, self.name, key, value, ts, wm)
+                    return
                 await self._sliding(key, value, ts)
             else:
-                for start, end in self.windows.windows_for(ts):
+                grace = windows.grace
+                open_windows = [w for w in windows.windows_for(ts) if w[1] + grace > wm]
+                if not open_windows:  # every window holding it has closed
+                    late_record(self.task, self.late_topic, self.name, key, value, ts, wm)
+                    return
+                for start, end in open_windows:
                     await self._update(key, start, end, value, ts)
         except _Failed:
             return
@@ -655,11 +674,15 @@ class WindowedAggregateProc(Proc):
             acc, max_ts = old[0], max(old[1], ts)
         new = await self._fold(acc, value)
         self.store.put(wkey, [new, max_ts], ts)
-        await self._emit(self.children, Windowed(key, start, end), new, ts)
+        await self._emit(self.children, key, start, end, new, ts)
 
-    async def _emit(self, children: list[Proc], key: Windowed, value: Any, ts: float) -> None:
-        for child in children:
-            await child.push(key, value, ts)
+    async def _emit(
+        self, children: list[Proc], key: Any, start: float, end: float, value: Any, ts: float
+    ) -> None:
+        if children:
+            windowed = Windowed(key, start, end)
+            for child in children:
+                await child.push(windowed, value, ts)
 
     async def _session(self, key: Any, value: Any, ts: float) -> None:
         assert isinstance(self.windows, Session)
@@ -677,13 +700,13 @@ class WindowedAggregateProc(Proc):
             self.store.delete((key, s, e), ts)
             sessions.remove((s, e))
             if (s, e) != (start, end):
-                await self._emit(self.children, Windowed(key, s, e), None, ts)
+                await self._emit(self.children, key, s, e, None, ts)
         sessions.append((start, end))
         sessions.sort()
         self._sessions[key] = sessions
         self.store.put((key, start, end), [new, max_ts], ts)
         heapq.heappush(self._heap, (self.windows.close_time(end), next(self._seq), key, start, end))
-        await self._emit(self.children, Windowed(key, start, end), new, ts)
+        await self._emit(self.children, key, start, end, new, ts)
 
     async def _combine(self, a: Any, b: Any) -> Any:
         try:
@@ -698,11 +721,12 @@ class WindowedAggregateProc(Proc):
         events = self._events.setdefault(key, [])
         seq = self._event_seq
         self._event_seq += 1
-        events.append((ts, seq, value))
-        events.sort(key=lambda e: (e[0], e[1]))
+        bisect.insort(events, (ts, seq, value), key=_event_order)
         self.store.put((key, ts, seq, "e"), value, ts)
         # windows ending at later event times that now hold this event
-        ends = sorted({t for t, _, _ in events if ts < t <= ts + size})
+        lo = bisect.bisect_right(events, (ts, _INF_SEQ), key=_event_order)
+        hi = bisect.bisect_right(events, (ts + size, _INF_SEQ), key=_event_order)
+        ends = sorted({t for t, _, _ in events[lo:hi]})
         for end in ends:
             wkey = (key, end - size, end)
             old = self.store.data.get(wkey)
@@ -710,7 +734,7 @@ class WindowedAggregateProc(Proc):
                 continue
             new = await self._fold(old[0], value)
             self.store.put(wkey, [new, max(old[1], ts)], ts)
-            await self._emit(self.children, Windowed(key, end - size, end), new, ts)
+            await self._emit(self.children, key, end - size, end, new, ts)
         # this event's own window [ts - size, ts]
         wkey = (key, ts - size, ts)
         if wkey in self.store.data:
@@ -719,15 +743,17 @@ class WindowedAggregateProc(Proc):
             self.store.put(wkey, [new, old[1]], ts)
         else:
             acc: Any = MISSING
-            for t, _, v in events:
-                if ts - size <= t <= ts:
-                    acc = await self._fold(acc, v)
+            lo = bisect.bisect_left(events, (ts - size, -1), key=_event_order)
+            for t, _, v in events[lo:]:
+                if t > ts:
+                    break
+                acc = await self._fold(acc, v)
             new = acc
             self.store.put(wkey, [new, ts], ts)
             heapq.heappush(
                 self._heap, (self.windows.close_time(ts), next(self._seq), key, ts - size, ts)
             )
-        await self._emit(self.children, Windowed(key, ts - size, ts), new, ts)
+        await self._emit(self.children, key, ts - size, ts, new, ts)
 
     # -------------------------------------------------------------- closing
 
@@ -751,21 +777,17 @@ class WindowedAggregateProc(Proc):
                     self._sessions.pop(key, None)
             elif isinstance(self.windows, Sliding):
                 self._prune(key, watermark)
-            await self._emit(self.final, Windowed(key, start, end), entry[0], entry[1])
+            await self._emit(self.final, key, start, end, entry[0], entry[1])
 
     def _prune(self, key: Any, watermark: float) -> None:
         assert isinstance(self.windows, Sliding)
         horizon = watermark - self.windows.grace - self.windows.size
         events = self._events.get(key, [])
-        keep = []
-        for t, seq, v in events:
-            if t < horizon:
-                self.store.delete((key, t, seq, "e"), t)
-            else:
-                keep.append((t, seq, v))
-        if keep:
-            self._events[key] = keep
-        else:
+        cut = bisect.bisect_left(events, (horizon, -1), key=_event_order)
+        for t, seq, _v in events[:cut]:
+            self.store.delete((key, t, seq, "e"), t)
+        del events[:cut]
+        if not events:
             self._events.pop(key, None)
 
     # -------------------------------------------------------------- wall clock
@@ -794,6 +816,13 @@ class WindowedAggregateProc(Proc):
         if self._stream_mark != self.stream_time or self._wall_mark is None:
             return 0.0
         return self._wall_mark + (self._heap[0][0] - self.stream_time)
+
+
+_INF_SEQ = float("inf")
+
+
+def _event_order(event: tuple[float, Any, Any]) -> tuple[float, Any]:
+    return (event[0], event[1])
 
 
 class _Failed(Exception):
@@ -834,7 +863,8 @@ class StreamJoinState:
         self.within, self.grace, self.late_topic = within, grace, late_topic
         self.children: list[Proc] = []
         self.watermark = -float("inf")
-        self._buffers: tuple[dict[Any, list[tuple[float, int, Any]]], ...] = ({}, {})
+        # per side, key -> {seq: (event time, value)}
+        self._buffers: tuple[dict[Any, dict[int, tuple[float, Any]]], ...] = ({}, {})
         self._seq = 0
         self._expiry: list[tuple[float, int, int, Any]] = []  # (t, seq, side, key)
         store.on_restore = self._restored
@@ -845,11 +875,13 @@ class StreamJoinState:
                 self.watermark = value
             return
         side, k, t, seq = key
-        buf = self._buffers[side].setdefault(k, [])
-        buf[:] = [e for e in buf if e[1] != seq]
+        buf = self._buffers[side].setdefault(k, {})
+        buf.pop(seq, None)
         if value is not None:
-            buf.append((t, seq, value))
+            buf[seq] = (t, value)
             heapq.heappush(self._expiry, (t, seq, side, k))
+        if not buf:
+            del self._buffers[side][k]
         self._seq = max(self._seq, seq + 1)
 
     async def push(self, side: int, key: Any, value: Any, ts: float) -> None:
@@ -862,7 +894,7 @@ class StreamJoinState:
         if ts < self.watermark - self.within - self.grace:
             late_record(self.task, self.late_topic, self.name, key, value, ts, self.watermark)
             return
-        for t, _, other in list(self._buffers[1 - side].get(key, ())):
+        for t, other in list(self._buffers[1 - side].get(key, {}).values()):
             if abs(t - ts) <= self.within:
                 left, right = (value, other) if side == 0 else (other, value)
                 try:
@@ -876,7 +908,7 @@ class StreamJoinState:
                     await child.push(key, out, max(t, ts))
         seq = self._seq
         self._seq += 1
-        self._buffers[side].setdefault(key, []).append((ts, seq, value))
+        self._buffers[side].setdefault(key, {})[seq] = (ts, value)
         heapq.heappush(self._expiry, (ts, seq, side, key))
         self.store.put((side, key, ts, seq), value, ts)
         if ts > self.watermark:
@@ -885,8 +917,8 @@ class StreamJoinState:
             horizon = ts - self.within - self.grace
             while self._expiry and self._expiry[0][0] < horizon:
                 t, s, sd, k = heapq.heappop(self._expiry)
-                buf = self._buffers[sd].get(k, [])
-                buf[:] = [e for e in buf if e[1] != s]
+                buf = self._buffers[sd].get(k, {})
+                buf.pop(s, None)
                 if not buf:
                     self._buffers[sd].pop(k, None)
                 self.store.delete((sd, k, t, s), ts)

@@ -51,6 +51,7 @@ __all__ = [
     "TableInfo",
     "Task",
     "TaskId",
+    "TaskStatistics",
     "Topology",
 ]
 
@@ -131,6 +132,18 @@ class TableInfo:
     windowed: bool = False
 
 
+@attrs.frozen
+class TaskStatistics:
+    """Counters of one task since it was built: input records ``processed``,
+    records sent to the dead-letter topic (``dead_letters``), ``late_events``
+    sent to late topics, records ``restored`` from changelogs."""
+
+    processed: int
+    dead_letters: int
+    late_events: int
+    restored: int
+
+
 class Task:
     """The running state of one (sub-topology, partition): its processors and
     stores. Made only by :meth:`Topology.task` (a fresh, empty task each call).
@@ -157,15 +170,19 @@ class Task:
         self.output: list[OutRecord] = []
         self.current: InRecord | None = None
         self._dead_lettered = False
-        self._sources: dict[str, SourceProc] = {}
+        self._sources: dict[str, list[SourceProc]] = {}
         self._stores: dict[str, Store] = {}
         self._punctuators: list[Punctuator] = []
+        self.processed = 0
+        self.dead_letters = 0
+        self.late_events = 0
+        self.restored = 0
 
     # ---------------------------------------------------------- building
 
     def add_source(self, topic: str, source: SourceProc) -> None:
-        """(Building only) route records of ``topic`` to ``source``."""
-        self._sources[topic] = source
+        """(Building only) route records of ``topic`` to ``source`` (too)."""
+        self._sources.setdefault(topic, []).append(source)
 
     def add_store(self, store: Store) -> None:
         """(Building only) own ``store`` and its changelog partition."""
@@ -188,20 +205,23 @@ class Task:
                 f"{changelog_topic!r}: it owns {sorted(self._stores)}"
             )
         store.restore(key, value)
+        self.restored += 1
 
     async def process(self, record: InRecord) -> None:
         """Run one input record through the pipeline. Outputs collect until
         :meth:`take_output`."""
-        source = self._sources.get(record.topic)
-        if source is None:
+        sources = self._sources.get(record.topic)
+        if sources is None:
             raise InvalidArgument(
                 f"task {self.task_id} of job {self.job!r} does not read topic "
                 f"{record.topic!r}: it reads {sorted(self._sources)}"
             )
         self.current = record
         self._dead_lettered = False
+        self.processed += 1
         try:
-            await source.receive(record)
+            for source in sources:
+                await source.receive(record)
         finally:
             self.current = None
 
@@ -220,6 +240,10 @@ class Task:
             if deadline is not None and (best is None or deadline < best):
                 best = deadline
         return best
+
+    def statistics(self) -> TaskStatistics:
+        """A snapshot of the task's counters."""
+        return TaskStatistics(self.processed, self.dead_letters, self.late_events, self.restored)
 
     def take_output(self) -> list[OutRecord]:
         """Everything to write since the last call, changelog writes (the
@@ -257,6 +281,7 @@ class Task:
         if self._dead_lettered:
             return
         self._dead_lettered = record is not None
+        self.dead_letters += 1
         headers = dict(record.headers) if record is not None else {}
         headers.update(
             dead_letter_headers(

@@ -14,12 +14,13 @@ clock while idle when the window has ``wall_clock=True``).
 
 Rules, the same for every kind:
 
-* An event is **late** when its time is before ``watermark - grace``; it goes
-  to the window's late topic and counts in no window.
 * A window **closes** (its ``.final()`` result is emitted, its state dropped)
   once the watermark reaches ``end + grace`` (tumbling, hopping) or passes
   ``end + grace`` (sliding) / ``end + gap + grace`` (session), whose ends are
   included in the window.
+* An event is **late** when its window has closed (tumbling, hopping: every
+  window holding it; sliding: its own window; session: a session of it
+  alone); it goes to the window's late topic and counts in no window.
 """
 
 from __future__ import annotations
@@ -65,6 +66,16 @@ def _grace(what: str, value: object) -> float:
     return float(value)
 
 
+def _index(t: float, step: float) -> int:
+    """The k with ``k*step <= t < (k+1)*step`` as floats compute them."""
+    k = math.floor(t / step)
+    if k * step > t:
+        k -= 1
+    elif (k + 1) * step <= t:
+        k += 1
+    return k
+
+
 @attrs.frozen
 class Tumbling:
     """Fixed, non-overlapping windows of ``size`` seconds (see :func:`tumbling`)."""
@@ -76,8 +87,8 @@ class Tumbling:
 
     def windows_for(self, t: float) -> list[tuple[float, float]]:
         """The one window ``[start, end)`` holding event time ``t``."""
-        start = math.floor(t / self.size) * self.size
-        return [(start, start + self.size)]
+        k = _index(t, self.size)
+        return [(k * self.size, (k + 1) * self.size)]
 
     def close_time(self, end: float) -> float:
         """When (in watermark time) a window ending at ``end`` closes."""
@@ -97,14 +108,12 @@ class Hopping:
 
     def windows_for(self, t: float) -> list[tuple[float, float]]:
         """Every window ``[start, end)`` holding event time ``t``, oldest first."""
-        last = math.floor(t / self.advance)
-        out = []
-        k = last
-        while k * self.advance + self.size > t:
-            out.append((k * self.advance, k * self.advance + self.size))
-            k -= 1
-        out.reverse()
-        return out
+        last = _index(t, self.advance)
+        count = round(self.size / self.advance)
+        return [
+            (k * self.advance, (k + count) * self.advance)
+            for k in range(last - count + 1, last + 1)
+        ]
 
     def close_time(self, end: float) -> float:
         """When (in watermark time) a window ending at ``end`` closes."""
