@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -297,3 +298,85 @@ async def test_tables_get_reads_the_committed_changelog(autojump_clock: trio.abc
         assert expected_counts(200)["apple"] == result["value"]
         with pytest.raises(NotFoundError, match="banana"):
             await table_get(client, "word-count", "counts", "banana")
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize(
+    "name", ["word_count", "page_views", "threshold_alert", "order_enrichment"]
+)
+async def test_every_example_runs_under_the_runner(
+    autojump_clock: trio.abc.Clock, name: str
+) -> None:
+    """`headwater run examples/NAME.py` finds the module's one Job, and the
+    runner starts it: its internal topics exist and it owns every input
+    partition."""
+    from headwater.processing._cli import load_job
+
+    job = load_job(str(EXAMPLES / f"{name}.py"))
+    async with (
+        open_broker("/data", fs=SimulatedFileSystem()) as broker,
+        broker.connect() as client,
+    ):
+        for topic in job.source_topics:
+            await client.create_topic(topic, partitions=2)
+        async with open_job_runner(job, client, config()) as runner:
+            with trio.fail_after(30):
+                await runner.ready.wait()
+            assert runner.topology is not None
+            names = {t.name for t in await client.list_topics()}
+            assert {t.name for t in runner.topology.internal_topics} <= names
+            inputs = set(runner.topology.input_topics)
+            assert 2 * len(inputs) == len(runner.statistics().partitions)
+
+
+async def test_order_enrichment_with_two_copies_joins_on_the_right_copy(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The stream-table join's inputs are co-partitioned (the range assignor
+    gives partition p of the table topic and of the re-keyed orders to one
+    copy), so every order meets its customer whichever copy holds it."""
+    import json
+
+    from headwater.processing._cli import load_job
+
+    async with broker_and_client() as (_broker, client):
+        for topic in ("customers", "orders"):
+            await client.create_topic(topic, partitions=4)
+        customers = {f"c{i}": {"name": f"N{i}", "tier": "gold"} for i in range(20)}
+        jobs = [load_job(str(EXAMPLES / "order_enrichment.py")) for _ in range(2)]
+        async with (
+            open_job_runner(jobs[0], client, config(instance=0)) as zero,
+            open_job_runner(jobs[1], client, config(instance=1)) as one,
+        ):
+            with trio.fail_after(60):
+                await zero.ready.wait()
+                await one.ready.wait()
+                while len(zero.statistics().partitions) != 6:  # the rebalance settled
+                    await trio.sleep(0.2)
+                async with client.producer(serializer="json") as producer:
+                    for key, value in customers.items():
+                        await producer.send("customers", value, key=key)
+                while True:  # both copies hold their share and read the customers
+                    d = await client.describe_group("order-enrichment")
+                    table = [p for p in d.partitions if p.topic == "customers"]
+                    if (
+                        zero.statistics().tasks
+                        and one.statistics().tasks
+                        and len(table) == 4
+                        and all(p.lag == 0 for p in table)
+                    ):
+                        break
+                    await trio.sleep(0.2)
+            async with client.producer(serializer="json") as producer:
+                for i in range(40):
+                    await producer.send("orders", {"order": i, "customer": f"c{i % 20}"})
+            got: dict[int, Any] = {}
+            async with client.consumer("orders-enriched", deserializer="bytes") as consumer:
+                with trio.fail_after(60):
+                    while len(got) < 40:
+                        for event in await consumer.getmany(timeout=1.0):
+                            value = json.loads(event.value)
+                            got[value["order"]] = value["customer_name"]
+        assert {i: f"N{i % 20}" for i in range(40)} == got
