@@ -353,7 +353,7 @@ async def test_order_enrichment_with_two_copies_joins_on_the_right_copy(
             with trio.fail_after(60):
                 await zero.ready.wait()
                 await one.ready.wait()
-                while len(zero.statistics().partitions) != 6:  # the rebalance settled
+                while len(zero.statistics().partitions) != 6:  # noqa: ASYNC110  # rebalance settled
                     await trio.sleep(0.2)
                 async with client.producer(serializer="json") as producer:
                     for key, value in customers.items():
