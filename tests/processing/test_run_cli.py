@@ -58,7 +58,8 @@ def test_run_errors_are_one_line_with_exit_2(tmp_path: Path) -> None:
     data = tmp_path / "data"
     result = runner.invoke(cli.main, ["run", write(tmp_path, "x = 1\n"), "--data-dir", str(data)])
     assert 2 == result.exit_code
-    assert result.output.startswith("error: ") and "[config_error]" in result.output
+    assert result.output.startswith("error: ")
+    assert "[config_error]" in result.output
     assert not data.exists()
     result = runner.invoke(cli.main, ["run", write(tmp_path, ONE), "--instance", "-1"])
     assert 2 == result.exit_code
