@@ -375,7 +375,8 @@ class JobRunner:
                     on_revoked=self._revoked,
                     deserializer="bytes",
                     session_timeout=cfg.session_timeout,
-                    max_poll_interval=cfg.max_poll_interval,
+                    # A restore runs between polls: it must not look like a hung copy.
+                    max_poll_interval=max(cfg.max_poll_interval, cfg.restore_timeout + 30),
                     group_instance_id=str(cfg.instance),
                     assignor="range",
                     client_id=f"{self.name}.{cfg.instance}",
