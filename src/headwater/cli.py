@@ -43,7 +43,6 @@ import base64
 import datetime as dt
 import io
 import json
-import logging
 import math
 import os
 import re
@@ -1695,9 +1694,6 @@ def run(
     from headwater.processing._runner import RunConfig
 
     configure_logging(log_format, level=log_level)
-    if log_level == "info":  # the job's lines; the broker's and actors' only when they matter
-        for name in ("headwater.supervision", "headwater.broker", "headwater.server"):
-            logging.getLogger(name).setLevel(logging.WARNING)
     context = click.get_current_context(silent=True)
     before = context.find_root().params.get("url") if context is not None else None
     chosen = url or before or os.environ.get("HEADWATER_URL") or None
@@ -1726,6 +1722,7 @@ def run(
             config,
             lambda: _open_client(chosen or DEFAULT_URL, secret, tls_setting),
             say,
+            quiet_broker=log_level == "info",
         )
     )
     sys.exit(code)

@@ -16,6 +16,7 @@ broker (read_committed) and prints the latest value of one key.
 from __future__ import annotations
 
 import json
+import logging
 import runpy
 import signal
 import sys
@@ -131,11 +132,17 @@ def run_command(
     config: RunConfig,
     open_remote: Callable[[], AbstractAsyncContextManager[Client]],
     say: Callable[[str], None],
+    *,
+    quiet_broker: bool = False,
 ) -> int:
     """``headwater run``: load the job, run it until SIGINT/SIGTERM; return
     the exit status (130 / 143 after a signal). Errors are raised (typed) for
-    the CLI to print."""
+    the CLI to print. ``quiet_broker``: the embedded broker's and the actors'
+    info lines are not shown (the job's are), only their warnings."""
     job = load_job(path, job_name)
+    if quiet_broker:
+        for name in ("headwater.supervision", "headwater.broker", "headwater.server"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     got: list[int] = []
 
     async def main() -> None:
