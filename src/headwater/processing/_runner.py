@@ -183,6 +183,14 @@ def _key_bytes(key: Any) -> bytes | None:
     return bytes(key)
 
 
+def _close(task: Task | None) -> None:
+    """Tell a dropped task (its state is no longer this copy's), if the
+    library's Task can be told."""
+    close = getattr(task, "close", None)
+    if callable(close):
+        close()
+
+
 def _source_topics(job: Any) -> tuple[str, ...]:
     """The user topics ``job`` reads (needed before its topology exists)."""
     topics = getattr(job, "source_topics", None)
@@ -255,6 +263,8 @@ class JobRunner:
             self.fatal = exc
             self.stopped.set()
         finally:
+            for task in self._tasks.values():
+                _close(task)
             self._tasks.clear()
             self._task_tps.clear()
             self._pending.clear()
@@ -430,7 +440,7 @@ class JobRunner:
             owned.discard(tp)
             if not owned:
                 del self._task_tps[task_id]
-                self._tasks.pop(task_id, None)
+                _close(self._tasks.pop(task_id, None))
                 self._pending.discard(task_id)
                 log.info("job_task_dropped", job=self.name, task=str(task_id))
 
