@@ -1494,7 +1494,12 @@ def groups_describe(target: Target, group: str, as_json: bool) -> None:
                 "generation": d.generation,
                 "topics": list(d.topics),
                 "members": [
-                    {"member_id": m.member_id, "client_id": m.client_id} for m in d.members
+                    {
+                        "member_id": m.member_id,
+                        "client_id": m.client_id,
+                        **({"instance_id": m.instance_id} if m.instance_id is not None else {}),
+                    }
+                    for m in d.members
                 ],
                 "partitions": parts,
                 "total_lag": sum(p["lag"] for p in parts),
