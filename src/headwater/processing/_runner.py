@@ -88,6 +88,8 @@ __all__ = ["FATAL", "JobRunner", "RunConfig", "RunStats", "open_job_runner", "ru
 log = get_logger("headwater.processing.runner")
 
 TP = tuple[str, int]
+_NO_HEADERS: Mapping[str, bytes] = {}
+_UNKNOWN: Any = object()
 
 FATAL: tuple[type[HeadwaterError], ...] = (
     ProcessingError,
@@ -542,9 +544,13 @@ class JobRunner:
                 await self._restore_pending(topology)
             if not self.ready.is_set() and not self._pending:
                 self.ready.set()
+            tasks: dict[TP, Task | None] = {}
             for event in events:
-                task = self._tasks.get(topology.task_id(event.topic, event.partition))
-                if task is None:  # revoked meanwhile (cannot happen within a poll)
+                tp = (event.topic, event.partition)
+                task = tasks.get(tp, _UNKNOWN)
+                if task is _UNKNOWN:
+                    task = tasks[tp] = self._tasks.get(topology.task_id(*tp))
+                if task is None:  # revoked by a poll while the batch filled
                     continue
                 await task.process(
                     InRecord(
@@ -553,7 +559,7 @@ class JobRunner:
                         event.offset,
                         _key_bytes(event.key),
                         event.value,
-                        dict(event.headers),
+                        dict(event.headers) if event.headers else _NO_HEADERS,
                         event.timestamp / 1000.0,
                     )
                 )
@@ -587,7 +593,7 @@ class JobRunner:
             out.topic,
             out.value,
             key=out.key,
-            headers=dict(out.headers) or None,
+            headers=out.headers or None,
             partition=out.partition,
             timestamp=int(out.timestamp * 1000) if out.timestamp > 0 else None,
         )
