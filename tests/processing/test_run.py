@@ -380,3 +380,33 @@ async def test_order_enrichment_with_two_copies_joins_on_the_right_copy(
                             value = json.loads(event.value)
                             got[value["order"]] = value["customer_name"]
         assert {i: f"N{i % 20}" for i in range(40)} == got
+
+
+async def test_tables_get_reads_a_windowed_table_per_window(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """examples/page_views.py's windowed count read from outside: one
+    (start, end, count) per open window of the page (the minute that closed
+    when event time passed its end + grace is gone from the table)."""
+    from headwater.processing._cli import load_job, table_get
+
+    job = load_job(str(EXAMPLES / "page_views.py"))
+    async with (
+        open_broker("/data", fs=SimulatedFileSystem()) as broker,
+        broker.connect() as client,
+    ):
+        await client.create_topic("page-views", partitions=2)
+        async with client.producer(serializer="json") as producer:
+            for t, page in [(0, "/home"), (10, "/home"), (30, "/about"), (70, "/home")]:
+                await producer.send("page-views", {"page": page}, timestamp=1_000_000 + t * 1000)
+        async with open_job_runner(job, client, config()) as runner:
+            await runner.ready.wait()
+            with trio.fail_after(60):
+                while True:
+                    d = await client.describe_group("page-views")
+                    inputs = [p for p in d.partitions if p.topic != "page-views-per-minute"]
+                    if len(inputs) == 4 and all(p.lag == 0 for p in inputs):
+                        break
+                    await trio.sleep(0.2)
+        result = await table_get(client, "page-views", "views", "/home")
+    assert [[1020.0, 1080.0, 1]] == result["windows"]
