@@ -15,12 +15,14 @@ runs the issue's size.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -60,7 +62,7 @@ def start_copy(url: str, instance: int, log: Path, *extra: str) -> subprocess.Po
                 "--instance",
                 str(instance),
                 "--session-timeout",
-                "5",
+                "10",
                 "--batch",
                 "500",
                 "--log-format",
@@ -149,6 +151,7 @@ async def test_word_count_two_copies_one_sigkilled_and_restarted_is_exact(
                     await trio.sleep(0.05)
                 zero.send_signal(signal.SIGKILL)
                 zero.wait()
+                killed_at = time.time()
                 at_kill, end, _ = await committed_inputs(client)
                 assert at_kill < end  # mid-stream
                 zero = start_copy(proc.url, 0, tmp_path / "copy0-restarted.log")
@@ -179,6 +182,16 @@ async def test_word_count_two_copies_one_sigkilled_and_restarted_is_exact(
     assert sum(e["restored"] for e in restored) > 0  # its counts came back from the changelog
     assert 1 == twin.returncode
     assert "member_instance_in_use" in twin_log.read_text()
+    # Restarted well within the dead copy's 10 s session, copy 0 was refused,
+    # then took the dead copy's place: no member expired, no rebalance.
+    assert any(e.get("event") == "job_instance_in_use" for e in restarted)
+    after = [
+        e
+        for e in log_events(tmp_path / "server.log")
+        if e.get("event") in ("group_members_expired", "group_rebalanced")
+        and dt.datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp() > killed_at
+    ]
+    assert [] == after
 
 
 async def test_embedded_run_says_its_mode_and_ctrl_c_exits_130(tmp_path: Path) -> None:
