@@ -41,12 +41,21 @@ from typing import Any, TypeVar
 
 import trio
 
-from headwater._errors import ClosedError, FsyncFailedError, StorageError
+import errno
+
+from headwater._errors import (
+    ClosedError,
+    DiskFullError,
+    FsyncFailedError,
+    HeadwaterError,
+    StorageError,
+)
 from headwater._logging import get_logger
 from headwater._stats import SIZE_BUCKETS, Histogram
 from headwater.journal._files import FileSystem, RealFileSystem
-from headwater.journal._log import Log, LogConfig, SyncWork
+from headwater.journal._log import Log, LogConfig, Staged, SyncWork
 from headwater.journal._record import RecordHeader
+from headwater.journal._writer import Batch, JournalWriter, Outcome
 from headwater.supervision._specs import unwrapping_groups
 
 __all__ = ["AsyncLog", "open_log"]
@@ -63,15 +72,26 @@ TAIL_READ_EVENTS = 256
 class AsyncLog:
     """A :class:`Log` driven from Trio (made by :func:`open_log`)."""
 
-    def __init__(self, log: Log) -> None:
+    def __init__(self, log: Log, *, writer_thread: bool | None = None) -> None:
         self.log = log
         self.config = log.config
         self._blocking = log.fs.blocking
+        if writer_thread is None:
+            writer_thread = self._blocking and self.config.durability == "always"
+        # Under `always`, a JournalWriter thread does the writes and fsyncs
+        # (started by open_log); records wait in _staged for the flusher.
+        self._threaded = writer_thread and self.config.durability == "always"
+        self._writer: JournalWriter | None = None
+        self._staged: list[Staged] = []
+        self._submitted = (-1, -1)  # (target offset, dir generation) last handed over
+        self._in_flight = 0  # batches handed over without an outcome yet
+        self._crash: BaseException | None = None
         self._wake = trio.Event()
         self._synced = trio.Event()
         self._data = trio.Event()
         self._generation = 0
         self._cuts: list[int] = []  # synced offset at each failed fsync
+        self._failures: list[HeadwaterError] = []  # what each cut's waiters raise
         self._failure: BaseException | None = None
         self._closed = False
         self.syncs = 0
@@ -132,7 +152,13 @@ class AsyncLog:
         record, ``DiskFullError``/``StorageError`` for disk trouble.
         """
         self._check_open()
-        header = self.log.write(record, validated)
+        if self._threaded:
+            header, staged = self.log.stage(record, validated)
+            self._staged.append(staged)
+            if not self._in_flight:
+                self._submit()  # the thread is idle: let it start now
+        else:
+            header = self.log.write(record, validated)
         self._unsynced_writes += 1
         self._wake.set()
         if self.config.durability != "always":
@@ -151,12 +177,9 @@ class AsyncLog:
             if self._generation != generation:
                 if end_offset <= min(self._cuts[generation:]):
                     return  # synced before the failure: durable
-
-                raise FsyncFailedError(
-                    f"fsync of {self.log.path} failed ({self._failure}); the append was "
-                    "not acknowledged and may be retried"
-                ) from self._failure
+                raise self._failures[generation]
             self._check_open()
+            self._check_crash()
             await self._synced.wait()
 
     async def append(self, record: bytes | bytearray | memoryview) -> RecordHeader:
@@ -238,6 +261,12 @@ class AsyncLog:
 
     async def sync(self) -> None:
         """Fsync everything written so far, now."""
+        if self._threaded:
+            self._check_crash()
+            generation = self._generation
+            self._submit()
+            await self.wait_durable(self.log.next_offset, generation)
+            return
         work = self.log.prepare_sync()
         if work is None:
             return
@@ -261,18 +290,40 @@ class AsyncLog:
         if self.config.durability == "always":
             self._notify_data()
 
-    def _fail(self, work: SyncWork, exc: OSError) -> None:
+    def _fail(self, work: SyncWork | None, exc: OSError, *, during: str = "fsync") -> None:
         lost_from = self.log.synced_offset
         lost_to = self.log.next_offset
         self._failure = exc
         self._generation += 1
         self._cuts.append(lost_from)
+        error: HeadwaterError
+        if during == "write" and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            error = DiskFullError(
+                f"disk full while appending to {self.log.path}; free space or lower "
+                "retention, then retry (earlier data is intact; the append was not "
+                "acknowledged)"
+            )
+        elif during == "write":
+            error = StorageError(
+                f"write to {self.log.path} failed ({exc}); the append was not acknowledged "
+                "and may be retried"
+            )
+        else:
+            error = FsyncFailedError(
+                f"fsync of {self.log.path} failed ({exc}); the append was "
+                "not acknowledged and may be retried"
+            )
+        error.__cause__ = exc
+        self._failures.append(error)
+        for staged in self._staged:  # placed after the cut: never written
+            self.log.unstage(staged)
+        self._staged.clear()
         try:
             self.log.discard_unsynced()
         except OSError as again:
             _log.error("journal_reopen_failed", path=self.log.path, error=str(again))
         _log.error(
-            "journal_fsync_failed",
+            "journal_fsync_failed" if during == "fsync" else "journal_write_failed",
             path=self.log.path,
             error=str(exc),
             unacknowledged_from=lost_from,
@@ -282,7 +333,78 @@ class AsyncLog:
         self._synced.set()
         self._synced = trio.Event()
 
+    # ------------------------------------------------- the writer thread
+
+    def _submit(self) -> None:
+        """Hand every staged record, and the sync covering them, to the
+        writer thread (one hand-off)."""
+        assert self._writer is not None
+        staged, self._staged = self._staged, []
+        work = self.log.prepare_sync()
+        if not staged and (
+            work is None or (work.target_offset, work.dir_gen) <= self._submitted
+        ):
+            return  # everything is already on its way
+        if work is not None:
+            self._submitted = (work.target_offset, work.dir_gen)
+        self._in_flight += 1
+        self._writer.submit(Batch(staged, work, self._generation))
+
+    def _outcome(self, outcome: Outcome) -> None:
+        """The writer thread's report, on the loop thread (in order). Never
+        raises (it runs as a Trio callback): an unexpected error becomes the
+        crash the flusher raises, as an error of the inline path would."""
+        try:
+            self._take_outcome(outcome)
+        except BaseException as exc:
+            self._crash = exc
+            self._wake.set()
+            self._synced.set()
+
+    def _take_outcome(self, outcome: Outcome) -> None:
+        self._in_flight -= len(outcome.batches)
+        for batch in outcome.batches:
+            for staged in batch.staged:
+                self.log.unstage(staged)
+        if outcome.skipped:
+            return
+        if outcome.error is not None:
+            if not isinstance(outcome.error, OSError):
+                self._crash = outcome.error  # e.g. a simulated power loss
+                self._wake.set()
+                self._synced.set()
+                return
+            self._submitted = (-1, -1)
+            self._fail(outcome.work, outcome.error, during=outcome.failed)
+            return
+        work = outcome.work
+        if work is None:
+            return
+        self.sync_latency.observe(outcome.seconds)
+        writes = sum(len(b.staged) for b in outcome.batches)
+        if writes:
+            self.sync_batch.observe(writes)
+        self.log.complete_sync(work)
+        self.syncs += 1
+        self._synced.set()
+        self._synced = trio.Event()
+        self._notify_data()
+
+    def _check_crash(self) -> None:
+        if self._crash is not None:
+            raise self._crash
+
+    async def _threaded_flusher(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            self._check_crash()
+            self._submit()
+
     async def _flusher(self) -> None:
+        if self._threaded:
+            await self._threaded_flusher()
+            return
         interval = self.config.interval_ms / 1000
         while True:
             if self.config.durability == "always":
@@ -296,9 +418,24 @@ class AsyncLog:
             if work is not None:
                 await self._sync_once(work)
 
+    async def _drain_writer(self) -> None:
+        """Hand over what is staged and let the writer thread finish it and
+        end (shielded by the caller). Outcomes still arrive in order."""
+        writer = self._writer
+        if writer is None:
+            return
+        if self._crash is None:
+            self._submit()
+        thread = writer.stop()
+        if thread is not None:
+            await trio.to_thread.run_sync(thread.join)
+        # Each outcome was queued (FIFO) before the thread ended, so before
+        # join's own wake-up: all of them ran by now.
+
     async def _close(self) -> None:
         if self._closed:
             return
+        await self._drain_writer()
         self._closed = True
         try:
             if self._blocking:
@@ -337,12 +474,17 @@ async def open_log(
     fs: FileSystem | None = None,
     clock: Callable[[], int] | None = None,
     repair: bool = False,
+    writer_thread: bool | None = None,
 ) -> AsyncIterator[AsyncLog]:
     """Open (create or recover) the log at ``path`` with its flusher task.
 
     Leaving the block syncs, writes the indexes and a clean checkpoint, and
-    closes the files. ``clock`` returns milliseconds (append times, segment
-    age); by default wall-clock time.
+    closes the files (and ends the writer thread, if any). ``clock`` returns
+    milliseconds (append times, segment age); by default wall-clock time.
+    ``writer_thread``: under ``always``, write and fsync in a
+    :class:`~headwater.journal._writer.JournalWriter` thread (batches of
+    records, one hand-off per fsync) rather than on the event loop; by
+    default on for a blocking (real) file system, off for the simulated one.
     """
     fs = fs if fs is not None else RealFileSystem()
     clock = clock if clock is not None else (lambda: int(time.time() * 1000))
@@ -352,7 +494,11 @@ async def open_log(
         )
     else:
         log = Log.open(path, fs, config, clock=clock, repair=repair)
-    alog = AsyncLog(log)
+    alog = AsyncLog(log, writer_thread=writer_thread)
+    if alog._threaded:
+        alog._writer = JournalWriter(
+            log, trio.lowlevel.current_trio_token().run_sync_soon, alog._outcome
+        )
     try:
         with unwrapping_groups():
             async with trio.open_nursery() as nursery:
