@@ -34,6 +34,7 @@ the visible end moves.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -65,6 +66,10 @@ _log = get_logger("headwater.journal")
 _T = TypeVar("_T")
 
 
+INLINE_SYNC_SECONDS = 0.001
+"""A small batch is written and fsynced on the loop thread only while the
+disk's recent fsyncs took at most this long (else the writer thread does it)."""
+
 TAIL_READ_EVENTS = 256
 """A read starting this close to the end of the log is done on the loop thread."""
 
@@ -85,9 +90,14 @@ class AsyncLog:
         self._staged: list[Staged] = []
         self._submitted = (-1, -1)  # (target offset, dir generation) last handed over
         self._in_flight = 0  # batches handed over without an outcome yet
+        self._staged_bytes = 0
+        self._fsync_ewma = 0.0  # recent fsync time (s), for the inline choice
         self._crash: BaseException | None = None
         self._wake = trio.Event()
-        self._synced = trio.Event()
+        # wait_durable callers, by the end offset they wait for: a sync wakes
+        # only those it covers (a failure or close wakes all).
+        self._waiters: list[tuple[int, int, trio.Event]] = []
+        self._waiter_seq = 0
         self._data = trio.Event()
         self._generation = 0
         self._cuts: list[int] = []  # synced offset at each failed fsync
@@ -155,8 +165,7 @@ class AsyncLog:
         if self._threaded:
             header, staged = self.log.stage(record, validated)
             self._staged.append(staged)
-            if not self._in_flight:
-                self._submit()  # the thread is idle: let it start now
+            self._staged_bytes += len(record)
         else:
             header = self.log.write(record, validated)
         self._unsynced_writes += 1
@@ -180,7 +189,10 @@ class AsyncLog:
                 raise self._failures[generation]
             self._check_open()
             self._check_crash()
-            await self._synced.wait()
+            event = trio.Event()
+            self._waiter_seq += 1
+            heapq.heappush(self._waiters, (end_offset, self._waiter_seq, event))
+            await event.wait()
 
     async def append(self, record: bytes | bytearray | memoryview) -> RecordHeader:
         """Write ``record`` and wait until it is durable per the policy."""
@@ -285,10 +297,21 @@ class AsyncLog:
             self.sync_batch.observe(writes)
         self.log.complete_sync(work)
         self.syncs += 1
-        self._synced.set()
-        self._synced = trio.Event()
+        self._wake_synced()
         if self.config.durability == "always":
             self._notify_data()
+
+    def _wake_synced(self) -> None:
+        """Wake the waiters the synced offset now covers."""
+        synced = self.log.synced_offset
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= synced:
+            heapq.heappop(waiters)[2].set()
+
+    def _wake_all(self) -> None:
+        for _end, _seq, event in self._waiters:
+            event.set()
+        self._waiters.clear()
 
     def _fail(self, work: SyncWork | None, exc: OSError, *, during: str = "fsync") -> None:
         lost_from = self.log.synced_offset
@@ -330,8 +353,7 @@ class AsyncLog:
             unacknowledged_to=lost_to,
             policy=self.config.durability,
         )
-        self._synced.set()
-        self._synced = trio.Event()
+        self._wake_all()  # the generation moved: every waiter checks again
 
     # ------------------------------------------------- the writer thread
 
@@ -340,6 +362,7 @@ class AsyncLog:
         writer thread (one hand-off)."""
         assert self._writer is not None
         staged, self._staged = self._staged, []
+        nbytes, self._staged_bytes = self._staged_bytes, 0
         work = self.log.prepare_sync()
         if not staged and (
             work is None or (work.target_offset, work.dir_gen) <= self._submitted
@@ -347,8 +370,22 @@ class AsyncLog:
             return  # everything is already on its way
         if work is not None:
             self._submitted = (work.target_offset, work.dir_gen)
+        batch = Batch(staged, work, self._generation)
+        if (
+            not self._in_flight
+            and nbytes <= self.config.inline_sync_bytes
+            and self._fsync_ewma <= INLINE_SYNC_SECONDS
+            and (work is None or not work.directory)
+            and all(s.segment.handle >= 0 for s in staged)
+        ):
+            # A small batch while the thread is idle: cheaper done here
+            # than handed over and back (the policy of inline_sync_bytes),
+            # unless the disk's fsyncs have been slow lately.
+            self._in_flight += 1
+            self._outcome(self._writer.run_inline(batch))
+            return
         self._in_flight += 1
-        self._writer.submit(Batch(staged, work, self._generation))
+        self._writer.submit(batch)
 
     def _outcome(self, outcome: Outcome) -> None:
         """The writer thread's report, on the loop thread (in order). Never
@@ -359,7 +396,7 @@ class AsyncLog:
         except BaseException as exc:
             self._crash = exc
             self._wake.set()
-            self._synced.set()
+            self._wake_all()
 
     def _take_outcome(self, outcome: Outcome) -> None:
         self._in_flight -= len(outcome.batches)
@@ -372,7 +409,7 @@ class AsyncLog:
             if not isinstance(outcome.error, OSError):
                 self._crash = outcome.error  # e.g. a simulated power loss
                 self._wake.set()
-                self._synced.set()
+                self._wake_all()
                 return
             self._submitted = (-1, -1)
             self._fail(outcome.work, outcome.error, during=outcome.failed)
@@ -381,13 +418,13 @@ class AsyncLog:
         if work is None:
             return
         self.sync_latency.observe(outcome.seconds)
+        self._fsync_ewma += (outcome.seconds - self._fsync_ewma) / 8
         writes = sum(len(b.staged) for b in outcome.batches)
         if writes:
             self.sync_batch.observe(writes)
         self.log.complete_sync(work)
         self.syncs += 1
-        self._synced.set()
-        self._synced = trio.Event()
+        self._wake_synced()
         self._notify_data()
 
     def _check_crash(self) -> None:
@@ -400,6 +437,7 @@ class AsyncLog:
             self._wake = trio.Event()
             self._check_crash()
             self._submit()
+            self._check_crash()
 
     async def _flusher(self) -> None:
         if self._threaded:
@@ -451,7 +489,7 @@ class AsyncLog:
             self.log.abandon()
             raise
         finally:
-            self._synced.set()
+            self._wake_all()
             self._data.set()
 
     def statistics(self) -> dict[str, Any]:

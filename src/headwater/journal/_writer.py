@@ -154,6 +154,11 @@ class JournalWriter:
                 self._queue.put(_STOP)
             return thread
 
+    def run_inline(self, batch: Batch) -> Outcome:
+        """Write and sync ``batch`` on the calling thread, now (only while
+        no batch is queued or running: the caller keeps count)."""
+        return self._run([batch])
+
     # ---------------------------------------------------------- the thread
 
     def _main(self) -> None:
