@@ -457,18 +457,18 @@ class AsyncLog:
                 await self._sync_once(work)
 
     async def _drain_writer(self) -> None:
-        """Hand over what is staged and let the writer thread finish it and
-        end (shielded by the caller). Outcomes still arrive in order."""
+        """Hand over what is staged and wait until the writer thread has
+        reported on all of it (shielded by the caller)."""
         writer = self._writer
         if writer is None:
             return
         if self._crash is None:
             self._submit()
-        thread = writer.stop()
-        if thread is not None:
-            await trio.to_thread.run_sync(thread.join)
-        # Each outcome was queued (FIFO) before the thread ended, so before
-        # join's own wake-up: all of them ran by now.
+        if self._in_flight:
+            done = trio.Event()
+            writer.when_done(done.set)
+            # Reported after every outcome (FIFO): all of them ran by now.
+            await done.wait()
 
     async def _close(self) -> None:
         if self._closed:

@@ -30,13 +30,18 @@ fails the waiters, cuts the log back to the last synced point and bumps the
 generation; batches staged after that are written again. Any other
 exception (a simulated power loss) is reported as a crash the log re-raises.
 
-The thread exists only while there is work: it starts on the first batch
-and ends after ``idle`` seconds with nothing to do, so an idle partition
-holds no thread. :meth:`JournalWriter.stop` drains the queue and ends it.
+The threads are a small pool shared by the process (:data:`LANES`), each
+started on demand and ended after :data:`IDLE_SECONDS` with nothing to do:
+an idle broker holds no writer thread, and ten thousand partitions share
+four. A log always uses the same lane, so its batches keep their order;
+the logs of one lane take turns, each with one fsync per turn.
+:meth:`JournalWriter.when_done` tells a closing log when its last batch is
+reported.
 """
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -74,13 +79,6 @@ class Outcome:
     seconds: float = 0.0  # how long the fsync took
 
 
-class _Stop:
-    pass
-
-
-_STOP = _Stop()
-
-
 def merge_work(works: list[SyncWork]) -> SyncWork | None:
     """One sync covering every ``works`` (the last one's end point)."""
     if not works:
@@ -102,8 +100,77 @@ def merge_work(works: list[SyncWork]) -> SyncWork | None:
     )
 
 
+class _Lane:
+    """One writer thread of the pool and its queue of ``(writer, item)``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.queue: queue.SimpleQueue[tuple[JournalWriter, Batch | _Done]] = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.started = 0
+
+    def put(self, writer: JournalWriter, item: Batch | _Done) -> None:
+        with self.lock:
+            self.queue.put((writer, item))
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._main, name=self.name, daemon=True)
+                self.started += 1
+                self.thread.start()
+
+    def _main(self) -> None:
+        while True:
+            try:
+                first = self.queue.get(timeout=IDLE_SECONDS)
+            except queue.Empty:
+                with self.lock:
+                    if self.queue.empty():
+                        self.thread = None
+                        return
+                continue
+            items = [first]
+            while True:  # everything waiting goes with this round of fsyncs
+                try:
+                    items.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            # Per log, in order: its batches (one fsync for all), then a
+            # close's marker. Logs sharing the lane take turns.
+            runs: dict[JournalWriter, list[Batch | _Done]] = {}
+            for writer, item in items:
+                runs.setdefault(writer, []).append(item)
+            for writer, run in runs.items():
+                batches: list[Batch] = []
+                for item in run:
+                    if isinstance(item, Batch):
+                        batches.append(item)
+                        continue
+                    writer._cycle(batches)
+                    batches = []
+                    writer._call_soon(item.callback)
+                writer._cycle(batches)
+
+
+class _Done:
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+
+
+LANES = 4
+"""Writer threads shared by every log of the process (each log always uses
+the same one, so its batches stay in order)."""
+
+_lanes = [_Lane(f"headwater-journal-writer-{i}") for i in range(LANES)]
+_next_lane = itertools.count()
+
+
 class JournalWriter:
-    """The thread that writes and fsyncs one log's staged records.
+    """Writes and fsyncs one log's staged records in a writer thread.
+
+    The threads are a small pool shared by every log (:data:`LANES`; each
+    starts on demand and ends after :data:`IDLE_SECONDS` idle), so thousands
+    of partitions do not mean thousands of threads; a log keeps one lane, so
+    its batches are written in the order submitted.
 
     ``report`` is called on the event loop thread (through ``call_soon``,
     which must be FIFO and thread-safe: ``TrioToken.run_sync_soon``) with
@@ -115,44 +182,32 @@ class JournalWriter:
         log: Log,
         call_soon: Callable[..., None],
         report: Callable[[Outcome], None],
-        *,
-        idle: float = IDLE_SECONDS,
-        name: str = "headwater-journal-writer",
     ) -> None:
         self._log = log
         self._call_soon = call_soon
         self._report = report
-        self._idle = idle
-        self._name = name
-        self._queue: queue.SimpleQueue[Batch | _Stop] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._lane = _lanes[next(_next_lane) % LANES]
         self._failed_generation = -1  # the thread's own: batches of it are skipped
-        self.threads_started = 0
 
     @property
     def running(self) -> bool:
-        """Whether a writer thread is alive now."""
-        with self._lock:
-            return self._thread is not None
+        """Whether this log's writer thread is alive now."""
+        with self._lane.lock:
+            return self._lane.thread is not None
+
+    @property
+    def threads_started(self) -> int:
+        """How many times this log's writer thread was started (it ends when idle)."""
+        return self._lane.started
 
     def submit(self, batch: Batch) -> None:
         """Queue ``batch`` (never blocks); starts the thread if none runs."""
-        with self._lock:
-            self._queue.put(batch)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
-                self.threads_started += 1
-                self._thread.start()
+        self._lane.put(self, batch)
 
-    def stop(self) -> threading.Thread | None:
-        """Ask the thread to end after every queued batch; returns it (to
-        join) or None when none runs. Submit nothing afterwards."""
-        with self._lock:
-            thread = self._thread
-            if thread is not None:
-                self._queue.put(_STOP)
-            return thread
+    def when_done(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` through ``call_soon`` once every batch
+        submitted so far has its outcome reported (a close waits on it)."""
+        self._lane.put(self, _Done(callback))
 
     def run_inline(self, batch: Batch) -> Outcome:
         """Write and sync ``batch`` on the calling thread, now (only while
@@ -161,37 +216,9 @@ class JournalWriter:
 
     # ---------------------------------------------------------- the thread
 
-    def _main(self) -> None:
-        while True:
-            try:
-                first = self._queue.get(timeout=self._idle)
-            except queue.Empty:
-                with self._lock:
-                    if self._queue.empty():
-                        self._thread = None
-                        return
-                continue
-            batches: list[Batch] = []
-            stop = isinstance(first, _Stop)
-            if not stop:
-                assert isinstance(first, Batch)
-                batches.append(first)
-                while True:  # everything waiting goes with this fsync
-                    try:
-                        more = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if isinstance(more, _Stop):
-                        stop = True
-                        break
-                    batches.append(more)
-            self._cycle(batches)
-            if stop:
-                with self._lock:
-                    self._thread = None
-                return
-
     def _cycle(self, batches: list[Batch]) -> None:
+        """Write and sync ``batches`` (writer thread); report each run of
+        one generation."""
         i = 0
         while i < len(batches):
             generation = batches[i].generation
