@@ -17,18 +17,18 @@ from collections.abc import Iterator
 import pytest
 import trio
 
-from headwater import DiskFullError, FsyncFailedError, StorageError
+from headwater import DiskFullError, FsyncFailedError
 from headwater.journal import (
     HEADER_SIZE,
     Log,
     LogConfig,
     PowerLoss,
     SimulatedFileSystem,
+    _writer,
     encode_record,
     iter_records,
     open_log,
 )
-from headwater.journal import _writer
 from headwater.journal._writer import Batch, JournalWriter, Outcome
 
 DIR = "/d/log"
@@ -117,9 +117,9 @@ async def test_concurrent_writers_keep_their_order_and_every_ack() -> None:
     after = stored(fs, segment_bytes=2000)
     assert list(range(320)) == [o for o, _ in after]
     assert acked == dict(after)
+    ids = [int.from_bytes(p[:4], "big") for _, p in after]
     for w in range(16):
-        mine = [int.from_bytes(p[:4], "big") for _, p in after if p[:4] and int.from_bytes(p[:4], "big") // 1000 == w]
-        assert [w * 1000 + i for i in range(20)] == mine
+        assert [w * 1000 + i for i in range(20)] == [i for i in ids if i // 1000 == w]
 
 
 async def test_ack_waits_for_the_fsync_and_a_crash_loses_only_unacknowledged() -> None:
@@ -132,7 +132,8 @@ async def test_ack_waits_for_the_fsync_and_a_crash_loses_only_unacknowledged() -
     with trio.fail_after(20), pytest.raises(PowerLoss):
         async with open_log(DIR, fs=fs, config=THREADED, writer_thread=True) as log:
             for i in range(3):
-                returned.append((await log.append(rec(i))).base_offset)
+                h = await log.append(rec(i))
+                returned.append(h.base_offset)
             fs.fsync_hook = gate
 
             async def late(i: int) -> None:
@@ -174,7 +175,8 @@ async def test_disk_full_in_the_thread_is_a_typed_error_and_the_log_stays_readab
                 for i in range(3, 8):
                     nursery.start_soon(doomed, i)
             assert 5 == len(failures)
-            assert "disk full" in str(failures[0]) and "not acknowledged" in str(failures[0])
+            assert "disk full" in str(failures[0])
+            assert "not acknowledged" in str(failures[0])
             assert 3 == log.next_offset == log.synced_offset
             assert [0, 1, 2] == [h.base_offset for h, _ in iter_records(await log.read(0, 1 << 20))]
             fs.set_disk_full(False)
@@ -248,7 +250,8 @@ def test_a_rolled_segment_file_is_created_by_the_writer_not_at_staging() -> None
     log = Log.open(DIR, fs, LogConfig(segment_bytes=200))
     staged = [log.stage(rec(i, 64))[1] for i in range(4)]
     rolled = [s.segment for s in staged if s.segment.base != 0]
-    assert rolled and all(seg.handle == -1 for seg in rolled)
+    assert rolled
+    assert all(seg.handle == -1 for seg in rolled)
     assert not any(fs.exists(seg.path) for seg in rolled)
     outcomes: list[Outcome] = []
     writer = JournalWriter(log, lambda fn, arg: fn(arg), outcomes.append)

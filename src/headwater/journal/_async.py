@@ -34,6 +34,7 @@ the visible end moves.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import time
 from collections.abc import AsyncIterator, Callable
@@ -41,8 +42,6 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import trio
-
-import errno
 
 from headwater._errors import (
     ClosedError,
@@ -364,9 +363,7 @@ class AsyncLog:
         staged, self._staged = self._staged, []
         nbytes, self._staged_bytes = self._staged_bytes, 0
         work = self.log.prepare_sync()
-        if not staged and (
-            work is None or (work.target_offset, work.dir_gen) <= self._submitted
-        ):
+        if not staged and (work is None or (work.target_offset, work.dir_gen) <= self._submitted):
             return  # everything is already on its way
         if work is not None:
             self._submitted = (work.target_offset, work.dir_gen)

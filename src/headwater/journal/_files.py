@@ -27,7 +27,7 @@ import errno
 import fcntl
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import attrs
@@ -111,7 +111,7 @@ class FileSystem(Protocol):
         Raises :class:`LockHeld` when another holder has it."""
         ...
 
-    def writev(self, handle: int, buffers: list[bytes | bytearray | memoryview]) -> None:
+    def writev(self, handle: int, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
         """Append all of ``buffers``, in order, as few system calls as
         possible (one gather write); on error some prefix may have been
         written."""
@@ -228,7 +228,7 @@ class RealFileSystem:
             raise
         return fd
 
-    def writev(self, handle: int, buffers: list[bytes | bytearray | memoryview]) -> None:
+    def writev(self, handle: int, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
         """See :class:`FileSystem`: ``os.writev`` in chunks of at most
         ``_IOV_MAX`` buffers, resumed after a short write."""
         views = [memoryview(b) for b in buffers]
@@ -387,7 +387,7 @@ class SimulatedFileSystem:
             raise OSError(errno.ENOSPC, "No space left on device (simulated)")
         f.data += data
 
-    def writev(self, handle: int, buffers: list[bytes | bytearray | memoryview]) -> None:
+    def writev(self, handle: int, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
         """See :class:`FileSystem` (one operation, like one ``writev``)."""
         self.write(handle, b"".join(buffers))
 

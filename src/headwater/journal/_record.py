@@ -314,7 +314,9 @@ def crc_shift(diff: int, length: int) -> int:
     return diff
 
 
-def patch_header(record: bytes | bytearray | memoryview, base_offset: int, append_time: int) -> bytes:
+def patch_header(
+    record: bytes | bytearray | memoryview, base_offset: int, append_time: int
+) -> bytes:
     """The header of a valid record with base offset and append time set and
     the CRC updated: the stored record is this header followed by
     ``record[HEADER_SIZE:]`` unchanged (written without copying the payload).
