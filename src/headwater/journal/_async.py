@@ -80,6 +80,7 @@ class AsyncLog:
         self.log = log
         self.config = log.config
         self._blocking = log.fs.blocking
+        self._always = self.config.durability == "always"
         if writer_thread is None:
             writer_thread = self._blocking and self.config.durability == "always"
         # Under `always`, a JournalWriter thread does the writes and fsyncs
@@ -169,7 +170,7 @@ class AsyncLog:
             header = self.log.write(record, validated)
         self._unsynced_writes += 1
         self._wake.set()
-        if self.config.durability != "always":
+        if not self._always:
             self._notify_data()
         return header
 
@@ -177,8 +178,10 @@ class AsyncLog:
         """Wait until every offset below ``end_offset`` is durable, as the
         policy defines it (only ``always`` waits for an fsync). ``generation``
         is :attr:`generation` as it was before the write. Raises
-        :class:`FsyncFailedError` if an fsync failed since then."""
-        if self.config.durability != "always":
+        :class:`FsyncFailedError` if an fsync failed since then (or the
+        typed error of a failed write: :class:`DiskFullError`,
+        :class:`StorageError`)."""
+        if not self._always:
             await trio.lowlevel.checkpoint()
             return
         while self._generation != generation or self.log.synced_offset < end_offset:

@@ -610,18 +610,20 @@ class Log:
         record in order, then call :meth:`unstage` for each, and, when a
         write fails, cut the log back with :meth:`discard_unsynced`.
 
-        The payload is not copied: the stored record is a patched header
-        followed by ``record``'s own bytes (keep ``record`` unchanged until
-        it is written). The segment stays pinned until :meth:`unstage`, so
+        The payload of a ``bytes`` record is not copied: the stored record
+        is a patched header followed by ``record``'s own bytes (any other
+        buffer is copied first, as it could change before the write). The segment stays pinned until :meth:`unstage`, so
         retention, compaction or a snapshot never close its handle under
         the writer. A segment rolled to here gets its file from the writer
         (handle -1 until :meth:`open_staged_segment`), so the new file never
         exists before the records of the one before it were written: a
         directory sync cannot make it durable ahead of them."""
+        if type(record) is not bytes:
+            record = bytes(record)  # a mutable buffer could change before the write
         active, v, now = self._place(record, validated, lazy=True)
         base_offset = active.next_offset
         head = patch_header(record, base_offset, now)
-        body = record if isinstance(record, memoryview) else memoryview(record)
+        body = memoryview(record)
         header = RecordHeader(  # attrs.evolve costs several times more
             v.length,
             v.crc,
