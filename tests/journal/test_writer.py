@@ -295,3 +295,26 @@ def test_an_idle_writer_thread_ends_and_a_new_batch_starts_another() -> None:
     assert started + 2 == writer.threads_started
     log.close()
     assert [0, 1] == [o for o, _ in stored(fs)]
+
+
+def test_a_staged_segment_deleted_before_its_first_write_leaves_no_file() -> None:
+    """A state journal's snapshot may delete a rolled-to segment whose file
+    the writer has not created yet: the writer then skips its records
+    instead of creating a stray segment file."""
+    fs = SimulatedFileSystem()
+    log = Log.open(DIR, fs, LogConfig(segment_bytes=100))
+    staged = [log.stage(rec(i, 64))[1] for i in range(3)]  # one record per segment
+    middle = staged[1].segment
+    assert -1 == middle.handle
+    assert [middle.base] == log.delete_before(middle.next_offset)[1:]
+    writer = JournalWriter(log, lambda fn, arg: fn(arg), lambda outcome: None)
+    outcome = writer.run_inline(Batch(staged, log.prepare_sync(), 0))
+    assert outcome.error is None
+    assert not fs.exists(middle.path)
+    assert fs.exists(staged[2].segment.path)
+    assert outcome.work is not None
+    log.complete_sync(outcome.work)
+    for s in staged:
+        log.unstage(s)
+    log.close()
+    assert [2] == [o for o, _ in stored(fs, segment_bytes=100)]

@@ -645,10 +645,15 @@ class Log:
 
     def open_staged_segment(self, seg: _Segment) -> int:
         """Create the file of a segment :meth:`stage` rolled to (writer
-        thread, before its first write); returns its handle."""
-        if seg.handle < 0:
-            seg.handle = self.fs.open(seg.path)
-        return seg.handle
+        thread, before its first write); returns its handle, or -1 when the
+        segment left the log meanwhile (a state journal's snapshot deleted
+        it): its records are not needed, and a file created now would be a
+        stray segment. Checked and opened under the lock that retiring
+        takes, so the two cannot cross (the one open call held under it)."""
+        with self._lock:
+            if seg.handle < 0 and not seg.retired:
+                seg.handle = self.fs.open(seg.path)
+            return seg.handle
 
     def unstage(self, staged: Staged) -> None:
         """Release the pin :meth:`stage` took (owner thread), once the

@@ -241,6 +241,8 @@ class JournalWriter:
                     seg_handle = staged.segment.handle
                     if seg_handle < 0:
                         seg_handle = log.open_staged_segment(staged.segment)
+                        if seg_handle < 0:
+                            continue  # deleted before it was ever written
                     if seg_handle != handle and buffers:
                         log.fs.writev(handle, buffers)
                         buffers = []
