@@ -614,10 +614,11 @@ class Log:
         is a patched header followed by ``record``'s own bytes (any other
         buffer is copied first, as it could change before the write). The
         segment stays pinned until :meth:`unstage`, so retention, compaction
-        or a snapshot never close its handle under the writer. A segment rolled to here gets its file from the writer
-        (handle -1 until :meth:`open_staged_segment`), so the new file never
-        exists before the records of the one before it were written: a
-        directory sync cannot make it durable ahead of them."""
+        or a snapshot never close its handle under the writer. A segment
+        rolled to here gets its file from the writer (handle -1 until
+        :meth:`open_staged_segment`), so the new file never exists before
+        the records of the one before it were written: a directory sync
+        cannot make it durable ahead of them."""
         if type(record) is not bytes:
             record = bytes(record)  # a mutable buffer could change before the write
         active, v, now = self._place(record, validated, lazy=True)
