@@ -276,10 +276,20 @@ class AsyncLog:
     async def sync(self) -> None:
         """Fsync everything written so far, now."""
         if self._threaded:
+            # Hand over what is staged (and any directory change) and wait
+            # until the thread reported on everything handed over so far.
+            # Like the inline path, a failed fsync is handled (logged, the
+            # log cut back), not raised here.
             self._check_crash()
-            generation = self._generation
             self._submit()
-            await self.wait_durable(self.log.next_offset, generation)
+            if self._in_flight:
+                assert self._writer is not None
+                done = trio.Event()
+                self._writer.when_done(done.set)
+                await done.wait()
+            else:
+                await trio.lowlevel.checkpoint()
+            self._check_crash()
             return
         work = self.log.prepare_sync()
         if work is None:
