@@ -94,7 +94,7 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     rounds = 3 if quick else 5
-    mb = 8 if quick else 64  # data per measurement
+    mb = 16 if quick else 64  # data per measurement (8 was too few 1 MB records to be steady)
     base = tempfile.mkdtemp(prefix="hw-bench-journal-", dir=HERE.parent)
     try:
         counter = 0
