@@ -691,13 +691,21 @@ class Log:
             position=active.size,
         )
 
-    def run_sync(self, work: SyncWork) -> None:
-        """Do the blocking part of a sync (may run in a worker thread)."""
+    def run_sync(self, work: SyncWork, *, checkpoint: bool = True) -> None:
+        """Do the blocking part of a sync (may run in a worker thread).
+        ``checkpoint=False`` leaves :meth:`put_sync_checkpoint` to the
+        caller (a writer thread does it after reporting the fsync)."""
         for handle in work.handles:
             self.fs.fsync(handle)
         if work.directory:
             self.fs.fsync_dir(self.path)
-        # Not fsynced: after a power loss it may lag, which only widens the tail.
+        if checkpoint:
+            self.put_sync_checkpoint(work)
+
+    def put_sync_checkpoint(self, work: SyncWork) -> None:
+        """Rewrite the checkpoint after ``work`` was synced. Not fsynced:
+        after a power loss it may lag (or, written late, name an earlier
+        sync), which only widens the tail recovery checks."""
         self._put_checkpoint(work.target_offset, work.segment_base, work.position, False)
 
     def complete_sync(self, work: SyncWork) -> None:

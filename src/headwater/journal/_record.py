@@ -230,18 +230,18 @@ def decode_header(
         actual = record_crc(buf, length, pos)
         if actual != crc:
             return Corrupt(f"checksum mismatch (stored 0x{crc:08x}, computed 0x{actual:08x})")
-    return RecordHeader(
-        length=length,
-        crc=crc,
-        attributes=attributes,
-        base_offset=base_offset,
-        count=count,
-        first_timestamp=first_ts,
-        max_timestamp=max_ts,
-        append_time=append_time,
-        producer_id=producer_id,
-        producer_epoch=producer_epoch,
-        base_sequence=base_sequence,
+    return RecordHeader(  # positional: on every append, keywords cost ~0.5 us more
+        length,
+        crc,
+        attributes,
+        base_offset,
+        count,
+        first_ts,
+        max_ts,
+        append_time,
+        producer_id,
+        producer_epoch,
+        base_sequence,
     )
 
 

@@ -212,7 +212,9 @@ class JournalWriter:
     def run_inline(self, batch: Batch) -> Outcome:
         """Write and sync ``batch`` on the calling thread, now (only while
         no batch is queued or running: the caller keeps count)."""
-        return self._run([batch])
+        outcome = self._run([batch])
+        self._checkpoint(outcome)
+        return outcome
 
     # ---------------------------------------------------------- the thread
 
@@ -225,8 +227,18 @@ class JournalWriter:
             j = i
             while j < len(batches) and batches[j].generation == generation:
                 j += 1
-            self._call_soon(self._report, self._run(batches[i:j]))
+            outcome = self._run(batches[i:j])
+            self._call_soon(self._report, outcome)
+            self._checkpoint(outcome)  # off the acknowledgement's path
             i = j
+
+    def _checkpoint(self, outcome: Outcome) -> None:
+        if outcome.work is None or outcome.error is not None:
+            return
+        try:
+            self._log.put_sync_checkpoint(outcome.work)
+        except BaseException:  # advisory: a stale checkpoint only widens the tail
+            return
 
     def _run(self, run: list[Batch]) -> Outcome:
         if run[0].generation <= self._failed_generation:
@@ -255,7 +267,7 @@ class JournalWriter:
             work = merge_work([b.work for b in run if b.work is not None])
             began = time.perf_counter()
             if work is not None:
-                log.run_sync(work)
+                log.run_sync(work, checkpoint=False)
             seconds = time.perf_counter() - began
         except BaseException as exc:  # reported; the loop decides what it means
             self._failed_generation = run[0].generation
