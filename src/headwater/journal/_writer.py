@@ -147,7 +147,7 @@ class _Lane:
                         continue
                     writer._cycle(batches)
                     batches = []
-                    writer._call_soon(item.callback)
+                    writer._tell(item.callback)
                 writer._cycle(batches)
 
 
@@ -228,9 +228,17 @@ class JournalWriter:
             while j < len(batches) and batches[j].generation == generation:
                 j += 1
             outcome = self._run(batches[i:j])
-            self._call_soon(self._report, outcome)
+            self._tell(self._report, outcome)
             self._checkpoint(outcome)  # off the acknowledgement's path
             i = j
+
+    def _tell(self, fn: Callable[..., None], *args: object) -> None:
+        """Deliver to the loop; a loop that already ended (its run was torn
+        down without closing the log) is no reason to kill the lane."""
+        try:
+            self._call_soon(fn, *args)
+        except RuntimeError:  # trio.RunFinishedError
+            pass
 
     def _checkpoint(self, outcome: Outcome) -> None:
         if outcome.work is None or outcome.error is not None:
