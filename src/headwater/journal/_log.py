@@ -118,7 +118,10 @@ class LogConfig:
     ``inline_sync_bytes``: a sync of at most this many new bytes of one
     segment runs on the event loop thread (a small fsync costs less than the
     hand-off to a worker thread and back); larger ones run in a worker thread
-    so the loop keeps serving meanwhile.
+    so the loop keeps serving meanwhile. With the journal writer thread
+    (``always`` on a real disk) the same bound picks which batches the loop
+    writes and fsyncs itself, while the thread is idle and recent fsyncs
+    were fast; 0 sends every batch to the thread.
     """
 
     durability: Durability = "always"
