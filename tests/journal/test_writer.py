@@ -318,3 +318,47 @@ def test_a_staged_segment_deleted_before_its_first_write_leaves_no_file() -> Non
         log.unstage(s)
     log.close()
     assert [2] == [o for o, _ in stored(fs, segment_bytes=100)]
+
+
+async def test_batches_queued_behind_a_failed_fsync_are_skipped_and_fail_typed() -> None:
+    """The thread sits in a failing fsync while two more batches queue
+    behind it: it never writes them (their offsets followed the failed
+    record's), every one of those appends fails with FsyncFailedError, the
+    log cuts back to what was acknowledged, and later appends continue at
+    the next offset, stored exactly once."""
+    fs = SimulatedFileSystem()
+    gate = Gate(fs)
+    outcomes: dict[int, object] = {}
+    with trio.fail_after(20):
+        async with open_log(DIR, fs=fs, config=THREADED, writer_thread=True) as log:
+            for i in range(2):
+                await log.append(rec(i))
+            fs.fsync_hook = gate
+
+            async def one(i: int) -> None:
+                try:
+                    outcomes[i] = (await log.append(rec(i))).base_offset
+                except FsyncFailedError as exc:
+                    outcomes[i] = exc
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(one, 2)
+                await gate.wait_entered()
+                fs.fail_next_fsyncs(1)  # this fsync, once released, fails
+                nursery.start_soon(one, 3)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(one, 4)
+                await trio.testing.wait_all_tasks_blocked()
+                assert 5 == log.next_offset  # all three staged, none acknowledged
+                assert 2 == log.synced_offset
+                gate.release.set()
+            assert [2, 3, 4] == sorted(outcomes)
+            assert all(isinstance(outcomes[i], FsyncFailedError) for i in (2, 3, 4))
+            assert 2 == log.next_offset == log.synced_offset
+            fs.fsync_hook = None
+            assert 2 == (await log.append(rec(5))).base_offset
+    fs.crash()
+    assert [(0, rec(0)), (1, rec(1)), (2, rec(5))] == [
+        (o, encode_record(p, count=1, first_timestamp=int.from_bytes(p[:4], "big")))
+        for o, p in stored(fs)
+    ]
