@@ -42,6 +42,7 @@ garbage.
 from __future__ import annotations
 
 import struct
+import threading
 from typing import Final
 
 import attrs
@@ -268,6 +269,7 @@ def patch_record(
 # (one per byte of its 32-bit input), built once on first use.
 
 _SHIFT_TABLES: list[tuple[list[int], list[int], list[int], list[int]]] = []
+_SHIFT_LOCK = threading.Lock()
 _COMBINE_FROM: Final = 8 * 1024
 """Records at least this long are re-checksummed by combination (cheaper
 than a pass over the payload); shorter ones are simply recomputed."""
@@ -290,15 +292,19 @@ def _apply(tables: tuple[list[int], list[int], list[int], list[int]], x: int) ->
 
 
 def _shift_tables(k: int) -> tuple[list[int], list[int], list[int], list[int]]:
-    """Tables of the map "process 2**k zero bytes" on a CRC difference."""
-    while len(_SHIFT_TABLES) <= k:
-        if not _SHIFT_TABLES:
-            zero = crc32c.crc32c(b"\0", 0)
-            columns = [crc32c.crc32c(b"\0", 1 << i) ^ zero for i in range(32)]
-        else:
-            prev = _SHIFT_TABLES[-1]
-            columns = [_apply(prev, _apply(prev, 1 << i)) for i in range(32)]
-        _SHIFT_TABLES.append(_tables(columns))
+    """Tables of the map "process 2**k zero bytes" on a CRC difference
+    (built on first use: about 0.25 ms per level, 5 ms up to 1 MiB)."""
+    if k < len(_SHIFT_TABLES):
+        return _SHIFT_TABLES[k]
+    with _SHIFT_LOCK:  # each level is built from the one before: one builder
+        while len(_SHIFT_TABLES) <= k:
+            if not _SHIFT_TABLES:
+                zero = crc32c.crc32c(b"\0", 0)
+                columns = [crc32c.crc32c(b"\0", 1 << i) ^ zero for i in range(32)]
+            else:
+                prev = _SHIFT_TABLES[-1]
+                columns = [_apply(prev, _apply(prev, 1 << i)) for i in range(32)]
+            _SHIFT_TABLES.append(_tables(columns))
     return _SHIFT_TABLES[k]
 
 
