@@ -42,6 +42,7 @@ reported.
 from __future__ import annotations
 
 import itertools
+import os
 import queue
 import threading
 import time
@@ -162,6 +163,16 @@ the same one, so its batches stay in order)."""
 
 _lanes = [_Lane(f"headwater-journal-writer-{i}") for i in range(LANES)]
 _next_lane = itertools.count()
+
+
+def _after_fork_in_child() -> None:
+    # The child has none of the parent's threads: fresh lanes, not ones
+    # that believe a thread is serving them.
+    for i in range(LANES):
+        _lanes[i] = _Lane(f"headwater-journal-writer-{i}")
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class JournalWriter:
