@@ -166,3 +166,17 @@ async def test_restore_of_a_session_window_and_the_watermark() -> None:
     await driver.pipe("in", b"x", key="b", timestamp=22)
     await driver.pipe("in", b"x", key="b", timestamp=40)
     assert [(b"a", b"2"), (b"b", b"2")] == [(r.key, r.value) for r in driver.output("o")]
+
+
+async def test_an_error_message_that_is_not_utf8_still_dead_letters() -> None:
+    """A message with a lone surrogate is written backslash-escaped."""
+    job = Job("f", on_error="dead_letter")
+
+    def bad(v: bytes) -> bytes:
+        raise ValueError(v.decode("utf-8", "surrogateescape"))
+
+    job.stream("in").map(bad).to("out")
+    driver = TestDriver(job)
+    await driver.pipe("in", b"\xff")
+    (dead,) = driver.dead_letters
+    assert b"ValueError: \\udcff" == dead.headers["hw.dlq.error"]

@@ -86,7 +86,7 @@ def dead_letter_headers(
         ("hw.dlq.partition", str(partition).encode()),
         ("hw.dlq.offset", str(offset).encode()),
         ("hw.dlq.delivery_count", str(delivery_count).encode()),
-        ("hw.dlq.error", error.encode()),
+        ("hw.dlq.error", error.encode("utf-8", "backslashreplace")),
     ]
     if subscription is not None:
         headers.append(("hw.dlq.subscription", subscription.encode()))
