@@ -63,3 +63,18 @@ def test_run_errors_are_one_line_with_exit_2(tmp_path: Path) -> None:
     assert not data.exists()
     result = runner.invoke(cli.main, ["run", write(tmp_path, ONE), "--instance", "-1"])
     assert 2 == result.exit_code
+
+
+def test_run_config_rejects_bad_values() -> None:
+    """RunConfig fields are checked where they are made: ConfigError names them."""
+    from headwater.processing import RunConfig
+
+    for field, bad in [
+        ("instance", -1),
+        ("instance", True),
+        ("session_timeout", 0),
+        ("batch_events", float("inf")),
+        ("restore_timeout", "soon"),
+    ]:
+        with pytest.raises(ConfigError, match=field):
+            RunConfig(**{field: bad})
