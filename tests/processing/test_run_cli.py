@@ -74,6 +74,7 @@ def test_run_config_rejects_bad_values() -> None:
         ("instance", True),
         ("session_timeout", 0),
         ("batch_events", float("inf")),
+        ("batch_events", 2.5),
         ("restore_timeout", "soon"),
     ]:
         with pytest.raises(ConfigError, match=field):

@@ -116,6 +116,14 @@ def _positive(name: str) -> Any:
     return check
 
 
+def _count(name: str) -> Any:
+    def check(_inst: object, _attr: Any, value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be an int >= 1, not {value!r}")
+
+    return check
+
+
 def _instance(_inst: object, _attr: Any, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1_000_000:
         raise ConfigError(f"instance must be an int in 0..999999, not {value!r}")
@@ -144,7 +152,7 @@ class RunConfig:
     session_timeout: float = attrs.field(default=10.0, validator=_positive("session_timeout"))
     max_poll_interval: float = attrs.field(default=300.0, validator=_positive("max_poll_interval"))
     instance_wait: float | None = None
-    batch_events: int = attrs.field(default=1000, validator=_positive("batch_events"))
+    batch_events: int = attrs.field(default=1000, validator=_count("batch_events"))
     poll_timeout: float = attrs.field(default=0.1, validator=_positive("poll_timeout"))
     transaction_timeout: float = attrs.field(
         default=60.0, validator=_positive("transaction_timeout")
