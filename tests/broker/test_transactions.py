@@ -14,6 +14,7 @@ import trio
 import trio.testing
 
 from headwater import (
+    HeadwaterError,
     InvalidArgument,
     InvalidTransactionStateError,
     ProducerFencedError,
@@ -54,7 +55,11 @@ def txn_batch(ident: ProducerIdentity, seq: int, count: int = 1) -> bytes:
 
 
 async def ask(broker: Broker, message: Any) -> Any:
-    return await broker.system.lookup("/broker/transactions").ask(message)
+    """Ask the coordinator; a refusal it answers as a value is raised."""
+    result = await broker.system.lookup("/broker/transactions").ask(message)
+    if isinstance(result, HeadwaterError):
+        raise result
+    return result
 
 
 async def view(broker: Broker, topic: str, partition: int = 0) -> StableView:
@@ -148,6 +153,32 @@ async def test_a_new_instance_fences_the_zombie(autojump_clock: trio.abc.Clock) 
         await begin(broker, fresh)
         await ask(broker, EndTxn("w", fresh.producer_id, fresh.epoch, True))
         assert [(3, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
+
+
+async def test_a_zombie_calling_again_and_again_does_not_crash_the_coordinator(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Fenced, timed-out and concurrent refusals are the caller's problem: ten
+    fenced EndTxn calls in a row leave the coordinator actor without a
+    restart (it used to crash on each, and the sixth within 10 s stopped the
+    whole broker), and the current instance still commits."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        zombie = await setup(broker)
+        fresh = await ask(broker, InitTransactions("w", 10.0))
+        for _ in range(10):
+            with pytest.raises(ProducerFencedError):
+                await broker.handle(EndTxn("w", zombie.producer_id, zombie.epoch, True))
+            with pytest.raises(ProducerFencedError):
+                await broker.handle(
+                    AddPartitionsToTxn(
+                        "w", zombie.producer_id, zombie.epoch, (TopicPartition("a", 0),)
+                    )
+                )
+        node = next(n for n in broker.system.tree().walk() if n.path == "/broker/transactions")
+        assert 0 == node.restarts
+        await begin(broker, fresh)
+        await broker.handle(EndTxn("w", fresh.producer_id, fresh.epoch, True))
+        assert [(0, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
 
 
 async def test_timeout_aborts_on_virtual_time(autojump_clock: trio.abc.Clock) -> None:

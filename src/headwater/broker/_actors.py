@@ -882,7 +882,7 @@ class GroupActor(Actor):
                 c.commit(request.member_id, request.generation, request.offsets)
                 result = None
             elif isinstance(request, FetchCommitted):
-                result = c.committed(request.partitions)
+                result = c.committed(request.partitions, require_stable=request.require_stable)
             else:
                 return await super().handle(request)
         finally:

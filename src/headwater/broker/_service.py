@@ -470,6 +470,8 @@ class BrokerService:
         if isinstance(r, SendOffsetsToTxn):
             await self._group(r.group, create=True)
         result = await self.system.lookup("/broker/transactions").ask(r, timeout=None)
+        if isinstance(result, HeadwaterError):
+            raise result  # a refusal the coordinator answered without crashing
         return Done() if result is None else result
 
     async def _group_request(self, r: Any) -> Any:
