@@ -20,6 +20,7 @@ from headwater import (
     ProducerFencedError,
     TransactionTimedOutError,
     UnknownTransactionalIdError,
+    UnstableOffsetError,
 )
 from headwater._protocol import (
     AddPartitionsToTxn,
@@ -27,10 +28,13 @@ from headwater._protocol import (
     DescribeTransaction,
     EndTxn,
     Fetch,
+    FetchCommitted,
     InitTransactions,
     ListTransactions,
+    PartitionOffset,
     Produce,
     ProducerIdentity,
+    SendOffsetsToTxn,
     TopicPartition,
 )
 from headwater.broker import Broker, open_broker
@@ -179,6 +183,32 @@ async def test_a_zombie_calling_again_and_again_does_not_crash_the_coordinator(
         await begin(broker, fresh)
         await broker.handle(EndTxn("w", fresh.producer_id, fresh.epoch, True))
         assert [(0, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
+
+
+async def test_readers_waiting_out_pending_offsets_do_not_crash_the_group(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """While a transaction holds a group's offset, every read of it is the
+    retriable UnstableOffsetError and the group actor carries on: ten reads
+    leave it without a restart (each crashed it before, and the sixth within
+    10 s parked the group as failed); after the commit the offset is read."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        ident = await setup(broker)
+        await broker.handle(
+            SendOffsetsToTxn(
+                "w", ident.producer_id, ident.epoch, "g", None, -1, (PartitionOffset("a", 0, 5),)
+            )
+        )
+        for _ in range(10):
+            with pytest.raises(UnstableOffsetError):
+                await broker.handle(FetchCommitted("g", (TopicPartition("a", 0),)))
+        node = next(n for n in broker.system.tree().walk() if n.path == "/broker/groups/g")
+        assert (0, "running") == (node.restarts, node.state)
+        stale = await broker.handle(FetchCommitted("g", require_stable=False))
+        assert () == stale.offsets
+        await broker.handle(EndTxn("w", ident.producer_id, ident.epoch, True))
+        got = await broker.handle(FetchCommitted("g", (TopicPartition("a", 0),)))
+        assert (PartitionOffset("a", 0, 5),) == got.offsets
 
 
 async def test_timeout_aborts_on_virtual_time(autojump_clock: trio.abc.Clock) -> None:

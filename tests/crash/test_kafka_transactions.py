@@ -369,3 +369,57 @@ async def test_cross_protocol_isolation(kafka_server: ServerProcess) -> None:
         lambda: read_values("confluent-kafka", bootstrap, "x-hw", "read_uncommitted")
     )
     assert [b"h-commit-1", b"h-abort", b"h-commit-2"] == everything
+
+
+async def test_read_committed_consumer_waits_for_pending_transactional_offsets(
+    kafka_server: ServerProcess,
+) -> None:
+    """KIP-447: while a transaction holds a group's offset, a librdkafka
+    read_committed consumer joining the group hears UNSTABLE_OFFSET_COMMIT
+    (OffsetFetch v7, require_stable) and retries; it starts at the offset
+    the transaction committed, never before the commit."""
+    bootstrap = kafka_server.kafka_bootstrap
+    async with headwater.connect(kafka_server.url, connect_timeout=10) as client:
+        await client.create_topic("u-in")
+        async with client.producer(serializer="bytes") as plain:
+            for i in range(4):
+                await plain.send("u-in", b"u%d" % i, partition=0)
+
+        def first_offset() -> tuple[int, float]:
+            consumer = ck.Consumer(
+                {
+                    "bootstrap.servers": bootstrap,
+                    "group.id": "u-g",
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    "isolation.level": "read_committed",
+                }
+            )
+            consumer.subscribe(["u-in"])
+            deadline = time.monotonic() + 25
+            try:
+                while time.monotonic() < deadline:
+                    msg = consumer.poll(0.2)
+                    if msg is not None and msg.error() is None:
+                        return msg.offset(), time.monotonic()
+            finally:
+                consumer.close()
+            raise AssertionError("no message within 25 s")
+
+        got: list[tuple[int, float]] = []
+        async with (
+            client.producer(transactional_id="u-tx") as producer,
+            trio.open_nursery() as n,
+            producer.transaction(),
+        ):
+            await producer.send_offsets("u-g", {("u-in", 0): 2})
+
+            async def consume() -> None:
+                got.append(await trio.to_thread.run_sync(first_offset))
+
+            n.start_soon(consume)
+            await trio.sleep(3)  # the consumer joins and asks meanwhile
+            committed_at = time.monotonic()
+    ((offset, at),) = got
+    assert 2 == offset
+    assert at >= committed_at

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import trio
 from kio.schema.errors import ErrorCode
 
 from headwater._protocol import (
@@ -328,3 +329,17 @@ async def test_txn_offset_commit_is_fenced_by_membership(client: Client, broker:
     assert ErrorCode.none == await end(client, "tx-o", ident, True)
     got = await broker.handle(FetchCommitted("g"))
     assert (PartitionOffset("in", 0, 6),) == got.offsets
+
+
+async def test_a_transaction_timed_out_by_the_broker(client: Client) -> None:
+    """A transaction open past its transaction.timeout.ms is aborted by the
+    broker under a bumped epoch; the late producer's EndTxn hears
+    INVALID_PRODUCER_EPOCH (what Kafka's coordinator answers then) and its
+    events stay invisible."""
+    await create(client, "slow")
+    r = await client.call(22, 1, {"transactional_id": "tx-slow", "transaction_timeout": 1000})
+    await add(client, "tx-slow", r, {"slow": [0]})
+    await produce(client, "tx-slow", "slow", txn_batch(r, 0))
+    await trio.sleep(1.5)
+    assert ErrorCode.invalid_producer_epoch == await end(client, "tx-slow", r, True, 3)
+    assert ([], 4) == await read(client, "slow")
