@@ -94,7 +94,7 @@ def read_values(
                 await consumer.stop()
             return out
 
-        return asyncio.run(run())
+        return asyncio.run(asyncio.wait_for(run(), 40))
     consumer = kafka.KafkaConsumer(
         bootstrap_servers=bootstrap, auto_offset_reset="earliest", isolation_level=isolation
     )
@@ -225,7 +225,7 @@ def test_aiokafka_transactions_commit_and_abort_with_offsets(
         finally:
             await producer.stop()
 
-    asyncio.run(run())
+    asyncio.run(asyncio.wait_for(run(), 60))
     for topic in ("a-out1", "a-out2"):
         assert [b"kept"] == read_values("aiokafka", bootstrap, topic, "read_committed")
     assert 7 == committed_offset(bootstrap, "a-g", "a-in")
@@ -239,7 +239,9 @@ def test_kafka_python_transactions_commit_and_abort_with_offsets(
     bootstrap = kafka_server.kafka_bootstrap
     for name in ("k-in", "k-out1", "k-out2"):
         kc.create_topic("kafka-python", bootstrap, name, 1)
-    producer = kafka.KafkaProducer(bootstrap_servers=bootstrap, transactional_id="k-tx")
+    producer = kafka.KafkaProducer(
+        bootstrap_servers=bootstrap, transactional_id="k-tx", max_block_ms=20_000
+    )
     try:
         producer.init_transactions()
         producer.begin_transaction()
