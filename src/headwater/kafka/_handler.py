@@ -12,8 +12,13 @@ fields; :func:`error_code` maps :class:`~headwater.HeadwaterError` types to
 the Kafka error codes clients act on (retriable or fatal).
 
 There is one broker (node 0) and it leads every partition; it is also the
-group coordinator for every group. ``read_committed`` fetches see the high
-watermark as the last stable offset until transactions exist (DECISIONS #21).
+group coordinator and the transaction coordinator for every id.
+``read_committed`` fetches read up to the last stable offset with aborted
+transactions dropped broker-side (DECISIONS #21). The transactional APIs
+(InitProducerId with a transactional id, AddPartitionsToTxn,
+AddOffsetsToTxn, TxnOffsetCommit, EndTxn) call the same transaction
+operations as Headwater's own producer, so transactional ids are one
+namespace across both protocols.
 """
 
 from __future__ import annotations
