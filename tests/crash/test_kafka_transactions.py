@@ -15,6 +15,7 @@ import json
 import time
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import aiokafka
 import confluent_kafka as ck
@@ -198,37 +199,53 @@ def test_confluent_transactions_commit_and_abort_with_offsets(
 def test_aiokafka_transactions_commit_and_abort_with_offsets(
     kafka_server: ServerProcess,
 ) -> None:
-    """aiokafka's transactional producer (v0 of every transactional API):
-    a committed transaction with the group's offsets, an aborted one; a
-    read_committed consumer sees only the committed events."""
+    """aiokafka's consume-transform-produce loop (v0 of every transactional
+    API, so TxnOffsetCommit carries no membership): a consumer in group
+    ``a-g`` reads two events; a committed transaction writes the first to
+    two topics with the group's offset, an aborted one the second. A
+    read_committed consumer sees only the committed events; the group's
+    offset is the committed transaction's."""
     bootstrap = kafka_server.kafka_bootstrap
     for name in ("a-in", "a-out1", "a-out2"):
         kc.create_topic("kafka-python", bootstrap, name, 1)
+    kc.produce("kafka-python", bootstrap, "a-in", [(None, b"kept", [], 0), (None, b"drop", [], 0)])
 
     async def run() -> None:
+        consumer = aiokafka.AIOKafkaConsumer(
+            "a-in",
+            bootstrap_servers=bootstrap,
+            group_id="a-g",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+        )
         producer = aiokafka.AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id="a-tx")
+        await consumer.start()
         await producer.start()
         try:
+            msgs: list[Any] = []
+            while len(msgs) < 2:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    msgs.extend(records)
+            tp = aiokafka.TopicPartition("a-in", 0)
             async with producer.transaction():
-                await producer.send("a-out1", b"kept", partition=0)
-                await producer.send("a-out2", b"kept", partition=0)
-                await producer.send_offsets_to_transaction(
-                    {aiokafka.TopicPartition("a-in", 0): 7}, "a-g"
-                )
+                await producer.send("a-out1", msgs[0].value, partition=0)
+                await producer.send("a-out2", msgs[0].value, partition=0)
+                await producer.send_offsets_to_transaction({tp: msgs[0].offset + 1}, "a-g")
             await producer.begin_transaction()
-            await producer.send("a-out1", b"dropped", partition=0)
-            await producer.send("a-out2", b"dropped", partition=0)
-            await producer.send_offsets_to_transaction(
-                {aiokafka.TopicPartition("a-in", 0): 9}, "a-g"
-            )
+            await producer.send("a-out1", msgs[1].value, partition=0)
+            await producer.send("a-out2", msgs[1].value, partition=0)
+            await producer.send_offsets_to_transaction({tp: msgs[1].offset + 1}, "a-g")
             await producer.abort_transaction()
         finally:
             await producer.stop()
+            await consumer.stop()
 
     asyncio.run(asyncio.wait_for(run(), 60))
     for topic in ("a-out1", "a-out2"):
         assert [b"kept"] == read_values("aiokafka", bootstrap, topic, "read_committed")
-    assert 7 == committed_offset(bootstrap, "a-g", "a-in")
+    assert [b"kept", b"drop"] == read_values("aiokafka", bootstrap, "a-out1", "read_uncommitted")
+    assert 1 == committed_offset(bootstrap, "a-g", "a-in")
 
 
 def test_kafka_python_transactions_commit_and_abort_with_offsets(
