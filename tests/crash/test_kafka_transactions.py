@@ -48,10 +48,11 @@ def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
 
 
 def read_values(
-    kind: str, bootstrap: str, topic: str, isolation: str, *, quiet: float = 1.5
+    kind: str, bootstrap: str, topic: str, isolation: str, expect: int, *, quiet: float = 1.0
 ) -> list[bytes]:
-    """Every value of partition 0 from the start, read until ``quiet``
-    seconds pass with nothing new (bounded at 20 s)."""
+    """Every value of partition 0 from the start: read until ``expect``
+    values came, then ``quiet`` more seconds to catch any extra one (bounded
+    at 20 s)."""
     deadline = time.monotonic() + 20
     out: list[bytes] = []
     if kind == "confluent-kafka":
@@ -66,7 +67,9 @@ def read_values(
         consumer.assign([ck.TopicPartition(topic, 0, ck.OFFSET_BEGINNING)])
         last = time.monotonic()
         try:
-            while time.monotonic() - last < quiet and time.monotonic() < deadline:
+            while time.monotonic() < deadline and (
+                len(out) < expect or time.monotonic() - last < quiet
+            ):
                 msg = consumer.poll(0.2)
                 if msg is None or msg.error() is not None:
                     continue
@@ -87,7 +90,9 @@ def read_values(
             try:
                 consumer.assign([aiokafka.TopicPartition(topic, 0)])
                 last = time.monotonic()
-                while time.monotonic() - last < quiet and time.monotonic() < deadline:
+                while time.monotonic() < deadline and (
+                    len(out) < expect or time.monotonic() - last < quiet
+                ):
                     for records in (await consumer.getmany(timeout_ms=200)).values():
                         out.extend(r.value for r in records)
                         last = time.monotonic()
@@ -102,7 +107,9 @@ def read_values(
     try:
         consumer.assign([kafka.TopicPartition(topic, 0)])
         last = time.monotonic()
-        while time.monotonic() - last < quiet and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+            len(out) < expect or time.monotonic() - last < quiet
+        ):
             for records in consumer.poll(200).values():
                 out.extend(r.value for r in records)
                 last = time.monotonic()
@@ -189,9 +196,10 @@ def test_confluent_transactions_commit_and_abort_with_offsets(
     confluent_read_process_write(bootstrap, "c")
     for kind in kc.CLIENTS:
         for topic in ("c-out1", "c-out2"):
-            assert [b"e0", b"e2"] == read_values(kind, bootstrap, topic, "read_committed"), kind
+            got = read_values(kind, bootstrap, topic, "read_committed", 2)
+            assert [b"e0", b"e2"] == got, kind
     assert [b"e0", b"e1", b"e2", b"e3"] == read_values(
-        "confluent-kafka", bootstrap, "c-out1", "read_uncommitted"
+        "confluent-kafka", bootstrap, "c-out1", "read_uncommitted", 4
     )
     assert 3 == committed_offset(bootstrap, "c-g", "c-in")
 
@@ -243,8 +251,8 @@ def test_aiokafka_transactions_commit_and_abort_with_offsets(
 
     asyncio.run(asyncio.wait_for(run(), 60))
     for topic in ("a-out1", "a-out2"):
-        assert [b"kept"] == read_values("aiokafka", bootstrap, topic, "read_committed")
-    assert [b"kept", b"drop"] == read_values("aiokafka", bootstrap, "a-out1", "read_uncommitted")
+        assert [b"kept"] == read_values("aiokafka", bootstrap, topic, "read_committed", 1)
+    assert [b"kept", b"drop"] == read_values("aiokafka", bootstrap, "a-out1", "read_uncommitted", 2)
     assert 1 == committed_offset(bootstrap, "a-g", "a-in")
 
 
@@ -275,9 +283,9 @@ def test_kafka_python_transactions_commit_and_abort_with_offsets(
     finally:
         producer.close(5)
     for topic in ("k-out1", "k-out2"):
-        assert [b"kept"] == read_values("kafka-python", bootstrap, topic, "read_committed")
+        assert [b"kept"] == read_values("kafka-python", bootstrap, topic, "read_committed", 1)
     assert [b"kept", b"dropped"] == read_values(
-        "kafka-python", bootstrap, "k-out1", "read_uncommitted"
+        "kafka-python", bootstrap, "k-out1", "read_uncommitted", 2
     )
     assert 5 == committed_offset(bootstrap, "k-g", "k-in")
 
@@ -305,7 +313,7 @@ def test_zombie_producer_is_fenced(kafka_server: ServerProcess) -> None:
     error = info.value.args[0]
     assert error.fatal(), error
     assert error.code() in (ck.KafkaError._FENCED, ck.KafkaError.PRODUCER_FENCED), error
-    assert [b"from-new"] == read_values("confluent-kafka", bootstrap, "zombie", "read_committed")
+    assert [b"from-new"] == read_values("confluent-kafka", bootstrap, "zombie", "read_committed", 1)
 
 
 async def test_one_transactional_id_namespace_across_protocols(
@@ -336,7 +344,7 @@ async def test_one_transactional_id_namespace_across_protocols(
         desc = await client.describe_transaction("shared-tx")
         assert "complete_commit" == desc.state
     assert [b"hw-1", b"kafka-1"] == await trio.to_thread.run_sync(
-        lambda: read_values("confluent-kafka", bootstrap, "shared-ns", "read_committed")
+        lambda: read_values("confluent-kafka", bootstrap, "shared-ns", "read_committed", 2)
     )
 
 
@@ -381,11 +389,11 @@ async def test_cross_protocol_isolation(kafka_server: ServerProcess) -> None:
                 await producer.send("x-hw", b"h-commit-2", partition=0)
     for kind in kc.CLIENTS:
         got = await trio.to_thread.run_sync(
-            lambda kind=kind: read_values(kind, bootstrap, "x-hw", "read_committed")
+            lambda kind=kind: read_values(kind, bootstrap, "x-hw", "read_committed", 2)
         )
         assert [b"h-commit-1", b"h-commit-2"] == got, kind
     everything = await trio.to_thread.run_sync(
-        lambda: read_values("confluent-kafka", bootstrap, "x-hw", "read_uncommitted")
+        lambda: read_values("confluent-kafka", bootstrap, "x-hw", "read_uncommitted", 3)
     )
     assert [b"h-commit-1", b"h-abort", b"h-commit-2"] == everything
 
