@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import signal
 import time
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiokafka
@@ -450,3 +452,43 @@ async def test_read_committed_consumer_waits_for_pending_transactional_offsets(
     ((offset, at),) = got
     assert 2 == offset
     assert at >= committed_at
+
+
+def test_kill9_with_a_kafka_transaction_open(tmp_path: Path) -> None:
+    """kill -9 the server while a librdkafka transaction is open (its events
+    stored); after the restart, read_committed readers still see only the
+    committed transaction (the open one's batches kept their transactional
+    bit through recovery, so they hold the last stable offset), and a new
+    instance with the same transactional.id aborts it and commits its own."""
+    data = tmp_path / "data"
+    with server(data, "--kafka-port", "0") as proc:
+        bootstrap = proc.kafka_bootstrap
+        kc.create_topic("kafka-python", bootstrap, "k9t", 1)
+        conf = {"bootstrap.servers": bootstrap, "transactional.id": "k9-tx"}
+        producer = ck.Producer(conf)
+        producer.init_transactions(20)
+        producer.begin_transaction()
+        producer.produce("k9t", b"a1", partition=0)
+        producer.produce("k9t", b"a2", partition=0)
+        producer.commit_transaction(10)
+        producer.begin_transaction()
+        producer.produce("k9t", b"open", partition=0)
+        assert 0 == producer.flush(10)
+        proc.proc.send_signal(signal.SIGKILL)
+        proc.proc.wait(10)
+    with server(data, "--kafka-port", "0", log_name="after.log") as proc:
+        bootstrap = proc.kafka_bootstrap
+        assert [b"a1", b"a2"] == read_values(
+            "confluent-kafka", bootstrap, "k9t", "read_committed", 2
+        )
+        fresh = ck.Producer({"bootstrap.servers": bootstrap, "transactional.id": "k9-tx"})
+        fresh.init_transactions(20)
+        fresh.begin_transaction()
+        fresh.produce("k9t", b"c1", partition=0)
+        fresh.commit_transaction(10)
+        assert [b"a1", b"a2", b"c1"] == read_values(
+            "confluent-kafka", bootstrap, "k9t", "read_committed", 3
+        )
+        assert [b"a1", b"a2", b"open", b"c1"] == read_values(
+            "confluent-kafka", bootstrap, "k9t", "read_uncommitted", 4
+        )
