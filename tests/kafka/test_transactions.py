@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from kio.schema.errors import ErrorCode
 
 from headwater._protocol import (
@@ -53,6 +54,8 @@ async def add(client: Client, tid: str, ident: Any, parts: dict[str, list[int]],
 
 
 async def end(client: Client, tid: str, ident: Any, commit: bool, version: int = 0) -> ErrorCode:
+    """EndTxn; when it succeeds, also let the coordinator finish writing the
+    markers, should it answer once the decision is durable."""
     r = await client.call(
         26,
         version,
@@ -63,6 +66,8 @@ async def end(client: Client, tid: str, ident: Any, commit: bool, version: int =
             "committed": commit,
         },
     )
+    if r.error_code == ErrorCode.none:
+        await trio.testing.wait_all_tasks_blocked()
     return r.error_code  # type: ignore[no-any-return]
 
 
