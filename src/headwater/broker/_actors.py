@@ -859,8 +859,6 @@ class GroupActor(Actor):
                     rebalance_timeout=request.rebalance_timeout,
                     protocol_type=request.protocol_type,
                     force=request.rebalance,
-                    instance_id=request.instance_id,
-                    assignor=request.assignor,  # type: ignore[arg-type]  # checked by join
                 )
                 self._adopt_sink(result, message.sink)
             elif isinstance(request, Heartbeat):
@@ -886,10 +884,12 @@ class GroupActor(Actor):
                 result = None
             elif isinstance(request, FetchCommitted):
                 try:
-                    result = c.committed(request.partitions)
+                    result = c.committed(request.partitions, require_stable=request.require_stable)
                 except UnstableOffsetError as exc:
-                    # A refusal the caller retries, not a fault of the group:
-                    # answered as a value (raising would crash this actor).
+                    # A refusal the reader retries, not a failure of the group:
+                    # answered as a value (the service raises it), so readers
+                    # waiting out a transaction cannot crash this actor past
+                    # its restart intensity (it would be parked as failed).
                     result = exc
             else:
                 return await super().handle(request)

@@ -471,6 +471,8 @@ class BrokerService:
         if isinstance(r, SendOffsetsToTxn):
             await self._group(r.group, create=True)
         result = await self.system.lookup("/broker/transactions").ask(r, timeout=None)
+        if isinstance(result, HeadwaterError):
+            raise result  # a refusal the coordinator answered without crashing
         return Done() if result is None else result
 
     async def _group_request(self, r: Any) -> Any:
@@ -482,7 +484,7 @@ class BrokerService:
         ref = await self._group(r.group, create=isinstance(r, JoinGroup | CommitOffsets))
         result = await ref.ask(GroupRequest(r, self._counts(), PUSH_SINK.get()))
         if isinstance(result, UnstableOffsetError):
-            raise result
+            raise result  # answered as a value: the group actor carries on
         if isinstance(r, FetchCommitted):
             return CommittedOffsets(r.group, result)
         return Done() if result is None else result
