@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from headwater import InvalidArgument, ProcessingError
+from headwater import InvalidArgument, NotFoundError, ProcessingError
 from headwater.processing import (
     InRecord,
     InternalTopic,
@@ -114,3 +114,21 @@ async def test_a_failure_during_a_wall_clock_close_stops_the_job(autojump_clock:
     with pytest.raises(ProcessingError, match="wall-clock window close") as info:
         await driver.advance(20)
     assert ("p", "", -1) == (info.value.job, info.value.topic, info.value.offset)
+
+
+async def test_a_closed_task_no_longer_answers_table_reads() -> None:
+    """After close() (partitions moved away), table[key] says the partition
+    is held elsewhere; a new task for it answers again."""
+    job = Job("c")
+    counts = job.stream("in", key=str).count(name="n")
+    topo = job.topology({"in": 1})
+    task = topo.task(TaskId(0, 0))
+    await task.process(InRecord("in", 0, 0, b"k", b"x"))
+    assert 1 == counts["k"]
+    newer = topo.task(TaskId(0, 0))
+    task.close()  # the older task's close leaves the newer task's store
+    assert 0 == counts.get("k", 0)
+    newer.close()
+    newer.close()
+    with pytest.raises(NotFoundError, match="held by another copy"):
+        counts["k"]

@@ -55,6 +55,8 @@ class TestDriver:
         self._build()
 
     def _build(self) -> None:
+        for task in self._tasks.values():
+            task.close()
         self._tasks = {tid: self.topology.task(tid) for tid in self.topology.task_ids()}
 
     # ------------------------------------------------------------ input

@@ -96,7 +96,14 @@ class _Ctx:
         assert node.store is not None
         store = kind(self.job._changelog(node.store), self.partition)
         self.task.add_store(store)
-        node.live[self.partition] = store
+        live, partition = node.live, self.partition
+        live[partition] = store
+
+        def forget() -> None:
+            if live.get(partition) is store:
+                del live[partition]
+
+        self.task.add_on_close(forget)
         return store
 
 

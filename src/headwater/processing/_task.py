@@ -173,6 +173,7 @@ class Task:
         self._sources: dict[str, list[SourceProc]] = {}
         self._stores: dict[str, Store] = {}
         self._punctuators: list[Punctuator] = []
+        self._on_close: list[Callable[[], None]] = []
         self.processed = 0
         self.dead_letters = 0
         self.late_events = 0
@@ -188,6 +189,10 @@ class Task:
         """(Building only) own ``store`` and its changelog partition."""
         self._stores[store.changelog_topic] = store
         self.changelog_partitions[store.changelog_topic] = store.partition
+
+    def add_on_close(self, fn: Callable[[], None]) -> None:
+        """(Building only) call ``fn`` from :meth:`close`."""
+        self._on_close.append(fn)
 
     def add_punctuator(self, punctuator: Punctuator) -> None:
         """(Building only) call ``punctuator`` from :meth:`punctuate`."""
@@ -240,6 +245,15 @@ class Task:
             if deadline is not None and (best is None or deadline < best):
                 best = deadline
         return best
+
+    def close(self) -> None:
+        """The runner dropped this task (its partitions moved, or its worker
+        restarts): the program's table reads stop seeing its stores (they
+        say the partition is held elsewhere until a new task holds it).
+        Idempotent; the task must not be used afterwards."""
+        callbacks, self._on_close = self._on_close, []
+        for fn in callbacks:
+            fn()
 
     def statistics(self) -> TaskStatistics:
         """A snapshot of the task's counters."""
