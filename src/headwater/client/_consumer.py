@@ -240,7 +240,10 @@ class Consumer:
         self._skips: dict[TP, tuple[int, int]] = {}
         self._tokens = 0
         self._send, self._receive = trio.open_memory_channel[_Chunk](config.prefetch)
-        self._buffer: deque[Event] = deque()
+        # Decoded chunks not yet handed out, each (partition, events in
+        # offset order); ``_head`` is the next event's index in the first.
+        self._buffer: deque[tuple[TP, list[Event]]] = deque()
+        self._head = 0
         self._membership: p.Membership | None = None  # the view this member acts on
         self._latest: p.Membership | None = None  # the newest notice received
         self._early: list[p.Membership] = []  # notices that came before our join answer
@@ -347,7 +350,13 @@ class Consumer:
         if owned is not None:
             owned.scope.cancel()
             owned.token = -1  # chunks already fetched are dropped on receipt
-        self._buffer = deque(e for e in self._buffer if (e.topic, e.partition) != tp)
+        self._drop_buffered(tp)
+
+    def _drop_buffered(self, tp: TP) -> None:
+        """Forget the decoded events of ``tp`` not handed out yet."""
+        if self._buffer and self._buffer[0][0] == tp:
+            self._head = 0
+        self._buffer = deque(chunk for chunk in self._buffer if chunk[0] != tp)
 
     def _forget(self, tp: TP) -> None:
         self._stop(tp)
@@ -407,7 +416,7 @@ class Consumer:
             raise OffsetOutOfRangeError(f"seek offset {offset!r} must be an int >= 0")
         self._positions[tp] = offset
         self._skips.pop(tp, None)
-        self._buffer = deque(e for e in self._buffer if (e.topic, e.partition) != tp)
+        self._drop_buffered(tp)
         self._start_fetcher(tp, offset)
 
     def position(self, topic: str, partition: int) -> int | None:
@@ -558,7 +567,7 @@ class Consumer:
                 position = self._positions.get(tp, 0)
                 fresh = self._decode(tp, max(start, position), records)
                 if fresh:
-                    self._buffer.extend(fresh)
+                    self._buffer.append((tp, fresh))
                     if end > fresh[-1].offset + 1:
                         self._skips[tp] = (fresh[-1].offset + 1, end)
                     return True
@@ -567,22 +576,36 @@ class Consumer:
         return False
 
     def _take(self, limit: int) -> list[Event]:
+        """Up to ``limit`` buffered events, in order, moving positions on.
+        Per chunk, not per event: a run of one partition's events is one
+        slice and one position update."""
         out: list[Event] = []
-        while self._buffer and len(out) < limit:
-            event = self._buffer.popleft()
-            tp = (event.topic, event.partition)
+        buffer = self._buffer
+        while buffer and len(out) < limit:
+            tp, events = buffer[0]
+            start = self._head
             owned = self._owned.get(tp)
-            if (
-                owned is not None
-                and owned.token >= 0
-                and event.offset >= self._positions.get(tp, 0)
-            ):
-                self._positions[tp] = event.offset + 1
+            if owned is None or owned.token < 0:
+                buffer.popleft()
+                self._head = 0
+                continue
+            position = self._positions.get(tp, 0)
+            while start < len(events) and events[start].offset < position:
+                start += 1  # handed out already (a chunk may overlap a seek)
+            end = min(len(events), start + limit - len(out))
+            if end > start:
+                out.extend(events[start:end])
+                nxt = events[end - 1].offset + 1
                 skip = self._skips.get(tp)
-                if skip is not None and skip[0] == event.offset + 1:
-                    self._positions[tp] = skip[1]
+                if skip is not None and skip[0] == nxt:
+                    nxt = skip[1]
                     del self._skips[tp]
-                out.append(event)
+                self._positions[tp] = nxt
+            if end >= len(events):
+                buffer.popleft()
+                self._head = 0
+            else:
+                self._head = end
         return out
 
     def __aiter__(self) -> Consumer:
