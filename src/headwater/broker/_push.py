@@ -111,8 +111,9 @@ class PushedFetches:
     def _subscribe(self, r: FetchSubscribe) -> None:
         for name in ("sub", "offset", "credit", "max_bytes"):
             value = getattr(r, name)
-            if type(value) is not int or value < (1 if name in ("credit", "max_bytes") else 0):
-                raise InvalidArgument(f"{name}={value!r}; give an int >= 0 (credit, max_bytes >= 1)")
+            least = 1 if name in ("credit", "max_bytes") else 0
+            if type(value) is not int or value < least:
+                raise InvalidArgument(f"{name}={value!r}; give an int >= {least}")
         if r.sub in self._subs:
             raise InvalidArgument(
                 f"subscription {r.sub} is already open on this connection; pick another id"

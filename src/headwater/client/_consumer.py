@@ -516,7 +516,12 @@ class Consumer:
                     if sub is None:
                         result: p.FetchResult = await self._channel.request(
                             p.Fetch(
-                                topic, partition, position, cfg.max_bytes, cfg.max_wait, cfg.isolation
+                                topic,
+                                partition,
+                                position,
+                                cfg.max_bytes,
+                                cfg.max_wait,
+                                cfg.isolation,
                             ),
                             timeout=cfg.request_timeout + cfg.max_wait,
                         )

@@ -336,9 +336,7 @@ class TcpChannel(Channel):
         session.subs[sub.id] = sub  # before the request: pushes may follow its answer at once
         try:
             await self.request(
-                p.FetchSubscribe(
-                    sub.id, topic, partition, offset, credit, max_bytes, isolation
-                ),
+                p.FetchSubscribe(sub.id, topic, partition, offset, credit, max_bytes, isolation),
                 timeout=timeout,
             )
         except BaseException:
@@ -639,9 +637,7 @@ class TcpChannel(Channel):
         )
         for sub in list(session.subs.values()):
             sub._deliver(
-                ConnectionLostError(
-                    f"connection to {self.address} lost ({error}); subscribe again"
-                )
+                ConnectionLostError(f"connection to {self.address} lost ({error}); subscribe again")
             )
         session.subs.clear()
         for request_id in list(session.pending):
