@@ -35,6 +35,7 @@ import trio
 from headwater._errors import HeadwaterError, InvalidArgument
 from headwater._protocol import Done, Fetch, FetchCredit, FetchSubscribe, FetchUnsubscribe
 from headwater.broker._service import MAX_FETCH_BYTES, MAX_FETCH_WAIT, BrokerService
+from headwater.broker._stats import ConnectionStats
 from headwater.journal._record import iter_records
 from headwater.transport._messages import error_to_frame
 from headwater.transport._operations import encode_response
@@ -73,6 +74,7 @@ class PushedFetches:
         nursery: trio.Nursery,
         *,
         limit: int,
+        stats: ConnectionStats | None = None,
     ) -> None:
         self._service = service
         self._push = push
@@ -80,6 +82,13 @@ class PushedFetches:
         self._nursery = nursery
         self._limit = limit
         self._subs: dict[int, _Subscription] = {}
+        self._stats = stats
+
+    def _changed(self) -> None:
+        if self._stats is not None:
+            self._stats.subscriptions = sorted(
+                f"{s.request.topic}/{s.request.partition}" for s in self._subs.values()
+            )
 
     def __len__(self) -> int:
         return len(self._subs)
@@ -98,6 +107,7 @@ class PushedFetches:
             sub = self._subs.pop(request.sub, None)
             if sub is not None:
                 sub.scope.cancel()
+                self._changed()
         else:  # pragma: no cover - the caller dispatches only these
             raise InvalidArgument(f"not a subscription request: {type(request).__name__}")
         return Done()
@@ -107,6 +117,7 @@ class PushedFetches:
         for sub in self._subs.values():
             sub.scope.cancel()
         self._subs.clear()
+        self._changed()
 
     def _subscribe(self, r: FetchSubscribe) -> None:
         for name in ("sub", "offset", "credit", "max_bytes"):
@@ -128,6 +139,7 @@ class PushedFetches:
             Fetch(r.topic, r.partition, r.offset, min(r.max_bytes, MAX_FETCH_BYTES), 0, r.isolation)
         )
         sub = self._subs[r.sub] = _Subscription(r)
+        self._changed()
         self._nursery.start_soon(self._run, sub)
 
     async def _run(self, sub: _Subscription) -> None:
@@ -162,6 +174,7 @@ class PushedFetches:
         except HeadwaterError as exc:
             if self._subs.get(r.sub) is sub:
                 del self._subs[r.sub]
+                self._changed()
             frame = error_to_frame(None, exc)
             self._push(
                 "fetch_error",
@@ -173,3 +186,4 @@ class PushedFetches:
         finally:
             if self._subs.get(r.sub) is sub:
                 del self._subs[r.sub]
+                self._changed()

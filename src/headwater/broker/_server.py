@@ -445,6 +445,7 @@ class Server:
                         flush,
                         handlers,
                         limit=config.max_in_flight,
+                        stats=entry,
                     )
                     with receiver:
                         if self._draining:
