@@ -113,7 +113,7 @@ async def test_a_reconnect_mid_subscription_resumes_at_the_next_offset(
     reconnects, subscribes again from the offset after the last record it
     received, and hands out every event exactly once, in order."""
     streams: list[FaultyStream] = []
-    async with served() as (broker, server):
+    async with served() as (_broker, server):
 
         async def open_stream() -> trio.abc.Stream:
             client_end, server_end = trio.testing.memory_stream_pair()
@@ -261,11 +261,6 @@ async def test_a_rebalance_closes_the_subscriptions_of_revoked_partitions(
                 await trio.testing.wait_all_tasks_blocked()
                 owned = sorted(f"{t}/{n}" for t, n in first.assignment() + second.assignment())
                 assert ["t/0", "t/1"] == owned
-                assert [[f"{t}/{n}" for t, n in first.assignment()]] == [
-                    s
-                    for s in subscriptions(broker)
-                    if s != [f"{t}/{n}" for t, n in second.assignment()]
-                ]
                 assert sorted(subscriptions(broker)) == sorted(
                     [[f"{t}/{n}"] for t, n in first.assignment() + second.assignment()]
                 )
