@@ -16,7 +16,7 @@ import trio.testing
 
 from headwater import InvalidArgument
 from headwater import _protocol as p
-from headwater.broker import Broker, Server, open_broker, open_server
+from headwater.broker import Broker, Server, ServerConfig, open_broker, open_server
 from headwater.client import Client, TcpChannel, connect_channel
 from headwater.client import _tcp as tcp_module
 from headwater.journal import SimulatedFileSystem
@@ -264,3 +264,28 @@ async def test_a_rebalance_closes_the_subscriptions_of_revoked_partitions(
                 assert sorted(subscriptions(broker)) == sorted(
                     [[f"{t}/{n}"] for t, n in first.assignment() + second.assignment()]
                 )
+
+
+async def test_partitions_past_the_servers_limit_are_pulled(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A server that allows 4 requests in flight allows 4 subscriptions per
+    connection: a consumer of 6 partitions subscribes to 4 and pulls the
+    other 2, and reads every event."""
+    async with (
+        open_broker(DATA, fs=SimulatedFileSystem()) as broker,
+        open_server(broker, ServerConfig(max_in_flight=4), listen=False) as server,
+        connect_in_memory(server) as client,
+    ):
+        await client.create_topic("t", partitions=6)
+        async with client.producer() as producer:
+            for n in range(6):
+                await producer.send_many("t", [{"value": f"{n}", "partition": n}] * 10)
+        seen: list[Any] = []
+        async with client.consumer("t") as consumer:
+            while len(seen) < 60:
+                seen.extend(await consumer.getmany(100, timeout=1))
+            assert [4] == [len(s) for s in subscriptions(broker)]
+        assert sorted((n, i) for n in range(6) for i in range(10)) == sorted(
+            (e.partition, e.offset) for e in seen
+        )

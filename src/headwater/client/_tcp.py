@@ -327,10 +327,11 @@ class TcpChannel(Channel):
         timeout: float | None = None,
     ) -> FetchSubscription | None:
         """See :meth:`Channel.open_fetch_subscription` (``None`` while the
-        connection speaks protocol version 1)."""
+        connection speaks protocol version 1, or when ``max_in_flight``
+        subscriptions, the server's limit, are open on it already)."""
         session = await self._wait_session()
-        if session.conn.version < PUSH_VERSION:
-            return None
+        if session.conn.version < PUSH_VERSION or len(session.subs) >= session.conn.max_in_flight:
+            return None  # a version 1 server, or as many as it allows: pull
         self._subs += 1
         sub = _TcpFetchSubscription(self, session, self._subs, credit)
         session.subs[sub.id] = sub  # before the request: pushes may follow its answer at once
