@@ -209,7 +209,7 @@ def _corrupt(topic: str, partition: int, base_offset: int, what: str) -> Corrupt
 
 
 def decode_events(
-    payload: bytes,
+    payload: bytes | memoryview,
     *,
     topic: str,
     partition: int,
@@ -322,7 +322,7 @@ def decode_record_events(
     """Decode the events of one journal record (its header already decoded);
     see :func:`decode_events` for ``first_offset`` and ``deserialize``."""
     return decode_events(
-        bytes(record[HEADER_SIZE:]),
+        memoryview(record)[HEADER_SIZE:],  # cbor2 reads a view: no copy of the payload
         topic=topic,
         partition=partition,
         base_offset=header.base_offset,
