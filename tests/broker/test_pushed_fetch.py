@@ -289,3 +289,54 @@ async def test_partitions_past_the_servers_limit_are_pulled(
         assert sorted((n, i) for n in range(6) for i in range(10)) == sorted(
             (e.partition, e.offset) for e in seen
         )
+
+
+async def test_a_quiet_subscription_keeps_its_connection(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """With an idle timeout of 5 s and no new data for 100 s, a subscribed
+    consumer's connection is neither closed by the server (a subscription
+    counts as work in flight) nor re-made by the client (the server pushes
+    an empty result every 30 s); the next event arrives on it."""
+    async with (
+        open_broker(DATA, fs=SimulatedFileSystem()) as broker,
+        open_server(broker, ServerConfig(idle_timeout=5), listen=False) as server,
+        connect_in_memory(server) as client,
+    ):
+        await client.create_topic("t")
+        channel = client._channel  # type: ignore[attr-defined]
+        async with client.consumer("t", request_timeout=10) as consumer:
+            assert [] == await consumer.getmany(timeout=100)
+            assert [["t/0"]] == subscriptions(broker)
+            assert 1 == channel._subs  # never subscribed again
+            async with client.producer() as producer:
+                await producer.send("t", "late")
+            assert ["late"] == [e.value for e in await consumer.getmany(timeout=1)]
+        assert 0 == channel.reconnects
+
+
+async def test_a_failing_subscription_is_ended_with_actor_failed(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug while serving a subscription (not a HeadwaterError) ends that
+    subscription with an actor_failed push; the connection keeps serving."""
+    from headwater import ActorFailed
+
+    async with served() as (broker, server), connect_in_memory(server) as client:
+        await client.create_topic("t")
+        await fill(client, "t", 10)
+        real = broker.service.handle
+
+        async def broken(request: Any) -> Any:
+            if isinstance(request, p.Fetch):
+                raise ZeroDivisionError("boom")
+            return await real(request)
+
+        monkeypatch.setattr(broker.service, "handle", broken)
+        channel = client._channel  # type: ignore[attr-defined]
+        sub = await channel.open_fetch_subscription(
+            "t", 0, 0, credit=1000, max_bytes=1000, isolation="read_committed"
+        )
+        with pytest.raises(ActorFailed, match="boom"):
+            await sub.receive(1)
+        assert 1 == len(await client.list_topics())

@@ -33,6 +33,7 @@ from typing import Any
 import trio
 
 from headwater._errors import HeadwaterError, InvalidArgument
+from headwater._logging import get_logger
 from headwater._protocol import Done, Fetch, FetchCredit, FetchSubscribe, FetchUnsubscribe
 from headwater.broker._service import MAX_FETCH_BYTES, MAX_FETCH_WAIT, BrokerService
 from headwater.broker._stats import ConnectionStats
@@ -41,6 +42,8 @@ from headwater.transport._messages import error_to_frame
 from headwater.transport._operations import encode_response
 
 __all__ = ["PushedFetches"]
+
+_log = get_logger("headwater.server")
 
 Push = Callable[[str, dict[str, Any], int], None]
 """``push(kind, body, sub)``: queue one push frame (never blocks)."""
@@ -171,7 +174,11 @@ class PushedFetches:
                     self._push("fetch", encode_response(result), r.sub)
                     with trio.CancelScope(shield=True):  # never cancel a send midway
                         await self._flush()
-        except HeadwaterError as exc:
+        except Exception as exc:  # a HeadwaterError, or a bug: ended, answered, logged
+            if not isinstance(exc, HeadwaterError):
+                _log.error(
+                    "fetch_subscription_failed", topic=r.topic, partition=r.partition, exc_info=exc
+                )
             if self._subs.get(r.sub) is sub:
                 del self._subs[r.sub]
                 self._changed()
