@@ -6,11 +6,18 @@ The consumer owns a set of partitions: every partition of its topics (no
 group; narrow with :meth:`Consumer.assign`), or the assignment its group
 gives it. A *fetcher* task per owned partition resolves where to start (the
 group's committed offset, else the ``start`` rule through ``ListOffset``),
-then long-polls ``Fetch`` (up to ``max_wait`` seconds, ``max_bytes`` per
-request) and puts each decoded chunk into one bounded channel
-(``prefetch`` chunks), so partitions are served as data arrives and memory
-is bounded. Events below the requested offset inside a fetched record are
-skipped (records start at their base offset).
+then, over a connection that can push (protocol v2), opens a pushed fetch
+with ``fetch_credit`` bytes of credit: the server sends records as they
+come while credit lasts, and the fetcher returns credit as it hands each
+result on, so several batches are on their way while the reader decodes.
+Otherwise (embedded, a version 1 server, ``fetch_credit=0``) it long-polls
+``Fetch`` (up to ``max_wait`` seconds, ``max_bytes`` per request). Either
+way it puts each result's records into one bounded channel (``prefetch``
+chunks), so partitions are served as data arrives and memory is bounded
+(credit plus prefetch). Events below the requested offset inside a fetched
+record are skipped (records start at their base offset). A lost connection
+or a pushed error is handled as a failed fetch: retry (subscribing again
+from the position), reset, or stall.
 
 Each chunk carries its partition's *token*; :meth:`seek` and a rebalance
 bump the token and restart the fetcher, so stale chunks are dropped on
