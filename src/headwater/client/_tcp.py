@@ -343,6 +343,13 @@ class TcpChannel(Channel):
         except BaseException:
             session.subs.pop(sub.id, None)
             sub._closed = True
+            # Cancelled or timed out, the server may have opened it anyway:
+            # close it there too (an unknown id is answered all the same).
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                try:
+                    await self._send_nowait(session, p.FetchUnsubscribe(sub.id))
+                except HeadwaterError:
+                    pass  # the connection is going: so is the subscription
             raise
         return sub
 
