@@ -256,3 +256,38 @@ async def read_all_of(client: Client, topic: str, isolation: str) -> list[Any]:
         while batch := await consumer.getmany(timeout=0.5):
             out.extend(batch)
     return out
+
+
+async def test_a_consumer_starting_while_its_groups_offset_is_pending_waits_for_it(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """A consumer of group g that starts while a transaction holds g's offset
+    retries the unstable offset (every 0.1 s) until the transaction commits,
+    then starts at the committed offset; the group actor never restarts
+    (each retry crashed it before, and the group was parked as failed
+    within a second)."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker, connect(broker) as client:
+        await client.create_topic("in")
+        async with client.producer() as plain:
+            await plain.send_many("in", ["x0", "x1", "x2"])
+        got: list[tuple[float, list[Any]]] = []
+        async with (
+            client.producer(transactional_id="w") as producer,
+            trio.open_nursery() as n,
+            producer.transaction(),
+        ):
+            await producer.send_offsets("g", {("in", 0): 2})
+
+            async def consume() -> None:
+                async with client.consumer(["in"], group="g", max_wait=0.05) as consumer:
+                    events = await consumer.getmany(timeout=5.0)
+                    got.append((trio.current_time(), [e.value for e in events]))
+
+            n.start_soon(consume)
+            await trio.sleep(2.0)
+            committed_at = trio.current_time()
+        ((at, values),) = got
+        assert ["x2"] == values
+        assert at >= committed_at
+        node = next(n for n in broker.system.tree().walk() if n.path == "/broker/groups/g")
+        assert (0, "running") == (node.restarts, node.state)

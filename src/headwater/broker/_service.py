@@ -35,6 +35,7 @@ from headwater._errors import (
     UnknownGroupError,
     UnknownPartitionError,
     UnknownTopicError,
+    UnstableOffsetError,
 )
 from headwater._logging import get_logger
 from headwater._protocol import (
@@ -482,6 +483,8 @@ class BrokerService:
         if isinstance(r, SendOffsetsToTxn):
             await self._group(r.group, create=True)
         result = await self.system.lookup("/broker/transactions").ask(r, timeout=None)
+        if isinstance(result, HeadwaterError):
+            raise result  # a refusal the coordinator answered without crashing
         return Done() if result is None else result
 
     async def _group_request(self, r: Any) -> Any:
@@ -492,6 +495,8 @@ class BrokerService:
                 self._config(topic)
         ref = await self._group(r.group, create=isinstance(r, JoinGroup | CommitOffsets))
         result = await ref.ask(GroupRequest(r, self._counts(), PUSH_SINK.get()))
+        if isinstance(result, UnstableOffsetError):
+            raise result  # answered as a value: the group actor carries on
         if isinstance(r, FetchCommitted):
             return CommittedOffsets(r.group, result)
         return Done() if result is None else result
