@@ -48,6 +48,10 @@ __all__ = [
     "ProducerIdentity",
     "Produce",
     "ProduceResult",
+    "FetchSubscribe",
+    "FetchCredit",
+    "FetchUnsubscribe",
+    "CONNECTION_REQUEST_TYPES",
     "Fetch",
     "FetchResult",
     "ListOffset",
@@ -281,6 +285,41 @@ class FetchResult:
     """Where the next fetch starts (past records left out: markers, aborted
     events); -1: after the last record returned."""
     last_stable_offset: int = -1
+
+
+@attrs.frozen
+class FetchSubscribe:
+    """Open a pushed fetch (protocol v2, over a connection; docs/protocol.md
+    section 12): the server pushes ``fetch`` frames for subscription ``sub``
+    (an id the client picks, unique among its open subscriptions on this
+    connection) with the partition's records from ``offset`` on, each at most
+    ``max_bytes``, while ``credit`` (bytes, returned with
+    :class:`FetchCredit`) is positive."""
+
+    sub: int
+    topic: str
+    partition: int
+    offset: int
+    credit: int
+    max_bytes: int = 256 * 1024
+    isolation: str = "read_committed"
+
+
+@attrs.frozen
+class FetchCredit:
+    """Give subscription ``sub`` ``bytes`` more credit (the client consumed
+    that much of what was pushed)."""
+
+    sub: int
+    bytes: int
+
+
+@attrs.frozen
+class FetchUnsubscribe:
+    """Close subscription ``sub``: nothing more is pushed for it once the
+    answer arrives (pushes already on their way are dropped by the client)."""
+
+    sub: int
 
 
 @attrs.frozen
@@ -778,6 +817,9 @@ class ShareDescription:
 
 
 SHARE_REQUEST_TYPES: tuple[type, ...] = (ShareSubscribe, ShareFetch, ShareAck, ShareLeave)
+CONNECTION_REQUEST_TYPES: tuple[type, ...] = (FetchSubscribe, FetchCredit, FetchUnsubscribe)
+"""Requests a server connection answers itself (pushed fetches live on a
+connection); the broker service refuses them."""
 SHARE_RESPONSE_TYPES: tuple[type, ...] = (
     ShareMembership,
     ShareRecord,
@@ -786,5 +828,5 @@ SHARE_RESPONSE_TYPES: tuple[type, ...] = (
     SharePartitionState,
     ShareDescription,
 )
-REQUEST_TYPES = (*REQUEST_TYPES, *SHARE_REQUEST_TYPES)
+REQUEST_TYPES = (*REQUEST_TYPES, *SHARE_REQUEST_TYPES, *CONNECTION_REQUEST_TYPES)
 RESPONSE_TYPES = (*RESPONSE_TYPES, *SHARE_RESPONSE_TYPES)
