@@ -14,11 +14,13 @@ import trio
 import trio.testing
 
 from headwater import (
+    HeadwaterError,
     InvalidArgument,
     InvalidTransactionStateError,
     ProducerFencedError,
     TransactionTimedOutError,
     UnknownTransactionalIdError,
+    UnstableOffsetError,
 )
 from headwater._protocol import (
     AddPartitionsToTxn,
@@ -26,10 +28,13 @@ from headwater._protocol import (
     DescribeTransaction,
     EndTxn,
     Fetch,
+    FetchCommitted,
     InitTransactions,
     ListTransactions,
+    PartitionOffset,
     Produce,
     ProducerIdentity,
+    SendOffsetsToTxn,
     TopicPartition,
 )
 from headwater.broker import Broker, open_broker
@@ -54,7 +59,11 @@ def txn_batch(ident: ProducerIdentity, seq: int, count: int = 1) -> bytes:
 
 
 async def ask(broker: Broker, message: Any) -> Any:
-    return await broker.system.lookup("/broker/transactions").ask(message)
+    """Ask the coordinator; a refusal it answers as a value is raised."""
+    result = await broker.system.lookup("/broker/transactions").ask(message)
+    if isinstance(result, HeadwaterError):
+        raise result
+    return result
 
 
 async def view(broker: Broker, topic: str, partition: int = 0) -> StableView:
@@ -148,6 +157,58 @@ async def test_a_new_instance_fences_the_zombie(autojump_clock: trio.abc.Clock) 
         await begin(broker, fresh)
         await ask(broker, EndTxn("w", fresh.producer_id, fresh.epoch, True))
         assert [(3, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
+
+
+async def test_a_zombie_calling_again_and_again_does_not_crash_the_coordinator(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Fenced, timed-out and concurrent refusals are the caller's problem: ten
+    fenced EndTxn calls in a row leave the coordinator actor without a
+    restart (it used to crash on each, and the sixth within 10 s stopped the
+    whole broker), and the current instance still commits."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        zombie = await setup(broker)
+        fresh = await ask(broker, InitTransactions("w", 10.0))
+        for _ in range(10):
+            with pytest.raises(ProducerFencedError):
+                await broker.handle(EndTxn("w", zombie.producer_id, zombie.epoch, True))
+            with pytest.raises(ProducerFencedError):
+                await broker.handle(
+                    AddPartitionsToTxn(
+                        "w", zombie.producer_id, zombie.epoch, (TopicPartition("a", 0),)
+                    )
+                )
+        node = next(n for n in broker.system.tree().walk() if n.path == "/broker/transactions")
+        assert 0 == node.restarts
+        await begin(broker, fresh)
+        await broker.handle(EndTxn("w", fresh.producer_id, fresh.epoch, True))
+        assert [(0, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
+
+
+async def test_readers_waiting_out_pending_offsets_do_not_crash_the_group(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """While a transaction holds a group's offset, every read of it is the
+    retriable UnstableOffsetError and the group actor carries on: ten reads
+    leave it without a restart (each crashed it before, and the sixth within
+    10 s parked the group as failed); after the commit the offset is read."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        ident = await setup(broker)
+        await broker.handle(
+            SendOffsetsToTxn(
+                "w", ident.producer_id, ident.epoch, "g", None, -1, (PartitionOffset("a", 0, 5),)
+            )
+        )
+        for _ in range(10):
+            with pytest.raises(UnstableOffsetError):
+                await broker.handle(FetchCommitted("g", (TopicPartition("a", 0),)))
+        node = next(n for n in broker.system.tree().walk() if n.path == "/broker/groups/g")
+        assert (0, "running") == (node.restarts, node.state)
+        stale = await broker.handle(FetchCommitted("g", require_stable=False))
+        assert () == stale.offsets
+        await broker.handle(EndTxn("w", ident.producer_id, ident.epoch, True))
+        got = await broker.handle(FetchCommitted("g", (TopicPartition("a", 0),)))
+        assert (PartitionOffset("a", 0, 5),) == got.offsets
 
 
 async def test_timeout_aborts_on_virtual_time(autojump_clock: trio.abc.Clock) -> None:

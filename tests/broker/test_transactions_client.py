@@ -256,3 +256,73 @@ async def read_all_of(client: Client, topic: str, isolation: str) -> list[Any]:
         while batch := await consumer.getmany(timeout=0.5):
             out.extend(batch)
     return out
+
+
+async def test_unstable_offset_is_a_refusal_not_a_crash_of_the_group(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """Reading a group's committed offset while a transaction holds offsets
+    for it answers UnstableOffsetError (retriable), and the group actor
+    keeps running: before, it crashed and restarted at every such read,
+    and the transaction coordinator, completing the offsets of a commit at
+    that moment, crashed with ActorRestarted (seen when a restarted
+    processing copy resolved its positions)."""
+    from headwater import UnstableOffsetError
+    from headwater import _protocol as p
+
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker, connect(broker) as client:
+        await client.create_topic("in")
+        await client.create_topic("out")
+        async with client.producer(transactional_id="t") as producer:
+            await producer.partitions_of("out")
+            async with producer.transaction():
+                producer.send_nowait("out", "x")
+                await producer.send_offsets("copier", {("in", 0): 1})
+                for _ in range(3):
+                    with pytest.raises(UnstableOffsetError, match="open transaction"):
+                        await client._ask(  # type: ignore[attr-defined]
+                            p.FetchCommitted("copier", (p.TopicPartition("in", 0),))
+                        )
+        desc = await client.describe_group("copier")
+        assert [1] == [x.committed for x in desc.partitions]
+        restarts = {
+            n.path: n.restarts
+            for n in broker.system.tree().walk()
+            if n.path in ("/broker/groups/copier", "/broker/transactions")
+        }
+        assert {"/broker/groups/copier": 0, "/broker/transactions": 0} == restarts
+
+
+async def test_a_consumer_starting_while_its_groups_offset_is_pending_waits_for_it(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """A consumer of group g that starts while a transaction holds g's offset
+    retries the unstable offset (every 0.1 s) until the transaction commits,
+    then starts at the committed offset; the group actor never restarts
+    (each retry crashed it before, and the group was parked as failed
+    within a second)."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker, connect(broker) as client:
+        await client.create_topic("in")
+        async with client.producer() as plain:
+            await plain.send_many("in", ["x0", "x1", "x2"])
+        got: list[tuple[float, list[Any]]] = []
+        async with (
+            client.producer(transactional_id="w") as producer,
+            trio.open_nursery() as n,
+            producer.transaction(),
+        ):
+            await producer.send_offsets("g", {("in", 0): 2})
+
+            async def consume() -> None:
+                async with client.consumer(["in"], group="g", max_wait=0.05) as consumer:
+                    events = await consumer.getmany(timeout=5.0)
+                    got.append((trio.current_time(), [e.value for e in events]))
+
+            n.start_soon(consume)
+            await trio.sleep(2.0)
+            committed_at = trio.current_time()
+        ((at, values),) = got
+        assert ["x2"] == values
+        assert at >= committed_at
+        node = next(n for n in broker.system.tree().walk() if n.path == "/broker/groups/g")
+        assert (0, "running") == (node.restarts, node.state)

@@ -39,6 +39,7 @@ from headwater._errors import (
     InvalidTransactionStateError,
     TopicExistsError,
     UnknownTopicError,
+    UnstableOffsetError,
 )
 from headwater._logging import get_logger
 from headwater._protocol import (
@@ -866,6 +867,8 @@ class GroupActor(Actor):
                     rebalance_timeout=request.rebalance_timeout,
                     protocol_type=request.protocol_type,
                     force=request.rebalance,
+                    instance_id=request.instance_id,
+                    assignor=request.assignor,  # type: ignore[arg-type]  # checked by join
                 )
                 self._adopt_sink(result, message.sink)
             elif isinstance(request, Heartbeat):
@@ -890,7 +893,14 @@ class GroupActor(Actor):
                 c.commit(request.member_id, request.generation, request.offsets)
                 result = None
             elif isinstance(request, FetchCommitted):
-                result = c.committed(request.partitions)
+                try:
+                    result = c.committed(request.partitions, require_stable=request.require_stable)
+                except UnstableOffsetError as exc:
+                    # A refusal the reader retries, not a failure of the group:
+                    # answered as a value (the service raises it), so readers
+                    # waiting out a transaction cannot crash this actor past
+                    # its restart intensity (it would be parked as failed).
+                    result = exc
             else:
                 return await super().handle(request)
         finally:

@@ -30,6 +30,11 @@ ask for, in that order:
   aborts it under a bumped epoch and writes its markers before answering with
   the new identity.
 
+* Refusals (a fenced or timed-out producer, a transaction still completing)
+  are answered as the error value, which the service raises: they are the
+  caller's problem and must not count as crashes of this actor (a zombie
+  retrying would otherwise exhaust its restart intensity and stop the broker).
+
 * ``SendOffsetsToTxn`` adds the group to the transaction, then hands the
   offsets to the group's actor (held pending there); phase two completes
   them in each group (:class:`~headwater.broker._actors.CompleteTxnOffsets`)
@@ -54,6 +59,7 @@ from headwater._errors import (
     HeadwaterError,
     InvalidArgument,
     ProducerFencedError,
+    TransactionTimedOutError,
 )
 from headwater._logging import get_logger
 from headwater._protocol import (
@@ -278,6 +284,17 @@ class TransactionActor(Actor):
                 )
             )
         try:
+            return await self._command(message, now)
+        except (ProducerFencedError, TransactionTimedOutError, ConcurrentTransactionsError) as exc:
+            # A refusal, not a failure of the coordinator: answered as a value
+            # (the service raises it) so a zombie that keeps calling cannot
+            # crash this actor past its restart intensity and the broker with it.
+            return exc
+
+    async def _command(self, message: Any, now: float) -> Any:
+        core = self.core
+        assert core is not None
+        try:
             if isinstance(message, InitTransactions):
                 return await self._init(message, now)
             if isinstance(message, AddPartitionsToTxn):
@@ -291,6 +308,8 @@ class TransactionActor(Actor):
                     groups=[message.group],
                 )
                 await self._persist()
+                if not message.offsets:
+                    return None  # Kafka's AddOffsetsToTxn: the group alone
                 ref = self.context.system.lookup(f"/broker/groups/{message.group}")
                 await ref.ask(
                     TxnOffsets(
