@@ -23,8 +23,8 @@ from headwater.testing import server_process
 pytestmark = pytest.mark.crash
 
 LIMIT = 300
-TOPICS = 2
-PER_TOPIC = 200
+TOPICS = 4
+PER_TOPIC = 100  # a consumer holds one subscription per partition, 128 at most
 EVENTS = 2
 WRAPPER = ["prlimit", f"--nofile={LIMIT}:{LIMIT}"]
 
@@ -93,5 +93,40 @@ def test_400_partitions_under_a_limit_of_300_descriptors_survive_kill_9(tmp_path
         assert expected == got
         run(produce, proc.url, EVENTS)
         got = run(read_all, proc.url, 2 * EVENTS)
-        assert [b"1-199-%d" % i for i in range(2 * EVENTS)] == got[(1, 199)]
+        assert [b"3-99-%d" % i for i in range(2 * EVENTS)] == got[(3, 99)]
         assert proc.open_fds() < LIMIT
+
+
+async def test_writer_thread_and_rolls_under_a_cap_of_one_file(tmp_path: Path) -> None:
+    """Real files, durability ``always`` (the journal writer thread): two
+    logs share a cap of one open segment file and roll every few records,
+    so each append may find its segment closed by the other's. Every record
+    is stored once, in order, and reads back after a reopen."""
+    from headwater.journal import FileCache, LogConfig, encode_record, iter_records, open_log
+
+    def value(i: int) -> bytes:
+        return b"%05d" % i * 20
+
+    config = LogConfig(segment_bytes=2048)
+    files = FileCache(1)
+    paths = [str(tmp_path / "a"), str(tmp_path / "b")]
+    with trio.fail_after(60):
+        async with (
+            open_log(paths[0], config=config, files=files) as a,
+            open_log(paths[1], config=config, files=files) as b,
+        ):
+            for i in range(150):
+                for log in (a, b):
+                    header = await log.append(encode_record(value(i), count=1))
+                    assert i == header.base_offset
+            assert len(a.log.segments) > 10
+            for log in (a, b):
+                got = iter_records(await log.read(0, 1 << 30))
+                assert [value(i) for i in range(150)] == [bytes(r[62:]) for _, r in got]
+            assert files.open_count <= 2
+            assert files.evicted > 100
+            assert a._threaded  # the writer thread wrote them
+        for path in paths:
+            async with open_log(path, config=config, files=files) as log:
+                got = iter_records(await log.read(0, 1 << 30))
+                assert list(range(150)) == [h.base_offset for h, _ in got]
