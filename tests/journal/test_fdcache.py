@@ -254,3 +254,26 @@ def test_inline_recovery_gives_up_before_changing_anything() -> None:
     log = Log.open("/d/0", fs, LogConfig(segment_bytes=600))
     assert 6 == log.next_offset
     assert [] == [h for h in fs._handles.values() if h[0].endswith("checkpoint")]
+
+
+def test_a_reader_never_creates_a_segment_file_the_writer_thread_owns() -> None:
+    """A roll while staging (the writer thread's path) leaves the new
+    segment's file for the writer to create; a reader pinning every segment
+    (a lookup by time) must not create it early, or a directory fsync could
+    make it durable before the records of the segment before it."""
+    fs = SimulatedFileSystem()
+    files = FileCache(1)
+    (log,) = open_logs(fs, files, 1)
+    for i in range(3):
+        log.write(rec(i))  # fills the first segment (600 bytes)
+    log.sync()
+    header, staged = log.stage(rec(3))  # rolls: the new file is the writer's
+    new = log.segments[-1]
+    assert (3, new) == (header.base_offset, staged.segment)
+    assert not fs.exists(new.path)
+    log.offset_for_time(0)
+    assert not fs.exists(new.path)
+    assert new.handle < 0
+    assert log.open_staged_segment(new) >= 0  # the writer thread's call
+    assert fs.exists(new.path)
+    assert 1 <= files.open_count

@@ -191,6 +191,9 @@ class _Segment:
     pins: int = 0  # readers using the handle now
     retired: bool = False  # out of the log: the last reader closes the handle
     busy: bool = False  # being rewritten by compaction: retention skips it
+    # Its file is the writer thread's to create (a lazy roll): nobody else
+    # may open (and so create) it early. See Log.stage and _fdcache.
+    unborn: bool = False
 
     def note(self, header: RecordHeader, position: int, interval: int) -> None:
         if position - self.indexed_at >= interval:
@@ -591,6 +594,7 @@ class Log:
         by the writer thread (handle -1 until then; see :meth:`stage`)."""
         path = f"{self.path}/{_name(base, 'log')}"
         seg = _Segment(base=base, path=path, handle=-1 if lazy else self.fs.open(path))
+        seg.unborn = lazy
         seg.next_offset = base
         seg.created_ms = self.clock()
         with self._lock:
@@ -746,6 +750,7 @@ class Log:
         with self._lock:
             if seg.handle < 0 and not seg.retired:
                 # A new file, or one the file cache closed while idle.
+                seg.unborn = False
                 self._reopen_locked(seg)
             return seg.handle
 
@@ -888,7 +893,10 @@ class Log:
     def _reopen_locked(self, seg: _Segment) -> None:
         """Open a segment the file cache closed (lock held). Opened under the
         lock so that retention, which unlinks a segment's files only after
-        taking it out of ``segments`` under the lock, never races it."""
+        taking it out of ``segments`` under the lock, never races it. A
+        segment whose file the writer thread has yet to create stays closed."""
+        if seg.unborn:
+            return
         seg.handle = self.fs.open(seg.path)
         self.files.register_locked(seg, self)
 
