@@ -277,3 +277,40 @@ def test_a_reader_never_creates_a_segment_file_the_writer_thread_owns() -> None:
     assert log.open_staged_segment(new) >= 0  # the writer thread's call
     assert fs.exists(new.path)
     assert 1 <= files.open_count
+
+
+class _CountingDict(dict[int, object]):
+    """A log's ``_dirty`` map that counts how often trim looks a segment up."""
+
+    looks = 0
+
+    def get(self, key: int, default: object = None) -> object:  # type: ignore[override]
+        _CountingDict.looks += 1
+        return super().get(key, default)
+
+
+def test_trim_does_not_rewalk_segments_in_use() -> None:
+    """Many logs with unsynced appends (``never`` before a roll) sit at the
+    least recently used end: each trim steps over a bounded number of them
+    and moves them to the recent end, instead of walking all of them again
+    on every write (quadratic with 10,000 partitions). Idle segments behind
+    them still close."""
+    fs = SimulatedFileSystem()
+    files = FileCache(4)
+    busy = open_logs(fs, files, 400)
+    for log in busy:
+        log._dirty = _CountingDict(log._dirty)  # type: ignore[assignment]
+        log.write(rec(0))  # unsynced: in use
+    idle = [
+        Log.open(f"/idle/{i}", fs, LogConfig(segment_bytes=600), clock=lambda: 1_000, files=files)
+        for i in range(20)
+    ]
+    for log in idle:
+        log.write(rec(0))
+        log.sync()
+    _CountingDict.looks = 0
+    for _ in range(200):
+        files.trim()
+    assert _CountingDict.looks <= 200 * 70  # was 200 * 400 walking every busy one
+    assert all(log.segments[-1].handle < 0 for log in idle[:-4])  # idle ones closed
+    assert all(log.segments[-1].handle >= 0 for log in busy)  # in use: never closed
