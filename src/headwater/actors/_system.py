@@ -271,6 +271,7 @@ class _Supervisor:
         for name in decision.start:
             target = by_name[name]
             target.cell.restarts += 1
+            self.system.restarts += 1
             _log.info(
                 "actor_restarted",
                 actor=target.cell.path,
@@ -682,6 +683,9 @@ class ActorSystem:
         self.blocking_limiter = trio.CapacityLimiter(blocking_threads)
         """Bounds the worker threads of this system's
         :class:`~headwater.actors.BlockingActor` handlers."""
+        self.restarts = 0
+        """Actor restarts so far in this system (each leaves the old
+        incarnation's objects to the garbage collector)."""
         self._frames: dict[Any, str] = {}
         self._root_spec = root
         self._cells: dict[str, tuple[Cell, _Child | None]] = {}

@@ -38,6 +38,7 @@ import math
 import os
 import signal
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from functools import partial
@@ -655,6 +656,48 @@ async def open_server(
                 await trio.aclose_forcefully(ln)
 
 
+REFREEZE_POLL = 1.0
+"""Seconds between :func:`refreeze_after_changes`'s looks at the topics."""
+
+
+def _shape(broker: Broker) -> tuple[int, int, int]:
+    counts = broker.service._counts()
+    return len(counts), sum(counts.values()), broker.system.restarts
+
+
+def refreeze() -> tuple[int, float]:
+    """Collect everything (frozen objects included) and freeze what survives;
+    returns (objects frozen, seconds spent)."""
+    began = time.perf_counter()
+    gc.unfreeze()  # what died since the last freeze (a deleted topic) is collectable again
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count(), time.perf_counter() - began
+
+
+async def refreeze_after_changes(broker: Broker, poll: float = REFREEZE_POLL) -> None:
+    """Run :func:`refreeze` once the broker's shape (topics, partitions, actor
+    restarts) changed and then held still for ``poll`` seconds; forever.
+
+    A partition keeps ~100 long-lived objects (its actor, log, index,
+    segments): at 10,000 partitions the collector's full collections walked
+    a million of them while a produce ran (1.6-1.8 s of 7 s CPU in one
+    process, and 0.73 of the 100-partition throughput against 0.60 with
+    the topics frozen). Frozen objects are never collected, so the freeze
+    unfreezes and collects first: a deleted topic's or a restarted
+    partition's objects (and requests alive at the last freeze) go then."""
+    frozen = _shape(broker)
+    last = frozen
+    while True:
+        await trio.sleep(poll)
+        now = _shape(broker)
+        if now != frozen and now == last:
+            objects, seconds = refreeze()
+            frozen = now
+            _log.info("gc_refrozen", objects=objects, seconds=round(seconds, 3))
+        last = now
+
+
 FrontEnd = Callable[[Broker], AbstractAsyncContextManager[Any]]
 """Opens one more front end (such as :func:`headwater.web.open_http`) on a
 running broker, for as long as its block lasts."""
@@ -702,6 +745,9 @@ def run_server(config: ServerConfig, front_ends: Sequence[FrontEnd] = ()) -> int
                 gc.freeze()  # what start-up built lives as long as the server
                 if collecting:
                     gc.enable()
+                    refreezing = await stack.enter_async_context(trio.open_nursery())
+                    refreezing.start_soon(refreeze_after_changes, broker)
+                    stack.callback(refreezing.cancel_scope.cancel)
                 for front_end in front_ends:
                     await stack.enter_async_context(front_end(broker))
                 async for signum in signals:
