@@ -35,6 +35,7 @@ from headwater._protocol import (
 from headwater.broker import Broker, open_broker
 from headwater.broker._actors import GetLog, GetStableView, StableView, WriteMarker
 from headwater.broker._stable import AbortedTxn
+from headwater.broker._txn_actor import ask_coordinator
 from headwater.journal import SimulatedFileSystem, encode_record, iter_records
 from headwater.journal._record import ATTR_COMMIT, ATTR_CONTROL, ATTR_TRANSACTIONAL
 from headwater.journal._state import open_state_journal
@@ -54,7 +55,14 @@ def txn_batch(ident: ProducerIdentity, seq: int, count: int = 1) -> bytes:
 
 
 async def ask(broker: Broker, message: Any) -> Any:
-    return await broker.system.lookup("/broker/transactions").ask(message)
+    return await ask_coordinator(broker.system.lookup("/broker/transactions"), message)
+
+
+async def end(broker: Broker, ident: ProducerIdentity, commit: bool) -> None:
+    """End ``w``'s transaction, then let phase two run: the answer comes once
+    the decision is durable, the markers follow."""
+    await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, commit))
+    await trio.testing.wait_all_tasks_blocked()
 
 
 async def view(broker: Broker, topic: str, partition: int = 0) -> StableView:
@@ -103,7 +111,7 @@ async def test_commit_makes_both_partitions_stable(autojump_clock: trio.abc.Cloc
         assert [(0, 0)] == await read(broker, "a", committed=True)
         assert [(0, 0), (1, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=False)
         assert "ongoing" == (await ask(broker, DescribeTransaction("w"))).state
-        await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, True))
+        await end(broker, ident, True)
         assert StableView(4, 4, ()) == await view(broker, "a")
         assert StableView(2, 2, ()) == await view(broker, "b")
         assert [(0, 0), (1, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
@@ -122,12 +130,12 @@ async def test_abort_is_invisible_to_read_committed(autojump_clock: trio.abc.Clo
     async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
         ident = await setup(broker)
         await begin(broker, ident)
-        await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, False))
+        await end(broker, ident, False)
         assert StableView(3, 3, (AbortedTxn(ident.producer_id, 0, 2),)) == await view(broker, "a")
         assert [] == await read(broker, "a", committed=True)
         assert [(0, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=False)
         await begin(broker, ident, seq=2)
-        await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, True))
+        await end(broker, ident, True)
         assert [(3, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
 
 
@@ -144,9 +152,9 @@ async def test_a_new_instance_fences_the_zombie(autojump_clock: trio.abc.Clock) 
         with pytest.raises(ProducerFencedError):
             await broker.handle(Produce("a", 0, txn_batch(zombie, 2)))
         with pytest.raises(ProducerFencedError):
-            await ask(broker, EndTxn("w", zombie.producer_id, zombie.epoch, True))
+            await end(broker, zombie, True)
         await begin(broker, fresh)
-        await ask(broker, EndTxn("w", fresh.producer_id, fresh.epoch, True))
+        await end(broker, fresh, True)
         assert [(3, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
 
 
@@ -163,7 +171,7 @@ async def test_timeout_aborts_on_virtual_time(autojump_clock: trio.abc.Clock) ->
         assert ("complete_abort", 1) == (meta.state, meta.epoch)
         assert [] == await read(broker, "a", committed=True)
         with pytest.raises(TransactionTimedOutError):
-            await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, True))
+            await end(broker, ident, True)
 
 
 async def test_prepare_written_before_a_crash_is_finished_on_restart(
@@ -212,7 +220,7 @@ async def test_markers_are_idempotent_and_admission_is_required(
         with pytest.raises(InvalidTransactionStateError):
             await broker.handle(Produce("a", 0, txn_batch(ident, 0)))
         await begin(broker, ident)
-        await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, True))
+        await end(broker, ident, True)
         ref = broker.system.lookup("/broker/topics/a/0")
         assert await ref.ask(WriteMarker(ident.producer_id, ident.epoch, True)) is None
         assert 3 == (await view(broker, "a")).high_watermark
@@ -231,7 +239,7 @@ async def test_bad_requests(autojump_clock: trio.abc.Clock) -> None:
                 AddPartitionsToTxn("w", ident.producer_id, ident.epoch, (TopicPartition("zz", 0),)),
             )
         with pytest.raises(InvalidTransactionStateError):
-            await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, True))
+            await end(broker, ident, True)
         with pytest.raises(InvalidArgument):
             await broker.handle(
                 Produce("a", 0, encode_record(b"", count=1, attributes=ATTR_CONTROL))
@@ -257,7 +265,7 @@ async def test_an_admission_ends_with_its_transaction(autojump_clock: trio.abc.C
             ),
         )
         await broker.handle(Produce("a", 0, txn_batch(ident, 0)))
-        await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, True))
+        await end(broker, ident, True)
         assert StableView(0, 0, ()) == await view(broker, "b")
         with pytest.raises(InvalidTransactionStateError):
             await broker.handle(Produce("b", 0, txn_batch(ident, 0)))

@@ -102,6 +102,7 @@ from headwater.broker._group import GroupCoordinator
 from headwater.broker._share_service import ShareService
 from headwater.broker._stable import StableCell, filter_records
 from headwater.broker._stats import count_events
+from headwater.broker._txn_actor import ask_coordinator
 from headwater.journal._async import AsyncLog
 from headwater.journal._batch import decode_record_events
 from headwater.journal._record import ATTR_CONTROL, iter_records
@@ -469,7 +470,7 @@ class BrokerService:
                 self._partition_path(tp.topic, tp.partition)
         if isinstance(r, SendOffsetsToTxn):
             await self._group(r.group, create=True)
-        result = await self.system.lookup("/broker/transactions").ask(r, timeout=None)
+        result = await ask_coordinator(self.system.lookup("/broker/transactions"), r)
         return Done() if result is None else result
 
     async def _group_request(self, r: Any) -> Any:
