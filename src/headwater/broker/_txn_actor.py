@@ -447,9 +447,11 @@ class TransactionActor(Actor):
             if isinstance(message, InitTransactions):
                 value: Any = await self._init(message, now)
             elif isinstance(message, AddPartitionsToTxn):
-                value = await self._add(message, now)
+                await self._add(message, now)
+                value = None
             elif isinstance(message, SendOffsetsToTxn):
-                value = await self._send_offsets(message, now)
+                await self._send_offsets(message, now)
+                value = None
             else:
                 core.end(tid, message.producer_id, message.epoch, message.commit, now)
                 self._write()  # phase one: answered once the decision is durable
