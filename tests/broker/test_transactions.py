@@ -269,3 +269,49 @@ async def test_an_admission_ends_with_its_transaction(autojump_clock: trio.abc.C
         assert StableView(0, 0, ()) == await view(broker, "b")
         with pytest.raises(InvalidTransactionStateError):
             await broker.handle(Produce("b", 0, txn_batch(ident, 0)))
+
+
+async def test_commit_is_answered_at_the_decision_and_the_next_add_queues(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Phase one answers: with a/0's marker not yet known durable, the
+    commit returns (the transaction is prepare_commit); the same id's next
+    add waits for the markers, while another id's transaction commits
+    meanwhile (commits of different ids do not queue behind each other)."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        ident = await setup(broker)
+        other: ProducerIdentity = await ask(broker, InitTransactions("x", 10.0))
+        log = await broker.system.lookup("/broker/topics/a/0").ask(GetLog())
+        release = trio.Event()
+        real_wait = log.wait_durable
+
+        async def held_wait(end_offset: int, generation: int) -> None:
+            await release.wait()
+            await real_wait(end_offset, generation)
+
+        await begin(broker, ident)
+        log.wait_durable = held_wait  # the coordinator's wait for a/0's marker
+        with trio.fail_after(1):
+            await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, True))
+        assert "prepare_commit" == (await ask(broker, DescribeTransaction("w"))).state
+        added = trio.Event()
+
+        async def next_add() -> None:
+            tps = (TopicPartition("b", 0),)
+            await ask(broker, AddPartitionsToTxn("w", ident.producer_id, ident.epoch, tps))
+            added.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(next_add)
+            await ask(
+                broker,
+                AddPartitionsToTxn("x", other.producer_id, other.epoch, (TopicPartition("b", 0),)),
+            )
+            await broker.handle(Produce("b", 0, txn_batch(other, 0)))
+            await ask(broker, EndTxn("x", other.producer_id, other.epoch, True))
+            await trio.testing.wait_all_tasks_blocked()
+            assert not added.is_set()
+            assert "complete_commit" == (await ask(broker, DescribeTransaction("x"))).state
+            release.set()
+        assert "ongoing" == (await ask(broker, DescribeTransaction("w"))).state
+        assert [(0, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)

@@ -256,3 +256,32 @@ async def read_all_of(client: Client, topic: str, isolation: str) -> list[Any]:
         while batch := await consumer.getmany(timeout=0.5):
             out.extend(batch)
     return out
+
+
+async def test_partitions_of_the_last_transaction_are_added_ahead(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """The next transaction adds the last one's partitions when it begins:
+    a transaction that then writes nothing and outlives its timeout ends
+    quietly (the producer carries on under a new epoch), and a topic of the
+    last transaction deleted since does not fail sends to the others."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker, connect(broker) as client:
+        await client.create_topic("a")
+        await client.create_topic("b")
+        await client.create_topic("c")
+        async with client.producer(transactional_id="w", transaction_timeout=1.0) as producer:
+            async with producer.transaction():
+                await producer.send("a", "a1")
+                await producer.send("c", "c1")
+            async with producer.transaction():
+                await trio.sleep(2.0)  # aborted by the broker, nothing sent
+            epoch = producer.identity.epoch if producer.identity else -1
+            await client.delete_topic("c")
+            async with producer.transaction():
+                await producer.send("a", "a2")
+                await producer.send("b", "b2")
+            assert producer.identity is not None
+            assert epoch == producer.identity.epoch
+        assert [("a", "a1"), ("a", "a2"), ("b", "b2")] == await read_all(client)
+        desc = await client.describe_transaction("w")
+        assert ("complete_commit", 2) == (desc.state, desc.epoch)

@@ -453,7 +453,8 @@ class Producer:
 
     async def _run_add(self, add: _Add) -> None:
         tid = self.config.transactional_id
-        assert tid is not None and self.identity is not None
+        assert tid is not None
+        assert self.identity is not None
         request = p.AddPartitionsToTxn(
             tid,
             self.identity.producer_id,
