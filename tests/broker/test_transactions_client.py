@@ -16,7 +16,9 @@ from headwater import (
     InvalidTransactionStateError,
     ProducerFencedError,
     TransactionTimedOutError,
+    UnstableOffsetError,
 )
+from headwater._protocol import FetchCommitted, TopicPartition
 from headwater.broker import open_broker
 from headwater.client import Client
 from headwater.journal import SimulatedFileSystem
@@ -285,3 +287,75 @@ async def test_partitions_of_the_last_transaction_are_added_ahead(
         assert [("a", "a1"), ("a", "a2"), ("b", "b2")] == await read_all(client)
         desc = await client.describe_transaction("w")
         assert ("complete_commit", 2) == (desc.state, desc.epoch)
+
+
+async def test_a_member_keeps_a_partition_until_its_transaction_ends(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """DECISIONS #19: a member sent offsets in an open transaction; a second
+    member joins and the first releases at its next poll, yet the partition
+    moves only once the transaction commits (the second member then starts
+    after the committed offsets, so no input is processed twice). The
+    second member's reads of the unstable offset never restart the group."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker, connect(broker) as client:
+        await client.create_topic("in", partitions=2)
+        await client.create_topic("a")
+        async with client.producer() as plain:
+            await plain.send("in", "x0", partition=0)
+            await plain.send("in", "x1", partition=1)
+        async with (
+            client.consumer(["in"], group="copier", max_wait=0.05) as first,
+            client.producer(transactional_id="copier-0") as producer,
+        ):
+            events = await first.getmany(timeout=1.0)
+            events += await first.getmany(timeout=1.0)
+            assert ["x0", "x1"] == sorted(e.value for e in events)
+            async with producer.transaction():
+                for e in events:
+                    await producer.send("a", e.value)
+                m = first.membership
+                assert m is not None
+                await producer.send_offsets(
+                    "copier",
+                    {(e.topic, e.partition): e.offset + 1 for e in events},
+                    generation=m.generation,
+                    member_id=m.member_id,
+                )
+                async with client.consumer(["in"], group="copier", max_wait=0.05) as second:
+                    await trio.sleep(1.0)
+                    await first.poll_group()  # on_revoked, then the release
+                    await trio.sleep(1.0)
+                    await second.poll_group()
+                    assert [] == second.assignment()
+                    desc = await client.describe_group("copier")
+                    assert ("preparing_rebalance", [2, 0]) == (
+                        desc.state,
+                        [len(mb.assignment) for mb in desc.members],
+                    )
+            async with client.consumer(["in"], group="copier", max_wait=0.05) as second:
+                await first.poll_group()
+                got = await second.getmany(timeout=1.0)
+                assert [] == got
+                assert 1 == len(second.assignment())
+        # An unstable-offset answer is an answer, not a crash of the group.
+        [node] = [n for n in broker.system.tree().walk() if n.path == "/broker/groups/copier"]
+        assert 0 == node.restarts
+
+
+async def test_an_unstable_offset_is_answered_without_restarting_the_group(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """Reading a committed offset that is pending in an open transaction is a
+    retriable UnstableOffsetError for the reader; the group's actor keeps
+    running (it used to crash and replay its journal on every such read)."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker, connect(broker) as client:
+        await client.create_topic("in")
+        async with client.producer(transactional_id="w") as producer, producer.transaction():
+            await producer.send_offsets("g", {("in", 0): 3})
+            for _ in range(3):
+                with pytest.raises(UnstableOffsetError):
+                    await broker.handle(FetchCommitted("g", (TopicPartition("in", 0),)))
+        got = await broker.handle(FetchCommitted("g", (TopicPartition("in", 0),)))
+        assert [3] == [o.offset for o in got.offsets]
+        [node] = [n for n in broker.system.tree().walk() if n.path == "/broker/groups/g"]
+        assert 0 == node.restarts

@@ -39,6 +39,7 @@ from headwater._errors import (
     InvalidTransactionStateError,
     TopicExistsError,
     UnknownTopicError,
+    UnstableOffsetError,
 )
 from headwater._logging import get_logger
 from headwater._protocol import (
@@ -840,7 +841,7 @@ class GroupActor(Actor):
                 await self._persist()
             return None
         if isinstance(message, CompleteTxnOffsets):
-            c.complete_txn(message.producer_id, message.commit)
+            c.complete_txn(message.producer_id, message.commit, now)
             await self._persist()
             return None
         if not isinstance(message, GroupRequest):
@@ -882,7 +883,10 @@ class GroupActor(Actor):
                 c.commit(request.member_id, request.generation, request.offsets)
                 result = None
             elif isinstance(request, FetchCommitted):
-                result = c.committed(request.partitions)
+                try:
+                    result = c.committed(request.partitions)
+                except UnstableOffsetError as exc:
+                    result = exc  # the caller raises it: raising here restarts the group
             else:
                 return await super().handle(request)
         finally:

@@ -481,6 +481,8 @@ class BrokerService:
                 self._config(topic)
         ref = await self._group(r.group, create=isinstance(r, JoinGroup | CommitOffsets))
         result = await ref.ask(GroupRequest(r, self._counts(), PUSH_SINK.get()))
+        if isinstance(result, HeadwaterError):
+            raise result
         if isinstance(r, FetchCommitted):
             return CommittedOffsets(r.group, result)
         return Done() if result is None else result
