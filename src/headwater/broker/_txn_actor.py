@@ -156,6 +156,11 @@ class _Tick:
     pass
 
 
+class _JournalBehind(StorageError):
+    """The journal's fsync failed, so its state is ahead of the disk: the
+    actor must restart and replay (never caught inside the actor)."""
+
+
 @attrs.frozen
 class TxnReply:
     """The coordinator actor's answer, finished outside the actor by
@@ -272,7 +277,7 @@ class TransactionActor(Actor):
             # A failed fsync cut the journal back: memory is ahead of disk.
             # Raising (not a UsageError) restarts the actor, which replays
             # what is durable.
-            raise StorageError(
+            raise _JournalBehind(
                 "the transaction coordinator's journal failed to sync; it restarts, retry"
             )
 
@@ -284,7 +289,15 @@ class TransactionActor(Actor):
         events = self.core.take_events()
         if events:
             self._check_journal()
-            self.journal.write_nowait(events)
+            try:
+                self.journal.write_nowait(events)
+            except HeadwaterError as exc:
+                # The core already applied the events (a full disk, say):
+                # restart and replay what the journal holds.
+                raise _JournalBehind(
+                    f"the transaction coordinator could not write its journal ({exc}); "
+                    "it restarts, retry"
+                ) from exc
             self._timer_moved.set()
 
     def _reply(self, value: Any = None) -> TxnReply:
@@ -327,7 +340,7 @@ class TransactionActor(Actor):
                 await self._write_markers(plan)
         except ClosedError:
             return  # this incarnation is ending; the next one drives it
-        except FsyncFailedError:
+        except (FsyncFailedError, _JournalBehind):
             raise  # the journal is behind memory: restart and replay
         except HeadwaterError as exc:
             _log.warning("transaction_markers_retry", transactional_id=tid, error=str(exc))
@@ -457,6 +470,8 @@ class TransactionActor(Actor):
                 self._write()  # phase one: answered once the decision is durable
                 self._start_phase_two(tid)
                 value = None
+        except (_JournalBehind, FsyncFailedError):
+            raise  # memory is ahead of the disk: restart and replay
         except ConcurrentTransactionsError:
             # The previous transaction of ``tid`` is in phase two: queue.
             self._write()
