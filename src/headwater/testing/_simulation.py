@@ -479,7 +479,7 @@ class _Simulation:
                 group=COPY_GROUP,
                 start="earliest",
                 session_timeout=1.0,
-                max_wait=0.2,
+                max_wait=0.5,
                 request_timeout=5.0,
                 client_id=name,
             ) as consumer,
@@ -541,10 +541,10 @@ class _Simulation:
         name = f"rc{r}"
         try:
             async with client.consumer(
-                [OUT], start="earliest", max_wait=0.2, request_timeout=5.0
+                [OUT], start="earliest", max_wait=1.0, request_timeout=5.0
             ) as consumer:
                 while not self._round_over.is_set():
-                    for e in await consumer.getmany(100, timeout=0.3):
+                    for e in await consumer.getmany(500, timeout=1.0):
                         eid = e.value.get("id") if isinstance(e.value, dict) else None
                         self.history.read(self.now(), name, e.topic, e.partition, e.offset, eid)
         except Exception as exc:
