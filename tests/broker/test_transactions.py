@@ -315,3 +315,24 @@ async def test_commit_is_answered_at_the_decision_and_the_next_add_queues(
             release.set()
         assert "ongoing" == (await ask(broker, DescribeTransaction("w"))).state
         assert [(0, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
+
+
+async def test_a_partition_restart_between_add_and_first_batch_keeps_the_admission(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The partition's admissions live in memory: after it restarts between
+    the add and the producer's first batch, the batch is still accepted (the
+    partition asks the coordinator again) and the transaction commits."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        ident = await setup(broker)
+        tps = (TopicPartition("a", 0), TopicPartition("b", 0))
+        await ask(broker, AddPartitionsToTxn("w", ident.producer_id, ident.epoch, tps))
+        await broker.kill("/broker/topics/a/0", "test")
+        await trio.testing.wait_all_tasks_blocked()
+        await broker.handle(Produce("a", 0, txn_batch(ident, 0)))
+        await end(broker, ident, True)
+        assert [(0, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
+        # A producer the coordinator never added stays refused.
+        other = await ask(broker, InitTransactions("x", 10.0))
+        with pytest.raises(InvalidTransactionStateError):
+            await broker.handle(Produce("a", 0, txn_batch(other, 0)))

@@ -119,6 +119,7 @@ from headwater.journal._state import StateJournal, start_state_journal
 
 __all__ = [
     "STATE_PARTITIONS",
+    "Readmit",
     "TransactionActor",
     "TxnReply",
     "ask_coordinator",
@@ -154,6 +155,19 @@ def state_partition(transactional_id: str, partitions: int = STATE_PARTITIONS) -
 @attrs.frozen
 class _Tick:
     pass
+
+
+@attrs.frozen
+class Readmit:
+    """A partition refused a transactional batch of ``(producer_id, epoch)``
+    for want of an admission (it restarted since the add): if that producer's
+    ongoing transaction includes the partition, the coordinator admits it
+    there again and answers True."""
+
+    producer_id: int
+    epoch: int
+    topic: str
+    partition: int
 
 
 class _JournalBehind(StorageError):
@@ -441,6 +455,8 @@ class TransactionActor(Actor):
             self._drive_pending()
             await self._maybe_snapshot()
             return None
+        if isinstance(message, Readmit):
+            return await self._readmit(message)
         if isinstance(message, DescribeTransaction):
             return describe(core.describe(message.transactional_id))
         if isinstance(message, ListTransactions):
@@ -485,6 +501,23 @@ class TransactionActor(Actor):
         self._write()
         await self._maybe_snapshot()
         return self._reply(value)
+
+    async def _readmit(self, message: Readmit) -> bool:
+        assert self.core is not None
+        tp = (message.topic, message.partition)
+        for meta in self.core.state.transactions.values():
+            if (
+                meta.producer_id == message.producer_id
+                and meta.epoch == message.epoch
+                and meta.status == "ongoing"
+                and tp in meta.partitions
+            ):
+                # Answered once the add is durable (a reply waits for the journal).
+                await self._reply().wait_durable()
+                ref = self.context.system.lookup(f"/broker/topics/{tp[0]}/{tp[1]}")
+                await ref.ask(AdmitTransaction(message.producer_id, message.epoch))
+                return True
+        return False
 
     def _start_phase_two(self, tid: str) -> None:
         assert self.core is not None
