@@ -335,7 +335,12 @@ class Producer:
         block flushes and commits (read_committed consumers then see every
         event of it, or, after an abort, none); an exception aborts and
         propagates. A send's handle resolves when the event is stored, not
-        committed.
+        committed. Leaving returns once the broker has made the decision
+        durable; read_committed readers see the events once each
+        partition's marker is durable too (a moment later), and this
+        producer's next transaction waits for those markers. The partitions
+        of the last transaction are added when the block begins (so
+        ``transaction_timeout`` runs from there).
 
         Raises :class:`~headwater.InvalidTransactionStateError` without a
         ``transactional_id`` or while another transaction is open;
