@@ -336,3 +336,19 @@ async def test_a_partition_restart_between_add_and_first_batch_keeps_the_admissi
         other = await ask(broker, InitTransactions("x", 10.0))
         with pytest.raises(InvalidTransactionStateError):
             await broker.handle(Produce("a", 0, txn_batch(other, 0)))
+
+
+async def test_a_fenced_producer_does_not_restart_the_coordinator(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Errors a producer caused (fenced, nothing to commit) are answers: the
+    coordinator keeps running instead of restarting and replaying its
+    journal for each of them."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        zombie = await setup(broker)
+        await ask(broker, InitTransactions("w", 10.0))
+        for _ in range(3):
+            with pytest.raises(ProducerFencedError):
+                await ask(broker, EndTxn("w", zombie.producer_id, zombie.epoch, True))
+        [node] = [n for n in broker.system.tree().walk() if n.path == "/broker/transactions"]
+        assert 0 == node.restarts
