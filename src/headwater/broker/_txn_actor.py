@@ -65,6 +65,7 @@ from __future__ import annotations
 import math
 import os
 import zlib
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -116,6 +117,8 @@ from headwater.broker._transactions import (
 )
 from headwater.journal._async import AsyncLog
 from headwater.journal._state import StateJournal, start_state_journal
+
+TP = tuple[str, int]
 
 __all__ = [
     "STATE_PARTITIONS",
@@ -366,6 +369,15 @@ class TransactionActor(Actor):
             event = self._completions.pop(tid, None)
             if event is not None:
                 event.set()
+                # The requests queued behind this transaction (the next add)
+                # write the completion with their own events, in one fsync
+                # instead of two; a few scheduler passes give them the chance.
+                # Deferring is safe: until the completion is durable a
+                # restart replays the decision and re-sends the markers,
+                # which are idempotent.
+                for _ in range(4):
+                    await trio.lowlevel.checkpoint()
+            self._write()
 
     async def _write_markers(self, plan: MarkerPlan) -> None:
         """Phase two of one decided transaction: every marker written, all
@@ -417,8 +429,7 @@ class TransactionActor(Actor):
             for topic, partition, reply in waits:
                 nursery.start_soon(durable, topic, partition, reply)
         if written:
-            self.core.marker_written(plan.transactional_id, partitions=written)
-            self._write()
+            self._written(plan.transactional_id, partitions=written)
         if failure is not None:
             raise failure  # the rest is retried (pending_markers)
         for group in plan.groups:
@@ -428,10 +439,17 @@ class TransactionActor(Actor):
                 pass  # the group was deleted: nothing to complete
             else:
                 await ref.ask(CompleteTxnOffsets(plan.producer_id, plan.commit))
-            self.core.marker_written(plan.transactional_id, groups=[group])
-            self._write()
+            self._written(plan.transactional_id, groups=[group])
         if not plan.partitions and not plan.groups:
-            self.core.marker_written(plan.transactional_id)
+            self._written(plan.transactional_id)
+
+    def _written(
+        self, tid: str, *, partitions: Iterable[TP] = (), groups: Iterable[str] = ()
+    ) -> None:
+        """Record markers written; the completion itself is left for
+        :meth:`_complete` to write (see there)."""
+        assert self.core is not None
+        if not self.core.marker_written(tid, partitions=partitions, groups=groups):
             self._write()
 
     def _drive_pending(self) -> None:
