@@ -1,4 +1,7 @@
-"""The client suites run against the small fake broker and the real embedded one."""
+"""The client suites run against the real embedded broker (on a simulated disk).
+
+They used to run against a small fake broker as well; the real broker runs in
+tests now, so the fake only risked disagreeing with it (DECISIONS #30)."""
 
 from __future__ import annotations
 
@@ -6,15 +9,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from .fake_broker import FakeBroker
 from .real_broker import RealBroker, open_real_broker
 
 
-@pytest.fixture(params=["fake", "real"])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[FakeBroker | RealBroker]:
-    """A fresh fake broker, or a real embedded one on a simulated disk."""
-    if request.param == "fake":
-        yield FakeBroker()
-        return
+@pytest.fixture
+async def broker() -> AsyncIterator[RealBroker]:
+    """A fresh real embedded broker on a simulated disk."""
     async with open_real_broker() as real:
         yield real

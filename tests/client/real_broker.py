@@ -1,5 +1,5 @@
-"""The real embedded broker behind the fake broker's test-facing surface, so the
-client tests run against both (and catch any disagreement between them)."""
+"""The real embedded broker with a test-facing surface: request counts and
+injected produce faults in front of it."""
 
 from __future__ import annotations
 

@@ -19,12 +19,11 @@ from headwater._errors import (
 )
 from headwater.client import Client, Consumer, Event, Timestamp
 
-from .fake_broker import FakeBroker
 from .real_broker import RealBroker
 
 
 @pytest.fixture
-async def client(broker: FakeBroker | RealBroker) -> AsyncIterator[Client]:
+async def client(broker: RealBroker) -> AsyncIterator[Client]:
     """A client with topic ``t1`` (1 partition) and ``t3`` (3), 30 events each
     (timestamps 1000 + i ms, values i), sent in batches of 7."""
     async with Client(broker.channel()) as c:
@@ -228,7 +227,7 @@ async def test_callbacks_run_in_order_around_a_handover(
 
 
 async def test_explicit_commit_with_metadata(
-    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
+    client: Client, broker: RealBroker, autojump_clock: object
 ) -> None:
     """commit(offsets=..., metadata=...) stores exactly those positions and
     the text; bad offsets are typed errors; partitions not owned are skipped."""
@@ -292,7 +291,7 @@ async def test_missing_topic_is_a_typed_error(client: Client, autojump_clock: ob
 
 
 async def test_missed_heartbeats_rebalance(
-    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
+    client: Client, broker: RealBroker, autojump_clock: object
 ) -> None:
     """A member that stops heartbeating loses its partitions to the others."""
     async with client.consumer("t3", group="g", session_timeout=3.0) as a:
@@ -319,7 +318,7 @@ async def test_seek_past_the_end_resets_to_start_rule(
 
 
 async def test_forgotten_member_joins_again(
-    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
+    client: Client, broker: RealBroker, autojump_clock: object
 ) -> None:
     """A member the group dropped (as after a missed session) rejoins on its
     next heartbeat and gets partitions again."""
@@ -338,7 +337,7 @@ async def test_forgotten_member_joins_again(
 
 
 async def test_without_push_members_follow_at_heartbeat_pace(
-    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
+    client: Client, broker: RealBroker, autojump_clock: object
 ) -> None:
     """A channel that cannot take pushes (as a protocol v1 connection): the
     members learn of the rebalance from their heartbeats, and the handover

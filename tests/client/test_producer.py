@@ -23,12 +23,11 @@ from headwater._errors import (
 )
 from headwater.client import Client, ProducerConfig, open_producer
 
-from .fake_broker import FakeBroker
 from .real_broker import RealBroker
 
 
 @pytest.fixture
-async def client(broker: FakeBroker | RealBroker) -> AsyncIterator[Client]:
+async def client(broker: RealBroker) -> AsyncIterator[Client]:
     """A client of the fake broker with topics ``t1`` (1 partition) and ``t3`` (3)."""
     async with Client(broker.channel()) as c:
         await c.create_topic("t1")
@@ -55,7 +54,7 @@ async def test_send_returns_stored_events_with_offsets(
 
 
 async def test_linger_batches_concurrent_sends(
-    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
+    client: Client, broker: RealBroker, autojump_clock: object
 ) -> None:
     """Events sent within the linger time go in one Produce request."""
     async with client.producer(linger=0.5) as producer:
@@ -70,7 +69,7 @@ async def test_linger_batches_concurrent_sends(
 
 
 async def test_batches_close_by_size(
-    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
+    client: Client, broker: RealBroker, autojump_clock: object
 ) -> None:
     """max_batch_events and max_batch_bytes split batches (one request each)."""
     async with client.producer(linger=10, max_batch_events=10) as producer:
@@ -82,7 +81,7 @@ async def test_batches_close_by_size(
 
 
 async def test_keyed_events_keep_partition_and_order(
-    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
+    client: Client, broker: RealBroker, autojump_clock: object
 ) -> None:
     """The same key always lands on the same partition, in send order."""
     async with client.producer(max_batch_events=7) as producer:
@@ -108,7 +107,7 @@ async def test_unkeyed_events_spread(client: Client, autojump_clock: object) -> 
 
 
 async def test_retries_store_each_batch_once(
-    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
+    client: Client, broker: RealBroker, autojump_clock: object
 ) -> None:
     """Lost responses and restarts are retried; the fake stores each batch once."""
     broker.fail_produces(2, lambda: ActorRestarted("restarting"))
@@ -121,7 +120,7 @@ async def test_retries_store_each_batch_once(
 
 
 async def test_handles_fail_after_delivery_timeout(
-    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
+    client: Client, broker: RealBroker, autojump_clock: object
 ) -> None:
     """A partition that keeps failing fails its handles after delivery_timeout;
     the producer then carries on with the next events."""
@@ -140,7 +139,7 @@ async def test_handles_fail_after_delivery_timeout(
 
 
 async def test_non_retriable_error_fails_at_once(
-    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
+    client: Client, broker: RealBroker, autojump_clock: object
 ) -> None:
     """A non-retriable error fails the batch without retrying."""
     broker.fail_produces(1, lambda: InvalidArgument("bad"))
@@ -166,7 +165,7 @@ async def test_non_retriable_error_fails_at_once(
 )
 async def test_bad_input_raises_before_sending(
     client: Client,
-    broker: FakeBroker | RealBroker,
+    broker: RealBroker,
     autojump_clock: object,
     call: object,
     error: type,
@@ -178,7 +177,7 @@ async def test_bad_input_raises_before_sending(
     assert 0 == broker.requests.get("Produce", 0)
 
 
-async def test_bad_admin_and_config_input(client: Client, broker: FakeBroker | RealBroker) -> None:
+async def test_bad_admin_and_config_input(client: Client, broker: RealBroker) -> None:
     """Admin calls and configs check arguments before any request."""
     before = dict(broker.requests)
     with pytest.raises(InvalidTopicName, match="a b"):
@@ -199,7 +198,7 @@ async def test_bad_admin_and_config_input(client: Client, broker: FakeBroker | R
 
 
 async def test_order_kept_across_retries_with_many_batches(
-    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
+    client: Client, broker: RealBroker, autojump_clock: object
 ) -> None:
     """Failures in the middle of a stream of batches keep per-partition order
     and store every event once (the lost-response retries are duplicates)."""
@@ -229,7 +228,7 @@ async def test_send_nowait_needs_a_known_topic(client: Client, autojump_clock: o
 
 
 async def test_aclose_inside_the_block_flushes_and_closes(
-    client: Client, broker: FakeBroker | RealBroker, autojump_clock: object
+    client: Client, broker: RealBroker, autojump_clock: object
 ) -> None:
     """``aclose()`` flushes and closes at once (idempotent); later sends raise
     ClosedError and leaving the block does not flush again or raise."""
@@ -244,9 +243,7 @@ async def test_aclose_inside_the_block_flushes_and_closes(
     assert 1 == broker.requests["Produce"]
 
 
-async def test_open_producer_over_a_channel(
-    broker: FakeBroker | RealBroker, autojump_clock: object
-) -> None:
+async def test_open_producer_over_a_channel(broker: RealBroker, autojump_clock: object) -> None:
     """``open_producer(channel)`` is what ``client.producer()`` returns: it
     checks settings at once and owns the producer's tasks for the block."""
     channel = broker.channel()
