@@ -27,6 +27,7 @@ from ._record import Short as Short
 from ._record import decode_header as decode_header
 from ._record import encode_record as encode_record
 from ._record import iter_records as iter_records
+from ._record import patch_header as patch_header
 from ._record import patch_record as patch_record
 from ._repair import Damage as Damage
 from ._repair import RepairReport as RepairReport
@@ -49,6 +50,7 @@ __all__ = [
     "encode_record",
     "decode_header",
     "patch_record",
+    "patch_header",
     "iter_records",
     "RecordHeader",
     "Short",

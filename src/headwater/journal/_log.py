@@ -62,7 +62,7 @@ import os
 import struct
 import threading
 from collections.abc import Callable
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 import attrs
 import crc32c
@@ -86,10 +86,11 @@ from headwater.journal._record import (
     RecordHeader,
     Short,
     decode_header,
+    patch_header,
     patch_record,
 )
 
-__all__ = ["Durability", "Log", "LogConfig", "SyncWork"]
+__all__ = ["Durability", "Log", "LogConfig", "Staged", "SyncWork"]
 
 Durability = Literal["always", "interval", "never"]
 
@@ -117,7 +118,10 @@ class LogConfig:
     ``inline_sync_bytes``: a sync of at most this many new bytes of one
     segment runs on the event loop thread (a small fsync costs less than the
     hand-off to a worker thread and back); larger ones run in a worker thread
-    so the loop keeps serving meanwhile.
+    so the loop keeps serving meanwhile. With the journal writer thread
+    (``always`` on a real disk) the same bound picks which batches the loop
+    writes and fsyncs itself, while the thread is idle and recent fsyncs
+    were fast; 0 sends every batch to the thread.
     """
 
     durability: Durability = "always"
@@ -202,6 +206,17 @@ class SyncWork:
     target_offset: int
     segment_base: int
     position: int
+    segments: tuple[_Segment, ...] = ()  # whose handles (a writer thread reads them late)
+
+
+class Staged(NamedTuple):
+    """A record :meth:`Log.stage` placed but did not write: ``head`` then
+    ``body`` go to the end of ``segment``'s file, in staging order. (A tuple,
+    not an attrs class: one is made per append on the hot path.)"""
+
+    segment: _Segment
+    head: bytes
+    body: memoryview
 
 
 class Log:
@@ -226,6 +241,7 @@ class Log:
         self._recovering: _Segment | None = None  # opened, not yet in segments
         self.synced_offset = 0
         self._synced_position = 0
+        self._synced_base = 0  # the segment _synced_position is in
         self._dirty: dict[int, _Segment] = {}
         self._dir_gen = 0
         self._dir_synced_gen = 0
@@ -285,8 +301,13 @@ class Log:
     def _write_checkpoint(self, clean: bool, *, sync: bool = False) -> None:
         active = self.segments[-1]
         offset = self.synced_offset if not clean else active.next_offset
-        position = self._synced_position if not clean else active.size
-        self._put_checkpoint(offset, active.base, position, clean, sync=sync)
+        base, position = self._synced_at if not clean else (active.base, active.size)
+        self._put_checkpoint(offset, base, position, clean, sync=sync)
+
+    @property
+    def _synced_at(self) -> tuple[int, int]:
+        """(segment base, byte position) of the last synced point."""
+        return self._synced_base, self._synced_position
 
     def _put_checkpoint(
         self, offset: int, base: int, position: int, clean: bool, *, sync: bool = False
@@ -295,8 +316,7 @@ class Log:
         data = body + struct.pack(">I", crc32c.crc32c(body))
         if self._checkpoint_handle is None:
             self._checkpoint_handle = self.fs.open(f"{self.path}/{_CHECKPOINT_NAME}")
-        self.fs.truncate(self._checkpoint_handle, 0)
-        self.fs.write(self._checkpoint_handle, data)
+        self.fs.overwrite(self._checkpoint_handle, data)  # fixed size: in place
         if sync:
             self.fs.fsync(self._checkpoint_handle)
 
@@ -369,6 +389,7 @@ class Log:
         self._flush_dir()
         self.synced_offset = active.next_offset
         self._synced_position = active.size
+        self._synced_base = active.base
         self._write_checkpoint(clean=False)
 
     def _load_indexes(self, seg: _Segment, file_size: int) -> bool:
@@ -481,9 +502,11 @@ class Log:
 
     # ----------------------------------------------------------------- write
 
-    def _new_segment(self, base: int) -> _Segment:
+    def _new_segment(self, base: int, *, lazy: bool = False) -> _Segment:
+        """Add a new active segment. ``lazy``: leave its file to be created
+        by the writer thread (handle -1 until then; see :meth:`stage`)."""
         path = f"{self.path}/{_name(base, 'log')}"
-        seg = _Segment(base=base, path=path, handle=self.fs.open(path))
+        seg = _Segment(base=base, path=path, handle=-1 if lazy else self.fs.open(path))
         seg.next_offset = base
         seg.created_ms = self.clock()
         with self._lock:
@@ -537,20 +560,7 @@ class Log:
         A full disk raises :class:`DiskFullError` with nothing appended; other
         I/O errors raise :class:`StorageError`.
         """
-        if self.closed:
-            raise StorageError(f"the log at {self.path} is closed")
-        if validated is None:
-            validated = self.validate(record)
-        active = self.segments[-1]
-        now = self.clock()
-        if active.size > 0 and (
-            active.size + len(record) > self.config.segment_bytes
-            or (
-                self.config.segment_ms is not None
-                and now - active.created_ms >= self.config.segment_ms
-            )
-        ):
-            active = self._roll()
+        active, validated, now = self._place(record, validated)
         patched = patch_record(record, active.next_offset, now)
         position = active.size
         try:
@@ -568,17 +578,103 @@ class Log:
         self._dirty[active.base] = active
         return header
 
+    def _place(
+        self,
+        record: bytes | bytearray | memoryview,
+        validated: RecordHeader | None,
+        *,
+        lazy: bool = False,
+    ) -> tuple[_Segment, RecordHeader, int]:
+        """Check ``record`` and roll if needed: the segment it goes to, its
+        header as validated, and the append time."""
+        if self.closed:
+            raise StorageError(f"the log at {self.path} is closed")
+        if validated is None:
+            validated = self.validate(record)
+        active = self.segments[-1]
+        now = self.clock()
+        if active.size > 0 and (
+            active.size + len(record) > self.config.segment_bytes
+            or (
+                self.config.segment_ms is not None
+                and now - active.created_ms >= self.config.segment_ms
+            )
+        ):
+            active = self._roll(lazy=lazy)
+        return active, validated, now
+
+    def stage(
+        self, record: bytes | bytearray | memoryview, validated: RecordHeader | None = None
+    ) -> tuple[RecordHeader, Staged]:
+        """Validate and place one record like :meth:`write`, but leave the
+        write itself to the caller (a writer thread): returns the stored
+        header and what to write. The log counts the record as appended at
+        once (offsets, index, size); the caller must write every staged
+        record in order, then call :meth:`unstage` for each, and, when a
+        write fails, cut the log back with :meth:`discard_unsynced`.
+
+        The payload of a ``bytes`` record is not copied: the stored record
+        is a patched header followed by ``record``'s own bytes (any other
+        buffer is copied first, as it could change before the write). The
+        segment stays pinned until :meth:`unstage`, so retention, compaction
+        or a snapshot never close its handle under the writer. A segment
+        rolled to here gets its file from the writer (handle -1 until
+        :meth:`open_staged_segment`), so the new file never exists before
+        the records of the one before it were written: a directory sync
+        cannot make it durable ahead of them."""
+        if type(record) is not bytes:
+            record = bytes(record)  # a mutable buffer could change before the write
+        active, v, now = self._place(record, validated, lazy=True)
+        base_offset = active.next_offset
+        head = patch_header(record, base_offset, now)
+        body = memoryview(record)
+        header = RecordHeader(  # attrs.evolve costs several times more
+            v.length,
+            v.crc,
+            v.attributes,
+            base_offset,
+            v.count,
+            v.first_timestamp,
+            v.max_timestamp,
+            now,
+            v.producer_id,
+            v.producer_epoch,
+            v.base_sequence,
+        )
+        active.note(header, active.size, self.config.index_interval)
+        self._dirty[active.base] = active
+        with self._lock:
+            active.pins += 1
+        return header, Staged(active, head, body[HEADER_SIZE:])
+
+    def open_staged_segment(self, seg: _Segment) -> int:
+        """Create the file of a segment :meth:`stage` rolled to (writer
+        thread, before its first write); returns its handle, or -1 when the
+        segment left the log meanwhile (a state journal's snapshot deleted
+        it): its records are not needed, and a file created now would be a
+        stray segment. Checked and opened under the lock that retiring
+        takes, so the two cannot cross (the one open call held under it)."""
+        with self._lock:
+            if seg.handle < 0 and not seg.retired:
+                seg.handle = self.fs.open(seg.path)
+            return seg.handle
+
+    def unstage(self, staged: Staged) -> None:
+        """Release the pin :meth:`stage` took (owner thread), once the
+        record is written or given up."""
+        self._unpin(staged.segment)
+
     def _undo_partial(self, seg: _Segment, position: int) -> None:
         try:
             self.fs.truncate(seg.handle, position)
         except OSError:
             pass  # best effort: recovery truncates a torn tail anyway
 
-    def _roll(self) -> _Segment:
+    def _roll(self, *, lazy: bool = False) -> _Segment:
         old = self.segments[-1]
         old.sealed = True
         self._dirty[old.base] = old
-        return self._new_segment(old.next_offset)
+        return self._new_segment(old.next_offset, lazy=lazy)
 
     # ------------------------------------------------------------------ sync
 
@@ -589,6 +685,7 @@ class Log:
             return None
         active = self.segments[-1]
         return SyncWork(
+            segments=tuple(self._dirty.values()),
             handles=tuple(s.handle for s in self._dirty.values()),
             directory=directory,
             dir_gen=self._dir_gen,
@@ -597,13 +694,21 @@ class Log:
             position=active.size,
         )
 
-    def run_sync(self, work: SyncWork) -> None:
-        """Do the blocking part of a sync (may run in a worker thread)."""
+    def run_sync(self, work: SyncWork, *, checkpoint: bool = True) -> None:
+        """Do the blocking part of a sync (may run in a worker thread).
+        ``checkpoint=False`` leaves :meth:`put_sync_checkpoint` to the
+        caller (a writer thread does it after reporting the fsync)."""
         for handle in work.handles:
             self.fs.fsync(handle)
         if work.directory:
             self.fs.fsync_dir(self.path)
-        # Not fsynced: after a power loss it may lag, which only widens the tail.
+        if checkpoint:
+            self.put_sync_checkpoint(work)
+
+    def put_sync_checkpoint(self, work: SyncWork) -> None:
+        """Rewrite the checkpoint after ``work`` was synced. Not fsynced:
+        after a power loss it may lag (or, written late, name an earlier
+        sync), which only widens the tail recovery checks."""
         self._put_checkpoint(work.target_offset, work.segment_base, work.position, False)
 
     def complete_sync(self, work: SyncWork) -> None:
@@ -619,6 +724,7 @@ class Log:
         if work.target_offset > self.synced_offset:
             self.synced_offset = work.target_offset
             self._synced_position = work.position
+            self._synced_base = work.segment_base
 
     def sync(self) -> None:
         """Make everything appended so far durable (synchronously)."""
@@ -634,7 +740,19 @@ class Log:
     def discard_unsynced(self) -> int:
         """After a failed fsync: cut every segment back to what was last synced
         (those pages may be lost) and return the new next offset."""
-        self.truncate_to(self.synced_offset, sync=False)
+        base, position = self._synced_at
+        index = next((i for i, s in enumerate(self.segments) if s.base == base), None)
+        if index is None or self.synced_offset < self.segments[index].base:
+            self.truncate_to(self.synced_offset, sync=False)
+            return self.next_offset
+        # The synced point is known exactly: no need to read a header there
+        # (after a failed write the bytes at that position may be missing).
+        for seg in self._drop_segments(index + 1):
+            self._remove_segments([seg.base])
+            self._dirty.pop(seg.base, None)
+        seg = self.segments[-1]
+        if seg.next_offset > self.synced_offset or seg.size > position:
+            self._cut_segment(seg, position, self.synced_offset)
         return self.next_offset
 
     # ------------------------------------------------------- handle owners
@@ -821,6 +939,8 @@ class Log:
             header = decode_header(
                 self.fs.pread(seg.handle, HEADER_SIZE, position), check_crc=False
             )
+            if isinstance(header, Short):
+                break  # staged for a writer thread, not written yet
             assert isinstance(header, RecordHeader)
             if header.max_timestamp >= timestamp:
                 return header.base_offset
@@ -840,6 +960,8 @@ class Log:
                     header = decode_header(
                         self.fs.pread(seg.handle, HEADER_SIZE, position), check_crc=False
                     )
+                    if isinstance(header, Short):
+                        break  # staged for a writer thread, not written yet
                     assert isinstance(header, RecordHeader)
                     if from_offset is None or header.next_offset > from_offset:
                         out.append(header)
@@ -988,21 +1110,26 @@ class Log:
             self._dirty.pop(seg.base, None)
         seg = self.segments[-1]
         position, header = self._position_of(seg, offset)
+        self._cut_segment(seg, position, header.base_offset if header else offset)
+        if sync:
+            self.sync()
+
+    def _cut_segment(self, seg: _Segment, position: int, next_offset: int) -> None:
+        """Cut the last segment to ``position``, where ``next_offset`` begins."""
         self.fs.truncate(seg.handle, position)
         self._remove_segments([seg.base], ("index", "timeindex"))
         seg.sealed = False
         seg.index = [(o, p) for o, p in seg.index if p < position]
-        seg.times = [(t, o) for t, o in seg.times if o < (header.base_offset if header else offset)]
+        seg.times = [(t, o) for t, o in seg.times if o < next_offset]
         seg.max_timestamp = seg.times[-1][0] if seg.times else -(2**63)
         seg.indexed_at = seg.index[-1][1] if seg.index else -(2**62)
         seg.size = position
-        seg.next_offset = header.base_offset if header else offset
-        self.synced_offset = min(self.synced_offset, seg.next_offset)
-        self._synced_position = min(self._synced_position, position)
+        seg.next_offset = next_offset
+        if self.synced_offset >= next_offset:
+            self.synced_offset = next_offset
+            self._synced_base, self._synced_position = seg.base, position
         self._dirty[seg.base] = seg
         self._dir_gen += 1
-        if sync:
-            self.sync()
 
     # ----------------------------------------------------------------- close
 
