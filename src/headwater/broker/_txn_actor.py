@@ -386,15 +386,21 @@ class TransactionActor(Actor):
         assert self.core is not None
         system = self.context.system
         written: list[tuple[str, int]] = []
-        waits: list[tuple[str, int, Appended]] = []
         failure: HeadwaterError | None = None
-        for topic, partition in plan.partitions:
+
+        async def mark(topic: str, partition: int) -> None:
+            # One task per partition: the markers are written and synced
+            # side by side.
+            nonlocal failure
             try:
                 ref = system.lookup(f"/broker/topics/{topic}/{partition}")
             except ActorNotFound:
                 reply: Any = None  # the topic was deleted: nothing to mark
             else:
-                reply = await ref.ask(WriteMarker(plan.producer_id, plan.epoch, plan.commit))
+                try:
+                    reply = await ref.ask(WriteMarker(plan.producer_id, plan.epoch, plan.commit))
+                except HeadwaterError as exc:  # restarting, stopped: retried later
+                    reply = exc
             if isinstance(reply, ProducerFencedError):
                 _log.warning(
                     "transaction_marker_fenced",
@@ -405,29 +411,24 @@ class TransactionActor(Actor):
                 )
             elif isinstance(reply, HeadwaterError):
                 failure = failure or reply
-                continue
+                return
             elif isinstance(reply, Appended):
-                waits.append((topic, partition, reply))
-                continue
+                try:
+                    await reply.log.wait_durable(reply.end_offset, reply.generation)
+                except ClosedError:
+                    failure = failure or ConcurrentTransactionsError(
+                        f"partition {topic}/{partition} restarted while its transaction "
+                        "marker was synced; the broker retries it, retry shortly"
+                    )
+                    return
+                except HeadwaterError as exc:
+                    failure = failure or exc
+                    return
             written.append((topic, partition))
 
-        async def durable(topic: str, partition: int, reply: Appended) -> None:
-            nonlocal failure
-            try:
-                await reply.log.wait_durable(reply.end_offset, reply.generation)
-            except ClosedError:
-                failure = failure or ConcurrentTransactionsError(
-                    f"partition {topic}/{partition} restarted while its transaction "
-                    "marker was synced; the broker retries it, retry shortly"
-                )
-            except HeadwaterError as exc:
-                failure = failure or exc
-            else:
-                written.append((topic, partition))
-
         async with trio.open_nursery() as nursery:
-            for topic, partition, reply in waits:
-                nursery.start_soon(durable, topic, partition, reply)
+            for topic, partition in plan.partitions:
+                nursery.start_soon(mark, topic, partition)
         if written:
             self._written(plan.transactional_id, partitions=written)
         if failure is not None:
