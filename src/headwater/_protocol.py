@@ -406,6 +406,10 @@ class FetchCommitted:
 
     group: str
     partitions: tuple[TopicPartition, ...] = ()
+    require_stable: bool = True
+    """``True``: answer ``unstable_offset`` while a transaction holds
+    offsets for a partition asked for (KIP-447); ``False``: answer the last
+    committed offsets, ignoring pending ones (Kafka's OffsetFetch before v7)."""
 
 
 @attrs.frozen
@@ -524,7 +528,9 @@ class SendOffsetsToTxn:
     """Commit a group's consumer positions as part of the producer's open
     transaction: held pending (the group's committed offset for those
     partitions answers ``unstable_offset`` meanwhile) and committed with it.
-    Fenced by the member's ownership like ``commit_offsets``."""
+    Fenced by the member's ownership like ``commit_offsets``. Empty
+    ``offsets`` only put the group into the transaction (Kafka's
+    AddOffsetsToTxn)."""
 
     transactional_id: str
     producer_id: int

@@ -890,9 +890,13 @@ class GroupActor(Actor):
                 result = None
             elif isinstance(request, FetchCommitted):
                 try:
-                    result = c.committed(request.partitions)
+                    result = c.committed(request.partitions, require_stable=request.require_stable)
                 except UnstableOffsetError as exc:
-                    result = exc  # the caller raises it: raising here restarts the group
+                    # A refusal the reader retries, not a failure of the group:
+                    # answered as a value (the service raises it), so readers
+                    # waiting out a transaction cannot crash this actor past
+                    # its restart intensity (it would be parked as failed).
+                    result = exc
             else:
                 return await super().handle(request)
         finally:

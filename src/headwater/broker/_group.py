@@ -1015,12 +1015,16 @@ class GroupCoordinator:
 
     # ------------------------------------------------------------ queries
 
-    def committed(self, partitions: Iterable[TopicPartition] = ()) -> tuple[PartitionOffset, ...]:
+    def committed(
+        self, partitions: Iterable[TopicPartition] = (), *, require_stable: bool = True
+    ) -> tuple[PartitionOffset, ...]:
         """Committed offsets (with metadata) for ``partitions`` (all when
-        empty); partitions without a commit are absent."""
+        empty); partitions without a commit are absent. With
+        ``require_stable=False`` offsets pending in a transaction are
+        ignored instead of answered with :class:`~headwater.UnstableOffsetError`."""
         s = self.state
         wanted = [(tp.topic, tp.partition) for tp in partitions]
-        if s.pending:
+        if s.pending and require_stable:
             unstable = {(r[0], r[1]) for rows in s.pending.values() for r in rows}
             hit = sorted(unstable.intersection(wanted) if wanted else unstable)
             if hit:

@@ -35,6 +35,7 @@ from headwater._errors import (
     UnknownGroupError,
     UnknownPartitionError,
     UnknownTopicError,
+    UnstableOffsetError,
 )
 from headwater._logging import get_logger
 from headwater._protocol import (
@@ -490,8 +491,8 @@ class BrokerService:
                 self._config(topic)
         ref = await self._group(r.group, create=isinstance(r, JoinGroup | CommitOffsets))
         result = await ref.ask(GroupRequest(r, self._counts(), PUSH_SINK.get()))
-        if isinstance(result, HeadwaterError):
-            raise result
+        if isinstance(result, UnstableOffsetError):
+            raise result  # answered as a value: the group actor carries on
         if isinstance(r, FetchCommitted):
             return CommittedOffsets(r.group, result)
         return Done() if result is None else result

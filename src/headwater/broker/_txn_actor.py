@@ -595,6 +595,8 @@ class TransactionActor(Actor):
             groups=[message.group],
         )
         self._write()
+        if not message.offsets:
+            return  # Kafka's AddOffsetsToTxn: the group alone
         # The group must be in the durable transaction before it holds
         # pending offsets (else a crash could leave them pending for ever).
         await self._reply().wait_durable()
