@@ -58,6 +58,8 @@ __all__ = [
     "TransactionTimedOutError",
     "UnknownTransactionalIdError",
     "UnstableOffsetError",
+    "MemberInstanceInUseError",
+    "ChangelogMissingError",
     "ProtocolError",
     "RemoteProtocolError",
     "SerializationError",
@@ -536,6 +538,30 @@ class UnstableOffsetError(HeadwaterError):
     retriable = True
 
 
+class MemberInstanceInUseError(UsageError):
+    """Another live member of the group holds this ``group_instance_id``
+    (static membership: ``headwater run --instance N``): it still heartbeats,
+    so this member was refused and nothing changed. Stop the other copy, or
+    give this one another instance id. A copy restarted after a crash is
+    admitted once the dead copy's session ends (the message says within how
+    many seconds), so retrying is right for a restart (retriable)."""
+
+    code = "member_instance_in_use"
+    retriable = True
+
+
+class ChangelogMissingError(StorageError):
+    """A stream-processing job's changelog topic (``<job>-<store>-changelog``)
+    is gone while the job's group has committed input offsets: starting would
+    rebuild its tables empty and resume the input where it stopped, so every
+    count would be silently wrong. Nothing was processed. Restore the topic
+    (from a backup), or start over on purpose under a new job name (or after
+    deleting the group's offsets)."""
+
+    code = "changelog_missing"
+    retriable = False
+
+
 class UnknownTransactionalIdError(NotFoundError):
     """No producer has used this transactional id on this broker (or its state
     expired). Check the id; ``headwater transactions list`` shows the known ones."""
@@ -568,6 +594,44 @@ class SubscriptionBusyError(UsageError):
     or use mode ``shared``."""
 
     code = "subscription_busy"
+
+
+class PipelineError(ConfigError):
+    """A stream-processing pipeline is built wrongly: a window without a
+    positive size, a negative grace, a session window over an aggregate with no
+    ``merge``, a join of streams whose inputs are not co-partitioned, two stores
+    with one name. Raised while the pipeline is built or when its topology is
+    made, before any event is read. The message names the operator and the fix."""
+
+    code = "pipeline_error"
+
+
+class ProcessingError(HeadwaterError):
+    """A stream-processing job with ``on_error="stop"`` stopped because a user
+    function (or a deserializer) raised on an event. The message names the job,
+    the operator, and the event's topic, partition and offset; ``__cause__`` is
+    the original exception. Fix the function or the data (or choose
+    ``on_error="dead_letter"``) and run the job again: nothing of the failed
+    batch was committed, so it is processed again."""
+
+    code = "processing_error"
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        job: str = "",
+        operator: str = "",
+        topic: str = "",
+        partition: int = -1,
+        offset: int = -1,
+    ) -> None:
+        super().__init__(message)
+        self.job = job
+        self.operator = operator
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
 
 
 def _all_subclasses(cls: type[HeadwaterError]) -> list[type[HeadwaterError]]:

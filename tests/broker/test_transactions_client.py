@@ -381,6 +381,42 @@ async def test_a_transactions_critical_path_in_fsyncs(
         assert (per_txn, [commit] * 10) == (round(elapsed, 6), commits)
 
 
+async def test_unstable_offset_is_a_refusal_not_a_crash_of_the_group(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """Reading a group's committed offset while a transaction holds offsets
+    for it answers UnstableOffsetError (retriable), and the group actor
+    keeps running: before, it crashed and restarted at every such read,
+    and the transaction coordinator, completing the offsets of a commit at
+    that moment, crashed with ActorRestarted (seen when a restarted
+    processing copy resolved its positions)."""
+    from headwater import UnstableOffsetError
+    from headwater import _protocol as p
+
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker, connect(broker) as client:
+        await client.create_topic("in")
+        await client.create_topic("out")
+        async with client.producer(transactional_id="t") as producer:
+            await producer.partitions_of("out")
+            async with producer.transaction():
+                producer.send_nowait("out", "x")
+                await producer.send_offsets("copier", {("in", 0): 1})
+                for _ in range(3):
+                    with pytest.raises(UnstableOffsetError, match="open transaction"):
+                        await client._ask(  # type: ignore[attr-defined]
+                            p.FetchCommitted("copier", (p.TopicPartition("in", 0),))
+                        )
+        await trio.testing.wait_all_tasks_blocked()  # phase two completes the group
+        desc = await client.describe_group("copier")
+        assert [1] == [x.committed for x in desc.partitions]
+        restarts = {
+            n.path: n.restarts
+            for n in broker.system.tree().walk()
+            if n.path in ("/broker/groups/copier", "/broker/transactions")
+        }
+        assert {"/broker/groups/copier": 0, "/broker/transactions": 0} == restarts
+
+
 async def test_a_consumer_starting_while_its_groups_offset_is_pending_waits_for_it(
     autojump_clock: trio.abc.Clock, connect: Connect
 ) -> None:

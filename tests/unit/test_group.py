@@ -355,6 +355,14 @@ def test_every_transition_of_the_table_is_taken():
         g.leave(m1.member_id)  # preparing... -> empty
         g.delete()  # empty/deleted
 
+        st = GroupCoordinator.new("static")
+        kw: dict[str, Any] = {"instance_id": "0", "session_timeout": 1.0, "rebalance_timeout": 9.0}
+        st.join(["a"], COUNTS, now=0.0, **kw)
+        st.join(["a"], COUNTS, now=2.0, **kw)  # stable/replaced
+        st.join(["a"], COUNTS, now=2.0, rebalance_timeout=30.0)  # must release: preparing
+        assert "preparing_rebalance" == st.state.status
+        st.join(["a"], COUNTS, now=9.0, instance_id="0")  # preparing/replaced
+
         k = GroupCoordinator(GroupState("k"), _LeaderAssigns())
         a = k.join(["a"], COUNTS, now=0.0)
         assert "completing_rebalance" == k.state.status
@@ -362,7 +370,8 @@ def test_every_transition_of_the_table_is_taken():
         k.txn_commit(9, a.member_id, 1, [po("a", 0, 1)])  # .../txn_offsets
         k.complete_txn(9, True)  # .../txn_completed
         k.update_topics({"a": 4})  # completing/topics_changed
-        b = k.join(["a"], COUNTS, now=0.0)  # completing/joined
+        b = k.join(["a"], COUNTS, now=0.0, instance_id="1", session_timeout=1.0)  # .../joined
+        b = k.join(["a"], COUNTS, now=5.0, instance_id="1")  # completing/replaced
         k.leave(b.member_id)  # completing/left
         assert "completing_rebalance" == k.state.status
         k.sync(a.member_id, k.state.generation, {}, 0.0)  # completing/synced: the leader's

@@ -865,6 +865,8 @@ class GroupActor(Actor):
                     rebalance_timeout=request.rebalance_timeout,
                     protocol_type=request.protocol_type,
                     force=request.rebalance,
+                    instance_id=request.instance_id,
+                    assignor=request.assignor,  # type: ignore[arg-type]  # checked by join
                 )
                 self._adopt_sink(result, message.sink)
             elif isinstance(request, Heartbeat):

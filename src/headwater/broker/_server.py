@@ -50,13 +50,15 @@ from headwater._errors import (
     ConfigError,
     HeadwaterError,
     HeadwaterTimeoutError,
+    InvalidArgument,
     ServerBusyError,
 )
 from headwater._logging import LOG_FORMATS, LOG_LEVELS, configure_logging, get_logger
-from headwater._protocol import PUSH_SINK, Fetch
+from headwater._protocol import CONNECTION_REQUEST_TYPES, PUSH_SINK, Fetch
 from headwater.actors._serve import serve_actors
 from headwater.broker._broker import DEFAULT_DATA_DIR, Broker, open_broker
 from headwater.broker._config import DURABILITIES
+from headwater.broker._push import PushedFetches
 from headwater.broker._service import MAX_FETCH_BYTES
 from headwater.kafka._server import KafkaServer, kafka_listener_spec
 from headwater.supervision._specs import ChildSpec, SupervisorSpec, unwrap_group
@@ -385,16 +387,31 @@ class Server:
                 pushed = trio.Event()
                 await flush()
 
+        def push_fetch(kind: str, body: dict[str, Any], sub: int) -> None:
+            try:
+                conn.send_push(kind, body, sub)
+            except HeadwaterError:
+                pass  # closed meanwhile: nobody is left to read it
+
+        pushes: PushedFetches | None = None
+
         async def answer(event: RequestReceived, held: int) -> None:
             if conn.can_push:
                 PUSH_SINK.set(push)
             try:
                 request = decode_request(event.op, event.body)
-                if isinstance(request, Fetch) and type(request.max_bytes) is int:
-                    held += await budget.acquire(min(request.max_bytes, MAX_FETCH_BYTES))
-                self._send(
-                    conn, event.id, encode_response(await self.broker.service.handle(request))
-                )
+                if isinstance(request, CONNECTION_REQUEST_TYPES):
+                    if pushes is None or not conn.can_push:
+                        raise InvalidArgument(
+                            f"{event.op} needs protocol version 2 (this connection speaks "
+                            f"{conn.version}); fetch instead"
+                        )
+                    response = pushes.handle(request)  # answered before any push of it
+                else:
+                    if isinstance(request, Fetch) and type(request.max_bytes) is int:
+                        held += await budget.acquire(min(request.max_bytes, MAX_FETCH_BYTES))
+                    response = await self.broker.service.handle(request)
+                self._send(conn, event.id, encode_response(response))
             except HeadwaterError as exc:
                 stats["errors"] += 1
                 entry.errors += 1
@@ -422,6 +439,14 @@ class Server:
                             await pusher()
 
                     handlers.start_soon(run_pusher)
+                    pushes = PushedFetches(
+                        self.broker.service,
+                        push_fetch,
+                        flush,
+                        handlers,
+                        limit=config.max_in_flight,
+                        stats=entry,
+                    )
                     with receiver:
                         if self._draining:
                             receiver.cancel()
@@ -429,7 +454,7 @@ class Server:
                         while True:
                             if not ready:
                                 wait = config.handshake_timeout
-                            elif conn.in_flight:
+                            elif conn.in_flight or pushes:
                                 wait = math.inf
                             else:
                                 wait = config.idle_timeout
@@ -487,6 +512,7 @@ class Server:
                             if closed or broken:
                                 break
                     pushing.cancel()
+                    pushes.close()
                     if receiver.cancelled_caught:
                         # Draining: requests in flight may finish, up to the timeout.
                         reason = "server shutting down"

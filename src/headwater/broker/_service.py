@@ -39,6 +39,7 @@ from headwater._errors import (
 )
 from headwater._logging import get_logger
 from headwater._protocol import (
+    CONNECTION_REQUEST_TYPES,
     PUSH_SINK,
     AddPartitions,
     AddPartitionsToTxn,
@@ -269,6 +270,11 @@ class BrokerService:
         """Answer one request (see :mod:`headwater._protocol`)."""
         handler = self._handlers.get(type(request))
         if handler is None:
+            if isinstance(request, CONNECTION_REQUEST_TYPES):
+                raise InvalidArgument(
+                    f"{type(request).__name__} (a pushed fetch) needs a TCP connection "
+                    "speaking protocol version 2; fetch instead"
+                )
             raise InvalidArgument(f"unknown request {type(request).__name__}")
         began = time.perf_counter()
         failed = True
@@ -313,21 +319,27 @@ class BrokerService:
             r.topic, r.partition, reply.base_offset, reply.append_time, reply.duplicate
         )
 
-    async def _fetch(self, r: Fetch) -> FetchResult:
+    def check_fetch(self, r: Fetch) -> None:
+        """Refuse a fetch whose fields are bad or whose topic or partition
+        does not exist (without reading anything)."""
         if not isinstance(r.max_bytes, int) or r.max_bytes < 1:
             raise InvalidArgument(f"max_bytes={r.max_bytes!r}; give a positive int")
         if not isinstance(r.max_wait, int | float) or not 0 <= r.max_wait <= MAX_FETCH_WAIT:
             raise InvalidArgument(f"max_wait={r.max_wait!r}; give 0..{MAX_FETCH_WAIT} seconds")
         if isinstance(r.offset, bool) or not isinstance(r.offset, int):
             raise InvalidArgument(f"offset {r.offset!r} is not an int")
+        if r.isolation not in ISOLATIONS:
+            raise InvalidArgument(f"isolation={r.isolation!r}; give one of {', '.join(ISOLATIONS)}")
+        self._partition_path(r.topic, r.partition)
+
+    async def _fetch(self, r: Fetch) -> FetchResult:
+        self.check_fetch(r)
         log = await self._log(r.topic, r.partition)
         if not log.earliest_offset <= r.offset <= log.visible_end:
             raise OffsetOutOfRangeError(
                 f"offset {r.offset} of {r.topic}/{r.partition} is outside "
                 f"[{log.earliest_offset}, {log.visible_end}]; seek to earliest or latest"
             )
-        if r.isolation not in ISOLATIONS:
-            raise InvalidArgument(f"isolation={r.isolation!r}; give one of {', '.join(ISOLATIONS)}")
         committed = r.isolation == "read_committed"
         cell = self._cells[(r.topic, r.partition)]
         max_bytes = min(r.max_bytes, MAX_FETCH_BYTES)

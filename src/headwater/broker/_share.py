@@ -59,9 +59,43 @@ __all__ = [
     "ShareSettings",
     "ShareState",
     "apply_delta",
+    "dead_letter_headers",
     "state_from_plain",
     "state_to_plain",
 ]
+
+
+def dead_letter_headers(
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    error: str,
+    delivery_count: int = 1,
+    subscription: str | None = None,
+    job: str | None = None,
+    operator: str | None = None,
+) -> tuple[tuple[str, bytes], ...]:
+    """The ``hw.dlq.*`` headers of a dead letter (DECISIONS #23: one schema for
+    share subscriptions and stream processing), to add after the event's own:
+    source ``topic``/``partition``/``offset``, ``delivery_count`` and ``error``,
+    then ``subscription`` (share subscriptions) or ``job``/``operator`` (stream
+    processing) when given. Numbers are decimal ASCII, text UTF-8."""
+    headers = [
+        ("hw.dlq.topic", topic.encode()),
+        ("hw.dlq.partition", str(partition).encode()),
+        ("hw.dlq.offset", str(offset).encode()),
+        ("hw.dlq.delivery_count", str(delivery_count).encode()),
+        ("hw.dlq.error", error.encode("utf-8", "backslashreplace")),
+    ]
+    if subscription is not None:
+        headers.append(("hw.dlq.subscription", subscription.encode()))
+    if job is not None:
+        headers.append(("hw.dlq.job", job.encode()))
+    if operator is not None:
+        headers.append(("hw.dlq.operator", operator.encode()))
+    return tuple(headers)
+
 
 #: The subscription modes this broker implements.
 MODES: Final = ("shared", "exclusive", "failover", "key_shared")

@@ -47,6 +47,7 @@ from headwater.broker._share import (
     ShareSettings,
     ShareState,
     apply_delta,
+    dead_letter_headers,
     state_from_plain,
     state_to_plain,
 )
@@ -350,13 +351,13 @@ class SharePartitionActor(Actor):
         events = []
         for d in dead:
             event: Event = d.payload
-            extra = (
-                ("hw.dlq.topic", self.topic.encode()),
-                ("hw.dlq.partition", str(self.partition).encode()),
-                ("hw.dlq.offset", str(d.offset).encode()),
-                ("hw.dlq.delivery_count", str(d.delivery_count).encode()),
-                ("hw.dlq.error", (d.error or "").encode()),
-                ("hw.dlq.subscription", self.name.encode()),
+            extra = dead_letter_headers(
+                topic=self.topic,
+                partition=self.partition,
+                offset=d.offset,
+                delivery_count=d.delivery_count,
+                error=d.error or "",
+                subscription=self.name,
             )
             events.append((event.timestamp, event.key, event.value, (*event.headers, *extra)))
         timestamps = [e[0] for e in events]

@@ -608,6 +608,8 @@ class Producer:
         partition: int | None,
         ts: int,
         now: float | None,
+        *,
+        wake: bool = True,
     ) -> tuple[_BatchResult, int, int, Headers]:
         """The per-event hot path: serialize, partition, append (``ts`` is
         the event timestamp in ms, ``now`` the Trio clock)."""
@@ -625,8 +627,9 @@ class Producer:
             if self._unfinished == 0:
                 self._idle = trio.Event()
             self._unfinished += 1
-            self._wake()
-        elif self._closed_batch:
+            if wake:
+                self._wake()
+        elif self._closed_batch and wake:
             self._wake()
         return result, index, chosen, hdrs
 
@@ -658,18 +661,57 @@ class Producer:
         ``deliver_after`` (seconds or a timedelta from now): share
         subscriptions do not deliver the event before then (plain consumers
         read it at once, with the ``hw.deliver_at`` header)."""
-        await self.partitions_of(topic)
-        handle = self.send_nowait(
-            topic,
-            value,
-            key,
-            headers,
-            partition,
-            timestamp,
-            deliver_at=deliver_at,
-            deliver_after=deliver_after,
+        count = await self.partitions_of(topic)
+        direct = self.config.linger == 0 and self.config.transactional_id is None
+        if not direct:
+            handle = self.send_nowait(
+                topic,
+                value,
+                key,
+                headers,
+                partition,
+                timestamp,
+                deliver_at=deliver_at,
+                deliver_after=deliver_after,
+            )
+            return await handle.wait()
+        if self._closed or self._nursery is None:
+            raise ClosedError("this producer is closed (or not entered with `async with`)")
+        if deliver_at is not None or deliver_after is not None:
+            headers = _with_deliver_at(headers, deliver_at, deliver_after, self.config.clock())
+        ts = self.config.clock() if timestamp is None else _timestamp_ms(timestamp)
+        result, index, chosen, hdrs = self._enqueue(
+            topic, count, value, key, headers, partition, ts, None, wake=False
         )
+        handle = SendHandle(result, index, topic, chosen, ts, key, value, hdrs)
+        tp = (topic, chosen)
+        batch = None if tp in self._queues else self._accumulator.take(tp)
+        if batch is None:
+            self._wake()  # the flusher and the partition's sender take it
+        else:
+            # The direct path (linger 0, partition idle): encode and send
+            # from this task, no hop through the flusher and a sender task.
+            await self._send_now(tp, batch)
         return await handle.wait()
+
+    async def _send_now(self, tp: tuple[str, int], batch: ReadyBatch) -> None:
+        """Deliver ``batch`` of idle partition ``tp`` from the caller's task
+        (and whatever else is queued for ``tp`` meanwhile). Cancelled midway,
+        a sender task takes over what is left: a batch whose answer was lost
+        is resent with the same sequence, so it is stored once."""
+        queue = deque([(batch, trio.current_time() + self.config.delivery_timeout)])
+        self._queues[tp] = queue
+        try:
+            await self._deliver_queue(tp, queue)
+        except BaseException:
+            if queue and not self._closed and self._nursery is not None:
+                self._nursery.start_soon(self._sender, tp)  # keeps the queue
+            else:
+                del self._queues[tp]
+            raise
+        del self._queues[tp]
+        if self._accumulator.has_open(tp):
+            self._wakeup.set()  # events of tp lingered meanwhile
 
     async def send_many(self, topic: str, events: Iterable[Any]) -> list[Event]:
         """Send many events to ``topic`` and wait until all are stored; return
@@ -781,22 +823,27 @@ class Producer:
             queue.append(entry)
 
     async def _sender(self, tp: tuple[str, int]) -> None:
-        queue = self._queues[tp]
         try:
-            while queue:
-                batch, deadline = queue[0]
-                error = await self._deliver(batch, deadline)
-                queue.popleft()
-                if error is not None:
-                    if self.config.transactional_id is not None:
-                        # The transaction will abort; the next one renumbers.
-                        if self._txn_error is None:
-                            self._txn_error = error
-                    else:
-                        await self._renumber(tp, queue)
+            await self._deliver_queue(tp, self._queues[tp])
         finally:
             del self._queues[tp]
             self._wakeup.set()  # a batch of tp may have lingered meanwhile
+
+    async def _deliver_queue(
+        self, tp: tuple[str, int], queue: deque[tuple[ReadyBatch, float]]
+    ) -> None:
+        """Send the batches queued for ``tp`` one at a time, in order."""
+        while queue:
+            batch, deadline = queue[0]
+            error = await self._deliver(batch, deadline)
+            queue.popleft()
+            if error is not None:
+                if self.config.transactional_id is not None:
+                    # The transaction will abort; the next one renumbers.
+                    if self._txn_error is None:
+                        self._txn_error = error
+                else:
+                    await self._renumber(tp, queue)
 
     async def _deliver(self, batch: ReadyBatch, deadline: float) -> HeadwaterError | None:
         tid = self.config.transactional_id
