@@ -522,6 +522,13 @@ def main(url: str | None) -> None:
 )
 @click.option("--max-in-flight", default=128, show_default=True, type=int, help="Per connection.")
 @click.option(
+    "--max-open-files",
+    default=None,
+    type=int,
+    help="Segment files kept open at most (idle ones beyond are closed, least recently "
+    "used first; default 4096, lowered to fit RLIMIT_NOFILE).",
+)
+@click.option(
     "--max-bytes-in-flight",
     default="16MiB",
     show_default=True,

@@ -336,7 +336,10 @@ class _Supervisor:
             _check_transition(child.cell, state)
         child.cell.set_gone(state)
         self.system._unregister(child.cell)
-        self.system._forget_below(child.cell.path)
+        if child.cell.kind == "supervisor":
+            # Only supervisors have cells below them; scanning every cell for
+            # each leaf removed made stopping 10,000 partitions quadratic.
+            self.system._forget_below(child.cell.path)
 
     async def _launch(self, child: _Child) -> None:
         """Start one incarnation and wait until it runs (or ended)."""

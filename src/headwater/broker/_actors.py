@@ -74,6 +74,7 @@ from headwater.broker._stable import AbortedTxn, PartitionTransactions, StableCe
 from headwater.broker._stats import BrokerStats
 from headwater.journal._async import AsyncLog, open_log
 from headwater.journal._batch import decode_record_events
+from headwater.journal._fdcache import FileCache
 from headwater.journal._files import FileSystem
 from headwater.journal._log import LogConfig
 from headwater.journal._record import (
@@ -111,6 +112,8 @@ class BrokerSettings:
     max_batch_bytes: int = 16 * 1024 * 1024
     interval_ms: int = 200
     stats: BrokerStats = attrs.field(factory=BrokerStats, eq=False, repr=False)
+    #: Counts and caps the segment files every partition keeps open.
+    files: FileCache = attrs.field(factory=FileCache, eq=False, repr=False)
 
     def partition_dir(self, topic: str, partition: int) -> str:
         return os.path.join(self.data_dir, "topics", topic, str(partition))
@@ -241,7 +244,11 @@ class PartitionActor(Actor):
         async def hold(task_status: trio.TaskStatus[AsyncLog]) -> None:
             try:
                 async with open_log(
-                    path, config=cfg, fs=self.settings.fs, clock=self.settings.clock
+                    path,
+                    config=cfg,
+                    fs=self.settings.fs,
+                    clock=self.settings.clock,
+                    files=self.settings.files,
                 ) as log:
                     task_status.started(log)
                     await trio.sleep_forever()
@@ -293,6 +300,7 @@ class PartitionActor(Actor):
             for h in headers
         )
         self.txns.rebuild(headers)
+        self.log.log.files.trim()  # reading the headers opened every segment
         self._publish()
         self._generation = self.log.generation
 

@@ -32,6 +32,7 @@ and returns the exit code.
 from __future__ import annotations
 
 import errno
+import gc
 import itertools
 import math
 import os
@@ -91,6 +92,11 @@ def _at_least(minimum: int, *, integer: bool = True) -> Any:
     return check
 
 
+def _optional_at_least_1(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{attribute.name}={value!r}; give an int >= 1 (or None for the default)")
+
+
 def _optional_path(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not isinstance(value, str | os.PathLike):
         raise ConfigError(f"{attribute.name}={value!r} is not a file path")
@@ -113,7 +119,9 @@ class ServerConfig:
     how long requests in flight may take to finish on shutdown.
     ``log_format`` (``auto``, ``console``, ``json``) and ``log_level``
     (``debug``, ``info``, ``warning``, ``error``) shape the log lines
-    ``serve`` writes to stderr.
+    ``serve`` writes to stderr. ``max_open_files`` caps the segment files the
+    partitions keep open (``None``: 4,096; see
+    :func:`~headwater.broker.open_broker`).
     """
 
     data_dir: str = DEFAULT_DATA_DIR
@@ -136,6 +144,7 @@ class ServerConfig:
     shutdown_timeout: float = attrs.field(default=10.0, validator=_at_least(0, integer=False))
     log_format: str = "auto"
     log_level: str = "info"
+    max_open_files: int | None = attrs.field(default=None, validator=_optional_at_least_1)
 
     def __attrs_post_init__(self) -> None:
         if self.durability not in DURABILITIES:
@@ -658,18 +667,41 @@ def run_server(config: ServerConfig, front_ends: Sequence[FrontEnd] = ()) -> int
 
     ``front_ends`` open beside the TCP server, after it, and close before it
     (the CLI passes the HTTP front end here: the broker layer never imports
-    the front ends above it)."""
+    the front ends above it).
+
+    The cyclic garbage collector is paused while the broker starts and its
+    long-lived objects (actors, logs, indexes) are then frozen out of later
+    collections (``gc.freeze``): with 10,000 partitions, full collections
+    over a heap that grows during start-up took over half of it (18 s
+    against 6-9 s with the collector paused, measured in one process)."""
     configure_logging(config.log_format, level=config.log_level)
 
+    collecting = gc.isenabled()
+
     async def main() -> None:
+        gc.disable()
+        try:
+            await serve()
+        finally:
+            if collecting:
+                gc.enable()
+
+    async def serve() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with (
                 open_broker(
-                    config.data_dir, durability=config.durability, interval_ms=config.interval_ms
+                    config.data_dir,
+                    durability=config.durability,
+                    interval_ms=config.interval_ms,
+                    max_open_files=config.max_open_files,
+                    reserve_fds=config.max_connections,
                 ) as broker,
                 open_server(broker, config) as server,
                 AsyncExitStack() as stack,
             ):
+                gc.freeze()  # what start-up built lives as long as the server
+                if collecting:
+                    gc.enable()
                 for front_end in front_ends:
                     await stack.enter_async_context(front_end(broker))
                 async for signum in signals:

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from ._async import AsyncLog as AsyncLog
 from ._async import open_log as open_log
+from ._fdcache import DEFAULT_MAX_OPEN_FILES as DEFAULT_MAX_OPEN_FILES
+from ._fdcache import FileCache as FileCache
+from ._fdcache import fit_open_files as fit_open_files
 from ._files import FileSystem as FileSystem
 from ._files import PowerLoss as PowerLoss
 from ._files import RealFileSystem as RealFileSystem
@@ -44,6 +47,9 @@ __all__ = [
     "LogConfig",
     "Durability",
     "FileSystem",
+    "FileCache",
+    "DEFAULT_MAX_OPEN_FILES",
+    "fit_open_files",
     "RealFileSystem",
     "SimulatedFileSystem",
     "PowerLoss",

@@ -12,8 +12,10 @@ a sync covers it. :meth:`AsyncLog.append` does both.
   far (in a worker thread on a real disk). Writes that arrive while an fsync
   runs are covered by the next one: group commit. ``wait_durable`` returns
   after the fsync that covers the record.
-* ``interval``: the flusher fsyncs every ``interval_ms`` if anything is
-  unsynced; ``wait_durable`` returns at once (the ack precedes the fsync).
+* ``interval``: the flusher fsyncs ``interval_ms`` after the first write
+  since its last sync (so at least every ``interval_ms`` while writes come,
+  and an idle log has no timer); ``wait_durable`` returns at once (the ack
+  precedes the fsync).
 * ``never``: no fsync except at roll and close; ``wait_durable`` returns at once.
 
 A failed fsync is never retried into an ack. Every waiter whose record it
@@ -52,8 +54,9 @@ from headwater._errors import (
 )
 from headwater._logging import get_logger
 from headwater._stats import SIZE_BUCKETS, Histogram
+from headwater.journal._fdcache import FileCache
 from headwater.journal._files import FileSystem, RealFileSystem
-from headwater.journal._log import Log, LogConfig, Staged, SyncWork
+from headwater.journal._log import Deferred, Log, LogConfig, Staged, SyncWork
 from headwater.journal._record import RecordHeader
 from headwater.journal._writer import Batch, JournalWriter, Outcome
 from headwater.supervision._specs import unwrapping_groups
@@ -64,6 +67,10 @@ _log = get_logger("headwater.journal")
 
 _T = TypeVar("_T")
 
+
+INLINE_RECOVERY_BYTES = 256 * 1024
+"""A log whose recovery scans at most this much, and needs no fsync, opens on
+the loop thread (a worker-thread hop per log dominated starting 10,000)."""
 
 INLINE_SYNC_SECONDS = 0.001
 """A small batch is written and fsynced on the loop thread only while the
@@ -168,6 +175,7 @@ class AsyncLog:
             self._staged_bytes += len(record)
         else:
             header = self.log.write(record, validated)
+        self.log.files.trim()
         self._unsynced_writes += 1
         self._wake.set()
         if not self._always:
@@ -216,19 +224,25 @@ class AsyncLog:
         # cache: done inline they cost less than a hop to a worker thread.
         # Larger reads further back (catching up, maybe from disk) use one.
         if self._blocking and max_bytes > 64 * 1024 and limit - offset > TAIL_READ_EVENTS:
-            return await trio.to_thread.run_sync(self.log.read, offset, max_bytes, limit)
-        await trio.lowlevel.checkpoint()
-        return self.log.read(offset, max_bytes, limit)
+            data = await trio.to_thread.run_sync(self.log.read, offset, max_bytes, limit)
+        else:
+            await trio.lowlevel.checkpoint()
+            data = self.log.read(offset, max_bytes, limit)
+        self.log.files.trim()  # a read may have reopened a closed segment file
+        return data
 
     async def run_blocking(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run ``fn(*args)``, which reads this log (thread-safe :meth:`Log.read`)
         or rewrites its files: in a worker thread on a real disk, inline on
         the simulated one. Not cancellable while it runs."""
         self._check_open()
-        if self._blocking:
-            return await trio.to_thread.run_sync(fn, *args)
-        await trio.lowlevel.checkpoint()
-        return fn(*args)
+        try:
+            if self._blocking:
+                return await trio.to_thread.run_sync(fn, *args)
+            await trio.lowlevel.checkpoint()
+            return fn(*args)
+        finally:
+            self.log.files.trim()
 
     async def replace_segment(self, base: int, records: list[bytes]) -> None:
         """Compaction: write, fsync and index the new content of sealed
@@ -458,10 +472,16 @@ class AsyncLog:
             if self.config.durability == "always":
                 await self._wake.wait()
                 self._wake = trio.Event()
+            elif self.config.durability == "interval":
+                # Sleep only once something was written: an idle partition's
+                # flusher costs nothing (10,000 timers firing 5 times a
+                # second would keep an idle broker busy).
+                await self._wake.wait()
+                self._wake = trio.Event()
+                await trio.sleep(interval)
             else:
-                await trio.sleep(interval if self.config.durability == "interval" else 3600.0)
-                if self.config.durability == "never":
-                    continue
+                await trio.sleep(3600.0)
+                continue
             work = self.log.prepare_sync()
             if work is not None:
                 await self._sync_once(work)
@@ -486,7 +506,7 @@ class AsyncLog:
         await self._drain_writer()
         self._closed = True
         try:
-            if self._blocking:
+            if self._blocking and not self.log.untouched:
                 await trio.to_thread.run_sync(self.log.close)
             else:
                 self.log.close()
@@ -523,6 +543,7 @@ async def open_log(
     clock: Callable[[], int] | None = None,
     repair: bool = False,
     writer_thread: bool | None = None,
+    files: FileCache | None = None,
 ) -> AsyncIterator[AsyncLog]:
     """Open (create or recover) the log at ``path`` with its flusher task.
 
@@ -533,15 +554,32 @@ async def open_log(
     :class:`~headwater.journal._writer.JournalWriter` thread (batches of
     records, one hand-off per fsync) rather than on the event loop; by
     default on for a blocking (real) file system, off for the simulated one.
+    ``files`` is a :class:`~headwater.journal.FileCache` shared by many logs
+    to cap the segment files they keep open; enter every log sharing it from
+    the same Trio run (its owner thread).
     """
     fs = fs if fs is not None else RealFileSystem()
     clock = clock if clock is not None else (lambda: int(time.time() * 1000))
     if fs.blocking:
-        log = await trio.to_thread.run_sync(
-            lambda: Log.open(path, fs, config, clock=clock, repair=repair)
-        )
+        try:
+            if repair:
+                raise Deferred(path)
+            log = Log.open(
+                path,
+                fs,
+                config,
+                clock=clock,
+                files=files,
+                inline_budget=INLINE_RECOVERY_BYTES,
+            )
+            await trio.lowlevel.checkpoint()
+        except Deferred:
+            log = await trio.to_thread.run_sync(
+                lambda: Log.open(path, fs, config, clock=clock, repair=repair, files=files)
+            )
     else:
-        log = Log.open(path, fs, config, clock=clock, repair=repair)
+        log = Log.open(path, fs, config, clock=clock, repair=repair, files=files)
+    log.files.trim()
     alog = AsyncLog(log, writer_thread=writer_thread)
     if alog._threaded:
         alog._writer = JournalWriter(
