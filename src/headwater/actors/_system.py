@@ -259,13 +259,19 @@ class _Supervisor:
             raise gave_up from error
         self.history = decision.history
         by_name = {c.cell.name: c for c in self.children}
-        for name in decision.stop:
-            final = name not in decision.start
-            await self._stop(by_name[name], final=final)
-            if final:
-                self._remove(by_name[name], "stopped")
-        for name in decision.start:
-            by_name[name].cell.set_waiting("restarting")
+        try:
+            for name in decision.stop:
+                final = name not in decision.start
+                await self._stop(by_name[name], final=final)
+                if final:
+                    self._remove(by_name[name], "stopped")
+        finally:
+            # Also when a kill of this supervisor cut the graceful stops
+            # short: a cell left "stopping" could not be taken over by our
+            # next incarnation, which then failed until it gave up
+            # (simulation soak seed 311).
+            for name in decision.start:
+                by_name[name].cell.set_waiting("restarting")
         if decision.delay > 0:
             await trio.sleep(decision.delay)
         for name in decision.start:

@@ -175,6 +175,12 @@ class AdmitTransaction:
     epoch: int
 
 
+class NotAdmittedError(InvalidTransactionStateError):
+    """A transactional batch from a producer this partition has no admission
+    for (the broker service asks the coordinator again: admissions are in
+    memory and a restarted partition has lost them)."""
+
+
 @attrs.frozen
 class StableView:
     """A partition's last stable offset and the aborted transactions at or
@@ -333,7 +339,7 @@ class PartitionActor(Actor):
                 if header.attributes & ATTR_TRANSACTIONAL and not self.txns.may_append(
                     header.producer_id, header.producer_epoch
                 ):
-                    raise InvalidTransactionStateError(
+                    raise NotAdmittedError(
                         f"{self.config.name}/{self.partition} is not in a transaction of "
                         f"producer {header.producer_id} epoch {header.producer_epoch}; "
                         "send through a transactional producer inside transaction()"
@@ -849,7 +855,7 @@ class GroupActor(Actor):
                 await self._persist()
             return None
         if isinstance(message, CompleteTxnOffsets):
-            c.complete_txn(message.producer_id, message.commit)
+            c.complete_txn(message.producer_id, message.commit, now)
             await self._persist()
             return None
         if not isinstance(message, GroupRequest):

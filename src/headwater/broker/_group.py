@@ -44,11 +44,14 @@ fixes the group's protocol type (``"headwater"`` or ``"kafka"``); a
 member of another type is refused with
 :class:`~headwater.InconsistentGroupProtocolError` while the group has members.
 
-Transactions (DECISIONS #19, later) fit this shape without a new state: a
-transactional member releases a partition only after its open transaction
-ended (commit or abort in ``on_revoked``), and the new owner's fetch of the
-committed offset will answer a retriable "unstable offset" while
-transactional offsets for it are pending.
+Transactions (DECISIONS #19) fit this shape without a new state: a release
+of a partition whose offsets are pending in an open transaction is *held*
+(the partition stays with its owner, the rebalance waits) until that
+transaction commits, aborts or times out (:meth:`GroupCoordinator.complete_txn`);
+the new owner's fetch of the committed offset would also answer a retriable
+"unstable offset" while transactional offsets for it are pending. Held
+releases live in memory: after a restart of the group's actor the owner's
+rebalance timeout bounds the wait instead.
 
 Static membership (DECISIONS #22, Kafka's KIP-345 with one difference): a
 member may join with an ``instance_id``. While the member holding that
@@ -613,6 +616,9 @@ class GroupCoordinator:
     _rebalance_deadlines: dict[str, float] = attrs.field(factory=dict)
     _outbox: list[GroupEvent] = attrs.field(factory=list)
     _told: dict[str, Membership] = attrs.field(factory=dict)
+    # member id -> partitions it released while they had offsets pending in
+    # an open transaction (DECISIONS #19): released when the transaction ends.
+    _held: dict[str, set[TP]] = attrs.field(factory=dict)
     _claims: dict[str, float] = attrs.field(factory=dict)
     """Static instance id -> when a join for it was last refused."""
     _vacant: set[str] = attrs.field(factory=set)
@@ -992,7 +998,22 @@ class GroupCoordinator:
         member = self._member(member_id, "release partitions")
         self._deadlines[member_id] = now + member.session_timeout
         owned = set(member.assignment)
-        gone = sorted({(tp.topic, tp.partition) for tp in partitions} & owned)
+        gone = {(tp.topic, tp.partition) for tp in partitions} & owned
+        if self.state.status == "preparing_rebalance":
+            # DECISIONS #19: a partition whose offsets are pending in an open
+            # transaction stays with its owner until the transaction ends.
+            held = gone & self._pending_partitions()
+            if held:
+                self._held.setdefault(member_id, set()).update(held)
+                gone -= held
+        self._released(member_id, sorted(gone), now)
+        return self._told_now(member_id)
+
+    def _pending_partitions(self) -> set[TP]:
+        return {(r[0], r[1]) for rows in self.state.pending.values() for r in rows}
+
+    def _released(self, member_id: str, gone: list[TP], now: float) -> None:
+        member = self.state.members[member_id]
         if gone and self.state.status == "preparing_rebalance":
             self._emit({"type": "released", "member_id": member_id, "partitions": gone})
             if not self.state.members[member_id].release:
@@ -1001,7 +1022,21 @@ class GroupCoordinator:
                 self._plan(now)  # it gave up more than asked: those need an owner
             else:
                 self._complete()
-        return self._told_now(member_id)
+
+    def _release_held(self, now: float) -> None:
+        """Release what was held for transactions that have ended since."""
+        pending = self._pending_partitions()
+        for mid in list(self._held):
+            member = self.state.members.get(mid)
+            free = self._held[mid] - pending
+            if member is None or self.state.status != "preparing_rebalance":
+                del self._held[mid]
+                continue
+            if free:
+                self._held[mid] -= free
+                if not self._held[mid]:
+                    del self._held[mid]
+                self._released(mid, sorted(free & set(member.release)), now)
 
     def sync(
         self,
@@ -1056,6 +1091,7 @@ class GroupCoordinator:
 
     def _remove(self, member_id: str, reason: str, now: float) -> None:
         self._emit({"type": "left", "member_id": member_id, "reason": reason})
+        self._held.pop(member_id, None)
         self._deadlines.pop(member_id, None)
         self._rebalance_deadlines.pop(member_id, None)
         self._told.pop(member_id, None)
@@ -1132,11 +1168,13 @@ class GroupCoordinator:
         if rows:
             self._emit({"type": "txn_offsets", "producer_id": producer_id, "offsets": rows})
 
-    def complete_txn(self, producer_id: int, commit: bool) -> None:
+    def complete_txn(self, producer_id: int, commit: bool, now: float = 0.0) -> None:
         """The transaction of ``producer_id`` ended: commit or drop its
-        offsets (idempotent: nothing pending, nothing done)."""
+        offsets (idempotent: nothing pending, nothing done); partitions
+        their owner released meanwhile move on now."""
         if producer_id in self.state.pending:
             self._emit({"type": "txn_completed", "producer_id": producer_id, "commit": commit})
+            self._release_held(now)
 
     def commit(
         self, member_id: str | None, generation: int, offsets: Iterable[PartitionOffset]

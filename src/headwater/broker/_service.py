@@ -95,6 +95,7 @@ from headwater.broker._actors import (
     GroupSnapshot,
     ListTopicConfigs,
     NewProducerId,
+    NotAdmittedError,
     RunCompaction,
     RunRetention,
     group_spec,
@@ -104,9 +105,10 @@ from headwater.broker._group import GroupCoordinator
 from headwater.broker._share_service import ShareService
 from headwater.broker._stable import StableCell, filter_records
 from headwater.broker._stats import count_events
+from headwater.broker._txn_actor import Readmit, ask_coordinator
 from headwater.journal._async import AsyncLog
 from headwater.journal._batch import decode_record_events
-from headwater.journal._record import ATTR_CONTROL, iter_records
+from headwater.journal._record import ATTR_CONTROL, RecordHeader, decode_header, iter_records
 from headwater.supervision._specs import ActorSnapshot
 
 __all__ = ["BrokerService", "MAX_FETCH_BYTES", "MAX_FETCH_WAIT"]
@@ -290,7 +292,15 @@ class BrokerService:
         _config, path = self._partition_path(r.topic, r.partition)
         if not isinstance(r.record, bytes | bytearray | memoryview):
             raise InvalidArgument(f"a produce record must be bytes, not {type(r.record).__name__}")
-        reply = await self._partition(r.topic, path).ask(AppendBatch(bytes(r.record)))
+        ref = self._partition(r.topic, path)
+        reply = await ref.ask(AppendBatch(bytes(r.record)))
+        if isinstance(reply, NotAdmittedError):
+            # The partition restarted since the add (admissions are in memory).
+            header = decode_header(r.record, check_crc=False)
+            assert isinstance(header, RecordHeader)  # the partition decoded it
+            readmit = Readmit(header.producer_id, header.producer_epoch, r.topic, r.partition)
+            if await self.system.lookup("/broker/transactions").ask(readmit):
+                reply = await ref.ask(AppendBatch(bytes(r.record)))
         if isinstance(reply, HeadwaterError):
             raise reply
         assert isinstance(reply, Appended)
@@ -482,9 +492,7 @@ class BrokerService:
                 self._partition_path(tp.topic, tp.partition)
         if isinstance(r, SendOffsetsToTxn):
             await self._group(r.group, create=True)
-        result = await self.system.lookup("/broker/transactions").ask(r, timeout=None)
-        if isinstance(result, HeadwaterError):
-            raise result  # a refusal the coordinator answered without crashing
+        result = await ask_coordinator(self.system.lookup("/broker/transactions"), r)
         return Done() if result is None else result
 
     async def _group_request(self, r: Any) -> Any:
