@@ -9,6 +9,12 @@ hand-assigned consumer. Figures are medians over rounds;
 ``ratio_vs_headwater_protocol`` is each Kafka client's rate over the
 Headwater client's rate in the same round.
 
+Transactions: librdkafka producing the same N events idempotently and
+transactionally (1,000 and 100 events per transaction), alternated per round
+on the same server; ``ratio_vs_idempotent`` is the transactional rate over
+the idempotent one in the same round, with ``commit_transaction`` latency
+p50/p99.
+
 It also measures the edge translation (DECISIONS #14) in process: µs per
 event to turn a Kafka RecordBatch v2 into the stored CBOR batch (produce
 path) and a stored batch back into a RecordBatch v2 (fetch path), for
@@ -145,6 +151,86 @@ def confluent(bootstrap: str, topic: str, values: list[bytes]) -> tuple[float, f
 DRIVERS = {"kafka-python": kafka_python, "aiokafka": aiokafka_client, "confluent-kafka": confluent}
 
 
+def confluent_produce(
+    bootstrap: str, topic: str, values: list[bytes], per_txn: int = 0
+) -> tuple[float, list[float]]:
+    """(seconds until every event is acknowledged, commit latencies) for a
+    librdkafka producer: idempotent (``per_txn=0``) or transactional with
+    ``per_txn`` events per transaction (each ``commit_transaction`` waits
+    for its events and the commit; its latency is timed)."""
+    import confluent_kafka as ck
+
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        "queue.buffering.max.messages": 1_000_000,
+    }
+    if per_txn:
+        conf["transactional.id"] = f"bench-{topic}"
+    producer = ck.Producer(conf)
+    commits: list[float] = []
+    # Warm up (connections, metadata, producer id) outside the timed part:
+    # one event, acknowledged (in a transaction of its own when transactional).
+    if per_txn:
+        producer.init_transactions(30)
+        producer.begin_transaction()
+    producer.produce(topic, b"warm-up", partition=0)
+    if per_txn:
+        producer.commit_transaction(30)
+    producer.flush(30)
+    start = time.perf_counter()
+    if not per_txn:
+        for v in values:
+            producer.produce(topic, v, partition=0)
+            producer.poll(0)
+        producer.flush(60)
+    else:
+        for first in range(0, len(values), per_txn):
+            producer.begin_transaction()
+            for v in values[first : first + per_txn]:
+                producer.produce(topic, v, partition=0)
+                producer.poll(0)
+            began = time.perf_counter()
+            producer.commit_transaction(60)
+            commits.append(time.perf_counter() - began)
+    return time.perf_counter() - start, commits
+
+
+def transactions(bootstrap: str, rounds: int, count: int) -> Iterator[dict[str, Any]]:
+    """Transactional vs idempotent librdkafka produce in the same server,
+    alternated per round; ratio = transactional rate / idempotent rate."""
+    plain: list[float] = []
+    txn: dict[int, list[float]] = {100: [], 1000: []}
+    commits: dict[int, list[float]] = {100: [], 1000: []}
+    for n in range(1, rounds + 1):
+        values = [os.urandom(100) for _ in range(count)]
+        order = [0, 1000, 100] if n % 2 else [100, 1000, 0]  # alternated
+        for per_txn in order:
+            topic = f"txn{per_txn}-{n}"
+            _create(bootstrap, topic)
+            seconds, latencies = confluent_produce(bootstrap, topic, values, per_txn)
+            if per_txn:
+                txn[per_txn].append(seconds)
+                commits[per_txn].extend(latencies)
+            else:
+                plain.append(seconds)
+    case = "produce/100B/always/confluent-kafka"
+    # Warmed up, unlike the client matrix's figure of the same client.
+    rate = statistics.median(count / s for s in plain)
+    yield _fig(f"{case}/idempotent", "events_per_s", rate, "events/s")
+    for per_txn, runs in txn.items():
+        tcase = f"{case}/txn{per_txn}"
+        yield _fig(tcase, "events_per_s", statistics.median(count / s for s in runs), "events/s")
+        ratio = statistics.median(p / t for p, t in zip(plain, runs, strict=True))
+        yield _fig(tcase, "ratio_vs_idempotent", ratio, "x")
+        ordered = sorted(commits[per_txn])
+        for q in (50, 99):
+            at = ordered[min(len(ordered) - 1, len(ordered) * q // 100)]
+            yield _fig(tcase, f"commit_p{q}_ms", at * 1000, "ms")
+
+
 def translation(count: int = 1000, size: int = 100) -> tuple[float, float]:
     """µs per event (best of 30: the machine is shared) to turn a Kafka batch
     into a stored record, and a stored record into a Kafka batch."""
@@ -193,6 +279,7 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
                     topic = f"{kind}-{n}"
                     _create(bootstrap, topic)
                     results[kind].append(DRIVERS[kind](bootstrap, topic, values))
+            figures = list(transactions(bootstrap, rounds, count))
             try:
                 proc.stop(signal.SIGTERM)
             except subprocess.TimeoutExpired:
@@ -209,6 +296,7 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
                     hw[i] / r[i] for r, hw in zip(runs, results["headwater"], strict=True)
                 )
                 yield _fig(case, "ratio_vs_headwater_protocol", ratio, "x")
+    yield from figures
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from ._errors import ActorRestarted as ActorRestarted
 from ._errors import ActorStopped as ActorStopped
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import BrokenError as BrokenError
+from ._errors import ChangelogMissingError as ChangelogMissingError
 from ._errors import ClosedError as ClosedError
 from ._errors import ConcurrentTransactionsError as ConcurrentTransactionsError
 from ._errors import ConfigError as ConfigError
@@ -37,6 +38,7 @@ from ._errors import LinkedExit as LinkedExit
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import LockLostError as LockLostError
 from ._errors import MailboxFull as MailboxFull
+from ._errors import MemberInstanceInUseError as MemberInstanceInUseError
 from ._errors import NotFoundError as NotFoundError
 from ._errors import OffsetOutOfRangeError as OffsetOutOfRangeError
 from ._errors import OutOfOrderSequenceError as OutOfOrderSequenceError
@@ -146,6 +148,8 @@ __all__ = [
     "TransactionTimedOutError",
     "UnknownTransactionalIdError",
     "UnstableOffsetError",
+    "MemberInstanceInUseError",
+    "ChangelogMissingError",
     "LockLostError",
     "SubscriptionBusyError",
     "PipelineError",

@@ -58,6 +58,8 @@ __all__ = [
     "TransactionTimedOutError",
     "UnknownTransactionalIdError",
     "UnstableOffsetError",
+    "MemberInstanceInUseError",
+    "ChangelogMissingError",
     "ProtocolError",
     "RemoteProtocolError",
     "SerializationError",
@@ -534,6 +536,30 @@ class UnstableOffsetError(HeadwaterError):
 
     code = "unstable_offset"
     retriable = True
+
+
+class MemberInstanceInUseError(UsageError):
+    """Another live member of the group holds this ``group_instance_id``
+    (static membership: ``headwater run --instance N``): it still heartbeats,
+    so this member was refused and nothing changed. Stop the other copy, or
+    give this one another instance id. A copy restarted after a crash is
+    admitted once the dead copy's session ends (the message says within how
+    many seconds), so retrying is right for a restart (retriable)."""
+
+    code = "member_instance_in_use"
+    retriable = True
+
+
+class ChangelogMissingError(StorageError):
+    """A stream-processing job's changelog topic (``<job>-<store>-changelog``)
+    is gone while the job's group has committed input offsets: starting would
+    rebuild its tables empty and resume the input where it stopped, so every
+    count would be silently wrong. Nothing was processed. Restore the topic
+    (from a backup), or start over on purpose under a new job name (or after
+    deleting the group's offsets)."""
+
+    code = "changelog_missing"
+    retriable = False
 
 
 class UnknownTransactionalIdError(NotFoundError):

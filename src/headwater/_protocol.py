@@ -48,6 +48,10 @@ __all__ = [
     "ProducerIdentity",
     "Produce",
     "ProduceResult",
+    "FetchSubscribe",
+    "FetchCredit",
+    "FetchUnsubscribe",
+    "CONNECTION_REQUEST_TYPES",
     "Fetch",
     "FetchResult",
     "ListOffset",
@@ -284,6 +288,41 @@ class FetchResult:
 
 
 @attrs.frozen
+class FetchSubscribe:
+    """Open a pushed fetch (protocol v2, over a connection; docs/protocol.md
+    section 12): the server pushes ``fetch`` frames for subscription ``sub``
+    (an id the client picks, unique among its open subscriptions on this
+    connection) with the partition's records from ``offset`` on, each at most
+    ``max_bytes``, while ``credit`` (bytes, returned with
+    :class:`FetchCredit`) is positive."""
+
+    sub: int
+    topic: str
+    partition: int
+    offset: int
+    credit: int
+    max_bytes: int = 256 * 1024
+    isolation: str = "read_committed"
+
+
+@attrs.frozen
+class FetchCredit:
+    """Give subscription ``sub`` ``bytes`` more credit (the client consumed
+    that much of what was pushed)."""
+
+    sub: int
+    bytes: int
+
+
+@attrs.frozen
+class FetchUnsubscribe:
+    """Close subscription ``sub``: nothing more is pushed for it once the
+    answer arrives (pushes already on their way are dropped by the client)."""
+
+    sub: int
+
+
+@attrs.frozen
 class ListOffset:
     """Resolve a position: ``"earliest"``, ``"latest"``, or a timestamp in
     milliseconds (the first offset whose timestamp is at or after it)."""
@@ -313,7 +352,12 @@ class JoinGroup:
     bounds how long the member may take to release partitions in a rebalance;
     ``protocol_type`` is the kind of member (one kind per group);
     ``rebalance`` asks for a rebalance even when nothing changed (a Kafka
-    leader rejoining does, as with Kafka's coordinator)."""
+    leader rejoining does, as with Kafka's coordinator). ``instance_id``
+    makes the member static (Kafka's ``group.instance.id``): one live member
+    per instance id; a copy restarted after a crash takes over the dead
+    copy's partitions in place, without a rebalance (docs/protocol.md).
+    ``assignor`` (``"sticky"``, ``"range"``; ``None``: the broker's) is
+    fixed by the group's first live member."""
 
     group: str
     topics: tuple[str, ...]
@@ -323,6 +367,8 @@ class JoinGroup:
     rebalance_timeout: float | None = None
     protocol_type: str = "headwater"
     rebalance: bool = False
+    instance_id: str | None = None
+    assignor: str | None = None
 
 
 @attrs.frozen
@@ -406,6 +452,10 @@ class FetchCommitted:
 
     group: str
     partitions: tuple[TopicPartition, ...] = ()
+    require_stable: bool = True
+    """``True``: answer ``unstable_offset`` while a transaction holds
+    offsets for a partition asked for (KIP-447); ``False``: answer the last
+    committed offsets, ignoring pending ones (Kafka's OffsetFetch before v7)."""
 
 
 @attrs.frozen
@@ -430,11 +480,13 @@ class DescribeGroup:
 
 @attrs.frozen
 class GroupMember:
-    """One member of a group and the partitions it owns."""
+    """One member of a group and the partitions it owns (``instance_id``: a
+    static member's instance id)."""
 
     member_id: str
     client_id: str
     assignment: tuple[TopicPartition, ...]
+    instance_id: str | None = None
 
 
 @attrs.frozen
@@ -524,7 +576,9 @@ class SendOffsetsToTxn:
     """Commit a group's consumer positions as part of the producer's open
     transaction: held pending (the group's committed offset for those
     partitions answers ``unstable_offset`` meanwhile) and committed with it.
-    Fenced by the member's ownership like ``commit_offsets``."""
+    Fenced by the member's ownership like ``commit_offsets``. Empty
+    ``offsets`` only put the group into the transaction (Kafka's
+    AddOffsetsToTxn)."""
 
     transactional_id: str
     producer_id: int
@@ -763,6 +817,9 @@ class ShareDescription:
 
 
 SHARE_REQUEST_TYPES: tuple[type, ...] = (ShareSubscribe, ShareFetch, ShareAck, ShareLeave)
+CONNECTION_REQUEST_TYPES: tuple[type, ...] = (FetchSubscribe, FetchCredit, FetchUnsubscribe)
+"""Requests a server connection answers itself (pushed fetches live on a
+connection); the broker service refuses them."""
 SHARE_RESPONSE_TYPES: tuple[type, ...] = (
     ShareMembership,
     ShareRecord,
@@ -771,5 +828,5 @@ SHARE_RESPONSE_TYPES: tuple[type, ...] = (
     SharePartitionState,
     ShareDescription,
 )
-REQUEST_TYPES = (*REQUEST_TYPES, *SHARE_REQUEST_TYPES)
+REQUEST_TYPES = (*REQUEST_TYPES, *SHARE_REQUEST_TYPES, *CONNECTION_REQUEST_TYPES)
 RESPONSE_TYPES = (*RESPONSE_TYPES, *SHARE_RESPONSE_TYPES)

@@ -9,6 +9,8 @@
     headwater consume TOPIC [--group G] [--from earliest|latest|OFFSET|ISO-TIME]
                             [--follow] [--max N] [--format text|json]
     headwater groups list | describe GROUP
+    headwater run JOB.py [--url URL] [--instance N] [--job NAME] [--port P] [--data-dir DIR]
+    headwater tables get JOB TABLE KEY [--key-json]
     headwater tree [--url headwater+actors://HOST:PORT]
     headwater actors kill PATH | inspect PATH [--url headwater+actors://HOST:PORT]
     headwater repair [--data-dir DIR] [--topic T --partition N] [--yes]
@@ -119,8 +121,13 @@ def _exit_code(error: HeadwaterError) -> int:
 
 def _run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     """Run ``fn(*args)`` under Trio; print expected errors as one line."""
+    return _guard(lambda: trio.run(fn, *args))
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Call ``fn()`` (which runs Trio); print expected errors as one line."""
     try:
-        return trio.run(fn, *args)
+        return fn()
     except BaseException as exc:  # groups from nurseries are unwrapped below
         error = unwrap_group(exc)
         if isinstance(error, _NotConnected):
@@ -514,6 +521,13 @@ def main(url: str | None) -> None:
     "--max-connections", default=1024, show_default=True, type=int, help="Clients at once."
 )
 @click.option("--max-in-flight", default=128, show_default=True, type=int, help="Per connection.")
+@click.option(
+    "--max-open-files",
+    default=None,
+    type=int,
+    help="Segment files kept open at most (idle ones beyond are closed, least recently "
+    "used first; default 4096, lowered to fit RLIMIT_NOFILE).",
+)
 @click.option(
     "--max-bytes-in-flight",
     default="16MiB",
@@ -1487,7 +1501,12 @@ def groups_describe(target: Target, group: str, as_json: bool) -> None:
                 "generation": d.generation,
                 "topics": list(d.topics),
                 "members": [
-                    {"member_id": m.member_id, "client_id": m.client_id} for m in d.members
+                    {
+                        "member_id": m.member_id,
+                        "client_id": m.client_id,
+                        **({"instance_id": m.instance_id} if m.instance_id is not None else {}),
+                    }
+                    for m in d.members
                 ],
                 "partitions": parts,
                 "total_lag": sum(p["lag"] for p in parts),
@@ -1576,6 +1595,176 @@ def transactions_describe(target: Target, transactional_id: str, as_json: bool) 
     rows += [[f"group {g}", "-"] for g in t["groups"]]
     if rows:
         click.echo(_table(["IN TRANSACTION", "MARKER"], rows))
+
+
+# --------------------------------------------------------------------------
+# run and tables: stream processing jobs
+
+
+@main.command("run")
+@click.argument("job_file", metavar="JOB.py", type=click.Path(dir_okay=False))
+@click.option(
+    "--url",
+    default=None,
+    metavar="URL",
+    help="Broker to run against. Default: the --url given before the command, else "
+    "$HEADWATER_URL, else an embedded broker on --data-dir.",
+)
+@click.option(
+    "--instance",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 999_999),
+    help="This copy's instance: its static group member id and transactional id "
+    "<job>.<instance>. Copies of one job use different instances.",
+)
+@click.option("--job", "job_name", default=None, help="The Job to run (its name or variable).")
+@click.option(
+    "--data-dir",
+    default="./headwater-data",
+    show_default=True,
+    help="Embedded mode: the broker's data directory (locked while it runs).",
+)
+@click.option(
+    "--port",
+    default=None,
+    type=click.IntRange(0, 65535),
+    help="Embedded mode: also serve the client protocol on this port (0: a free one).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Embedded mode: address.")
+@click.option(
+    "--session-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 3600),
+    help="Seconds a dead copy holds its partitions (a restarted copy is admitted then).",
+)
+@click.option(
+    "--restore-timeout",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(0.001),
+    help="Seconds a task's state may take to restore from its changelog.",
+)
+@click.option(
+    "--batch",
+    "batch_events",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Most events per batch (one transaction each with exactly_once).",
+)
+@click.option(
+    "--token", envvar="HEADWATER_TOKEN", default=None, help="Token (or $HEADWATER_TOKEN)."
+)
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None, help="Read the token.")
+@click.option("--tls", is_flag=True, default=False, help="Use TLS (system CAs).")
+@click.option(
+    "--tls-ca", type=click.Path(dir_okay=False), default=None, help="Trust this CA (PEM)."
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "console", "json"]),
+    default="auto",
+    show_default=True,
+    help="console on a terminal, json otherwise (auto); log lines go to stderr.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Least severe log lines written to stderr.",
+)
+def run(
+    job_file: str,
+    url: str | None,
+    instance: int,
+    job_name: str | None,
+    data_dir: str,
+    port: int | None,
+    host: str,
+    session_timeout: float,
+    restore_timeout: float,
+    batch_events: int,
+    token: str | None,
+    token_file: str | None,
+    tls: bool,
+    tls_ca: str | None,
+    log_format: str,
+    log_level: str,
+) -> None:
+    """Run a stream-processing job (a module defining one headwater.processing.Job).
+
+    Against the broker at --url / $HEADWATER_URL, or else an embedded broker
+    on --data-dir (it holds the directory's lock; --port also serves the
+    client protocol). Start copies with different --instance values to share
+    the work; a copy restarted after a crash takes its partitions back.
+    Ctrl-C or SIGTERM stops it cleanly (exit 130 / 143).
+    """
+    from headwater.processing._cli import RunTarget, run_command
+    from headwater.processing._runner import RunConfig
+
+    configure_logging(log_format, level=log_level)
+    context = click.get_current_context(silent=True)
+    before = context.find_root().params.get("url") if context is not None else None
+    chosen = url or before or os.environ.get("HEADWATER_URL") or None
+    tls_setting: Any = tls_ca if tls_ca else (True if tls else None)
+    secret = _token(token, token_file)
+    target = RunTarget(chosen, data_dir, port, host, secret, tls_setting)
+    try:
+        config = RunConfig(
+            instance=instance,
+            session_timeout=session_timeout,
+            restore_timeout=restore_timeout,
+            batch_events=batch_events,
+            wait_for_topics=True,
+        )
+    except HeadwaterError as exc:
+        _fail(f"{exc.message} [{exc.code}]", EXIT_USAGE)
+
+    def say(line: str) -> None:
+        click.echo(f"headwater run: {line}", err=True)
+
+    code = _guard(
+        lambda: run_command(
+            job_file,
+            job_name,
+            target,
+            config,
+            lambda: _open_client(chosen or DEFAULT_URL, secret, tls_setting),
+            say,
+            quiet_broker=log_level == "info",
+        )
+    )
+    sys.exit(code)
+
+
+@main.group()
+def tables() -> None:
+    """Read the tables of stream-processing jobs."""
+
+
+@tables.command("get")
+@click.argument("job")
+@click.argument("table")
+@click.argument("key")
+@click.option("--key-json", is_flag=True, help="KEY is JSON (a number, a list...), not text.")
+@json_option
+@client_options
+def tables_get(
+    target: Target, job: str, table: str, key: str, key_json: bool, as_json: bool
+) -> None:
+    """Print the committed value of KEY in TABLE of JOB (read from the
+    table's changelog through the broker, read_committed; windowed tables
+    print one line per window)."""
+    from headwater.processing._cli import print_table_value, table_get
+
+    async def run() -> Any:
+        async with target.client() as client:
+            return await table_get(client, job, table, key, key_json=key_json)
+
+    print_table_value(_run(run), as_json)
 
 
 def _describe_share(d: ShareDescription, as_json: bool) -> None:

@@ -95,6 +95,11 @@ def test_ratios_are_medians_of_per_round_ratios_against_the_best_durable_peer() 
             ("latency", "nats-always", "p99_ms"): {1: 4.0},
             ("latency", "redis-always", "p99_ms"): {1: 1.0},
             ("latency", "redis-default", "p99_ms"): {1: 0.1},
+            ("latency", "headwater-tcp-always", "p50_ms"): {1: 0.9},
+            ("latency", "nats-always", "p50_ms"): {1: 0.3},
+            ("latency", "redis-always", "p50_ms"): {1: 0.6},
+            ("latency", "redis-default", "p50_ms"): {1: 0.05},
+            ("latency", "floor", "p50_ms"): {1: 0.45},
         }
     )
     rows = {(r["case"], r["metric"]): r for r in _peers._ratio_rows(s)}
@@ -109,6 +114,10 @@ def test_ratios_are_medians_of_per_round_ratios_against_the_best_durable_peer() 
     assert (2.0, "nats-default") == (consume["value"], consume["vs"])
     latency = rows[("latency/always", "ratio_p99_vs_best_peer")]
     assert (2.0, "redis-always") == (latency["value"], latency["vs"])
+    p50 = rows[("latency/always", "ratio_p50_vs_best_peer")]
+    assert (3.0, "nats-always") == (pytest.approx(p50["value"]), p50["vs"])
+    floor = rows[("latency/always", "ratio_p50_vs_floor")]
+    assert (2.0, "floor") == (pytest.approx(floor["value"]), floor["vs"])
     assert ("produce/1KiB/always", "ratio_vs_best_peer") not in rows
     assert ("produce/100B/always", "ratio_vs_redis_c") not in rows
 

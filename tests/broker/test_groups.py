@@ -252,3 +252,47 @@ async def test_a_topic_deleted_under_a_reader_leaves_as_a_typed_error(
                 with trio.fail_after(10):
                     await consumer.getmany(timeout=5)
                     await consumer.getmany(timeout=5)
+
+
+async def test_static_members_refuse_a_twin_and_a_restart_takes_over_in_place(
+    autojump_clock: trio.abc.Clock, connect: Connect
+) -> None:
+    """DECISIONS #22, embedded and remote: a member with the instance id of a
+    live member is refused with MemberInstanceInUseError; once the holder's
+    session ended (it died: no heartbeats), a consumer with that instance id
+    takes over its partitions at the same generation, and the other copy
+    sees no rebalance."""
+    from headwater import MemberInstanceInUseError
+    from headwater import _protocol as p
+
+    async with (
+        open_broker("/data", fs=SimulatedFileSystem()) as broker,
+        connect(broker) as client,
+    ):
+        await client.create_topic(TOPIC, partitions=PARTITIONS)
+        config: dict[str, Any] = {"group": "job", "session_timeout": 2.0}
+        async with client.consumer(TOPIC, group_instance_id="1", **config) as one:
+            # A copy that joins as instance 0 and then dies (never heartbeats).
+            dead = await client._ask(  # type: ignore[attr-defined]
+                p.JoinGroup("job", (TOPIC,), None, 2.0, "dead", 30.0, instance_id="0")
+            )
+            await one.getmany(10, timeout=0.5)  # one releases what the dead copy gets
+            await trio.testing.wait_all_tasks_blocked()
+            generation = one.membership.generation  # type: ignore[union-attr]
+            held = sorted(
+                (x.topic, x.partition)
+                for x in (await client.describe_group("job")).members[0].assignment
+            )
+            with pytest.raises(MemberInstanceInUseError, match="instance '0'"):
+                async with client.consumer(TOPIC, group_instance_id="0", **config):
+                    pass  # pragma: no cover
+            await trio.sleep(2.5)  # the dead copy's session ends
+            async with client.consumer(TOPIC, group_instance_id="0", **config) as zero:
+                assert generation == zero.membership.generation  # type: ignore[union-attr]
+                assert 2 == len(zero.assignment()) == len(one.assignment())
+                await one.getmany(10, timeout=0.1)
+                assert generation == one.membership.generation  # type: ignore[union-attr]
+                description = await client.describe_group("job")
+                assert dead.member_id not in {m.member_id for m in description.members}
+                assert {"0", "1"} == {m.instance_id for m in description.members}
+        assert held

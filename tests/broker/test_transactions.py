@@ -19,6 +19,7 @@ from headwater import (
     ProducerFencedError,
     TransactionTimedOutError,
     UnknownTransactionalIdError,
+    UnstableOffsetError,
 )
 from headwater._protocol import (
     AddPartitionsToTxn,
@@ -26,15 +27,19 @@ from headwater._protocol import (
     DescribeTransaction,
     EndTxn,
     Fetch,
+    FetchCommitted,
     InitTransactions,
     ListTransactions,
+    PartitionOffset,
     Produce,
     ProducerIdentity,
+    SendOffsetsToTxn,
     TopicPartition,
 )
 from headwater.broker import Broker, open_broker
 from headwater.broker._actors import GetLog, GetStableView, StableView, WriteMarker
 from headwater.broker._stable import AbortedTxn
+from headwater.broker._txn_actor import ask_coordinator
 from headwater.journal import SimulatedFileSystem, encode_record, iter_records
 from headwater.journal._record import ATTR_COMMIT, ATTR_CONTROL, ATTR_TRANSACTIONAL
 from headwater.journal._state import open_state_journal
@@ -54,7 +59,14 @@ def txn_batch(ident: ProducerIdentity, seq: int, count: int = 1) -> bytes:
 
 
 async def ask(broker: Broker, message: Any) -> Any:
-    return await broker.system.lookup("/broker/transactions").ask(message)
+    return await ask_coordinator(broker.system.lookup("/broker/transactions"), message)
+
+
+async def end(broker: Broker, ident: ProducerIdentity, commit: bool) -> None:
+    """End ``w``'s transaction, then let phase two run: the answer comes once
+    the decision is durable, the markers follow."""
+    await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, commit))
+    await trio.testing.wait_all_tasks_blocked()
 
 
 async def view(broker: Broker, topic: str, partition: int = 0) -> StableView:
@@ -103,7 +115,7 @@ async def test_commit_makes_both_partitions_stable(autojump_clock: trio.abc.Cloc
         assert [(0, 0)] == await read(broker, "a", committed=True)
         assert [(0, 0), (1, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=False)
         assert "ongoing" == (await ask(broker, DescribeTransaction("w"))).state
-        await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, True))
+        await end(broker, ident, True)
         assert StableView(4, 4, ()) == await view(broker, "a")
         assert StableView(2, 2, ()) == await view(broker, "b")
         assert [(0, 0), (1, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
@@ -122,12 +134,12 @@ async def test_abort_is_invisible_to_read_committed(autojump_clock: trio.abc.Clo
     async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
         ident = await setup(broker)
         await begin(broker, ident)
-        await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, False))
+        await end(broker, ident, False)
         assert StableView(3, 3, (AbortedTxn(ident.producer_id, 0, 2),)) == await view(broker, "a")
         assert [] == await read(broker, "a", committed=True)
         assert [(0, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=False)
         await begin(broker, ident, seq=2)
-        await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, True))
+        await end(broker, ident, True)
         assert [(3, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
 
 
@@ -144,10 +156,64 @@ async def test_a_new_instance_fences_the_zombie(autojump_clock: trio.abc.Clock) 
         with pytest.raises(ProducerFencedError):
             await broker.handle(Produce("a", 0, txn_batch(zombie, 2)))
         with pytest.raises(ProducerFencedError):
-            await ask(broker, EndTxn("w", zombie.producer_id, zombie.epoch, True))
+            await end(broker, zombie, True)
         await begin(broker, fresh)
-        await ask(broker, EndTxn("w", fresh.producer_id, fresh.epoch, True))
+        await end(broker, fresh, True)
         assert [(3, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
+
+
+async def test_a_zombie_calling_again_and_again_does_not_crash_the_coordinator(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Fenced, timed-out and concurrent refusals are the caller's problem: ten
+    fenced EndTxn calls in a row leave the coordinator actor without a
+    restart (it used to crash on each, and the sixth within 10 s stopped the
+    whole broker), and the current instance still commits."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        zombie = await setup(broker)
+        fresh = await ask(broker, InitTransactions("w", 10.0))
+        for _ in range(10):
+            with pytest.raises(ProducerFencedError):
+                await broker.handle(EndTxn("w", zombie.producer_id, zombie.epoch, True))
+            with pytest.raises(ProducerFencedError):
+                await broker.handle(
+                    AddPartitionsToTxn(
+                        "w", zombie.producer_id, zombie.epoch, (TopicPartition("a", 0),)
+                    )
+                )
+        node = next(n for n in broker.system.tree().walk() if n.path == "/broker/transactions")
+        assert 0 == node.restarts
+        await begin(broker, fresh)
+        await broker.handle(EndTxn("w", fresh.producer_id, fresh.epoch, True))
+        await trio.testing.wait_all_tasks_blocked()  # the markers follow the answer
+        assert [(0, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
+
+
+async def test_readers_waiting_out_pending_offsets_do_not_crash_the_group(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """While a transaction holds a group's offset, every read of it is the
+    retriable UnstableOffsetError and the group actor carries on: ten reads
+    leave it without a restart (each crashed it before, and the sixth within
+    10 s parked the group as failed); after the commit the offset is read."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        ident = await setup(broker)
+        await broker.handle(
+            SendOffsetsToTxn(
+                "w", ident.producer_id, ident.epoch, "g", None, -1, (PartitionOffset("a", 0, 5),)
+            )
+        )
+        for _ in range(10):
+            with pytest.raises(UnstableOffsetError):
+                await broker.handle(FetchCommitted("g", (TopicPartition("a", 0),)))
+        node = next(n for n in broker.system.tree().walk() if n.path == "/broker/groups/g")
+        assert (0, "running") == (node.restarts, node.state)
+        stale = await broker.handle(FetchCommitted("g", require_stable=False))
+        assert () == stale.offsets
+        await broker.handle(EndTxn("w", ident.producer_id, ident.epoch, True))
+        await trio.testing.wait_all_tasks_blocked()  # phase two completes the group
+        got = await broker.handle(FetchCommitted("g", (TopicPartition("a", 0),)))
+        assert (PartitionOffset("a", 0, 5),) == got.offsets
 
 
 async def test_timeout_aborts_on_virtual_time(autojump_clock: trio.abc.Clock) -> None:
@@ -163,7 +229,7 @@ async def test_timeout_aborts_on_virtual_time(autojump_clock: trio.abc.Clock) ->
         assert ("complete_abort", 1) == (meta.state, meta.epoch)
         assert [] == await read(broker, "a", committed=True)
         with pytest.raises(TransactionTimedOutError):
-            await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, True))
+            await end(broker, ident, True)
 
 
 async def test_prepare_written_before_a_crash_is_finished_on_restart(
@@ -212,7 +278,7 @@ async def test_markers_are_idempotent_and_admission_is_required(
         with pytest.raises(InvalidTransactionStateError):
             await broker.handle(Produce("a", 0, txn_batch(ident, 0)))
         await begin(broker, ident)
-        await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, True))
+        await end(broker, ident, True)
         ref = broker.system.lookup("/broker/topics/a/0")
         assert await ref.ask(WriteMarker(ident.producer_id, ident.epoch, True)) is None
         assert 3 == (await view(broker, "a")).high_watermark
@@ -231,7 +297,7 @@ async def test_bad_requests(autojump_clock: trio.abc.Clock) -> None:
                 AddPartitionsToTxn("w", ident.producer_id, ident.epoch, (TopicPartition("zz", 0),)),
             )
         with pytest.raises(InvalidTransactionStateError):
-            await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, True))
+            await end(broker, ident, True)
         with pytest.raises(InvalidArgument):
             await broker.handle(
                 Produce("a", 0, encode_record(b"", count=1, attributes=ATTR_CONTROL))
@@ -257,7 +323,74 @@ async def test_an_admission_ends_with_its_transaction(autojump_clock: trio.abc.C
             ),
         )
         await broker.handle(Produce("a", 0, txn_batch(ident, 0)))
-        await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, True))
+        await end(broker, ident, True)
         assert StableView(0, 0, ()) == await view(broker, "b")
         with pytest.raises(InvalidTransactionStateError):
             await broker.handle(Produce("b", 0, txn_batch(ident, 0)))
+
+
+async def test_commit_is_answered_at_the_decision_and_the_next_add_queues(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Phase one answers: with a/0's marker not yet known durable, the
+    commit returns (the transaction is prepare_commit); the same id's next
+    add waits for the markers, while another id's transaction commits
+    meanwhile (commits of different ids do not queue behind each other)."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        ident = await setup(broker)
+        other: ProducerIdentity = await ask(broker, InitTransactions("x", 10.0))
+        log = await broker.system.lookup("/broker/topics/a/0").ask(GetLog())
+        release = trio.Event()
+        real_wait = log.wait_durable
+
+        async def held_wait(end_offset: int, generation: int) -> None:
+            await release.wait()
+            await real_wait(end_offset, generation)
+
+        await begin(broker, ident)
+        log.wait_durable = held_wait  # the coordinator's wait for a/0's marker
+        with trio.fail_after(1):
+            await ask(broker, EndTxn("w", ident.producer_id, ident.epoch, True))
+        assert "prepare_commit" == (await ask(broker, DescribeTransaction("w"))).state
+        added = trio.Event()
+
+        async def next_add() -> None:
+            tps = (TopicPartition("b", 0),)
+            await ask(broker, AddPartitionsToTxn("w", ident.producer_id, ident.epoch, tps))
+            added.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(next_add)
+            await ask(
+                broker,
+                AddPartitionsToTxn("x", other.producer_id, other.epoch, (TopicPartition("b", 0),)),
+            )
+            await broker.handle(Produce("b", 0, txn_batch(other, 0)))
+            await ask(broker, EndTxn("x", other.producer_id, other.epoch, True))
+            await trio.testing.wait_all_tasks_blocked()
+            assert not added.is_set()
+            assert "complete_commit" == (await ask(broker, DescribeTransaction("x"))).state
+            release.set()
+        assert "ongoing" == (await ask(broker, DescribeTransaction("w"))).state
+        assert [(0, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
+
+
+async def test_a_partition_restart_between_add_and_first_batch_keeps_the_admission(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The partition's admissions live in memory: after it restarts between
+    the add and the producer's first batch, the batch is still accepted (the
+    partition asks the coordinator again) and the transaction commits."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        ident = await setup(broker)
+        tps = (TopicPartition("a", 0), TopicPartition("b", 0))
+        await ask(broker, AddPartitionsToTxn("w", ident.producer_id, ident.epoch, tps))
+        await broker.kill("/broker/topics/a/0", "test")
+        await trio.testing.wait_all_tasks_blocked()
+        await broker.handle(Produce("a", 0, txn_batch(ident, 0)))
+        await end(broker, ident, True)
+        assert [(0, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
+        # A producer the coordinator never added stays refused.
+        other = await ask(broker, InitTransactions("x", 10.0))
+        with pytest.raises(InvalidTransactionStateError):
+            await broker.handle(Produce("a", 0, txn_batch(other, 0)))

@@ -56,5 +56,7 @@ def test_the_walk_finds_the_commands() -> None:
         "transactions list",
         "actors inspect",
         "actors kill",
+        "run",
+        "tables get",
     }
     assert expected == {path for path, _ in _commands(cli.main)}

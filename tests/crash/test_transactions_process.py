@@ -48,6 +48,16 @@ def start_worker(url: str, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+async def wait_ready(log: Path, count: int) -> None:
+    """Wait (at most 20 s) until ``count`` workers in all have said
+    ``worker_ready``, so that a kill lands while a worker works rather than
+    while it is still importing (on a loaded machine that takes seconds)."""
+    with trio.move_on_after(20):
+        # Polling another process's output: no event to wait on.
+        while (await trio.Path(log).read_text()).count("worker_ready") < count:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+
+
 async def input_done(url: str) -> bool:
     async with headwater.connect(url) as client:
         ends = {p.partition: p.next_offset for p in (await client.describe_topic("in")).partitions}
@@ -79,7 +89,8 @@ async def test_read_process_write_is_exactly_once_through_sigkills(tmp_path: Pat
     rng = random.Random(12)
     data = tmp_path / "data"
     log = tmp_path / "workers.log"
-    with trio.fail_after(90 + EVENTS / 500 + ROUNDS * 10):
+    log.write_text("")
+    with trio.fail_after(90 + EVENTS / 500 + ROUNDS * 30):
         proc_cm = server(data)
         proc = proc_cm.__enter__()
         try:
@@ -92,13 +103,18 @@ async def test_read_process_write_is_exactly_once_through_sigkills(tmp_path: Pat
                         await producer.send_many(
                             "in", [(i, str(i)) for i in range(start, min(EVENTS, start + 1000))]
                         )
+            started = 0
             for round_ in range(ROUNDS):
                 worker = start_worker(proc.url, log)
+                started += 1
+                await wait_ready(log, started)
                 if round_ == 1:
                     # A second live instance: the first one is a zombie now,
                     # fenced at its next transaction (more input makes one).
                     await trio.sleep(1.0)
                     second = start_worker(proc.url, log)
+                    started += 1
+                    await wait_ready(log, started)
                     await trio.sleep(2.0)
                     async with (
                         headwater.connect(proc.url) as client,

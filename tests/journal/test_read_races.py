@@ -123,10 +123,12 @@ def test_read_paused_while_compaction_replaces_its_segment_returns_the_old_recor
 
     assert expected == got
     assert [0, 1, 2] == [o for o, _ in payloads(got)]
-    assert 1 == fs.open_paths().count(seg.path)  # the old handle is closed
+    # The old handle is closed; the new file opens on its first read.
+    assert 0 == fs.open_paths().count(seg.path)
     assert [seg.base, seg.next_offset - 1] == [
         o for o, _ in payloads(log.read(0, 1 << 20, seg.next_offset))
     ]
+    assert 1 == fs.open_paths().count(seg.path)
 
 
 def test_read_paused_while_the_log_closes_finishes_then_closes_every_handle() -> None:

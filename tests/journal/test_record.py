@@ -17,6 +17,7 @@ from headwater.journal import (
     decode_header,
     encode_record,
     iter_records,
+    patch_header,
     patch_record,
 )
 
@@ -81,3 +82,21 @@ def test_bad_inputs() -> None:
         iter_records(b"\x00" * 100)
     two = encode_record(b"a", count=1) + encode_record(b"bb", count=2)
     assert [1, 2] == [h.count for h, _ in iter_records(two)]
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, 61, 4096, 8129, 8130, 8131, 65_536, 100_003, 1_024_000, 3_000_001]
+)
+def test_patch_header_matches_patch_record_at_every_size(size: int) -> None:
+    """patch_header (the writer's path: payload not copied, CRC combined
+    from the old one for long records) gives exactly patch_record's header,
+    and the patched record passes its checksum, on both sides of the
+    combination threshold and for offsets and times of every width."""
+    payload = random.Random(size).randbytes(size)
+    record = encode_record(payload, count=3, first_timestamp=11, max_timestamp=12)
+    for base_offset, append_time in ((0, 0), (5, 1_700_000_000_000), (2**62, -1)):
+        head = patch_header(record, base_offset, append_time)
+        assert bytes(patch_record(record, base_offset, append_time)) == head + payload
+        header = decode_header(head + payload)
+        assert isinstance(header, RecordHeader)
+        assert (base_offset, append_time) == (header.base_offset, header.append_time)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import trio
@@ -66,3 +67,47 @@ async def test_cleanup_error_during_a_kill_is_the_childs_crash(
             assert 1 == await system.lookup("/sup/a").ask(1, timeout=5)
         nodes = {n.path: n for n in system.tree().walk()}
         assert "running" == nodes["/sup/a"].state
+
+
+class SlowToStop(Actor):
+    """Its graceful stop waits (a handler finishing a long request, say)."""
+
+    async def handle(self, message: Any) -> Any:
+        return message
+
+    async def stopping(self) -> None:
+        await trio.sleep(5.0)
+
+
+class Crashes(Actor):
+    """Crashes on "boom"."""
+
+    async def handle(self, message: Any) -> Any:
+        if message == "boom":
+            raise RuntimeError("boom")
+        return message
+
+
+async def test_a_kill_during_a_childs_graceful_stop(autojump_clock: trio.abc.Clock) -> None:
+    """A one_for_all supervisor stops its children gracefully after one
+    crashed; killed while a child is still stopping, it must take that
+    child's cell over when it restarts (the cell was left "stopping" and the
+    restart failed with IllegalTransitionError until the supervisor gave
+    up). Found by simulation soak seed 311."""
+    tree = SupervisorSpec(
+        "sup",
+        [ChildSpec("a", Crashes), ChildSpec("slow", SlowToStop)],
+        strategy="one_for_all",
+        max_restarts=5,
+        within=10.0,
+    )
+    async with open_actor_system(children=(tree,), max_restarts=5, within=10.0) as system:
+        with contextlib.suppress(Exception):
+            await system.lookup("/sup/a").ask("boom", timeout=5)
+        await trio.sleep(1.0)  # /sup/slow is stopping now
+        nodes = {n.path: n for n in system.tree().walk()}
+        assert "stopping" == nodes["/sup/slow"].state
+        await system.kill("/sup", "test")
+        assert "hi" == await system.lookup("/sup/slow").ask("hi", timeout=10)
+        nodes = {n.path: n for n in system.tree().walk()}
+        assert ("running", "running") == (nodes["/sup/slow"].state, nodes["/sup"].state)

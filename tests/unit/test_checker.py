@@ -116,3 +116,62 @@ def test_leaks_after_shutdown_are_i5() -> None:
     report = check(h, final)
     assert {"I5": 2} == report.by_invariant()
     assert "/d/x.log" in report.summary()
+
+
+def _txns() -> tuple[History, dict[tuple[str, int], list[tuple[int, str | None]]]]:
+    """Two committed transactions over out/0 and out/1, one aborted one, one
+    whose commit failed; the read_committed view holds the committed ones."""
+    h = History()
+    h.transaction(1.0, "x1", "T1", "committed", {"T1/a": "a", "T1/b": "b"})
+    h.transaction(2.0, "x1", "T2", "aborted", {"T2/c": "c"})
+    h.transaction(3.0, "x1", "T3", "committed", {"T3/c": "c"})
+    h.transaction(4.0, "x1", "T4", "unknown", {"T4/d": "d"})
+    h.read(3.5, "rc", "out", 0, 0, "T1/a")
+    h.read(3.6, "rc", "out", 0, 3, "T3/c")
+    h.read(3.7, "ru", "out", 0, 2, "T2/c", isolation="read_uncommitted")
+    view = {("out", 0): [(0, "T1/a"), (3, "T3/c")], ("out", 1): [(0, "T1/b")]}
+    return h, view
+
+
+def test_clean_transactions_pass_i6() -> None:
+    """Aborted outputs seen only read_uncommitted, each effect once, every
+    transaction whole or absent (an unknown outcome may be either)."""
+    h, view = _txns()
+    report = check(h, {}, committed_view=view)
+    assert report.ok, report.summary()
+
+
+def test_an_aborted_output_seen_read_committed_is_i6() -> None:
+    """A planted bug: a read_committed reader and the final view see the
+    output of the aborted transaction (and its effect twice)."""
+    h, view = _txns()
+    h.read(3.8, "rc", "out", 0, 2, "T2/c")
+    view[("out", 0)].insert(1, (2, "T2/c"))
+    report = check(h, {}, committed_view=view)
+    assert {"I6": 3} == report.by_invariant(), report.summary()
+    assert 1 == report.duplicates
+
+
+def test_a_duplicated_effect_is_i6() -> None:
+    """A planted bug: the effect of input b is committed by two transactions
+    (offsets not committed with the first), so a reader sees it twice."""
+    h, view = _txns()
+    h.transaction(5.0, "x2", "T5", "committed", {"T5/b": "b"})
+    view[("out", 1)].append((2, "T5/b"))
+    report = check(h, {}, committed_view=view)
+    assert {"I6": 1} == report.by_invariant(), report.summary()
+    assert 1 == report.duplicates
+
+
+def test_a_partial_or_lost_committed_transaction_is_i6() -> None:
+    """A transaction seen in part (one partition's marker missing), and a
+    committed one missing from the view, each break I6."""
+    h, view = _txns()
+    del view[("out", 1)]
+    report = check(h, {}, committed_view=view)
+    assert {"I6": 1} == report.by_invariant(), report.summary()
+    view[("out", 0)] = [(0, "T1/a")]
+    view[("out", 1)] = [(0, "T1/b")]
+    report = check(h, {}, committed_view=view)
+    assert ["I6"] == [v.invariant for v in report.violations]
+    assert "committed" in report.violations[0].detail

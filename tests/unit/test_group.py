@@ -104,6 +104,43 @@ def test_a_join_waits_for_the_owner_to_release_and_commits_never_go_stale():
     g.commit(m1.member_id, 1, [po(x.topic, x.partition, 12) for x in done.assignment])
 
 
+def test_a_release_waits_for_the_owners_open_transaction():
+    """DECISIONS #19: the owner sent offsets for a partition in an open
+    transaction; a second member joins and the owner releases what moves,
+    but the partition with pending offsets stays with it (the rebalance
+    waits) until the transaction ends; then it moves. The same after an abort."""
+    for commit in (True, False):
+        g = GroupCoordinator.new("g")
+        m1 = g.join(["a"], {"a": 2}, now=0.0, rebalance_timeout=30.0)
+        g.txn_commit(7, m1.member_id, 1, [po("a", 0, 5), po("a", 1, 6)])
+        m2 = g.join(["a"], {"a": 2}, now=1.0, rebalance_timeout=30.0)
+        (notice,) = g.take_notices()
+        assert 1 == len(notice.release)
+        moving = (notice.release[0].topic, notice.release[0].partition)
+        held = g.release(m1.member_id, notice.release, now=2.0)
+        assert ("preparing_rebalance", 1) == (held.state, held.generation)
+        assert [m1.member_id] == owners(g)[moving]
+        assert (moving,) == g.state.members[m1.member_id].release
+        g.complete_txn(7, commit, now=3.0)
+        assert ("stable", 2) == (g.state.status, g.state.generation)
+        assert [m2.member_id] == owners(g)[moving]
+        assert (5 if commit else None) == g.state.committed.get(("a", 0))
+
+
+def test_a_held_release_ends_at_the_rebalance_timeout():
+    """An owner whose transaction never ends is removed at its rebalance
+    timeout like one that never releases; the partition then moves."""
+    g = GroupCoordinator.new("g")
+    m1 = g.join(["a"], {"a": 2}, now=0.0, rebalance_timeout=30.0, session_timeout=100.0)
+    g.txn_commit(7, m1.member_id, 1, [po("a", 0, 5), po("a", 1, 6)])
+    m2 = g.join(["a"], {"a": 2}, now=1.0, rebalance_timeout=30.0, session_timeout=100.0)
+    (notice,) = g.take_notices()
+    g.release(m1.member_id, notice.release, now=2.0)
+    assert 31.0 == g.next_deadline()
+    assert [m1.member_id] == g.tick(31.0)
+    assert ("stable", [m2.member_id]) == (g.state.status, list(g.state.members))
+
+
 def test_release_before_reassign_or_rebalance_timeout_on_virtual_time():
     """An owner that never releases keeps the partition (nobody else reads
     it) until its rebalance timeout; then it is removed, even while it still
@@ -318,6 +355,14 @@ def test_every_transition_of_the_table_is_taken():
         g.leave(m1.member_id)  # preparing... -> empty
         g.delete()  # empty/deleted
 
+        st = GroupCoordinator.new("static")
+        kw: dict[str, Any] = {"instance_id": "0", "session_timeout": 1.0, "rebalance_timeout": 9.0}
+        st.join(["a"], COUNTS, now=0.0, **kw)
+        st.join(["a"], COUNTS, now=2.0, **kw)  # stable/replaced
+        st.join(["a"], COUNTS, now=2.0, rebalance_timeout=30.0)  # must release: preparing
+        assert "preparing_rebalance" == st.state.status
+        st.join(["a"], COUNTS, now=9.0, instance_id="0")  # preparing/replaced
+
         k = GroupCoordinator(GroupState("k"), _LeaderAssigns())
         a = k.join(["a"], COUNTS, now=0.0)
         assert "completing_rebalance" == k.state.status
@@ -325,7 +370,8 @@ def test_every_transition_of_the_table_is_taken():
         k.txn_commit(9, a.member_id, 1, [po("a", 0, 1)])  # .../txn_offsets
         k.complete_txn(9, True)  # .../txn_completed
         k.update_topics({"a": 4})  # completing/topics_changed
-        b = k.join(["a"], COUNTS, now=0.0)  # completing/joined
+        b = k.join(["a"], COUNTS, now=0.0, instance_id="1", session_timeout=1.0)  # .../joined
+        b = k.join(["a"], COUNTS, now=5.0, instance_id="1")  # completing/replaced
         k.leave(b.member_id)  # completing/left
         assert "completing_rebalance" == k.state.status
         k.sync(a.member_id, k.state.generation, {}, 0.0)  # completing/synced: the leader's

@@ -302,6 +302,18 @@ class _Session:
             self.add("latency", target.name, f"{key}_ms", rnd, float(res[f"{key}_us"]) / 1000)
         self.counts[("latency", target.name)] = count
 
+    def floor(self, rnd: int) -> None:
+        """The latency floor of this round (DECISIONS #27): the median bare
+        round trip of 100 B between two Python processes over loopback TCP
+        plus the median write + fsync of 100 B in the benchmark's directory."""
+        rtt = statistics.median(_echo_round_trips(FLOOR_SAMPLES))
+        fsync = statistics.median(_fsync_times(self.base, FLOOR_SAMPLES // 4))
+        self.add("latency", "floor-round-trip", "p50_ms", rnd, rtt / 1e6)
+        self.add("latency", "floor-fsync", "p50_ms", rnd, fsync / 1e6)
+        self.add("latency", "floor", "p50_ms", rnd, (rtt + fsync) / 1e6)
+        for name in ("floor-round-trip", "floor-fsync", "floor"):
+            self.counts[("latency", name)] = FLOOR_SAMPLES
+
     def redis_c(self, rnd: int) -> None:
         """``redis-benchmark`` XADD of 100 B with appendfsync always, one round."""
         count = self.plan.redis_c_count
@@ -313,6 +325,70 @@ class _Session:
             raise RuntimeError("redis-benchmark printed no rate")
         self.add("produce/100B", "redis-c-always", "events_per_s", rnd, rate)
         self.counts[("produce/100B", "redis-c-always")] = count
+
+
+# ------------------------------------------------------------------ the floor
+
+FLOOR_SAMPLES = 2000
+FLOOR_TARGETS = ("floor-round-trip", "floor-fsync", "floor")
+"""Latency rows of the floor: the round trip, the fsync, and their sum."""
+
+_ECHO = """
+import socket, sys
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+print(srv.getsockname()[1], flush=True)
+conn, _ = srv.accept(); conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+while True:
+    data = conn.recv(65536)
+    if not data:
+        break
+    conn.sendall(data)
+"""
+
+
+def _echo_round_trips(count: int, size: int = 100) -> list[int]:
+    """Round trips (ns) of ``size`` bytes to an echo process over loopback TCP."""
+    import socket
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _ECHO], stdout=subprocess.PIPE, text=True, env=dict(os.environ)
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            payload = b"x" * size
+            out = []
+            for _ in range(count):
+                t0 = time.perf_counter_ns()
+                sock.sendall(payload)
+                got = 0
+                while got < size:
+                    got += len(sock.recv(65536))
+                out.append(time.perf_counter_ns() - t0)
+            return out
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def _fsync_times(directory: str, count: int, size: int = 100) -> list[int]:
+    """Durations (ns) of appending ``size`` bytes and fsyncing, in ``directory``."""
+    path = os.path.join(directory, "floor-fsync.bin")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        payload = b"x" * size
+        out = []
+        for _ in range(count):
+            t0 = time.perf_counter_ns()
+            os.write(fd, payload)
+            os.fsync(fd)
+            out.append(time.perf_counter_ns() - t0)
+        return out
+    finally:
+        os.close(fd)
+        os.unlink(path)
 
 
 # ------------------------------------------------------------------ figures
@@ -418,6 +494,26 @@ def _ratio_rows(s: _Session) -> list[Row]:
         out.append(
             _ratio_row(
                 s,
+                f"latency/always{suffix}",
+                "ratio_p50_vs_best_peer",
+                ("latency", ours, "p50_ms"),
+                [("latency", p, "p50_ms") for p in peers_always],
+                lower_is_better=True,
+            )
+        )
+        out.append(
+            _ratio_row(
+                s,
+                f"latency/always{suffix}",
+                "ratio_p50_vs_floor",
+                ("latency", ours, "p50_ms"),
+                [("latency", "floor", "p50_ms")],
+                lower_is_better=True,
+            )
+        )
+        out.append(
+            _ratio_row(
+                s,
                 f"produce/100B/always{suffix}",
                 "ratio_vs_redis_c",
                 ("produce/100B", ours, "events_per_s"),
@@ -484,6 +580,7 @@ def _run_steps(s: _Session, targets: list[Target], progress: Progress | None) ->
             for t in targets
         ]
         steps += [(f"round {rnd}: {t.name} latency", partial(s.latency, t, rnd)) for t in targets]
+        steps.append((f"round {rnd}: latency floor (round trip + fsync)", partial(s.floor, rnd)))
         if s.peer_py is not None:
             steps.append((f"round {rnd}: redis-benchmark (C)", partial(s.redis_c, rnd)))
     failed: set[str] = set()

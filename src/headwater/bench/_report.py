@@ -12,7 +12,7 @@ import pathlib
 import time
 from typing import Any
 
-from ._peers import SIZES, TARGETS
+from ._peers import FLOOR_TARGETS, SIZES, TARGETS
 
 BEGIN = "<!-- peers:begin -->"
 END = "<!-- peers:end -->"
@@ -124,6 +124,14 @@ def render_markdown(rows: list[dict[str, Any]], machine: str, command: str) -> s
         lines.append(
             f"| {t.name} | {_SETTINGS[t.name]} | {n} | " + " | ".join(_cell(x) for x in p) + " |"
         )
+    floor = [by.get((f"latency/{name}", "p50_ms")) for name in FLOOR_TARGETS]
+    if all(x is not None for x in floor):
+        lines.append(
+            "| floor | bare round trip of 100 B between two Python processes + one 100 B "
+            "write and fsync, medians measured in the same rounds | "
+            f"{floor[0].get('count') if floor[0] else ''} | {_cell(floor[2])} "
+            f"({_cell(floor[0])} + {_cell(floor[1])}) | — | — |"
+        )
     lines += [
         "",
         "### Ratios",
@@ -132,7 +140,9 @@ def render_markdown(rows: list[dict[str, Any]], machine: str, command: str) -> s
             "`ratio_vs_best_peer`: Headwater events/s over the best peer's in the same round "
             "(produce: peers in their most durable setting; consume: any peer, any setting). "
             "`ratio_p99_vs_best_peer`: Headwater p99 over the lowest durable peer p99 (below 1 "
-            "is better). `ratio_vs_redis_c`: over `redis-benchmark` with fsync always. "
+            "is better); `ratio_p50_vs_best_peer` the same for p50; `ratio_p50_vs_floor`: "
+            "Headwater p50 over the floor (round trip + fsync) of the same round. "
+            "`ratio_vs_redis_c`: over `redis-benchmark` with fsync always. "
             "`ratio_to_journal`: embedded produce over the journal's raw `Log.append` of "
             "pre-encoded 1,000-event batches (from `bench_broker`)."
         ),

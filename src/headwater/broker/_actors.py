@@ -39,6 +39,7 @@ from headwater._errors import (
     InvalidTransactionStateError,
     TopicExistsError,
     UnknownTopicError,
+    UnstableOffsetError,
 )
 from headwater._logging import get_logger
 from headwater._protocol import (
@@ -73,6 +74,7 @@ from headwater.broker._stable import AbortedTxn, PartitionTransactions, StableCe
 from headwater.broker._stats import BrokerStats
 from headwater.journal._async import AsyncLog, open_log
 from headwater.journal._batch import decode_record_events
+from headwater.journal._fdcache import FileCache
 from headwater.journal._files import FileSystem
 from headwater.journal._log import LogConfig
 from headwater.journal._record import (
@@ -110,6 +112,8 @@ class BrokerSettings:
     max_batch_bytes: int = 16 * 1024 * 1024
     interval_ms: int = 200
     stats: BrokerStats = attrs.field(factory=BrokerStats, eq=False, repr=False)
+    #: Counts and caps the segment files every partition keeps open.
+    files: FileCache = attrs.field(factory=FileCache, eq=False, repr=False)
 
     def partition_dir(self, topic: str, partition: int) -> str:
         return os.path.join(self.data_dir, "topics", topic, str(partition))
@@ -169,6 +173,12 @@ class AdmitTransaction:
 
     producer_id: int
     epoch: int
+
+
+class NotAdmittedError(InvalidTransactionStateError):
+    """A transactional batch from a producer this partition has no admission
+    for (the broker service asks the coordinator again: admissions are in
+    memory and a restarted partition has lost them)."""
 
 
 @attrs.frozen
@@ -234,7 +244,11 @@ class PartitionActor(Actor):
         async def hold(task_status: trio.TaskStatus[AsyncLog]) -> None:
             try:
                 async with open_log(
-                    path, config=cfg, fs=self.settings.fs, clock=self.settings.clock
+                    path,
+                    config=cfg,
+                    fs=self.settings.fs,
+                    clock=self.settings.clock,
+                    files=self.settings.files,
                 ) as log:
                     task_status.started(log)
                     await trio.sleep_forever()
@@ -286,6 +300,7 @@ class PartitionActor(Actor):
             for h in headers
         )
         self.txns.rebuild(headers)
+        self.log.log.files.trim()  # reading the headers opened every segment
         self._publish()
         self._generation = self.log.generation
 
@@ -324,7 +339,7 @@ class PartitionActor(Actor):
                 if header.attributes & ATTR_TRANSACTIONAL and not self.txns.may_append(
                     header.producer_id, header.producer_epoch
                 ):
-                    raise InvalidTransactionStateError(
+                    raise NotAdmittedError(
                         f"{self.config.name}/{self.partition} is not in a transaction of "
                         f"producer {header.producer_id} epoch {header.producer_epoch}; "
                         "send through a transactional producer inside transaction()"
@@ -840,7 +855,7 @@ class GroupActor(Actor):
                 await self._persist()
             return None
         if isinstance(message, CompleteTxnOffsets):
-            c.complete_txn(message.producer_id, message.commit)
+            c.complete_txn(message.producer_id, message.commit, now)
             await self._persist()
             return None
         if not isinstance(message, GroupRequest):
@@ -858,6 +873,8 @@ class GroupActor(Actor):
                     rebalance_timeout=request.rebalance_timeout,
                     protocol_type=request.protocol_type,
                     force=request.rebalance,
+                    instance_id=request.instance_id,
+                    assignor=request.assignor,  # type: ignore[arg-type]  # checked by join
                 )
                 self._adopt_sink(result, message.sink)
             elif isinstance(request, Heartbeat):
@@ -882,7 +899,14 @@ class GroupActor(Actor):
                 c.commit(request.member_id, request.generation, request.offsets)
                 result = None
             elif isinstance(request, FetchCommitted):
-                result = c.committed(request.partitions)
+                try:
+                    result = c.committed(request.partitions, require_stable=request.require_stable)
+                except UnstableOffsetError as exc:
+                    # A refusal the reader retries, not a failure of the group:
+                    # answered as a value (the service raises it), so readers
+                    # waiting out a transaction cannot crash this actor past
+                    # its restart intensity (it would be parked as failed).
+                    result = exc
             else:
                 return await super().handle(request)
         finally:

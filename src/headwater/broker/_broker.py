@@ -36,6 +36,7 @@ from headwater.actors._system import ActorSystem, open_actor_system
 from headwater.broker._actors import BrokerSettings, TopicRegistry
 from headwater.broker._service import BrokerService
 from headwater.broker._txn_actor import TransactionActor
+from headwater.journal._fdcache import DEFAULT_MAX_OPEN_FILES, FileCache, fit_open_files
 from headwater.journal._files import FileSystem, LockHeld, RealFileSystem
 from headwater.supervision._specs import ActorSnapshot, ChildSpec, SupervisorSpec
 
@@ -108,8 +109,10 @@ async def open_broker(
     segment_bytes: int = 64 * 1024 * 1024,
     max_batch_bytes: int = 16 * 1024 * 1024,
     retention_check_interval: float = 60.0,
+    max_open_files: int | None = None,
     fs: FileSystem | None = None,
     clock: Callable[[], int] | None = None,
+    reserve_fds: int = 0,
 ) -> AsyncIterator[Broker]:
     """Open (recovering everything under ``data_dir``) an embedded broker.
 
@@ -127,6 +130,17 @@ async def open_broker(
     system, no permission) raises :class:`~headwater.DataDirError` before
     anything starts. With a simulated ``fs`` the lock lives in that object's
     memory (one per simulated disk).
+
+    ``max_open_files`` caps the segment files the partitions keep open
+    (default :data:`~headwater.journal.DEFAULT_MAX_OPEN_FILES`, 4,096): a
+    partition's files open on first use and the least recently used idle
+    ones are closed beyond the cap, so 10,000 partitions fit in a modest
+    ``RLIMIT_NOFILE``. When the soft limit is too low for the cap, the broker
+    raises it toward the hard limit; if that is too low too, a cap you gave
+    raises :class:`~headwater.ConfigError` naming the limit, and the default
+    shrinks to fit with an ``fd_limit_low`` warning. ``reserve_fds`` is how
+    many descriptors to leave for other uses besides (the server passes its
+    ``max_connections``).
     """
     if durability not in ("always", "interval", "never"):
         raise ConfigError(f"durability={durability!r}; use always, interval or never")
@@ -136,6 +150,9 @@ async def open_broker(
     path = str(data_dir)
     if isinstance(fs, RealFileSystem):
         path = str(await trio.Path(path).absolute())
+        cap = fit_open_files(max_open_files, connections=reserve_fds)
+    else:
+        cap = max_open_files if max_open_files is not None else DEFAULT_MAX_OPEN_FILES
     settings = BrokerSettings(
         data_dir=path,
         fs=fs,
@@ -144,6 +161,7 @@ async def open_broker(
         segment_bytes=segment_bytes,
         max_batch_bytes=max_batch_bytes,
         interval_ms=interval_ms,
+        files=FileCache(cap),
     )
     holder: dict[str, BrokerService] = {}
 

@@ -44,11 +44,33 @@ fixes the group's protocol type (``"headwater"`` or ``"kafka"``); a
 member of another type is refused with
 :class:`~headwater.InconsistentGroupProtocolError` while the group has members.
 
-Transactions (DECISIONS #19, later) fit this shape without a new state: a
-transactional member releases a partition only after its open transaction
-ended (commit or abort in ``on_revoked``), and the new owner's fetch of the
-committed offset will answer a retriable "unstable offset" while
-transactional offsets for it are pending.
+Transactions (DECISIONS #19) fit this shape without a new state: a release
+of a partition whose offsets are pending in an open transaction is *held*
+(the partition stays with its owner, the rebalance waits) until that
+transaction commits, aborts or times out (:meth:`GroupCoordinator.complete_txn`);
+the new owner's fetch of the committed offset would also answer a retriable
+"unstable offset" while transactional offsets for it are pending. Held
+releases live in memory: after a restart of the group's actor the owner's
+rebalance timeout bounds the wait instead.
+
+Static membership (DECISIONS #22, Kafka's KIP-345 with one difference): a
+member may join with an ``instance_id``. While the member holding that
+instance id is live (its session has not ended), another join with the same
+id is refused with :class:`~headwater.MemberInstanceInUseError` (Kafka
+fences the old member instead; we refuse the newcomer, so two live copies of
+one processing instance never alternate). A join with the id of a holder
+whose session ended takes its place in one ``replaced`` event: a new member
+id, the same partitions, the same generation, no rebalance (outstanding
+releases of the dead holder count as done: its uncommitted work is void, and
+its open transaction is fenced by the newcomer's transactional id). And a
+holder that was refused a successor while live is not removed when its
+session ends but *vacated* for one more session timeout, so the waiting
+successor (retrying its join) takes over in place instead of two
+rebalances moving its partitions away and back. A vacated holder that
+heartbeats again is live again; one that nobody claims is removed as usual
+and the others take over its partitions. Refusals and vacancies are not
+persisted (like deadlines): after a coordinator restart every holder gets a
+fresh session.
 
 Members learn what to do from :meth:`GroupCoordinator.take_notices` (the
 memberships that changed since they were last told; the actor pushes them),
@@ -76,6 +98,7 @@ from headwater._errors import (
     IllegalTransitionError,
     InconsistentGroupProtocolError,
     InvalidArgument,
+    MemberInstanceInUseError,
     OffsetOutOfRangeError,
     StaleGenerationError,
     UnknownMemberError,
@@ -133,6 +156,10 @@ TRANSITIONS: dict[tuple[str, str], frozenset[str]] = {
     ("completing_rebalance", "synced"): frozenset({"stable"}),
     **{(s, "committed"): frozenset({s}) for s in _LIVE},
     **{(s, "txn_offsets"): frozenset({s}) for s in _LIVE},
+    **{
+        (s, "replaced"): frozenset({s})
+        for s in ("preparing_rebalance", "completing_rebalance", "stable")
+    },
     **{(s, "txn_completed"): frozenset({s}) for s in _LIVE},
     ("empty", "deleted"): frozenset({"dead"}),
 }
@@ -147,8 +174,8 @@ PROTOCOL_TYPES = ("headwater", "kafka")
 @attrs.frozen
 class MemberState:
     """One member as persisted: id, client id, subscription, session timeout,
-    rebalance timeout, the partitions it owns now and those it was asked to
-    release in the rebalance under way."""
+    rebalance timeout, the partitions it owns now, those it was asked to
+    release in the rebalance under way, and a static member's instance id."""
 
     member_id: str
     client_id: str
@@ -157,6 +184,7 @@ class MemberState:
     assignment: tuple[TP, ...] = ()
     rebalance_timeout: float = DEFAULT_REBALANCE_TIMEOUT
     release: tuple[TP, ...] = ()
+    instance_id: str | None = None
 
 
 @attrs.frozen
@@ -179,6 +207,9 @@ class GroupState:
     pending: Mapping[int, tuple[tuple[Any, ...], ...]] = attrs.field(factory=dict)
     """Offsets sent in open transactions, by producer id: rows of
     (topic, partition, offset[, metadata]), committed with the transaction."""
+    assignor: AssignorName | None = None
+    """The assignor the first live member asked for (``None``: the
+    coordinator's own); fixed while the group has members."""
 
 
 def _tps(rows: Iterable[Iterable[Any]]) -> tuple[TP, ...]:
@@ -200,6 +231,7 @@ def state_to_plain(state: GroupState) -> dict[str, Any]:
                 [list(tp) for tp in m.assignment],
                 m.rebalance_timeout,
                 [list(tp) for tp in m.release],
+                m.instance_id,
             ]
             for m in state.members.values()
         ],
@@ -210,6 +242,7 @@ def state_to_plain(state: GroupState) -> dict[str, Any]:
         "target": {m: [list(tp) for tp in tps] for m, tps in state.target.items()},
         "metadata": [[t, p, s] for (t, p), s in sorted(state.metadata.items())],
         "pending": [[pid, [list(r) for r in rows]] for pid, rows in sorted(state.pending.items())],
+        "assignor": state.assignor,
     }
 
 
@@ -220,8 +253,16 @@ def state_from_plain(data: dict[str, Any]) -> GroupState:
     for m in data["members"]:
         rebalance_timeout = float(m[5]) if len(m) > 5 else DEFAULT_REBALANCE_TIMEOUT
         release = _tps(m[6]) if len(m) > 6 else ()
+        instance_id = m[7] if len(m) > 7 else None
         members[m[0]] = MemberState(
-            m[0], m[1], tuple(m[2]), float(m[3]), _tps(m[4]), rebalance_timeout, release
+            m[0],
+            m[1],
+            tuple(m[2]),
+            float(m[3]),
+            _tps(m[4]),
+            rebalance_timeout,
+            release,
+            instance_id,
         )
     return GroupState(
         group=data["group"],
@@ -235,6 +276,7 @@ def state_from_plain(data: dict[str, Any]) -> GroupState:
         target={m: _tps(tps) for m, tps in data.get("target", {}).items()},
         metadata={(t, p): s for t, p, s in data.get("metadata", [])},
         pending={int(pid): tuple(tuple(r) for r in rows) for pid, rows in data.get("pending", [])},
+        assignor=data.get("assignor"),
     )
 
 
@@ -410,6 +452,7 @@ def apply(state: GroupState, event: GroupEvent) -> GroupState:
             old.assignment if old is not None else (),
             float(m.get("rebalance_timeout", DEFAULT_REBALANCE_TIMEOUT)),
             old.release if old is not None else (),
+            m.get("instance_id"),
         )
         return attrs.evolve(
             state,
@@ -418,6 +461,9 @@ def apply(state: GroupState, event: GroupEvent) -> GroupState:
             topic_partitions={**state.topic_partitions, **event["topic_partitions"]},
             member_seq=event["member_seq"],
             protocol_type=event.get("protocol_type", state.protocol_type or "headwater"),
+            assignor=event.get("assignor", state.assignor)
+            if state.members
+            else event.get("assignor"),
         )
     if kind == "left":
         members = dict(state.members)
@@ -435,7 +481,33 @@ def apply(state: GroupState, event: GroupEvent) -> GroupState:
             members=members,
             target=target if members else {},
             protocol_type=state.protocol_type if members else None,
+            assignor=state.assignor if members else None,
         )
+    if kind == "replaced":
+        _check_transition(state, "replaced", state.status)
+        old_id = event["old_member_id"]
+        old_member = state.members.get(old_id)
+        if old_member is None:
+            raise IllegalTransitionError(
+                f"group {state.group!r}: event 'replaced' names unknown member {old_id!r}"
+            )
+        m = event["member"]
+        member = MemberState(
+            m["member_id"],
+            m["client_id"],
+            old_member.topics,
+            float(m["session_timeout"]),
+            old_member.assignment,
+            float(m.get("rebalance_timeout", DEFAULT_REBALANCE_TIMEOUT)),
+            old_member.release,
+            old_member.instance_id,
+        )
+        members = {mid: ms for mid, ms in state.members.items() if mid != old_id}
+        members[member.member_id] = member
+        target = {
+            (member.member_id if mid == old_id else mid): tps for mid, tps in state.target.items()
+        }
+        return attrs.evolve(state, members=members, target=target, member_seq=event["member_seq"])
     if kind == "topics_changed":
         changed: GroupStatus = "empty" if state.status == "empty" else "preparing_rebalance"
         _check_transition(state, "topics_changed", changed)
@@ -544,6 +616,13 @@ class GroupCoordinator:
     _rebalance_deadlines: dict[str, float] = attrs.field(factory=dict)
     _outbox: list[GroupEvent] = attrs.field(factory=list)
     _told: dict[str, Membership] = attrs.field(factory=dict)
+    # member id -> partitions it released while they had offsets pending in
+    # an open transaction (DECISIONS #19): released when the transaction ends.
+    _held: dict[str, set[TP]] = attrs.field(factory=dict)
+    _claims: dict[str, float] = attrs.field(factory=dict)
+    """Static instance id -> when a join for it was last refused."""
+    _vacant: set[str] = attrs.field(factory=set)
+    """Static members whose session ended while a successor was waiting."""
 
     @classmethod
     def new(cls, group: str, assignor: AssignorName = "sticky") -> GroupCoordinator:
@@ -635,9 +714,18 @@ class GroupCoordinator:
             )
         return member
 
+    def assigner_name(self) -> str:
+        """The name of the coordinator's own assignor (when members ask for none)."""
+        return str(getattr(self.assigner, "assignor", "custom"))
+
     def _assigner(self) -> Assigner:
-        """The broker assigns for Headwater members, the elected leader for Kafka's."""
-        return LeaderAssigner() if self.state.protocol_type == "kafka" else self.assigner
+        """The broker assigns for Headwater members (with the assignor the
+        first member asked for, if any), the elected leader for Kafka's."""
+        if self.state.protocol_type == "kafka":
+            return LeaderAssigner()
+        if self.state.assignor is not None:
+            return BrokerAssigner(self.state.assignor)
+        return self.assigner
 
     def _plan(self, now: float) -> None:
         """Compute the target assignment, ask for releases, complete if none."""
@@ -692,6 +780,8 @@ class GroupCoordinator:
         rebalance_timeout: float | None = None,
         protocol_type: str = "headwater",
         force: bool = False,
+        instance_id: str | None = None,
+        assignor: AssignorName | None = None,
     ) -> Membership:
         """Add a member (``member_id=None``: a new id is assigned) or rejoin
         as ``member_id``. ``partition_counts`` gives the partition count of
@@ -700,8 +790,33 @@ class GroupCoordinator:
         a plain rejoin only renews the session (unless ``force``: then it
         plans a rebalance too). The answer may say
         ``preparing_rebalance`` with no partitions yet: the member then waits
-        for its notice (or its next heartbeat)."""
+        for its notice (or its next heartbeat).
+
+        ``instance_id`` makes the member static (see the module docs): a
+        live holder of the same id refuses this join with
+        :class:`~headwater.MemberInstanceInUseError`; a holder whose session
+        ended is replaced in place. ``assignor`` (``"sticky"`` or
+        ``"range"``; ``None``: the coordinator's) is fixed by the first live
+        member; another one is refused with
+        :class:`~headwater.InconsistentGroupProtocolError`. A stream
+        processing job asks for ``"range"``: with equal subscriptions it
+        gives partition ``p`` of every co-partitioned input to one member."""
         self._check_alive()
+        if assignor is not None and assignor not in ("sticky", "range"):
+            raise InvalidArgument(f"assignor={assignor!r}; use 'sticky' or 'range'")
+        if assignor is not None and self.state.members and self.state.assignor != assignor:
+            raise InconsistentGroupProtocolError(
+                f"group {self.state.group!r} assigns with the "
+                f"{self.state.assignor or self.assigner_name()} assignor; a member asking for "
+                f"{assignor!r} cannot join it: use another group name"
+            )
+        if instance_id is not None and (
+            not isinstance(instance_id, str) or not instance_id or len(instance_id) > 255
+        ):
+            raise InvalidArgument(
+                f"instance_id must be a non-empty str of at most 255 characters, not "
+                f"{instance_id!r:.80}"
+            )
         topic_list = tuple(sorted(set(topics)))
         if not topic_list or not all(isinstance(t, str) and t for t in topic_list):
             raise InvalidArgument(f"a group member must subscribe to topic names, not {topics!r}")
@@ -726,8 +841,22 @@ class GroupCoordinator:
                 f"{protocol_type} member cannot join it: use another group name"
             )
         counts = {t: partition_counts[t] for t in topic_list}
+        if member_id is None and instance_id is not None:
+            holder = self._holder(instance_id)
+            if holder is not None:
+                return self._take_over(
+                    holder,
+                    instance_id,
+                    topic_list,
+                    counts,
+                    now,
+                    client_id=client_id,
+                    session_timeout=session_timeout,
+                    rebalance_timeout=rebalance,
+                )
         if member_id is not None:
             old = self._member(member_id, "rejoin")
+            instance_id = old.instance_id
             unchanged = all(self.state.topic_partitions.get(t) == n for t, n in counts.items())
             if (
                 old.topics == topic_list
@@ -754,14 +883,93 @@ class GroupCoordinator:
                     "topics": list(topic_list),
                     "session_timeout": session_timeout,
                     "rebalance_timeout": rebalance,
+                    **({"instance_id": instance_id} if instance_id is not None else {}),
                 },
                 "topic_partitions": counts,
                 "member_seq": seq,
                 "protocol_type": protocol_type,
+                **({"assignor": assignor} if assignor is not None else {}),
             }
         )
         self._deadlines[member_id] = now + session_timeout
         self._plan(now)
+        return self._told_now(member_id)
+
+    def _holder(self, instance_id: str) -> MemberState | None:
+        return next((m for m in self.state.members.values() if m.instance_id == instance_id), None)
+
+    def _take_over(
+        self,
+        holder: MemberState,
+        instance_id: str,
+        topics: tuple[str, ...],
+        counts: Mapping[str, int],
+        now: float,
+        *,
+        client_id: str,
+        session_timeout: float,
+        rebalance_timeout: float,
+    ) -> Membership:
+        """A join for ``instance_id``, held by ``holder``: refused while the
+        holder is live, else the newcomer takes its place (no rebalance)."""
+        old_id = holder.member_id
+        deadline = self._deadlines.get(old_id, now)
+        if old_id not in self._vacant and deadline > now:
+            self._claims[instance_id] = now
+            raise MemberInstanceInUseError(
+                f"instance {instance_id!r} of group {self.state.group!r} is held by live member "
+                f"{old_id!r} (its session ends within {deadline - now:.1f}s unless it "
+                "heartbeats): stop the other copy or give this one another instance id; a "
+                "copy restarted after a crash is admitted once that session ends"
+            )
+        seq = self.state.member_seq + 1
+        member_id = f"{client_id or 'consumer'}-{seq}"
+        while member_id in self.state.members:
+            seq += 1
+            member_id = f"{client_id or 'consumer'}-{seq}"
+        self._emit(
+            {
+                "type": "replaced",
+                "old_member_id": old_id,
+                "member": {
+                    "member_id": member_id,
+                    "client_id": client_id,
+                    "session_timeout": session_timeout,
+                    "rebalance_timeout": rebalance_timeout,
+                },
+                "member_seq": seq,
+            }
+        )
+        self._deadlines.pop(old_id, None)
+        self._rebalance_deadlines.pop(old_id, None)
+        self._told.pop(old_id, None)
+        self._vacant.discard(old_id)
+        self._claims.pop(instance_id, None)
+        self._deadlines[member_id] = now + session_timeout
+        released = self.state.members[member_id].release
+        if released and self.state.status == "preparing_rebalance":
+            # The dead holder's work is void: its releases count as done.
+            self._emit(
+                {
+                    "type": "released",
+                    "member_id": member_id,
+                    "partitions": [list(tp) for tp in released],
+                }
+            )
+            self._complete()
+        elif released:
+            self._rebalance_deadlines[member_id] = now + rebalance_timeout
+        unchanged = all(self.state.topic_partitions.get(t) == n for t, n in counts.items())
+        if holder.topics != topics or not unchanged:
+            return self.join(
+                topics,
+                counts,
+                now,
+                member_id=member_id,
+                client_id=client_id,
+                session_timeout=session_timeout,
+                rebalance_timeout=rebalance_timeout,
+            )
         return self._told_now(member_id)
 
     def heartbeat(self, member_id: str, generation: int, now: float) -> Membership:
@@ -776,6 +984,7 @@ class GroupCoordinator:
                 f"generation {generation} does not exist"
             )
         self._deadlines[member_id] = now + self.state.members[member_id].session_timeout
+        self._vacant.discard(member_id)  # it was not dead after all
         return self._told_now(member_id)
 
     def release(
@@ -789,7 +998,22 @@ class GroupCoordinator:
         member = self._member(member_id, "release partitions")
         self._deadlines[member_id] = now + member.session_timeout
         owned = set(member.assignment)
-        gone = sorted({(tp.topic, tp.partition) for tp in partitions} & owned)
+        gone = {(tp.topic, tp.partition) for tp in partitions} & owned
+        if self.state.status == "preparing_rebalance":
+            # DECISIONS #19: a partition whose offsets are pending in an open
+            # transaction stays with its owner until the transaction ends.
+            held = gone & self._pending_partitions()
+            if held:
+                self._held.setdefault(member_id, set()).update(held)
+                gone -= held
+        self._released(member_id, sorted(gone), now)
+        return self._told_now(member_id)
+
+    def _pending_partitions(self) -> set[TP]:
+        return {(r[0], r[1]) for rows in self.state.pending.values() for r in rows}
+
+    def _released(self, member_id: str, gone: list[TP], now: float) -> None:
+        member = self.state.members[member_id]
         if gone and self.state.status == "preparing_rebalance":
             self._emit({"type": "released", "member_id": member_id, "partitions": gone})
             if not self.state.members[member_id].release:
@@ -798,7 +1022,21 @@ class GroupCoordinator:
                 self._plan(now)  # it gave up more than asked: those need an owner
             else:
                 self._complete()
-        return self._told_now(member_id)
+
+    def _release_held(self, now: float) -> None:
+        """Release what was held for transactions that have ended since."""
+        pending = self._pending_partitions()
+        for mid in list(self._held):
+            member = self.state.members.get(mid)
+            free = self._held[mid] - pending
+            if member is None or self.state.status != "preparing_rebalance":
+                del self._held[mid]
+                continue
+            if free:
+                self._held[mid] -= free
+                if not self._held[mid]:
+                    del self._held[mid]
+                self._released(mid, sorted(free & set(member.release)), now)
 
     def sync(
         self,
@@ -853,9 +1091,11 @@ class GroupCoordinator:
 
     def _remove(self, member_id: str, reason: str, now: float) -> None:
         self._emit({"type": "left", "member_id": member_id, "reason": reason})
+        self._held.pop(member_id, None)
         self._deadlines.pop(member_id, None)
         self._rebalance_deadlines.pop(member_id, None)
         self._told.pop(member_id, None)
+        self._vacant.discard(member_id)
         self._plan(now)
 
     def tick(self, now: float) -> list[str]:
@@ -873,9 +1113,27 @@ class GroupCoordinator:
         gone: list[str] = []
         for _, mid, reason in expired:
             if mid in self.state.members and mid not in gone:
+                if reason == "expired" and self._vacate(mid, now):
+                    continue
                 self._remove(mid, reason, now)
                 gone.append(mid)
         return gone
+
+    def _vacate(self, member_id: str, now: float) -> bool:
+        """A static member's session ended while a successor was refused
+        within the last session timeout: keep its place (and partitions)
+        for one more session timeout, for the successor to take over."""
+        member = self.state.members[member_id]
+        instance = member.instance_id
+        if instance is None or member_id in self._vacant:
+            return False
+        claimed = self._claims.get(instance)
+        if claimed is None or now - claimed > member.session_timeout:
+            self._claims.pop(instance, None)
+            return False
+        self._vacant.add(member_id)
+        self._deadlines[member_id] = now + member.session_timeout
+        return True
 
     def next_deadline(self) -> float | None:
         """The earliest session or rebalance deadline (``None`` with no members)."""
@@ -910,11 +1168,13 @@ class GroupCoordinator:
         if rows:
             self._emit({"type": "txn_offsets", "producer_id": producer_id, "offsets": rows})
 
-    def complete_txn(self, producer_id: int, commit: bool) -> None:
+    def complete_txn(self, producer_id: int, commit: bool, now: float = 0.0) -> None:
         """The transaction of ``producer_id`` ended: commit or drop its
-        offsets (idempotent: nothing pending, nothing done)."""
+        offsets (idempotent: nothing pending, nothing done); partitions
+        their owner released meanwhile move on now."""
         if producer_id in self.state.pending:
             self._emit({"type": "txn_completed", "producer_id": producer_id, "commit": commit})
+            self._release_held(now)
 
     def commit(
         self, member_id: str | None, generation: int, offsets: Iterable[PartitionOffset]
@@ -977,12 +1237,16 @@ class GroupCoordinator:
 
     # ------------------------------------------------------------ queries
 
-    def committed(self, partitions: Iterable[TopicPartition] = ()) -> tuple[PartitionOffset, ...]:
+    def committed(
+        self, partitions: Iterable[TopicPartition] = (), *, require_stable: bool = True
+    ) -> tuple[PartitionOffset, ...]:
         """Committed offsets (with metadata) for ``partitions`` (all when
-        empty); partitions without a commit are absent."""
+        empty); partitions without a commit are absent. With
+        ``require_stable=False`` offsets pending in a transaction are
+        ignored instead of answered with :class:`~headwater.UnstableOffsetError`."""
         s = self.state
         wanted = [(tp.topic, tp.partition) for tp in partitions]
-        if s.pending:
+        if s.pending and require_stable:
             unstable = {(r[0], r[1]) for rows in s.pending.values() for r in rows}
             hit = sorted(unstable.intersection(wanted) if wanted else unstable)
             if hit:
@@ -1028,7 +1292,10 @@ class GroupCoordinator:
             topics=tuple(subscribed),
             members=tuple(
                 GroupMember(
-                    m.member_id, m.client_id, tuple(TopicPartition(t, p) for t, p in m.assignment)
+                    m.member_id,
+                    m.client_id,
+                    tuple(TopicPartition(t, p) for t, p in m.assignment),
+                    m.instance_id,
                 )
                 for _, m in sorted(s.members.items())
             ),

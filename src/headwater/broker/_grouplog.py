@@ -29,6 +29,7 @@ def group_changes(before: GroupState, after: GroupState) -> list[tuple[str, dict
                     "client_id": member.client_id,
                     "topics": list(member.topics),
                     "members": len(after.members),
+                    **({"instance_id": member.instance_id} if member.instance_id else {}),
                 },
             )
         )

@@ -32,11 +32,13 @@ and returns the exit code.
 from __future__ import annotations
 
 import errno
+import gc
 import itertools
 import math
 import os
 import signal
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from functools import partial
@@ -50,13 +52,15 @@ from headwater._errors import (
     ConfigError,
     HeadwaterError,
     HeadwaterTimeoutError,
+    InvalidArgument,
     ServerBusyError,
 )
 from headwater._logging import LOG_FORMATS, LOG_LEVELS, configure_logging, get_logger
-from headwater._protocol import PUSH_SINK, Fetch
+from headwater._protocol import CONNECTION_REQUEST_TYPES, PUSH_SINK, Fetch
 from headwater.actors._serve import serve_actors
 from headwater.broker._broker import DEFAULT_DATA_DIR, Broker, open_broker
 from headwater.broker._config import DURABILITIES
+from headwater.broker._push import PushedFetches
 from headwater.broker._service import MAX_FETCH_BYTES
 from headwater.kafka._server import KafkaServer, kafka_listener_spec
 from headwater.supervision._specs import ChildSpec, SupervisorSpec, unwrap_group
@@ -89,6 +93,11 @@ def _at_least(minimum: int, *, integer: bool = True) -> Any:
     return check
 
 
+def _optional_at_least_1(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{attribute.name}={value!r}; give an int >= 1 (or None for the default)")
+
+
 def _optional_path(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not isinstance(value, str | os.PathLike):
         raise ConfigError(f"{attribute.name}={value!r} is not a file path")
@@ -111,7 +120,9 @@ class ServerConfig:
     how long requests in flight may take to finish on shutdown.
     ``log_format`` (``auto``, ``console``, ``json``) and ``log_level``
     (``debug``, ``info``, ``warning``, ``error``) shape the log lines
-    ``serve`` writes to stderr.
+    ``serve`` writes to stderr. ``max_open_files`` caps the segment files the
+    partitions keep open (``None``: 4,096; see
+    :func:`~headwater.broker.open_broker`).
     """
 
     data_dir: str = DEFAULT_DATA_DIR
@@ -134,6 +145,7 @@ class ServerConfig:
     shutdown_timeout: float = attrs.field(default=10.0, validator=_at_least(0, integer=False))
     log_format: str = "auto"
     log_level: str = "info"
+    max_open_files: int | None = attrs.field(default=None, validator=_optional_at_least_1)
 
     def __attrs_post_init__(self) -> None:
         if self.durability not in DURABILITIES:
@@ -385,16 +397,31 @@ class Server:
                 pushed = trio.Event()
                 await flush()
 
+        def push_fetch(kind: str, body: dict[str, Any], sub: int) -> None:
+            try:
+                conn.send_push(kind, body, sub)
+            except HeadwaterError:
+                pass  # closed meanwhile: nobody is left to read it
+
+        pushes: PushedFetches | None = None
+
         async def answer(event: RequestReceived, held: int) -> None:
             if conn.can_push:
                 PUSH_SINK.set(push)
             try:
                 request = decode_request(event.op, event.body)
-                if isinstance(request, Fetch) and type(request.max_bytes) is int:
-                    held += await budget.acquire(min(request.max_bytes, MAX_FETCH_BYTES))
-                self._send(
-                    conn, event.id, encode_response(await self.broker.service.handle(request))
-                )
+                if isinstance(request, CONNECTION_REQUEST_TYPES):
+                    if pushes is None or not conn.can_push:
+                        raise InvalidArgument(
+                            f"{event.op} needs protocol version 2 (this connection speaks "
+                            f"{conn.version}); fetch instead"
+                        )
+                    response = pushes.handle(request)  # answered before any push of it
+                else:
+                    if isinstance(request, Fetch) and type(request.max_bytes) is int:
+                        held += await budget.acquire(min(request.max_bytes, MAX_FETCH_BYTES))
+                    response = await self.broker.service.handle(request)
+                self._send(conn, event.id, encode_response(response))
             except HeadwaterError as exc:
                 stats["errors"] += 1
                 entry.errors += 1
@@ -422,6 +449,14 @@ class Server:
                             await pusher()
 
                     handlers.start_soon(run_pusher)
+                    pushes = PushedFetches(
+                        self.broker.service,
+                        push_fetch,
+                        flush,
+                        handlers,
+                        limit=config.max_in_flight,
+                        stats=entry,
+                    )
                     with receiver:
                         if self._draining:
                             receiver.cancel()
@@ -429,7 +464,7 @@ class Server:
                         while True:
                             if not ready:
                                 wait = config.handshake_timeout
-                            elif conn.in_flight:
+                            elif conn.in_flight or pushes:
                                 wait = math.inf
                             else:
                                 wait = config.idle_timeout
@@ -487,6 +522,7 @@ class Server:
                             if closed or broken:
                                 break
                     pushing.cancel()
+                    pushes.close()
                     if receiver.cancelled_caught:
                         # Draining: requests in flight may finish, up to the timeout.
                         reason = "server shutting down"
@@ -620,6 +656,53 @@ async def open_server(
                 await trio.aclose_forcefully(ln)
 
 
+REFREEZE_POLL = 1.0
+"""Seconds between :func:`refreeze_after_changes`'s looks at the topics."""
+
+
+def _shape(broker: Broker) -> tuple[int, int, int]:
+    counts = broker.service._counts()
+    return len(counts), sum(counts.values()), broker.system.restarts
+
+
+def refreeze() -> tuple[int, float]:
+    """Collect everything (frozen objects included) and freeze what survives;
+    returns (objects frozen, seconds spent)."""
+    began = time.perf_counter()
+    gc.unfreeze()  # what died since the last freeze (a deleted topic) is collectable again
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count(), time.perf_counter() - began
+
+
+async def refreeze_after_changes(broker: Broker, poll: float = REFREEZE_POLL) -> None:
+    """Run :func:`refreeze` once the broker's shape (topics, partitions, actor
+    restarts) changed and then held still for ``poll`` seconds; forever.
+
+    A partition keeps ~100 long-lived objects (its actor, log, index,
+    segments): at 10,000 partitions the collector's full collections walked
+    a million of them while a produce ran (1.6-1.8 s of 7 s CPU in one
+    process, and 0.73 of the 100-partition throughput against 0.60 with
+    the topics frozen). Frozen objects are never collected, so the freeze
+    unfreezes and collects first: a deleted topic's or a restarted
+    partition's objects (and requests alive at the last freeze) go then.
+    The event loop is paused for the collection (0.8 s at 10,000
+    partitions); a refreeze waits nine times as long before the next."""
+    frozen = _shape(broker)
+    last = frozen
+    while True:
+        await trio.sleep(poll)
+        now = _shape(broker)
+        if now != frozen and now == last:
+            objects, seconds = refreeze()
+            frozen = now
+            _log.info("gc_refrozen", objects=objects, seconds=round(seconds, 3))
+            # A partition restarting in a loop must not pause the loop for
+            # collections back to back: at most ~10% of the time goes here.
+            await trio.sleep(9 * seconds)
+        last = now
+
+
 FrontEnd = Callable[[Broker], AbstractAsyncContextManager[Any]]
 """Opens one more front end (such as :func:`headwater.web.open_http`) on a
 running broker, for as long as its block lasts."""
@@ -632,18 +715,45 @@ def run_server(config: ServerConfig, front_ends: Sequence[FrontEnd] = ()) -> int
 
     ``front_ends`` open beside the TCP server, after it, and close before it
     (the CLI passes the HTTP front end here: the broker layer never imports
-    the front ends above it)."""
+    the front ends above it).
+
+    The cyclic garbage collector is paused while the broker starts and its
+    long-lived objects (actors, logs, indexes) are then frozen out of later
+    collections (``gc.freeze``): with 10,000 partitions, full collections
+    over a heap that grows during start-up took over half of it (18 s
+    against 6-9 s with the collector paused, measured in one process).
+    Topics created later are frozen by :func:`refreeze_after_changes`."""
     configure_logging(config.log_format, level=config.log_level)
 
+    collecting = gc.isenabled()
+
     async def main() -> None:
+        gc.disable()
+        try:
+            await serve()
+        finally:
+            if collecting:
+                gc.enable()
+
+    async def serve() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with (
                 open_broker(
-                    config.data_dir, durability=config.durability, interval_ms=config.interval_ms
+                    config.data_dir,
+                    durability=config.durability,
+                    interval_ms=config.interval_ms,
+                    max_open_files=config.max_open_files,
+                    reserve_fds=config.max_connections,
                 ) as broker,
                 open_server(broker, config) as server,
                 AsyncExitStack() as stack,
             ):
+                gc.freeze()  # what start-up built lives as long as the server
+                if collecting:
+                    gc.enable()
+                    refreezing = await stack.enter_async_context(trio.open_nursery())
+                    refreezing.start_soon(refreeze_after_changes, broker)
+                    stack.callback(refreezing.cancel_scope.cancel)
                 for front_end in front_ends:
                     await stack.enter_async_context(front_end(broker))
                 async for signum in signals:

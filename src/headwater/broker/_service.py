@@ -35,9 +35,11 @@ from headwater._errors import (
     UnknownGroupError,
     UnknownPartitionError,
     UnknownTopicError,
+    UnstableOffsetError,
 )
 from headwater._logging import get_logger
 from headwater._protocol import (
+    CONNECTION_REQUEST_TYPES,
     PUSH_SINK,
     AddPartitions,
     AddPartitionsToTxn,
@@ -93,6 +95,7 @@ from headwater.broker._actors import (
     GroupSnapshot,
     ListTopicConfigs,
     NewProducerId,
+    NotAdmittedError,
     RunCompaction,
     RunRetention,
     group_spec,
@@ -102,9 +105,10 @@ from headwater.broker._group import GroupCoordinator
 from headwater.broker._share_service import ShareService
 from headwater.broker._stable import StableCell, filter_records
 from headwater.broker._stats import count_events
+from headwater.broker._txn_actor import Readmit, ask_coordinator
 from headwater.journal._async import AsyncLog
 from headwater.journal._batch import decode_record_events
-from headwater.journal._record import ATTR_CONTROL, iter_records
+from headwater.journal._record import ATTR_CONTROL, RecordHeader, decode_header, iter_records
 from headwater.supervision._specs import ActorSnapshot
 
 __all__ = ["BrokerService", "MAX_FETCH_BYTES", "MAX_FETCH_WAIT"]
@@ -266,6 +270,11 @@ class BrokerService:
         """Answer one request (see :mod:`headwater._protocol`)."""
         handler = self._handlers.get(type(request))
         if handler is None:
+            if isinstance(request, CONNECTION_REQUEST_TYPES):
+                raise InvalidArgument(
+                    f"{type(request).__name__} (a pushed fetch) needs a TCP connection "
+                    "speaking protocol version 2; fetch instead"
+                )
             raise InvalidArgument(f"unknown request {type(request).__name__}")
         began = time.perf_counter()
         failed = True
@@ -283,7 +292,15 @@ class BrokerService:
         _config, path = self._partition_path(r.topic, r.partition)
         if not isinstance(r.record, bytes | bytearray | memoryview):
             raise InvalidArgument(f"a produce record must be bytes, not {type(r.record).__name__}")
-        reply = await self._partition(r.topic, path).ask(AppendBatch(bytes(r.record)))
+        ref = self._partition(r.topic, path)
+        reply = await ref.ask(AppendBatch(bytes(r.record)))
+        if isinstance(reply, NotAdmittedError):
+            # The partition restarted since the add (admissions are in memory).
+            header = decode_header(r.record, check_crc=False)
+            assert isinstance(header, RecordHeader)  # the partition decoded it
+            readmit = Readmit(header.producer_id, header.producer_epoch, r.topic, r.partition)
+            if await self.system.lookup("/broker/transactions").ask(readmit):
+                reply = await ref.ask(AppendBatch(bytes(r.record)))
         if isinstance(reply, HeadwaterError):
             raise reply
         assert isinstance(reply, Appended)
@@ -302,21 +319,27 @@ class BrokerService:
             r.topic, r.partition, reply.base_offset, reply.append_time, reply.duplicate
         )
 
-    async def _fetch(self, r: Fetch) -> FetchResult:
+    def check_fetch(self, r: Fetch) -> None:
+        """Refuse a fetch whose fields are bad or whose topic or partition
+        does not exist (without reading anything)."""
         if not isinstance(r.max_bytes, int) or r.max_bytes < 1:
             raise InvalidArgument(f"max_bytes={r.max_bytes!r}; give a positive int")
         if not isinstance(r.max_wait, int | float) or not 0 <= r.max_wait <= MAX_FETCH_WAIT:
             raise InvalidArgument(f"max_wait={r.max_wait!r}; give 0..{MAX_FETCH_WAIT} seconds")
         if isinstance(r.offset, bool) or not isinstance(r.offset, int):
             raise InvalidArgument(f"offset {r.offset!r} is not an int")
+        if r.isolation not in ISOLATIONS:
+            raise InvalidArgument(f"isolation={r.isolation!r}; give one of {', '.join(ISOLATIONS)}")
+        self._partition_path(r.topic, r.partition)
+
+    async def _fetch(self, r: Fetch) -> FetchResult:
+        self.check_fetch(r)
         log = await self._log(r.topic, r.partition)
         if not log.earliest_offset <= r.offset <= log.visible_end:
             raise OffsetOutOfRangeError(
                 f"offset {r.offset} of {r.topic}/{r.partition} is outside "
                 f"[{log.earliest_offset}, {log.visible_end}]; seek to earliest or latest"
             )
-        if r.isolation not in ISOLATIONS:
-            raise InvalidArgument(f"isolation={r.isolation!r}; give one of {', '.join(ISOLATIONS)}")
         committed = r.isolation == "read_committed"
         cell = self._cells[(r.topic, r.partition)]
         max_bytes = min(r.max_bytes, MAX_FETCH_BYTES)
@@ -469,7 +492,7 @@ class BrokerService:
                 self._partition_path(tp.topic, tp.partition)
         if isinstance(r, SendOffsetsToTxn):
             await self._group(r.group, create=True)
-        result = await self.system.lookup("/broker/transactions").ask(r, timeout=None)
+        result = await ask_coordinator(self.system.lookup("/broker/transactions"), r)
         return Done() if result is None else result
 
     async def _group_request(self, r: Any) -> Any:
@@ -480,6 +503,8 @@ class BrokerService:
                 self._config(topic)
         ref = await self._group(r.group, create=isinstance(r, JoinGroup | CommitOffsets))
         result = await ref.ask(GroupRequest(r, self._counts(), PUSH_SINK.get()))
+        if isinstance(result, UnstableOffsetError):
+            raise result  # answered as a value: the group actor carries on
         if isinstance(r, FetchCommitted):
             return CommittedOffsets(r.group, result)
         return Done() if result is None else result

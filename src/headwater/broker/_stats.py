@@ -58,6 +58,8 @@ class ConnectionStats:
     authenticated: bool = False
     requests: int = 0
     errors: int = 0
+    subscriptions: list[str] = attrs.field(factory=list)
+    """``topic/partition`` of each pushed fetch open on the connection."""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data (JSON friendly)."""

@@ -16,6 +16,7 @@ from ._accumulator import AccumulatorConfig as AccumulatorConfig
 from ._accumulator import BatchSlot as BatchSlot
 from ._accumulator import ReadyBatch as ReadyBatch
 from ._channel import Channel as Channel
+from ._channel import FetchSubscription as FetchSubscription
 from ._channel import LocalChannel as LocalChannel
 from ._client import Client as Client
 from ._consumer import Consumer as Consumer
@@ -56,6 +57,7 @@ __all__ = [
     "BytesSerializer",
     "CborSerializer",
     "Channel",
+    "FetchSubscription",
     "Client",
     "Consumer",
     "ConsumerConfig",

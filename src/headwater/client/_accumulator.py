@@ -298,6 +298,19 @@ class Accumulator:
             ready.append(self._finish(self._closed.popleft()))
         return ready
 
+    def take(self, tp: tuple[str, int]) -> ReadyBatch | None:
+        """Close ``tp``'s open batch now and return it ready (sequence
+        assigned), for a sender that delivers it at once; ``None`` if ``tp``
+        has no open batch or a closed batch of ``tp`` must go first."""
+        if tp not in self._open or any((b.topic, b.partition) == tp for b in self._closed):
+            return None
+        self._close(tp)
+        return self._finish(self._closed.pop())
+
+    def has_open(self, tp: tuple[str, int]) -> bool:
+        """Whether ``tp`` has an open (lingering) batch."""
+        return tp in self._open
+
     def _finish(self, batch: _OpenBatch) -> ReadyBatch:
         tp = (batch.topic, batch.partition)
         count = len(batch.events)

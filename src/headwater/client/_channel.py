@@ -25,10 +25,10 @@ import trio
 
 from headwater._errors import ClosedError, HeadwaterError, HeadwaterTimeoutError, InvalidArgument
 from headwater._logging import get_logger
-from headwater._protocol import PUSH_SINK, Membership
+from headwater._protocol import PUSH_SINK, FetchResult, Membership
 from headwater.actors._actor import as_failure
 
-__all__ = ["Channel", "Handler", "LocalChannel", "PushListener"]
+__all__ = ["Channel", "FetchSubscription", "Handler", "LocalChannel", "PushListener"]
 
 Handler = Callable[[Any], Awaitable[Any]]
 """A broker's request handler: takes a request message, returns its response."""
@@ -64,6 +64,23 @@ class Channel(abc.ABC):
     async def aclose(self) -> None:
         """Close the channel (idempotent). Requests in flight fail."""
 
+    async def open_fetch_subscription(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        *,
+        credit: int,
+        max_bytes: int,
+        isolation: str,
+        timeout: float | None = None,
+    ) -> FetchSubscription | None:
+        """Open a pushed fetch of ``topic``/``partition`` from ``offset``
+        (docs/protocol.md section 12), or return ``None`` when this channel
+        cannot (embedded, or a server speaking protocol version 1): the caller
+        then pulls with :class:`~headwater._protocol.Fetch`."""
+        return None
+
     def add_push_listener(self, group: str, listener: PushListener) -> None:
         """Call ``listener`` with every group notice pushed for ``group``."""
         listeners: dict[str, list[PushListener]] = self.__dict__.setdefault("_push_listeners", {})
@@ -88,6 +105,26 @@ class Channel(abc.ABC):
                 listener(message)
             except Exception as exc:  # a listener's bug must not reach the broker's task
                 _log.error("push_listener_failed", group=message.group, exc_info=exc)
+
+
+class FetchSubscription(abc.ABC):
+    """A pushed fetch: the server sends the partition's records as they come,
+    as far as the credit allows (made by :meth:`Channel.open_fetch_subscription`)."""
+
+    @abc.abstractmethod
+    async def receive(self, timeout: float) -> FetchResult:
+        """The next pushed result, in order. Raises the error that ended the
+        subscription (as a failed fetch would), or a retriable
+        :class:`~headwater.ConnectionLostError` when the connection went away
+        or nothing arrived for ``timeout`` seconds: subscribe again."""
+
+    @abc.abstractmethod
+    async def consumed(self, nbytes: int) -> None:
+        """Return ``nbytes`` of credit (records handed on to the reader)."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Stop the pushes (idempotent; does not wait for the server's answer)."""
 
 
 class LocalChannel(Channel):

@@ -6,11 +6,18 @@ The consumer owns a set of partitions: every partition of its topics (no
 group; narrow with :meth:`Consumer.assign`), or the assignment its group
 gives it. A *fetcher* task per owned partition resolves where to start (the
 group's committed offset, else the ``start`` rule through ``ListOffset``),
-then long-polls ``Fetch`` (up to ``max_wait`` seconds, ``max_bytes`` per
-request) and puts each decoded chunk into one bounded channel
-(``prefetch`` chunks), so partitions are served as data arrives and memory
-is bounded. Events below the requested offset inside a fetched record are
-skipped (records start at their base offset).
+then, over a connection that can push (protocol v2), opens a pushed fetch
+with ``fetch_credit`` bytes of credit: the server sends records as they
+come while credit lasts, and the fetcher returns credit as it hands each
+result on, so several batches are on their way while the reader decodes.
+Otherwise (embedded, a version 1 server, ``fetch_credit=0``) it long-polls
+``Fetch`` (up to ``max_wait`` seconds, ``max_bytes`` per request). Either
+way it puts each result's records into one bounded channel (``prefetch``
+chunks), so partitions are served as data arrives and memory is bounded
+(credit plus prefetch). Events below the requested offset inside a fetched
+record are skipped (records start at their base offset). A lost connection
+or a pushed error is handled as a failed fetch: retry (subscribing again
+from the position), reset, or stall.
 
 Each chunk carries its partition's *token*; :meth:`seek` and a rebalance
 bump the token and restart the fetcher, so stale chunks are dropped on
@@ -148,6 +155,28 @@ def _isolation(_inst: object, _attr: Any, value: object) -> None:
         )
 
 
+def _instance_id(_inst: object, _attr: Any, value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value or len(value) > 255):
+        raise ConfigError(
+            "group_instance_id must be a non-empty str of at most 255 characters, "
+            f"not {value!r:.80}"
+        )
+
+
+def _assignor(_inst: object, _attr: Any, value: object) -> None:
+    if value not in (None, "sticky", "range"):
+        raise ConfigError(f"assignor must be 'sticky', 'range' or None, not {value!r:.80}")
+
+
+def _credit(_inst: object, _attr: Any, value: object) -> None:
+    if type(value) is not int or value < 0:
+        raise ConfigError(f"fetch_credit must be an int >= 0 (bytes; 0: pull), not {value!r}")
+
+
+_PUSH_SILENCE = 30.0
+"""A server pushes at least this often (seconds) on a pushed fetch."""
+
+
 @attrs.frozen
 class ConsumerConfig:
     """Consumer settings: ``max_wait`` (s a fetch waits for new data),
@@ -161,7 +190,19 @@ class ConsumerConfig:
     ``client_id`` (names the group member), ``isolation``
     (``"read_committed"``, the default: only committed transactions' events,
     up to the last stable offset; ``"read_uncommitted"``: every stored event,
-    open and aborted transactions' included)."""
+    open and aborted transactions' included), ``fetch_credit`` (bytes per
+    partition a server may push ahead of the reader over a protocol v2
+    connection, in frames of at most a quarter of it and of ``max_bytes``;
+    ``0`` pulls with one ``Fetch`` at a time instead, as over version 1),
+    ``group_instance_id``
+    (groups: makes this member static, as Kafka's ``group.instance.id``:
+    while a live member of the group holds the same id, joining raises
+    :class:`~headwater.MemberInstanceInUseError`; a copy restarted after a
+    crash takes over the dead copy's partitions without a rebalance),
+    ``assignor`` (groups: ``"sticky"`` or ``"range"``, fixed by the group's
+    first member; ``None``, the default, is the broker's sticky assignor;
+    ``"range"`` gives partition ``p`` of every subscribed topic with the
+    same partition count to one member, as stream processing needs)."""
 
     max_wait: float = attrs.field(default=0.5, validator=_positive("max_wait"))
     max_bytes: int = attrs.field(default=1 << 20, validator=_positive("max_bytes"))
@@ -176,6 +217,9 @@ class ConsumerConfig:
     deserializer: Any = None
     client_id: str = ""
     isolation: str = attrs.field(default="read_committed", validator=_isolation)
+    group_instance_id: str | None = attrs.field(default=None, validator=_instance_id)
+    assignor: str | None = attrs.field(default=None, validator=_assignor)
+    fetch_credit: int = attrs.field(default=2 << 20, validator=_credit)
 
 
 @attrs.define(eq=False)
@@ -240,7 +284,10 @@ class Consumer:
         self._skips: dict[TP, tuple[int, int]] = {}
         self._tokens = 0
         self._send, self._receive = trio.open_memory_channel[_Chunk](config.prefetch)
-        self._buffer: deque[Event] = deque()
+        # Decoded chunks not yet handed out, each (partition, events in
+        # offset order); ``_head`` is the next event's index in the first.
+        self._buffer: deque[tuple[TP, list[Event]]] = deque()
+        self._head = 0
         self._membership: p.Membership | None = None  # the view this member acts on
         self._latest: p.Membership | None = None  # the newest notice received
         self._early: list[p.Membership] = []  # notices that came before our join answer
@@ -347,7 +394,13 @@ class Consumer:
         if owned is not None:
             owned.scope.cancel()
             owned.token = -1  # chunks already fetched are dropped on receipt
-        self._buffer = deque(e for e in self._buffer if (e.topic, e.partition) != tp)
+        self._drop_buffered(tp)
+
+    def _drop_buffered(self, tp: TP) -> None:
+        """Forget the decoded events of ``tp`` not handed out yet."""
+        if self._buffer and self._buffer[0][0] == tp:
+            self._head = 0
+        self._buffer = deque(chunk for chunk in self._buffer if chunk[0] != tp)
 
     def _forget(self, tp: TP) -> None:
         self._stop(tp)
@@ -407,7 +460,7 @@ class Consumer:
             raise OffsetOutOfRangeError(f"seek offset {offset!r} must be an int >= 0")
         self._positions[tp] = offset
         self._skips.pop(tp, None)
-        self._buffer = deque(e for e in self._buffer if (e.topic, e.partition) != tp)
+        self._drop_buffered(tp)
         self._start_fetcher(tp, offset)
 
     def position(self, topic: str, partition: int) -> int | None:
@@ -461,18 +514,62 @@ class Consumer:
             topic, partition = tp
             cfg = self.config
             damaged = 0  # fetches in a row refused because the partition is damaged
+            position = offset  # where the next fetch (or subscription) starts
+
+            async def hand_over(result: p.FetchResult) -> None:
+                nonlocal position, damaged
+                damaged = 0
+                # Only headers here (checksums included): the next records are
+                # already on their way while the reader decodes these.
+                records = iter_records(result.records)
+                end = result.next_offset
+                if records and end < 0:  # a server that predates transactions
+                    end = records[-1][0].next_offset
+                if end > position:
+                    # Records the broker left out (markers, aborted events)
+                    # still move the position, so lag reaches 0.
+                    await self._send.send((tp, owned.token, position, records, end))
+                    position = end
+
             while True:
                 try:
-                    result: p.FetchResult = await self._channel.request(
-                        p.Fetch(
-                            topic, partition, offset, cfg.max_bytes, cfg.max_wait, cfg.isolation
-                        ),
-                        timeout=cfg.request_timeout + cfg.max_wait,
-                    )
+                    sub = None
+                    if cfg.fetch_credit:
+                        sub = await self._channel.open_fetch_subscription(
+                            topic,
+                            partition,
+                            position,
+                            credit=cfg.fetch_credit,
+                            max_bytes=max(1, min(cfg.max_bytes, cfg.fetch_credit // 4)),
+                            isolation=cfg.isolation,
+                            timeout=cfg.request_timeout,
+                        )
+                    if sub is None:
+                        result: p.FetchResult = await self._channel.request(
+                            p.Fetch(
+                                topic,
+                                partition,
+                                position,
+                                cfg.max_bytes,
+                                cfg.max_wait,
+                                cfg.isolation,
+                            ),
+                            timeout=cfg.request_timeout + cfg.max_wait,
+                        )
+                        await hand_over(result)
+                        continue
+                    try:
+                        # Pushed: several batches on their way while these decode.
+                        while True:
+                            result = await sub.receive(_PUSH_SILENCE + cfg.request_timeout)
+                            await hand_over(result)
+                            await sub.consumed(len(result.records))
+                    finally:
+                        with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                            await sub.aclose()
                 except CorruptionError as exc:
                     await self._stall_damaged(tp, damaged, exc)
                     damaged += 1
-                    continue
                 except OffsetOutOfRangeError as exc:
                     # Retention removed it, or a seek went past the end: reset.
                     where = self._start if isinstance(self._start, str) else "earliest"
@@ -485,31 +582,17 @@ class Consumer:
                         "consumer_offset_reset",
                         topic=topic,
                         partition=partition,
-                        offset=offset,
+                        offset=position,
                         reset_to=reset_to,
                         error=str(exc),
                     )
-                    offset = reset_to
-                    self._positions[tp] = offset
-                    continue
+                    position = reset_to
+                    self._positions[tp] = position
                 except HeadwaterError as exc:
                     if not exc.retriable:
                         raise
                     log.info("fetch_retry", topic=topic, partition=partition, error=repr(exc))
                     await trio.sleep(0.1)
-                    continue
-                damaged = 0
-                # Only headers here (checksums included): the next fetch goes
-                # out at once while the reader decodes these records.
-                records = iter_records(result.records)
-                end = result.next_offset
-                if records and end < 0:  # a server that predates transactions
-                    end = records[-1][0].next_offset
-                if end > offset:
-                    # Records the broker left out (markers, aborted events)
-                    # still move the position, so lag reaches 0.
-                    await self._send.send((tp, owned.token, offset, records, end))
-                    offset = end
 
     async def _reset_offset(self, topic: str, partition: int, where: str | int) -> int:
         result = await self._ask(p.ListOffset(topic, partition, where))
@@ -558,7 +641,7 @@ class Consumer:
                 position = self._positions.get(tp, 0)
                 fresh = self._decode(tp, max(start, position), records)
                 if fresh:
-                    self._buffer.extend(fresh)
+                    self._buffer.append((tp, fresh))
                     if end > fresh[-1].offset + 1:
                         self._skips[tp] = (fresh[-1].offset + 1, end)
                     return True
@@ -567,22 +650,36 @@ class Consumer:
         return False
 
     def _take(self, limit: int) -> list[Event]:
+        """Up to ``limit`` buffered events, in order, moving positions on.
+        Per chunk, not per event: a run of one partition's events is one
+        slice and one position update."""
         out: list[Event] = []
-        while self._buffer and len(out) < limit:
-            event = self._buffer.popleft()
-            tp = (event.topic, event.partition)
+        buffer = self._buffer
+        while buffer and len(out) < limit:
+            tp, events = buffer[0]
+            start = self._head
             owned = self._owned.get(tp)
-            if (
-                owned is not None
-                and owned.token >= 0
-                and event.offset >= self._positions.get(tp, 0)
-            ):
-                self._positions[tp] = event.offset + 1
+            if owned is None or owned.token < 0:
+                buffer.popleft()
+                self._head = 0
+                continue
+            position = self._positions.get(tp, 0)
+            while start < len(events) and events[start].offset < position:
+                start += 1  # handed out already (a chunk may overlap a seek)
+            end = min(len(events), start + limit - len(out))
+            if end > start:
+                out.extend(events[start:end])
+                nxt = events[end - 1].offset + 1
                 skip = self._skips.get(tp)
-                if skip is not None and skip[0] == event.offset + 1:
-                    self._positions[tp] = skip[1]
+                if skip is not None and skip[0] == nxt:
+                    nxt = skip[1]
                     del self._skips[tp]
-                out.append(event)
+                self._positions[tp] = nxt
+            if end >= len(events):
+                buffer.popleft()
+                self._head = 0
+            else:
+                self._head = end
         return out
 
     def __aiter__(self) -> Consumer:
@@ -635,6 +732,8 @@ class Consumer:
                     self.config.session_timeout,
                     self.config.client_id,
                     rebalance_timeout=self.config.max_poll_interval,
+                    instance_id=self.config.group_instance_id,
+                    assignor=self.config.assignor,
                 )
             )
         finally:

@@ -47,6 +47,7 @@ from headwater._errors import (
     InvalidArgument,
     InvalidTransactionStateError,
     ProducerFencedError,
+    TransactionTimedOutError,
 )
 from headwater._logging import get_logger
 from headwater.journal._batch import Event, Headers, Key
@@ -282,7 +283,10 @@ class Producer:
         self._closed = False
         self.identity: p.ProducerIdentity | None = None
         self._txn_open = False
-        self._txn_partitions: set[tuple[str, int]] = set()
+        # Partitions of the open transaction -> their add request (shared by
+        # the senders of a topic's partitions, awaited before the end).
+        self._txn_adds: dict[tuple[str, int], _Add] = {}
+        self._last_txn_partitions: frozenset[tuple[str, int]] = frozenset()
         self._txn_error: HeadwaterError | None = None
         self._txn_groups = False
 
@@ -331,7 +335,12 @@ class Producer:
         block flushes and commits (read_committed consumers then see every
         event of it, or, after an abort, none); an exception aborts and
         propagates. A send's handle resolves when the event is stored, not
-        committed.
+        committed. Leaving returns once the broker has made the decision
+        durable; read_committed readers see the events once each
+        partition's marker is durable too (a moment later), and this
+        producer's next transaction waits for those markers. The partitions
+        of the last transaction are added when the block begins (so
+        ``transaction_timeout`` runs from there).
 
         Raises :class:`~headwater.InvalidTransactionStateError` without a
         ``transactional_id`` or while another transaction is open;
@@ -351,9 +360,16 @@ class Producer:
                 "a transaction is already open on this producer; one at a time"
             )
         self._txn_open = True
-        self._txn_partitions = set()
+        self._txn_adds = {}
         self._txn_groups = False
         self._txn_error = None
+        self._txn_wrote = False
+        if self._last_txn_partitions:
+            # Most loops write the same partitions every time: add the last
+            # transaction's now, so the add (which the broker holds until the
+            # last transaction's markers are durable) overlaps with the
+            # sends instead of delaying the first batch.
+            self._start_add(self._last_txn_partitions, eager=True)
         try:
             try:
                 yield
@@ -430,22 +446,68 @@ class Producer:
         """The first error of a send of the open transaction (set by senders)."""
         return self._txn_error
 
+    def _start_add(self, tps: Iterable[tuple[str, int]], *, eager: bool = False) -> _Add:
+        """Send one AddPartitionsToTxn for ``tps`` in a task; every sender of
+        those partitions waits for it."""
+        add = _Add(frozenset(tps), eager)
+        for tp in add.partitions:
+            self._txn_adds[tp] = add
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_add, add)
+        return add
+
+    async def _run_add(self, add: _Add) -> None:
+        tid = self.config.transactional_id
+        assert tid is not None
+        assert self.identity is not None
+        request = p.AddPartitionsToTxn(
+            tid,
+            self.identity.producer_id,
+            self.identity.epoch,
+            tuple(p.TopicPartition(*x) for x in sorted(add.partitions)),
+        )
+        deadline = trio.current_time() + self.config.delivery_timeout
+        try:
+            await self._request(request, deadline, "add_partitions_to_txn")
+        except HeadwaterError as exc:
+            add.error = exc
+        finally:
+            add.done.set()
+
+    async def _added(self) -> bool:
+        """Wait for the open transaction's adds; whether any went through."""
+        for add in set(self._txn_adds.values()):
+            await add.done.wait()
+        return any(add.error is None for add in self._txn_adds.values())
+
     async def _end_transaction(self, *, commit: bool) -> None:
         await self.flush()
         assert self.identity is not None
         tid = self.config.transactional_id
         assert tid is not None
+        added = await self._added()
         failed = self._txn_error is not None
+        self._last_txn_partitions = frozenset(
+            tp for tp, add in self._txn_adds.items() if add.error is None
+        )
+        empty = not self._txn_wrote and not self._txn_groups
         try:
-            if self._txn_partitions or self._txn_groups:
+            if added or self._txn_groups:
                 deadline = trio.current_time() + self.config.delivery_timeout
                 await self._request(
                     p.EndTxn(tid, self.identity.producer_id, self.identity.epoch, commit),
                     deadline,
                     "end_txn",
                 )
+        except TransactionTimedOutError:
+            if not empty:
+                raise
+            # Only the early add was in it (nothing sent): the user's block
+            # outlived transaction_timeout without writing; carry on under
+            # a new epoch.
+            failed = True
         finally:
-            self._txn_partitions = set()
+            self._txn_adds = {}
             self._txn_groups = False
         if failed and not isinstance(self._txn_error, ProducerFencedError):
             # A batch failed for good: take a new epoch so the next
@@ -546,6 +608,8 @@ class Producer:
         partition: int | None,
         ts: int,
         now: float | None,
+        *,
+        wake: bool = True,
     ) -> tuple[_BatchResult, int, int, Headers]:
         """The per-event hot path: serialize, partition, append (``ts`` is
         the event timestamp in ms, ``now`` the Trio clock)."""
@@ -563,8 +627,9 @@ class Producer:
             if self._unfinished == 0:
                 self._idle = trio.Event()
             self._unfinished += 1
-            self._wake()
-        elif self._closed_batch:
+            if wake:
+                self._wake()
+        elif self._closed_batch and wake:
             self._wake()
         return result, index, chosen, hdrs
 
@@ -596,18 +661,57 @@ class Producer:
         ``deliver_after`` (seconds or a timedelta from now): share
         subscriptions do not deliver the event before then (plain consumers
         read it at once, with the ``hw.deliver_at`` header)."""
-        await self.partitions_of(topic)
-        handle = self.send_nowait(
-            topic,
-            value,
-            key,
-            headers,
-            partition,
-            timestamp,
-            deliver_at=deliver_at,
-            deliver_after=deliver_after,
+        count = await self.partitions_of(topic)
+        direct = self.config.linger == 0 and self.config.transactional_id is None
+        if not direct:
+            handle = self.send_nowait(
+                topic,
+                value,
+                key,
+                headers,
+                partition,
+                timestamp,
+                deliver_at=deliver_at,
+                deliver_after=deliver_after,
+            )
+            return await handle.wait()
+        if self._closed or self._nursery is None:
+            raise ClosedError("this producer is closed (or not entered with `async with`)")
+        if deliver_at is not None or deliver_after is not None:
+            headers = _with_deliver_at(headers, deliver_at, deliver_after, self.config.clock())
+        ts = self.config.clock() if timestamp is None else _timestamp_ms(timestamp)
+        result, index, chosen, hdrs = self._enqueue(
+            topic, count, value, key, headers, partition, ts, None, wake=False
         )
+        handle = SendHandle(result, index, topic, chosen, ts, key, value, hdrs)
+        tp = (topic, chosen)
+        batch = None if tp in self._queues else self._accumulator.take(tp)
+        if batch is None:
+            self._wake()  # the flusher and the partition's sender take it
+        else:
+            # The direct path (linger 0, partition idle): encode and send
+            # from this task, no hop through the flusher and a sender task.
+            await self._send_now(tp, batch)
         return await handle.wait()
+
+    async def _send_now(self, tp: tuple[str, int], batch: ReadyBatch) -> None:
+        """Deliver ``batch`` of idle partition ``tp`` from the caller's task
+        (and whatever else is queued for ``tp`` meanwhile). Cancelled midway,
+        a sender task takes over what is left: a batch whose answer was lost
+        is resent with the same sequence, so it is stored once."""
+        queue = deque([(batch, trio.current_time() + self.config.delivery_timeout)])
+        self._queues[tp] = queue
+        try:
+            await self._deliver_queue(tp, queue)
+        except BaseException:
+            if queue and not self._closed and self._nursery is not None:
+                self._nursery.start_soon(self._sender, tp)  # keeps the queue
+            else:
+                del self._queues[tp]
+            raise
+        del self._queues[tp]
+        if self._accumulator.has_open(tp):
+            self._wakeup.set()  # events of tp lingered meanwhile
 
     async def send_many(self, topic: str, events: Iterable[Any]) -> list[Event]:
         """Send many events to ``topic`` and wait until all are stored; return
@@ -719,22 +823,27 @@ class Producer:
             queue.append(entry)
 
     async def _sender(self, tp: tuple[str, int]) -> None:
-        queue = self._queues[tp]
         try:
-            while queue:
-                batch, deadline = queue[0]
-                error = await self._deliver(batch, deadline)
-                queue.popleft()
-                if error is not None:
-                    if self.config.transactional_id is not None:
-                        # The transaction will abort; the next one renumbers.
-                        if self._txn_error is None:
-                            self._txn_error = error
-                    else:
-                        await self._renumber(tp, queue)
+            await self._deliver_queue(tp, self._queues[tp])
         finally:
             del self._queues[tp]
             self._wakeup.set()  # a batch of tp may have lingered meanwhile
+
+    async def _deliver_queue(
+        self, tp: tuple[str, int], queue: deque[tuple[ReadyBatch, float]]
+    ) -> None:
+        """Send the batches queued for ``tp`` one at a time, in order."""
+        while queue:
+            batch, deadline = queue[0]
+            error = await self._deliver(batch, deadline)
+            queue.popleft()
+            if error is not None:
+                if self.config.transactional_id is not None:
+                    # The transaction will abort; the next one renumbers.
+                    if self._txn_error is None:
+                        self._txn_error = error
+                else:
+                    await self._renumber(tp, queue)
 
     async def _deliver(self, batch: ReadyBatch, deadline: float) -> HeadwaterError | None:
         tid = self.config.transactional_id
@@ -752,21 +861,9 @@ class Producer:
         where = {"topic": batch.topic, "partition": batch.partition}
         try:
             tp = (batch.topic, batch.partition)
-            if tid is not None and tp not in self._txn_partitions:
-                # Every partition of the topic at once: one coordinator write
-                # per topic and transaction instead of one per partition (a
-                # partition never written to gets no marker).
-                count = self._partitions.get(batch.topic, batch.partition + 1)
-                tps = {(batch.topic, n) for n in range(count)} - self._txn_partitions
-                tps.add(tp)
-                add = p.AddPartitionsToTxn(
-                    tid,
-                    batch.producer_id,
-                    batch.epoch,
-                    tuple(p.TopicPartition(*x) for x in sorted(tps)),
-                )
-                await self._request(add, deadline, "add_partitions_to_txn", **where)
-                self._txn_partitions.update(tps)
+            if tid is not None:
+                await self._add_partition(tp)
+                self._txn_wrote = True
             response: p.ProduceResult = await self._request(request, deadline, "produce", **where)
         except HeadwaterError as exc:
             log.warning("produce_failed", error=repr(exc), **where)
@@ -774,6 +871,27 @@ class Producer:
             return exc
         self._finish(batch, response.base_offset, None)
         return None
+
+    async def _add_partition(self, tp: tuple[str, int]) -> None:
+        """Wait until ``tp`` is in the open transaction (adding it if no add
+        of it is under way). A failed add made ahead of the sends (for the
+        last transaction's partitions) is retried for this topic alone."""
+        while True:
+            add = self._txn_adds.get(tp)
+            if add is None or (add.eager and add.failed):
+                # Every partition of the topic at once: one coordinator
+                # write per topic and transaction instead of one per
+                # partition (a partition never written to gets no marker).
+                topic = tp[0]
+                count = self._partitions.get(topic, tp[1] + 1)
+                tps = {(topic, n) for n in range(count)}
+                taken = {x for x in tps if x in self._txn_adds and not self._txn_adds[x].failed}
+                add = self._start_add(tps - taken | {tp})
+            await add.done.wait()
+            if add.error is None:
+                return
+            if not add.eager:
+                raise add.error
 
     def _finish(self, batch: ReadyBatch, base_offset: int, error: HeadwaterError | None) -> None:
         result = self._results.pop(batch.batch_id)
@@ -795,6 +913,21 @@ class Producer:
         renumbered = [(self._accumulator.resequence(b), d) for b, d in queue]
         queue.clear()
         queue.extend(renumbered)
+
+
+@attrs.define(eq=False)
+class _Add:
+    """One AddPartitionsToTxn of the open transaction, in flight or done."""
+
+    partitions: frozenset[tuple[str, int]]
+    eager: bool = False
+    done: trio.Event = attrs.field(factory=trio.Event)
+    error: HeadwaterError | None = None
+
+    @property
+    def failed(self) -> bool:
+        """Whether this add is done and did not go through."""
+        return self.done.is_set() and self.error is not None
 
 
 def open_producer(

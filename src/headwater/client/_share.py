@@ -38,7 +38,7 @@ from headwater._errors import (
     InvalidArgument,
     UnknownMemberError,
 )
-from headwater.journal._batch import Event
+from headwater.journal._batch import Event, Headers, Key
 
 from ._channel import Channel
 from ._serializers import BytesSerializer, get_serializer
@@ -54,12 +54,48 @@ RETRIES = 5
 LEAVE_TIMEOUT = 2.0
 
 
-@attrs.frozen
 class SharedEvent(Event):
     """An event delivered by a share subscription: an :class:`Event` plus
-    ``delivery_count`` (1 on the first delivery, counted durably by the broker)."""
+    ``delivery_count`` (1 on the first delivery, counted durably by the broker).
+    Immutable, like :class:`Event`: a tuple of eight, ``delivery_count`` last."""
 
-    delivery_count: int = 1
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        topic: str,
+        partition: int,
+        offset: int,
+        timestamp: int,
+        key: Key | None,
+        value: Any,
+        headers: Headers = (),
+        delivery_count: int = 1,
+    ) -> SharedEvent:
+        """An event of ``topic``/``partition`` at ``offset``, delivered
+        ``delivery_count`` times."""
+        return tuple.__new__(
+            cls, (topic, partition, offset, timestamp, key, value, headers, delivery_count)
+        )
+
+    @property
+    def delivery_count(self) -> int:
+        """How many times the broker delivered this event (1 the first time)."""
+        return self[7]  # type: ignore[misc,no-any-return]
+
+    def __repr__(self) -> str:
+        fields = (*Event._fields, "delivery_count")
+        shown = ", ".join(f"{n}={v!r}" for n, v in zip(fields, self, strict=True))
+        return f"SharedEvent({shown})"
+
+    def __getnewargs__(self) -> tuple[Any, ...]:
+        return tuple(self)
+
+    def _replace(self, **changes: Any) -> SharedEvent:
+        fields = (*Event._fields, "delivery_count")
+        values = dict(zip(fields, self, strict=True))
+        values.update(changes)
+        return SharedEvent(**values)
 
 
 @attrs.frozen

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ssl
 import urllib.parse
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,6 +34,7 @@ from typing import Any
 import trio
 import trio.lowlevel
 
+from headwater import _protocol as p
 from headwater._aio import unwrapping_groups
 from headwater._errors import (
     AuthenticationError,
@@ -58,9 +60,10 @@ from headwater.transport._connection import (
     ResponseReceived,
 )
 from headwater.transport._frames import DEFAULT_MAX_FRAME_SIZE
+from headwater.transport._messages import PUSH_VERSION, ErrorFrame, error_from_frame
 from headwater.transport._operations import decode_response, encode_request
 
-from ._channel import Channel, _timeout_seconds
+from ._channel import Channel, FetchSubscription, _timeout_seconds
 from ._client import Client
 
 __all__ = [
@@ -133,6 +136,7 @@ class _Session:
         self.send_lock = trio.StrictFIFOLock()
         self.lost: HeadwaterError | None = None
         self.receives = 0  # how many times bytes arrived
+        self.subs: dict[int, _TcpFetchSubscription] = {}  # pushed fetches open on it
 
     async def flush(self) -> None:
         async with self.send_lock:
@@ -148,6 +152,67 @@ class _Session:
                     f"connection to {self.address} lost while sending: {exc}"
                 )
                 raise self.lost from None
+
+
+class _TcpFetchSubscription(FetchSubscription):
+    """A pushed fetch on one connection (see :class:`FetchSubscription`).
+    The channel's reader task delivers results and errors; credit goes back
+    in :class:`~headwater._protocol.FetchCredit` requests of at least a
+    quarter of the credit, sent without waiting for their answers."""
+
+    def __init__(self, channel: TcpChannel, session: _Session, sub: int, credit: int) -> None:
+        self.id = sub
+        self._channel = channel
+        self._session = session
+        self._items: deque[p.FetchResult | HeadwaterError] = deque()
+        self._arrived = trio.Event()
+        self._owed = 0
+        self._threshold = max(1, credit // 4)
+        self._closed = False
+
+    def _deliver(self, item: p.FetchResult | HeadwaterError) -> None:
+        """(The reader task) one pushed result, or the error that ends it."""
+        if self._closed:
+            return
+        self._items.append(item)
+        if isinstance(item, HeadwaterError):
+            self._closed = True
+            self._session.subs.pop(self.id, None)
+        self._arrived.set()
+
+    async def receive(self, timeout: float) -> p.FetchResult:
+        """See :meth:`FetchSubscription.receive`."""
+        with trio.move_on_after(timeout):
+            while not self._items:
+                if self._closed:
+                    raise ClosedError("this subscription is closed")
+                await self._arrived.wait()
+                self._arrived = trio.Event()
+            item = self._items.popleft()
+            if isinstance(item, HeadwaterError):
+                raise item
+            return item
+        raise ConnectionLostError(
+            f"no pushed fetch arrived from {self._channel.address} within {timeout}s "
+            "(the server sends one at least every 30 s); subscribe again"
+        )
+
+    async def consumed(self, nbytes: int) -> None:
+        """See :meth:`FetchSubscription.consumed`."""
+        if self._closed:
+            return
+        self._owed += nbytes
+        if self._owed >= self._threshold:
+            owed, self._owed = self._owed, 0
+            await self._channel._send_nowait(self._session, p.FetchCredit(self.id, owed))
+
+    async def aclose(self) -> None:
+        """See :meth:`FetchSubscription.aclose`."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._session.subs.pop(self.id, None) is not None:
+            await self._channel._send_nowait(self._session, p.FetchUnsubscribe(self.id))
 
 
 class TcpChannel(Channel):
@@ -187,6 +252,7 @@ class TcpChannel(Channel):
         self._last_error: HeadwaterError | None = None
         self._cancel = trio.CancelScope()
         self._on_reconnect = on_reconnect
+        self._subs = 0  # the last pushed-fetch subscription id used
         self.reconnects = 0
 
     @property
@@ -248,6 +314,69 @@ class TcpChannel(Channel):
             f"{type(request).__name__} got no response from {self.address} within {seconds}s"
             + dropped
         )
+
+    async def open_fetch_subscription(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        *,
+        credit: int,
+        max_bytes: int,
+        isolation: str,
+        timeout: float | None = None,
+    ) -> FetchSubscription | None:
+        """See :meth:`Channel.open_fetch_subscription` (``None`` while the
+        connection speaks protocol version 1, or when ``max_in_flight``
+        subscriptions, the server's limit, are open on it already)."""
+        session = await self._wait_session()
+        if session.conn.version < PUSH_VERSION or len(session.subs) >= session.conn.max_in_flight:
+            return None  # a version 1 server, or as many as it allows: pull
+        self._subs += 1
+        sub = _TcpFetchSubscription(self, session, self._subs, credit)
+        session.subs[sub.id] = sub  # before the request: pushes may follow its answer at once
+        try:
+            await self.request(
+                p.FetchSubscribe(sub.id, topic, partition, offset, credit, max_bytes, isolation),
+                timeout=timeout,
+            )
+        except BaseException:
+            session.subs.pop(sub.id, None)
+            sub._closed = True
+            # Cancelled or timed out, the server may have opened it anyway:
+            # close it there too (an unknown id is answered all the same).
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                try:
+                    await self._send_nowait(session, p.FetchUnsubscribe(sub.id))
+                except HeadwaterError:
+                    pass  # the connection is going: so is the subscription
+            raise
+        return sub
+
+    async def _send_nowait(self, session: _Session, request: Any) -> None:
+        """Send ``request`` without waiting for its answer (credit returns,
+        unsubscribes). Skipped when the connection is gone: so is what it
+        was about."""
+        if not self._usable(session):
+            return
+        op, body = encode_request(request)
+        await session.slots.acquire()
+        if not self._usable(session):
+            session.slots.release()
+            return
+        try:
+            request_id = session.conn.send_request(op, body)
+        except BaseException:
+            session.slots.release()
+            raise
+        session.pending[request_id] = _Slot()  # the answer frees the slot
+        try:
+            await session.flush()
+        except ConnectionLostError:
+            pass  # the reader notices and fails what is in flight
+
+    def _usable(self, session: _Session) -> bool:
+        return session is self._session and session.lost is None
 
     async def _wait_session(self) -> _Session:
         while True:
@@ -453,14 +582,43 @@ class TcpChannel(Channel):
                         return event.error
                     self._resolve(session, event.id, event.error)
                 elif isinstance(event, PushReceived):
-                    self._pushed(event)
+                    self._pushed(session, event)
                 elif isinstance(event, ConnectionClosed):
                     return event.error or ConnectionLostError(
                         f"{self.address} closed the connection"
                     )
 
-    def _pushed(self, event: PushReceived) -> None:
-        """A push frame (protocol v2): hand group notices to their listeners."""
+    def _pushed(self, session: _Session, event: PushReceived) -> None:
+        """A push frame (protocol v2): records and errors of pushed fetches go
+        to their subscription; group notices to their listeners."""
+        if event.kind in ("fetch", "fetch_error"):
+            sub = session.subs.get(event.sub) if event.sub is not None else None
+            if sub is None:
+                return  # closed by us meanwhile: drop what was on its way
+            try:
+                if event.kind == "fetch":
+                    result = decode_response(event.body)
+                    if not isinstance(result, p.FetchResult):
+                        raise RemoteProtocolError(
+                            f"a pushed fetch carried {type(result).__name__}, not fetch_result"
+                        )
+                    sub._deliver(result)
+                else:
+                    body = event.body
+                    details = body.get("details")
+                    sub._deliver(
+                        error_from_frame(
+                            ErrorFrame(
+                                None,
+                                str(body.get("code", "headwater_error")),
+                                str(body.get("message", "")),
+                                details if isinstance(details, dict) else {},
+                            )
+                        )
+                    )
+            except HeadwaterError as exc:
+                sub._deliver(exc)
+            return
         if event.kind != "group":
             _log.info("push_ignored", server=self.address, kind=event.kind)
             return
@@ -485,6 +643,11 @@ class TcpChannel(Channel):
             if isinstance(error, ConnectionLostError | ClosedError)
             else ConnectionLostError(f"connection to {self.address} lost: {error}")
         )
+        for sub in list(session.subs.values()):
+            sub._deliver(
+                ConnectionLostError(f"connection to {self.address} lost ({error}); subscribe again")
+            )
+        session.subs.clear()
         for request_id in list(session.pending):
             lost = (
                 error

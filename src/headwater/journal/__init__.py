@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from ._async import AsyncLog as AsyncLog
 from ._async import open_log as open_log
+from ._fdcache import DEFAULT_MAX_OPEN_FILES as DEFAULT_MAX_OPEN_FILES
+from ._fdcache import FileCache as FileCache
+from ._fdcache import fit_open_files as fit_open_files
 from ._files import FileSystem as FileSystem
 from ._files import PowerLoss as PowerLoss
 from ._files import RealFileSystem as RealFileSystem
@@ -27,6 +30,7 @@ from ._record import Short as Short
 from ._record import decode_header as decode_header
 from ._record import encode_record as encode_record
 from ._record import iter_records as iter_records
+from ._record import patch_header as patch_header
 from ._record import patch_record as patch_record
 from ._repair import Damage as Damage
 from ._repair import RepairReport as RepairReport
@@ -43,12 +47,16 @@ __all__ = [
     "LogConfig",
     "Durability",
     "FileSystem",
+    "FileCache",
+    "DEFAULT_MAX_OPEN_FILES",
+    "fit_open_files",
     "RealFileSystem",
     "SimulatedFileSystem",
     "PowerLoss",
     "encode_record",
     "decode_header",
     "patch_record",
+    "patch_header",
     "iter_records",
     "RecordHeader",
     "Short",

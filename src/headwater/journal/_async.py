@@ -12,8 +12,10 @@ a sync covers it. :meth:`AsyncLog.append` does both.
   far (in a worker thread on a real disk). Writes that arrive while an fsync
   runs are covered by the next one: group commit. ``wait_durable`` returns
   after the fsync that covers the record.
-* ``interval``: the flusher fsyncs every ``interval_ms`` if anything is
-  unsynced; ``wait_durable`` returns at once (the ack precedes the fsync).
+* ``interval``: the flusher fsyncs ``interval_ms`` after the first write
+  since its last sync (so at least every ``interval_ms`` while writes come,
+  and an idle log has no timer); ``wait_durable`` returns at once (the ack
+  precedes the fsync).
 * ``never``: no fsync except at roll and close; ``wait_durable`` returns at once.
 
 A failed fsync is never retried into an ack. Every waiter whose record it
@@ -34,6 +36,8 @@ the visible end moves.
 
 from __future__ import annotations
 
+import errno
+import heapq
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -41,12 +45,20 @@ from typing import Any, TypeVar
 
 import trio
 
-from headwater._errors import ClosedError, FsyncFailedError, StorageError
+from headwater._errors import (
+    ClosedError,
+    DiskFullError,
+    FsyncFailedError,
+    HeadwaterError,
+    StorageError,
+)
 from headwater._logging import get_logger
 from headwater._stats import SIZE_BUCKETS, Histogram
+from headwater.journal._fdcache import FileCache
 from headwater.journal._files import FileSystem, RealFileSystem
-from headwater.journal._log import Log, LogConfig, SyncWork
+from headwater.journal._log import Deferred, Log, LogConfig, Staged, SyncWork
 from headwater.journal._record import RecordHeader
+from headwater.journal._writer import Batch, JournalWriter, Outcome
 from headwater.supervision._specs import unwrapping_groups
 
 __all__ = ["AsyncLog", "open_log"]
@@ -56,6 +68,14 @@ _log = get_logger("headwater.journal")
 _T = TypeVar("_T")
 
 
+INLINE_RECOVERY_BYTES = 256 * 1024
+"""A log whose recovery scans at most this much, and needs no fsync, opens on
+the loop thread (a worker-thread hop per log dominated starting 10,000)."""
+
+INLINE_SYNC_SECONDS = 0.001
+"""A small batch is written and fsynced on the loop thread only while the
+disk's recent fsyncs took at most this long (else the writer thread does it)."""
+
 TAIL_READ_EVENTS = 256
 """A read starting this close to the end of the log is done on the loop thread."""
 
@@ -63,15 +83,32 @@ TAIL_READ_EVENTS = 256
 class AsyncLog:
     """A :class:`Log` driven from Trio (made by :func:`open_log`)."""
 
-    def __init__(self, log: Log) -> None:
+    def __init__(self, log: Log, *, writer_thread: bool | None = None) -> None:
         self.log = log
         self.config = log.config
         self._blocking = log.fs.blocking
+        self._always = self.config.durability == "always"
+        if writer_thread is None:
+            writer_thread = self._blocking and self.config.durability == "always"
+        # Under `always`, a JournalWriter thread does the writes and fsyncs
+        # (started by open_log); records wait in _staged for the flusher.
+        self._threaded = writer_thread and self.config.durability == "always"
+        self._writer: JournalWriter | None = None
+        self._staged: list[Staged] = []
+        self._submitted = (-1, -1)  # (target offset, dir generation) last handed over
+        self._in_flight = 0  # batches handed over without an outcome yet
+        self._staged_bytes = 0
+        self._fsync_ewma = 0.0  # recent fsync time (s), for the inline choice
+        self._crash: BaseException | None = None
         self._wake = trio.Event()
-        self._synced = trio.Event()
+        # wait_durable callers, by the end offset they wait for: a sync wakes
+        # only those it covers (a failure or close wakes all).
+        self._waiters: list[tuple[int, int, trio.Event]] = []
+        self._waiter_seq = 0
         self._data = trio.Event()
         self._generation = 0
         self._cuts: list[int] = []  # synced offset at each failed fsync
+        self._failures: list[HeadwaterError] = []  # what each cut's waiters raise
         self._failure: BaseException | None = None
         self._closed = False
         self.syncs = 0
@@ -132,10 +169,16 @@ class AsyncLog:
         record, ``DiskFullError``/``StorageError`` for disk trouble.
         """
         self._check_open()
-        header = self.log.write(record, validated)
+        if self._threaded:
+            header, staged = self.log.stage(record, validated)
+            self._staged.append(staged)
+            self._staged_bytes += len(record)
+        else:
+            header = self.log.write(record, validated)
+        self.log.files.trim()
         self._unsynced_writes += 1
         self._wake.set()
-        if self.config.durability != "always":
+        if not self._always:
             self._notify_data()
         return header
 
@@ -143,21 +186,23 @@ class AsyncLog:
         """Wait until every offset below ``end_offset`` is durable, as the
         policy defines it (only ``always`` waits for an fsync). ``generation``
         is :attr:`generation` as it was before the write. Raises
-        :class:`FsyncFailedError` if an fsync failed since then."""
-        if self.config.durability != "always":
+        :class:`FsyncFailedError` if an fsync failed since then (or the
+        typed error of a failed write: :class:`DiskFullError`,
+        :class:`StorageError`)."""
+        if not self._always:
             await trio.lowlevel.checkpoint()
             return
         while self._generation != generation or self.log.synced_offset < end_offset:
             if self._generation != generation:
                 if end_offset <= min(self._cuts[generation:]):
                     return  # synced before the failure: durable
-
-                raise FsyncFailedError(
-                    f"fsync of {self.log.path} failed ({self._failure}); the append was "
-                    "not acknowledged and may be retried"
-                ) from self._failure
+                raise self._failures[generation]
             self._check_open()
-            await self._synced.wait()
+            self._check_crash()
+            event = trio.Event()
+            self._waiter_seq += 1
+            heapq.heappush(self._waiters, (end_offset, self._waiter_seq, event))
+            await event.wait()
 
     async def append(self, record: bytes | bytearray | memoryview) -> RecordHeader:
         """Write ``record`` and wait until it is durable per the policy."""
@@ -179,19 +224,25 @@ class AsyncLog:
         # cache: done inline they cost less than a hop to a worker thread.
         # Larger reads further back (catching up, maybe from disk) use one.
         if self._blocking and max_bytes > 64 * 1024 and limit - offset > TAIL_READ_EVENTS:
-            return await trio.to_thread.run_sync(self.log.read, offset, max_bytes, limit)
-        await trio.lowlevel.checkpoint()
-        return self.log.read(offset, max_bytes, limit)
+            data = await trio.to_thread.run_sync(self.log.read, offset, max_bytes, limit)
+        else:
+            await trio.lowlevel.checkpoint()
+            data = self.log.read(offset, max_bytes, limit)
+        self.log.files.trim()  # a read may have reopened a closed segment file
+        return data
 
     async def run_blocking(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run ``fn(*args)``, which reads this log (thread-safe :meth:`Log.read`)
         or rewrites its files: in a worker thread on a real disk, inline on
         the simulated one. Not cancellable while it runs."""
         self._check_open()
-        if self._blocking:
-            return await trio.to_thread.run_sync(fn, *args)
-        await trio.lowlevel.checkpoint()
-        return fn(*args)
+        try:
+            if self._blocking:
+                return await trio.to_thread.run_sync(fn, *args)
+            await trio.lowlevel.checkpoint()
+            return fn(*args)
+        finally:
+            self.log.files.trim()
 
     async def replace_segment(self, base: int, records: list[bytes]) -> None:
         """Compaction: write, fsync and index the new content of sealed
@@ -238,6 +289,22 @@ class AsyncLog:
 
     async def sync(self) -> None:
         """Fsync everything written so far, now."""
+        if self._threaded:
+            # Hand over what is staged (and any directory change) and wait
+            # until the thread reported on everything handed over so far.
+            # Like the inline path, a failed fsync is handled (logged, the
+            # log cut back), not raised here.
+            self._check_crash()
+            self._submit()
+            if self._in_flight:
+                assert self._writer is not None
+                done = trio.Event()
+                self._writer.when_done(done.set)
+                await done.wait()
+            else:
+                await trio.lowlevel.checkpoint()
+            self._check_crash()
+            return
         work = self.log.prepare_sync()
         if work is None:
             return
@@ -256,52 +323,190 @@ class AsyncLog:
             self.sync_batch.observe(writes)
         self.log.complete_sync(work)
         self.syncs += 1
-        self._synced.set()
-        self._synced = trio.Event()
+        self._wake_synced()
         if self.config.durability == "always":
             self._notify_data()
 
-    def _fail(self, work: SyncWork, exc: OSError) -> None:
+    def _wake_synced(self) -> None:
+        """Wake the waiters the synced offset now covers."""
+        synced = self.log.synced_offset
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= synced:
+            heapq.heappop(waiters)[2].set()
+
+    def _wake_all(self) -> None:
+        for _end, _seq, event in self._waiters:
+            event.set()
+        self._waiters.clear()
+
+    def _fail(self, work: SyncWork | None, exc: OSError, *, during: str = "fsync") -> None:
         lost_from = self.log.synced_offset
         lost_to = self.log.next_offset
         self._failure = exc
         self._generation += 1
         self._cuts.append(lost_from)
+        error: HeadwaterError
+        if during == "write" and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            error = DiskFullError(
+                f"disk full while appending to {self.log.path}; free space or lower "
+                "retention, then retry (earlier data is intact; the append was not "
+                "acknowledged)"
+            )
+        elif during == "write":
+            error = StorageError(
+                f"write to {self.log.path} failed ({exc}); the append was not acknowledged "
+                "and may be retried"
+            )
+        else:
+            error = FsyncFailedError(
+                f"fsync of {self.log.path} failed ({exc}); the append was "
+                "not acknowledged and may be retried"
+            )
+        error.__cause__ = exc
+        self._failures.append(error)
+        for staged in self._staged:  # placed after the cut: never written
+            self.log.unstage(staged)
+        self._staged.clear()
         try:
             self.log.discard_unsynced()
         except OSError as again:
             _log.error("journal_reopen_failed", path=self.log.path, error=str(again))
         _log.error(
-            "journal_fsync_failed",
+            "journal_fsync_failed" if during == "fsync" else "journal_write_failed",
             path=self.log.path,
             error=str(exc),
             unacknowledged_from=lost_from,
             unacknowledged_to=lost_to,
             policy=self.config.durability,
         )
-        self._synced.set()
-        self._synced = trio.Event()
+        self._wake_all()  # the generation moved: every waiter checks again
+
+    # ------------------------------------------------- the writer thread
+
+    def _submit(self) -> None:
+        """Hand every staged record, and the sync covering them, to the
+        writer thread (one hand-off)."""
+        assert self._writer is not None
+        staged, self._staged = self._staged, []
+        nbytes, self._staged_bytes = self._staged_bytes, 0
+        work = self.log.prepare_sync()
+        if not staged and (work is None or (work.target_offset, work.dir_gen) <= self._submitted):
+            return  # everything is already on its way
+        if work is not None:
+            self._submitted = (work.target_offset, work.dir_gen)
+        batch = Batch(staged, work, self._generation)
+        if (
+            not self._in_flight
+            and nbytes <= self.config.inline_sync_bytes
+            and self._fsync_ewma <= INLINE_SYNC_SECONDS
+            and (work is None or not work.directory)
+            and all(s.segment.handle >= 0 for s in staged)
+        ):
+            # A small batch while the thread is idle: cheaper done here
+            # than handed over and back (the policy of inline_sync_bytes),
+            # unless the disk's fsyncs have been slow lately.
+            self._in_flight += 1
+            self._outcome(self._writer.run_inline(batch))
+            return
+        self._in_flight += 1
+        self._writer.submit(batch)
+
+    def _outcome(self, outcome: Outcome) -> None:
+        """The writer thread's report, on the loop thread (in order). Never
+        raises (it runs as a Trio callback): an unexpected error becomes the
+        crash the flusher raises, as an error of the inline path would."""
+        try:
+            self._take_outcome(outcome)
+        except BaseException as exc:
+            self._crash = exc
+            self._wake.set()
+            self._wake_all()
+
+    def _take_outcome(self, outcome: Outcome) -> None:
+        self._in_flight -= len(outcome.batches)
+        for batch in outcome.batches:
+            for staged in batch.staged:
+                self.log.unstage(staged)
+        if outcome.skipped:
+            return
+        if outcome.error is not None:
+            if not isinstance(outcome.error, OSError):
+                self._crash = outcome.error  # e.g. a simulated power loss
+                self._wake.set()
+                self._wake_all()
+                return
+            self._submitted = (-1, -1)
+            self._fail(outcome.work, outcome.error, during=outcome.failed)
+            return
+        work = outcome.work
+        if work is None:
+            return
+        self.sync_latency.observe(outcome.seconds)
+        self._fsync_ewma += (outcome.seconds - self._fsync_ewma) / 8
+        writes = sum(len(b.staged) for b in outcome.batches)
+        if writes:
+            self.sync_batch.observe(writes)
+        self.log.complete_sync(work)
+        self.syncs += 1
+        self._wake_synced()
+        self._notify_data()
+
+    def _check_crash(self) -> None:
+        if self._crash is not None:
+            raise self._crash
+
+    async def _threaded_flusher(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            self._check_crash()
+            self._submit()
+            self._check_crash()
 
     async def _flusher(self) -> None:
+        if self._threaded:
+            await self._threaded_flusher()
+            return
         interval = self.config.interval_ms / 1000
         while True:
             if self.config.durability == "always":
                 await self._wake.wait()
                 self._wake = trio.Event()
+            elif self.config.durability == "interval":
+                # Sleep only once something was written: an idle partition's
+                # flusher costs nothing (10,000 timers firing 5 times a
+                # second would keep an idle broker busy).
+                await self._wake.wait()
+                self._wake = trio.Event()
+                await trio.sleep(interval)
             else:
-                await trio.sleep(interval if self.config.durability == "interval" else 3600.0)
-                if self.config.durability == "never":
-                    continue
+                await trio.sleep(3600.0)
+                continue
             work = self.log.prepare_sync()
             if work is not None:
                 await self._sync_once(work)
 
+    async def _drain_writer(self) -> None:
+        """Hand over what is staged and wait until the writer thread has
+        reported on all of it (shielded by the caller)."""
+        writer = self._writer
+        if writer is None:
+            return
+        if self._crash is None:
+            self._submit()
+        if self._in_flight:
+            done = trio.Event()
+            writer.when_done(done.set)
+            # Reported after every outcome (FIFO): all of them ran by now.
+            await done.wait()
+
     async def _close(self) -> None:
         if self._closed:
             return
+        await self._drain_writer()
         self._closed = True
         try:
-            if self._blocking:
+            if self._blocking and not self.log.untouched:
                 await trio.to_thread.run_sync(self.log.close)
             else:
                 self.log.close()
@@ -314,7 +519,7 @@ class AsyncLog:
             self.log.abandon()
             raise
         finally:
-            self._synced.set()
+            self._wake_all()
             self._data.set()
 
     def statistics(self) -> dict[str, Any]:
@@ -337,22 +542,49 @@ async def open_log(
     fs: FileSystem | None = None,
     clock: Callable[[], int] | None = None,
     repair: bool = False,
+    writer_thread: bool | None = None,
+    files: FileCache | None = None,
 ) -> AsyncIterator[AsyncLog]:
     """Open (create or recover) the log at ``path`` with its flusher task.
 
     Leaving the block syncs, writes the indexes and a clean checkpoint, and
-    closes the files. ``clock`` returns milliseconds (append times, segment
-    age); by default wall-clock time.
+    closes the files (and ends the writer thread, if any). ``clock`` returns
+    milliseconds (append times, segment age); by default wall-clock time.
+    ``writer_thread``: under ``always``, write and fsync in a
+    :class:`~headwater.journal._writer.JournalWriter` thread (batches of
+    records, one hand-off per fsync) rather than on the event loop; by
+    default on for a blocking (real) file system, off for the simulated one.
+    ``files`` is a :class:`~headwater.journal.FileCache` shared by many logs
+    to cap the segment files they keep open; enter every log sharing it from
+    the same Trio run (its owner thread).
     """
     fs = fs if fs is not None else RealFileSystem()
     clock = clock if clock is not None else (lambda: int(time.time() * 1000))
     if fs.blocking:
-        log = await trio.to_thread.run_sync(
-            lambda: Log.open(path, fs, config, clock=clock, repair=repair)
-        )
+        try:
+            if repair:
+                raise Deferred(path)
+            log = Log.open(
+                path,
+                fs,
+                config,
+                clock=clock,
+                files=files,
+                inline_budget=INLINE_RECOVERY_BYTES,
+            )
+            await trio.lowlevel.checkpoint()
+        except Deferred:
+            log = await trio.to_thread.run_sync(
+                lambda: Log.open(path, fs, config, clock=clock, repair=repair, files=files)
+            )
     else:
-        log = Log.open(path, fs, config, clock=clock, repair=repair)
-    alog = AsyncLog(log)
+        log = Log.open(path, fs, config, clock=clock, repair=repair, files=files)
+    log.files.trim()
+    alog = AsyncLog(log, writer_thread=writer_thread)
+    if alog._threaded:
+        alog._writer = JournalWriter(
+            log, trio.lowlevel.current_trio_token().run_sync_soon, alog._outcome
+        )
     try:
         with unwrapping_groups():
             async with trio.open_nursery() as nursery:

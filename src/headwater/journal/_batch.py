@@ -40,10 +40,11 @@ varint loop in pure Python per field.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from itertools import repeat
+from typing import Any, NamedTuple
 
-import attrs
 import cbor2
 
 from headwater._errors import (
@@ -80,17 +81,7 @@ Key = bytes | str
 Headers = tuple[tuple[str, bytes], ...]
 
 
-@attrs.frozen
-class Event:
-    """One stored event, as a consumer sees it.
-
-    ``offset`` is its position in the partition, ``timestamp`` the producer's
-    time in milliseconds since the epoch. ``key`` is ``None``, bytes or str (as
-    sent). ``value`` is ``None`` for a tombstone (a deleted key on a compacted
-    topic), else the value as the consumer's deserializer returned it (bytes
-    when read raw). ``headers`` are ordered (name, bytes) pairs.
-    """
-
+class _EventFields(NamedTuple):
     topic: str
     partition: int
     offset: int
@@ -98,6 +89,29 @@ class Event:
     key: Key | None
     value: Any
     headers: Headers = ()
+
+
+class Event(_EventFields):
+    """One stored event, as a consumer sees it.
+
+    ``offset`` is its position in the partition, ``timestamp`` the producer's
+    time in milliseconds since the epoch. ``key`` is ``None``, bytes or str (as
+    sent). ``value`` is ``None`` for a tombstone (a deleted key on a compacted
+    topic), else the value as the consumer's deserializer returned it (bytes
+    when read raw). ``headers`` are ordered (name, bytes) pairs.
+
+    Immutable. It is a named tuple (fields in the order above, so it unpacks
+    and compares like one): building one costs a third of a frozen attrs
+    class, and a consumer builds one per event (docs/batch-format.md).
+    ``event._replace(value=...)`` makes a changed copy.
+    """
+
+    __slots__ = ()
+
+
+#: Builds an Event from a 7-tuple without a Python-level call (the decoder's
+#: hot path: ``map(_new_event, zip(...))`` stays in C).
+_new_event: Callable[[Iterable[Any]], Event] = partial(tuple.__new__, Event)
 
 
 # -------------------------------------------------------------- key hashing
@@ -195,7 +209,7 @@ def _corrupt(topic: str, partition: int, base_offset: int, what: str) -> Corrupt
 
 
 def decode_events(
-    payload: bytes,
+    payload: bytes | memoryview,
     *,
     topic: str,
     partition: int,
@@ -254,25 +268,44 @@ def decode_events(
             ) from exc
     try:
         offsets = range(base_offset, base_offset + n)
+        if not set(map(type, deltas)) <= {int}:
+            raise TypeError("a timestamp delta is not an int")
+        if base_timestamp:
+            timestamps: Iterable[Any] = map(base_timestamp.__add__, deltas)
+        else:
+            timestamps = deltas
         if headers_col is None:
-            return [
-                Event(topic, partition, offset, base_timestamp + dt, key, value, ())
-                for offset, dt, key, value in zip(offsets, deltas, keys, values, strict=True)
+            events = list(
+                map(
+                    _new_event,
+                    zip(
+                        repeat(topic, n),
+                        repeat(partition, n),
+                        offsets,
+                        timestamps,
+                        keys,
+                        values,
+                        repeat((), n),
+                        strict=True,
+                    ),
+                )
+            )
+        else:
+            events = [
+                Event(
+                    topic,
+                    partition,
+                    offset,
+                    ts,
+                    key,
+                    value,
+                    tuple(zip(flat[::2], flat[1::2], strict=True)) if flat else (),
+                )
+                for offset, ts, key, value, flat in zip(
+                    offsets, timestamps, keys, values, headers_col, strict=True
+                )
             ]
-        return [
-            Event(
-                topic,
-                partition,
-                offset,
-                base_timestamp + dt,
-                key,
-                value,
-                tuple(zip(flat[::2], flat[1::2], strict=True)) if flat else (),
-            )
-            for offset, dt, key, value, flat in zip(
-                offsets, deltas, keys, values, headers_col, strict=True
-            )
-        ]
+        return events
     except (TypeError, ValueError) as exc:
         raise _corrupt(topic, partition, base_offset, f"has a malformed event: {exc}") from None
 
@@ -289,7 +322,7 @@ def decode_record_events(
     """Decode the events of one journal record (its header already decoded);
     see :func:`decode_events` for ``first_offset`` and ``deserialize``."""
     return decode_events(
-        bytes(record[HEADER_SIZE:]),
+        memoryview(record)[HEADER_SIZE:],  # cbor2 reads a view: no copy of the payload
         topic=topic,
         partition=partition,
         base_offset=header.base_offset,

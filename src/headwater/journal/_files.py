@@ -27,7 +27,7 @@ import errno
 import fcntl
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import attrs
@@ -109,6 +109,18 @@ class FileSystem(Protocol):
         record this process's id in it. The lock lasts until :meth:`close` of
         the returned handle, or the death of the process (even ``kill -9``).
         Raises :class:`LockHeld` when another holder has it."""
+        ...
+
+    def writev(self, handle: int, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Append all of ``buffers``, in order, as few system calls as
+        possible (one gather write); on error some prefix may have been
+        written."""
+        ...
+
+    def overwrite(self, handle: int, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` at the start of the file in place (a small
+        fixed-size file such as the checkpoint; no truncation, bytes past
+        ``len(data)`` are kept)."""
         ...
 
 
@@ -215,6 +227,39 @@ class RealFileSystem:
             os.close(fd)
             raise
         return fd
+
+    def writev(self, handle: int, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
+        """See :class:`FileSystem`: ``os.writev`` in chunks of at most
+        ``_IOV_MAX`` buffers, resumed after a short write."""
+        views = [memoryview(b) for b in buffers]
+        while views:
+            chunk = views[:_IOV_MAX]
+            written = os.writev(handle, chunk)
+            while written:
+                first = views[0]
+                if written >= len(first):
+                    written -= len(first)
+                    views.pop(0)
+                else:
+                    views[0] = first[written:]
+                    written = 0
+            while views and not len(views[0]):
+                views.pop(0)
+
+    def overwrite(self, handle: int, data: bytes | bytearray | memoryview) -> None:
+        """See :class:`FileSystem`: ``pwrite`` at 0 (``O_APPEND`` is cleared
+        on the handle first, else Linux would append)."""
+        flags = fcntl.fcntl(handle, fcntl.F_GETFL)
+        if flags & os.O_APPEND:
+            fcntl.fcntl(handle, fcntl.F_SETFL, flags & ~os.O_APPEND)
+        view = memoryview(data)
+        position = 0
+        while position < len(view):
+            position += os.pwrite(handle, view[position:], position)
+
+
+_IOV_MAX = 512
+"""Buffers per ``writev`` call (Linux's limit is 1024)."""
 
 
 def _parse_pid(data: bytes) -> int | None:
@@ -341,6 +386,19 @@ class SimulatedFileSystem:
             f.data += bytes(data)[: len(data) // 2]
             raise OSError(errno.ENOSPC, "No space left on device (simulated)")
         f.data += data
+
+    def writev(self, handle: int, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
+        """See :class:`FileSystem` (one operation, like one ``writev``)."""
+        self.write(handle, b"".join(buffers))
+
+    def overwrite(self, handle: int, data: bytes | bytearray | memoryview) -> None:
+        """See :class:`FileSystem`. Under a full disk nothing changes and
+        ``ENOSPC`` is raised."""
+        self._op()
+        f = self._file(handle)
+        if self._disk_full and len(data) > len(f.data):
+            raise OSError(errno.ENOSPC, "No space left on device (simulated)")
+        f.data[: len(data)] = data
 
     def pread(self, handle: int, size: int, offset: int) -> bytes:
         """See :class:`FileSystem`."""

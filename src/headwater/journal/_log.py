@@ -62,7 +62,7 @@ import os
 import struct
 import threading
 from collections.abc import Callable
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 import attrs
 import crc32c
@@ -77,6 +77,7 @@ from headwater._errors import (
     StorageError,
 )
 from headwater._logging import get_logger
+from headwater.journal._fdcache import FileCache
 from headwater.journal._files import FileSystem, write_file_atomically
 from headwater.journal._gaps import covered, read_gaps
 from headwater.journal._record import (
@@ -86,10 +87,18 @@ from headwater.journal._record import (
     RecordHeader,
     Short,
     decode_header,
+    patch_header,
     patch_record,
 )
 
-__all__ = ["Durability", "Log", "LogConfig", "SyncWork"]
+__all__ = ["Durability", "Log", "LogConfig", "Staged", "SyncWork"]
+
+
+class Deferred(Exception):
+    """Recovery would exceed its inline budget: run it in a worker thread."""
+
+
+_SEGMENT_COST: Final = 4096  # budget bytes one segment's listing and index files count for
 
 Durability = Literal["always", "interval", "never"]
 
@@ -117,7 +126,10 @@ class LogConfig:
     ``inline_sync_bytes``: a sync of at most this many new bytes of one
     segment runs on the event loop thread (a small fsync costs less than the
     hand-off to a worker thread and back); larger ones run in a worker thread
-    so the loop keeps serving meanwhile.
+    so the loop keeps serving meanwhile. With the journal writer thread
+    (``always`` on a real disk) the same bound picks which batches the loop
+    writes and fsyncs itself, while the thread is idle and recent fsyncs
+    were fast; 0 sends every batch to the thread.
     """
 
     durability: Durability = "always"
@@ -179,6 +191,9 @@ class _Segment:
     pins: int = 0  # readers using the handle now
     retired: bool = False  # out of the log: the last reader closes the handle
     busy: bool = False  # being rewritten by compaction: retention skips it
+    # Its file is the writer thread's to create (a lazy roll): nobody else
+    # may open (and so create) it early. See Log.stage and _fdcache.
+    unborn: bool = False
 
     def note(self, header: RecordHeader, position: int, interval: int) -> None:
         if position - self.indexed_at >= interval:
@@ -202,6 +217,17 @@ class SyncWork:
     target_offset: int
     segment_base: int
     position: int
+    segments: tuple[_Segment, ...] = ()  # whose handles (a writer thread reads them late)
+
+
+class Staged(NamedTuple):
+    """A record :meth:`Log.stage` placed but did not write: ``head`` then
+    ``body`` go to the end of ``segment``'s file, in staging order. (A tuple,
+    not an attrs class: one is made per append on the hot path.)"""
+
+    segment: _Segment
+    head: bytes
+    body: memoryview
 
 
 class Log:
@@ -217,23 +243,32 @@ class Log:
         fs: FileSystem,
         config: LogConfig,
         clock: Callable[[], int],
+        files: FileCache | None = None,
     ) -> None:
         self.path = path.rstrip("/")
         self.fs = fs
+        #: Where this log's open segment files are counted (and capped).
+        self.files = files if files is not None else FileCache()
         self.config = config
         self.clock = clock
         self.segments: list[_Segment] = []
         self._recovering: _Segment | None = None  # opened, not yet in segments
         self.synced_offset = 0
         self._synced_position = 0
+        self._synced_base = 0  # the segment _synced_position is in
         self._dirty: dict[int, _Segment] = {}
         self._dir_gen = 0
         self._dir_synced_gen = 0
-        self._checkpoint_handle: int | None = None
         self._gaps: list[tuple[int, int]] = []  # offset gaps left by a repair
         self.closed = False
-        # Guards ``segments`` and the pin counts; held only for a few lines.
-        self._lock = threading.Lock()
+        # Guards ``segments``, the pin counts and the handles; held only for
+        # a few lines. Shared by every log of one FileCache (see _fdcache).
+        self._lock: threading.Lock = self.files.lock
+        # (next offset, directory generation) when recovery left the log
+        # untouched on a clean checkpoint: close() then has nothing to write.
+        self._clean_at: tuple[int, int] | None = None
+        self._recovery_cut = False
+        self._inline_budget: int | None = None  # see Log.open(inline_budget=)
 
     # ------------------------------------------------------------------ open
 
@@ -246,13 +281,30 @@ class Log:
         *,
         clock: Callable[[], int] | None = None,
         repair: bool = False,
+        files: FileCache | None = None,
+        inline_budget: int | None = None,
     ) -> Log:
-        """Open (creating if needed) and recover the log at ``path``."""
+        """Open (creating if needed) and recover the log at ``path``.
+
+        ``files``: the :class:`FileCache` that counts (and caps) the segment
+        files this log keeps open, shared with other logs; by default one of
+        its own without a cap. Recovery leaves at most the active segment
+        open (none when the cache is full); the others open on first use.
+
+        ``inline_budget`` (bytes): give up with :class:`Deferred` (nothing
+        changed on disk) as soon as recovery would scan more than that, fsync,
+        or change a file; the caller then runs it in a worker thread. The
+        Trio face opens the common case (a covered checkpoint, a small tail)
+        on the event loop this way, saving a thread hop per log."""
         import time
 
-        log = cls(path, fs, config or LogConfig(), clock or (lambda: int(time.time() * 1000)))
+        log = cls(
+            path, fs, config or LogConfig(), clock or (lambda: int(time.time() * 1000)), files
+        )
         try:
+            log._inline_budget = inline_budget
             if repair:
+                log._spend(None)
                 from headwater.journal._repair import repair_log
 
                 fs.makedirs(log.path)
@@ -285,20 +337,28 @@ class Log:
     def _write_checkpoint(self, clean: bool, *, sync: bool = False) -> None:
         active = self.segments[-1]
         offset = self.synced_offset if not clean else active.next_offset
-        position = self._synced_position if not clean else active.size
-        self._put_checkpoint(offset, active.base, position, clean, sync=sync)
+        base, position = self._synced_at if not clean else (active.base, active.size)
+        self._put_checkpoint(offset, base, position, clean, sync=sync)
+
+    @property
+    def _synced_at(self) -> tuple[int, int]:
+        """(segment base, byte position) of the last synced point."""
+        return self._synced_base, self._synced_position
 
     def _put_checkpoint(
         self, offset: int, base: int, position: int, clean: bool, *, sync: bool = False
     ) -> None:
         body = _CHECKPOINT.pack(offset, base, position, int(clean), 0)[:-4]
         data = body + struct.pack(">I", crc32c.crc32c(body))
-        if self._checkpoint_handle is None:
-            self._checkpoint_handle = self.fs.open(f"{self.path}/{_CHECKPOINT_NAME}")
-        self.fs.truncate(self._checkpoint_handle, 0)
-        self.fs.write(self._checkpoint_handle, data)
-        if sync:
-            self.fs.fsync(self._checkpoint_handle)
+        # Opened for each write (2 us here) rather than held: an idle log
+        # holds no descriptor for its checkpoint (see _fdcache).
+        handle = self.fs.open(f"{self.path}/{_CHECKPOINT_NAME}")
+        try:
+            self.fs.overwrite(handle, data)  # fixed size: in place
+            if sync:
+                self.fs.fsync(handle)
+        finally:
+            self.fs.close(handle)
 
     def _recover(self) -> None:
         fs = self.fs
@@ -313,6 +373,7 @@ class Log:
         )
         checkpoint = self._read_checkpoint()
         if not bases:
+            self._spend(None)  # a new log: files to create, a directory to fsync
             self._new_segment(0)
             self._synced_position = 0
             self._flush_dir()
@@ -344,6 +405,7 @@ class Log:
                 and checkpoint[1] == base
                 and checkpoint[2] == file_size
             )
+            self._spend(_SEGMENT_COST)
             trusted = (not last or clean_last) and self._load_indexes(seg, file_size)
             if not trusted:
                 tail_from = 0
@@ -353,6 +415,7 @@ class Log:
                     tail_from = 0
                 elif not last:
                     tail_from = file_size  # a rolled segment was fully synced
+                self._spend(file_size)
                 self._scan(seg, file_size, tail_from)
                 seg.sealed = not last
                 self.segments.append(seg)
@@ -364,12 +427,55 @@ class Log:
         if self.segments[-1].sealed:
             self.segments[-1].sealed = False
         active = self.segments[-1]
-        # Whatever recovery kept is on disk now; make it durable before use.
-        fs.fsync(active.handle)
-        self._flush_dir()
         self.synced_offset = active.next_offset
         self._synced_position = active.size
-        self._write_checkpoint(clean=False)
+        self._synced_base = active.base
+        if not self._recovery_cut and self._synced_through(checkpoint, active):
+            # The checkpoint, written only after an fsync of the segment and
+            # its directory, covers every byte: nothing to make durable.
+            if checkpoint is not None and checkpoint[3]:
+                self._clean_at = (active.next_offset, self._dir_gen)
+        else:
+            self._spend(None)
+            # Whatever recovery kept is on disk now; make it durable before use.
+            fs.fsync(active.handle)
+            self._flush_dir()
+            self._write_checkpoint(clean=False)
+        self._release_recovered()
+
+    def _spend(self, cost: int | None) -> None:
+        """Count ``cost`` bytes of recovery work against the inline budget
+        (``None``: work that must not run inline: an fsync, a file change)."""
+        budget = self._inline_budget
+        if budget is None:
+            return
+        if cost is None or cost > budget:
+            raise Deferred(self.path)
+        self._inline_budget = budget - cost
+
+    @staticmethod
+    def _synced_through(checkpoint: tuple[int, int, int, bool] | None, active: _Segment) -> bool:
+        return (
+            checkpoint is not None
+            and checkpoint[1] == active.base
+            and checkpoint[2] == active.size
+            and checkpoint[0] == active.next_offset
+        )
+
+    def _release_recovered(self) -> None:
+        """Close the handles recovery opened: sealed segments open again on
+        first read; the active one stays open if the file cache has room."""
+        active = self.segments[-1]
+        with self._lock:
+            keep = self.files.has_room()
+            if keep:
+                self.files.register_locked(active, self)
+            closing = [s for s in self.segments if s.handle >= 0 and (s is not active or not keep)]
+            handles = [s.handle for s in closing]
+            for seg in closing:
+                seg.handle = -1
+        for handle in handles:
+            self.fs.close(handle)
 
     def _load_indexes(self, seg: _Segment, file_size: int) -> bool:
         """Load a segment's index files; False if missing or damaged."""
@@ -452,6 +558,7 @@ class Log:
             return
 
     def _damage(self, seg: _Segment, position: int, reason: str, *, interior: bool) -> None:
+        self._spend(None)  # truncating and fsyncing: not inline
         size = self.fs.size(seg.handle) if seg.handle >= 0 else 0
         if interior:
             raise CorruptionError(
@@ -462,6 +569,7 @@ class Log:
             )
         self.fs.truncate(seg.handle, position)
         self.fs.fsync(seg.handle)
+        self._recovery_cut = True
         _log.warning(
             "journal_tail_truncated",
             file=seg.path,
@@ -481,13 +589,18 @@ class Log:
 
     # ----------------------------------------------------------------- write
 
-    def _new_segment(self, base: int) -> _Segment:
+    def _new_segment(self, base: int, *, lazy: bool = False) -> _Segment:
+        """Add a new active segment. ``lazy``: leave its file to be created
+        by the writer thread (handle -1 until then; see :meth:`stage`)."""
         path = f"{self.path}/{_name(base, 'log')}"
-        seg = _Segment(base=base, path=path, handle=self.fs.open(path))
+        seg = _Segment(base=base, path=path, handle=-1 if lazy else self.fs.open(path))
+        seg.unborn = lazy
         seg.next_offset = base
         seg.created_ms = self.clock()
         with self._lock:
             self.segments.append(seg)
+            if seg.handle >= 0:
+                self.files.register_locked(seg, self)
         self._dir_gen += 1
         return seg
 
@@ -537,24 +650,14 @@ class Log:
         A full disk raises :class:`DiskFullError` with nothing appended; other
         I/O errors raise :class:`StorageError`.
         """
-        if self.closed:
-            raise StorageError(f"the log at {self.path} is closed")
-        if validated is None:
-            validated = self.validate(record)
-        active = self.segments[-1]
-        now = self.clock()
-        if active.size > 0 and (
-            active.size + len(record) > self.config.segment_bytes
-            or (
-                self.config.segment_ms is not None
-                and now - active.created_ms >= self.config.segment_ms
-            )
-        ):
-            active = self._roll()
+        active, validated, now = self._place(record, validated)
         patched = patch_record(record, active.next_offset, now)
         position = active.size
+        handle = active.handle
+        if handle < 0 or self.files.max_open is not None:
+            handle = self._fd(active)
         try:
-            self.fs.write(active.handle, patched)
+            self.fs.write(handle, patched)
         except OSError as exc:
             self._undo_partial(active, position)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -568,17 +671,110 @@ class Log:
         self._dirty[active.base] = active
         return header
 
+    def _place(
+        self,
+        record: bytes | bytearray | memoryview,
+        validated: RecordHeader | None,
+        *,
+        lazy: bool = False,
+    ) -> tuple[_Segment, RecordHeader, int]:
+        """Check ``record`` and roll if needed: the segment it goes to, its
+        header as validated, and the append time."""
+        if self.closed:
+            raise StorageError(f"the log at {self.path} is closed")
+        if validated is None:
+            validated = self.validate(record)
+        active = self.segments[-1]
+        now = self.clock()
+        if active.size > 0 and (
+            active.size + len(record) > self.config.segment_bytes
+            or (
+                self.config.segment_ms is not None
+                and now - active.created_ms >= self.config.segment_ms
+            )
+        ):
+            active = self._roll(lazy=lazy)
+        return active, validated, now
+
+    def stage(
+        self, record: bytes | bytearray | memoryview, validated: RecordHeader | None = None
+    ) -> tuple[RecordHeader, Staged]:
+        """Validate and place one record like :meth:`write`, but leave the
+        write itself to the caller (a writer thread): returns the stored
+        header and what to write. The log counts the record as appended at
+        once (offsets, index, size); the caller must write every staged
+        record in order, then call :meth:`unstage` for each, and, when a
+        write fails, cut the log back with :meth:`discard_unsynced`.
+
+        The payload of a ``bytes`` record is not copied: the stored record
+        is a patched header followed by ``record``'s own bytes (any other
+        buffer is copied first, as it could change before the write). The
+        segment stays pinned until :meth:`unstage`, so retention, compaction
+        or a snapshot never close its handle under the writer. A segment
+        rolled to here gets its file from the writer (handle -1 until
+        :meth:`open_staged_segment`), so the new file never exists before
+        the records of the one before it were written: a directory sync
+        cannot make it durable ahead of them."""
+        if type(record) is not bytes:
+            record = bytes(record)  # a mutable buffer could change before the write
+        active, v, now = self._place(record, validated, lazy=True)
+        base_offset = active.next_offset
+        head = patch_header(record, base_offset, now)
+        body = memoryview(record)
+        header = RecordHeader(  # attrs.evolve costs several times more
+            v.length,
+            v.crc,
+            v.attributes,
+            base_offset,
+            v.count,
+            v.first_timestamp,
+            v.max_timestamp,
+            now,
+            v.producer_id,
+            v.producer_epoch,
+            v.base_sequence,
+        )
+        active.note(header, active.size, self.config.index_interval)
+        self._dirty[active.base] = active
+        with self._lock:
+            active.pins += 1
+        return header, Staged(active, head, body[HEADER_SIZE:])
+
+    def open_staged_segment(self, seg: _Segment) -> int:
+        """Create the file of a segment :meth:`stage` rolled to (writer
+        thread, before its first write); returns its handle, or -1 when the
+        segment left the log meanwhile (a state journal's snapshot deleted
+        it): its records are not needed, and a file created now would be a
+        stray segment. Checked and opened under the lock that retiring
+        takes, so the two cannot cross (the one open call held under it)."""
+        with self._lock:
+            if seg.handle < 0 and not seg.retired:
+                # A new file, or one the file cache closed while idle.
+                seg.unborn = False
+                self._reopen_locked(seg)
+            return seg.handle
+
+    def unstage(self, staged: Staged) -> None:
+        """Release the pin :meth:`stage` took (owner thread), once the
+        record is written or given up."""
+        self._unpin(staged.segment)
+
     def _undo_partial(self, seg: _Segment, position: int) -> None:
         try:
             self.fs.truncate(seg.handle, position)
         except OSError:
             pass  # best effort: recovery truncates a torn tail anyway
 
-    def _roll(self) -> _Segment:
+    def _roll(self, *, lazy: bool = False) -> _Segment:
         old = self.segments[-1]
+        if old.handle < 0 and not old.pins:
+            # The file cache closed it while idle; its sync needs the handle.
+            # (A pinned one without a handle has staged records whose file
+            # the writer thread creates: never open that one early.)
+            self._fd(old)
         old.sealed = True
         self._dirty[old.base] = old
-        return self._new_segment(old.next_offset)
+        return self._new_segment(old.next_offset, lazy=lazy)
 
     # ------------------------------------------------------------------ sync
 
@@ -589,6 +785,7 @@ class Log:
             return None
         active = self.segments[-1]
         return SyncWork(
+            segments=tuple(self._dirty.values()),
             handles=tuple(s.handle for s in self._dirty.values()),
             directory=directory,
             dir_gen=self._dir_gen,
@@ -597,13 +794,21 @@ class Log:
             position=active.size,
         )
 
-    def run_sync(self, work: SyncWork) -> None:
-        """Do the blocking part of a sync (may run in a worker thread)."""
+    def run_sync(self, work: SyncWork, *, checkpoint: bool = True) -> None:
+        """Do the blocking part of a sync (may run in a worker thread).
+        ``checkpoint=False`` leaves :meth:`put_sync_checkpoint` to the
+        caller (a writer thread does it after reporting the fsync)."""
         for handle in work.handles:
             self.fs.fsync(handle)
         if work.directory:
             self.fs.fsync_dir(self.path)
-        # Not fsynced: after a power loss it may lag, which only widens the tail.
+        if checkpoint:
+            self.put_sync_checkpoint(work)
+
+    def put_sync_checkpoint(self, work: SyncWork) -> None:
+        """Rewrite the checkpoint after ``work`` was synced. Not fsynced:
+        after a power loss it may lag (or, written late, name an earlier
+        sync), which only widens the tail recovery checks."""
         self._put_checkpoint(work.target_offset, work.segment_base, work.position, False)
 
     def complete_sync(self, work: SyncWork) -> None:
@@ -619,6 +824,7 @@ class Log:
         if work.target_offset > self.synced_offset:
             self.synced_offset = work.target_offset
             self._synced_position = work.position
+            self._synced_base = work.segment_base
 
     def sync(self) -> None:
         """Make everything appended so far durable (synchronously)."""
@@ -634,7 +840,19 @@ class Log:
     def discard_unsynced(self) -> int:
         """After a failed fsync: cut every segment back to what was last synced
         (those pages may be lost) and return the new next offset."""
-        self.truncate_to(self.synced_offset, sync=False)
+        base, position = self._synced_at
+        index = next((i for i, s in enumerate(self.segments) if s.base == base), None)
+        if index is None or self.synced_offset < self.segments[index].base:
+            self.truncate_to(self.synced_offset, sync=False)
+            return self.next_offset
+        # The synced point is known exactly: no need to read a header there
+        # (after a failed write the bytes at that position may be missing).
+        for seg in self._drop_segments(index + 1):
+            self._remove_segments([seg.base])
+            self._dirty.pop(seg.base, None)
+        seg = self.segments[-1]
+        if seg.next_offset > self.synced_offset or seg.size > position:
+            self._cut_segment(seg, position, self.synced_offset)
         return self.next_offset
 
     # ------------------------------------------------------- handle owners
@@ -654,6 +872,10 @@ class Log:
                         f"({first}; retention removed it); seek to earliest"
                     )
                 seg = segments[self._segment_for(offset)]
+            if seg.handle < 0:
+                self._reopen_locked(seg)
+            else:
+                self.files.touch_locked(seg)
             seg.pins += 1
             return seg
 
@@ -663,8 +885,32 @@ class Log:
             if self.closed:
                 raise ClosedError(f"the log at {self.path} is closed")
             for seg in self.segments:
+                if seg.handle < 0:
+                    self._reopen_locked(seg)
                 seg.pins += 1
             return list(self.segments)
+
+    def _reopen_locked(self, seg: _Segment) -> None:
+        """Open a segment the file cache closed (lock held). Opened under the
+        lock so that retention, which unlinks a segment's files only after
+        taking it out of ``segments`` under the lock, never races it. A
+        segment whose file the writer thread has yet to create stays closed."""
+        if seg.unborn:
+            return
+        seg.handle = self.fs.open(seg.path)
+        self.files.register_locked(seg, self)
+
+    def _fd(self, seg: _Segment) -> int:
+        """``seg``'s open handle, reopening it if the file cache closed it
+        (owner thread: the cache closes handles only on that thread)."""
+        with self._lock:
+            if seg.handle < 0:
+                if seg.retired:
+                    raise ClosedError(f"segment {seg.path} is no longer in the log")
+                self._reopen_locked(seg)
+            else:
+                self.files.touch_locked(seg)
+            return seg.handle
 
     def _unpin(self, seg: _Segment) -> None:
         with self._lock:
@@ -681,7 +927,9 @@ class Log:
         return [seg for seg in segments if seg.pins == 0]
 
     def _close_handle(self, seg: _Segment) -> None:
-        handle, seg.handle = seg.handle, -1
+        with self._lock:
+            handle, seg.handle = seg.handle, -1
+            self.files.forget_locked(seg)
         if handle >= 0:
             try:
                 self.fs.close(handle)
@@ -821,6 +1069,8 @@ class Log:
             header = decode_header(
                 self.fs.pread(seg.handle, HEADER_SIZE, position), check_crc=False
             )
+            if isinstance(header, Short):
+                break  # staged for a writer thread, not written yet
             assert isinstance(header, RecordHeader)
             if header.max_timestamp >= timestamp:
                 return header.base_offset
@@ -840,6 +1090,8 @@ class Log:
                     header = decode_header(
                         self.fs.pread(seg.handle, HEADER_SIZE, position), check_crc=False
                     )
+                    if isinstance(header, Short):
+                        break  # staged for a writer thread, not written yet
                     assert isinstance(header, RecordHeader)
                     if from_offset is None or header.next_offset > from_offset:
                         out.append(header)
@@ -901,6 +1153,10 @@ class Log:
                 raise InvalidArgument(f"segment {base} is not synced yet; sync first")
             if old.busy:
                 raise InvalidArgument(f"segment {base} of {self.path} is being compacted")
+            if old.handle < 0:
+                # Readers of the old file keep reading it through this handle
+                # after the new file is renamed over its path.
+                self._reopen_locked(old)
             old.busy = True
         try:
             return self._rewrite(old, records)
@@ -932,9 +1188,10 @@ class Log:
             seg.max_append_time = old.max_append_time
             self._write_index_files(seg)
             fs.fsync_dir(self.path)
-        except BaseException:
+        finally:
+            # Closed until first read (see _fdcache): the new file is in
+            # place under the old name now.
             self._close_handle(seg)
-            raise
         return seg
 
     def install_segment(self, seg: _Segment) -> None:
@@ -987,22 +1244,28 @@ class Log:
             self._remove_segments([seg.base])
             self._dirty.pop(seg.base, None)
         seg = self.segments[-1]
+        self._fd(seg)
         position, header = self._position_of(seg, offset)
+        self._cut_segment(seg, position, header.base_offset if header else offset)
+        if sync:
+            self.sync()
+
+    def _cut_segment(self, seg: _Segment, position: int, next_offset: int) -> None:
+        """Cut the last segment to ``position``, where ``next_offset`` begins."""
         self.fs.truncate(seg.handle, position)
         self._remove_segments([seg.base], ("index", "timeindex"))
         seg.sealed = False
         seg.index = [(o, p) for o, p in seg.index if p < position]
-        seg.times = [(t, o) for t, o in seg.times if o < (header.base_offset if header else offset)]
+        seg.times = [(t, o) for t, o in seg.times if o < next_offset]
         seg.max_timestamp = seg.times[-1][0] if seg.times else -(2**63)
         seg.indexed_at = seg.index[-1][1] if seg.index else -(2**62)
         seg.size = position
-        seg.next_offset = header.base_offset if header else offset
-        self.synced_offset = min(self.synced_offset, seg.next_offset)
-        self._synced_position = min(self._synced_position, position)
+        seg.next_offset = next_offset
+        if self.synced_offset >= next_offset:
+            self.synced_offset = next_offset
+            self._synced_base, self._synced_position = seg.base, position
         self._dirty[seg.base] = seg
         self._dir_gen += 1
-        if sync:
-            self.sync()
 
     # ----------------------------------------------------------------- close
 
@@ -1010,12 +1273,23 @@ class Log:
         """Sync, write index files and a clean checkpoint, close every file."""
         if self.closed:
             return
+        if self.untouched:
+            # Nothing changed since recovery found a clean checkpoint: its
+            # index files and checkpoint still describe the files.
+            self.abandon()
+            return
         self.sync()
         active = self.segments[-1]
         self._write_indexes(active)
         self._flush_dir()
         self._write_checkpoint(clean=True, sync=True)
         self.abandon()
+
+    @property
+    def untouched(self) -> bool:
+        """Nothing changed since recovery found a clean checkpoint, so
+        :meth:`close` has nothing to write (it only closes handles)."""
+        return self._clean_at == (self.next_offset, self._dir_gen) and not self._dirty
 
     def abandon(self) -> None:
         """Close every handle without syncing (after a failure or a crash).
@@ -1028,12 +1302,6 @@ class Log:
             closable.append(pending)
         for seg in closable:
             self._close_handle(seg)
-        if self._checkpoint_handle is not None:
-            try:
-                self.fs.close(self._checkpoint_handle)
-            except OSError:
-                pass
-            self._checkpoint_handle = None
 
     def __repr__(self) -> str:
         return (

@@ -42,6 +42,7 @@ garbage.
 from __future__ import annotations
 
 import struct
+import threading
 from typing import Final
 
 import attrs
@@ -66,6 +67,7 @@ __all__ = [
     "decode_header",
     "encode_record",
     "iter_records",
+    "patch_header",
     "patch_record",
     "record_crc",
 ]
@@ -229,18 +231,18 @@ def decode_header(
         actual = record_crc(buf, length, pos)
         if actual != crc:
             return Corrupt(f"checksum mismatch (stored 0x{crc:08x}, computed 0x{actual:08x})")
-    return RecordHeader(
-        length=length,
-        crc=crc,
-        attributes=attributes,
-        base_offset=base_offset,
-        count=count,
-        first_timestamp=first_ts,
-        max_timestamp=max_ts,
-        append_time=append_time,
-        producer_id=producer_id,
-        producer_epoch=producer_epoch,
-        base_sequence=base_sequence,
+    return RecordHeader(  # positional: on every append, keywords cost ~0.5 us more
+        length,
+        crc,
+        attributes,
+        base_offset,
+        count,
+        first_ts,
+        max_ts,
+        append_time,
+        producer_id,
+        producer_epoch,
+        base_sequence,
     )
 
 
@@ -254,6 +256,93 @@ def patch_record(
     _APPEND_TIME.pack_into(buf, 40, append_time)
     _CRC.pack_into(buf, 4, record_crc(buf, len(buf)))
     return buf
+
+
+# -- CRC-32C over a changed header, without a second pass over the payload --
+#
+# For a fixed payload P, ``crc32c(P, value=v)`` is affine in ``v``: the
+# difference it makes is a linear map of ``v``'s difference that depends on
+# len(P) only (processing len(P) zero bytes). Patching the header changes the
+# CRC of the header bytes from ``a`` to ``b``; the record's CRC then changes
+# by ``Z(len(P)) (a ^ b)``. ``Z(n)`` is applied as the product of the maps
+# for the powers of two in ``n``; each map is kept as four 256-entry tables
+# (one per byte of its 32-bit input), built once on first use.
+
+_SHIFT_TABLES: list[tuple[list[int], list[int], list[int], list[int]]] = []
+_SHIFT_LOCK = threading.Lock()
+_COMBINE_FROM: Final = 8 * 1024
+"""Records at least this long are re-checksummed by combination (cheaper
+than a pass over the payload); shorter ones are simply recomputed."""
+
+
+def _tables(columns: list[int]) -> tuple[list[int], list[int], list[int], list[int]]:
+    out: list[list[int]] = []
+    for byte in range(4):
+        table = [0] * 256
+        for value in range(1, 256):
+            low = value & -value
+            table[value] = table[value ^ low] ^ columns[byte * 8 + low.bit_length() - 1]
+        out.append(table)
+    return out[0], out[1], out[2], out[3]
+
+
+def _apply(tables: tuple[list[int], list[int], list[int], list[int]], x: int) -> int:
+    t0, t1, t2, t3 = tables
+    return t0[x & 0xFF] ^ t1[(x >> 8) & 0xFF] ^ t2[(x >> 16) & 0xFF] ^ t3[x >> 24]
+
+
+def _shift_tables(k: int) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Tables of the map "process 2**k zero bytes" on a CRC difference
+    (built once, on first use: 5-8 ms for records up to 1 MiB here)."""
+    if k < len(_SHIFT_TABLES):
+        return _SHIFT_TABLES[k]
+    with _SHIFT_LOCK:  # each level is built from the one before: one builder
+        while len(_SHIFT_TABLES) <= k:
+            if not _SHIFT_TABLES:
+                zero = crc32c.crc32c(b"\0", 0)
+                columns = [crc32c.crc32c(b"\0", 1 << i) ^ zero for i in range(32)]
+            else:
+                prev = _SHIFT_TABLES[-1]
+                columns = [_apply(prev, _apply(prev, 1 << i)) for i in range(32)]
+            _SHIFT_TABLES.append(_tables(columns))
+    return _SHIFT_TABLES[k]
+
+
+def crc_shift(diff: int, length: int) -> int:
+    """How a CRC-32C difference ``diff`` at some point of a message shows in
+    the final CRC after ``length`` more (unchanged) bytes."""
+    k = 0
+    while length:
+        if length & 1:
+            diff = _apply(_shift_tables(k), diff)
+        length >>= 1
+        k += 1
+    return diff
+
+
+def patch_header(
+    record: bytes | bytearray | memoryview, base_offset: int, append_time: int
+) -> bytes:
+    """The header of a valid record with base offset and append time set and
+    the CRC updated: the stored record is this header followed by
+    ``record[HEADER_SIZE:]`` unchanged (written without copying the payload).
+    For long records the CRC is combined from the old one, never recomputed
+    over the payload (the same result as :func:`patch_record`)."""
+    length = len(record)
+    head = bytearray(record[:HEADER_SIZE])
+    if length < _COMBINE_FROM:
+        _BASE_OFFSET.pack_into(head, 12, base_offset)
+        _APPEND_TIME.pack_into(head, 40, append_time)
+        crc = crc32c.crc32c(memoryview(record)[HEADER_SIZE:], crc32c.crc32c(head[_CRC_START:]))
+        _CRC.pack_into(head, 4, crc)
+        return bytes(head)
+    old_crc = _CRC.unpack_from(head, 4)[0]
+    before = crc32c.crc32c(head[_CRC_START:])
+    _BASE_OFFSET.pack_into(head, 12, base_offset)
+    _APPEND_TIME.pack_into(head, 40, append_time)
+    after = crc32c.crc32c(head[_CRC_START:])
+    _CRC.pack_into(head, 4, old_crc ^ crc_shift(before ^ after, length - HEADER_SIZE))
+    return bytes(head)
 
 
 def iter_records(

@@ -12,8 +12,13 @@ fields; :func:`error_code` maps :class:`~headwater.HeadwaterError` types to
 the Kafka error codes clients act on (retriable or fatal).
 
 There is one broker (node 0) and it leads every partition; it is also the
-group coordinator for every group. ``read_committed`` fetches see the high
-watermark as the last stable offset until transactions exist (DECISIONS #21).
+group coordinator and the transaction coordinator for every id.
+``read_committed`` fetches read up to the last stable offset with aborted
+transactions dropped broker-side (DECISIONS #21). The transactional APIs
+(InitProducerId with a transactional id, AddPartitionsToTxn,
+AddOffsetsToTxn, TxnOffsetCommit, EndTxn) call the same transaction
+operations as Headwater's own producer, so transactional ids are one
+namespace across both protocols.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from headwater._errors import (
     AuthenticationError,
     BrokenError,
     ClosedError,
+    ConcurrentTransactionsError,
     CorruptionError,
     EventTooLarge,
     HeadwaterError,
@@ -35,32 +41,40 @@ from headwater._errors import (
     InconsistentGroupProtocolError,
     InvalidArgument,
     InvalidTopicName,
+    InvalidTransactionStateError,
     OffsetOutOfRangeError,
     OutOfOrderSequenceError,
     ProducerFencedError,
     StaleGenerationError,
     StorageError,
     TopicExistsError,
+    TransactionTimedOutError,
     UnknownGroupError,
     UnknownMemberError,
     UnknownPartitionError,
     UnknownTopicError,
+    UnknownTransactionalIdError,
+    UnstableOffsetError,
 )
 from headwater._logging import get_logger
 from headwater._protocol import (
     AddPartitions,
+    AddPartitionsToTxn,
     CommitOffsets,
     CommittedOffsets,
     CreateTopic,
     DeleteTopic,
     DescribeGroup,
     DescribeTopic,
+    DescribeTransaction,
+    EndTxn,
     Fetch,
     FetchCommitted,
     FetchResult,
     GroupDescription,
     GroupList,
     InitProducer,
+    InitTransactions,
     ListGroups,
     ListOffset,
     ListTopics,
@@ -69,12 +83,15 @@ from headwater._protocol import (
     Produce,
     ProduceResult,
     ProducerIdentity,
+    SendOffsetsToTxn,
     TopicDescription,
     TopicInfo,
     TopicList,
     TopicPartition,
+    TransactionDescription,
 )
 from headwater.broker._service import MAX_FETCH_WAIT
+from headwater.broker._transactions import MAX_TIMEOUT, MIN_TIMEOUT
 from headwater.journal._batch import decode_record_events
 from headwater.journal._record import iter_records
 
@@ -104,6 +121,13 @@ _ERRORS: list[tuple[type[BaseException], ErrorCode]] = [
     (EventTooLarge, ErrorCode.message_too_large),
     (OutOfOrderSequenceError, ErrorCode.out_of_order_sequence_number),
     (ProducerFencedError, ErrorCode.invalid_producer_epoch),
+    # A transaction the broker aborted on its timeout bumped the epoch: the
+    # producer hears what Kafka's coordinator says then.
+    (TransactionTimedOutError, ErrorCode.invalid_producer_epoch),
+    (InvalidTransactionStateError, ErrorCode.invalid_txn_state),
+    (ConcurrentTransactionsError, ErrorCode.concurrent_transactions),
+    (UnknownTransactionalIdError, ErrorCode.invalid_producer_id_mapping),
+    (UnstableOffsetError, ErrorCode.unstable_offset_commit),
     (StaleGenerationError, ErrorCode.illegal_generation),
     (UnknownMemberError, ErrorCode.unknown_member_id),
     (UnknownGroupError, ErrorCode.group_id_not_found),
@@ -124,6 +148,20 @@ def error_code(exc: BaseException) -> ErrorCode:
         if isinstance(exc, kind):
             return code
     return ErrorCode.unknown_server_error
+
+
+#: API key -> the first version whose response may carry PRODUCER_FENCED
+#: (KIP-588); older versions hear INVALID_PRODUCER_EPOCH for a fenced producer.
+_PRODUCER_FENCED_FROM = {22: 4, 24: 2, 25: 2, 26: 2}
+
+
+def _txn_error(exc: HeadwaterError, r: KafkaRequest) -> ErrorCode:
+    """:func:`error_code` for the transactional APIs: a producer fenced by a
+    newer instance hears PRODUCER_FENCED where its request version knows it."""
+    first = _PRODUCER_FENCED_FROM.get(r.api_key)
+    if isinstance(exc, ProducerFencedError) and first is not None and r.api_version >= first:
+        return ErrorCode.producer_fenced
+    return error_code(exc)
 
 
 class KafkaHandler:
@@ -254,10 +292,10 @@ class KafkaHandler:
             if not batches:
                 raise KafkaCorruptBatch("a produce request for a partition carries no batches")
             for batch in batches:
-                if batch.transactional or batch.control:
+                if batch.control:
                     raise InvalidArgument(
-                        "transactional batches are not supported yet; produce without a "
-                        "transactional.id"
+                        "a client may not write control batches (transaction markers); "
+                        "end a transaction with EndTxn"
                     )
                 if not batch.records:
                     raise KafkaCorruptBatch("a record batch holds no records")
@@ -285,28 +323,19 @@ class KafkaHandler:
 
     async def _produce(self, r: KafkaRequest) -> dict[str, Any] | None:
         body = r.body
-        if body.transactional_id is not None:
-            results: dict[tuple[str, int], Any] = {}
+        results: dict[tuple[str, int], Any] = {}
+
+        async def one(topic: str, index: int, records: bytes | None) -> None:
+            results[(topic, index)] = await self._produce_partition(topic, index, records)
+
+        # Partitions of one request are independent; each partition's
+        # batches go in order (DECISIONS #24). Transactional batches are
+        # checked by the partition: only a producer the transaction
+        # coordinator admitted there (AddPartitionsToTxn) may write one.
+        async with trio.open_nursery() as nursery:
             for topic in body.topic_data:
                 for part in topic.partition_data:
-                    results[(topic.name, part.index)] = {
-                        "index": part.index,
-                        "error_code": ErrorCode.transactional_id_authorization_failed,
-                        "base_offset": -1,
-                        "error_message": "transactions are not supported yet",
-                    }
-        else:
-            results = {}
-
-            async def one(topic: str, index: int, records: bytes | None) -> None:
-                results[(topic, index)] = await self._produce_partition(topic, index, records)
-
-            # Partitions of one request are independent; each partition's
-            # batches go in order (DECISIONS #24).
-            async with trio.open_nursery() as nursery:
-                for topic in body.topic_data:
-                    for part in topic.partition_data:
-                        nursery.start_soon(one, topic.name, part.index, part.records)
+                    nursery.start_soon(one, topic.name, part.index, part.records)
         if body.acks == 0:
             return None
         return {
@@ -620,30 +649,193 @@ class KafkaHandler:
     # ------------------------------------------------------------- producers
 
     async def _init_producer_id(self, r: KafkaRequest) -> dict[str, Any]:
-        if r.body.transactional_id is not None:
-            return {
-                "throttle_time": 0,
-                "error_code": ErrorCode.transactional_id_authorization_failed,
-                "producer_id": -1,
-                "producer_epoch": -1,
+        body = r.body
+        tid = body.transactional_id
+        if tid is None:
+            identity: ProducerIdentity = await self._call(InitProducer())
+            return _identity(ErrorCode.none, identity.producer_id, identity.epoch)
+        timeout = body.transaction_timeout.total_seconds()
+        if not MIN_TIMEOUT <= timeout <= MAX_TIMEOUT:
+            return _identity(ErrorCode.invalid_transaction_timeout)
+        try:
+            # v3+ (KIP-360): a producer re-initializing names its identity;
+            # only the current one may bump its epoch, a zombie is fenced.
+            if getattr(body, "producer_id", -1) >= 0:
+                current = await self._known_txn(tid)
+                if current is None or (current.producer_id, current.epoch) != (
+                    body.producer_id,
+                    body.producer_epoch,
+                ):
+                    raise ProducerFencedError(
+                        f"producer {body.producer_id} epoch {body.producer_epoch} of {tid!r} "
+                        "is not the transactional id's current identity"
+                    )
+            ident: ProducerIdentity = await self._call(InitTransactions(tid, timeout))
+        except HeadwaterError as exc:
+            return _identity(_txn_error(exc, r))
+        return _identity(ErrorCode.none, ident.producer_id, ident.epoch)
+
+    async def _known_txn(self, tid: str) -> TransactionDescription | None:
+        try:
+            desc: TransactionDescription = await self._call(DescribeTransaction(tid))
+        except UnknownTransactionalIdError:
+            return None
+        return desc
+
+    # ------------------------------------------------------------- transactions
+
+    async def _add_partitions_to_txn(self, r: KafkaRequest) -> dict[str, Any]:
+        body = r.body
+        wanted = [(t.name, p) for t in body.v3_and_below_topics for p in t.partitions]
+        topics = await self._topics()
+        unknown = {
+            (t, p) for t, p in wanted if t not in topics or not 0 <= p < topics[t].partitions
+        }
+        if unknown:
+            # Kafka's rule: the unknown ones are named, the rest not attempted.
+            codes = {
+                tp: ErrorCode.unknown_topic_or_partition
+                if tp in unknown
+                else ErrorCode.operation_not_attempted
+                for tp in wanted
             }
-        identity: ProducerIdentity = await self._call(InitProducer())
+        else:
+            code = ErrorCode.none
+            if wanted:
+                try:
+                    await self._call(
+                        AddPartitionsToTxn(
+                            body.v3_and_below_transactional_id,
+                            body.v3_and_below_producer_id,
+                            body.v3_and_below_producer_epoch,
+                            tuple(TopicPartition(t, p) for t, p in wanted),
+                        )
+                    )
+                except HeadwaterError as exc:
+                    code = _txn_error(exc, r)
+            codes = dict.fromkeys(wanted, code)
         return {
             "throttle_time": 0,
-            "error_code": ErrorCode.none,
-            "producer_id": identity.producer_id,
-            "producer_epoch": identity.epoch,
+            "results_by_topic_v3_and_below": [
+                {
+                    "name": t.name,
+                    "results_by_partition": [
+                        {"partition_index": p, "partition_error_code": codes[(t.name, p)]}
+                        for p in t.partitions
+                    ],
+                }
+                for t in body.v3_and_below_topics
+            ],
         }
+
+    async def _add_offsets_to_txn(self, r: KafkaRequest) -> dict[str, Any]:
+        body = r.body
+        code = ErrorCode.none
+        try:
+            # The group joins the transaction; its offsets follow in TxnOffsetCommit.
+            await self._call(
+                SendOffsetsToTxn(
+                    body.transactional_id,
+                    body.producer_id,
+                    body.producer_epoch,
+                    body.group_id,
+                    None,
+                    -1,
+                    (),
+                )
+            )
+        except HeadwaterError as exc:
+            code = _txn_error(exc, r)
+        return {"throttle_time": 0, "error_code": code}
+
+    async def _txn_offset_commit(self, r: KafkaRequest) -> dict[str, Any]:
+        body = r.body
+        offsets = tuple(
+            PartitionOffset(
+                t.name, p.partition_index, p.committed_offset, p.committed_metadata or ""
+            )
+            for t in body.topics
+            for p in t.partitions
+        )
+        code = ErrorCode.none
+        try:
+            member: str | None = getattr(body, "member_id", "") or None
+            generation: int = getattr(body, "generation_id", -1)
+            if member is None:
+                # Before v3 (and from a consumer outside a group) the request
+                # carries no membership: Kafka fences it by the producer epoch
+                # alone. Commit as the partitions' current owner, if any.
+                member, generation = await self._owner(body.group_id, offsets)
+            await self._call(
+                SendOffsetsToTxn(
+                    body.transactional_id,
+                    body.producer_id,
+                    body.producer_epoch,
+                    body.group_id,
+                    member,
+                    generation,
+                    offsets,
+                )
+            )
+        except HeadwaterError as exc:
+            code = _txn_error(exc, r)
+        return {
+            "throttle_time": 0,
+            "topics": [
+                {
+                    "name": t.name,
+                    "partitions": [
+                        {"partition_index": p.partition_index, "error_code": code}
+                        for p in t.partitions
+                    ],
+                }
+                for t in body.topics
+            ],
+        }
+
+    async def _owner(
+        self, group: str, offsets: tuple[PartitionOffset, ...]
+    ) -> tuple[str | None, int]:
+        """The member owning every partition of ``offsets`` now, with the
+        group's generation (``(None, -1)`` for a group without members)."""
+        try:
+            desc: GroupDescription = await self._call(DescribeGroup(group))
+        except UnknownGroupError:
+            return None, -1
+        if not desc.members:
+            return None, -1
+        wanted = {(o.topic, o.partition) for o in offsets}
+        for m in desc.members:
+            if wanted <= {(tp.topic, tp.partition) for tp in m.assignment}:
+                return m.member_id, desc.generation
+        raise StaleGenerationError(
+            f"group {group!r} has members and no one member owns all of "
+            f"{', '.join(f'{t}/{p}' for t, p in sorted(wanted))}: commit the offsets of "
+            "partitions the consumer owns"
+        )
+
+    async def _end_txn(self, r: KafkaRequest) -> dict[str, Any]:
+        body = r.body
+        code = ErrorCode.none
+        try:
+            await self._call(
+                EndTxn(body.transactional_id, body.producer_id, body.producer_epoch, body.committed)
+            )
+        except HeadwaterError as exc:
+            code = _txn_error(exc, r)
+        return {"throttle_time": 0, "error_code": code}
 
     # ------------------------------------------------------------- groups
 
     async def _find_coordinator(self, r: KafkaRequest) -> dict[str, Any]:
+        # Group (0) and transaction (1) coordinators are this broker: the one
+        # placement of ``__groups`` and ``__transactions`` (DECISIONS #25).
         key_type = getattr(r.body, "key_type", 0)
-        if key_type != 0:
+        if key_type not in (0, 1):
             return {
                 "throttle_time": 0,
-                "error_code": ErrorCode.coordinator_not_available,
-                "error_message": "transactions are not supported yet",
+                "error_code": ErrorCode.invalid_request,
+                "error_message": f"key type {key_type}: use 0 (group) or 1 (transaction)",
                 "node_id": -1,
                 "host": "",
                 "port": -1,
@@ -693,15 +885,28 @@ class KafkaHandler:
             if body.topics is None
             else [(t.name, p) for t in body.topics for p in t.partition_indexes]
         )
+        # v7+ (KIP-447): a read_committed consumer asks for stable offsets
+        # only; a partition with offsets pending in a transaction answers
+        # UNSTABLE_OFFSET_COMMIT (retriable). Older versions get the last
+        # committed offsets, pending ones ignored, as from Kafka.
+        require_stable = bool(getattr(body, "require_stable", False))
+        unstable: set[tuple[str, int]] = set()
         try:
             result: CommittedOffsets = await self._call(
                 FetchCommitted(
                     body.group_id,
                     tuple(TopicPartition(t, p) for t, p in wanted) if wanted else (),
+                    require_stable=False,
                 )
             )
             committed = {(o.topic, o.partition): o.offset for o in result.offsets}
             code = ErrorCode.none
+            if require_stable:
+                for tp in wanted if wanted else sorted(committed):
+                    try:
+                        await self._call(FetchCommitted(body.group_id, (TopicPartition(*tp),)))
+                    except UnstableOffsetError:
+                        unstable.add(tp)
         except UnknownGroupError:
             committed, code = {}, ErrorCode.none
         except HeadwaterError as exc:
@@ -710,13 +915,14 @@ class KafkaHandler:
             wanted = sorted(committed)
         topics: dict[str, list[dict[str, Any]]] = {}
         for t, p in wanted:
+            stable = (t, p) not in unstable
             topics.setdefault(t, []).append(
                 {
                     "partition_index": p,
-                    "committed_offset": committed.get((t, p), -1),
+                    "committed_offset": committed.get((t, p), -1) if stable else -1,
                     "committed_leader_epoch": -1,
                     "metadata": "",
-                    "error_code": ErrorCode.none,
+                    "error_code": ErrorCode.none if stable else ErrorCode.unstable_offset_commit,
                 }
             )
         return {
@@ -813,9 +1019,22 @@ class KafkaHandler:
         19: _create_topics,
         20: _delete_topics,
         22: _init_producer_id,
+        24: _add_partitions_to_txn,
+        25: _add_offsets_to_txn,
+        26: _end_txn,
+        28: _txn_offset_commit,
         32: _describe_configs,
         36: _sasl_authenticate,
         37: _create_partitions,
+    }
+
+
+def _identity(code: ErrorCode, producer_id: int = -1, epoch: int = -1) -> dict[str, Any]:
+    return {
+        "throttle_time": 0,
+        "error_code": code,
+        "producer_id": producer_id,
+        "producer_epoch": epoch,
     }
 
 

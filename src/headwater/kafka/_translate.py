@@ -8,7 +8,9 @@ the CBOR columnar batch of ``docs/batch-format.md``: keys, values and header
 values are stored as the raw bytes the producer sent (``null`` stays
 ``null``), header names as text, timestamps as the producer's. The journal
 header takes the batch's producer id, epoch and base sequence, so Kafka's
-idempotence is Headwater's (the partition's producer state checks them).
+idempotence is Headwater's (the partition's producer state checks them), and
+a transactional batch keeps its transactional bit (the partition admits it
+only inside a transaction the coordinator has opened there).
 
 A fetch turns each stored record back into one uncompressed RecordBatch v2 at
 the record's base offset with the same producer fields. Headwater ``str``
@@ -23,7 +25,13 @@ from typing import Any
 import cbor2
 
 from headwater.journal._batch import PAYLOAD_VERSION, decode_record_events, encode_events
-from headwater.journal._record import HEADER_SIZE, RecordHeader, encode_record, iter_records
+from headwater.journal._record import (
+    ATTR_TRANSACTIONAL,
+    HEADER_SIZE,
+    RecordHeader,
+    encode_record,
+    iter_records,
+)
 
 from ._records import KafkaBatch, encode_batch
 
@@ -44,6 +52,7 @@ def batch_to_record(batch: KafkaBatch) -> bytes:
         count=len(records),
         first_timestamp=records[0].timestamp,
         max_timestamp=batch.max_timestamp,
+        attributes=ATTR_TRANSACTIONAL if batch.transactional else 0,
         producer_id=batch.producer_id,
         producer_epoch=batch.producer_epoch,
         base_sequence=batch.base_sequence,

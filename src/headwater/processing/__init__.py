@@ -61,3 +61,12 @@ __all__ = [
     "InternalTopic",
     "TableInfo",
 ]
+
+# The runner behind `headwater run` (processing-run's part; appended).
+from headwater.processing._runner import JobRunner as JobRunner
+from headwater.processing._runner import RunConfig as RunConfig
+from headwater.processing._runner import RunStats as RunStats
+from headwater.processing._runner import open_job_runner as open_job_runner
+from headwater.processing._runner import run_job as run_job
+
+__all__ += ["JobRunner", "RunConfig", "RunStats", "open_job_runner", "run_job"]

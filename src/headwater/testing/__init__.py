@@ -17,6 +17,7 @@ from ._checker import Read as Read
 from ._checker import Seek as Seek
 from ._checker import SendFailed as SendFailed
 from ._checker import Shutdown as Shutdown
+from ._checker import TxnEnd as TxnEnd
 from ._checker import Violation as Violation
 from ._checker import check as check
 from ._faulty import FaultyStream as FaultyStream
@@ -68,6 +69,7 @@ __all__ = [
     "Seek",
     "SendFailed",
     "Shutdown",
+    "TxnEnd",
     "Violation",
     "check",
     "SimulationConfig",

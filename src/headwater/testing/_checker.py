@@ -25,6 +25,15 @@ partition (offset -> event id, read back after the last reopen) and returns a
   member sought that partition since the previous commit (a deliberate reset).
 * **I4** within one group generation, no partition has two owners.
 * **I5** after each shutdown no file is open and no task is alive.
+* **I6** no read_committed reader sees an aborted or duplicated effect. A
+  transactional writer records every transaction it ended
+  (:meth:`History.transaction`: its tag, the output event ids, each with the
+  *effect* it carries, e.g. the input it was made from, and the outcome
+  ``committed`` / ``aborted`` / ``unknown``). Over the read_committed reads
+  of the history and the read_committed ``committed_view`` of the final
+  contents: no output of an aborted transaction is seen, no effect is seen
+  at two offsets, and every transaction is seen whole or not at all in the
+  final view; a transaction whose commit returned is seen whole.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ __all__ = [
     "Seek",
     "SendFailed",
     "Shutdown",
+    "TxnEnd",
     "Violation",
     "check",
 ]
@@ -82,6 +92,22 @@ class Read:
     partition: int
     offset: int
     event_id: str | None
+    isolation: str = "read_committed"
+
+
+@attrs.frozen
+class TxnEnd:
+    """A transactional writer ended transaction ``tag``: ``outputs`` maps
+    each output event id to its effect; ``outcome`` is ``committed`` (the
+    commit returned), ``aborted`` (the writer aborted it, or the broker
+    fenced or timed it out before any commit was asked) or ``unknown`` (the
+    commit was asked and failed: it may have gone either way)."""
+
+    time: float
+    writer: str
+    tag: str
+    outcome: str
+    outputs: tuple[tuple[str, str], ...]
 
 
 @attrs.frozen
@@ -129,7 +155,7 @@ class Shutdown:
     live_tasks: tuple[str, ...] = ()
 
 
-Op = Ack | SendFailed | Read | Commit | Seek | Assignment | Shutdown
+Op = Ack | SendFailed | Read | Commit | Seek | Assignment | Shutdown | TxnEnd
 
 
 @attrs.define
@@ -159,9 +185,18 @@ class History:
         partition: int,
         offset: int,
         event_id: str | None,
+        isolation: str = "read_committed",
     ) -> None:
         """Record one event a consumer read."""
-        self.ops.append(Read(time, consumer, topic, partition, offset, event_id))
+        self.ops.append(Read(time, consumer, topic, partition, offset, event_id, isolation))
+
+    def transaction(
+        self, time: float, writer: str, tag: str, outcome: str, outputs: Mapping[str, str]
+    ) -> None:
+        """Record the end of a transaction (see :class:`TxnEnd`)."""
+        if outcome not in ("committed", "aborted", "unknown"):
+            raise ValueError(f"outcome must be committed, aborted or unknown, not {outcome!r}")
+        self.ops.append(TxnEnd(time, writer, tag, outcome, tuple(sorted(outputs.items()))))
 
     def commit(
         self,
@@ -238,11 +273,15 @@ def check(
     final: Mapping[TP, Sequence[tuple[int, str | None]]],
     *,
     contiguous: bool = True,
+    committed_view: Mapping[TP, Sequence[tuple[int, str | None]]] | None = None,
 ) -> CheckReport:
-    """Judge ``history`` and the ``final`` partition contents against I1-I5.
+    """Judge ``history`` and the ``final`` partition contents against I1-I6.
 
     ``final`` maps each partition to its stored ``(offset, event_id)`` pairs in
     stored order (``event_id`` None for events without one).
+    ``committed_view`` is what a read_committed reader reads of the
+    transactional writers' output partitions at the end (for I6; their
+    events are not subject to I1, whose acks are plain sends).
     """
     violations: list[Violation] = []
     lost, duplicates, checked = _check_i1(history, final, violations)
@@ -250,6 +289,7 @@ def check(
     _check_i3(history, violations)
     _check_i4(history, violations)
     _check_i5(history, violations)
+    duplicates += _check_i6(history, committed_view or {}, violations)
     return CheckReport(checked, lost, duplicates, tuple(violations))
 
 
@@ -428,3 +468,78 @@ def _check_i5(history: History, out: list[Violation]) -> None:
                         f"shutdown at t={op.time:.3f} left tasks alive: {list(op.live_tasks)}",
                     )
                 )
+
+
+def _check_i6(
+    history: History,
+    view: Mapping[TP, Sequence[tuple[int, str | None]]],
+    out: list[Violation],
+) -> int:
+    """I6 (see the module docs); returns the number of duplicated effects."""
+    txns = [op for op in history.ops if isinstance(op, TxnEnd)]
+    if not txns and not view:
+        return 0
+    owner: dict[str, TxnEnd] = {}
+    for txn in txns:
+        for event_id, _effect in txn.outputs:
+            owner[event_id] = txn
+    # Where each effect was seen by read_committed readers: (topic, partition, offset, event).
+    seen: dict[str, set[tuple[str, int, int, str]]] = defaultdict(set)
+
+    def judge(topic: str, partition: int, offset: int, event_id: str | None, where: str) -> None:
+        txn = owner.get(event_id) if event_id is not None else None
+        if event_id is None or txn is None:
+            return
+        if txn.outcome == "aborted" and (txn.tag, where) not in shown_aborted:
+            shown_aborted.add((txn.tag, where))
+            out.append(
+                Violation(
+                    "I6",
+                    f"{where} saw {event_id} at {topic}/{partition}@{offset}, an output of "
+                    f"transaction {txn.tag} that {txn.writer} aborted",
+                )
+            )
+        effect = dict(txn.outputs)[event_id]
+        seen[effect].add((topic, partition, offset, event_id))
+
+    shown_aborted: set[tuple[str, str]] = set()
+    for op in history.ops:
+        if isinstance(op, Read) and op.isolation == "read_committed":
+            judge(op.topic, op.partition, op.offset, op.event_id, f"reader {op.consumer}")
+    in_view: dict[str, set[str]] = defaultdict(set)  # tag -> its event ids in the view
+    for (topic, partition), events in sorted(view.items()):
+        for offset, maybe_id in events:
+            judge(topic, partition, offset, maybe_id, "the final read_committed view")
+            if maybe_id is not None and maybe_id in owner:
+                in_view[owner[maybe_id].tag].add(maybe_id)
+    duplicates = 0
+    for effect, places in sorted(seen.items()):
+        if len({(t, p, o) for t, p, o, _ in places}) > 1:
+            duplicates += len(places) - 1
+            out.append(
+                Violation(
+                    "I6",
+                    f"effect {effect} seen {len(places)} times by read_committed readers: "
+                    f"{sorted(places)}",
+                )
+            )
+    for txn in txns:
+        outputs = {event_id for event_id, _ in txn.outputs}
+        got = in_view.get(txn.tag, set())
+        if got and got != outputs:
+            out.append(
+                Violation(
+                    "I6",
+                    f"transaction {txn.tag} of {txn.writer} is seen in part: "
+                    f"{len(got)} of its {len(outputs)} outputs",
+                )
+            )
+        elif txn.outcome == "committed" and outputs and not got:
+            out.append(
+                Violation(
+                    "I6",
+                    f"transaction {txn.tag} of {txn.writer} committed at t={txn.time:.3f} "
+                    "but none of its outputs is in the final read_committed view",
+                )
+            )
+    return duplicates

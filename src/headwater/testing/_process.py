@@ -119,7 +119,10 @@ def rss_kib(pid: int) -> int:
 
 @contextmanager
 def _spawn(
-    command: Sequence[str], log: Path, extra_env: dict[str, str] | None
+    command: Sequence[str],
+    log: Path,
+    extra_env: dict[str, str] | None,
+    start_timeout: float = 20.0,
 ) -> Iterator[ServerProcess]:
     """Start ``command`` logging to ``log``; wait until it listens; kill it at the end."""
     with log.open("ab") as out:
@@ -128,7 +131,7 @@ def _spawn(
         )
     running = ServerProcess(proc, log)
     try:
-        running.wait_listening()
+        running.wait_listening(start_timeout)
         yield running
     finally:
         if proc.poll() is None:
@@ -167,15 +170,21 @@ def server_process(
     log_path: str | os.PathLike[str] | None = None,
     port: int = 0,
     extra_env: dict[str, str] | None = None,
+    wrapper: Sequence[str] = (),
+    start_timeout: float = 20.0,
 ) -> Iterator[ServerProcess]:
     """``headwater serve --data-dir DATA_DIR ARGS`` on 127.0.0.1, ready to use.
 
     The log goes to ``log_path`` (default: ``DATA_DIR.log`` beside the data
     directory). The process is killed when the block ends if it still runs.
+    ``wrapper`` goes before the command (``["prlimit", "--nofile=400"]`` runs
+    the server under a lower file-descriptor limit). ``start_timeout`` bounds
+    the wait for it to listen (seconds).
     """
     data = Path(data_dir)
     log = Path(log_path) if log_path is not None else data.with_name(data.name + ".log")
     command: Sequence[str] = [
+        *wrapper,
         sys.executable,
         "-m",
         "headwater",
@@ -190,5 +199,5 @@ def server_process(
         "json",
         *args,
     ]
-    with _spawn(command, log, extra_env) as running:
+    with _spawn(command, log, extra_env, start_timeout) as running:
         yield running

@@ -16,7 +16,20 @@ flight), fails fsyncs, fills the disk for a while, makes consumers join,
 leave and seek. A round ends with a clean close, or with a power loss
 (``crash_after`` then ``crash(torn=...)``). Everything clients see goes into a
 :class:`~headwater.testing.History`; after the last round a clean reopen reads
-every partition and :func:`~headwater.testing.check` judges I1-I5.
+every partition and :func:`~headwater.testing.check` judges I1-I6.
+
+Transactions (``SimulationConfig.transactions``): a *copier* reads the topic
+in its own group and, per batch, writes one output event per input to the
+two partitions of ``out`` and sends its offsets in one transaction (some
+aborted on purpose); after an abort or an error it starts again from the
+group's committed offsets, as an application would. Its transactional id is
+the same in every round, so each round's copier fences the last one's. A
+chaos step may start a second copier with the same id at once (a zombie
+pair), or kill the transaction coordinator or an ``out`` partition at the
+coordinator's next fsync (mid-commit). A read_committed reader follows
+``out``; the final reopen waits out the transaction timeout and reads
+``out`` read_committed for I6 (and flags a partition whose last stable
+offset stays below its end: a hanging transaction).
 
 Every handled actor message is traced as ``(virtual time, actor path, message
 type, outcome)`` (:func:`headwater.actors.tracing`); the trace and the
@@ -39,7 +52,7 @@ import trio
 import trio.testing
 
 from headwater import _protocol as p
-from headwater._errors import ConnectionLostError, HeadwaterError
+from headwater._errors import ConnectionLostError, HeadwaterError, ProducerFencedError
 from headwater.actors._system import tracing
 from headwater.broker._broker import Broker, open_broker
 from headwater.client._channel import LocalChannel
@@ -61,6 +74,10 @@ __all__ = [
 DATA = "/data"
 TOPIC = "t"
 GROUP = "g"
+OUT = "out"
+COPY_GROUP = "copy"
+COPIER_ID = "copier"
+TXN_TIMEOUT = 5.0
 
 
 @attrs.frozen
@@ -74,6 +91,8 @@ class SimulationConfig:
     chaos_steps: int = 6
     power_loss_chance: float = 0.35
     round_timeout: float = 600.0
+    transactions: bool = True
+    txn_abort_chance: float = 0.2
 
 
 @attrs.frozen
@@ -128,13 +147,15 @@ async def simulate(seed: int, config: SimulationConfig) -> SimulationResult:
         for r in range(config.rounds):
             await sim.round(r)
         final = await sim.final_contents()
-    report = check(sim.history, final)
-    if sim.errors:
+    report = check(sim.history, final, committed_view=sim.committed_view)
+    if sim.errors or sim.hanging:
         report = CheckReport(
             report.acked_checked,
             report.lost,
             report.duplicates,
-            report.violations + tuple(Violation("harness", e) for e in sim.errors),
+            report.violations
+            + tuple(Violation("I6", e) for e in sim.hanging)
+            + tuple(Violation("harness", e) for e in sim.errors),
         )
     digest = hashlib.sha256()
     for item in trace:
@@ -175,6 +196,8 @@ def _actor_path(file_path: str) -> str | None:
         return f"/broker/groups/{rest[2]}"
     if rest[:2] == ["meta", "topics"]:
         return "/broker/registry"
+    if rest[:2] == ["meta", "__transactions"]:
+        return "/broker/transactions"
     return None
 
 
@@ -198,6 +221,10 @@ class _Simulation:
         self.consumers: list[_Consumer] = []
         self._consumer_count = 0
         self._fsync_kill: str | None = None
+        self.hanging: list[str] = []
+        self.committed_view: dict[tuple[str, int], list[tuple[int, str | None]]] = {}
+        self._copiers = 0
+        self._round_over = trio.Event()
 
     def rng(self, *names: object) -> random.Random:
         return random.Random("/".join([str(self.seed), *map(str, names)]))
@@ -266,18 +293,25 @@ class _Simulation:
         ):
             if r == 0:
                 await client.create_topic(TOPIC, partitions=self.config.partitions)
+                if self.config.transactions:
+                    await client.create_topic(OUT, partitions=2)
             else:
                 self.faults["reopen"] += 1
+            self._round_over = trio.Event()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._probe, client, 0, opened, "reopen" if r else "")
                 for _c in range(rng.randrange(1, 3)):
                     self._start_consumer(nursery, client)
+                if self.config.transactions:
+                    nursery.start_soon(self._copier, client, r)
+                    nursery.start_soon(self._committed_reader, client, r)
                 async with trio.open_nursery() as producers:
                     for k in range(self.config.producers):
                         producers.start_soon(self._producer, client, r, k)
                     await self._chaos(broker, client, nursery, r, rng, power_loss)
                 for consumer in self.consumers:
                     consumer.stop.set()
+                self._round_over.set()
 
     # ------------------------------------------------------------ actors
 
@@ -417,6 +451,107 @@ class _Simulation:
         finally:
             me.handle = None
 
+    # ------------------------------------------------------------ transactions
+
+    async def _copier(self, client: Any, r: int) -> None:
+        """Copy sessions until the round ends: each reads the topic from the
+        group's committed offsets and ends at its first abort or error."""
+        self._copiers += 1
+        name = f"x{self._copiers}"
+        session = 0
+        while not self._round_over.is_set():
+            session += 1
+            try:
+                await self._copy_session(client, r, f"{name}.{session}")
+            except Exception as exc:
+                if not _only(exc, (HeadwaterError,)):
+                    raise
+                self.faults[f"copier_error:{_leaf(exc)}"] += 1
+                if _only(exc, (ProducerFencedError,)):
+                    return  # a newer copier took over: this one is a zombie
+            await trio.sleep(0.1)
+
+    async def _copy_session(self, client: Any, r: int, name: str) -> None:
+        rng = self.rng("copier", r, name)
+        async with (
+            client.consumer(
+                [TOPIC],
+                group=COPY_GROUP,
+                start="earliest",
+                session_timeout=1.0,
+                max_wait=0.5,
+                request_timeout=5.0,
+                client_id=name,
+            ) as consumer,
+            client.producer(
+                transactional_id=COPIER_ID,
+                transaction_timeout=TXN_TIMEOUT,
+                delivery_timeout=20.0,
+                retry_backoff=0.02,
+                retry_backoff_max=0.5,
+                request_timeout=5.0,
+                clock=self.clock_ms,
+            ) as producer,
+        ):
+            await producer.partitions_of(OUT)
+            batch = 0
+            while not self._round_over.is_set():
+                # Work in batches (fewer, larger transactions keep seeds fast).
+                await trio.sleep(rng.uniform(0.1, 0.6))
+                events = await consumer.getmany(rng.choice([5, 20, 50]), timeout=0.3)
+                if not events:
+                    continue
+                batch += 1
+                tag = f"r{r}{name}b{batch}"
+                outputs: dict[str, str] = {}
+                for e in events:
+                    eid = e.value.get("id") if isinstance(e.value, dict) else None
+                    outputs[f"{tag}/{eid}"] = str(eid)
+                positions: dict[tuple[str, int], int] = {}
+                for e in events:
+                    positions[(e.topic, e.partition)] = e.offset + 1
+                abort = rng.random() < self.config.txn_abort_chance
+                asked = False
+                try:
+                    async with producer.transaction():
+                        for out_id in outputs:
+                            producer.send_nowait(OUT, {"id": out_id}, key=out_id)
+                        m = consumer.membership
+                        if m is None:
+                            raise _Abort
+                        await producer.send_offsets(
+                            COPY_GROUP, positions, generation=m.generation, member_id=m.member_id
+                        )
+                        if abort:
+                            raise _Abort
+                        asked = True
+                except _Abort:
+                    self.faults["txn_abort"] += 1
+                    self.history.transaction(self.now(), name, tag, "aborted", outputs)
+                    return  # start again from the committed offsets
+                except BaseException:
+                    outcome = "unknown" if asked else "aborted"
+                    self.history.transaction(self.now(), name, tag, outcome, outputs)
+                    raise
+                self.faults["txn_commit"] += 1
+                self.history.transaction(self.now(), name, tag, "committed", outputs)
+
+    async def _committed_reader(self, client: Any, r: int) -> None:
+        """Follow ``out`` read_committed from the start, recording every read."""
+        name = f"rc{r}"
+        try:
+            async with client.consumer(
+                [OUT], start="earliest", max_wait=1.0, request_timeout=5.0
+            ) as consumer:
+                while not self._round_over.is_set():
+                    for e in await consumer.getmany(500, timeout=1.0):
+                        eid = e.value.get("id") if isinstance(e.value, dict) else None
+                        self.history.read(self.now(), name, e.topic, e.partition, e.offset, eid)
+        except Exception as exc:
+            if not _only(exc, (HeadwaterError,)):
+                raise
+            self.faults[f"reader_error:{_leaf(exc)}"] += 1
+
     # ------------------------------------------------------------ chaos
 
     async def _chaos(
@@ -441,6 +576,8 @@ class _Simulation:
             "consumer_leave",
             "seek",
         ]
+        if self.config.transactions:
+            kinds += ["kill_mid_commit", "kill_mid_commit", "zombie_copier"]
         steps = self.config.chaos_steps
         crash_step = rng.randrange(steps) if power_loss else -1
         for step in range(steps):
@@ -501,17 +638,35 @@ class _Simulation:
         elif kind == "seek":
             self._seek(rng)
             return
+        elif kind == "kill_mid_commit":
+            # At the coordinator's next fsync (a decision, markers recorded
+            # or a completion): kill it or one of the output partitions.
+            victim = rng.choice(
+                ["/broker/transactions", f"/broker/topics/{OUT}/0", f"/broker/topics/{OUT}/1"]
+            )
+            self._arm_fsync_kill(broker, nursery, "transactions", victim)
+            return
+        elif kind == "zombie_copier":
+            # A second copier with the same transactional id: it fences the
+            # first, whose open transaction is aborted.
+            self.faults["zombie_copier"] += 1
+            nursery.start_soon(self._copier, client, self._copiers)
+            return
         nursery.start_soon(self._probe, client, partition, now, kind)
 
-    def _arm_fsync_kill(self, broker: Broker, nursery: trio.Nursery, want: str) -> None:
+    def _arm_fsync_kill(
+        self, broker: Broker, nursery: trio.Nursery, want: str, victim: str | None = None
+    ) -> None:
         def hook(path: str) -> None:
             target = _actor_path(path)
             if target is None or self._fsync_kill is not None or want not in target:
                 return
+            target = victim or target
             self._fsync_kill = target
             self.fs.fsync_hook = None
             kind = target.split("/")[2] if target.count("/") >= 2 else target
-            self.faults[f"kill_in_fsync:{kind}"] += 1
+            fault = "kill_in_fsync" if victim is None else "kill_mid_commit"
+            self.faults[f"{fault}:{kind}"] += 1
 
             async def kill() -> None:
                 try:
@@ -543,6 +698,16 @@ class _Simulation:
 
     # ------------------------------------------------------------ end state
 
+    async def _read_committed(self, broker: Broker, partition: int) -> None:
+        events, last = await _fetch_all(broker, OUT, partition, "read_committed")
+        self.committed_view[(OUT, partition)] = events
+        if last.last_stable_offset < last.high_watermark:
+            self.hanging.append(
+                f"{OUT}/{partition} last stable offset {last.last_stable_offset} stays "
+                f"below its end {last.high_watermark} after every transaction timed out "
+                "(a hanging transaction)"
+            )
+
     async def final_contents(self) -> dict[tuple[str, int], list[tuple[int, str | None]]]:
         """Reopen cleanly and read every stored event of every partition."""
         baseline = set(_all_tasks())
@@ -558,8 +723,40 @@ class _Simulation:
                         eid = value.get("id") if isinstance(value, dict) else None
                         events.append((e.offset, eid))
                 final[(TOPIC, partition)] = events
+            if self.config.transactions:
+                # Open transactions left by the last round time out.
+                await trio.sleep(TXN_TIMEOUT * 2)
+                await trio.testing.wait_all_tasks_blocked()
+                for partition in range(2):
+                    await self._read_committed(broker, partition)
         self.history.shutdown(self.now(), self.fs.open_paths(), self._leaked(baseline))
         return final
+
+
+class _Abort(Exception):
+    """The copier aborts this transaction on purpose."""
+
+
+async def _fetch_all(
+    broker: Broker, topic: str, partition: int, isolation: str
+) -> tuple[list[tuple[int, str | None]], p.FetchResult]:
+    """Every event a reader at ``isolation`` reads of one partition, and the last fetch."""
+    start = await broker.handle(p.ListOffset(topic, partition, "earliest"))
+    offset = start.offset
+    events: list[tuple[int, str | None]] = []
+    while True:
+        result = await broker.handle(p.Fetch(topic, partition, offset, 1 << 30, 0, isolation))
+        for header, record in iter_records(result.records):
+            for e in decode_record_events(header, record, topic=topic, partition=partition):
+                value = cbor2.loads(e.value) if e.value is not None else None
+                eid = value.get("id") if isinstance(value, dict) else None
+                events.append((e.offset, eid))
+        end = result.next_offset
+        if end < 0:
+            end = events[-1][0] + 1 if events else offset
+        if end <= offset:
+            return events, result
+        offset = end
 
 
 def _only(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:

@@ -1,7 +1,7 @@
 """``python -m headwater.testing.soak``: run the deterministic simulation on many seeds.
 
 Each seed runs twice (the two trace hashes must match) and is judged by the
-reliability checker (I1-I5). Prints one JSON line per seed, then a summary
+reliability checker (I1-I6). Prints one JSON line per seed, then a summary
 table (faults injected by kind, rounds, acknowledged events checked, lost,
 duplicates, recovery time p50/p99 in virtual seconds) and a final JSON
 summary line. Exits 1 if any seed fails, printing its rerun command::

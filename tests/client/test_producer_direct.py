@@ -1,0 +1,127 @@
+"""The producer's direct path: ``send`` with ``linger=0`` on an idle
+partition encodes and sends from the caller's task (no flusher, no sender
+task), keeps order with queued sends, and hands a cancelled send to a sender
+task that stores it once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+import trio.testing
+
+from headwater.broker import open_broker, open_server
+from headwater.client import Client, TcpChannel, connect_channel
+from headwater.journal import SimulatedFileSystem
+from headwater.testing import FaultyStream
+
+
+class _Steps(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.counting = False
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self.counting:
+            self.steps += 1
+
+
+async def _read_all(client: Client, topic: str) -> list[Any]:
+    async with client.consumer(topic, deserializer="bytes") as consumer:
+        return await consumer.getmany(10_000, timeout=1)
+
+
+async def test_an_idle_partition_send_takes_few_task_steps(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """One awaited send with linger 0 to an idle partition of an embedded
+    broker runs 7 Trio task steps (10 through the flusher and a sender task
+    before the direct path)."""
+    steps = _Steps()
+    trio.lowlevel.add_instrument(steps)
+    try:
+        async with (
+            open_broker("/d", fs=SimulatedFileSystem()) as broker,
+            broker.connect() as client,
+        ):
+            await client.create_topic("t")
+            async with client.producer(linger=0.0, serializer="bytes") as producer:
+                await producer.send("t", b"warm")
+                counts = []
+                for _ in range(9):
+                    await trio.testing.wait_all_tasks_blocked()
+                    steps.counting, steps.steps = True, 0
+                    await producer.send("t", b"x")
+                    steps.counting = False
+                    counts.append(steps.steps)
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    assert sorted(counts)[4] <= 7
+
+
+async def test_direct_and_queued_sends_keep_partition_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Eight tasks send 50 events each to one partition, half awaiting each
+    send (direct path) and half queueing with send_nowait: every event is
+    stored once, and each task's events have increasing offsets."""
+    async with open_broker("/d", fs=SimulatedFileSystem()) as broker, broker.connect() as client:
+        await client.create_topic("t")
+        offsets: dict[int, list[int]] = {}
+        async with client.producer(linger=0.0, serializer="bytes") as producer:
+            await producer.partitions_of("t")
+
+            async def sender(n: int) -> None:
+                got = offsets[n] = []
+                for i in range(50):
+                    value = f"{n}:{i}".encode()
+                    if n % 2:
+                        got.append((await producer.send("t", value)).offset)
+                    else:
+                        got.append((await producer.send_nowait("t", value)).offset)
+
+            async with trio.open_nursery() as nursery:
+                for n in range(8):
+                    nursery.start_soon(sender, n)
+        events = await _read_all(client, "t")
+        assert 400 == len(events) == len({e.value for e in events})
+        for n, got in offsets.items():
+            assert got == sorted(got), n
+            values = [e.value for e in events if e.value.startswith(f"{n}:".encode())]
+            assert [f"{n}:{i}".encode() for i in range(50)] == values
+
+
+async def test_a_cancelled_direct_send_is_delivered_once_by_a_sender_task(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The caller of a direct send is cancelled while its batch is being
+    sent (the stream is slow): a sender task takes the batch over, the
+    producer's flush waits for it, and the event is stored exactly once."""
+    async with (
+        open_broker("/d", fs=SimulatedFileSystem()) as broker,
+        open_server(broker, listen=False) as server,
+    ):
+        streams: list[FaultyStream] = []
+
+        async def open_stream() -> trio.abc.Stream:
+            client_end, server_end = trio.testing.memory_stream_pair()
+            await server.serve_stream(server_end, "faulty")
+            stream = FaultyStream(client_end)
+            streams.append(stream)
+            return stream
+
+        channel = TcpChannel(open_stream, address="memory", connect_timeout=5)
+        async with connect_channel(channel) as client:
+            await client.create_topic("t")
+            async with client.producer(linger=0.0, serializer="bytes") as producer:
+                await producer.send("t", b"first")
+                streams[-1].send_delay = 1.0
+                with trio.move_on_after(0.5) as scope:
+                    await producer.send("t", b"cancelled")
+                assert scope.cancelled_caught
+                streams[-1].send_delay = 0.0
+                await producer.flush()
+                after = await producer.send("t", b"after")
+            events = await _read_all(client, "t")
+        assert [b"first", b"cancelled", b"after"] == [e.value for e in events]
+        assert 2 == after.offset
