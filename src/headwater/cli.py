@@ -282,6 +282,25 @@ def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
 
 
+def _log_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``--log-format`` / ``--log-level`` options of the long-running
+    commands (``serve``, ``run``)."""
+    fn = click.option(
+        "--log-level",
+        type=click.Choice(["debug", "info", "warning", "error"]),
+        default="info",
+        show_default=True,
+        help="Least severe log lines written to stderr.",
+    )(fn)
+    return click.option(
+        "--log-format",
+        type=click.Choice(["auto", "console", "json"]),
+        default="auto",
+        show_default=True,
+        help="console on a terminal, json otherwise (auto); log lines go to stderr.",
+    )(fn)
+
+
 def _is_terminal(stream: TextIO) -> bool:
     try:
         return stream.isatty()
@@ -564,20 +583,7 @@ def main(url: str | None) -> None:
     type=int,
     help="Also serve Kafka clients here (off by default; same host, TLS and token).",
 )
-@click.option(
-    "--log-format",
-    type=click.Choice(["auto", "console", "json"]),
-    default="auto",
-    show_default=True,
-    help="console on a terminal, json otherwise (auto); log lines go to stderr.",
-)
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    help="Least severe log lines written to stderr.",
-)
+@_log_options
 def serve(**options: Any) -> None:
     """Run a broker server (Ctrl-C or SIGTERM stops it gracefully)."""
     from headwater.broker._server import ServerConfig, run_server
@@ -1662,20 +1668,7 @@ def transactions_describe(target: Target, transactional_id: str, as_json: bool) 
 @click.option(
     "--tls-ca", type=click.Path(dir_okay=False), default=None, help="Trust this CA (PEM)."
 )
-@click.option(
-    "--log-format",
-    type=click.Choice(["auto", "console", "json"]),
-    default="auto",
-    show_default=True,
-    help="console on a terminal, json otherwise (auto); log lines go to stderr.",
-)
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    help="Least severe log lines written to stderr.",
-)
+@_log_options
 def run(
     job_file: str,
     url: str | None,
