@@ -386,6 +386,24 @@ _SIZE_UNITS = {
 }
 
 
+def _print_list(
+    items: list[Any],
+    as_json: bool,
+    empty: str,
+    headers: list[str],
+    row: Callable[[Any], list[Any]],
+    as_dict: Callable[[Any], Any] = lambda item: item,
+) -> None:
+    """The shape of every ``list`` command: one JSON array with ``--json``,
+    else ``empty`` when there is nothing, else a table of ``row(item)``."""
+    if as_json:
+        _emit_json([as_dict(item) for item in items])
+    elif not items:
+        click.echo(empty)
+    else:
+        click.echo(_table(headers, [row(item) for item in items]))
+
+
 def _split_number(text: str) -> tuple[float, str] | None:
     stripped = text.strip()
     digits = len(stripped) - len(stripped.lstrip("0123456789."))
@@ -693,17 +711,20 @@ def topics_list(target: Target, as_json: bool) -> None:
             return await client.list_topics()
 
     infos = _run(run)
-    if as_json:
-        _emit_json([_topic_dict(i) for i in infos])
-        return
-    if not infos:
-        click.echo("no topics yet; create one with: headwater topics create NAME")
-        return
-    rows = [
-        [i.name, i.partitions, i.durability, "yes" if i.compacted else "no", _retention(i)]
-        for i in infos
-    ]
-    click.echo(_table(["TOPIC", "PARTITIONS", "DURABILITY", "COMPACTED", "RETENTION"], rows))
+    _print_list(
+        infos,
+        as_json,
+        "no topics yet; create one with: headwater topics create NAME",
+        ["TOPIC", "PARTITIONS", "DURABILITY", "COMPACTED", "RETENTION"],
+        lambda i: [
+            i.name,
+            i.partitions,
+            i.durability,
+            "yes" if i.compacted else "no",
+            _retention(i),
+        ],
+        _topic_dict,
+    )
 
 
 def _retention(info: Any) -> str:
@@ -1458,16 +1479,19 @@ def groups_list(target: Target, as_json: bool) -> None:
         }
         for d in described
     ]
-    if as_json:
-        _emit_json(summaries)
-    elif not summaries:
-        click.echo("no consumer groups yet")
-    else:
-        rows = [
-            [g["group"], g["state"], g["members"], ", ".join(map(str, g["topics"])), g["total_lag"]]
-            for g in summaries
-        ]
-        click.echo(_table(["GROUP", "STATE", "MEMBERS", "TOPICS", "LAG"], rows))
+    _print_list(
+        summaries,
+        as_json,
+        "no consumer groups yet",
+        ["GROUP", "STATE", "MEMBERS", "TOPICS", "LAG"],
+        lambda g: [
+            g["group"],
+            g["state"],
+            g["members"],
+            ", ".join(map(str, g["topics"])),
+            g["total_lag"],
+        ],
+    )
 
 
 @groups.command("describe")
@@ -1564,16 +1588,13 @@ def transactions_list(target: Target, as_json: bool) -> None:
             return list(await client.list_transactions())
 
     found = [_txn_dict(t) for t in _run(run)]
-    if as_json:
-        _emit_json(found)
-    elif not found:
-        click.echo("no transactional producers yet")
-    else:
-        rows = [
-            [t["transactional_id"], t["producer_id"], t["epoch"], t["state"], t["timeout"]]
-            for t in found
-        ]
-        click.echo(_table(["TRANSACTIONAL ID", "PRODUCER", "EPOCH", "STATE", "TIMEOUT"], rows))
+    _print_list(
+        found,
+        as_json,
+        "no transactional producers yet",
+        ["TRANSACTIONAL ID", "PRODUCER", "EPOCH", "STATE", "TIMEOUT"],
+        lambda t: [t["transactional_id"], t["producer_id"], t["epoch"], t["state"], t["timeout"]],
+    )
 
 
 @transactions.command("describe")
