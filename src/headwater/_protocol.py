@@ -104,6 +104,11 @@ __all__ = [
 
 PROTOCOL_VERSION = 2
 
+MAX_FETCH_WAIT = 30.0
+"""The longest a fetch may long-poll, in seconds; a pushed fetch (section 12)
+pushes an empty result at least this often, so a client that hears nothing
+for longer knows the subscription is gone."""
+
 PushSink = Callable[[Any], None]
 """Delivers one pushed message to a client; never blocks, never raises."""
 

@@ -40,6 +40,7 @@ from headwater._errors import (
 from headwater._logging import get_logger
 from headwater._protocol import (
     CONNECTION_REQUEST_TYPES,
+    MAX_FETCH_WAIT,
     PUSH_SINK,
     AddPartitions,
     AddPartitionsToTxn,
@@ -114,8 +115,6 @@ from headwater.supervision._specs import ActorSnapshot
 __all__ = ["BrokerService", "MAX_FETCH_BYTES", "MAX_FETCH_WAIT"]
 
 ISOLATIONS = ("read_committed", "read_uncommitted")
-MAX_FETCH_WAIT = 30.0
-"""The longest a fetch may long-poll, in seconds."""
 
 _requests_log = get_logger("headwater.broker.requests")
 

@@ -173,10 +173,6 @@ def _credit(_inst: object, _attr: Any, value: object) -> None:
         raise ConfigError(f"fetch_credit must be an int >= 0 (bytes; 0: pull), not {value!r}")
 
 
-_PUSH_SILENCE = 30.0
-"""A server pushes at least this often (seconds) on a pushed fetch."""
-
-
 @attrs.frozen
 class ConsumerConfig:
     """Consumer settings: ``max_wait`` (s a fetch waits for new data),
@@ -561,7 +557,7 @@ class Consumer:
                     try:
                         # Pushed: several batches on their way while these decode.
                         while True:
-                            result = await sub.receive(_PUSH_SILENCE + cfg.request_timeout)
+                            result = await sub.receive(p.MAX_FETCH_WAIT + cfg.request_timeout)
                             await hand_over(result)
                             await sub.consumed(len(result.records))
                     finally:
