@@ -185,3 +185,12 @@ async def test_actor_system_and_remote_client_raise_typed_errors(
     with pytest.raises(Boom):
         async with open_actor_system() as system, _actor_client(system):
             raise Boom
+
+
+async def test_connect_given_an_embedded_broker_says_to_use_broker_connect() -> None:
+    """``headwater.connect(broker)`` (a natural first try) is a typed error that
+    names the call to make instead."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        with pytest.raises(headwater.InvalidArgument, match=r"broker\.connect\(\)"):
+            async with headwater.connect(broker):  # type: ignore[arg-type]
+                pass

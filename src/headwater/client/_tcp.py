@@ -91,11 +91,16 @@ Called on the channel's task: it must not block."""
 _log = get_logger("headwater.client")
 
 
-def parse_url(url: str) -> tuple[str, int, bool]:
+def parse_url(url: object) -> tuple[str, int, bool]:
     """``(host, port, tls)`` of a ``headwater://host:port`` URL
     (``headwaters://`` means TLS; the port defaults to 7700)."""
     if not isinstance(url, str):
-        raise InvalidArgument(f"url must be a str like {DEFAULT_URL!r}, not {url!r}")
+        hint = (
+            "; for an embedded broker use `async with broker.connect() as client`"
+            if callable(getattr(url, "connect", None))
+            else ""
+        )
+        raise InvalidArgument(f"url must be a str like {DEFAULT_URL!r}, not {url!r:.80}{hint}")
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("headwater", "headwaters"):
         raise InvalidArgument(
