@@ -362,3 +362,84 @@ async def test_batches_queued_behind_a_failed_fsync_are_skipped_and_fail_typed()
         (o, encode_record(p, count=1, first_timestamp=int.from_bytes(p[:4], "big")))
         for o, p in stored(fs)
     ]
+
+
+class FsyncWitness:
+    """An fsync hook noting, for each log fsync, the Trio task running it
+    (None in the writer thread) and how many appends had returned."""
+
+    def __init__(self, returned: list[int]) -> None:
+        self.returned = returned
+        self.calls: list[tuple[object, int]] = []
+
+    def __call__(self, path: str) -> None:
+        if not path.endswith(".log"):
+            return
+        try:
+            task: object = trio.lowlevel.current_task()
+        except RuntimeError:  # the writer thread
+            task = None
+        self.calls.append((task, len(self.returned)))
+
+
+async def test_an_idle_logs_small_append_is_synced_by_its_own_waiter() -> None:
+    """With the writer thread idle and fsyncs fast, the task waiting for a
+    small record fsyncs it itself (no hop through the flusher task and back:
+    two task switches fewer per acknowledgement), and returns only after."""
+    fs = SimulatedFileSystem()
+    returned: list[int] = []
+    witness = FsyncWitness(returned)
+    with trio.fail_after(20):
+        async with open_log(DIR, fs=fs, config=LogConfig(), writer_thread=True) as log:
+            await log.append(rec(0))  # the first sync may open or settle files
+            fs.fsync_hook = witness
+            me = trio.lowlevel.current_task()
+            for i in range(1, 4):
+                generation = log.generation
+                h = log.write(rec(i))
+                await log.wait_durable(h.next_offset, generation)
+                returned.append(h.base_offset)
+                assert log.synced_offset == h.next_offset
+    assert [(me, 0), (me, 1), (me, 2)] == witness.calls
+    fs.crash()
+    assert [0, 1, 2, 3] == [o for o, _ in stored(fs)]
+
+
+async def test_appenders_of_one_loop_pass_share_the_waiters_fsync() -> None:
+    """Group commit still holds when a waiter syncs: 16 appends started
+    together are covered by one fsync, done by one of them."""
+    fs = SimulatedFileSystem()
+    returned: list[int] = []
+    witness = FsyncWitness(returned)
+    with trio.fail_after(20):
+        async with open_log(DIR, fs=fs, config=LogConfig(), writer_thread=True) as log:
+            await log.append(rec(0))
+            await trio.testing.wait_all_tasks_blocked()  # the flusher settled
+            fs.fsync_hook = witness
+
+            async def one(i: int) -> None:
+                returned.append((await log.append(rec(i))).base_offset)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(1, 17):
+                    nursery.start_soon(one, i)
+    assert 1 == len(witness.calls), witness.calls
+    assert witness.calls[0][0] is not None  # on the loop, in an appender's task
+    assert 0 == witness.calls[0][1]  # before any of them returned
+    assert list(range(1, 17)) == sorted(returned)
+
+
+async def test_a_failed_fsync_in_the_waiters_task_fails_its_append_typed() -> None:
+    """EIO from the fsync a waiter runs itself: FsyncFailedError (never an
+    ack), the log cuts back and takes the next append at the same offset."""
+    fs = SimulatedFileSystem()
+    with trio.fail_after(20):
+        async with open_log(DIR, fs=fs, config=LogConfig(), writer_thread=True) as log:
+            await log.append(rec(0))
+            fs.fail_next_fsyncs(1)
+            with pytest.raises(FsyncFailedError, match="not acknowledged"):
+                await log.append(rec(1))
+            assert 1 == log.next_offset == log.synced_offset
+            assert 1 == (await log.append(rec(2))).base_offset
+    fs.crash()
+    assert [(0, rec(0)[HEADER_SIZE:]), (1, rec(2)[HEADER_SIZE:])] == stored(fs)

@@ -199,6 +199,12 @@ class AsyncLog:
                 raise self._failures[generation]
             self._check_open()
             self._check_crash()
+            if self._staged and self._can_sync_here():
+                # Synced here, in the waiter's own task, rather than waking
+                # the flusher to do it and then being woken by it: two task
+                # switches fewer on the acknowledgement's path.
+                self._submit()
+                continue
             event = trio.Event()
             self._waiter_seq += 1
             heapq.heappush(self._waiters, (end_offset, self._waiter_seq, event))
@@ -208,6 +214,10 @@ class AsyncLog:
         """Write ``record`` and wait until it is durable per the policy."""
         generation = self._generation
         header = self.write(record)
+        if self._threaded:
+            # Let every other writer of this loop pass stage its record first,
+            # so the first waiter's sync covers them all (group commit).
+            await trio.lowlevel.checkpoint()
         await self.wait_durable(header.next_offset, generation)
         return header
 
@@ -383,6 +393,19 @@ class AsyncLog:
 
     # ------------------------------------------------- the writer thread
 
+    def _can_sync_here(self) -> bool:
+        """Whether what is staged would be synced on the loop thread now
+        (the writer thread idle, a small batch, fast fsyncs lately): then a
+        waiter may do it itself (see :meth:`_submit`)."""
+        return self._can_sync_here_bytes(self._staged_bytes)
+
+    def _can_sync_here_bytes(self, nbytes: int) -> bool:
+        return (
+            not self._in_flight
+            and nbytes <= self.config.inline_sync_bytes
+            and self._fsync_ewma <= INLINE_SYNC_SECONDS
+        )
+
     def _submit(self) -> None:
         """Hand every staged record, and the sync covering them, to the
         writer thread (one hand-off)."""
@@ -396,9 +419,7 @@ class AsyncLog:
             self._submitted = (work.target_offset, work.dir_gen)
         batch = Batch(staged, work, self._generation)
         if (
-            not self._in_flight
-            and nbytes <= self.config.inline_sync_bytes
-            and self._fsync_ewma <= INLINE_SYNC_SECONDS
+            self._can_sync_here_bytes(nbytes)
             and (work is None or not work.directory)
             and all(s.segment.handle >= 0 for s in staged)
         ):
