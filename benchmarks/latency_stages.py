@@ -272,6 +272,9 @@ async def workload(client_for: Callable[[], Any], count: int, rate: int, same: b
                         ev = await producer.send("lat", HDR.pack(i, t) + tail)
                         events.append((i, t, _now(), ev.offset))
 
+                steps = _StepCounter()
+                trio.lowlevel.add_instrument(steps)
+                cpu = time.process_time()
                 nursery.start_soon(send)
                 with trio.move_on_after(count / rate * 3 + 30):
                     while got < count:
@@ -279,8 +282,23 @@ async def workload(client_for: Callable[[], Any], count: int, rate: int, same: b
                         if batch:
                             _mark("handed to caller", batch[0].offset, batch[-1].offset + 1)
                             got += len(batch)
+                COST["cpu_us_per_event"] = (time.process_time() - cpu) * 1e6 / count
+                COST["task_steps_per_event"] = steps.steps / count
+                trio.lowlevel.remove_instrument(steps)
                 nursery.cancel_scope.cancel()
     return events
+
+
+COST: dict[str, float] = {}
+"""CPU time and Trio task steps per event of the last workload (this process)."""
+
+
+class _StepCounter:
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def before_task_step(self, task: object) -> None:
+        self.steps += 1
 
 
 class _same:
@@ -396,7 +414,13 @@ def summarize(mode: str, events: list[Any], records: list[Record]) -> dict[str, 
         [(t["ack wake"] - t["send call"]) / 1000 for t in rows],
     )
     slow = _tail(rows, records)
-    return {"mode": mode, "events": len(events), "stages": stages, "slowest_1pct": slow}
+    return {
+        "mode": mode,
+        "events": len(events),
+        "stages": stages,
+        "slowest_1pct": slow,
+        "client_process": dict(COST),
+    }
 
 
 def _tail(rows: list[dict[str, int]], records: list[Record]) -> dict[str, Any]:
@@ -435,6 +459,7 @@ def print_summary(s: dict[str, Any]) -> None:
     for name, v in s["stages"].items():
         print(f"{name:<46}{v['p50_us']:>9.0f}{v['p99_us']:>9.0f}{v['n']:>7}")
     print("slowest 1%:", json.dumps(s["slowest_1pct"]))
+    print("client process:", json.dumps(s["client_process"]))
 
 
 # ------------------------------------------------------------------- driving

@@ -420,6 +420,20 @@ class ActorContext:
         ``transient`` and ``temporary`` children are then not restarted)."""
         self._stop()
 
+    def mailbox_idle(self) -> bool:
+        """Whether this incarnation takes messages and none waits in its
+        mailbox (nor a sender blocked on a full one). A message already
+        taken out of the mailbox but not yet handled is not seen: an actor
+        that serves a caller outside its mailbox also keeps its own count of
+        what it is handling and of that caller's asks in flight."""
+        if not isinstance(self.ref, LocalActorRef):
+            return False
+        cell = self.ref._cell
+        if cell.incarnation != self.incarnation or cell.mailbox is None:
+            return False
+        stats = cell.mailbox.statistics()
+        return stats.current_buffer_used == 0 and stats.tasks_waiting_send == 0
+
     # -- timers --------------------------------------------------------------
 
     def send_after(self, delay: float, message: Any) -> Timer:

@@ -57,7 +57,7 @@ from headwater._protocol import (
     ReleasePartitions,
     SyncGroup,
 )
-from headwater.actors._actor import Actor
+from headwater.actors._actor import Actor, as_failure
 from headwater.actors._persistent import PersistentActor
 from headwater.broker._compaction import StoredEvent, compact_segment, latest_offsets
 from headwater.broker._config import MAX_PARTITIONS, TopicConfig
@@ -228,6 +228,7 @@ class PartitionActor(Actor):
         self._published = -1
         self.log: AsyncLog | None = None
         self._generation = -1
+        self._busy = 0  # messages being handled (a handler may await)
 
     async def started(self) -> None:
         """Open (recover) the log and rebuild idempotence state from its headers."""
@@ -261,6 +262,7 @@ class PartitionActor(Actor):
         self.log.sync_latency = stats.fsync_latency
         self.log.sync_batch = stats.fsync_batch
         self._rebuild()
+        self.stable.append = self.append_now
         seconds = time.perf_counter() - began
         stats.recovery_seconds[(self.config.name, self.partition)] = seconds
         _log.info(
@@ -310,56 +312,84 @@ class PartitionActor(Actor):
             self.stable.snapshot = self.txns.snapshot()
             self._published = self.txns.version
 
+    def append_now(self, record: bytes) -> Appended | HeadwaterError | None:
+        """Append ``record`` now, in the caller's task, as an
+        :class:`AppendBatch` would be (same checks, same reply), when this
+        incarnation is idle: its log open, no message being handled, none
+        waiting in its mailbox. Two task switches fewer than an ``ask``.
+        ``None``: not idle, ask instead (the caller must also not have an
+        ask of its own in flight, so it never overtakes one). An unexpected
+        error crashes this incarnation as its handler's would, and the
+        caller gets what an asker would have."""
+        log = self.log
+        if log is None or log.closed or self._busy or not self.context.mailbox_idle():
+            return None
+        try:
+            return self._append(log, record)
+        except Exception as exc:
+            self.context.nursery.start_soon(_raise, exc)
+            return as_failure(exc)
+
     async def handle(self, message: Any) -> Any:
         """Append, describe, hand out the log, or apply retention."""
+        self._busy += 1
+        try:
+            return await self._handle(message)
+        finally:
+            self._busy -= 1
+
+    def _append(self, log: AsyncLog, record: bytes) -> Appended | HeadwaterError:
+        if log.generation != self._generation:
+            self._rebuild()  # a failed fsync cut the log back
+        try:
+            header = log.log.validate(record)
+            if header.attributes & ATTR_CONTROL:
+                raise InvalidArgument(
+                    "a client may not write control records (transaction markers); "
+                    "clear attribute bit 3"
+                )
+            decision = self.states.check(
+                header.producer_id, header.producer_epoch, header.base_sequence, header.count
+            )
+            if isinstance(decision, Duplicate):
+                return Appended(
+                    decision.base_offset,
+                    decision.base_offset + header.count,
+                    0,
+                    True,
+                    log.generation,
+                    log,
+                )
+            if header.attributes & ATTR_TRANSACTIONAL and not self.txns.may_append(
+                header.producer_id, header.producer_epoch
+            ):
+                raise NotAdmittedError(
+                    f"{self.config.name}/{self.partition} is not in a transaction of "
+                    f"producer {header.producer_id} epoch {header.producer_epoch}; "
+                    "send through a transactional producer inside transaction()"
+                )
+            generation = log.generation
+            stored = log.write(record, header)
+        except HeadwaterError as exc:
+            return exc  # the caller raises it; this partition carries on
+        self.states.record(
+            stored.producer_id,
+            stored.producer_epoch,
+            stored.base_sequence,
+            stored.count,
+            stored.base_offset,
+        )
+        self.txns.observe(stored)
+        self._publish()
+        return Appended(
+            stored.base_offset, stored.next_offset, stored.append_time, False, generation, log
+        )
+
+    async def _handle(self, message: Any) -> Any:
         log = self.log
         assert log is not None
         if type(message) is AppendBatch:
-            if log.generation != self._generation:
-                self._rebuild()  # a failed fsync cut the log back
-            try:
-                header = log.log.validate(message.record)
-                if header.attributes & ATTR_CONTROL:
-                    raise InvalidArgument(
-                        "a client may not write control records (transaction markers); "
-                        "clear attribute bit 3"
-                    )
-                decision = self.states.check(
-                    header.producer_id, header.producer_epoch, header.base_sequence, header.count
-                )
-                if isinstance(decision, Duplicate):
-                    return Appended(
-                        decision.base_offset,
-                        decision.base_offset + header.count,
-                        0,
-                        True,
-                        log.generation,
-                        log,
-                    )
-                if header.attributes & ATTR_TRANSACTIONAL and not self.txns.may_append(
-                    header.producer_id, header.producer_epoch
-                ):
-                    raise NotAdmittedError(
-                        f"{self.config.name}/{self.partition} is not in a transaction of "
-                        f"producer {header.producer_id} epoch {header.producer_epoch}; "
-                        "send through a transactional producer inside transaction()"
-                    )
-                generation = log.generation
-                stored = log.write(message.record, header)
-            except HeadwaterError as exc:
-                return exc  # the caller raises it; this partition carries on
-            self.states.record(
-                stored.producer_id,
-                stored.producer_epoch,
-                stored.base_sequence,
-                stored.count,
-                stored.base_offset,
-            )
-            self.txns.observe(stored)
-            self._publish()
-            return Appended(
-                stored.base_offset, stored.next_offset, stored.append_time, False, generation, log
-            )
+            return self._append(log, message.record)
         if isinstance(message, GetStableCell):
             return log, self.stable
         if isinstance(message, AdmitTransaction):
@@ -920,3 +950,8 @@ class GroupActor(Actor):
             self._sinks[membership.member_id] = sink
         else:
             self._sinks.pop(membership.member_id, None)
+
+
+async def _raise(exc: BaseException) -> None:
+    """Crash the incarnation whose nursery runs this with ``exc``."""
+    raise exc

@@ -132,6 +132,7 @@ class BrokerService:
         self._topics: dict[str, TopicConfig] = {}
         self._logs: dict[tuple[str, int], AsyncLog] = {}
         self._cells: dict[tuple[str, int], StableCell] = {}
+        self._asks: dict[tuple[str, int], int] = {}  # produce asks in flight, by partition
         self._groups_lock = trio.Lock()
         self.shares = ShareService(self)
         self.stats = settings.stats
@@ -292,14 +293,24 @@ class BrokerService:
         if not isinstance(r.record, bytes | bytearray | memoryview):
             raise InvalidArgument(f"a produce record must be bytes, not {type(r.record).__name__}")
         ref = self._partition(r.topic, path)
-        reply = await ref.ask(AppendBatch(bytes(r.record)))
+        record = bytes(r.record)
+        key = (r.topic, r.partition)
+        await self._log(r.topic, r.partition)  # the partition's cell (one ask per incarnation)
+        cell = self._cells[key]
+        reply: Any = None
+        if cell.append is not None and not self._asks.get(key):
+            # The partition idle: appended here, no hop to its actor and back.
+            # Never while an ask of ours is on its way there (it goes first).
+            reply = cell.append(record)
+        if reply is None:
+            reply = await self._ask_append(key, ref, record)
         if isinstance(reply, NotAdmittedError):
             # The partition restarted since the add (admissions are in memory).
             header = decode_header(r.record, check_crc=False)
             assert isinstance(header, RecordHeader)  # the partition decoded it
             readmit = Readmit(header.producer_id, header.producer_epoch, r.topic, r.partition)
             if await self.system.lookup("/broker/transactions").ask(readmit):
-                reply = await ref.ask(AppendBatch(bytes(r.record)))
+                reply = await self._ask_append(key, ref, record)
         if isinstance(reply, HeadwaterError):
             raise reply
         assert isinstance(reply, Appended)
@@ -317,6 +328,18 @@ class BrokerService:
         return ProduceResult(
             r.topic, r.partition, reply.base_offset, reply.append_time, reply.duplicate
         )
+
+    async def _ask_append(self, key: tuple[str, int], ref: Any, record: bytes) -> Any:
+        """Append through the partition's mailbox, counted so that no
+        append in a caller's task overtakes it (see ``StableCell.append``)."""
+        self._asks[key] = self._asks.get(key, 0) + 1
+        try:
+            return await ref.ask(AppendBatch(record))
+        finally:
+            if self._asks[key] == 1:
+                del self._asks[key]
+            else:
+                self._asks[key] -= 1
 
     def check_fetch(self, r: Fetch) -> None:
         """Refuse a fetch whose fields are bad or whose topic or partition

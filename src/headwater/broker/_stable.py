@@ -32,7 +32,7 @@ second file to keep consistent with the log.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 
@@ -99,9 +99,14 @@ class StableCell:
     """Where a partition publishes its :class:`StableSnapshot` for fetches,
     which read it without a hop to the partition's actor (and so never wait
     behind an append or a compaction). Only the partition replaces
-    ``snapshot``; readers take the frozen value."""
+    ``snapshot``; readers take the frozen value.
+
+    ``append``: once the partition is open, its ``append_now`` (an append
+    in the caller's task while the partition is idle; ``None`` back means
+    ask it instead)."""
 
     snapshot: StableSnapshot = attrs.field(factory=StableSnapshot)
+    append: Callable[[bytes], object] | None = None
 
 
 @attrs.define
