@@ -444,7 +444,15 @@ def _tail(rows: list[dict[str, int]], records: list[Record]) -> dict[str, Any]:
         gaps = [(t[b] - t[a], b) for a, b in itertools.pairwise(keys)]
         if gaps:
             worst[max(gaps)[1]] += 1
+    starts = sorted(r[1] for r in records if r[0] == "gc start")
+    stops = sorted(r[1] for r in records if r[0] == "gc stop")
+    pauses = sorted((b - a) / 1000 for a, b in zip(starts, stops, strict=False) if b >= a)
     return {
+        "gc_pause_us": {
+            "n": len(pauses),
+            "p50": round(pauses[len(pauses) // 2]) if pauses else 0,
+            "max": round(pauses[-1]) if pauses else 0,
+        },
         "count": len(slow),
         "e2e_us": [round((t["handed to caller"] - t["send call"]) / 1000) for t in slow],
         "with_gc": n_gc,
@@ -460,6 +468,8 @@ def print_summary(s: dict[str, Any]) -> None:
         print(f"{name:<46}{v['p50_us']:>9.0f}{v['p99_us']:>9.0f}{v['n']:>7}")
     print("slowest 1%:", json.dumps(s["slowest_1pct"]))
     print("client process:", json.dumps(s["client_process"]))
+    if "server_process" in s:
+        print("server process:", json.dumps(s["server_process"]))
 
 
 # ------------------------------------------------------------------- driving
@@ -492,8 +502,15 @@ def run_tcp(base: str, count: int, rate: int) -> dict[str, Any]:
         events = trio.run(workload, lambda: connect(p.url), count, rate, False)
         p.stop()
     with open(out) as f:
-        server = [tuple(r) for r in json.load(f)]
-    return summarize("tcp", events, list(RECORDS) + server)  # type: ignore[arg-type]
+        dumped = json.load(f)
+    server = [tuple(r) for r in dumped["records"]]
+    result = summarize("tcp", events, list(RECORDS) + server)  # type: ignore[arg-type]
+    result["server_process"] = {
+        "cpu_us_per_event": dumped["cpu_s"] * 1e6 / count,
+        "task_steps_per_event": dumped["steps"] / count,
+        "note": "whole process life (start-up and stop included)",
+    }
+    return result
 
 
 def serve_wrapped(out: str, argv: list[str]) -> None:
@@ -503,9 +520,20 @@ def serve_wrapped(out: str, argv: list[str]) -> None:
     install_connection_patches("server")
     install_gc_marks()
 
+    import trio
+
+    steps = _StepCounter()
+    run = trio.run
+
+    def counted_run(*args: Any, **kwargs: Any) -> Any:
+        kwargs["instruments"] = [*kwargs.get("instruments", ()), steps]
+        return run(*args, **kwargs)
+
+    trio.run = counted_run  # type: ignore[assignment]
+
     def dump() -> None:
         with open(out, "w") as f:
-            json.dump(RECORDS, f)
+            json.dump({"records": RECORDS, "steps": steps.steps, "cpu_s": time.process_time()}, f)
 
     atexit.register(dump)
     assert argv[1:3] == ["-m", "headwater"], argv

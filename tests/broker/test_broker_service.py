@@ -123,6 +123,35 @@ async def test_long_poll_fetch_wakes_on_produce(autojump_clock: trio.abc.Clock) 
         assert 3.5 == trio.current_time()
 
 
+async def test_a_woken_long_poll_reads_without_another_task_switch(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Once new data wakes a waiting fetch, it reads and returns in that
+    same task step (the wake-up was its checkpoint): one step, not two."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        await broker.handle(CreateTopic("t"))
+        results = []
+        steps: list[str] = []
+
+        async def consume() -> None:
+            results.append(await broker.handle(Fetch("t", 0, 0, max_wait=10)))
+
+        class Steps(trio.abc.Instrument):
+            def before_task_step(self, task: trio.lowlevel.Task) -> None:
+                if task.name.endswith("consume"):
+                    steps.append(task.name)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            await trio.testing.wait_all_tasks_blocked()
+            instrument = Steps()
+            trio.lowlevel.add_instrument(instrument)
+            await broker.handle(Produce("t", 0, batch(b"new")))
+        trio.lowlevel.remove_instrument(instrument)
+        assert [(0, b"new")] == payloads(results[0].records)
+        assert 1 == len(steps)
+
+
 async def test_idempotent_retry_across_partition_kill(autojump_clock: trio.abc.Clock) -> None:
     """A retried batch (same producer id, epoch, sequence) is stored once, even
     when the partition actor was killed in between."""

@@ -366,6 +366,7 @@ class BrokerService:
         cell = self._cells[(r.topic, r.partition)]
         max_bytes = min(r.max_bytes, MAX_FETCH_BYTES)
         deadline = trio.current_time() + r.max_wait
+        woken = False
         try:
             while True:
                 # No hop to the partition's actor: its published snapshot.
@@ -374,7 +375,7 @@ class BrokerService:
                 lso = snapshot.last_stable_offset(hw)
                 limit = lso if committed else hw
                 if r.offset < limit:
-                    data = await log.read(r.offset, max_bytes, limit)
+                    data = await log.read(r.offset, max_bytes, limit, woken=woken)
                     records = iter_records(data)
                     if records:
                         next_offset = records[-1][0].next_offset
@@ -400,6 +401,7 @@ class BrokerService:
                 # Wait for anything new: data, or a marker moving the LSO.
                 with trio.move_on_at(deadline):
                     await log.wait_for_data(max(log.visible_end, r.offset))
+                woken = True  # it yielded: the read needs no checkpoint of its own
         except ClosedError:
             # The partition restarted (its log closed) under this fetch.
             raise StorageError(

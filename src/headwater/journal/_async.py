@@ -223,11 +223,16 @@ class AsyncLog:
 
     # ----------------------------------------------------------------- read
 
-    async def read(self, offset: int, max_bytes: int, end: int | None = None) -> bytes:
+    async def read(
+        self, offset: int, max_bytes: int, end: int | None = None, *, woken: bool = False
+    ) -> bytes:
         """Whole records from ``offset`` up to ``max_bytes`` (at least one),
         never past ``visible_end`` (or ``end`` if smaller). Raises
         :class:`~headwater.OffsetOutOfRangeError` when retention removed
-        ``offset`` (even while this read waited for its worker thread)."""
+        ``offset`` (even while this read waited for its worker thread).
+        ``woken``: the caller has just been woken (it yielded since it last
+        ran), so a read of the tail on the loop thread skips the checkpoint
+        it would otherwise take (one task switch fewer for a long poll)."""
         self._check_open()
         limit = self.visible_end if end is None else min(end, self.visible_end)
         # Reads of the last few records (a consumer keeping up) hit the page
@@ -236,7 +241,8 @@ class AsyncLog:
         if self._blocking and max_bytes > 64 * 1024 and limit - offset > TAIL_READ_EVENTS:
             data = await trio.to_thread.run_sync(self.log.read, offset, max_bytes, limit)
         else:
-            await trio.lowlevel.checkpoint()
+            if not woken:
+                await trio.lowlevel.checkpoint()
             data = self.log.read(offset, max_bytes, limit)
         self.log.files.trim()  # a read may have reopened a closed segment file
         return data
