@@ -382,10 +382,11 @@ class FsyncWitness:
         self.calls.append((task, len(self.returned)))
 
 
-async def test_an_idle_logs_small_append_is_synced_by_its_own_waiter() -> None:
-    """With the writer thread idle and fsyncs fast, the task waiting for a
-    small record fsyncs it itself (no hop through the flusher task and back:
-    two task switches fewer per acknowledgement), and returns only after."""
+async def test_a_lone_writers_small_record_is_synced_by_its_own_waiter() -> None:
+    """``wait_durable(sync_here=True)``: with the writer thread idle and
+    fsyncs fast, the task waiting for a small record fsyncs it itself (no
+    hop through the flusher task and back: two task switches fewer per
+    acknowledgement), and returns only after."""
     fs = SimulatedFileSystem()
     returned: list[int] = []
     witness = FsyncWitness(returned)
@@ -397,7 +398,7 @@ async def test_an_idle_logs_small_append_is_synced_by_its_own_waiter() -> None:
             for i in range(1, 4):
                 generation = log.generation
                 h = log.write(rec(i))
-                await log.wait_durable(h.next_offset, generation)
+                await log.wait_durable(h.next_offset, generation, sync_here=True)
                 returned.append(h.base_offset)
                 assert log.synced_offset == h.next_offset
     assert [(me, 0), (me, 1), (me, 2)] == witness.calls
@@ -405,9 +406,9 @@ async def test_an_idle_logs_small_append_is_synced_by_its_own_waiter() -> None:
     assert [0, 1, 2, 3] == [o for o, _ in stored(fs)]
 
 
-async def test_appenders_of_one_loop_pass_share_the_waiters_fsync() -> None:
-    """Group commit still holds when a waiter syncs: 16 appends started
-    together are covered by one fsync, done by one of them."""
+async def test_appenders_of_one_loop_pass_share_one_fsync() -> None:
+    """Without ``sync_here`` (``append``), 16 appends started together are
+    covered by one fsync on the loop (group commit), before any returns."""
     fs = SimulatedFileSystem()
     returned: list[int] = []
     witness = FsyncWitness(returned)
@@ -424,7 +425,7 @@ async def test_appenders_of_one_loop_pass_share_the_waiters_fsync() -> None:
                 for i in range(1, 17):
                     nursery.start_soon(one, i)
     assert 1 == len(witness.calls), witness.calls
-    assert witness.calls[0][0] is not None  # on the loop, in an appender's task
+    assert witness.calls[0][0] is not None  # on the loop
     assert 0 == witness.calls[0][1]  # before any of them returned
     assert list(range(1, 17)) == sorted(returned)
 
@@ -437,8 +438,10 @@ async def test_a_failed_fsync_in_the_waiters_task_fails_its_append_typed() -> No
         async with open_log(DIR, fs=fs, config=LogConfig(), writer_thread=True) as log:
             await log.append(rec(0))
             fs.fail_next_fsyncs(1)
+            generation = log.generation
+            h = log.write(rec(1))
             with pytest.raises(FsyncFailedError, match="not acknowledged"):
-                await log.append(rec(1))
+                await log.wait_durable(h.next_offset, generation, sync_here=True)
             assert 1 == log.next_offset == log.synced_offset
             assert 1 == (await log.append(rec(2))).base_offset
     fs.crash()

@@ -302,6 +302,7 @@ class BrokerService:
             # The partition idle: appended here, no hop to its actor and back.
             # Never while an ask of ours is on its way there (it goes first).
             reply = cell.append(record)
+        alone = reply is not None  # then no other append waits for this fsync
         if reply is None:
             reply = await self._ask_append(key, ref, record)
         if isinstance(reply, NotAdmittedError):
@@ -315,7 +316,7 @@ class BrokerService:
             raise reply
         assert isinstance(reply, Appended)
         try:
-            await reply.log.wait_durable(reply.end_offset, reply.generation)
+            await reply.log.wait_durable(reply.end_offset, reply.generation, sync_here=alone)
         except ClosedError:
             raise StorageError(
                 f"partition {r.topic}/{r.partition} restarted before the batch was synced; "
