@@ -133,8 +133,8 @@ def install_broker_patches() -> None:
 
     orig_wait_durable = _async.AsyncLog.wait_durable
 
-    async def wait_durable(self: Any, end_offset: int, generation: int) -> None:
-        await orig_wait_durable(self, end_offset, generation)
+    async def wait_durable(self: Any, end_offset: int, generation: int, **kw: Any) -> None:
+        await orig_wait_durable(self, end_offset, generation, **kw)
         _mark("durable wait returns", end_offset - 1, end_offset)
 
     _async.AsyncLog.wait_durable = wait_durable  # type: ignore[method-assign]
