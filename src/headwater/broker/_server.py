@@ -74,6 +74,7 @@ from headwater.transport._connection import (
 from headwater.transport._frames import DEFAULT_MAX_FRAME_SIZE
 from headwater.transport._messages import MessageRegistry
 from headwater.transport._operations import decode_request, encode_response
+from headwater.transport._stream import SendLock
 
 __all__ = ["DEFAULT_PORT", "Server", "ServerConfig", "open_server", "run_server"]
 
@@ -351,7 +352,7 @@ class Server:
             max_in_flight=config.max_in_flight,
             max_frame_size=config.max_frame_size,
         )
-        send_lock = trio.StrictFIFOLock()
+        send_lock = SendLock()  # no yield before a send when free
         log = _log.bind(actor=path, peer=peer)
         stats = {"requests": 0, "errors": 0}
         broker_stats = self.broker.service.stats

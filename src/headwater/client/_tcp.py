@@ -62,6 +62,7 @@ from headwater.transport._connection import (
 from headwater.transport._frames import DEFAULT_MAX_FRAME_SIZE
 from headwater.transport._messages import PUSH_VERSION, ErrorFrame, error_from_frame
 from headwater.transport._operations import decode_response, encode_request
+from headwater.transport._stream import SendLock
 
 from ._channel import Channel, FetchSubscription, _timeout_seconds
 from ._client import Client
@@ -138,7 +139,7 @@ class _Session:
         self.pending: dict[int, _Slot] = {}
         # Answers free slots: never more in flight than the server accepts.
         self.slots = trio.Semaphore(conn.max_in_flight)
-        self.send_lock = trio.StrictFIFOLock()
+        self.send_lock = SendLock()  # no yield before a send when free
         self.lost: HeadwaterError | None = None
         self.receives = 0  # how many times bytes arrived
         self.subs: dict[int, _TcpFetchSubscription] = {}  # pushed fetches open on it

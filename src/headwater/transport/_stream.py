@@ -19,10 +19,38 @@ from headwater._errors import ClosedError, ConnectionLostError
 
 from ._frames import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
 
-__all__ = ["RECEIVE_SIZE", "FramedStream"]
+__all__ = ["RECEIVE_SIZE", "FramedStream", "SendLock"]
 
 RECEIVE_SIZE: Final = 65536
 """Bytes asked of the stream per ``receive_some`` call."""
+
+
+class SendLock:
+    """The lock that keeps one connection's frames whole (``async with
+    lock:`` around taking the queued bytes and sending them), FIFO like
+    ``trio.StrictFIFOLock`` but taken without a yield when free: a plain
+    lock's acquire passes through the scheduler even uncontended, one more
+    pass of the event loop before every frame leaves (a request, an
+    acknowledgement, a pushed fetch). The block must reach a checkpoint of
+    its own when it matters (a send does)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = trio.StrictFIFOLock()
+
+    async def __aenter__(self) -> None:
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        """Whether a sender holds it now."""
+        return self._lock.locked()
 
 
 class FramedStream:
