@@ -327,7 +327,10 @@ class PartitionActor(Actor):
         try:
             return self._append(log, record)
         except Exception as exc:
-            self.context.nursery.start_soon(_raise, exc)
+            try:
+                self.context.nursery.start_soon(_raise, exc)
+            except RuntimeError:
+                pass  # this incarnation is ending anyway
             return as_failure(exc)
 
     async def handle(self, message: Any) -> Any:
