@@ -10,8 +10,10 @@ actor, so waiting for an fsync or a long poll blocks only that caller.
 
 * Admin requests go to the topic registry; group requests to the group's
   actor (started on first use under ``/broker/groups``).
-* ``Produce`` asks the partition actor to append (a fast, non-blocking
-  write), then waits here for durability.
+* ``Produce`` appends (a fast, non-blocking write) in the caller's task
+  while the partition is idle (``StableCell.append``), else asks the
+  partition actor to; then waits here for durability (a lone small batch is
+  fsynced here, not by the log's flusher task).
 * ``Fetch`` reads the partition's log directly (reads never queue behind
   appends) and long-polls on the log's new-data signal.
 """
