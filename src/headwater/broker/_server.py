@@ -312,11 +312,7 @@ class Server:
         async def start(stream: trio.SocketStream, peer: str) -> None:
             await self.serve_stream(self._wrap(stream), peer)
 
-        try:
-            await accept_connections(listeners, start, log=_log)
-        finally:
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
+        await accept_connections(listeners, start, log=_log)
 
     async def _connection(
         self, stream: trio.abc.Stream, peer: str, path: str, release: Callable[[], None]

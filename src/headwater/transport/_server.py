@@ -403,22 +403,24 @@ async def accept_connections(
     event: str = "accept_failed",
 ) -> None:
     """Accept from every listener for ever and ``await start(stream, peer)``
-    for each connection (``start`` should hand it to a task quickly). When
+    for each connection (``start`` should hand it to a task quickly); the
+    listeners are closed when this ends. When
     the process runs out of descriptors or memory, log ``event`` and retry
     after 0.1 s instead of crashing the listener."""
     logger = log if log is not None else _log
 
     async def accept(listener: trio.abc.Listener[Any]) -> None:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno in _ACCEPT_RETRY:
-                    logger.error(event, error=str(exc))
-                    await trio.sleep(0.1)
-                    continue
-                raise
-            await start(stream, peer_name(stream))
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno in _ACCEPT_RETRY:
+                        logger.error(event, error=str(exc))
+                        await trio.sleep(0.1)
+                        continue
+                    raise
+                await start(stream, peer_name(stream))
 
     async with trio.open_nursery() as nursery:
         for listener in listeners:
