@@ -407,7 +407,7 @@ async def serve_actors(
             async def start(stream: trio.abc.Stream, peer: str) -> None:
                 nursery.start_soon(partial(_serve_one, system, registry, stream, **options))
 
-            nursery.start_soon(partial(accept_connections, served, start, log=_log))
+            nursery.start_soon(partial(accept_connections, served, start, log=_log, close=True))
             task_status.started(bound)
 
 

@@ -312,7 +312,7 @@ class Server:
         async def start(stream: trio.SocketStream, peer: str) -> None:
             await self.serve_stream(self._wrap(stream), peer)
 
-        await accept_connections(listeners, start, log=_log)
+        await accept_connections(listeners, start, log=_log, close=True)
 
     async def _connection(
         self, stream: trio.abc.Stream, peer: str, path: str, release: Callable[[], None]

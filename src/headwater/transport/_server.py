@@ -401,16 +401,18 @@ async def accept_connections(
     *,
     log: Any = None,
     event: str = "accept_failed",
+    close: bool = False,
 ) -> None:
     """Accept from every listener for ever and ``await start(stream, peer)``
-    for each connection (``start`` should hand it to a task quickly); the
-    listeners are closed when this ends. When
+    for each connection (``start`` should hand it to a task quickly). With
+    ``close`` the listeners are closed when this ends (else they stay open
+    for a restarted accept loop). When
     the process runs out of descriptors or memory, log ``event`` and retry
     after 0.1 s instead of crashing the listener."""
     logger = log if log is not None else _log
 
     async def accept(listener: trio.abc.Listener[Any]) -> None:
-        async with listener:
+        try:
             while True:
                 try:
                     stream = await listener.accept()
@@ -421,6 +423,9 @@ async def accept_connections(
                         continue
                     raise
                 await start(stream, peer_name(stream))
+        finally:
+            if close:
+                await trio.aclose_forcefully(listener)
 
     async with trio.open_nursery() as nursery:
         for listener in listeners:
