@@ -356,6 +356,11 @@ class _Connection:
         """The most requests allowed in flight at once."""
         return self._max_in_flight
 
+    @property
+    def data_to_send_pending(self) -> bool:
+        """Whether :meth:`data_to_send` has bytes to give."""
+        return bool(self._out)
+
     def data_to_send(self) -> bytes:
         """Return (and forget) the bytes queued for the peer."""
         # One frame (the common case) is returned as is: no copy of a large batch.

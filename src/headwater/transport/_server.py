@@ -227,16 +227,13 @@ class ServerDriver:
 
     async def _read(self) -> None:
         conn = self.conn
-        busy = self._busy
         before = self._before_receive
         while not self._broken:
             if before is not None:
                 await before()
-            if busy is not None:
-                conn.streams_open = 1 if busy() else 0
             data: bytes | None = None
-            with trio.move_on_at(conn.next_deadline(trio.current_time())) as scope:
-                self._read_scope = scope
+            with trio.move_on_at(self._deadline(trio.current_time())) as scope:
+                self._read_scope = scope  # answers move it: the idle clock restarts
                 try:
                     data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -245,13 +242,20 @@ class ServerDriver:
             if self._broken:
                 return
             if data is None:
-                conn.handle_timeout(trio.current_time())
+                now = trio.current_time()
+                self._deadline(now)  # refresh what counts as busy
+                conn.handle_timeout(now)
             else:
                 conn.receive_data(data, trio.current_time())
             if await self._events():
                 await self.flush()
                 return
             await self.flush()
+
+    def _deadline(self, now: float) -> float:
+        if self._busy is not None:
+            self.conn.streams_open = 1 if self._busy() else 0
+        return self.conn.next_deadline(now)
 
     async def _events(self) -> bool:
         """Act on the core's events; ``True`` once the connection is closed."""
@@ -339,7 +343,7 @@ class ServerDriver:
         if not conn.in_flight and self._read_scope is not None:
             now = trio.current_time()
             conn.touch(now)
-            self._read_scope.deadline = conn.next_deadline(now)
+            self._read_scope.deadline = self._deadline(now)
         return True
 
 
