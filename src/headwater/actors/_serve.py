@@ -107,6 +107,7 @@ class _Session:
         self.driver: ServerDriver | None = None
         self.refs: dict[str, ActorRef] = {}
         self.monitors: dict[int, Monitor | _LinkPoll] = {}
+        self.demonitored: set[int] = set()  # ids demonitored before they registered
         self.queues: dict[str, trio.MemorySendChannel[_Delivery]] = {}
 
     def resolve(self, body: dict[str, Any], op: str) -> ActorRef:
@@ -263,10 +264,13 @@ class _Session:
                     return {"reason": last[1], "detail": last[2]}
             poll = _LinkPoll(await ref._proc())
             self.monitors[request.id] = poll
+            if request.id in self.demonitored:  # cancelled while it was being set up
+                poll.cancel()
             try:
                 await poll.event.wait()
             finally:
                 self.monitors.pop(request.id, None)
+                self.demonitored.discard(request.id)
                 poll.proc.watchers.discard(poll)
             return poll.result
         if op == "exit":
@@ -288,18 +292,25 @@ class _Session:
                 return {"reason": "not_found", "detail": str(exc)}
             monitor = await ref.monitor()
             self.monitors[request.id] = monitor
+            if request.id in self.demonitored:  # cancelled while it was being set up
+                monitor.cancel()
             try:
                 down = await monitor.wait()
             except ClosedError:
                 return {"reason": "demonitored", "detail": ""}
             finally:
                 self.monitors.pop(request.id, None)
+                self.demonitored.discard(request.id)
             return {"reason": down.reason, "detail": down.detail}
         assert op == "demonitor", op  # ServerConnection refuses unknown ops
         target = field(body, "monitor", int, op)
         watch = self.monitors.pop(target, None)
         if watch is not None:
             watch.cancel()
+        elif self.driver is not None and target in self.driver.conn.in_flight:
+            # Its monitor/link task has not registered yet (both requests came
+            # in one read): it cancels itself when it does.
+            self.demonitored.add(target)
         return {}
 
 

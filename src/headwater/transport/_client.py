@@ -254,8 +254,9 @@ class ClientDriver:
     def fail_pending(self, error_for: Callable[[int], HeadwaterError]) -> None:
         """Settle every waiter with ``error_for(request_id)`` (the connection
         ended; the layer words what that means for a request in flight)."""
-        pending, self.pending = self.pending, {}
-        for request_id, waiter in pending.items():
+        pending = list(self.pending.items())
+        self.pending.clear()
+        for request_id, waiter in pending:
             waiter.set(None, error_for(request_id))
 
     @staticmethod
