@@ -228,7 +228,7 @@ class ServerDriver:
     async def _read(self) -> None:
         conn = self.conn
         before = self._before_receive
-        while not self._broken:
+        while True:
             if before is not None:
                 await before()
             data: bytes | None = None
@@ -239,7 +239,7 @@ class ServerDriver:
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     data = b""
             self._read_scope = None
-            if self._broken:
+            if self._broken:  # a write failed (the reading was cancelled)
                 return
             if data is None:
                 now = trio.current_time()
@@ -247,10 +247,10 @@ class ServerDriver:
                 conn.handle_timeout(now)
             else:
                 conn.receive_data(data, trio.current_time())
-            if await self._events():
-                await self.flush()
-                return
+            closed = await self._events()
             await self.flush()
+            if closed or self._broken:
+                return
 
     def _deadline(self, now: float) -> float:
         if self._busy is not None:
