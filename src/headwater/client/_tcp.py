@@ -512,7 +512,7 @@ class TcpChannel(Channel):
                         + self.address.split("://", 1)[-1]
                     )
                 session = _Session(driver)
-                driver._on_push = partial(self._pushed, session)
+                driver.on_push = partial(self._pushed, session)
                 return session
         except trio.TooSlowError:
             error: HeadwaterError = HeadwaterTimeoutError(

@@ -96,7 +96,8 @@ class ClientDriver:
         """How many times bytes arrived."""
         self.first = bytearray()
         """The peer's first bytes (up to 8): who answered a failed handshake?"""
-        self._on_push = on_push
+        self.on_push = on_push
+        """Hears pushed frames on the reading task (may be set after the handshake)."""
         self._on_expired = on_expired
         self._after_answer = after_answer
         self._send_lock = trio.StrictFIFOLock()
@@ -197,8 +198,9 @@ class ClientDriver:
     async def _read(self) -> HeadwaterError:
         conn = self.conn
         stream = self.stream
+        now = trio.current_time()
         while True:
-            deadline = conn.next_deadline(trio.current_time())
+            deadline = conn.next_deadline(now)  # nothing below awaits: ``now`` holds
             data: bytes | None = None
             try:
                 if deadline == math.inf:  # the common case: no cancel scope to set up
@@ -210,11 +212,12 @@ class ClientDriver:
                 return self.lost or ConnectionLostError(
                     f"connection to {self.address} lost: {exc or type(exc).__name__}"
                 )
+            now = trio.current_time()
             if data is None:
-                conn.handle_timeout(trio.current_time())
+                conn.handle_timeout(now)
             else:
                 self.receives += 1
-                conn.receive_data(data, trio.current_time())
+                conn.receive_data(data, now)
                 del data
             while True:
                 try:
@@ -230,8 +233,8 @@ class ClientDriver:
                         return event.error
                     self._settle(event.id, None, event.error)
                 elif isinstance(event, PushReceived):
-                    if self._on_push is not None:
-                        self._on_push(event)
+                    if self.on_push is not None:
+                        self.on_push(event)
                 elif isinstance(event, RequestExpired):
                     if self._on_expired is not None:
                         self._on_expired(event.id)
