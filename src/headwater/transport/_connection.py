@@ -732,6 +732,11 @@ class ServerConnection(_Connection):
         self._local("send_push")
         self._out.append(frame)
 
+    @property
+    def idle_timeout(self) -> float | None:
+        """Seconds of idleness after which the connection is closed (``None``: never)."""
+        return self._idle_timeout
+
     def touch(self, now: float) -> None:
         """The owner finished work for this connection at ``now`` (its last
         answer went out): the idle clock restarts."""

@@ -315,14 +315,21 @@ class ServerDriver:
     async def _answer_task(self, request: RequestReceived) -> None:
         error: BaseException | None = None
         try:
-            result = await self._outcome(request)
-            error = result if isinstance(result, BaseException) else None
+            try:  # _outcome() inlined: one coroutine frame less on the hot path
+                result: Mapping[str, Any] | BaseException = await self._handle(request)
+            except HeadwaterError as exc:
+                self.errors += 1
+                result = error = exc
+            except Exception as exc:  # a bug: answer it, log it, keep serving
+                self.errors += 1
+                self.log.error("request_failed", op=request.op, exc_info=exc)
+                result = error = exc
             self._queue_answer(request.id, result)
             del result  # the answer's frame is queued: hold no other copy while it is sent
             await self.flush()
         finally:
             self._handlers -= 1
-            if not self._handlers:
+            if not self._handlers and self._receiver.cancel_called:  # a drain waits
                 self._handlers_done.set()
                 self._handlers_done = trio.Event()
             if self._answered is not None:
@@ -340,7 +347,7 @@ class ServerDriver:
                     conn.send_error(request_id, exc)
         except (ClosedError, ConnectionLostError, LocalProtocolError):
             return False  # the connection closed meanwhile: nobody is left to answer
-        if not conn.in_flight and self._read_scope is not None:
+        if not conn.in_flight and self._read_scope is not None and conn.idle_timeout is not None:
             now = trio.current_time()
             conn.touch(now)
             self._read_scope.deadline = self._deadline(now)
