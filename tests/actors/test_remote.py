@@ -498,3 +498,37 @@ async def test_a_demonitor_sent_with_its_monitor_ends_the_monitor(
                         answers[event.id] = event.body
             assert "demonitored" == answers[watch]["reason"]
             nursery.cancel_scope.cancel()
+
+
+async def test_a_remote_ask_takes_few_task_steps(autojump_clock: trio.abc.Clock) -> None:
+    """An ask over a memory connection runs at most 20 Trio task steps (as
+    before the drivers were one per side: they must not add hops)."""
+    from headwater.testing._actor_kit import Echo
+
+    class Steps(trio.abc.Instrument):
+        counting = False
+        steps = 0
+
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            if self.counting:
+                self.steps += 1
+
+    steps = Steps()
+    async with kit_system() as system, trio.open_nursery() as nursery:
+        link = MemoryLink(system, nursery)
+        async with open_actor_client(KIT_REGISTRY, opener=link.open) as client:
+            ref = await client.lookup("headwater://mem:1/kit/target")
+            await ref.ask(Echo("warm"))
+            counts = []
+            trio.lowlevel.add_instrument(steps)
+            try:
+                for _ in range(9):
+                    await trio.testing.wait_all_tasks_blocked()
+                    steps.counting, steps.steps = True, 0
+                    await ref.ask(Echo("x"))
+                    steps.counting = False
+                    counts.append(steps.steps)
+            finally:
+                trio.lowlevel.remove_instrument(steps)
+        nursery.cancel_scope.cancel()
+    assert sorted(counts)[4] <= 20

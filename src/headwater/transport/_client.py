@@ -109,6 +109,8 @@ class ClientDriver:
         """Send what the core queued, from the calling task. Raises
         :class:`~headwater.ConnectionLostError` (and marks the connection
         lost) if the stream broke, or the error it was lost with."""
+        if not self.conn.data_to_send_pending:
+            return  # nothing queued: not even a checkpoint (no extra task step)
         async with self._send_lock:
             data = self.conn.data_to_send()
             if not data:

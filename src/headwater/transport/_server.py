@@ -169,6 +169,8 @@ class ServerDriver:
         """Write what the core queued (one write at a time, bounded by
         ``send_timeout``). A broken stream, or a peer that read nothing for
         ``send_timeout``, ends the connection; this never raises for it."""
+        if not self.conn.data_to_send_pending:
+            return  # nothing queued: not even a checkpoint (no extra task step)
         async with self._send_lock:
             data = self.conn.data_to_send()
             if not data or self._broken:
