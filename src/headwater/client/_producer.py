@@ -56,15 +56,18 @@ from headwater.journal._record import ATTR_TRANSACTIONAL, encode_record
 from ._accumulator import Accumulator, AccumulatorConfig, ReadyBatch
 from ._channel import Channel
 from ._partitioner import Partitioner
-from ._serializers import Serializer, get_serializer
+from ._serializers import BytesSerializer, Serializer, get_serializer
 
 __all__ = ["Producer", "ProducerConfig", "SendHandle", "open_producer"]
 
 log = get_logger("headwater.client.producer")
 
 
+_time_ns = time.time_ns
+
+
 def _wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return _time_ns() // 1_000_000
 
 
 def _seconds(
@@ -307,6 +310,8 @@ class Producer:
         self._serializer: Serializer = get_serializer(config.serializer)
         # Read per event: bound once here.
         self._serialize = self._serializer.serialize
+        # bytes values pass through the bytes serializer unchanged: skip the call.
+        self._passthrough = isinstance(self._serializer, BytesSerializer)
         self._clock = config.clock
         self._tid = config.transactional_id
         self._partitioner = Partitioner()
@@ -630,7 +635,12 @@ class Producer:
             )
         if deliver_at is not None or deliver_after is not None:
             headers = _with_deliver_at(headers, deliver_at, deliver_after, self.config.clock())
-        ts = self._clock() if timestamp is None else _timestamp_ms(timestamp)
+        if timestamp is not None:
+            ts = _timestamp_ms(timestamp)
+        elif self._clock is _wall_clock_ms:
+            ts = _time_ns() // 1_000_000  # the default clock, without its call
+        else:
+            ts = self._clock()
         result, index, chosen, hdrs = self._enqueue(
             topic, count, value, key, headers, partition, ts, None
         )
@@ -656,7 +666,10 @@ class Producer:
                 "a transactional producer sends only inside `async with producer.transaction():`"
             )
         hdrs = _check_headers(headers) if headers else ()
-        raw = None if value is None else self._serialize(value)
+        if type(value) is bytes and self._passthrough:
+            raw = value
+        else:
+            raw = None if value is None else self._serialize(value)
         chosen = self._partitioner.choose(topic, key, count, partition)
         batch_id, index = self._accumulator.add(topic, chosen, ts, key, raw, hdrs, now)
         result = self._results.get(batch_id)
