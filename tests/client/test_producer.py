@@ -3,6 +3,7 @@ broker and the real embedded broker (simulated disk)."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import AsyncIterator
 
 import pytest
@@ -262,7 +263,8 @@ async def test_send_handles_are_distinct_objects(client: Client, autojump_clock:
         await producer.partitions_of("t1")
         first = producer.send_nowait("t1", {"same": 1})
         second = producer.send_nowait("t1", {"same": 1})
-        assert first != second and first == first
+        assert first != second
+        assert first == first
         assert 2 == len({first, second})
         assert ("t1", 0, 5, None, {"same": 1}, ()) == (
             first.topic,
@@ -273,4 +275,7 @@ async def test_send_handles_are_distinct_objects(client: Client, autojump_clock:
             first.headers,
         )
         assert "SendHandle(topic='t1'" in repr(first)
-        assert [0, 1] == [(await h).offset for h in (first, second)]
+        copied = copy.copy(first)
+        assert copied is not first
+        assert copied != first
+        assert [0, 1, 0] == [(await h).offset for h in (first, second, copied)]

@@ -153,6 +153,9 @@ class SendHandle(tuple[Any, ...]):
         """A handle for event ``index`` of the batch whose outcome is ``result``."""
         return _new_handle(cls, (result, index, topic, partition, timestamp, key, value, headers))
 
+    def __getnewargs__(self) -> tuple[Any, ...]:
+        return tuple(self)  # copy.copy() builds a handle of the same event
+
     __eq__ = object.__eq__
     __ne__ = object.__ne__
     __hash__ = object.__hash__
