@@ -669,6 +669,7 @@ class Producer:
                 "a transactional producer sends only inside `async with producer.transaction():`"
             )
         hdrs = _check_headers(headers) if headers else ()
+        raw: bytes | None
         if type(value) is bytes and self._passthrough:
             raw = value
         else:
