@@ -38,7 +38,9 @@ def test_a_broker_that_acks_before_fsync_loses_events(monkeypatch: pytest.Monkey
     """Acks that do not wait for the fsync are caught: power loss loses acked events
     and hands their offsets out again (I1 and I2)."""
 
-    async def no_wait(self: AsyncLog, end_offset: int, generation: int) -> None:
+    async def no_wait(
+        self: AsyncLog, end_offset: int, generation: int, *, sync_here: bool = False
+    ) -> None:
         return None
 
     monkeypatch.setattr(AsyncLog, "wait_durable", no_wait)
