@@ -87,8 +87,8 @@ from headwater.journal._record import (
     RecordHeader,
     Short,
     decode_header,
-    patch_header,
     patch_record,
+    stored_header,
 )
 
 __all__ = ["Durability", "Log", "LogConfig", "Staged", "SyncWork"]
@@ -717,10 +717,28 @@ class Log:
         cannot make it durable ahead of them."""
         if type(record) is not bytes:
             record = bytes(record)  # a mutable buffer could change before the write
-        active, v, now = self._place(record, validated, lazy=True)
+        # The hot path of every append (group commit is bound by the loop's
+        # CPU per append): _place and _Segment.note inlined, the stored header
+        # packed from the checked fields, one header object.
+        if validated is None:
+            validated = self.validate(record)
+        v = validated
+        active = self.segments[-1]
+        now = self.clock()
+        size = active.size
+        length = len(record)
+        config = self.config
+        if self.closed or (
+            size > 0
+            and (
+                size + length > config.segment_bytes
+                or (config.segment_ms is not None and now - active.created_ms >= config.segment_ms)
+            )
+        ):
+            active, v, now = self._place(record, v, lazy=True)
+            size = active.size
         base_offset = active.next_offset
-        head = patch_header(record, base_offset, now)
-        body = memoryview(record)
+        head = stored_header(record, v, base_offset, now)
         header = RecordHeader(  # attrs.evolve costs several times more
             v.length,
             v.crc,
@@ -734,11 +752,20 @@ class Log:
             v.producer_epoch,
             v.base_sequence,
         )
-        active.note(header, active.size, self.config.index_interval)
+        if size - active.indexed_at >= config.index_interval:
+            active.index.append((base_offset, size))
+            active.indexed_at = size
+        if v.max_timestamp > active.max_timestamp:
+            active.max_timestamp = v.max_timestamp
+            active.times.append((v.max_timestamp, base_offset))
+        if now > active.max_append_time:
+            active.max_append_time = now
+        active.next_offset = base_offset + v.count
+        active.size = size + v.length
         self._dirty[active.base] = active
         with self._lock:
             active.pins += 1
-        return header, Staged(active, head, body[HEADER_SIZE:])
+        return header, Staged(active, head, memoryview(record)[HEADER_SIZE:])
 
     def open_staged_segment(self, seg: _Segment) -> int:
         """Create the file of a segment :meth:`stage` rolled to (writer

@@ -70,6 +70,7 @@ __all__ = [
     "patch_header",
     "patch_record",
     "record_crc",
+    "stored_header",
 ]
 
 HEADER: Final = struct.Struct(">IIBBHqIqqqqhi")
@@ -89,6 +90,8 @@ MAX_RECORD_SIZE: Final = 256 * 1024 * 1024
 """No record may be larger than this (a sanity bound on the length field)."""
 
 _CRC_START: Final = 8
+_LENGTH_CRC: Final = struct.Struct(">II")
+_CHECKED: Final = struct.Struct(">BBHqIqqqqhi")  # the header after the crc field
 _BASE_OFFSET: Final = struct.Struct(">q")
 _APPEND_TIME: Final = struct.Struct(">q")
 _CRC: Final = struct.Struct(">I")
@@ -343,6 +346,40 @@ def patch_header(
     after = crc32c.crc32c(head[_CRC_START:])
     _CRC.pack_into(head, 4, old_crc ^ crc_shift(before ^ after, length - HEADER_SIZE))
     return bytes(head)
+
+
+def stored_header(
+    record: bytes,
+    header: RecordHeader,
+    base_offset: int,
+    append_time: int,
+) -> bytes:
+    """:func:`patch_header` for a record whose ``header`` was already
+    decoded and checked (the append path): packs the stored header from the
+    fields instead of copying and patching the client's bytes, and sums the
+    checked bytes once for a short record (one pass over its payload)."""
+    checked = _CHECKED.pack(
+        MAGIC,
+        VERSION,
+        header.attributes,
+        base_offset,
+        header.count,
+        header.first_timestamp,
+        header.max_timestamp,
+        append_time,
+        header.producer_id,
+        header.producer_epoch,
+        header.base_sequence,
+    )
+    length = header.length
+    if length < _COMBINE_FROM:
+        crc = crc32c.crc32c(memoryview(record)[HEADER_SIZE:], crc32c.crc32c(checked))
+    else:
+        # Linear in the header's bytes: valid whatever ``header`` differs in.
+        before = crc32c.crc32c(memoryview(record)[_CRC_START:HEADER_SIZE])
+        diff = before ^ crc32c.crc32c(checked)
+        crc = _CRC.unpack_from(record, 4)[0] ^ crc_shift(diff, length - HEADER_SIZE)
+    return _LENGTH_CRC.pack(length, crc) + checked
 
 
 def iter_records(
