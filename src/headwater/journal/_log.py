@@ -87,6 +87,7 @@ from headwater.journal._record import (
     RecordHeader,
     Short,
     decode_header,
+    new_header,
     patch_record,
     stored_header,
 )
@@ -666,7 +667,7 @@ class Log:
                     "retention, then retry (earlier data is intact)"
                 ) from exc
             raise StorageError(f"write to {active.path} failed: {exc}") from exc
-        header = attrs.evolve(validated, base_offset=active.next_offset, append_time=now)
+        header = validated._replace(base_offset=active.next_offset, append_time=now)
         active.note(header, position, self.config.index_interval)
         self._dirty[active.base] = active
         return header
@@ -739,18 +740,20 @@ class Log:
             size = active.size
         base_offset = active.next_offset
         head = stored_header(record, v, base_offset, now)
-        header = RecordHeader(  # attrs.evolve costs several times more
-            v.length,
-            v.crc,
-            v.attributes,
-            base_offset,
-            v.count,
-            v.first_timestamp,
-            v.max_timestamp,
-            now,
-            v.producer_id,
-            v.producer_epoch,
-            v.base_sequence,
+        header = new_header(
+            (
+                v.length,
+                v.crc,
+                v.attributes,
+                base_offset,
+                v.count,
+                v.first_timestamp,
+                v.max_timestamp,
+                now,
+                v.producer_id,
+                v.producer_epoch,
+                v.base_sequence,
+            )
         )
         if size - active.indexed_at >= config.index_interval:
             active.index.append((base_offset, size))
