@@ -389,8 +389,7 @@ class AsyncLog:
             )
         error.__cause__ = exc
         self._failures.append(error)
-        for staged in self._staged:  # placed after the cut: never written
-            self.log.unstage(staged)
+        self.log.unstage_all(self._staged)  # placed after the cut: never written
         self._staged.clear()
         try:
             self.log.discard_unsynced()
@@ -451,8 +450,7 @@ class AsyncLog:
     def _take_outcome(self, outcome: Outcome) -> None:
         self._in_flight -= len(outcome.batches)
         for batch in outcome.batches:
-            for staged in batch.staged:
-                self.log.unstage(staged)
+            self.log.unstage_all(batch.staged)
         if outcome.skipped:
             return
         if outcome.error is not None:

@@ -62,6 +62,7 @@ import os
 import struct
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Final, Literal, NamedTuple
 
 import attrs
@@ -229,6 +230,9 @@ class Staged(NamedTuple):
     segment: _Segment
     head: bytes
     body: memoryview
+
+
+_new_staged: Callable[[tuple[_Segment, bytes, memoryview]], Staged] = partial(tuple.__new__, Staged)
 
 
 class Log:
@@ -739,36 +743,24 @@ class Log:
             active, v, now = self._place(record, v, lazy=True)
             size = active.size
         base_offset = active.next_offset
-        head = stored_header(record, v, base_offset, now)
-        header = new_header(
-            (
-                v.length,
-                v.crc,
-                v.attributes,
-                base_offset,
-                v.count,
-                v.first_timestamp,
-                v.max_timestamp,
-                now,
-                v.producer_id,
-                v.producer_epoch,
-                v.base_sequence,
-            )
-        )
+        # v's fields with the base offset and append time set (built in C).
+        header = new_header((*v[:3], base_offset, *v[4:7], now, *v[8:]))
+        head = stored_header(record, header)
         if size - active.indexed_at >= config.index_interval:
             active.index.append((base_offset, size))
             active.indexed_at = size
-        if v.max_timestamp > active.max_timestamp:
-            active.max_timestamp = v.max_timestamp
-            active.times.append((v.max_timestamp, base_offset))
+        max_timestamp = header.max_timestamp
+        if max_timestamp > active.max_timestamp:
+            active.max_timestamp = max_timestamp
+            active.times.append((max_timestamp, base_offset))
         if now > active.max_append_time:
             active.max_append_time = now
-        active.next_offset = base_offset + v.count
-        active.size = size + v.length
+        active.next_offset = base_offset + header.count
+        active.size = size + header.length
         self._dirty[active.base] = active
         with self._lock:
             active.pins += 1
-        return header, Staged(active, head, memoryview(record)[HEADER_SIZE:])
+        return header, _new_staged((active, head, memoryview(record)[HEADER_SIZE:]))
 
     def open_staged_segment(self, seg: _Segment) -> int:
         """Create the file of a segment :meth:`stage` rolled to (writer
@@ -788,6 +780,18 @@ class Log:
         """Release the pin :meth:`stage` took (owner thread), once the
         record is written or given up."""
         self._unpin(staged.segment)
+
+    def unstage_all(self, staged: list[Staged]) -> None:
+        """:meth:`unstage` each of ``staged`` (one lock for all of them)."""
+        closing: list[_Segment] = []
+        with self._lock:
+            for record in staged:
+                seg = record.segment
+                seg.pins -= 1
+                if seg.retired and seg.pins == 0:
+                    closing.append(seg)
+        for seg in closing:
+            self._close_handle(seg)
 
     def _undo_partial(self, seg: _Segment, position: int) -> None:
         try:

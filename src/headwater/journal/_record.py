@@ -214,21 +214,31 @@ def decode_header(
     available = len(buf) - pos
     if available < HEADER_SIZE:
         return Short(HEADER_SIZE - available)
-    (
-        length,
-        crc,
-        magic,
-        version,
-        attributes,
-        base_offset,
-        count,
-        first_ts,
-        max_ts,
-        append_time,
-        producer_id,
-        producer_epoch,
-        base_sequence,
-    ) = HEADER.unpack_from(buf, pos)
+    fields = HEADER.unpack_from(buf, pos)
+    # (length, crc, magic, version, attributes, base_offset, count, ...)
+    length = fields[0]
+    if not (
+        fields[2] == MAGIC
+        and fields[3] == VERSION
+        and HEADER_SIZE <= length <= MAX_RECORD_SIZE
+        and fields[6] >= 1
+        and fields[5] >= 0
+    ):
+        return _corrupt_header(fields)
+    if check_crc:
+        if available < length:
+            return Short(length - available)
+        actual = crc32c.crc32c(memoryview(buf)[pos + _CRC_START : pos + length])
+        if actual != fields[1]:
+            return Corrupt(f"checksum mismatch (stored 0x{fields[1]:08x}, computed 0x{actual:08x})")
+    # Every append and every record read decodes one: built without a
+    # Python-level call (the fields minus magic and version).
+    return new_header(fields[:2] + fields[4:])
+
+
+def _corrupt_header(fields: tuple[int, ...]) -> Corrupt:
+    """What is wrong with a header that failed decode_header's checks."""
+    length, _crc, magic, version, _attributes, base_offset, count = fields[:7]
     if magic != MAGIC:
         return Corrupt(f"bad magic byte 0x{magic:02x}")
     if version != VERSION:
@@ -237,29 +247,7 @@ def decode_header(
         return Corrupt(f"record length {length} out of range")
     if count < 1:
         return Corrupt(f"record event count {count} < 1")
-    if base_offset < 0:
-        return Corrupt(f"negative base offset {base_offset}")
-    if check_crc:
-        if available < length:
-            return Short(length - available)
-        actual = record_crc(buf, length, pos)
-        if actual != crc:
-            return Corrupt(f"checksum mismatch (stored 0x{crc:08x}, computed 0x{actual:08x})")
-    return new_header(
-        (
-            length,
-            crc,
-            attributes,
-            base_offset,
-            count,
-            first_ts,
-            max_ts,
-            append_time,
-            producer_id,
-            producer_epoch,
-            base_sequence,
-        )
-    )
+    return Corrupt(f"negative base offset {base_offset}")
 
 
 def patch_record(
@@ -361,34 +349,17 @@ def patch_header(
     return bytes(head)
 
 
-def stored_header(
-    record: bytes,
-    header: RecordHeader,
-    base_offset: int,
-    append_time: int,
-) -> bytes:
-    """:func:`patch_header` for a record whose ``header`` was already
-    decoded and checked (the append path): packs the stored header from the
-    fields instead of copying and patching the client's bytes, and sums the
-    checked bytes once for a short record (one pass over its payload)."""
-    checked = _CHECKED.pack(
-        MAGIC,
-        VERSION,
-        header.attributes,
-        base_offset,
-        header.count,
-        header.first_timestamp,
-        header.max_timestamp,
-        append_time,
-        header.producer_id,
-        header.producer_epoch,
-        header.base_sequence,
-    )
-    length = header.length
+def stored_header(record: bytes, stored: RecordHeader) -> bytes:
+    """:func:`patch_header` for the append path: the header of ``record``
+    as stored, packed from ``stored`` (the header it was decoded to, with
+    the base offset and append time set) rather than copied and patched,
+    its CRC summed in one pass over a short record's payload."""
+    checked = _CHECKED.pack(MAGIC, VERSION, *stored[2:])
+    length = stored[0]
     if length < _COMBINE_FROM:
         crc = crc32c.crc32c(memoryview(record)[HEADER_SIZE:], crc32c.crc32c(checked))
     else:
-        # Linear in the header's bytes: valid whatever ``header`` differs in.
+        # Linear in the header's bytes: valid whatever ``stored`` differs in.
         before = crc32c.crc32c(memoryview(record)[_CRC_START:HEADER_SIZE])
         diff = before ^ crc32c.crc32c(checked)
         crc = _CRC.unpack_from(record, 4)[0] ^ crc_shift(diff, length - HEADER_SIZE)
