@@ -209,9 +209,11 @@ class _Segment:
         self.size = position + header.length
 
 
-@attrs.frozen
+@attrs.define(eq=False)
 class SyncWork:
-    """What one sync must make durable (from :meth:`Log.prepare_sync`)."""
+    """What one sync must make durable (from :meth:`Log.prepare_sync`).
+    Never changed once made (not frozen only because a frozen attrs class
+    costs twice as much to build, and one is made per fsync)."""
 
     handles: tuple[int, ...]
     directory: bool
