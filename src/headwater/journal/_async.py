@@ -331,10 +331,13 @@ class AsyncLog:
 
     def _wake_for(self, end_offset: int) -> trio.Event:
         """The event set once a sync covering ``end_offset`` completes."""
-        for target, event in self._syncing:  # a few at most
+        syncing = self._syncing
+        if not syncing or end_offset > syncing[-1][0]:
+            return self._next_wake  # the usual case: not handed over yet
+        for target, event in syncing:  # the batches in the thread: a few
             if end_offset <= target:
                 return event
-        return self._next_wake
+        return syncing[-1][1]  # not reached: the last one covers end_offset
 
     def _prepare(self) -> SyncWork | None:
         """:meth:`Log.prepare_sync`, for a sync that will run: its waiters
