@@ -503,26 +503,3 @@ async def test_a_failed_fsync_in_the_waiters_task_fails_its_append_typed() -> No
             assert 1 == (await log.append(rec(2))).base_offset
     fs.crash()
     assert [(0, rec(0)[HEADER_SIZE:]), (1, rec(2)[HEADER_SIZE:])] == stored(fs)
-
-
-async def test_the_switch_interval_is_short_only_while_a_batch_is_in_the_thread() -> None:
-    """While a batch is in a writer thread the interpreter switches threads
-    every FAST_SWITCH_SECONDS (a thread back from its fsync does not wait
-    5 ms for the GIL); once its outcome is reported the interval is back."""
-    import sys
-
-    fs = SimulatedFileSystem()
-    gate = Gate(fs)
-    before = sys.getswitchinterval()
-    assert before > _writer.FAST_SWITCH_SECONDS
-    with trio.fail_after(20):
-        async with open_log(DIR, fs=fs, config=THREADED, writer_thread=True) as log:
-            await log.append(rec(0))
-            assert before == sys.getswitchinterval()
-            fs.fsync_hook = gate
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(log.append, rec(1))
-                await gate.wait_entered()
-                assert _writer.FAST_SWITCH_SECONDS == sys.getswitchinterval()
-                gate.release.set()
-            assert before == sys.getswitchinterval()

@@ -44,7 +44,6 @@ from __future__ import annotations
 import itertools
 import os
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -58,44 +57,6 @@ __all__ = ["Batch", "JournalWriter", "Outcome"]
 
 IDLE_SECONDS = 5.0
 """A writer thread with nothing to do for this long ends (a new batch starts another)."""
-
-FAST_SWITCH_SECONDS = 0.0005
-"""The interpreter's switch interval (``sys.setswitchinterval``) while any
-batch is in a writer thread: a thread whose fsync returned gets the GIL back
-within this long even while the event loop runs Python (with the default
-5 ms, that wait could add up to 5 ms to the acknowledgement). Restored once
-no batch is in a thread; never raised above the interval already set."""
-
-
-class _FastSwitch:
-    """Counts batches handed to writer threads; holds the short switch
-    interval while there is any (thread-safe: held on the loop thread,
-    released by the writer thread once back from the batch's fsync, before
-    it reports the outcome)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._held = 0
-        self._saved: float | None = None
-
-    def hold(self) -> None:
-        with self._lock:
-            if self._held == 0:
-                current = sys.getswitchinterval()
-                if current > FAST_SWITCH_SECONDS:
-                    self._saved = current
-                    sys.setswitchinterval(FAST_SWITCH_SECONDS)
-            self._held += 1
-
-    def release(self, n: int = 1) -> None:
-        with self._lock:
-            self._held -= n
-            if self._held == 0 and self._saved is not None:
-                sys.setswitchinterval(self._saved)
-                self._saved = None
-
-
-FAST_SWITCH = _FastSwitch()
 
 
 @attrs.define(eq=False)
@@ -212,12 +173,8 @@ _next_lane = itertools.count()
 def _after_fork_in_child() -> None:
     # The child has none of the parent's threads: fresh lanes, not ones
     # that believe a thread is serving them.
-    global FAST_SWITCH
     for i in range(LANES):
         _lanes[i] = _Lane(f"headwater-journal-writer-{i}")
-    if FAST_SWITCH._saved is not None:  # held for the parent's batches
-        sys.setswitchinterval(FAST_SWITCH._saved)
-    FAST_SWITCH = _FastSwitch()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -260,10 +217,7 @@ class JournalWriter:
         return self._lane.started
 
     def submit(self, batch: Batch) -> None:
-        """Queue ``batch`` (never blocks); starts the thread if none runs.
-        Until its outcome is reported the interpreter switches threads every
-        :data:`FAST_SWITCH_SECONDS`."""
-        FAST_SWITCH.hold()
+        """Queue ``batch`` (never blocks); starts the thread if none runs."""
         self._lane.put(self, batch)
 
     def when_done(self, callback: Callable[[], None]) -> None:
@@ -290,7 +244,6 @@ class JournalWriter:
             while j < len(batches) and batches[j].generation == generation:
                 j += 1
             outcome = self._run(batches[i:j])
-            FAST_SWITCH.release(j - i)  # back from the fsync, holding the GIL
             self._tell(self._report, outcome)
             self._checkpoint(outcome)  # off the acknowledgement's path
             i = j
