@@ -364,19 +364,19 @@ class Server:
         async def flush() -> None:
             nonlocal broken, reason
             async with send_lock:
-                data = conn.data_to_send()
-                if not data or broken:
-                    return
-                try:
-                    with trio.fail_after(config.send_timeout):
-                        await stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    broken = True
-                except trio.TooSlowError:
-                    broken = True
-                    reason = f"the client read nothing for {config.send_timeout}s"
-                    log.warning("client_not_reading", seconds=config.send_timeout)
-                    stalled.cancel()
+                # Frames queued while a send runs go out in the next pass, so
+                # a task that finds the lock taken may leave its frames to it.
+                while not broken and (data := conn.data_to_send()):
+                    try:
+                        with trio.fail_after(config.send_timeout):
+                            await stream.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        broken = True
+                    except trio.TooSlowError:
+                        broken = True
+                        reason = f"the client read nothing for {config.send_timeout}s"
+                        log.warning("client_not_reading", seconds=config.send_timeout)
+                        stalled.cancel()
 
         pushed = trio.Event()
 
@@ -518,7 +518,13 @@ class Server:
                                         reason = str(event.error)
                                     closed = True
                                     break
-                            await flush()
+                            if not send_lock.locked() or conn.bytes_to_send > _READ_AHEAD_BYTES:
+                                await flush()
+                            # Else the send under way sends these frames too,
+                            # and reading on lets credit and commits in while
+                            # a large pushed fetch is being sent. A client
+                            # that does not read is still pushed back on: past
+                            # _READ_AHEAD_BYTES queued, this loop waits too.
                             if closed or broken:
                                 break
                     pushing.cancel()
@@ -655,6 +661,10 @@ async def open_server(
             for ln in [*listeners, *kafka_listeners]:
                 await trio.aclose_forcefully(ln)
 
+
+_READ_AHEAD_BYTES = 256 * 1024
+"""A connection reads on while one of its sends is under way as long as at
+most this many bytes of answers wait behind it."""
 
 REFREEZE_POLL = 1.0
 """Seconds between :func:`refreeze_after_changes`'s looks at the topics."""

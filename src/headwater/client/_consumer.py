@@ -93,8 +93,9 @@ __all__ = ["Consumer", "ConsumerConfig", "PartitionsCallback", "Start", "Timesta
 log = get_logger("headwater.client.consumer")
 
 TP = tuple[str, int]
-# (partition, ownership token, first wanted offset, records as fetched)
-_Chunk = tuple[TP, int, int, list[tuple[RecordHeader, memoryview]], int]
+# (partition, ownership token, first wanted offset, records as fetched, the
+# offset after them, their events if the fetcher decoded them already)
+_Chunk = tuple[TP, int, int, list[tuple[RecordHeader, memoryview]], int, list[Event] | None]
 
 PartitionsCallback = Callable[[list[tuple[str, int]]], Awaitable[None] | None]
 """``on_assigned`` / ``on_revoked``: called with sorted (topic, partition)
@@ -524,7 +525,8 @@ class Consumer:
                 if end > position:
                     # Records the broker left out (markers, aborted events)
                     # still move the position, so lag reaches 0.
-                    await self._send.send((tp, owned.token, position, records, end))
+                    events = self._decode_ahead(tp, position, records)
+                    await self._send.send((tp, owned.token, position, records, end, events))
                     position = end
 
             while True:
@@ -613,6 +615,23 @@ class Consumer:
             )
         return events
 
+    def _decode_ahead(
+        self, tp: TP, start: int, records: list[tuple[RecordHeader, memoryview]]
+    ) -> list[Event] | None:
+        """Decode a fetched chunk on the fetcher's task while the reader is
+        caught up (at most one chunk waits for it): the reader is then
+        waiting (for data, or for its commit) and the loop would idle, so
+        decoding now takes the decode off the reader's path. ``None`` when
+        the reader is behind (chunks wait raw: raw bytes are the smaller
+        form, which keeps prefetch memory what it was) or when decoding
+        fails (the reader decodes it again and gets the error itself)."""
+        if self._send.statistics().current_buffer_used > 0:
+            return None
+        try:
+            return self._decode(tp, start, records)
+        except Exception:
+            return None
+
     async def _refill(self, timeout: float = math.inf) -> bool:
         """Receive chunks until one is current; return False on timeout. A
         group notice wakes the wait, so a rebalance is served at once."""
@@ -626,7 +645,7 @@ class Consumer:
                     if self._needs_sync():
                         wake.cancel()
                     try:
-                        tp, token, start, records, end = await self._receive.receive()
+                        tp, token, start, records, end, ahead = await self._receive.receive()
                     finally:
                         self._wake = None
                 if wake.cancelled_caught:
@@ -635,7 +654,12 @@ class Consumer:
                 if owned is None or owned.token != token:
                     continue
                 position = self._positions.get(tp, 0)
-                fresh = self._decode(tp, max(start, position), records)
+                if ahead is None:
+                    fresh = self._decode(tp, max(start, position), records)
+                elif ahead and ahead[0].offset < position:
+                    fresh = [e for e in ahead if e.offset >= position]
+                else:
+                    fresh = ahead
                 if fresh:
                     self._buffer.append((tp, fresh))
                     if end > fresh[-1].offset + 1:
