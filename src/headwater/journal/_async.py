@@ -222,9 +222,15 @@ class AsyncLog:
         limit = self.visible_end if end is None else min(end, self.visible_end)
         # Reads of the last few records (a consumer keeping up) hit the page
         # cache: done inline they cost less than a hop to a worker thread.
-        # Larger reads further back (catching up, maybe from disk) use one.
+        # Larger reads further back (catching up, maybe from disk) are done
+        # inline too when all their bytes are in the page cache, else in one.
         if self._blocking and max_bytes > 64 * 1024 and limit - offset > TAIL_READ_EVENTS:
-            data = await trio.to_thread.run_sync(self.log.read, offset, max_bytes, limit)
+            cached = self.log.read_cached(offset, max_bytes, limit)
+            if cached is None:
+                data = await trio.to_thread.run_sync(self.log.read, offset, max_bytes, limit)
+            else:
+                await trio.lowlevel.checkpoint()
+                data = cached
         else:
             await trio.lowlevel.checkpoint()
             data = self.log.read(offset, max_bytes, limit)
