@@ -65,9 +65,10 @@ async def test_a_chunk_is_decoded_by_the_fetcher_while_the_reader_waits(
 async def test_chunks_queued_behind_a_slow_reader_stay_raw(
     client: Client, decoders: list[str], autojump_clock: trio.abc.Clock
 ) -> None:
-    """With every record fetched and none taken, only the first chunk was
-    decoded ahead; the reader decodes the others itself, all in order."""
-    async with client.consumer("t", max_bytes=1, prefetch=8) as consumer:
+    """With every record fetched and none taken, only as many chunks were
+    decoded ahead as the bound allows (max_bytes when pulling: here one);
+    the reader decodes the others itself, all in order."""
+    async with client.consumer("t", max_bytes=1, fetch_credit=0, prefetch=8) as consumer:
         await trio.testing.wait_all_tasks_blocked()
         assert 1 == len(decoders)
         seen: list[int] = []
@@ -96,3 +97,18 @@ async def test_a_value_the_deserializer_refuses_is_raised_by_getmany(
         await trio.testing.wait_all_tasks_blocked()
         with pytest.raises(SerializationError, match="t/0"):
             await consumer.getmany(10, timeout=1)
+
+
+async def test_chunks_up_to_the_credit_are_decoded_ahead(
+    client: Client, decoders: list[str], autojump_clock: trio.abc.Clock
+) -> None:
+    """Within the bound (the fetch credit), every chunk fetched while the
+    reader is away is decoded by the fetcher; the reader decodes none."""
+    async with client.consumer("t", max_bytes=1, prefetch=8) as consumer:
+        await trio.testing.wait_all_tasks_blocked()
+        assert 4 == len(decoders)
+        seen: list[int] = []
+        while len(seen) < 40:
+            seen.extend(e.value for e in await consumer.getmany(100, timeout=1))
+        assert list(range(40)) == seen
+    assert all(name.endswith("Consumer._fetcher") for name in decoders), decoders

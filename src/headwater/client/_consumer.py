@@ -14,7 +14,11 @@ Otherwise (embedded, a version 1 server, ``fetch_credit=0``) it long-polls
 ``Fetch`` (up to ``max_wait`` seconds, ``max_bytes`` per request). Either
 way it puts each result's records into one bounded channel (``prefetch``
 chunks), so partitions are served as data arrives and memory is bounded
-(credit plus prefetch). Events below the requested offset inside a fetched
+(credit plus prefetch). The fetcher decodes each result as it hands it on,
+while at most ``fetch_credit`` (pulling: ``max_bytes``) bytes of decoded
+chunks wait unread; further chunks wait raw and the reader decodes them. So
+a reader that waits (for data, or for its commit) finds events ready, and
+the decode is off its path. Events below the requested offset inside a fetched
 record are skipped (records start at their base offset). A lost connection
 or a pushed error is handled as a failed fetch: retry (subscribing again
 from the position), reset, or stall.
@@ -285,6 +289,9 @@ class Consumer:
         # offset order); ``_head`` is the next event's index in the first.
         self._buffer: deque[tuple[TP, list[Event]]] = deque()
         self._head = 0
+        # Bytes of the chunks the fetchers decoded ahead, not yet received.
+        self._ahead_bytes = 0
+        self._ahead_limit = max(config.fetch_credit, config.max_bytes)
         self._membership: p.Membership | None = None  # the view this member acts on
         self._latest: p.Membership | None = None  # the newest notice received
         self._early: list[p.Membership] = []  # notices that came before our join answer
@@ -526,7 +533,12 @@ class Consumer:
                     # Records the broker left out (markers, aborted events)
                     # still move the position, so lag reaches 0.
                     events = self._decode_ahead(tp, position, records)
-                    await self._send.send((tp, owned.token, position, records, end, events))
+                    try:
+                        await self._send.send((tp, owned.token, position, records, end, events))
+                    except BaseException:  # stopped: this chunk will never be received
+                        if events is not None:
+                            self._ahead_bytes -= sum(len(record) for _, record in records)
+                        raise
                     position = end
 
             while True:
@@ -618,19 +630,22 @@ class Consumer:
     def _decode_ahead(
         self, tp: TP, start: int, records: list[tuple[RecordHeader, memoryview]]
     ) -> list[Event] | None:
-        """Decode a fetched chunk on the fetcher's task while the reader is
-        caught up (at most one chunk waits for it): the reader is then
-        waiting (for data, or for its commit) and the loop would idle, so
-        decoding now takes the decode off the reader's path. ``None`` when
-        the reader is behind (chunks wait raw: raw bytes are the smaller
-        form, which keeps prefetch memory what it was) or when decoding
-        fails (the reader decodes it again and gets the error itself)."""
-        if self._send.statistics().current_buffer_used > 0:
+        """Decode a fetched chunk on the fetcher's task, so that the reader,
+        waiting meanwhile (for data, or for its commit), finds it decoded:
+        the decode leaves the reader's path. At most ``_ahead_limit`` bytes
+        of records (the fetch credit, or ``max_bytes`` when pulling) wait
+        decoded ahead at once, so prefetch memory stays bounded; beyond it
+        chunks wait raw and the reader decodes them. ``None`` also when
+        decoding fails: the reader decodes it again and gets the error."""
+        size = sum(len(record) for _, record in records)
+        if self._ahead_bytes and self._ahead_bytes + size > self._ahead_limit:
             return None
         try:
-            return self._decode(tp, start, records)
+            events = self._decode(tp, start, records)
         except Exception:
             return None
+        self._ahead_bytes += size
+        return events
 
     async def _refill(self, timeout: float = math.inf) -> bool:
         """Receive chunks until one is current; return False on timeout. A
@@ -650,6 +665,8 @@ class Consumer:
                         self._wake = None
                 if wake.cancelled_caught:
                     continue
+                if ahead is not None:
+                    self._ahead_bytes -= sum(len(record) for _, record in records)
                 owned = self._owned.get(tp)
                 if owned is None or owned.token != token:
                     continue
