@@ -14,11 +14,12 @@ Otherwise (embedded, a version 1 server, ``fetch_credit=0``) it long-polls
 ``Fetch`` (up to ``max_wait`` seconds, ``max_bytes`` per request). Either
 way it puts each result's records into one bounded channel (``prefetch``
 chunks), so partitions are served as data arrives and memory is bounded
-(credit plus prefetch). The fetcher decodes each result as it hands it on,
-while at most ``fetch_credit`` (pulling: ``max_bytes``) bytes of decoded
-chunks wait unread; further chunks wait raw and the reader decodes them. So
-a reader that waits (for data, or for its commit) finds events ready, and
-the decode is off its path. Events below the requested offset inside a fetched
+(credit plus prefetch). Once a result is queued (and its credit is on its
+way back), the fetcher decodes it unless the reader took it already, while
+at most ``fetch_credit`` (pulling: ``max_bytes``) bytes of decoded chunks
+wait unread; further chunks wait raw and the reader decodes them. So a
+reader that waits (for data, or for its commit) finds events ready, and the
+decode is off its path. Events below the requested offset inside a fetched
 record are skipped (records start at their base offset). A lost connection
 or a pushed error is handled as a failed fetch: retry (subscribing again
 from the position), reset, or stall.
@@ -97,9 +98,21 @@ __all__ = ["Consumer", "ConsumerConfig", "PartitionsCallback", "Start", "Timesta
 log = get_logger("headwater.client.consumer")
 
 TP = tuple[str, int]
+
+
+class _Ahead:
+    """A chunk's events if its fetcher decoded them before the reader took it."""
+
+    __slots__ = ("events", "taken")
+
+    def __init__(self) -> None:
+        self.events: list[Event] | None = None
+        self.taken = False
+
+
 # (partition, ownership token, first wanted offset, records as fetched, the
-# offset after them, their events if the fetcher decoded them already)
-_Chunk = tuple[TP, int, int, list[tuple[RecordHeader, memoryview]], int, list[Event] | None]
+# offset after them, its decoded-ahead slot)
+_Chunk = tuple[TP, int, int, list[tuple[RecordHeader, memoryview]], int, _Ahead]
 
 PartitionsCallback = Callable[[list[tuple[str, int]]], Awaitable[None] | None]
 """``on_assigned`` / ``on_revoked``: called with sorted (topic, partition)
@@ -520,7 +533,9 @@ class Consumer:
             damaged = 0  # fetches in a row refused because the partition is damaged
             position = offset  # where the next fetch (or subscription) starts
 
-            async def hand_over(result: p.FetchResult) -> None:
+            async def hand_over(result: p.FetchResult) -> Callable[[], None] | None:
+                """Queue ``result`` for the reader; returns what decodes it
+                ahead (call it once the credit is on its way back)."""
                 nonlocal position, damaged
                 damaged = 0
                 # Only headers here (checksums included): the next records are
@@ -529,17 +544,15 @@ class Consumer:
                 end = result.next_offset
                 if records and end < 0:  # a server that predates transactions
                     end = records[-1][0].next_offset
-                if end > position:
-                    # Records the broker left out (markers, aborted events)
-                    # still move the position, so lag reaches 0.
-                    events = self._decode_ahead(tp, position, records)
-                    try:
-                        await self._send.send((tp, owned.token, position, records, end, events))
-                    except BaseException:  # stopped: this chunk will never be received
-                        if events is not None:
-                            self._ahead_bytes -= sum(len(record) for _, record in records)
-                        raise
-                    position = end
+                if end <= position:
+                    return None
+                # Records the broker left out (markers, aborted events)
+                # still move the position, so lag reaches 0.
+                ahead = _Ahead()
+                await self._send.send((tp, owned.token, position, records, end, ahead))
+                decode = partial(self._decode_ahead, tp, position, records, ahead)
+                position = end
+                return decode
 
             while True:
                 try:
@@ -566,14 +579,18 @@ class Consumer:
                             ),
                             timeout=cfg.request_timeout + cfg.max_wait,
                         )
-                        await hand_over(result)
+                        decode = await hand_over(result)
+                        if decode is not None:
+                            decode()
                         continue
                     try:
                         # Pushed: several batches on their way while these decode.
                         while True:
                             result = await sub.receive(p.MAX_FETCH_WAIT + cfg.request_timeout)
-                            await hand_over(result)
+                            decode = await hand_over(result)
                             await sub.consumed(len(result.records))
+                            if decode is not None:
+                                decode()
                     finally:
                         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                             await sub.aclose()
@@ -628,24 +645,26 @@ class Consumer:
         return events
 
     def _decode_ahead(
-        self, tp: TP, start: int, records: list[tuple[RecordHeader, memoryview]]
-    ) -> list[Event] | None:
-        """Decode a fetched chunk on the fetcher's task, so that the reader,
-        waiting meanwhile (for data, or for its commit), finds it decoded:
-        the decode leaves the reader's path. At most ``_ahead_limit`` bytes
-        of records (the fetch credit, or ``max_bytes`` when pulling) wait
-        decoded ahead at once, so prefetch memory stays bounded; beyond it
-        chunks wait raw and the reader decodes them. ``None`` also when
-        decoding fails: the reader decodes it again and gets the error."""
+        self, tp: TP, start: int, records: list[tuple[RecordHeader, memoryview]], ahead: _Ahead
+    ) -> None:
+        """Decode a queued chunk on the fetcher's task (after its credit went
+        back), so that the reader, waiting meanwhile (for data, or for its
+        commit), finds it decoded: the decode leaves the reader's path. Not
+        if the reader took the chunk already, nor beyond ``_ahead_limit``
+        bytes of records decoded and unread (the fetch credit, or
+        ``max_bytes`` when pulling): chunks past it stay raw, the smaller
+        form, and the reader decodes them. A chunk that fails to decode is
+        left to the reader, which gets the error itself."""
+        if ahead.taken:
+            return
         size = sum(len(record) for _, record in records)
         if self._ahead_bytes and self._ahead_bytes + size > self._ahead_limit:
-            return None
+            return
         try:
-            events = self._decode(tp, start, records)
+            ahead.events = self._decode(tp, start, records)
         except Exception:
-            return None
+            return
         self._ahead_bytes += size
-        return events
 
     async def _refill(self, timeout: float = math.inf) -> bool:
         """Receive chunks until one is current; return False on timeout. A
@@ -665,18 +684,20 @@ class Consumer:
                         self._wake = None
                 if wake.cancelled_caught:
                     continue
-                if ahead is not None:
+                ahead.taken = True
+                if ahead.events is not None:
                     self._ahead_bytes -= sum(len(record) for _, record in records)
                 owned = self._owned.get(tp)
                 if owned is None or owned.token != token:
                     continue
                 position = self._positions.get(tp, 0)
-                if ahead is None:
+                decoded = ahead.events
+                if decoded is None:
                     fresh = self._decode(tp, max(start, position), records)
-                elif ahead and ahead[0].offset < position:
-                    fresh = [e for e in ahead if e.offset >= position]
+                elif decoded and decoded[0].offset < position:
+                    fresh = [e for e in decoded if e.offset >= position]
                 else:
-                    fresh = ahead
+                    fresh = decoded
                 if fresh:
                     self._buffer.append((tp, fresh))
                     if end > fresh[-1].offset + 1:
