@@ -41,8 +41,9 @@ from headwater.broker._actors import GetLog, GetStableView, StableView, WriteMar
 from headwater.broker._stable import AbortedTxn
 from headwater.broker._txn_actor import ask_coordinator
 from headwater.journal import SimulatedFileSystem, encode_record, iter_records
-from headwater.journal._record import ATTR_COMMIT, ATTR_CONTROL, ATTR_TRANSACTIONAL
+from headwater.journal._record import ATTR_COMMIT, ATTR_CONTROL, ATTR_TRANSACTIONAL, HEADER_SIZE
 from headwater.journal._state import open_state_journal
+from headwater.testing import capture_logs
 
 DATA = "/data"
 
@@ -394,3 +395,41 @@ async def test_a_partition_restart_between_add_and_first_batch_keeps_the_admissi
         other = await ask(broker, InitTransactions("x", 10.0))
         with pytest.raises(InvalidTransactionStateError):
             await broker.handle(Produce("a", 0, txn_batch(other, 0)))
+
+
+async def test_a_failed_group_does_not_crash_the_coordinator(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A committed transaction's offsets are owed to a group whose journal is
+    damaged (the group is parked as failed): the coordinator keeps retrying
+    that completion on its timer without restarting, writes the markers, and
+    serves other transactional ids meanwhile."""
+    fs = SimulatedFileSystem()
+    async with open_broker(DATA, fs=fs) as broker:
+        ident = await setup(broker)
+        await begin(broker, ident)
+        await broker.handle(
+            SendOffsetsToTxn(
+                "w", ident.producer_id, ident.epoch, "g", None, -1, (PartitionOffset("a", 0, 5),)
+            )
+        )
+    async with open_state_journal(
+        f"{DATA}/meta/__transactions/0", apply=lambda s, e: s, initial=None, fs=fs
+    ) as journal:
+        await journal.persist({"type": "prepare_commit", "tid": "w"})
+    group_log = f"{DATA}/meta/groups/g/log/{0:020d}.log"
+    fs.corrupt(group_log, HEADER_SIZE + 3)
+    fs.remove(group_log.replace(".log", ".index"))
+    with capture_logs() as logs:
+        async with open_broker(DATA, fs=fs) as broker:
+            await trio.sleep(120)
+            retries = [e for e in logs if e["event"] == "transaction_markers_retry"]
+            assert len(retries) >= 2  # the completion is owed and retried
+            assert all(e["transactional_id"] == "w" for e in retries)
+            nodes = {n.path: n for n in broker.system.tree().walk()}
+            assert "failed" == nodes["/broker/groups/g"].state
+            coordinator = nodes["/broker/transactions"]
+            assert (0, "running") == (coordinator.restarts, coordinator.state)
+            assert [(0, ATTR_TRANSACTIONAL)] == await read(broker, "a", committed=True)
+            other: ProducerIdentity = await ask(broker, InitTransactions("v", 10.0))
+            assert other.producer_id != ident.producer_id
