@@ -78,11 +78,12 @@ async def test_chunks_queued_behind_a_slow_reader_stay_raw(
         assert 4 == len(decoders)
 
 
-async def test_a_value_the_deserializer_refuses_is_raised_by_getmany(
+async def test_an_applications_deserializer_runs_in_the_readers_task(
     client: Client, autojump_clock: trio.abc.Clock
 ) -> None:
-    """A deserializer that fails does so on the reader's ``getmany`` as a
-    SerializationError naming the partition, not in a background task."""
+    """A deserializer of the application's own is never run ahead by a
+    fetcher (it may need the reader's context); one that fails does so on the
+    reader's ``getmany`` as a SerializationError naming the partition."""
 
     class Refusing:
         name = "refusing"
@@ -91,12 +92,17 @@ async def test_a_value_the_deserializer_refuses_is_raised_by_getmany(
             raise NotImplementedError
 
         def deserialize(self, data: bytes) -> object:
+            tasks.append(trio.lowlevel.current_task())
             raise ValueError("not for me")
+
+    tasks: list[object] = []
 
     async with client.consumer("t", deserializer=Refusing()) as consumer:
         await trio.testing.wait_all_tasks_blocked()
+        assert [] == tasks
         with pytest.raises(SerializationError, match="t/0"):
             await consumer.getmany(10, timeout=1)
+        assert [trio.lowlevel.current_task()] == tasks
 
 
 async def test_chunks_up_to_the_credit_are_decoded_ahead(

@@ -19,7 +19,8 @@ way back), the fetcher decodes it unless the reader took it already, while
 at most ``fetch_credit`` (pulling: ``max_bytes``) bytes of decoded chunks
 wait unread; further chunks wait raw and the reader decodes them. So a
 reader that waits (for data, or for its commit) finds events ready, and the
-decode is off its path. Events below the requested offset inside a fetched
+decode is off its path (with a built-in deserializer only: an application's
+own runs in the reader's task, as always). Events below the requested offset inside a fetched
 record are skipped (records start at their base offset). A lost connection
 or a pushed error is handled as a failed fetch: retry (subscribing again
 from the position), reset, or stall.
@@ -91,7 +92,14 @@ from headwater.journal._batch import Event, decode_record_events
 from headwater.journal._record import RecordHeader, iter_records
 
 from ._channel import Channel
-from ._serializers import BytesSerializer, Serializer, get_serializer
+from ._serializers import (
+    BytesSerializer,
+    CborSerializer,
+    JsonSerializer,
+    Serializer,
+    StrSerializer,
+    get_serializer,
+)
 
 __all__ = ["Consumer", "ConsumerConfig", "PartitionsCallback", "Start", "Timestamp"]
 
@@ -305,6 +313,13 @@ class Consumer:
         # Bytes of the chunks the fetchers decoded ahead, not yet received.
         self._ahead_bytes = 0
         self._ahead_limit = max(config.fetch_credit, config.max_bytes)
+        # An application's own deserializer runs where it always did: in the
+        # reader's task (its context, its exceptions); the built-in ones are
+        # pure, so the fetcher may run them ahead.
+        if not isinstance(
+            self._deserializer, BytesSerializer | StrSerializer | CborSerializer | JsonSerializer
+        ):
+            self._ahead_limit = 0
         self._membership: p.Membership | None = None  # the view this member acts on
         self._latest: p.Membership | None = None  # the newest notice received
         self._early: list[p.Membership] = []  # notices that came before our join answer
@@ -655,7 +670,7 @@ class Consumer:
         ``max_bytes`` when pulling): chunks past it stay raw, the smaller
         form, and the reader decodes them. A chunk that fails to decode is
         left to the reader, which gets the error itself."""
-        if ahead.taken:
+        if ahead.taken or not self._ahead_limit:
             return
         size = sum(len(record) for _, record in records)
         if self._ahead_bytes and self._ahead_bytes + size > self._ahead_limit:
