@@ -364,19 +364,19 @@ class Server:
         async def flush() -> None:
             nonlocal broken, reason
             async with send_lock:
-                # Frames queued while a send runs go out in the next pass, so
-                # a task that finds the lock taken may leave its frames to it.
-                while not broken and (data := conn.data_to_send()):
-                    try:
-                        with trio.fail_after(config.send_timeout):
-                            await stream.send_all(data)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                        broken = True
-                    except trio.TooSlowError:
-                        broken = True
-                        reason = f"the client read nothing for {config.send_timeout}s"
-                        log.warning("client_not_reading", seconds=config.send_timeout)
-                        stalled.cancel()
+                data = conn.data_to_send()
+                if not data or broken:
+                    return
+                try:
+                    with trio.fail_after(config.send_timeout):
+                        await stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    broken = True
+                except trio.TooSlowError:
+                    broken = True
+                    reason = f"the client read nothing for {config.send_timeout}s"
+                    log.warning("client_not_reading", seconds=config.send_timeout)
+                    stalled.cancel()
 
         pushed = trio.Event()
 
@@ -404,8 +404,10 @@ class Server:
                 pass  # closed meanwhile: nobody is left to read it
 
         pushes: PushedFetches | None = None
+        unsent = 0  # answers queued and not sent yet
 
         async def answer(event: RequestReceived, held: int) -> None:
+            nonlocal unsent
             if conn.can_push:
                 PUSH_SINK.set(push)
             try:
@@ -432,9 +434,11 @@ class Server:
                 log.error("request_failed", op=event.op, exc_info=exc)
                 self._send(conn, event.id, exc)
             del event  # the answer's frame is queued: hold no other copy while it is sent
+            unsent += 1
             try:
                 await flush()
             finally:
+                unsent -= 1
                 budget.release(held)
 
         receiver = trio.CancelScope()
@@ -486,6 +490,7 @@ class Server:
                                 break
                             conn.receive_data(data)
                             closed = False
+                            handshaking = not ready
                             while True:
                                 try:
                                     event = conn.next_event()
@@ -518,13 +523,15 @@ class Server:
                                         reason = str(event.error)
                                     closed = True
                                     break
-                            if not send_lock.locked() or conn.bytes_to_send > _READ_AHEAD_BYTES:
+                            # Once ready, this loop queues frames only as it
+                            # closes (answers and pushes are sent by their own
+                            # tasks), so it reads on while a large pushed fetch
+                            # is being sent: credit and commits are not held up
+                            # behind it. A client that does not read is pushed
+                            # back on: past max_in_flight unsent answers, this
+                            # loop waits for the sends too.
+                            if handshaking or closed or unsent > config.max_in_flight:
                                 await flush()
-                            # Else the send under way sends these frames too,
-                            # and reading on lets credit and commits in while
-                            # a large pushed fetch is being sent. A client
-                            # that does not read is still pushed back on: past
-                            # _READ_AHEAD_BYTES queued, this loop waits too.
                             if closed or broken:
                                 break
                     pushing.cancel()
@@ -661,10 +668,6 @@ async def open_server(
             for ln in [*listeners, *kafka_listeners]:
                 await trio.aclose_forcefully(ln)
 
-
-_READ_AHEAD_BYTES = 256 * 1024
-"""A connection reads on while one of its sends is under way as long as at
-most this many bytes of answers wait behind it."""
 
 REFREEZE_POLL = 1.0
 """Seconds between :func:`refreeze_after_changes`'s looks at the topics."""

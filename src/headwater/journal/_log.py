@@ -1029,35 +1029,49 @@ class Log:
                 f"offset {offset} is outside the log [{self.earliest_offset}, "
                 f"{self.next_offset}]; seek to earliest or latest"
             )
-        out = bytearray()
+        # Runs of whole records as read, joined once at the end: one copy,
+        # none when a single read is all of the answer.
+        spans: list[tuple[bytes | bytearray, int]] = []
+        have = 0
         while offset < end:
             try:
                 seg = self._pin(offset, reopen=reopen)
             except (OffsetOutOfRangeError, ClosedError):
-                if not out:
+                if not spans:
                     raise
                 break  # retention or close overtook this read: return what it got
             try:
                 if offset >= seg.next_offset:
                     break
-                offset, more = self._read_segment(seg, offset, end, max_bytes, out, pread)
+                offset, taken, data, more = self._read_segment(
+                    seg, offset, end, max_bytes, have, pread
+                )
             finally:
                 self._unpin(seg)
+            if taken:
+                spans.append((data, taken))
+                have += taken
             if not more:
                 break
-        return bytes(out)
+        if len(spans) == 1:
+            data, taken = spans[0]
+            if taken == len(data) and type(data) is bytes:
+                return data
+        return b"".join(memoryview(data)[:taken] for data, taken in spans)
 
     def _read_segment(
-        self, seg: _Segment, offset: int, end: int, max_bytes: int, out: bytearray, pread: _Pread
-    ) -> tuple[int, bool]:
-        """Append records of pinned ``seg`` from ``offset`` to ``out``;
-        returns the next offset and whether to go on to the next segment."""
+        self, seg: _Segment, offset: int, end: int, max_bytes: int, have: int, pread: _Pread
+    ) -> tuple[int, int, bytes | bytearray, bool]:
+        """Read records of pinned ``seg`` from ``offset``, after ``have``
+        bytes of them were read; returns the next offset, how many bytes of
+        whole records to take from the start of the data read, the data, and
+        whether to go on to the next segment."""
         position, header = self._position_of(seg, offset, pread)
         if header is None:
-            return offset, False
-        want = max_bytes - len(out)
-        if out and want < header.length:
-            return offset, False
+            return offset, 0, b"", False
+        want = max_bytes - have
+        if have and want < header.length:
+            return offset, 0, b"", False
         size = min(max(want, header.length), seg.size - position)
         data = pread(seg.handle, size, position)
         pos = 0
@@ -1075,12 +1089,11 @@ class Log:
                     "Restore the file, or repair the log (`headwater repair` for a partition, "
                     "on the stopped broker): it drops only the damaged records"
                 )
-            if h.base_offset >= end or (out and len(out) + h.length > max_bytes):
-                return offset, False
-            out += data[pos : pos + h.length]
+            if h.base_offset >= end or (have + pos and have + pos + h.length > max_bytes):
+                return offset, pos, data, False
             pos += h.length
             offset = h.next_offset
-        return offset, pos > 0 and len(out) < max_bytes
+        return offset, pos, data, pos > 0 and have + pos < max_bytes
 
     def offset_for_time(self, timestamp: int) -> int | None:
         """Base offset of the first record whose max timestamp is >= ``timestamp``

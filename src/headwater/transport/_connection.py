@@ -260,12 +260,6 @@ class _Connection:
         """The most requests allowed in flight at once."""
         return self._max_in_flight
 
-    @property
-    def bytes_to_send(self) -> int:
-        """How many bytes are queued for the peer (what :meth:`data_to_send`
-        would return now)."""
-        return sum(map(len, self._out))
-
     def data_to_send(self) -> bytes:
         """Return (and forget) the bytes queued for the peer."""
         # One frame (the common case) is returned as is: no copy of a large batch.
