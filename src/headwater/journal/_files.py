@@ -255,10 +255,14 @@ class RealFileSystem:
     def writev(self, handle: int, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
         """See :class:`FileSystem`: ``os.writev`` in chunks of at most
         ``_IOV_MAX`` buffers, resumed after a short write."""
+        if len(buffers) <= _IOV_MAX:  # the usual case: all of it in one call
+            written = os.writev(handle, buffers)
+            if written == sum(map(len, buffers)):
+                return
+        else:
+            written = 0
         views = [memoryview(b) for b in buffers]
-        while views:
-            chunk = views[:_IOV_MAX]
-            written = os.writev(handle, chunk)
+        while True:
             while written:
                 first = views[0]
                 if written >= len(first):
@@ -269,6 +273,9 @@ class RealFileSystem:
                     written = 0
             while views and not len(views[0]):
                 views.pop(0)
+            if not views:
+                return
+            written = os.writev(handle, views[:_IOV_MAX])
 
     def overwrite(self, handle: int, data: bytes | bytearray | memoryview) -> None:
         """See :class:`FileSystem`: ``pwrite`` at 0 (``O_APPEND`` is cleared

@@ -62,6 +62,7 @@ import os
 import struct
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Final, Literal, NamedTuple
 
 import attrs
@@ -87,8 +88,9 @@ from headwater.journal._record import (
     RecordHeader,
     Short,
     decode_header,
-    patch_header,
+    new_header,
     patch_record,
+    stored_header,
 )
 
 __all__ = ["Durability", "Log", "LogConfig", "Staged", "SyncWork"]
@@ -215,9 +217,11 @@ class _Segment:
         self.size = position + header.length
 
 
-@attrs.frozen
+@attrs.define(eq=False)
 class SyncWork:
-    """What one sync must make durable (from :meth:`Log.prepare_sync`)."""
+    """What one sync must make durable (from :meth:`Log.prepare_sync`).
+    Never changed once made (not frozen only because a frozen attrs class
+    costs twice as much to build, and one is made per fsync)."""
 
     handles: tuple[int, ...]
     directory: bool
@@ -236,6 +240,9 @@ class Staged(NamedTuple):
     segment: _Segment
     head: bytes
     body: memoryview
+
+
+_new_staged: Callable[[tuple[_Segment, bytes, memoryview]], Staged] = partial(tuple.__new__, Staged)
 
 
 class Log:
@@ -674,7 +681,7 @@ class Log:
                     "retention, then retry (earlier data is intact)"
                 ) from exc
             raise StorageError(f"write to {active.path} failed: {exc}") from exc
-        header = attrs.evolve(validated, base_offset=active.next_offset, append_time=now)
+        header = validated._replace(base_offset=active.next_offset, append_time=now)
         active.note(header, position, self.config.index_interval)
         self._dirty[active.base] = active
         return header
@@ -725,28 +732,45 @@ class Log:
         cannot make it durable ahead of them."""
         if type(record) is not bytes:
             record = bytes(record)  # a mutable buffer could change before the write
-        active, v, now = self._place(record, validated, lazy=True)
+        # The hot path of every append (group commit is bound by the loop's
+        # CPU per append): _place and _Segment.note inlined, the stored header
+        # packed from the checked fields, one header object.
+        if validated is None:
+            validated = self.validate(record)
+        v = validated
+        active = self.segments[-1]
+        now = self.clock()
+        size = active.size
+        length = len(record)
+        config = self.config
+        if self.closed or (
+            size > 0
+            and (
+                size + length > config.segment_bytes
+                or (config.segment_ms is not None and now - active.created_ms >= config.segment_ms)
+            )
+        ):
+            active, v, now = self._place(record, v, lazy=True)
+            size = active.size
         base_offset = active.next_offset
-        head = patch_header(record, base_offset, now)
-        body = memoryview(record)
-        header = RecordHeader(  # attrs.evolve costs several times more
-            v.length,
-            v.crc,
-            v.attributes,
-            base_offset,
-            v.count,
-            v.first_timestamp,
-            v.max_timestamp,
-            now,
-            v.producer_id,
-            v.producer_epoch,
-            v.base_sequence,
-        )
-        active.note(header, active.size, self.config.index_interval)
+        # v's fields with the base offset and append time set (built in C).
+        header = new_header((*v[:3], base_offset, *v[4:7], now, *v[8:]))
+        head = stored_header(record, header)
+        if size - active.indexed_at >= config.index_interval:
+            active.index.append((base_offset, size))
+            active.indexed_at = size
+        max_timestamp = header.max_timestamp
+        if max_timestamp > active.max_timestamp:
+            active.max_timestamp = max_timestamp
+            active.times.append((max_timestamp, base_offset))
+        if now > active.max_append_time:
+            active.max_append_time = now
+        active.next_offset = base_offset + header.count
+        active.size = size + header.length
         self._dirty[active.base] = active
         with self._lock:
             active.pins += 1
-        return header, Staged(active, head, body[HEADER_SIZE:])
+        return header, _new_staged((active, head, memoryview(record)[HEADER_SIZE:]))
 
     def open_staged_segment(self, seg: _Segment) -> int:
         """Create the file of a segment :meth:`stage` rolled to (writer
@@ -766,6 +790,18 @@ class Log:
         """Release the pin :meth:`stage` took (owner thread), once the
         record is written or given up."""
         self._unpin(staged.segment)
+
+    def unstage_all(self, staged: list[Staged]) -> None:
+        """:meth:`unstage` each of ``staged`` (one lock for all of them)."""
+        closing: list[_Segment] = []
+        with self._lock:
+            for record in staged:
+                seg = record.segment
+                seg.pins -= 1
+                if seg.retired and seg.pins == 0:
+                    closing.append(seg)
+        for seg in closing:
+            self._close_handle(seg)
 
     def _undo_partial(self, seg: _Segment, position: int) -> None:
         try:
