@@ -467,3 +467,68 @@ async def test_a_lookup_connecting_as_the_client_closes_closes_its_stream(
     assert 1 == len(failures)
     with trio.fail_after(5):
         assert b"" == await far_ends[0].receive_some(1024)
+
+
+async def test_a_demonitor_sent_with_its_monitor_ends_the_monitor(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A monitor and its demonitor in one write: the demonitor may be handled
+    before the monitor registered (it awaits the actor's cell); the monitor
+    is still ended ('demonitored') instead of holding its slot for ever."""
+    from headwater.transport import ClientConnection, ResponseReceived
+
+    async with kit_system() as system:
+        client_end, server_end = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_actor_stream, system, KIT_REGISTRY, server_end)
+            conn = ClientConnection()
+            await client_end.send_all(conn.data_to_send())
+            while conn.state != "READY":
+                conn.receive_data(await client_end.receive_some(65536))
+                conn.next_event()
+            watch = conn.send_request("monitor", {"path": "/kit/target"})
+            conn.send_request("demonitor", {"monitor": watch})
+            await client_end.send_all(conn.data_to_send())
+            answers: dict[int, dict[str, object]] = {}
+            with trio.fail_after(10):
+                while watch not in answers:
+                    conn.receive_data(await client_end.receive_some(65536))
+                    while (event := conn.next_event()) is not None:
+                        assert isinstance(event, ResponseReceived)
+                        answers[event.id] = event.body
+            assert "demonitored" == answers[watch]["reason"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_remote_ask_takes_few_task_steps(autojump_clock: trio.abc.Clock) -> None:
+    """An ask over a memory connection runs at most 20 Trio task steps (as
+    before the drivers were one per side: they must not add hops)."""
+    from headwater.testing._actor_kit import Echo
+
+    class Steps(trio.abc.Instrument):
+        counting = False
+        steps = 0
+
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            if self.counting:
+                self.steps += 1
+
+    steps = Steps()
+    async with kit_system() as system, trio.open_nursery() as nursery:
+        link = MemoryLink(system, nursery)
+        async with open_actor_client(KIT_REGISTRY, opener=link.open) as client:
+            ref = await client.lookup("headwater://mem:1/kit/target")
+            await ref.ask(Echo("warm"))
+            counts = []
+            trio.lowlevel.add_instrument(steps)
+            try:
+                for _ in range(9):
+                    await trio.testing.wait_all_tasks_blocked()
+                    steps.counting, steps.steps = True, 0
+                    await ref.ask(Echo("x"))
+                    steps.counting = False
+                    counts.append(steps.steps)
+            finally:
+                trio.lowlevel.remove_instrument(steps)
+        nursery.cancel_scope.cancel()
+    assert sorted(counts)[4] <= 20

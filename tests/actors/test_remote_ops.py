@@ -129,6 +129,9 @@ async def test_cancelled_reconnect_monitor_stops_waiting(autojump_clock: trio.ab
         monitor.cancel()
         with pytest.raises(ClosedError):
             await monitor.wait_up()
+        # A refused attempt already under way ends first (else it could
+        # succeed once the peer accepts again, as any use of the ref would).
+        await trio.testing.wait_all_tasks_blocked()
         link.refuse = False
         await trio.sleep(10)
         assert monitor.up is None

@@ -184,6 +184,27 @@ async def test_silent_and_idle_clients_are_closed(autojump_clock: trio.abc.Clock
         assert 0 == server.connections
 
 
+async def test_the_idle_clock_restarts_when_the_last_answer_goes_out(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A long poll (20 s) on a connection with idle_timeout=7 keeps it open;
+    once answered and quiet, it is closed 7 s later (it used to wait for
+    bytes for ever: the idle clock only started at the next read)."""
+    async with serving(idle_timeout=7) as (broker, server):
+        async with broker.connect() as client:
+            await client.create_topic("t")
+        stream = await raw_session(server)
+        conn = await handshake(stream)
+        start = trio.current_time()
+        conn.send_request("fetch", {"topic": "t", "partition": 0, "offset": 0, "max_wait": 20.0})
+        await stream.send_all(conn.data_to_send())
+        with trio.fail_after(60):
+            frames = await read_frames(stream)
+        assert ["res", "error"] == [f["t"] for f in frames]
+        assert "timeout" == frames[-1]["code"]
+        assert 20 + 7 == pytest.approx(trio.current_time() - start)
+
+
 async def test_a_bad_request_fails_alone(autojump_clock: trio.abc.Clock) -> None:
     """Wrong field types and unknown operations fail that request with
     invalid_argument; the connection keeps serving."""

@@ -3,6 +3,7 @@ broker and the real embedded broker (simulated disk)."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import AsyncIterator
 
 import pytest
@@ -253,3 +254,28 @@ async def test_open_producer_over_a_channel(broker: RealBroker, autojump_clock: 
         await c.create_topic("t1")
     async with open_producer(broker.channel()) as producer:
         assert 0 == (await producer.send("t1", b"x")).offset
+
+
+async def test_send_handles_are_distinct_objects(client: Client, autojump_clock: object) -> None:
+    """Two handles of equal events are different handles (identity, not value):
+    usable as dict keys or set members even when the value is unhashable."""
+    async with client.producer(clock=lambda: 5) as producer:
+        await producer.partitions_of("t1")
+        first = producer.send_nowait("t1", {"same": 1})
+        second = producer.send_nowait("t1", {"same": 1})
+        assert first != second
+        assert first == first
+        assert 2 == len({first, second})
+        assert ("t1", 0, 5, None, {"same": 1}, ()) == (
+            first.topic,
+            first.partition,
+            first.timestamp,
+            first.key,
+            first.value,
+            first.headers,
+        )
+        assert "SendHandle(topic='t1'" in repr(first)
+        copied = copy.copy(first)
+        assert copied is not first
+        assert copied != first
+        assert [0, 1, 0] == [(await h).offset for h in (first, second, copied)]

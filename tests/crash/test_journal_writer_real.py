@@ -85,6 +85,29 @@ def test_writev_writes_every_buffer_in_order_past_the_iov_limit(tmp_path: Path) 
         fs.close(handle)
 
 
+@pytest.mark.parametrize("n", [3, 1500])
+def test_writev_resumes_after_short_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n: int
+) -> None:
+    """A writev the kernel cuts short (at most 7 bytes a call here) is
+    resumed where it stopped, under and past the IOV limit."""
+    real = os.writev
+
+    def short(fd: int, buffers: list[bytes | memoryview]) -> int:
+        return real(fd, [bytes(b"".join(bytes(b) for b in buffers)[:7])])
+
+    monkeypatch.setattr(os, "writev", short)
+    fs = RealFileSystem()
+    rng = random.Random(n)
+    buffers = [rng.randbytes(rng.randrange(0, 20)) for _ in range(n)]
+    handle = fs.open(str(tmp_path / "f"))
+    try:
+        fs.writev(handle, buffers)
+        assert b"".join(buffers) == fs.pread(handle, 1 << 20, 0)
+    finally:
+        fs.close(handle)
+
+
 def test_overwrite_replaces_the_start_in_place(tmp_path: Path) -> None:
     """The checkpoint's write: in place at offset 0 on a handle opened for
     appending, the rest of the file kept."""

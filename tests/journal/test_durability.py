@@ -54,6 +54,38 @@ async def test_group_commit_shares_fsyncs(autojump_clock: trio.abc.Clock) -> Non
         assert used <= 20, used
 
 
+async def test_waiters_of_one_fsync_share_one_wake_event(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit wakes every waiter an fsync covers through one event
+    (a few events per fsync, not one per append: each costs loop time that
+    bounds group commit), and every append still returns after its fsync."""
+    fs = SimulatedFileSystem()
+    made = 0
+    real_event = trio.Event
+
+    def counting_event() -> trio.Event:
+        nonlocal made
+        made += 1
+        return real_event()
+
+    async with open_log(DIR, fs=fs) as log:
+        monkeypatch.setattr(trio, "Event", counting_event)
+        before = fs.fsyncs
+
+        async def writer(w: int) -> None:
+            for i in range(10):
+                h = await log.append(rec(w * 100 + i))
+                assert h.next_offset <= log.synced_offset
+
+        async with trio.open_nursery() as nursery:
+            for w in range(16):
+                nursery.start_soon(writer, w)
+        monkeypatch.undo()
+        fsyncs = fs.fsyncs - before
+    assert 0 < made <= 3 * fsyncs < 160, (made, fsyncs)
+
+
 async def test_always_acks_only_after_fsync(autojump_clock: trio.abc.Clock) -> None:
     """Under `always`, the visible end (what readers see) moves only on fsync."""
     fs = SimulatedFileSystem()

@@ -20,6 +20,7 @@ from headwater.journal import (
     patch_header,
     patch_record,
 )
+from headwater.journal._record import stored_header
 
 
 @given(
@@ -82,6 +83,30 @@ def test_bad_inputs() -> None:
         iter_records(b"\x00" * 100)
     two = encode_record(b"a", count=1) + encode_record(b"bb", count=2)
     assert [1, 2] == [h.count for h, _ in iter_records(two)]
+
+
+@pytest.mark.parametrize("size", [0, 1, 61, 8129, 8130, 8131, 100_003, 1_024_000])
+def test_stored_header_matches_patch_header(size: int) -> None:
+    """stored_header (the append path: the header packed from the decoded
+    fields) gives exactly patch_header's bytes, on both sides of the CRC
+    combination threshold; and from a header that differs from the
+    record's own bytes it still yields a record that passes its checksum."""
+    payload = random.Random(size).randbytes(size)
+    record = encode_record(
+        payload, count=3, first_timestamp=11, max_timestamp=12, producer_id=7, base_sequence=4
+    )
+    header = decode_header(record)
+    assert isinstance(header, RecordHeader)
+    for base_offset, append_time in ((0, 0), (5, 1_700_000_000_000), (2**62, -1)):
+        stored = header._replace(base_offset=base_offset, append_time=append_time)
+        head = stored_header(record, stored)
+        assert patch_header(record, base_offset, append_time) == head
+    other = decode_header(encode_record(bytes(size), count=9, first_timestamp=-3, attributes=4))
+    assert isinstance(other, RecordHeader)
+    other = other._replace(base_offset=42, append_time=43)
+    decoded = decode_header(stored_header(record, other) + payload)
+    assert isinstance(decoded, RecordHeader)  # its checksum holds
+    assert other == decoded._replace(crc=other.crc)
 
 
 @pytest.mark.parametrize(

@@ -234,3 +234,44 @@ def test_resequence_after_new_identity():
     assert [b.payload for b in old] == [b.payload for b in new]
     a.append("t", 0, 1, None, b"", (), now=0.0)
     assert [4] == [b.base_sequence for b in a.drain(0.0, force=True)]
+
+
+def test_columns_round_trip_mixed_events():
+    """Events held as columns come back as given: keys of both types, a
+    tombstone, and headers that first appear mid-batch (earlier events get
+    none); the payload is the one encode_events makes of the same events."""
+    from headwater.journal._batch import encode_events
+
+    events = [
+        (1000, None, b"a", ()),
+        (1003, "k", None, ()),
+        (1001, b"kb", b"c", (("h", b"1"), ("i", b"2"))),
+        (1002, None, b"d", ()),
+    ]
+    a = acc(max_batch_events=4)
+    for ts, key, value, headers in events:
+        a.add("t", 0, ts, key, value, headers, 0.0)
+    [batch] = a.drain(now=0.0)
+    assert (4, 1000, 1003) == (batch.count, batch.first_timestamp, batch.max_timestamp)
+    assert encode_events(events) == batch.payload
+    got = decode_events(batch.payload, topic="t", partition=0, base_offset=0, base_timestamp=1000)
+    assert [(e.timestamp, e.key, e.value, e.headers) for e in got] == [
+        (1000, None, b"a", ()),
+        (1003, "k", None, ()),
+        (1001, b"kb", b"c", (("h", b"1"), ("i", b"2"))),
+        (1002, None, b"d", ()),
+    ]
+
+
+def test_plain_events_are_still_size_checked():
+    """The fast path for unkeyed bytes events without headers still counts
+    their size against max_event_bytes and max_batch_bytes."""
+    a = acc(max_event_bytes=100, max_batch_bytes=200, linger=10.0)
+    with pytest.raises(EventTooLarge, match="max_event_bytes"):
+        a.add("t", 0, 0, None, b"x" * 100, (), 0.0)
+    assert 0 == a.buffered_bytes
+    for _ in range(3):
+        a.add("t", 0, 0, None, b"x" * 60, (), 0.0)  # 76 estimated bytes each
+    [batch] = a.drain(now=0.0)  # the third event overflowed the first batch
+    assert 2 == batch.count
+    assert 76 == a.buffered_bytes

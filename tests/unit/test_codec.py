@@ -99,3 +99,25 @@ def test_count_mismatch_is_corruption():
     payload = encode_events([(1, None, b"", ())])
     with pytest.raises(CorruptionError, match="header says 2"):
         decode_events(payload, topic="t", partition=0, base_offset=0, base_timestamp=1, count=2)
+
+
+@given(
+    st.lists(pending, min_size=1, max_size=40),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from([1, 23, 24, 255, 256]),
+)
+def test_payload_is_cbor2s_encoding_of_the_columns(events, one_ms, unkeyed, copies):
+    """The batch payload is byte for byte what cbor2 writes for the columns,
+    also on the fast paths (all timestamps in one millisecond, no keys) and at
+    the lengths where CBOR's array head grows."""
+    events = (events * copies)[: max(copies, len(events))]
+    if one_ms:
+        events = [(events[0][0], *e[1:]) for e in events]
+    if unkeyed:
+        events = [(e[0], None, *e[2:]) for e in events]
+    base = events[0][0]
+    columns = [1, [e[0] - base for e in events], [e[1] for e in events], [e[2] for e in events]]
+    if any(e[3] for e in events):
+        columns.append([[x for pair in e[3] for x in pair] if e[3] else None for e in events])
+    assert cbor2.dumps(columns) == encode_events(events)

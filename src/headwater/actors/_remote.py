@@ -5,9 +5,10 @@ Theory of operation
 An :class:`ActorClient` (from :func:`open_actor_client`, which owns its
 nursery) keeps one connection per ``(host, port)``, shared by every ref to
 that peer. A connection is a sans-IO
-:class:`~headwater.transport.ClientConnection` plus two tasks: a *reader*
-that turns responses into outcomes for the waiting callers, and a *writer*
-that sends whatever the state machine queued. Callers never do I/O
+:class:`~headwater.transport.ClientConnection` run by the transport's
+:class:`~headwater.transport.ClientDriver`: a *reader* task that turns
+responses into outcomes for the waiting callers, and a *writer* task that
+sends whatever the state machine queued. Callers never do I/O
 themselves, so cancelling a ``tell`` or ``ask`` (or its timeout) never
 leaves half a frame on the wire; the late answer is simply dropped.
 
@@ -48,7 +49,6 @@ import trio
 from headwater._errors import (
     ActorNotFound,
     ActorStopped,
-    AuthenticationError,
     ClosedError,
     ConnectionLostError,
     HeadwaterError,
@@ -70,17 +70,13 @@ from headwater.actors._wire import (
 )
 from headwater.supervision._policy import Backoff
 from headwater.supervision._specs import ActorSnapshot, unwrapping_groups
+from headwater.transport._client import ClientDriver
 from headwater.transport._connection import (
     DEFAULT_MAX_IN_FLIGHT,
-    AuthRequired,
     ClientConnection,
     ConnectionClosed,
-    ErrorReceived,
-    HandshakeComplete,
-    ResponseReceived,
 )
 from headwater.transport._messages import MessageRegistry
-from headwater.transport._stream import FramedStream
 
 __all__ = ["ActorClient", "RemoteActorRef", "connect_actor", "open_actor_client"]
 
@@ -90,7 +86,8 @@ Opener = Callable[[str, int], Awaitable[trio.abc.Stream]]
 
 
 class _Slot:
-    """Where the reader puts the outcome of one request."""
+    """Where the reader puts the outcome of one request (a
+    :class:`~headwater.transport.Waiter`)."""
 
     __slots__ = ("event", "result")
 
@@ -98,9 +95,9 @@ class _Slot:
         self.event = trio.Event()
         self.result: outcome.Outcome[dict[str, Any]] | None = None
 
-    def set(self, result: outcome.Outcome[dict[str, Any]]) -> None:
+    def set(self, value: dict[str, Any] | None, error: HeadwaterError | None) -> None:
         if self.result is None:
-            self.result = result
+            self.result = outcome.Error(error) if error is not None else outcome.Value(value or {})
             self.event.set()
 
     async def wait(self) -> dict[str, Any]:
@@ -109,92 +106,108 @@ class _Slot:
         return self.result.unwrap()
 
 
+class _MonitorSlot:
+    """The answer to a ``monitor`` long poll fires its :class:`Monitor`."""
+
+    __slots__ = ("channel", "monitor", "request_id")
+
+    def __init__(self, channel: _Channel, monitor: Monitor, request_id: int) -> None:
+        self.channel = channel
+        self.monitor = monitor
+        self.request_id = request_id
+
+    def set(self, value: dict[str, Any] | None, error: HeadwaterError | None) -> None:
+        if self.channel.monitors.pop(self.request_id, None) is None:
+            return
+        self.channel.slots.release()
+        self.channel._fire_from(
+            self.monitor, outcome.Error(error) if error is not None else outcome.Value(value or {})
+        )
+
+
 class _Channel:
-    """One client connection to one peer, shared by refs (private)."""
+    """One client connection to one peer, shared by refs (private): the
+    transport's :class:`~headwater.transport.ClientDriver` (its writer task
+    sends, so a cancelled caller never leaves half a frame; the core's
+    keepalive pings a silent peer and declares it lost after 3 x keepalive),
+    plus this layer's request slots, monitors and links."""
 
     def __init__(
-        self, client: ActorClient, key: tuple[str, int], framed: FramedStream, token: str | None
+        self, client: ActorClient, key: tuple[str, int], stream: trio.abc.Stream, token: str | None
     ) -> None:
         self.client = client
         self.key = key
-        self.framed = framed
+        keepalive = client.keepalive
         self.conn = ClientConnection(
-            token=token, client="headwater-actors", max_in_flight=client.max_in_flight
+            token=token,
+            client="headwater-actors",
+            max_in_flight=client.max_in_flight,
+            now=trio.current_time(),
+            handshake_timeout=None if keepalive is None else 3 * keepalive,
+            keepalive=keepalive,
+        )
+        self.driver = ClientDriver(
+            stream, self.conn, address=self.where, after_answer=self._drain_backlog
         )
         self.token = token
         # One connection slot is kept for demonitor requests, so cancelling a
         # monitor never waits behind the monitors that fill the connection.
         self.slots = trio.Semaphore(client.max_in_flight - 1)
-        self.pending: dict[int, _Slot] = {}
+        self.pending = self.driver.pending
         self.monitors: dict[int, Monitor] = {}
         self.demonitor_backlog: list[int] = []
         self.lost: HeadwaterError | None = None
-        self._wake = trio.Event()
         self._scope = trio.CancelScope()
-        self.last_heard = trio.current_time()
 
     @property
     def where(self) -> str:
         return f"headwater://{self.key[0]}:{self.key[1]}"
+
+    @property
+    def last_heard(self) -> float:
+        return self.conn.last_heard
 
     # -- lifecycle -------------------------------------------------------------
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with self._scope:
             try:
-                limit = math.inf if self.client.keepalive is None else 3 * self.client.keepalive
-                with trio.move_on_after(limit) as scope:
-                    await self._handshake()
-                if scope.cancelled_caught:
-                    raise ConnectionLostError(
-                        f"{self.where} did not complete the handshake within {limit}s "
-                        "(3 x keepalive): the peer is unreachable or not a Headwater actors "
-                        "listener"
-                    )
+                await self._handshake()
             except BaseException:
                 self.client._channels.pop(self.key, None)
                 with trio.CancelScope(shield=True):
-                    await trio.aclose_forcefully(self.framed.stream)
+                    await trio.aclose_forcefully(self.driver.stream)
                 raise
             task_status.started()
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer)
-                    if self.client.keepalive is not None:
-                        nursery.start_soon(self._heartbeat, self.client.keepalive)
-                    await self._reader()
-                    nursery.cancel_scope.cancel()
+                error = await self.driver.run()
+                self._lose(error)
             finally:
                 self._lose(self.lost or ClosedError("the actor client was closed"))
                 with trio.CancelScope(shield=True):
-                    await trio.aclose_forcefully(self.framed.stream)
+                    await trio.aclose_forcefully(self.driver.stream)
 
     async def _handshake(self) -> None:
-        await self.framed.send_data(self.conn.data_to_send())
-        while True:
-            event = self.conn.next_event()
-            if event is None:
-                self.conn.receive_data(await self.framed.receive_data())
-                continue
-            if isinstance(event, AuthRequired):
-                raise AuthenticationError(
-                    f"{self.where} requires a token; pass token=... to open_actor_client"
+        event = await self.driver.handshake(
+            ClientDriver.no_token(self.where, "pass token=... to open_actor_client")
+        )
+        if isinstance(event, ConnectionClosed):
+            if isinstance(event.error, HeadwaterTimeoutError):
+                raise ConnectionLostError(
+                    f"{self.where} did not complete the handshake within "
+                    f"{3 * (self.client.keepalive or 0)}s (3 x keepalive): the peer is "
+                    "unreachable or not a Headwater actors listener"
                 )
-            if isinstance(event, HandshakeComplete):
-                if not event.peer.startswith("headwater-actors"):
-                    raise WrongListenerError(
-                        f"{self.where} is not an actors listener (it says it is "
-                        f"{event.peer!r}: a broker's client port?); give the port the "
-                        "application passed to serve_actors (--actors-port), like "
-                        "headwater+actors://127.0.0.1:7701"
-                    )
-                return
-            if isinstance(event, ErrorReceived):
-                raise event.error
-            if isinstance(event, ConnectionClosed):
-                raise event.error or ConnectionLostError(
-                    f"{self.where} closed the connection during the handshake"
-                )
+            raise event.error or ConnectionLostError(
+                f"{self.where} closed the connection during the handshake"
+            )
+        if not event.peer.startswith("headwater-actors"):
+            raise WrongListenerError(
+                f"{self.where} is not an actors listener (it says it is "
+                f"{event.peer!r}: a broker's client port?); give the port the "
+                "application passed to serve_actors (--actors-port), like "
+                "headwater+actors://127.0.0.1:7701"
+            )
 
     def _lose(self, error: HeadwaterError) -> None:
         if self.lost is None:
@@ -205,75 +218,19 @@ class _Channel:
             _log.info("actor_connection_lost", peer=self.where, error=str(error))
         if self.client._channels.get(self.key) is self:
             del self.client._channels[self.key]
-        for slot in self.pending.values():
-            slot.set(outcome.Error(self.lost))
-        self.pending.clear()
-        for monitor in self.monitors.values():
+        monitors, self.monitors = self.monitors, {}
+        for request_id in monitors:
+            self.pending.pop(request_id, None)
+        lost = self.lost
+        assert lost is not None
+        self.driver.fail_pending(lambda _request_id: lost)
+        for monitor in monitors.values():
             monitor._fire("unreachable", str(self.lost))
             self.client._watch_for_return(monitor)
-        self.monitors.clear()
         self._scope.cancel()
 
-    # -- tasks -------------------------------------------------------------------
-
-    async def _writer(self) -> None:
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake = trio.Event()
-                data = self.conn.data_to_send()
-                if data:
-                    await self.framed.send_data(data)
-        except HeadwaterError as exc:
-            self._lose(exc)
-
-    async def _reader(self) -> None:
-        try:
-            while True:
-                event = self.conn.next_event()
-                if event is None:
-                    self.conn.receive_data(await self.framed.receive_data())
-                    self.last_heard = trio.current_time()
-                    continue
-                if isinstance(event, ResponseReceived):
-                    self._answer(event.id, outcome.Value(event.body))
-                elif isinstance(event, ErrorReceived):
-                    if event.id is None:
-                        self._lose(event.error)
-                        return
-                    self._answer(event.id, outcome.Error(event.error))
-                elif isinstance(event, ConnectionClosed):
-                    self._lose(event.error or ConnectionLostError("the peer closed the connection"))
-                    return
-        except HeadwaterError as exc:
-            self._lose(exc)
-
-    async def _heartbeat(self, interval: float) -> None:
-        """Ping after ``interval`` s of silence; declare the peer unreachable
-        after ``3 * interval`` s without hearing a byte from it."""
-        while True:
-            await trio.sleep(interval)
-            silent = trio.current_time() - self.last_heard
-            if silent >= 3 * interval:
-                self._lose(
-                    ConnectionLostError(
-                        f"nothing heard from {self.where} for {silent:.1f}s "
-                        f"(keepalive={interval}s): the peer is unreachable"
-                    )
-                )
-                return
-            if silent >= interval and len(self.conn.in_flight) < self.conn.max_in_flight:
-                self.conn.send_request("ping", {})
-                self._wake.set()
-
-    def _answer(self, request_id: int, result: outcome.Outcome[dict[str, Any]]) -> None:
-        slot = self.pending.pop(request_id, None)
-        if slot is not None:
-            slot.set(result)
-        monitor = self.monitors.pop(request_id, None)
-        if monitor is not None:
-            self.slots.release()
-            self._fire_from(monitor, result)
+    def _drain_backlog(self) -> None:
+        """After each answer: send the demonitors that waited for room."""
         while self.demonitor_backlog and len(self.conn.in_flight) < self.conn.max_in_flight:
             self._send_demonitor(self.demonitor_backlog.pop())
 
@@ -310,7 +267,7 @@ class _Channel:
             request_id = self.conn.send_request(op, body)
             slot = _Slot()
             self.pending[request_id] = slot
-            self._wake.set()
+            self.driver.wake()
             try:
                 return await slot.wait()
             finally:
@@ -325,7 +282,7 @@ class _Channel:
             request_id = self.conn.send_request(op, body)
             slot = _Slot()
             self.pending[request_id] = slot
-            self._wake.set()
+            self.driver.wake()
             try:
                 return await slot.wait()
             finally:
@@ -349,7 +306,7 @@ class _Channel:
             raise
         slot = _Slot()
         self.pending[request_id] = slot
-        self._wake.set()
+        self.driver.wake()
         self.client._nursery.start_soon(self._settle_nowait, request_id, slot, body)
 
     async def _settle_nowait(self, request_id: int, slot: _Slot, body: dict[str, Any]) -> None:
@@ -382,7 +339,8 @@ class _Channel:
             self.slots.release()
             raise
         self.monitors[request_id] = monitor
-        self._wake.set()
+        self.pending[request_id] = _MonitorSlot(self, monitor, request_id)
+        self.driver.wake()
         return monitor
 
     def _cancel_monitor(self, monitor: Monitor) -> None:
@@ -402,7 +360,7 @@ class _Channel:
             self.conn.send_request("demonitor", {"monitor": monitor_id})
         except HeadwaterError:
             return  # closed meanwhile: the server drops its monitors itself
-        self._wake.set()
+        self.driver.wake()
 
 
 class _RemoteLink:
@@ -659,7 +617,7 @@ class ActorClient:
             except ClosedError:
                 await trio.aclose_forcefully(stream)
                 raise
-            channel = _Channel(self, key, FramedStream(stream), self._token)
+            channel = _Channel(self, key, stream, self._token)
             self._channels[key] = channel
             await self._nursery.start(channel.run)  # run() closes the stream if it fails
             return channel

@@ -3,10 +3,12 @@
 Theory of operation
 -------------------
 One connection is one :class:`~headwater.transport.ServerConnection` (the
-sans-IO handshake, auth and correlation ids) fed by a reader loop. Each
-request runs as its own task in the connection's nursery (the state machine
-bounds them by ``max_in_flight``), performs the local operation through an
-ordinary :class:`~headwater.actors.LocalActorRef` and queues its answer.
+sans-IO handshake, auth and correlation ids) run by the transport's
+:class:`~headwater.transport.ServerDriver`; this module supplies only the
+handlers. Each request but ``tell`` and ``ask`` runs as its own task in the
+connection's nursery (the state machine bounds them by ``max_in_flight``),
+performs the local operation through an ordinary
+:class:`~headwater.actors.LocalActorRef` and returns its answer.
 ``tell`` and ``ask`` requests are put into their target's mailbox by one
 delivery task per target path, in arrival order, so messages from one
 connection to one actor keep their order (Erlang's guarantee); an ask's reply
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import math
 import ssl
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -37,7 +38,6 @@ from headwater._errors import (
     ActorNotFound,
     ClosedError,
     ConfigError,
-    ConnectionLostError,
     HeadwaterError,
     HeadwaterTimeoutError,
     LocalProtocolError,
@@ -58,13 +58,11 @@ from headwater.actors._wire import (
 )
 from headwater.transport._connection import (
     DEFAULT_MAX_IN_FLIGHT,
-    ConnectionClosed,
-    HandshakeComplete,
     RequestReceived,
     ServerConnection,
 )
 from headwater.transport._messages import MessageRegistry
-from headwater.transport._stream import FramedStream
+from headwater.transport._server import DEFERRED, TASK, ServerDriver, accept_connections
 
 __all__ = ["serve_actor_stream", "serve_actors"]
 
@@ -103,26 +101,14 @@ class _Delivery:
 class _Session:
     """Server-side state of one connection."""
 
-    def __init__(
-        self,
-        system: ActorSystem,
-        registry: MessageRegistry,
-        conn: ServerConnection,
-        framed: FramedStream,
-    ) -> None:
+    def __init__(self, system: ActorSystem, registry: MessageRegistry) -> None:
         self.system = system
         self.registry = registry
-        self.conn = conn
-        self.framed = framed
+        self.driver: ServerDriver | None = None
         self.refs: dict[str, ActorRef] = {}
         self.monitors: dict[int, Monitor | _LinkPoll] = {}
+        self.demonitored: set[int] = set()  # ids demonitored before they registered
         self.queues: dict[str, trio.MemorySendChannel[_Delivery]] = {}
-        self.wake = trio.Event()
-
-    async def flush(self) -> None:
-        data = self.conn.data_to_send()
-        if data:
-            await self.framed.send_data(data)
 
     def resolve(self, body: dict[str, Any], op: str) -> ActorRef:
         path = normalize_path(field(body, "path", str, op))
@@ -133,49 +119,33 @@ class _Session:
         return ref
 
     def answer(self, request_id: int, result: dict[str, Any] | Exception) -> None:
-        """Queue the answer to ``request_id`` for the writer (answers after
-        the connection ended are dropped: the reader closes the session)."""
-        try:
-            if isinstance(result, Exception):
-                self.conn.send_error(request_id, result)
-            else:
-                try:
-                    self.conn.send_response(request_id, result)
-                except LocalProtocolError as exc:  # the answer is too large to send
-                    self.conn.send_error(request_id, exc)
-        except (ClosedError, ConnectionLostError):
-            return
-        self.wake.set()
+        """Queue the answer to ``request_id`` for the driver's writer
+        (answers after the connection ended are dropped)."""
+        assert self.driver is not None
+        self.driver.answer(request_id, result)
 
-    async def writer(self) -> None:
-        """Send whatever answers are queued, many per write under load."""
-        try:
-            while True:
-                await self.wake.wait()
-                self.wake = trio.Event()
-                await self.flush()
-        except (ClosedError, ConnectionLostError):
-            pass  # the reader sees the end too
-
-    def dispatch(self, request: RequestReceived, nursery: trio.Nursery) -> None:
+    def route(self, request: RequestReceived) -> str:
         """Route one request: ``tell`` and ``ask`` go, in arrival order, to
-        the delivery queue of their target; the rest run as their own task."""
+        the delivery queue of their target (answered later); the rest run as
+        their own task (:meth:`perform`)."""
         if request.op not in ("tell", "ask"):
-            nursery.start_soon(self.handle, request)
-            return
+            return TASK
+        assert self.driver is not None
+        nursery = self.driver.nursery
         try:
             ref = self.resolve(request.body, request.op)
             message = self.registry.decode(field(request.body, "msg", dict, request.op))
             timeout = timeout_field(request.body, request.op)
         except Exception as exc:
             self.answer(request.id, exc)
-            return
+            return DEFERRED
         queue = self.queues.get(ref.path)
         if queue is None:
             queue, receive = trio.open_memory_channel[_Delivery](math.inf)
             self.queues[ref.path] = queue
             nursery.start_soon(self.deliver, receive, nursery)
         queue.send_nowait(_Delivery(request, ref, message, timeout))
+        return DEFERRED
 
     async def deliver(
         self, receive: trio.MemoryReceiveChannel[_Delivery], nursery: trio.Nursery
@@ -249,15 +219,8 @@ class _Session:
             result = exc
         self.answer(item.request.id, result)
 
-    async def handle(self, request: RequestReceived) -> None:
-        """Run a ``lookup``, ``ping``, ``monitor`` or ``demonitor`` request."""
-        try:
-            result: dict[str, Any] | Exception = await self.perform(request)
-        except Exception as exc:
-            result = exc
-        self.answer(request.id, result)
-
     async def perform(self, request: RequestReceived) -> dict[str, Any]:
+        """Run a ``lookup``, ``ping``, ``monitor``, ``link``, ... request."""
         op, body = request.op, request.body
         if op == "lookup":
             ref = self.resolve(body, op)
@@ -301,10 +264,13 @@ class _Session:
                     return {"reason": last[1], "detail": last[2]}
             poll = _LinkPoll(await ref._proc())
             self.monitors[request.id] = poll
+            if request.id in self.demonitored:  # cancelled while it was being set up
+                poll.cancel()
             try:
                 await poll.event.wait()
             finally:
                 self.monitors.pop(request.id, None)
+                self.demonitored.discard(request.id)
                 poll.proc.watchers.discard(poll)
             return poll.result
         if op == "exit":
@@ -326,18 +292,25 @@ class _Session:
                 return {"reason": "not_found", "detail": str(exc)}
             monitor = await ref.monitor()
             self.monitors[request.id] = monitor
+            if request.id in self.demonitored:  # cancelled while it was being set up
+                monitor.cancel()
             try:
                 down = await monitor.wait()
             except ClosedError:
                 return {"reason": "demonitored", "detail": ""}
             finally:
                 self.monitors.pop(request.id, None)
+                self.demonitored.discard(request.id)
             return {"reason": down.reason, "detail": down.detail}
         assert op == "demonitor", op  # ServerConnection refuses unknown ops
         target = field(body, "monitor", int, op)
         watch = self.monitors.pop(target, None)
         if watch is not None:
             watch.cancel()
+        elif self.driver is not None and target in self.driver.conn.in_flight:
+            # Its monitor/link task has not registered yet (both requests came
+            # in one read): it cancels itself when it does.
+            self.demonitored.add(target)
         return {}
 
 
@@ -365,55 +338,31 @@ async def serve_actor_stream(
     clients with ``keepalive`` ping after that many idle seconds, so give
     ``idle_timeout`` at least twice their ``keepalive``.
     """
-    framed = FramedStream(stream)
     conn = ServerConnection(
         token=token,
         server=f"headwater-actors/{system.name}",
         operations=ACTOR_OPS,
         max_in_flight=max_in_flight,
+        now=trio.current_time(),
+        handshake_timeout=handshake_timeout,
+        idle_timeout=idle_timeout,
     )
-    session = _Session(system, registry, conn, framed)
+    session = _Session(system, registry)
     log = _log.bind(system=system.name)
+    driver = session.driver = ServerDriver(
+        stream,
+        conn,
+        session.perform,
+        route=session.route,
+        on_ready=lambda event: log.info("actor_peer_connected", peer=event.peer),
+        log=log,
+    )
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(session.writer)
-            try:
-                while True:
-                    try:
-                        event = conn.next_event()
-                    except HeadwaterError as exc:
-                        log.warning("actor_peer_protocol_error", error=str(exc))
-                        await session.flush()  # the error frame
-                        break
-                    if event is None:
-                        await session.flush()
-                        limit = idle_timeout if conn.state == "READY" else handshake_timeout
-                        with trio.move_on_after(math.inf if limit is None else limit):
-                            conn.receive_data(await framed.receive_data())
-                            continue
-                        log.info("actor_peer_idle", state=conn.state, timeout=limit)
-                        conn.fail(
-                            HeadwaterTimeoutError(
-                                f"nothing received for {limit}s in state {conn.state}; closing"
-                            )
-                        )
-                        await session.flush()
-                        break
-                    if isinstance(event, RequestReceived):
-                        session.dispatch(event, nursery)
-                    elif isinstance(event, HandshakeComplete):
-                        await session.flush()
-                        log.info("actor_peer_connected", peer=event.peer)
-                    elif isinstance(event, ConnectionClosed):
-                        break
-            except (ClosedError, ConnectionLostError) as exc:
-                log.info("actor_peer_lost", error=str(exc))
-            nursery.cancel_scope.cancel()
+        await driver.run()
     finally:
-        with trio.CancelScope(shield=True):
-            await trio.aclose_forcefully(stream)
         for monitor in list(session.monitors.values()):
             monitor.cancel()
+        log.info("actor_peer_closed", reason=driver.reason)
 
 
 async def serve_actors(
@@ -456,21 +405,20 @@ async def serve_actors(
     served: list[trio.abc.Listener[Any]] = list(listeners)
     if ssl_context is not None:
         served = [trio.SSLListener(lst, ssl_context, https_compatible=False) for lst in listeners]
-    handler: Callable[[trio.abc.Stream], Any] = partial(
-        _serve_one,
-        system,
-        registry,
-        token=token,
-        max_in_flight=max_in_flight,
-        handshake_timeout=handshake_timeout,
-        idle_timeout=idle_timeout,
-    )
+    options: dict[str, Any] = {
+        "token": token,
+        "max_in_flight": max_in_flight,
+        "handshake_timeout": handshake_timeout,
+        "idle_timeout": idle_timeout,
+    }
     _log.info("actors_listening", system=system.name, host=host, port=bound)
     with unwrapping_groups():
         async with trio.open_nursery() as nursery:
-            await nursery.start(
-                partial(trio.serve_listeners, handler, served, handler_nursery=nursery)
-            )
+
+            async def start(stream: trio.abc.Stream, peer: str) -> None:
+                nursery.start_soon(partial(_serve_one, system, registry, stream, **options))
+
+            nursery.start_soon(partial(accept_connections, served, start, log=_log, close=True))
             task_status.started(bound)
 
 

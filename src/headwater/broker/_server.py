@@ -31,15 +31,13 @@ and returns the exit code.
 
 from __future__ import annotations
 
-import errno
 import gc
 import itertools
-import math
 import os
 import signal
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import Any
@@ -51,7 +49,6 @@ from headwater._aio import unwrapping_groups
 from headwater._errors import (
     ConfigError,
     HeadwaterError,
-    HeadwaterTimeoutError,
     InvalidArgument,
     ServerBusyError,
 )
@@ -66,7 +63,6 @@ from headwater.kafka._server import KafkaServer, kafka_listener_spec
 from headwater.supervision._specs import ChildSpec, SupervisorSpec, unwrap_group
 from headwater.transport._connection import (
     DEFAULT_MAX_IN_FLIGHT,
-    ConnectionClosed,
     HandshakeComplete,
     RequestReceived,
     ServerConnection,
@@ -74,6 +70,12 @@ from headwater.transport._connection import (
 from headwater.transport._frames import DEFAULT_MAX_FRAME_SIZE
 from headwater.transport._messages import MessageRegistry
 from headwater.transport._operations import decode_request, encode_response
+from headwater.transport._server import (
+    TASK,
+    ConnectionLimit,
+    ServerDriver,
+    accept_connections,
+)
 
 __all__ = ["DEFAULT_PORT", "Server", "ServerConfig", "open_server", "run_server"]
 
@@ -228,11 +230,8 @@ class Server:
         self.kafka_port: int | None = None
         self._ssl = config.ssl_context()
         self._ids = itertools.count(1)
-        self._connections = 0
-        self._draining = False
-        self._receivers: set[trio.CancelScope] = set()
-        self._idle = trio.Event()
-        self._idle.set()
+        self._limit = ConnectionLimit(config.max_connections)
+        self._drivers: set[ServerDriver] = set()
 
     @property
     def port(self) -> int:
@@ -242,29 +241,20 @@ class Server:
     @property
     def connections(self) -> int:
         """How many client connections are open."""
-        return self._connections
+        return self._limit.count
+
+    @property
+    def _draining(self) -> bool:
+        return self._limit.draining
 
     async def serve_stream(self, stream: trio.abc.Stream, peer: str = "memory") -> None:
         """Serve one already-open stream as a new connection child (the listener
         calls this for every accepted socket; tests pass memory streams)."""
-        if self._draining or self._connections >= self.config.max_connections:
+        if self._limit.full():
             await self._refuse(stream, peer)
             return
         name = f"conn-{next(self._ids)}"
-        self._connections += 1
-        self._idle = trio.Event() if self._idle.is_set() else self._idle
-
-        released = False
-
-        def release() -> None:
-            # The count drops before the socket closes: a client that sees the
-            # port free again (its fd gone) must also find a free slot.
-            nonlocal released
-            if not released:
-                released = True
-                self._connections -= 1
-                if self._connections == 0:
-                    self._idle.set()
+        release = self._limit.opened()
 
         async def run() -> None:
             try:
@@ -283,21 +273,21 @@ class Server:
     async def drain(self) -> None:
         """Stop accepting and reading new requests, let the requests in
         flight finish (bounded by ``shutdown_timeout``), close every connection."""
-        if not self._draining:
-            self._draining = True
-            _log.info("server_draining", connections=self._connections)
-        for scope in list(self._receivers):
-            scope.cancel()
+        if not self._limit.draining:
+            self._limit.draining = True
+            _log.info("server_draining", connections=self._limit.count)
+        for driver in list(self._drivers):
+            driver.stop_reading(self.config.shutdown_timeout)
         with trio.move_on_after(self.config.shutdown_timeout + 1.0):
-            await self._idle.wait()
+            await self._limit.wait_idle()
 
     # ------------------------------------------------------------ internals
 
     async def _refuse(self, stream: trio.abc.Stream, peer: str) -> None:
         reason = (
             "the server is shutting down; reconnect later"
-            if self._draining
-            else f"the server has {self._connections} connections, its limit "
+            if self._limit.draining
+            else f"the server has {self._limit.count} connections, its limit "
             f"(max_connections={self.config.max_connections}); retry later"
         )
         _log.warning("connection_refused", peer=peer, reason=reason)
@@ -319,237 +309,122 @@ class Server:
         return trio.SSLStream(stream, self._ssl, server_side=True)
 
     async def _listener(self, listeners: list[trio.SocketListener]) -> None:
-        async def accept(listener: trio.SocketListener) -> None:
-            async with listener:
-                while True:
-                    try:
-                        stream = await listener.accept()
-                    except OSError as exc:
-                        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
-                            _log.error("accept_failed", error=str(exc))
-                            await trio.sleep(0.1)
-                            continue
-                        raise
-                    try:
-                        host, port = stream.socket.getpeername()[:2]
-                        peer = f"{host}:{port}"
-                    except OSError:
-                        peer = "?"
-                    await self.serve_stream(self._wrap(stream), peer)
+        async def start(stream: trio.SocketStream, peer: str) -> None:
+            await self.serve_stream(self._wrap(stream), peer)
 
-        async with trio.open_nursery() as nursery:
-            for listener in listeners:
-                nursery.start_soon(accept, listener)
+        await accept_connections(listeners, start, log=_log, close=True)
 
     async def _connection(
         self, stream: trio.abc.Stream, peer: str, path: str, release: Callable[[], None]
     ) -> None:
+        """One client connection: the transport's server driver, with the
+        broker's request handling (:class:`BrokerService`), its pushes and
+        its byte budget as the handlers."""
         config = self.config
         conn = ServerConnection(
             token=config.auth_token,
             server="headwater",
             max_in_flight=config.max_in_flight,
             max_frame_size=config.max_frame_size,
+            now=trio.current_time(),
+            handshake_timeout=config.handshake_timeout or None,
+            idle_timeout=config.idle_timeout or None,
         )
-        send_lock = trio.StrictFIFOLock()
         log = _log.bind(actor=path, peer=peer)
-        stats = {"requests": 0, "errors": 0}
         broker_stats = self.broker.service.stats
         entry = broker_stats.connection_opened(path, peer)
-        broken = False
         budget = _ByteBudget(config.max_bytes_in_flight)
-        stalled = trio.CancelScope()
-        reason = "closed by the client"
-
-        async def flush() -> None:
-            nonlocal broken, reason
-            async with send_lock:
-                data = conn.data_to_send()
-                if not data or broken:
-                    return
-                try:
-                    with trio.fail_after(config.send_timeout):
-                        await stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    broken = True
-                except trio.TooSlowError:
-                    broken = True
-                    reason = f"the client read nothing for {config.send_timeout}s"
-                    log.warning("client_not_reading", seconds=config.send_timeout)
-                    stalled.cancel()
-
-        pushed = trio.Event()
+        service = self.broker.service
+        held: dict[int, int] = {}  # request id -> budget bytes it holds
+        pushes: PushedFetches | None = None
 
         def push(message: object) -> None:
-            """The push sink of this connection (protocol v2): queue, then wake
-            the pusher. Never blocks; a closed connection drops the notice."""
-            nonlocal pushed
-            try:
-                conn.send_push("group", encode_response(message))
-            except HeadwaterError:
-                return
-            pushed.set()
-
-        async def pusher() -> None:
-            nonlocal pushed
-            while True:
-                await pushed.wait()
-                pushed = trio.Event()
-                await flush()
+            """The push sink of this connection (protocol v2). Never blocks;
+            a closed connection drops the notice."""
+            driver.push("group", encode_response(message))
 
         def push_fetch(kind: str, body: dict[str, Any], sub: int) -> None:
             try:
-                conn.send_push(kind, body, sub)
+                conn.send_push(kind, body, sub)  # the subscription's task flushes
             except HeadwaterError:
                 pass  # closed meanwhile: nobody is left to read it
 
-        pushes: PushedFetches | None = None
+        def route(event: RequestReceived) -> str:
+            entry.requests += 1
+            record = event.body.get("record")
+            size = len(record) if isinstance(record, bytes) else 0
+            budget.charge(size)
+            held[event.id] = size
+            return TASK
 
-        async def answer(event: RequestReceived, held: int) -> None:
+        async def handle(event: RequestReceived) -> Mapping[str, Any]:
             if conn.can_push:
                 PUSH_SINK.set(push)
-            try:
-                request = decode_request(event.op, event.body)
-                if isinstance(request, CONNECTION_REQUEST_TYPES):
-                    if pushes is None or not conn.can_push:
-                        raise InvalidArgument(
-                            f"{event.op} needs protocol version 2 (this connection speaks "
-                            f"{conn.version}); fetch instead"
-                        )
-                    response = pushes.handle(request)  # answered before any push of it
-                else:
-                    if isinstance(request, Fetch) and type(request.max_bytes) is int:
-                        held += await budget.acquire(min(request.max_bytes, MAX_FETCH_BYTES))
-                    response = await self.broker.service.handle(request)
-                self._send(conn, event.id, encode_response(response))
-            except HeadwaterError as exc:
-                stats["errors"] += 1
-                entry.errors += 1
-                self._send(conn, event.id, exc)
-            except Exception as exc:  # a bug: answer it, log it, keep serving
-                stats["errors"] += 1
-                entry.errors += 1
-                log.error("request_failed", op=event.op, exc_info=exc)
-                self._send(conn, event.id, exc)
-            del event  # the answer's frame is queued: hold no other copy while it is sent
-            try:
-                await flush()
-            finally:
-                budget.release(held)
-
-        receiver = trio.CancelScope()
-        self._receivers.add(receiver)
-        try:
-            with stalled:
-                async with trio.open_nursery() as handlers:
-                    pushing = trio.CancelScope()
-
-                    async def run_pusher() -> None:
-                        with pushing:
-                            await pusher()
-
-                    handlers.start_soon(run_pusher)
-                    pushes = PushedFetches(
-                        self.broker.service,
-                        push_fetch,
-                        flush,
-                        handlers,
-                        limit=config.max_in_flight,
-                        stats=entry,
+            request = decode_request(event.op, event.body)
+            if isinstance(request, CONNECTION_REQUEST_TYPES):
+                if pushes is None or not conn.can_push:
+                    raise InvalidArgument(
+                        f"{event.op} needs protocol version 2 (this connection speaks "
+                        f"{conn.version}); fetch instead"
                     )
-                    with receiver:
-                        if self._draining:
-                            receiver.cancel()
-                        ready = False
-                        while True:
-                            if not ready:
-                                wait = config.handshake_timeout
-                            elif conn.in_flight or pushes:
-                                wait = math.inf
-                            else:
-                                wait = config.idle_timeout
-                            await budget.wait_below_limit()  # backpressure on big requests
-                            data: bytes | None = None
-                            with trio.move_on_after(wait):
-                                try:
-                                    data = bytes(await stream.receive_some(RECEIVE_SIZE))
-                                except (
-                                    trio.BrokenResourceError,
-                                    trio.ClosedResourceError,
-                                    OSError,
-                                ):
-                                    data = b""
-                            if data is None:
-                                what = "finish the handshake" if not ready else "send anything"
-                                reason = f"timed out: did not {what} within {wait}s"
-                                conn.fail(HeadwaterTimeoutError(f"connection {reason}; reconnect"))
-                                break
-                            conn.receive_data(data)
-                            closed = False
-                            while True:
-                                try:
-                                    event = conn.next_event()
-                                except HeadwaterError as exc:
-                                    reason = f"protocol violation: {exc}"
-                                    log.warning("protocol_violation", code=exc.code, error=str(exc))
-                                    closed = True
-                                    break
-                                if event is None:
-                                    break
-                                if isinstance(event, RequestReceived):
-                                    stats["requests"] += 1
-                                    entry.requests += 1
-                                    record = event.body.get("record")
-                                    size = len(record) if isinstance(record, bytes) else 0
-                                    budget.charge(size)
-                                    handlers.start_soon(answer, event, size)
-                                elif isinstance(event, HandshakeComplete):
-                                    ready = True
-                                    entry.client = event.peer
-                                    entry.authenticated = event.authenticated
-                                    log.info(
-                                        "connection_ready",
-                                        client=event.peer,
-                                        version=event.version,
-                                        authenticated=event.authenticated,
-                                    )
-                                elif isinstance(event, ConnectionClosed):
-                                    if event.error is not None:
-                                        reason = str(event.error)
-                                    closed = True
-                                    break
-                            await flush()
-                            if closed or broken:
-                                break
-                    pushing.cancel()
-                    pushes.close()
-                    if receiver.cancelled_caught:
-                        # Draining: requests in flight may finish, up to the timeout.
-                        reason = "server shutting down"
-                        handlers.cancel_scope.deadline = (
-                            trio.current_time() + config.shutdown_timeout
-                        )
-                    else:
-                        handlers.cancel_scope.cancel()
-                await flush()
-        finally:
-            broker_stats.connection_closed(path)
-            self._receivers.discard(receiver)
-            conn.close()
-            release()
-            await trio.aclose_forcefully(stream)
-            log.info("connection_closed", reason=reason, **stats)
-
-    @staticmethod
-    def _send(conn: ServerConnection, request_id: int, outcome: object) -> None:
-        try:
-            if isinstance(outcome, BaseException):
-                conn.send_error(request_id, outcome)
+                response = pushes.handle(request)  # answered before any push of it
             else:
-                assert isinstance(outcome, dict)
-                conn.send_response(request_id, outcome)
-        except HeadwaterError:
-            pass  # the connection closed meanwhile: nobody is left to answer
+                if isinstance(request, Fetch) and type(request.max_bytes) is int:
+                    held[event.id] += await budget.acquire(min(request.max_bytes, MAX_FETCH_BYTES))
+                response = await service.handle(request)
+            return encode_response(response)
+
+        def answered(event: RequestReceived, error: BaseException | None) -> None:
+            if error is not None:
+                entry.errors += 1
+            budget.release(held.pop(event.id, 0))
+
+        def on_ready(event: HandshakeComplete) -> None:
+            entry.client = event.peer
+            entry.authenticated = event.authenticated
+            log.info(
+                "connection_ready",
+                client=event.peer,
+                version=event.version,
+                authenticated=event.authenticated,
+            )
+
+        driver = ServerDriver(
+            stream,
+            conn,
+            handle,
+            route=route,
+            on_ready=on_ready,
+            before_receive=budget.wait_below_limit,
+            answered=answered,
+            busy=lambda: bool(pushes),
+            send_timeout=config.send_timeout,
+            log=log,
+        )
+        self._drivers.add(driver)
+        if self._limit.draining:
+            driver.stop_reading(config.shutdown_timeout)
+
+        def start_pushes(nursery: trio.Nursery) -> None:
+            nonlocal pushes
+            pushes = PushedFetches(
+                service, push_fetch, driver.flush, nursery, limit=config.max_in_flight, stats=entry
+            )
+
+        try:
+            await driver.run(setup=start_pushes)
+        finally:
+            if pushes is not None:
+                pushes.close()
+            broker_stats.connection_closed(path)
+            self._drivers.discard(driver)
+            release()
+            log.info(
+                "connection_closed",
+                reason=driver.reason,
+                requests=driver.requests,
+                errors=driver.errors,
+            )
 
 
 @asynccontextmanager
@@ -645,7 +520,7 @@ async def open_server(
                     nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
-            server._draining = True
+            server._limit.draining = True
             if listeners:
                 await system.stop_child("/server/listener")
             if kafka_listeners:

@@ -14,7 +14,8 @@ batch per (topic, partition). A batch is *closed* (queued, ready to send) when
 * the caller forces it (``drain(now, force=True)``: ``flush()``/close).
 
 :meth:`drain` returns closed batches as :class:`ReadyBatch` objects, each
-with its encoded payload (:func:`~headwater.client.encode_events`) and the
+with its encoded payload (the events are kept as columns and encoded in one
+pass, :func:`~headwater.journal._batch.encode_columns`) and the
 journal header fields: event count, first/max timestamp, producer id, epoch and
 **base sequence**. Sequences are per partition and assigned at drain time, in
 drain order: the next batch for a partition gets ``base_sequence = previous
@@ -36,11 +37,12 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable, Collection
+from typing import Any
 
 import attrs
 
 from headwater._errors import ConfigError, EventTooLarge, InvalidArgument
-from headwater.journal._batch import Headers, Key, PendingEvent, encode_events
+from headwater.journal._batch import Headers, Key, encode_columns
 
 __all__ = ["Accumulator", "AccumulatorConfig", "BatchSlot", "ReadyBatch"]
 
@@ -111,12 +113,27 @@ class ReadyBatch:
 
 @attrs.define
 class _OpenBatch:
+    """A batch being filled, held as columns (what :func:`encode_columns`
+    takes): no per-event object beyond the caller's values."""
+
     batch_id: int
     topic: str
     partition: int
     created_at: float
-    events: list[PendingEvent] = attrs.field(factory=list)
+    stamps: list[int] = attrs.field(factory=list)
+    keys: list[Key | None] = attrs.field(factory=list)
+    values: list[bytes | None] = attrs.field(factory=list)
+    #: ``None`` until an event of the batch has headers; then one flattened
+    #: ``[name, value, ...]`` list (or ``None``) per event.
+    headers: list[list[Any] | None] | None = None
     size: int = 0
+
+    def add_headers(self, index: int, headers: Headers) -> None:
+        """Record event ``index``'s (non-empty) headers."""
+        column = self.headers
+        if column is None:
+            column = self.headers = [None] * index
+        column.append([x for pair in headers for x in pair])
 
 
 def _utf8(text: str, what: str) -> bytes:
@@ -176,6 +193,16 @@ class Accumulator:
     _next_sequence: dict[tuple[str, int], int] = attrs.field(factory=dict)
     _ids: itertools.count[int] = attrs.field(factory=itertools.count)
     _buffered: int = 0
+    # The config's limits, read per event (attrs lookups through the config
+    # cost more than the rest of a fast append).
+    _max_events: int = attrs.field(init=False)
+    _max_bytes: int = attrs.field(init=False)
+    _max_event: int = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._max_events = self.config.max_batch_events
+        self._max_bytes = self.config.max_batch_bytes
+        self._max_event = self.config.max_event_bytes
 
     # ------------------------------------------------------------ identity
 
@@ -225,16 +252,18 @@ class Accumulator:
             raise InvalidArgument(
                 f"an event timestamp must be an int (ms since the epoch), not {timestamp!r}"
             )
-        size = _check_event(key, value, headers)
-        limit = self.config.max_event_bytes
-        if size > limit:
+        if key is None and not headers and type(value) is bytes:
+            size = EVENT_OVERHEAD + len(value)  # the common event: nothing to check
+        else:
+            size = _check_event(key, value, headers)
+        if size > self._max_event:
             raise EventTooLarge(
                 f"event for {topic}/{partition} is about {size} bytes encoded; "
-                f"the limit (max_event_bytes) is {limit}"
+                f"the limit (max_event_bytes) is {self._max_event}"
             )
         tp = (topic, partition)
         batch = self._open.get(tp)
-        if batch is not None and batch.size + size > self.config.max_batch_bytes:
+        if batch is not None and batch.size + size > self._max_bytes:
             self._close(tp)
             batch = None
         if batch is None:
@@ -244,14 +273,19 @@ class Accumulator:
                 now = self.clock()
             batch = _OpenBatch(next(self._ids), topic, partition, now)
             self._open[tp] = batch
-        index = len(batch.events)
-        batch.events.append((timestamp, key, value, headers))
-        batch.size += size
+        values = batch.values
+        index = len(values)
+        values.append(value)
+        batch.keys.append(key)
+        batch.stamps.append(timestamp)
+        if headers:
+            batch.add_headers(index, headers)
+        elif batch.headers is not None:
+            batch.headers.append(None)
         self._buffered += size
-        if (
-            len(batch.events) >= self.config.max_batch_events
-            or batch.size >= self.config.max_batch_bytes
-        ):
+        size += batch.size
+        batch.size = size
+        if index + 1 >= self._max_events or size >= self._max_bytes:
             self._close(tp)
         return batch.batch_id, index
 
@@ -313,7 +347,8 @@ class Accumulator:
 
     def _finish(self, batch: _OpenBatch) -> ReadyBatch:
         tp = (batch.topic, batch.partition)
-        count = len(batch.events)
+        stamps = batch.stamps
+        count = len(stamps)
         base_sequence = self._next_sequence.get(tp, 0)
         self._next_sequence[tp] = (base_sequence + count) % SEQUENCE_MODULUS
         self._buffered -= batch.size
@@ -321,10 +356,10 @@ class Accumulator:
             batch_id=batch.batch_id,
             topic=batch.topic,
             partition=batch.partition,
-            payload=encode_events(batch.events),
+            payload=encode_columns(stamps, batch.keys, batch.values, batch.headers),
             count=count,
-            first_timestamp=batch.events[0][0],
-            max_timestamp=max(e[0] for e in batch.events),
+            first_timestamp=stamps[0],
+            max_timestamp=max(stamps),
             producer_id=self._producer_id,
             epoch=self._epoch,
             base_sequence=base_sequence,
@@ -355,6 +390,6 @@ class Accumulator:
     @property
     def buffered_events(self) -> int:
         """Events appended but not yet drained."""
-        return sum(len(b.events) for b in self._open.values()) + sum(
-            len(b.events) for b in self._closed
+        return sum(len(b.values) for b in self._open.values()) + sum(
+            len(b.values) for b in self._closed
         )

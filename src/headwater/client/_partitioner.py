@@ -51,6 +51,10 @@ class Partitioner:
         partitions). An explicit ``partition`` outside ``0 .. partitions - 1``
         raises :class:`~headwater.UnknownPartitionError`; a non-int one
         :class:`~headwater.InvalidArgument`."""
+        if key is None and partition is None:
+            current = self._sticky.get(topic)
+            if current is not None and self._counts.get(topic) == partitions:
+                return current  # the common case: an unkeyed event, nothing changed
         if type(partitions) is not int or partitions < 1:
             raise InvalidArgument(f"partitions must be an int >= 1, not {partitions!r}")
         if partition is not None:

@@ -56,15 +56,18 @@ from headwater.journal._record import ATTR_TRANSACTIONAL, encode_record
 from ._accumulator import Accumulator, AccumulatorConfig, ReadyBatch
 from ._channel import Channel
 from ._partitioner import Partitioner
-from ._serializers import Serializer, get_serializer
+from ._serializers import BytesSerializer, Serializer, get_serializer
 
 __all__ = ["Producer", "ProducerConfig", "SendHandle", "open_producer"]
 
 log = get_logger("headwater.client.producer")
 
 
+_time_ns = time.time_ns
+
+
 def _wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return _time_ns() // 1_000_000
 
 
 def _seconds(
@@ -126,49 +129,98 @@ class _BatchResult:
     error: HeadwaterError | None = None
 
 
-@attrs.define(eq=False)
-class SendHandle:
+class SendHandle(tuple[Any, ...]):
     """A queued event: ``await handle.wait()`` (or ``await handle``) returns the
-    stored :class:`~headwater.client.Event` or raises why it was not stored."""
+    stored :class:`~headwater.client.Event` or raises why it was not stored.
 
-    _result: _BatchResult
-    _index: int
-    topic: str
-    partition: int
-    timestamp: int
-    key: Key | None
-    value: Any
-    headers: Headers
+    Attributes ``topic``, ``partition``, ``timestamp`` (ms), ``key``,
+    ``value`` and ``headers`` describe the event as queued. (Built in C as a
+    tuple, one per event, for speed; handles compare by identity.)"""
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        result: _BatchResult,
+        index: int,
+        topic: str,
+        partition: int,
+        timestamp: int,
+        key: Key | None,
+        value: Any,
+        headers: Headers,
+    ) -> SendHandle:
+        """A handle for event ``index`` of the batch whose outcome is ``result``."""
+        return _new_handle(cls, (result, index, topic, partition, timestamp, key, value, headers))
+
+    def __getnewargs__(self) -> tuple[Any, ...]:
+        return tuple(self)  # copy.copy() builds a handle of the same event
+
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return (
+            f"SendHandle(topic={self[2]!r}, partition={self[3]!r}, timestamp={self[4]!r}, "
+            f"key={self[5]!r}, value={self[6]!r:.80}, headers={self[7]!r:.80}, "
+            f"done={self.done()})"
+        )
+
+    @property
+    def topic(self) -> str:
+        """The event's topic."""
+        return self[2]  # type: ignore[no-any-return]
+
+    @property
+    def partition(self) -> int:
+        """The partition the event went to."""
+        return self[3]  # type: ignore[no-any-return]
+
+    @property
+    def timestamp(self) -> int:
+        """The event's timestamp, ms since the epoch."""
+        return self[4]  # type: ignore[no-any-return]
+
+    @property
+    def key(self) -> Key | None:
+        """The event's key."""
+        return self[5]  # type: ignore[no-any-return]
+
+    @property
+    def value(self) -> Any:
+        """The event's value, as given (before serialization)."""
+        return self[6]
+
+    @property
+    def headers(self) -> Headers:
+        """The event's headers, as ``(name, bytes)`` pairs."""
+        return self[7]  # type: ignore[no-any-return]
 
     def done(self) -> bool:
         """Whether the event's batch has been stored or has failed."""
-        return self._result.done.is_set()
+        return self[0].done.is_set()  # type: ignore[no-any-return]
 
     def result(self) -> Event:
         """The stored event, once :meth:`done`. Raises the batch's error if it
         failed, :class:`~headwater.InvalidArgument` if it is not done yet."""
-        r = self._result
+        r, index, topic, partition, timestamp, key, value, headers = self
         if not r.done.is_set():
             raise InvalidArgument("this event is not stored yet: await handle.wait() first")
         if r.error is not None:
             raise r.error
-        return Event(
-            self.topic,
-            self.partition,
-            r.base_offset + self._index,
-            self.timestamp,
-            self.key,
-            self.value,
-            self.headers,
-        )
+        return Event(topic, partition, r.base_offset + index, timestamp, key, value, headers)
 
     async def wait(self) -> Event:
         """Wait until the event is stored; return it (or raise its error)."""
-        await self._result.done.wait()
+        await self[0].done.wait()
         return self.result()
 
     def __await__(self) -> Any:
         return self.wait().__await__()
+
+
+_new_handle = tuple.__new__
 
 
 def _timestamp_ms(timestamp: object) -> int:
@@ -259,6 +311,12 @@ class Producer:
         if not callable(config.clock):
             raise ConfigError(f"clock must be a callable returning ms, not {config.clock!r}")
         self._serializer: Serializer = get_serializer(config.serializer)
+        # Read per event: bound once here.
+        self._serialize = self._serializer.serialize
+        # bytes values pass through the bytes serializer unchanged: skip the call.
+        self._passthrough = isinstance(self._serializer, BytesSerializer)
+        self._clock = config.clock
+        self._tid = config.transactional_id
         self._partitioner = Partitioner()
         self._accumulator = Accumulator(
             AccumulatorConfig(
@@ -580,23 +638,16 @@ class Producer:
             )
         if deliver_at is not None or deliver_after is not None:
             headers = _with_deliver_at(headers, deliver_at, deliver_after, self.config.clock())
-        return self._append(topic, count, value, key, headers, partition, timestamp)
-
-    def _append(
-        self,
-        topic: str,
-        count: int,
-        value: Any,
-        key: Key | None,
-        headers: Any,
-        partition: int | None,
-        timestamp: int | dt.datetime | None,
-    ) -> SendHandle:
-        ts = self.config.clock() if timestamp is None else _timestamp_ms(timestamp)
+        if timestamp is not None:
+            ts = _timestamp_ms(timestamp)
+        elif self._clock is _wall_clock_ms:
+            ts = _time_ns() // 1_000_000  # the default clock, without its call
+        else:
+            ts = self._clock()
         result, index, chosen, hdrs = self._enqueue(
             topic, count, value, key, headers, partition, ts, None
         )
-        return SendHandle(result, index, topic, chosen, ts, key, value, hdrs)
+        return _new_handle(SendHandle, (result, index, topic, chosen, ts, key, value, hdrs))
 
     def _enqueue(
         self,
@@ -613,12 +664,16 @@ class Producer:
     ) -> tuple[_BatchResult, int, int, Headers]:
         """The per-event hot path: serialize, partition, append (``ts`` is
         the event timestamp in ms, ``now`` the Trio clock)."""
-        if self.config.transactional_id is not None and not self._txn_open:
+        if self._tid is not None and not self._txn_open:
             raise InvalidTransactionStateError(
                 "a transactional producer sends only inside `async with producer.transaction():`"
             )
         hdrs = _check_headers(headers) if headers else ()
-        raw = None if value is None else self._serializer.serialize(value)
+        raw: bytes | None
+        if type(value) is bytes and self._passthrough:
+            raw = value
+        else:
+            raw = None if value is None else self._serialize(value)
         chosen = self._partitioner.choose(topic, key, count, partition)
         batch_id, index = self._accumulator.add(topic, chosen, ts, key, raw, hdrs, now)
         result = self._results.get(batch_id)

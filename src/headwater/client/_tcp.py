@@ -29,6 +29,7 @@ import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import trio
@@ -49,15 +50,12 @@ from headwater._errors import (
     WrongListenerError,
 )
 from headwater._logging import get_logger
+from headwater.transport._client import ClientDriver
 from headwater.transport._connection import (
     DEFAULT_MAX_IN_FLIGHT,
-    AuthRequired,
     ClientConnection,
     ConnectionClosed,
-    ErrorReceived,
-    HandshakeComplete,
     PushReceived,
-    ResponseReceived,
 )
 from headwater.transport._frames import DEFAULT_MAX_FRAME_SIZE
 from headwater.transport._messages import PUSH_VERSION, ErrorFrame, error_from_frame
@@ -79,7 +77,6 @@ __all__ = [
 DEFAULT_URL = "headwater://127.0.0.1:7700"
 """Where :func:`connect` and the CLI look for a server by default."""
 
-RECEIVE_SIZE = 256 * 1024
 StreamOpener = Callable[[], Awaitable[trio.abc.Stream]]
 """Opens a new byte stream to the server (TCP, TLS, or a memory stream in tests)."""
 ReconnectListener = Callable[[int, HeadwaterError | None], None]
@@ -119,44 +116,50 @@ def parse_url(url: object) -> tuple[str, int, bool]:
 
 
 class _Slot:
-    """One request in flight: where its answer goes."""
+    """One request in flight: where its answer goes (a
+    :class:`~headwater.transport.Waiter`); the answer frees its slot."""
 
-    __slots__ = ("done", "outcome")
+    __slots__ = ("done", "outcome", "slots")
 
-    def __init__(self) -> None:
+    def __init__(self, slots: trio.Semaphore) -> None:
         self.done = trio.Event()
         self.outcome: Any = None
+        self.slots = slots
+
+    def set(self, value: dict[str, Any] | None, error: HeadwaterError | None) -> None:
+        self.slots.release()
+        self.outcome = error if error is not None else value
+        self.done.set()
 
 
 class _Session:
-    """One live connection: the sans-IO state machine and its stream."""
+    """One live connection: the transport's client driver, with the slots
+    (never more in flight than the server accepts) and pushed fetches."""
 
-    def __init__(self, stream: trio.abc.Stream, conn: ClientConnection, address: str) -> None:
-        self.stream = stream
-        self.address = address
-        self.conn = conn
-        self.pending: dict[int, _Slot] = {}
+    def __init__(self, driver: ClientDriver) -> None:
+        self.driver = driver
+        self.stream = driver.stream
+        self.conn = driver.conn
+        self.address = driver.address
+        self.pending = driver.pending
         # Answers free slots: never more in flight than the server accepts.
-        self.slots = trio.Semaphore(conn.max_in_flight)
-        self.send_lock = trio.StrictFIFOLock()
-        self.lost: HeadwaterError | None = None
-        self.receives = 0  # how many times bytes arrived
+        self.slots = trio.Semaphore(driver.conn.max_in_flight)
         self.subs: dict[int, _TcpFetchSubscription] = {}  # pushed fetches open on it
 
+    @property
+    def lost(self) -> HeadwaterError | None:
+        return self.driver.lost
+
+    @lost.setter
+    def lost(self, error: HeadwaterError | None) -> None:
+        self.driver.lost = error
+
+    @property
+    def receives(self) -> int:
+        return self.driver.receives
+
     async def flush(self) -> None:
-        async with self.send_lock:
-            data = self.conn.data_to_send()
-            if not data:
-                return
-            if self.lost is not None:
-                raise self.lost
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                self.lost = ConnectionLostError(
-                    f"connection to {self.address} lost while sending: {exc}"
-                )
-                raise self.lost from None
+        await self.driver.flush()
 
 
 class _TcpFetchSubscription(FetchSubscription):
@@ -276,7 +279,7 @@ class TcpChannel(Channel):
         with trio.move_on_after(seconds):
             session = await self._wait_session()
             await session.slots.acquire()
-            slot = _Slot()
+            slot = _Slot(session.slots)
             try:
                 if session is not self._session or session.lost is not None:
                     raise session.lost or ConnectionLostError(
@@ -374,7 +377,7 @@ class TcpChannel(Channel):
         except BaseException:
             session.slots.release()
             raise
-        session.pending[request_id] = _Slot()  # the answer frees the slot
+        session.pending[request_id] = _Slot(session.slots)  # the answer frees the slot
         try:
             await session.flush()
         except ConnectionLostError:
@@ -480,59 +483,37 @@ class TcpChannel(Channel):
                     max_in_flight=self._max_in_flight,
                     max_frame_size=self._max_frame_size,
                 )
-                session = _Session(stream, conn, self.address)
-                first = bytearray()  # the server's first bytes: who is it?
+                driver = ClientDriver(stream, conn, address=self.address)
                 try:
-                    await session.flush()
-                except ConnectionLostError:
-                    pass  # a refusing server may have said why: read it below
-                while True:
-                    try:
-                        event = conn.next_event()
-                    except RemoteProtocolError as exc:
-                        raise _not_headwater(self.address, first, exc) from None
-                    if event is None:
-                        try:
-                            data = bytes(await stream.receive_some(RECEIVE_SIZE))
-                        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                            data = b""
-                        if len(first) < 8:
-                            first += data[: 8 - len(first)]
-                        conn.receive_data(data)
-                        continue
-                    if isinstance(event, HandshakeComplete):
-                        if event.peer.startswith("headwater-actors"):
-                            raise WrongListenerError(
-                                f"{self.address} is an application's actors listener "
-                                f"({event.peer}), not a broker; for its tree use "
-                                "headwater tree --url headwater+actors://"
-                                + self.address.split("://", 1)[-1]
-                            )
-                        session.slots = trio.Semaphore(conn.max_in_flight)
-                        return session
-                    if isinstance(event, AuthRequired):
-                        if self._token is None:
-                            raise AuthenticationError(
-                                f"{self.address} requires a token; pass token=... "
-                                "(or --token / --token-file on the command line)"
-                            )
-                        conn.send_auth(self._token)
-                        await session.flush()
-                    elif isinstance(event, ErrorReceived):
-                        raise event.error
-                    elif isinstance(event, ConnectionClosed):
-                        if event.error is not None and not isinstance(
-                            event.error, ConnectionLostError
-                        ):
-                            raise event.error
-                        if first:  # it said something, then hung up: whose protocol?
-                            raise _not_headwater(self.address, first, event.error)
-                        # Name the server: "peer closed ..." alone does not say which.
-                        raise ConnectionLostError(
-                            f"{self.address} closed the connection during the handshake "
-                            "without answering (a server that expects TLS does that: "
-                            "then use headwaters:// or --tls)"
+                    event = await driver.handshake(
+                        ClientDriver.no_token(
+                            self.address,
+                            "pass token=... (or --token / --token-file on the command line)",
                         )
+                    )
+                except RemoteProtocolError as exc:
+                    raise _not_headwater(self.address, driver.first, exc) from None
+                if isinstance(event, ConnectionClosed):
+                    if event.error is not None and not isinstance(event.error, ConnectionLostError):
+                        raise event.error
+                    if driver.first:  # it said something, then hung up: whose protocol?
+                        raise _not_headwater(self.address, driver.first, event.error)
+                    # Name the server: "peer closed ..." alone does not say which.
+                    raise ConnectionLostError(
+                        f"{self.address} closed the connection during the handshake "
+                        "without answering (a server that expects TLS does that: "
+                        "then use headwaters:// or --tls)"
+                    )
+                if event.peer.startswith("headwater-actors"):
+                    raise WrongListenerError(
+                        f"{self.address} is an application's actors listener "
+                        f"({event.peer}), not a broker; for its tree use "
+                        "headwater tree --url headwater+actors://"
+                        + self.address.split("://", 1)[-1]
+                    )
+                session = _Session(driver)
+                driver.on_push = partial(self._pushed, session)
+                return session
         except trio.TooSlowError:
             error: HeadwaterError = HeadwaterTimeoutError(
                 f"could not connect to {self.address} within {self._connect_timeout}s"
@@ -563,35 +544,7 @@ class TcpChannel(Channel):
 
     async def _read(self, session: _Session) -> HeadwaterError:
         """Read answers until the connection ends; return why it ended."""
-        conn = session.conn
-        while True:
-            try:
-                data = bytes(await session.stream.receive_some(RECEIVE_SIZE))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                return session.lost or ConnectionLostError(
-                    f"connection to {self.address} lost: {exc or type(exc).__name__}"
-                )
-            session.receives += 1
-            conn.receive_data(data)
-            while True:
-                try:
-                    event = conn.next_event()
-                except HeadwaterError as exc:
-                    return exc
-                if event is None:
-                    break
-                if isinstance(event, ResponseReceived):
-                    self._resolve(session, event.id, event.body)
-                elif isinstance(event, ErrorReceived):
-                    if event.id is None:
-                        return event.error
-                    self._resolve(session, event.id, event.error)
-                elif isinstance(event, PushReceived):
-                    self._pushed(session, event)
-                elif isinstance(event, ConnectionClosed):
-                    return event.error or ConnectionLostError(
-                        f"{self.address} closed the connection"
-                    )
+        return await session.driver.run()
 
     def _pushed(self, session: _Session, event: PushReceived) -> None:
         """A push frame (protocol v2): records and errors of pushed fetches go
@@ -634,14 +587,6 @@ class TcpChannel(Channel):
             return
         self.deliver_push(message)
 
-    def _resolve(self, session: _Session, request_id: int, outcome: Any) -> None:
-        slot = session.pending.pop(request_id, None)
-        if slot is None:
-            return
-        session.slots.release()
-        slot.outcome = outcome
-        slot.done.set()
-
     def _fail_pending(self, session: _Session, error: HeadwaterError) -> None:
         session.lost = session.lost or (
             error
@@ -653,16 +598,16 @@ class TcpChannel(Channel):
                 ConnectionLostError(f"connection to {self.address} lost ({error}); subscribe again")
             )
         session.subs.clear()
-        for request_id in list(session.pending):
-            lost = (
-                error
-                if isinstance(error, ClosedError | AuthenticationError)
-                else ConnectionLostError(
-                    f"connection to {self.address} lost with this request in flight "
-                    f"({error}); it may or may not have taken effect"
-                )
+
+        def lost(_request_id: int) -> HeadwaterError:
+            if isinstance(error, ClosedError | AuthenticationError):
+                return error
+            return ConnectionLostError(
+                f"connection to {self.address} lost with this request in flight "
+                f"({error}); it may or may not have taken effect"
             )
-            self._resolve(session, request_id, lost)
+
+        session.driver.fail_pending(lost)
 
 
 # --------------------------------------------------------------------- handshake

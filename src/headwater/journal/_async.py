@@ -37,8 +37,8 @@ the visible end moves.
 from __future__ import annotations
 
 import errno
-import heapq
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -79,6 +79,10 @@ disk's recent fsyncs took at most this long (else the writer thread does it)."""
 TAIL_READ_EVENTS = 256
 """A read starting this close to the end of the log is done on the loop thread."""
 
+INLINE_READ_BYTES = 4 * 1024 * 1024
+"""A read further back is done on the loop thread too when it asks for at most
+this much and the page cache holds all of it (copying 4 MiB takes ~1 ms)."""
+
 
 class AsyncLog:
     """A :class:`Log` driven from Trio (made by :func:`open_log`)."""
@@ -101,10 +105,15 @@ class AsyncLog:
         self._fsync_ewma = 0.0  # recent fsync time (s), for the inline choice
         self._crash: BaseException | None = None
         self._wake = trio.Event()
-        # wait_durable callers, by the end offset they wait for: a sync wakes
-        # only those it covers (a failure or close wakes all).
-        self._waiters: list[tuple[int, int, trio.Event]] = []
-        self._waiter_seq = 0
+        # wait_durable callers share one event per sync: those whose record
+        # no prepared sync covers yet wait on _next_wake, which each prepared
+        # sync takes along as (its target offset, event) into _syncing (in
+        # target order); a completed sync sets the events of the syncs it
+        # covers, one wake for all their waiters (a failure or close sets
+        # all). A waiter woken early (it asked for an offset not written yet)
+        # checks again and waits for a later one.
+        self._next_wake = trio.Event()
+        self._syncing: deque[tuple[int, trio.Event]] = deque()
         self._data = trio.Event()
         self._generation = 0
         self._cuts: list[int] = []  # synced offset at each failed fsync
@@ -173,6 +182,12 @@ class AsyncLog:
             header, staged = self.log.stage(record, validated)
             self._staged.append(staged)
             self._staged_bytes += len(record)
+            if self._staged_bytes > self.config.inline_sync_bytes and self._crash is None:
+                # Too large for the loop to write: hand it to the thread now
+                # rather than on the flusher's next turn (one scheduling pass
+                # less before the disk starts). Concurrent appends still
+                # share fsyncs: the thread takes every queued batch at once.
+                self._submit()
         else:
             header = self.log.write(record, validated)
         self.log.files.trim()
@@ -199,10 +214,7 @@ class AsyncLog:
                 raise self._failures[generation]
             self._check_open()
             self._check_crash()
-            event = trio.Event()
-            self._waiter_seq += 1
-            heapq.heappush(self._waiters, (end_offset, self._waiter_seq, event))
-            await event.wait()
+            await self._wake_for(end_offset).wait()
 
     async def append(self, record: bytes | bytearray | memoryview) -> RecordHeader:
         """Write ``record`` and wait until it is durable per the policy."""
@@ -222,9 +234,17 @@ class AsyncLog:
         limit = self.visible_end if end is None else min(end, self.visible_end)
         # Reads of the last few records (a consumer keeping up) hit the page
         # cache: done inline they cost less than a hop to a worker thread.
-        # Larger reads further back (catching up, maybe from disk) use one.
+        # Larger reads further back (catching up, maybe from disk) are done
+        # inline too when all their bytes are in the page cache, else in one.
         if self._blocking and max_bytes > 64 * 1024 and limit - offset > TAIL_READ_EVENTS:
-            data = await trio.to_thread.run_sync(self.log.read, offset, max_bytes, limit)
+            cached = None
+            if max_bytes <= INLINE_READ_BYTES:
+                cached = self.log.read_cached(offset, max_bytes, limit)
+            if cached is None:
+                data = await trio.to_thread.run_sync(self.log.read, offset, max_bytes, limit)
+            else:
+                await trio.lowlevel.checkpoint()
+                data = cached
         else:
             await trio.lowlevel.checkpoint()
             data = self.log.read(offset, max_bytes, limit)
@@ -305,7 +325,7 @@ class AsyncLog:
                 await trio.lowlevel.checkpoint()
             self._check_crash()
             return
-        work = self.log.prepare_sync()
+        work = self._prepare()
         if work is None:
             return
         await self._sync_once(work)
@@ -327,17 +347,43 @@ class AsyncLog:
         if self.config.durability == "always":
             self._notify_data()
 
+    def _wake_for(self, end_offset: int) -> trio.Event:
+        """The event set once a sync covering ``end_offset`` completes."""
+        syncing = self._syncing
+        if not syncing or end_offset > syncing[-1][0]:
+            return self._next_wake  # the usual case: not handed over yet
+        for target, event in syncing:  # the batches in the thread: a few
+            if end_offset <= target:
+                return event
+        return syncing[-1][1]  # not reached: the last one covers end_offset
+
+    def _prepare(self) -> SyncWork | None:
+        """:meth:`Log.prepare_sync`, for a sync that will run: its waiters
+        so far wait for it."""
+        work = self.log.prepare_sync()
+        if work is not None:
+            self._track(work)
+        return work
+
+    def _track(self, work: SyncWork) -> None:
+        """``work`` will run: the waiters of records it covers wake when it
+        completes (one event for all of them)."""
+        self._syncing.append((work.target_offset, self._next_wake))
+        self._next_wake = trio.Event()
+
     def _wake_synced(self) -> None:
         """Wake the waiters the synced offset now covers."""
         synced = self.log.synced_offset
-        waiters = self._waiters
-        while waiters and waiters[0][0] <= synced:
-            heapq.heappop(waiters)[2].set()
+        syncing = self._syncing
+        while syncing and syncing[0][0] <= synced:
+            syncing.popleft()[1].set()
 
     def _wake_all(self) -> None:
-        for _end, _seq, event in self._waiters:
+        for _target, event in self._syncing:
             event.set()
-        self._waiters.clear()
+        self._syncing.clear()
+        self._next_wake.set()
+        self._next_wake = trio.Event()
 
     def _fail(self, work: SyncWork | None, exc: OSError, *, during: str = "fsync") -> None:
         lost_from = self.log.synced_offset
@@ -364,8 +410,7 @@ class AsyncLog:
             )
         error.__cause__ = exc
         self._failures.append(error)
-        for staged in self._staged:  # placed after the cut: never written
-            self.log.unstage(staged)
+        self.log.unstage_all(self._staged)  # placed after the cut: never written
         self._staged.clear()
         try:
             self.log.discard_unsynced()
@@ -394,6 +439,7 @@ class AsyncLog:
             return  # everything is already on its way
         if work is not None:
             self._submitted = (work.target_offset, work.dir_gen)
+            self._track(work)
         batch = Batch(staged, work, self._generation)
         if (
             not self._in_flight
@@ -425,8 +471,7 @@ class AsyncLog:
     def _take_outcome(self, outcome: Outcome) -> None:
         self._in_flight -= len(outcome.batches)
         for batch in outcome.batches:
-            for staged in batch.staged:
-                self.log.unstage(staged)
+            self.log.unstage_all(batch.staged)
         if outcome.skipped:
             return
         if outcome.error is not None:
@@ -482,7 +527,7 @@ class AsyncLog:
             else:
                 await trio.sleep(3600.0)
                 continue
-            work = self.log.prepare_sync()
+            work = self._prepare()
             if work is not None:
                 await self._sync_once(work)
 

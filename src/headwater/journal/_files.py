@@ -133,6 +133,10 @@ class LockHeld(BlockingIOError):
         self.pid = pid
 
 
+_nowait_reads = [hasattr(os, "RWF_NOWAIT") and hasattr(os, "preadv")]
+"""Whether ``RealFileSystem.pread_cached`` may try ``RWF_NOWAIT`` reads."""
+
+
 class RealFileSystem:
     """The real disk, through the ``os`` module."""
 
@@ -152,6 +156,26 @@ class RealFileSystem:
     def pread(self, handle: int, size: int, offset: int) -> bytes:
         """See :class:`FileSystem`."""
         return os.pread(handle, size, offset)
+
+    def pread_cached(self, handle: int, size: int, offset: int) -> bytes | bytearray | None:
+        """:meth:`pread` from the page cache only (``preadv`` with
+        ``RWF_NOWAIT``): ``None`` when some of the bytes would have to come
+        from the disk, or where the kernel or file system cannot say (then
+        a worker thread reads them). A short result may mean the same."""
+        if not _nowait_reads[0]:
+            return None
+        buffer = bytearray(size)
+        try:
+            n = os.preadv(handle, [buffer], offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                _nowait_reads[0] = False  # not here: always use the thread
+                return None
+            raise
+        del buffer[n:]
+        return buffer
 
     def size(self, handle: int) -> int:
         """See :class:`FileSystem`."""
@@ -231,10 +255,14 @@ class RealFileSystem:
     def writev(self, handle: int, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
         """See :class:`FileSystem`: ``os.writev`` in chunks of at most
         ``_IOV_MAX`` buffers, resumed after a short write."""
+        if len(buffers) <= _IOV_MAX:  # the usual case: all of it in one call
+            written = os.writev(handle, buffers)
+            if written == sum(map(len, buffers)):
+                return
+        else:
+            written = 0
         views = [memoryview(b) for b in buffers]
-        while views:
-            chunk = views[:_IOV_MAX]
-            written = os.writev(handle, chunk)
+        while True:
             while written:
                 first = views[0]
                 if written >= len(first):
@@ -245,6 +273,9 @@ class RealFileSystem:
                     written = 0
             while views and not len(views[0]):
                 views.pop(0)
+            if not views:
+                return
+            written = os.writev(handle, views[:_IOV_MAX])
 
     def overwrite(self, handle: int, data: bytes | bytearray | memoryview) -> None:
         """See :class:`FileSystem`: ``pwrite`` at 0 (``O_APPEND`` is cleared

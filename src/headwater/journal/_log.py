@@ -62,6 +62,7 @@ import os
 import struct
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Final, Literal, NamedTuple
 
 import attrs
@@ -87,8 +88,9 @@ from headwater.journal._record import (
     RecordHeader,
     Short,
     decode_header,
-    patch_header,
+    new_header,
     patch_record,
+    stored_header,
 )
 
 __all__ = ["Durability", "Log", "LogConfig", "Staged", "SyncWork"]
@@ -165,6 +167,14 @@ def _segment_base(seg: _Segment) -> int:
     return seg.base
 
 
+_Pread = Callable[[int, int, int], bytes | bytearray]
+"""``pread(handle, size, position)``, as :meth:`FileSystem.pread`."""
+
+
+class _NotCached(Exception):
+    """A :meth:`Log.read_cached` would have to wait for the disk."""
+
+
 def _entry_offset(entry: tuple[int, int]) -> int:
     return entry[0]
 
@@ -207,9 +217,11 @@ class _Segment:
         self.size = position + header.length
 
 
-@attrs.frozen
+@attrs.define(eq=False)
 class SyncWork:
-    """What one sync must make durable (from :meth:`Log.prepare_sync`)."""
+    """What one sync must make durable (from :meth:`Log.prepare_sync`).
+    Never changed once made (not frozen only because a frozen attrs class
+    costs twice as much to build, and one is made per fsync)."""
 
     handles: tuple[int, ...]
     directory: bool
@@ -228,6 +240,9 @@ class Staged(NamedTuple):
     segment: _Segment
     head: bytes
     body: memoryview
+
+
+_new_staged: Callable[[tuple[_Segment, bytes, memoryview]], Staged] = partial(tuple.__new__, Staged)
 
 
 class Log:
@@ -666,7 +681,7 @@ class Log:
                     "retention, then retry (earlier data is intact)"
                 ) from exc
             raise StorageError(f"write to {active.path} failed: {exc}") from exc
-        header = attrs.evolve(validated, base_offset=active.next_offset, append_time=now)
+        header = validated._replace(base_offset=active.next_offset, append_time=now)
         active.note(header, position, self.config.index_interval)
         self._dirty[active.base] = active
         return header
@@ -717,28 +732,45 @@ class Log:
         cannot make it durable ahead of them."""
         if type(record) is not bytes:
             record = bytes(record)  # a mutable buffer could change before the write
-        active, v, now = self._place(record, validated, lazy=True)
+        # The hot path of every append (group commit is bound by the loop's
+        # CPU per append): _place and _Segment.note inlined, the stored header
+        # packed from the checked fields, one header object.
+        if validated is None:
+            validated = self.validate(record)
+        v = validated
+        active = self.segments[-1]
+        now = self.clock()
+        size = active.size
+        length = len(record)
+        config = self.config
+        if self.closed or (
+            size > 0
+            and (
+                size + length > config.segment_bytes
+                or (config.segment_ms is not None and now - active.created_ms >= config.segment_ms)
+            )
+        ):
+            active, v, now = self._place(record, v, lazy=True)
+            size = active.size
         base_offset = active.next_offset
-        head = patch_header(record, base_offset, now)
-        body = memoryview(record)
-        header = RecordHeader(  # attrs.evolve costs several times more
-            v.length,
-            v.crc,
-            v.attributes,
-            base_offset,
-            v.count,
-            v.first_timestamp,
-            v.max_timestamp,
-            now,
-            v.producer_id,
-            v.producer_epoch,
-            v.base_sequence,
-        )
-        active.note(header, active.size, self.config.index_interval)
+        # v's fields with the base offset and append time set (built in C).
+        header = new_header((*v[:3], base_offset, *v[4:7], now, *v[8:]))
+        head = stored_header(record, header)
+        if size - active.indexed_at >= config.index_interval:
+            active.index.append((base_offset, size))
+            active.indexed_at = size
+        max_timestamp = header.max_timestamp
+        if max_timestamp > active.max_timestamp:
+            active.max_timestamp = max_timestamp
+            active.times.append((max_timestamp, base_offset))
+        if now > active.max_append_time:
+            active.max_append_time = now
+        active.next_offset = base_offset + header.count
+        active.size = size + header.length
         self._dirty[active.base] = active
         with self._lock:
             active.pins += 1
-        return header, Staged(active, head, body[HEADER_SIZE:])
+        return header, _new_staged((active, head, memoryview(record)[HEADER_SIZE:]))
 
     def open_staged_segment(self, seg: _Segment) -> int:
         """Create the file of a segment :meth:`stage` rolled to (writer
@@ -758,6 +790,18 @@ class Log:
         """Release the pin :meth:`stage` took (owner thread), once the
         record is written or given up."""
         self._unpin(staged.segment)
+
+    def unstage_all(self, staged: list[Staged]) -> None:
+        """:meth:`unstage` each of ``staged`` (one lock for all of them)."""
+        closing: list[_Segment] = []
+        with self._lock:
+            for record in staged:
+                seg = record.segment
+                seg.pins -= 1
+                if seg.retired and seg.pins == 0:
+                    closing.append(seg)
+        for seg in closing:
+            self._close_handle(seg)
 
     def _undo_partial(self, seg: _Segment, position: int) -> None:
         try:
@@ -857,8 +901,10 @@ class Log:
 
     # ------------------------------------------------------- handle owners
 
-    def _pin(self, offset: int) -> _Segment:
-        """Pin the segment holding ``offset`` (any thread); :meth:`_unpin` it."""
+    def _pin(self, offset: int, *, reopen: bool = True) -> _Segment:
+        """Pin the segment holding ``offset`` (any thread); :meth:`_unpin` it.
+        Without ``reopen``, a segment whose file is closed raises
+        ``_NotCached`` (opening it may wait for the disk)."""
         with self._lock:
             if self.closed:
                 raise ClosedError(f"the log at {self.path} is closed")
@@ -873,6 +919,8 @@ class Log:
                     )
                 seg = segments[self._segment_for(offset)]
             if seg.handle < 0:
+                if not reopen:
+                    raise _NotCached
                 self._reopen_locked(seg)
             else:
                 self.files.touch_locked(seg)
@@ -957,12 +1005,14 @@ class Log:
             index += 1
         return index
 
-    def _position_of(self, seg: _Segment, offset: int) -> tuple[int, RecordHeader | None]:
+    def _position_of(
+        self, seg: _Segment, offset: int, pread: _Pread
+    ) -> tuple[int, RecordHeader | None]:
         """Byte position and header of the record containing ``offset``."""
         i = bisect.bisect_right(seg.index, offset, key=_entry_offset) - 1
         position = seg.index[i][1] if i >= 0 else 0
         while position < seg.size:
-            head = self.fs.pread(seg.handle, HEADER_SIZE, position)
+            head = pread(seg.handle, HEADER_SIZE, position)
             header = decode_header(head, check_crc=False)
             if not isinstance(header, RecordHeader):
                 raise CorruptionError(
@@ -981,6 +1031,32 @@ class Log:
         compacts or closes (see "File handles have one owner"). Raises
         :class:`OffsetOutOfRangeError` when ``offset`` is not stored (any
         more) and :class:`ClosedError` once the log is closed."""
+        return self._read(offset, max_bytes, end, self.fs.pread)
+
+    def read_cached(self, offset: int, max_bytes: int, end: int | None = None) -> bytes | None:
+        """:meth:`read`, but only if it need not wait for the disk: ``None``
+        when some of the bytes are not in the page cache, a segment file is
+        closed, or the file system cannot tell (no ``pread_cached``). So a
+        reader on the event loop can read data that is in memory at once
+        and leave the rest to a worker thread."""
+        pread_cached = getattr(self.fs, "pread_cached", None)
+        if pread_cached is None:
+            return None
+
+        def pread(handle: int, size: int, position: int) -> bytes | bytearray:
+            data: bytes | bytearray | None = pread_cached(handle, size, position)
+            if data is None or len(data) < size:
+                raise _NotCached
+            return data
+
+        try:
+            return self._read(offset, max_bytes, end, pread, reopen=False)
+        except _NotCached:
+            return None
+
+    def _read(
+        self, offset: int, max_bytes: int, end: int | None, pread: _Pread, *, reopen: bool = True
+    ) -> bytes:
         end = self.next_offset if end is None else min(end, self.next_offset)
         # A first check; _pin checks again under the lock (retention may run
         # between the two when this read is in a worker thread).
@@ -989,37 +1065,51 @@ class Log:
                 f"offset {offset} is outside the log [{self.earliest_offset}, "
                 f"{self.next_offset}]; seek to earliest or latest"
             )
-        out = bytearray()
+        # Runs of whole records as read, joined once at the end: one copy,
+        # none when a single read is all of the answer.
+        spans: list[tuple[bytes | bytearray, int]] = []
+        have = 0
         while offset < end:
             try:
-                seg = self._pin(offset)
+                seg = self._pin(offset, reopen=reopen)
             except (OffsetOutOfRangeError, ClosedError):
-                if not out:
+                if not spans:
                     raise
                 break  # retention or close overtook this read: return what it got
             try:
                 if offset >= seg.next_offset:
                     break
-                offset, more = self._read_segment(seg, offset, end, max_bytes, out)
+                offset, taken, data, more = self._read_segment(
+                    seg, offset, end, max_bytes, have, pread
+                )
             finally:
                 self._unpin(seg)
+            if taken:
+                spans.append((data, taken))
+                have += taken
             if not more:
                 break
-        return bytes(out)
+        if len(spans) == 1:
+            data, taken = spans[0]
+            if taken == len(data) and type(data) is bytes:
+                return data
+        return b"".join(memoryview(data)[:taken] for data, taken in spans)
 
     def _read_segment(
-        self, seg: _Segment, offset: int, end: int, max_bytes: int, out: bytearray
-    ) -> tuple[int, bool]:
-        """Append records of pinned ``seg`` from ``offset`` to ``out``;
-        returns the next offset and whether to go on to the next segment."""
-        position, header = self._position_of(seg, offset)
+        self, seg: _Segment, offset: int, end: int, max_bytes: int, have: int, pread: _Pread
+    ) -> tuple[int, int, bytes | bytearray, bool]:
+        """Read records of pinned ``seg`` from ``offset``, after ``have``
+        bytes of them were read; returns the next offset, how many bytes of
+        whole records to take from the start of the data read, the data, and
+        whether to go on to the next segment."""
+        position, header = self._position_of(seg, offset, pread)
         if header is None:
-            return offset, False
-        want = max_bytes - len(out)
-        if out and want < header.length:
-            return offset, False
+            return offset, 0, b"", False
+        want = max_bytes - have
+        if have and want < header.length:
+            return offset, 0, b"", False
         size = min(max(want, header.length), seg.size - position)
-        data = self.fs.pread(seg.handle, size, position)
+        data = pread(seg.handle, size, position)
         pos = 0
         while pos + HEADER_SIZE <= len(data):
             h = decode_header(data, pos)
@@ -1035,12 +1125,11 @@ class Log:
                     "Restore the file, or repair the log (`headwater repair` for a partition, "
                     "on the stopped broker): it drops only the damaged records"
                 )
-            if h.base_offset >= end or (out and len(out) + h.length > max_bytes):
-                return offset, False
-            out += data[pos : pos + h.length]
+            if h.base_offset >= end or (have + pos and have + pos + h.length > max_bytes):
+                return offset, pos, data, False
             pos += h.length
             offset = h.next_offset
-        return offset, pos > 0 and len(out) < max_bytes
+        return offset, pos, data, pos > 0 and have + pos < max_bytes
 
     def offset_for_time(self, timestamp: int) -> int | None:
         """Base offset of the first record whose max timestamp is >= ``timestamp``
@@ -1064,7 +1153,7 @@ class Log:
             if max_ts >= timestamp:
                 break
             start = off
-        position, _ = self._position_of(seg, start)
+        position, _ = self._position_of(seg, start, self.fs.pread)
         while position < seg.size:
             header = decode_header(
                 self.fs.pread(seg.handle, HEADER_SIZE, position), check_crc=False
@@ -1245,7 +1334,7 @@ class Log:
             self._dirty.pop(seg.base, None)
         seg = self.segments[-1]
         self._fd(seg)
-        position, header = self._position_of(seg, offset)
+        position, header = self._position_of(seg, offset, self.fs.pread)
         self._cut_segment(seg, position, header.base_offset if header else offset)
         if sync:
             self.sync()

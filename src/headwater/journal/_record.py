@@ -43,7 +43,9 @@ from __future__ import annotations
 
 import struct
 import threading
-from typing import Final
+from collections.abc import Callable
+from functools import partial
+from typing import Final, NamedTuple
 
 import attrs
 import crc32c
@@ -70,6 +72,7 @@ __all__ = [
     "patch_header",
     "patch_record",
     "record_crc",
+    "stored_header",
 ]
 
 HEADER: Final = struct.Struct(">IIBBHqIqqqqhi")
@@ -89,20 +92,27 @@ MAX_RECORD_SIZE: Final = 256 * 1024 * 1024
 """No record may be larger than this (a sanity bound on the length field)."""
 
 _CRC_START: Final = 8
+_LENGTH_CRC: Final = struct.Struct(">II")
+_CHECKED: Final = struct.Struct(">BBHqIqqqqhi")  # the header after the crc field
 _BASE_OFFSET: Final = struct.Struct(">q")
 _APPEND_TIME: Final = struct.Struct(">q")
 _CRC: Final = struct.Struct(">I")
 
 
-@attrs.frozen
-class RecordHeader:
-    """The decoded header of one valid record."""
+class RecordHeader(NamedTuple):
+    """The decoded header of one valid record.
+
+    Immutable. A named tuple (fields in the order below), not an attrs
+    class: one is built per append and per record read, and this one is
+    built in C (an attrs frozen class's ``__init__`` was the largest Python
+    cost of an append). ``header._replace(...)`` makes a changed copy.
+    """
 
     length: int
     crc: int
     attributes: int
     base_offset: int
-    count: int
+    count: int  # type: ignore[assignment]  # (shadows tuple.count: a field here)
     first_timestamp: int
     max_timestamp: int
     append_time: int
@@ -119,6 +129,10 @@ class RecordHeader:
     def last_offset(self) -> int:
         """The offset of this record's last event."""
         return self.base_offset + self.count - 1
+
+
+#: Builds a RecordHeader from an 11-tuple without a Python-level call.
+new_header: Callable[[tuple[int, ...]], RecordHeader] = partial(tuple.__new__, RecordHeader)
 
 
 @attrs.frozen
@@ -200,21 +214,31 @@ def decode_header(
     available = len(buf) - pos
     if available < HEADER_SIZE:
         return Short(HEADER_SIZE - available)
-    (
-        length,
-        crc,
-        magic,
-        version,
-        attributes,
-        base_offset,
-        count,
-        first_ts,
-        max_ts,
-        append_time,
-        producer_id,
-        producer_epoch,
-        base_sequence,
-    ) = HEADER.unpack_from(buf, pos)
+    fields = HEADER.unpack_from(buf, pos)
+    # (length, crc, magic, version, attributes, base_offset, count, ...)
+    length = fields[0]
+    if not (
+        fields[2] == MAGIC
+        and fields[3] == VERSION
+        and HEADER_SIZE <= length <= MAX_RECORD_SIZE
+        and fields[6] >= 1
+        and fields[5] >= 0
+    ):
+        return _corrupt_header(fields)
+    if check_crc:
+        if available < length:
+            return Short(length - available)
+        actual = crc32c.crc32c(memoryview(buf)[pos + _CRC_START : pos + length])
+        if actual != fields[1]:
+            return Corrupt(f"checksum mismatch (stored 0x{fields[1]:08x}, computed 0x{actual:08x})")
+    # Every append and every record read decodes one: built without a
+    # Python-level call (the fields minus magic and version).
+    return new_header(fields[:2] + fields[4:])
+
+
+def _corrupt_header(fields: tuple[int, ...]) -> Corrupt:
+    """What is wrong with a header that failed decode_header's checks."""
+    length, _crc, magic, version, _attributes, base_offset, count = fields[:7]
     if magic != MAGIC:
         return Corrupt(f"bad magic byte 0x{magic:02x}")
     if version != VERSION:
@@ -223,27 +247,7 @@ def decode_header(
         return Corrupt(f"record length {length} out of range")
     if count < 1:
         return Corrupt(f"record event count {count} < 1")
-    if base_offset < 0:
-        return Corrupt(f"negative base offset {base_offset}")
-    if check_crc:
-        if available < length:
-            return Short(length - available)
-        actual = record_crc(buf, length, pos)
-        if actual != crc:
-            return Corrupt(f"checksum mismatch (stored 0x{crc:08x}, computed 0x{actual:08x})")
-    return RecordHeader(  # positional: on every append, keywords cost ~0.5 us more
-        length,
-        crc,
-        attributes,
-        base_offset,
-        count,
-        first_ts,
-        max_ts,
-        append_time,
-        producer_id,
-        producer_epoch,
-        base_sequence,
-    )
+    return Corrupt(f"negative base offset {base_offset}")
 
 
 def patch_record(
@@ -343,6 +347,23 @@ def patch_header(
     after = crc32c.crc32c(head[_CRC_START:])
     _CRC.pack_into(head, 4, old_crc ^ crc_shift(before ^ after, length - HEADER_SIZE))
     return bytes(head)
+
+
+def stored_header(record: bytes, stored: RecordHeader) -> bytes:
+    """:func:`patch_header` for the append path: the header of ``record``
+    as stored, packed from ``stored`` (the header it was decoded to, with
+    the base offset and append time set) rather than copied and patched,
+    its CRC summed in one pass over a short record's payload."""
+    checked = _CHECKED.pack(MAGIC, VERSION, *stored[2:])
+    length = stored[0]
+    if length < _COMBINE_FROM:
+        crc = crc32c.crc32c(memoryview(record)[HEADER_SIZE:], crc32c.crc32c(checked))
+    else:
+        # Linear in the header's bytes: valid whatever ``stored`` differs in.
+        before = crc32c.crc32c(memoryview(record)[_CRC_START:HEADER_SIZE])
+        diff = before ^ crc32c.crc32c(checked)
+        crc = _CRC.unpack_from(record, 4)[0] ^ crc_shift(diff, length - HEADER_SIZE)
+    return _LENGTH_CRC.pack(length, crc) + checked
 
 
 def iter_records(

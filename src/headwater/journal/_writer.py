@@ -84,6 +84,11 @@ def merge_work(works: list[SyncWork]) -> SyncWork | None:
     """One sync covering every ``works`` (the last one's end point)."""
     if not works:
         return None
+    if len(works) == 1:
+        (work,) = works
+        only = work.segments
+        if len(only) == 1 and only[0].handle >= 0 and work.handles == (only[0].handle,):
+            return work  # the usual case: one segment, its handle as prepared
     segments: dict[int, _Segment] = {}
     for w in works:
         for seg in w.segments:

@@ -24,7 +24,6 @@ connections are untouched.
 
 from __future__ import annotations
 
-import errno
 import hmac
 import itertools
 import ssl
@@ -36,6 +35,7 @@ from kio.schema.errors import ErrorCode
 from headwater._errors import HeadwaterError
 from headwater._logging import get_logger
 from headwater.supervision._specs import ChildSpec
+from headwater.transport._server import ConnectionLimit, accept_connections, peer_name
 
 from ._groups import KafkaGroups
 from ._handler import KafkaHandler, error_code
@@ -84,39 +84,32 @@ class KafkaServer:
         self.max_frame_size = max_frame_size
         self.idle_timeout = idle_timeout
         self.shutdown_timeout = shutdown_timeout
-        self.connections = 0
+        self._limit = ConnectionLimit(max_connections)
         self.groups = KafkaGroups()
         self._ids = itertools.count(1)
 
     async def accept_loop(self, listeners: list[trio.SocketListener]) -> None:
         """Accept connections for ever; each becomes a temporary child."""
 
-        async def accept(listener: trio.SocketListener) -> None:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
-                        _log.error("kafka_accept_failed", error=str(exc))
-                        await trio.sleep(0.1)
-                        continue
-                    raise
-                await self.start_connection(stream)
+        async def start(stream: trio.SocketStream, peer: str) -> None:
+            await self.start_connection(stream)
 
-        async with trio.open_nursery() as nursery:
-            for listener in listeners:
-                nursery.start_soon(accept, listener)
+        await accept_connections(listeners, start, log=_log, event="kafka_accept_failed")
+
+    @property
+    def connections(self) -> int:
+        """How many Kafka connections are open."""
+        return self._limit.count
 
     async def start_connection(self, stream: trio.SocketStream) -> None:
         """Start a connection child for an accepted socket (refused over the limit)."""
+        peer = peer_name(stream)
         try:
-            host, port = stream.socket.getpeername()[:2]
-            peer = f"{host}:{port}"
             local = str(stream.socket.getsockname()[0])
         except OSError:
-            peer, local = "?", self.host
-        if self.connections >= self.max_connections:
-            _log.warning("kafka_connection_refused", peer=peer, connections=self.connections)
+            local = self.host
+        if self._limit.full():
+            _log.warning("kafka_connection_refused", peer=peer, connections=self._limit.count)
             await trio.aclose_forcefully(stream)
             return
         advertised = local if self.host in _WILDCARDS else self.host
@@ -124,19 +117,19 @@ class KafkaServer:
         if self.ssl_context is not None:
             wrapped = trio.SSLStream(stream, self.ssl_context, server_side=True)
         name = f"kafka-{next(self._ids)}"
-        self.connections += 1
+        release = self._limit.opened()
 
         async def run() -> None:
             try:
                 await self.serve_stream(wrapped, peer=peer, advertised=advertised)
             finally:
-                self.connections -= 1
+                release()
 
         spec = ChildSpec(name, run, restart="temporary", shutdown=self.shutdown_timeout)
         try:
             await self.system.start_child(spec, parent="/server")
         except BaseException:
-            self.connections -= 1
+            release()
             await trio.aclose_forcefully(wrapped)
             raise
 

@@ -3,12 +3,17 @@
 A sans-IO frame codec (:class:`FrameDecoder`, :func:`encode_frame`), typed
 messages (:class:`MessageRegistry` and the envelope frames), sans-IO
 connection state machines (:class:`ClientConnection`,
-:class:`ServerConnection`) and thin Trio glue (:class:`FramedStream`).
+:class:`ServerConnection`, with deadlines as ``next_deadline(now)``), one
+Trio driver per side (:class:`ClientDriver`, :class:`ServerDriver`), the
+accept loop the front ends share (:func:`accept_connections`,
+:class:`ConnectionLimit`) and thin Trio glue (:class:`FramedStream`).
 See ``docs/protocol.md``.
 """
 
 from __future__ import annotations
 
+from ._client import ClientDriver as ClientDriver
+from ._client import Waiter as Waiter
 from ._connection import DEFAULT_MAX_IN_FLIGHT as DEFAULT_MAX_IN_FLIGHT
 from ._connection import AuthRequired as AuthRequired
 from ._connection import ClientConnection as ClientConnection
@@ -17,6 +22,7 @@ from ._connection import ErrorReceived as ErrorReceived
 from ._connection import Event as Event
 from ._connection import HandshakeComplete as HandshakeComplete
 from ._connection import PushReceived as PushReceived
+from ._connection import RequestExpired as RequestExpired
 from ._connection import RequestReceived as RequestReceived
 from ._connection import ResponseReceived as ResponseReceived
 from ._connection import ServerConnection as ServerConnection
@@ -44,6 +50,13 @@ from ._operations import decode_response as decode_response
 from ._operations import encode_request as encode_request
 from ._operations import encode_response as encode_response
 from ._operations import op_name as op_name
+from ._server import DEFERRED as DEFERRED
+from ._server import INLINE as INLINE
+from ._server import TASK as TASK
+from ._server import ConnectionLimit as ConnectionLimit
+from ._server import ServerDriver as ServerDriver
+from ._server import accept_connections as accept_connections
+from ._server import peer_name as peer_name
 from ._stream import FramedStream as FramedStream
 
 __all__ = [
@@ -81,10 +94,21 @@ __all__ = [
     "Event",
     "HandshakeComplete",
     "AuthRequired",
+    "RequestExpired",
     "RequestReceived",
     "ResponseReceived",
     "ErrorReceived",
     "ConnectionClosed",
+    # drivers
+    "ClientDriver",
+    "Waiter",
+    "ServerDriver",
+    "TASK",
+    "INLINE",
+    "DEFERRED",
+    "ConnectionLimit",
+    "accept_connections",
+    "peer_name",
     # trio glue
     "FramedStream",
 ]

@@ -39,11 +39,33 @@ connection to CLOSED; the server first queues an ``error`` frame with no id
 describing it, so the owner should flush ``data_to_send()`` and close the
 stream. In CLOSED, ``next_event`` returns :class:`ConnectionClosed` forever
 and ``send_*`` raise :class:`~headwater.ClosedError`.
+
+Deadlines
+---------
+Time enters only as ``now`` arguments, so the drivers in :mod:`._client` and
+:mod:`._server` sleep until ``next_deadline(now)`` and then call
+``handle_timeout(now)``; no timer tasks. The deadlines a connection keeps:
+
+* ``handshake_timeout``: from construction (``now=``) until the handshake
+  completes. Expired, the server fails the connection with a ``timeout``
+  error frame; the client closes with :class:`~headwater.HeadwaterTimeoutError`.
+* ``idle_timeout`` (server): nothing received and nothing in flight (and no
+  ``streams_open``) for that long; the connection is failed with a
+  ``timeout`` error frame.
+* ``keepalive`` (client): after that many seconds without a byte from the
+  peer (``receive_data(data, now)``) a ``ping`` request is queued (its
+  answer is swallowed); after three times that the connection is closed as
+  lost (:class:`~headwater.ConnectionLostError`).
+* request deadlines (client): ``send_request(..., deadline=t)``. Expired,
+  ``next_event`` returns :class:`RequestExpired` for it once; the id stays in
+  flight until its answer arrives (the peer may still be working on it).
 """
 
 from __future__ import annotations
 
 import hmac
+import math
+from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -54,6 +76,7 @@ from headwater._errors import (
     ClosedError,
     ConnectionLostError,
     HeadwaterError,
+    HeadwaterTimeoutError,
     InvalidArgument,
     LocalProtocolError,
     RemoteProtocolError,
@@ -86,6 +109,7 @@ __all__ = [
     "Event",
     "HandshakeComplete",
     "PushReceived",
+    "RequestExpired",
     "RequestReceived",
     "ResponseReceived",
     "ServerConnection",
@@ -166,8 +190,18 @@ class ConnectionClosed:
     unanswered: tuple[int, ...] = ()
 
 
+@attrs.frozen
+class RequestExpired:
+    """(Client) request ``id`` passed the deadline given to ``send_request``.
+    It stays in flight (its slot is taken) until the peer answers; the
+    answer then arrives as usual."""
+
+    id: int
+
+
 Event = (
     HandshakeComplete
+    | RequestExpired
     | AuthRequired
     | RequestReceived
     | ResponseReceived
@@ -217,6 +251,12 @@ def _check_versions(versions: Iterable[int]) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
+def _check_seconds(seconds: float) -> float:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+        raise InvalidArgument(f"timeout={seconds!r} must be seconds > 0 (or None for none)")
+    return float(seconds)
+
+
 def _check_limit(max_in_flight: int) -> int:
     if type(max_in_flight) is not int or max_in_flight < 1:
         raise InvalidArgument(f"max_in_flight={max_in_flight!r} must be a positive int")
@@ -226,7 +266,15 @@ def _check_limit(max_in_flight: int) -> int:
 class _Connection:
     _table: dict[tuple[str, str], str]
 
-    def __init__(self, state: str, max_frame_size: int, max_in_flight: int) -> None:
+    def __init__(
+        self,
+        state: str,
+        max_frame_size: int,
+        max_in_flight: int,
+        *,
+        now: float = 0.0,
+        handshake_timeout: float | None = None,
+    ) -> None:
         self._state = state
         self._decoder = FrameDecoder(max_frame_size=max_frame_size)
         self._max_frame_size = max_frame_size
@@ -237,8 +285,56 @@ class _Connection:
         self._closed_by_us = False
         self._version = 0
         self._peer = ""
+        self._events: deque[Event] = deque()  # made by handle_timeout, before any frame
+        self._handshake_deadline = (
+            math.inf if handshake_timeout is None else now + _check_seconds(handshake_timeout)
+        )
+        self._handshake_timeout = handshake_timeout
+        self._last_heard = now
 
     # -- public surface shared by both sides --
+
+    @property
+    def last_heard(self) -> float:
+        """When bytes last arrived (the ``now`` given to ``receive_data``)."""
+        return self._last_heard
+
+    def next_deadline(self, now: float) -> float:
+        """The earliest time at which :meth:`handle_timeout` has work to do
+        (``math.inf`` for none; a time at or before ``now`` means at once)."""
+        if self._state == CLOSED:
+            return math.inf
+        if self._state != READY:
+            return self._handshake_deadline
+        return self._ready_deadline(now)
+
+    def handle_timeout(self, now: float) -> None:
+        """Apply the deadlines due at ``now`` (see the module docs): the
+        events they cause come out of :meth:`next_event`, the frames out of
+        :meth:`data_to_send`."""
+        if self._state == CLOSED:
+            return
+        if self._state != READY:
+            if now >= self._handshake_deadline:
+                self._expire(
+                    HeadwaterTimeoutError(
+                        f"the handshake did not finish within {self._handshake_timeout}s "
+                        f"(state {self._state}); reconnect"
+                    )
+                )
+            return
+        self._ready_timeout(now)
+
+    def _ready_deadline(self, now: float) -> float:
+        return math.inf
+
+    def _ready_timeout(self, now: float) -> None:
+        return
+
+    def _expire(self, error: HeadwaterError) -> None:
+        """A deadline closed the connection with ``error``."""
+        self._closed_by_us = True
+        self._enter_closed(ConnectionClosed(error, tuple(sorted(self._in_flight))))
 
     @property
     def state(self) -> str:
@@ -260,6 +356,11 @@ class _Connection:
         """The most requests allowed in flight at once."""
         return self._max_in_flight
 
+    @property
+    def data_to_send_pending(self) -> bool:
+        """Whether :meth:`data_to_send` has bytes to give."""
+        return bool(self._out)
+
     def data_to_send(self) -> bytes:
         """Return (and forget) the bytes queued for the peer."""
         # One frame (the common case) is returned as is: no copy of a large batch.
@@ -267,10 +368,13 @@ class _Connection:
         self._out.clear()
         return data
 
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes received from the peer; ``b""`` means end of stream."""
+    def receive_data(self, data: bytes, now: float | None = None) -> None:
+        """Feed bytes received from the peer; ``b""`` means end of stream.
+        ``now`` (the time they arrived) restarts the keepalive and idle clocks."""
         if self._state == CLOSED:
             return
+        if now is not None:
+            self._last_heard = now
         if not data:
             unanswered = tuple(sorted(self._in_flight))
             error: HeadwaterError | None = None
@@ -305,6 +409,8 @@ class _Connection:
         connection is then closed.
         """
         while True:
+            if self._events:
+                return self._events.popleft()
             if self._closed_event is not None:
                 return self._closed_event
             try:
@@ -393,14 +499,68 @@ class ClientConnection(_Connection):
         client: str = "headwater-python",
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        now: float = 0.0,
+        handshake_timeout: float | None = None,
+        keepalive: float | None = None,
+        ping: str = "ping",
     ) -> None:
-        super().__init__(HELLO_SENT, max_frame_size, max_in_flight)
+        super().__init__(
+            HELLO_SENT, max_frame_size, max_in_flight, now=now, handshake_timeout=handshake_timeout
+        )
         self._versions = _check_versions(versions)
         self._next_id = 1
+        self._keepalive = None if keepalive is None else _check_seconds(keepalive)
+        self._ping_op = ping
+        self._pinged = False  # a ping went out since we last heard from the peer
+        self._pings: set[int] = set()  # our keepalive pings in flight (answers swallowed)
+        self._deadlines: dict[int, float] = {}  # request id -> deadline, not yet expired
         self._queue(Hello(list(self._versions), token, client))
 
-    def send_request(self, op: str, body: Mapping[str, Any] | None = None) -> int:
+    def _ready_deadline(self, now: float) -> float:
+        deadline = min(self._deadlines.values(), default=math.inf)
+        if self._keepalive is not None:
+            if self._pinged or len(self._in_flight) >= self._max_in_flight:
+                deadline = min(deadline, self._last_heard + 3 * self._keepalive)
+            else:
+                deadline = min(deadline, self._last_heard + self._keepalive)
+        return deadline
+
+    def _ready_timeout(self, now: float) -> None:
+        if self._deadlines:
+            for request_id, deadline in sorted(self._deadlines.items(), key=lambda kv: kv[1]):
+                if deadline <= now:
+                    del self._deadlines[request_id]
+                    self._events.append(RequestExpired(request_id))
+        keepalive = self._keepalive
+        if keepalive is None:
+            return
+        silent = now - self._last_heard
+        if silent >= 3 * keepalive:
+            self._expire(
+                ConnectionLostError(
+                    f"nothing heard from the peer for {silent:.1f}s (keepalive={keepalive}s): "
+                    "it is unreachable"
+                )
+            )
+        elif (
+            silent >= keepalive and not self._pinged and len(self._in_flight) < self._max_in_flight
+        ):
+            self._pings.add(self.send_request(self._ping_op, {}))
+            self._pinged = True
+
+    def receive_data(self, data: bytes, now: float | None = None) -> None:
+        """Feed bytes received from the peer; ``b""`` means end of stream.
+        ``now`` (the time they arrived) restarts the keepalive clock."""
+        if now is not None:
+            self._pinged = False
+        super().receive_data(data, now)
+
+    def send_request(
+        self, op: str, body: Mapping[str, Any] | None = None, *, deadline: float | None = None
+    ) -> int:
         """Queue request ``op`` with ``body``; return its correlation id.
+        With ``deadline`` (a time on the ``now`` clock), :class:`RequestExpired`
+        reports it once that time passed without an answer.
 
         Raises :class:`~headwater.LocalProtocolError` before the handshake
         completes or when ``max_in_flight`` requests are already in flight
@@ -419,8 +579,20 @@ class ClientConnection(_Connection):
         self._local("send_request")
         self._next_id += 1
         self._in_flight.add(request_id)
+        if deadline is not None:
+            self._deadlines[request_id] = deadline
         self._out.append(frame)
         return request_id
+
+    def _answered(self, request_id: int) -> bool:
+        """Forget ``request_id`` (answered); ``False`` for our own ping."""
+        self._in_flight.discard(request_id)
+        if self._deadlines:
+            self._deadlines.pop(request_id, None)
+        if self._pings and request_id in self._pings:
+            self._pings.discard(request_id)
+            return False
+        return True
 
     def send_auth(self, token: str) -> None:
         """Answer :class:`AuthRequired` with ``token``."""
@@ -440,7 +612,8 @@ class ClientConnection(_Connection):
                         f"peer sent an error for request id {message.id}, not in flight"
                     )
                 )
-            self._in_flight.discard(message.id)
+            if not self._answered(message.id):
+                return None
             return ErrorReceived(message.id, message.code, message.message, error)
         if isinstance(message, Response):
             self._remote("recv_res")
@@ -450,7 +623,8 @@ class ClientConnection(_Connection):
                         f"peer sent a response for request id {message.id}, not in flight"
                     )
                 )
-            self._in_flight.discard(message.id)
+            if not self._answered(message.id):
+                return None
             return ResponseReceived(message.id, message.body)
         if isinstance(message, Push):
             self._remote("recv_push")
@@ -507,8 +681,18 @@ class ServerConnection(_Connection):
         operations: Iterable[str] | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        now: float = 0.0,
+        handshake_timeout: float | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
-        super().__init__(AWAIT_HELLO, max_frame_size, max_in_flight)
+        super().__init__(
+            AWAIT_HELLO, max_frame_size, max_in_flight, now=now, handshake_timeout=handshake_timeout
+        )
+        self._idle_timeout = None if idle_timeout is None else _check_seconds(idle_timeout)
+        self._busy_since = now  # when the connection last had work (a request, a stream)
+        self.streams_open = 0
+        """Subscriptions the owner runs for this connection (pushed fetches):
+        while above 0 the connection is not idle."""
         self._versions = _check_versions(versions)
         self._token = token
         self._server = server
@@ -547,6 +731,36 @@ class ServerConnection(_Connection):
         )
         self._local("send_push")
         self._out.append(frame)
+
+    @property
+    def idle_timeout(self) -> float | None:
+        """Seconds of idleness after which the connection is closed (``None``: never)."""
+        return self._idle_timeout
+
+    def touch(self, now: float) -> None:
+        """The owner finished work for this connection at ``now`` (its last
+        answer went out): the idle clock restarts."""
+        self._busy_since = max(self._busy_since, now)
+
+    def _ready_deadline(self, now: float) -> float:
+        if self._idle_timeout is None:
+            return math.inf
+        if self._in_flight or self.streams_open:
+            self._busy_since = now
+            return math.inf
+        return max(self._busy_since, self._last_heard) + self._idle_timeout
+
+    def _ready_timeout(self, now: float) -> None:
+        if now >= self._ready_deadline(now):
+            self.fail(
+                HeadwaterTimeoutError(
+                    f"connection timed out: did not send anything within {self._idle_timeout}s; "
+                    "reconnect"
+                )
+            )
+
+    def _expire(self, error: HeadwaterError) -> None:
+        self.fail(error)
 
     def fail(self, error: HeadwaterError) -> None:
         """Queue a connection-level error frame (no id) and close."""

@@ -10,8 +10,7 @@ supervisor restarts it on the same socket. Leaving the block stops ``/http``.
 
 from __future__ import annotations
 
-import errno
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import attrs
@@ -21,6 +20,7 @@ from headwater._errors import ConfigError
 from headwater._logging import get_logger
 from headwater.broker._broker import Broker
 from headwater.supervision._specs import ChildSpec, SupervisorSpec
+from headwater.transport._server import ConnectionLimit, accept_connections
 from headwater.web._app import HttpApp
 from headwater.web._http import serve_http_connection
 
@@ -102,36 +102,27 @@ async def open_http(
     app = HttpApp(broker, token=token, stream_interval=stream_interval)
     server = HttpServer(host, actual, app)
 
-    async def accept(listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
-                    _log.error("http_accept_failed", error=str(exc))
-                    await trio.sleep(0.1)
-                    continue
-                raise
-            try:
-                peer = "{}:{}".format(*stream.socket.getpeername()[:2])
-            except OSError:
-                peer = "?"
-            if server.connections >= max_connections:
-                nursery.start_soon(_refuse, stream, peer, max_connections)
-                continue
-            server.connections += 1
-            nursery.start_soon(serve, stream, peer)
+    limit = ConnectionLimit(max_connections)
 
-    async def serve(stream: trio.SocketStream, peer: str) -> None:
+    async def serve(stream: trio.SocketStream, peer: str, release: Callable[[], None]) -> None:
         try:
             await serve_http_connection(stream, app, peer=peer, idle_timeout=idle_timeout)
         finally:
-            server.connections -= 1
+            release()
+            server.connections = limit.count
 
     async def listener() -> None:
         async with trio.open_nursery() as nursery:
-            for ln in listeners:
-                nursery.start_soon(accept, ln, nursery)
+
+            async def start(stream: trio.SocketStream, peer: str) -> None:
+                if limit.full():
+                    nursery.start_soon(_refuse, stream, peer, max_connections)
+                    return
+                release = limit.opened()
+                server.connections = limit.count
+                nursery.start_soon(serve, stream, peer, release)
+
+            await accept_connections(listeners, start, log=_log, event="http_accept_failed")
 
     spec = SupervisorSpec(
         "http",
