@@ -23,6 +23,11 @@ with the partitions spread over topics of 100 partitions each. Per size:
   ``ratio_spread_vs_hot_100`` compares the two on the same server in the
   same minutes: the cost of spreading writes over N partitions instead of
   100, with everything else equal.
+* ``server_cpu_us_per_event``: the server's CPU time (all threads) per
+  event in the spread and hot-100 chunks, and ``ratio_cpu_hot_100_vs_spread``
+  (1 when spreading costs the server nothing more; less noisy than wall time
+  on a shared machine). ``refreeze_max_s``: the longest ``gc_refrozen`` pause
+  of the loop so far (creation and produce), see ``refreeze_after_changes``.
 * ``startup_s`` after a clean stop (SIGTERM) and ``recovery_s`` after
   ``kill -9`` (SIGKILL) of the server: from spawning ``headwater serve`` on
   the same directory until it listens and every topic's description (which
@@ -94,17 +99,22 @@ async def _describe_all(url: str, partitions: int) -> None:
             await client.describe_topic(f"t{t:03d}")
 
 
-async def _produce(url: str, partitions: int, events: int) -> tuple[float, float]:
+async def _produce(
+    url: str, partitions: int, events: int, pid: int
+) -> tuple[float, float, float, float]:
     """Events/s spread over every partition, and over the first 100 only,
     measured interleaved on this server: chunk after chunk, each giving 100
     partitions ``PER_ROUND`` events and waiting for them, the "spread"
     chunks walking through every topic in turn, the "hot" ones always on
     ``t000``. Same batches, same concurrency; only how many partitions the
-    writes are spread over differs (so the machine's load drift cancels)."""
+    writes are spread over differs (so the machine's load drift cancels).
+    Also the server's CPU time per event of each kind (microseconds): less
+    noisy than wall time on a shared machine."""
     topics = partitions // PER_TOPIC
     chunk = PER_TOPIC * PER_ROUND
     chunks = max(topics, events // chunk)
     spent = {"spread": 0.0, "hot": 0.0}
+    cpu = {"spread": 0.0, "hot": 0.0}
     async with (
         headwater.connect(url) as client,
         client.producer(serializer="bytes", linger=0.005) as producer,
@@ -113,19 +123,21 @@ async def _produce(url: str, partitions: int, events: int) -> tuple[float, float
             await producer.partitions_of(f"t{t:03d}")
 
         async def one(topic: str, kind: str) -> None:
-            began = time.perf_counter()
+            began, cpu0 = time.perf_counter(), _cpu_seconds(pid)
             for p in range(PER_TOPIC):
                 for _ in range(PER_ROUND):
                     producer.send_nowait(topic, PAYLOAD, partition=p)
             await producer.flush()
             spent[kind] += time.perf_counter() - began
+            cpu[kind] += _cpu_seconds(pid) - cpu0
 
         await one("t000", "hot")  # warm-up: the connection, the producer id
-        spent["hot"] = 0.0
+        spent["hot"] = cpu["hot"] = 0.0
         for n in range(chunks):
             await one(f"t{n % topics:03d}", "spread")
             await one("t000", "hot")
-    return chunks * chunk / spent["spread"], chunks * chunk / spent["hot"]
+    n = chunks * chunk
+    return n / spent["spread"], n / spent["hot"], 1e6 * cpu["spread"] / n, 1e6 * cpu["hot"] / n
 
 
 def _restart(data: Path, log: Path, partitions: int) -> tuple[float, Any]:
@@ -164,10 +176,15 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
                 yield _fig(case + "/created", "rss_kib_per_idle_partition", per_partition, "KiB")
                 yield _fig(case + "/created", "open_fds", fds1, "fds")
                 yield _fig(case + "/created", "idle_cpu_percent", _idle_cpu(proc), "%")
-                rate, hot = trio.run(_produce, proc.url, n, events)
+                rate, hot, cpu, cpu_hot = trio.run(_produce, proc.url, n, events, proc.pid)
                 yield _fig(case, "produce_events_per_s", rate, "events/s")
                 yield _fig(case + "/hot-100", "produce_events_per_s", hot, "events/s")
                 yield _fig(case, "ratio_spread_vs_hot_100", rate / hot, "x")
+                yield _fig(case, "server_cpu_us_per_event", cpu, "us")
+                yield _fig(case + "/hot-100", "server_cpu_us_per_event", cpu_hot, "us")
+                yield _fig(case, "ratio_cpu_hot_100_vs_spread", cpu_hot / cpu, "x")
+                pauses = [e["seconds"] for e in proc.events() if e.get("event") == "gc_refrozen"]
+                yield _fig(case, "refreeze_max_s", max(pauses, default=0.0), "s")
                 if first_rate is None:
                     first_rate = rate
                 yield _fig(case, "ratio_vs_100", rate / first_rate, "x")

@@ -6,12 +6,19 @@ from __future__ import annotations
 
 import gc
 import weakref
+from functools import partial
 
+import pytest
 import trio
 import trio.testing
 
 from headwater.broker import open_broker
-from headwater.broker._server import REFREEZE_POLL, refreeze_after_changes
+from headwater.broker._server import (
+    FULL_REFREEZE_EVERY,
+    GROWTH_FREEZE_OBJECTS,
+    REFREEZE_POLL,
+    refreeze_after_changes,
+)
 from headwater.journal import SimulatedFileSystem
 
 
@@ -38,7 +45,7 @@ async def test_a_topic_burst_is_frozen_and_a_deleted_topics_objects_collected(
             broker.connect() as client,
             trio.open_nursery() as nursery,
         ):
-            nursery.start_soon(refreeze_after_changes, broker)
+            nursery.start_soon(partial(refreeze_after_changes, broker, backoff=0))
             await trio.testing.wait_all_tasks_blocked()
             before = gc.get_freeze_count()
             junk = _Junk()
@@ -63,6 +70,104 @@ async def test_a_topic_burst_is_frozen_and_a_deleted_topics_objects_collected(
             del junk2
             gc.collect()
             assert dead2() is not None  # frozen by the refreeze after the restart
+            nursery.cancel_scope.cancel()
+    finally:
+        gc.unfreeze()
+        gc.collect()
+
+
+async def test_a_creation_burst_freezes_only_the_new_objects(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Topics only added: nothing frozen died, so the refreeze neither unfreezes
+    nor walks the frozen heap (its pause is the burst's, not the heap's); a
+    deletion makes the next one full again."""
+    unfrozen = []
+    real_unfreeze = gc.unfreeze
+    monkeypatch.setattr(gc, "unfreeze", lambda: (unfrozen.append(1), real_unfreeze())[1])
+    gc.collect()
+    real_unfreeze()
+    try:
+        async with (
+            open_broker("/data", fs=SimulatedFileSystem()) as broker,
+            broker.connect() as client,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(partial(refreeze_after_changes, broker, backoff=0))
+            await trio.testing.wait_all_tasks_blocked()
+            before = gc.get_freeze_count()
+            await client.create_topic("a", partitions=4)
+            await _settle()
+            assert gc.get_freeze_count() > before  # the new topic is frozen
+            assert unfrozen == []  # without a full collection
+            junk = _Junk()
+            dead = weakref.ref(junk)
+            await client.create_topic("b", partitions=4)
+            await _settle()
+            del junk  # died while frozen
+            await client.delete_topic("a")
+            await _settle()
+            assert unfrozen == [1]
+            assert dead() is None
+            nursery.cancel_scope.cancel()
+    finally:
+        real_unfreeze()
+        gc.collect()
+
+
+async def test_every_sixteenth_refreeze_is_full(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What an addition-only freeze caught alive and later died is collected
+    by a periodic full refreeze."""
+    unfrozen = []
+    real_unfreeze = gc.unfreeze
+    monkeypatch.setattr(gc, "unfreeze", lambda: (unfrozen.append(1), real_unfreeze())[1])
+    gc.collect()
+    real_unfreeze()
+    try:
+        async with (
+            open_broker("/data", fs=SimulatedFileSystem()) as broker,
+            broker.connect() as client,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(partial(refreeze_after_changes, broker, backoff=0))
+            await trio.testing.wait_all_tasks_blocked()
+            for t in range(FULL_REFREEZE_EVERY):
+                await client.create_topic(f"t{t}", partitions=1)
+                await _settle()
+                assert len(unfrozen) == (t + 1) // FULL_REFREEZE_EVERY
+            nursery.cancel_scope.cancel()
+    finally:
+        real_unfreeze()
+        gc.collect()
+
+
+async def test_many_new_long_lived_objects_are_frozen_without_a_shape_change(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """State made by touching partitions (not by creating them) leaves the
+    oldest generation's collections once there is a lot of it."""
+    gc.collect()
+    gc.unfreeze()
+    try:
+        async with (
+            open_broker("/data", fs=SimulatedFileSystem()) as broker,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(partial(refreeze_after_changes, broker, backoff=0))
+            await trio.testing.wait_all_tasks_blocked()
+            await _settle()
+            before = gc.get_freeze_count()
+            few = [_Junk() for _ in range(1_000)]
+            gc.collect()  # an oldest-generation collection keeps them
+            await _settle()
+            assert gc.get_freeze_count() == before  # few: left to the collector
+            many = [_Junk() for _ in range(GROWTH_FREEZE_OBJECTS)]
+            gc.collect()
+            await _settle()
+            assert gc.get_freeze_count() >= before + GROWTH_FREEZE_OBJECTS
+            del few, many
             nursery.cancel_scope.cancel()
     finally:
         gc.unfreeze()

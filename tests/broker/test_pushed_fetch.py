@@ -22,7 +22,8 @@ from headwater.client import _tcp as tcp_module
 from headwater.journal import SimulatedFileSystem
 from headwater.journal._record import iter_records
 from headwater.testing import FaultyStream, connect_in_memory
-from headwater.transport._connection import ClientConnection
+from headwater.transport._connection import ClientConnection, HandshakeComplete, ResponseReceived
+from headwater.transport._operations import encode_request
 
 DATA = "/data"
 
@@ -340,3 +341,42 @@ async def test_a_failing_subscription_is_ended_with_actor_failed(
         with pytest.raises(ActorFailed, match="boom"):
             await sub.receive(1)
         assert 1 == len(await client.list_topics())
+
+
+async def test_a_connection_reads_requests_while_a_pushed_fetch_waits_for_the_client(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A client subscribes, then stops reading: the pushed records wait in a
+    send that cannot finish. Requests it sends meanwhile (here: two topic
+    creations) are still read and carried out, so credit and commits are
+    not held up behind a large pushed fetch."""
+    async with served() as (_broker, server), connect_in_memory(server) as client:
+        await client.create_topic("t")
+        await fill(client, "t", 500)
+        client_end, server_end = trio.testing.lockstep_stream_pair()
+        await server.serve_stream(server_end, "stalled")
+        conn = ClientConnection()
+
+        async def send(request: Any) -> int:
+            request_id = conn.send_request(*encode_request(request))
+            await client_end.send_all(conn.data_to_send())
+            return request_id
+
+        async def until(wanted: type, request_id: int | None = None) -> None:
+            while True:
+                event = conn.next_event()
+                if event is None:
+                    conn.receive_data(await client_end.receive_some(64))
+                elif isinstance(event, wanted) and getattr(event, "id", None) == request_id:
+                    return
+
+        await client_end.send_all(conn.data_to_send())  # hello
+        await until(HandshakeComplete)
+        subscribed = await send(p.FetchSubscribe(1, "t", 0, 0, 1 << 20, 1 << 20))
+        await until(ResponseReceived, subscribed)
+        # The pushed records (all 500 events) now wait for this client to read.
+        for name in ("a", "b"):
+            with trio.move_on_after(5):
+                await send(p.CreateTopic(name))
+        await trio.testing.wait_all_tasks_blocked()
+        assert {"t", "a", "b"} <= {t.name for t in await client.list_topics()}

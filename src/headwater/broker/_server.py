@@ -534,47 +534,100 @@ async def open_server(
 REFREEZE_POLL = 1.0
 """Seconds between :func:`refreeze_after_changes`'s looks at the topics."""
 
+FULL_REFREEZE_EVERY = 16
+"""Every this many refreezes after additions only, :func:`refreeze_after_changes`
+runs a full one anyway."""
 
-def _shape(broker: Broker) -> tuple[int, int, int]:
+GROWTH_FREEZE_OBJECTS = 100_000
+"""Unfrozen objects in the oldest generation after one of its collections
+from which :func:`refreeze_after_changes` freezes them (a partial refreeze)."""
+
+
+def _shape(broker: Broker) -> tuple[int, int, int, int]:
+    """Topics, partitions, actor restarts and topics deleted so far."""
     counts = broker.service._counts()
-    return len(counts), sum(counts.values()), broker.system.restarts
+    return (
+        len(counts),
+        sum(counts.values()),
+        broker.system.restarts,
+        broker.service.topics_deleted,
+    )
 
 
-def refreeze() -> tuple[int, float]:
-    """Collect everything (frozen objects included) and freeze what survives;
-    returns (objects frozen, seconds spent)."""
+def refreeze(*, full: bool = True) -> tuple[int, float]:
+    """Collect and freeze what survives; returns (objects frozen, seconds spent).
+
+    ``full`` collects the frozen objects too (unfreezing them first): what
+    died since the last freeze (a deleted topic, a restarted actor) goes.
+    Otherwise only the objects made since the last freeze are collected and
+    frozen: the pause is proportional to them, not to the whole heap."""
     began = time.perf_counter()
-    gc.unfreeze()  # what died since the last freeze (a deleted topic) is collectable again
+    if full:
+        gc.unfreeze()
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count(), time.perf_counter() - began
 
 
-async def refreeze_after_changes(broker: Broker, poll: float = REFREEZE_POLL) -> None:
+async def refreeze_after_changes(
+    broker: Broker, poll: float = REFREEZE_POLL, *, backoff: float = 9.0
+) -> None:
     """Run :func:`refreeze` once the broker's shape (topics, partitions, actor
-    restarts) changed and then held still for ``poll`` seconds; forever.
+    restarts, deleted topics) changed and then held still for ``poll``
+    seconds; forever.
 
     A partition keeps ~100 long-lived objects (its actor, log, index,
     segments): at 10,000 partitions the collector's full collections walked
     a million of them while a produce ran (1.6-1.8 s of 7 s CPU in one
     process, and 0.73 of the 100-partition throughput against 0.60 with
-    the topics frozen). Frozen objects are never collected, so the freeze
-    unfreezes and collects first: a deleted topic's or a restarted
-    partition's objects (and requests alive at the last freeze) go then.
-    The event loop is paused for the collection (0.8 s at 10,000
-    partitions); a refreeze waits nine times as long before the next."""
+    the topics frozen). Frozen objects are never collected, so after a
+    topic was deleted or an actor restarted (their objects died while
+    frozen) the refreeze is full: unfreeze, collect everything, freeze
+    (0.8 s with the loop paused at 10,000 partitions; a full refreeze then
+    waits ``backoff`` (nine) times as long before the next). After topics or partitions
+    were only added, nothing frozen died: only the new objects are collected
+    and frozen, a pause proportional to the burst (``full=False``); every
+    :data:`FULL_REFREEZE_EVERY`-th refreeze is full all the same, so what a
+    freeze caught alive and later died (requests in flight) is not kept for
+    ever.
+
+    Objects made while the shape holds still are frozen too once they are
+    many: partitions touched for the first time since start (a spread
+    produce over 10,000 of them) make long-lived state (idempotence entries,
+    statistics, open segments) that the oldest generation's collections
+    walked again and again. When such a collection ran since the last look
+    and left at least :data:`GROWTH_FREEZE_OBJECTS` unfrozen objects there,
+    a partial refreeze freezes them."""
     frozen = _shape(broker)
     last = frozen
+    partial_ones = 0
+    oldest = gc.get_stats()[-1]["collections"]
     while True:
         await trio.sleep(poll)
         now = _shape(broker)
-        if now != frozen and now == last:
-            objects, seconds = refreeze()
-            frozen = now
-            _log.info("gc_refrozen", objects=objects, seconds=round(seconds, 3))
-            # A partition restarting in a loop must not pause the loop for
-            # collections back to back: at most ~10% of the time goes here.
-            await trio.sleep(9 * seconds)
+        collected = gc.get_stats()[-1]["collections"]
+        grown = collected != oldest and len(gc.get_objects(generation=2)) >= GROWTH_FREEZE_OBJECTS
+        if (now != frozen and now == last) or grown:
+            reason = "shape" if now == last and now != frozen else "growth"
+            # Restarts or deletions: frozen objects died.
+            full = now[2:] != frozen[2:] or partial_ones + 1 >= FULL_REFREEZE_EVERY
+            partial_ones = 0 if full else partial_ones + 1
+            objects, seconds = refreeze(full=full)
+            if now == last:
+                frozen = now
+            _log.info(
+                "gc_refrozen",
+                objects=objects,
+                seconds=round(seconds, 3),
+                full=full,
+                reason=reason,
+            )
+            if full:
+                # A partition restarting in a loop must not pause the loop for
+                # collections back to back: at most ~10% of the time goes here.
+                await trio.sleep(backoff * seconds)
+            collected = gc.get_stats()[-1]["collections"]
+        oldest = collected
         last = now
 
 

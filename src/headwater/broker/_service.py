@@ -135,6 +135,8 @@ class BrokerService:
         self._logs: dict[tuple[str, int], AsyncLog] = {}
         self._cells: dict[tuple[str, int], StableCell] = {}
         self._asks: dict[tuple[str, int], int] = {}  # produce asks in flight, by partition
+        self.topics_deleted = 0
+        """Topics deleted since start (``serve``'s refreeze looks: their objects died)."""
         self._groups_lock = trio.Lock()
         self.shares = ShareService(self)
         self.stats = settings.stats
@@ -477,6 +479,7 @@ class BrokerService:
         for key in [k for k in self._logs if k[0] == config.name]:
             del self._logs[key]
         self.stats.forget_topic(config.name)
+        self.topics_deleted += 1
         return Done()
 
     async def _add_partitions(self, r: AddPartitions) -> TopicInfo:

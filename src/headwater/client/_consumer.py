@@ -14,7 +14,13 @@ Otherwise (embedded, a version 1 server, ``fetch_credit=0``) it long-polls
 ``Fetch`` (up to ``max_wait`` seconds, ``max_bytes`` per request). Either
 way it puts each result's records into one bounded channel (``prefetch``
 chunks), so partitions are served as data arrives and memory is bounded
-(credit plus prefetch). Events below the requested offset inside a fetched
+(credit plus prefetch). Once a result is queued (and its credit is on its
+way back), the fetcher decodes it unless the reader took it already, while
+at most ``fetch_credit`` (pulling: ``max_bytes``) bytes of decoded chunks
+wait unread; further chunks wait raw and the reader decodes them. So a
+reader that waits (for data, or for its commit) finds events ready, and the
+decode is off its path (with a built-in deserializer only: an application's
+own runs in the reader's task, as always). Events below the requested offset inside a fetched
 record are skipped (records start at their base offset). A lost connection
 or a pushed error is handled as a failed fetch: retry (subscribing again
 from the position), reset, or stall.
@@ -86,15 +92,35 @@ from headwater.journal._batch import Event, decode_record_events
 from headwater.journal._record import RecordHeader, iter_records
 
 from ._channel import Channel
-from ._serializers import BytesSerializer, Serializer, get_serializer
+from ._serializers import (
+    BytesSerializer,
+    CborSerializer,
+    JsonSerializer,
+    Serializer,
+    StrSerializer,
+    get_serializer,
+)
 
 __all__ = ["Consumer", "ConsumerConfig", "PartitionsCallback", "Start", "Timestamp"]
 
 log = get_logger("headwater.client.consumer")
 
 TP = tuple[str, int]
-# (partition, ownership token, first wanted offset, records as fetched)
-_Chunk = tuple[TP, int, int, list[tuple[RecordHeader, memoryview]], int]
+
+
+class _Ahead:
+    """A chunk's events if its fetcher decoded them before the reader took it."""
+
+    __slots__ = ("events", "taken")
+
+    def __init__(self) -> None:
+        self.events: list[Event] | None = None
+        self.taken = False
+
+
+# (partition, ownership token, first wanted offset, records as fetched, the
+# offset after them, its decoded-ahead slot)
+_Chunk = tuple[TP, int, int, list[tuple[RecordHeader, memoryview]], int, _Ahead]
 
 PartitionsCallback = Callable[[list[tuple[str, int]]], Awaitable[None] | None]
 """``on_assigned`` / ``on_revoked``: called with sorted (topic, partition)
@@ -284,6 +310,16 @@ class Consumer:
         # offset order); ``_head`` is the next event's index in the first.
         self._buffer: deque[tuple[TP, list[Event]]] = deque()
         self._head = 0
+        # Bytes of the chunks the fetchers decoded ahead, not yet received.
+        self._ahead_bytes = 0
+        self._ahead_limit = max(config.fetch_credit, config.max_bytes)
+        # An application's own deserializer runs where it always did: in the
+        # reader's task (its context, its exceptions); the built-in ones are
+        # pure, so the fetcher may run them ahead.
+        if not isinstance(
+            self._deserializer, BytesSerializer | StrSerializer | CborSerializer | JsonSerializer
+        ):
+            self._ahead_limit = 0
         self._membership: p.Membership | None = None  # the view this member acts on
         self._latest: p.Membership | None = None  # the newest notice received
         self._early: list[p.Membership] = []  # notices that came before our join answer
@@ -512,7 +548,9 @@ class Consumer:
             damaged = 0  # fetches in a row refused because the partition is damaged
             position = offset  # where the next fetch (or subscription) starts
 
-            async def hand_over(result: p.FetchResult) -> None:
+            async def hand_over(result: p.FetchResult) -> Callable[[], None] | None:
+                """Queue ``result`` for the reader; returns what decodes it
+                ahead (call it once the credit is on its way back)."""
                 nonlocal position, damaged
                 damaged = 0
                 # Only headers here (checksums included): the next records are
@@ -521,11 +559,15 @@ class Consumer:
                 end = result.next_offset
                 if records and end < 0:  # a server that predates transactions
                     end = records[-1][0].next_offset
-                if end > position:
-                    # Records the broker left out (markers, aborted events)
-                    # still move the position, so lag reaches 0.
-                    await self._send.send((tp, owned.token, position, records, end))
-                    position = end
+                if end <= position:
+                    return None
+                # Records the broker left out (markers, aborted events)
+                # still move the position, so lag reaches 0.
+                ahead = _Ahead()
+                await self._send.send((tp, owned.token, position, records, end, ahead))
+                decode = partial(self._decode_ahead, tp, position, records, ahead)
+                position = end
+                return decode
 
             while True:
                 try:
@@ -552,14 +594,18 @@ class Consumer:
                             ),
                             timeout=cfg.request_timeout + cfg.max_wait,
                         )
-                        await hand_over(result)
+                        decode = await hand_over(result)
+                        if decode is not None:
+                            decode()
                         continue
                     try:
                         # Pushed: several batches on their way while these decode.
                         while True:
                             result = await sub.receive(p.MAX_FETCH_WAIT + cfg.request_timeout)
-                            await hand_over(result)
+                            decode = await hand_over(result)
                             await sub.consumed(len(result.records))
+                            if decode is not None:
+                                decode()
                     finally:
                         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                             await sub.aclose()
@@ -613,6 +659,28 @@ class Consumer:
             )
         return events
 
+    def _decode_ahead(
+        self, tp: TP, start: int, records: list[tuple[RecordHeader, memoryview]], ahead: _Ahead
+    ) -> None:
+        """Decode a queued chunk on the fetcher's task (after its credit went
+        back), so that the reader, waiting meanwhile (for data, or for its
+        commit), finds it decoded: the decode leaves the reader's path. Not
+        if the reader took the chunk already, nor beyond ``_ahead_limit``
+        bytes of records decoded and unread (the fetch credit, or
+        ``max_bytes`` when pulling): chunks past it stay raw, the smaller
+        form, and the reader decodes them. A chunk that fails to decode is
+        left to the reader, which gets the error itself."""
+        if ahead.taken or not self._ahead_limit:
+            return
+        size = sum(len(record) for _, record in records)
+        if self._ahead_bytes and self._ahead_bytes + size > self._ahead_limit:
+            return
+        try:
+            ahead.events = self._decode(tp, start, records)
+        except Exception:
+            return
+        self._ahead_bytes += size
+
     async def _refill(self, timeout: float = math.inf) -> bool:
         """Receive chunks until one is current; return False on timeout. A
         group notice wakes the wait, so a rebalance is served at once."""
@@ -626,16 +694,25 @@ class Consumer:
                     if self._needs_sync():
                         wake.cancel()
                     try:
-                        tp, token, start, records, end = await self._receive.receive()
+                        tp, token, start, records, end, ahead = await self._receive.receive()
                     finally:
                         self._wake = None
                 if wake.cancelled_caught:
                     continue
+                ahead.taken = True
+                if ahead.events is not None:
+                    self._ahead_bytes -= sum(len(record) for _, record in records)
                 owned = self._owned.get(tp)
                 if owned is None or owned.token != token:
                     continue
                 position = self._positions.get(tp, 0)
-                fresh = self._decode(tp, max(start, position), records)
+                decoded = ahead.events
+                if decoded is None:
+                    fresh = self._decode(tp, max(start, position), records)
+                elif decoded and decoded[0].offset < position:
+                    fresh = [e for e in decoded if e.offset >= position]
+                else:
+                    fresh = decoded
                 if fresh:
                     self._buffer.append((tp, fresh))
                     if end > fresh[-1].offset + 1:

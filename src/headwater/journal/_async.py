@@ -79,6 +79,10 @@ disk's recent fsyncs took at most this long (else the writer thread does it)."""
 TAIL_READ_EVENTS = 256
 """A read starting this close to the end of the log is done on the loop thread."""
 
+INLINE_READ_BYTES = 4 * 1024 * 1024
+"""A read further back is done on the loop thread too when it asks for at most
+this much and the page cache holds all of it (copying 4 MiB takes ~1 ms)."""
+
 
 class AsyncLog:
     """A :class:`Log` driven from Trio (made by :func:`open_log`)."""
@@ -250,9 +254,17 @@ class AsyncLog:
         limit = self.visible_end if end is None else min(end, self.visible_end)
         # Reads of the last few records (a consumer keeping up) hit the page
         # cache: done inline they cost less than a hop to a worker thread.
-        # Larger reads further back (catching up, maybe from disk) use one.
+        # Larger reads further back (catching up, maybe from disk) are done
+        # inline too when all their bytes are in the page cache, else in one.
         if self._blocking and max_bytes > 64 * 1024 and limit - offset > TAIL_READ_EVENTS:
-            data = await trio.to_thread.run_sync(self.log.read, offset, max_bytes, limit)
+            cached = None
+            if max_bytes <= INLINE_READ_BYTES:
+                cached = self.log.read_cached(offset, max_bytes, limit)
+            if cached is None:
+                data = await trio.to_thread.run_sync(self.log.read, offset, max_bytes, limit)
+            else:
+                await trio.lowlevel.checkpoint()
+                data = cached
         else:
             if not woken:
                 await trio.lowlevel.checkpoint()

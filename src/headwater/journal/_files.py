@@ -133,6 +133,10 @@ class LockHeld(BlockingIOError):
         self.pid = pid
 
 
+_nowait_reads = [hasattr(os, "RWF_NOWAIT") and hasattr(os, "preadv")]
+"""Whether ``RealFileSystem.pread_cached`` may try ``RWF_NOWAIT`` reads."""
+
+
 class RealFileSystem:
     """The real disk, through the ``os`` module."""
 
@@ -152,6 +156,26 @@ class RealFileSystem:
     def pread(self, handle: int, size: int, offset: int) -> bytes:
         """See :class:`FileSystem`."""
         return os.pread(handle, size, offset)
+
+    def pread_cached(self, handle: int, size: int, offset: int) -> bytes | bytearray | None:
+        """:meth:`pread` from the page cache only (``preadv`` with
+        ``RWF_NOWAIT``): ``None`` when some of the bytes would have to come
+        from the disk, or where the kernel or file system cannot say (then
+        a worker thread reads them). A short result may mean the same."""
+        if not _nowait_reads[0]:
+            return None
+        buffer = bytearray(size)
+        try:
+            n = os.preadv(handle, [buffer], offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                _nowait_reads[0] = False  # not here: always use the thread
+                return None
+            raise
+        del buffer[n:]
+        return buffer
 
     def size(self, handle: int) -> int:
         """See :class:`FileSystem`."""

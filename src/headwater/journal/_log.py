@@ -167,6 +167,14 @@ def _segment_base(seg: _Segment) -> int:
     return seg.base
 
 
+_Pread = Callable[[int, int, int], bytes | bytearray]
+"""``pread(handle, size, position)``, as :meth:`FileSystem.pread`."""
+
+
+class _NotCached(Exception):
+    """A :meth:`Log.read_cached` would have to wait for the disk."""
+
+
 def _entry_offset(entry: tuple[int, int]) -> int:
     return entry[0]
 
@@ -893,8 +901,10 @@ class Log:
 
     # ------------------------------------------------------- handle owners
 
-    def _pin(self, offset: int) -> _Segment:
-        """Pin the segment holding ``offset`` (any thread); :meth:`_unpin` it."""
+    def _pin(self, offset: int, *, reopen: bool = True) -> _Segment:
+        """Pin the segment holding ``offset`` (any thread); :meth:`_unpin` it.
+        Without ``reopen``, a segment whose file is closed raises
+        ``_NotCached`` (opening it may wait for the disk)."""
         with self._lock:
             if self.closed:
                 raise ClosedError(f"the log at {self.path} is closed")
@@ -909,6 +919,8 @@ class Log:
                     )
                 seg = segments[self._segment_for(offset)]
             if seg.handle < 0:
+                if not reopen:
+                    raise _NotCached
                 self._reopen_locked(seg)
             else:
                 self.files.touch_locked(seg)
@@ -993,12 +1005,14 @@ class Log:
             index += 1
         return index
 
-    def _position_of(self, seg: _Segment, offset: int) -> tuple[int, RecordHeader | None]:
+    def _position_of(
+        self, seg: _Segment, offset: int, pread: _Pread
+    ) -> tuple[int, RecordHeader | None]:
         """Byte position and header of the record containing ``offset``."""
         i = bisect.bisect_right(seg.index, offset, key=_entry_offset) - 1
         position = seg.index[i][1] if i >= 0 else 0
         while position < seg.size:
-            head = self.fs.pread(seg.handle, HEADER_SIZE, position)
+            head = pread(seg.handle, HEADER_SIZE, position)
             header = decode_header(head, check_crc=False)
             if not isinstance(header, RecordHeader):
                 raise CorruptionError(
@@ -1017,6 +1031,32 @@ class Log:
         compacts or closes (see "File handles have one owner"). Raises
         :class:`OffsetOutOfRangeError` when ``offset`` is not stored (any
         more) and :class:`ClosedError` once the log is closed."""
+        return self._read(offset, max_bytes, end, self.fs.pread)
+
+    def read_cached(self, offset: int, max_bytes: int, end: int | None = None) -> bytes | None:
+        """:meth:`read`, but only if it need not wait for the disk: ``None``
+        when some of the bytes are not in the page cache, a segment file is
+        closed, or the file system cannot tell (no ``pread_cached``). So a
+        reader on the event loop can read data that is in memory at once
+        and leave the rest to a worker thread."""
+        pread_cached = getattr(self.fs, "pread_cached", None)
+        if pread_cached is None:
+            return None
+
+        def pread(handle: int, size: int, position: int) -> bytes | bytearray:
+            data: bytes | bytearray | None = pread_cached(handle, size, position)
+            if data is None or len(data) < size:
+                raise _NotCached
+            return data
+
+        try:
+            return self._read(offset, max_bytes, end, pread, reopen=False)
+        except _NotCached:
+            return None
+
+    def _read(
+        self, offset: int, max_bytes: int, end: int | None, pread: _Pread, *, reopen: bool = True
+    ) -> bytes:
         end = self.next_offset if end is None else min(end, self.next_offset)
         # A first check; _pin checks again under the lock (retention may run
         # between the two when this read is in a worker thread).
@@ -1025,37 +1065,51 @@ class Log:
                 f"offset {offset} is outside the log [{self.earliest_offset}, "
                 f"{self.next_offset}]; seek to earliest or latest"
             )
-        out = bytearray()
+        # Runs of whole records as read, joined once at the end: one copy,
+        # none when a single read is all of the answer.
+        spans: list[tuple[bytes | bytearray, int]] = []
+        have = 0
         while offset < end:
             try:
-                seg = self._pin(offset)
+                seg = self._pin(offset, reopen=reopen)
             except (OffsetOutOfRangeError, ClosedError):
-                if not out:
+                if not spans:
                     raise
                 break  # retention or close overtook this read: return what it got
             try:
                 if offset >= seg.next_offset:
                     break
-                offset, more = self._read_segment(seg, offset, end, max_bytes, out)
+                offset, taken, data, more = self._read_segment(
+                    seg, offset, end, max_bytes, have, pread
+                )
             finally:
                 self._unpin(seg)
+            if taken:
+                spans.append((data, taken))
+                have += taken
             if not more:
                 break
-        return bytes(out)
+        if len(spans) == 1:
+            data, taken = spans[0]
+            if taken == len(data) and type(data) is bytes:
+                return data
+        return b"".join(memoryview(data)[:taken] for data, taken in spans)
 
     def _read_segment(
-        self, seg: _Segment, offset: int, end: int, max_bytes: int, out: bytearray
-    ) -> tuple[int, bool]:
-        """Append records of pinned ``seg`` from ``offset`` to ``out``;
-        returns the next offset and whether to go on to the next segment."""
-        position, header = self._position_of(seg, offset)
+        self, seg: _Segment, offset: int, end: int, max_bytes: int, have: int, pread: _Pread
+    ) -> tuple[int, int, bytes | bytearray, bool]:
+        """Read records of pinned ``seg`` from ``offset``, after ``have``
+        bytes of them were read; returns the next offset, how many bytes of
+        whole records to take from the start of the data read, the data, and
+        whether to go on to the next segment."""
+        position, header = self._position_of(seg, offset, pread)
         if header is None:
-            return offset, False
-        want = max_bytes - len(out)
-        if out and want < header.length:
-            return offset, False
+            return offset, 0, b"", False
+        want = max_bytes - have
+        if have and want < header.length:
+            return offset, 0, b"", False
         size = min(max(want, header.length), seg.size - position)
-        data = self.fs.pread(seg.handle, size, position)
+        data = pread(seg.handle, size, position)
         pos = 0
         while pos + HEADER_SIZE <= len(data):
             h = decode_header(data, pos)
@@ -1071,12 +1125,11 @@ class Log:
                     "Restore the file, or repair the log (`headwater repair` for a partition, "
                     "on the stopped broker): it drops only the damaged records"
                 )
-            if h.base_offset >= end or (out and len(out) + h.length > max_bytes):
-                return offset, False
-            out += data[pos : pos + h.length]
+            if h.base_offset >= end or (have + pos and have + pos + h.length > max_bytes):
+                return offset, pos, data, False
             pos += h.length
             offset = h.next_offset
-        return offset, pos > 0 and len(out) < max_bytes
+        return offset, pos, data, pos > 0 and have + pos < max_bytes
 
     def offset_for_time(self, timestamp: int) -> int | None:
         """Base offset of the first record whose max timestamp is >= ``timestamp``
@@ -1100,7 +1153,7 @@ class Log:
             if max_ts >= timestamp:
                 break
             start = off
-        position, _ = self._position_of(seg, start)
+        position, _ = self._position_of(seg, start, self.fs.pread)
         while position < seg.size:
             header = decode_header(
                 self.fs.pread(seg.handle, HEADER_SIZE, position), check_crc=False
@@ -1281,7 +1334,7 @@ class Log:
             self._dirty.pop(seg.base, None)
         seg = self.segments[-1]
         self._fd(seg)
-        position, header = self._position_of(seg, offset)
+        position, header = self._position_of(seg, offset, self.fs.pread)
         self._cut_segment(seg, position, header.base_offset if header else offset)
         if sync:
             self.sync()

@@ -133,6 +133,7 @@ class ServerDriver:
         self._receiver = trio.CancelScope()
         self._read_scope: trio.CancelScope | None = None
         self._handlers = 0  # request tasks running
+        self._inline = False  # this read answered a request inline
         self._handlers_done = trio.Event()
         self._grace = 0.0
         self._nursery: trio.Nursery | None = None
@@ -250,8 +251,16 @@ class ServerDriver:
                 conn.handle_timeout(now)
             else:
                 conn.receive_data(data, trio.current_time())
+            self._inline = False
+            handshaking = not self.ready
             closed = await self._events()
-            await self.flush()
+            # Once ready, answers are written by their own tasks, so (unless
+            # this loop answered inline) it reads on while a large pushed
+            # frame is being sent: credit and commits are not held up behind
+            # it. Past max_in_flight requests unanswered it waits as well,
+            # which pushes back on a client that does not read.
+            if handshaking or closed or self._inline or self._handlers > conn.max_in_flight:
+                await self.flush()
             if closed or self._broken:
                 return
 
@@ -280,6 +289,7 @@ class ServerDriver:
                     assert self._nursery is not None
                     self._nursery.start_soon(self._answer_task, event)
                 elif route == INLINE:
+                    self._inline = True
                     await self._answer_inline(event)
             elif isinstance(event, HandshakeComplete):
                 self.ready = True
