@@ -154,31 +154,6 @@ async def test_a_wait_begun_after_its_fsync_started_ends_with_that_fsync() -> No
                 assert 2 == log.synced_offset
 
 
-async def test_a_large_append_reaches_the_thread_without_the_flusher() -> None:
-    """A record too large for the loop to write is handed to the writer
-    thread by ``write`` itself: the thread reaches its fsync while the loop
-    has not run any other task (the flusher) since."""
-    fs = SimulatedFileSystem()
-    with trio.fail_after(20):
-        async with open_log(
-            DIR, fs=fs, config=LogConfig(inline_sync_bytes=1024), writer_thread=True
-        ) as log:
-            await log.append(rec(0))
-            gate = Gate(fs)
-            fs.fsync_hook = gate
-            generation = log.generation
-            header = log.write(rec(1, size=4096))
-            # Blocks the loop on purpose: only write() could have handed it over.
-            reached = gate.entered.wait(10)
-            gate.release.set()
-            assert reached
-            await log.wait_durable(header.next_offset, generation)
-            small = log.write(rec(2))  # small: left to the flusher's next turn
-            assert 1 == len(log._staged)
-            await log.wait_durable(small.next_offset, log.generation)
-    assert [0, 1, 2] == [o for o, _ in stored(fs)]
-
-
 async def test_ack_waits_for_the_fsync_and_a_crash_loses_only_unacknowledged() -> None:
     """While the thread sits in the fsync covering a record, its append has
     not returned and readers do not see it; a power loss at that moment

@@ -182,12 +182,6 @@ class AsyncLog:
             header, staged = self.log.stage(record, validated)
             self._staged.append(staged)
             self._staged_bytes += len(record)
-            if self._staged_bytes > self.config.inline_sync_bytes and self._crash is None:
-                # Too large for the loop to write: hand it to the thread now
-                # rather than on the flusher's next turn (one scheduling pass
-                # less before the disk starts). Concurrent appends still
-                # share fsyncs: the thread takes every queued batch at once.
-                self._submit()
         else:
             header = self.log.write(record, validated)
         self.log.files.trim()
