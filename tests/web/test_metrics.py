@@ -187,12 +187,18 @@ async def test_restarts_and_readiness_follow_a_killed_partition(
 
 async def test_mailbox_figures_per_actor_kind(autojump_clock: trio.abc.Clock) -> None:
     """Messages handled and mailbox high-water marks are summed per actor kind
-    from the tree snapshot: 5 appends to one partition are 5 handled messages."""
+    from the tree snapshot: 5 appends to one partition are 5 handled messages
+    (appends taken in the caller's task while the partition is idle count
+    too)."""
     async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
         await broker.handle(CreateTopic("orders", partitions=2))
+        await broker.handle(Produce("orders", 0, batch(b"x", 1)))  # opens the partition
+        key = ("headwater_messages_handled_total", (("kind", "partition"),))
+        await scrape(broker)  # the first scrape opens the untouched partition
+        before = (await scrape(broker))[key]
         for _ in range(5):
             await broker.handle(Produce("orders", 0, batch(b"x", 1)))
         m = await scrape(broker)
-        assert 5.0 == m[("headwater_messages_handled_total", (("kind", "partition"),))]
+        assert before + 5.0 == m[key]
         assert 1.0 == m[("headwater_mailbox_high_water", (("kind", "partition"),))]
         assert 0.0 == m[("headwater_mailbox_depth", (("kind", "partition"),))]

@@ -420,6 +420,15 @@ class ActorContext:
         ``transient`` and ``temporary`` children are then not restarted)."""
         self._stop()
 
+    def note_handled(self) -> None:
+        """Count one request this incarnation served outside its mailbox
+        (see :meth:`mailbox_idle`) as a handled message, so the ``handled``
+        figure of the tree and the metrics stays the work the actor did."""
+        if isinstance(self.ref, LocalActorRef):
+            cell = self.ref._cell
+            if cell.incarnation == self.incarnation:
+                cell.handled += 1
+
     def mailbox_idle(self) -> bool:
         """Whether this incarnation takes messages and none waits in its
         mailbox (nor a sender blocked on a full one). A message already

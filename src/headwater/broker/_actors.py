@@ -324,6 +324,7 @@ class PartitionActor(Actor):
         log = self.log
         if log is None or log.closed or self._busy or not self.context.mailbox_idle():
             return None
+        self.context.note_handled()
         try:
             return self._append(log, record)
         except Exception as exc:
