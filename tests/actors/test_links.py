@@ -214,6 +214,7 @@ async def test_lost_connection_is_an_unreachable_exit(autojump_clock: trio.abc.C
             node = pair.near.tree().children[0]
             if trap:
                 assert ["unreachable"] == [e.reason for e in EXITS]
+                assert 1 == EXITS[0].detail.count("connection to"), EXITS[0].detail  # said once
                 assert 0 == node.restarts
             else:
                 assert 1 == node.restarts

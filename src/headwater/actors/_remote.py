@@ -213,6 +213,8 @@ class _Channel:
         if self.lost is None:
             if isinstance(error, ClosedError) and not isinstance(error, ConnectionLostError):
                 self.lost = error
+            elif isinstance(error, ConnectionLostError) and self.where in str(error):
+                self.lost = error  # the driver's own words already name the peer
             else:
                 self.lost = ConnectionLostError(f"connection to {self.where} lost: {error}")
             _log.info("actor_connection_lost", peer=self.where, error=str(error))
