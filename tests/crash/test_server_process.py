@@ -329,3 +329,23 @@ async def test_actors_port_lets_another_process_watch_broker_actors(tmp_path: Pa
                 down = await monitor.wait()
             assert "/broker/topics/watched/0" == down.path
             assert "stopped" == down.reason
+
+
+async def test_a_restart_on_the_same_log_learns_its_own_port(tmp_path: Path) -> None:
+    """``headwater.testing.server_process`` appends to the log of the data
+    directory; a second server started on it must be reached at its own port,
+    not at the first one's (found writing a user's program: the helper read
+    the first ``server_listening`` line of the file)."""
+    data = tmp_path / "data"
+    with server(data) as first:
+        old = first.port
+        assert 0 == first.stop()
+    with server(data) as second:
+        listened = [e["port"] for e in second.events(own=True) if e["event"] == "server_listening"]
+        assert [second.port] == listened
+        assert second.port != old or [old, old] == [
+            e["port"] for e in second.events() if e["event"] == "server_listening"
+        ]
+        async with headwater.connect(second.url) as client:
+            await client.create_topic("t")
+            assert ["t"] == [t.name for t in await client.list_topics()]

@@ -41,11 +41,14 @@ def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 class ServerProcess:
-    """A running server: its process, port and log file."""
+    """A running server: its process, port and log file. ``log_start`` is
+    where this process's lines begin in the log (an earlier server of the
+    same data directory may have written before it)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path, log_start: int = 0) -> None:
         self.proc = proc
         self.log = log
+        self.log_start = log_start
         self.port = 0
         self.kafka_port: int | None = None
 
@@ -66,10 +69,14 @@ class ServerProcess:
         """``headwater://127.0.0.1:PORT``."""
         return f"headwater://127.0.0.1:{self.port}"
 
-    def events(self) -> list[dict[str, Any]]:
-        """The server's JSON log lines so far, parsed (other lines skipped)."""
+    def events(self, *, own: bool = False) -> list[dict[str, Any]]:
+        """The server's JSON log lines so far, parsed (other lines skipped);
+        ``own``: only this process's (from :attr:`log_start`)."""
         out = []
-        for line in self.log.read_text(errors="replace").splitlines():
+        with self.log.open("rb") as f:
+            f.seek(self.log_start if own else 0)
+            text = f.read().decode(errors="replace")
+        for line in text.splitlines():
             try:
                 event = json.loads(line)
             except ValueError:
@@ -82,7 +89,7 @@ class ServerProcess:
         """Wait for the ``server_listening`` line; learn the port from it."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for event in self.events():
+            for event in self.events(own=True):  # not an earlier server's port
                 if event.get("event") == "server_listening" and isinstance(event.get("port"), int):
                     self.port = event["port"]
                     kafka = event.get("kafka_port")
@@ -126,10 +133,11 @@ def _spawn(
 ) -> Iterator[ServerProcess]:
     """Start ``command`` logging to ``log``; wait until it listens; kill it at the end."""
     with log.open("ab") as out:
+        start = out.tell()
         proc = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=out, env=subprocess_env(extra_env)
         )
-    running = ServerProcess(proc, log)
+    running = ServerProcess(proc, log, start)
     try:
         running.wait_listening(start_timeout)
         yield running
