@@ -6,19 +6,22 @@ from __future__ import annotations
 
 import gc
 import weakref
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from functools import partial
 
 import pytest
 import trio
 import trio.testing
 
-from headwater.broker import open_broker
+from headwater.broker import Broker, open_broker
 from headwater.broker._server import (
     FULL_REFREEZE_EVERY,
     GROWTH_FREEZE_OBJECTS,
     REFREEZE_POLL,
     refreeze_after_changes,
 )
+from headwater.client import Client
 from headwater.journal import SimulatedFileSystem
 
 
@@ -34,19 +37,48 @@ async def _settle() -> None:
     await trio.testing.wait_all_tasks_blocked()
 
 
+@asynccontextmanager
+async def _refreezing() -> AsyncIterator[tuple[Broker, Client]]:
+    """A broker, a client of it, and ``refreeze_after_changes`` running
+    (without its backoff) for the block."""
+    async with (
+        open_broker("/data", fs=SimulatedFileSystem()) as broker,
+        broker.connect() as client,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(partial(refreeze_after_changes, broker, backoff=0))
+        await trio.testing.wait_all_tasks_blocked()
+        yield broker, client
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def unfreezes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Count ``gc.unfreeze`` calls (full refreezes); start and end unfrozen."""
+    unfrozen: list[int] = []
+    real_unfreeze = gc.unfreeze
+
+    def counting_unfreeze() -> None:
+        unfrozen.append(1)
+        real_unfreeze()
+
+    monkeypatch.setattr(gc, "unfreeze", counting_unfreeze)
+    gc.collect()
+    real_unfreeze()
+    try:
+        yield unfrozen
+    finally:
+        real_unfreeze()
+        gc.collect()
+
+
 async def test_a_topic_burst_is_frozen_and_a_deleted_topics_objects_collected(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     gc.collect()
     gc.unfreeze()
     try:
-        async with (
-            open_broker("/data", fs=SimulatedFileSystem()) as broker,
-            broker.connect() as client,
-            trio.open_nursery() as nursery,
-        ):
-            nursery.start_soon(partial(refreeze_after_changes, broker, backoff=0))
-            await trio.testing.wait_all_tasks_blocked()
+        async with _refreezing() as (broker, client):
             before = gc.get_freeze_count()
             junk = _Junk()
             dead = weakref.ref(junk)
@@ -70,77 +102,44 @@ async def test_a_topic_burst_is_frozen_and_a_deleted_topics_objects_collected(
             del junk2
             gc.collect()
             assert dead2() is not None  # frozen by the refreeze after the restart
-            nursery.cancel_scope.cancel()
     finally:
         gc.unfreeze()
         gc.collect()
 
 
 async def test_a_creation_burst_freezes_only_the_new_objects(
-    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+    autojump_clock: trio.abc.Clock, unfreezes: list[int]
 ) -> None:
     """Topics only added: nothing frozen died, so the refreeze neither unfreezes
     nor walks the frozen heap (its pause is the burst's, not the heap's); a
     deletion makes the next one full again."""
-    unfrozen = []
-    real_unfreeze = gc.unfreeze
-    monkeypatch.setattr(gc, "unfreeze", lambda: (unfrozen.append(1), real_unfreeze())[1])
-    gc.collect()
-    real_unfreeze()
-    try:
-        async with (
-            open_broker("/data", fs=SimulatedFileSystem()) as broker,
-            broker.connect() as client,
-            trio.open_nursery() as nursery,
-        ):
-            nursery.start_soon(partial(refreeze_after_changes, broker, backoff=0))
-            await trio.testing.wait_all_tasks_blocked()
-            before = gc.get_freeze_count()
-            await client.create_topic("a", partitions=4)
-            await _settle()
-            assert gc.get_freeze_count() > before  # the new topic is frozen
-            assert unfrozen == []  # without a full collection
-            junk = _Junk()
-            dead = weakref.ref(junk)
-            await client.create_topic("b", partitions=4)
-            await _settle()
-            del junk  # died while frozen
-            await client.delete_topic("a")
-            await _settle()
-            assert unfrozen == [1]
-            assert dead() is None
-            nursery.cancel_scope.cancel()
-    finally:
-        real_unfreeze()
-        gc.collect()
+    async with _refreezing() as (_, client):
+        before = gc.get_freeze_count()
+        await client.create_topic("a", partitions=4)
+        await _settle()
+        assert gc.get_freeze_count() > before  # the new topic is frozen
+        assert unfreezes == []  # without a full collection
+        junk = _Junk()
+        dead = weakref.ref(junk)
+        await client.create_topic("b", partitions=4)
+        await _settle()
+        del junk  # died while frozen
+        await client.delete_topic("a")
+        await _settle()
+        assert unfreezes == [1]
+        assert dead() is None
 
 
 async def test_every_sixteenth_refreeze_is_full(
-    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+    autojump_clock: trio.abc.Clock, unfreezes: list[int]
 ) -> None:
     """What an addition-only freeze caught alive and later died is collected
     by a periodic full refreeze."""
-    unfrozen = []
-    real_unfreeze = gc.unfreeze
-    monkeypatch.setattr(gc, "unfreeze", lambda: (unfrozen.append(1), real_unfreeze())[1])
-    gc.collect()
-    real_unfreeze()
-    try:
-        async with (
-            open_broker("/data", fs=SimulatedFileSystem()) as broker,
-            broker.connect() as client,
-            trio.open_nursery() as nursery,
-        ):
-            nursery.start_soon(partial(refreeze_after_changes, broker, backoff=0))
-            await trio.testing.wait_all_tasks_blocked()
-            for t in range(FULL_REFREEZE_EVERY):
-                await client.create_topic(f"t{t}", partitions=1)
-                await _settle()
-                assert len(unfrozen) == (t + 1) // FULL_REFREEZE_EVERY
-            nursery.cancel_scope.cancel()
-    finally:
-        real_unfreeze()
-        gc.collect()
+    async with _refreezing() as (_, client):
+        for t in range(FULL_REFREEZE_EVERY):
+            await client.create_topic(f"t{t}", partitions=1)
+            await _settle()
+            assert len(unfreezes) == (t + 1) // FULL_REFREEZE_EVERY
 
 
 async def test_many_new_long_lived_objects_are_frozen_without_a_shape_change(
@@ -151,12 +150,7 @@ async def test_many_new_long_lived_objects_are_frozen_without_a_shape_change(
     gc.collect()
     gc.freeze()  # what the process holds so far is the baseline, as serve freezes after starting
     try:
-        async with (
-            open_broker("/data", fs=SimulatedFileSystem()) as broker,
-            trio.open_nursery() as nursery,
-        ):
-            nursery.start_soon(partial(refreeze_after_changes, broker, backoff=0))
-            await trio.testing.wait_all_tasks_blocked()
+        async with _refreezing():
             await _settle()
             before = gc.get_freeze_count()
             few = [_Junk() for _ in range(1_000)]
@@ -168,7 +162,6 @@ async def test_many_new_long_lived_objects_are_frozen_without_a_shape_change(
             await _settle()
             assert gc.get_freeze_count() >= before + GROWTH_FREEZE_OBJECTS
             del few, many
-            nursery.cancel_scope.cancel()
     finally:
         gc.unfreeze()
         gc.collect()
