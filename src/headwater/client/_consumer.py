@@ -330,6 +330,11 @@ class Consumer:
         self._lost: set[TP] = set()  # taken from us without a release: on_revoked at a poll
         self._join_lock = trio.Lock()
         self._commit_lock = trio.Lock()
+        # Commits queued by commit_nowait() and not sent yet, newest row per
+        # partition; the flusher task (at most one) sends them in order.
+        self._queued_commits: dict[TP, p.PartitionOffset] = {}
+        self._commit_flusher = False
+        self._commit_error: HeadwaterError | None = None  # a queued commit failed
         self._wake: trio.CancelScope | None = None  # a poll waiting for data
         self._polling = 0
         self._last_poll = 0.0
@@ -382,9 +387,10 @@ class Consumer:
             self._nursery.start_soon(self._auto_commit)
 
     async def _end(self, *, clean: bool) -> None:
-        """Clean exit: on_revoked and the auto-commit for what we own, then
-        leave. Otherwise just leave (best effort, short: if the broker is
-        unreachable, the session timeout removes this member anyway)."""
+        """Clean exit: on_revoked and the auto-commit for what we own (and
+        the commits :meth:`commit_nowait` queued), then leave. Otherwise
+        just leave (best effort, short: if the broker is unreachable, the
+        session timeout removes this member anyway)."""
         m = self.membership
         if self.group is None or m is None or self._evicted is not None:
             return
@@ -397,6 +403,9 @@ class Consumer:
                     await self._call(self._on_revoked, owned)
                 if self.config.auto_commit:
                     await self.commit()
+                elif self._queued_commits or self._commit_flusher:
+                    await self._commit_positions(())  # what commit_nowait queued
+                    self._raise_commit_error()
         finally:
             leave_timeout = min(self.config.request_timeout, 2.0)
             with trio.move_on_after(leave_timeout):
@@ -957,9 +966,16 @@ class Consumer:
             await self._call(self._on_revoked, release)
         except Exception as exc:  # the app's bug: release anyway, then raise it
             callback_error = exc
+        rows: tuple[p.PartitionOffset, ...] = ()
         if self.config.auto_commit and callback_error is None:
-            await self._commit_positions(release)
+            rows = tuple(
+                p.PartitionOffset(t, n, self._positions[(t, n)], "")
+                for t, n in release
+                if (t, n) in self._positions
+            )
         async with self._commit_lock:
+            # Commits queued for these partitions go before they are released.
+            await self._send_commits(rows)
             answer = await self._ask(
                 p.ReleasePartitions(
                     self.group,
@@ -1082,14 +1098,51 @@ class Consumer:
         the last event handed out) of every partition this member owns; or
         the explicit ``offsets`` ({(topic, partition): next offset to read}).
         ``metadata`` (text) is stored with each offset and shown by
-        ``headwater groups describe``.
+        ``headwater groups describe``. Returns once the broker stored them
+        (and every commit queued before by :meth:`commit_nowait`).
 
         In the normal flow this never raises: a partition is taken from this
         member only after it released it at a poll, so it commits what it
         owns (explicit offsets for partitions it no longer owns are skipped
         and logged). After the member left the group for not polling within
         ``max_poll_interval``, it raises :class:`~headwater.UnknownMemberError`:
-        those partitions have new owners, and nothing was committed."""
+        those partitions have new owners, and nothing was committed. A
+        queued commit that failed raises here first."""
+        rows = self._commit_rows(offsets, metadata)
+        await self._commit_positions(rows)
+
+    def commit_nowait(
+        self,
+        offsets: Mapping[tuple[str, int], int] | None = None,
+        *,
+        metadata: str = "",
+    ) -> None:
+        """Queue a commit (the same positions or ``offsets`` as :meth:`commit`)
+        and return at once, as Kafka's ``commitAsync``: a reader commits each
+        batch without waiting for the broker's answer before it reads on.
+
+        Queued commits are sent in order, one at a time; those queued while
+        one is on its way go together in the next (the newest offset per
+        partition wins, as if each had been committed in turn). A later
+        :meth:`commit`, a release in a rebalance and a clean close send
+        them first and wait for them. A queued commit that failed raises its
+        error at the next :meth:`commit` or :meth:`commit_nowait` call, which
+        then commits nothing (call it again), or at a clean close; commits
+        queued after the failed one are still sent."""
+        rows = self._commit_rows(offsets, metadata)
+        if not rows:
+            return
+        for row in rows:
+            self._queued_commits[(row.topic, row.partition)] = row
+        if not self._commit_flusher and self._nursery is not None:
+            self._commit_flusher = True
+            self._nursery.start_soon(self._flush_commits)
+
+    def _commit_rows(
+        self, offsets: Mapping[tuple[str, int], int] | None, metadata: str
+    ) -> tuple[p.PartitionOffset, ...]:
+        """The rows a commit of ``offsets`` (default: the positions) sends;
+        raises for bad input, an eviction, or a queued commit that failed."""
         if self.group is None:
             raise InvalidArgument("commit needs a group: create the consumer with group=...")
         if not isinstance(metadata, str):
@@ -1115,46 +1168,73 @@ class Consumer:
                 "its partitions went to other members, who resume from the last commit. It "
                 "joins again at its next poll"
             )
+        self._raise_commit_error()
         skipped = sorted(tp for tp in wanted if tp not in self._owned)
         if skipped:
             log.warning("commit_skipped_not_owned", group=self.group, partitions=skipped)
-        await self._commit_positions(
-            sorted(tp for tp in wanted if tp in self._owned), wanted, metadata
+        return tuple(
+            p.PartitionOffset(t, n, wanted[(t, n)], metadata)
+            for t, n in sorted(tp for tp in wanted if tp in self._owned)
         )
 
-    async def _commit_positions(
-        self, tps: list[TP], offsets: Mapping[TP, int] | None = None, metadata: str = ""
-    ) -> None:
-        assert self.group is not None
-        source = self._positions if offsets is None else offsets
-        rows = tuple(
-            p.PartitionOffset(t, n, source[(t, n)], metadata) for t, n in tps if (t, n) in source
-        )
-        if not rows:
-            return
-        async with self._commit_lock:
-            m = self.membership
-            try:
-                await self._ask(
-                    p.CommitOffsets(
-                        self.group,
-                        m.member_id if m else None,
-                        m.generation if m else 0,
-                        rows,
-                    )
-                )
-            except StaleGenerationError:
-                # Not the normal flow (we missed a rebalance timeout): learn
-                # the current assignment at once, then say so.
-                self._polling += 1
+    def _raise_commit_error(self) -> None:
+        """Raise (once) the error of a queued commit that failed."""
+        error, self._commit_error = self._commit_error, None
+        if error is not None:
+            raise error
+
+    async def _flush_commits(self) -> None:
+        """The flusher task: send queued commits until none are left. A
+        failure is kept for the app's next commit call; later ones still go."""
+        try:
+            while self._queued_commits:
                 try:
-                    await self._heartbeat()
-                finally:
-                    self._polling -= 1
-                raise
-            except UnknownMemberError:
-                self._evict("the group removed it")
-                raise
+                    await self._commit_positions(())
+                except HeadwaterError as exc:
+                    log.info("queued_commit_failed", group=self.group, error=repr(exc))
+                    if self._commit_error is None:
+                        self._commit_error = exc
+        finally:
+            self._commit_flusher = False
+
+    async def _commit_positions(self, rows: Iterable[p.PartitionOffset]) -> None:
+        """Send the queued commits with ``rows`` (newer) in one request, after
+        any commit already on its way."""
+        assert self.group is not None
+        async with self._commit_lock:
+            await self._send_commits(rows)
+
+    async def _send_commits(self, rows: Iterable[p.PartitionOffset] = ()) -> None:
+        """(Holding the commit lock) send the queued commits merged with
+        ``rows``, if any."""
+        assert self.group is not None
+        merged, self._queued_commits = self._queued_commits, {}
+        for row in rows:
+            merged[(row.topic, row.partition)] = row
+        if not merged:
+            return
+        m = self.membership
+        try:
+            await self._ask(
+                p.CommitOffsets(
+                    self.group,
+                    m.member_id if m else None,
+                    m.generation if m else 0,
+                    tuple(merged[tp] for tp in sorted(merged)),
+                )
+            )
+        except StaleGenerationError:
+            # Not the normal flow (we missed a rebalance timeout): learn
+            # the current assignment at once, then say so.
+            self._polling += 1
+            try:
+                await self._heartbeat()
+            finally:
+                self._polling -= 1
+            raise
+        except UnknownMemberError:
+            self._evict("the group removed it")
+            raise
 
     async def _auto_commit(self) -> None:
         while True:
