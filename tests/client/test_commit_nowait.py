@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from headwater import _protocol as p
-from headwater._errors import HeadwaterError, ServerBusyError
+from headwater._errors import HeadwaterError, ServerBusyError, UnknownMemberError
 from headwater.client import Client, LocalChannel
 
 from .real_broker import RealBroker
@@ -187,3 +187,26 @@ async def test_queued_commits_go_before_a_release(
             positions = {e.partition: e.offset for e in got if e.partition in moved}
             for e in got_b:
                 assert e.offset >= positions.get(e.partition, -1) + 1
+
+
+async def test_commits_queued_by_a_member_that_left_are_dropped(
+    client: Client, gate: CommitGate, autojump_clock: object
+) -> None:
+    """A member that left for not polling sends none of its queued commits
+    (their partitions have new owners); the one already on its way fails at
+    the broker; the app hears UnknownMemberError at its next commit call."""
+    config = {"group": "g", "session_timeout": 3.0, "max_poll_interval": 10.0}
+    async with client.consumer("t1", **config) as consumer:
+        await consumer.getmany(5, timeout=1)
+        gate.hold = trio.Event()
+        consumer.commit_nowait()
+        await trio.testing.wait_all_tasks_blocked()  # on its way, held
+        await consumer.getmany(5, timeout=1)
+        consumer.commit_nowait()  # queued
+        await trio.sleep(15)  # no poll for longer than max_poll_interval: it leaves
+        gate.hold.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert [((0, 5),)] == gate.commits
+        with pytest.raises(UnknownMemberError):
+            consumer.commit_nowait()
+    assert {} == await committed(client)  # nothing stored for the group

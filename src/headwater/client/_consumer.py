@@ -1034,6 +1034,9 @@ class Consumer:
             self._forget(tp)
         self._evicted = reason
         self._idle_left = idle
+        # Commits queued by the member we were are not sent: their partitions
+        # have new owners (as a commit() now would, they fail).
+        self._queued_commits.clear()
         if self._wake is not None:
             self._wake.cancel()
 
@@ -1163,6 +1166,8 @@ class Consumer:
                     )
                 wanted[tp] = off
         if self._evicted is not None:
+            if isinstance(self._commit_error, UnknownMemberError):
+                self._commit_error = None  # the same news as this error
             raise UnknownMemberError(
                 f"not committed: this consumer left group {self.group!r} because {self._evicted}; "
                 "its partitions went to other members, who resume from the last commit. It "
@@ -1211,6 +1216,8 @@ class Consumer:
         merged, self._queued_commits = self._queued_commits, {}
         for row in rows:
             merged[(row.topic, row.partition)] = row
+        for tp in [tp for tp in merged if tp not in self._owned]:
+            del merged[tp]  # lost meanwhile (taken without a release): not ours to commit
         if not merged:
             return
         m = self.membership
