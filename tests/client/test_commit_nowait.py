@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from headwater import _protocol as p
-from headwater._errors import HeadwaterError, ServerBusyError, UnknownMemberError
+from headwater._errors import ClosedError, HeadwaterError, ServerBusyError, UnknownMemberError
 from headwater.client import Client, LocalChannel
 
 from .real_broker import RealBroker
@@ -148,6 +148,8 @@ async def test_a_clean_close_sends_what_is_queued(
         gate.hold.set()
     assert [((0, 2),), ((0, 9),)] == gate.commits
     assert {0: 9} == await committed(client)
+    with pytest.raises(ClosedError, match="closed"):
+        consumer.commit_nowait()
 
 
 async def test_a_clean_close_raises_a_queued_failure(

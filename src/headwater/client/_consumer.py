@@ -1132,6 +1132,8 @@ class Consumer:
         error at the next :meth:`commit` or :meth:`commit_nowait` call, which
         then commits nothing (call it again), or at a clean close; commits
         queued after the failed one are still sent."""
+        if self._closed:
+            raise ClosedError("this consumer is closed: commit before leaving its block")
         rows = self._commit_rows(offsets, metadata)
         if not rows:
             return
