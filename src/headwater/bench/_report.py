@@ -57,8 +57,10 @@ def render_markdown(rows: list[dict[str, Any]], machine: str, command: str) -> s
             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with `{command}`: "
             "one client process per side, the same payloads and the same loop "
             "(`../shared/bench/peers.py`; Headwater through `headwater.bench.HeadwaterDriver`), "
-            "rounds interleaved across targets. Each figure is the median of the rounds; "
-            "`±` is half the spread (max - min) / median. Ratios are medians of per-round ratios. "
+            "rounds interleaved across targets. Each throughput figure is the median of the "
+            "rounds; latency percentiles are those of every round's samples pooled; "
+            "`±` is half the spread (max - min) / median of the per-round figures. Throughput "
+            "ratios are medians of per-round ratios; latency ratios compare pooled percentiles. "
             "Absolute numbers drift 10-40% between runs on this shared VM: compare within a run."
         ),
         "",
