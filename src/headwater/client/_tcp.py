@@ -278,7 +278,13 @@ class TcpChannel(Channel):
         receives_before = -1
         with trio.move_on_after(seconds):
             session = await self._wait_session()
-            await session.slots.acquire()
+            try:
+                # A free slot is taken without a task switch (the request
+                # checkpoints anyway: its write and the wait for its answer);
+                # only a full window of requests in flight waits here.
+                session.slots.acquire_nowait()
+            except trio.WouldBlock:
+                await session.slots.acquire()
             slot = _Slot(session.slots)
             try:
                 if session is not self._session or session.lost is not None:
