@@ -488,9 +488,10 @@ def _ratio_row(
     if (ours[0], ours[1]) in s.pooled:
         mine_all = _pooled_value(s, ours)
         pooled = [(v, k[1]) for k in theirs if (v := _pooled_value(s, k)) is not None]
-        best, name = min(pooled) if lower_is_better else max(pooled)
-        if mine_all is not None and best > 0:
-            row.update(value=mine_all / best, vs=name, pooled=True)
+        if pooled and mine_all is not None:
+            best, name = min(pooled) if lower_is_better else max(pooled)
+            if best > 0:
+                row.update(value=mine_all / best, vs=name, pooled=True)
     return row
 
 
