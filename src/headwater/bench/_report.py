@@ -141,9 +141,10 @@ def render_markdown(rows: list[dict[str, Any]], machine: str, command: str) -> s
         (
             "`ratio_vs_best_peer`: Headwater events/s over the best peer's in the same round "
             "(produce: peers in their most durable setting; consume: any peer, any setting). "
-            "`ratio_p99_vs_best_peer`: Headwater p99 over the lowest durable peer p99 (below 1 "
-            "is better); `ratio_p50_vs_best_peer` the same for p50; `ratio_p50_vs_floor`: "
-            "Headwater p50 over the floor (round trip + fsync) of the same round. "
+            "`ratio_p99_vs_best_peer`: Headwater p99 over the lowest durable peer p99, each of "
+            "all rounds' samples pooled (below 1 is better; min - max: the per-round ratios); "
+            "`ratio_p50_vs_best_peer` the same for p50; `ratio_p50_vs_floor`: Headwater's "
+            "pooled p50 over the floor (round trip + fsync; the median of the rounds). "
             "`ratio_vs_redis_c`: over `redis-benchmark` with fsync always. "
             "`ratio_to_journal`: embedded produce over the journal's raw `Log.append` of "
             "pre-encoded 1,000-event batches (from `bench_broker`)."
