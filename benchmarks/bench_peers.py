@@ -5,14 +5,15 @@ The same workload against Headwater over TCP and embedded (durability
 always`` and default) and Redis Streams (AOF; ``appendfsync always`` and
 ``everysec``): produce N events of 100 B and 1 KiB from one client, consume
 them all back from the start with one consumer, end-to-end latency at a
-steady 1,000 events/s; three interleaved rounds, medians with their spread;
+steady 1,000 events/s; three interleaved rounds, medians with their spread
+(latency: the percentiles of all rounds' samples pooled);
 plus ``redis-benchmark`` (Redis's C client, fsync always). Every
 measurement goes through the shared loop in ``../shared/bench/peers.py``
 (Headwater through :class:`headwater.bench.HeadwaterDriver`); see
 :mod:`headwater.bench` for how. The embedded-vs-journal ratio is
 ``bench_broker``'s, run here in the same invocation.
 
-Ratios (medians of per-round ratios): ``ratio_vs_best_peer`` for
+Ratios (medians of per-round ratios; latency: of pooled percentiles): ``ratio_vs_best_peer`` for
 ``produce/100B/always``, ``produce/1KiB/always``, ``consume/100B``,
 ``consume/1KiB``; ``ratio_p99_vs_best_peer`` for ``latency/always`` (below
 1 is better); ``ratio_vs_redis_c`` for ``produce/100B/always``; the same

@@ -19,7 +19,10 @@ wrapped the same way; producer and consumer use one connection each, as
 the peers bench's two processes). Embedded runs producer, consumer and
 broker on one loop. Each stage is reported as the time since the previous
 one (median and p99 over the events), plus what the slowest 1% share
-(garbage collections, slow fsyncs, the thread hand-off).
+(garbage collections, slow fsyncs, the thread hand-off), and each
+process's CPU time and Trio task steps per event, by task (steps do not
+move with the machine's load as times do: on a shared machine they are the
+figure to compare between two versions).
 
     PYTHONPATH=src python benchmarks/latency_stages.py [--mode both|tcp|embedded]
         [--count 3000] [--rate 1000] [--json out.json]
@@ -284,21 +287,32 @@ async def workload(client_for: Callable[[], Any], count: int, rate: int, same: b
                             got += len(batch)
                 COST["cpu_us_per_event"] = (time.process_time() - cpu) * 1e6 / count
                 COST["task_steps_per_event"] = steps.steps / count
+                COST["task_steps_by_task"] = steps.per_event(count)
                 trio.lowlevel.remove_instrument(steps)
                 nursery.cancel_scope.cancel()
     return events
 
 
-COST: dict[str, float] = {}
+COST: dict[str, Any] = {}
 """CPU time and Trio task steps per event of the last workload (this process)."""
 
 
 class _StepCounter:
+    """Trio task steps, in all and by task (the last part of its name)."""
+
     def __init__(self) -> None:
         self.steps = 0
+        self.by_task: dict[str, int] = defaultdict(int)
 
-    def before_task_step(self, task: object) -> None:
+    def before_task_step(self, task: Any) -> None:
         self.steps += 1
+        self.by_task[str(task.name).rsplit(".", 1)[-1]] += 1
+
+    def per_event(self, count: int) -> dict[str, float]:
+        """Steps per event by task, the busiest first (a step count does not
+        move with the machine's load, as times do: compare it across runs)."""
+        ranked = sorted(self.by_task.items(), key=lambda kv: -kv[1])
+        return {name: round(n / count, 2) for name, n in ranked[:8] if n / count >= 0.05}
 
 
 class _same:
@@ -508,6 +522,7 @@ def run_tcp(base: str, count: int, rate: int) -> dict[str, Any]:
     result["server_process"] = {
         "cpu_us_per_event": dumped["cpu_s"] * 1e6 / count,
         "task_steps_per_event": dumped["steps"] / count,
+        "task_steps_by_task": {k: round(v / count, 2) for k, v in dumped["by_task"].items()},
         "note": "whole process life (start-up and stop included)",
     }
     return result
@@ -533,7 +548,9 @@ def serve_wrapped(out: str, argv: list[str]) -> None:
 
     def dump() -> None:
         with open(out, "w") as f:
-            json.dump({"records": RECORDS, "steps": steps.steps, "cpu_s": time.process_time()}, f)
+            by_task = {k: v for k, v in steps.by_task.items() if v >= 100}
+            dump = {"records": RECORDS, "steps": steps.steps, "by_task": by_task}
+            json.dump({**dump, "cpu_s": time.process_time()}, f)
 
     atexit.register(dump)
     assert argv[1:3] == ["-m", "headwater"], argv

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
+import subprocess
+import sys
 import time
 
 import pytest
@@ -171,3 +174,78 @@ def test_run_peers_without_the_shared_bench_says_why(monkeypatch: pytest.MonkeyP
     rows = run_peers(quick=True)
     assert ["skipped"] == [r["metric"] for r in rows]
     assert "HEADWATER_PEER_BENCH" in rows[0]["why"]
+
+
+def test_latency_percentiles_pool_every_round_and_ratios_compare_the_pools() -> None:
+    """A latency figure is the percentile of all rounds' samples together (not
+    the median of per-round percentiles); min/max are the rounds' own; the
+    ratio is ours pooled over the best peer's pooled."""
+    s = _session({})
+    ms = 1_000_000
+    # Round 1: 99 fast events and one slow; round 2: all fast. Each round's
+    # own p99 is 1 ms, so a median of per-round p99s says 1 ms; pooled, 2 of
+    # 200 are slow, so the p99 (the 198th of 200) is still 1 ms, but the
+    # p99.9 is the slow one.
+    s.add_latency("latency", "headwater-tcp-always", 1, [1 * ms] * 99 + [50 * ms])
+    s.add_latency("latency", "headwater-tcp-always", 2, [1 * ms] * 100)
+    # The peer: round 1 slow in its last 2%, round 2 fast; per-round p99s
+    # 9 and 2 ms (median 5.5); pooled, the 198th of 200 is 2 ms.
+    s.add_latency("latency", "redis-always", 1, [2 * ms] * 98 + [9 * ms] * 2)
+    s.add_latency("latency", "redis-always", 2, [2 * ms] * 100)
+    s.add_latency("latency", "nats-always", 1, [3 * ms] * 100)
+    s.add_latency("latency", "nats-always", 2, [3 * ms] * 100)
+    rows = {(r["case"], r["metric"]): r for r in _peers._figure_rows(s)}
+    p99 = rows[("latency/redis-always", "p99_ms")]
+    assert (2.0, 2.0, 9.0, 200, True) == (
+        p99["value"],
+        p99["min"],
+        p99["max"],
+        p99["count"],
+        p99["pooled"],
+    )
+    assert 50.0 == rows[("latency/headwater-tcp-always", "p999_ms")]["value"]
+    ratios = {(r["case"], r["metric"]): r for r in _peers._ratio_rows(s)}
+    ratio = ratios[("latency/always", "ratio_p99_vs_best_peer")]
+    # Pooled: 1 / 2. Per round, against that round's best (nats' 3 ms in
+    # round 1, redis' 2 ms in round 2): 1/3 and 1/2, kept as min and max.
+    assert (0.5, "redis-always") == (ratio["value"], ratio["vs"])
+    assert (pytest.approx(1 / 3), 0.5) == (ratio["min"], ratio["max"])
+
+
+def test_a_round_without_latency_samples_is_an_error() -> None:
+    """A run that returned no samples (an old peers.py, a broken wrapper) fails
+    its step rather than leaving a figure without data."""
+    s = _session({})
+    with pytest.raises(RuntimeError, match="no latency samples"):
+        s.add_latency("latency", "redis-always", 1, [])
+
+
+def test_the_samples_wrapper_runs_peers_main_and_adds_the_samples(
+    tmp_path: pathlib.Path,
+) -> None:
+    """``_peer_samples.py BENCH_DIR ARGS`` imports BENCH_DIR/peers.py, passes
+    ARGS to its main, and every percentiles_us answer gains the samples."""
+    (tmp_path / "peers.py").write_text(
+        "import json, sys\n"
+        "def percentiles_us(samples_ns):\n"
+        "    return {'p50_us': sorted(samples_ns)[len(samples_ns) // 2] / 1000}\n"
+        "def main(argv):\n"
+        "    res = percentiles_us([3000, 1000, 2000])\n"
+        "    print(json.dumps(dict(res, kind='run', argv=argv)))\n"
+        "    return 0\n"
+    )
+    script = pathlib.Path(_peers.__file__).with_name("_peer_samples.py")
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), "--count", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=True,
+    )
+    row = json.loads(out.stdout)
+    assert (2.0, [3000, 1000, 2000], ["--count", "3"]) == (
+        row["p50_us"],
+        row["samples_ns"],
+        row["argv"],
+    )

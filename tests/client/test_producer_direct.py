@@ -131,8 +131,10 @@ async def test_a_send_over_a_connection_takes_no_more_task_steps(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """The same send through the server and the client drivers (memory
-    streams): 22 task steps at most (22-23 before the drivers were one per
-    side: a flush with nothing queued no longer takes the send lock)."""
+    streams): 16 task steps at most, each time (15-16 as Trio orders a
+    batch; 16-17 while a request with a free slot in its connection's
+    window still took a step to take it; 22-23 before the drivers were one
+    per side)."""
     from headwater.testing import connect_in_memory
 
     steps = _Steps()
@@ -155,4 +157,4 @@ async def test_a_send_over_a_connection_takes_no_more_task_steps(
                     counts.append(steps.steps)
     finally:
         trio.lowlevel.remove_instrument(steps)
-    assert sorted(counts)[4] <= 22
+    assert max(counts) <= 16, counts

@@ -20,7 +20,7 @@ from headwater.journal import (
     patch_header,
     patch_record,
 )
-from headwater.journal._record import stored_header
+from headwater.journal._record import stamp_record, stored_header
 
 
 @given(
@@ -107,6 +107,53 @@ def test_stored_header_matches_patch_header(size: int) -> None:
     decoded = decode_header(stored_header(record, other) + payload)
     assert isinstance(decoded, RecordHeader)  # its checksum holds
     assert other == decoded._replace(crc=other.crc)
+
+
+@pytest.mark.parametrize("size", [0, 1, 61, 8129, 8130, 8131, 100_003, 1_024_000])
+def test_stamp_record_checks_and_stamps_like_decode_then_patch(size: int) -> None:
+    """stamp_record (the append path's one step) gives the header
+    decode_header gives, with the base offset and append time set, and
+    exactly patch_header's stored bytes, on both sides of the CRC
+    combination threshold."""
+    payload = random.Random(size).randbytes(size)
+    record = encode_record(
+        payload, count=3, first_timestamp=11, max_timestamp=12, producer_id=7, base_sequence=4
+    )
+    decoded = decode_header(record)
+    assert isinstance(decoded, RecordHeader)
+    for base_offset, append_time in ((0, 0), (5, 1_700_000_000_000), (2**62, -1)):
+        stamped = stamp_record(record, base_offset, append_time)
+        assert stamped is not None
+        header, head = stamped
+        assert decoded._replace(base_offset=base_offset, append_time=append_time) == header
+        assert patch_header(record, base_offset, append_time) == head
+        stored = decode_header(head + payload)  # the stored record passes its checksum
+        assert isinstance(stored, RecordHeader)
+        assert (base_offset, append_time) == (stored.base_offset, stored.append_time)
+
+
+def test_stamp_record_refuses_what_decode_header_refuses() -> None:
+    """Anything but one whole valid record of exactly its own length is
+    refused (None), never stamped: torn, trailing bytes, a flipped payload
+    or header byte, a bad magic."""
+    record = encode_record(b"payload" * 50, count=2)
+    flipped_payload = bytearray(record)
+    flipped_payload[-1] ^= 1
+    flipped_header = bytearray(record)
+    flipped_header[30] ^= 1  # first_timestamp: covered by the checksum
+    bad_magic = bytearray(record)
+    bad_magic[8] = 0
+    for bad in (
+        b"",
+        record[: HEADER_SIZE - 1],
+        record[:-1],
+        record + b"x",
+        bytes(flipped_payload),
+        bytes(flipped_header),
+        bytes(bad_magic),
+    ):
+        assert stamp_record(bad, 1, 2) is None
+        assert not isinstance(decode_header(bad), RecordHeader) or len(bad) != len(record)
 
 
 @pytest.mark.parametrize(

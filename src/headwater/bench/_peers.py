@@ -10,7 +10,12 @@ call (``--spawn``); Headwater runs under this interpreter through
 :class:`~headwater.bench.HeadwaterDriver`, against a ``headwater serve``
 process per durability (TCP) or an embedded broker in a fresh directory.
 Rounds are interleaved (round 1 of every target, then round 2, ...), and
-each ratio is the median of the per-round ratios.
+each throughput ratio is the median of the per-round ratios. Latency
+percentiles are pooled instead: every round's samples of a target make one
+set, its p50/p99/p99.9 are that set's (the per-round values remain as
+min/max), and the latency ratios compare pooled figures. A p99 of one round
+of 2,000 events rests on its 20 slowest; its median over three rounds swung
+4x between runs.
 
 Targets: Headwater TCP and embedded with durability ``always`` and
 ``interval``; NATS JetStream (file store) with ``sync_interval: always`` and
@@ -45,6 +50,7 @@ import attrs
 from headwater.testing._process import server_process, subprocess_env
 
 from ._driver import HeadwaterDriver
+from ._peer_samples import SAMPLES_KEY
 
 Row = dict[str, Any]
 Progress = Callable[[int, int, str], None]
@@ -53,6 +59,7 @@ Progress = Callable[[int, int, str], None]
 DRIVER = "headwater.bench:HeadwaterDriver"
 SIZES = ((100, "100B"), (1024, "1KiB"))
 _SRC = pathlib.Path(__file__).resolve().parents[2]
+_SAMPLES_SCRIPT = pathlib.Path(__file__).resolve().with_name("_peer_samples.py")
 
 
 @attrs.frozen
@@ -93,7 +100,7 @@ class Plan:
     rounds: int
     counts: dict[int, int]  # size -> events
     nats_always_count: int  # JetStream fsyncs every message: ~3k/s
-    latency_count: int  # events at 1,000/s
+    latency_count: int  # events at 1,000/s, per round (percentiles pool the rounds)
     redis_c_count: int
     call_timeout: float
 
@@ -101,7 +108,7 @@ class Plan:
 def plan_for(quick: bool) -> Plan:
     """The quick (a few minutes) or full plan."""
     if quick:
-        return Plan(3, {100: 50_000, 1024: 20_000}, 3_000, 2_000, 100_000, 120.0)
+        return Plan(3, {100: 50_000, 1024: 20_000}, 3_000, 3_000, 100_000, 120.0)
     return Plan(3, {100: 200_000, 1024: 50_000}, 20_000, 5_000, 200_000, 600.0)
 
 
@@ -230,12 +237,24 @@ class _Session:
     base: str
     urls: dict[str, str] = attrs.field(factory=dict)  # durability -> headwater:// URL
     samples: dict[tuple[str, str, str], dict[int, float]] = attrs.field(factory=dict)
+    # (case, target) -> every round's latency samples (ns), pooled
+    pooled: dict[tuple[str, str], list[int]] = attrs.field(factory=dict)
     counts: dict[tuple[str, str], int] = attrs.field(factory=dict)
     notes: list[Row] = attrs.field(factory=list)
     calls: int = 0
 
     def add(self, case: str, target: str, metric: str, rnd: int, value: float) -> None:
         self.samples.setdefault((case, target, metric), {})[rnd] = value
+
+    def add_latency(self, case: str, target: str, rnd: int, samples_ns: list[int]) -> None:
+        """One round's latency samples: its percentiles (ms) as that round's
+        figures, and the samples into the target's pool."""
+        if not samples_ns:
+            raise RuntimeError(f"{target}: no latency samples in round {rnd}")
+        for key, us in _percentiles_ns(samples_ns).items():
+            self.add(case, target, key.replace("_us", "_ms"), rnd, us / 1000)
+        self.pooled.setdefault((case, target), []).extend(samples_ns)
+        self.counts[(case, target)] = len(self.pooled[(case, target)])
 
     def _count(self, target: Target, size: int) -> int:
         if target.kind == "nats" and target.durable:
@@ -289,18 +308,19 @@ class _Session:
             self.calls += 1
             url = f"embedded://{self.base}/lat{self.calls}?durability={target.setting}"
             samples = HeadwaterDriver(url, "bench", {}).latency_inprocess(count, 100, 0.001)
-            res: Row = dict(_percentiles_ns(samples), lost=count - len(samples))
+            lost = count - len(samples)
         else:
             args, env = self._base_args(target)
             args += ["--workload", "latency", "--size", "100", "--count", str(count)]
             args += ["--interval-ms", "1"]
-            cmd = [self._python(target), str(self.bench_dir / "peers.py"), *args, "--repeat", "1"]
-            res = _run_json(cmd, self.bench_dir, self.plan.call_timeout, env)[0]
-        if res.get("lost"):
-            raise RuntimeError(f"{target.name}: {res['lost']} of {count} latency events lost")
-        for key in ("p50", "p99", "p999"):
-            self.add("latency", target.name, f"{key}_ms", rnd, float(res[f"{key}_us"]) / 1000)
-        self.counts[("latency", target.name)] = count
+            # peers.py's own loop, run through a wrapper that keeps the samples.
+            cmd = [self._python(target), str(_SAMPLES_SCRIPT), str(self.bench_dir), *args]
+            res = _run_json([*cmd, "--repeat", "1"], self.bench_dir, self.plan.call_timeout, env)[0]
+            samples = [int(x) for x in res.get(SAMPLES_KEY, [])]
+            lost = int(res.get("lost", 0))
+        if lost:
+            raise RuntimeError(f"{target.name}: {lost} of {count} latency events lost")
+        self.add_latency("latency", target.name, rnd, samples)
 
     def floor(self, rnd: int) -> None:
         """The latency floor of this round (DECISIONS #27): the median bare
@@ -409,11 +429,29 @@ def _stats(values: list[float]) -> Row:
 _UNITS = {"events_per_s": "events/s", "p50_ms": "ms", "p99_ms": "ms", "p999_ms": "ms"}
 
 
+def _pooled_value(s: _Session, key: tuple[str, str, str]) -> float | None:
+    """The figure of ``key`` = (case, target, metric) over the whole run: the
+    percentile of every round's samples pooled (latency percentiles), else
+    the median of the rounds; ``None`` if there is none."""
+    case, target, metric = key
+    pool = s.pooled.get((case, target))
+    if pool and metric.endswith("_ms"):
+        return _percentiles_ns(pool)[metric.replace("_ms", "_us")] / 1000
+    by_round = s.samples.get(key)
+    return statistics.median(by_round.values()) if by_round else None
+
+
 def _figure_rows(s: _Session) -> list[Row]:
     rows = []
-    for (case, target, metric), by_round in sorted(s.samples.items()):
+    for key, by_round in sorted(s.samples.items()):
+        case, target, metric = key
         row: Row = {"bench": "peers", "case": f"{case}/{target}", "metric": metric}
         row.update(_stats(list(by_round.values())), unit=_UNITS[metric], target=target)
+        if (case, target) in s.pooled:
+            # value: the percentile of the pooled samples; min/max/spread:
+            # the rounds' own percentiles (how much one round alone varies).
+            row["value"] = _pooled_value(s, key)
+            row["pooled"] = True
         row["count"] = s.counts.get((case, target))
         rows.append(row)
     return rows
@@ -427,7 +465,9 @@ def _ratio_row(
     theirs: list[tuple[str, str, str]],
     lower_is_better: bool = False,
 ) -> Row | None:
-    """Median over rounds of ours / (best of theirs in the same round)."""
+    """Median over rounds of ours / (best of theirs in the same round); for
+    pooled latency percentiles, ours pooled / the best of theirs pooled
+    (min/max stay the per-round ratios')."""
     mine = s.samples.get(ours, {})
     ratios: list[float] = []
     best_names: list[str] = []
@@ -445,6 +485,13 @@ def _ratio_row(
     row.update(_stats(ratios), unit="x")
     row["ours"] = ours[1]
     row["vs"] = max(set(best_names), key=best_names.count)
+    if (ours[0], ours[1]) in s.pooled:
+        mine_all = _pooled_value(s, ours)
+        pooled = [(v, k[1]) for k in theirs if (v := _pooled_value(s, k)) is not None]
+        if pooled and mine_all is not None:
+            best, name = min(pooled) if lower_is_better else max(pooled)
+            if best > 0:
+                row.update(value=mine_all / best, vs=name, pooled=True)
     return row
 
 

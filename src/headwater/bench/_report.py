@@ -57,8 +57,10 @@ def render_markdown(rows: list[dict[str, Any]], machine: str, command: str) -> s
             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with `{command}`: "
             "one client process per side, the same payloads and the same loop "
             "(`../shared/bench/peers.py`; Headwater through `headwater.bench.HeadwaterDriver`), "
-            "rounds interleaved across targets. Each figure is the median of the rounds; "
-            "`±` is half the spread (max - min) / median. Ratios are medians of per-round ratios. "
+            "rounds interleaved across targets. Each throughput figure is the median of the "
+            "rounds; latency percentiles are those of every round's samples pooled; "
+            "`±` is half the spread (max - min) / median of the per-round figures. Throughput "
+            "ratios are medians of per-round ratios; latency ratios compare pooled percentiles. "
             "Absolute numbers drift 10-40% between runs on this shared VM: compare within a run."
         ),
         "",
@@ -139,9 +141,10 @@ def render_markdown(rows: list[dict[str, Any]], machine: str, command: str) -> s
         (
             "`ratio_vs_best_peer`: Headwater events/s over the best peer's in the same round "
             "(produce: peers in their most durable setting; consume: any peer, any setting). "
-            "`ratio_p99_vs_best_peer`: Headwater p99 over the lowest durable peer p99 (below 1 "
-            "is better); `ratio_p50_vs_best_peer` the same for p50; `ratio_p50_vs_floor`: "
-            "Headwater p50 over the floor (round trip + fsync) of the same round. "
+            "`ratio_p99_vs_best_peer`: Headwater p99 over the lowest durable peer p99, each of "
+            "all rounds' samples pooled (below 1 is better; min - max: the per-round ratios); "
+            "`ratio_p50_vs_best_peer` the same for p50; `ratio_p50_vs_floor`: Headwater's "
+            "pooled p50 over the floor (round trip + fsync; the median of the rounds). "
             "`ratio_vs_redis_c`: over `redis-benchmark` with fsync always. "
             "`ratio_to_journal`: embedded produce over the journal's raw `Log.append` of "
             "pre-encoded 1,000-event batches (from `bench_broker`)."

@@ -278,7 +278,18 @@ class TcpChannel(Channel):
         receives_before = -1
         with trio.move_on_after(seconds):
             session = await self._wait_session()
-            await session.slots.acquire()
+            try:
+                # A free slot is taken without a task switch (the request
+                # checkpoints anyway: its write and the wait for its answer);
+                # only a full window of requests in flight waits here. A
+                # scope cancelled already raises now, before anything is
+                # queued: past this point nothing yields until the write, so
+                # the write's own check for cancellation cannot drop frames
+                # it took from the connection (and their slots with them).
+                await trio.lowlevel.checkpoint_if_cancelled()
+                session.slots.acquire_nowait()
+            except trio.WouldBlock:
+                await session.slots.acquire()
             slot = _Slot(session.slots)
             try:
                 if session is not self._session or session.lost is not None:

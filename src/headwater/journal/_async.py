@@ -177,14 +177,16 @@ class AsyncLog:
         Synchronous and fast (page cache). Raises ``InvalidArgument`` for a bad
         record, ``DiskFullError``/``StorageError`` for disk trouble.
         """
-        self._check_open()
+        if self._closed:
+            self._check_open()  # raises
+        log = self.log
         if self._threaded:
-            header, staged = self.log.stage(record, validated)
+            header, staged = log.stage(record, validated)
             self._staged.append(staged)
-            self._staged_bytes += len(record)
+            self._staged_bytes += header.length
         else:
-            header = self.log.write(record, validated)
-        self.log.files.trim()
+            header = log.write(record, validated)
+        log.files.trim()
         self._unsynced_writes += 1
         self._wake.set()
         if not self._always:
@@ -210,13 +212,15 @@ class AsyncLog:
         if not self._always:
             await trio.lowlevel.checkpoint()
             return
-        while self._generation != generation or self.log.synced_offset < end_offset:
+        log = self.log
+        while self._generation != generation or log.synced_offset < end_offset:
             if self._generation != generation:
                 if end_offset <= min(self._cuts[generation:]):
                     return  # synced before the failure: durable
                 raise self._failures[generation]
-            self._check_open()
-            self._check_crash()
+            if self._closed or self._crash is not None:
+                self._check_open()
+                self._check_crash()
             if sync_here and self._staged and self._can_sync_here():
                 # Synced here, in the waiter's own task, rather than waking
                 # the flusher to do it and then being woken by it: two task
@@ -229,7 +233,7 @@ class AsyncLog:
         """Write ``record`` and wait until it is durable per the policy."""
         generation = self._generation
         header = self.write(record)
-        await self.wait_durable(header.next_offset, generation)
+        await self.wait_durable(header.base_offset + header.count, generation)
         return header
 
     # ----------------------------------------------------------------- read

@@ -72,6 +72,7 @@ __all__ = [
     "patch_header",
     "patch_record",
     "record_crc",
+    "stamp_record",
     "stored_header",
 ]
 
@@ -364,6 +365,83 @@ def stored_header(record: bytes, stored: RecordHeader) -> bytes:
         diff = before ^ crc32c.crc32c(checked)
         crc = _CRC.unpack_from(record, 4)[0] ^ crc_shift(diff, length - HEADER_SIZE)
     return _LENGTH_CRC.pack(length, crc) + checked
+
+
+def stamp_record(
+    record: bytes, base_offset: int, append_time: int
+) -> tuple[RecordHeader, bytes] | None:
+    """Check a client's ``record`` and stamp it in one step (the append
+    path): returns its header with ``base_offset`` and ``append_time`` set
+    (``crc`` still the client's, as :func:`decode_header` gave it) and the
+    header bytes to store before ``record[HEADER_SIZE:]`` (as
+    :func:`stored_header` packs them), or ``None`` when ``record`` is not
+    one valid record of exactly ``len(record)`` bytes (:func:`decode_header`
+    then says what is wrong). The same checks as :func:`decode_header` plus
+    the length, with the fields unpacked once and no intermediate header."""
+    if len(record) < HEADER_SIZE:
+        return None
+    (
+        length,
+        crc,
+        magic,
+        version,
+        attributes,
+        client_offset,
+        count,
+        first_timestamp,
+        max_timestamp,
+        _client_time,
+        producer_id,
+        producer_epoch,
+        base_sequence,
+    ) = HEADER.unpack_from(record)
+    if not (
+        magic == MAGIC
+        and version == VERSION
+        and length == len(record)
+        and HEADER_SIZE <= length <= MAX_RECORD_SIZE
+        and count >= 1
+        and client_offset >= 0
+    ):
+        return None
+    view = memoryview(record)
+    payload = view[HEADER_SIZE:]
+    before = crc32c.crc32c(view[_CRC_START:HEADER_SIZE])
+    if crc32c.crc32c(payload, before) != crc:
+        return None
+    checked = _CHECKED.pack(
+        MAGIC,
+        VERSION,
+        attributes,
+        base_offset,
+        count,
+        first_timestamp,
+        max_timestamp,
+        append_time,
+        producer_id,
+        producer_epoch,
+        base_sequence,
+    )
+    if length < _COMBINE_FROM:
+        stored_crc = crc32c.crc32c(payload, crc32c.crc32c(checked))
+    else:  # combined from the client's CRC: no second pass over the payload
+        stored_crc = crc ^ crc_shift(before ^ crc32c.crc32c(checked), length - HEADER_SIZE)
+    header = new_header(
+        (
+            length,
+            crc,
+            attributes,
+            base_offset,
+            count,
+            first_timestamp,
+            max_timestamp,
+            append_time,
+            producer_id,
+            producer_epoch,
+            base_sequence,
+        )
+    )
+    return header, _LENGTH_CRC.pack(length, stored_crc) + checked
 
 
 def iter_records(
