@@ -979,11 +979,17 @@ class Producer:
                 # (``_queue`` sets the kick), whichever comes first.
                 kick = self._kicks[tp] = trio.Event()
                 head.on_done = kick.set
-                with trio.move_on_at(head.deadline):
-                    await kick.wait()
-                head.on_done = None
-                del self._kicks[tp]
-                if not head.done() and len(pendings) < len(queue):
+                try:
+                    with trio.move_on_at(head.deadline):
+                        await kick.wait()
+                finally:
+                    head.on_done = None
+                    del self._kicks[tp]
+                if (
+                    not head.done()
+                    and len(pendings) < len(queue)
+                    and trio.current_time() < head.deadline
+                ):
                     continue  # a batch to send meanwhile
             batch, deadline = queue[0]
             try:
