@@ -278,3 +278,37 @@ async def test_the_embedded_channel_sends_one_batch_at_a_time(
             events = await producer.send_many("t", range(50))
         assert list(range(50)) == [e.offset for e in events]
         assert list(range(50)) == await stored_values(client)
+
+
+@pytest.mark.parametrize("answered", [0, 1])
+async def test_batches_that_get_no_answer_fail_after_delivery_timeout(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch, answered: int
+) -> None:
+    """A broker that answers no produce after the first ``answered``: the
+    batches in flight and queued (the second waiting behind a first that
+    must go alone, or five in flight) fail once delivery_timeout has
+    passed, each with a retriable timeout or connection error; the producer
+    neither spins nor hangs."""
+    async with remote() as (broker, _server, client):
+        real = broker.service.handle
+        produces = itertools.count()
+
+        async def handle(request: Any, **options: Any) -> Any:
+            if isinstance(request, p.Produce) and next(produces) >= answered:
+                await trio.sleep_forever()
+            return await real(request, **options)
+
+        monkeypatch.setattr(broker.service, "handle", handle)
+        async with client.producer(
+            max_batch_events=10, delivery_timeout=2.0, request_timeout=0.5, retry_backoff=0.1
+        ) as producer:
+            await producer.partitions_of("t")
+            start = trio.current_time()
+            handles = [producer.send_nowait("t", i) for i in range(20 + 40 * answered)]
+            await producer.flush()
+            waited = trio.current_time() - start
+        errors = [_error(h) for h in handles]
+        assert [None] * (10 * answered) == errors[: 10 * answered]
+        failed = errors[10 * answered :]
+        assert all(e is not None and e.retriable for e in failed), failed
+        assert 1.0 < waited <= 2.0  # given up when the next backoff would pass the deadline
