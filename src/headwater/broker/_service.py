@@ -286,7 +286,7 @@ class BrokerService:
         began = time.perf_counter()
         failed = True
         try:
-            if turn is None:
+            if turn is None or type(request) is not Produce:
                 result = await handler(self, request)
             else:
                 result = await self._produce(request, turn)
