@@ -183,16 +183,19 @@ class _TcpPending(PendingRequest):
         return self._done.is_set()
 
     async def result(self) -> Any:
-        """See :meth:`PendingRequest.result`."""
-        with trio.move_on_at(self._deadline):
-            await self._done.wait()
-            outcome = self._value
-            if isinstance(outcome, BaseException):
-                raise outcome
-            return decode_response(outcome)
-        raise await self.channel._timed_out(
-            self.request, self.session, self.receives_before, self.seconds
-        )
+        """See :meth:`PendingRequest.result` (no task step when the answer
+        is in: the caller was just woken by ``on_done``)."""
+        if not self._done.is_set():
+            with trio.move_on_at(self._deadline):
+                await self._done.wait()
+            if not self._done.is_set():
+                raise await self.channel._timed_out(
+                    self.request, self.session, self.receives_before, self.seconds
+                )
+        outcome = self._value
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return decode_response(outcome)
 
 
 class _Session:
@@ -414,7 +417,11 @@ class TcpChannel(Channel):
             op, body = encode_request(request)
             with trio.move_on_at(pending.deadline):
                 session = pending.session = await self._wait_session()
-                await session.slots.acquire()
+                try:  # as in request(): a free slot without a task switch
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                    session.slots.acquire_nowait()
+                except trio.WouldBlock:
+                    await session.slots.acquire()
                 try:
                     if session is not self._session or session.lost is not None:
                         raise session.lost or ConnectionLostError(
