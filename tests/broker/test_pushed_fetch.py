@@ -328,10 +328,10 @@ async def test_a_failing_subscription_is_ended_with_actor_failed(
         await fill(client, "t", 10)
         real = broker.service.handle
 
-        async def broken(request: Any) -> Any:
+        async def broken(request: Any, **options: Any) -> Any:
             if isinstance(request, p.Fetch):
                 raise ZeroDivisionError("boom")
-            return await real(request)
+            return await real(request, **options)
 
         monkeypatch.setattr(broker.service, "handle", broken)
         channel = client._channel  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -104,10 +105,10 @@ async def test_cancelling_a_blocked_exit_flush_closes_the_producer(
     async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
         handle_request = broker.service.handle
 
-        async def stall_produces(request: object) -> object:
+        async def stall_produces(request: object, **options: Any) -> object:
             if isinstance(request, p.Produce):
                 await trio.sleep_forever()
-            return await handle_request(request)
+            return await handle_request(request, **options)
 
         broker.service.handle = stall_produces  # type: ignore[method-assign]
         async with connect(broker) as client:

@@ -57,6 +57,7 @@ from headwater._protocol import CONNECTION_REQUEST_TYPES, PUSH_SINK, Fetch
 from headwater.actors._serve import serve_actors
 from headwater.broker._broker import DEFAULT_DATA_DIR, Broker, open_broker
 from headwater.broker._config import DURABILITIES
+from headwater.broker._order import ProduceTurns, Turn
 from headwater.broker._push import PushedFetches
 from headwater.broker._service import MAX_FETCH_BYTES
 from headwater.kafka._server import KafkaServer, kafka_listener_spec
@@ -337,6 +338,7 @@ class Server:
         budget = _ByteBudget(config.max_bytes_in_flight)
         service = self.broker.service
         held: dict[int, int] = {}  # request id -> budget bytes it holds
+        turns = ProduceTurns()
         pushes: PushedFetches | None = None
 
         def push(message: object) -> None:
@@ -356,9 +358,20 @@ class Server:
             size = len(record) if isinstance(record, bytes) else 0
             budget.charge(size)
             held[event.id] = size
+            if event.op == "produce":
+                turns.arrived(event.id, event.body)  # appended in arrival order
             return TASK
 
         async def handle(event: RequestReceived) -> Mapping[str, Any]:
+            turn = turns.take(event.id)
+            if turn is None:
+                return await handle_request(event, None)
+            try:
+                return await handle_request(event, turn)
+            finally:
+                turn.release()  # refused before its append: the next may go
+
+        async def handle_request(event: RequestReceived, turn: Turn | None) -> Mapping[str, Any]:
             if conn.can_push:
                 PUSH_SINK.set(push)
             request = decode_request(event.op, event.body)
@@ -372,7 +385,9 @@ class Server:
             else:
                 if isinstance(request, Fetch) and type(request.max_bytes) is int:
                     held[event.id] += await budget.acquire(min(request.max_bytes, MAX_FETCH_BYTES))
-                response = await service.handle(request)
+                response = await (
+                    service.handle(request) if turn is None else service.handle(request, turn=turn)
+                )
             return encode_response(response)
 
         def answered(event: RequestReceived, error: BaseException | None) -> None:

@@ -105,6 +105,7 @@ from headwater.broker._actors import (
 )
 from headwater.broker._config import TopicConfig, validate_group_name, validate_topic_name
 from headwater.broker._group import GroupCoordinator
+from headwater.broker._order import Turn
 from headwater.broker._share_service import ShareService
 from headwater.broker._stable import StableCell, filter_records
 from headwater.broker._stats import count_events
@@ -270,8 +271,10 @@ class BrokerService:
 
     # ----------------------------------------------------------- dispatch
 
-    async def handle(self, request: Any) -> Any:
-        """Answer one request (see :mod:`headwater._protocol`)."""
+    async def handle(self, request: Any, *, turn: Turn | None = None) -> Any:
+        """Answer one request (see :mod:`headwater._protocol`). ``turn``: a
+        ``Produce``'s place in its connection's arrival order (it appends
+        when the turn comes, then releases it)."""
         handler = self._handlers.get(type(request))
         if handler is None:
             if isinstance(request, CONNECTION_REQUEST_TYPES):
@@ -283,7 +286,10 @@ class BrokerService:
         began = time.perf_counter()
         failed = True
         try:
-            result = await handler(self, request)
+            if turn is None or type(request) is not Produce:
+                result = await handler(self, request)
+            else:
+                result = await self._produce(request, turn)
             failed = False
             return result
         finally:
@@ -292,7 +298,7 @@ class BrokerService:
             self.stats.request(op, seconds, failed=failed)
             _requests_log.debug("request", op=op, seconds=round(seconds, 6), failed=failed)
 
-    async def _produce(self, r: Produce) -> ProduceResult:
+    async def _produce(self, r: Produce, turn: Turn | None = None) -> ProduceResult:
         _config, path = self._partition_path(r.topic, r.partition)
         if not isinstance(r.record, bytes | bytearray | memoryview):
             raise InvalidArgument(f"a produce record must be bytes, not {type(r.record).__name__}")
@@ -302,20 +308,27 @@ class BrokerService:
         await self._log(r.topic, r.partition)  # the partition's cell (one ask per incarnation)
         cell = self._cells[key]
         reply: Any = None
-        if cell.append is not None and not self._asks.get(key):
-            # The partition idle: appended here, no hop to its actor and back.
-            # Never while an ask of ours is on its way there (it goes first).
-            reply = cell.append(record)
-        alone = reply is not None  # then no other append waits for this fsync
-        if reply is None:
-            reply = await self._ask_append(key, ref, record)
-        if isinstance(reply, NotAdmittedError):
-            # The partition restarted since the add (admissions are in memory).
-            header = decode_header(r.record, check_crc=False)
-            assert isinstance(header, RecordHeader)  # the partition decoded it
-            readmit = Readmit(header.producer_id, header.producer_epoch, r.topic, r.partition)
-            if await self.system.lookup("/broker/transactions").ask(readmit):
+        if turn is not None:
+            await turn.wait()  # the produces read before it on its connection append first
+        try:
+            if cell.append is not None and not self._asks.get(key):
+                # The partition idle: appended here, no hop to its actor and
+                # back. Never while an ask of ours is on its way there (it
+                # goes first).
+                reply = cell.append(record)
+            alone = reply is not None  # then no other append waits for this fsync
+            if reply is None:
                 reply = await self._ask_append(key, ref, record)
+            if isinstance(reply, NotAdmittedError):
+                # The partition restarted since the add (admissions are in memory).
+                header = decode_header(r.record, check_crc=False)
+                assert isinstance(header, RecordHeader)  # the partition decoded it
+                readmit = Readmit(header.producer_id, header.producer_epoch, r.topic, r.partition)
+                if await self.system.lookup("/broker/transactions").ask(readmit):
+                    reply = await self._ask_append(key, ref, record)
+        finally:
+            if turn is not None:
+                turn.release()  # appended (or refused): the next may append
         if isinstance(reply, HeadwaterError):
             raise reply
         assert isinstance(reply, Appended)

@@ -28,7 +28,14 @@ from headwater._logging import get_logger
 from headwater._protocol import PUSH_SINK, FetchResult, Membership
 from headwater.actors._actor import as_failure
 
-__all__ = ["Channel", "FetchSubscription", "Handler", "LocalChannel", "PushListener"]
+__all__ = [
+    "Channel",
+    "FetchSubscription",
+    "Handler",
+    "LocalChannel",
+    "PendingRequest",
+    "PushListener",
+]
 
 Handler = Callable[[Any], Awaitable[Any]]
 """A broker's request handler: takes a request message, returns its response."""
@@ -59,6 +66,22 @@ class Channel(abc.ABC):
         :class:`~headwater.ActorFailed`), :class:`HeadwaterTimeoutError` after
         ``timeout`` seconds, :class:`ClosedError` once the channel is closed.
         """
+
+    async def submit(self, request: Any, *, timeout: float | None = None) -> PendingRequest:
+        """Send ``request`` and return as soon as it is on its way, without
+        waiting for its answer: ``await pending.result()`` gives the response
+        (or raises as :meth:`request` would; ``timeout`` counts from this
+        call). Requests submitted one after another reach the broker in that
+        order, so their answers can overlap (pipelining). Never raises a
+        :class:`HeadwaterError` itself: the result does.
+
+        This default cannot pipeline: it runs the whole request before it
+        returns (the embedded channel, whose requests run in the caller's
+        task)."""
+        try:
+            return PendingRequest(await self.request(request, timeout=timeout))
+        except HeadwaterError as exc:
+            return PendingRequest(error=exc)
 
     @abc.abstractmethod
     async def aclose(self) -> None:
@@ -105,6 +128,36 @@ class Channel(abc.ABC):
                 listener(message)
             except Exception as exc:  # a listener's bug must not reach the broker's task
                 _log.error("push_listener_failed", group=message.group, exc_info=exc)
+
+
+class PendingRequest:
+    """A request sent by :meth:`Channel.submit`, its answer maybe not yet in.
+
+    This base class is an answered one (``value`` or ``error``); a channel
+    that pipelines subclasses it. ``on_done`` (if set) is called once when
+    the answer arrives (it must not block: set an event)."""
+
+    __slots__ = ("_error", "_value", "on_done")
+
+    def __init__(self, value: Any = None, *, error: HeadwaterError | None = None) -> None:
+        self._value = value
+        self._error = error
+        self.on_done: Callable[[], None] | None = None
+
+    @property
+    def deadline(self) -> float:
+        """The Trio time when :meth:`result` stops waiting (``inf``: never)."""
+        return math.inf
+
+    def done(self) -> bool:
+        """Whether the answer is in (then :meth:`result` does not wait)."""
+        return True
+
+    async def result(self) -> Any:
+        """The response; raises the request's error (or a timeout)."""
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 class FetchSubscription(abc.ABC):

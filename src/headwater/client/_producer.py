@@ -7,18 +7,30 @@ Theory of operation
 :class:`~headwater.client.Accumulator`; it returns a :class:`SendHandle`. A
 *flusher* task sleeps until the accumulator's next deadline (linger, on
 Trio's clock), drains ready batches and queues each on its partition. One
-*sender* task per partition with queued batches sends them one at a time
-(so per-partition order is kept even across retries) as ``Produce`` requests
-carrying one journal record each.
+*sender* task per partition with queued batches sends them in order as
+``Produce`` requests carrying one journal record each, up to
+``max_in_flight`` (default 5) before the first is answered
+(:meth:`~headwater.client.Channel.submit`: the TCP channel writes them in
+call order and the server appends the produces of one connection and
+partition in arrival order; the embedded channel answers each before the
+next goes). A partition's window counts its queued batches too: while it is
+full, the open batch keeps growing (the flusher leaves it open).
 
 Idempotence: at start the producer asks for an id and epoch
-(``InitProducer``); every batch carries them and its base sequence. A batch
-that fails with a retriable error is resent unchanged (same sequence, so the
-broker stores it once) after an exponential backoff, until
-``delivery_timeout`` seconds after it was queued; then its handles fail with
-the last error. After a batch fails for good the producer takes a new
-identity and renumbers the batches still queued for that partition, so they
-are not refused as out of order.
+(``InitProducer``); every batch carries them and its base sequence. The
+first batch of an identity to a partition goes alone (a partition that does
+not know the producer accepts any sequence; once it does, it refuses a gap).
+When the oldest batch in flight fails with a retriable error, the producer
+waits for the answers of the ones behind it (refused as a gap, or stored if
+the failed one was stored after all: those are done), then after an
+exponential backoff resends the failed ones unchanged, in order (same
+sequences, so the broker stores each once: it remembers the last 5 batches,
+hence at most 5 in flight), until ``delivery_timeout`` seconds after it was
+queued; then its handles fail with the last error, and those of the batches
+that were in flight behind it with an error of the same class saying so.
+After a batch fails for good the producer takes a new identity and
+renumbers the batches still queued for that partition, so they are not
+refused as out of order.
 
 Per event the work is: serialize, choose a partition, append. Everything
 else (encode, header, request, result) is per batch: a batch shares one
@@ -31,7 +43,7 @@ import datetime as dt
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -54,7 +66,7 @@ from headwater.journal._batch import Event, Headers, Key
 from headwater.journal._record import ATTR_TRANSACTIONAL, encode_record
 
 from ._accumulator import Accumulator, AccumulatorConfig, ReadyBatch
-from ._channel import Channel
+from ._channel import Channel, PendingRequest
 from ._partitioner import Partitioner
 from ._serializers import BytesSerializer, Serializer, get_serializer
 
@@ -84,6 +96,21 @@ def _seconds(
     return check
 
 
+#: The most produce batches in flight per partition: the broker remembers
+#: each producer's last 5 batches per partition for deduplication
+#: (``broker/_idempotence.py``, ``BATCHES_KEPT``), so a resend of any batch in
+#: flight is still recognised as a duplicate.
+MAX_IN_FLIGHT = 5
+
+
+def _in_flight(_inst: object, _attr: Any, value: object) -> None:
+    if type(value) is not int or not 1 <= value <= MAX_IN_FLIGHT:
+        raise ConfigError(
+            f"max_in_flight must be an int from 1 to {MAX_IN_FLIGHT} (the batches per "
+            f"partition the broker remembers for deduplication), not {value!r}"
+        )
+
+
 def _transactional_id(_inst: object, _attr: Any, value: object) -> None:
     if value is not None and (not isinstance(value, str) or not value):
         raise ConfigError(f"transactional_id must be a non-empty str or None, not {value!r}")
@@ -102,7 +129,10 @@ class ProducerConfig:
     producer transactional (every send inside :meth:`Producer.transaction`;
     a new producer with the same id fences this one), and
     ``transaction_timeout`` (s, 0.1..900) is how long the broker lets one of
-    its transactions stay open before aborting it."""
+    its transactions stay open before aborting it. ``max_in_flight`` (1 to
+    5, default 5) is how many batches of one partition may be sent before
+    the first is acknowledged (over TCP; the embedded channel sends one at a
+    time)."""
 
     linger: float = 0.005
     max_batch_events: int = 1000
@@ -118,6 +148,7 @@ class ProducerConfig:
     transaction_timeout: float = attrs.field(
         default=60.0, validator=_seconds("transaction_timeout", 0.1)
     )
+    max_in_flight: int = attrs.field(default=MAX_IN_FLIGHT, validator=_in_flight)
 
 
 @attrs.define(eq=False)
@@ -300,6 +331,27 @@ def _with_deliver_at(
 DELIVER_AT_HEADER = "hw.deliver_at"
 
 
+def _identity_of(batch: ReadyBatch) -> tuple[int, int]:
+    return batch.producer_id, batch.epoch
+
+
+def _failed_behind(
+    batch: ReadyBatch, failed: HeadwaterError, own: HeadwaterError
+) -> HeadwaterError:
+    """The error of ``batch``, in flight behind a batch of its partition
+    that failed for good with ``failed`` (its own answer was ``own``): an
+    error of ``failed``'s class, so it is handled the same way."""
+    message = (
+        f"an earlier batch of {batch.topic}/{batch.partition} failed ({failed}); this "
+        f"batch was in flight behind it and fails with it (its own answer: {own}). "
+        "Send its events again if they must be stored"
+    )
+    try:
+        return type(failed)(message)
+    except TypeError:  # an error class that takes more than a message
+        return own
+
+
 class Producer:
     """Sends events to a broker (see the module docs). Get one with ``async
     with client.producer() as producer`` (:func:`open_producer`), which owns
@@ -331,6 +383,11 @@ class Producer:
         self._partitions: dict[str, int] = {}
         self._results: dict[int, _BatchResult] = {}
         self._queues: dict[tuple[str, int], deque[tuple[ReadyBatch, float]]] = {}
+        # Per partition: the identity of its last acknowledged batch (batches
+        # of that identity may be pipelined), and the event that wakes its
+        # sender when a batch is queued while the window has room.
+        self._acked: dict[tuple[str, int], tuple[int, int]] = {}
+        self._kicks: dict[tuple[str, int], trio.Event] = {}
         self._wakeup = trio.Event()
         self._closed_batch = False
         self._force = False
@@ -853,18 +910,26 @@ class Producer:
     async def _flusher(self) -> None:
         acc = self._accumulator
         while True:
-            # Partitions with a request in flight keep their batch open (it
-            # grows meanwhile); their sender wakes us when it is done.
-            busy = self._queues.keys()
+            # Partitions with max_in_flight batches queued or in flight keep
+            # their batch open (it grows meanwhile); their sender wakes us
+            # when one is answered.
+            busy = self._busy()
             deadline = acc.next_deadline(busy)
             if not self._force:
                 with trio.move_on_at(math.inf if deadline is None else deadline):
                     await self._wakeup.wait()
             self._wakeup = trio.Event()
             force, self._force = self._force, False
-            for batch in acc.drain(trio.current_time(), force=force, busy=self._queues.keys()):
+            for batch in acc.drain(trio.current_time(), force=force, busy=self._busy()):
                 self._queue(batch)
             await trio.lowlevel.checkpoint()
+
+    def _busy(self) -> Collection[tuple[str, int]]:
+        """The partitions whose window is full (every batch queued counts)."""
+        limit = self.config.max_in_flight
+        if limit == 1:
+            return self._queues.keys()
+        return {tp for tp, queue in self._queues.items() if len(queue) >= limit}
 
     def _queue(self, batch: ReadyBatch) -> None:
         tp = (batch.topic, batch.partition)
@@ -876,6 +941,9 @@ class Producer:
             self._nursery.start_soon(self._sender, tp)
         else:
             queue.append(entry)
+            kick = self._kicks.get(tp)
+            if kick is not None:
+                kick.set()  # the sender has room in its window
 
     async def _sender(self, tp: tuple[str, int]) -> None:
         try:
@@ -887,20 +955,118 @@ class Producer:
     async def _deliver_queue(
         self, tp: tuple[str, int], queue: deque[tuple[ReadyBatch, float]]
     ) -> None:
-        """Send the batches queued for ``tp`` one at a time, in order."""
+        """Send the batches queued for ``tp`` in order, up to
+        ``max_in_flight`` at once (the first batch of an identity alone, so
+        the partition knows the producer and refuses a gap before any other
+        is sent). The batches stay in ``queue`` until answered (the first
+        ``len(pendings)`` are in flight): cancelled, whoever takes the queue
+        over resends them unchanged and the broker stores each once."""
+        limit = self.config.max_in_flight
+        pendings: deque[PendingRequest] = deque()
+        attempt = 0
         while queue:
+            while len(pendings) < len(queue) and (
+                not pendings
+                or (
+                    len(pendings) < limit
+                    and self._acked.get(tp) == _identity_of(queue[len(pendings)][0])
+                )
+            ):
+                pendings.append(await self._submit(*queue[len(pendings)]))
+            head = pendings[0]
+            if len(pendings) < limit and not head.done():
+                # Room in the window: wait for the answer or a new batch
+                # (``_queue`` sets the kick), whichever comes first.
+                kick = self._kicks[tp] = trio.Event()
+                head.on_done = kick.set
+                try:
+                    with trio.move_on_at(head.deadline):
+                        await kick.wait()
+                finally:
+                    head.on_done = None
+                    del self._kicks[tp]
+                if (
+                    not head.done()
+                    and len(pendings) < len(queue)
+                    and trio.current_time() < head.deadline
+                ):
+                    continue  # a batch to send meanwhile
             batch, deadline = queue[0]
-            error = await self._deliver(batch, deadline)
+            try:
+                response: p.ProduceResult = await head.result()
+            except HeadwaterError as exc:
+                error = exc
+            else:
+                pendings.popleft()
+                queue.popleft()
+                attempt = 0
+                self._acked[tp] = _identity_of(batch)
+                self._finish(batch, response.base_offset, None)
+                if len(queue) == limit - 1 and limit > 1 and self._accumulator.has_open(tp):
+                    self._wakeup.set()  # the window has room: a lingered batch may go
+                continue
+            # The first batch in flight failed: settle the others first.
+            pendings.popleft()
+            later: list[p.ProduceResult | HeadwaterError] = []
+            for pending in pendings:
+                try:
+                    later.append(await pending.result())
+                except HeadwaterError as exc:
+                    later.append(exc)
+            pendings.clear()
+            where = {"topic": tp[0], "partition": tp[1]}
+            attempt += 1
+            delay = min(
+                self.config.retry_backoff * 2 ** (attempt - 1), self.config.retry_backoff_max
+            )
+            if error.retriable and trio.current_time() + delay < deadline:
+                log.info("produce_retry", attempt=attempt, error=type(error).__name__, **where)
+                self._settle_later(queue, later, None)
+                await trio.sleep(delay)
+                continue
+            attempt = 0
+            log.warning("produce_failed", error=repr(error), **where)
             queue.popleft()
-            if error is not None:
-                if self.config.transactional_id is not None:
-                    # The transaction will abort; the next one renumbers.
-                    if self._txn_error is None:
-                        self._txn_error = error
-                else:
-                    await self._renumber(tp, queue)
+            self._finish(batch, -1, error)
+            self._settle_later(queue, later, error)
+            if self.config.transactional_id is not None:
+                # The transaction will abort; the next one renumbers.
+                if self._txn_error is None:
+                    self._txn_error = error
+            else:
+                await self._renumber(tp, queue)
 
-    async def _deliver(self, batch: ReadyBatch, deadline: float) -> HeadwaterError | None:
+    def _settle_later(
+        self,
+        queue: deque[tuple[ReadyBatch, float]],
+        later: list[p.ProduceResult | HeadwaterError],
+        failed: HeadwaterError | None,
+    ) -> None:
+        """Act on the answers (``later``) of the batches that were in flight
+        behind one that failed: the entries of ``queue`` right after it, or
+        at its front once the failed one is gone (``failed``: its final
+        error). A stored batch is done: it can only be stored if the failed
+        one was (the broker refuses a gap). With ``failed`` the others fail
+        with it; else they stay, to be resent in order with the same
+        sequences (a stored one is then recognised as a duplicate)."""
+        first = 1 if failed is None else 0
+        behind = [queue[first + i] for i in range(len(later))]
+        for _ in later:
+            del queue[first]
+        retry: list[tuple[ReadyBatch, float]] = []
+        for entry, outcome in zip(behind, later, strict=True):
+            if not isinstance(outcome, HeadwaterError):
+                self._finish(entry[0], outcome.base_offset, None)
+            elif failed is None:
+                retry.append(entry)
+            else:
+                self._finish(entry[0], -1, _failed_behind(entry[0], failed, outcome))
+        for entry in reversed(retry):
+            queue.insert(first, entry)
+
+    async def _submit(self, batch: ReadyBatch, deadline: float) -> PendingRequest:
+        """Encode ``batch`` and send it as a ``Produce`` (in call order),
+        bounded by ``request_timeout`` and ``deadline``."""
         tid = self.config.transactional_id
         record = encode_record(
             batch.payload,
@@ -912,20 +1078,16 @@ class Producer:
             producer_epoch=batch.epoch,
             base_sequence=batch.base_sequence,
         )
-        request = p.Produce(batch.topic, batch.partition, record)
-        where = {"topic": batch.topic, "partition": batch.partition}
-        try:
-            tp = (batch.topic, batch.partition)
-            if tid is not None:
-                await self._add_partition(tp)
-                self._txn_wrote = True
-            response: p.ProduceResult = await self._request(request, deadline, "produce", **where)
-        except HeadwaterError as exc:
-            log.warning("produce_failed", error=repr(exc), **where)
-            self._finish(batch, -1, exc)
-            return exc
-        self._finish(batch, response.base_offset, None)
-        return None
+        if tid is not None:
+            try:
+                await self._add_partition((batch.topic, batch.partition))
+            except HeadwaterError as exc:
+                return PendingRequest(error=exc)
+            self._txn_wrote = True
+        timeout = min(self.config.request_timeout, max(deadline - trio.current_time(), 0.001))
+        return await self._channel.submit(
+            p.Produce(batch.topic, batch.partition, record), timeout=timeout
+        )
 
     async def _add_partition(self, tp: tuple[str, int]) -> None:
         """Wait until ``tp`` is in the open transaction (adding it if no add

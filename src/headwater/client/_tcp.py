@@ -61,7 +61,7 @@ from headwater.transport._frames import DEFAULT_MAX_FRAME_SIZE
 from headwater.transport._messages import PUSH_VERSION, ErrorFrame, error_from_frame
 from headwater.transport._operations import decode_response, encode_request
 
-from ._channel import Channel, FetchSubscription, _timeout_seconds
+from ._channel import Channel, FetchSubscription, PendingRequest, _timeout_seconds
 from ._client import Client
 
 __all__ = [
@@ -130,6 +130,72 @@ class _Slot:
         self.slots.release()
         self.outcome = error if error is not None else value
         self.done.set()
+
+
+class _TcpPending(PendingRequest):
+    """A request of :meth:`TcpChannel.submit`: its slot in ``pending`` (the
+    driver calls :meth:`set` with the answer) and what its timeout needs."""
+
+    __slots__ = (
+        "_deadline",
+        "_done",
+        "channel",
+        "receives_before",
+        "request",
+        "seconds",
+        "session",
+        "slots",
+    )
+
+    def __init__(self, channel: TcpChannel, request: Any, seconds: float, deadline: float) -> None:
+        super().__init__()
+        self.channel = channel
+        self.request = request
+        self.seconds = seconds
+        self._deadline = deadline
+        self._done = trio.Event()
+        self.session: _Session | None = None
+        self.slots: trio.Semaphore | None = None
+        self.receives_before = -1
+
+    @property
+    def deadline(self) -> float:
+        """See :attr:`PendingRequest.deadline`."""
+        return self._deadline
+
+    def set(self, value: dict[str, Any] | None, error: HeadwaterError | None) -> None:
+        """The answer arrived (called by the driver): free the slot, keep it."""
+        if self.slots is not None:
+            self.slots.release()
+        self.settle(error if error is not None else value)
+
+    def settle(self, outcome: Any) -> None:
+        """Keep ``outcome`` (an answer body or an error) and wake the waiter."""
+        if self._done.is_set():
+            return
+        self._value = outcome
+        self._done.set()
+        if self.on_done is not None:
+            self.on_done()
+
+    def done(self) -> bool:
+        """See :meth:`PendingRequest.done`."""
+        return self._done.is_set()
+
+    async def result(self) -> Any:
+        """See :meth:`PendingRequest.result` (no task step when the answer
+        is in: the caller was just woken by ``on_done``)."""
+        if not self._done.is_set():
+            with trio.move_on_at(self._deadline):
+                await self._done.wait()
+            if not self._done.is_set():
+                raise await self.channel._timed_out(
+                    self.request, self.session, self.receives_before, self.seconds
+                )
+        outcome = self._value
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return decode_response(outcome)
 
 
 class _Session:
@@ -308,7 +374,15 @@ class TcpChannel(Channel):
             if isinstance(outcome, BaseException):
                 raise outcome
             return decode_response(outcome)
-        # Timed out. The slot stays in ``pending``: a late answer frees it.
+        raise await self._timed_out(request, session, receives_before, seconds)
+
+    async def _timed_out(
+        self, request: Any, session: _Session | None, receives_before: int, seconds: float
+    ) -> HeadwaterError:
+        """The error of ``request``, which got no answer within ``seconds``
+        (``receives_before``: the session's receive count when it was sent,
+        -1 if it never was). The slot stays in ``pending``: a late answer
+        frees it."""
         dropped = ""
         if (
             session is not None
@@ -325,14 +399,45 @@ class TcpChannel(Channel):
             dropped = "; nothing arrived meanwhile, so the connection is re-made"
             await trio.aclose_forcefully(session.stream)
         if receives_before < 0 and self._session is None:
-            raise ConnectionLostError(
+            return ConnectionLostError(
                 f"not connected to {self.address} within {seconds}s"
                 + (f" (last error: {self._last_error})" if self._last_error else "")
             )
-        raise HeadwaterTimeoutError(
+        return HeadwaterTimeoutError(
             f"{type(request).__name__} got no response from {self.address} within {seconds}s"
             + dropped
         )
+
+    async def submit(self, request: Any, *, timeout: float | None = None) -> PendingRequest:
+        """See :meth:`Channel.submit`: the request is written (in call order)
+        before this returns; its answer is awaited by ``result()``."""
+        seconds = _timeout_seconds(timeout)
+        pending = _TcpPending(self, request, seconds, trio.current_time() + seconds)
+        try:
+            op, body = encode_request(request)
+            with trio.move_on_at(pending.deadline):
+                session = pending.session = await self._wait_session()
+                try:  # as in request(): a free slot without a task switch
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                    session.slots.acquire_nowait()
+                except trio.WouldBlock:
+                    await session.slots.acquire()
+                try:
+                    if session is not self._session or session.lost is not None:
+                        raise session.lost or ConnectionLostError(
+                            f"connection to {self.address} was lost; retry"
+                        )
+                    request_id = session.conn.send_request(op, body)
+                    pending.slots = session.slots  # the answer frees the slot
+                    session.pending[request_id] = pending
+                except BaseException:
+                    session.slots.release()
+                    raise
+                pending.receives_before = session.receives
+                await session.flush()
+        except HeadwaterError as exc:
+            pending.settle(exc)
+        return pending
 
     async def open_fetch_subscription(
         self,
