@@ -232,3 +232,22 @@ async def test_a_deleted_topic_leaves_no_published_log(autojump_clock: trio.abc.
         assert 0 == r.base_offset
         got = await broker.handle(Fetch("t", 1, 0, max_wait=0))
         assert [(0, b"new")] == payloads(got.records)
+
+
+async def test_a_first_request_to_a_published_partition_still_checkpoints(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Taking the published log is a checkpoint, as the ask was: a poll of
+    a new partition (a fetch with max_wait=0 and nothing to read) lets other
+    tasks run, and a request cancelled already stores nothing."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        await broker.handle(CreateTopic("t", partitions=2))
+        with trio.testing.assert_checkpoints():
+            got = await broker.handle(Fetch("t", 0, 0, max_wait=0))
+        assert b"" == got.records
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await broker.handle(Produce("t", 1, batch(b"never")))
+        assert scope.cancelled_caught
+        got = await broker.handle(Fetch("t", 1, 0, max_wait=0))
+        assert b"" == got.records

@@ -194,7 +194,11 @@ class BrokerService:
             if opened is not None and not opened[0].closed:
                 # Published by the partition once open: no ask (about 0.1 ms
                 # per partition on its first produce, 10,000 of them in a
-                # produce spread over every partition).
+                # produce spread over every partition). Still a checkpoint,
+                # as the ask was: a caller polling a new partition (a fetch
+                # with max_wait=0) must let other tasks run, and a cancelled
+                # request stops here, before it appends.
+                await trio.lowlevel.checkpoint()
                 log, cell = opened
             else:
                 # One ask: a second would queue behind a compaction.
