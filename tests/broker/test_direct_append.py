@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from headwater import ActorFailed
-from headwater._protocol import CreateTopic, Fetch, InitProducer, Produce
+from headwater._protocol import CreateTopic, DeleteTopic, Fetch, InitProducer, Produce
 from headwater.broker import open_broker
 from headwater.broker._actors import PartitionActor
 from headwater.journal import HEADER_SIZE, SimulatedFileSystem, encode_record, iter_records
@@ -179,3 +179,75 @@ async def test_a_bug_in_a_direct_append_restarts_the_partition(
         assert ("restarting", "RuntimeError: a bug") == (crashed.state, crashed.last_failure)
         assert 1 == (await broker.handle(Produce("t", 0, batch(b"b")))).base_offset
         assert restarts + 1 == node(broker.tree(), PARTITION).restarts
+
+
+async def test_a_first_produce_takes_the_published_log_without_an_ask(
+    autojump_clock: trio.abc.Clock, through_mailbox: list[Any]
+) -> None:
+    """An open partition publishes its log and cell: the first produce to it
+    goes through no mailbox either (no ``GetStableCell`` ask)."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        await broker.handle(CreateTopic("t", partitions=3))
+        for p in range(3):
+            r = await broker.handle(Produce("t", p, batch(b"p%d" % p)))
+            assert 0 == r.base_offset
+        assert [] == through_mailbox
+        for p in range(3):
+            got = await broker.handle(Fetch("t", p, 0, max_wait=0))
+            assert [(0, b"p%d" % p)] == payloads(got.records)
+
+
+async def test_after_a_restart_a_produce_uses_the_new_incarnations_log(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The old incarnation's published log is closed: the produce after the
+    restart takes the new one (never a closed log), and the records stay
+    in order."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        await broker.handle(CreateTopic("t"))
+        await broker.handle(Produce("t", 0, batch(b"before")))
+        old_log, _cell = broker.service.settings.opened[("t", 0)]
+        await broker.kill(PARTITION)
+        await trio.testing.wait_all_tasks_blocked()
+        assert old_log.closed
+        r = await broker.handle(Produce("t", 0, batch(b"after")))
+        assert 1 == r.base_offset
+        new_log, _cell = broker.service.settings.opened[("t", 0)]
+        assert new_log is not old_log
+        assert not new_log.closed
+        got = await broker.handle(Fetch("t", 0, 0, max_wait=0))
+        assert [(0, b"before"), (1, b"after")] == payloads(got.records)
+
+
+async def test_a_deleted_topic_leaves_no_published_log(autojump_clock: trio.abc.Clock) -> None:
+    """Deleting a topic drops its partitions' published logs; one made again
+    under the same name starts empty."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        await broker.handle(CreateTopic("t", partitions=2))
+        await broker.handle(Produce("t", 1, batch(b"old")))
+        await broker.handle(DeleteTopic("t"))
+        assert not [k for k in broker.service.settings.opened if k[0] == "t"]
+        await broker.handle(CreateTopic("t", partitions=2))
+        r = await broker.handle(Produce("t", 1, batch(b"new")))
+        assert 0 == r.base_offset
+        got = await broker.handle(Fetch("t", 1, 0, max_wait=0))
+        assert [(0, b"new")] == payloads(got.records)
+
+
+async def test_a_first_request_to_a_published_partition_still_checkpoints(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Taking the published log is a checkpoint, as the ask was: a poll of
+    a new partition (a fetch with max_wait=0 and nothing to read) lets other
+    tasks run, and a request cancelled already stores nothing."""
+    async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
+        await broker.handle(CreateTopic("t", partitions=2))
+        with trio.testing.assert_checkpoints():
+            got = await broker.handle(Fetch("t", 0, 0, max_wait=0))
+        assert b"" == got.records
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await broker.handle(Produce("t", 1, batch(b"never")))
+        assert scope.cancelled_caught
+        got = await broker.handle(Fetch("t", 1, 0, max_wait=0))
+        assert b"" == got.records

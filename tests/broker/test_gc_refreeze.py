@@ -9,16 +9,21 @@ import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
-from headwater.broker import Broker, open_broker
+from headwater._errors import ConfigError
+from headwater.broker import Broker, _server, open_broker
 from headwater.broker._server import (
     FULL_REFREEZE_EVERY,
     GROWTH_FREEZE_OBJECTS,
     REFREEZE_POLL,
+    YOUNG_COLLECTION_THRESHOLD,
+    collector_thresholds,
+    refreeze,
     refreeze_after_changes,
 )
 from headwater.client import Client
@@ -165,3 +170,64 @@ async def test_many_new_long_lived_objects_are_frozen_without_a_shape_change(
     finally:
         gc.unfreeze()
         gc.collect()
+
+
+def test_a_refreeze_counts_what_it_froze_not_the_whole_frozen_heap() -> None:
+    """The count ``gc_refrozen`` logs is the refreeze's own (found without
+    walking every frozen object); a partial one leaves the frozen heap be."""
+    gc.collect()
+    gc.freeze()
+    try:
+        heap = [_Junk() for _ in range(2_000)]
+        objects, _seconds = refreeze(full=False)
+        assert objects >= len(heap)
+        frozen = gc.get_freeze_count()
+        more = [_Junk() for _ in range(500)]
+        objects, _seconds = refreeze(full=False)
+        assert objects == gc.get_freeze_count() - frozen
+        assert len(more) <= objects < frozen
+        del heap, more
+        objects, _seconds = refreeze(full=True)
+        assert objects == gc.get_freeze_count()  # full: everything again
+    finally:
+        gc.unfreeze()
+        gc.collect()
+
+
+def test_serve_collects_the_youngest_generation_less_often() -> None:
+    """Only the youngest generation's threshold is raised; the others keep
+    theirs (whatever the process set)."""
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 7, 3)
+        assert collector_thresholds() == (YOUNG_COLLECTION_THRESHOLD, 7, 3)
+        assert YOUNG_COLLECTION_THRESHOLD > 700
+        assert collector_thresholds(5_000) == (5_000, 7, 3)
+    finally:
+        gc.set_threshold(*saved)
+
+
+def test_serve_runs_with_those_thresholds_and_restores_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """``run_server`` serves with :func:`collector_thresholds` and puts the
+    process's own back when it returns (here: a broker that fails to open)."""
+    seen: list[tuple[int, int, int]] = []
+
+    @asynccontextmanager
+    async def failing_broker(*_args: object, **_kwargs: object) -> AsyncIterator[Broker]:
+        seen.append(gc.get_threshold())
+        raise ConfigError("no broker in this test")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(_server, "open_broker", failing_broker)
+    monkeypatch.setattr(_server, "configure_logging", lambda *_a, **_k: None)
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        config = _server.ServerConfig(data_dir=str(tmp_path), port=0)
+        assert _server.run_server(config) == 2
+        assert seen == [(YOUNG_COLLECTION_THRESHOLD, 10, 10)]
+        assert gc.get_threshold() == (700, 10, 10)
+    finally:
+        gc.set_threshold(*saved)

@@ -114,6 +114,13 @@ class BrokerSettings:
     stats: BrokerStats = attrs.field(factory=BrokerStats, eq=False, repr=False)
     #: Counts and caps the segment files every partition keeps open.
     files: FileCache = attrs.field(factory=FileCache, eq=False, repr=False)
+    #: Every started partition's open log and :class:`StableCell`, by
+    #: (topic, partition), as a ``GetStableCell`` ask would answer: the
+    #: request handler takes them from here on a partition's first produce
+    #: instead of asking (an entry whose log is closed is stale: ask then).
+    opened: dict[tuple[str, int], tuple[AsyncLog, StableCell]] = attrs.field(
+        factory=dict, eq=False, repr=False
+    )
 
     def partition_dir(self, topic: str, partition: int) -> str:
         return os.path.join(self.data_dir, "topics", topic, str(partition))
@@ -263,6 +270,7 @@ class PartitionActor(Actor):
         self.log.sync_batch = stats.fsync_batch
         self._rebuild()
         self.stable.append = self.append_now
+        self.settings.opened[(self.config.name, self.partition)] = (self.log, self.stable)
         seconds = time.perf_counter() - began
         stats.recovery_seconds[(self.config.name, self.partition)] = seconds
         _log.info(
