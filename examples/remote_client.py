@@ -5,7 +5,8 @@ Starts ``headwater serve`` (as ``python -m headwater serve``, through
 throw-away data directory, then, from this process,
 connects with ``headwater.connect(url)`` (the same client API as an embedded
 broker), creates a topic, produces 1,000 events with fsync, reads them back in
-a consumer group, prints the server's supervision tree, and stops the server
+a consumer group (committing each batch without waiting, then once more,
+waiting, at the end), prints the server's supervision tree, and stops the server
 with SIGTERM (a graceful shutdown). Exits 0 in about a second::
 
     python examples/remote_client.py
@@ -43,7 +44,8 @@ async def client(url: str) -> None:
         async with client.consumer("orders", group="billing") as consumer:
             while seen < len(stored):
                 seen += len(await consumer.getmany(1000, timeout=1.0))
-            await consumer.commit()
+                consumer.commit_nowait()  # queued; the reader does not wait for it
+            await consumer.commit()  # sends what is queued and waits: all stored
         print(f"consumed {seen} events in group 'billing'")
         description = await client.describe_group("billing")
         print("lag per partition:", {p.partition: p.lag for p in description.partitions})
