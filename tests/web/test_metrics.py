@@ -8,7 +8,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from headwater._errors import InvalidArgument
-from headwater._protocol import CreateTopic, Fetch, Produce
+from headwater._protocol import CreateTopic, DescribeTopic, Fetch, Produce
 from headwater.broker import open_broker
 from headwater.journal import SimulatedFileSystem, encode_record
 from headwater.web import METRIC_NAMES, HttpApp, Request, gather, readiness, render_metrics
@@ -189,7 +189,8 @@ async def test_mailbox_figures_per_actor_kind(autojump_clock: trio.abc.Clock) ->
     """Messages handled and mailbox high-water marks are summed per actor kind
     from the tree snapshot: 5 appends to one partition are 5 handled messages
     (appends taken in the caller's task while the partition is idle count
-    too)."""
+    too); a topic describe goes through each partition's mailbox (high
+    water 1)."""
     async with open_broker(DATA, fs=SimulatedFileSystem()) as broker:
         await broker.handle(CreateTopic("orders", partitions=2))
         await broker.handle(Produce("orders", 0, batch(b"x", 1)))  # opens the partition
@@ -198,7 +199,8 @@ async def test_mailbox_figures_per_actor_kind(autojump_clock: trio.abc.Clock) ->
         before = (await scrape(broker))[key]
         for _ in range(5):
             await broker.handle(Produce("orders", 0, batch(b"x", 1)))
+        await broker.handle(DescribeTopic("orders"))  # asks each partition
         m = await scrape(broker)
-        assert before + 5.0 == m[key]
+        assert before + 5.0 + 2.0 == m[key]  # and one describe per partition
         assert 1.0 == m[("headwater_mailbox_high_water", (("kind", "partition"),))]
         assert 0.0 == m[("headwater_mailbox_depth", (("kind", "partition"),))]
