@@ -152,10 +152,10 @@ def install_broker_patches() -> None:
 
     orig_service_handle = _service.BrokerService.handle
 
-    async def service_handle(self: Any, request: Any) -> Any:
+    async def service_handle(self: Any, request: Any, **kwargs: Any) -> Any:
         if type(request) is Produce:
             _mark("service takes produce")
-        result = await orig_service_handle(self, request)
+        result = await orig_service_handle(self, request, **kwargs)
         if type(request) is Fetch and result.records:
             _mark("fetch read done", request.offset, result.next_offset)
             LAST_FETCH[:] = [request.offset, result.next_offset]

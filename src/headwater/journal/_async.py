@@ -115,6 +115,10 @@ class AsyncLog:
         self._next_wake = trio.Event()
         self._syncing: deque[tuple[int, trio.Event]] = deque()
         self._data = trio.Event()
+        # Long-polling readers parked in wait_for_data, and how many times a
+        # sync woke some (wait_durable lets them run before its caller acks).
+        self._readers = 0
+        self._reader_wakes = 0
         self._generation = 0
         self._cuts: list[int] = []  # synced offset at each failed fsync
         self._failures: list[HeadwaterError] = []  # what each cut's waiters raise
@@ -208,11 +212,18 @@ class AsyncLog:
         instead of by the flusher task which then wakes this one: two task
         switches fewer. For a caller that writes alone (one produce to its
         partition); writers that come together should leave it False, so
-        that one fsync covers them all (group commit)."""
+        that one fsync covers them all (group commit).
+
+        Readers long-polling this log that the covering sync woke run
+        before this returns (they push the records to their consumers
+        before the caller acknowledges them: the consumer's latency does
+        not wait behind the producer's answer); see
+        :meth:`_readers_first`."""
         if not self._always:
             await trio.lowlevel.checkpoint()
             return
         log = self.log
+        yields = 0
         while self._generation != generation or log.synced_offset < end_offset:
             if self._generation != generation:
                 if end_offset <= min(self._cuts[generation:]):
@@ -225,9 +236,26 @@ class AsyncLog:
                 # Synced here, in the waiter's own task, rather than waking
                 # the flusher to do it and then being woken by it: two task
                 # switches fewer on the acknowledgement's path.
+                wakes = self._reader_wakes
                 self._submit()
+                if self._reader_wakes != wakes:
+                    yields = 2  # readers woken in this very step
                 continue
+            wakes = self._reader_wakes
             await self._wake_for(end_offset).wait()
+            yields = 1 if self._reader_wakes != wakes else 0
+        if yields:
+            await self._readers_first(yields)
+
+    @staticmethod
+    async def _readers_first(yields: int) -> None:
+        """Yield ``yields`` times without a cancellation point (the record
+        is durable: the wait succeeded). Trio runs every task woken in one
+        step in the next pass of its run queue, in no fixed order: a waiter
+        woken by the same step as the readers goes behind them with one
+        yield; one that woke them itself (``sync_here``) needs two."""
+        for _ in range(yields):
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def append(self, record: bytes | bytearray | memoryview) -> RecordHeader:
         """Write ``record`` and wait until it is durable per the policy."""
@@ -299,9 +327,18 @@ class AsyncLog:
         Bound it with a cancel scope."""
         while self.visible_end <= offset:
             self._check_open()
-            await self._data.wait()
+            data = self._data
+            self._readers += 1
+            try:
+                await data.wait()
+            finally:
+                if data is self._data:  # not woken (cancelled): no longer waiting
+                    self._readers -= 1
 
     def _notify_data(self) -> None:
+        if self._readers:
+            self._reader_wakes += 1
+            self._readers = 0  # all woken; those that wait again count anew
         self._data.set()
         self._data = trio.Event()
 
