@@ -29,6 +29,7 @@ from headwater.journal import (
     iter_records,
     open_log,
 )
+from headwater.journal._log import SyncWork
 from headwater.journal._writer import Batch, JournalWriter, Outcome
 
 DIR = "/d/log"
@@ -478,3 +479,86 @@ async def test_a_failed_fsync_in_the_waiters_task_fails_its_append_typed() -> No
             assert 1 == (await log.append(rec(2))).base_offset
     fs.crash()
     assert [(0, rec(0)[HEADER_SIZE:]), (1, rec(2)[HEADER_SIZE:])] == stored(fs)
+
+
+class CheckpointWrites:
+    """Records each ``Log.put_sync_checkpoint`` call: its thread and offset."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, wait_for: int = -1) -> None:
+        self.calls: list[tuple[threading.Thread, int]] = []
+        self.written = threading.Event()  # set once the checkpoint names wait_for
+        original = Log.put_sync_checkpoint
+
+        def put(log: Log, work: SyncWork) -> None:
+            original(log, work)
+            self.calls.append((threading.current_thread(), work.target_offset))
+            if work.target_offset == wait_for:
+                self.written.set()
+
+        monkeypatch.setattr(Log, "put_sync_checkpoint", put)
+
+
+async def test_a_busy_log_does_not_rewrite_its_checkpoint_after_every_fsync(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The checkpoint is advisory: the thread writes it after the first
+    fsync, then not again until the close's drain (lane never idle long
+    enough here, and CHECKPOINT_SECONDS not reached), and the close's clean
+    checkpoint is the one left on disk."""
+    monkeypatch.setattr(_writer, "CHECKPOINT_SECONDS", 3600.0)
+    monkeypatch.setattr(_writer, "CHECKPOINT_IDLE_SECONDS", 3600.0)
+    writes = CheckpointWrites(monkeypatch)
+    fs = SimulatedFileSystem()
+    with trio.fail_after(20):
+        async with open_log(DIR, fs=fs, config=THREADED, writer_thread=True) as log:
+            for i in range(30):
+                await log.append(rec(i))
+            syncs = log.syncs
+    assert syncs >= 30
+    assert [1, 30] == [offset for _, offset in writes.calls]
+    assert all(t.name.startswith("headwater-journal-writer") for t, _ in writes.calls)
+    reopened = Log.open(DIR, fs, LogConfig())
+    assert reopened.untouched  # the clean checkpoint, not a late unclean one
+    reopened.abandon()
+
+
+async def test_an_idle_lane_writes_the_checkpoint_it_put_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After the first fsync's checkpoint, the next ones wait; once the lane
+    has nothing to do it writes the latest synced point."""
+    monkeypatch.setattr(_writer, "CHECKPOINT_SECONDS", 3600.0)
+    monkeypatch.setattr(_writer, "CHECKPOINT_IDLE_SECONDS", 0.0)
+    writes = CheckpointWrites(monkeypatch, wait_for=3)
+    fs = SimulatedFileSystem()
+    with trio.fail_after(20):
+        async with open_log(DIR, fs=fs, config=THREADED, writer_thread=True) as log:
+            for i in range(3):
+                await log.append(rec(i))
+            assert await trio.to_thread.run_sync(writes.written.wait, 10)
+    assert 3 == writes.calls[-1][1]
+
+
+def test_an_inline_sync_leaves_its_checkpoint_to_the_lane(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """run_inline (on the loop thread, on the acknowledgement's path) makes
+    no checkpoint file calls: it queues a marker and the lane writes the
+    checkpoint on its own thread."""
+    monkeypatch.setattr(_writer, "CHECKPOINT_IDLE_SECONDS", 0.0)
+    writes = CheckpointWrites(monkeypatch, wait_for=1)
+    fs = SimulatedFileSystem()
+    log = Log.open(DIR, fs, LogConfig())
+    writer = JournalWriter(log, lambda fn, arg: fn(arg), lambda outcome: None)
+    _header, staged = log.stage(rec(0))
+    outcome = writer.run_inline(Batch([staged], log.prepare_sync(), 0))
+    assert outcome.error is None
+    assert outcome.work is not None
+    assert threading.current_thread() not in [t for t, _ in writes.calls]
+    assert writes.written.wait(10)
+    assert not writer.checkpoint_pending
+    assert all(t is not threading.current_thread() for t, _ in writes.calls)
+    log.complete_sync(outcome.work)
+    log.unstage(staged)
+    log.close()
+    assert [0] == [o for o, _ in stored(fs)]

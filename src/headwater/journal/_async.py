@@ -606,7 +606,7 @@ class AsyncLog:
             return
         if self._crash is None:
             self._submit()
-        if self._in_flight:
+        if self._in_flight or writer.checkpoint_pending:
             done = trio.Event()
             writer.when_done(done.set)
             # Reported after every outcome (FIFO): all of them ran by now.

@@ -29,10 +29,11 @@ dropped and why. If it lies before (*interior* damage), opening fails with
 ``repair=True``, which first runs :func:`~headwater.journal.repair_log`: it
 drops only the damaged records and records the offsets they held as a gap
 (the ``gaps`` file) that recovery accepts and readers skip, keeping every
-valid record after the damage (DECISIONS #16). The checkpoint is rewritten (not fsynced) after each
-sync and fsynced at close: after a power loss it may lag by up to a few
-seconds, which widens the tail; a missing checkpoint makes the whole last
-segment tail.
+valid record after the damage (DECISIONS #16). The checkpoint is rewritten
+(not fsynced) after a sync (by a writer thread: at most every 0.1 s while
+busy, and once idle) and fsynced at close: after a power loss it may lag by
+up to a few seconds, which widens the tail; a missing checkpoint makes the
+whole last segment tail.
 
 File handles have one owner
 ---------------------------

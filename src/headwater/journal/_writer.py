@@ -30,6 +30,15 @@ fails the waiters, cuts the log back to the last synced point and bumps the
 generation; batches staged after that are written again. Any other
 exception (a simulated power loss) is reported as a crash the log re-raises.
 
+The checkpoint (the last synced point, advisory: a lagging one only widens
+the tail recovery scans) is not rewritten after every fsync, where its file
+calls would hold up the next hand-off, and on ext4 add metadata to the next
+fsync's journal commit. The thread writes a log's latest one at most every
+:data:`CHECKPOINT_SECONDS` while busy, once its lane has been idle for
+:data:`CHECKPOINT_IDLE_SECONDS`, and before a :meth:`JournalWriter.when_done`
+callback (so a close's clean checkpoint is never overwritten by a late one);
+an inline sync leaves its checkpoint to the lane too.
+
 The threads are a small pool shared by the process (:data:`LANES`), each
 started on demand and ended after :data:`IDLE_SECONDS` with nothing to do:
 an idle broker holds no writer thread, and ten thousand partitions share
@@ -47,7 +56,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Final, Literal
 
 import attrs
 
@@ -57,6 +66,12 @@ __all__ = ["Batch", "JournalWriter", "Outcome"]
 
 IDLE_SECONDS = 5.0
 """A writer thread with nothing to do for this long ends (a new batch starts another)."""
+
+CHECKPOINT_IDLE_SECONDS = 0.02
+"""A lane that has had nothing to do for this long writes the checkpoints it put off."""
+
+CHECKPOINT_SECONDS = 0.1
+"""A busy log's checkpoint is rewritten at most this long after its last rewrite."""
 
 
 @attrs.define(eq=False)
@@ -125,10 +140,17 @@ class _Lane:
                 self.thread.start()
 
     def _main(self) -> None:
+        # Logs whose checkpoint lags their last sync (see JournalWriter.checkpoint_pending).
+        behind: dict[JournalWriter, None] = {}
         while True:
             try:
-                first = self.queue.get(timeout=IDLE_SECONDS)
+                first = self.queue.get(timeout=CHECKPOINT_IDLE_SECONDS if behind else IDLE_SECONDS)
             except queue.Empty:
+                if behind:  # idle now: write what was put off, then wait again
+                    for writer in behind:
+                        writer._write_checkpoint()
+                    behind.clear()
+                    continue
                 with self.lock:
                     if self.queue.empty():
                         self.thread = None
@@ -151,15 +173,27 @@ class _Lane:
                     if isinstance(item, Batch):
                         batches.append(item)
                         continue
+                    if item is _CHECKPOINT:
+                        continue  # an inline sync's: written once the lane idles
                     writer._cycle(batches)
                     batches = []
+                    writer._write_checkpoint()  # before a close writes its clean one
                     writer._tell(item.callback)
                 writer._cycle(batches)
+                if writer._unwritten is not None:
+                    behind[writer] = None
+                else:
+                    behind.pop(writer, None)
 
 
 class _Done:
     def __init__(self, callback: Callable[[], None]) -> None:
         self.callback = callback
+
+
+_CHECKPOINT: Final = _Done(lambda: None)
+"""The marker :meth:`JournalWriter.run_inline` queues so the lane writes the
+checkpoint of an inline sync (it is not told back)."""
 
 
 LANES = 4
@@ -204,6 +238,12 @@ class JournalWriter:
         self._report = report
         self._lane = _lanes[next(_next_lane) % LANES]
         self._failed_generation = -1  # the thread's own: batches of it are skipped
+        # The thread's own: the last sync whose checkpoint is not written yet,
+        # and when the checkpoint was last written (time.monotonic).
+        self._unwritten: SyncWork | None = None
+        self._checkpointed_at = float("-inf")
+        self._marked = False  # a _CHECKPOINT marker is queued or being handled
+        self._unwritten_lock = threading.Lock()  # _unwritten is set on both threads
 
     @property
     def running(self) -> bool:
@@ -229,7 +269,14 @@ class JournalWriter:
         """Write and sync ``batch`` on the calling thread, now (only while
         no batch is queued or running: the caller keeps count)."""
         outcome = self._run([batch])
-        self._checkpoint(outcome)
+        if outcome.work is not None and outcome.error is None:
+            # Its checkpoint is put off to the lane, as the thread's own are
+            # (see checkpoint_pending): one queued marker, not file calls here.
+            with self._unwritten_lock:
+                self._unwritten = outcome.work
+            if not self._marked:
+                self._marked = True
+                self._lane.put(self, _CHECKPOINT)
         return outcome
 
     # ---------------------------------------------------------- the thread
@@ -244,9 +291,45 @@ class JournalWriter:
             while j < len(batches) and batches[j].generation == generation:
                 j += 1
             outcome = self._run(batches[i:j])
+            if outcome.work is not None and outcome.error is None:
+                # Noted before the report: once the loop has every outcome,
+                # checkpoint_pending tells it whether a close must wait.
+                with self._unwritten_lock:
+                    self._unwritten = outcome.work
             self._tell(self._report, outcome)
-            self._checkpoint(outcome)  # off the acknowledgement's path
+            # Off the acknowledgement's path, and not after every fsync.
+            if time.monotonic() - self._checkpointed_at >= CHECKPOINT_SECONDS:
+                self._write_checkpoint()
             i = j
+
+    @property
+    def checkpoint_pending(self) -> bool:
+        """Whether a synced point's checkpoint is still to be written.
+
+        The checkpoint is advisory (a lagging one only widens the tail
+        recovery scans), so under load the writer thread does not rewrite
+        it after every fsync, where it would hold up the next batch's
+        hand-off: it writes the latest one at most every
+        :data:`CHECKPOINT_SECONDS`, once its lane is idle for
+        :data:`CHECKPOINT_IDLE_SECONDS`, and before telling a
+        :meth:`when_done` callback. A closing log with every outcome
+        reported but this true waits for :meth:`when_done`, so its clean
+        checkpoint is never overwritten by a late one."""
+        return self._unwritten is not None
+
+    def _write_checkpoint(self) -> None:
+        """Write the put-off checkpoint, if any (writer thread). A closed
+        log's is dropped: its close wrote a clean one."""
+        self._marked = False  # first: a later inline sync queues a new marker
+        with self._unwritten_lock:
+            work, self._unwritten = self._unwritten, None
+        if work is None or self._log.closed:
+            return
+        self._checkpointed_at = time.monotonic()
+        try:
+            self._log.put_sync_checkpoint(work)
+        except BaseException:  # advisory: a stale checkpoint only widens the tail
+            return
 
     def _tell(self, fn: Callable[..., None], *args: object) -> None:
         """Deliver to the loop; a loop that already ended (its run was torn
@@ -255,14 +338,6 @@ class JournalWriter:
             self._call_soon(fn, *args)
         except RuntimeError:  # trio.RunFinishedError
             pass
-
-    def _checkpoint(self, outcome: Outcome) -> None:
-        if outcome.work is None or outcome.error is not None:
-            return
-        try:
-            self._log.put_sync_checkpoint(outcome.work)
-        except BaseException:  # advisory: a stale checkpoint only widens the tail
-            return
 
     def _run(self, run: list[Batch]) -> Outcome:
         if run[0].generation <= self._failed_generation:
