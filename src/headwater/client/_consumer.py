@@ -43,7 +43,10 @@ With a group (see ``broker/_group.py`` for the coordinator's side):
   (with ``auto_commit``), then ``ReleasePartitions``. The coordinator hands
   the partition to its next owner only after that (or after the member's
   ``max_poll_interval``), so no partition is read by two members at once and
-  commits never meet a stale generation;
+  commits never meet a stale generation. A poll's ``timeout`` bounds its
+  wait for events, not a release under way; a release that fails (a lost
+  connection) or is cancelled stays pending, the partition stopped, and the
+  next poll sends it again (``on_revoked`` runs once);
 * give it **new partitions** (after a completed rebalance): their fetchers
   start at once; ``on_assigned`` runs at the next poll, before any of their
   events is handed out.
@@ -831,7 +834,8 @@ class Consumer:
     async def getmany(self, max_events: int = 1000, timeout: float = 1.0) -> list[Event]:
         """Up to ``max_events`` events, waiting up to ``timeout`` seconds for
         the first one (returns ``[]`` if none arrive). A group rebalance is
-        served here (see the module docs)."""
+        served here (see the module docs); a release under way is not cut off
+        at ``timeout``: it finishes, or fails, within its requests' timeouts."""
         if type(max_events) is not int or max_events < 1:
             raise InvalidArgument(f"max_events must be an int >= 1, not {max_events!r}")
         self._polling += 1
