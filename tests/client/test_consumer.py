@@ -361,3 +361,88 @@ async def test_without_push_members_follow_at_heartbeat_pace(
             assert 1.0 <= trio.current_time() - start <= 2.5  # a heartbeat or two
             assert not set(a.assignment()) & set(b.assignment())
             assert 3 == len(a.assignment()) + len(b.assignment())
+
+
+async def _release_then_read(
+    client: Client, a: Consumer, revoked: list[list[tuple[str, int]]]
+) -> tuple[list[Event], list[Event]]:
+    """``a`` (reading everything of t3, then waiting in short polls) meets a
+    second member ``b``; returns what each read once ``b`` has every event of
+    the partitions ``a`` handed it (within 20 s: the handover must not wait
+    for ``a``'s rebalance timeout, max_poll_interval, 300 s)."""
+    got_a = await take(a, 30)
+    ends = [part.next_offset for part in (await client.describe_topic("t3")).partitions]
+    got_b: list[Event] = []
+    async with trio.open_nursery() as nursery:
+
+        async def poll_a() -> None:
+            while True:  # an app polling with a short timeout, as run_round's
+                got_a.extend(await a.getmany(100, timeout=0.1))
+
+        nursery.start_soon(poll_a)
+        await trio.sleep(0.05)  # a waits inside a poll when b's join is pushed
+        async with client.consumer("t3", group="g", session_timeout=6.0) as b:
+            with trio.fail_after(20):
+                while not b.assignment() or len(got_b) < sum(ends[n] for _, n in b.assignment()):
+                    got_b.extend(await b.getmany(100, timeout=0.5))
+            assert not set(a.assignment()) & set(b.assignment())
+            assert 3 == len(a.assignment()) + len(b.assignment())
+            assert [sorted(b.assignment())] == revoked  # on_revoked ran once
+            nursery.cancel_scope.cancel()
+    return got_a, got_b
+
+
+async def test_a_release_cut_off_by_the_poll_timeout_still_goes_through(
+    client: Client, broker: RealBroker, autojump_clock: object
+) -> None:
+    """The old owner hears of the rebalance while it waits inside a poll with
+    a short timeout, and its ReleasePartitions takes longer than that (a slow
+    link): the release is not cut off midway (which left the partition
+    stopped, unreleased and never tried again, so nobody read it until the
+    rebalance timeout); the new owner reads the partition at once."""
+    from headwater import _protocol as p
+    from headwater.client import LocalChannel
+
+    async def slow_release(request: object) -> object:
+        if isinstance(request, p.ReleasePartitions):
+            await trio.sleep(0.5)  # longer than the poll's timeout
+        return await broker.handle(request)
+
+    revoked: list[list[tuple[str, int]]] = []
+    async with (
+        Client(LocalChannel(slow_release)) as slow,
+        slow.consumer("t3", group="g", session_timeout=6.0, on_revoked=revoked.append) as a,
+    ):
+        await _release_then_read(client, a, revoked)
+
+
+@pytest.mark.parametrize("heard", [False, True], ids=["lost_request", "lost_answer"])
+async def test_a_failed_release_is_tried_again_at_the_next_poll(
+    client: Client, broker: RealBroker, autojump_clock: object, heard: bool
+) -> None:
+    """The old owner's ReleasePartitions fails with a lost connection (the
+    coordinator heard it, or not): the poll does not raise it, the partition
+    stays stopped, and a later poll releases it again (or learns that it is
+    released) without a second on_revoked; the new owner reads it."""
+    from headwater import _protocol as p
+    from headwater._errors import ConnectionLostError
+    from headwater.client import LocalChannel
+
+    failures = [1]
+
+    async def flaky_release(request: object) -> object:
+        if isinstance(request, p.ReleasePartitions) and failures:
+            failures.pop()
+            if heard:
+                await broker.handle(request)
+            raise ConnectionLostError("connection lost with this request in flight")
+        return await broker.handle(request)
+
+    revoked: list[list[tuple[str, int]]] = []
+    async with (
+        Client(LocalChannel(flaky_release)) as flaky,
+        flaky.consumer("t3", group="g", session_timeout=6.0, on_revoked=revoked.append) as a,
+    ):
+        got_a, got_b = await _release_then_read(client, a, revoked)
+    assert not failures
+    assert list(range(30)) == sorted({e.value for e in got_a + got_b})

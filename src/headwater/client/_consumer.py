@@ -43,7 +43,10 @@ With a group (see ``broker/_group.py`` for the coordinator's side):
   (with ``auto_commit``), then ``ReleasePartitions``. The coordinator hands
   the partition to its next owner only after that (or after the member's
   ``max_poll_interval``), so no partition is read by two members at once and
-  commits never meet a stale generation;
+  commits never meet a stale generation. A poll's ``timeout`` bounds its
+  wait for events, not a release under way; a release that fails (a lost
+  connection) or is cancelled stays pending, the partition stopped, and the
+  next poll sends it again (``on_revoked`` runs once);
 * give it **new partitions** (after a completed rebalance): their fetchers
   start at once; ``on_assigned`` runs at the next poll, before any of their
   events is handed out.
@@ -121,6 +124,10 @@ class _Ahead:
 # (partition, ownership token, first wanted offset, records as fetched, the
 # offset after them, its decoded-ahead slot)
 _Chunk = tuple[TP, int, int, list[tuple[RecordHeader, memoryview]], int, _Ahead]
+
+_SYNC_RETRY = 0.1
+"""Seconds a waiting poll lets pass before it serves the group again after a
+rejoin or a release failed (a retriable error: the connection is down)."""
 
 PartitionsCallback = Callable[[list[tuple[str, int]]], Awaitable[None] | None]
 """``on_assigned`` / ``on_revoked``: called with sorted (topic, partition)
@@ -248,6 +255,10 @@ class ConsumerConfig:
 class _Owned:
     token: int
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    # What its fetcher does now, and from which offset (for diagnostics).
+    state: str = "starting"
+    fetching: int = -1
+    sub: Any = None
 
 
 def _rank(m: p.Membership) -> tuple[int, int]:
@@ -328,6 +339,9 @@ class Consumer:
         self._evicted: str | None = None  # why we left the group without being asked
         self._idle_left = False  # we left for not polling: rejoin at the next poll only
         self._lost: set[TP] = set()  # taken from us without a release: on_revoked at a poll
+        # Stopped for a release that has not gone through yet (interrupted or
+        # failed: the next poll tries again), whose on_revoked ran already.
+        self._revoked: set[TP] = set()
         self._join_lock = trio.Lock()
         self._commit_lock = trio.Lock()
         # Commits queued by commit_nowait() and not sent yet, newest row per
@@ -399,8 +413,7 @@ class Consumer:
                 owned = sorted(self._owned)
                 for tp in owned:
                     self._stop(tp)
-                if owned:
-                    await self._call(self._on_revoked, owned)
+                await self._call(self._on_revoked, [tp for tp in owned if tp not in self._revoked])
                 if self.config.auto_commit:
                     await self.commit()
                 elif self._queued_commits or self._commit_flusher:
@@ -448,12 +461,14 @@ class Consumer:
         self._owned.pop(tp, None)
         self._positions.pop(tp, None)
         self._unannounced.discard(tp)
+        self._revoked.discard(tp)
 
     def _start_fetcher(self, tp: TP, offset: int | None) -> None:
         old = self._owned.get(tp)
         if old is not None:
             old.scope.cancel()
         self._tokens += 1
+        self._revoked.discard(tp)  # given back before its release went through
         owned = self._owned[tp] = _Owned(self._tokens)
         assert self._nursery is not None
         self._nursery.start_soon(self._fetcher, tp, owned, offset)
@@ -509,6 +524,26 @@ class Consumer:
         before it has resolved where to start)."""
         return self._positions.get((topic, partition))
 
+    def _debug_state(self) -> str:
+        """One line of this consumer's state for a stall report (a test
+        aid): membership, owned partitions (token, position, fetcher
+        state), buffered chunks, group flags and the channel."""
+        owned = "; ".join(
+            f"{t}/{n} token={o.token} position={self._positions.get((t, n))} "
+            f"fetching={o.fetching} {o.state} sub={o.sub!r}"
+            for (t, n), o in sorted(self._owned.items())
+        )
+        channel = self._channel
+        return (
+            f"membership={self._membership} latest={self._latest} owned=[{owned}] "
+            f"buffered={len(self._buffer)} queued={self._receive.statistics().current_buffer_used} "
+            f"evicted={self._evicted!r} lost={sorted(self._lost)} "
+            f"unannounced={sorted(self._unannounced)} polling={self._polling} "
+            f"idle={trio.current_time() - self._last_poll:.1f}s "
+            f"channel={getattr(channel, 'connected', '?')}/"
+            f"reconnects={getattr(channel, 'reconnects', '?')}"
+        )
+
     # ------------------------------------------------------------ fetching
 
     async def _resolve(self, tp: TP) -> int:
@@ -550,6 +585,7 @@ class Consumer:
     async def _fetcher(self, tp: TP, owned: _Owned, offset: int | None) -> None:
         with owned.scope:
             if offset is None:
+                owned.state = "resolving"
                 offset = await self._retrying(tp, "resolve", lambda: self._resolve(tp))
                 self._positions.setdefault(tp, offset)
             topic, partition = tp
@@ -573,6 +609,7 @@ class Consumer:
                 # Records the broker left out (markers, aborted events)
                 # still move the position, so lag reaches 0.
                 ahead = _Ahead()
+                owned.state = "handing over"
                 await self._send.send((tp, owned.token, position, records, end, ahead))
                 decode = partial(self._decode_ahead, tp, position, records, ahead)
                 position = end
@@ -581,6 +618,8 @@ class Consumer:
             while True:
                 try:
                     sub = None
+                    owned.state = "subscribing"
+                    owned.fetching = position
                     if cfg.fetch_credit:
                         sub = await self._channel.open_fetch_subscription(
                             topic,
@@ -592,6 +631,7 @@ class Consumer:
                             timeout=cfg.request_timeout,
                         )
                     if sub is None:
+                        owned.state = "pulling"
                         result: p.FetchResult = await self._channel.request(
                             p.Fetch(
                                 topic,
@@ -607,9 +647,12 @@ class Consumer:
                         if decode is not None:
                             decode()
                         continue
+                    owned.sub = sub
                     try:
                         # Pushed: several batches on their way while these decode.
                         while True:
+                            owned.state = "pushed"
+                            owned.fetching = position
                             result = await sub.receive(p.MAX_FETCH_WAIT + cfg.request_timeout)
                             decode = await hand_over(result)
                             await sub.consumed(len(result.records))
@@ -619,6 +662,7 @@ class Consumer:
                         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                             await sub.aclose()
                 except CorruptionError as exc:
+                    owned.state = "damaged"
                     await self._stall_damaged(tp, damaged, exc)
                     damaged += 1
                 except OffsetOutOfRangeError as exc:
@@ -643,6 +687,7 @@ class Consumer:
                     if not exc.retriable:
                         raise
                     log.info("fetch_retry", topic=topic, partition=partition, error=repr(exc))
+                    owned.state = f"retrying after {exc!r:.200}"
                     await trio.sleep(0.1)
 
     async def _reset_offset(self, topic: str, partition: int, where: str | int) -> int:
@@ -692,44 +737,50 @@ class Consumer:
 
     async def _refill(self, timeout: float = math.inf) -> bool:
         """Receive chunks until one is current; return False on timeout. A
-        group notice wakes the wait, so a rebalance is served at once."""
+        group notice wakes the wait, so a rebalance is served at once.
+
+        ``timeout`` bounds the wait for data, not the serving of the group:
+        a release (or join) cut off midway by it would start over at the
+        next poll, and on a slow link might never finish."""
         if self._closed:
             raise ClosedError("this consumer is closed")
-        with trio.move_on_after(timeout):
-            while True:
-                await self._sync()
-                with trio.CancelScope() as wake:
-                    self._wake = wake
-                    if self._needs_sync():
-                        wake.cancel()
-                    try:
-                        tp, token, start, records, end, ahead = await self._receive.receive()
-                    finally:
-                        self._wake = None
-                if wake.cancelled_caught:
-                    continue
-                ahead.taken = True
-                if ahead.events is not None:
-                    self._ahead_bytes -= sum(len(record) for _, record in records)
-                owned = self._owned.get(tp)
-                if owned is None or owned.token != token:
-                    continue
-                position = self._positions.get(tp, 0)
-                decoded = ahead.events
-                if decoded is None:
-                    fresh = self._decode(tp, max(start, position), records)
-                elif decoded and decoded[0].offset < position:
-                    fresh = [e for e in decoded if e.offset >= position]
-                else:
-                    fresh = decoded
-                if fresh:
-                    self._buffer.append((tp, fresh))
-                    if end > fresh[-1].offset + 1:
-                        self._skips[tp] = (fresh[-1].offset + 1, end)
-                    return True
-                if end > position:  # only left-out records: move past them
-                    self._positions[tp] = end
-        return False
+        deadline = trio.current_time() + timeout
+        while True:
+            await self._sync()
+            with trio.CancelScope(deadline=deadline) as wake:
+                self._wake = wake
+                if self._needs_sync():
+                    # _sync gave up (a rejoin or release failed): again soon.
+                    wake.deadline = min(deadline, trio.current_time() + _SYNC_RETRY)
+                try:
+                    tp, token, start, records, end, ahead = await self._receive.receive()
+                finally:
+                    self._wake = None
+            if wake.cancelled_caught:
+                if trio.current_time() >= deadline:
+                    return False
+                continue  # woken by a group notice, or to retry
+            ahead.taken = True
+            if ahead.events is not None:
+                self._ahead_bytes -= sum(len(record) for _, record in records)
+            owned = self._owned.get(tp)
+            if owned is None or owned.token != token:
+                continue
+            position = self._positions.get(tp, 0)
+            decoded = ahead.events
+            if decoded is None:
+                fresh = self._decode(tp, max(start, position), records)
+            elif decoded and decoded[0].offset < position:
+                fresh = [e for e in decoded if e.offset >= position]
+            else:
+                fresh = decoded
+            if fresh:
+                self._buffer.append((tp, fresh))
+                if end > fresh[-1].offset + 1:
+                    self._skips[tp] = (fresh[-1].offset + 1, end)
+                return True
+            if end > position:  # only left-out records: move past them
+                self._positions[tp] = end
 
     def _take(self, limit: int) -> list[Event]:
         """Up to ``limit`` buffered events, in order, moving positions on.
@@ -783,7 +834,8 @@ class Consumer:
     async def getmany(self, max_events: int = 1000, timeout: float = 1.0) -> list[Event]:
         """Up to ``max_events`` events, waiting up to ``timeout`` seconds for
         the first one (returns ``[]`` if none arrive). A group rebalance is
-        served here (see the module docs)."""
+        served here (see the module docs); a release under way is not cut off
+        at ``timeout``: it finishes, or fails, within its requests' timeouts."""
         if type(max_events) is not int or max_events < 1:
             raise InvalidArgument(f"max_events must be an int >= 1, not {max_events!r}")
         self._polling += 1
@@ -880,7 +932,7 @@ class Consumer:
         m = self._latest
         if m is None:
             return bool(self._unannounced)
-        owned = set(self.assignment())
+        owned = set(self._owned)  # a release that has not gone through counts
         if {(tp.topic, tp.partition) for tp in m.release} & owned:
             return True
         if m.state == "stable" and owned - {(tp.topic, tp.partition) for tp in m.assignment}:
@@ -925,20 +977,24 @@ class Consumer:
                 self._unannounced.clear()
                 await self._call(self._on_assigned, announce)
                 continue
-            owned = set(self.assignment())
+            # Running, or stopped for a release that has not gone through.
+            owned = set(self._owned)
             release = sorted({(tp.topic, tp.partition) for tp in m.release} & owned)
             if release:
-                await self._release(m, release)
+                if not await self._release(m, release):
+                    return  # the next poll tries again
                 continue
             if m.state == "stable":
                 lost = sorted(owned - {(tp.topic, tp.partition) for tp in m.assignment})
                 if lost:
                     # Taken without our release (we missed the rebalance
-                    # timeout): no commit is possible for these any more.
+                    # timeout, or its answer): no commit is possible for
+                    # these any more.
                     log.warning("consumer_partitions_lost", group=self.group, partitions=lost)
+                    revoke = [tp for tp in lost if tp not in self._revoked]
                     for tp in lost:
                         self._forget(tp)
-                    await self._call(self._on_revoked, lost)
+                    await self._call(self._on_revoked, revoke)
             self._adopt(m)
             if self._membership != m:
                 if self._membership is None or m.generation != self._membership.generation:
@@ -955,17 +1011,25 @@ class Consumer:
             self._unannounced.clear()
             await self._call(self._on_assigned, announce)
 
-    async def _release(self, m: p.Membership, release: list[TP]) -> None:
+    async def _release(self, m: p.Membership, release: list[TP]) -> bool:
         """Stop reading ``release``, let the app flush (on_revoked), commit
-        (auto_commit), then tell the coordinator, which may now hand them on."""
+        (auto_commit), then tell the coordinator, which may now hand them on.
+
+        Returns whether the coordinator heard it. Until it has, the
+        partitions stay stopped and owned (``_needs_sync`` sees them), so a
+        release that failed (a lost connection, a timeout) or was cancelled
+        midway is tried again at the next poll, without a second
+        ``on_revoked``: a partition released by nobody would stall the
+        rebalance, and the partition, until ``max_poll_interval``."""
         assert self.group is not None
         for tp in release:
             self._stop(tp)
         callback_error: BaseException | None = None
         try:
-            await self._call(self._on_revoked, release)
+            await self._call(self._on_revoked, [tp for tp in release if tp not in self._revoked])
         except Exception as exc:  # the app's bug: release anyway, then raise it
             callback_error = exc
+        self._revoked.update(release)
         rows: tuple[p.PartitionOffset, ...] = ()
         if self.config.auto_commit and callback_error is None:
             rows = tuple(
@@ -973,25 +1037,38 @@ class Consumer:
                 for t, n in release
                 if (t, n) in self._positions
             )
-        async with self._commit_lock:
-            # Commits queued for these partitions go before they are released.
-            await self._send_commits(rows)
-            answer = await self._ask(
-                p.ReleasePartitions(
-                    self.group,
-                    m.member_id,
-                    m.generation,
-                    tuple(p.TopicPartition(t, n) for t, n in release),
+        answer: p.Membership | None = None
+        try:
+            async with self._commit_lock:
+                # Commits queued for these partitions go before they are released.
+                await self._send_commits(rows)
+                answer = await self._ask(
+                    p.ReleasePartitions(
+                        self.group,
+                        m.member_id,
+                        m.generation,
+                        tuple(p.TopicPartition(t, n) for t, n in release),
+                    )
                 )
-            )
-        for tp in release:
-            owned = self._owned.get(tp)
-            if owned is not None and owned.token < 0:  # not given back meanwhile
-                self._forget(tp)
-        log.info("consumer_released", group=self.group, partitions=release)
-        self._on_notice(answer)
+        except UnknownMemberError:
+            # The group removed us meanwhile: the partitions have new owners
+            # (on_revoked ran); the poll joins again.
+            if self._evicted is None:
+                self._evict("the group removed it")
+        except HeadwaterError as exc:
+            if not exc.retriable:
+                raise
+            log.info("release_failed", group=self.group, partitions=release, error=repr(exc))
+        if answer is not None:
+            for tp in release:
+                owned = self._owned.get(tp)
+                if owned is not None and owned.token < 0:  # not given back meanwhile
+                    self._forget(tp)
+            log.info("consumer_released", group=self.group, partitions=release)
+            self._on_notice(answer)
         if callback_error is not None:
             raise callback_error
+        return answer is not None or self._evicted is not None
 
     async def _heartbeats(self) -> None:
         assert self.group is not None
@@ -1029,7 +1106,9 @@ class Consumer:
             log.info("leave_group_failed", group=self.group, error=repr(exc))
 
     def _evict(self, reason: str, *, idle: bool = False) -> None:
-        self._lost.update(tp for tp in self._owned if tp not in self._unannounced)
+        self._lost.update(
+            tp for tp in self._owned if tp not in self._unannounced and tp not in self._revoked
+        )
         for tp in list(self._owned):
             self._forget(tp)
         self._evicted = reason

@@ -244,6 +244,12 @@ class _TcpFetchSubscription(FetchSubscription):
         self._threshold = max(1, credit // 4)
         self._closed = False
 
+    def __repr__(self) -> str:
+        return (
+            f"<pushed fetch {self.id} items={len(self._items)} owed={self._owed} "
+            f"closed={self._closed} live_session={self._channel._usable(self._session)}>"
+        )
+
     def _deliver(self, item: p.FetchResult | HeadwaterError) -> None:
         """(The reader task) one pushed result, or the error that ends it."""
         if self._closed:

@@ -26,6 +26,7 @@ import attrs
 import trio
 
 from headwater._errors import HeadwaterError
+from headwater.client._consumer import Consumer
 from headwater.client._tcp import connect
 from headwater.journal._batch import Event
 
@@ -147,13 +148,16 @@ async def run_round(
 
     delivered: set[tuple[int, int]] = set()
     commits: list[tuple[int, int]] = []
+    members: list[Consumer] = []
     stop_producing = trio.Event()
     done_consuming = trio.Event()
+    producing = producers  # producers still in their send loop
+    done_producing = trio.Event()
 
     async with open_proxy(server_port) as proxy:
 
         async def produce(number: int) -> None:
-            nonlocal failed
+            nonlocal failed, producing
             async with (
                 connect(
                     proxy.url, connect_timeout=request_timeout, request_timeout=request_timeout
@@ -175,6 +179,9 @@ async def run_round(
                         continue
                     acked.extend(stored)
                     ack_times.append((started, trio.current_time()))
+                producing -= 1
+                if not producing:
+                    done_producing.set()
 
         async def consume(number: int) -> None:
             async with (
@@ -190,6 +197,7 @@ async def run_round(
                     client_id=f"c{number}",
                 ) as consumer,
             ):
+                members.append(consumer)
                 enter()
                 while not done_consuming.is_set():
                     events = await consumer.getmany(1000, timeout=0.1)
@@ -223,11 +231,69 @@ async def run_round(
                 await trio.sleep(after)
                 stop_producing.set()
                 proxy.heal()
-                with trio.fail_after(deadline):
+                with trio.move_on_after(deadline):
+                    # A send on its way when told to stop may still be
+                    # acknowledged: every acknowledgement counts.
+                    await done_producing.wait()
                     while not {(e.partition, e.offset) for e in acked} <= delivered:  # noqa: ASYNC110
                         await trio.sleep(0.01)
+                if not {(e.partition, e.offset) for e in acked} <= delivered:
+                    # Say what stalled while the consumers are still there.
+                    report = await stall_report(
+                        server_port, topic, group, members, acked, delivered
+                    )
+                    raise trio.TooSlowError(
+                        f"{kind}: the group did not deliver every acknowledged event within "
+                        f"{deadline}s of the producers stopping\n{report}"
+                    )
                 done_consuming.set()
     return RoundResult(kind, tuple(acked), frozenset(delivered), failed, recovery, tuple(commits))
+
+
+async def stall_report(
+    server_port: int,
+    topic: str,
+    group: str,
+    members: list[Consumer],
+    acked: list[Event],
+    delivered: set[tuple[int, int]],
+) -> str:
+    """What a stalled round looks like: per partition what was acknowledged
+    and delivered, each consumer's view (membership, owned partitions,
+    positions, connection) and the group as the server describes it (asked
+    directly, not through the proxy)."""
+    lines: list[str] = []
+    by_partition: dict[int, list[int]] = {}
+    for event in acked:
+        by_partition.setdefault(event.partition, []).append(event.offset)
+    for partition, offsets in sorted(by_partition.items()):
+        missing = sorted(off for off in offsets if (partition, off) not in delivered)
+        lines.append(
+            f"partition {partition}: acked {len(offsets)} (max offset {max(offsets)}), "
+            f"undelivered {len(missing)}"
+            + (f" (offsets {missing[0]}..{missing[-1]})" if missing else "")
+        )
+    lines.extend(f"consumer {c.config.client_id}: {c._debug_state()}" for c in members)
+    try:
+        with trio.fail_after(5):
+            async with connect(f"headwater://127.0.0.1:{server_port}") as admin:
+                described = await admin.describe_group(group)
+        lines.append(
+            f"group {group}: state={described.state} generation={described.generation} members="
+            + ", ".join(
+                f"{m.client_id}/{m.member_id}:" + ",".join(str(tp.partition) for tp in m.assignment)
+                for m in described.members
+            )
+            + " committed="
+            + ", ".join(
+                f"{gp.partition}:{gp.committed}/{gp.end_offset}"
+                for gp in described.partitions
+                if gp.topic == topic
+            )
+        )
+    except (HeadwaterError, trio.TooSlowError) as exc:
+        lines.append(f"group {group}: not described ({exc!r})")
+    return "\n".join(lines)
 
 
 async def read_back(url: str, topic: str, timeout: float = 20.0) -> tuple[list[Event], list[int]]:
