@@ -221,3 +221,42 @@ async def test_results_taken_directly_count_as_arrivals_for_the_timeout(
             await trio.sleep(2)
             assert 1 == len(outcome)
             assert trio.current_time() >= last + 60
+
+
+async def test_a_cancelled_receive_finishes_the_credit_frame_it_started(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The credit owed for results taken directly is sent shielded: a
+    ``receive`` cancelled (or timing out) while that frame is on its way
+    still sends it whole, and the connection keeps serving requests."""
+    async with served() as (_broker, server), connect_in_memory(server) as client:
+        sub = bare_subscription(client, credit=1000)
+        channel = client._channel  # type: ignore[attr-defined]
+        real = channel._send_nowait
+        release = trio.Event()
+        sent: list[Any] = []
+
+        async def slow(session: Any, request: Any) -> None:
+            await release.wait()  # the frame is on its way
+            await real(session, request)
+            sent.append(request)
+
+        monkeypatch.setattr(channel, "_send_nowait", slow)
+        sub.take_directly(lambda r: True)
+        scope = trio.CancelScope()
+
+        async def receive() -> None:
+            with scope:
+                await sub.receive(3600)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            await trio.testing.wait_all_tasks_blocked()
+            sub._deliver(result(300))  # due: the receive starts the credit frame
+            await trio.testing.wait_all_tasks_blocked()
+            scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert [] == sent
+            release.set()
+        assert [p.FetchCredit(10_000, 300)] == sent
+        await client.list_topics()  # the connection still serves

@@ -284,7 +284,10 @@ class _TcpFetchSubscription(FetchSubscription):
                     if self._closed:
                         raise ClosedError("this subscription is closed")
                     if self._owed >= self._threshold:
-                        await self.consumed(0)  # owed for results taken directly
+                        # Owed for results taken directly; shielded: a timeout
+                        # never cuts a frame short on the shared connection.
+                        with trio.CancelScope(shield=True):
+                            await self.consumed(0)
                     await self._arrived.wait()
                     self._arrived = trio.Event()
                 item = self._items.popleft()
