@@ -179,6 +179,15 @@ class FetchSubscription(abc.ABC):
     async def aclose(self) -> None:
         """Stop the pushes (idempotent; does not wait for the server's answer)."""
 
+    def take_directly(self, hook: Callable[[FetchResult], bool] | None) -> None:
+        """Offer each pushed result that has nothing queued before it to
+        ``hook`` first, on the task that received it (``None``: stop). A
+        hook that returns True took the result: :meth:`receive` never
+        returns it, and its credit counts as consumed (returned by
+        :meth:`receive` once it is due). It must not block or raise. By
+        default results always queue for :meth:`receive`."""
+        del hook  # not offered: every result queues
+
 
 class LocalChannel(Channel):
     """The embedded channel: requests go straight to ``handler`` in this task."""

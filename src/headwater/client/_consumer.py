@@ -10,6 +10,10 @@ then, over a connection that can push (protocol v2), opens a pushed fetch
 with ``fetch_credit`` bytes of credit: the server sends records as they
 come while credit lasts, and the fetcher returns credit as it hands each
 result on, so several batches are on their way while the reader decodes.
+A pushed result that arrives while the reader waits on an empty queue and
+the fetcher holds nothing is queued by the connection's reader task itself
+(one task step sooner; order and credit as through the fetcher, which
+returns its credit when due).
 Otherwise (embedded, a version 1 server, ``fetch_credit=0``) it long-polls
 ``Fetch`` (up to ``max_wait`` seconds, ``max_bytes`` per request). Either
 way it puts each result's records into one bounded channel (``prefetch``
@@ -615,6 +619,35 @@ class Consumer:
                 position = end
                 return decode
 
+            idle = False  # parked in sub.receive(): no result on its way to the reader
+
+            def direct(result: p.FetchResult) -> bool:
+                """(The connection's reader task) queue a pushed result for
+                a reader waiting on an empty queue at once, one task step
+                sooner than through this fetcher. Only while the fetcher is
+                idle (so nothing it holds goes after it: order stays) and
+                the result is plain; anything else (an error, records to
+                skip) is left to the fetcher."""
+                nonlocal position, damaged
+                if not idle or self._wake is None or owned.scope.cancel_called:
+                    return False
+                try:
+                    records = iter_records(result.records)
+                except Exception:  # damaged: the fetcher meets it as usual
+                    return False
+                end = result.next_offset
+                if records and end < 0:  # a server that predates transactions
+                    end = records[-1][0].next_offset
+                if end <= position:
+                    return False
+                try:
+                    self._send.send_nowait((tp, owned.token, position, records, end, _Ahead()))
+                except trio.WouldBlock:
+                    return False
+                damaged = 0
+                position = end
+                return True
+
             while True:
                 try:
                     sub = None
@@ -649,16 +682,23 @@ class Consumer:
                         continue
                     owned.sub = sub
                     try:
-                        # Pushed: several batches on their way while these decode.
+                        # Pushed: several batches on their way while these
+                        # decode; one a reader waits for goes to it directly.
+                        sub.take_directly(direct)
                         while True:
                             owned.state = "pushed"
                             owned.fetching = position
-                            result = await sub.receive(p.MAX_FETCH_WAIT + cfg.request_timeout)
+                            idle = True
+                            try:
+                                result = await sub.receive(p.MAX_FETCH_WAIT + cfg.request_timeout)
+                            finally:
+                                idle = False
                             decode = await hand_over(result)
                             await sub.consumed(len(result.records))
                             if decode is not None:
                                 decode()
                     finally:
+                        sub.take_directly(None)
                         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                             await sub.aclose()
                 except CorruptionError as exc:

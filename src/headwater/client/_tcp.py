@@ -243,6 +243,12 @@ class _TcpFetchSubscription(FetchSubscription):
         self._owed = 0
         self._threshold = max(1, credit // 4)
         self._closed = False
+        self._direct: Callable[[p.FetchResult], bool] | None = None
+        self._heard = 0.0  # when a result last arrived (one taken directly too)
+
+    def take_directly(self, hook: Callable[[p.FetchResult], bool] | None) -> None:
+        """See :meth:`FetchSubscription.take_directly`."""
+        self._direct = hook
 
     def __repr__(self) -> str:
         return (
@@ -254,6 +260,20 @@ class _TcpFetchSubscription(FetchSubscription):
         """(The reader task) one pushed result, or the error that ends it."""
         if self._closed:
             return
+        direct = self._direct
+        if (
+            direct is not None
+            and not self._items
+            and isinstance(item, p.FetchResult)
+            and direct(item)
+        ):
+            # Taken on this task (one task step fewer to the reader): its
+            # credit is owed now; receive() sends it once it is due.
+            self._heard = trio.current_time()
+            self._owed += len(item.records)
+            if self._owed >= self._threshold:
+                self._arrived.set()
+            return
         self._items.append(item)
         if isinstance(item, HeadwaterError):
             self._closed = True
@@ -261,17 +281,27 @@ class _TcpFetchSubscription(FetchSubscription):
         self._arrived.set()
 
     async def receive(self, timeout: float) -> p.FetchResult:
-        """See :meth:`FetchSubscription.receive`."""
-        with trio.move_on_after(timeout):
-            while not self._items:
-                if self._closed:
-                    raise ClosedError("this subscription is closed")
-                await self._arrived.wait()
-                self._arrived = trio.Event()
-            item = self._items.popleft()
-            if isinstance(item, HeadwaterError):
-                raise item
-            return item
+        """See :meth:`FetchSubscription.receive` (results taken directly
+        count as arrivals for ``timeout``)."""
+        self._heard = trio.current_time()
+        while True:
+            with trio.move_on_at(self._heard + timeout):
+                while not self._items:
+                    if self._closed:
+                        raise ClosedError("this subscription is closed")
+                    if self._owed >= self._threshold:
+                        # Owed for results taken directly; shielded: a timeout
+                        # never cuts a frame short on the shared connection.
+                        with trio.CancelScope(shield=True):
+                            await self.consumed(0)
+                    await self._arrived.wait()
+                    self._arrived = trio.Event()
+                item = self._items.popleft()
+                if isinstance(item, HeadwaterError):
+                    raise item
+                return item
+            if trio.current_time() >= self._heard + timeout:
+                break
         raise ConnectionLostError(
             f"no pushed fetch arrived from {self._channel.address} within {timeout}s "
             "(the server sends one at least every 30 s); subscribe again"
