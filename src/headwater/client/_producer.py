@@ -818,7 +818,9 @@ class Producer:
         ``deliver_after`` (seconds or a timedelta from now): share
         subscriptions do not deliver the event before then (plain consumers
         read it at once, with the ``hw.deliver_at`` header)."""
-        count = await self.partitions_of(topic)
+        count = self._partitions.get(topic)
+        if count is None:
+            count = await self.partitions_of(topic)
         direct = self.config.linger == 0 and self.config.transactional_id is None
         if not direct:
             handle = self.send_nowait(
