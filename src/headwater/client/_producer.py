@@ -34,7 +34,16 @@ refused as out of order.
 
 Per event the work is: serialize, choose a partition, append. Everything
 else (encode, header, request, result) is per batch: a batch shares one
-:class:`_BatchResult` that all its events' handles read.
+:class:`_BatchResult` that all its events' handles read. A *plain* event
+(no key, headers, partition or timestamp given) to a topic whose sticky
+partition has a batch open skips the partitioner: ``send_nowait`` appends it
+to that batch (:meth:`~headwater.client.Accumulator.add_plain`) until the
+batch closes (``_batch_closed`` forgets it).
+
+With ``linger=0`` and no transaction, ``send`` to a partition with nothing
+queued or in flight takes the *direct path*: it closes the event's batch at
+once and delivers it from the caller's task (``_send_now``), and returns the
+answer without another task step once it is in.
 """
 
 from __future__ import annotations
