@@ -365,7 +365,9 @@ class Accumulator:
         """Close ``tp``'s open batch now and return it ready (sequence
         assigned), for a sender that delivers it at once; ``None`` if ``tp``
         has no open batch or a closed batch of ``tp`` must go first."""
-        if tp not in self._open or any((b.topic, b.partition) == tp for b in self._closed):
+        if tp not in self._open or (
+            self._closed and any((b.topic, b.partition) == tp for b in self._closed)
+        ):
             return None
         self._close(tp)
         return self._finish(self._closed.pop())

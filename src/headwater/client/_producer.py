@@ -847,11 +847,16 @@ class Producer:
             raise ClosedError("this producer is closed (or not entered with `async with`)")
         if deliver_at is not None or deliver_after is not None:
             headers = _with_deliver_at(headers, deliver_at, deliver_after, self.config.clock())
-        ts = self.config.clock() if timestamp is None else _timestamp_ms(timestamp)
+        if timestamp is not None:
+            ts = _timestamp_ms(timestamp)
+        elif self._default_clock:
+            ts = _time_ns() // 1_000_000  # the default clock, without its call
+        else:
+            ts = self._clock()
         result, index, chosen, hdrs = self._enqueue(
             topic, count, value, key, headers, partition, ts, None, wake=False
         )
-        handle = SendHandle(result, index, topic, chosen, ts, key, value, hdrs)
+        handle = _new_handle(SendHandle, (result, index, topic, chosen, ts, key, value, hdrs))
         tp = (topic, chosen)
         batch = None if tp in self._queues else self._accumulator.take(tp)
         if batch is None:
