@@ -171,3 +171,20 @@ async def test_a_direct_send_raises_its_own_error_and_the_next_one_is_stored(
         assert 0 == (await producer.send("t1", b"ok")).offset
         assert 1 == (await producer.send("t1", b"ok2")).offset
     assert [b"ok", b"ok2"] == [v for _, _, v, _, _ in await _read(client, "t1")]
+
+
+async def test_direct_sends_stamp_events_with_the_producer_clock(
+    client: Client, autojump_clock: object
+) -> None:
+    """linger 0: a direct send's event gets the configured clock's time, the
+    default (wall) clock's, or the timestamp given."""
+    import time
+
+    async with client.producer(serializer="bytes", linger=0.0, clock=lambda: 4321) as producer:
+        assert 4321 == (await producer.send("t1", b"a")).timestamp
+        assert 77 == (await producer.send("t1", b"b", timestamp=77)).timestamp
+    async with client.producer(serializer="bytes", linger=0.0) as producer:
+        before = time.time_ns() // 1_000_000
+        stamped = (await producer.send("t1", b"c")).timestamp
+        assert before <= stamped <= time.time_ns() // 1_000_000
+    assert [4321, 77, stamped] == [t for _, _, _, t, _ in await _read(client, "t1", 3)]
