@@ -275,3 +275,48 @@ def test_plain_events_are_still_size_checked():
     [batch] = a.drain(now=0.0)  # the third event overflowed the first batch
     assert 2 == batch.count
     assert 76 == a.buffered_bytes
+
+
+def test_add_plain_appends_to_the_open_batch_and_closes_it_when_full():
+    """add_plain puts an unkeyed event into an open batch (same columns as
+    add), refuses (-1, nothing changed) an event that does not fit or is too
+    large, and closes the batch when it reaches max_batch_events."""
+    closed: list[tuple[str, int]] = []
+    a = Accumulator(
+        AccumulatorConfig(max_batch_events=3, max_batch_bytes=100, max_event_bytes=60),
+        on_batch_closed=lambda t, p: closed.append((t, p)),
+    )
+    a.set_identity(7, 1)
+    a.append("t", 0, 1000, None, b"a", (("h", b"v"),), now=0.0)
+    batch = a.open_batch(("t", 0))
+    assert batch is not None
+    assert a.open_batch(("t", 1)) is None
+    assert -1 == a.add_plain(batch, 1001, b"x" * 45)  # too large: 16 + 45 > 60
+    before = (a.buffered_bytes, a.buffered_events)
+    assert 1 == a.add_plain(batch, 1001, b"b")
+    assert (before[0] + 17, before[1] + 1) == (a.buffered_bytes, a.buffered_events)
+    assert [] == closed
+    assert 2 == a.add_plain(batch, 1002, b"c")
+    assert [("t", 0)] == closed
+    assert a.open_batch(("t", 0)) is None
+    [ready] = a.drain(now=0.0)
+    events = decode_events(
+        ready.payload, topic="t", partition=0, base_offset=0, base_timestamp=1000, count=3
+    )
+    got = [(e.value, e.headers) for e in events]
+    assert [(b"a", (("h", b"v"),)), (b"b", ()), (b"c", ())] == got
+    assert [1000, 1001, 1002] == [e.timestamp for e in events]
+    assert 0 == a.buffered_bytes
+
+
+def test_add_plain_refuses_an_event_that_would_overflow_the_batch():
+    """An event that would take the batch past max_batch_bytes is refused
+    (-1): add then closes the batch and opens the next, as for any event."""
+    a = acc(max_batch_bytes=50)
+    a.append("t", 0, 1, None, b"x" * 20, (), now=0.0)  # 36 bytes
+    batch = a.open_batch(("t", 0))
+    assert batch is not None
+    assert -1 == a.add_plain(batch, 2, b"y" * 20)
+    assert 1 == a.buffered_events
+    assert 0 == a.add("t", 0, 2, None, b"y" * 20, (), 0.0)[1]  # a new batch
+    assert 2 == len(a.drain(now=0.0, force=True))

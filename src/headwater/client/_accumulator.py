@@ -289,6 +289,35 @@ class Accumulator:
             self._close(tp)
         return batch.batch_id, index
 
+    def open_batch(self, tp: tuple[str, int]) -> _OpenBatch | None:
+        """``tp``'s open batch (for :meth:`add_plain`), or ``None``."""
+        return self._open.get(tp)
+
+    def add_plain(self, batch: _OpenBatch, timestamp: int, value: bytes) -> int:
+        """:meth:`add` of an unkeyed event without headers (``timestamp`` an
+        int, ``value`` bytes: the caller checked) to ``batch``, an open batch
+        of this accumulator (:meth:`open_batch`; it stays open until
+        ``on_batch_closed`` names its partition). Returns the event's index,
+        or -1 (nothing changed) if the event is too large or does not fit:
+        then :meth:`add` it (which raises, or closes ``batch`` and opens
+        the next). Closes ``batch`` when it is full, as :meth:`add` does."""
+        size = EVENT_OVERHEAD + len(value)
+        total = batch.size + size
+        if total > self._max_bytes or size > self._max_event:
+            return -1
+        values = batch.values
+        index = len(values)
+        values.append(value)
+        batch.keys.append(None)
+        batch.stamps.append(timestamp)
+        if batch.headers is not None:
+            batch.headers.append(None)
+        self._buffered += size
+        batch.size = total
+        if index + 1 >= self._max_events or total >= self._max_bytes:
+            self._close((batch.topic, batch.partition))
+        return index
+
     def _close(self, tp: tuple[str, int]) -> None:
         batch = self._open.pop(tp)
         self._closed.append(batch)
@@ -336,7 +365,9 @@ class Accumulator:
         """Close ``tp``'s open batch now and return it ready (sequence
         assigned), for a sender that delivers it at once; ``None`` if ``tp``
         has no open batch or a closed batch of ``tp`` must go first."""
-        if tp not in self._open or any((b.topic, b.partition) == tp for b in self._closed):
+        if tp not in self._open or (
+            self._closed and any((b.topic, b.partition) == tp for b in self._closed)
+        ):
             return None
         self._close(tp)
         return self._finish(self._closed.pop())

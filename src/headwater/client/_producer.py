@@ -34,7 +34,16 @@ refused as out of order.
 
 Per event the work is: serialize, choose a partition, append. Everything
 else (encode, header, request, result) is per batch: a batch shares one
-:class:`_BatchResult` that all its events' handles read.
+:class:`_BatchResult` that all its events' handles read. A *plain* event
+(no key, headers, partition or timestamp given) to a topic whose sticky
+partition has a batch open skips the partitioner: ``send_nowait`` appends it
+to that batch (:meth:`~headwater.client.Accumulator.add_plain`) until the
+batch closes (``_batch_closed`` forgets it).
+
+With ``linger=0`` and no transaction, ``send`` to a partition with nothing
+queued or in flight takes the *direct path*: it closes the event's batch at
+once and delivers it from the caller's task (``_send_now``), and returns the
+answer without another task step once it is in.
 """
 
 from __future__ import annotations
@@ -65,7 +74,7 @@ from headwater._logging import get_logger
 from headwater.journal._batch import Event, Headers, Key
 from headwater.journal._record import ATTR_TRANSACTIONAL, encode_record
 
-from ._accumulator import Accumulator, AccumulatorConfig, ReadyBatch
+from ._accumulator import Accumulator, AccumulatorConfig, ReadyBatch, _OpenBatch
 from ._channel import Channel, PendingRequest
 from ._partitioner import Partitioner
 from ._serializers import BytesSerializer, Serializer, get_serializer
@@ -382,6 +391,13 @@ class Producer:
         )
         self._partitions: dict[str, int] = {}
         self._results: dict[int, _BatchResult] = {}
+        # Per topic, while its sticky partition's batch is open: that
+        # partition, the batch and its result. ``send_nowait`` appends a
+        # plain event (unkeyed, no headers, partition or timestamp given)
+        # straight to it; ``_batch_closed`` drops the entry.
+        self._hot: dict[str, tuple[int, _OpenBatch, _BatchResult]] = {}
+        self._add_plain = self._accumulator.add_plain
+        self._default_clock = config.clock is _wall_clock_ms
         self._queues: dict[tuple[str, int], deque[tuple[ReadyBatch, float]]] = {}
         # Per partition: the identity of its last acknowledged batch (batches
         # of that identity may be pipelined), and the event that wakes its
@@ -683,6 +699,34 @@ class Producer:
         typed :class:`~headwater.HeadwaterError` and queues nothing."""
         if self._closed or self._nursery is None:
             raise ClosedError("this producer is closed (or not entered with `async with`)")
+        hot = self._hot.get(topic)
+        if (
+            hot is not None
+            and key is None
+            and headers is None
+            and partition is None
+            and timestamp is None
+            and deliver_at is None
+            and deliver_after is None
+        ):
+            # The common event to a batch open already: straight in (what
+            # ``_enqueue`` would do, minus its checks and calls).
+            if type(value) is bytes and self._passthrough:
+                raw = value
+            elif value is None:
+                raw = None
+            else:
+                raw = self._serialize(value)
+            if type(raw) is bytes:
+                ts = _time_ns() // 1_000_000 if self._default_clock else self._clock()
+                chosen, batch, result = hot
+                index = self._add_plain(batch, ts, raw)
+                if index >= 0:
+                    if self._closed_batch:  # it was full: the flusher takes it
+                        self._wake()
+                    return _new_handle(
+                        SendHandle, (result, index, topic, chosen, ts, None, value, ())
+                    )
         count = self._partitions.get(topic)
         if count is None:
             if not isinstance(topic, str):
@@ -732,7 +776,8 @@ class Producer:
         else:
             raw = None if value is None else self._serialize(value)
         chosen = self._partitioner.choose(topic, key, count, partition)
-        batch_id, index = self._accumulator.add(topic, chosen, ts, key, raw, hdrs, now)
+        acc = self._accumulator
+        batch_id, index = acc.add(topic, chosen, ts, key, raw, hdrs, now)
         result = self._results.get(batch_id)
         if result is None:
             result = self._results[batch_id] = _BatchResult()
@@ -743,11 +788,20 @@ class Producer:
                 self._wake()
         elif self._closed_batch and wake:
             self._wake()
+        if key is None and partition is None and self._tid is None:
+            # Unkeyed: ``chosen`` is the topic's sticky partition. While its
+            # batch stays open, plain events go straight to it.
+            open_batch = acc.open_batch((topic, chosen))
+            if open_batch is not None and open_batch.batch_id == batch_id:
+                self._hot[topic] = (chosen, open_batch, result)
         return result, index, chosen, hdrs
 
     def _batch_closed(self, topic: str, partition: int) -> None:
         self._partitioner.batch_closed(topic, partition)
         self._closed_batch = True
+        hot = self._hot.get(topic)
+        if hot is not None and hot[0] == partition:
+            del self._hot[topic]
 
     def _wake(self) -> None:
         self._closed_batch = False
@@ -773,7 +827,9 @@ class Producer:
         ``deliver_after`` (seconds or a timedelta from now): share
         subscriptions do not deliver the event before then (plain consumers
         read it at once, with the ``hw.deliver_at`` header)."""
-        count = await self.partitions_of(topic)
+        count = self._partitions.get(topic)
+        if count is None:
+            count = await self.partitions_of(topic)
         direct = self.config.linger == 0 and self.config.transactional_id is None
         if not direct:
             handle = self.send_nowait(
@@ -791,11 +847,16 @@ class Producer:
             raise ClosedError("this producer is closed (or not entered with `async with`)")
         if deliver_at is not None or deliver_after is not None:
             headers = _with_deliver_at(headers, deliver_at, deliver_after, self.config.clock())
-        ts = self.config.clock() if timestamp is None else _timestamp_ms(timestamp)
+        if timestamp is not None:
+            ts = _timestamp_ms(timestamp)
+        elif self._default_clock:
+            ts = _time_ns() // 1_000_000  # the default clock, without its call
+        else:
+            ts = self._clock()
         result, index, chosen, hdrs = self._enqueue(
             topic, count, value, key, headers, partition, ts, None, wake=False
         )
-        handle = SendHandle(result, index, topic, chosen, ts, key, value, hdrs)
+        handle = _new_handle(SendHandle, (result, index, topic, chosen, ts, key, value, hdrs))
         tp = (topic, chosen)
         batch = None if tp in self._queues else self._accumulator.take(tp)
         if batch is None:
@@ -804,6 +865,10 @@ class Producer:
             # The direct path (linger 0, partition idle): encode and send
             # from this task, no hop through the flusher and a sender task.
             await self._send_now(tp, batch)
+            if result.done.is_set():
+                # Answered already (this task checkpointed on the way): no
+                # extra task step for handle.wait().
+                return handle.result()
         return await handle.wait()
 
     async def _send_now(self, tp: tuple[str, int], batch: ReadyBatch) -> None:
