@@ -117,6 +117,15 @@ async def stored_values(client: Client) -> list[Any]:
         return [e.value for e in await consumer.getmany(10_000, timeout=1)]
 
 
+async def send_in_order(client: Client, n: int, **options: Any) -> None:
+    """Send ``0..n-1`` to ``t`` through a producer made with ``options``;
+    check that they were acknowledged and stored in send order."""
+    async with client.producer(**options) as producer:
+        events = await producer.send_many("t", range(n))
+    assert list(range(n)) == [e.offset for e in events]
+    assert list(range(n)) == await stored_values(client)
+
+
 async def test_batches_in_flight_keep_their_order(
     autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -125,10 +134,7 @@ async def test_batches_in_flight_keep_their_order(
     async with remote() as (broker, _server, client):
         slow_answers(broker, monkeypatch)
         in_flight = watch_in_flight(client, monkeypatch)
-        async with client.producer(max_batch_events=10, linger=1.0) as producer:
-            events = await producer.send_many("t", range(200))
-        assert list(range(200)) == [e.offset for e in events]
-        assert list(range(200)) == await stored_values(client)
+        await send_in_order(client, 200, max_batch_events=10, linger=1.0)
     assert 1 == in_flight[0]  # the first batch of the identity goes alone
     assert MAX_IN_FLIGHT == max(in_flight)
     assert 20 == len(in_flight)
@@ -142,10 +148,7 @@ async def test_max_in_flight_one_sends_one_batch_at_a_time(
     async with remote() as (broker, _server, client):
         slow_answers(broker, monkeypatch)
         in_flight = watch_in_flight(client, monkeypatch)
-        async with client.producer(max_batch_events=10, max_in_flight=1) as producer:
-            events = await producer.send_many("t", range(100))
-        assert list(range(100)) == [e.offset for e in events]
-        assert list(range(100)) == await stored_values(client)
+        await send_in_order(client, 100, max_batch_events=10, max_in_flight=1)
     assert [1] * 10 == in_flight
 
 
@@ -159,10 +162,7 @@ async def test_a_failed_middle_batch_is_resent_with_the_ones_behind_it(
         seen = fail_produces(
             broker, monkeypatch, lambda n: StorageError("disk hiccup") if n == 2 else None
         )
-        async with client.producer(max_batch_events=10, linger=1.0) as producer:
-            events = await producer.send_many("t", range(100))
-        assert list(range(100)) == [e.offset for e in events]
-        assert list(range(100)) == await stored_values(client)
+        await send_in_order(client, 100, max_batch_events=10, linger=1.0)
     assert 1 == seen.count((20, "StorageError"))
     refused = {sequence for sequence, outcome in seen if outcome == "OutOfOrderSequenceError"}
     assert {30, 40, 50, 60} == refused  # in flight behind it: a gap
@@ -276,10 +276,7 @@ async def test_the_embedded_channel_sends_one_batch_at_a_time(
         broker.connect() as client,
     ):
         await client.create_topic("t")
-        async with client.producer(max_batch_events=10) as producer:
-            events = await producer.send_many("t", range(50))
-        assert list(range(50)) == [e.offset for e in events]
-        assert list(range(50)) == await stored_values(client)
+        await send_in_order(client, 50, max_batch_events=10)
 
 
 @pytest.mark.parametrize("answered", [0, 1])

@@ -85,19 +85,32 @@ def test_bad_inputs() -> None:
     assert [1, 2] == [h.count for h, _ in iter_records(two)]
 
 
-@pytest.mark.parametrize("size", [0, 1, 61, 8129, 8130, 8131, 100_003, 1_024_000])
+# (base offset, append time) pairs a broker stamps: zero, a real time, the widest.
+STAMPS = ((0, 0), (5, 1_700_000_000_000), (2**62, -1))
+# Record sizes on both sides of the CRC combination threshold (8 KiB with the header).
+SIZES = [0, 1, 61, 8129, 8130, 8131, 100_003, 1_024_000]
+
+
+def client_record(size: int) -> tuple[bytes, bytes]:
+    """A client's record (an idempotent producer's batch of three events)
+    around ``size`` random bytes seeded by ``size``, and its payload."""
+    payload = random.Random(size).randbytes(size)
+    record = encode_record(
+        payload, count=3, first_timestamp=11, max_timestamp=12, producer_id=7, base_sequence=4
+    )
+    return record, payload
+
+
+@pytest.mark.parametrize("size", SIZES)
 def test_stored_header_matches_patch_header(size: int) -> None:
     """stored_header (the append path: the header packed from the decoded
     fields) gives exactly patch_header's bytes, on both sides of the CRC
     combination threshold; and from a header that differs from the
     record's own bytes it still yields a record that passes its checksum."""
-    payload = random.Random(size).randbytes(size)
-    record = encode_record(
-        payload, count=3, first_timestamp=11, max_timestamp=12, producer_id=7, base_sequence=4
-    )
+    record, payload = client_record(size)
     header = decode_header(record)
     assert isinstance(header, RecordHeader)
-    for base_offset, append_time in ((0, 0), (5, 1_700_000_000_000), (2**62, -1)):
+    for base_offset, append_time in STAMPS:
         stored = header._replace(base_offset=base_offset, append_time=append_time)
         head = stored_header(record, stored)
         assert patch_header(record, base_offset, append_time) == head
@@ -109,19 +122,16 @@ def test_stored_header_matches_patch_header(size: int) -> None:
     assert other == decoded._replace(crc=other.crc)
 
 
-@pytest.mark.parametrize("size", [0, 1, 61, 8129, 8130, 8131, 100_003, 1_024_000])
+@pytest.mark.parametrize("size", SIZES)
 def test_stamp_record_checks_and_stamps_like_decode_then_patch(size: int) -> None:
     """stamp_record (the append path's one step) gives the header
     decode_header gives, with the base offset and append time set, and
     exactly patch_header's stored bytes, on both sides of the CRC
     combination threshold."""
-    payload = random.Random(size).randbytes(size)
-    record = encode_record(
-        payload, count=3, first_timestamp=11, max_timestamp=12, producer_id=7, base_sequence=4
-    )
+    record, payload = client_record(size)
     decoded = decode_header(record)
     assert isinstance(decoded, RecordHeader)
-    for base_offset, append_time in ((0, 0), (5, 1_700_000_000_000), (2**62, -1)):
+    for base_offset, append_time in STAMPS:
         stamped = stamp_record(record, base_offset, append_time)
         assert stamped is not None
         header, head = stamped
@@ -164,9 +174,8 @@ def test_patch_header_matches_patch_record_at_every_size(size: int) -> None:
     from the old one for long records) gives exactly patch_record's header,
     and the patched record passes its checksum, on both sides of the
     combination threshold and for offsets and times of every width."""
-    payload = random.Random(size).randbytes(size)
-    record = encode_record(payload, count=3, first_timestamp=11, max_timestamp=12)
-    for base_offset, append_time in ((0, 0), (5, 1_700_000_000_000), (2**62, -1)):
+    record, payload = client_record(size)
+    for base_offset, append_time in STAMPS:
         head = patch_header(record, base_offset, append_time)
         assert bytes(patch_record(record, base_offset, append_time)) == head + payload
         header = decode_header(head + payload)

@@ -76,7 +76,9 @@ __all__ = [
     "stored_header",
 ]
 
-HEADER: Final = struct.Struct(">IIBBHqIqqqqhi")
+_CHECKED: Final = struct.Struct(">BBHqIqqqqhi")  # the header after the crc field
+_LENGTH_CRC: Final = struct.Struct(">II")
+HEADER: Final = struct.Struct(_LENGTH_CRC.format + _CHECKED.format[1:])  # the whole header
 HEADER_SIZE: Final = HEADER.size
 MAGIC: Final = 0x48
 VERSION: Final = 1
@@ -93,8 +95,6 @@ MAX_RECORD_SIZE: Final = 256 * 1024 * 1024
 """No record may be larger than this (a sanity bound on the length field)."""
 
 _CRC_START: Final = 8
-_LENGTH_CRC: Final = struct.Struct(">II")
-_CHECKED: Final = struct.Struct(">BBHqIqqqqhi")  # the header after the crc field
 _BASE_OFFSET: Final = struct.Struct(">q")
 _APPEND_TIME: Final = struct.Struct(">q")
 _CRC: Final = struct.Struct(">I")
@@ -180,28 +180,24 @@ def encode_record(
     if max_timestamp is None:
         max_timestamp = first_timestamp
     try:
-        buf = bytearray(
-            HEADER.pack(
-                length,
-                0,
-                MAGIC,
-                VERSION,
-                attributes,
-                base_offset,
-                count,
-                first_timestamp,
-                max_timestamp,
-                append_time,
-                producer_id,
-                producer_epoch,
-                base_sequence,
-            )
+        checked = _CHECKED.pack(
+            MAGIC,
+            VERSION,
+            attributes,
+            base_offset,
+            count,
+            first_timestamp,
+            max_timestamp,
+            append_time,
+            producer_id,
+            producer_epoch,
+            base_sequence,
         )
     except struct.error as exc:
         raise InvalidArgument(f"a record header field is out of range: {exc}") from None
-    buf += payload
-    _CRC.pack_into(buf, 4, record_crc(buf, length))
-    return bytes(buf)
+    # Packed as stamp_record and stored_header pack a stored header.
+    crc = crc32c.crc32c(payload, crc32c.crc32c(checked))
+    return _LENGTH_CRC.pack(length, crc) + checked + payload
 
 
 def decode_header(
