@@ -60,7 +60,6 @@ from headwater.broker._config import DURABILITIES
 from headwater.broker._order import ProduceTurns, Turn
 from headwater.broker._push import PushedFetches
 from headwater.broker._service import MAX_FETCH_BYTES
-from headwater.kafka._server import KafkaServer, kafka_listener_spec
 from headwater.supervision._specs import ChildSpec, SupervisorSpec, unwrap_group
 from headwater.transport._connection import (
     DEFAULT_MAX_IN_FLIGHT,
@@ -488,6 +487,10 @@ async def open_server(
                 f"{exc.strerror or exc}; choose another --kafka-port or stop the program using it"
             ) from None
         server.kafka_port = kafka_listeners[0].socket.getsockname()[1]
+        # Imported here: the Kafka front end (and its schema library) costs
+        # about a quarter of `import headwater`, paid only when it listens.
+        from headwater.kafka._server import KafkaServer, kafka_listener_spec
+
         kafka = KafkaServer(
             system,
             broker.service,
