@@ -18,6 +18,7 @@ import trio.testing
 from headwater._errors import ConfigError
 from headwater.broker import Broker, _server, open_broker
 from headwater.broker._server import (
+    BATCH_FREEZE_OBJECTS,
     FULL_REFREEZE_EVERY,
     GROWTH_FREEZE_OBJECTS,
     REFREEZE_POLL,
@@ -25,6 +26,7 @@ from headwater.broker._server import (
     collector_thresholds,
     refreeze,
     refreeze_after_changes,
+    unfrozen_objects,
 )
 from headwater.client import Client
 from headwater.journal import SimulatedFileSystem
@@ -145,6 +147,65 @@ async def test_every_sixteenth_refreeze_is_full(
             await client.create_topic(f"t{t}", partitions=1)
             await _settle()
             assert len(unfreezes) == (t + 1) // FULL_REFREEZE_EVERY
+
+
+async def test_a_long_creation_burst_is_frozen_in_batches_while_it_runs(
+    autojump_clock: trio.abc.Clock, unfreezes: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Topics created one after another, never holding still for a poll: once
+    many objects wait unfrozen they are frozen (partially) during the burst,
+    not all at once after it; those batches are never full refreezes and do
+    not bring the periodic full one closer."""
+    batch, every = 5_000, 3
+    monkeypatch.setattr(_server, "BATCH_FREEZE_OBJECTS", batch)
+    monkeypatch.setattr(_server, "FULL_REFREEZE_EVERY", every)
+    gc.collect()
+    gc.freeze()  # the baseline, as serve freezes after starting
+    try:
+        async with _refreezing() as (_, client):
+            await _settle()
+            before = gc.get_freeze_count()
+            held: list[_Junk] = []
+            for t in range(2 * every):
+                # Each creation brings many long-lived objects with it.
+                held.extend(_Junk() for _ in range(batch))
+                await client.create_topic(f"t{t}", partitions=1)
+                await trio.sleep(REFREEZE_POLL * 0.9)
+                assert unfrozen_objects() < 3 * batch  # never the whole burst
+            assert gc.get_freeze_count() >= before + len(held) - 2 * batch  # frozen mid-burst
+            assert unfreezes == []  # only additions: batches are partial, never full
+            await _settle()
+            assert unfreezes == []  # nor counted: the refreeze once it held still is partial
+            del held
+    finally:
+        gc.unfreeze()
+        gc.collect()
+
+
+async def test_a_burst_with_a_deletion_waits_for_the_full_refreeze(
+    autojump_clock: trio.abc.Clock, unfreezes: list[int]
+) -> None:
+    """Objects died while frozen (a topic deleted during the burst): no partial
+    batch freezes the burst; the refreeze once it held still is full and
+    collects them."""
+    async with _refreezing() as (_, client):
+        await client.create_topic("gone", partitions=1)
+        await _settle()
+        junk = _Junk()
+        dead = weakref.ref(junk)
+        gc.freeze()
+        del junk  # died while frozen
+        await client.delete_topic("gone")
+        held = [_Junk() for _ in range(2 * BATCH_FREEZE_OBJECTS)]
+        for t in range(3):
+            await client.create_topic(f"t{t}", partitions=1)
+            await trio.sleep(REFREEZE_POLL * 0.9)
+            assert unfrozen_objects() >= len(held)  # not frozen in batches
+        assert unfreezes == []
+        await _settle()
+        assert unfreezes == [1]
+        assert dead() is None
+        del held
 
 
 async def test_many_new_long_lived_objects_are_frozen_without_a_shape_change(
