@@ -138,10 +138,11 @@ async def test_a_creation_burst_freezes_only_the_new_objects(
 
 
 async def test_every_sixteenth_refreeze_is_full(
-    autojump_clock: trio.abc.Clock, unfreezes: list[int]
+    autojump_clock: trio.abc.Clock, unfreezes: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What an addition-only freeze caught alive and later died is collected
-    by a periodic full refreeze."""
+    by a periodic full refreeze (while the frozen heap is not large)."""
+    monkeypatch.setattr(_server, "PERIODIC_FULL_MAX_OBJECTS", 10**9)
     async with _refreezing() as (_, client):
         for t in range(FULL_REFREEZE_EVERY):
             await client.create_topic(f"t{t}", partitions=1)
@@ -182,12 +183,12 @@ async def test_a_long_creation_burst_is_frozen_in_batches_while_it_runs(
         gc.collect()
 
 
-async def test_a_burst_with_a_deletion_waits_for_the_full_refreeze(
+async def test_a_burst_with_a_deletion_is_batched_then_fully_refrozen(
     autojump_clock: trio.abc.Clock, unfreezes: list[int]
 ) -> None:
-    """Objects died while frozen (a topic deleted during the burst): no partial
-    batch freezes the burst; the refreeze once it held still is full and
-    collects them."""
+    """Objects died while frozen (a topic deleted early in a burst): the burst
+    is still frozen in partial batches while it runs, and the refreeze once it
+    held still is full and collects them."""
     async with _refreezing() as (_, client):
         await client.create_topic("gone", partitions=1)
         await _settle()
@@ -200,11 +201,56 @@ async def test_a_burst_with_a_deletion_waits_for_the_full_refreeze(
         for t in range(3):
             await client.create_topic(f"t{t}", partitions=1)
             await trio.sleep(REFREEZE_POLL * 0.9)
-            assert unfrozen_objects() >= len(held)  # not frozen in batches
-        assert unfreezes == []
+        assert unfrozen_objects() < BATCH_FREEZE_OBJECTS  # frozen by a batch
+        assert unfreezes == []  # partial
+        assert dead() is not None
         await _settle()
         assert unfreezes == [1]
         assert dead() is None
+        del held
+
+
+async def test_the_periodic_full_refreeze_is_off_for_a_large_frozen_heap(
+    autojump_clock: trio.abc.Clock, unfreezes: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above :data:`PERIODIC_FULL_MAX_OBJECTS` frozen objects additions never
+    make a refreeze full (it would walk the whole heap); a deletion still does."""
+    monkeypatch.setattr(_server, "PERIODIC_FULL_MAX_OBJECTS", 0)
+    async with _refreezing() as (_, client):
+        for t in range(FULL_REFREEZE_EVERY + 1):
+            await client.create_topic(f"t{t}", partitions=1)
+            await _settle()
+        assert unfreezes == []
+        await client.delete_topic("t0")
+        await _settle()
+        assert unfreezes == [1]
+
+
+async def test_the_backoff_after_a_full_refreeze_delays_only_full_ones(
+    autojump_clock: trio.abc.Clock, unfreezes: list[int]
+) -> None:
+    """While backing off after a full refreeze, a burst is still frozen in
+    partial batches; the next full refreeze waits for the backoff."""
+    async with (
+        open_broker("/data", fs=SimulatedFileSystem()) as broker,
+        broker.connect() as client,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(partial(refreeze_after_changes, broker, backoff=1e6))
+        await client.create_topic("gone", partitions=1)
+        await _settle()
+        await client.delete_topic("gone")
+        await _settle()
+        assert unfreezes == [1]  # full, then backing off for a long time
+        held = [_Junk() for _ in range(2 * BATCH_FREEZE_OBJECTS)]
+        for t in range(3):
+            await client.create_topic(f"t{t}", partitions=1)
+            await trio.sleep(REFREEZE_POLL * 0.9)
+        assert unfrozen_objects() < BATCH_FREEZE_OBJECTS  # a partial batch ran
+        await client.delete_topic("t0")
+        await _settle()
+        assert unfreezes == [1]  # the full one waits
+        nursery.cancel_scope.cancel()
         del held
 
 
