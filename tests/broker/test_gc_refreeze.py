@@ -18,6 +18,7 @@ import trio.testing
 from headwater._errors import ConfigError
 from headwater.broker import Broker, _server, open_broker
 from headwater.broker._server import (
+    BATCH_FREEZE_OBJECTS,
     FULL_REFREEZE_EVERY,
     GROWTH_FREEZE_OBJECTS,
     REFREEZE_POLL,
@@ -25,6 +26,7 @@ from headwater.broker._server import (
     collector_thresholds,
     refreeze,
     refreeze_after_changes,
+    unfrozen_objects,
 )
 from headwater.client import Client
 from headwater.journal import SimulatedFileSystem
@@ -136,15 +138,120 @@ async def test_a_creation_burst_freezes_only_the_new_objects(
 
 
 async def test_every_sixteenth_refreeze_is_full(
-    autojump_clock: trio.abc.Clock, unfreezes: list[int]
+    autojump_clock: trio.abc.Clock, unfreezes: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What an addition-only freeze caught alive and later died is collected
-    by a periodic full refreeze."""
+    by a periodic full refreeze (while the frozen heap is not large)."""
+    monkeypatch.setattr(_server, "PERIODIC_FULL_MAX_OBJECTS", 10**9)
     async with _refreezing() as (_, client):
         for t in range(FULL_REFREEZE_EVERY):
             await client.create_topic(f"t{t}", partitions=1)
             await _settle()
             assert len(unfreezes) == (t + 1) // FULL_REFREEZE_EVERY
+
+
+async def test_a_long_creation_burst_is_frozen_in_batches_while_it_runs(
+    autojump_clock: trio.abc.Clock, unfreezes: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Topics created one after another, never holding still for a poll: once
+    many objects wait unfrozen they are frozen (partially) during the burst,
+    not all at once after it; those batches are never full refreezes and do
+    not bring the periodic full one closer."""
+    batch, every = 5_000, 3
+    monkeypatch.setattr(_server, "BATCH_FREEZE_OBJECTS", batch)
+    monkeypatch.setattr(_server, "FULL_REFREEZE_EVERY", every)
+    gc.collect()
+    gc.freeze()  # the baseline, as serve freezes after starting
+    try:
+        async with _refreezing() as (_, client):
+            await _settle()
+            before = gc.get_freeze_count()
+            held: list[_Junk] = []
+            for t in range(2 * every):
+                # Each creation brings many long-lived objects with it.
+                held.extend(_Junk() for _ in range(batch))
+                await client.create_topic(f"t{t}", partitions=1)
+                await trio.sleep(REFREEZE_POLL * 0.9)
+                assert unfrozen_objects() < 3 * batch  # never the whole burst
+            assert gc.get_freeze_count() >= before + len(held) - 2 * batch  # frozen mid-burst
+            assert unfreezes == []  # only additions: batches are partial, never full
+            await _settle()
+            assert unfreezes == []  # nor counted: the refreeze once it held still is partial
+            del held
+    finally:
+        gc.unfreeze()
+        gc.collect()
+
+
+async def test_a_burst_with_a_deletion_is_batched_then_fully_refrozen(
+    autojump_clock: trio.abc.Clock, unfreezes: list[int]
+) -> None:
+    """Objects died while frozen (a topic deleted early in a burst): the burst
+    is still frozen in partial batches while it runs, and the refreeze once it
+    held still is full and collects them."""
+    async with _refreezing() as (_, client):
+        await client.create_topic("gone", partitions=1)
+        await _settle()
+        junk = _Junk()
+        dead = weakref.ref(junk)
+        gc.freeze()
+        del junk  # died while frozen
+        await client.delete_topic("gone")
+        held = [_Junk() for _ in range(2 * BATCH_FREEZE_OBJECTS)]
+        for t in range(3):
+            await client.create_topic(f"t{t}", partitions=1)
+            await trio.sleep(REFREEZE_POLL * 0.9)
+        assert unfrozen_objects() < BATCH_FREEZE_OBJECTS  # frozen by a batch
+        assert unfreezes == []  # partial
+        assert dead() is not None
+        await _settle()
+        assert unfreezes == [1]
+        assert dead() is None
+        del held
+
+
+async def test_the_periodic_full_refreeze_is_off_for_a_large_frozen_heap(
+    autojump_clock: trio.abc.Clock, unfreezes: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above :data:`PERIODIC_FULL_MAX_OBJECTS` frozen objects additions never
+    make a refreeze full (it would walk the whole heap); a deletion still does."""
+    monkeypatch.setattr(_server, "PERIODIC_FULL_MAX_OBJECTS", 0)
+    async with _refreezing() as (_, client):
+        for t in range(FULL_REFREEZE_EVERY + 1):
+            await client.create_topic(f"t{t}", partitions=1)
+            await _settle()
+        assert unfreezes == []
+        await client.delete_topic("t0")
+        await _settle()
+        assert unfreezes == [1]
+
+
+async def test_the_backoff_after_a_full_refreeze_delays_only_full_ones(
+    autojump_clock: trio.abc.Clock, unfreezes: list[int]
+) -> None:
+    """While backing off after a full refreeze, a burst is still frozen in
+    partial batches; the next full refreeze waits for the backoff."""
+    async with (
+        open_broker("/data", fs=SimulatedFileSystem()) as broker,
+        broker.connect() as client,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(partial(refreeze_after_changes, broker, backoff=1e6))
+        await client.create_topic("gone", partitions=1)
+        await _settle()
+        await client.delete_topic("gone")
+        await _settle()
+        assert unfreezes == [1]  # full, then backing off for a long time
+        held = [_Junk() for _ in range(2 * BATCH_FREEZE_OBJECTS)]
+        for t in range(3):
+            await client.create_topic(f"t{t}", partitions=1)
+            await trio.sleep(REFREEZE_POLL * 0.9)
+        assert unfrozen_objects() < BATCH_FREEZE_OBJECTS  # a partial batch ran
+        await client.delete_topic("t0")
+        await _settle()
+        assert unfreezes == [1]  # the full one waits
+        nursery.cancel_scope.cancel()
+        del held
 
 
 async def test_many_new_long_lived_objects_are_frozen_without_a_shape_change(
