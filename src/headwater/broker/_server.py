@@ -696,12 +696,13 @@ async def refreeze_after_changes(
         # Restarts or deletions: frozen objects died.
         died = now[2:] != frozen[2:]
         periodic = partial_ones + 1 >= FULL_REFREEZE_EVERY and heap < PERIODIC_FULL_MAX_OBJECTS
-        full = settled and (died or periodic)
+        full = (settled and died) or ((settled or grown) and periodic)
         if full and trio.current_time() < full_after:
-            settled = full = False  # backing off: partial ones only, if any
+            full = False  # backing off: partial ones only, if any
+            settled = settled and not died
         if settled or grown or batch:
             reason = "shape" if settled else "growth" if grown else "batch"
-            if settled:
+            if settled or grown:
                 partial_ones = 0 if full else partial_ones + 1
             objects, seconds = refreeze(full=full)
             heap = objects if full else heap + objects
