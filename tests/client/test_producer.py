@@ -218,14 +218,21 @@ async def test_order_kept_across_retries_with_many_batches(
     )
 
 
-async def test_send_nowait_needs_a_known_topic(client: Client, autojump_clock: object) -> None:
-    """send_nowait raises UnknownTopicError until the topic's partitions are known."""
+async def test_send_nowait_knows_the_topics_that_existed_at_open(
+    client: Client, autojump_clock: object
+) -> None:
+    """Every topic that existed when the producer opened takes send_nowait at
+    once; one created later raises UnknownTopicError (naming it and what to
+    do) until its partitions are known, and queues nothing."""
     async with client.producer() as producer:
-        with pytest.raises(UnknownTopicError, match="t3"):
-            producer.send_nowait("t3", 1)
-        assert 3 == await producer.partitions_of("t3")
         handle = producer.send_nowait("t3", 1, partition=2)
         assert (2, 0) == ((await handle).partition, handle.result().offset)
+        await client.create_topic("later", partitions=2)
+        with pytest.raises(UnknownTopicError, match=r"'later'.*partitions_of"):
+            producer.send_nowait("later", 1)
+        assert 2 == await producer.partitions_of("later")
+        handle = producer.send_nowait("later", 1, partition=1)
+        assert (1, 0) == ((await handle).partition, handle.result().offset)
 
 
 async def test_aclose_inside_the_block_flushes_and_closes(

@@ -678,6 +678,15 @@ class Producer:
             count = self._partitions[topic] = description.topic.partitions
         return count
 
+    async def _learn_topics(self) -> None:
+        """Learn every existing topic's partition count in one request, so
+        that :meth:`send_nowait` works at once for any topic that existed
+        when the producer opened (retried like a produce)."""
+        deadline = trio.current_time() + self.config.delivery_timeout
+        listing: p.TopicList = await self._request(p.ListTopics(), deadline, "list_topics")
+        for info in listing.topics:
+            self._partitions.setdefault(info.name, info.partitions)
+
     def send_nowait(
         self,
         topic: str,
@@ -693,8 +702,9 @@ class Producer:
         """Queue one event and return its :class:`SendHandle` at once.
         ``deliver_at`` / ``deliver_after``: see :meth:`send`.
 
-        The topic's partition count must be known (:meth:`partitions_of`,
-        or any earlier :meth:`send` to it); otherwise
+        The topic's partition count must be known: the producer learns every
+        topic that exists when it opens; a topic created after that is
+        learned by :meth:`partitions_of` or any :meth:`send` to it. Otherwise
         :class:`~headwater.UnknownTopicError` is raised. Bad input raises a
         typed :class:`~headwater.HeadwaterError` and queues nothing."""
         if self._closed or self._nursery is None:
@@ -734,8 +744,9 @@ class Producer:
             from headwater._errors import UnknownTopicError
 
             raise UnknownTopicError(
-                f"topic {topic!r} is not known to this producer yet; use `await send(...)`"
-                " or `await producer.partitions_of(topic)` first"
+                f"topic {topic!r} did not exist when this producer opened; create it first,"
+                " then `await producer.partitions_of(topic)` (or `await send(...)`) before"
+                " send_nowait"
             )
         if deliver_at is not None or deliver_after is not None:
             headers = _with_deliver_at(headers, deliver_at, deliver_after, self.config.clock())
@@ -1220,7 +1231,8 @@ def open_producer(
     owns. The settings are checked at once (a bad one raises
     :class:`~headwater.ConfigError` here, before the block).
 
-    Entering takes the producer's identity (retried like a produce). Leaving
+    Entering takes the producer's identity and learns every existing
+    topic's partition count (one request each, retried like a produce). Leaving
     the block normally flushes every queued event and waits until each is
     stored or failed; leaving it with an error (or a cancellation) fails the
     events not stored yet with :class:`~headwater.ClosedError`. Errors come
@@ -1241,6 +1253,7 @@ async def _running(producer: Producer) -> AsyncIterator[Producer]:
                 producer._accumulator.set_identity(
                     producer.identity.producer_id, producer.identity.epoch
                 )
+                await producer._learn_topics()
                 nursery.start_soon(producer._flusher)
                 yield producer
                 if not producer._closed:
