@@ -4,7 +4,6 @@ broker and the real embedded broker (simulated disk)."""
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -25,15 +24,6 @@ from headwater._errors import (
 from headwater.client import Client, ProducerConfig, open_producer
 
 from .real_broker import RealBroker
-
-
-@pytest.fixture
-async def client(broker: RealBroker) -> AsyncIterator[Client]:
-    """A client of the fake broker with topics ``t1`` (1 partition) and ``t3`` (3)."""
-    async with Client(broker.channel()) as c:
-        await c.create_topic("t1")
-        await c.create_topic("t3", partitions=3)
-        yield c
 
 
 async def test_send_returns_stored_events_with_offsets(

@@ -7,8 +7,6 @@ direct path (linger 0) returns the answer, or raises its error, at once."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 import trio
 import trio.testing
@@ -17,15 +15,6 @@ from headwater._errors import ClosedError, EventTooLarge, InvalidArgument, Seria
 from headwater.client import Client
 
 from .real_broker import RealBroker
-
-
-@pytest.fixture
-async def client(broker: RealBroker) -> AsyncIterator[Client]:
-    """A client of the broker with topics ``t1`` (1 partition) and ``t3`` (3)."""
-    async with Client(broker.channel()) as c:
-        await c.create_topic("t1")
-        await c.create_topic("t3", partitions=3)
-        yield c
 
 
 async def _read(
