@@ -6,6 +6,7 @@ acknowledged."""
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -126,9 +127,17 @@ def test_sigterm_with_the_server_gone_exits_within_the_flush_timeout(tmp_path: P
     assert 143 == producer.returncode, err
     assert took < 1.5 + 2.0, took
     assert "reconnecting" not in err  # once per series: said already
-    assert "produced 1 event(s) to t" in err
-    assert (
-        "stopped by SIGTERM: 2 event(s) read were not acknowledged within "
-        "--flush-timeout 1.5s" in err
+    # "one" is stored (the consumer read it), but its acknowledgement may
+    # have been lost with the server: a consumer's push leaves before the
+    # producer's acknowledgement of the same records. Either way the
+    # command counts every line it read exactly once.
+    produced = re.search(r"produced (\d+) event\(s\) to t\b", err)
+    unacknowledged = re.search(
+        r"stopped by SIGTERM: (\d+) event\(s\) read were not acknowledged within "
+        r"--flush-timeout 1\.5s",
+        err,
     )
+    assert produced is not None, err
+    assert unacknowledged is not None, err
+    assert (int(produced[1]), int(unacknowledged[1])) in {(1, 2), (0, 3)}, err
     assert 1 == consumer_err.count(f"reconnecting to {srv.url} (attempt 1: "), consumer_err
