@@ -397,7 +397,7 @@ class Producer:
         # straight to it; ``_batch_closed`` drops the entry.
         self._hot: dict[str, tuple[int, _OpenBatch, _BatchResult]] = {}
         self._add_plain = self._accumulator.add_plain
-        self._default_clock = config.clock is _wall_clock_ms
+        self._default_clock = config.clock is _wall_clock_ms  # read without its call
         self._queues: dict[tuple[str, int], deque[tuple[ReadyBatch, float]]] = {}
         # Per partition: the identity of its last acknowledged batch (batches
         # of that identity may be pipelined), and the event that wakes its
@@ -752,7 +752,7 @@ class Producer:
             headers = _with_deliver_at(headers, deliver_at, deliver_after, self.config.clock())
         if timestamp is not None:
             ts = _timestamp_ms(timestamp)
-        elif self._clock is _wall_clock_ms:
+        elif self._default_clock:
             ts = _time_ns() // 1_000_000  # the default clock, without its call
         else:
             ts = self._clock()
