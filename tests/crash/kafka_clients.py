@@ -407,6 +407,14 @@ def group_member(
         session_timeout_ms=6000,
         heartbeat_interval_ms=300,
     )
+    # Learn the topic's partitions before the first poll joins the group.
+    # kafka-python 3.0.12 otherwise may elect a leader that has no metadata
+    # for the topic yet, which assigns nothing and rejoins once the metadata
+    # arrives; if that rejoin completes after a poll's timeout, the client
+    # never applies it (its "need rejoin" turns false while the join is in
+    # flight) and the member stays without partitions until the coordinator
+    # drops it. Seen in CI; the broker answered every request correctly.
+    consumer.partitions_for_topic(topic)
     n = 0
     try:
         while not stop.is_set():
