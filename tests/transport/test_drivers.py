@@ -320,3 +320,90 @@ async def test_stop_reading_lets_requests_finish_then_closes_every_connection(
             assert {"echo": {"seconds": 5}} == waiter.value
         assert all("shutting down" in d.reason for d in drivers)
         nursery.cancel_scope.cancel()
+
+
+class _GatedStream(trio.abc.Stream):
+    """A stream whose reads wait while ``open`` is unset (a peer that pauses reading)."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.open = trio.Event()
+        self.open.set()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        await self.open.wait()
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_caller_cancelled_midway_through_a_write_leaves_no_half_frame() -> None:
+    """Over TCP, a request whose caller is cancelled while its frame is half
+    written (the server paused reading, the socket buffers are full) is
+    still sent whole by the writer task, and the next request, queued behind
+    it, is answered: the connection stays usable. (Before, the rest of the
+    frame was dropped and the next frame read as garbage.)"""
+    import socket
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        near = await trio.open_tcp_stream("127.0.0.1", port)
+        far = _GatedStream(await listeners[0].accept())
+        for s, opt in ((near.socket, socket.SO_SNDBUF), (far.inner.socket, socket.SO_RCVBUF)):  # type: ignore[attr-defined]
+            s.setsockopt(socket.SOL_SOCKET, opt, 32 * 1024)
+        nursery.start_soon(_server(far).run)
+        client = await _client(near)
+        nursery.start_soon(client.run)
+        far.open = trio.Event()  # the server stops reading
+        blob = b"x" * (4 << 20)
+        big = _Waiter()
+        with trio.move_on_after(0.2) as scope:
+            await _ask_into(client, big, {"blob": blob})
+        assert scope.cancelled_caught, "the write should have blocked"
+        small = _Waiter()
+        nursery.start_soon(_ask_into, client, small, {"n": 2})  # waits behind the rest
+        await trio.sleep(0.05)
+        far.open.set()
+        with trio.fail_after(10):
+            await small.done.wait()
+            await big.done.wait()
+        assert {"echo": {"n": 2}} == small.value
+        assert big.value is not None
+        assert blob == big.value["echo"]["blob"]
+        assert client.lost is None
+        nursery.cancel_scope.cancel()
+    for resource in (near, far, *listeners):
+        await resource.aclose()
+
+
+async def test_a_caller_cancelled_before_its_write_still_gets_its_frame_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Cancelled before a byte left (its scope was already cancelled), the
+    frames it took go out through the writer task instead of being lost."""
+    near, far = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_server(far).run)
+        client = await _client(near)
+        nursery.start_soon(client.run)
+        waiter = _Waiter()
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await _ask_into(client, waiter, {"n": 1})
+        with trio.fail_after(5):
+            await waiter.done.wait()
+        assert {"echo": {"n": 1}} == waiter.value
+        nursery.cancel_scope.cancel()
+
+
+async def _ask_into(driver: ClientDriver, waiter: _Waiter, body: dict[str, Any]) -> None:
+    driver.pending[driver.conn.send_request("echo", body)] = waiter
+    await driver.flush()

@@ -17,9 +17,14 @@ Sending has two ways, both through one lock so frames never interleave:
 broker client's produce round trip has no extra task switch), or
 :meth:`~ClientDriver.wake`, which lets the driver's writer task send (for
 callers that must never be cancelled halfway through a write, such as the
-remote-actor refs). A failed write marks the connection lost
-(:attr:`~ClientDriver.lost`), wakes nobody by itself and ends the reading
-task through the stream being closed; :meth:`~ClientDriver.fail_pending`
+remote-actor refs). A caller cancelled inside :meth:`~ClientDriver.flush`
+never leaves a frame half written nor drops the frames it took (its own and
+other tasks'): over plain TCP the bytes not yet written are kept and the
+writer task sends them first; over other streams (TLS, in-memory) the write
+itself is shielded and ends when the bytes are out or the stream closes.
+A failed write marks the connection lost (:attr:`~ClientDriver.lost`),
+wakes nobody by itself and ends the reading task through the stream being
+closed; :meth:`~ClientDriver.fail_pending`
 then settles every waiter with the error the layer above chooses.
 
 The layers above (the broker client in ``client/_tcp.py``, remote actor refs
@@ -103,6 +108,11 @@ class ClientDriver:
         self._after_answer = after_answer
         self._send_lock = SendLock()  # no yield before a send when free
         self._wake = trio.Event()
+        # Bytes a cancelled flush took but did not write (sent before anything else).
+        self._carry = b""
+        # The socket of a plain TCP stream (writes whose progress we can see).
+        self._socket: Any = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._send_scopes: set[trio.CancelScope] = set()  # shielded writes under way
 
     # ------------------------------------------------------------------ sending
 
@@ -110,21 +120,55 @@ class ClientDriver:
         """Send what the core queued, from the calling task. Raises
         :class:`~headwater.ConnectionLostError` (and marks the connection
         lost) if the stream broke, or the error it was lost with."""
-        if not self.conn.data_to_send_pending:
+        if not self.conn.data_to_send_pending and not self._carry:
             return  # nothing queued: not even a checkpoint (no extra task step)
-        async with self._send_lock:
-            data = self.conn.data_to_send()
-            if not data:
-                return
-            if self.lost is not None:
-                raise self.lost
+        try:
+            async with self._send_lock:
+                data = self.conn.data_to_send()
+                if self._carry:
+                    data, self._carry = self._carry + data, b""
+                if not data:
+                    return
+                if self.lost is not None:
+                    raise self.lost
+                try:
+                    await self._send(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    self.lost = ConnectionLostError(
+                        f"connection to {self.address} lost while sending: {exc}"
+                    )
+                    raise self.lost from None
+        except trio.Cancelled:
+            if self._carry or self.conn.data_to_send_pending:
+                self.wake()  # the writer task sends what this task could not
+            raise
+
+    async def _send(self, data: bytes | bytearray) -> None:
+        """Write ``data`` whole. Cancelled midway over TCP, the unwritten
+        rest goes to ``_carry``; over another stream the write is shielded
+        (a TLS stream cannot resume a cancelled write)."""
+        sock = self._socket
+        if sock is None:
+            # Shielded from the caller's cancellation, not from the connection's
+            # end: ``run`` cancels these scopes when it stops reading.
+            scope = trio.CancelScope(shield=True)
+            self._send_scopes.add(scope)
             try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                self.lost = ConnectionLostError(
-                    f"connection to {self.address} lost while sending: {exc}"
-                )
-                raise self.lost from None
+                with scope:
+                    await self.stream.send_all(data)
+            finally:
+                self._send_scopes.discard(scope)
+            if scope.cancelled_caught:
+                raise trio.ClosedResourceError("the connection ended during the write")
+            return
+        view = memoryview(data)
+        sent = 0
+        try:
+            while sent < len(view):
+                sent += await sock.send(view[sent:])
+        except trio.Cancelled:
+            self._carry = bytes(view[sent:])
+            raise
 
     def wake(self) -> None:
         """Let the writer task send what the core queued (never blocks)."""
@@ -194,8 +238,12 @@ class ClientDriver:
         Runs the writer task (see :meth:`wake`) beside the reading."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer)
-            error = await self._read()
-            nursery.cancel_scope.cancel()
+            try:
+                error = await self._read()
+            finally:
+                for scope in self._send_scopes:
+                    scope.cancel()  # a shielded write blocked on a dead link
+                nursery.cancel_scope.cancel()
         return error
 
     async def _read(self) -> HeadwaterError:
