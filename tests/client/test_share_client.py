@@ -148,7 +148,7 @@ async def test_getmany_timeout_never_drops_a_fetch_in_flight(
         assert 0.5 >= channel.fetches[0].max_wait  # the long poll ends by the timeout
         started = trio.current_time()
         assert [] == await sub.getmany(5, timeout=0.2)  # nothing more: about 0.2 s
-        assert 0.2 <= trio.current_time() - started <= 0.2 + 0.05
+        assert 0.2 <= trio.current_time() - started < 0.3
         assert 0.2 >= channel.fetches[1].max_wait
         assert [] == await sub.getmany(5, timeout=0)  # a poll that does not wait
         assert 0 == channel.fetches[2].max_wait
