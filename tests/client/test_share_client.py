@@ -93,3 +93,93 @@ async def test_fetch_and_ack_retry_a_restarting_share_actor(
         "ShareAck",
         "ShareLeave",
     ] == kinds
+
+
+class LongPolling(Channel):
+    """A broker that answers each fetch asking for events with the next batch
+    of ``batches`` (empty when none is left) at the end of its long poll plus
+    ``latency`` seconds, as a real broker over a network does; session
+    keep-alives (``max_events == 0``) and the rest are answered at once."""
+
+    def __init__(self, batches: list[tuple[p.ShareRecord, ...]], latency: float = 0.05) -> None:
+        self.batches = batches
+        self.latency = latency
+        self.fetches: list[p.ShareFetch] = []
+
+    async def request(self, request: Any, *, timeout: float | None = None) -> Any:
+        if isinstance(request, p.ShareSubscribe):
+            await trio.lowlevel.checkpoint()
+            return p.ShareMembership("q", "t", "c-1", "shared", 1)
+        if isinstance(request, p.ShareFetch) and request.max_events > 0:
+            self.fetches.append(request)
+            await trio.sleep(request.max_wait + self.latency)
+            return p.ShareBatch("q", self.batches.pop(0) if self.batches else ())
+        if isinstance(request, p.ShareFetch):
+            await trio.lowlevel.checkpoint()
+            return p.ShareBatch("q", ())
+        await trio.lowlevel.checkpoint()
+        return p.Done()
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_getmany_timeout_never_drops_a_fetch_in_flight(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """An answered fetch dealt its events to this consumer (counted, locked):
+    ``getmany``'s timeout bounds the broker's long poll and waits for the
+    answer, never cancels it. (Dropping it stranded the events until their
+    lock expired and burnt a delivery each time: a share subscription that
+    idles with ``getmany(n, timeout=max_wait)`` lost what arrived at the end
+    of a poll, again and again, until it was dead-lettered.)"""
+    record = p.ShareRecord(0, 7, 1000, b"k", b"v", [], 1)
+    channel = LongPolling([(record,)], latency=0.05)
+    async with open_subscription(
+        channel,
+        _request(),
+        max_unacked=5,
+        max_wait=0.5,
+        deserializer="bytes",
+        request_timeout=5,
+    ) as sub:
+        got = await sub.getmany(5, timeout=0.5)
+        assert [(7, 1)] == [(e.offset, e.delivery_count) for e in got]
+        assert 0.5 >= channel.fetches[0].max_wait  # the long poll ends by the timeout
+        started = trio.current_time()
+        assert [] == await sub.getmany(5, timeout=0.2)  # nothing more: about 0.2 s
+        assert 0.2 <= trio.current_time() - started < 0.3
+        assert 0.2 >= channel.fetches[1].max_wait
+        assert [] == await sub.getmany(5, timeout=0)  # a poll that does not wait
+        assert 0 == channel.fetches[2].max_wait
+
+
+async def test_a_buffered_event_whose_lock_expired_is_never_handed_out(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Events fetched ahead (buffered) whose lock may have expired by the time
+    they would be handed out are dropped, and their credit fetches again: the
+    broker may have dealt them to another consumer with a higher delivery
+    count, so handing them out made delivery counts go back and two
+    consumers work on one event."""
+    first = tuple(p.ShareRecord(0, o, 1000, None, b"v", [], 1) for o in (1, 2, 3))
+    again = (p.ShareRecord(0, 2, 1000, None, b"v", [], 2),)
+    channel = LongPolling([first, again], latency=0)
+    async with open_subscription(
+        channel,
+        _request(),  # ack_timeout=30
+        max_unacked=5,
+        max_wait=0,
+        deserializer="bytes",
+        request_timeout=5,
+    ) as sub:
+        event = await sub.__anext__()
+        assert (1, 1) == (event.offset, event.delivery_count)
+        await trio.sleep(29.9)
+        event = await sub.__anext__()  # the lock still holds (less than 30 s)
+        assert (2, 1) == (event.offset, event.delivery_count)
+        await trio.sleep(0.1)
+        got = await sub.getmany(5, timeout=1)  # offset 3's lock expired
+        assert [(2, 2)] == [(e.offset, e.delivery_count) for e in got]
+        assert 5 - 2 == channel.fetches[1].max_events  # two held, none buffered
+        assert 2 == sub.unacked  # offsets 1 and 2 (3 went back)

@@ -16,6 +16,19 @@ A background task (owned by the ``async with`` block) keeps the session alive
 with empty fetches while the consumer is busy; a consumer the broker forgot
 (its session expired) joins again as itself. Leaving the block leaves the
 subscription: events it still holds go back at once.
+
+A fetch the broker answered has dealt its events to this consumer (counted,
+locked): an answer dropped on the client's side strands them until their
+lock expires, and each such loss burns one of their ``max_deliveries``. So
+:meth:`Subscription.getmany` never abandons a fetch in flight: its timeout
+bounds the broker's long poll instead of cancelling the request. (Cancelling
+a task that waits in ``async for`` still drops the answer of the fetch in
+flight, if any: prefer ``getmany``'s timeout to an outer one.)
+
+A buffered event whose lock may have expired (``ack_timeout`` counted from
+when its fetch was sent, which is no later than the broker's count) is
+dropped, never handed out: the broker may have dealt it to another consumer
+already, with a higher delivery count.
 """
 
 from __future__ import annotations
@@ -197,7 +210,8 @@ class Subscription:
         self._max_wait = max_wait
         self._timeout = request_timeout
         self._deserializer = get_serializer(deserializer)
-        self._buffer: deque[SharedEvent] = deque()
+        self._buffer: deque[tuple[SharedEvent, float]] = deque()  # (event, lock ends)
+        self._lock_seconds = request.ack_timeout_ms / 1000
         self._held: set[tuple[int, int]] = set()
         self._freed = trio.Event()
         self._fetch_lock = trio.Lock()
@@ -287,32 +301,85 @@ class Subscription:
     def __aiter__(self) -> Subscription:
         return self
 
-    async def __anext__(self) -> SharedEvent:
+    def _pop(self) -> SharedEvent | None:
+        """The next buffered event whose lock still holds (dropping those
+        whose lock may have expired: see the module docstring), or ``None``."""
+        now = trio.current_time()
+        dropped = False
+        try:
+            while self._buffer:
+                event, lock_ends = self._buffer.popleft()
+                if lock_ends > now:
+                    self._held.add((event.partition, event.offset))
+                    return event
+                dropped = True
+            return None
+        finally:
+            if dropped:  # credit came back
+                self._freed.set()
+                self._freed = trio.Event()
+
+    async def _next(self, deadline: float) -> SharedEvent | None:
+        """The next event, or ``None`` at ``deadline`` (``trio.current_time()``).
+
+        The deadline bounds the broker's long poll and the waits that lose
+        nothing (for the fetch lock, for credit); it never cancels a fetch in
+        flight, whose answer holds events locked to this consumer."""
         while True:
-            if self._buffer:
-                event = self._buffer.popleft()
-                self._held.add((event.partition, event.offset))
+            event = self._pop()
+            if event is not None:
                 return event
-            async with self._fetch_lock:
+            try:
+                self._fetch_lock.acquire_nowait()  # (so a timeout of 0 polls once)
+            except trio.WouldBlock:
+                acquired = False
+                with trio.move_on_at(deadline):
+                    await self._fetch_lock.acquire()
+                    acquired = True
+                if not acquired:
+                    return None  # the deadline passed while another task fetched
+            try:
                 if self._buffer:
                     continue
                 credit = self._max_unacked - self.unacked
                 if credit <= 0:
                     freed = self._freed
                 else:
-                    batch = await self._fetch(credit, self._max_wait)
-                    self._buffer.extend(self._decode(r) for r in batch.records)
+                    sent = trio.current_time()
+                    wait = max(0.0, min(self._max_wait, deadline - sent))
+                    batch = await self._fetch(credit, wait)
+                    lock_ends = sent + self._lock_seconds
+                    self._buffer.extend((self._decode(r), lock_ends) for r in batch.records)
+                    if not batch.records and trio.current_time() >= deadline:
+                        return None
                     continue
-            await freed.wait()
+            finally:
+                self._fetch_lock.release()
+            with trio.move_on_at(deadline):
+                await freed.wait()
+            if trio.current_time() >= deadline and not self._buffer:
+                return None
+
+    async def __anext__(self) -> SharedEvent:
+        event = await self._next(math.inf)
+        assert event is not None
+        return event
 
     async def getmany(self, max_events: int = 100, timeout: float = 1.0) -> list[SharedEvent]:
-        """Up to ``max_events`` events (within the credit), waiting up to
-        ``timeout`` seconds for the first."""
+        """Up to ``max_events`` events (within the credit), waiting about
+        ``timeout`` seconds for the first: the broker's long poll ends by
+        then, and a fetch in flight is waited for, never dropped (its events
+        are locked to this consumer)."""
         out: list[SharedEvent] = []
-        with trio.move_on_after(timeout):
-            out.append(await self.__anext__())
-        while out and len(out) < max_events and self._buffer:
-            out.append(await self.__anext__())
+        first = await self._next(trio.current_time() + timeout)
+        if first is None:
+            return out
+        out.append(first)
+        while len(out) < max_events:
+            event = self._pop()
+            if event is None:
+                break
+            out.append(event)
         return out
 
     def _key(self, event: object) -> tuple[int, int]:
