@@ -384,13 +384,15 @@ async def test_a_caller_cancelled_midway_through_a_write_leaves_no_half_frame() 
         await resource.aclose()
 
 
-async def test_a_caller_cancelled_before_its_write_still_gets_its_frame_sent(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    """Cancelled before a byte left (its scope was already cancelled), the
-    frames it took go out through the writer task instead of being lost."""
-    near, far = trio.testing.memory_stream_pair()
+async def test_a_caller_cancelled_before_its_write_still_gets_its_frame_sent() -> None:
+    """Over TCP, cancelled before a byte left (its scope was already
+    cancelled), the frames it took go out through the writer task instead
+    of being lost."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
+        near = await trio.open_tcp_stream("127.0.0.1", port)
+        far = await listeners[0].accept()
         nursery.start_soon(_server(far).run)
         client = await _client(near)
         nursery.start_soon(client.run)
@@ -398,9 +400,36 @@ async def test_a_caller_cancelled_before_its_write_still_gets_its_frame_sent(
         with trio.CancelScope() as scope:
             scope.cancel()
             await _ask_into(client, waiter, {"n": 1})
-        with trio.fail_after(5):
+        with trio.fail_after(10):
             await waiter.done.wait()
         assert {"echo": {"n": 1}} == waiter.value
+        assert client.lost is None
+        nursery.cancel_scope.cancel()
+    for resource in (near, far, *listeners):
+        await resource.aclose()
+
+
+async def test_over_a_stream_that_cannot_resume_a_cancelled_write_loses_the_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Over another stream (TLS, in memory) a write cancelled midway cannot
+    be resumed: the connection is marked lost and closed (the layer above
+    makes a new one); the server sees a closed connection, never a partial
+    frame followed by the next one."""
+    near, inner = trio.testing.lockstep_stream_pair()
+    far = _GatedStream(inner)
+    async with trio.open_nursery() as nursery:
+        server = _server(far)
+        nursery.start_soon(server.run)
+        client = await _client(near)
+        far.open = trio.Event()  # the server stops reading: the write blocks
+        waiter = _Waiter()
+        with trio.move_on_after(1):
+            await _ask_into(client, waiter, {"blob": b"x" * 100_000})
+        assert isinstance(client.lost, ConnectionLostError)
+        assert "cancelled midway" in str(client.lost)
+        with pytest.raises(ConnectionLostError):
+            await _ask_into(client, _Waiter(), {"n": 2})
         nursery.cancel_scope.cancel()
 
 

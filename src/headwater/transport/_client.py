@@ -20,8 +20,9 @@ callers that must never be cancelled halfway through a write, such as the
 remote-actor refs). A caller cancelled inside :meth:`~ClientDriver.flush`
 never leaves a frame half written nor drops the frames it took (its own and
 other tasks'): over plain TCP the bytes not yet written are kept and the
-writer task sends them first; over other streams (TLS, in-memory) the write
-itself is shielded and ends when the bytes are out or the stream closes.
+writer task sends them first; over other streams (TLS, in-memory), where a
+cancelled write cannot resume, the connection is marked lost and closed
+(the layer above makes a new one), never left with a partial frame.
 A failed write marks the connection lost (:attr:`~ClientDriver.lost`),
 wakes nobody by itself and ends the reading task through the stream being
 closed; :meth:`~ClientDriver.fail_pending`
@@ -112,7 +113,6 @@ class ClientDriver:
         self._carry = b""
         # The socket of a plain TCP stream (writes whose progress we can see).
         self._socket: Any = stream.socket if isinstance(stream, trio.SocketStream) else None
-        self._send_scopes: set[trio.CancelScope] = set()  # shielded writes under way
 
     # ------------------------------------------------------------------ sending
 
@@ -145,21 +145,20 @@ class ClientDriver:
 
     async def _send(self, data: bytes | bytearray) -> None:
         """Write ``data`` whole. Cancelled midway over TCP, the unwritten
-        rest goes to ``_carry``; over another stream the write is shielded
-        (a TLS stream cannot resume a cancelled write)."""
+        rest goes to ``_carry``; over another stream a cancelled write loses
+        the connection (a TLS stream cannot resume a cancelled write)."""
         sock = self._socket
         if sock is None:
-            # Shielded from the caller's cancellation, not from the connection's
-            # end: ``run`` cancels these scopes when it stops reading.
-            scope = trio.CancelScope(shield=True)
-            self._send_scopes.add(scope)
             try:
-                with scope:
-                    await self.stream.send_all(data)
-            finally:
-                self._send_scopes.discard(scope)
-            if scope.cancelled_caught:
-                raise trio.ClosedResourceError("the connection ended during the write")
+                await self.stream.send_all(data)
+            except trio.Cancelled:
+                # How much left is unknown (a TLS stream cannot resume either):
+                # the connection is unusable, never corrupt; the next use re-makes it.
+                self.lost = ConnectionLostError(
+                    f"a write to {self.address} was cancelled midway; the connection is re-made"
+                )
+                await trio.aclose_forcefully(self.stream)
+                raise
             return
         view = memoryview(data)
         sent = 0
@@ -238,12 +237,8 @@ class ClientDriver:
         Runs the writer task (see :meth:`wake`) beside the reading."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer)
-            try:
-                error = await self._read()
-            finally:
-                for scope in self._send_scopes:
-                    scope.cancel()  # a shielded write blocked on a dead link
-                nursery.cancel_scope.cancel()
+            error = await self._read()
+            nursery.cancel_scope.cancel()
         return error
 
     async def _read(self) -> HeadwaterError:
