@@ -409,30 +409,6 @@ async def test_a_caller_cancelled_before_its_write_still_gets_its_frame_sent() -
         await resource.aclose()
 
 
-async def test_over_a_stream_that_cannot_resume_a_cancelled_write_loses_the_connection(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    """Over another stream (TLS, in memory) a write cancelled midway cannot
-    be resumed: the connection is marked lost and closed (the layer above
-    makes a new one); the server sees a closed connection, never a partial
-    frame followed by the next one."""
-    near, inner = trio.testing.lockstep_stream_pair()
-    far = _GatedStream(inner)
-    async with trio.open_nursery() as nursery:
-        server = _server(far)
-        nursery.start_soon(server.run)
-        client = await _client(near)
-        far.open = trio.Event()  # the server stops reading: the write blocks
-        waiter = _Waiter()
-        with trio.move_on_after(1):
-            await _ask_into(client, waiter, {"blob": b"x" * 100_000})
-        assert isinstance(client.lost, ConnectionLostError)
-        assert "cancelled midway" in str(client.lost)
-        with pytest.raises(ConnectionLostError):
-            await _ask_into(client, _Waiter(), {"n": 2})
-        nursery.cancel_scope.cancel()
-
-
 async def _ask_into(driver: ClientDriver, waiter: _Waiter, body: dict[str, Any]) -> None:
     driver.pending[driver.conn.send_request("echo", body)] = waiter
     await driver.flush()
