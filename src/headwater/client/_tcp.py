@@ -420,18 +420,20 @@ class TcpChannel(Channel):
         -1 if it never was). The slot stays in ``pending``: a late answer
         frees it."""
         dropped = ""
-        if session is not None and session is self._session and session.receives == receives_before:
+        if (
+            session is not None
+            and session is self._session
+            and session.lost is None
+            and session.receives == receives_before
+        ):
             # Nothing at all arrived since this request went out: the
             # connection may be dead without a reset (a black hole, a
-            # forgotten NAT flow). Drop it so the next request reconnects
-            # (it may be lost already: a write cut off by this timeout).
-            if session.lost is None:
-                session.lost = ConnectionLostError(
-                    f"{self.address} sent nothing for {seconds}s with a request in flight;"
-                    " reconnecting"
-                )
-                await trio.aclose_forcefully(session.stream)
+            # forgotten NAT flow). Drop it so the next request reconnects.
+            session.lost = ConnectionLostError(
+                f"{self.address} sent nothing for {seconds}s with a request in flight; reconnecting"
+            )
             dropped = "; nothing arrived meanwhile, so the connection is re-made"
+            await trio.aclose_forcefully(session.stream)
         if receives_before < 0 and self._session is None:
             return ConnectionLostError(
                 f"not connected to {self.address} within {seconds}s"

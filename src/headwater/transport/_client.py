@@ -17,14 +17,13 @@ Sending has two ways, both through one lock so frames never interleave:
 broker client's produce round trip has no extra task switch), or
 :meth:`~ClientDriver.wake`, which lets the driver's writer task send (for
 callers that must never be cancelled halfway through a write, such as the
-remote-actor refs). A caller cancelled inside :meth:`~ClientDriver.flush`
-never leaves a frame half written nor drops the frames it took (its own and
-other tasks'): over plain TCP the bytes not yet written are kept and the
-writer task sends them first. Over other streams (TLS, in-memory) a write
-cancelled midway may still leave a partial frame (a TLS stream cannot resume
-a cancelled write; marking the connection lost instead, or shielding the
-write, each broke callers' timeouts in tests): use plain TCP or cancel
-callers only through their own timeouts there.
+remote-actor refs). Over plain TCP a caller cancelled inside
+:meth:`~ClientDriver.flush` never leaves a frame half written nor drops the
+frames it took (its own and other tasks'): the bytes not yet written are
+kept and the writer task sends them first. Over other streams (TLS,
+in-memory) a write cancelled midway may still leave a partial frame (a TLS
+stream cannot resume a cancelled write; marking the connection lost
+instead, or shielding the write, each broke callers' timeouts in tests).
 A failed write marks the connection lost (:attr:`~ClientDriver.lost`),
 wakes nobody by itself and ends the reading task through the stream being
 closed; :meth:`~ClientDriver.fail_pending`
