@@ -39,3 +39,14 @@ def _restore_logging() -> Iterator[None]:
     logger.handlers[:] = handlers
     logger.setLevel(level)
     logger.propagate = propagate
+
+
+@pytest.fixture
+def quiet_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For tests that compare what the CLI prints (click's ``Result.output``
+    holds stderr too): an embedded broker's loop watchdog stays quiet unless
+    a step holds the loop for a minute, so a ``loop_blocked`` warning logged
+    on a loaded machine does not land among the lines compared."""
+    from headwater.actors import _system
+
+    monkeypatch.setattr(_system, "DEFAULT_WATCHDOG_THRESHOLD", 60.0)

@@ -23,6 +23,8 @@ from headwater.broker import open_broker
 from headwater.client import Client
 from headwater.client._tcp import DEFAULT_URL
 
+pytestmark = pytest.mark.usefixtures("quiet_watchdog")
+
 Run = Callable[..., Result]
 
 

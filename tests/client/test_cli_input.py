@@ -29,6 +29,8 @@ from headwater.broker import open_broker
 from headwater.client import Client
 from headwater.supervision._specs import ActorSnapshot
 
+pytestmark = pytest.mark.usefixtures("quiet_watchdog")
+
 Run = Callable[..., Result]
 
 

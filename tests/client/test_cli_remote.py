@@ -22,6 +22,8 @@ from headwater.broker import ServerConfig, open_broker, open_server
 from headwater.client import Client
 from headwater.testing import connect_in_memory
 
+pytestmark = pytest.mark.usefixtures("quiet_watchdog")
+
 Run = Callable[..., Result]
 TOKEN = "s3cret"
 

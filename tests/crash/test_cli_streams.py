@@ -21,7 +21,7 @@ from headwater import cli
 
 from .server_proc import env, hw, server
 
-pytestmark = pytest.mark.crash
+pytestmark = [pytest.mark.crash, pytest.mark.usefixtures("quiet_watchdog")]
 
 
 def local(url: str, *args: str) -> Result:
