@@ -152,6 +152,32 @@ async def test_a_clean_close_sends_what_is_queued(
         consumer.commit_nowait()
 
 
+async def test_queued_rows_taken_by_a_cancelled_commit_go_with_the_next_one(
+    client: Client, gate: CommitGate, autojump_clock: object
+) -> None:
+    """A commit() cancelled while its request is on the way (a timeout
+    around it) gives back the commit_nowait rows it took with it: the clean
+    close sends them (they used to be dropped)."""
+    async with client.consumer("t3", group="g") as consumer:
+        first = gate.hold = trio.Event()
+        consumer.commit_nowait({("t3", 0): 4})
+        await trio.testing.wait_all_tasks_blocked()  # on its way, held
+        with trio.move_on_after(5) as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(consumer.commit, {("t3", 0): 5})
+                await trio.testing.wait_all_tasks_blocked()  # waits for the first
+                consumer.commit_nowait({("t3", 1): 6})  # queued
+                gate.hold = trio.Event()  # the next request is held too
+                first.set()
+                await trio.testing.wait_all_tasks_blocked()
+                # The commit went next, taking the queued row with it.
+                assert [((0, 4),), ((0, 5), (1, 6))] == gate.commits
+                gate.hold = None  # that one stays held (it never answers)
+        assert scope.cancelled_caught
+    assert ((1, 6),) in gate.commits[2:]
+    assert 6 == (await committed(client))[1]
+
+
 async def test_a_clean_close_raises_a_queued_failure(
     client: Client, gate: CommitGate, autojump_clock: object
 ) -> None:

@@ -1334,7 +1334,8 @@ class Consumer:
         """(Holding the commit lock) send the queued commits merged with
         ``rows``, if any."""
         assert self.group is not None
-        merged, self._queued_commits = self._queued_commits, {}
+        taken, self._queued_commits = self._queued_commits, {}
+        merged = dict(taken)
         for row in rows:
             merged[(row.topic, row.partition)] = row
         for tp in [tp for tp in merged if tp not in self._owned]:
@@ -1362,6 +1363,14 @@ class Consumer:
             raise
         except UnknownMemberError:
             self._evict("the group removed it")
+            raise
+        except trio.Cancelled:
+            # The caller gave up (a timeout around commit()): the request
+            # may not have gone out. The commit_nowait rows it took go with
+            # the next commit (or the clean close), unless one queued since
+            # is newer; sent twice at worst (a commit is idempotent).
+            for tp, row in taken.items():
+                self._queued_commits.setdefault(tp, row)
             raise
 
     async def _auto_commit(self) -> None:
