@@ -563,7 +563,7 @@ def main(url: str | None) -> None:
     default=None,
     type=int,
     help="Segment files kept open at most (idle ones beyond are closed, least recently "
-    "used first; default 4096, lowered to fit RLIMIT_NOFILE).",
+    "used first; default 16384, lowered to fit RLIMIT_NOFILE).",
 )
 @click.option(
     "--max-bytes-in-flight",

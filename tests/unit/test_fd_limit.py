@@ -9,7 +9,7 @@ import pytest
 
 from headwater import ConfigError
 from headwater.journal import DEFAULT_MAX_OPEN_FILES, fit_open_files
-from headwater.journal._fdcache import FD_RESERVE
+from headwater.journal._fdcache import FD_RESERVE, QUIET_FIT_OPEN_FILES
 from headwater.testing import capture_logs
 
 
@@ -79,6 +79,21 @@ def test_the_default_cap_shrinks_to_fit_with_a_warning(monkeypatch: pytest.Monke
         warning["max_open_files"],
     )
     assert "ulimit -n" in warning["advice"]
+
+
+def test_the_default_cap_shrunk_but_still_large_is_logged_at_info(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Hard limit 8,192 (below the default's need, above the old 4,096
+    default's): the default cap fits in what is left, logged at info, no
+    warning."""
+    FakeLimits(monkeypatch, 1024, 8192)
+    with capture_logs() as logs:
+        cap = fit_open_files(None, connections=1024)
+    assert 8192 - 1024 - FD_RESERVE == cap
+    assert QUIET_FIT_OPEN_FILES <= cap < DEFAULT_MAX_OPEN_FILES
+    assert ["fd_limit_raised", "fd_limit_fitted"] == [e["event"] for e in logs]
+    assert ("info", cap) == (logs[-1]["log_level"], logs[-1]["max_open_files"])
 
 
 def test_a_tiny_limit_still_leaves_half_for_everything_else(

@@ -132,13 +132,13 @@ async def open_broker(
     memory (one per simulated disk).
 
     ``max_open_files`` caps the segment files the partitions keep open
-    (default :data:`~headwater.journal.DEFAULT_MAX_OPEN_FILES`, 4,096): a
+    (default :data:`~headwater.journal.DEFAULT_MAX_OPEN_FILES`, 16,384): a
     partition's files open on first use and the least recently used idle
-    ones are closed beyond the cap, so 10,000 partitions fit in a modest
-    ``RLIMIT_NOFILE``. When the soft limit is too low for the cap, the broker
-    raises it toward the hard limit; if that is too low too, a cap you gave
-    raises :class:`~headwater.ConfigError` naming the limit, and the default
-    shrinks to fit with an ``fd_limit_low`` warning. ``reserve_fds`` is how
+    ones are closed beyond the cap, so any number of partitions fits in a
+    modest ``RLIMIT_NOFILE``. When the soft limit is too low for the cap, the
+    broker raises it toward the hard limit; if that is too low too, a cap you
+    gave raises :class:`~headwater.ConfigError` naming the limit, and the
+    default shrinks to fit (with an ``fd_limit_low`` warning below 4,096). ``reserve_fds`` is how
     many descriptors to leave for other uses besides (the server passes its
     ``max_connections``).
     """

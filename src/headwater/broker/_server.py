@@ -124,7 +124,7 @@ class ServerConfig:
     ``log_format`` (``auto``, ``console``, ``json``) and ``log_level``
     (``debug``, ``info``, ``warning``, ``error``) shape the log lines
     ``serve`` writes to stderr. ``max_open_files`` caps the segment files the
-    partitions keep open (``None``: 4,096; see
+    partitions keep open (``None``: 16,384; see
     :func:`~headwater.broker.open_broker`).
     """
 
