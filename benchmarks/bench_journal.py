@@ -145,7 +145,7 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
                     yield _fig(case, "inline_vs_raw", statistics.median(ratios), "x")
                     yield _fig(case, "loop_cpu_us_per_append", statistics.median(cpu_t), "us")
 
-        n = 400 if quick else 2000
+        n = 1600 if quick else 4000  # 100 (250) cycles of 16: 400 (25) swung 3.0-5.0
         records = _records(1, n)
         grouped: list[float] = []
         single: list[float] = []
