@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ import trio
 from headwater import ActorRestarted, LockLostError
 from headwater import _protocol as p
 from headwater.client import Channel
-from headwater.client._share import build_request, open_subscription
+from headwater.client._share import Subscription, build_request, open_subscription
 
 
 class Scripted(Channel):
@@ -48,6 +49,18 @@ def _request() -> p.ShareSubscribe:
     )
 
 
+def _subscribe(channel: Channel, *, max_wait: float) -> AbstractAsyncContextManager[Subscription]:
+    """A subscription on ``channel`` (bytes, 5 unacked at most, 5 s requests)."""
+    return open_subscription(
+        channel,
+        _request(),
+        max_unacked=5,
+        max_wait=max_wait,
+        deserializer="bytes",
+        request_timeout=5,
+    )
+
+
 async def test_fetch_and_ack_retry_a_restarting_share_actor(
     autojump_clock: trio.abc.Clock,
 ) -> None:
@@ -67,14 +80,7 @@ async def test_fetch_and_ack_retry_a_restarting_share_actor(
             ],
         }
     )
-    async with open_subscription(
-        channel,
-        _request(),
-        max_unacked=5,
-        max_wait=0.1,
-        deserializer="bytes",
-        request_timeout=5,
-    ) as sub:
+    async with _subscribe(channel, max_wait=0.1) as sub:
         event = await sub.__anext__()
         assert (7, b"v", 1) == (event.offset, event.value, event.delivery_count)
         await sub.ack(event)
@@ -135,14 +141,7 @@ async def test_getmany_timeout_never_drops_a_fetch_in_flight(
     of a poll, again and again, until it was dead-lettered.)"""
     record = p.ShareRecord(0, 7, 1000, b"k", b"v", [], 1)
     channel = LongPolling([(record,)], latency=0.05)
-    async with open_subscription(
-        channel,
-        _request(),
-        max_unacked=5,
-        max_wait=0.5,
-        deserializer="bytes",
-        request_timeout=5,
-    ) as sub:
+    async with _subscribe(channel, max_wait=0.5) as sub:
         got = await sub.getmany(5, timeout=0.5)
         assert [(7, 1)] == [(e.offset, e.delivery_count) for e in got]
         assert 0.5 >= channel.fetches[0].max_wait  # the long poll ends by the timeout
@@ -165,14 +164,7 @@ async def test_a_buffered_event_whose_lock_expired_is_never_handed_out(
     first = tuple(p.ShareRecord(0, o, 1000, None, b"v", [], 1) for o in (1, 2, 3))
     again = (p.ShareRecord(0, 2, 1000, None, b"v", [], 2),)
     channel = LongPolling([first, again], latency=0)
-    async with open_subscription(
-        channel,
-        _request(),  # ack_timeout=30
-        max_unacked=5,
-        max_wait=0,
-        deserializer="bytes",
-        request_timeout=5,
-    ) as sub:
+    async with _subscribe(channel, max_wait=0) as sub:  # ack_timeout=30
         event = await sub.__anext__()
         assert (1, 1) == (event.offset, event.delivery_count)
         await trio.sleep(29.9)

@@ -15,6 +15,7 @@ import os
 import random
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -58,16 +59,18 @@ async def worker(url: str, acked: set[int], counts: dict[int, int], seen_twice: 
 
 
 def _stall_report(
-    d: ShareDescription, acked: set[int], counts: dict[int, int], tmp_path: Path
+    d: ShareDescription | None, acked: set[int], counts: dict[int, int], tmp_path: Path
 ) -> str:
     """What the subscription and the workers saw when the last round stalled."""
     lines = [f"the last round stalled: {len(acked)} of {EVENTS} acked by the workers"]
+    if d is None:
+        lines.append("  the subscription was never described (describe_group hung)")
     lines.extend(
         f"  partition {part.partition}: acked={part.acked} ack_floor={part.ack_floor} "
         f"end={part.end_offset} backlog={part.backlog} in_flight={part.in_flight} "
         f"waiting={part.waiting} redelivered={part.redelivered} "
         f"dead_lettered={part.dead_lettered}"
-        for part in d.partitions
+        for part in (d.partitions if d is not None else ())
     )
     missing = sorted(set(range(EVENTS)) - acked)[:20]
     seen = [counts.get(i) for i in missing]
@@ -99,6 +102,7 @@ async def test_share_subscription_survives_sigkill_rounds(tmp_path: Path) -> Non
                         nursery.start_soon(worker, proc.url, acked, counts, seen_twice)
                     if last:
                         async with headwater.connect(proc.url) as client:
+                            d: Any = None  # what describe_group says last
                             with trio.move_on_after(110) as polling:
                                 while True:
                                     await trio.sleep(0.5)

@@ -370,7 +370,7 @@ async def test_a_caller_cancelled_midway_through_a_write_leaves_no_half_frame() 
         assert scope.cancelled_caught, "the write should have blocked"
         small = _Waiter()
         nursery.start_soon(_ask_into, client, small, {"n": 2})  # waits behind the rest
-        await trio.sleep(0.05)
+        await trio.testing.wait_all_tasks_blocked()
         far.open.set()
         with trio.fail_after(10):
             await small.done.wait()
