@@ -20,14 +20,17 @@ callers that must never be cancelled halfway through a write, such as the
 remote-actor refs). Over plain TCP a caller cancelled inside
 :meth:`~ClientDriver.flush` never leaves a frame half written nor drops the
 frames it took (its own and other tasks'): the bytes not yet written are
-kept and the writer task sends them first. Over other streams (TLS,
-in-memory) a write cancelled midway may still leave a partial frame (a TLS
-stream cannot resume a cancelled write; marking the connection lost
-instead, or shielding the write, each broke callers' timeouts in tests).
-A failed write marks the connection lost (:attr:`~ClientDriver.lost`),
-wakes nobody by itself and ends the reading task through the stream being
-closed; :meth:`~ClientDriver.fail_pending`
-then settles every waiter with the error the layer above chooses.
+kept and the writer task sends them first. Over TLS a write cancelled
+midway breaks the stream (``trio.SSLStream`` refuses every later
+operation), so no partial frame reaches the server: the connection fails
+at its next write (requests waiting on it end then, or at their timeout).
+Over an in-memory stream (tests) a partial frame may stay. (Shielding
+those writes, or marking the connection lost on any cancelled write, each
+broke callers' timeouts in tests.) A failed write marks the connection
+lost (:attr:`~ClientDriver.lost`), wakes nobody by itself and ends the
+reading task through the stream being closed;
+:meth:`~ClientDriver.fail_pending` then settles every waiter with the
+error the layer above chooses.
 
 The layers above (the broker client in ``client/_tcp.py``, remote actor refs
 in ``actors/_remote.py``) keep their own request semantics: how many
@@ -149,8 +152,8 @@ class ClientDriver:
         rest goes to ``_carry`` (see the module docstring for other streams)."""
         sock = self._socket
         if sock is None:
-            # TLS, in-memory: how much a cancelled write left is unknown (and a
-            # TLS stream cannot resume one). Not handled yet: see the docstring.
+            # TLS (a cancelled write breaks the stream: the connection
+            # fails at its next write), in-memory (tests): see the module docstring.
             await self.stream.send_all(data)
             return
         view = memoryview(data)
