@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import struct
 import subprocess
@@ -50,7 +49,7 @@ async def _exactly(stream: trio.SocketStream, n: int, buf: bytearray) -> bytes:
     return out
 
 
-async def _server(listen_a: int, listen_b: int, path: str) -> None:
+async def _server(path: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     consumer: list[trio.SocketStream] = []
     ready = trio.Event()
@@ -74,9 +73,11 @@ async def _server(listen_a: int, listen_b: int, path: str) -> None:
             await stream.send_all(b"k")
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(partial(trio.serve_tcp, on_consumer, listen_b, host="127.0.0.1"))
-        await nursery.start(partial(trio.serve_tcp, on_producer, listen_a, host="127.0.0.1"))
-        print("ready", flush=True)
+        ports = []
+        for handler in (on_producer, on_consumer):  # free ports, told to the parent
+            listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+            ports.append(listeners[0].socket.getsockname()[1])
+        print(*ports, flush=True)
 
 
 async def _producer(port: int, count: int) -> None:
@@ -99,25 +100,18 @@ async def _consumer(port: int, count: int) -> None:
     print(json.dumps(samples[WARMUP:]))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def one_round(count: int, workdir: str) -> list[int]:
     """Run the three processes once; the consumer's latency samples (ns)."""
-    a, b = _free_port(), _free_port()
     me = [sys.executable, os.path.abspath(__file__)]
     path = os.path.join(workdir, "relay.log")
-    server = subprocess.Popen(
-        [*me, "--role", "server", "--ports", str(a), str(b), path], stdout=subprocess.PIPE
-    )
+    server = subprocess.Popen([*me, "--role", "server", path], stdout=subprocess.PIPE)
     consumer: subprocess.Popen[bytes] | None = None
     try:
         assert server.stdout is not None
-        if server.stdout.readline().strip() != b"ready":
+        ready = server.stdout.readline().split()
+        if len(ready) != 2:
             raise RuntimeError("the relay server did not start")
+        a, b = (int(x) for x in ready)
         consumer = subprocess.Popen(
             [*me, "--role", "consumer", "--ports", str(a), str(b), "--count", str(count)],
             stdout=subprocess.PIPE,
@@ -156,7 +150,7 @@ def main() -> None:
     parser.add_argument("path", nargs="?")
     args = parser.parse_args()
     if args.role == "server":
-        trio.run(_server, args.ports[0], args.ports[1], args.path)
+        trio.run(_server, args.path)
         return
     if args.role == "producer":
         trio.run(_producer, args.ports[0], args.count)
