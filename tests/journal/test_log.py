@@ -307,3 +307,48 @@ def test_age_retention_survives_reopen() -> None:
     clock.now += 10_000
     log = open_log(fs, clock, segment_bytes=500, retention_ms=5_000)
     assert [0, 3, 6] == log.apply_retention()
+
+
+class _CountingFS(SimulatedFileSystem):
+    """Counts the small preads (record headers) a read makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.header_reads = 0
+
+    def pread(self, handle: int, size: int, offset: int) -> bytes:
+        if size == HEADER_SIZE:
+            self.header_reads += 1
+        return super().pread(handle, size, offset)
+
+
+def test_a_read_at_the_tail_starts_at_the_newest_record_without_a_scan() -> None:
+    """A consumer caught up reads the newest record: one header read, not one
+    per record since the last index entry; still right after a cut and
+    appends of other sizes, after a roll and after reopening."""
+    fs = _CountingFS()
+    log = open_log(fs, index_interval=1 << 20, segment_bytes=1 << 20)
+    for i in range(200):
+        log.write(rec(i))
+    fs.header_reads = 0
+    assert [(199, bytes([199]) * 100)] == payloads(log.read(199, 10_000))
+    assert 1 == fs.header_reads
+    fs.header_reads = 0
+    assert 50 == len(payloads(log.read(150, 1 << 20)))  # an older offset still scans
+    assert fs.header_reads > 100
+    log.truncate_to(190)  # the newest record cut: the hint must not point past the end
+    assert 190 == log.next_offset
+    assert [(189, bytes([189]) * 100)] == payloads(log.read(189, 10_000))
+    for i in range(190, 195):
+        log.write(rec(i, size=7 + i))  # other sizes: other positions
+    for offset in range(185, 195):
+        (got,) = payloads(log.read(offset, 1))
+        assert (offset, bytes([offset % 251]) * (100 if offset < 190 else 7 + offset)) == got
+    log.close()
+    log = open_log(fs, index_interval=1 << 20, segment_bytes=1 << 20)
+    assert [(194, bytes([194]) * 201)] == payloads(log.read(194, 10_000))
+    small = open_log(_CountingFS(), segment_bytes=1000)
+    for i in range(30):  # rolls every few records: the hint is per segment
+        small.write(rec(i))
+    for offset in range(30):
+        assert offset == payloads(small.read(offset, 1))[0][0]

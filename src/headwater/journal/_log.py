@@ -198,6 +198,11 @@ class _Segment:
     index: list[tuple[int, int]] = attrs.field(factory=list)  # (offset, position)
     times: list[tuple[int, int]] = attrs.field(factory=list)  # (max ts so far, offset)
     indexed_at: int = -(2**62)
+    # (base offset, byte position) of the newest record: a read at the tail
+    # (a consumer caught up, the usual case) starts there instead of
+    # scanning headers from the last index entry, one pread per record.
+    # Valid while its position is below ``size`` (a cut invalidates it).
+    newest: tuple[int, int] = (-1, -1)
     sealed: bool = False
     # Guarded by Log._lock (see "File handles have one owner"):
     pins: int = 0  # readers using the handle now
@@ -216,6 +221,7 @@ class _Segment:
             self.times.append((header.max_timestamp, header.base_offset))
         self.max_append_time = max(self.max_append_time, header.append_time)
         self.next_offset = header.next_offset
+        self.newest = (header.base_offset, position)
         self.size = position + header.length
 
 
@@ -543,6 +549,7 @@ class Log:
         damage raises :class:`CorruptionError`."""
         seg.next_offset = seg.base
         seg.size = 0
+        seg.newest = (-1, -1)
         position = 0
         chunk = 1 << 20
         buf = b""
@@ -782,6 +789,7 @@ class Log:
         if now > active.max_append_time:
             active.max_append_time = now
         active.next_offset = base_offset + header.count
+        active.newest = (base_offset, size)
         active.size = size + header.length
         self._dirty[active.base] = active
         with self._lock:
@@ -1027,6 +1035,9 @@ class Log:
         """Byte position and header of the record containing ``offset``."""
         i = bisect.bisect_right(seg.index, offset, key=_entry_offset) - 1
         position = seg.index[i][1] if i >= 0 else 0
+        newest_base, newest_position = seg.newest
+        if newest_base <= offset and position < newest_position < seg.size:
+            position = newest_position  # the newest record's: no scan
         while position < seg.size:
             head = pread(seg.handle, HEADER_SIZE, position)
             header = decode_header(head, check_crc=False)
@@ -1361,6 +1372,8 @@ class Log:
         self._remove_segments([seg.base], ("index", "timeindex"))
         seg.sealed = False
         seg.index = [(o, p) for o, p in seg.index if p < position]
+        if seg.newest[1] >= position:
+            seg.newest = (-1, -1)
         seg.times = [(t, o) for t, o in seg.times if o < next_offset]
         seg.max_timestamp = seg.times[-1][0] if seg.times else -(2**63)
         seg.indexed_at = seg.index[-1][1] if seg.index else -(2**62)
