@@ -1,7 +1,8 @@
 """Cost as the partition count grows: 100, 1,000 and 10,000 partitions.
 
 Each size runs against its own real ``headwater serve`` process (durability
-``always``, or ``$HEADWATER_SCALE_DURABILITY``; a fresh data directory),
+``always``, or ``$HEADWATER_SCALE_DURABILITY``; the cap on open segment files
+``$HEADWATER_SCALE_MAX_OPEN_FILES`` if set; a fresh data directory),
 with the partitions spread over topics of 100 partitions each. Per size:
 
 * ``rss_kib_per_idle_partition``: the server's resident memory with the
@@ -58,6 +59,10 @@ from headwater.testing import server_process
 
 SIZES = (100, 1_000, 10_000)
 DURABILITY = os.environ.get("HEADWATER_SCALE_DURABILITY", "always")
+MAX_OPEN_FILES = os.environ.get("HEADWATER_SCALE_MAX_OPEN_FILES")  # the server's default if unset
+_SERVE_ARGS = ("--durability", DURABILITY) + (
+    ("--max-open-files", MAX_OPEN_FILES) if MAX_OPEN_FILES else ()
+)
 PER_TOPIC = 100
 PER_ROUND = 10
 PAYLOAD = os.urandom(100)
@@ -143,7 +148,7 @@ async def _produce(
 def _restart(data: Path, log: Path, partitions: int) -> tuple[float, Any]:
     """Spawn a server on ``data``; seconds until every partition answered."""
     began = time.perf_counter()
-    manager = server_process(data, "--durability", DURABILITY, log_path=log, start_timeout=300)
+    manager = server_process(data, *_SERVE_ARGS, log_path=log, start_timeout=300)
     proc = manager.__enter__()
     trio.run(_describe_all, proc.url, partitions)
     return time.perf_counter() - began, (manager, proc)
@@ -161,8 +166,7 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
             data = Path(base_dir) / f"data-{n}"
             first = server_process(
                 data,
-                "--durability",
-                DURABILITY,
+                *_SERVE_ARGS,
                 log_path=Path(base_dir) / f"{n}-a.log",
                 start_timeout=300,
             )

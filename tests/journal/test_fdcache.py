@@ -314,3 +314,49 @@ def test_trim_does_not_rewalk_segments_in_use() -> None:
     assert _CountingDict.looks <= 200 * 70  # was 200 * 400 walking every busy one
     assert all(log.segments[-1].handle < 0 for log in idle[:-4])  # idle ones closed
     assert all(log.segments[-1].handle >= 0 for log in busy)  # in use: never closed
+
+
+def test_files_used_in_a_cycle_larger_than_the_cap_stop_thrashing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Twelve logs written round robin under a cap of 4: an LRU reopens all
+    twelve files every round; once the cache sees most uses miss it closes
+    the most recently used files instead, and about cap - 1 uses a round
+    hit. A hot set that fits the cap then displaces the old files and the
+    cache turns back into an LRU with no reopening at all."""
+    from headwater.journal import _fdcache
+
+    monkeypatch.setattr(_fdcache, "_WINDOW", 40)
+    fs = SimulatedFileSystem()
+    files = FileCache(4)
+    config = LogConfig()  # one segment per log: every reopen is a cache miss
+    logs = [Log.open(f"/d/{i}", fs, config, clock=lambda: 1_000, files=files) for i in range(12)]
+    files.trim()
+    reopened = []
+    for rnd in range(12):
+        before = files.opened
+        for log in logs:
+            write_synced(log, rnd * 5, 5)
+            assert len(open_segments(fs)) <= 4
+        reopened.append(files.opened - before)
+    assert files.scan_resistant
+    assert [12, 12] == reopened[:2]  # an LRU until the first window closed
+    assert max(reopened[4:]) <= 9, reopened
+    for log in logs:
+        assert [(i, bytes([i % 251]) * 100) for i in range(60)] == payloads(log.read(0, 1 << 20))
+    hot = logs[:3]
+    rounds = 0
+    while files.scan_resistant or files.opened != before:
+        rounds += 1
+        assert rounds < 100, "the hot set never displaced the old files"
+        before = files.opened
+        for log in hot:
+            write_synced(log, 60 + rounds, 1)
+    before = files.opened
+    for rnd in range(5):
+        for log in hot:
+            write_synced(log, 200 + rnd, 1)
+    assert before == files.opened  # all hits
+    for log in logs:
+        log.close()
+    assert [] == open_segments(fs)

@@ -25,6 +25,19 @@ length of their read and the owner's next trim brings the count back.
 The cap is therefore a bound on *idle* files: segments with unsynced appends
 (under ``interval``, until the next flush; under ``never``, until the
 segment rolls) and segments being read stay open above it.
+
+Thrashing. An LRU misses on every use when the files in use cycle through
+more than the cap (events spread round robin over more partitions than
+``max_open``: the least recently used file is always the next one wanted),
+so every append or read reopens a file and closes another. The cache counts
+uses (of another file than the last one used) and misses over windows of
+:data:`_WINDOW` uses; when more than half missed it turns *scan resistant*:
+a file it opens then is *transient*, and :meth:`trim` closes idle transient
+files (oldest first) before any other, so the files open before stay open
+and their uses hit (in a cycle, the file used last is wanted last). One
+open in :data:`_LRU_EVERY` still joins the LRU as usual, so a new working
+set that fits the cap displaces the old one; once fewer than a quarter of
+the uses of a window miss, the cache is an LRU again.
 """
 
 from __future__ import annotations
@@ -63,6 +76,12 @@ large is logged at info (``fd_limit_fitted``), a smaller one at warning
 (``fd_limit_low``)."""
 
 
+_WINDOW = 4096
+"""Uses (hits and misses) per window of the thrash detector (see the module docstring)."""
+
+_LRU_EVERY = 10
+"""While scan resistant, one open in this many is not transient (joins the LRU)."""
+
 _TRIM_SKIPS = 64
 """Segments in use one :meth:`FileCache.trim` steps over at most (it moves
 them to the recent end, so the next call goes on from where this one stopped)."""
@@ -83,8 +102,14 @@ class FileCache:
         self.max_open = max_open
         self.lock = threading.Lock()
         self._open: OrderedDict[_Segment, Log] = OrderedDict()
+        # Files opened while scan resistant, oldest first (a subset of _open).
+        self._transient: OrderedDict[_Segment, None] = OrderedDict()
         self.opened = 0  # files opened through the cache, for statistics
         self.evicted = 0  # handles closed by trim()
+        # The thrash detector (see the module docstring), under the lock.
+        self.scan_resistant = False
+        self._uses = 0
+        self._misses = 0
 
     @property
     def open_count(self) -> int:
@@ -96,31 +121,65 @@ class FileCache:
         self._open[seg] = log
         self._open.move_to_end(seg)
         self.opened += 1
+        if self.scan_resistant and self.opened % _LRU_EVERY:
+            self._transient[seg] = None
+        self._misses += 1
+        self._used()
 
     def touch_locked(self, seg: _Segment) -> None:
         """Mark ``seg`` as just used (lock held)."""
-        if seg in self._open:
+        if seg in self._open and next(reversed(self._open)) is not seg:
+            # (Uses in a row of one file, as a batch's write then its sync,
+            # count once: the detector compares files wanted, not calls.)
             self._open.move_to_end(seg)
+            self._used()
+
+    def _used(self) -> None:
+        self._uses += 1
+        if self._uses >= _WINDOW:
+            ratio = self._misses / self._uses
+            if ratio > 0.5:
+                self.scan_resistant = True
+            elif ratio < 0.25:
+                self.scan_resistant = False
+            self._uses = self._misses = 0
 
     def forget_locked(self, seg: _Segment) -> None:
         """``seg``'s handle is being closed by its log (lock held)."""
         self._open.pop(seg, None)
+        self._transient.pop(seg, None)
 
     def has_room(self) -> bool:
         """Whether one more file fits under the cap."""
         return self.max_open is None or len(self._open) < self.max_open
 
     def trim(self) -> int:
-        """Close least recently used idle segment files until at most
-        ``max_open`` are open (or none idle is left); returns how many were
-        closed. Owner thread only."""
+        """Close idle segment files until at most ``max_open`` are open (or
+        none idle is left): transient ones first, then the least recently
+        used (see the module docstring); returns how many were closed.
+        Owner thread only."""
         cap = self.max_open
         if cap is None or len(self._open) <= cap:
             return 0
         victims: list[tuple[_Segment, Log, int]] = []
+        chosen: set[_Segment] = set()
         busy: list[_Segment] = []
         with self.lock:
             excess = len(self._open) - cap
+            # Transient files first (opened while thrashing), the oldest
+            # first: the earliest opened are the likeliest synced by now.
+            # Busy ones stay where they are.
+            skipped = 0
+            for seg in self._transient:
+                if excess <= 0 or skipped >= _TRIM_SKIPS:
+                    break
+                log = self._open[seg]
+                if _in_use(seg, log):
+                    skipped += 1
+                    continue
+                victims.append((seg, log, seg.handle))
+                chosen.add(seg)
+                excess -= 1
             # From the least recently used on. A segment in use (pinned,
             # being compacted, unsynced) is moved to the recent end: it is in
             # use, and the next trim must not walk past it again. Without
@@ -131,7 +190,9 @@ class FileCache:
             for seg, log in self._open.items():
                 if excess <= 0 or len(busy) >= _TRIM_SKIPS:
                     break
-                if seg.pins or seg.busy or log._dirty.get(seg.base) is seg or seg.handle < 0:
+                if seg in chosen:
+                    continue
+                if _in_use(seg, log):
                     busy.append(seg)
                     continue
                 victims.append((seg, log, seg.handle))
@@ -141,6 +202,7 @@ class FileCache:
             for seg, _log, _handle in victims:
                 seg.handle = -1
                 del self._open[seg]
+                self._transient.pop(seg, None)
             self.evicted += len(victims)
         for _seg, log, handle in victims:
             try:
@@ -148,6 +210,11 @@ class FileCache:
             except OSError:
                 pass
         return len(victims)
+
+
+def _in_use(seg: _Segment, log: Log) -> bool:
+    """Pinned by a reader, being compacted, with unsynced appends, or closed."""
+    return bool(seg.pins or seg.busy or log._dirty.get(seg.base) is seg or seg.handle < 0)
 
 
 FD_RESERVE = 256
