@@ -360,3 +360,45 @@ def test_files_used_in_a_cycle_larger_than_the_cap_stop_thrashing(
     for log in logs:
         log.close()
     assert [] == open_segments(fs)
+
+
+def test_a_cache_whose_uses_hit_again_is_an_lru_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files opened while the cache thrashed are closed first only while it
+    thrashes: once a window of uses mostly hits, none of them goes first."""
+    from headwater.journal import _fdcache
+
+    monkeypatch.setattr(_fdcache, "_WINDOW", 40)
+    fs = SimulatedFileSystem()
+    files = FileCache(4)
+    logs = [
+        Log.open(f"/d/{i}", fs, LogConfig(), clock=lambda: 1_000, files=files) for i in range(12)
+    ]
+    files.trim()
+    rnd = 0
+    while not files.scan_resistant:  # round robin over 12 files under a cap of 4
+        rnd += 1
+        assert rnd < 20, "the cache never noticed it thrashed"
+        for log in logs:
+            write_synced(log, rnd, 1)
+    open_now = [log for log in logs if log.segments[-1].handle >= 0]
+    assert len(open_now) == 4
+    for log in open_now[:2]:
+        log.close()
+    reopened = [log for log in logs if log not in open_now][:2]
+    for log in reopened:
+        write_synced(log, rnd, 1)  # opened while scan resistant: transient
+    assert files._transient
+    working = open_now[2:] + reopened  # four files under a cap of 4: all hit
+    rounds = 0
+    while files.scan_resistant:
+        rounds += 1
+        assert rounds < 100, "uses that all hit never turned the cache back into an LRU"
+        before = files.opened
+        for log in working:
+            write_synced(log, rnd + rounds, 1)
+        assert before == files.opened
+    assert not files._transient
+    for log in logs:
+        if log not in open_now[:2]:
+            log.close()
+    assert [] == open_segments(fs)

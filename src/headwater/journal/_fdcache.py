@@ -142,6 +142,7 @@ class FileCache:
                 self.scan_resistant = True
             elif ratio < 0.25:
                 self.scan_resistant = False
+                self._transient.clear()  # an LRU again: no file goes first
             self._uses = self._misses = 0
 
     def forget_locked(self, seg: _Segment) -> None:
