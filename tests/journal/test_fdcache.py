@@ -340,6 +340,13 @@ def test_files_used_in_a_cycle_larger_than_the_cap_stop_thrashing(
             assert len(open_segments(fs)) <= 4
         reopened.append(files.opened - before)
     assert files.scan_resistant
+    assert files.statistics() == {
+        "open": 4,
+        "max_open": 4,
+        "opened": files.opened,
+        "evicted": files.evicted,
+        "scan_resistant": True,
+    }
     assert [12, 12] == reopened[:2]  # an LRU until the first window closed
     assert max(reopened[4:]) <= 9, reopened
     for log in logs:

@@ -90,6 +90,13 @@ async def test_counters_equal_a_known_workload(autojump_clock: trio.abc.Clock) -
     assert 2.0 == m[("headwater_recovery_duration_seconds_count", ())]
     assert 0.0 == m[("headwater_connections", ())]
     assert 1.0 == m[("headwater_ready", ())]
+    # The segment-file cache: one active segment per partition, open, none
+    # closed by the cap, not thrashing.
+    assert 2.0 == m[("headwater_segment_files_open", ())]
+    assert 2.0 <= m[("headwater_segment_files_opened_total", ())]
+    assert 0.0 == m[("headwater_segment_files_evicted_total", ())]
+    assert 16384.0 == m[("headwater_segment_files_max", ())]
+    assert 0.0 == m[("headwater_segment_files_thrashing", ())]
     names = {name for name, _ in m}
     for family in ("headwater_topic_produced_events_total", "headwater_actor_restarts_total"):
         assert family in METRIC_NAMES

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from headwater._errors import ConfigError
 
@@ -149,6 +149,19 @@ class FileCache:
         """``seg``'s handle is being closed by its log (lock held)."""
         self._open.pop(seg, None)
         self._transient.pop(seg, None)
+
+    def statistics(self) -> dict[str, Any]:
+        """Files ``open`` now, the cap (``max_open``), files ``opened`` and
+        ``evicted`` (closed by :meth:`trim`) since start, and whether the
+        cache is ``scan_resistant`` now (thrashing: the cap is below the
+        files in use; see the module docstring)."""
+        return {
+            "open": len(self._open),
+            "max_open": self.max_open,
+            "opened": self.opened,
+            "evicted": self.evicted,
+            "scan_resistant": self.scan_resistant,
+        }
 
     def has_room(self) -> bool:
         """Whether one more file fits under the cap."""

@@ -43,6 +43,11 @@ class BrokerView:
     fsync_latency: Any
     fsync_batch: Any
     recovery_seconds: dict[tuple[str, int], float]
+    segment_files: dict[str, Any] = attrs.Factory(dict)
+    """The segment-file cache (:class:`headwater.journal.FileCache`): ``open``,
+    ``max_open`` (None: no cap), ``opened`` and ``evicted`` (counts since
+    start) and ``scan_resistant`` (whether it is thrashing: more files in
+    use than the cap)."""
 
     @property
     def partition_count(self) -> int:
@@ -161,6 +166,7 @@ async def gather(broker: Broker) -> BrokerView:
         fsync_latency=stats.fsync_latency,
         fsync_batch=stats.fsync_batch,
         recovery_seconds=dict(stats.recovery_seconds),
+        segment_files=service.settings.files.statistics(),
     )
 
 
