@@ -23,6 +23,7 @@ from headwater.journal import (
     open_log,
 )
 from headwater.journal._record import ATTR_COMPACTED
+from headwater.testing import capture_logs
 
 
 def rec(i: int) -> bytes:
@@ -382,11 +383,18 @@ def test_a_cache_whose_uses_hit_again_is_an_lru_again(monkeypatch: pytest.Monkey
     ]
     files.trim()
     rnd = 0
-    while not files.scan_resistant:  # round robin over 12 files under a cap of 4
-        rnd += 1
-        assert rnd < 20, "the cache never noticed it thrashed"
-        for log in logs:
-            write_synced(log, rnd, 1)
+    with capture_logs() as logs_on:
+        while not files.scan_resistant:  # round robin over 12 files under a cap of 4
+            rnd += 1
+            assert rnd < 20, "the cache never noticed it thrashed"
+            for log in logs:
+                write_synced(log, rnd, 1)
+        write_synced(logs[0], rnd, 1)  # the owner's next trim logs it
+    assert [("segment_files_thrashing", "warning", 4)] == [
+        (e["event"], e["log_level"], e["max_open_files"])
+        for e in logs_on
+        if e["event"].startswith("segment_files")
+    ]
     open_now = [log for log in logs if log.segments[-1].handle >= 0]
     assert len(open_now) == 4
     for log in open_now[:2]:
@@ -397,15 +405,42 @@ def test_a_cache_whose_uses_hit_again_is_an_lru_again(monkeypatch: pytest.Monkey
     assert files._transient
     working = open_now[2:] + reopened  # four files under a cap of 4: all hit
     rounds = 0
-    while files.scan_resistant:
-        rounds += 1
-        assert rounds < 100, "uses that all hit never turned the cache back into an LRU"
-        before = files.opened
-        for log in working:
-            write_synced(log, rnd + rounds, 1)
-        assert before == files.opened
+    with capture_logs() as logs_off:
+        while files.scan_resistant:
+            rounds += 1
+            assert rounds < 100, "uses that all hit never turned the cache back into an LRU"
+            before = files.opened
+            for log in working:
+                write_synced(log, rnd + rounds, 1)
+            assert before == files.opened
     assert not files._transient
+    assert ["segment_files_thrashing_ended"] == [
+        e["event"] for e in logs_off if e["event"].startswith("segment_files")
+    ]
     for log in logs:
         if log not in open_now[:2]:
             log.close()
     assert [] == open_segments(fs)
+
+
+def test_first_opens_are_not_thrashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broker opening many logs for the first time misses on every use,
+    but closes nothing: the cache stays an LRU and logs nothing."""
+    from headwater.journal import _fdcache
+
+    monkeypatch.setattr(_fdcache, "_WINDOW", 40)
+    fs = SimulatedFileSystem()
+    files = FileCache(200)
+    with capture_logs() as logs_seen:
+        logs = [
+            Log.open(f"/d/{i}", fs, LogConfig(), clock=lambda: 1_000, files=files)
+            for i in range(120)
+        ]
+        for log in logs:
+            write_synced(log, 0, 1)
+    assert files.opened >= 120
+    assert files.evicted == 0
+    assert not files.scan_resistant
+    assert not [e for e in logs_seen if e["event"].startswith("segment_files")]
+    for log in logs:
+        log.close()

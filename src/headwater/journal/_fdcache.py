@@ -31,13 +31,17 @@ more than the cap (events spread round robin over more partitions than
 ``max_open``: the least recently used file is always the next one wanted),
 so every append or read reopens a file and closes another. The cache counts
 uses (of another file than the last one used) and misses over windows of
-:data:`_WINDOW` uses; when more than half missed it turns *scan resistant*:
+:data:`_WINDOW` uses; when more than half missed while the cap closed files
+(evictions above a quarter of the uses: first opens alone are not
+thrashing) it turns *scan resistant*:
 a file it opens then is *transient*, and :meth:`trim` closes idle transient
 files (oldest first) before any other, so the files open before stay open
 and their uses hit (in a cycle, the file used last is wanted last). One
 open in :data:`_LRU_EVERY` still joins the LRU as usual, so a new working
 set that fits the cap displaces the old one; once fewer than a quarter of
-the uses of a window miss, the cache is an LRU again.
+the uses of a window miss, the cache is an LRU again. Each switch is logged
+once by the owner's next :meth:`trim` (``segment_files_thrashing``, a
+warning; ``segment_files_thrashing_ended``).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from headwater._errors import ConfigError
+from headwater._logging import get_logger
 
 if TYPE_CHECKING:
     from headwater.journal._log import Log, _Segment
@@ -110,6 +115,8 @@ class FileCache:
         self.scan_resistant = False
         self._uses = 0
         self._misses = 0
+        self._evicted_before = 0  # evicted when the window began
+        self._report: tuple[str, float] | None = None  # for _log_report
 
     @property
     def open_count(self) -> int:
@@ -138,12 +145,38 @@ class FileCache:
         self._uses += 1
         if self._uses >= _WINDOW:
             ratio = self._misses / self._uses
-            if ratio > 0.5:
+            # Misses without evictions are first opens (a broker starting,
+            # new partitions), not thrashing.
+            evicting = self.evicted - self._evicted_before > self._uses // 4
+            if ratio > 0.5 and evicting:
+                if not self.scan_resistant:
+                    self._report = ("segment_files_thrashing", ratio)
                 self.scan_resistant = True
-            elif ratio < 0.25:
+            elif ratio < 0.25 and self.scan_resistant:
                 self.scan_resistant = False
                 self._transient.clear()  # an LRU again: no file goes first
+                self._report = ("segment_files_thrashing_ended", ratio)
             self._uses = self._misses = 0
+            self._evicted_before = self.evicted
+
+    def _log_report(self) -> None:
+        """Log a change of the thrash detector (owner thread, outside the
+        lock: a log line may block on its stream)."""
+        report, self._report = self._report, None
+        if report is None:
+            return
+        event, ratio = report
+        log = get_logger("headwater.journal")
+        if event == "segment_files_thrashing":
+            log.warning(
+                event,
+                max_open_files=self.max_open,
+                missed_pct=round(100 * ratio),
+                hint="more segment files are in use than --max-open-files keeps open; "
+                "raise it (and `ulimit -n`) above the partitions written to",
+            )
+        else:
+            log.info(event, max_open_files=self.max_open, missed_pct=round(100 * ratio))
 
     def forget_locked(self, seg: _Segment) -> None:
         """``seg``'s handle is being closed by its log (lock held)."""
@@ -172,6 +205,8 @@ class FileCache:
         none idle is left): transient ones first, then the least recently
         used (see the module docstring); returns how many were closed.
         Owner thread only."""
+        if self._report is not None:
+            self._log_report()
         cap = self.max_open
         if cap is None or len(self._open) <= cap:
             return 0
@@ -251,8 +286,6 @@ def fit_open_files(max_open: int | None, *, connections: int = 0) -> int:
     (warning).
     """
     import resource
-
-    from headwater._logging import get_logger
 
     log = get_logger("headwater.journal")
     explicit = max_open is not None
