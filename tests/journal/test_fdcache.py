@@ -322,7 +322,7 @@ def test_files_used_in_a_cycle_larger_than_the_cap_stop_thrashing(
 ) -> None:
     """Twelve logs written round robin under a cap of 4: an LRU reopens all
     twelve files every round; once the cache sees most uses miss it closes
-    the most recently used files instead, and about cap - 1 uses a round
+    the files it has just opened first, and about cap - 1 uses a round
     hit. A hot set that fits the cap then displaces the old files and the
     cache turns back into an LRU with no reopening at all."""
     from headwater.journal import _fdcache

@@ -189,7 +189,7 @@ class FileCache:
         cache is ``scan_resistant`` now (thrashing: the cap is below the
         files in use; see the module docstring)."""
         return {
-            "open": len(self._open),
+            "open": self.open_count,
             "max_open": self.max_open,
             "opened": self.opened,
             "evicted": self.evicted,

@@ -226,29 +226,28 @@ def _families(view: BrokerView) -> Iterable[Metric]:
         view.fsync_batch,
     )
     files = view.segment_files
-    if files:
+    yield GaugeMetricFamily(
+        "headwater_segment_files_open", "Segment files open now.", value=files["open"]
+    )
+    if files["max_open"] is not None:
         yield GaugeMetricFamily(
-            "headwater_segment_files_open", "Segment files open now.", value=files["open"]
+            "headwater_segment_files_max",
+            "The cap on idle open segment files (--max-open-files).",
+            value=files["max_open"],
         )
-        if files["max_open"] is not None:
-            yield GaugeMetricFamily(
-                "headwater_segment_files_max",
-                "The cap on idle open segment files (--max-open-files).",
-                value=files["max_open"],
-            )
-        opened = counter("headwater_segment_files_opened_total", "Segment files opened.", [])
-        opened.add_metric([], files["opened"])
-        yield opened
-        evicted = counter(
-            "headwater_segment_files_evicted_total", "Idle segment files closed by the cap.", []
-        )
-        evicted.add_metric([], files["evicted"])
-        yield evicted
-        yield GaugeMetricFamily(
-            "headwater_segment_files_thrashing",
-            "1 while most uses of segment files miss the cache (raise --max-open-files).",
-            value=1 if files["scan_resistant"] else 0,
-        )
+    opened = counter("headwater_segment_files_opened_total", "Segment files opened.", [])
+    opened.add_metric([], files["opened"])
+    yield opened
+    evicted = counter(
+        "headwater_segment_files_evicted_total", "Idle segment files closed by the cap.", []
+    )
+    evicted.add_metric([], files["evicted"])
+    yield evicted
+    yield GaugeMetricFamily(
+        "headwater_segment_files_thrashing",
+        "1 while most uses of segment files miss the cache (raise --max-open-files).",
+        value=1 if files["scan_resistant"] else 0,
+    )
 
     lag = GaugeMetricFamily(
         "headwater_group_lag", "Events behind the log end, per partition.", labels=["group", *tp]

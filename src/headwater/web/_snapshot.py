@@ -43,7 +43,7 @@ class BrokerView:
     fsync_latency: Any
     fsync_batch: Any
     recovery_seconds: dict[tuple[str, int], float]
-    segment_files: dict[str, Any] = attrs.Factory(dict)
+    segment_files: dict[str, Any]
     """The segment-file cache (:class:`headwater.journal.FileCache`): ``open``,
     ``max_open`` (None: no cap), ``opened`` and ``evicted`` (counts since
     start) and ``scan_resistant`` (whether it is thrashing: more files in
