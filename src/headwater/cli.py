@@ -120,8 +120,13 @@ def _exit_code(error: HeadwaterError) -> int:
 
 
 def _run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """Run ``fn(*args)`` under Trio; print expected errors as one line."""
-    return _guard(lambda: trio.run(fn, *args))
+    """Run ``fn(*args)`` under Trio; print expected errors as one line.
+
+    Ctrl-C is raised at the next checkpoint (a blocked command is woken),
+    never in the middle of an expression: raised between making a coroutine
+    and awaiting it (inside Trio's socket calls), it left a "coroutine ...
+    was never awaited" warning on stderr beside ``error: interrupted``."""
+    return _guard(lambda: trio.run(fn, *args, restrict_keyboard_interrupt_to_checkpoints=True))
 
 
 def _guard(fn: Callable[[], T]) -> T:
