@@ -266,6 +266,78 @@ def test_missing_segment_in_the_middle_is_interior_damage() -> None:
         open_log(fs, segment_bytes=500)
 
 
+def test_an_empty_last_segment_after_a_hole_is_a_stray_and_goes() -> None:
+    """A crash during a roll can leave the new, empty segment file while
+    records before it never reached the disk (older versions' writer created
+    it first; a power loss can keep a directory entry and lose data pages).
+    Nothing past the hole was acknowledged: recovery removes the empty file
+    with a warning and carries on from the segment before."""
+    fs = SimulatedFileSystem()
+    log = open_log(fs, segment_bytes=500)
+    for i in range(5):
+        log.write(rec(i))  # segments 0 (0-2) and 3 (3-4)
+    log.close()
+    stray = f"{DIR}/00000000000000000007.log"
+    fs.set_file_bytes(stray, b"")
+    with capture_logs() as logs:
+        log = open_log(fs, segment_bytes=500)
+    assert 5 == log.next_offset
+    assert not fs.exists(stray)
+    assert ["journal_stray_segment_removed"] == [
+        e["event"] for e in logs if e["log_level"] == "warning"
+    ]
+    log.write(rec(5))
+    log.close()
+    assert list(range(6)) == [o for o, _ in payloads(open_log(fs).read(0, 1 << 20))]
+
+
+def test_before_an_empty_stray_the_unsynced_tail_may_be_torn() -> None:
+    """The power loss case: the segment before the stray empty file lost a
+    torn part of its unsynced tail. That tail is cut like a last segment's
+    (the checkpoint names a synced point in it), not reported as damage."""
+    fs = SimulatedFileSystem()
+    log = open_log(fs, segment_bytes=500)
+    for i in range(2):
+        log.write(rec(i))
+    log.sync()
+    log.write(rec(2))  # unsynced, torn below
+    path = f"{DIR}/00000000000000000000.log"
+    fs.set_file_bytes(path, fs.file_bytes(path)[: 2 * 162 + 50])
+    fs.set_file_bytes(f"{DIR}/00000000000000000003.log", b"")
+    with capture_logs() as logs:
+        log = open_log(fs, segment_bytes=500)
+    assert 2 == log.next_offset
+    assert {"journal_tail_truncated", "journal_stray_segment_removed"} == {
+        e["event"] for e in logs if e["log_level"] == "warning"
+    }
+
+
+def test_a_hole_before_a_synced_or_nonempty_segment_still_raises() -> None:
+    """Only an empty last file is a stray: a hole before one with records,
+    or before an empty one the checkpoint says came after a full sync of the
+    segment before, is damage to report."""
+    fs = SimulatedFileSystem()
+    log = open_log(fs, segment_bytes=500)
+    for i in range(5):
+        log.write(rec(i))
+    log.close()
+    fs.set_file_bytes(f"{DIR}/00000000000000000009.log", rec(9))
+    with pytest.raises(CorruptionError, match="offset 5 was expected"):
+        open_log(fs, segment_bytes=500)
+    fs.remove(f"{DIR}/00000000000000000009.log")
+    # Segment 3 loses its second record, which the checkpoint says was synced.
+    path = f"{DIR}/00000000000000000003.log"
+    log = open_log(fs, segment_bytes=500)
+    log.write(rec(5))  # rolls: segment 5, synced below with segment 3
+    log.sync()
+    log.abandon()
+    fs.remove(f"{DIR}/00000000000000000003.index")
+    fs.set_file_bytes(path, fs.file_bytes(path)[:162])
+    fs.set_file_bytes(f"{DIR}/00000000000000000005.log", b"")
+    with pytest.raises(CorruptionError):
+        open_log(fs, segment_bytes=500)
+
+
 def test_disk_full_leaves_data_intact_and_recovers_without_restart() -> None:
     """ENOSPC fails the append with DiskFullError, cuts the partial write, and
     appends work again once space returns."""

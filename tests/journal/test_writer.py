@@ -299,6 +299,43 @@ def test_a_rolled_segment_file_is_created_by_the_writer_not_at_staging() -> None
     assert [0, 1, 2, 3] == [o for o, _ in stored(fs, segment_bytes=200)]
 
 
+class Killed(BaseException):
+    """The writer's process dies here (its written bytes stay in the page cache)."""
+
+
+class KilledAtCreate(SimulatedFileSystem):
+    """A disk whose process is killed just after creating ``target``."""
+
+    target = ""
+
+    def open(self, path: str) -> int:
+        created = not self.exists(path)
+        handle = super().open(path)
+        if created and path == self.target:
+            raise Killed(path)
+        return handle
+
+
+def test_a_kill_as_a_rolled_segment_is_created_leaves_no_hole() -> None:
+    """The writer writes a batch's records before the segment it rolls to
+    gets its file, so a kill just after the file is created (the page cache
+    keeps what was written) reopens to every record before it, not to a
+    segment that starts past the end of the one before (a CorruptionError
+    at every restart; seen once in the SIGKILL crash test)."""
+    fs = KilledAtCreate()
+    log = Log.open(DIR, fs, LogConfig(segment_bytes=300))
+    staged = [log.stage(rec(i, 64))[1] for i in range(5)]  # two per segment
+    rolled = staged[2].segment
+    assert 2 == rolled.base
+    assert 0 == staged[1].segment.base
+    fs.target = rolled.path
+    writer = JournalWriter(log, lambda fn, arg: fn(arg), lambda outcome: None)
+    outcome = writer.run_inline(Batch(staged, log.prepare_sync(), 0))
+    assert isinstance(outcome.error, Killed)
+    log.abandon()
+    assert [0, 1] == [o for o, _ in stored(fs, segment_bytes=300)]
+
+
 def test_an_idle_writer_thread_ends_and_a_new_batch_starts_another() -> None:
     """The thread lives only while there is work (IDLE_SECONDS=0 here)."""
     fs = SimulatedFileSystem()

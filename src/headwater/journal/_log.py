@@ -403,6 +403,14 @@ class Log:
             self._write_checkpoint(clean=False)
             return
         expected: int | None = None
+        # A last segment file that is empty may be a stray: created by a
+        # roll whose records before it never reached the disk (a power loss
+        # that kept its directory entry, or a kill in the window older
+        # versions left open between creating it and writing those
+        # records). The segment before it is then checked like a last one
+        # (its tail may be cut), and the empty file dropped if it does not
+        # follow on and the checkpoint claims nothing synced past the hole.
+        empty_last = len(bases) > 1 and self._empty_segment(bases[-1])
         for i, base in enumerate(bases):
             last = i == len(bases) - 1
             seg = _Segment(base=base, path=f"{self.path}/{_name(base, 'log')}", handle=-1)
@@ -415,6 +423,14 @@ class Log:
                 and base != expected
                 and not (base > expected and covered(self._gaps, expected, base))
             ):
+                if (
+                    last
+                    and file_size == 0
+                    and base > expected
+                    and (checkpoint is None or checkpoint[0] <= expected)
+                ):
+                    self._drop_stray(seg, expected)
+                    break
                 raise CorruptionError(
                     f"{seg.path} starts at offset {base}, but offset {expected} was expected: "
                     "records are missing (or the file does not belong here). Restore the "
@@ -431,13 +447,14 @@ class Log:
             self._spend(_SEGMENT_COST)
             trusted = (not last or clean_last) and self._load_indexes(seg, file_size)
             if not trusted:
-                tail_from = 0
-                if last and checkpoint is not None and checkpoint[1] == base:
-                    tail_from = checkpoint[2]
-                elif last and checkpoint is not None and checkpoint[1] < base:
-                    tail_from = 0
-                elif not last:
-                    tail_from = file_size  # a rolled segment was fully synced
+                tail_from = file_size  # a rolled segment was fully synced
+                if last or (empty_last and i == len(bases) - 2):
+                    # Unless the checkpoint is in a later segment, synced
+                    # only up to its position in this one (or not at all).
+                    if checkpoint is None or checkpoint[1] <= base:
+                        tail_from = checkpoint[2] if checkpoint and checkpoint[1] == base else 0
+                    elif last:
+                        tail_from = 0
                 self._spend(file_size)
                 self._scan(seg, file_size, tail_from)
                 seg.sealed = not last
@@ -465,6 +482,33 @@ class Log:
             self._flush_dir()
             self._write_checkpoint(clean=False)
         self._release_recovered()
+
+    def _empty_segment(self, base: int) -> bool:
+        handle = self.fs.open(f"{self.path}/{_name(base, 'log')}")
+        try:
+            return self.fs.size(handle) == 0
+        finally:
+            self.fs.close(handle)
+
+    def _drop_stray(self, seg: _Segment, expected: int) -> None:
+        """Remove an empty last segment file that does not follow on from
+        the one before it (see :meth:`_recover`): it holds nothing, and the
+        offsets between were never durable (the checkpoint names no synced
+        point past ``expected``), so never acknowledged."""
+        self._spend(None)  # a file change: not inline
+        self._recovering = None
+        self.fs.close(seg.handle)
+        seg.handle = -1
+        self._remove_segments([seg.base])
+        self._recovery_cut = True  # the directory is fsynced before use
+        _log.warning(
+            "journal_stray_segment_removed",
+            file=seg.path,
+            expected_offset=expected,
+            reason="an empty segment file after a roll whose earlier records never reached "
+            "the disk (a crash during the roll); nothing was acknowledged past "
+            f"offset {expected}",
+        )
 
     def _spend(self, cost: int | None) -> None:
         """Count ``cost`` bytes of recovery work against the inline budget

@@ -350,13 +350,17 @@ class JournalWriter:
             for batch in run:
                 for staged in batch.staged:
                     seg_handle = staged.segment.handle
-                    if seg_handle < 0:
-                        seg_handle = log.open_staged_segment(staged.segment)
+                    if seg_handle != handle or seg_handle < 0:
+                        if buffers:
+                            # The records before go out first: a rolled
+                            # segment's file must not exist before them,
+                            # or a kill between the two leaves a hole.
+                            log.fs.writev(handle, buffers)
+                            buffers = []
                         if seg_handle < 0:
-                            continue  # deleted before it was ever written
-                    if seg_handle != handle and buffers:
-                        log.fs.writev(handle, buffers)
-                        buffers = []
+                            seg_handle = log.open_staged_segment(staged.segment)
+                            if seg_handle < 0:
+                                continue  # deleted before it was ever written
                     handle = seg_handle
                     buffers.append(staged.head)
                     buffers.append(staged.body)
