@@ -276,7 +276,8 @@ def test_an_empty_last_segment_after_a_hole_is_a_stray_and_goes() -> None:
     log = open_log(fs, segment_bytes=500)
     for i in range(5):
         log.write(rec(i))  # segments 0 (0-2) and 3 (3-4)
-    log.close()
+    log.sync()
+    log.abandon()  # killed: segment 3 has no index files (no sync sealed it)
     stray = f"{DIR}/00000000000000000007.log"
     fs.set_file_bytes(stray, b"")
     with capture_logs() as logs:
@@ -313,9 +314,12 @@ def test_before_an_empty_stray_the_unsynced_tail_may_be_torn() -> None:
 
 
 def test_a_hole_before_a_synced_or_nonempty_segment_still_raises() -> None:
-    """Only an empty last file is a stray: a hole before one with records,
-    or before an empty one the checkpoint says came after a full sync of the
-    segment before, is damage to report."""
+    """Only an empty last file is a stray, and only when nothing says the
+    records of the hole were synced: a hole before a file with records, one
+    the checkpoint claims was synced, one after a segment a completed sync
+    sealed (its index files), or damage with valid records after it is
+    reported, even with a checkpoint that lags (a power loss)."""
+    ckpt = f"{DIR}/checkpoint"
     fs = SimulatedFileSystem()
     log = open_log(fs, segment_bytes=500)
     for i in range(5):
@@ -336,6 +340,75 @@ def test_a_hole_before_a_synced_or_nonempty_segment_still_raises() -> None:
     fs.set_file_bytes(f"{DIR}/00000000000000000005.log", b"")
     with pytest.raises(CorruptionError):
         open_log(fs, segment_bytes=500)
+
+    # A lagging checkpoint (offset 3), a sealed segment 3..5 gone.
+    fs = SimulatedFileSystem()
+    log = open_log(fs, segment_bytes=500)
+    for i in range(3):
+        log.write(rec(i))
+    log.sync()
+    lagging = fs.file_bytes(ckpt)
+    for i in range(3, 7):
+        log.write(rec(i))  # segments 3 and 6
+    log.sync()
+    log.abandon()
+    assert fs.exists(f"{DIR}/00000000000000000000.index")
+    fs.remove(f"{DIR}/00000000000000000003.log")
+    fs.set_file_bytes(f"{DIR}/00000000000000000006.log", b"")
+    fs.set_file_bytes(ckpt, lagging)
+    with pytest.raises(CorruptionError, match="offset 3 was expected"):
+        open_log(fs, segment_bytes=500)
+
+    # No checkpoint, no index files, a bit flip in record 1 of 0..2.
+    fs = SimulatedFileSystem()
+    log = open_log(fs, segment_bytes=500)
+    for i in range(4):
+        log.write(rec(i))
+    log.sync()
+    log.abandon()
+    for name in ("checkpoint", "00000000000000000000.index", "00000000000000000000.timeindex"):
+        fs.remove(f"{DIR}/{name}")
+    fs.set_file_bytes(f"{DIR}/00000000000000000003.log", b"")
+    fs.corrupt(f"{DIR}/00000000000000000000.log", 162 + 70)
+    with pytest.raises(CorruptionError, match="byte 162"):
+        open_log(fs, segment_bytes=500)
+
+
+class Killed(BaseException):
+    """The process dies here (what it wrote stays in the page cache)."""
+
+
+class KilledAtRemove(SimulatedFileSystem):
+    """A disk whose process is killed at its ``allowed + 1``-th file removal."""
+
+    allowed: int | None = None
+
+    def remove(self, path: str) -> None:
+        if self.allowed is not None:
+            if self.allowed == 0:
+                raise Killed(path)
+            self.allowed -= 1
+        super().remove(path)
+
+
+@pytest.mark.parametrize("cut", ["discard_unsynced", "truncate_to"])
+def test_a_kill_while_cutting_segments_leaves_no_hole(cut: str) -> None:
+    """Cutting a log back removes its later segments newest first: a kill
+    midway leaves a shorter log, never a hole (oldest first left segments
+    0 and 6 without 3: CorruptionError at every restart)."""
+    fs = KilledAtRemove()
+    log = open_log(fs, segment_bytes=500)
+    log.write(rec(0))
+    log.sync()
+    for i in range(1, 8):
+        log.write(rec(i))  # segments 0 (0-2), 3 (3-5), 6 (6-7)
+    fs.allowed = 1  # one file goes, then the kill
+    with pytest.raises(Killed):
+        log.discard_unsynced() if cut == "discard_unsynced" else log.truncate_to(1)
+    log.abandon()
+    fs.allowed = None
+    log = open_log(fs, segment_bytes=500)
+    assert [0, 1, 2, 3, 4, 5] == [o for o, _ in payloads(log.read(0, 1 << 20))]
 
 
 def test_disk_full_leaves_data_intact_and_recovers_without_restart() -> None:

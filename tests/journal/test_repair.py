@@ -93,6 +93,39 @@ def test_interior_damage_drops_one_record_and_keeps_the_rest() -> None:
     assert 13 == open_log(fs).next_offset
 
 
+def test_a_repair_killed_midway_and_run_again_keeps_every_valid_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gaps file is written before any segment is rewritten: a repair
+    killed after rewriting a segment and run again finds the gap it made
+    (otherwise the second run resynced past the valid record after it,
+    dropping it)."""
+    from headwater.journal import _files
+
+    class Killed(BaseException):
+        pass
+
+    fs = written(12)
+    fs.corrupt(seg(3), REC + HEADER_SIZE + 5)  # offset 4
+    real = _files.write_file_atomically
+    calls = 0
+
+    def killed_at_second(*args: object, **kwargs: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise Killed
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    for module in ("headwater.journal._repair", "headwater.journal._gaps"):
+        monkeypatch.setattr(f"{module}.write_file_atomically", killed_at_second)
+    with pytest.raises(Killed):
+        repair_log(DIR, fs, apply=True)
+    monkeypatch.undo()
+    repair_log(DIR, fs, apply=True)
+    assert [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11] == offsets(open_log(fs))
+
+
 def test_damage_to_the_end_of_a_segment_leaves_a_gap_up_to_the_next() -> None:
     """A destroyed header (no length to skip by) in the last record of a sealed
     segment: the rest of that segment goes, the gap runs to the next segment's

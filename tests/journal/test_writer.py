@@ -367,16 +367,20 @@ def test_an_idle_writer_thread_ends_and_a_new_batch_starts_another() -> None:
     assert [0, 1] == [o for o, _ in stored(fs)]
 
 
-def test_a_staged_segment_deleted_before_its_first_write_leaves_no_file() -> None:
-    """A state journal's snapshot may delete a rolled-to segment whose file
-    the writer has not created yet: the writer then skips its records
-    instead of creating a stray segment file."""
+def test_a_staged_segment_retired_before_its_first_write_leaves_no_file() -> None:
+    """A rolled-to segment that left the log before the writer created its
+    file (cut back after a failed fsync) is skipped instead of being
+    created as a stray segment file. delete_before (a state journal's
+    snapshot) never takes one: it keeps every segment not synced yet."""
     fs = SimulatedFileSystem()
     log = Log.open(DIR, fs, LogConfig(segment_bytes=100))
     staged = [log.stage(rec(i, 64))[1] for i in range(3)]  # one record per segment
     middle = staged[1].segment
     assert -1 == middle.handle
-    assert [middle.base] == log.delete_before(middle.next_offset)[1:]
+    assert [] == log.delete_before(middle.next_offset)  # none synced yet
+    (retired,) = log._drop_segments(1, 2)  # as discard_unsynced does
+    assert retired is middle
+    del log._dirty[middle.base]
     writer = JournalWriter(log, lambda fn, arg: fn(arg), lambda outcome: None)
     outcome = writer.run_inline(Batch(staged, log.prepare_sync(), 0))
     assert outcome.error is None
@@ -386,8 +390,8 @@ def test_a_staged_segment_deleted_before_its_first_write_leaves_no_file() -> Non
     log.complete_sync(outcome.work)
     for s in staged:
         log.unstage(s)
+    assert [0] == log.delete_before(middle.next_offset)  # synced now
     log.close()
-    assert [2] == [o for o, _ in stored(fs, segment_bytes=100)]
 
 
 async def test_batches_queued_behind_a_failed_fsync_are_skipped_and_fail_typed() -> None:

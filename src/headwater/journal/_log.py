@@ -403,14 +403,7 @@ class Log:
             self._write_checkpoint(clean=False)
             return
         expected: int | None = None
-        # A last segment file that is empty may be a stray: created by a
-        # roll whose records before it never reached the disk (a power loss
-        # that kept its directory entry, or a kill in the window older
-        # versions left open between creating it and writing those
-        # records). The segment before it is then checked like a last one
-        # (its tail may be cut), and the empty file dropped if it does not
-        # follow on and the checkpoint claims nothing synced past the hole.
-        empty_last = len(bases) > 1 and self._empty_segment(bases[-1])
+        indexed = False  # the segment before was trusted by its index files
         for i, base in enumerate(bases):
             last = i == len(bases) - 1
             seg = _Segment(base=base, path=f"{self.path}/{_name(base, 'log')}", handle=-1)
@@ -426,8 +419,8 @@ class Log:
                 if (
                     last
                     and file_size == 0
-                    and base > expected
-                    and (checkpoint is None or checkpoint[0] <= expected)
+                    and not indexed
+                    and self._unclaimed(checkpoint, expected)
                 ):
                     self._drop_stray(seg, expected)
                     break
@@ -447,22 +440,23 @@ class Log:
             self._spend(_SEGMENT_COST)
             trusted = (not last or clean_last) and self._load_indexes(seg, file_size)
             if not trusted:
-                tail_from = file_size  # a rolled segment was fully synced
-                if last or (empty_last and i == len(bases) - 2):
-                    # Unless the checkpoint is in a later segment, synced
-                    # only up to its position in this one (or not at all).
-                    if checkpoint is None or checkpoint[1] <= base:
-                        tail_from = checkpoint[2] if checkpoint and checkpoint[1] == base else 0
-                    elif last:
-                        tail_from = 0
+                tail_from = 0
+                if last and checkpoint is not None and checkpoint[1] == base:
+                    tail_from = checkpoint[2]
+                elif last and checkpoint is not None and checkpoint[1] < base:
+                    tail_from = 0
+                elif not last:
+                    tail_from = file_size  # a rolled segment was fully synced
                 self._spend(file_size)
-                self._scan(seg, file_size, tail_from)
+                before_last = bases[-1] if i == len(bases) - 2 else None
+                self._scan(seg, file_size, tail_from, checkpoint, before_last)
                 seg.sealed = not last
                 self.segments.append(seg)
             else:
                 seg.sealed = not last
                 self.segments.append(seg)
             expected = seg.next_offset
+            indexed = trusted
         self._recovering = None
         if self.segments[-1].sealed:
             self.segments[-1].sealed = False
@@ -483,18 +477,47 @@ class Log:
             self._write_checkpoint(clean=False)
         self._release_recovered()
 
-    def _empty_segment(self, base: int) -> bool:
-        handle = self.fs.open(f"{self.path}/{_name(base, 'log')}")
+    # A crash during a roll can leave the new segment's file empty after a
+    # hole: the records before it never reached the disk (a power loss that
+    # kept the file's directory entry; or a kill in the window versions
+    # before issue 17's eighth part left between creating the file and
+    # writing those records). Nothing past the hole was acknowledged if the
+    # segment before was not sealed by a completed sync (its index files
+    # are written only then) and the checkpoint names no synced offset past
+    # the hole: recovery then removes the empty file and cuts a torn end of
+    # the segment before it (where no valid record follows the damage).
+
+    @staticmethod
+    def _unclaimed(checkpoint: tuple[int, int, int, bool] | None, offset: int) -> bool:
+        """The checkpoint claims nothing synced at or past ``offset``."""
+        return checkpoint is None or checkpoint[0] <= offset
+
+    def _stray_after(
+        self,
+        seg: _Segment,
+        position: int,
+        later: int | None,
+        checkpoint: tuple[int, int, int, bool] | None,
+    ) -> bool:
+        """Whether damage at ``position`` of ``seg`` (not the last segment)
+        is the torn end of a crashed roll: the last segment file, based at
+        ``later``, is empty, nothing past the damage was claimed synced,
+        and no valid record follows the damage in ``seg``."""
+        if later is None or not self._unclaimed(checkpoint, seg.next_offset):
+            return False
+        handle = self.fs.open(f"{self.path}/{_name(later, 'log')}")
         try:
-            return self.fs.size(handle) == 0
+            if self.fs.size(handle) != 0:
+                return False
         finally:
             self.fs.close(handle)
+        from headwater.journal._repair import _resync
+
+        rest = self.fs.pread(seg.handle, self.fs.size(seg.handle) - position, position)
+        return _resync(rest, 1, seg.next_offset, later) is None
 
     def _drop_stray(self, seg: _Segment, expected: int) -> None:
-        """Remove an empty last segment file that does not follow on from
-        the one before it (see :meth:`_recover`): it holds nothing, and the
-        offsets between were never durable (the checkpoint names no synced
-        point past ``expected``), so never acknowledged."""
+        """Remove an empty last segment file after a hole (see above)."""
         self._spend(None)  # a file change: not inline
         self._recovering = None
         self.fs.close(seg.handle)
@@ -588,9 +611,18 @@ class Log:
             data = body + trailer + struct.pack(">I", crc32c.crc32c(body + trailer))
             write_file_atomically(self.fs, f"{self.path}/{_name(seg.base, ext)}", [data])
 
-    def _scan(self, seg: _Segment, file_size: int, tail_from: int) -> None:
+    def _scan(
+        self,
+        seg: _Segment,
+        file_size: int,
+        tail_from: int,
+        checkpoint: tuple[int, int, int, bool] | None = None,
+        before_last: int | None = None,
+    ) -> None:
         """Scan a segment, rebuilding its index; tail damage is cut, interior
-        damage raises :class:`CorruptionError`."""
+        damage raises :class:`CorruptionError`. ``before_last``: the base of
+        the last segment when ``seg`` is the one before it (its torn end
+        may be a crashed roll's; see :meth:`_stray_after`)."""
         seg.next_offset = seg.base
         seg.size = 0
         seg.newest = (-1, -1)
@@ -622,7 +654,10 @@ class Log:
                 seg.note(header, position, self.config.index_interval)
                 position += header.length
                 continue
-            self._damage(seg, position, reason, interior=position < tail_from)
+            interior = position < tail_from and not self._stray_after(
+                seg, position, before_last, checkpoint
+            )
+            self._damage(seg, position, reason, interior=interior)
             return
 
     def _damage(self, seg: _Segment, position: int, reason: str, *, interior: bool) -> None:
@@ -959,7 +994,8 @@ class Log:
             return self.next_offset
         # The synced point is known exactly: no need to read a header there
         # (after a failed write the bytes at that position may be missing).
-        for seg in self._drop_segments(index + 1):
+        # Newest first: a kill midway leaves a shorter log, never a hole.
+        for seg in reversed(self._drop_segments(index + 1)):
             self._remove_segments([seg.base])
             self._dirty.pop(seg.base, None)
         seg = self.segments[-1]
@@ -1328,11 +1364,13 @@ class Log:
         # Touches only this segment's files and explicit directory fsyncs:
         # the owner's counters (_dir_gen, _dirty) stay the owner's.
         fs = self.fs
-        write_file_atomically(fs, old.path, records)
+        # The old index files go first: after a kill, none describes the
+        # new file (their size check is the only other guard).
         for ext in ("index", "timeindex"):
             path = f"{self.path}/{_name(old.base, ext)}"
             if fs.exists(path):
                 fs.remove(path)
+        write_file_atomically(fs, old.path, records)
         fs.fsync_dir(self.path)
         seg = _Segment(base=old.base, path=old.path, handle=fs.open(old.path))
         try:
@@ -1379,9 +1417,16 @@ class Log:
         return [(s.base, s.next_offset) for s in self.segments[:-1] if s.base not in self._dirty]
 
     def delete_before(self, offset: int) -> list[int]:
-        """Delete whole segments that end at or before ``offset`` (never the active one)."""
+        """Delete whole segments that end at or before ``offset`` (never the
+        active one, nor one not synced yet: its records may still be on
+        their way to the file, and a segment rolled from it may not have a
+        file yet, so deleting it could leave the log without any file)."""
         removed: list[int] = []
-        while len(self.segments) > 1 and self.segments[0].next_offset <= offset:
+        while (
+            len(self.segments) > 1
+            and self.segments[0].next_offset <= offset
+            and self.segments[0].base not in self._dirty
+        ):
             (oldest,) = self._drop_segments(0, 1)
             self._dirty.pop(oldest.base, None)
             self._remove_segments([oldest.base])
@@ -1400,7 +1445,7 @@ class Log:
                 f"cannot truncate to {offset}: the log starts at {self.earliest_offset}"
             )
         i = self._segment_for(offset)
-        for seg in self._drop_segments(i + 1):
+        for seg in reversed(self._drop_segments(i + 1)):  # newest first: never a hole
             self._remove_segments([seg.base])
             self._dirty.pop(seg.base, None)
         seg = self.segments[-1]

@@ -279,6 +279,10 @@ def repair_log(path: str, fs: FileSystem, *, apply: bool) -> RepairReport:
     report = RepairReport(path, tuple(damages), tuple(merge_gaps(new_gaps)), apply)
     if not apply or not damages:
         return report
+    if new_gaps:
+        # First: a repair killed midway and run again must find the gaps of
+        # the segments it rewrote (or it resyncs past their valid records).
+        write_gaps(fs, path, [*known, *new_gaps])
     for base, keep in rewrites.items():
         seg_path = f"{path}/{_name(base, 'log')}"
         data = _read_all(fs, seg_path)
@@ -294,8 +298,6 @@ def repair_log(path: str, fs: FileSystem, *, apply: bool) -> RepairReport:
                 fs.remove(p)
     if new_segment is not None:
         fs.close(fs.open(f"{path}/{_name(new_segment, 'log')}"))
-    if new_gaps:
-        write_gaps(fs, path, [*known, *new_gaps])
     fs.fsync_dir(path)
     for damage in damages:
         _log.warning(

@@ -132,10 +132,18 @@ class StateJournal:
         return bool(self.snapshot_every) and self._since_snapshot >= self.snapshot_every
 
     async def snapshot(self) -> None:
-        """Write the current state as a snapshot and drop the events it covers."""
+        """Write the current state as a snapshot and drop the events it covers.
+
+        The state is taken at once, and its snapshot written only once the
+        events it covers are durable (events of :meth:`write_nowait` may
+        still be on their way to the disk): a snapshot never runs ahead of
+        the journal. Raises :class:`~headwater.FsyncFailedError` (no
+        snapshot written) if that fsync failed."""
         async with self._lock:
+            generation = self.log.generation
             offset = self.log.next_offset
             body = cbor2.dumps(self._to_plain(self.state))
+            await self.log.wait_durable(offset, generation)
             data = _SNAP.pack(_MAGIC, 1, offset, crc32c.crc32c(body)) + body
             if self.fs.blocking:
                 await trio.to_thread.run_sync(self._write_snapshot, data)
