@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import trio
 
-from headwater import CorruptionError, InvalidArgument
+from headwater import CorruptionError, FsyncFailedError, InvalidArgument
 from headwater.actors import PersistentActor, open_actor_system
 from headwater.journal import PowerLoss, SimulatedFileSystem, open_state_journal
 from headwater.supervision import ChildSpec
@@ -71,6 +71,27 @@ async def test_a_snapshot_waits_for_the_events_it_covers(autojump_clock: trio.ab
     async with open_state_journal("/s", apply=add, initial={}, fs=fs, segment_bytes=200) as j:
         assert {"a": 61} == j.state
         assert 0 == j.replayed
+
+
+async def test_a_snapshot_after_a_failed_fsync_of_its_events_refuses(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """write_nowait events an fsync failed to save are cut from the log but
+    still in the state: a snapshot then raises FsyncFailedError and writes
+    nothing (the log's next offset is the cut's, so waiting for it alone
+    passed, and the snapshot saved the lost events)."""
+    fs = SimulatedFileSystem()
+    async with open_state_journal("/s", apply=add, initial={}, fs=fs) as j:
+        await j.persist({"k": "a", "n": 1})
+        end, generation = j.write_nowait([{"k": "a", "n": 100}])
+        fs.fail_next_fsyncs(1)
+        with pytest.raises(FsyncFailedError):
+            await j.log.wait_durable(end, generation)
+        with pytest.raises(FsyncFailedError):
+            await j.snapshot()
+        assert not fs.exists("/s/snapshot")
+    async with open_state_journal("/s", apply=add, initial={}, fs=fs) as j:
+        assert {"a": 1} == j.state
 
 
 async def test_lost_snapshot_with_truncated_journal_is_an_error(

@@ -318,8 +318,12 @@ class TransactionActor(Actor):
             self._timer_moved.set()
 
     def _reply(self, value: Any = None) -> TxnReply:
-        """An answer that leaves once everything appended so far is durable."""
+        """An answer that leaves once everything appended so far is durable.
+        A journal cut back since this incarnation began (a failed fsync while
+        the request waited) raises: its end offset would be the cut's, so the
+        answer would report lost events as durable."""
         assert self.journal is not None
+        self._check_journal()
         log = self.journal.log
         return TxnReply(value, log, log.next_offset, self._generation)
 
@@ -327,6 +331,7 @@ class TransactionActor(Actor):
         journal = self.journal
         assert journal is not None
         if journal.snapshot_due:
+            self._check_journal()  # (after a cut, next_offset is the cut's)
             await journal.log.wait_durable(journal.log.next_offset, self._generation)
             await journal.snapshot()
 

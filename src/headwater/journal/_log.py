@@ -111,7 +111,9 @@ _log = get_logger("headwater.journal")
 _INDEX_ENTRY: Final = struct.Struct(">qQ")
 _CHECKPOINT: Final = struct.Struct(">qqqBI")
 _CHECKPOINT_NAME: Final = "checkpoint"
-_EXTS: Final = ("log", "index", "timeindex")
+# Index files first: a kill midway never leaves them without their .log
+# (a segment created later at that base could trust them).
+_EXTS: Final = ("index", "timeindex", "log")
 # Index file trailer: segment size, next offset, max timestamp, max append time, CRC-32C.
 _TRAILER: Final = struct.Struct(">qqqqI")
 
@@ -1364,13 +1366,11 @@ class Log:
         # Touches only this segment's files and explicit directory fsyncs:
         # the owner's counters (_dir_gen, _dirty) stay the owner's.
         fs = self.fs
-        # The old index files go first: after a kill, none describes the
-        # new file (their size check is the only other guard).
+        write_file_atomically(fs, old.path, records)
         for ext in ("index", "timeindex"):
             path = f"{self.path}/{_name(old.base, ext)}"
             if fs.exists(path):
                 fs.remove(path)
-        write_file_atomically(fs, old.path, records)
         fs.fsync_dir(self.path)
         seg = _Segment(base=old.base, path=old.path, handle=fs.open(old.path))
         try:

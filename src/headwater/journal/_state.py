@@ -69,6 +69,11 @@ class StateJournal:
         self.replayed = 0
         self._since_snapshot = 0
         self._lock = trio.Lock()
+        # (end offset, generation) of write_nowait events not yet known to
+        # be durable, in the generation of the oldest of them: a snapshot
+        # checks them first (after a failed fsync cut them, the log's
+        # next_offset is the cut's, and waiting for it would pass).
+        self._nowait: tuple[int, int] | None = None
 
     def _encode(self, event: Any) -> bytes:
         try:
@@ -119,6 +124,8 @@ class StateJournal:
         end = self.log.next_offset
         for record in records:
             end = self.log.write(record).next_offset
+        if self._nowait is None or self._nowait[1] == generation:
+            self._nowait = (end, generation)
         state = self.state
         for event in events:
             state = self._apply(state, event)
@@ -138,11 +145,18 @@ class StateJournal:
         events it covers are durable (events of :meth:`write_nowait` may
         still be on their way to the disk): a snapshot never runs ahead of
         the journal. Raises :class:`~headwater.FsyncFailedError` (no
-        snapshot written) if that fsync failed."""
+        snapshot written) if that fsync failed, or an earlier one cut
+        events of :meth:`write_nowait` (the state is ahead of the disk:
+        reopen the journal)."""
         async with self._lock:
             generation = self.log.generation
             offset = self.log.next_offset
             body = cbor2.dumps(self._to_plain(self.state))
+            earlier = self._nowait
+            if earlier is not None:
+                await self.log.wait_durable(*earlier)  # raises if they were cut
+                if self._nowait == earlier:
+                    self._nowait = None
             await self.log.wait_durable(offset, generation)
             data = _SNAP.pack(_MAGIC, 1, offset, crc32c.crc32c(body)) + body
             if self.fs.blocking:
