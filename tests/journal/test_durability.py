@@ -3,6 +3,8 @@ power loss swept over every operation, failed fsync, interval loss bounds."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
 import trio.testing
@@ -12,6 +14,7 @@ from headwater.journal import (
     HEADER_SIZE,
     LogConfig,
     PowerLoss,
+    RealFileSystem,
     SimulatedFileSystem,
     encode_record,
     iter_records,
@@ -204,3 +207,35 @@ async def test_long_poll_wakes_on_new_data(autojump_clock: trio.abc.Clock) -> No
             await trio.sleep(5)
             await log.append(rec(0))
         assert [5.0] == woke
+
+
+def test_new_directories_are_made_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RealFileSystem.makedirs fsyncs the parent of each directory it
+    creates (a topic's new partition directory must not vanish after a
+    power loss with the events fsynced in it), and nothing when they exist."""
+    synced: list[str] = []
+    monkeypatch.setattr(RealFileSystem, "fsync_dir", lambda self, path: synced.append(path))
+    fs = RealFileSystem()
+    root = str(tmp_path)
+    fs.makedirs(f"{root}/a/b/c")
+    assert [root, f"{root}/a", f"{root}/a/b"] == synced
+    fs.makedirs(f"{root}/a/b/c")
+    assert 3 == len(synced)
+
+
+def test_a_power_loss_takes_the_files_of_a_removed_directory_along() -> None:
+    """The simulated disk: a directory removed (rmtree) and its parent
+    fsynced is gone after a power loss with everything in it, even files
+    whose own entries were durable."""
+    fs = SimulatedFileSystem()
+    fs.makedirs("/d/t/0")
+    handle = fs.open("/d/t/0/log")
+    fs.write(handle, b"x")
+    fs.fsync(handle)
+    fs.fsync_dir("/d/t/0")
+    fs.rmtree("/d/t")
+    fs.fsync_dir("/d")
+    fs.crash()
+    assert not fs.exists("/d/t/0/log")
+    assert not fs.exists("/d/t")
+    assert fs.exists("/d")

@@ -75,7 +75,7 @@ from headwater.broker._stats import BrokerStats
 from headwater.journal._async import AsyncLog, open_log
 from headwater.journal._batch import decode_record_events
 from headwater.journal._fdcache import FileCache
-from headwater.journal._files import FileSystem
+from headwater.journal._files import FileSystem, remove_tree_durably
 from headwater.journal._log import LogConfig
 from headwater.journal._record import (
     ATTR_COMMIT,
@@ -689,6 +689,9 @@ class TopicRegistry(PersistentActor):
                 raise TopicExistsError(
                     f"topic {config.name!r} already exists; delete it first or pick another name"
                 )
+            # What a delete killed midway left (its partitions' logs, share
+            # state) must not come back as the new topic's.
+            await self._remove_dir(self.settings.topic_dir(config.name))
             await self.persist({"type": "created", "config": config.to_dict()})
             await self.context.system.start_child(
                 topic_supervisor(self.settings, config), parent="/broker/topics"
@@ -707,13 +710,7 @@ class TopicRegistry(PersistentActor):
                 await self.context.system.stop_child(f"/broker/topics/{message.name}")
             except HeadwaterError:
                 pass
-            fs = self.settings.fs
-            path = self.settings.topic_dir(message.name)
-            if fs.exists(path):
-                if fs.blocking:
-                    await trio.to_thread.run_sync(fs.rmtree, path)
-                else:
-                    fs.rmtree(path)
+            await self._remove_dir(self.settings.topic_dir(message.name))
             _log.info("topic_deleted", topic=message.name)
             return None
         if isinstance(message, NewProducerId):
@@ -721,6 +718,14 @@ class TopicRegistry(PersistentActor):
             await self.persist({"type": "producer_id", "next": pid + 1})
             return pid
         return await super().handle(message)
+
+    async def _remove_dir(self, path: str) -> None:
+        """Remove a directory tree durably (a worker thread on a real disk)."""
+        fs = self.settings.fs
+        if fs.blocking:
+            await trio.to_thread.run_sync(remove_tree_durably, fs, path)
+        else:
+            remove_tree_durably(fs, path)
 
     async def _add_partitions(self, message: AddPartitions) -> TopicConfig:
         """Grow a topic: persist the new count, then start the new partitions'

@@ -59,7 +59,7 @@ from headwater.broker._share_actor import (
     dead_letter_topic,
     share_supervisor,
 )
-from headwater.journal._files import write_file_atomically
+from headwater.journal._files import remove_tree_durably, write_file_atomically
 
 if TYPE_CHECKING:
     from headwater.broker._service import BrokerService
@@ -177,9 +177,9 @@ class ShareService:
                     pass  # not running
                 directory = self._dir(name)
                 if fs.blocking:
-                    await trio.to_thread.run_sync(fs.rmtree, directory)
+                    await trio.to_thread.run_sync(remove_tree_durably, fs, directory)
                 else:
-                    fs.rmtree(directory)
+                    remove_tree_durably(fs, directory)
                 self._configs.pop(name, None)
                 dropped.append(name)
         return dropped

@@ -89,7 +89,8 @@ class FileSystem(Protocol):
         ...
 
     def makedirs(self, path: str) -> None:
-        """Create a directory and its parents (no error if it exists)."""
+        """Create a directory and its parents (no error if it exists); the
+        ones it creates are durable when it returns (parents fsynced)."""
         ...
 
     def remove(self, path: str) -> None:
@@ -210,8 +211,23 @@ class RealFileSystem:
         return os.path.exists(path)
 
     def makedirs(self, path: str) -> None:
-        """See :class:`FileSystem`."""
+        """See :class:`FileSystem`. Each directory it creates is made
+        durable (its parent fsynced): files created in it and fsynced
+        must not vanish with it after a power loss."""
+        missing: list[str] = []
+        p = os.path.abspath(path)
+        while not os.path.isdir(p):
+            missing.append(p)
+            parent = os.path.dirname(p)
+            if parent == p:
+                break
+            p = parent
         os.makedirs(path, exist_ok=True)
+        for created in reversed(missing):
+            try:
+                self.fsync_dir(os.path.dirname(created))
+            except PermissionError:
+                pass  # a parent we may write but not read: nothing more to do
 
     def remove(self, path: str) -> None:
         """See :class:`FileSystem`."""
@@ -364,8 +380,13 @@ class SimulatedFileSystem:
         With ``torn``, a file whose unsynced bytes extend its synced ones keeps a
         random prefix of them (a torn write). Open handles become invalid.
         """
+        # An entry survives only if every directory above it does (a
+        # directory removed and its parent fsynced takes its files along).
+        dirs = {d for d in self._durable_dirs if self._durable_chain(d)}
         files: dict[str, _SimFile] = {}
         for path, f in self._durable_files.items():
+            if _parent(path) not in dirs:
+                continue
             data = bytearray(f.synced)
             if torn and len(f.data) > len(f.synced) and f.data.startswith(f.synced):
                 extra = len(f.data) - len(f.synced)
@@ -373,12 +394,20 @@ class SimulatedFileSystem:
             files[path] = _SimFile(data=data, synced=bytes(data))
         self._files = files
         self._durable_files = dict(files)
-        self._dirs = set(self._durable_dirs)
+        self._durable_dirs = dirs
+        self._dirs = set(dirs)
         self._handles.clear()
         self._locks.clear()  # the power loss ended every process holding one
         self._crash_after = None
         self._fail_fsyncs = 0
         self._disk_full = False
+
+    def _durable_chain(self, path: str) -> bool:
+        while path != "/":
+            if path not in self._durable_dirs:
+                return False
+            path = _parent(path)
+        return True
 
     # -- operations ----------------------------------------------------------
 
@@ -583,3 +612,13 @@ def write_file_atomically(
     finally:
         fs.close(handle)
     fs.rename(tmp, path)
+
+
+def remove_tree_durably(fs: FileSystem, path: str) -> None:
+    """Remove the directory tree at ``path`` (if there) and fsync its parent,
+    so the removal survives a power loss once this returns. A kill midway
+    can leave part of the tree: callers that create ``path`` again remove
+    what is left first (this function, before they create it)."""
+    if fs.exists(path):
+        fs.rmtree(path)
+        fs.fsync_dir(os.path.dirname(path.rstrip("/")) or "/")
