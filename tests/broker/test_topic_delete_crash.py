@@ -16,6 +16,7 @@ from headwater._protocol import (
 )
 from headwater.broker import open_broker
 from headwater.journal import SimulatedFileSystem, encode_record
+from headwater.testing import capture_logs
 
 DATA = "/data"
 
@@ -102,7 +103,12 @@ async def test_a_delete_killed_at_any_point_never_revives_old_events(
                 raise
             done = False
         fs.kill_at = None
-        topics, offsets = await ends(fs)
+        left = fs.exists(f"{DATA}/topics/t")
+        with capture_logs() as logs:
+            topics, offsets = await ends(fs)
+        orphaned = [e for e in logs if e["event"] == "topic_directory_orphaned"]
+        # Files a delete left behind are named at start, never removed there.
+        assert (left and "t" not in topics) == bool(orphaned), n
         if "t" in topics:
             assert [1, 0] == offsets, n
         else:

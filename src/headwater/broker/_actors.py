@@ -656,6 +656,7 @@ class TopicRegistry(PersistentActor):
                 await system.start_child(
                     topic_supervisor(self.settings, config), parent="/broker/topics"
                 )
+        self._warn_orphans()
         # Group actors are started on demand under /broker/groups; when that
         # supervisor restarts (we restart after it: rest_for_one) they must
         # come back too, or their cells wait for ever and every group request
@@ -718,6 +719,23 @@ class TopicRegistry(PersistentActor):
             await self.persist({"type": "producer_id", "next": pid + 1})
             return pid
         return await super().handle(message)
+
+    def _warn_orphans(self) -> None:
+        """Say which topic directories no topic owns (a delete killed
+        before its files were gone, or files copied in). They are never
+        removed here: a lost registry must not cost every topic's data."""
+        fs = self.settings.fs
+        topics_dir = os.path.join(self.settings.data_dir, "topics")
+        if not fs.exists(topics_dir):
+            return
+        for name in sorted(set(fs.listdir(topics_dir)) - set(self.state["topics"])):
+            _log.warning(
+                "topic_directory_orphaned",
+                path=os.path.join(topics_dir, name),
+                hint="no topic of this name exists (a delete was interrupted, or the files "
+                "were copied in); creating the topic again removes it first; delete the "
+                "directory to free its space",
+            )
 
     async def _remove_dir(self, path: str) -> None:
         """Remove a directory tree durably (a worker thread on a real disk)."""
