@@ -4,8 +4,10 @@ under the same name (found by a review of the broker's crash ordering)."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 
+from headwater import SubscriptionConflictError
 from headwater._protocol import (
     CreateTopic,
     DeleteTopic,
@@ -47,10 +49,16 @@ def killed(exc: BaseException) -> bool:
 
 async def ends(fs: SimulatedFileSystem) -> tuple[list[str], list[int]]:
     """Topics after a restart, then the end offsets of ``t`` (created again
-    if the delete went through)."""
+    if the delete went through). The share subscription ``s`` of ``t``
+    lives exactly as long as ``t``: a subscribe with other settings is
+    refused while it exists, and takes the name once it is gone."""
     async with open_broker(DATA, fs=fs) as broker:
         topics = sorted(t.name for t in (await broker.handle(ListTopics())).topics)
-        if "t" not in topics:
+        if "t" in topics:
+            with pytest.raises(SubscriptionConflictError):
+                await broker.handle(ShareSubscribe("t", "s", max_deliveries=9))
+        else:
+            await broker.handle(ShareSubscribe("u", "s"))
             await broker.handle(CreateTopic("t", 2))
         return topics, [(await broker.handle(ListOffset("t", p, "latest"))).offset for p in (0, 1)]
 

@@ -494,13 +494,16 @@ class BrokerService:
 
     async def _delete_topic(self, r: DeleteTopic) -> Done:
         config = self._config(r.name)
+
+        async def delete() -> None:
+            await self.system.lookup("/broker/registry").ask(
+                DeleteTopicRequest(config.name), timeout=60
+            )
+            self._topics.pop(config.name, None)
+
         # Share subscriptions keep their state with the topic's partitions:
-        # they go with it (stopped first, so no journal is open on a deleted file).
-        await self.shares.drop_topic(config.name)
-        await self.system.lookup("/broker/registry").ask(
-            DeleteTopicRequest(config.name), timeout=60
-        )
-        self._topics.pop(config.name, None)
+        # they go with it (see drop_topic for the order).
+        await self.shares.drop_topic(config.name, delete)
         for key in [k for k in self._logs if k[0] == config.name]:
             del self._logs[key]
         for key in [k for k in self.settings.opened if k[0] == config.name]:

@@ -18,6 +18,7 @@ event it waits on their ``changed`` signals up to ``max_wait`` seconds.
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -32,6 +33,7 @@ from headwater._errors import (
     UnknownGroupError,
     UnknownMemberError,
 )
+from headwater._logging import get_logger
 from headwater._protocol import (
     CreateTopic,
     Done,
@@ -68,6 +70,8 @@ __all__ = ["MAX_SHARE_FETCH", "ShareService"]
 
 MAX_SHARE_FETCH = 10_000
 """The most events one share fetch may ask for."""
+
+_log = get_logger("headwater.broker")
 
 
 class ShareService:
@@ -155,17 +159,41 @@ class ShareService:
         return settings
 
     async def start(self) -> None:
-        """Start the actors of every subscription found on disk."""
+        """Start the actors of every subscription found on disk; remove the
+        ones whose topic no longer exists (a topic delete killed after the
+        registry recorded it, before their settings were gone)."""
         for name in self.names():
             settings = self._load(name)
-            if settings is not None and settings.topic in self.broker._topics:
+            if settings is None:
+                continue
+            if settings.topic in self.broker._topics:
                 await self._running(name)
+            else:
+                await self._remove(name)
+                _log.warning(
+                    "share_subscription_removed",
+                    subscription=name,
+                    topic=settings.topic,
+                    reason="its topic was deleted (the delete was interrupted)",
+                )
 
-    async def drop_topic(self, topic: str) -> list[str]:
-        """Stop and remove every subscription of ``topic`` (it is being
-        deleted); returns their names."""
-        dropped = []
+    async def _remove(self, name: str) -> None:
         fs = self.broker.settings.fs
+        directory = self._dir(name)
+        if fs.blocking:
+            await trio.to_thread.run_sync(remove_tree_durably, fs, directory)
+        else:
+            remove_tree_durably(fs, directory)
+        self._configs.pop(name, None)
+
+    async def drop_topic(self, topic: str, delete: Callable[[], Awaitable[None]]) -> list[str]:
+        """Delete ``topic`` with ``delete`` and every subscription of it;
+        returns their names. Their actors stop first (no journal stays open
+        on a file the delete removes); their settings go only once the
+        delete is recorded, so a kill in between never leaves the topic
+        without its subscriptions (:meth:`start` finishes the other case).
+        Holds the lock throughout: nothing starts them again meanwhile."""
+        dropped = []
         async with self._lock:
             for name in self.names():
                 settings = self._load(name)
@@ -175,13 +203,10 @@ class ShareService:
                     await self.broker.system.stop_child(f"/broker/shares/{name}")
                 except HeadwaterError:
                     pass  # not running
-                directory = self._dir(name)
-                if fs.blocking:
-                    await trio.to_thread.run_sync(remove_tree_durably, fs, directory)
-                else:
-                    remove_tree_durably(fs, directory)
-                self._configs.pop(name, None)
                 dropped.append(name)
+            await delete()
+            for name in dropped:
+                await self._remove(name)
         return dropped
 
     # ---------------------------------------------------------- requests
