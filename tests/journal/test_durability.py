@@ -239,3 +239,21 @@ def test_a_power_loss_takes_the_files_of_a_removed_directory_along() -> None:
     assert not fs.exists("/d/t/0/log")
     assert not fs.exists("/d/t")
     assert fs.exists("/d")
+
+
+def test_a_process_kill_keeps_what_was_written() -> None:
+    """crash(process_only=True) is kill -9, not a power loss: written bytes
+    and directory entries stay, unsynced or not; handles and locks go."""
+    fs = SimulatedFileSystem()
+    fs.makedirs("/d")
+    handle = fs.open("/d/f")
+    fs.write(handle, b"unsynced")
+    lock = fs.lock("/d/.lock")
+    fs.crash(process_only=True)
+    assert b"unsynced" == fs.file_bytes("/d/f")
+    with pytest.raises(OSError):
+        fs.write(handle, b"x")
+    fs.close(fs.lock("/d/.lock"))  # the dead process's lock is gone
+    assert lock >= 0
+    fs.crash()  # a power loss: the file's entry was never fsynced
+    assert not fs.exists("/d/f")

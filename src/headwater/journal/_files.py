@@ -374,12 +374,24 @@ class SimulatedFileSystem:
         """While full, writes store a prefix and raise ``ENOSPC``."""
         self._disk_full = full
 
-    def crash(self, *, torn: bool = False) -> None:
+    def crash(self, *, torn: bool = False, process_only: bool = False) -> None:
         """Power loss: keep only synced bytes and durable directory entries.
 
         With ``torn``, a file whose unsynced bytes extend its synced ones keeps a
         random prefix of them (a torn write). Open handles become invalid.
+
+        With ``process_only``, the machine stays up and only the process
+        dies (``kill -9``): every byte written stays (the page cache), and
+        only handles and locks go. After :meth:`crash_after` this is a kill
+        between two file operations.
         """
+        if process_only:
+            self._handles.clear()
+            self._locks.clear()  # the kernel drops a dead process's flocks
+            self._crash_after = None
+            self._fail_fsyncs = 0
+            self._disk_full = False
+            return
         # An entry survives only if every directory above it does (a
         # directory removed and its parent fsynced takes its files along).
         dirs = {d for d in self._durable_dirs if self._durable_chain(d)}

@@ -14,7 +14,9 @@ the disk), runs idempotent producers and a consumer group, and a chaos task
 that kills random actors (any path in the tree, some while an fsync is in
 flight), fails fsyncs, fills the disk for a while, makes consumers join,
 leave and seek. A round ends with a clean close, or with a power loss
-(``crash_after`` then ``crash(torn=...)``). Everything clients see goes into a
+(``crash_after`` then ``crash(torn=...)``) or, in ``process_kill_share`` of
+those rounds, a process kill at that file operation (``crash_after`` then
+``crash(process_only=True)``: what was written stays). Everything clients see goes into a
 :class:`~headwater.testing.History`; after the last round a clean reopen reads
 every partition and :func:`~headwater.testing.check` judges I1-I6.
 
@@ -90,6 +92,9 @@ class SimulationConfig:
     events_per_producer: int = 30
     chaos_steps: int = 6
     power_loss_chance: float = 0.35
+    process_kill_share: float = 0.3
+    """Of the rounds that end in a crash at a file operation, the share that
+    is a process kill (what was written stays) instead of a power loss."""
     round_timeout: float = 600.0
     transactions: bool = True
     txn_abort_chance: float = 0.2
@@ -258,8 +263,13 @@ class _Simulation:
         self._fsync_kill = None
         if power_loss:
             torn = rng.random() < 0.5
-            self.fs.crash(torn=torn)
-            self.faults["power_loss_torn" if torn else "power_loss"] += 1
+            # Its own stream: the other draws (and so older seeds' runs) stay.
+            if self.rng("process-kill", r).random() < self.config.process_kill_share:
+                self.fs.crash(process_only=True)
+                self.faults["process_kill_at_file_op"] += 1
+            else:
+                self.fs.crash(torn=torn)
+                self.faults["power_loss_torn" if torn else "power_loss"] += 1
             self.history.shutdown(self.now(), (), self._leaked(baseline))
         else:
             self.history.shutdown(self.now(), self.fs.open_paths(), self._leaked(baseline))
