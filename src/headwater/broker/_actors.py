@@ -72,7 +72,7 @@ from headwater.broker._grouplog import group_changes
 from headwater.broker._idempotence import Duplicate, ProducerStates, RecordInfo
 from headwater.broker._stable import AbortedTxn, PartitionTransactions, StableCell
 from headwater.broker._stats import BrokerStats
-from headwater.journal._async import AsyncLog, open_log
+from headwater.journal._async import AsyncLog, open_log, run_blocking
 from headwater.journal._batch import decode_record_events
 from headwater.journal._fdcache import FileCache
 from headwater.journal._files import FileSystem, remove_tree_durably
@@ -681,6 +681,7 @@ class TopicRegistry(PersistentActor):
 
     async def handle(self, message: Any) -> Any:
         """Create and delete topics, list them, hand out producer ids."""
+        fs = self.settings.fs
         if isinstance(message, CreateTopic):
             config = TopicConfig.from_request(
                 message,
@@ -692,7 +693,7 @@ class TopicRegistry(PersistentActor):
                 )
             # What a delete killed midway left (its partitions' logs, share
             # state) must not come back as the new topic's.
-            await self._remove_dir(self.settings.topic_dir(config.name))
+            await run_blocking(fs, remove_tree_durably, fs, self.settings.topic_dir(config.name))
             await self.persist({"type": "created", "config": config.to_dict()})
             await self.context.system.start_child(
                 topic_supervisor(self.settings, config), parent="/broker/topics"
@@ -711,7 +712,7 @@ class TopicRegistry(PersistentActor):
                 await self.context.system.stop_child(f"/broker/topics/{message.name}")
             except HeadwaterError:
                 pass
-            await self._remove_dir(self.settings.topic_dir(message.name))
+            await run_blocking(fs, remove_tree_durably, fs, self.settings.topic_dir(message.name))
             _log.info("topic_deleted", topic=message.name)
             return None
         if isinstance(message, NewProducerId):
@@ -736,14 +737,6 @@ class TopicRegistry(PersistentActor):
                 "were copied in); creating the topic again removes it first; delete the "
                 "directory to free its space",
             )
-
-    async def _remove_dir(self, path: str) -> None:
-        """Remove a directory tree durably (a worker thread on a real disk)."""
-        fs = self.settings.fs
-        if fs.blocking:
-            await trio.to_thread.run_sync(remove_tree_durably, fs, path)
-        else:
-            remove_tree_durably(fs, path)
 
     async def _add_partitions(self, message: AddPartitions) -> TopicConfig:
         """Grow a topic: persist the new count, then start the new partitions'

@@ -36,6 +36,7 @@ from headwater.actors._system import ActorSystem, open_actor_system
 from headwater.broker._actors import BrokerSettings, TopicRegistry
 from headwater.broker._service import BrokerService
 from headwater.broker._txn_actor import TransactionActor
+from headwater.journal._async import run_blocking
 from headwater.journal._fdcache import DEFAULT_MAX_OPEN_FILES, FileCache, fit_open_files
 from headwater.journal._files import FileSystem, LockHeld, RealFileSystem
 from headwater.supervision._specs import ActorSnapshot, ChildSpec, SupervisorSpec
@@ -230,14 +231,9 @@ async def _claim_data_dir(fs: FileSystem, path: str) -> int:
     :class:`DataDirError` (a file, a read-only file system, no permission).
     Returns the lock's handle: closing it releases the lock."""
 
-    async def call(fn: Callable[..., T], *args: Any) -> T:
-        if fs.blocking:
-            return await trio.to_thread.run_sync(fn, *args)
-        return fn(*args)
-
     try:
-        await call(fs.makedirs, path)
-        handle = await call(fs.lock, os.path.join(path, LOCK_FILE))
+        await run_blocking(fs, fs.makedirs, path)
+        handle = await run_blocking(fs, fs.lock, os.path.join(path, LOCK_FILE))
     except LockHeld as exc:
         holder = f"process {exc.pid}" if exc.pid is not None else "another process"
         raise DataDirLockedError(

@@ -61,6 +61,7 @@ from headwater.broker._share_actor import (
     dead_letter_topic,
     share_supervisor,
 )
+from headwater.journal._async import run_blocking
 from headwater.journal._files import remove_tree_durably, write_file_atomically
 
 if TYPE_CHECKING:
@@ -118,10 +119,7 @@ class ShareService:
             write_file_atomically(fs, f"{directory}/config", [data])
             fs.fsync_dir(directory)
 
-        if fs.blocking:
-            await trio.to_thread.run_sync(write)
-        else:
-            write()
+        await run_blocking(fs, write)
         self._configs[name] = settings
 
     def names(self) -> list[str]:
@@ -179,11 +177,7 @@ class ShareService:
 
     async def _remove(self, name: str) -> None:
         fs = self.broker.settings.fs
-        directory = self._dir(name)
-        if fs.blocking:
-            await trio.to_thread.run_sync(remove_tree_durably, fs, directory)
-        else:
-            remove_tree_durably(fs, directory)
+        await run_blocking(fs, remove_tree_durably, fs, self._dir(name))
         self._configs.pop(name, None)
 
     async def drop_topic(self, topic: str, delete: Callable[[], Awaitable[None]]) -> list[str]:

@@ -41,7 +41,8 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, ParamSpec, TypeVar
 
 import trio
 
@@ -66,6 +67,18 @@ __all__ = ["AsyncLog", "open_log"]
 _log = get_logger("headwater.journal")
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+
+async def run_blocking(
+    fs: FileSystem, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
+) -> _T:
+    """``fn(*args, **kwargs)``: in a worker thread when ``fs`` may block on
+    a real disk, so one slow disk never freezes the loop; inline on a
+    simulated one (deterministic tests)."""
+    if fs.blocking:
+        return await trio.to_thread.run_sync(partial(fn, *args, **kwargs))
+    return fn(*args, **kwargs)
 
 
 INLINE_RECOVERY_BYTES = 256 * 1024

@@ -385,13 +385,15 @@ class SimulatedFileSystem:
         only handles and locks go. After :meth:`crash_after` this is a kill
         between two file operations.
         """
-        if process_only:
-            self._handles.clear()
-            self._locks.clear()  # the kernel drops a dead process's flocks
-            self._crash_after = None
-            self._fail_fsyncs = 0
-            self._disk_full = False
-            return
+        if not process_only:
+            self._lose_unsynced(torn)
+        self._handles.clear()
+        self._locks.clear()  # the crash ended every process holding one
+        self._crash_after = None
+        self._fail_fsyncs = 0
+        self._disk_full = False
+
+    def _lose_unsynced(self, torn: bool) -> None:
         # An entry survives only if every directory above it does (a
         # directory removed and its parent fsynced takes its files along).
         dirs = {d for d in self._durable_dirs if self._durable_chain(d)}
@@ -408,11 +410,6 @@ class SimulatedFileSystem:
         self._durable_files = dict(files)
         self._durable_dirs = dirs
         self._dirs = set(dirs)
-        self._handles.clear()
-        self._locks.clear()  # the power loss ended every process holding one
-        self._crash_after = None
-        self._fail_fsyncs = 0
-        self._disk_full = False
 
     def _durable_chain(self, path: str) -> bool:
         while path != "/":

@@ -94,6 +94,7 @@ from headwater.journal._record import (
     stamp_record,
     stored_header,
 )
+from headwater.journal._repair import _resync
 
 __all__ = ["Durability", "Log", "LogConfig", "Staged", "SyncWork"]
 
@@ -513,8 +514,6 @@ class Log:
                 return False
         finally:
             self.fs.close(handle)
-        from headwater.journal._repair import _resync
-
         rest = self.fs.pread(seg.handle, self.fs.size(seg.handle) - position, position)
         return _resync(rest, 1, seg.next_offset, later) is None
 
@@ -996,10 +995,7 @@ class Log:
             return self.next_offset
         # The synced point is known exactly: no need to read a header there
         # (after a failed write the bytes at that position may be missing).
-        # Newest first: a kill midway leaves a shorter log, never a hole.
-        for seg in reversed(self._drop_segments(index + 1)):
-            self._remove_segments([seg.base])
-            self._dirty.pop(seg.base, None)
+        self._drop_after(index)
         seg = self.segments[-1]
         if seg.next_offset > self.synced_offset or seg.size > position:
             self._cut_segment(seg, position, self.synced_offset)
@@ -1445,15 +1441,20 @@ class Log:
                 f"cannot truncate to {offset}: the log starts at {self.earliest_offset}"
             )
         i = self._segment_for(offset)
-        for seg in reversed(self._drop_segments(i + 1)):  # newest first: never a hole
-            self._remove_segments([seg.base])
-            self._dirty.pop(seg.base, None)
+        self._drop_after(i)
         seg = self.segments[-1]
         self._fd(seg)
         position, header = self._position_of(seg, offset, self.fs.pread)
         self._cut_segment(seg, position, header.base_offset if header else offset)
         if sync:
             self.sync()
+
+    def _drop_after(self, index: int) -> None:
+        """Take the segments after ``segments[index]`` out and remove their
+        files, newest first: a kill midway leaves a shorter log, never a hole."""
+        for seg in reversed(self._drop_segments(index + 1)):
+            self._remove_segments([seg.base])
+            self._dirty.pop(seg.base, None)
 
     def _cut_segment(self, seg: _Segment, position: int, next_offset: int) -> None:
         """Cut the last segment to ``position``, where ``next_offset`` begins."""

@@ -31,7 +31,7 @@ import trio
 
 from headwater._errors import CorruptionError, InvalidArgument
 from headwater._logging import get_logger
-from headwater.journal._async import AsyncLog, open_log
+from headwater.journal._async import AsyncLog, open_log, run_blocking
 from headwater.journal._files import FileSystem, RealFileSystem, write_file_atomically
 from headwater.journal._log import LogConfig
 from headwater.journal._record import HEADER_SIZE, encode_record, iter_records
@@ -159,10 +159,7 @@ class StateJournal:
                     self._nowait = None
             await self.log.wait_durable(offset, generation)
             data = _SNAP.pack(_MAGIC, 1, offset, crc32c.crc32c(body)) + body
-            if self.fs.blocking:
-                await trio.to_thread.run_sync(self._write_snapshot, data)
-            else:
-                self._write_snapshot(data)
+            await run_blocking(self.fs, self._write_snapshot, data)
             self.log.log.delete_before(offset)
             self._since_snapshot = 0
         _log.info("state_snapshot", path=self.path, offset=offset, bytes=len(data))
@@ -238,10 +235,7 @@ async def open_state_journal(
     plain CBOR data needs ``to_plain`` / ``from_plain`` for its snapshots.
     """
     fs = fs if fs is not None else RealFileSystem()
-    if fs.blocking:
-        await trio.to_thread.run_sync(fs.makedirs, path)
-    else:
-        fs.makedirs(path)
+    await run_blocking(fs, fs.makedirs, path)
     config = LogConfig(durability="always", segment_bytes=segment_bytes, segment_ms=None)
     async with open_log(f"{path}/log", config=config, fs=fs) as log:
         journal = StateJournal(
